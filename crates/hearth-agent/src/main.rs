@@ -1,1 +1,158 @@
-fn main() {}
+//! hearth-agent: PID 1 of every workspace container.
+//!
+//! Serves the hearth-proto protocol on a unix socket (fd 3 from the node, or `--listen
+//! PATH` for tests), runs sessions, reaps every zombie and stops the workspace cleanly on
+//! SIGTERM. Built static, so it depends on nothing inside the image.
+
+mod reaper;
+mod session;
+mod spawn;
+mod users;
+
+use reaper::{handled_signals, Reaper};
+use session::Ctx;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+
+/// fd the node passes with `crun run --preserve-fds 1`.
+const LISTEN_FD: i32 = 3;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hearth-agent: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn usage() -> String {
+    "usage: hearth-agent [--listen PATH] (without --listen, fd 3 must be a listening unix socket)"
+        .into()
+}
+
+fn run() -> Result<(), String> {
+    let mut listen = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--listen") => listen = Some(args.next().ok_or_else(usage)?),
+            Some("--version") => {
+                println!("hearth-agent {}", hearth_proto::VERSION);
+                return Ok(());
+            }
+            _ => return Err(format!("unknown argument {a:?}\n{}", usage())),
+        }
+    }
+    ensure_std_fds();
+
+    let listener = match &listen {
+        Some(path) => UnixListener::bind(path)
+            .map_err(|e| format!("listen on {}: {e}", std::path::Path::new(path).display()))?,
+        None => inherited_listener()?,
+    };
+
+    // Block the handled signals before any thread exists so every thread inherits the
+    // mask and only the reaper's sigwait sees them (blocked signals also reach PID 1).
+    handled_signals()
+        .thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
+    let is_pid1 = std::process::id() == 1;
+    if !is_pid1 {
+        // Outside a container orphans would go to the host's init; keep them ours.
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+            return Err(format!(
+                "become child subreaper: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+
+    let mut image_env = Vec::new();
+    let mut default_user = String::new();
+    let mut default_cwd = String::new();
+    for (k, v) in std::env::vars_os() {
+        match k.to_str() {
+            Some("HEARTH_DEFAULT_USER") => default_user = v.to_string_lossy().into_owned(),
+            Some("HEARTH_DEFAULT_CWD") => default_cwd = v.to_string_lossy().into_owned(),
+            _ => image_env.push((k.into_vec(), v.into_vec())),
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        image_env,
+        default_user,
+        default_cwd,
+        reaper: Reaper::new(is_pid1),
+    });
+
+    let rctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || rctx.reaper.run())
+        .map_err(|e| format!("start reaper thread: {e}"))?;
+
+    eprintln!(
+        "hearth-agent {} ready (workspace {}, pid {})",
+        hearth_proto::VERSION,
+        std::env::var("HEARTH_WORKSPACE").unwrap_or_default(),
+        std::process::id()
+    );
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let c = ctx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("session".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || session::handle(stream, &c));
+                if let Err(e) = spawned {
+                    eprintln!("hearth-agent: start session thread: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("hearth-agent: accept: {e}");
+                // EMFILE and friends: back off instead of spinning.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes over fd 3 after checking it really is a socket.
+fn inherited_listener() -> Result<UnixListener, String> {
+    // SAFETY: fstat writes into the stat buffer we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; fd 3 may be closed, which fstat reports.
+    if unsafe { libc::fstat(LISTEN_FD, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+    {
+        return Err(format!(
+            "fd {LISTEN_FD} is not a listening unix socket\n{}",
+            usage()
+        ));
+    }
+    // SAFETY: fd 3 is an open socket handed to us by the runtime and used nowhere else.
+    let listener = unsafe { UnixListener::from_raw_fd(LISTEN_FD) };
+    // Sessions must not inherit the listening socket.
+    // SAFETY: fcntl on the fd we now own.
+    unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(listener)
+}
+
+/// Opens /dev/null on closed fds 0-2, so no pipe or pty ever lands there (the child's
+/// dup2 onto 0-2 relies on its sources being other fds).
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the fd; open returns a new fd or -1.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 && null != fd {
+                    libc::dup2(null, fd);
+                    libc::close(null);
+                }
+            }
+        }
+    }
+}

@@ -5,4 +5,8 @@
 //! into separate hosts changes the transport, not the contract.
 
 mod api;
+mod clone;
+mod local;
+
 pub use api::*;
+pub use local::LocalNode;

@@ -1,0 +1,256 @@
+//! Backends against a tempdir laid out like cgroupfs.
+
+use super::*;
+
+fn read_trim(p: &Path) -> String {
+    fs::read_to_string(p).unwrap().trim().to_owned()
+}
+
+fn fake_v1(tmp: &Path) -> Layout {
+    for d in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
+        fs::create_dir_all(tmp.join(d)).unwrap();
+    }
+    Layout::V1(V1Layout {
+        memory: Some(tmp.join("memory")),
+        pids: Some(tmp.join("pids")),
+        cpu: Some(tmp.join("cpu,cpuacct")),
+        cpuacct: Some(tmp.join("cpu,cpuacct")),
+        freezer: Some(tmp.join("freezer")),
+        unified: Some(tmp.join("unified")),
+    })
+}
+
+#[test]
+fn v1_create_writes_limits_in_each_hierarchy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    assert_eq!(cg.version(), Version::V1);
+    for d in ["memory", "pids", "cpu,cpuacct", "freezer", "unified"] {
+        assert!(t.join(d).join("hearth").is_dir(), "{d}");
+    }
+    let limits = Limits {
+        memory_bytes: 1 << 30,
+        pids: 512,
+        cpu_weight: 200,
+    };
+    cg.create("abc123", &limits).unwrap();
+    assert_eq!(
+        read_trim(&t.join("memory/hearth/abc123/memory.limit_in_bytes")),
+        "1073741824"
+    );
+    assert_eq!(read_trim(&t.join("pids/hearth/abc123/pids.max")), "512");
+    assert_eq!(
+        read_trim(&t.join("cpu,cpuacct/hearth/abc123/cpu.shares")),
+        "2048"
+    );
+    assert!(t.join("unified/hearth/abc123").is_dir());
+
+    // Idempotent: limits are rewritten, 0 means unlimited.
+    cg.create("abc123", &Limits::default()).unwrap();
+    assert_eq!(
+        read_trim(&t.join("memory/hearth/abc123/memory.limit_in_bytes")),
+        "-1"
+    );
+    assert_eq!(read_trim(&t.join("pids/hearth/abc123/pids.max")), "max");
+    assert_eq!(
+        read_trim(&t.join("cpu,cpuacct/hearth/abc123/cpu.shares")),
+        "1024"
+    );
+
+    // Co-mounted cpu,cpuacct yields one procs file, not two.
+    let mut procs = cg.procs_files("abc123");
+    procs.sort();
+    let mut want: Vec<PathBuf> = ["cpu,cpuacct", "freezer", "memory", "pids", "unified"]
+        .iter()
+        .map(|d| t.join(d).join("hearth/abc123/cgroup.procs"))
+        .collect();
+    want.sort();
+    assert_eq!(procs, want);
+    assert!(cg.procs_files("nope").is_empty());
+    assert_eq!(cg.list().unwrap(), vec!["abc123".to_owned()]);
+}
+
+#[test]
+fn pids_are_collected_across_hierarchies_and_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    cg.create("ws1", &Limits::default()).unwrap();
+    fs::write(t.join("memory/hearth/ws1/cgroup.procs"), "10\n20\n").unwrap();
+    fs::create_dir_all(t.join("pids/hearth/ws1/child")).unwrap();
+    fs::write(t.join("pids/hearth/ws1/child/cgroup.procs"), "30\n10\n").unwrap();
+    assert_eq!(cg.pids("ws1").unwrap(), vec![10, 20, 30]);
+    assert!(cg.pids("missing").unwrap().is_empty());
+    assert!(matches!(
+        cg.remove("ws1"),
+        Err(CgroupError::Busy { ref id, ref pids }) if id == "ws1" && pids == &[10, 20, 30]
+    ));
+
+    fs::write(t.join("memory/hearth/ws1/cgroup.procs"), "x\n").unwrap();
+    let err = cg.pids("ws1").unwrap_err();
+    assert!(
+        err.to_string().contains("memory/hearth/ws1/cgroup.procs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v1_stats_read_the_right_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    cg.create("ws1", &Limits::default()).unwrap();
+    fs::write(t.join("memory/hearth/ws1/memory.usage_in_bytes"), "4096\n").unwrap();
+    fs::write(t.join("pids/hearth/ws1/pids.current"), "3\n").unwrap();
+    fs::write(t.join("cpu,cpuacct/hearth/ws1/cpuacct.usage"), "123456\n").unwrap();
+    assert_eq!(
+        cg.stats("ws1").unwrap(),
+        Stats {
+            memory_bytes: Some(4096),
+            pids: 3,
+            cpu_usage_ns: Some(123456)
+        }
+    );
+}
+
+#[test]
+fn v1_missing_controllers_are_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    fs::create_dir_all(t.join("memory")).unwrap();
+    let layout = Layout::V1(V1Layout {
+        memory: Some(t.join("memory")),
+        ..V1Layout::default()
+    });
+    let cg = Cgroups::open_with(layout, "hearth").unwrap();
+    cg.create("ws1", &Limits::default()).unwrap();
+    assert_eq!(
+        cg.procs_files("ws1"),
+        vec![t.join("memory/hearth/ws1/cgroup.procs")]
+    );
+    fs::write(t.join("memory/hearth/ws1/cgroup.procs"), "7\n").unwrap();
+    fs::write(t.join("memory/hearth/ws1/memory.usage_in_bytes"), "1").unwrap();
+    let stats = cg.stats("ws1").unwrap();
+    assert_eq!(stats.pids, 1);
+    assert_eq!(stats.cpu_usage_ns, None);
+}
+
+fn fake_v2(t: &Path, root_controllers: &str, parent: &str) -> Layout {
+    fs::write(t.join("cgroup.controllers"), root_controllers).unwrap();
+    fs::write(t.join("cgroup.subtree_control"), "").unwrap();
+    // The kernel fills these in for new directories; the fake has to pre-create them.
+    let mut dir = t.to_path_buf();
+    for c in Path::new(parent).components() {
+        dir = dir.join(c);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.controllers"), root_controllers).unwrap();
+    }
+    Layout::V2 { root: t.to_owned() }
+}
+
+#[test]
+fn v2_enables_controllers_along_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v2(t, "cpuset cpu io memory pids", "a/b"), "a/b").unwrap();
+    assert_eq!(cg.version(), Version::V2);
+    for d in ["", "a", "a/b"] {
+        assert_eq!(
+            read_trim(&t.join(d).join("cgroup.subtree_control")),
+            "+cpu +memory +pids",
+            "{d}"
+        );
+    }
+    cg.create(
+        "ws",
+        &Limits {
+            memory_bytes: 1000,
+            pids: 10,
+            cpu_weight: 50,
+        },
+    )
+    .unwrap();
+    let ws = t.join("a/b/ws");
+    assert_eq!(read_trim(&ws.join("memory.max")), "1000");
+    assert_eq!(read_trim(&ws.join("pids.max")), "10");
+    assert_eq!(read_trim(&ws.join("cpu.weight")), "50");
+    assert_eq!(cg.procs_files("ws"), vec![ws.join("cgroup.procs")]);
+
+    fs::write(ws.join("memory.current"), "99\n").unwrap();
+    fs::write(ws.join("pids.current"), "2\n").unwrap();
+    fs::write(ws.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+    assert_eq!(
+        cg.stats("ws").unwrap(),
+        Stats {
+            memory_bytes: Some(99),
+            pids: 2,
+            cpu_usage_ns: Some(1_500_000)
+        }
+    );
+
+    // Already enabled controllers are not written again.
+    fs::write(t.join("cgroup.subtree_control"), "cpu memory pids").unwrap();
+    Cgroups::open_with(Layout::V2 { root: t.to_owned() }, "a/b").unwrap();
+    assert_eq!(
+        read_trim(&t.join("cgroup.subtree_control")),
+        "cpu memory pids"
+    );
+}
+
+#[test]
+fn v2_unavailable_controller_is_not_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v2(t, "cpu pids", "hearth"), "hearth").unwrap();
+    assert_eq!(read_trim(&t.join("cgroup.subtree_control")), "+cpu +pids");
+    cg.create("ws", &Limits::default()).unwrap();
+    assert!(!t.join("hearth/ws/memory.max").exists());
+    assert_eq!(read_trim(&t.join("hearth/ws/pids.max")), "max");
+}
+
+#[test]
+fn ids_and_parents_cannot_escape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = Cgroups::open_with(fake_v1(tmp.path()), "hearth").unwrap();
+    let long = "a".repeat(65);
+    for bad in ["", "..", "../x", "a/b", "ABC", "a b", long.as_str()] {
+        assert!(
+            matches!(
+                cg.create(bad, &Limits::default()),
+                Err(CgroupError::InvalidId { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(cg.pids(bad).is_err(), "{bad:?}");
+        assert!(cg.procs_files(bad).is_empty(), "{bad:?}");
+    }
+    validate_id(&"a".repeat(64)).unwrap();
+    validate_id("0123456789ab-x").unwrap();
+    for bad in ["", "..", "/abs", "a/../b", "a b"] {
+        assert!(
+            matches!(
+                Cgroups::open_with(fake_v1(tmp.path()), bad),
+                Err(CgroupError::InvalidParent { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        cg.create(
+            "ok",
+            &Limits {
+                cpu_weight: 0,
+                ..Limits::default()
+            }
+        ),
+        Err(CgroupError::InvalidLimits { .. })
+    ));
+}
+
+#[test]
+fn shares_mapping() {
+    assert_eq!(weight_to_shares(100), 1024);
+    assert_eq!(weight_to_shares(1), 10);
+    assert_eq!(weight_to_shares(10000), 102400);
+}

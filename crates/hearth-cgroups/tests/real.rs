@@ -1,0 +1,257 @@
+//! Against the real kernel: needs root and cgroupfs.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+use hearth_cgroups::{Cgroups, Layout, Limits, Version};
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Kills and removes everything the test made, even when an assertion failed.
+struct Guard {
+    cg: Cgroups,
+    id: String,
+    child: Option<Child>,
+    remove_parent: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.cg.kill_all(&self.id);
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.cg.remove(&self.id);
+        if self.remove_parent {
+            let _ = self.cg.remove_parent();
+        }
+    }
+}
+
+/// Spawns a shell with two background sleeps, moved into the groups before exec the way
+/// the node does it, so the forks inherit the groups.
+fn spawn_in(procs: &[PathBuf]) -> Child {
+    let paths: Vec<CString> = procs
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "sleep 600 & sleep 600 & wait"]);
+    // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on
+    // memory allocated before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn().unwrap()
+}
+
+/// Waits (bounded) until the shell has forked both sleeps.
+fn wait_for_pids(cg: &Cgroups, id: &str, n: usize) -> Vec<u32> {
+    for _ in 0..500 {
+        let pids = cg.pids(id).unwrap();
+        if pids.len() >= n {
+            return pids;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    cg.pids(id).unwrap()
+}
+
+fn check_lifecycle(cg: Cgroups, expected_procs: usize) {
+    let id = "0123456789ab".to_owned();
+    let mut guard = Guard {
+        cg,
+        id: id.clone(),
+        child: None,
+        remove_parent: true,
+    };
+    let cg = &guard.cg;
+    cg.create(
+        &id,
+        &Limits {
+            memory_bytes: 256 << 20,
+            pids: 64,
+            cpu_weight: 50,
+        },
+    )
+    .unwrap();
+    let procs = cg.procs_files(&id);
+    assert_eq!(procs.len(), expected_procs, "{procs:?}");
+    assert_eq!(cg.list().unwrap(), vec![id.clone()]);
+
+    let child = spawn_in(&procs);
+    let child_pid = child.id();
+    guard.child = Some(child);
+    let cg = &guard.cg;
+    let pids = wait_for_pids(cg, &id, 3);
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(pids.contains(&child_pid));
+    for file in &procs {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            text.lines().any(|l| l == child_pid.to_string()),
+            "{file:?}: {text}"
+        );
+    }
+    let stats = cg.stats(&id).unwrap();
+    assert_eq!(stats.pids, 3);
+    assert!(matches!(
+        cg.remove(&id),
+        Err(hearth_cgroups::CgroupError::Busy { .. })
+    ));
+
+    cg.kill_all(&id).unwrap();
+    assert!(cg.pids(&id).unwrap().is_empty());
+    let status = guard.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    guard.child = None;
+
+    let cg = &guard.cg;
+    cg.remove(&id).unwrap();
+    cg.remove(&id).unwrap();
+    assert!(cg.list().unwrap().is_empty());
+    for file in &procs {
+        assert!(!file.parent().unwrap().exists(), "{file:?}");
+    }
+    cg.remove_parent().unwrap();
+    for file in &procs {
+        assert!(
+            !file.parent().unwrap().parent().unwrap().exists(),
+            "{file:?}"
+        );
+    }
+}
+
+fn read_trim(p: PathBuf) -> String {
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn host_layout_lifecycle() {
+    let layout = Layout::detect().unwrap();
+    let parent = unique("hearth-test");
+    let cg = Cgroups::open(&parent).unwrap();
+    let expected = match &layout {
+        Layout::V1(v1) => {
+            let mut roots: Vec<_> = [
+                &v1.memory,
+                &v1.pids,
+                &v1.cpu,
+                &v1.cpuacct,
+                &v1.freezer,
+                &v1.unified,
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            roots.sort();
+            roots.dedup();
+            roots.len()
+        }
+        Layout::V2 { .. } => 1,
+    };
+    // Limits written where the controller lives.
+    {
+        let guard = Guard {
+            cg: cg.clone(),
+            id: "limits".into(),
+            child: None,
+            remove_parent: false,
+        };
+        guard
+            .cg
+            .create(
+                "limits",
+                &Limits {
+                    memory_bytes: 256 << 20,
+                    pids: 64,
+                    cpu_weight: 50,
+                },
+            )
+            .unwrap();
+        match &layout {
+            Layout::V1(v1) => {
+                assert_eq!(cg.version(), Version::V1);
+                let g = |r: &Option<PathBuf>, f: &str| {
+                    read_trim(r.as_ref().unwrap().join(&parent).join("limits").join(f))
+                };
+                assert_eq!(g(&v1.memory, "memory.limit_in_bytes"), "268435456");
+                assert_eq!(g(&v1.pids, "pids.max"), "64");
+                assert_eq!(g(&v1.cpu, "cpu.shares"), "512");
+            }
+            Layout::V2 { root } => {
+                assert_eq!(cg.version(), Version::V2);
+                let dir = root.join(&parent).join("limits");
+                assert_eq!(read_trim(dir.join("memory.max")), "268435456");
+                assert_eq!(read_trim(dir.join("pids.max")), "64");
+                assert_eq!(read_trim(dir.join("cpu.weight")), "50");
+            }
+        }
+    }
+    check_lifecycle(cg, expected);
+}
+
+/// The v2 backend on this host's cgroup2 mount (the hybrid `unified` one on v1 hosts),
+/// which exercises `cgroup.kill`.
+#[test]
+fn v2_backend_on_cgroup2_mount() {
+    let root = match Layout::detect().unwrap() {
+        Layout::V1(v1) => match v1.unified {
+            Some(u) => u,
+            None => return,
+        },
+        Layout::V2 { root } => root,
+    };
+    let parent = unique("hearth-test-v2");
+    let cg = Cgroups::open_with(Layout::V2 { root }, &parent).unwrap();
+    check_lifecycle(cg, 1);
+}
+
+/// v1 without the hybrid cgroup2 group: kill_all must go through freeze, kill, thaw.
+#[test]
+fn v1_freezer_kill_path() {
+    let Layout::V1(mut v1) = Layout::detect().unwrap() else {
+        return;
+    };
+    if v1.freezer.is_none() {
+        return;
+    }
+    v1.unified = None;
+    let mut roots: Vec<_> = [&v1.memory, &v1.pids, &v1.cpu, &v1.cpuacct, &v1.freezer]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    roots.sort();
+    roots.dedup();
+    let parent = unique("hearth-test-v1");
+    let cg = Cgroups::open_with(Layout::V1(v1), &parent).unwrap();
+    check_lifecycle(cg, roots.len());
+}

@@ -1,0 +1,973 @@
+//! The on-disk store: `blobs/sha256/<hex>`, `layers/<diff-hex>/`, `images/<id-hex>.json`,
+//! `names.json` and a `tmp/` scratch area cleared on open.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::source::{self, Compression, Source, MAX_JSON};
+use crate::unpack;
+use crate::{human_size, normalize_name, Image, ImageConfig, ImageError};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// The image store. Methods may be called from several threads; loads and removes are
+/// serialized (in-process mutex plus an `flock` on `root/lock` against other processes).
+/// Open one store per root per process: `open` clears `tmp/`.
+pub struct ImageStore {
+    root: PathBuf,
+    lock: Mutex<File>,
+}
+
+/// What `images/<hex>.json` holds: the image (names live in `names.json`) plus what it pins.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    image: Image,
+    /// Unpacked bytes of each layer, parallel to `diff_ids`.
+    layer_sizes: Vec<u64>,
+    /// Hex digests of every blob (manifest, config, layers) this image keeps alive.
+    blobs: Vec<String>,
+}
+
+/// A blob named by an archive: its path there and, when the archive says, digest and size.
+struct BlobRef {
+    path: String,
+    digest: Option<String>,
+    size: Option<u64>,
+    media_type: String,
+}
+
+/// What an archive describes, whatever its format.
+struct Plan {
+    /// Manifest (and index) documents, already verified: stored as blobs too.
+    documents: Vec<(String, Vec<u8>)>,
+    config: BlobRef,
+    layers: Vec<BlobRef>,
+    names: Vec<String>,
+}
+
+struct LockGuard<'a> {
+    file: MutexGuard<'a, File>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::fs::flock(&*self.file, rustix::fs::FlockOperation::Unlock) {
+            tracing::warn!(error = %e, "cannot unlock image store");
+        }
+    }
+}
+
+/// A scratch directory under `root/tmp`, removed on drop (success or not).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove scratch dir");
+            }
+        }
+    }
+}
+
+/// Hashes (and counts) everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn finish(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// "sha256:<hex>" => "<hex>" when well-formed.
+fn sha256_hex(digest: &str) -> Option<&str> {
+    digest.strip_prefix("sha256:").filter(|h| is_sha256_hex(h))
+}
+
+fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
+}
+
+fn mkdir_private(path: &Path) -> Result<(), ImageError> {
+    fs::create_dir_all(path).map_err(ImageError::io(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(ImageError::io(path))
+}
+
+/// Writes `bytes` to `path` via a sibling temp file and rename, so readers never see half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(unique_name("tmp"));
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(ImageError::io(path))
+}
+
+/// Sum of regular file sizes under `dir`, for layers whose unpack stats were lost.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn is_index_media_type(mt: &str) -> bool {
+    mt == "application/vnd.oci.image.index.v1+json"
+        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+fn media_type_compression(mt: &str) -> Option<Compression> {
+    if mt.ends_with("+gzip") || mt.ends_with(".gzip") {
+        Some(Compression::Gzip)
+    } else if mt.ends_with("+zstd") || mt.ends_with(".zstd") {
+        Some(Compression::Zstd)
+    } else if mt.ends_with(".tar") {
+        Some(Compression::None)
+    } else {
+        None
+    }
+}
+
+impl ImageStore {
+    /// Creates the layout (all 0700: layers hold setuid files owned by host root that no host
+    /// user may reach) and clears scratch left by a crash mid-load.
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        mkdir_private(root)?;
+        for sub in ["blobs/sha256", "layers", "images", "tmp"] {
+            mkdir_private(&root.join(sub))?;
+        }
+        mkdir_private(&root.join("blobs"))?;
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(ImageError::io(&tmp))? {
+            let entry = entry.map_err(ImageError::io(&tmp))?;
+            let path = entry.path();
+            let res = match entry.file_type() {
+                Ok(ft) if ft.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            res.map_err(ImageError::io(&path))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(ImageError::io(&lock_path))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            lock: Mutex::new(lock),
+        })
+    }
+
+    fn lock(&self) -> Result<LockGuard<'_>, ImageError> {
+        // A poisoned mutex only means another load panicked; the on-disk state is still sound.
+        let file = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        rustix::fs::flock(&*file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            ImageError::Io {
+                path: self.root.join("lock"),
+                source: e.into(),
+            }
+        })?;
+        Ok(LockGuard { file })
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex)
+    }
+
+    fn layer_path(&self, hex: &str) -> PathBuf {
+        self.root.join("layers").join(hex)
+    }
+
+    fn record_path(&self, hex: &str) -> PathBuf {
+        self.root.join("images").join(format!("{hex}.json"))
+    }
+
+    fn names_path(&self) -> PathBuf {
+        self.root.join("names.json")
+    }
+
+    fn tmp_dir(&self, prefix: &str) -> Result<TmpDir, ImageError> {
+        let path = self.root.join("tmp").join(unique_name(prefix));
+        fs::create_dir(&path).map_err(ImageError::io(&path))?;
+        Ok(TmpDir(path))
+    }
+
+    /// See the crate docs. A given `name` replaces the names found in the archive.
+    pub fn load(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Image, ImageError> {
+        let name = name.map(normalize_name).transpose()?;
+        let _guard = self.lock()?;
+        let result = self.load_locked(path, name, progress);
+        if result.is_err() {
+            // Nothing the failed load stored is referenced by an image: sweep it.
+            if let Err(e) = self.gc() {
+                tracing::warn!(error = %e, "cannot clean up after failed load");
+            }
+        }
+        result
+    }
+
+    fn load_locked(
+        &self,
+        path: &Path,
+        name: Option<String>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Image, ImageError> {
+        let scratch = self.tmp_dir("load")?;
+        let source = Source::open(path, &scratch.0.join("archive.tar"))?;
+        let plan = if source.exists("manifest.json") {
+            docker_plan(&source, name.as_deref())?
+        } else if source.exists("index.json") {
+            oci_plan(&source, name.as_deref())?
+        } else {
+            return Err(ImageError::invalid(
+                path,
+                "neither an OCI layout (index.json) nor a docker archive (manifest.json)",
+            ));
+        };
+        let names = match name {
+            Some(n) => vec![n],
+            None => plan
+                .names
+                .iter()
+                .filter_map(|n| match normalize_name(n) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring image name from archive");
+                        None
+                    }
+                })
+                .collect(),
+        };
+
+        let mut blobs = Vec::new();
+        for (hex, bytes) in &plan.documents {
+            self.store_bytes(hex, bytes)?;
+            blobs.push(hex.clone());
+        }
+        let config_hex = self.store_blob(&source, &plan.config, "config", &scratch.0)?;
+        blobs.push(config_hex.clone());
+        let config_path = self.blob_path(&config_hex);
+        let config_file = File::open(&config_path).map_err(ImageError::io(&config_path))?;
+        let config: ImageConfiguration =
+            serde_json::from_reader(BufReader::new(config_file.take(MAX_JSON)))
+                .map_err(|e| ImageError::invalid(source.path(), format!("image config: {e}")))?;
+        if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
+            tracing::warn!(os = %config.os(), arch = %config.architecture(), "image is not linux/amd64");
+        }
+        let diff_ids = config.rootfs().diff_ids().clone();
+        if diff_ids.len() != plan.layers.len() {
+            return Err(ImageError::invalid(
+                source.path(),
+                format!(
+                    "config lists {} diff_ids but the manifest has {} layers",
+                    diff_ids.len(),
+                    plan.layers.len()
+                ),
+            ));
+        }
+        let id = format!("sha256:{config_hex}");
+
+        let mut layer_sizes = Vec::with_capacity(plan.layers.len());
+        let total = plan.layers.len();
+        for (i, (layer, diff_id)) in plan.layers.iter().zip(&diff_ids).enumerate() {
+            let diff_hex = sha256_hex(diff_id).ok_or_else(|| {
+                ImageError::invalid(source.path(), format!("bad diff_id {diff_id:?}"))
+            })?;
+            let label = format!("layer {}/{total} sha256:{}", i + 1, short(diff_hex));
+            if self.layer_path(diff_hex).is_dir() {
+                // Shared with another image: neither the blob nor the unpack is needed again.
+                if let Some(hex) = layer.digest.as_deref() {
+                    if self.blob_path(hex).is_file() {
+                        blobs.push(hex.to_string());
+                    }
+                }
+                layer_sizes.push(self.known_layer_size(diff_hex));
+                progress(&format!("{label} already present"));
+                continue;
+            }
+            let blob_hex =
+                self.store_blob(&source, layer, &format!("layer {}", i + 1), &scratch.0)?;
+            blobs.push(blob_hex.clone());
+            let size = self.unpack(&blob_hex, &layer.media_type, diff_hex, &scratch.0)?;
+            layer_sizes.push(size);
+            progress(&format!("{label} unpacked ({})", human_size(size)));
+        }
+
+        let c = config.config().clone().unwrap_or_default();
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let image = Image {
+            id: id.clone(),
+            names: Vec::new(),
+            diff_ids,
+            size: layer_sizes.iter().sum(),
+            loaded_at: now_rfc3339(),
+            config: ImageConfig {
+                env: c.env().clone().unwrap_or_default(),
+                working_dir: non_empty(c.working_dir()),
+                user: non_empty(c.user()),
+                entrypoint: c.entrypoint().clone().unwrap_or_default(),
+                cmd: c.cmd().clone().unwrap_or_default(),
+            },
+        };
+        blobs.sort();
+        blobs.dedup();
+        let record_path = self.record_path(&config_hex);
+        let record = Record {
+            image,
+            layer_sizes,
+            blobs,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ImageError::Metadata {
+            path: record_path.clone(),
+            source: e,
+        })?;
+        write_atomic(&record_path, &bytes)?;
+
+        let mut map = self.read_names()?;
+        for n in &names {
+            map.insert(n.clone(), id.clone());
+        }
+        self.write_names(&map)?;
+        progress(&format!(
+            "loaded {} {}",
+            short(&config_hex),
+            if names.is_empty() {
+                "(no name)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+        self.by_hex(&config_hex)
+    }
+
+    /// Size of a layer already on disk, from any image that recorded it.
+    fn known_layer_size(&self, diff_hex: &str) -> u64 {
+        let diff_id = format!("sha256:{diff_hex}");
+        if let Ok(records) = self.records() {
+            for r in records {
+                if let Some(i) = r.image.diff_ids.iter().position(|d| *d == diff_id) {
+                    if let Some(size) = r.layer_sizes.get(i) {
+                        return *size;
+                    }
+                }
+            }
+        }
+        dir_size(&self.layer_path(diff_hex))
+    }
+
+    fn store_bytes(&self, hex: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        let path = self.blob_path(hex);
+        if path.is_file() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    /// Copies a blob into the store, verifying size and digest on the way; returns its hex.
+    /// Blobs without a known digest (docker-archive layers) are stored under the computed one.
+    fn store_blob(
+        &self,
+        source: &Source,
+        blob: &BlobRef,
+        what: &str,
+        scratch: &Path,
+    ) -> Result<String, ImageError> {
+        if let Some(hex) = blob.digest.as_deref() {
+            if self.blob_path(hex).is_file() {
+                return Ok(hex.to_string());
+            }
+        }
+        let (reader, _) = source.read(&blob.path)?;
+        // One byte past the expected size is enough to tell a longer blob.
+        let limit = blob.size.map_or(u64::MAX, |s| s.saturating_add(1));
+        let mut reader = HashingReader::new(reader.take(limit));
+        let tmp = scratch.join(unique_name("blob"));
+        let mut out = File::create(&tmp).map_err(ImageError::io(&tmp))?;
+        io::copy(&mut reader, &mut out).map_err(ImageError::io(source.path()))?;
+        out.sync_all().map_err(ImageError::io(&tmp))?;
+        let (hex, count) = reader.finish();
+        if let Some(size) = blob.size {
+            if count != size {
+                return Err(ImageError::SizeMismatch {
+                    path: source.path().to_path_buf(),
+                    what: format!("{what} ({})", blob.path),
+                    expected: size,
+                    actual: count,
+                });
+            }
+        }
+        if let Some(expected) = blob.digest.as_deref() {
+            if expected != hex {
+                return Err(ImageError::DigestMismatch {
+                    path: source.path().to_path_buf(),
+                    what: format!("{what} ({})", blob.path),
+                    expected: format!("sha256:{expected}"),
+                    actual: format!("sha256:{hex}"),
+                });
+            }
+        }
+        let dest = self.blob_path(&hex);
+        fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
+        Ok(hex)
+    }
+
+    /// Unpacks a stored layer blob into `layers/<diff_hex>` via a scratch dir and an atomic
+    /// rename, checking the uncompressed stream against the diff_id; returns unpacked bytes.
+    fn unpack(
+        &self,
+        blob_hex: &str,
+        media_type: &str,
+        diff_hex: &str,
+        scratch: &Path,
+    ) -> Result<u64, ImageError> {
+        let blob_path = self.blob_path(blob_hex);
+        let file = File::open(&blob_path).map_err(ImageError::io(&blob_path))?;
+        let mut buffered = BufReader::new(file);
+        let magic =
+            source::detect_compression(&mut buffered).map_err(ImageError::io(&blob_path))?;
+        if let Some(declared) = media_type_compression(media_type) {
+            if declared != magic {
+                tracing::warn!(
+                    media_type,
+                    ?magic,
+                    "layer media type disagrees with its content; trusting the content"
+                );
+            }
+        }
+        let decompressed = source::decompress(buffered).map_err(ImageError::io(&blob_path))?;
+        let mut hashing = HashingReader::new(decompressed);
+        let dir = scratch.join(unique_name("layer"));
+        fs::create_dir(&dir).map_err(ImageError::io(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(ImageError::io(&dir))?;
+        let label = format!("sha256:{}", short(diff_hex));
+        let stats = unpack::unpack_layer(&mut hashing, &dir, &label)?;
+        // The diff_id covers the whole stream, including padding after the end-of-archive marker.
+        io::copy(&mut hashing, &mut io::sink()).map_err(|e| ImageError::Entry {
+            layer: label.clone(),
+            entry: "<archive>".to_string(),
+            reason: format!("cannot read layer: {e}"),
+        })?;
+        let (actual, _) = hashing.finish();
+        if actual != diff_hex {
+            return Err(ImageError::DigestMismatch {
+                path: blob_path,
+                what: "layer diff_id".to_string(),
+                expected: format!("sha256:{diff_hex}"),
+                actual: format!("sha256:{actual}"),
+            });
+        }
+        let dest = self.layer_path(diff_hex);
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &dir,
+            rustix::fs::CWD,
+            &dest,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Another process unpacked the same layer meanwhile: keep theirs.
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {}
+            Err(e) => {
+                return Err(ImageError::Io {
+                    path: dest,
+                    source: e.into(),
+                })
+            }
+        }
+        Ok(stats.bytes)
+    }
+
+    fn read_names(&self) -> Result<BTreeMap<String, String>, ImageError> {
+        let path = self.names_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| ImageError::Metadata { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(ImageError::Io { path, source }),
+        }
+    }
+
+    fn write_names(&self, map: &BTreeMap<String, String>) -> Result<(), ImageError> {
+        let path = self.names_path();
+        let bytes = serde_json::to_vec_pretty(map).map_err(|source| ImageError::Metadata {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    fn read_record(&self, hex: &str) -> Result<Option<Record>, ImageError> {
+        let path = self.record_path(hex);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| ImageError::Metadata { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ImageError::Io { path, source }),
+        }
+    }
+
+    fn record_hexes(&self) -> Result<Vec<String>, ImageError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let entry = entry.map_err(ImageError::io(&dir))?;
+            let name = entry.file_name();
+            if let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+                if is_sha256_hex(hex) {
+                    out.push(hex.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn records(&self) -> Result<Vec<Record>, ImageError> {
+        let mut out = Vec::new();
+        for hex in self.record_hexes()? {
+            if let Some(r) = self.read_record(&hex)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn with_names(mut image: Image, names: &BTreeMap<String, String>) -> Image {
+        image.names = names
+            .iter()
+            .filter(|(_, id)| **id == image.id)
+            .map(|(n, _)| n.clone())
+            .collect();
+        image
+    }
+
+    fn by_hex(&self, hex: &str) -> Result<Image, ImageError> {
+        let record = self
+            .read_record(hex)?
+            .ok_or_else(|| ImageError::NotFound(format!("sha256:{hex}")))?;
+        Ok(Self::with_names(record.image, &self.read_names()?))
+    }
+
+    /// Images sorted by load time, oldest first.
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let names = self.read_names()?;
+        let mut images: Vec<Image> = self
+            .records()?
+            .into_iter()
+            .map(|r| Self::with_names(r.image, &names))
+            .collect();
+        images.sort_by(|a, b| a.loaded_at.cmp(&b.loaded_at).then(a.id.cmp(&b.id)));
+        Ok(images)
+    }
+
+    /// By name ("busybox" == "busybox:latest"), full id "sha256:<hex>", or a unique hex prefix
+    /// (at least 4 characters) of the id.
+    pub fn get(&self, reference: &str) -> Result<Image, ImageError> {
+        let not_found = || ImageError::NotFound(reference.to_string());
+        if let Some(rest) = reference.strip_prefix("sha256:") {
+            if !is_sha256_hex(rest) {
+                return Err(not_found());
+            }
+            return match self.read_record(rest)? {
+                Some(r) => Ok(Self::with_names(r.image, &self.read_names()?)),
+                None => Err(not_found()),
+            };
+        }
+        let names = self.read_names()?;
+        if let Ok(name) = normalize_name(reference) {
+            if let Some(id) = names.get(&name) {
+                let hex = sha256_hex(id).ok_or_else(|| ImageError::Metadata {
+                    path: self.names_path(),
+                    source: serde::de::Error::custom(format!("bad image id {id:?}")),
+                })?;
+                return self.by_hex(hex);
+            }
+        }
+        let is_prefix = reference.len() >= 4
+            && reference.len() <= 64
+            && reference
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if is_prefix {
+            let matches: Vec<String> = self
+                .record_hexes()?
+                .into_iter()
+                .filter(|h| h.starts_with(reference))
+                .collect();
+            match matches.len() {
+                0 => {}
+                1 => return self.by_hex(&matches[0]),
+                count => {
+                    return Err(ImageError::Ambiguous {
+                        reference: reference.to_string(),
+                        count,
+                    })
+                }
+            }
+        }
+        Err(not_found())
+    }
+
+    /// Removes the image (all its names) and every layer and blob no remaining image uses.
+    /// The caller makes sure no workspace still runs on it.
+    pub fn remove(&self, reference: &str) -> Result<Image, ImageError> {
+        let _guard = self.lock()?;
+        let image = self.get(reference)?;
+        let mut names = self.read_names()?;
+        names.retain(|_, id| *id != image.id);
+        self.write_names(&names)?;
+        if let Some(hex) = sha256_hex(&image.id) {
+            let path = self.record_path(hex);
+            fs::remove_file(&path).map_err(ImageError::io(&path))?;
+        }
+        self.gc()?;
+        Ok(image)
+    }
+
+    /// Deletes layers and blobs that no image record references. Callers hold the lock.
+    fn gc(&self) -> Result<(), ImageError> {
+        let records = self.records()?;
+        let mut layers = HashSet::new();
+        let mut blobs = HashSet::new();
+        for r in &records {
+            for d in &r.image.diff_ids {
+                if let Some(hex) = sha256_hex(d) {
+                    layers.insert(hex.to_string());
+                }
+            }
+            blobs.extend(r.blobs.iter().cloned());
+        }
+        let sweep = |dir: PathBuf, keep: &HashSet<String>| -> Result<(), ImageError> {
+            for entry in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+                let entry = entry.map_err(ImageError::io(&dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let res = match entry.file_type() {
+                    Ok(ft) if ft.is_dir() => fs::remove_dir_all(&path),
+                    _ => fs::remove_file(&path),
+                };
+                res.map_err(ImageError::io(&path))?;
+                tracing::debug!(path = %path.display(), "removed unused");
+            }
+            Ok(())
+        };
+        sweep(self.root.join("layers"), &layers)?;
+        sweep(self.root.join("blobs/sha256"), &blobs)?;
+        Ok(())
+    }
+
+    /// Unpacked layer directories, bottom first (overlay wants top first: the caller reverses).
+    pub fn layer_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        image
+            .diff_ids
+            .iter()
+            .map(|d| self.layer_path(d.strip_prefix("sha256:").unwrap_or(d)))
+            .collect()
+    }
+}
+
+/// Reads a small document blob by digest, verifying size and digest.
+fn read_document(source: &Source, desc: &Descriptor) -> Result<(String, Vec<u8>), ImageError> {
+    let hex = descriptor_hex(source, desc)?;
+    if desc.size() > MAX_JSON {
+        return Err(ImageError::invalid(
+            source.path(),
+            format!("document sha256:{hex} is too large ({} bytes)", desc.size()),
+        ));
+    }
+    let path = format!("blobs/sha256/{hex}");
+    let (reader, _) = source.read(&path)?;
+    let mut bytes = Vec::new();
+    reader
+        .take(desc.size() + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ImageError::io(source.path()))?;
+    if bytes.len() as u64 != desc.size() {
+        return Err(ImageError::SizeMismatch {
+            path: source.path().to_path_buf(),
+            what: path,
+            expected: desc.size(),
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != hex {
+        return Err(ImageError::DigestMismatch {
+            path: source.path().to_path_buf(),
+            what: path,
+            expected: format!("sha256:{hex}"),
+            actual: format!("sha256:{actual}"),
+        });
+    }
+    Ok((hex, bytes))
+}
+
+fn descriptor_hex(source: &Source, desc: &Descriptor) -> Result<String, ImageError> {
+    let digest = desc.digest().to_string();
+    sha256_hex(&digest).map(str::to_string).ok_or_else(|| {
+        ImageError::invalid(
+            source.path(),
+            format!("unsupported digest {digest} (only sha256)"),
+        )
+    })
+}
+
+fn descriptor_names(desc: &Descriptor) -> Vec<String> {
+    let Some(ann) = desc.annotations() else {
+        return Vec::new();
+    };
+    ann.get(CONTAINERD_NAME)
+        .or_else(|| ann.get(REF_NAME))
+        .map(|n| vec![n.clone()])
+        .unwrap_or_default()
+}
+
+/// Picks one manifest of an index: linux/amd64 among platform variants, else the one whose name
+/// is `wanted`, else the only one.
+fn pick<'a>(
+    source: &Source,
+    manifests: &'a [Descriptor],
+    wanted: Option<&str>,
+) -> Result<&'a Descriptor, ImageError> {
+    let usable: Vec<&Descriptor> = manifests
+        .iter()
+        .filter(|d| {
+            let mt = d.media_type().to_string();
+            is_index_media_type(&mt)
+                || mt == "application/vnd.oci.image.manifest.v1+json"
+                || mt == "application/vnd.docker.distribution.manifest.v2+json"
+        })
+        .collect();
+    let with_platform = usable.iter().any(|d| d.platform().is_some());
+    let candidates: Vec<&Descriptor> = if with_platform {
+        usable
+            .into_iter()
+            .filter(|d| {
+                d.platform()
+                    .as_ref()
+                    .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+            })
+            .collect()
+    } else {
+        usable
+    };
+    match candidates.as_slice() {
+        [] => Err(ImageError::invalid(
+            source.path(),
+            "index holds no linux/amd64 image manifest",
+        )),
+        [one] => Ok(one),
+        many => {
+            let wanted = wanted.and_then(|w| normalize_name(w).ok());
+            wanted
+                .and_then(|w| {
+                    many.iter().copied().find(|d| {
+                        descriptor_names(d)
+                            .iter()
+                            .any(|n| normalize_name(n).ok().as_deref() == Some(w.as_str()))
+                    })
+                })
+                .ok_or_else(|| {
+                    ImageError::invalid(
+                        source.path(),
+                        format!(
+                            "index holds {} images; pass the name of the one to load",
+                            many.len()
+                        ),
+                    )
+                })
+        }
+    }
+}
+
+fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
+    let (index, _): (ImageIndex, _) = source.read_json("index.json")?;
+    let top = pick(source, index.manifests(), wanted)?;
+    let names = descriptor_names(top);
+    let mut documents = Vec::new();
+    let mut desc = top.clone();
+    // Nested indexes (a multi-platform image inside a layout): follow a few levels at most.
+    for _ in 0..4 {
+        let (hex, bytes) = read_document(source, &desc)?;
+        documents.push((hex.clone(), bytes.clone()));
+        if !is_index_media_type(desc.media_type().as_ref()) {
+            let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+                ImageError::invalid(source.path(), format!("manifest sha256:{hex}: {e}"))
+            })?;
+            let blob = |d: &Descriptor| -> Result<BlobRef, ImageError> {
+                let hex = descriptor_hex(source, d)?;
+                Ok(BlobRef {
+                    path: format!("blobs/sha256/{hex}"),
+                    digest: Some(hex),
+                    size: Some(d.size()),
+                    media_type: d.media_type().to_string(),
+                })
+            };
+            return Ok(Plan {
+                documents,
+                config: blob(manifest.config())?,
+                layers: manifest
+                    .layers()
+                    .iter()
+                    .map(blob)
+                    .collect::<Result<_, _>>()?,
+                names,
+            });
+        }
+        let nested: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::invalid(source.path(), format!("index sha256:{hex}: {e}")))?;
+        desc = pick(source, nested.manifests(), wanted)?.clone();
+    }
+    Err(ImageError::invalid(
+        source.path(),
+        "indexes nested too deeply",
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifest {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+fn docker_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
+    let (manifests, _): (Vec<DockerManifest>, _) = source.read_json("manifest.json")?;
+    let tags = |m: &DockerManifest| m.repo_tags.clone().unwrap_or_default();
+    let chosen = match manifests.as_slice() {
+        [] => {
+            return Err(ImageError::invalid(
+                source.path(),
+                "manifest.json lists no image",
+            ))
+        }
+        [one] => one,
+        many => {
+            let wanted = wanted.and_then(|w| normalize_name(w).ok());
+            wanted
+                .and_then(|w| {
+                    many.iter().find(|m| {
+                        tags(m)
+                            .iter()
+                            .any(|t| normalize_name(t).ok().as_deref() == Some(w.as_str()))
+                    })
+                })
+                .ok_or_else(|| {
+                    ImageError::invalid(
+                        source.path(),
+                        format!(
+                            "archive holds {} images; pass the name of the one to load",
+                            many.len()
+                        ),
+                    )
+                })?
+        }
+    };
+    // Docker names files after their digest ("<hex>.json", "blobs/sha256/<hex>"): verify that.
+    let digest_in_path = |p: &str| -> Option<String> {
+        let file = p.rsplit('/').next()?;
+        let hex = file.strip_suffix(".json").unwrap_or(file);
+        is_sha256_hex(hex).then(|| hex.to_string())
+    };
+    let blob = |p: &String, is_config: bool| BlobRef {
+        path: p.clone(),
+        digest: if is_config || p.contains("sha256/") {
+            digest_in_path(p)
+        } else {
+            None
+        },
+        size: None,
+        media_type: String::new(),
+    };
+    Ok(Plan {
+        documents: Vec::new(),
+        config: blob(&chosen.config, true),
+        layers: chosen.layers.iter().map(|p| blob(p, false)).collect(),
+        names: tags(chosen),
+    })
+}

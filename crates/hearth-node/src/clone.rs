@@ -1,0 +1,180 @@
+//! Cloning the workspace's repository without host root.
+//!
+//! The clone runs as the workspace's own root uid on the host (the base of its id range),
+//! straight into the writable layer, so files arrive owned by root-inside and a hostile
+//! repository (hooks, crafted paths) can do nothing host root could.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{NodeError, Progress};
+
+/// Transports a source may use; `ext::` and friends run arbitrary commands.
+const ALLOWED_PROTOCOLS: &str = "file:git:http:https:ssh";
+
+/// Directory name for a source: last path component without `.git`, made safe.
+pub fn repo_name(source: &str) -> String {
+    let trimmed = source.trim_end_matches('/');
+    let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
+    let last = last.strip_suffix(".git").unwrap_or(last);
+    let cleaned: String = last
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .collect();
+    let cleaned = cleaned.trim_matches('.').to_string();
+    if cleaned.is_empty() {
+        "repo".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// Checks a source before anything is created; a local path must be a git repository.
+pub fn validate_source(source: &str) -> Result<(), NodeError> {
+    if source.is_empty() {
+        return Err(NodeError::Invalid("source is empty: give a git URL or a local repository path".into()));
+    }
+    if source.starts_with('-') {
+        return Err(NodeError::Invalid(format!("invalid source {source:?}")));
+    }
+    let lower = source.to_ascii_lowercase();
+    for scheme in ["https://", "http://", "ssh://", "git://", "file://"] {
+        if lower.starts_with(scheme) {
+            return Ok(());
+        }
+    }
+    if source.contains("::") {
+        return Err(NodeError::Invalid(format!(
+            "source {source:?} uses an unsupported git transport (allowed: https, http, ssh, git, file, local path)"
+        )));
+    }
+    let p = Path::new(source);
+    if p.is_absolute() {
+        if !p.exists() {
+            return Err(NodeError::Invalid(format!("source {source}: no such directory")));
+        }
+        if !(p.join(".git").exists() || (p.join("HEAD").is_file() && p.join("objects").is_dir())) {
+            return Err(NodeError::Invalid(format!("source {source} is not a git repository")));
+        }
+        return Ok(());
+    }
+    // scp-like ssh syntax: user@host:path or host:path
+    if let Some((host, _)) = source.split_once(':') {
+        if !host.is_empty() && !host.contains('/') {
+            return Ok(());
+        }
+    }
+    Err(NodeError::Invalid(format!(
+        "source {source:?} is neither a git URL nor an absolute path to a local repository"
+    )))
+}
+
+/// Clones `source` into `dest` (which must not exist) as `uid`/`gid`.
+pub fn clone(
+    source: &str,
+    dest: &Path,
+    uid: u32,
+    gid: u32,
+    gitconfig: &Path,
+    progress: &Progress,
+) -> Result<(), NodeError> {
+    let parent = dest
+        .parent()
+        .ok_or_else(|| NodeError::Internal(format!("clone target {} has no parent", dest.display())))?;
+    let mut child = Command::new("git")
+        .args(["clone", "--progress", "--no-hardlinks", "--"])
+        .arg(source)
+        .arg(dest)
+        .current_dir(parent)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", "/nonexistent")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", gitconfig)
+        .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .uid(uid)
+        .gid(gid)
+        .spawn()
+        .map_err(|e| NodeError::Internal(format!("cannot run git: {e} (apt-get install git)")))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| NodeError::Internal("git stderr not captured".into()))?;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut line = Vec::new();
+    loop {
+        let n = match stderr.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                if !line.is_empty() {
+                    let _ = progress.send(format!("git: {}", String::from_utf8_lossy(&line)));
+                    all.extend_from_slice(&line);
+                    all.push(b'\n');
+                    line.clear();
+                }
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| NodeError::Internal(format!("waiting for git: {e}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&all);
+    let reason: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("remote:"))
+        .collect();
+    let reason = if reason.is_empty() {
+        text.lines().last().unwrap_or("no output").to_string()
+    } else {
+        reason.join("; ")
+    };
+    Err(NodeError::Invalid(format!("git clone of {source} failed: {reason}")))
+}
+
+pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
+    upper.join("workspace").join(repo_name(source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(repo_name("https://github.com/a/hearth.git"), "hearth");
+        assert_eq!(repo_name("git@github.com:a/b.git"), "b");
+        assert_eq!(repo_name("/srv/repos/my repo/"), "my-repo");
+        assert_eq!(repo_name("/"), "repo");
+        assert_eq!(repo_name("host:.."), "repo");
+    }
+
+    #[test]
+    fn sources() {
+        assert!(validate_source("https://example.com/x.git").is_ok());
+        assert!(validate_source("git@example.com:x/y.git").is_ok());
+        assert!(validate_source("ext::sh -c touch% /tmp/pwned").is_err());
+        assert!(validate_source("--upload-pack=touch /tmp/x").is_err());
+        assert!(validate_source("relative/path").is_err());
+        assert!(validate_source("/nonexistent/repo").is_err());
+        let t = tempfile::tempdir().unwrap();
+        assert!(validate_source(t.path().to_str().unwrap()).is_err());
+    }
+}

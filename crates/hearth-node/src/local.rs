@@ -1,0 +1,652 @@
+//! [`LocalNode`]: the node running in this process, on this host.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_cgroups::Cgroups;
+use hearth_image::{Image, ImageError, ImageStore};
+use hearth_net::{NetConfig, Network};
+use hearth_runtime::bundle::{self, BundleSpec};
+use hearth_runtime::mount;
+use hearth_runtime::oci::OciRuntime;
+
+use crate::clone;
+use crate::{
+    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, RunState, WorkspaceSpec,
+    WorkspaceStatus, ID_RANGE,
+};
+
+/// How long PID 1 gets to end its processes on stop before everything is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a start may take until the agent answers.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const LOG_MAX: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct LocalNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNode").field("data_dir", &self.inner.cfg.data_dir).finish()
+    }
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    images: ImageStore,
+    cgroups: Cgroups,
+    net: Network,
+    runtime: OciRuntime,
+    ws_root: PathBuf,
+    agent: PathBuf,
+    gitconfig: PathBuf,
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+fn image_err(e: ImageError) -> NodeError {
+    match e {
+        ImageError::NotFound(r) => {
+            NodeError::NotFound(format!("image {r} not found (hearth image ls lists loaded images)"))
+        }
+        ImageError::Ambiguous { .. } | ImageError::InvalidName { .. } => NodeError::Invalid(e.to_string()),
+        ImageError::Invalid { .. }
+        | ImageError::DigestMismatch { .. }
+        | ImageError::SizeMismatch { .. }
+        | ImageError::Entry { .. } => NodeError::Invalid(e.to_string()),
+        other => NodeError::Internal(other.to_string()),
+    }
+}
+
+fn summary(i: &Image) -> ImageSummary {
+    ImageSummary {
+        id: i.id.clone(),
+        names: i.names.clone(),
+        size: i.size,
+        layers: i.diff_ids.len(),
+        loaded_at: i.loaded_at.clone(),
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), NodeError> {
+    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), NodeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| NodeError::Internal(format!("mkdir {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| NodeError::Internal(format!("chmod {}: {e}", path.display())))
+}
+
+impl LocalNode {
+    /// Opens (or initialises) the node's state under `cfg.data_dir` and sets up the
+    /// host network. Running workspaces are left alone.
+    pub async fn open(cfg: NodeConfig) -> Result<LocalNode, NodeError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(cfg))
+            .await
+            .map_err(internal)?
+    }
+
+    fn open_blocking(cfg: NodeConfig) -> Result<LocalNode, NodeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(NodeError::Invalid("hearth node must run as root".into()));
+        }
+        let data = &cfg.data_dir;
+        // 0711: workspace containers (unprivileged host uids) must traverse to their rootfs.
+        mkdir(data, 0o711)?;
+        let ws_root = data.join("workspaces");
+        mkdir(&ws_root, 0o711)?;
+        mkdir(&data.join("bin"), 0o755)?;
+        mkdir(&data.join("run"), 0o700)?;
+        let images = ImageStore::open(&data.join("images")).map_err(image_err)?;
+        let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
+        let net = Network::new(NetConfig {
+            bridge: cfg.bridge.clone(),
+            subnet: cfg.subnet.clone(),
+        })
+        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        net.ensure_host().map_err(internal)?;
+        let runtime = OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
+        let agent = data.join("bin/hearth-agent");
+        install_agent(&cfg.agent_binary, &agent)?;
+        let gitconfig = data.join("gitconfig");
+        // Global config for clones: they run as a different uid than the source's owner,
+        // and must never use command-running transports.
+        std::fs::write(
+            &gitconfig,
+            "[safe]\n\tdirectory = *\n[protocol \"ext\"]\n\tallow = never\n[core]\n\thooksPath = /dev/null\n",
+        )
+        .map_err(|e| NodeError::Internal(format!("write {}: {e}", gitconfig.display())))?;
+        std::fs::set_permissions(&gitconfig, std::fs::Permissions::from_mode(0o644)).map_err(internal)?;
+        tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), "node ready");
+        Ok(LocalNode {
+            inner: Arc::new(Inner {
+                cfg,
+                images,
+                cgroups,
+                net,
+                runtime,
+                ws_root,
+                agent,
+                gitconfig,
+            }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(internal)?
+    }
+}
+
+/// Copies the agent next to the data so a rebuild of the source tree never changes a
+/// running workspace's binary underneath it (rename gives a new inode).
+fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
+    let bytes = std::fs::read(src).map_err(|e| {
+        NodeError::Invalid(format!(
+            "agent binary {}: {e} (build it with scripts/build.sh or pass --agent)",
+            src.display()
+        ))
+    })?;
+    if std::fs::read(dst).ok().as_deref() == Some(&bytes[..]) {
+        return Ok(());
+    }
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, &bytes).map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
+    std::fs::rename(&tmp, dst).map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
+}
+
+struct Paths {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    rootfs: PathBuf,
+    bundle: PathBuf,
+    socket: PathBuf,
+    console: PathBuf,
+}
+
+impl Inner {
+    fn paths(&self, id: &str) -> Paths {
+        let dir = self.ws_root.join(id);
+        Paths {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            rootfs: dir.join("rootfs"),
+            bundle: dir.join("bundle"),
+            socket: dir.join("agent.sock"),
+            console: dir.join("console.log"),
+            dir,
+        }
+    }
+
+    fn create(&self, spec: &WorkspaceSpec, progress: &Progress) -> Result<(), NodeError> {
+        valid_id(&spec.id)?;
+        clone::validate_source(&spec.source)?;
+        self.images.get(&spec.image).map_err(image_err)?;
+        let p = self.paths(&spec.id);
+        if p.dir.exists() {
+            return Err(NodeError::Conflict(format!("workspace {} already exists on this node", spec.id)));
+        }
+        let res = (|| {
+            mkdir(&p.dir, 0o711)?;
+            let base = spec.uid_base();
+            mkdir(&p.upper, 0o755)?;
+            std::os::unix::fs::chown(&p.upper, Some(base), Some(base)).map_err(internal)?;
+            mkdir(&p.work, 0o700)?;
+            mkdir(&p.rootfs, 0o755)?;
+            mkdir(&p.bundle, 0o700)?;
+            let ws = p.upper.join("workspace");
+            mkdir(&ws, 0o755)?;
+            std::os::unix::fs::chown(&ws, Some(base), Some(base)).map_err(internal)?;
+            let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
+            std::fs::write(p.dir.join("spec.json"), json).map_err(internal)?;
+            let _ = progress.send(format!("cloning {}", spec.source));
+            clone::clone(
+                &spec.source,
+                &clone::dest_for(&p.upper, &spec.source),
+                base,
+                base,
+                &self.gitconfig,
+                progress,
+            )
+        })();
+        if let Err(e) = res {
+            if let Err(e2) = self.remove_files(&spec.id) {
+                tracing::error!(id = %spec.id, "cleanup after failed create: {e2}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        valid_id(&spec.id)?;
+        let p = self.paths(&spec.id);
+        if !p.upper.is_dir() {
+            return Err(NodeError::NotFound(format!(
+                "workspace {} has no data on this node",
+                spec.name
+            )));
+        }
+        if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
+            if st.status == "running" {
+                return self.status(spec);
+            }
+        }
+        let image = self.images.get(&spec.image).map_err(image_err)?;
+        let t0 = Instant::now();
+        match self.start_inner(spec, &image, &p) {
+            Ok(()) => {
+                tracing::info!(id = %spec.id, name = %spec.name, ms = t0.elapsed().as_millis() as u64, "started");
+                self.status(spec)
+            }
+            Err(e) => {
+                if let Err(e2) = self.cleanup_runtime(&spec.id) {
+                    tracing::error!(id = %spec.id, "cleanup after failed start: {e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_inner(&self, spec: &WorkspaceSpec, image: &Image, p: &Paths) -> Result<(), NodeError> {
+        let id = &spec.id;
+        let limits = hearth_cgroups::Limits {
+            memory_bytes: spec.limits.memory_bytes,
+            pids: spec.limits.pids,
+            cpu_weight: spec.limits.cpu_weight,
+        };
+        self.cgroups.create(id, &limits).map_err(internal)?;
+        let wnet = self.net.setup(id, spec.slot).map_err(internal)?;
+        if !mount::is_mounted(&p.rootfs).map_err(internal)? {
+            let ns = hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
+            let layers = self.images.layer_dirs(image);
+            mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
+        }
+        let resolv = p.dir.join("resolv.conf");
+        std::fs::write(&resolv, resolv_conf()).map_err(internal)?;
+
+        let repo_dir = format!("/workspace/{}", clone::repo_name(&spec.source));
+        let cwd = image
+            .config
+            .working_dir
+            .clone()
+            .filter(|d| !d.is_empty() && d != "/")
+            .unwrap_or(repo_dir);
+        let mut env = image.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        env.push(format!("HEARTH_DEFAULT_USER={}", image.config.user.clone().unwrap_or_default()));
+        env.push(format!("HEARTH_DEFAULT_CWD={cwd}"));
+        env.push(format!("HEARTH_WORKSPACE={}", spec.name));
+        bundle::write(
+            &p.bundle,
+            &BundleSpec {
+                hostname: spec.name.clone(),
+                rootfs: p.rootfs.clone(),
+                uid_base: spec.uid_base(),
+                id_range: ID_RANGE,
+                netns: wnet.netns_path.clone(),
+                agent: self.agent.clone(),
+                files: vec![(resolv, "/etc/resolv.conf".into())],
+                env,
+            },
+        )
+        .map_err(internal)?;
+
+        let _ = std::fs::remove_file(&p.socket);
+        let listener = std::os::unix::net::UnixListener::bind(&p.socket)
+            .map_err(|e| NodeError::Internal(format!("bind {}: {e}", p.socket.display())))?;
+        std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600)).map_err(internal)?;
+        self.runtime.delete(id).map_err(internal)?;
+        self.runtime
+            .run_detached(id, &p.bundle, listener.as_fd(), &p.console, &self.cgroups.procs_files(id))
+            .map_err(internal)?;
+        drop(listener);
+        wait_ready(&p.socket, &p.console)
+    }
+
+    fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let p = self.paths(&spec.id);
+        if !p.upper.is_dir() {
+            return Ok(WorkspaceStatus {
+                state: RunState::Missing,
+                pid: None,
+                ip: None,
+            });
+        }
+        match self.runtime.state(&spec.id).map_err(internal)? {
+            Some(st) if st.status == "running" => Ok(WorkspaceStatus {
+                state: RunState::Running,
+                pid: st.pid,
+                ip: self.net.address(spec.slot).ok(),
+            }),
+            _ => Ok(WorkspaceStatus {
+                state: RunState::Stopped,
+                pid: None,
+                ip: None,
+            }),
+        }
+    }
+
+    fn stop(&self, id: &str) -> Result<(), NodeError> {
+        valid_id(id)?;
+        if let Some(st) = self.runtime.state(id).map_err(internal)? {
+            if st.status == "running" {
+                // PID 1 (the agent) forwards TERM to everything and exits when done.
+                if let Err(e) = self.runtime.kill(id, "TERM") {
+                    tracing::warn!(%id, "TERM: {e}");
+                }
+                let deadline = Instant::now() + STOP_GRACE;
+                while Instant::now() < deadline {
+                    match self.runtime.state(id).map_err(internal)? {
+                        Some(s) if s.status == "running" => std::thread::sleep(Duration::from_millis(20)),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        self.cleanup_runtime(id)
+    }
+
+    /// Tears down everything a running workspace holds on the host except its files.
+    /// Idempotent; goes on after errors and reports them all.
+    fn cleanup_runtime(&self, id: &str) -> Result<(), NodeError> {
+        let p = self.paths(id);
+        let mut errors = Vec::new();
+        if let Err(e) = self.runtime.delete(id) {
+            errors.push(e.to_string());
+        }
+        if self.cgroups.list().map(|l| l.iter().any(|g| g == id)).unwrap_or(true) {
+            if let Err(e) = self.cgroups.kill_all(id) {
+                errors.push(e.to_string());
+            }
+        }
+        match mount::mounts_under(&p.dir) {
+            Ok(mut ms) => {
+                ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+                for m in ms {
+                    if let Err(e) = mount::unmount(&m) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        if let Err(e) = self.net.teardown(id) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.cgroups.remove(id) {
+            errors.push(e.to_string());
+        }
+        let _ = std::fs::remove_file(&p.socket);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::Internal(errors.join("; ")))
+        }
+    }
+
+    /// Deletes a workspace's files; refuses while anything is mounted below it.
+    fn remove_files(&self, id: &str) -> Result<(), NodeError> {
+        valid_id(id)?;
+        let p = self.paths(id);
+        let mounted = mount::mounts_under(&p.dir).map_err(internal)?;
+        if !mounted.is_empty() {
+            return Err(NodeError::Internal(format!(
+                "refusing to delete {}: still mounted at {}",
+                p.dir.display(),
+                mounted[0].display()
+            )));
+        }
+        match std::fs::remove_dir_all(&p.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NodeError::Internal(format!("remove {}: {e}", p.dir.display()))),
+        }
+    }
+
+    fn reconcile(&self, known: &[WorkspaceSpec]) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+        let mut out = Vec::new();
+        let known_ids: std::collections::HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
+        for spec in known {
+            if valid_id(&spec.id).is_err() {
+                continue;
+            }
+            let st = self.status(spec)?;
+            if st.state != RunState::Running {
+                // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
+                if let Err(e) = self.cleanup_runtime(&spec.id) {
+                    tracing::warn!(id = %spec.id, "reconcile cleanup: {e}");
+                }
+            }
+            out.push((spec.id.clone(), st));
+        }
+        // Resources of workspaces the control plane no longer knows.
+        let mut strays: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        strays.extend(self.runtime.list().unwrap_or_default());
+        strays.extend(self.cgroups.list().unwrap_or_default());
+        strays.extend(self.net.list().unwrap_or_default());
+        if let Ok(rd) = std::fs::read_dir(&self.ws_root) {
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str() {
+                    strays.insert(n.to_string());
+                }
+            }
+        }
+        for id in strays {
+            if known_ids.contains(id.as_str()) || valid_id(&id).is_err() {
+                // Net ids may be truncated veth suffixes; teardown handles those itself.
+                if !known_ids.iter().any(|k| k.starts_with(&id)) && valid_id(&id).is_ok() {
+                    let _ = self.net.teardown(&id);
+                }
+                continue;
+            }
+            tracing::warn!(%id, "cleaning up resources of an unknown workspace");
+            if let Err(e) = self.cleanup_runtime(&id) {
+                tracing::warn!(%id, "stray cleanup: {e}");
+            }
+            // Its files stay: deleting data needs a record that says it is garbage.
+        }
+        Ok(out)
+    }
+}
+
+fn resolv_conf() -> String {
+    for f in ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"] {
+        if let Ok(s) = std::fs::read_to_string(f) {
+            let usable: Vec<&str> = s
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("nameserver 127.") && !l.contains("nameserver ::1"))
+                .collect();
+            if usable.iter().any(|l| l.trim_start().starts_with("nameserver")) {
+                return usable.join("\n") + "\n";
+            }
+        }
+    }
+    "nameserver 1.1.1.1\n".into()
+}
+
+/// Polls the agent until it answers a ping; its console tail explains a failure.
+fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(internal)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut delay = Duration::from_micros(200);
+    loop {
+        match rt.block_on(hearth_proto::client::ping(socket)) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(NodeError::Internal(format!(
+                    "workspace agent did not become ready: {e}; console: {}",
+                    hearth_runtime::oci::tail(console, 1024).trim()
+                )))
+            }
+            Err(_) => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for LocalNode {
+    async fn load_image(
+        &self,
+        path: PathBuf,
+        name: Option<String>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        self.blocking(move |i| {
+            let mut cb = |s: &str| {
+                let _ = progress.send(s.to_string());
+            };
+            i.images
+                .load(&path, name.as_deref(), &mut cb)
+                .map(|img| summary(&img))
+                .map_err(image_err)
+        })
+        .await
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
+        self.blocking(|i| Ok(i.images.list().map_err(image_err)?.iter().map(summary).collect()))
+            .await
+    }
+
+    async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError> {
+        let r = reference.to_string();
+        self.blocking(move |i| i.images.get(&r).map(|x| summary(&x)).map_err(image_err))
+            .await
+    }
+
+    async fn remove_image(&self, reference: &str, in_use: &[String]) -> Result<(), NodeError> {
+        let r = reference.to_string();
+        let in_use = in_use.to_vec();
+        self.blocking(move |i| {
+            let img = i.images.get(&r).map_err(image_err)?;
+            if in_use.contains(&img.id) {
+                return Err(NodeError::Conflict(format!(
+                    "image {r} is used by a workspace; remove the workspace first"
+                )));
+            }
+            i.images.remove(&img.id).map(|_| ()).map_err(image_err)
+        })
+        .await
+    }
+
+    async fn create(&self, spec: &WorkspaceSpec, progress: Progress) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.create(&spec, &progress)).await
+    }
+
+    async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.start(&spec)).await
+    }
+
+    async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| i.stop(&id)).await
+    }
+
+    async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| {
+            i.stop(&id)?;
+            i.remove_files(&id)
+        })
+        .await
+    }
+
+    async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.status(&spec)).await
+    }
+
+    async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
+        valid_id(&spec.id)?;
+        if req.argv.is_empty() {
+            return Err(NodeError::Invalid("no command given".into()));
+        }
+        let socket = self.inner.paths(&spec.id).socket;
+        if !socket.exists() {
+            return Err(NodeError::Conflict(format!(
+                "workspace {} is not running (hearth start {})",
+                spec.name, spec.name
+            )));
+        }
+        hearth_proto::client::exec(&socket, &req).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Other {
+                NodeError::Invalid(e.to_string())
+            } else {
+                NodeError::Internal(format!("workspace {} agent: {e}", spec.name))
+            }
+        })
+    }
+
+    async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| {
+            valid_id(&id)?;
+            let console = i.paths(&id).console;
+            match std::fs::read(&console) {
+                Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(NodeError::Internal(format!("read {}: {e}", console.display()))),
+            }
+        })
+        .await
+    }
+
+    async fn reconcile(&self, known: &[WorkspaceSpec]) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+        let known = known.to_vec();
+        self.blocking(move |i| i.reconcile(&known)).await
+    }
+
+    async fn teardown(&self) -> Result<(), NodeError> {
+        self.blocking(|i| {
+            let mut errors = Vec::new();
+            for id in i.runtime.list().unwrap_or_default() {
+                if let Err(e) = i.stop(&id) {
+                    errors.push(e.to_string());
+                }
+            }
+            if let Err(e) = i.net.teardown_host() {
+                errors.push(e.to_string());
+            }
+            if let Err(e) = i.cgroups.remove_parent() {
+                errors.push(e.to_string());
+            }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(NodeError::Internal(errors.join("; ")))
+            }
+        })
+        .await
+    }
+}

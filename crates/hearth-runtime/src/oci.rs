@@ -1,0 +1,280 @@
+//! Driving the OCI runtime binary (crun by default, runc otherwise).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{Result, RuntimeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Crun,
+    Runc,
+}
+
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    binary: PathBuf,
+    kind: Kind,
+    /// Runtime state directory, ours alone so `list` never shows foreign containers.
+    root: PathBuf,
+    /// Debian 12's crun refuses a hybrid cgroup layout; hiding the cgroup2 mount in a
+    /// private mount namespace for the runtime process gets past that.
+    hide_unified: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// creating, created, running, stopped, paused
+    pub status: String,
+    pub pid: Option<u32>,
+}
+
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+impl OciRuntime {
+    /// `choice`: "crun", "runc" or a path; `None` prefers crun and falls back to runc.
+    pub fn new(choice: Option<&str>, state_root: &Path) -> Result<Self> {
+        let find = |name: &str| -> Option<PathBuf> {
+            if name.contains('/') {
+                let p = PathBuf::from(name);
+                return p.is_file().then_some(p);
+            }
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        };
+        let binary = match choice {
+            Some(c) => find(c).ok_or_else(|| RuntimeError::Runtime {
+                runtime: c.to_string(),
+                op: "find",
+                id: String::new(),
+                message: "not found in PATH (install crun or runc, or pass --runtime PATH)".into(),
+            })?,
+            None => find("crun").or_else(|| find("runc")).ok_or_else(|| RuntimeError::Runtime {
+                runtime: "crun".into(),
+                op: "find",
+                id: String::new(),
+                message: "neither crun nor runc found in PATH: apt-get install crun".into(),
+            })?,
+        };
+        let kind = if binary.file_name().is_some_and(|n| n.as_bytes().starts_with(b"runc")) {
+            Kind::Runc
+        } else {
+            Kind::Crun
+        };
+        std::fs::create_dir_all(state_root).map_err(|e| RuntimeError::io("mkdir", state_root, e))?;
+        let hide_unified = kind == Kind::Crun
+            && crate::mount::is_mounted(Path::new(UNIFIED))?
+            && Path::new("/sys/fs/cgroup/memory").exists();
+        Ok(OciRuntime {
+            binary,
+            kind,
+            root: state_root.to_path_buf(),
+            hide_unified,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        if self.kind == Kind::Crun {
+            // The node places the process in its cgroups before exec; crun must not move it.
+            c.arg("--cgroup-manager=disabled");
+        }
+        c
+    }
+
+    /// Starts the container detached. `listen` becomes fd 3 inside (the agent's socket);
+    /// the runtime's and container's stdout/stderr go to `console`; the runtime process is
+    /// moved into `cgroup_procs` before exec, so the container starts inside them.
+    pub fn run_detached(
+        &self,
+        id: &str,
+        bundle: &Path,
+        listen: BorrowedFd<'_>,
+        console: &Path,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(console)
+            .map_err(|e| RuntimeError::io("open", console, e))?;
+        let err_log = log.try_clone().map_err(|e| RuntimeError::io("dup", console, e))?;
+        let procs: Vec<CString> = cgroup_procs
+            .iter()
+            .map(|p| CString::new(p.as_os_str().as_bytes()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| RuntimeError::Bundle("cgroup path contains NUL".into()))?;
+        let listen_raw = listen.as_raw_fd();
+        let hide = self.hide_unified;
+        let runtime_log = bundle.join("runtime.log");
+        let _ = std::fs::remove_file(&runtime_log);
+        let mut cmd = self.cmd();
+        cmd.arg("--log")
+            .arg(&runtime_log)
+            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log);
+        // SAFETY: the closure runs between fork and exec and only makes raw syscalls on
+        // data prepared before the fork (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if rc < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if listen_raw == 3 {
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                } else if libc::dup2(listen_raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if hide {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let root = c"/";
+                    if libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let unified = c"/sys/fs/cgroup/unified";
+                    if libc::umount2(unified.as_ptr(), libc::MNT_DETACH) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| RuntimeError::io("spawn", &self.binary, e))?;
+        if status.success() {
+            return Ok(());
+        }
+        let mut message = std::fs::read_to_string(&runtime_log).unwrap_or_default();
+        if message.trim().is_empty() {
+            message = tail(console, 2048);
+        }
+        Err(self.err("run", id, format!("{status}: {}", message.trim())))
+    }
+
+    /// `None` when the runtime does not know the container.
+    pub fn state(&self, id: &str) -> Result<Option<State>> {
+        let out = self
+            .cmd()
+            .args(["state", id])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| RuntimeError::io("spawn", &self.binary, e))?;
+        if !out.status.success() {
+            let msg = String::from_utf8_lossy(&out.stderr);
+            if msg.contains("does not exist") || msg.contains("not exist") || msg.contains("No such file") {
+                return Ok(None);
+            }
+            return Err(self.err("state", id, msg.trim().to_string()));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| self.err("state", id, format!("bad state json: {e}")))?;
+        let status = v["status"].as_str().unwrap_or("unknown").to_string();
+        let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        Ok(Some(State { status, pid }))
+    }
+
+    pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
+        self.simple(&["kill", id, signal], "kill", id)
+    }
+
+    /// Forgets the container (killing it if needed); unknown ids are fine.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        match self.simple(&["delete", "--force", id], "delete", id) {
+            Ok(()) => Ok(()),
+            Err(RuntimeError::Runtime { message, .. })
+                if message.contains("not exist") || message.contains("No such file") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Container ids in our state directory.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let rd = match std::fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(RuntimeError::io("readdir", &self.root, e)),
+        };
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                if let Some(n) = e.file_name().to_str() {
+                    ids.push(n.to_string());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn simple(&self, args: &[&str], op: &'static str, id: &str) -> Result<()> {
+        let out = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| RuntimeError::io("spawn", &self.binary, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(self.err(op, id, String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        }
+    }
+
+    fn err(&self, op: &'static str, id: &str, message: String) -> RuntimeError {
+        RuntimeError::Runtime {
+            runtime: self.binary.display().to_string(),
+            op,
+            id: id.to_string(),
+            message,
+        }
+    }
+}
+
+/// Last `max` bytes of a file, lossy; for error messages.
+pub fn tail(path: &Path, max: usize) -> String {
+    match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b[b.len().saturating_sub(max)..]).into_owned(),
+        Err(_) => String::new(),
+    }
+}

@@ -1,0 +1,86 @@
+//! User-namespace file descriptors for idmapped mounts.
+//!
+//! An idmapped mount needs a user namespace that carries the workspace's mapping before
+//! the container exists. We make one with a short-lived child that unshares
+//! CLONE_NEWUSER and waits; the parent writes its maps, keeps an fd to the namespace and
+//! lets the child go. The fd keeps the namespace alive after the child exits.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::{Result, RuntimeError};
+
+/// Returns an fd of a new user namespace mapping ids 0..len to base..base+len (uid and gid).
+pub fn userns_fd(base: u32, len: u32) -> Result<OwnedFd> {
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| RuntimeError::sys("pipe", e))?;
+    let wr_raw = wr.as_raw_fd();
+    // SAFETY: the child only calls async-signal-safe functions (unshare, read, _exit)
+    // before exiting; it never returns into Rust code that could take locks.
+    let pid = match unsafe { libc::fork() } {
+        -1 => return Err(RuntimeError::sys("fork", std::io::Error::last_os_error())),
+        0 => {
+            // SAFETY: raw syscalls in the forked child; see above.
+            unsafe {
+                // Our copy of the write end would keep the read below from seeing EOF.
+                libc::close(wr_raw);
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    libc::_exit(1);
+                }
+                let mut b = [0u8; 1];
+                // Wait until the parent has opened our namespace (or died: EOF).
+                libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        pid => pid,
+    };
+    drop(rd);
+    let res = (|| -> Result<OwnedFd> {
+        // The child may not have unshared yet: wait for /proc/pid/ns/user to differ from ours.
+        let own = std::fs::metadata("/proc/self/ns/user").map_err(|e| RuntimeError::io("stat", "/proc/self/ns/user", e))?;
+        let ns_path = format!("/proc/{pid}/ns/user");
+        let mut tries = 0;
+        loop {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(&ns_path).map_err(|e| RuntimeError::io("stat", &ns_path, e))?;
+            if m.ino() != own.ino() {
+                break;
+            }
+            tries += 1;
+            if tries > 20000 {
+                return Err(RuntimeError::sys(
+                    "unshare user namespace",
+                    std::io::Error::other("child did not enter a new user namespace"),
+                ));
+            }
+            std::thread::yield_now();
+        }
+        let map = format!("0 {base} {len}\n");
+        for f in ["uid_map", "gid_map"] {
+            let p = format!("/proc/{pid}/{f}");
+            File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|mut fh| fh.write_all(map.as_bytes()))
+                .map_err(|e| RuntimeError::io("write", &p, e))?;
+        }
+        let fd = File::open(&ns_path).map_err(|e| RuntimeError::io("open", &ns_path, e))?;
+        Ok(OwnedFd::from(fd))
+    })();
+    drop(wr);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    res
+}
+
+/// Duplicates a raw fd into an [`OwnedFd`]; used by tests.
+#[doc(hidden)]
+pub fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
+    // SAFETY: dup on a valid fd returns a new fd we own exclusively.
+    let n = unsafe { libc::dup(fd.as_raw_fd()) };
+    if n < 0 {
+        return Err(RuntimeError::sys("dup", std::io::Error::last_os_error()));
+    }
+    // SAFETY: n is a fresh fd from dup.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
