@@ -361,6 +361,16 @@ pub mod client {
         w.write_all(&msg.encode()?).await
     }
 
+    /// Input to a session whose process already ended is dropped, not an error: the agent
+    /// closes the connection after the exit status, which can beat the caller's next write;
+    /// the reader still delivers every byte of output and the exit code.
+    async fn send_input<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &ClientMsg) -> io::Result<()> {
+        match send(w, msg).await {
+            Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Connects to an agent socket and checks it answers.
     pub async fn ping(socket: &Path) -> io::Result<()> {
         ping_version(socket).await.map(|_| ())
@@ -435,20 +445,20 @@ pub mod client {
     impl ExecWriter {
         pub async fn write_stdin(&mut self, data: &[u8]) -> io::Result<()> {
             for chunk in data.chunks(MAX_FRAME) {
-                send(&mut self.wr, &ClientMsg::Stdin(chunk.to_vec())).await?;
+                send_input(&mut self.wr, &ClientMsg::Stdin(chunk.to_vec())).await?;
             }
             Ok(())
         }
         /// Closes the process's stdin (on a tty: sends the EOF character).
         pub async fn close_stdin(&mut self) -> io::Result<()> {
-            send(&mut self.wr, &ClientMsg::StdinEof).await
+            send_input(&mut self.wr, &ClientMsg::StdinEof).await
         }
         pub async fn resize(&mut self, rows: u16, cols: u16) -> io::Result<()> {
-            send(&mut self.wr, &ClientMsg::Resize { rows, cols }).await
+            send_input(&mut self.wr, &ClientMsg::Resize { rows, cols }).await
         }
         /// Sends `sig` to the session's process group.
         pub async fn signal(&mut self, sig: i32) -> io::Result<()> {
-            send(&mut self.wr, &ClientMsg::Signal(sig)).await
+            send_input(&mut self.wr, &ClientMsg::Signal(sig)).await
         }
     }
 

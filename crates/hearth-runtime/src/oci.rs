@@ -155,24 +155,7 @@ impl OciRuntime {
                     return Err(std::io::Error::last_os_error());
                 }
                 if hide {
-                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let root = c"/";
-                    if libc::mount(
-                        std::ptr::null(),
-                        root.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let unified = c"/sys/fs/cgroup/unified";
-                    if libc::umount2(unified.as_ptr(), libc::MNT_DETACH) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    hide_unified_mount()?;
                 }
                 Ok(())
             });
@@ -188,6 +171,23 @@ impl OciRuntime {
             message = tail(console, 2048);
         }
         Err(self.err("run", id, format!("{status}: {}", message.trim())))
+    }
+
+    /// Runs a container in the foreground and waits for it (benchmark floor: the runtime
+    /// alone, no network, cgroup or agent work).
+    pub fn run_foreground(&self, id: &str, bundle: &Path) -> Result<std::process::ExitStatus> {
+        let hide = self.hide_unified;
+        let mut cmd = self.cmd();
+        cmd.args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        // SAFETY: only raw syscalls between fork and exec, see `hide_unified_mount`.
+        unsafe {
+            cmd.pre_exec(move || if hide { hide_unified_mount() } else { Ok(()) });
+        }
+        cmd.status().map_err(|e| RuntimeError::io("spawn", &self.binary, e))
     }
 
     /// `None` when the runtime does not know the container.
@@ -269,6 +269,31 @@ impl OciRuntime {
             message,
         }
     }
+}
+
+/// Gives the calling (just forked) process a private mount namespace without the
+/// cgroup2 mount. Only raw syscalls: safe between fork and exec.
+fn hide_unified_mount() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on static C strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Last `max` bytes of a file, lossy; for error messages.

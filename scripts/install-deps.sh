@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what Hearth and its tests need on a fresh Debian 12 host (run as root).
+set -euo pipefail
+pkgs=(crun runc busybox-static debootstrap iproute2 iptables git ca-certificates)
+[[ "${1:-}" == "--bench" ]] && pkgs+=(podman skopeo uidmap)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

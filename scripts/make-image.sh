@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Makes a docker-archive image tarball (what `docker save` writes) that `hearth image load` takes.
+#   scripts/make-image.sh busybox OUT.tar            busybox rootfs from Debian's busybox-static
+#   scripts/make-image.sh debian  OUT.tar            Debian 12 minbase via debootstrap (slow: cached)
+#   scripts/make-image.sh rootfs DIR NAME OUT.tar    any root filesystem directory
+set -euo pipefail
+
+cache=${HEARTH_IMAGE_CACHE:-/var/cache/hearth-images}
+
+archive() { # rootfs name out
+  local rootfs=$1 name=$2 out=$3 tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  tar -C "$rootfs" --numeric-owner --xattrs --sort=name -cf "$tmp/layer.tar" .
+  local diff cfg
+  diff=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
+  cat >"$tmp/config.json" <<JSON
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:$diff"]}}
+JSON
+  cfg=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
+  mv "$tmp/config.json" "$tmp/$cfg.json"
+  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]\n' "$cfg" "$name" >"$tmp/manifest.json"
+  tar -C "$tmp" -cf "$out.tmp" manifest.json "$cfg.json" layer.tar
+  mv "$out.tmp" "$out"
+  echo "wrote $out ($name)"
+}
+
+busybox_rootfs() { # dir
+  local r=$1
+  [[ -x /bin/busybox ]] || { echo "error: /bin/busybox missing: apt-get install busybox-static" >&2; exit 1; }
+  mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,etc,root,tmp,home/dev,var,dev,proc,sys,run}
+  chmod 1777 "$r/tmp"; chmod 700 "$r/root"
+  cp /bin/busybox "$r/bin/busybox"
+  for a in $(/bin/busybox --list-full); do
+    [[ "$a" == bin/busybox ]] || ln -sf /bin/busybox "$r/$a"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000:dev:/home/dev:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$r/etc/passwd"
+  printf 'root:x:0:\ndev:x:1000:\nnogroup:x:65534:\n' >"$r/etc/group"
+  chown 1000:1000 "$r/home/dev"
+}
+
+case "${1:-}" in
+  busybox)
+    out=${2:?usage: make-image.sh busybox OUT.tar}
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    busybox_rootfs "$tmp/rootfs"
+    archive "$tmp/rootfs" busybox:latest "$out"
+    ;;
+  debian)
+    out=${2:?usage: make-image.sh debian OUT.tar}
+    mkdir -p "$cache"
+    if [[ ! -f "$cache/debian-bookworm.tar" ]]; then
+      command -v debootstrap >/dev/null || { echo "error: debootstrap missing: apt-get install debootstrap" >&2; exit 1; }
+      tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+      echo "debootstrap bookworm minbase (cached afterwards in $cache)..."
+      debootstrap --variant=minbase --include=git,procps bookworm "$tmp/rootfs" >"$tmp/log" 2>&1 \
+        || { tail -20 "$tmp/log" >&2; exit 1; }
+      rm -rf "$tmp/rootfs"/var/cache/apt/archives/*.deb "$tmp/rootfs"/var/lib/apt/lists/*
+      archive "$tmp/rootfs" debian:bookworm "$cache/debian-bookworm.tar"
+    fi
+    cp "$cache/debian-bookworm.tar" "$out"
+    ;;
+  rootfs)
+    archive "${2:?dir}" "${3:?name}" "${4:?out}"
+    ;;
+  *)
+    echo "usage: make-image.sh busybox|debian OUT.tar | rootfs DIR NAME OUT.tar" >&2; exit 2;;
+esac
