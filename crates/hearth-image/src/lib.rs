@@ -5,6 +5,7 @@
 //! `layers/<diff-id-hex>/` (shared by all images that use it), ready to be an overlay lowerdir.
 //! Unpacking treats layers as hostile: see [`unpack`].
 
+mod pull;
 mod source;
 mod store;
 pub mod testutil;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use pull::{BlobProgress, BlobState, Credentials, PullProgress, Reference};
 pub use store::ImageStore;
 
 /// A loaded image. `names` is derived from the store's name map when read, so it always reflects
@@ -73,6 +75,28 @@ pub enum ImageError {
     Entry {
         layer: String,
         entry: String,
+        reason: String,
+    },
+    /// A registry request failed (network, unexpected status, malformed answer).
+    #[error("registry request {url} failed: {reason}")]
+    Registry { url: String, reason: String },
+    /// The registry wants credentials, or rejected the ones given.
+    #[error("registry {registry} denied access to {repository}: {reason}")]
+    Unauthorized {
+        registry: String,
+        repository: String,
+        reason: String,
+    },
+    /// Plain http was asked for a registry that is not on a loopback address.
+    #[error("refusing plain http to registry {registry}: only loopback registries may be reached without tls")]
+    InsecureRegistry { registry: String },
+    /// A blob download stopped early; what arrived is kept and the next pull resumes from it.
+    #[error("download of {digest} from {url} interrupted after {done} of {total} bytes: {reason}")]
+    Interrupted {
+        url: String,
+        digest: String,
+        done: u64,
+        total: u64,
         reason: String,
     },
     #[error("{path}: {source}")]

@@ -7,7 +7,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,11 @@ const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// serialized (in-process mutex plus an `flock` on `root/lock` against other processes).
 /// Open one store per root per process: `open` clears `tmp/`.
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     lock: Mutex<File>,
+    /// Digests being downloaded by a pull in this process, and their waiters (see `pull`).
+    pub(crate) inflight: Mutex<HashSet<String>>,
+    pub(crate) inflight_done: Condvar,
 }
 
 /// What `images/<hex>.json` holds: the image (names live in `names.json`) plus what it pins.
@@ -40,23 +43,23 @@ struct Record {
 }
 
 /// A blob named by an archive: its path there and, when the archive says, digest and size.
-struct BlobRef {
-    path: String,
-    digest: Option<String>,
-    size: Option<u64>,
-    media_type: String,
+pub(crate) struct BlobRef {
+    pub(crate) path: String,
+    pub(crate) digest: Option<String>,
+    pub(crate) size: Option<u64>,
+    pub(crate) media_type: String,
 }
 
-/// What an archive describes, whatever its format.
-struct Plan {
+/// What an archive (or a registry manifest) describes, whatever its format.
+pub(crate) struct Plan {
     /// Manifest (and index) documents, already verified: stored as blobs too.
-    documents: Vec<(String, Vec<u8>)>,
-    config: BlobRef,
-    layers: Vec<BlobRef>,
-    names: Vec<String>,
+    pub(crate) documents: Vec<(String, Vec<u8>)>,
+    pub(crate) config: BlobRef,
+    pub(crate) layers: Vec<BlobRef>,
+    pub(crate) names: Vec<String>,
 }
 
-struct LockGuard<'a> {
+pub(crate) struct LockGuard<'a> {
     file: MutexGuard<'a, File>,
 }
 
@@ -69,7 +72,7 @@ impl Drop for LockGuard<'_> {
 }
 
 /// A scratch directory under `root/tmp`, removed on drop (success or not).
-struct TmpDir(PathBuf);
+pub(crate) struct TmpDir(pub(crate) PathBuf);
 
 impl Drop for TmpDir {
     fn drop(&mut self) {
@@ -111,7 +114,104 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn unique_name(prefix: &str) -> String {
+/// Streams a blob into a file while hashing it. Archive loads and registry pulls both write
+/// blobs through it, so both check sizes and digests the same way.
+pub(crate) struct BlobWriter {
+    file: File,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl BlobWriter {
+    pub(crate) fn create(path: &Path) -> Result<Self, ImageError> {
+        let file = File::create(path).map_err(ImageError::io(path))?;
+        Ok(Self {
+            file,
+            hasher: Sha256::new(),
+            count: 0,
+        })
+    }
+
+    /// Continues a partial file: hashes what it already holds and appends after that.
+    pub(crate) fn resume(path: &Path) -> Result<Self, ImageError> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(ImageError::io(path))?;
+        let mut hashing = HashingReader::new(&mut file);
+        io::copy(&mut hashing, &mut io::sink()).map_err(ImageError::io(path))?;
+        let (hasher, count) = (hashing.hasher, hashing.count);
+        Ok(Self {
+            file,
+            hasher,
+            count,
+        })
+    }
+
+    /// Bytes written so far, resumed ones included.
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Forgets everything written (for a server that ignored a range request).
+    pub(crate) fn restart(&mut self, path: &Path) -> Result<(), ImageError> {
+        self.file.set_len(0).map_err(ImageError::io(path))?;
+        self.hasher = Sha256::new();
+        self.count = 0;
+        Ok(())
+    }
+
+    /// Syncs, then checks the expected size and digest; returns the hex digest. `origin` and
+    /// `what` name the blob in errors.
+    pub(crate) fn finish(
+        self,
+        expected_hex: Option<&str>,
+        expected_size: Option<u64>,
+        origin: &Path,
+        what: &str,
+    ) -> Result<String, ImageError> {
+        self.file.sync_all().map_err(ImageError::io(origin))?;
+        let hex = hex::encode(self.hasher.finalize());
+        if let Some(size) = expected_size {
+            if self.count != size {
+                return Err(ImageError::SizeMismatch {
+                    path: origin.to_path_buf(),
+                    what: what.to_string(),
+                    expected: size,
+                    actual: self.count,
+                });
+            }
+        }
+        if let Some(expected) = expected_hex {
+            if expected != hex {
+                return Err(ImageError::DigestMismatch {
+                    path: origin.to_path_buf(),
+                    what: what.to_string(),
+                    expected: format!("sha256:{expected}"),
+                    actual: format!("sha256:{hex}"),
+                });
+            }
+        }
+        Ok(hex)
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -129,15 +229,15 @@ fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// "sha256:<hex>" => "<hex>" when well-formed.
-fn sha256_hex(digest: &str) -> Option<&str> {
+pub(crate) fn sha256_hex(digest: &str) -> Option<&str> {
     digest.strip_prefix("sha256:").filter(|h| is_sha256_hex(h))
 }
 
-fn short(hex: &str) -> &str {
+pub(crate) fn short(hex: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn mkdir_private(path: &Path) -> Result<(), ImageError> {
+pub(crate) fn mkdir_private(path: &Path) -> Result<(), ImageError> {
     fs::create_dir_all(path).map_err(ImageError::io(path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(ImageError::io(path))
 }
@@ -183,7 +283,7 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn is_index_media_type(mt: &str) -> bool {
+pub(crate) fn is_index_media_type(mt: &str) -> bool {
     mt == "application/vnd.oci.image.index.v1+json"
         || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
@@ -229,10 +329,12 @@ impl ImageStore {
         Ok(Self {
             root: root.to_path_buf(),
             lock: Mutex::new(lock),
+            inflight: Mutex::new(HashSet::new()),
+            inflight_done: Condvar::new(),
         })
     }
 
-    fn lock(&self) -> Result<LockGuard<'_>, ImageError> {
+    pub(crate) fn lock(&self) -> Result<LockGuard<'_>, ImageError> {
         // A poisoned mutex only means another load panicked; the on-disk state is still sound.
         let file = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         rustix::fs::flock(&*file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
@@ -244,11 +346,11 @@ impl ImageStore {
         Ok(LockGuard { file })
     }
 
-    fn blob_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, hex: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex)
     }
 
-    fn layer_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn layer_path(&self, hex: &str) -> PathBuf {
         self.root.join("layers").join(hex)
     }
 
@@ -260,7 +362,7 @@ impl ImageStore {
         self.root.join("names.json")
     }
 
-    fn tmp_dir(&self, prefix: &str) -> Result<TmpDir, ImageError> {
+    pub(crate) fn tmp_dir(&self, prefix: &str) -> Result<TmpDir, ImageError> {
         let path = self.root.join("tmp").join(unique_name(prefix));
         fs::create_dir(&path).map_err(ImageError::io(&path))?;
         Ok(TmpDir(path))
@@ -317,26 +419,47 @@ impl ImageStore {
                 })
                 .collect(),
         };
+        self.import(
+            source.path(),
+            &plan,
+            &names,
+            &mut |blob, what| self.store_blob(&source, blob, what, &scratch.0),
+            progress,
+            &scratch.0,
+        )
+    }
 
+    /// Records an image once its plan is known: stores the documents, gets each blob through
+    /// `fetch` (which returns its hex once it is in `blobs/`), unpacks new layers and names the
+    /// image. The caller holds the lock; `origin` names the archive or registry in errors.
+    pub(crate) fn import(
+        &self,
+        origin: &Path,
+        plan: &Plan,
+        names: &[String],
+        fetch: &mut dyn FnMut(&BlobRef, &str) -> Result<String, ImageError>,
+        progress: &mut dyn FnMut(&str),
+        scratch: &Path,
+    ) -> Result<Image, ImageError> {
         let mut blobs = Vec::new();
         for (hex, bytes) in &plan.documents {
             self.store_bytes(hex, bytes)?;
             blobs.push(hex.clone());
         }
-        let config_hex = self.store_blob(&source, &plan.config, "config", &scratch.0)?;
+        let config_hex = fetch(&plan.config, "config")?;
         blobs.push(config_hex.clone());
         let config_path = self.blob_path(&config_hex);
         let config_file = File::open(&config_path).map_err(ImageError::io(&config_path))?;
         let config: ImageConfiguration =
             serde_json::from_reader(BufReader::new(config_file.take(MAX_JSON)))
-                .map_err(|e| ImageError::invalid(source.path(), format!("image config: {e}")))?;
+                .map_err(|e| ImageError::invalid(origin, format!("image config: {e}")))?;
         if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
             tracing::warn!(os = %config.os(), arch = %config.architecture(), "image is not linux/amd64");
         }
         let diff_ids = config.rootfs().diff_ids().clone();
         if diff_ids.len() != plan.layers.len() {
             return Err(ImageError::invalid(
-                source.path(),
+                origin,
                 format!(
                     "config lists {} diff_ids but the manifest has {} layers",
                     diff_ids.len(),
@@ -349,9 +472,8 @@ impl ImageStore {
         let mut layer_sizes = Vec::with_capacity(plan.layers.len());
         let total = plan.layers.len();
         for (i, (layer, diff_id)) in plan.layers.iter().zip(&diff_ids).enumerate() {
-            let diff_hex = sha256_hex(diff_id).ok_or_else(|| {
-                ImageError::invalid(source.path(), format!("bad diff_id {diff_id:?}"))
-            })?;
+            let diff_hex = sha256_hex(diff_id)
+                .ok_or_else(|| ImageError::invalid(origin, format!("bad diff_id {diff_id:?}")))?;
             let label = format!("layer {}/{total} sha256:{}", i + 1, short(diff_hex));
             if self.layer_path(diff_hex).is_dir() {
                 // Shared with another image: neither the blob nor the unpack is needed again.
@@ -364,10 +486,9 @@ impl ImageStore {
                 progress(&format!("{label} already present"));
                 continue;
             }
-            let blob_hex =
-                self.store_blob(&source, layer, &format!("layer {}", i + 1), &scratch.0)?;
+            let blob_hex = fetch(layer, &format!("layer {}", i + 1))?;
             blobs.push(blob_hex.clone());
-            let size = self.unpack(&blob_hex, &layer.media_type, diff_hex, &scratch.0)?;
+            let size = self.unpack(&blob_hex, &layer.media_type, diff_hex, scratch)?;
             layer_sizes.push(size);
             progress(&format!("{label} unpacked ({})", human_size(size)));
         }
@@ -403,7 +524,7 @@ impl ImageStore {
         write_atomic(&record_path, &bytes)?;
 
         let mut map = self.read_names()?;
-        for n in &names {
+        for n in names {
             map.insert(n.clone(), id.clone());
         }
         self.write_names(&map)?;
@@ -459,32 +580,15 @@ impl ImageStore {
         let (reader, _) = source.read(&blob.path)?;
         // One byte past the expected size is enough to tell a longer blob.
         let limit = blob.size.map_or(u64::MAX, |s| s.saturating_add(1));
-        let mut reader = HashingReader::new(reader.take(limit));
         let tmp = scratch.join(unique_name("blob"));
-        let mut out = File::create(&tmp).map_err(ImageError::io(&tmp))?;
-        io::copy(&mut reader, &mut out).map_err(ImageError::io(source.path()))?;
-        out.sync_all().map_err(ImageError::io(&tmp))?;
-        let (hex, count) = reader.finish();
-        if let Some(size) = blob.size {
-            if count != size {
-                return Err(ImageError::SizeMismatch {
-                    path: source.path().to_path_buf(),
-                    what: format!("{what} ({})", blob.path),
-                    expected: size,
-                    actual: count,
-                });
-            }
-        }
-        if let Some(expected) = blob.digest.as_deref() {
-            if expected != hex {
-                return Err(ImageError::DigestMismatch {
-                    path: source.path().to_path_buf(),
-                    what: format!("{what} ({})", blob.path),
-                    expected: format!("sha256:{expected}"),
-                    actual: format!("sha256:{hex}"),
-                });
-            }
-        }
+        let mut out = BlobWriter::create(&tmp)?;
+        io::copy(&mut reader.take(limit), &mut out).map_err(ImageError::io(source.path()))?;
+        let hex = out.finish(
+            blob.digest.as_deref(),
+            blob.size,
+            source.path(),
+            &format!("{what} ({})", blob.path),
+        )?;
         let dest = self.blob_path(&hex);
         fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
         Ok(hex)
@@ -705,7 +809,7 @@ impl ImageStore {
     }
 
     /// Deletes layers and blobs that no image record references. Callers hold the lock.
-    fn gc(&self) -> Result<(), ImageError> {
+    pub(crate) fn gc(&self) -> Result<(), ImageError> {
         let records = self.records()?;
         let mut layers = HashSet::new();
         let mut blobs = HashSet::new();
@@ -807,8 +911,8 @@ fn descriptor_names(desc: &Descriptor) -> Vec<String> {
 
 /// Picks one manifest of an index: linux/amd64 among platform variants, else the one whose name
 /// is `wanted`, else the only one.
-fn pick<'a>(
-    source: &Source,
+pub(crate) fn pick<'a>(
+    origin: &Path,
     manifests: &'a [Descriptor],
     wanted: Option<&str>,
 ) -> Result<&'a Descriptor, ImageError> {
@@ -836,7 +940,7 @@ fn pick<'a>(
     };
     match candidates.as_slice() {
         [] => Err(ImageError::invalid(
-            source.path(),
+            origin,
             "index holds no linux/amd64 image manifest",
         )),
         [one] => Ok(one),
@@ -852,7 +956,7 @@ fn pick<'a>(
                 })
                 .ok_or_else(|| {
                     ImageError::invalid(
-                        source.path(),
+                        origin,
                         format!(
                             "index holds {} images; pass the name of the one to load",
                             many.len()
@@ -865,7 +969,7 @@ fn pick<'a>(
 
 fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
     let (index, _): (ImageIndex, _) = source.read_json("index.json")?;
-    let top = pick(source, index.manifests(), wanted)?;
+    let top = pick(source.path(), index.manifests(), wanted)?;
     let names = descriptor_names(top);
     let mut documents = Vec::new();
     let mut desc = top.clone();
@@ -899,7 +1003,7 @@ fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
         }
         let nested: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| ImageError::invalid(source.path(), format!("index sha256:{hex}: {e}")))?;
-        desc = pick(source, nested.manifests(), wanted)?.clone();
+        desc = pick(source.path(), nested.manifests(), wanted)?.clone();
     }
     Err(ImageError::invalid(
         source.path(),

@@ -181,7 +181,9 @@ fn write_blob(dir: &Path, blob: &[u8], media_type: &str) -> io::Result<serde_jso
 /// applet at its usual place, and minimal passwd/group files (root, nobody, a user).
 pub fn busybox_rootfs_layer() -> io::Result<Vec<u8>> {
     let busybox = fs::read("/bin/busybox")?;
-    let out = std::process::Command::new("/bin/busybox").arg("--list-full").output()?;
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()?;
     let applets = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> io::Result<()> {
@@ -192,8 +194,21 @@ pub fn busybox_rootfs_layer() -> io::Result<Vec<u8>> {
         b.append_data(&mut h, p, io::empty())
     };
     for d in [
-        "bin/", "sbin/", "usr/", "usr/bin/", "usr/sbin/", "usr/local/", "usr/local/bin/", "etc/", "home/",
-        "home/dev/", "var/", "dev/", "proc/", "sys/", "run/",
+        "bin/",
+        "sbin/",
+        "usr/",
+        "usr/bin/",
+        "usr/sbin/",
+        "usr/local/",
+        "usr/local/bin/",
+        "etc/",
+        "home/",
+        "home/dev/",
+        "var/",
+        "dev/",
+        "proc/",
+        "sys/",
+        "run/",
     ] {
         dir(&mut b, d, 0o755)?;
     }
@@ -204,7 +219,11 @@ pub fn busybox_rootfs_layer() -> io::Result<Vec<u8>> {
     h.set_mode(0o755);
     h.set_size(busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice())?;
-    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "bin/busybox") {
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "bin/busybox")
+    {
         let depth = a.matches('/').count();
         let target = format!("{}bin/busybox", "../".repeat(depth));
         let mut h = tar::Header::new_gnu();
