@@ -21,7 +21,13 @@ pub fn repo_name(source: &str) -> String {
     let last = last.strip_suffix(".git").unwrap_or(last);
     let cleaned: String = last
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_matches('.').to_string();
     if cleaned.is_empty() {
@@ -34,7 +40,9 @@ pub fn repo_name(source: &str) -> String {
 /// Checks a source before anything is created; a local path must be a git repository.
 pub fn validate_source(source: &str) -> Result<(), NodeError> {
     if source.is_empty() {
-        return Err(NodeError::Invalid("source is empty: give a git URL or a local repository path".into()));
+        return Err(NodeError::Invalid(
+            "source is empty: give a git URL or a local repository path".into(),
+        ));
     }
     if source.starts_with('-') {
         return Err(NodeError::Invalid(format!("invalid source {source:?}")));
@@ -53,10 +61,14 @@ pub fn validate_source(source: &str) -> Result<(), NodeError> {
     let p = Path::new(source);
     if p.is_absolute() {
         if !p.exists() {
-            return Err(NodeError::Invalid(format!("source {source}: no such directory")));
+            return Err(NodeError::Invalid(format!(
+                "source {source}: no such directory"
+            )));
         }
         if !(p.join(".git").exists() || (p.join("HEAD").is_file() && p.join("objects").is_dir())) {
-            return Err(NodeError::Invalid(format!("source {source} is not a git repository")));
+            return Err(NodeError::Invalid(format!(
+                "source {source} is not a git repository"
+            )));
         }
         return Ok(());
     }
@@ -80,22 +92,28 @@ pub fn clone(
     gitconfig: &Path,
     progress: &Progress,
 ) -> Result<(), NodeError> {
-    let parent = dest
-        .parent()
-        .ok_or_else(|| NodeError::Internal(format!("clone target {} has no parent", dest.display())))?;
+    let parent = dest.parent().ok_or_else(|| {
+        NodeError::Internal(format!("clone target {} has no parent", dest.display()))
+    })?;
     let mut child = Command::new("git")
         .args(["clone", "--progress", "--no-hardlinks", "--"])
         .arg(source)
         .arg(dest)
         .current_dir(parent)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
         .env("HOME", "/nonexistent")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", gitconfig)
         .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new")
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -146,7 +164,9 @@ pub fn clone(
     } else {
         reason.join("; ")
     };
-    Err(NodeError::Invalid(format!("git clone of {source} failed: {reason}")))
+    Err(NodeError::Invalid(format!(
+        "git clone of {source} failed: {reason}"
+    )))
 }
 
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {

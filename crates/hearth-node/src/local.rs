@@ -15,8 +15,8 @@ use hearth_runtime::oci::OciRuntime;
 
 use crate::clone;
 use crate::{
-    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, RunState, WorkspaceSpec,
-    WorkspaceStatus, ID_RANGE,
+    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, RunState,
+    WorkspaceSpec, WorkspaceStatus, ID_RANGE,
 };
 
 /// How long PID 1 gets to end its processes on stop before everything is killed.
@@ -32,7 +32,9 @@ pub struct LocalNode {
 
 impl std::fmt::Debug for LocalNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalNode").field("data_dir", &self.inner.cfg.data_dir).finish()
+        f.debug_struct("LocalNode")
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
     }
 }
 
@@ -53,10 +55,12 @@ fn internal(e: impl std::fmt::Display) -> NodeError {
 
 fn image_err(e: ImageError) -> NodeError {
     match e {
-        ImageError::NotFound(r) => {
-            NodeError::NotFound(format!("image {r} not found (hearth image ls lists loaded images)"))
+        ImageError::NotFound(r) => NodeError::NotFound(format!(
+            "image {r} not found (hearth image ls lists loaded images)"
+        )),
+        ImageError::Ambiguous { .. } | ImageError::InvalidName { .. } => {
+            NodeError::Invalid(e.to_string())
         }
-        ImageError::Ambiguous { .. } | ImageError::InvalidName { .. } => NodeError::Invalid(e.to_string()),
         ImageError::Invalid { .. }
         | ImageError::DigestMismatch { .. }
         | ImageError::SizeMismatch { .. }
@@ -76,7 +80,12 @@ fn summary(i: &Image) -> ImageSummary {
 }
 
 fn valid_id(id: &str) -> Result<(), NodeError> {
-    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if id.is_empty()
+        || id.len() > 32
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
     }
     Ok(())
@@ -120,7 +129,8 @@ impl LocalNode {
         })
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
         net.ensure_host().map_err(internal)?;
-        let runtime = OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
+        let runtime =
+            OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
         let agent = data.join("bin/hearth-agent");
         install_agent(&cfg.agent_binary, &agent)?;
         let gitconfig = data.join("gitconfig");
@@ -131,7 +141,8 @@ impl LocalNode {
             "[safe]\n\tdirectory = *\n[protocol \"ext\"]\n\tallow = never\n[core]\n\thooksPath = /dev/null\n",
         )
         .map_err(|e| NodeError::Internal(format!("write {}: {e}", gitconfig.display())))?;
-        std::fs::set_permissions(&gitconfig, std::fs::Permissions::from_mode(0o644)).map_err(internal)?;
+        std::fs::set_permissions(&gitconfig, std::fs::Permissions::from_mode(0o644))
+            .map_err(internal)?;
         tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), "node ready");
         Ok(LocalNode {
             inner: Arc::new(Inner {
@@ -152,7 +163,9 @@ impl LocalNode {
         f: impl FnOnce(&Inner) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(internal)?
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(internal)?
     }
 }
 
@@ -169,9 +182,11 @@ fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
         return Ok(());
     }
     let tmp = dst.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
+    std::fs::write(&tmp, &bytes)
+        .map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
-    std::fs::rename(&tmp, dst).map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
+    std::fs::rename(&tmp, dst)
+        .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
 }
 
 struct Paths {
@@ -204,7 +219,10 @@ impl Inner {
         self.images.get(&spec.image).map_err(image_err)?;
         let p = self.paths(&spec.id);
         if p.dir.exists() {
-            return Err(NodeError::Conflict(format!("workspace {} already exists on this node", spec.id)));
+            return Err(NodeError::Conflict(format!(
+                "workspace {} already exists on this node",
+                spec.id
+            )));
         }
         let res = (|| {
             mkdir(&p.dir, 0o711)?;
@@ -278,7 +296,8 @@ impl Inner {
         self.cgroups.create(id, &limits).map_err(internal)?;
         let wnet = self.net.setup(id, spec.slot).map_err(internal)?;
         if !mount::is_mounted(&p.rootfs).map_err(internal)? {
-            let ns = hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
+            let ns =
+                hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
             let layers = self.images.layer_dirs(image);
             mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
         }
@@ -296,7 +315,10 @@ impl Inner {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
-        env.push(format!("HEARTH_DEFAULT_USER={}", image.config.user.clone().unwrap_or_default()));
+        env.push(format!(
+            "HEARTH_DEFAULT_USER={}",
+            image.config.user.clone().unwrap_or_default()
+        ));
         env.push(format!("HEARTH_DEFAULT_CWD={cwd}"));
         env.push(format!("HEARTH_WORKSPACE={}", spec.name));
         bundle::write(
@@ -317,10 +339,17 @@ impl Inner {
         let _ = std::fs::remove_file(&p.socket);
         let listener = std::os::unix::net::UnixListener::bind(&p.socket)
             .map_err(|e| NodeError::Internal(format!("bind {}: {e}", p.socket.display())))?;
-        std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600)).map_err(internal)?;
+        std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(internal)?;
         self.runtime.delete(id).map_err(internal)?;
         self.runtime
-            .run_detached(id, &p.bundle, listener.as_fd(), &p.console, &self.cgroups.procs_files(id))
+            .run_detached(
+                id,
+                &p.bundle,
+                listener.as_fd(),
+                &p.console,
+                &self.cgroups.procs_files(id),
+            )
             .map_err(internal)?;
         drop(listener);
         wait_ready(&p.socket, &p.console)
@@ -360,7 +389,9 @@ impl Inner {
                 let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline {
                     match self.runtime.state(id).map_err(internal)? {
-                        Some(s) if s.status == "running" => std::thread::sleep(Duration::from_millis(20)),
+                        Some(s) if s.status == "running" => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
                         _ => break,
                     }
                 }
@@ -377,7 +408,12 @@ impl Inner {
         if let Err(e) = self.runtime.delete(id) {
             errors.push(e.to_string());
         }
-        if self.cgroups.list().map(|l| l.iter().any(|g| g == id)).unwrap_or(true) {
+        if self
+            .cgroups
+            .list()
+            .map(|l| l.iter().any(|g| g == id))
+            .unwrap_or(true)
+        {
             if let Err(e) = self.cgroups.kill_all(id) {
                 errors.push(e.to_string());
             }
@@ -422,13 +458,20 @@ impl Inner {
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(NodeError::Internal(format!("remove {}: {e}", p.dir.display()))),
+            Err(e) => Err(NodeError::Internal(format!(
+                "remove {}: {e}",
+                p.dir.display()
+            ))),
         }
     }
 
-    fn reconcile(&self, known: &[WorkspaceSpec]) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+    fn reconcile(
+        &self,
+        known: &[WorkspaceSpec],
+    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
         let mut out = Vec::new();
-        let known_ids: std::collections::HashSet<&str> = known.iter().map(|s| s.id.as_str()).collect();
+        let known_ids: std::collections::HashSet<&str> =
+            known.iter().map(|s| s.id.as_str()).collect();
         for spec in known {
             if valid_id(&spec.id).is_err() {
                 continue;
@@ -477,9 +520,14 @@ fn resolv_conf() -> String {
         if let Ok(s) = std::fs::read_to_string(f) {
             let usable: Vec<&str> = s
                 .lines()
-                .filter(|l| !l.trim_start().starts_with("nameserver 127.") && !l.contains("nameserver ::1"))
+                .filter(|l| {
+                    !l.trim_start().starts_with("nameserver 127.") && !l.contains("nameserver ::1")
+                })
                 .collect();
-            if usable.iter().any(|l| l.trim_start().starts_with("nameserver")) {
+            if usable
+                .iter()
+                .any(|l| l.trim_start().starts_with("nameserver"))
+            {
                 return usable.join("\n") + "\n";
             }
         }
@@ -533,8 +581,15 @@ impl NodeApi for LocalNode {
     }
 
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
-        self.blocking(|i| Ok(i.images.list().map_err(image_err)?.iter().map(summary).collect()))
-            .await
+        self.blocking(|i| {
+            Ok(i.images
+                .list()
+                .map_err(image_err)?
+                .iter()
+                .map(summary)
+                .collect())
+        })
+        .await
     }
 
     async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError> {
@@ -599,13 +654,15 @@ impl NodeApi for LocalNode {
                 spec.name, spec.name
             )));
         }
-        hearth_proto::client::exec(&socket, &req).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::Other {
-                NodeError::Invalid(e.to_string())
-            } else {
-                NodeError::Internal(format!("workspace {} agent: {e}", spec.name))
-            }
-        })
+        hearth_proto::client::exec(&socket, &req)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Other {
+                    NodeError::Invalid(e.to_string())
+                } else {
+                    NodeError::Internal(format!("workspace {} agent: {e}", spec.name))
+                }
+            })
     }
 
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
@@ -616,13 +673,19 @@ impl NodeApi for LocalNode {
             match std::fs::read(&console) {
                 Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(NodeError::Internal(format!("read {}: {e}", console.display()))),
+                Err(e) => Err(NodeError::Internal(format!(
+                    "read {}: {e}",
+                    console.display()
+                ))),
             }
         })
         .await
     }
 
-    async fn reconcile(&self, known: &[WorkspaceSpec]) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+    async fn reconcile(
+        &self,
+        known: &[WorkspaceSpec],
+    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
         let known = known.to_vec();
         self.blocking(move |i| i.reconcile(&known)).await
     }

@@ -11,7 +11,8 @@ fn agent() -> PathBuf {
     if let Some(p) = std::env::var_os("HEARTH_AGENT") {
         return p.into();
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/x86_64-unknown-linux-gnu/agent/hearth-agent")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/agent/hearth-agent")
 }
 
 struct Env {
@@ -41,7 +42,10 @@ impl Drop for Env {
         .join();
         if std::env::var_os("HEARTH_KEEP").is_some() {
             eprintln!("kept {}", self.dir.path().display());
-            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()));
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
         }
     }
 }
@@ -58,7 +62,11 @@ async fn env() -> Env {
         agent_binary: agent(),
     };
     let node = LocalNode::open(cfg).await.expect("open node");
-    Env { dir, node, specs: vec![] }
+    Env {
+        dir,
+        node,
+        specs: vec![],
+    }
 }
 
 fn git_repo(dir: &Path) -> PathBuf {
@@ -99,7 +107,11 @@ async fn run(node: &LocalNode, spec: &WorkspaceSpec, cmd: &str) -> (i32, String,
             Event::Stdout(b) => out.extend(b),
             Event::Stderr(b) => err.extend(b),
             Event::Exit(c) => {
-                return (c, String::from_utf8_lossy(&out).into(), String::from_utf8_lossy(&err).into())
+                return (
+                    c,
+                    String::from_utf8_lossy(&out).into(),
+                    String::from_utf8_lossy(&err).into(),
+                )
             }
         }
     }
@@ -135,7 +147,12 @@ async fn lifecycle_on_real_containers() {
         let st = e.node.start(s).await.unwrap();
         assert_eq!(st.state, RunState::Running);
     }
-    let (code, out, _) = run(&e.node, &a, "id -u; cat /proc/self/uid_map; cat /workspace/myrepo/README").await;
+    let (code, out, _) = run(
+        &e.node,
+        &a,
+        "id -u; cat /proc/self/uid_map; cat /workspace/myrepo/README",
+    )
+    .await;
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "0");
@@ -143,17 +160,181 @@ async fn lifecycle_on_real_containers() {
     assert_eq!(map_a, ["0", &a.uid_base().to_string(), "65536"]);
     assert_eq!(lines[2], "hello from git");
     let (_, out_b, _) = run(&e.node, &b, "cat /proc/self/uid_map").await;
-    assert_ne!(out_b.split_whitespace().nth(1), Some(map_a[1]), "distinct host ranges");
+    assert_ne!(
+        out_b.split_whitespace().nth(1),
+        Some(map_a[1]),
+        "distinct host ranges"
+    );
 
     let (code, _, _) = run(&e.node, &a, "echo x > /root/r; mkdir -p /usr/local/bin; echo y > /usr/local/bin/tool; echo z >> /workspace/myrepo/README; exit 3").await;
     assert_eq!(code, 3);
     e.node.stop(&a).await.unwrap();
     assert_eq!(e.node.status(&a).await.unwrap().state, RunState::Stopped);
     e.node.start(&a).await.unwrap();
-    let (code, out, _) = run(&e.node, &a, "cat /root/r /usr/local/bin/tool; tail -1 /workspace/myrepo/README").await;
+    let (code, out, _) = run(
+        &e.node,
+        &a,
+        "cat /root/r /usr/local/bin/tool; tail -1 /workspace/myrepo/README",
+    )
+    .await;
     assert_eq!(code, 0);
     assert_eq!(out, "x\ny\nz\n");
     // b cannot see a's processes or files
     let (_, out, _) = run(&e.node, &b, "ls /root; ps -o pid,args | wc -l").await;
     assert!(!out.contains('r'), "b sees a's /root: {out}");
+}
+
+/// A Debian (glibc, debootstrap minbase) image loaded from a docker-archive: the agent
+/// runs there too, and installed software under /usr/local and /etc survives a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn debian_image_from_docker_archive() {
+    let Some(tar) = std::env::var_os("HEARTH_TEST_DEBIAN") else {
+        eprintln!("skipped: HEARTH_TEST_DEBIAN not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut e = env().await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let img = e
+        .node
+        .load_image(tar.into(), None, tx.clone())
+        .await
+        .unwrap();
+    assert!(
+        img.names.iter().any(|n| n.starts_with("debian")),
+        "{:?}",
+        img.names
+    );
+    let repo = git_repo(e.dir.path());
+    let spec = WorkspaceSpec {
+        id: "dddddddddd01".into(),
+        name: "deb".into(),
+        image: img.id.clone(),
+        source: repo.display().to_string(),
+        slot: 3,
+        limits: Limits::default(),
+    };
+    e.specs = vec![spec.clone()];
+    e.node.create(&spec, tx).await.unwrap();
+    e.node.start(&spec).await.unwrap();
+    let (code, out, err) = run(
+        &e.node,
+        &spec,
+        "cat /etc/debian_version && id -un && git -C /workspace/myrepo log --oneline | wc -l \
+         && printf '#!/bin/sh\\necho tool\\n' > /usr/local/bin/tool && chmod +x /usr/local/bin/tool \
+         && echo 'export X=1' >> /etc/profile",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("12"), "{out}");
+    assert_eq!(lines[1], "root");
+    assert_eq!(lines[2], "1");
+    e.node.stop(&spec).await.unwrap();
+    e.node.start(&spec).await.unwrap();
+    let (code, out, _) = run(&e.node, &spec, "tool; tail -1 /etc/profile").await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "tool\nexport X=1\n");
+}
+
+fn host_ipv4_addrs() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Root in one workspace attacks: the host's services on every host address, the other
+/// workspace's processes, files and listener. Each attempt must fail while a control
+/// (the host reaching the workspace) succeeds, so the test can tell a block from a
+/// broken network.
+#[tokio::test(flavor = "multi_thread")]
+async fn workspaces_are_isolated_from_host_and_each_other() {
+    let mut e = env().await;
+    let img_dir = e.dir.path().join("img");
+    testutil::write_oci_layout(
+        &img_dir,
+        "busybox:latest",
+        &[testutil::busybox_rootfs_layer().unwrap()],
+        &Default::default(),
+    )
+    .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
+    let repo = git_repo(e.dir.path());
+    let mk = |id: &str, name: &str, slot: u32| WorkspaceSpec {
+        id: id.into(),
+        name: name.into(),
+        image: img.id.clone(),
+        source: repo.display().to_string(),
+        slot,
+        limits: Limits::default(),
+    };
+    let a = mk("aaaaaaaaaa51", "a", 5);
+    let b = mk("bbbbbbbbbb52", "b", 6);
+    e.specs = vec![a.clone(), b.clone()];
+    let mut ips = Vec::new();
+    for s in [&a, &b] {
+        e.node.create(s, tx.clone()).await.unwrap();
+        ips.push(e.node.start(s).await.unwrap().ip.unwrap());
+    }
+
+    // Host service on all addresses.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut targets = host_ipv4_addrs();
+    targets.push("127.0.0.1".into());
+    assert!(targets.len() >= 2, "{targets:?}");
+    for t in &targets {
+        let (code, _, _) = run(&e.node, &a, &format!("nc -w 2 {t} {port} </dev/null")).await;
+        assert_ne!(code, 0, "workspace reached host service at {t}:{port}");
+    }
+
+    // b listens; the host can reach it (control), a cannot.
+    let (code, _, _) = run(
+        &e.node,
+        &b,
+        "setsid nc -lk -p 7777 -e echo hi >/dev/null 2>&1 & sleep 0.3",
+    )
+    .await;
+    assert_eq!(code, 0);
+    let mut ok = false;
+    for _ in 0..20 {
+        if std::net::TcpStream::connect((ips[1], 7777)).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ok, "control: host cannot reach b's listener at {}", ips[1]);
+    let (code, _, _) = run(&e.node, &a, &format!("nc -w 2 {} 7777 </dev/null", ips[1])).await;
+    assert_ne!(code, 0, "a reached b's listener");
+
+    // Processes and files.
+    let (code, _, _) = run(
+        &e.node,
+        &a,
+        "setsid sleep 4242 >/dev/null 2>&1 & echo secret > /root/a-secret",
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (_, out, _) = run(
+        &e.node,
+        &b,
+        "ps -o args; ls /root; find / -xdev -name a-secret 2>/dev/null",
+    )
+    .await;
+    assert!(!out.contains("4242"), "b sees a's process: {out}");
+    assert!(!out.contains("a-secret"), "b sees a's file: {out}");
+    let (_, out, _) = run(&e.node, &a, "ps -o args").await;
+    assert!(
+        out.contains("sleep 4242"),
+        "control: a sees its own process: {out}"
+    );
+    drop(listener);
 }

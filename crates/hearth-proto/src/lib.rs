@@ -366,7 +366,14 @@ pub mod client {
     /// the reader still delivers every byte of output and the exit code.
     async fn send_input<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &ClientMsg) -> io::Result<()> {
         match send(w, msg).await {
-            Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }

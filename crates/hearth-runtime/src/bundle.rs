@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::{Result, RuntimeError};
@@ -69,7 +70,13 @@ pub fn build(spec: &BundleSpec) -> Result<Spec> {
     let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().map_err(b)?)
+        .user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(b)?,
+        )
         .args(vec![AGENT_PATH.to_string()])
         .env(spec.env.clone())
         .cwd("/")
@@ -89,23 +96,64 @@ pub fn build(spec: &BundleSpec) -> Result<Spec> {
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
         // The workspace's user namespace does not own the network namespace the node made,
         // so a fresh sysfs cannot be mounted; a read-only view is what rootless engines use.
-        mount("/sys", "none", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?,
-        mount("/run", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=755", "size=65536k"])?,
-        mount(AGENT_PATH, "none", &path_str(&spec.agent)?, &["bind", "ro", "nosuid", "nodev"])?,
+        mount(
+            "/sys",
+            "none",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/run",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            AGENT_PATH,
+            "none",
+            &path_str(&spec.agent)?,
+            &["bind", "ro", "nosuid", "nodev"],
+        )?,
     ];
     for (host, dest) in &spec.files {
-        mounts.push(mount(dest, "none", &path_str(host)?, &["bind", "ro", "nosuid", "nodev", "noexec"])?);
+        mounts.push(mount(
+            dest,
+            "none",
+            &path_str(host)?,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
     }
 
     let ns = |t: LinuxNamespaceType, path: Option<&Path>| {
@@ -141,7 +189,13 @@ pub fn build(spec: &BundleSpec) -> Result<Spec> {
     SpecBuilder::default()
         .version("1.0.2")
         .hostname(spec.hostname.clone())
-        .root(RootBuilder::default().path(&spec.rootfs).readonly(false).build().map_err(b)?)
+        .root(
+            RootBuilder::default()
+                .path(&spec.rootfs)
+                .readonly(false)
+                .build()
+                .map_err(b)?,
+        )
         .process(process)
         .mounts(mounts)
         .linux(linux)

@@ -138,7 +138,10 @@ fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0'));
             i += 4;
         } else {
@@ -189,7 +192,14 @@ mod tests {
             std::os::unix::fs::chown(d.join("upper"), Some(base), Some(base)).unwrap();
             let ns = crate::userns::userns_fd(base, 65536).unwrap();
             guard.0.push(d.join("rootfs"));
-            mount_overlay(&[layer.clone()], &ns, &d.join("upper"), &d.join("work"), &d.join("rootfs")).unwrap();
+            mount_overlay(
+                std::slice::from_ref(&layer),
+                &ns,
+                &d.join("upper"),
+                &d.join("work"),
+                &d.join("rootfs"),
+            )
+            .unwrap();
             assert!(is_mounted(&d.join("rootfs")).unwrap());
             let m = std::fs::metadata(d.join("rootfs/etc/file")).unwrap();
             assert_eq!(m.uid(), base, "layer file owned by the workspace's root");

@@ -56,19 +56,25 @@ impl OciRuntime {
                 id: String::new(),
                 message: "not found in PATH (install crun or runc, or pass --runtime PATH)".into(),
             })?,
-            None => find("crun").or_else(|| find("runc")).ok_or_else(|| RuntimeError::Runtime {
-                runtime: "crun".into(),
-                op: "find",
-                id: String::new(),
-                message: "neither crun nor runc found in PATH: apt-get install crun".into(),
-            })?,
+            None => find("crun")
+                .or_else(|| find("runc"))
+                .ok_or_else(|| RuntimeError::Runtime {
+                    runtime: "crun".into(),
+                    op: "find",
+                    id: String::new(),
+                    message: "neither crun nor runc found in PATH: apt-get install crun".into(),
+                })?,
         };
-        let kind = if binary.file_name().is_some_and(|n| n.as_bytes().starts_with(b"runc")) {
+        let kind = if binary
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b"runc"))
+        {
             Kind::Runc
         } else {
             Kind::Crun
         };
-        std::fs::create_dir_all(state_root).map_err(|e| RuntimeError::io("mkdir", state_root, e))?;
+        std::fs::create_dir_all(state_root)
+            .map_err(|e| RuntimeError::io("mkdir", state_root, e))?;
         let hide_unified = kind == Kind::Crun
             && crate::mount::is_mounted(Path::new(UNIFIED))?
             && Path::new("/sys/fs/cgroup/memory").exists();
@@ -114,7 +120,9 @@ impl OciRuntime {
             .append(true)
             .open(console)
             .map_err(|e| RuntimeError::io("open", console, e))?;
-        let err_log = log.try_clone().map_err(|e| RuntimeError::io("dup", console, e))?;
+        let err_log = log
+            .try_clone()
+            .map_err(|e| RuntimeError::io("dup", console, e))?;
         let procs: Vec<CString> = cgroup_procs
             .iter()
             .map(|p| CString::new(p.as_os_str().as_bytes()))
@@ -187,7 +195,8 @@ impl OciRuntime {
         unsafe {
             cmd.pre_exec(move || if hide { hide_unified_mount() } else { Ok(()) });
         }
-        cmd.status().map_err(|e| RuntimeError::io("spawn", &self.binary, e))
+        cmd.status()
+            .map_err(|e| RuntimeError::io("spawn", &self.binary, e))
     }
 
     /// `None` when the runtime does not know the container.
@@ -200,7 +209,10 @@ impl OciRuntime {
             .map_err(|e| RuntimeError::io("spawn", &self.binary, e))?;
         if !out.status.success() {
             let msg = String::from_utf8_lossy(&out.stderr);
-            if msg.contains("does not exist") || msg.contains("not exist") || msg.contains("No such file") {
+            if msg.contains("does not exist")
+                || msg.contains("not exist")
+                || msg.contains("No such file")
+            {
                 return Ok(None);
             }
             return Err(self.err("state", id, msg.trim().to_string()));
@@ -208,7 +220,10 @@ impl OciRuntime {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| self.err("state", id, format!("bad state json: {e}")))?;
         let status = v["status"].as_str().unwrap_or("unknown").to_string();
-        let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        let pid = v["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
         Ok(Some(State { status, pid }))
     }
 
@@ -257,7 +272,11 @@ impl OciRuntime {
         if out.status.success() {
             Ok(())
         } else {
-            Err(self.err(op, id, String::from_utf8_lossy(&out.stderr).trim().to_string()))
+            Err(self.err(
+                op,
+                id,
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
         }
     }
 

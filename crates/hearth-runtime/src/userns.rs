@@ -38,12 +38,14 @@ pub fn userns_fd(base: u32, len: u32) -> Result<OwnedFd> {
     drop(rd);
     let res = (|| -> Result<OwnedFd> {
         // The child may not have unshared yet: wait for /proc/pid/ns/user to differ from ours.
-        let own = std::fs::metadata("/proc/self/ns/user").map_err(|e| RuntimeError::io("stat", "/proc/self/ns/user", e))?;
+        let own = std::fs::metadata("/proc/self/ns/user")
+            .map_err(|e| RuntimeError::io("stat", "/proc/self/ns/user", e))?;
         let ns_path = format!("/proc/{pid}/ns/user");
         let mut tries = 0;
         loop {
             use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(&ns_path).map_err(|e| RuntimeError::io("stat", &ns_path, e))?;
+            let m =
+                std::fs::metadata(&ns_path).map_err(|e| RuntimeError::io("stat", &ns_path, e))?;
             if m.ino() != own.ino() {
                 break;
             }

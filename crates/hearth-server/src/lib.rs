@@ -1,1 +1,258 @@
-//! hearth-server
+//! The Hearth control plane: workspace records, lifecycle and the REST/WebSocket API.
+//!
+//! It talks to the node only through [`hearth_node::NodeApi`]. Files in the data dir:
+//! `hearth.db` (SQLite), `token` (API token, 0600), `server.json` (where the running
+//! server listens, for the CLI on the same machine) and `server.lock` (one server per dir).
+
+pub mod api;
+pub mod db;
+pub mod error;
+pub mod manager;
+pub mod names;
+pub mod ndjson;
+pub mod wire;
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use hearth_node::NodeApi;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::db::Store;
+use crate::manager::Manager;
+
+pub const DB_FILE: &str = "hearth.db";
+pub const TOKEN_FILE: &str = "token";
+pub const SERVER_FILE: &str = "server.json";
+pub const LOCK_FILE: &str = "server.lock";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Contents of `server.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub url: String,
+}
+
+/// Exclusive hold on a data dir; released when dropped (the kernel drops it if we die).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    dir: PathBuf,
+}
+
+impl DataDirLock {
+    /// Creates the data dir if needed and takes `server.lock`, failing if another process has it.
+    pub fn acquire(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let path = data_dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock {
+                _file: file,
+                dir: data_dir.to_path_buf(),
+            }),
+            Err(TryLockError::WouldBlock) => anyhow::bail!(
+                "another hearth server is using data dir {} ({} is locked)",
+                data_dir.display(),
+                path.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Reads the API token, creating a random one (mode 0600) on first use.
+pub fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(token.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+/// A bound, reconciled server, ready to serve.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+    store: Store,
+    lock: DataDirLock,
+}
+
+impl Server {
+    /// Locks the data dir, opens the database, reconciles with the node, binds the socket
+    /// and writes `server.json`.
+    pub async fn bind(cfg: ServerConfig, node: Arc<dyn NodeApi>) -> anyhow::Result<Server> {
+        let lock = DataDirLock::acquire(&cfg.data_dir)?;
+        Server::bind_locked(lock, cfg, node).await
+    }
+
+    /// Like [`Server::bind`] with the data dir already locked, so the caller can hold the
+    /// lock before opening the node.
+    pub async fn bind_locked(
+        lock: DataDirLock,
+        cfg: ServerConfig,
+        node: Arc<dyn NodeApi>,
+    ) -> anyhow::Result<Server> {
+        let token = ensure_token(&cfg.data_dir)?;
+        let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
+        let manager = Arc::new(Manager::new(store.clone(), node));
+        manager
+            .reconcile()
+            .await
+            .context("cannot reconcile workspaces with the node")?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("cannot read address bound for {}", cfg.listen))?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        let info = ServerInfo {
+            url: format!("http://{host}:{}", addr.port()),
+        };
+        let path = cfg.data_dir.join(SERVER_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let app = api::router(api::AppState {
+            manager,
+            token: token.into(),
+        });
+        tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
+        Ok(Server {
+            listener,
+            addr,
+            app,
+            store,
+            lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves; workspaces keep running afterwards.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let res = axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("http server failed");
+        let _ = std::fs::remove_file(self.lock.dir().join(SERVER_FILE));
+        self.store.close().await;
+        tracing::info!("hearth server stopped");
+        res
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn run(
+    cfg: ServerConfig,
+    node: Arc<dyn NodeApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(cfg, node).await?.serve(shutdown).await
+}
+
+/// Offline cleanup for `hearth admin teardown`: stops every workspace and removes host-wide
+/// resources; with `purge` also removes every workspace and deletes the database.
+///
+/// Takes `lock` so it cannot run under a live server.
+pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> anyhow::Result<()> {
+    let db_path = lock.dir().join(DB_FILE);
+    let mut failures = Vec::new();
+    if db_path.exists() {
+        let store = Store::open(&db_path).await?;
+        for rec in store.list().await? {
+            let name = rec.spec.name.clone();
+            if purge {
+                match node.remove(&rec.spec).await {
+                    Ok(()) => store.delete(&rec.spec.id).await?,
+                    Err(e) => failures.push(format!("remove {name}: {e}")),
+                }
+            } else {
+                match node.stop(&rec.spec).await {
+                    Ok(()) => {
+                        store
+                            .set_state(&rec.spec.id, wire::WorkspaceState::Stopped, None)
+                            .await?
+                    }
+                    Err(e) => failures.push(format!("stop {name}: {e}")),
+                }
+            }
+        }
+        store.close().await;
+    }
+    if let Err(e) = node.teardown().await {
+        failures.push(format!("node teardown: {e}"));
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("teardown incomplete: {}", failures.join("; "));
+    }
+    if purge {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = lock.dir().join(format!("{DB_FILE}{suffix}"));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", p.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,270 @@
-fn main() {}
+//! `hearth`: the command line client and `hearth server`.
+
+mod bench;
+mod client;
+mod exec;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth", version, about = "Self-hosted development workspaces")]
+struct Cli {
+    /// Where the server keeps its state; the CLI finds server.json and token there.
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_DATA_DIR",
+        default_value = "/var/lib/hearth"
+    )]
+    data_dir: PathBuf,
+    /// Server URL; read from <data-dir>/server.json when absent.
+    #[arg(long, global = true, env = "HEARTH_URL")]
+    url: Option<String>,
+    /// API token; read from <data-dir>/token when absent.
+    #[arg(long, global = true, env = "HEARTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the control plane and the local node.
+    Server(server::ServerArgs),
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Create and start a workspace from a git repository.
+    Up {
+        /// Git URL or local repository path.
+        source: String,
+        /// Image name or id (default: debian).
+        #[arg(long)]
+        image: Option<String>,
+        /// Workspace name (default: the repository's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List workspaces.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped workspace.
+    Start { name: String },
+    /// Stop a workspace; its files are kept.
+    Stop { name: String },
+    /// Remove a workspace and all its files.
+    Rm { name: String },
+    /// Show a workspace's console output.
+    Logs { name: String },
+    /// Run a command in a workspace.
+    Exec(ExecArgs),
+    /// Open an interactive shell in a workspace.
+    Shell { name: String },
+    /// Measure create/start/stop/exec latency on this host beside the OCI runtime floor
+    /// (needs root; uses its own data dir, bridge and cgroups, not the server's).
+    Bench {
+        /// Workspaces to cycle through (create, start, stop, start, 5 execs, remove).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// OCI runtime: crun, runc or a path (default: crun if installed).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The static hearth-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Also time `podman run --rm` of the same image (needs podman and skopeo).
+        #[arg(long)]
+        podman: bool,
+    },
+    /// Offline maintenance.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Load an OCI image layout (directory or tar archive) from this machine.
+    Load {
+        path: PathBuf,
+        /// Name to give the image, e.g. busybox:latest.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List loaded images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image no workspace uses.
+    Rm { reference: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Stop every workspace and remove host-wide resources; needs the server stopped.
+    Teardown {
+        /// Also remove every workspace and delete the database.
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ExecArgs {
+    name: String,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// User name or uid[:gid].
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory inside the workspace.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Extra environment, KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            1
+        }
+    };
+    // Exit without dropping the runtime: a blocking stdin read must not hold us up.
+    std::process::exit(code);
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let client = || Client::new(&cli.data_dir, cli.url.as_deref(), cli.token.as_deref());
+    match &cli.cmd {
+        Cmd::Server(args) => server::serve(&cli.data_dir, args).await.map(|()| 0),
+        Cmd::Admin {
+            cmd: AdminCmd::Teardown { purge },
+        } => server::teardown(&cli.data_dir, *purge).await.map(|()| 0),
+        Cmd::Image { cmd } => {
+            let c = client()?;
+            match cmd {
+                ImageCmd::Load { path, name } => c.load_image(path, name.clone()).await?,
+                ImageCmd::Ls { json } => c.list_images(*json).await?,
+                ImageCmd::Rm { reference } => c.remove_image(reference).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Up {
+            source,
+            image,
+            name,
+        } => {
+            client()?.up(source, image.clone(), name.clone()).await?;
+            Ok(0)
+        }
+        Cmd::Ls { json } => client()?.list(*json).await.map(|()| 0),
+        Cmd::Start { name } => client()?.action(name, "start").await.map(|()| 0),
+        Cmd::Stop { name } => client()?.action(name, "stop").await.map(|()| 0),
+        Cmd::Rm { name } => client()?.remove(name).await.map(|()| 0),
+        Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
+        Cmd::Exec(a) => {
+            let mut env = Vec::new();
+            for kv in &a.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("-e {kv}: expected KEY=VALUE"))?;
+                env.push((k.to_string(), v.to_string()));
+            }
+            let req = hearth_server::wire::ExecRequest {
+                argv: a.command.clone(),
+                env,
+                cwd: a.workdir.clone(),
+                user: a.user.clone(),
+                tty: a.tty,
+                rows: 0,
+                cols: 0,
+            };
+            exec::exec(&client()?, &a.name, req).await
+        }
+        Cmd::Shell { name } => exec::shell(&client()?, name).await,
+        Cmd::Bench {
+            runs,
+            runtime,
+            agent,
+            podman,
+        } => {
+            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
+                Some(a) => a,
+                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
+            };
+            bench::run(bench::BenchArgs {
+                runs: *runs,
+                agent,
+                runtime: runtime.clone(),
+                podman: *podman,
+            })
+            .await
+            .map(|()| 0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_takes_the_command_after_options() {
+        let cli = Cli::try_parse_from([
+            "hearth", "exec", "ws", "-t", "-e", "A=1", "--", "sh", "-c", "exit 3",
+        ])
+        .unwrap();
+        let Cmd::Exec(a) = cli.cmd else {
+            panic!("not exec")
+        };
+        assert_eq!(a.name, "ws");
+        assert!(a.tty);
+        assert_eq!(a.env, vec!["A=1"]);
+        assert_eq!(a.command, vec!["sh", "-c", "exit 3"]);
+        let cli = Cli::try_parse_from(["hearth", "exec", "ws", "ls", "-la"]).unwrap();
+        let Cmd::Exec(a) = cli.cmd else {
+            panic!("not exec")
+        };
+        assert_eq!(a.command, vec!["ls", "-la"]);
+        assert!(Cli::try_parse_from(["hearth", "exec", "ws"]).is_err());
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        assert_eq!(one_line("a\n  b: c\n"), "a b: c");
+    }
+}

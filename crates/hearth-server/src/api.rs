@@ -1,0 +1,393 @@
+//! HTTP routes, token auth and the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use hearth_node::{ExecRequest, WorkspaceSpec};
+use hearth_proto::Event;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::ApiError;
+use crate::manager::Manager;
+use crate::ndjson;
+use crate::wire::*;
+
+/// Largest accepted request body; requests are small JSON documents.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+const SIGHUP: i32 = 1;
+
+/// How long a finished session waits for the client to close its side.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<Manager>,
+    pub token: Arc<str>,
+}
+
+/// JSON body extractor whose rejections use the API's error format.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(
+                format!("request body is larger than {BODY_LIMIT} bytes"),
+            )),
+            Err(rej) => Err(ApiError::invalid(rej.body_text())),
+        }
+    }
+}
+
+/// Compares without an early exit so timing does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized("invalid token").into_response(),
+        None => {
+            ApiError::unauthorized("missing Authorization: Bearer <token> header").into_response()
+        }
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let comps = doc.components.get_or_insert_with(Default::default);
+        comps.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hearth", description = "Self-hosted development workspaces."),
+    paths(
+        health, openapi_json, list_images, load_image, remove_image, list_workspaces,
+        create_workspace, get_workspace, start_workspace, stop_workspace, remove_workspace,
+        workspace_logs, exec_workspace
+    ),
+    components(schemas(StreamLineDoc)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+pub struct ApiDoc;
+
+/// Shape of one ndjson line: exactly one of the three fields is present.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct StreamLineDoc {
+    progress: Option<String>,
+    result: Option<serde_json::Value>,
+    error: Option<ErrorInfo>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/load", post(load_image))
+        .route("/v1/images/{reference}", delete(remove_image))
+        .route(
+            "/v1/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
+        .route(
+            "/v1/workspaces/{name}",
+            get(get_workspace).delete(remove_workspace),
+        )
+        .route("/v1/workspaces/{name}/start", post(start_workspace))
+        .route("/v1/workspaces/{name}/stop", post(stop_workspace))
+        .route("/v1/workspaces/{name}/logs", get(workspace_logs))
+        .route("/v1/workspaces/{name}/exec", get(exec_workspace))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_json))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[utoipa::path(get, path = "/v1/health", security(()), responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", security(()),
+    responses((status = 200, description = "this document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => {
+            ApiError::internal(format!("cannot render openapi document: {e}")).into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/images",
+    responses((status = 200, body = Vec<Image>), (status = 401, body = ErrorBody)))]
+async fn list_images(State(st): State<AppState>) -> Result<Json<Vec<Image>>, ApiError> {
+    Ok(Json(st.manager.images().await?))
+}
+
+#[utoipa::path(post, path = "/v1/images/load", request_body = LoadImage,
+    responses((status = 200, description = "ndjson progress lines, then the Image or an error",
+        content_type = "application/x-ndjson", body = StreamLineDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn load_image(State(st): State<AppState>, ApiJson(req): ApiJson<LoadImage>) -> Response {
+    ndjson::stream(move |p| async move { st.manager.load_image(req.path, req.name, p).await })
+}
+
+#[utoipa::path(delete, path = "/v1/images/{reference}",
+    params(("reference" = String, Path, description = "image name or id (prefix)")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_image(
+    State(st): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.manager.remove_image(&reference).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/workspaces",
+    responses((status = 200, body = Vec<Workspace>), (status = 401, body = ErrorBody)))]
+async fn list_workspaces(State(st): State<AppState>) -> Result<Json<Vec<Workspace>>, ApiError> {
+    Ok(Json(st.manager.list().await?))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace,
+    responses((status = 200, description = "ndjson progress lines, then the Workspace or an error",
+        content_type = "application/x-ndjson", body = StreamLineDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn create_workspace(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateWorkspace>,
+) -> Response {
+    ndjson::stream(move |p| async move { st.manager.create(req, p).await })
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
+async fn get_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.get(&name).await?))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{name}/start", params(("name" = String, Path)),
+    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn start_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.start(&name).await?))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{name}/stop", params(("name" = String, Path)),
+    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn stop_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.stop(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn remove_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.manager.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path)),
+    responses((status = 200, description = "console output of the workspace's PID 1",
+        content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+async fn workspace_logs(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = st.manager.logs(&name).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Runs a command in a workspace over a WebSocket.
+///
+/// First client message: the JSON ExecRequest. Then binary frames with a 1-byte tag.
+/// Client: 0 stdin(bytes), 1 stdin-eof, 2 resize(rows u16 BE, cols u16 BE), 3 signal(i32 BE).
+/// Server: 1 stdout(bytes), 2 stderr(bytes), 3 exit(i32 BE), 4 error(utf-8); the server
+/// closes the socket after exit or error.
+#[utoipa::path(get, path = "/v1/workspaces/{name}/exec", params(("name" = String, Path)),
+    responses((status = 101, description = "switching to the exec WebSocket protocol"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn exec_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let spec = st.manager.exec_target(&name).await?;
+    Ok(ws.on_upgrade(move |socket| exec_session(st.manager, spec, socket)))
+}
+
+async fn send_frame(socket: &mut WebSocket, f: ServerFrame) -> bool {
+    socket
+        .send(Message::Binary(f.encode().into()))
+        .await
+        .is_ok()
+}
+
+/// Ends a session: closes our side, then reads until the client closes too.
+///
+/// Dropping a socket with unread client frames in its buffer makes the kernel send a
+/// reset, which can destroy our last frames before the client reads them.
+async fn finish(socket: &mut WebSocket) {
+    let _ = socket.close().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+async fn exec_session(manager: Arc<Manager>, spec: WorkspaceSpec, mut socket: WebSocket) {
+    let req: ExecRequest = loop {
+        let msg = match socket.recv().await {
+            Some(Ok(m)) => m,
+            _ => return,
+        };
+        let parsed = match &msg {
+            Message::Text(t) => serde_json::from_str(t.as_str()),
+            Message::Binary(b) => serde_json::from_slice(b),
+            Message::Close(_) => return,
+            _ => continue,
+        };
+        match parsed {
+            Ok(r) => break r,
+            Err(e) => {
+                let msg = format!("bad exec request: {e}");
+                let _ = send_frame(&mut socket, ServerFrame::Error(msg)).await;
+                finish(&mut socket).await;
+                return;
+            }
+        }
+    };
+    let session = match manager.exec(&spec, req).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = send_frame(&mut socket, ServerFrame::Error(e.message)).await;
+            finish(&mut socket).await;
+            return;
+        }
+    };
+    let (mut writer, mut reader) = session.split();
+    let (mut sink, mut stream) = socket.split();
+
+    // Forwards client frames until the client closes; after the output side is done it
+    // only drains (see `finish`).
+    let input = async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let res = match ClientFrame::decode(&data) {
+                Ok(ClientFrame::Stdin(d)) => writer.write_stdin(&d).await,
+                Ok(ClientFrame::StdinEof) => writer.close_stdin().await,
+                Ok(ClientFrame::Resize { rows, cols }) => writer.resize(rows, cols).await,
+                Ok(ClientFrame::Signal(s)) => writer.signal(s).await,
+                Err(e) => {
+                    tracing::debug!(workspace = spec.name, error = %e, "ignoring bad exec frame");
+                    continue;
+                }
+            };
+            if let Err(e) = res {
+                // The process may have exited and closed its stdin; output still flows.
+                tracing::debug!(workspace = spec.name, error = %e, "exec input failed");
+            }
+        }
+        writer
+    };
+    let output = async move {
+        loop {
+            let frame = match reader.next_event().await {
+                Ok(Event::Stdout(d)) => ServerFrame::Stdout(d),
+                Ok(Event::Stderr(d)) => ServerFrame::Stderr(d),
+                Ok(Event::Exit(c)) => ServerFrame::Exit(c),
+                Err(e) => ServerFrame::Error(format!("exec session failed: {e}")),
+            };
+            let last = matches!(frame, ServerFrame::Exit(_) | ServerFrame::Error(_));
+            let sent = sink.send(Message::Binary(frame.encode().into())).await;
+            if sent.is_err() || last {
+                let _ = sink.close().await;
+                break;
+            }
+        }
+    };
+    tokio::pin!(input, output);
+    tokio::select! {
+        _ = &mut output => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut input).await;
+        }
+        mut writer = &mut input => {
+            // The client is gone: hang up on the process as a terminal would, and let it
+            // end (its exit goes nowhere).
+            let _ = writer.signal(SIGHUP).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut output).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

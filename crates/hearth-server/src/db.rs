@@ -1,0 +1,310 @@
+//! Workspace records in SQLite, through sqlx with plain SQL so PostgreSQL can follow.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hearth_node::{Limits, WorkspaceSpec};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+use crate::wire::WorkspaceState;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate database {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("workspace {0} already exists")]
+    NameTaken(String),
+    #[error("database error on workspace {id}: {source}")]
+    Query {
+        id: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("corrupt record for workspace {id}: {message}")]
+    Corrupt { id: String, message: String },
+}
+
+/// One row of `workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceRecord {
+    pub spec: WorkspaceSpec,
+    pub state: WorkspaceState,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// RFC 3339 UTC time, second precision.
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Query {
+        id: id.to_string(),
+        source,
+    }
+}
+
+const COLUMNS: &str = "id, name, image, source, slot, limits, state, error, created_at, updated_at";
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
+    let id: String = row.try_get("id").map_err(query_err("?"))?;
+    let get_err = |source| StoreError::Query {
+        id: id.clone(),
+        source,
+    };
+    let corrupt = |message: String| StoreError::Corrupt {
+        id: id.clone(),
+        message,
+    };
+    let slot: i64 = row.try_get("slot").map_err(get_err)?;
+    let limits: String = row.try_get("limits").map_err(get_err)?;
+    let state: String = row.try_get("state").map_err(get_err)?;
+    Ok(WorkspaceRecord {
+        spec: WorkspaceSpec {
+            id: id.clone(),
+            name: row.try_get("name").map_err(get_err)?,
+            image: row.try_get("image").map_err(get_err)?,
+            source: row.try_get("source").map_err(get_err)?,
+            slot: u32::try_from(slot).map_err(|_| corrupt(format!("slot {slot} out of range")))?,
+            limits: serde_json::from_str::<Limits>(&limits)
+                .map_err(|e| corrupt(format!("limits: {e}")))?,
+        },
+        state: WorkspaceState::parse(&state).ok_or_else(|| corrupt(format!("state {state:?}")))?,
+        error: row.try_get("error").map_err(get_err)?,
+        created_at: row.try_get("created_at").map_err(get_err)?,
+        updated_at: row.try_get("updated_at").map_err(get_err)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("*"))?;
+        rows.iter().map(record).collect()
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err(name))?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Slots in use, ascending.
+    pub async fn used_slots(&self) -> Result<Vec<u32>, StoreError> {
+        let rows = sqlx::query("SELECT slot FROM workspaces ORDER BY slot")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("*"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let slot: i64 = row.try_get("slot").map_err(query_err("*"))?;
+            if let Ok(s) = u32::try_from(slot) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts a new workspace; a taken name is [`StoreError::NameTaken`].
+    pub async fn insert(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
+        let s = &rec.spec;
+        if self.get(&s.name).await?.is_some() {
+            return Err(StoreError::NameTaken(s.name.clone()));
+        }
+        let limits = serde_json::to_string(&s.limits).map_err(|e| StoreError::Corrupt {
+            id: s.id.clone(),
+            message: format!("limits: {e}"),
+        })?;
+        sqlx::query(&format!(
+            "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.image)
+        .bind(&s.source)
+        .bind(i64::from(s.slot))
+        .bind(limits)
+        .bind(rec.state.as_str())
+        .bind(&rec.error)
+        .bind(&rec.created_at)
+        .bind(&rec.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::NameTaken(s.name.clone())
+            }
+            _ => StoreError::Query {
+                id: s.id.clone(),
+                source: e,
+            },
+        })?;
+        Ok(())
+    }
+
+    pub async fn set_state(
+        &self,
+        id: &str,
+        state: WorkspaceState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET state = $1, error = $2, updated_at = $3 WHERE id = $4")
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workspaces WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+}
+
+/// Lowest slot not in `used` (which is ascending).
+pub fn lowest_free_slot(used: &[u32]) -> u32 {
+    let mut want = 0;
+    for &s in used {
+        if s == want {
+            want += 1;
+        } else if s > want {
+            break;
+        }
+    }
+    want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
+        WorkspaceRecord {
+            spec: WorkspaceSpec {
+                id: id.into(),
+                name: name.into(),
+                image: "sha256:abc".into(),
+                source: "/src/x".into(),
+                slot,
+                limits: Limits::default(),
+            },
+            state: WorkspaceState::Creating,
+            error: None,
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    #[test]
+    fn lowest_free_slot_fills_gaps() {
+        assert_eq!(lowest_free_slot(&[]), 0);
+        assert_eq!(lowest_free_slot(&[0, 1, 2]), 3);
+        assert_eq!(lowest_free_slot(&[1, 2]), 0);
+        assert_eq!(lowest_free_slot(&[0, 2, 3]), 1);
+    }
+
+    #[tokio::test]
+    async fn store_round_trips_and_enforces_unique_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        let store = Store::open(&path).await.unwrap();
+        let a = rec("aaaaaaaaaaaa", "a", 0);
+        store.insert(&a).await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().unwrap(), a);
+        assert!(matches!(
+            store.insert(&rec("bbbbbbbbbbbb", "a", 1)).await,
+            Err(StoreError::NameTaken(n)) if n == "a"
+        ));
+        store.insert(&rec("cccccccccccc", "c", 2)).await.unwrap();
+        assert_eq!(store.used_slots().await.unwrap(), vec![0, 2]);
+        store
+            .set_state("aaaaaaaaaaaa", WorkspaceState::Failed, Some("boom"))
+            .await
+            .unwrap();
+        let got = store.get("a").await.unwrap().unwrap();
+        assert_eq!(got.state, WorkspaceState::Failed);
+        assert_eq!(got.error.as_deref(), Some("boom"));
+        store.delete("aaaaaaaaaaaa").await.unwrap();
+        assert!(store.get("a").await.unwrap().is_none());
+        store.close().await;
+        // Reopening keeps data (migrations are not re-applied destructively).
+        let store = Store::open(&path).await.unwrap();
+        let names: Vec<_> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.spec.name)
+            .collect();
+        assert_eq!(names, vec!["c"]);
+    }
+}

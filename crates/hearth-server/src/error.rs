@@ -1,0 +1,80 @@
+//! The one error type handlers return; it renders as `{"error":{"code","message"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_node::NodeError;
+
+use crate::wire::{ErrorBody, ErrorInfo};
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+    }
+    pub fn too_large(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    }
+
+    pub fn info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NotFound(m) => ApiError::not_found(m),
+            NodeError::Invalid(m) => ApiError::invalid(m),
+            NodeError::Conflict(m) => ApiError::conflict(m),
+            NodeError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<crate::db::StoreError> for ApiError {
+    fn from(e: crate::db::StoreError) -> Self {
+        match e {
+            crate::db::StoreError::NameTaken(name) => ApiError::conflict(format!(
+                "workspace {name} already exists (hearth ls lists workspaces)"
+            )),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.info() };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,538 @@
+//! Workspace lifecycle: the control plane's bookkeeping around node calls.
+//!
+//! Every state change is persisted before the node is asked to act (the transitional
+//! state) and after it answers (the final state), so a crash in between is visible at
+//! the next start and [`Manager::reconcile`] can finish or undo the operation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hearth_node::{
+    ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RunState, WorkspaceSpec,
+    WorkspaceStatus,
+};
+use rand::RngCore;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
+use crate::error::ApiError;
+use crate::names;
+use crate::wire::{CreateWorkspace, Image, Workspace, WorkspaceState};
+
+/// Image used when `up` names none.
+pub const DEFAULT_IMAGE: &str = "debian";
+
+pub struct Manager {
+    store: Store,
+    node: Arc<dyn NodeApi>,
+    /// One async lock per workspace name so start/stop/rm of one workspace never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes slot allocation and insertion.
+    alloc: tokio::sync::Mutex<()>,
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn say(progress: &Progress, line: impl Into<String>) {
+    // The receiver may be gone (client hung up); the operation goes on regardless.
+    let _ = progress.send(line.into());
+}
+
+/// Logs a node error with the workspace it concerns and turns it into an API error.
+fn node_err(op: &str, name: &str, e: NodeError) -> ApiError {
+    tracing::warn!(workspace = name, op, error = %e, "node call failed");
+    ApiError::from(e)
+}
+
+/// What an operation may do from a given state; `Ok(None)` means nothing to do.
+pub fn plan_start(state: WorkspaceState) -> Result<Option<WorkspaceState>, String> {
+    match state {
+        WorkspaceState::Running => Ok(None),
+        WorkspaceState::Stopped | WorkspaceState::Failed => Ok(Some(WorkspaceState::Starting)),
+        other => Err(format!("cannot start a workspace that is {other}")),
+    }
+}
+
+pub fn plan_stop(state: WorkspaceState) -> Result<Option<WorkspaceState>, String> {
+    match state {
+        WorkspaceState::Stopped => Ok(None),
+        WorkspaceState::Running | WorkspaceState::Failed => Ok(Some(WorkspaceState::Stopping)),
+        other => Err(format!("cannot stop a workspace that is {other}")),
+    }
+}
+
+pub fn plan_remove(state: WorkspaceState) -> Result<WorkspaceState, String> {
+    match state {
+        WorkspaceState::Running
+        | WorkspaceState::Stopped
+        | WorkspaceState::Failed
+        | WorkspaceState::Removing => Ok(WorkspaceState::Removing),
+        other => Err(format!("cannot remove a workspace that is {other}")),
+    }
+}
+
+/// Final state of a row after a restart, from what the node reports; `None` removes the row.
+pub fn reconciled_state(
+    recorded: WorkspaceState,
+    actual: Option<RunState>,
+) -> Option<WorkspaceState> {
+    match recorded {
+        // No user data exists yet, and a half-done remove must be finished.
+        WorkspaceState::Creating | WorkspaceState::Removing => None,
+        _ => Some(match actual {
+            Some(RunState::Running) => WorkspaceState::Running,
+            Some(RunState::Stopped) if recorded == WorkspaceState::Failed => WorkspaceState::Failed,
+            Some(RunState::Stopped) => WorkspaceState::Stopped,
+            Some(RunState::Missing) | None => WorkspaceState::Failed,
+        }),
+    }
+}
+
+impl Manager {
+    pub fn new(store: Store, node: Arc<dyn NodeApi>) -> Manager {
+        Manager {
+            store,
+            node,
+            locks: Mutex::new(HashMap::new()),
+            alloc: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn node(&self) -> &Arc<dyn NodeApi> {
+        &self.node
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lock(&self, name: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(name.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    async fn record(&self, name: &str) -> Result<WorkspaceRecord, ApiError> {
+        self.store.get(name).await?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "workspace {name} not found (hearth ls lists workspaces)"
+            ))
+        })
+    }
+
+    async fn set(
+        &self,
+        rec: &WorkspaceRecord,
+        state: WorkspaceState,
+        error: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.store.set_state(&rec.spec.id, state, error).await?;
+        Ok(())
+    }
+
+    /// Renders a record; asks the node for the address only when `status` is wanted.
+    async fn view(&self, rec: WorkspaceRecord, images: &[Image], with_status: bool) -> Workspace {
+        let mut ip = None;
+        if with_status && rec.state == WorkspaceState::Running {
+            match self.node.status(&rec.spec).await {
+                Ok(st) => ip = st.ip.map(|a| a.to_string()),
+                Err(e) => tracing::warn!(workspace = rec.spec.name, error = %e, "status failed"),
+            }
+        }
+        let image_name = images
+            .iter()
+            .find(|i| i.id == rec.spec.image)
+            .and_then(|i| i.names.first().cloned());
+        Workspace {
+            uid_base: rec.spec.uid_base(),
+            id: rec.spec.id,
+            name: rec.spec.name,
+            image: rec.spec.image,
+            image_name,
+            source: rec.spec.source,
+            slot: rec.spec.slot,
+            state: rec.state,
+            error: rec.error,
+            ip,
+            limits: rec.spec.limits.into(),
+            created_at: rec.created_at,
+            updated_at: rec.updated_at,
+        }
+    }
+
+    async fn images_or_empty(&self) -> Vec<Image> {
+        match self.node.images().await {
+            Ok(v) => v.into_iter().map(Image::from).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing images failed");
+                Vec::new()
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Workspace>, ApiError> {
+        let images = self.images_or_empty().await;
+        let mut out = Vec::new();
+        for rec in self.store.list().await? {
+            out.push(self.view(rec, &images, true).await);
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Workspace, ApiError> {
+        let rec = self.record(name).await?;
+        let images = self.images_or_empty().await;
+        Ok(self.view(rec, &images, true).await)
+    }
+
+    pub async fn images(&self) -> Result<Vec<Image>, ApiError> {
+        let v = self
+            .node
+            .images()
+            .await
+            .map_err(|e| node_err("images", "-", e))?;
+        Ok(v.into_iter().map(Image::from).collect())
+    }
+
+    pub async fn load_image(
+        &self,
+        path: String,
+        name: Option<String>,
+        progress: Progress,
+    ) -> Result<Image, ApiError> {
+        if !path.starts_with('/') {
+            return Err(ApiError::invalid(format!(
+                "image path {path} must be absolute (it is read on the server host)"
+            )));
+        }
+        let s = self
+            .node
+            .load_image(path.clone().into(), name, progress)
+            .await
+            .map_err(|e| node_err("load_image", &path, e))?;
+        Ok(s.into())
+    }
+
+    pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {
+        let in_use: Vec<String> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(|r| r.spec.image)
+            .collect();
+        self.node
+            .remove_image(reference, &in_use)
+            .await
+            .map_err(|e| node_err("remove_image", reference, e))
+    }
+
+    /// Creates and starts a workspace; on any failure nothing is left behind.
+    pub async fn create(
+        &self,
+        req: CreateWorkspace,
+        progress: Progress,
+    ) -> Result<Workspace, ApiError> {
+        let source = req.source.trim().to_string();
+        if source.is_empty() {
+            return Err(ApiError::invalid("source must not be empty"));
+        }
+        let name = match req.name {
+            Some(n) => n,
+            None => names::default_name(&source),
+        };
+        if !names::is_valid_name(&name) {
+            return Err(ApiError::invalid(names::invalid_name_message(&name)));
+        }
+        let _guard = self.lock(&name).await;
+        if self.store.get(&name).await?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} already exists (pick another with --name, or hearth rm {name})"
+            )));
+        }
+        let image = match req.image.as_deref() {
+            Some(r) => self.node.resolve_image(r).await.map_err(|e| match e {
+                NodeError::NotFound(_) => ApiError::not_found(format!(
+                    "image {r} not found (hearth image ls lists loaded images)"
+                )),
+                other => node_err("resolve_image", &name, other),
+            })?,
+            None => self
+                .node
+                .resolve_image(DEFAULT_IMAGE)
+                .await
+                .map_err(|e| match e {
+                    NodeError::NotFound(_) => ApiError::invalid(format!(
+                        "no image given and image {DEFAULT_IMAGE} is not loaded: pass --image \
+                     (hearth image ls lists loaded images)"
+                    )),
+                    other => node_err("resolve_image", &name, other),
+                })?,
+        };
+
+        let rec = {
+            let _alloc = self.alloc.lock().await;
+            let slot = lowest_free_slot(&self.store.used_slots().await?);
+            let t = now();
+            let rec = WorkspaceRecord {
+                spec: WorkspaceSpec {
+                    id: new_id(),
+                    name: name.clone(),
+                    image: image.id.clone(),
+                    source,
+                    slot,
+                    limits: Limits::default(),
+                },
+                state: WorkspaceState::Creating,
+                error: None,
+                created_at: t.clone(),
+                updated_at: t,
+            };
+            self.store.insert(&rec).await?;
+            rec
+        };
+        tracing::info!(
+            workspace = name,
+            id = rec.spec.id,
+            slot = rec.spec.slot,
+            "creating"
+        );
+        say(&progress, format!("creating workspace {name}"));
+
+        let result = async {
+            self.node
+                .create(&rec.spec, progress.clone())
+                .await
+                .map_err(|e| node_err("create", &name, e))?;
+            self.set(&rec, WorkspaceState::Starting, None).await?;
+            say(&progress, format!("starting workspace {name}"));
+            self.node
+                .start(&rec.spec)
+                .await
+                .map_err(|e| node_err("start", &name, e))
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                self.set(&rec, WorkspaceState::Running, None).await?;
+                tracing::info!(workspace = name, "running");
+                self.get(&name).await
+            }
+            Err(e) => {
+                say(&progress, format!("cleaning up workspace {name}"));
+                if let Err(re) = self.node.remove(&rec.spec).await {
+                    tracing::error!(workspace = name, error = %re, "cleanup after failed create failed");
+                }
+                if let Err(de) = self.store.delete(&rec.spec.id).await {
+                    tracing::error!(workspace = name, error = %de, "deleting record failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn start(&self, name: &str) -> Result<Workspace, ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if let Some(st) = plan_start(rec.state).map_err(ApiError::conflict)? {
+            self.set(&rec, st, None).await?;
+            match self.node.start(&rec.spec).await {
+                Ok(_) => self.set(&rec, WorkspaceState::Running, None).await?,
+                Err(e) => {
+                    let e = node_err("start", name, e);
+                    self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                        .await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.get(name).await
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<Workspace, ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if let Some(st) = plan_stop(rec.state).map_err(ApiError::conflict)? {
+            self.set(&rec, st, None).await?;
+            match self.node.stop(&rec.spec).await {
+                Ok(()) => self.set(&rec, WorkspaceState::Stopped, None).await?,
+                Err(e) => {
+                    let e = node_err("stop", name, e);
+                    self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                        .await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.get(name).await
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        let st = plan_remove(rec.state).map_err(ApiError::conflict)?;
+        self.set(&rec, st, None).await?;
+        match self.node.remove(&rec.spec).await {
+            Ok(()) => {
+                self.store.delete(&rec.spec.id).await?;
+                tracing::info!(workspace = name, "removed");
+                Ok(())
+            }
+            Err(e) => {
+                let e = node_err("remove", name, e);
+                self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn logs(&self, name: &str) -> Result<Vec<u8>, ApiError> {
+        let rec = self.record(name).await?;
+        self.node
+            .logs(&rec.spec)
+            .await
+            .map_err(|e| node_err("logs", name, e))
+    }
+
+    /// Checks the workspace can take an exec before a WebSocket is upgraded.
+    pub async fn exec_target(&self, name: &str) -> Result<WorkspaceSpec, ApiError> {
+        let rec = self.record(name).await?;
+        if rec.state != WorkspaceState::Running {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is {} (hearth start {name} starts it)",
+                rec.state
+            )));
+        }
+        Ok(rec.spec)
+    }
+
+    pub async fn exec(
+        &self,
+        spec: &WorkspaceSpec,
+        req: ExecRequest,
+    ) -> Result<ExecSession, ApiError> {
+        if req.argv.is_empty() {
+            return Err(ApiError::invalid("exec needs a command"));
+        }
+        self.node
+            .exec(spec, req)
+            .await
+            .map_err(|e| node_err("exec", &spec.name, e))
+    }
+
+    /// Resolves every transitional row left by a crash, using what the node reports.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let recs = self.store.list().await?;
+        let specs: Vec<WorkspaceSpec> = recs.iter().map(|r| r.spec.clone()).collect();
+        let statuses = self.node.reconcile(&specs).await?;
+        let status_of = |spec: &WorkspaceSpec| -> Option<WorkspaceStatus> {
+            statuses
+                .iter()
+                .find(|(k, _)| *k == spec.id || *k == spec.name)
+                .map(|(_, s)| s.clone())
+        };
+        for rec in recs {
+            let name = &rec.spec.name;
+            let actual = status_of(&rec.spec).map(|s| s.state);
+            match reconciled_state(rec.state, actual) {
+                None => {
+                    tracing::info!(workspace = name, state = %rec.state, "finishing interrupted removal");
+                    match self.node.remove(&rec.spec).await {
+                        Ok(()) => self.store.delete(&rec.spec.id).await?,
+                        Err(e) => {
+                            // Keep the row so `hearth rm` can retry; never leave it transitional.
+                            tracing::error!(workspace = name, error = %e, "remove failed");
+                            let msg = format!("interrupted operation could not be undone: {e}");
+                            self.store
+                                .set_state(&rec.spec.id, WorkspaceState::Failed, Some(&msg))
+                                .await?;
+                        }
+                    }
+                }
+                Some(state) => {
+                    let error = match (state, actual) {
+                        (WorkspaceState::Failed, Some(RunState::Missing) | None) => {
+                            Some("the node has no data for this workspace".to_string())
+                        }
+                        (WorkspaceState::Failed, _) => rec.error.clone(),
+                        _ => None,
+                    };
+                    if state != rec.state || error != rec.error {
+                        tracing::info!(workspace = name, from = %rec.state, to = %state, "reconciled");
+                        self.store
+                            .set_state(&rec.spec.id, state, error.as_deref())
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WorkspaceState::*;
+
+    #[test]
+    fn start_and_stop_plans() {
+        assert_eq!(plan_start(Running), Ok(None));
+        assert_eq!(plan_start(Stopped), Ok(Some(Starting)));
+        assert_eq!(plan_start(Failed), Ok(Some(Starting)));
+        for s in [Creating, Starting, Stopping, Removing] {
+            assert!(plan_start(s).is_err(), "{s}");
+            assert!(plan_stop(s).is_err(), "{s}");
+        }
+        assert_eq!(plan_stop(Stopped), Ok(None));
+        assert_eq!(plan_stop(Running), Ok(Some(Stopping)));
+        assert_eq!(plan_remove(Running), Ok(Removing));
+        assert!(plan_remove(Creating).is_err());
+    }
+
+    #[test]
+    fn reconcile_leaves_nothing_transitional() {
+        let actuals = [
+            None,
+            Some(RunState::Running),
+            Some(RunState::Stopped),
+            Some(RunState::Missing),
+        ];
+        for s in WorkspaceState::ALL {
+            for a in actuals {
+                if let Some(out) = reconciled_state(s, a) {
+                    assert!(!out.is_transitional(), "{s} {a:?} -> {out}");
+                }
+            }
+        }
+        assert_eq!(reconciled_state(Creating, Some(RunState::Running)), None);
+        assert_eq!(reconciled_state(Removing, Some(RunState::Stopped)), None);
+        assert_eq!(
+            reconciled_state(Starting, Some(RunState::Running)),
+            Some(Running)
+        );
+        assert_eq!(
+            reconciled_state(Stopping, Some(RunState::Stopped)),
+            Some(Stopped)
+        );
+        assert_eq!(
+            reconciled_state(Running, Some(RunState::Stopped)),
+            Some(Stopped)
+        );
+        assert_eq!(
+            reconciled_state(Running, Some(RunState::Missing)),
+            Some(Failed)
+        );
+        assert_eq!(
+            reconciled_state(Failed, Some(RunState::Stopped)),
+            Some(Failed)
+        );
+    }
+}

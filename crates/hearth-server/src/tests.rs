@@ -1,0 +1,858 @@
+//! API and lifecycle tests against an in-memory node.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use hearth_node::*;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use crate::api::{router, AppState, BODY_LIMIT};
+use crate::db::{now, Store, WorkspaceRecord};
+use crate::manager::Manager;
+use crate::wire::*;
+
+const TOKEN: &str = "0123456789abcdef";
+
+#[derive(Default)]
+struct FakeState {
+    images: Vec<ImageSummary>,
+    /// id -> running?
+    workspaces: HashMap<String, bool>,
+    removed: Vec<String>,
+    fail_create: bool,
+    fail_start: bool,
+}
+
+#[derive(Default, Clone)]
+struct FakeNode(Arc<Mutex<FakeState>>);
+
+impl FakeNode {
+    fn with_image(name: &str) -> FakeNode {
+        let n = FakeNode::default();
+        n.0.lock().unwrap().images.push(ImageSummary {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            names: vec![format!("{name}:latest")],
+            size: 1,
+            layers: 1,
+            loaded_at: now(),
+        });
+        n
+    }
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for FakeNode {
+    async fn load_image(
+        &self,
+        path: PathBuf,
+        name: Option<String>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        progress
+            .send(format!("reading {}", path.display()))
+            .unwrap();
+        let s = ImageSummary {
+            id: format!("sha256:{}", "cd".repeat(32)),
+            names: name.into_iter().collect(),
+            size: 2,
+            layers: 1,
+            loaded_at: now(),
+        };
+        self.st().images.push(s.clone());
+        Ok(s)
+    }
+    async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
+        Ok(self.st().images.clone())
+    }
+    async fn resolve_image(&self, r: &str) -> Result<ImageSummary, NodeError> {
+        self.st()
+            .images
+            .iter()
+            .find(|i| {
+                i.id == r
+                    || i.names
+                        .iter()
+                        .any(|n| n == r || n.split(':').next() == Some(r))
+            })
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("image {r} not found")))
+    }
+    async fn remove_image(&self, r: &str, in_use: &[String]) -> Result<(), NodeError> {
+        let img = self.resolve_image(r).await?;
+        if in_use.contains(&img.id) {
+            return Err(NodeError::Conflict(format!("image {r} is in use")));
+        }
+        self.st().images.retain(|i| i.id != img.id);
+        Ok(())
+    }
+    async fn create(&self, spec: &WorkspaceSpec, progress: Progress) -> Result<(), NodeError> {
+        progress.send(format!("cloning {}", spec.source)).unwrap();
+        let mut st = self.st();
+        if st.fail_create {
+            return Err(NodeError::Invalid(format!("cannot clone {}", spec.source)));
+        }
+        st.workspaces.insert(spec.id.clone(), false);
+        Ok(())
+    }
+    async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let mut st = self.st();
+        if st.fail_start {
+            return Err(NodeError::Internal("agent did not answer".into()));
+        }
+        let w = st
+            .workspaces
+            .get_mut(&spec.id)
+            .ok_or_else(|| NodeError::NotFound(spec.id.clone()))?;
+        *w = true;
+        Ok(WorkspaceStatus {
+            state: RunState::Running,
+            pid: Some(1),
+            ip: Some([10, 0, 0, 2].into()),
+        })
+    }
+    async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        if let Some(w) = self.st().workspaces.get_mut(&spec.id) {
+            *w = false;
+        }
+        Ok(())
+    }
+    async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let mut st = self.st();
+        st.workspaces.remove(&spec.id);
+        st.removed.push(spec.id.clone());
+        Ok(())
+    }
+    async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        Ok(match self.st().workspaces.get(&spec.id) {
+            Some(true) => WorkspaceStatus {
+                state: RunState::Running,
+                pid: Some(1),
+                ip: Some([10, 0, 0, 2].into()),
+            },
+            Some(false) => WorkspaceStatus {
+                state: RunState::Stopped,
+                pid: None,
+                ip: None,
+            },
+            None => WorkspaceStatus {
+                state: RunState::Missing,
+                pid: None,
+                ip: None,
+            },
+        })
+    }
+    async fn exec(&self, _: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        tokio::spawn(fake_agent(theirs));
+        hearth_proto::client::exec_on(ours, &req)
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))
+    }
+    async fn logs(&self, _: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
+        Ok(b"booted\n".to_vec())
+    }
+    async fn reconcile(
+        &self,
+        known: &[WorkspaceSpec],
+    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+        let mut out = Vec::new();
+        for s in known {
+            out.push((s.id.clone(), self.status(s).await?));
+        }
+        Ok(out)
+    }
+    async fn teardown(&self) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// Speaks the agent protocol: echoes stdin to stdout, reports resizes, exits 42 at stdin EOF
+/// and 128+n on signal n.
+async fn fake_agent(stream: tokio::net::UnixStream) {
+    use hearth_proto::{AgentMsg, ClientMsg, FrameBuf, Message, Request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = FrameBuf::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let msg = loop {
+            if let Some(m) = buf.next_msg::<ClientMsg>().unwrap() {
+                break m;
+            }
+            let n = rd.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend(&chunk[..n]);
+        };
+        let reply = match msg {
+            ClientMsg::Request(Request::Exec(req)) if req.argv == ["fail"] => {
+                vec![AgentMsg::Error("no such command".into())]
+            }
+            ClientMsg::Request(_) => vec![AgentMsg::Started { pid: 7 }],
+            ClientMsg::Stdin(d) => vec![AgentMsg::Stdout(d)],
+            ClientMsg::Resize { rows, cols } => {
+                vec![AgentMsg::Stdout(format!("{rows}x{cols}").into_bytes())]
+            }
+            ClientMsg::StdinEof => vec![AgentMsg::Stderr(b"eof".to_vec()), AgentMsg::Exit(42)],
+            ClientMsg::Signal(n) => vec![AgentMsg::Exit(128 + n)],
+        };
+        for m in reply {
+            if wr.write_all(&m.encode().unwrap()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    node: FakeNode,
+    manager: Arc<Manager>,
+    app: axum::Router,
+}
+
+async fn harness(node: FakeNode) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
+    let manager = Arc::new(Manager::new(store, Arc::new(node.clone())));
+    let app = router(AppState {
+        manager: manager.clone(),
+        token: TOKEN.into(),
+    });
+    Harness {
+        _dir: dir,
+        node,
+        manager,
+        app,
+    }
+}
+
+impl Harness {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(s) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(s))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, bytes)
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let (s, b) = self
+            .call(method, uri, Some(TOKEN), body.map(|v| v.to_string()))
+            .await;
+        let v = if b.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&b).unwrap()
+        };
+        (s, v)
+    }
+
+    /// Runs a streamed operation and returns its progress lines and final line.
+    async fn stream(
+        &self,
+        uri: &str,
+        body: serde_json::Value,
+    ) -> (Vec<String>, StreamLine<serde_json::Value>) {
+        let (s, b) = self
+            .call(Method::POST, uri, Some(TOKEN), Some(body.to_string()))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+        let mut lines: Vec<StreamLine<serde_json::Value>> = b
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let last = lines.pop().unwrap();
+        let progress = lines
+            .into_iter()
+            .map(|l| match l {
+                StreamLine::Progress(p) => p,
+                other => panic!("final line before the end: {other:?}"),
+            })
+            .collect();
+        (progress, last)
+    }
+
+    async fn names(&self) -> Vec<String> {
+        let (_, v) = self.json(Method::GET, "/v1/workspaces", None).await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn error_of(line: StreamLine<serde_json::Value>) -> ErrorInfo {
+    match line {
+        StreamLine::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn routes_require_the_token() {
+    let h = harness(FakeNode::default()).await;
+    for (m, uri) in [
+        (Method::GET, "/v1/workspaces"),
+        (Method::GET, "/v1/images"),
+        (Method::POST, "/v1/workspaces/x/start"),
+        (Method::DELETE, "/v1/workspaces/x"),
+        (Method::GET, "/v1/workspaces/x/exec"),
+    ] {
+        for tok in [None, Some("wrong")] {
+            let (s, b) = h.call(m.clone(), uri, tok, None).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{m} {uri}");
+            let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+            assert_eq!(e.error.code, "unauthorized");
+        }
+    }
+    let (s, _) = h
+        .call(Method::GET, "/v1/workspaces", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for uri in ["/v1/health", "/v1/openapi.json"] {
+        let (s, _) = h.call(Method::GET, uri, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let h = harness(FakeNode::default()).await;
+    let (s, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("get", "/v1/health"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/v1/images"),
+        ("post", "/v1/images/load"),
+        ("delete", "/v1/images/{reference}"),
+        ("get", "/v1/workspaces"),
+        ("post", "/v1/workspaces"),
+        ("get", "/v1/workspaces/{name}"),
+        ("delete", "/v1/workspaces/{name}"),
+        ("post", "/v1/workspaces/{name}/start"),
+        ("post", "/v1/workspaces/{name}/stop"),
+        ("get", "/v1/workspaces/{name}/logs"),
+        ("get", "/v1/workspaces/{name}/exec"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let mut count = 0;
+    for (_, item) in paths {
+        count += item.as_object().unwrap().len();
+    }
+    assert_eq!(
+        count,
+        expected.len(),
+        "{}",
+        serde_json::to_string_pretty(paths).unwrap()
+    );
+    for (m, p) in expected {
+        assert!(
+            paths.get(p).and_then(|i| i.get(m)).is_some(),
+            "{m} {p} missing"
+        );
+        // Every documented route is really served (an unknown route would be 404 "no such route").
+        let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+        let uri = p.replace("{reference}", "nope").replace("{name}", "nope");
+        let (_, body) = h.call(method, &uri, Some(TOKEN), Some("{}".into())).await;
+        assert!(
+            !String::from_utf8_lossy(&body).contains("no such route"),
+            "{m} {p}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["token"].is_object());
+}
+
+#[tokio::test]
+async fn bodies_are_checked() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces",
+            Some(TOKEN),
+            Some(r#"{"source":"/x","bogus":1}"#.into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.message.contains("bogus"), "{}", e.error.message);
+    let big = format!(r#"{{"source":"{}"}}"#, "a".repeat(BODY_LIMIT + 1));
+    let (s, b) = h
+        .call(Method::POST, "/v1/workspaces", Some(TOKEN), Some(big))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+    assert_eq!(e.error.code, "too_large");
+    assert!(h.names().await.is_empty());
+}
+
+#[tokio::test]
+async fn workspace_lifecycle() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (progress, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/My_Repo.git"}),
+        )
+        .await;
+    let w: Workspace = match last {
+        StreamLine::Result(v) => serde_json::from_value(v).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.contains("cloning /src/My_Repo.git")),
+        "{progress:?}"
+    );
+    assert_eq!(w.name, "my-repo");
+    assert_eq!(w.state, WorkspaceState::Running);
+    assert_eq!(w.slot, 0);
+    assert_eq!(w.id.len(), 12);
+    assert!(w
+        .id
+        .bytes()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_eq!(w.ip.as_deref(), Some("10.0.0.2"));
+    assert_eq!(w.image_name.as_deref(), Some("debian:latest"));
+
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/other", "name": "two"}),
+        )
+        .await;
+    assert!(
+        matches!(last, StreamLine::Result(ref v) if v["slot"] == 1),
+        "{last:?}"
+    );
+
+    let (s, v) = h
+        .json(Method::POST, "/v1/workspaces/my-repo/stop", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(v["ip"], serde_json::Value::Null);
+    // Idempotent.
+    let (s, v) = h
+        .json(Method::POST, "/v1/workspaces/my-repo/stop", None)
+        .await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("stopped")));
+    let (s, v) = h
+        .json(Method::POST, "/v1/workspaces/my-repo/start", None)
+        .await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("running")));
+
+    let (s, b) = h
+        .call(
+            Method::GET,
+            "/v1/workspaces/my-repo/logs",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!((s, b), (StatusCode::OK, b"booted\n".to_vec()));
+
+    // The image is in use.
+    let (s, v) = h.json(Method::DELETE, "/v1/images/debian", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    let (s, _) = h.json(Method::DELETE, "/v1/workspaces/my-repo", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h.names().await, vec!["two"]);
+    let (s, v) = h.json(Method::GET, "/v1/workspaces/my-repo", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "not_found");
+    assert!(v["error"]["message"].as_str().unwrap().contains("my-repo"));
+
+    // The freed slot is reused.
+    let (_, last) = h
+        .stream("/v1/workspaces", serde_json::json!({"source": "/third"}))
+        .await;
+    assert!(
+        matches!(last, StreamLine::Result(ref v) if v["slot"] == 0),
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn create_errors_leave_nothing_behind() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    // No default image loaded.
+    let (_, last) = h
+        .stream("/v1/workspaces", serde_json::json!({"source": "/src/a"}))
+        .await;
+    let e = error_of(last);
+    assert_eq!(e.code, "invalid");
+    assert!(e.message.contains("--image"), "{}", e.message);
+
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/a", "image": "nope"}),
+        )
+        .await;
+    let e = error_of(last);
+    assert_eq!(e.code, "not_found");
+    assert_eq!(
+        e.message,
+        "image nope not found (hearth image ls lists loaded images)"
+    );
+
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/a", "image": "busybox", "name": "Bad_Name"}),
+        )
+        .await;
+    let e = error_of(last);
+    assert_eq!(e.code, "invalid");
+    assert!(
+        e.message.contains("invalid workspace name"),
+        "{}",
+        e.message
+    );
+
+    let ok = serde_json::json!({"source": "/src/a", "image": "busybox", "name": "a"});
+    assert!(matches!(
+        h.stream("/v1/workspaces", ok.clone()).await.1,
+        StreamLine::Result(_)
+    ));
+    let e = error_of(h.stream("/v1/workspaces", ok).await.1);
+    assert_eq!(e.code, "conflict");
+    assert!(
+        e.message.contains("workspace a already exists"),
+        "{}",
+        e.message
+    );
+
+    h.node.st().fail_create = true;
+    let e = error_of(
+        h.stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/b", "image": "busybox"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(
+        (e.code.as_str(), e.message.as_str()),
+        ("invalid", "cannot clone /src/b")
+    );
+    h.node.st().fail_create = false;
+    h.node.st().fail_start = true;
+    let e = error_of(
+        h.stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/c", "image": "busybox"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(e.code, "internal");
+    assert_eq!(h.names().await, vec!["a"]);
+    let st = h.node.st();
+    assert_eq!(st.workspaces.len(), 1, "node still has a failed workspace");
+    assert_eq!(st.removed.len(), 2);
+}
+
+#[tokio::test]
+async fn reconcile_resolves_transitional_states() {
+    let node = FakeNode::with_image("busybox");
+    let h = harness(node.clone()).await;
+    let store = h.manager.store();
+    let mk = |id: &str, name: &str, slot, state| WorkspaceRecord {
+        spec: WorkspaceSpec {
+            id: id.into(),
+            name: name.into(),
+            image: "sha256:x".into(),
+            source: "/s".into(),
+            slot,
+            limits: Limits::default(),
+        },
+        state,
+        error: None,
+        created_at: now(),
+        updated_at: now(),
+    };
+    let rows = [
+        mk("000000000001", "creating", 1, WorkspaceState::Creating),
+        mk("000000000002", "starting", 2, WorkspaceState::Starting),
+        mk("000000000003", "stopping", 3, WorkspaceState::Stopping),
+        mk("000000000004", "removing", 4, WorkspaceState::Removing),
+        mk("000000000005", "gone", 5, WorkspaceState::Running),
+    ];
+    for r in &rows {
+        store.insert(r).await.unwrap();
+    }
+    {
+        let mut st = node.st();
+        st.workspaces.insert("000000000001".into(), false);
+        st.workspaces.insert("000000000002".into(), true);
+        st.workspaces.insert("000000000003".into(), false);
+        st.workspaces.insert("000000000004".into(), false);
+    }
+    h.manager.reconcile().await.unwrap();
+    let after: HashMap<String, WorkspaceRecord> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.spec.name.clone(), r))
+        .collect();
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after["starting"].state, WorkspaceState::Running);
+    assert_eq!(after["stopping"].state, WorkspaceState::Stopped);
+    assert_eq!(after["gone"].state, WorkspaceState::Failed);
+    assert!(after["gone"].error.is_some());
+    let st = node.st();
+    assert!(!st.workspaces.contains_key("000000000001"));
+    assert!(!st.workspaces.contains_key("000000000004"));
+}
+
+#[tokio::test]
+async fn image_load_streams_progress() {
+    let h = harness(FakeNode::default()).await;
+    let (progress, last) = h
+        .stream(
+            "/v1/images/load",
+            serde_json::json!({"path": "/img/busybox", "name": "busybox"}),
+        )
+        .await;
+    assert_eq!(progress, vec!["reading /img/busybox"]);
+    assert!(
+        matches!(last, StreamLine::Result(ref v) if v["names"][0] == "busybox"),
+        "{last:?}"
+    );
+    let e = error_of(
+        h.stream("/v1/images/load", serde_json::json!({"path": "rel/dir"}))
+            .await
+            .1,
+    );
+    assert_eq!(e.code, "invalid");
+    let (s, v) = h.json(Method::GET, "/v1/images", None).await;
+    assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 1));
+    let (s, _) = h.json(Method::DELETE, "/v1/images/busybox", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = h.json(Method::DELETE, "/v1/images/busybox", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn data_dir_lock_and_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = crate::DataDirLock::acquire(dir.path()).unwrap();
+    let err = crate::DataDirLock::acquire(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another hearth server"), "{err}");
+    drop(lock);
+    let _again = crate::DataDirLock::acquire(dir.path()).unwrap();
+
+    let t = crate::ensure_token(dir.path()).unwrap();
+    assert_eq!(t.len(), 64);
+    assert!(t.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(crate::ensure_token(dir.path()).unwrap(), t);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn server_binds_writes_server_json_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let node: Arc<dyn NodeApi> = Arc::new(FakeNode::default());
+    let server = crate::Server::bind(
+        crate::ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        node.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let info: crate::ServerInfo =
+        serde_json::from_slice(&std::fs::read(dir.path().join("server.json")).unwrap()).unwrap();
+    assert_eq!(info.url, format!("http://127.0.0.1:{}", addr.port()));
+    // A second server on the same dir is refused while the first holds the lock.
+    let second = crate::Server::bind(
+        crate::ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        node,
+    )
+    .await;
+    assert!(second.is_err());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = rx.await;
+    }));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(!dir.path().join("server.json").exists());
+}
+
+#[tokio::test]
+async fn exec_over_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{self, Message};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = FakeNode::with_image("busybox");
+    // A running workspace, made before the server opens the database.
+    {
+        let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
+        let mgr = Manager::new(store.clone(), Arc::new(node.clone()));
+        let (ptx, _prx) = tokio::sync::mpsc::unbounded_channel();
+        let req = CreateWorkspace {
+            source: "/src/ws".into(),
+            image: Some("busybox".into()),
+            name: None,
+        };
+        mgr.create(req, ptx).await.unwrap();
+        store.close().await;
+    }
+    let server = crate::Server::bind(
+        crate::ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        Arc::new(node.clone()),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let connect = |name: &str, tok: Option<&str>| {
+        let mut req = format!("ws://{addr}/v1/workspaces/{name}/exec")
+            .into_client_request()
+            .unwrap();
+        if let Some(t) = tok {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    match connect("ws", None).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    match connect("nope", Some(&token)).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+
+    let (mut ws, _) = connect("ws", Some(&token)).await.unwrap();
+    let req = ExecRequest {
+        argv: vec!["cat".into()],
+        ..Default::default()
+    };
+    ws.send(Message::Text(serde_json::to_string(&req).unwrap().into()))
+        .await
+        .unwrap();
+    for f in [
+        ClientFrame::Stdin(b"hello".to_vec()),
+        ClientFrame::Resize { rows: 24, cols: 80 },
+        ClientFrame::StdinEof,
+    ] {
+        ws.send(Message::Binary(f.encode().into())).await.unwrap();
+    }
+    let mut frames = Vec::new();
+    while let Some(msg) = ws.next().await {
+        match msg.unwrap() {
+            Message::Binary(b) => frames.push(ServerFrame::decode(&b).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        frames,
+        vec![
+            ServerFrame::Stdout(b"hello".to_vec()),
+            ServerFrame::Stdout(b"24x80".to_vec()),
+            ServerFrame::Stderr(b"eof".to_vec()),
+            ServerFrame::Exit(42),
+        ]
+    );
+
+    // A command that cannot start comes back as an error frame.
+    let (mut ws, _) = connect("ws", Some(&token)).await.unwrap();
+    let req = ExecRequest {
+        argv: vec!["fail".into()],
+        ..Default::default()
+    };
+    ws.send(Message::Text(serde_json::to_string(&req).unwrap().into()))
+        .await
+        .unwrap();
+    let msg = ws.next().await.unwrap().unwrap();
+    let Message::Binary(b) = msg else {
+        panic!("{msg:?}")
+    };
+    match ServerFrame::decode(&b).unwrap() {
+        ServerFrame::Error(m) => assert!(m.contains("no such command"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

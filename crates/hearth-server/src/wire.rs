@@ -1,0 +1,424 @@
+//! Types and framings shared by the server and the `hearth` CLI.
+//!
+//! Long operations answer `application/x-ndjson`: zero or more `{"progress":"..."}` lines,
+//! then exactly one `{"result":{...}}` or `{"error":{"code":..,"message":..}}` line.
+//!
+//! Exec runs over a WebSocket. The first client message is the JSON [`ExecRequest`] (text or
+//! binary); after that every message is binary with a 1-byte tag, see [`ClientFrame`] and
+//! [`ServerFrame`]. The server closes the socket after `exit` or `error`.
+
+use hearth_node::{ImageSummary, Limits};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use hearth_node::ExecRequest;
+
+/// Media type of streamed long operations.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// Lifecycle state of a workspace as the control plane records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceState {
+    Creating,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Removing,
+    Failed,
+}
+
+impl WorkspaceState {
+    pub const ALL: [WorkspaceState; 7] = [
+        WorkspaceState::Creating,
+        WorkspaceState::Starting,
+        WorkspaceState::Running,
+        WorkspaceState::Stopping,
+        WorkspaceState::Stopped,
+        WorkspaceState::Removing,
+        WorkspaceState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceState::Creating => "creating",
+            WorkspaceState::Starting => "starting",
+            WorkspaceState::Running => "running",
+            WorkspaceState::Stopping => "stopping",
+            WorkspaceState::Stopped => "stopped",
+            WorkspaceState::Removing => "removing",
+            WorkspaceState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkspaceState> {
+        WorkspaceState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// States that only exist while an operation runs; startup reconcile resolves them.
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            WorkspaceState::Creating
+                | WorkspaceState::Starting
+                | WorkspaceState::Stopping
+                | WorkspaceState::Removing
+        )
+    }
+}
+
+impl std::fmt::Display for WorkspaceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of `POST /v1/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// Git URL or absolute path of a local repository.
+    pub source: String,
+    /// Image name or id; `debian` when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Workspace name; derived from the source's repository name when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Body of `POST /v1/images/load`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadImage {
+    /// Absolute path on the server host of an OCI layout directory or archive.
+    pub path: String,
+    /// Name to give the image, e.g. `busybox:latest`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    /// `sha256:<hex>` of the image config.
+    pub id: String,
+    pub names: Vec<String>,
+    /// Sum of unpacked layer sizes, bytes.
+    pub size: u64,
+    pub layers: usize,
+    /// RFC 3339 time of the load.
+    pub loaded_at: String,
+}
+
+impl From<ImageSummary> for Image {
+    fn from(s: ImageSummary) -> Self {
+        Image {
+            id: s.id,
+            names: s.names,
+            size: s.size,
+            layers: s.layers,
+            loaded_at: s.loaded_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceLimits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpu_weight: u64,
+}
+
+impl From<Limits> for WorkspaceLimits {
+    fn from(l: Limits) -> Self {
+        WorkspaceLimits {
+            memory_bytes: l.memory_bytes,
+            pids: l.pids,
+            cpu_weight: l.cpu_weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    /// Image id (`sha256:...`).
+    pub image: String,
+    /// First name of the image, when it still has one.
+    pub image_name: Option<String>,
+    pub source: String,
+    pub slot: u32,
+    /// Host uid that root inside the workspace maps to.
+    pub uid_base: u32,
+    pub state: WorkspaceState,
+    /// Why the last operation failed, for `failed` workspaces.
+    pub error: Option<String>,
+    /// Address on the node's bridge while running.
+    pub ip: Option<String>,
+    pub limits: WorkspaceLimits,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// `not_found`, `invalid`, `conflict`, `unauthorized`, `too_large` or `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+/// One line of an ndjson stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamLine<T> {
+    Progress(String),
+    Result(T),
+    Error(ErrorInfo),
+}
+
+impl<T: Serialize> StreamLine<T> {
+    /// The line as sent: JSON and a trailing newline.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain data types cannot fail; fall back to an error line anyway.
+        let mut out = serde_json::to_vec(self).unwrap_or_else(|e| {
+            format!(r#"{{"error":{{"code":"internal","message":"cannot encode reply: {e}"}}}}"#)
+                .into_bytes()
+        });
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Tags of client-to-server exec frames.
+pub mod client_tag {
+    pub const STDIN: u8 = 0;
+    pub const STDIN_EOF: u8 = 1;
+    /// Followed by rows and cols, u16 big-endian each.
+    pub const RESIZE: u8 = 2;
+    /// Followed by the signal number, i32 big-endian.
+    pub const SIGNAL: u8 = 3;
+}
+
+/// Tags of server-to-client exec frames.
+pub mod server_tag {
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// Followed by the exit code, i32 big-endian; the last frame of a session.
+    pub const EXIT: u8 = 3;
+    /// Followed by a UTF-8 message; the session failed and is over.
+    pub const ERROR: u8 = 4;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Stdin(Vec<u8>),
+    StdinEof,
+    Resize { rows: u16, cols: u16 },
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i32),
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("empty exec frame")]
+    Empty,
+    #[error("unknown exec frame tag {0}")]
+    UnknownTag(u8),
+    #[error("exec frame with tag {tag} has {len} payload bytes, expected {expected}")]
+    BadLength {
+        tag: u8,
+        len: usize,
+        expected: usize,
+    },
+    #[error("exec error frame is not utf-8")]
+    NotUtf8,
+}
+
+fn tagged(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn fixed<const N: usize>(tag: u8, payload: &[u8]) -> Result<[u8; N], FrameError> {
+    payload.try_into().map_err(|_| FrameError::BadLength {
+        tag,
+        len: payload.len(),
+        expected: N,
+    })
+}
+
+impl ClientFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        use client_tag::*;
+        match self {
+            ClientFrame::Stdin(data) => tagged(STDIN, data),
+            ClientFrame::StdinEof => vec![STDIN_EOF],
+            ClientFrame::Resize { rows, cols } => {
+                let mut p = rows.to_be_bytes().to_vec();
+                p.extend_from_slice(&cols.to_be_bytes());
+                tagged(RESIZE, &p)
+            }
+            ClientFrame::Signal(sig) => tagged(SIGNAL, &sig.to_be_bytes()),
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<ClientFrame, FrameError> {
+        use client_tag::*;
+        let (&tag, payload) = frame.split_first().ok_or(FrameError::Empty)?;
+        match tag {
+            STDIN => Ok(ClientFrame::Stdin(payload.to_vec())),
+            STDIN_EOF => {
+                fixed::<0>(tag, payload)?;
+                Ok(ClientFrame::StdinEof)
+            }
+            RESIZE => {
+                let b = fixed::<4>(tag, payload)?;
+                Ok(ClientFrame::Resize {
+                    rows: u16::from_be_bytes([b[0], b[1]]),
+                    cols: u16::from_be_bytes([b[2], b[3]]),
+                })
+            }
+            SIGNAL => Ok(ClientFrame::Signal(i32::from_be_bytes(fixed::<4>(
+                tag, payload,
+            )?))),
+            other => Err(FrameError::UnknownTag(other)),
+        }
+    }
+}
+
+impl ServerFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        use server_tag::*;
+        match self {
+            ServerFrame::Stdout(data) => tagged(STDOUT, data),
+            ServerFrame::Stderr(data) => tagged(STDERR, data),
+            ServerFrame::Exit(code) => tagged(EXIT, &code.to_be_bytes()),
+            ServerFrame::Error(msg) => tagged(ERROR, msg.as_bytes()),
+        }
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<ServerFrame, FrameError> {
+        use server_tag::*;
+        let (&tag, payload) = frame.split_first().ok_or(FrameError::Empty)?;
+        match tag {
+            STDOUT => Ok(ServerFrame::Stdout(payload.to_vec())),
+            STDERR => Ok(ServerFrame::Stderr(payload.to_vec())),
+            EXIT => Ok(ServerFrame::Exit(i32::from_be_bytes(fixed::<4>(
+                tag, payload,
+            )?))),
+            ERROR => Ok(ServerFrame::Error(
+                String::from_utf8(payload.to_vec()).map_err(|_| FrameError::NotUtf8)?,
+            )),
+            other => Err(FrameError::UnknownTag(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip() {
+        for f in [
+            ClientFrame::Stdin(b"hello\n".to_vec()),
+            ClientFrame::Stdin(Vec::new()),
+            ClientFrame::StdinEof,
+            ClientFrame::Resize {
+                rows: 40,
+                cols: 300,
+            },
+            ClientFrame::Signal(15),
+        ] {
+            assert_eq!(ClientFrame::decode(&f.encode()).unwrap(), f);
+        }
+        assert_eq!(
+            ClientFrame::Resize { rows: 1, cols: 258 }.encode(),
+            vec![2, 0, 1, 1, 2]
+        );
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        for f in [
+            ServerFrame::Stdout(b"out".to_vec()),
+            ServerFrame::Stderr(b"err".to_vec()),
+            ServerFrame::Exit(-1),
+            ServerFrame::Exit(137),
+            ServerFrame::Error("agent gone".into()),
+        ] {
+            assert_eq!(ServerFrame::decode(&f.encode()).unwrap(), f);
+        }
+        assert_eq!(ServerFrame::Exit(3).encode(), vec![3, 0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn bad_frames_are_rejected() {
+        assert_eq!(ClientFrame::decode(&[]), Err(FrameError::Empty));
+        assert_eq!(ClientFrame::decode(&[9]), Err(FrameError::UnknownTag(9)));
+        assert!(matches!(
+            ClientFrame::decode(&[client_tag::RESIZE, 0, 1]),
+            Err(FrameError::BadLength {
+                expected: 4,
+                len: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ClientFrame::decode(&[client_tag::STDIN_EOF, 0]),
+            Err(FrameError::BadLength { expected: 0, .. })
+        ));
+        assert_eq!(
+            ServerFrame::decode(&[server_tag::ERROR, 0xff]),
+            Err(FrameError::NotUtf8)
+        );
+        assert!(ServerFrame::decode(&[server_tag::EXIT]).is_err());
+    }
+
+    #[test]
+    fn stream_lines_have_the_documented_shape() {
+        let p: StreamLine<()> = StreamLine::Progress("cloning".into());
+        assert_eq!(p.encode(), b"{\"progress\":\"cloning\"}\n");
+        let r = StreamLine::Result(serde_json::json!({"a": 1}));
+        assert_eq!(r.encode(), b"{\"result\":{\"a\":1}}\n");
+        let e: StreamLine<()> = StreamLine::Error(ErrorInfo {
+            code: "conflict".into(),
+            message: "x".into(),
+        });
+        assert_eq!(
+            e.encode(),
+            b"{\"error\":{\"code\":\"conflict\",\"message\":\"x\"}}\n"
+        );
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in WorkspaceState::ALL {
+            assert_eq!(WorkspaceState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(WorkspaceState::parse("bogus"), None);
+    }
+}

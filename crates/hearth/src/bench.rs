@@ -1,0 +1,294 @@
+//! `hearth bench`: workspace lifecycle latency on this host, beside the floor (the OCI
+//! runtime alone running `true` in the same root filesystem) and podman when installed.
+//!
+//! It drives the node directly, in-process, with its own data dir, bridge and cgroup
+//! parent, so it measures the platform's work and never touches a running server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, WorkspaceSpec};
+use hearth_proto::Event;
+
+pub struct BenchArgs {
+    pub runs: usize,
+    pub agent: PathBuf,
+    pub runtime: Option<String>,
+    pub podman: bool,
+}
+
+struct Series {
+    name: &'static str,
+    target: Option<f64>,
+    samples: Vec<Duration>,
+}
+
+impl Series {
+    fn new(name: &'static str, target: Option<f64>) -> Self {
+        Series {
+            name,
+            target,
+            samples: Vec::new(),
+        }
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut v: Vec<f64> = self.samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        // Nearest rank.
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        v[rank.min(v.len()) - 1]
+    }
+}
+
+fn git_repo(dir: &Path) -> Result<PathBuf> {
+    let repo = dir.join("bench-repo");
+    std::fs::create_dir_all(repo.join("src"))?;
+    for i in 0..20 {
+        std::fs::write(
+            repo.join(format!("src/file{i}.rs")),
+            format!("fn f{i}() {{}}\n").repeat(50),
+        )?;
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &["commit", "-qm", "bench"],
+    ] {
+        let st = Command::new("git")
+            .args(["-c", "user.email=bench@hearth", "-c", "user.name=bench"])
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .context("running git")?;
+        if !st.success() {
+            bail!("git {args:?} failed");
+        }
+    }
+    Ok(repo)
+}
+
+async fn exec_true(node: &LocalNode, spec: &WorkspaceSpec) -> Result<()> {
+    let s = node
+        .exec(
+            spec,
+            ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (mut w, mut r) = s.split();
+    w.close_stdin().await?;
+    loop {
+        if let Event::Exit(c) = r.next_event().await? {
+            if c != 0 {
+                bail!("true exited {c}");
+            }
+            return Ok(());
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("hearth-bench-")
+        .tempdir_in("/var/tmp")
+        .context("temp dir in /var/tmp")?;
+    let tag = rand::random::<u16>();
+    let cfg = NodeConfig {
+        data_dir: tmp.path().join("data"),
+        bridge: format!("hbench{}", tag % 10000),
+        subnet: format!("10.77.{}.0/24", tag % 250),
+        cgroup_parent: format!("hearth-bench-{tag}"),
+        runtime: args.runtime.clone(),
+        agent_binary: args.agent.clone(),
+    };
+    let node = LocalNode::open(cfg).await?;
+    let result = bench(&node, tmp.path(), &args).await;
+    if let Err(e) = node.teardown().await {
+        eprintln!("bench teardown: {e}");
+    }
+    result
+}
+
+async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
+    let img_dir = tmp.join("busybox-oci");
+    hearth_image::testutil::write_oci_layout(
+        &img_dir,
+        "busybox:latest",
+        &[hearth_image::testutil::busybox_rootfs_layer()?],
+        &Default::default(),
+    )?;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let img = node.load_image(img_dir.clone(), None, tx.clone()).await?;
+    let repo = git_repo(tmp)?;
+
+    let mut create = Series::new("create (cached image, small repo)", Some(150.0));
+    let mut first = Series::new("first start (after create)", None);
+    let mut start = Series::new("start (stopped -> agent ready)", Some(50.0));
+    let mut exec = Series::new("exec round trip (`true`)", Some(10.0));
+    let mut stop = Series::new("stop", None);
+    eprintln!("running {} create/start/exec/stop cycles...", args.runs);
+    for i in 0..args.runs {
+        let spec = WorkspaceSpec {
+            id: format!("{:012x}", 0xbe_0000_0000u64 + i as u64),
+            name: format!("bench{i}"),
+            image: img.id.clone(),
+            source: repo.display().to_string(),
+            slot: i as u32,
+            limits: Limits::default(),
+        };
+        let r = async {
+            let t = Instant::now();
+            node.create(&spec, tx.clone()).await?;
+            create.samples.push(t.elapsed());
+            let t = Instant::now();
+            node.start(&spec).await?;
+            first.samples.push(t.elapsed());
+            let t = Instant::now();
+            node.stop(&spec).await?;
+            stop.samples.push(t.elapsed());
+            let t = Instant::now();
+            node.start(&spec).await?;
+            start.samples.push(t.elapsed());
+            for _ in 0..5 {
+                let t = Instant::now();
+                exec_true(node, &spec).await?;
+                exec.samples.push(t.elapsed());
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let rm = node.remove(&spec).await;
+        r?;
+        rm?;
+    }
+
+    // Floor: the OCI runtime alone, `true` in the same root filesystem (no user
+    // namespace, network, cgroups or agent).
+    let mut floor = Series::new("floor: oci runtime run `true`", None);
+    let layer = tmp.join("data/images/layers");
+    let rootfs = std::fs::read_dir(&layer)?
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .context("no unpacked layer")?;
+    let bundle = tmp.join("floor-bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().context("default process")?;
+    process.set_args(Some(vec!["/bin/true".into()]));
+    process.set_terminal(Some(false));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        oci_spec::runtime::RootBuilder::default()
+            .path(&rootfs)
+            .readonly(true)
+            .build()?,
+    ));
+    let mounts: Vec<_> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.typ().as_deref() != Some("cgroup"))
+        .collect();
+    spec.set_mounts(Some(mounts));
+    spec.save(bundle.join("config.json"))?;
+    let rt =
+        hearth_runtime::oci::OciRuntime::new(args.runtime.as_deref(), &tmp.join("floor-state"))?;
+    for i in 0..args.runs.max(20) {
+        let t = Instant::now();
+        let st = rt.run_foreground(&format!("floor{i}"), &bundle)?;
+        floor.samples.push(t.elapsed());
+        if !st.success() {
+            bail!("floor run failed: {st}");
+        }
+    }
+
+    let mut podman = Series::new("podman run --rm (same image)", None);
+    if args.podman && Command::new("podman").arg("--version").output().is_ok() {
+        let tar = tmp.join("bb.tar");
+        let st = Command::new("podman")
+            .args(["save", "--help"])
+            .output()
+            .map(|_| ())
+            .and_then(|_| {
+                Command::new("skopeo")
+                    .arg("copy")
+                    .arg(format!("oci:{}:busybox:latest", img_dir.display()))
+                    .arg(format!(
+                        "oci-archive:{}:hearth-bench/busybox:latest",
+                        tar.display()
+                    ))
+                    .output()
+            });
+        let loaded = st.is_ok_and(|o| o.status.success())
+            && Command::new("podman")
+                .args(["load", "-q", "-i"])
+                .arg(&tar)
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if loaded {
+            for _ in 0..args.runs.min(20) {
+                let t = Instant::now();
+                let o = Command::new("podman")
+                    .args([
+                        "run",
+                        "--rm",
+                        "--ulimit",
+                        "nofile=1024:1024",
+                        "--ulimit",
+                        "nproc=1024:1024",
+                        "hearth-bench/busybox:latest",
+                        "/bin/true",
+                    ])
+                    .output()?;
+                if !o.status.success() {
+                    eprintln!(
+                        "podman run failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                    break;
+                }
+                podman.samples.push(t.elapsed());
+            }
+            let _ = Command::new("podman")
+                .args(["rmi", "-f", "hearth-bench/busybox:latest"])
+                .output();
+        } else {
+            eprintln!("podman comparison skipped: could not load the image (needs skopeo)");
+        }
+    }
+
+    println!();
+    println!(
+        "runtime: {}   runs: {}   (times in ms)",
+        rt.binary().display(),
+        args.runs
+    );
+    println!(
+        "{:<36} {:>6} {:>8} {:>8} {:>8}",
+        "operation", "n", "p50", "p99", "target"
+    );
+    for s in [&create, &first, &start, &exec, &stop, &floor, &podman] {
+        if s.samples.is_empty() {
+            continue;
+        }
+        let target = s.target.map(|t| format!("<= {t:.0}")).unwrap_or_default();
+        println!(
+            "{:<36} {:>6} {:>8.1} {:>8.1} {:>8}",
+            s.name,
+            s.samples.len(),
+            s.pct(50.0),
+            s.pct(99.0),
+            target
+        );
+    }
+    Ok(())
+}

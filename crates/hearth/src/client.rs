@@ -1,0 +1,389 @@
+//! HTTP client for the server's REST API.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::StreamExt;
+use hearth_server::wire::{CreateWorkspace, ErrorBody, Image, LoadImage, StreamLine, Workspace};
+use hearth_server::{ServerInfo, SERVER_FILE, TOKEN_FILE};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+fn unreachable_msg(url: &str) -> String {
+    format!("cannot reach hearth server at {url}: is `hearth server` running?")
+}
+
+/// Whether `source` names a remote repository rather than a local path.
+pub fn is_remote(source: &str) -> bool {
+    if source.contains("://") {
+        return true;
+    }
+    // scp-like `user@host:path`
+    match (source.find(':'), source.find('/')) {
+        (Some(c), Some(s)) => c < s && source[..c].contains('@'),
+        (Some(c), None) => source[..c].contains('@'),
+        _ => false,
+    }
+}
+
+/// Sends local paths as absolute paths, since the server resolves them on its own.
+pub fn absolute_source(source: &str) -> anyhow::Result<String> {
+    if is_remote(source) {
+        return Ok(source.to_string());
+    }
+    let p = std::path::absolute(source)
+        .with_context(|| format!("cannot make {source} an absolute path"))?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+impl Client {
+    pub fn new(data_dir: &Path, url: Option<&str>, token: Option<&str>) -> anyhow::Result<Client> {
+        let base = match url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => {
+                let path = data_dir.join(SERVER_FILE);
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    anyhow!(
+                        "cannot reach hearth server: cannot read {}: {e}: is `hearth server` running?",
+                        path.display()
+                    )
+                })?;
+                let info: ServerInfo = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("cannot parse {}", path.display()))?;
+                info.url.trim_end_matches('/').to_string()
+            }
+        };
+        let token = match token {
+            Some(t) => t.trim().to_string(),
+            None => {
+                let path = data_dir.join(TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        anyhow!(
+                            "cannot read token {}: {e} (pass --token or set HEARTH_TOKEN)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot build http client")?;
+        Ok(Client { base, token, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(unreachable_msg(&self.base))
+            } else {
+                anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => bail!("{}", e.error.message),
+            Err(_) => bail!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.send(self.http.get(self.url(path))).await?;
+        resp.json().await.context("cannot parse server reply")
+    }
+
+    /// Runs a streamed operation, showing progress on stderr.
+    async fn stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
+        let mut chunks = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match serde_json::from_slice::<StreamLine<T>>(&line)
+                    .context("cannot parse server reply")?
+                {
+                    StreamLine::Progress(p) => eprintln!("{p}"),
+                    StreamLine::Result(v) => return Ok(v),
+                    StreamLine::Error(e) => bail!("{}", e.message),
+                }
+            }
+            match chunks.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                Some(Err(e)) => bail!("connection to {} failed: {e}", self.base),
+                None => bail!("server ended the reply without a result"),
+            }
+        }
+    }
+
+    pub async fn load_image(&self, path: &Path, name: Option<String>) -> anyhow::Result<()> {
+        let abs = std::path::absolute(path)
+            .with_context(|| format!("cannot make {} absolute", path.display()))?;
+        let img: Image = self
+            .stream(
+                "/v1/images/load",
+                &LoadImage {
+                    path: abs.to_string_lossy().into_owned(),
+                    name,
+                },
+            )
+            .await?;
+        println!("{}", img.id);
+        Ok(())
+    }
+
+    pub async fn list_images(&self, json: bool) -> anyhow::Result<()> {
+        let images: Vec<Image> = self.get("/v1/images").await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&images)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = images
+            .iter()
+            .map(|i| {
+                vec![
+                    short_id(&i.id),
+                    if i.names.is_empty() {
+                        "-".into()
+                    } else {
+                        i.names.join(",")
+                    },
+                    human_size(i.size),
+                    i.layers.to_string(),
+                    i.loaded_at.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "NAMES", "SIZE", "LAYERS", "LOADED"], &rows);
+        Ok(())
+    }
+
+    pub async fn remove_image(&self, reference: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/v1/images/{}", enc(reference)))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn up(
+        &self,
+        source: &str,
+        image: Option<String>,
+        name: Option<String>,
+    ) -> anyhow::Result<()> {
+        let req = CreateWorkspace {
+            source: absolute_source(source)?,
+            image,
+            name,
+        };
+        let w: Workspace = self.stream("/v1/workspaces", &req).await?;
+        println!("workspace {} is {}", w.name, w.state);
+        println!("get in with: hearth shell {}", w.name);
+        Ok(())
+    }
+
+    pub async fn list(&self, json: bool) -> anyhow::Result<()> {
+        let ws: Vec<Workspace> = self.get("/v1/workspaces").await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&ws)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = ws
+            .iter()
+            .map(|w| {
+                vec![
+                    w.name.clone(),
+                    w.state.to_string(),
+                    w.image_name.clone().unwrap_or_else(|| short_id(&w.image)),
+                    w.ip.clone().unwrap_or_else(|| "-".into()),
+                    w.created_at.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "STATE", "IMAGE", "IP", "CREATED"], &rows);
+        Ok(())
+    }
+
+    pub async fn action(&self, name: &str, verb: &str) -> anyhow::Result<()> {
+        let w: Workspace = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/v1/workspaces/{}/{verb}", enc(name)))),
+            )
+            .await?
+            .json()
+            .await
+            .context("cannot parse server reply")?;
+        println!("workspace {} is {}", w.name, w.state);
+        Ok(())
+    }
+
+    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/v1/workspaces/{}", enc(name)))),
+        )
+        .await?;
+        println!("workspace {name} removed");
+        Ok(())
+    }
+
+    pub async fn logs(&self, name: &str) -> anyhow::Result<()> {
+        let bytes = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/workspaces/{}/logs", enc(name)))),
+            )
+            .await?
+            .bytes()
+            .await
+            .with_context(|| format!("cannot read logs of {name}"))?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)
+            .and_then(|()| out.flush())
+            .context("cannot write to stdout")?;
+        Ok(())
+    }
+
+    /// `ws://` URL of a path on the server.
+    pub fn ws_url(&self, path: &str) -> String {
+        let base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.base.clone()
+        };
+        format!("{base}{path}")
+    }
+
+    pub fn unreachable(&self) -> String {
+        unreachable_msg(&self.base)
+    }
+}
+
+/// Percent-encodes a path segment (names are plain, image references may hold ':' or '/').
+pub fn enc(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn short_id(id: &str) -> String {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    hex.chars().take(12).collect()
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = *w));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_sources_are_recognised() {
+        assert!(is_remote("https://github.com/a/b.git"));
+        assert!(is_remote("git@github.com:a/b.git"));
+        assert!(!is_remote("/src/repo"));
+        assert!(!is_remote("repo"));
+        assert!(!is_remote("./dir:with/colon"));
+    }
+
+    #[test]
+    fn local_sources_become_absolute() {
+        let s = absolute_source("some/repo").unwrap();
+        assert!(s.starts_with('/') && s.ends_with("some/repo"), "{s}");
+        assert_eq!(absolute_source("https://x/y").unwrap(), "https://x/y");
+    }
+
+    #[test]
+    fn formatting_helpers() {
+        assert_eq!(enc("busybox:latest"), "busybox:latest");
+        assert_eq!(enc("a/b c"), "a%2Fb%20c");
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn missing_server_json_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Client::new(dir.path(), None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("is `hearth server` running?"), "{err}");
+    }
+}

@@ -1,0 +1,174 @@
+//! `hearth server` and `hearth admin teardown`: the parts that open the local node.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hearth_node::{LocalNode, NodeApi, NodeConfig};
+use hearth_server::{DataDirLock, Server, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+/// Node settings of the last `hearth server`, so offline teardown uses the same bridge,
+/// subnet and cgroups.
+const NODE_FILE: &str = "node.json";
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Bridge name (also the prefix of firewall chains).
+    #[arg(long, default_value = "hearth0")]
+    bridge: String,
+    #[arg(long, default_value = "10.88.0.0/16")]
+    subnet: String,
+    /// Parent cgroup of all workspaces.
+    #[arg(long, default_value = "hearth")]
+    cgroup_parent: String,
+    /// OCI runtime: crun, runc or a path (default: crun if it works).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// The static hearth-agent binary (default: next to this executable).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct NodeSettings {
+    bridge: String,
+    subnet: String,
+    cgroup_parent: String,
+    runtime: Option<String>,
+    /// Agent binary the server was given; teardown opens the node with the same one.
+    #[serde(default)]
+    agent: Option<PathBuf>,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            bridge: "hearth0".into(),
+            subnet: "10.88.0.0/16".into(),
+            cgroup_parent: "hearth".into(),
+            runtime: None,
+            agent: None,
+        }
+    }
+}
+
+pub fn agent_next_to_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join("hearth-agent");
+    p.is_file().then_some(p)
+}
+
+fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> NodeConfig {
+    NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        bridge: s.bridge.clone(),
+        subnet: s.subnet.clone(),
+        cgroup_parent: s.cgroup_parent.clone(),
+        runtime: s.runtime.clone(),
+        agent_binary: agent,
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG, else at `default` level.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+    tracing::info!("shutting down the API; workspaces keep running");
+}
+
+pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
+    init_tracing("info");
+    let agent = match &args.agent {
+        Some(p) if p.is_file() => std::path::absolute(p)
+            .with_context(|| format!("cannot make {} absolute", p.display()))?,
+        Some(p) => bail!("agent binary {} not found", p.display()),
+        None => agent_next_to_exe().context(
+            "hearth-agent not found next to the hearth binary: build it with scripts/build.sh \
+             or pass --agent PATH",
+        )?,
+    };
+    let lock = DataDirLock::acquire(data_dir)?;
+    let settings = NodeSettings {
+        bridge: args.bridge.clone(),
+        subnet: args.subnet.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        runtime: args.runtime.clone(),
+        agent: Some(agent.clone()),
+    };
+    let path = data_dir.join(NODE_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let node = LocalNode::open(node_config(data_dir, &settings, agent))
+        .await
+        .context("cannot open the node")?;
+    let node: Arc<dyn NodeApi> = Arc::new(node);
+    let cfg = ServerConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: args.listen,
+    };
+    Server::bind_locked(lock, cfg, node)
+        .await?
+        .serve(shutdown_signal())
+        .await
+}
+
+pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
+    init_tracing("warn");
+    if !data_dir.exists() {
+        bail!("data dir {} does not exist", data_dir.display());
+    }
+    let lock = DataDirLock::acquire(data_dir)
+        .context("a hearth server is running on this data dir: stop it first")?;
+    let path = data_dir.join(NODE_FILE);
+    let settings: NodeSettings = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("cannot parse {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeSettings::default(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    // Opening the node installs the agent, so find the one the server used, or the copy
+    // the node keeps in its data dir.
+    let agent = settings
+        .agent
+        .clone()
+        .filter(|p| p.is_file())
+        .or_else(agent_next_to_exe)
+        .unwrap_or_else(|| data_dir.join("bin/hearth-agent"));
+    let node = LocalNode::open(node_config(data_dir, &settings, agent))
+        .await
+        .context("cannot open the node")?;
+    hearth_server::teardown(&lock, &node, purge).await?;
+    eprintln!(
+        "{} {}",
+        if purge { "purged" } else { "tore down" },
+        data_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Harness for end-to-end tests: a real `hearth server` with its own data dir, bridge,
+//! subnet and cgroup parent, torn down (`hearth admin teardown --purge`) on drop.
+
+#![allow(dead_code)]
+
+pub mod images;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+pub const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// The agent binary: `HEARTH_AGENT`, else next to the hearth binary.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEARTH_AGENT") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(HEARTH).with_file_name("hearth-agent");
+    assert!(
+        p.is_file(),
+        "no hearth-agent at {}: build it (scripts/build.sh) or set HEARTH_AGENT",
+        p.display()
+    );
+    p
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub bridge: String,
+    pub subnet: String,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let mut rng = rand::thread_rng();
+        let tag: String = (0..8)
+            .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
+            .collect();
+        let mut s = TestServer {
+            dir: tempfile::Builder::new()
+                .prefix("hearth-e2e-")
+                .tempdir()
+                .unwrap(),
+            bridge: format!("ht{tag}"),
+            subnet: format!(
+                "10.{}.{}.0/24",
+                rng.gen_range(100..=250),
+                rng.gen_range(0..=255)
+            ),
+            cgroup_parent: format!("hearth-test-{tag}"),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server process and waits until it wrote server.json and answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let info = self.data_dir().join("server.json");
+        let _ = std::fs::remove_file(&info);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir().join("server.log"))
+            .unwrap();
+        let child = Command::new(HEARTH)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--bridge",
+                &self.bridge,
+            ])
+            .args([
+                "--subnet",
+                &self.subnet,
+                "--cgroup-parent",
+                &self.cgroup_parent,
+            ])
+            .arg("--agent")
+            .arg(agent_binary())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hearth server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("hearth server exited with {st}:\n{}", self.server_log());
+            }
+            if info.exists() && self.hearth(&["image", "ls"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hearth server did not come up:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would; workspaces keep running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(HEARTH);
+        c.arg("--data-dir").arg(self.data_dir()).args(args);
+        c.env_remove("HEARTH_URL").env_remove("HEARTH_TOKEN");
+        c
+    }
+
+    /// Runs the CLI with stdin closed.
+    pub fn hearth(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hearth")
+    }
+
+    /// Runs the CLI feeding `input` on stdin.
+    pub fn hearth_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hearth");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Runs the CLI, asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.hearth(args);
+        assert!(
+            out.status.success(),
+            "hearth {args:?} failed ({}):\nstdout: {}\nstderr: {}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI, asserts it failed with exit code 1 and one `error: ` line; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.hearth(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "hearth {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let last = stderr.lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.starts_with("error: "),
+            "hearth {args:?} stderr: {stderr}"
+        );
+        assert!(!last.contains("panicked"), "{stderr}");
+        last
+    }
+
+    /// Output of a command run in a workspace.
+    pub fn exec(&self, name: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["exec", name, "--"];
+        args.extend_from_slice(cmd);
+        self.ok(&args)
+    }
+
+    pub fn load_busybox(&self) {
+        let img = images::busybox_image(self.data_dir());
+        self.ok(&["image", "load", img.to_str().unwrap(), "--name", "busybox"]);
+    }
+
+    /// Workspaces as `hearth ls --json` reports them.
+    pub fn workspaces(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
+    }
+
+    pub fn workspace_names(&self) -> Vec<String> {
+        self.workspaces()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        let out = self.hearth(&["admin", "teardown", "--purge"]);
+        if !out.status.success() {
+            eprintln!(
+                "teardown of {} failed: {}",
+                self.data_dir().display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A git repository with one commit holding `README.md`, in `parent/name`.
+pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
+    let repo = parent.join(name);
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "hello from the repo\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "README.md"]);
+    git(&["commit", "-q", "-m", "init"]);
+    repo
+}
+
+/// The host uid that root inside maps to (second field of uid_map's first line).
+pub fn uid_base(uid_map: &str) -> u64 {
+    uid_map
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad uid_map {uid_map:?}"))
+}
