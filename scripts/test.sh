@@ -12,5 +12,6 @@ mkdir -p "$imgs"
 scripts/make-image.sh busybox "$imgs/busybox.tar" >/dev/null
 scripts/make-image.sh debian "$imgs/debian.tar"
 export HEARTH_TEST_BUSYBOX="$imgs/busybox.tar" HEARTH_TEST_DEBIAN="$imgs/debian.tar"
-export HEARTH_AGENT="$PWD/target/debug/hearth-agent"
+# Not target/debug/hearth-agent: `cargo test --workspace` rebuilds that one dynamically.
+export HEARTH_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/hearth-agent"
 cargo test --workspace -- --test-threads="${HEARTH_TEST_THREADS:-2}"

@@ -162,6 +162,28 @@ impl Network {
         Ok(Ipv4Addr::from(self.network + index as u32))
     }
 
+    /// Like [`Network::setup`], but keeps a workspace's network that is already in place
+    /// (netns bound, host veth on our bridge): a stopped workspace keeps its network so a
+    /// start costs no `ip` invocations.
+    pub fn ensure(&self, id: &str, slot: u32) -> Result<WorkspaceNet, NetError> {
+        validate_id(id)?;
+        let ip = self.address(slot)?;
+        let hv = host_veth(id);
+        let master = std::fs::read_link(Path::new("/sys/class/net").join(&hv).join("master"));
+        let on_bridge =
+            master.is_ok_and(|m| m.file_name().is_some_and(|n| n == self.bridge.as_str()));
+        if on_bridge && self.netns_path(id).exists() {
+            return Ok(WorkspaceNet {
+                netns_path: self.netns_path(id),
+                ip,
+                prefix_len: self.prefix_len,
+                gateway: self.gateway(),
+                host_veth: hv,
+            });
+        }
+        self.setup(id, slot)
+    }
+
     /// Creates the netns and veth of a workspace; leftovers from a crash are replaced.
     pub fn setup(&self, id: &str, slot: u32) -> Result<WorkspaceNet, NetError> {
         validate_id(id)?;

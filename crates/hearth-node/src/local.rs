@@ -47,6 +47,28 @@ struct Inner {
     ws_root: PathBuf,
     agent: PathBuf,
     gitconfig: PathBuf,
+    /// Per-phase durations of each workspace's last start (for `hearth bench`).
+    phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
+}
+
+/// Records how long each phase of a start took.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
@@ -154,8 +176,18 @@ impl LocalNode {
                 ws_root,
                 agent,
                 gitconfig,
+                phases: Default::default(),
             }),
         })
+    }
+
+    /// Phases of the last start of workspace `id`, in order.
+    pub fn start_phases(&self, id: &str) -> Vec<(&'static str, Duration)> {
+        self.inner
+            .phases
+            .lock()
+            .map(|m| m.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -178,6 +210,13 @@ fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
             src.display()
         ))
     })?;
+    if has_interpreter(&bytes) {
+        return Err(NodeError::Invalid(format!(
+            "agent binary {} is dynamically linked and would not run in every image: \
+             build it with scripts/build.sh (static) or pass --agent",
+            src.display()
+        )));
+    }
     if std::fs::read(dst).ok().as_deref() == Some(&bytes[..]) {
         return Ok(());
     }
@@ -187,6 +226,35 @@ fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
     std::fs::rename(&tmp, dst)
         .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
+}
+
+/// Whether an ELF64 executable asks for a dynamic loader (a PT_INTERP program header).
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        let off = phoff.saturating_add(i.saturating_mul(phentsize));
+        elf.get(off..off + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            == Some(PT_INTERP)
+    })
 }
 
 struct Paths {
@@ -278,7 +346,7 @@ impl Inner {
                 self.status(spec)
             }
             Err(e) => {
-                if let Err(e2) = self.cleanup_runtime(&spec.id) {
+                if let Err(e2) = self.cleanup_runtime(&spec.id, false) {
                     tracing::error!(id = %spec.id, "cleanup after failed start: {e2}");
                 }
                 Err(e)
@@ -288,19 +356,23 @@ impl Inner {
 
     fn start_inner(&self, spec: &WorkspaceSpec, image: &Image, p: &Paths) -> Result<(), NodeError> {
         let id = &spec.id;
+        let mut ph = Phases::new();
         let limits = hearth_cgroups::Limits {
             memory_bytes: spec.limits.memory_bytes,
             pids: spec.limits.pids,
             cpu_weight: spec.limits.cpu_weight,
         };
         self.cgroups.create(id, &limits).map_err(internal)?;
-        let wnet = self.net.setup(id, spec.slot).map_err(internal)?;
+        ph.mark("cgroups");
+        let wnet = self.net.ensure(id, spec.slot).map_err(internal)?;
+        ph.mark("network");
         if !mount::is_mounted(&p.rootfs).map_err(internal)? {
             let ns =
                 hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
             let layers = self.images.layer_dirs(image);
             mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
         }
+        ph.mark("rootfs");
         let resolv = p.dir.join("resolv.conf");
         std::fs::write(&resolv, resolv_conf()).map_err(internal)?;
 
@@ -335,6 +407,7 @@ impl Inner {
             },
         )
         .map_err(internal)?;
+        ph.mark("bundle");
 
         let _ = std::fs::remove_file(&p.socket);
         let listener = std::os::unix::net::UnixListener::bind(&p.socket)
@@ -352,7 +425,14 @@ impl Inner {
             )
             .map_err(internal)?;
         drop(listener);
-        wait_ready(&p.socket, &p.console)
+        ph.mark("runtime");
+        wait_ready(&p.socket, &p.console)?;
+        ph.mark("agent ready");
+        tracing::debug!(%id, phases = ?ph.done, "start phases");
+        if let Ok(mut m) = self.phases.lock() {
+            m.insert(id.clone(), ph.done);
+        }
+        Ok(())
     }
 
     fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
@@ -378,7 +458,7 @@ impl Inner {
         }
     }
 
-    fn stop(&self, id: &str) -> Result<(), NodeError> {
+    fn stop(&self, id: &str, keep_net: bool) -> Result<(), NodeError> {
         valid_id(id)?;
         if let Some(st) = self.runtime.state(id).map_err(internal)? {
             if st.status == "running" {
@@ -397,12 +477,15 @@ impl Inner {
                 }
             }
         }
-        self.cleanup_runtime(id)
+        self.cleanup_runtime(id, keep_net)
     }
 
     /// Tears down everything a running workspace holds on the host except its files.
     /// Idempotent; goes on after errors and reports them all.
-    fn cleanup_runtime(&self, id: &str) -> Result<(), NodeError> {
+    ///
+    /// `keep_net` leaves the netns and veth in place for the next start (stop); remove and
+    /// stray cleanup drop them too.
+    fn cleanup_runtime(&self, id: &str, keep_net: bool) -> Result<(), NodeError> {
         let p = self.paths(id);
         let mut errors = Vec::new();
         if let Err(e) = self.runtime.delete(id) {
@@ -429,8 +512,10 @@ impl Inner {
             }
             Err(e) => errors.push(e.to_string()),
         }
-        if let Err(e) = self.net.teardown(id) {
-            errors.push(e.to_string());
+        if !keep_net {
+            if let Err(e) = self.net.teardown(id) {
+                errors.push(e.to_string());
+            }
         }
         if let Err(e) = self.cgroups.remove(id) {
             errors.push(e.to_string());
@@ -479,7 +564,7 @@ impl Inner {
             let st = self.status(spec)?;
             if st.state != RunState::Running {
                 // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
-                if let Err(e) = self.cleanup_runtime(&spec.id) {
+                if let Err(e) = self.cleanup_runtime(&spec.id, true) {
                     tracing::warn!(id = %spec.id, "reconcile cleanup: {e}");
                 }
             }
@@ -498,15 +583,12 @@ impl Inner {
             }
         }
         for id in strays {
-            if known_ids.contains(id.as_str()) || valid_id(&id).is_err() {
-                // Net ids may be truncated veth suffixes; teardown handles those itself.
-                if !known_ids.iter().any(|k| k.starts_with(&id)) && valid_id(&id).is_ok() {
-                    let _ = self.net.teardown(&id);
-                }
+            // Known, or the truncated veth name of a known one.
+            if known_ids.iter().any(|k| k.starts_with(id.as_str())) || valid_id(&id).is_err() {
                 continue;
             }
             tracing::warn!(%id, "cleaning up resources of an unknown workspace");
-            if let Err(e) = self.cleanup_runtime(&id) {
+            if let Err(e) = self.cleanup_runtime(&id, false) {
                 tracing::warn!(%id, "stray cleanup: {e}");
             }
             // Its files stay: deleting data needs a record that says it is garbage.
@@ -557,6 +639,21 @@ fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError> {
                 delay = (delay * 2).min(Duration::from_millis(20));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_dynamic_binaries() {
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(super::has_interpreter(&dynamic));
+        let st = std::fs::read("/bin/busybox").unwrap();
+        assert!(
+            !super::has_interpreter(&st),
+            "busybox-static has no interpreter"
+        );
+        assert!(!super::has_interpreter(b"not an elf"));
     }
 }
 
@@ -625,13 +722,13 @@ impl NodeApi for LocalNode {
 
     async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let id = spec.id.clone();
-        self.blocking(move |i| i.stop(&id)).await
+        self.blocking(move |i| i.stop(&id, true)).await
     }
 
     async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let id = spec.id.clone();
         self.blocking(move |i| {
-            i.stop(&id)?;
+            i.stop(&id, false)?;
             i.remove_files(&id)
         })
         .await
@@ -694,7 +791,13 @@ impl NodeApi for LocalNode {
         self.blocking(|i| {
             let mut errors = Vec::new();
             for id in i.runtime.list().unwrap_or_default() {
-                if let Err(e) = i.stop(&id) {
+                if let Err(e) = i.stop(&id, false) {
+                    errors.push(e.to_string());
+                }
+            }
+            // Stopped workspaces keep their network; it goes with the bridge.
+            for id in i.net.list().unwrap_or_default() {
+                if let Err(e) = i.net.teardown(&id) {
                     errors.push(e.to_string());
                 }
             }

@@ -299,7 +299,7 @@ async fn workspaces_are_isolated_from_host_and_each_other() {
     let (code, _, _) = run(
         &e.node,
         &b,
-        "setsid nc -lk -p 7777 -e echo hi >/dev/null 2>&1 & sleep 0.3",
+        "setsid nc -ll -p 7777 -e echo hi >/dev/null 2>&1 & sleep 0.3",
     )
     .await;
     assert_eq!(code, 0);
@@ -323,14 +323,20 @@ async fn workspaces_are_isolated_from_host_and_each_other() {
     )
     .await;
     assert_eq!(code, 0);
+    let (_, out, _) = run(&e.node, &b, "ps -o args").await;
+    assert!(!out.contains("4242"), "b sees a's process: {out}");
     let (_, out, _) = run(
         &e.node,
         &b,
-        "ps -o args; ls /root; find / -xdev -name a-secret 2>/dev/null",
+        "ls /root; find / -xdev -name 'a-sec*' 2>/dev/null",
     )
     .await;
-    assert!(!out.contains("4242"), "b sees a's process: {out}");
     assert!(!out.contains("a-secret"), "b sees a's file: {out}");
+    let (_, out, _) = run(&e.node, &a, "find / -xdev -name 'a-sec*' 2>/dev/null").await;
+    assert!(
+        out.contains("/root/a-secret"),
+        "control: a finds its own file: {out}"
+    );
     let (_, out, _) = run(&e.node, &a, "ps -o args").await;
     assert!(
         out.contains("sleep 4242"),

@@ -133,6 +133,7 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     let mut start = Series::new("start (stopped -> agent ready)", Some(50.0));
     let mut exec = Series::new("exec round trip (`true`)", Some(10.0));
     let mut stop = Series::new("stop", None);
+    let mut phases: Vec<(&'static str, Vec<Duration>)> = Vec::new();
     eprintln!("running {} create/start/exec/stop cycles...", args.runs);
     for i in 0..args.runs {
         let spec = WorkspaceSpec {
@@ -156,6 +157,12 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             let t = Instant::now();
             node.start(&spec).await?;
             start.samples.push(t.elapsed());
+            for (i, (name, d)) in node.start_phases(&spec.id).into_iter().enumerate() {
+                if phases.len() <= i {
+                    phases.push((name, Vec::new()));
+                }
+                phases[i].1.push(d);
+            }
             for _ in 0..5 {
                 let t = Instant::now();
                 exec_true(node, &spec).await?;
@@ -288,6 +295,22 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             s.pct(50.0),
             s.pct(99.0),
             target
+        );
+    }
+    println!();
+    println!("start phases (stopped -> agent ready), ms:");
+    for (name, samples) in phases {
+        let s = Series {
+            name,
+            target: None,
+            samples,
+        };
+        println!(
+            "  {:<34} {:>6} {:>8.1} {:>8.1}",
+            s.name,
+            s.samples.len(),
+            s.pct(50.0),
+            s.pct(99.0)
         );
     }
     Ok(())

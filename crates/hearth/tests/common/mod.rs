@@ -136,6 +136,16 @@ impl TestServer {
         c
     }
 
+    /// Starts the CLI in the background (output discarded), for killing the server under it.
+    pub fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run hearth")
+    }
+
     /// Runs the CLI with stdin closed.
     pub fn hearth(&self, args: &[&str]) -> Output {
         self.command(args)
