@@ -642,21 +642,6 @@ fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn detects_dynamic_binaries() {
-        let dynamic = std::fs::read("/bin/sh").unwrap();
-        assert!(super::has_interpreter(&dynamic));
-        let st = std::fs::read("/bin/busybox").unwrap();
-        assert!(
-            !super::has_interpreter(&st),
-            "busybox-static has no interpreter"
-        );
-        assert!(!super::has_interpreter(b"not an elf"));
-    }
-}
-
 #[async_trait::async_trait]
 impl NodeApi for LocalNode {
     async fn load_image(
@@ -814,5 +799,20 @@ impl NodeApi for LocalNode {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_dynamic_binaries() {
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(super::has_interpreter(&dynamic));
+        let st = std::fs::read("/bin/busybox").unwrap();
+        assert!(
+            !super::has_interpreter(&st),
+            "busybox-static has no interpreter"
+        );
+        assert!(!super::has_interpreter(b"not an elf"));
     }
 }
