@@ -51,6 +51,10 @@ impl Drop for Env {
 }
 
 async fn env() -> Env {
+    env_with(std::env::var("HEARTH_RUNTIME").ok()).await
+}
+
+async fn env_with(runtime: Option<String>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let tag: u32 = rand::random::<u32>() % 100_000;
     let cfg = NodeConfig {
@@ -58,7 +62,7 @@ async fn env() -> Env {
         bridge: format!("hn{tag}"),
         subnet: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
         cgroup_parent: format!("hearth-nodetest-{tag}"),
-        runtime: std::env::var("HEARTH_RUNTIME").ok(),
+        runtime,
         agent_binary: agent(),
     };
     let node = LocalNode::open(cfg).await.expect("open node");
@@ -119,7 +123,16 @@ async fn run(node: &LocalNode, spec: &WorkspaceSpec, cmd: &str) -> (i32, String,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_on_real_containers() {
-    let mut e = env().await;
+    lifecycle(env().await).await;
+}
+
+/// runc is the fallback where crun is missing or refuses the host; same behaviour.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_with_runc() {
+    lifecycle(env_with(Some("runc".into())).await).await;
+}
+
+async fn lifecycle(mut e: Env) {
     let img_dir = e.dir.path().join("img");
     testutil::write_oci_layout(
         &img_dir,
