@@ -12,3 +12,9 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# S3-compatible server for the snapshot store's tests (PyPI's moto, server mode).
+if ! command -v moto_server >/dev/null; then
+  echo "installing moto[server] (S3-compatible test server)"
+  python3 -m pip install -q 'moto[server]'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi

@@ -1,0 +1,374 @@
+//! hearth-snapshot: "never lose work" snapshots of a workspace's overlay upper directory.
+//!
+//! A snapshot is a flat tree of entries (owners stored as seen inside the workspace) plus
+//! content-defined chunks (FastCDC, BLAKE3 ids, zstd, optional XChaCha20-Poly1305) kept once
+//! per store, so snapshots dedupe across time and across workspaces. Stores are a local
+//! directory or an S3 bucket behind [`Backend`]. Restores treat the snapshot as hostile: every
+//! path is created with `*at` calls beneath the target without following symlinks.
+//!
+//! The API is synchronous and uses rayon for chunking/upload; the S3 backend drives its own
+//! small tokio runtime, so do not call into it from inside an async task (use
+//! `spawn_blocking`).
+
+mod backend;
+mod format;
+mod maint;
+mod restore;
+mod snap;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3Config};
+pub use format::{ChunkId, Key};
+pub use maint::{forget, fsck, gc, list, retention, FsckProblem, FsckReport, GcReport, Retention};
+pub use restore::restore;
+pub use snap::snapshot;
+
+use format::{Config, Keys};
+use tree::ChunkRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt object {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// A chunk is missing or fails verification; `files` are the tree entries that need it.
+    #[error("chunk {chunk} is {problem}; affected files: {}", files.join(", "))]
+    Chunk {
+        chunk: String,
+        problem: String,
+        files: Vec<String>,
+    },
+    #[error("snapshot {0} not found")]
+    NotFound(String),
+    #[error("snapshot {id} is invalid: {reason}")]
+    Invalid { id: String, reason: String },
+    #[error("store {location} is busy: {reason}")]
+    Busy { location: String, reason: String },
+    #[error("key file {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("store {location}: {reason}")]
+    Store { location: String, reason: String },
+    #[error("restore target {0} must be an empty directory")]
+    TargetNotEmpty(PathBuf),
+    #[error("invalid workspace id {0:?}")]
+    BadWorkspace(String),
+    #[error("invalid snapshot id {0:?}")]
+    BadId(String),
+}
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> SnapshotError {
+    let path = path.into();
+    move |source| SnapshotError::Io { path, source }
+}
+
+pub(crate) fn rio_err(path: impl Into<PathBuf>) -> impl FnOnce(rustix::io::Errno) -> SnapshotError {
+    let path = path.into();
+    move |e| SnapshotError::Io {
+        path,
+        source: e.into(),
+    }
+}
+
+/// The snapshot record, stored at `snapshots/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub workspace: String,
+    /// Unix seconds.
+    pub time: i64,
+    pub parent: Option<String>,
+    /// Sum of regular file sizes.
+    pub size: u64,
+    pub files: u64,
+    /// Stored bytes of the chunks this snapshot had to upload.
+    pub new_bytes: u64,
+    /// Chunks of the encoded tree, in order.
+    pub(crate) tree: Vec<ChunkRef>,
+    pub(crate) tree_len: u64,
+}
+
+/// Counters a caller can poll from another thread while a snapshot or restore runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot store. Cheap to share across threads.
+#[derive(Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    keys: Option<Keys>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+impl Store {
+    pub fn open_local(path: &Path, key: Option<Key>) -> Result<Store, SnapshotError> {
+        Store::open(Arc::new(LocalBackend::open(path)?), key)
+    }
+
+    pub fn open_s3(cfg: S3Config, key: Option<Key>) -> Result<Store, SnapshotError> {
+        Store::open(Arc::new(S3Backend::open(cfg)?), key)
+    }
+
+    /// Opens (or initialises) the store on `backend`. An encrypted store refuses a missing or
+    /// wrong key, and a plain store refuses a key, rather than mixing the two.
+    pub fn open(backend: Arc<dyn Backend>, key: Option<Key>) -> Result<Store, SnapshotError> {
+        let keys = key.map(|k| k.derive());
+        let location = backend.location();
+        let serr = |reason: String| SnapshotError::Store {
+            location: location.clone(),
+            reason,
+        };
+        let check = keys
+            .as_ref()
+            .map(|k| hex::encode(blake3::hash(&k.check).as_bytes()));
+        match backend.get("config", format::MAX_SMALL_OBJECT as u64) {
+            Ok(obj) => {
+                let raw = format::decode("config", format::Kind::Config, None, &obj)?;
+                let cfg: Config =
+                    serde_json::from_slice(&raw).map_err(|e| serr(format!("bad config: {e}")))?;
+                if cfg.format != 1 {
+                    return Err(serr(format!("unsupported store format {}", cfg.format)));
+                }
+                if (cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
+                    != (format::CHUNK_MIN, format::CHUNK_AVG, format::CHUNK_MAX)
+                {
+                    return Err(serr("store uses different chunking parameters".into()));
+                }
+                match (cfg.encrypted, &check) {
+                    (true, None) => {
+                        return Err(serr("store is encrypted and no key was given".into()))
+                    }
+                    (false, Some(_)) => {
+                        return Err(serr("store is not encrypted but a key was given".into()))
+                    }
+                    (true, Some(c)) if cfg.key_check.as_ref() != Some(c) => {
+                        return Err(serr("wrong key for this store".into()))
+                    }
+                    _ => {}
+                }
+            }
+            Err(BackendError::NotFound { .. }) => {
+                let cfg = Config {
+                    format: 1,
+                    chunk_min: format::CHUNK_MIN,
+                    chunk_avg: format::CHUNK_AVG,
+                    chunk_max: format::CHUNK_MAX,
+                    encrypted: keys.is_some(),
+                    key_check: check,
+                };
+                let raw = serde_json::to_vec(&cfg).map_err(|e| serr(e.to_string()))?;
+                backend.put(
+                    "config",
+                    format::encode(format::Kind::Config, None, &raw).into(),
+                )?;
+                backend.sync()?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Store { backend, keys })
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Stores one chunk unless it is already known or present. Returns the stored bytes added.
+    pub(crate) fn put_chunk(
+        &self,
+        data: &[u8],
+        known: &Known,
+    ) -> Result<(ChunkRef, u64), SnapshotError> {
+        let id = format::chunk_id(self.keys.as_ref(), data);
+        let r = ChunkRef {
+            id,
+            len: data.len() as u32,
+        };
+        if known.contains(&id) {
+            return Ok((r, 0));
+        }
+        let key = id.key();
+        let mut added = 0;
+        if !self.backend.exists(&key)? {
+            let obj = format::encode(format::Kind::Chunk, self.keys.as_ref(), data);
+            added = obj.len() as u64;
+            self.backend.put(&key, Bytes::from(obj))?;
+        }
+        known.insert(id);
+        Ok((r, added))
+    }
+
+    /// Fetches and fully verifies a chunk. The error is a short problem description.
+    pub(crate) fn get_chunk(&self, r: &ChunkRef) -> Result<Vec<u8>, String> {
+        let key = r.id.key();
+        let obj = match self.backend.get(&key, format::MAX_STORED_OBJECT as u64) {
+            Ok(o) => o,
+            Err(BackendError::NotFound { .. }) => return Err("missing".into()),
+            Err(e) => return Err(format!("unreadable ({e})")),
+        };
+        let plain = format::decode(&key, format::Kind::Chunk, self.keys.as_ref(), &obj)
+            .map_err(|e| format!("corrupt ({e})"))?;
+        if plain.len() != r.len as usize {
+            return Err(format!(
+                "corrupt (length {} where {} was expected)",
+                plain.len(),
+                r.len
+            ));
+        }
+        if format::chunk_id(self.keys.as_ref(), &plain) != r.id {
+            return Err("corrupt (content hash mismatch)".into());
+        }
+        Ok(plain)
+    }
+
+    pub(crate) fn put_record(&self, info: &SnapshotInfo) -> Result<(), SnapshotError> {
+        let raw = serde_json::to_vec(info).map_err(|e| SnapshotError::Store {
+            location: self.location(),
+            reason: e.to_string(),
+        })?;
+        let obj = format::encode(format::Kind::Record, self.keys.as_ref(), &raw);
+        self.backend
+            .put(&format!("snapshots/{}", info.id), obj.into())?;
+        Ok(())
+    }
+
+    pub(crate) fn get_record(&self, id: &str) -> Result<SnapshotInfo, SnapshotError> {
+        check_id(id)?;
+        let key = format!("snapshots/{id}");
+        let obj = match self.backend.get(&key, format::MAX_SMALL_OBJECT as u64) {
+            Ok(o) => o,
+            Err(BackendError::NotFound { .. }) => {
+                return Err(SnapshotError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let raw = format::decode(&key, format::Kind::Record, self.keys.as_ref(), &obj)?;
+        let info: SnapshotInfo =
+            serde_json::from_slice(&raw).map_err(|e| SnapshotError::Corrupt {
+                key: key.clone(),
+                reason: format!("bad record: {e}"),
+            })?;
+        if info.id != id {
+            return Err(SnapshotError::Corrupt {
+                key,
+                reason: "record id does not match its name".into(),
+            });
+        }
+        Ok(info)
+    }
+
+    /// Loads and decodes a snapshot's tree; every chunk is verified.
+    pub(crate) fn get_tree(&self, info: &SnapshotInfo) -> Result<tree::Tree, SnapshotError> {
+        let invalid = |reason: String| SnapshotError::Invalid {
+            id: info.id.clone(),
+            reason,
+        };
+        if info.tree_len > format::MAX_TREE_LEN {
+            return Err(invalid(format!(
+                "tree of {} bytes exceeds the limit",
+                info.tree_len
+            )));
+        }
+        let sum: u64 = info.tree.iter().map(|c| u64::from(c.len)).sum();
+        if sum != info.tree_len || info.tree.iter().any(|c| c.len > format::CHUNK_MAX) {
+            return Err(invalid("tree chunk lengths do not add up".into()));
+        }
+        let mut buf = Vec::with_capacity(info.tree_len as usize);
+        for c in &info.tree {
+            let data = self.get_chunk(c).map_err(|problem| SnapshotError::Chunk {
+                chunk: c.id.hex(),
+                problem,
+                files: vec![format!("<tree of snapshot {}>", info.id)],
+            })?;
+            buf.extend_from_slice(&data);
+        }
+        tree::decode(&buf).map_err(invalid)
+    }
+}
+
+/// Chunks known to be in the store during one operation.
+#[derive(Default)]
+pub(crate) struct Known(Mutex<HashSet<ChunkId>>);
+
+impl Known {
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.0.lock().map(|s| s.contains(id)).unwrap_or(false)
+    }
+    fn insert(&self, id: ChunkId) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(id);
+        }
+    }
+}
+
+/// Chunk I/O is mostly blocking syscalls (file creation, reads, uploads), so use more threads
+/// than cores to keep the CPUs busy while some wait.
+pub(crate) fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads((n * 3).max(6))
+            .thread_name(|i| format!("hearth-snapshot-{i}"))
+            .build()
+            .unwrap_or_else(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .build()
+                    .unwrap_or_else(|e| panic!("no thread pool: {e}"))
+            })
+    })
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), SnapshotError> {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadId(id.to_string()))
+    }
+}
+
+pub(crate) fn check_workspace(ws: &str) -> Result<(), SnapshotError> {
+    let ok = !ws.is_empty()
+        && ws.len() <= 128
+        && ws
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && ws != "."
+        && ws != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotError::BadWorkspace(ws.to_string()))
+    }
+}

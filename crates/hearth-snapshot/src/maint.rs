@@ -1,0 +1,329 @@
+//! Listing, forgetting, retention, garbage collection and verification.
+//!
+//! gc and snapshots exclude each other through lease objects under `locks/`: each side writes
+//! its lease, then lists the others and backs off if it sees a conflicting one. With S3's
+//! read-after-write consistency at least one of two racing parties sees the other, so gc never
+//! deletes a chunk a running snapshot has decided to reuse. Leases older than [`LEASE_TTL`] are
+//! treated as left over from a crash.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::format::{self, ChunkId};
+use crate::tree::Kind;
+use crate::{check_id, check_workspace, SnapshotError, SnapshotInfo, Store};
+
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+
+pub(crate) struct Lease<'a> {
+    store: &'a Store,
+    key: String,
+}
+
+#[derive(Serialize)]
+struct LeaseBody {
+    kind: &'static str,
+    pid: u32,
+    started: u64,
+}
+
+impl<'a> Lease<'a> {
+    fn try_acquire(
+        store: &'a Store,
+        kind: &'static str,
+        conflicts: &[&str],
+    ) -> Result<Lease<'a>, SnapshotError> {
+        let mut rnd = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
+        let key = format!("locks/{kind}-{}", hex::encode(rnd));
+        let body = LeaseBody {
+            kind,
+            pid: std::process::id(),
+            started: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let raw = serde_json::to_vec(&body).unwrap_or_default();
+        store.backend.put(
+            &key,
+            format::encode(format::Kind::Lease, store.keys.as_ref(), &raw).into(),
+        )?;
+        let lease = Lease { store, key };
+        let now = SystemTime::now();
+        for o in store.backend.list("locks")? {
+            if o.key == lease.key {
+                continue;
+            }
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            let fresh = now
+                .duration_since(o.modified)
+                .map(|age| age < LEASE_TTL)
+                .unwrap_or(true);
+            if conflicts.iter().any(|c| name.starts_with(&format!("{c}-"))) {
+                if fresh {
+                    return Err(SnapshotError::Busy {
+                        location: store.location(),
+                        reason: format!("{} is held", o.key),
+                    });
+                }
+                tracing::warn!(lease = %o.key, "ignoring stale lease");
+            }
+        }
+        Ok(lease)
+    }
+
+    pub(crate) fn acquire_for_snapshot(store: &'a Store) -> Result<Lease<'a>, SnapshotError> {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..5 {
+            match Lease::try_acquire(store, "snapshot", &["gc"]) {
+                Err(SnapshotError::Busy { .. }) => std::thread::sleep(delay),
+                r => return r,
+            }
+            delay *= 2;
+        }
+        Lease::try_acquire(store, "snapshot", &["gc"])
+    }
+}
+
+#[cfg(test)]
+impl<'a> Lease<'a> {
+    pub(crate) fn try_acquire_gc_for_test(store: &'a Store) -> Lease<'a> {
+        Lease::try_acquire(store, "gc", &[]).unwrap()
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.backend.delete(&self.key) {
+            tracing::warn!(lease = %self.key, error = %e, "could not release lease");
+        }
+    }
+}
+
+type Records = (Vec<SnapshotInfo>, Vec<(String, SnapshotError)>);
+
+/// All records; unreadable ones are returned separately so callers can decide.
+fn all_records(store: &Store) -> Result<Records, SnapshotError> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for o in store.backend.list("snapshots")? {
+        let id = o.key.trim_start_matches("snapshots/");
+        if check_id(id).is_err() {
+            continue;
+        }
+        match store.get_record(id) {
+            Ok(r) => good.push(r),
+            Err(e) => bad.push((id.to_string(), e)),
+        }
+    }
+    good.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    Ok((good, bad))
+}
+
+/// Snapshots, oldest first; all workspaces when `workspace` is `None`.
+pub fn list(store: &Store, workspace: Option<&str>) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+    if let Some(ws) = workspace {
+        check_workspace(ws)?;
+    }
+    let (good, bad) = all_records(store)?;
+    for (id, e) in bad {
+        tracing::warn!(snapshot = %id, error = %e, "unreadable snapshot record skipped");
+    }
+    Ok(good
+        .into_iter()
+        .filter(|s| workspace.is_none_or(|w| s.workspace == w))
+        .collect())
+}
+
+/// Deletes snapshot records. Their chunks go at the next [`gc`].
+pub fn forget(store: &Store, ids: &[String]) -> Result<(), SnapshotError> {
+    for id in ids {
+        check_id(id)?;
+    }
+    for id in ids {
+        store.backend.delete(&format!("snapshots/{id}"))?;
+    }
+    Ok(())
+}
+
+/// Which snapshots to keep: the newest `keep_last`, plus the newest of each of the most recent
+/// `keep_daily` UTC days that have snapshots. The newest snapshot of a workspace is always kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub keep_last: usize,
+    pub keep_daily: usize,
+}
+
+/// Returns the ids to [`forget`] under `policy`, applied per workspace.
+pub fn retention(snapshots: &[SnapshotInfo], policy: Retention) -> Vec<String> {
+    let mut by_ws: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
+    for s in snapshots {
+        by_ws.entry(&s.workspace).or_default().push(s);
+    }
+    let mut forget = Vec::new();
+    for (_, mut snaps) in by_ws {
+        snaps.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+        let mut days = HashSet::new();
+        for (i, s) in snaps.iter().enumerate() {
+            let day = s.time.div_euclid(86_400);
+            let keep_daily = days.len() < policy.keep_daily && !days.contains(&day);
+            if keep_daily {
+                days.insert(day);
+            }
+            if !(i == 0 || i < policy.keep_last || keep_daily) {
+                forget.push(s.id.clone());
+            }
+        }
+    }
+    forget
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub referenced_chunks: usize,
+    pub deleted_chunks: usize,
+    pub deleted_bytes: u64,
+}
+
+/// Deletes chunks no snapshot references. Refuses to run (`Busy`) while a snapshot is in
+/// progress, and aborts without deleting anything if any snapshot cannot be read.
+pub fn gc(store: &Store) -> Result<GcReport, SnapshotError> {
+    let _lease = Lease::try_acquire(store, "gc", &["snapshot", "gc"])?;
+    let (records, bad) = all_records(store)?;
+    if let Some((id, e)) = bad.into_iter().next() {
+        return Err(SnapshotError::Store {
+            location: store.location(),
+            reason: format!("gc aborted, snapshot {id} unreadable: {e}"),
+        });
+    }
+    let mut live: HashSet<ChunkId> = HashSet::new();
+    for r in &records {
+        live.extend(r.tree.iter().map(|c| c.id));
+        for e in store.get_tree(r)?.entries {
+            if let Kind::File { chunks, .. } = e.kind {
+                live.extend(chunks.iter().map(|c| c.id));
+            }
+        }
+    }
+    let mut report = GcReport {
+        referenced_chunks: live.len(),
+        ..Default::default()
+    };
+    let dead: Vec<_> = store
+        .backend
+        .list("chunks")?
+        .into_iter()
+        .filter(|o| ChunkId::from_key(&o.key).is_some_and(|id| !live.contains(&id)))
+        .collect();
+    for o in &dead {
+        store.backend.delete(&o.key)?;
+        report.deleted_chunks += 1;
+        report.deleted_bytes += o.size;
+    }
+    // Temp files of crashed local writes.
+    let now = SystemTime::now();
+    let chunk_tmps = store.backend.list("chunks")?.into_iter().filter(|o| {
+        o.key
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(".tmp-"))
+    });
+    for o in store.backend.list("tmp")?.into_iter().chain(chunk_tmps) {
+        if now.duration_since(o.modified).is_ok_and(|a| a > LEASE_TTL) {
+            store.backend.delete(&o.key)?;
+        }
+    }
+    tracing::info!(
+        deleted = report.deleted_chunks,
+        bytes = report.deleted_bytes,
+        "gc done"
+    );
+    Ok(report)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckProblem {
+    /// Store key of the bad object.
+    pub object: String,
+    pub problem: String,
+    pub snapshots: Vec<String>,
+    /// Files (first few) that need the object.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    pub snapshots: usize,
+    pub chunks: usize,
+    pub problems: Vec<FsckProblem>,
+}
+
+impl FsckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Reads and verifies every object every snapshot references.
+pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
+    let (records, bad) = all_records(store)?;
+    let mut report = FsckReport {
+        snapshots: records.len() + bad.len(),
+        ..Default::default()
+    };
+    for (id, e) in bad {
+        report.problems.push(FsckProblem {
+            object: format!("snapshots/{id}"),
+            problem: e.to_string(),
+            snapshots: vec![id],
+            files: vec![],
+        });
+    }
+    let mut users: HashMap<crate::tree::ChunkRef, (Vec<String>, Vec<String>)> = HashMap::new();
+    for r in &records {
+        let t = match store.get_tree(r) {
+            Ok(t) => t,
+            Err(e) => {
+                report.problems.push(FsckProblem {
+                    object: format!("tree of {}", r.id),
+                    problem: e.to_string(),
+                    snapshots: vec![r.id.clone()],
+                    files: vec![],
+                });
+                continue;
+            }
+        };
+        for e in &t.entries {
+            if let Kind::File { chunks, .. } = &e.kind {
+                for c in chunks {
+                    let u = users.entry(*c).or_default();
+                    if u.0.last() != Some(&r.id) {
+                        u.0.push(r.id.clone());
+                    }
+                    if u.1.len() < 8 {
+                        u.1.push(crate::tree::display(&e.path));
+                    }
+                }
+            }
+        }
+    }
+    report.chunks = users.len();
+    let mut problems: Vec<FsckProblem> = users
+        .par_iter()
+        .filter_map(|(c, (snaps, files))| {
+            store.get_chunk(c).err().map(|problem| FsckProblem {
+                object: c.id.key(),
+                problem,
+                snapshots: snaps.clone(),
+                files: files.clone(),
+            })
+        })
+        .collect();
+    problems.sort_by(|a, b| a.object.cmp(&b.object));
+    report.problems.extend(problems);
+    Ok(report)
+}

@@ -1,0 +1,339 @@
+//! Restoring a snapshot into an empty directory, treating the snapshot as hostile.
+//!
+//! The tree is validated first (see [`tree::validate`]); then every object is created with
+//! `*at` calls on a parent fd obtained by `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! from the target, with `O_EXCL`/`O_NOFOLLOW` on the final component. Even a tree that slipped
+//! past validation cannot write outside the target or through a symlink.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+
+use crate::tree::{self, Entry, Kind};
+use crate::{rio_err, Progress, SnapshotError, Store};
+
+/// Restores snapshot `id` into `target` (created if missing, else it must be empty), shifting
+/// owners to `uid_base`. Every chunk is verified; a bad chunk fails the restore naming the files
+/// that need it, and the partially written file is removed.
+pub fn restore(
+    store: &Store,
+    id: &str,
+    target: &Path,
+    uid_base: u32,
+    progress: Option<&Progress>,
+) -> Result<(), SnapshotError> {
+    let info = store.get_record(id)?;
+    let tree = store.get_tree(&info)?;
+    tree::validate(&tree).map_err(|reason| SnapshotError::Invalid {
+        id: id.to_string(),
+        reason,
+    })?;
+    if uid_base.checked_add(tree::ID_RANGE).is_none() {
+        return Err(SnapshotError::Invalid {
+            id: id.to_string(),
+            reason: format!("uid base {uid_base} too large"),
+        });
+    }
+
+    match std::fs::create_dir(target) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(crate::io_err(target)(e))
+        }
+        _ => {}
+    }
+    let root = rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(rio_err(target))?;
+    {
+        let mut rd = rustix::fs::Dir::read_from(&root).map_err(rio_err(target))?;
+        while let Some(ent) = rd.read() {
+            let ent = ent.map_err(rio_err(target))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                return Err(SnapshotError::TargetNotEmpty(target.to_path_buf()));
+            }
+        }
+    }
+    let r = Restorer {
+        store,
+        root: root.as_fd(),
+        target,
+        base: uid_base,
+        progress,
+    };
+
+    // 1. directories, parents first.
+    for e in tree.entries.iter().skip(1).filter(|e| e.kind == Kind::Dir) {
+        r.mkdir(e)?;
+    }
+    // 2. file contents, in parallel.
+    crate::pool().install(|| {
+        tree.entries
+            .par_iter()
+            .filter(|e| matches!(e.kind, Kind::File { .. }))
+            .try_for_each(|e| r.file(e, &tree.entries))
+    })?;
+    // 3. everything else; hardlinks point at files made in step 2.
+    for e in tree.entries.iter().skip(1) {
+        r.other(e)?;
+    }
+    // 4. directory metadata last and deepest first, so creating children does not bump mtimes.
+    for e in tree.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        let fd = r.open_beneath(&e.path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let fd = fd.as_ref().map(|f| f.as_fd()).unwrap_or(r.root);
+        r.meta_fd(fd, e)?;
+    }
+    tracing::info!(snapshot = id, target = %target.display(), "snapshot restored");
+    Ok(())
+}
+
+pub(crate) struct Restorer<'a> {
+    store: &'a Store,
+    root: BorrowedFd<'a>,
+    target: &'a Path,
+    base: u32,
+    progress: Option<&'a Progress>,
+}
+
+impl Restorer<'_> {
+    fn shown(&self, rel: &[u8]) -> PathBuf {
+        self.target.join(std::ffi::OsStr::from_bytes(rel))
+    }
+
+    /// Opens `rel` beneath the target without following any symlink; `None` means the root.
+    fn open_beneath(&self, rel: &[u8], flags: OFlags) -> Result<Option<OwnedFd>, SnapshotError> {
+        if rel.is_empty() {
+            return Ok(None);
+        }
+        rustix::fs::openat2(
+            self.root,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
+        )
+        .map(Some)
+        .map_err(rio_err(self.shown(rel)))
+    }
+
+    /// Runs `f(parent_fd, leaf_name)` for `rel`.
+    fn at<T>(
+        &self,
+        rel: &[u8],
+        f: impl FnOnce(BorrowedFd<'_>, &[u8]) -> rustix::io::Result<T>,
+    ) -> Result<T, SnapshotError> {
+        let (parent, name) = tree::split_parent(rel);
+        let pfd = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let pfd = pfd.as_ref().map(|f| f.as_fd()).unwrap_or(self.root);
+        f(pfd, name).map_err(rio_err(self.shown(rel)))
+    }
+
+    fn mkdir(&self, e: &Entry) -> Result<(), SnapshotError> {
+        self.at(&e.path, |p, name| {
+            rustix::fs::mkdirat(p, name, Mode::from_raw_mode(0o700))
+        })
+    }
+
+    fn file(&self, e: &Entry, all: &[Entry]) -> Result<(), SnapshotError> {
+        let Kind::File { size, chunks } = &e.kind else {
+            return Ok(());
+        };
+        let (parent, name) = tree::split_parent(&e.path);
+        let pfd = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let pfd = pfd.as_ref().map(|f| f.as_fd()).unwrap_or(self.root);
+        let fd = rustix::fs::openat(
+            pfd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(rio_err(self.shown(&e.path)))?;
+        let file = File::from(fd);
+        let res = (|| {
+            let mut off = 0u64;
+            let mut hole_at_end = false;
+            for c in chunks {
+                let data = self
+                    .store
+                    .get_chunk(c)
+                    .map_err(|problem| SnapshotError::Chunk {
+                        chunk: c.id.hex(),
+                        problem,
+                        files: files_using(all, c),
+                    })?;
+                hole_at_end =
+                    write_sparse(&file, &data, off).map_err(crate::io_err(self.shown(&e.path)))?;
+                off += data.len() as u64;
+                if let Some(p) = self.progress {
+                    p.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            if hole_at_end {
+                file.set_len(*size)
+                    .map_err(crate::io_err(self.shown(&e.path)))?;
+            }
+            self.meta_fd(file.as_fd(), e)
+        })();
+        if res.is_err() {
+            // Never leave a file with wrong content behind.
+            let _ = rustix::fs::unlinkat(pfd, name, AtFlags::empty());
+        }
+        if let Some(p) = self.progress {
+            p.files.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn times(e: &Entry) -> Timestamps {
+        let t = Timespec {
+            tv_sec: e.mtime.0,
+            tv_nsec: i64::from(e.mtime.1.min(999_999_999)) as _,
+        };
+        Timestamps {
+            last_access: t,
+            last_modification: t,
+        }
+    }
+
+    /// Owner, then mode (chown clears setuid), xattrs, then times.
+    fn meta_fd(&self, fd: BorrowedFd<'_>, e: &Entry) -> Result<(), SnapshotError> {
+        let err = rio_err(self.shown(&e.path));
+        let (uid, gid) = self.ids(e);
+        rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(rio_err(self.shown(&e.path)))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode))
+            .map_err(rio_err(self.shown(&e.path)))?;
+        for (n, v) in &e.xattrs {
+            rustix::fs::fsetxattr(fd, n.as_slice(), v, XattrFlags::empty())
+                .map_err(rio_err(self.shown(&e.path)))?;
+        }
+        rustix::fs::futimens(fd, &Self::times(e)).map_err(err)
+    }
+
+    fn ids(&self, e: &Entry) -> (rustix::fs::Uid, rustix::fs::Gid) {
+        // validate() bounded both below ID_RANGE and restore() checked base + range fits.
+        (
+            rustix::fs::Uid::from_raw(self.base + e.uid),
+            rustix::fs::Gid::from_raw(self.base + e.gid),
+        )
+    }
+
+    fn other(&self, e: &Entry) -> Result<(), SnapshotError> {
+        let (parent, name) = tree::split_parent(&e.path);
+        let pfd_owned = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let pfd = pfd_owned.as_ref().map(|f| f.as_fd()).unwrap_or(self.root);
+        let err = || rio_err(self.shown(&e.path));
+        match &e.kind {
+            Kind::Dir | Kind::File { .. } => return Ok(()),
+            Kind::Hardlink { target } => {
+                let (tp, tn) = tree::split_parent(target);
+                let tfd = self.open_beneath(tp, OFlags::PATH | OFlags::DIRECTORY)?;
+                let tfd = tfd.as_ref().map(|f| f.as_fd()).unwrap_or(self.root);
+                // No AT_SYMLINK_FOLLOW: links the named object itself, never what it points to.
+                return rustix::fs::linkat(tfd, tn, pfd, name, AtFlags::empty()).map_err(err());
+            }
+            Kind::Symlink { target } => {
+                rustix::fs::symlinkat(target.as_slice(), pfd, name).map_err(err())?
+            }
+            Kind::Fifo => {
+                rustix::fs::mknodat(pfd, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                    .map_err(err())?
+            }
+            Kind::CharDev { rdev: 0 } => {
+                rustix::fs::mknodat(pfd, name, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(err())?
+            }
+            Kind::CharDev { rdev } | Kind::BlockDev { rdev } => {
+                tracing::warn!(path = %self.shown(&e.path).display(), rdev, "device node not restored");
+                return Ok(());
+            }
+        }
+        let (uid, gid) = self.ids(e);
+        rustix::fs::chownat(pfd, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err())?;
+        if !matches!(e.kind, Kind::Symlink { .. }) {
+            // We just created this non-symlink in a directory only we write to.
+            rustix::fs::chmodat(pfd, name, Mode::from_raw_mode(e.mode), AtFlags::empty())
+                .map_err(err())?;
+        }
+        if !e.xattrs.is_empty() {
+            let mut path = format!("/proc/self/fd/{}/", pfd.as_raw_fd()).into_bytes();
+            path.extend_from_slice(name);
+            for (n, v) in &e.xattrs {
+                rustix::fs::lsetxattr(path.as_slice(), n.as_slice(), v, XattrFlags::empty())
+                    .map_err(err())?;
+            }
+        }
+        rustix::fs::utimensat(pfd, name, &Self::times(e), AtFlags::SYMLINK_NOFOLLOW).map_err(err())
+    }
+}
+
+/// Writes `data` at `off`, leaving 4 KiB blocks of zeros as holes. Returns whether the data
+/// ended in a hole (the caller then extends the file with `set_len`).
+fn write_sparse(file: &File, data: &[u8], off: u64) -> std::io::Result<bool> {
+    const BLOCK: usize = 4096;
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + BLOCK).min(data.len());
+        let zero = data[pos..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                file.write_all_at(&data[s..pos], off + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    match run_start {
+        Some(s) => {
+            file.write_all_at(&data[s..], off + s as u64)?;
+            Ok(false)
+        }
+        None => Ok(!data.is_empty()),
+    }
+}
+
+fn files_using(all: &[Entry], c: &tree::ChunkRef) -> Vec<String> {
+    all.iter()
+        .filter(
+            |e| matches!(&e.kind, Kind::File { chunks, .. } if chunks.iter().any(|x| x.id == c.id)),
+        )
+        .map(|e| tree::display(&e.path))
+        .collect()
+}
+
+#[cfg(test)]
+impl<'a> Restorer<'a> {
+    pub(crate) fn for_test(store: &'a Store, root: BorrowedFd<'a>, target: &'a Path) -> Self {
+        Restorer {
+            store,
+            root,
+            target,
+            base: 0,
+            progress: None,
+        }
+    }
+    pub(crate) fn file_for_test(&self, e: &Entry) -> Result<(), SnapshotError> {
+        self.file(e, std::slice::from_ref(e))
+    }
+    pub(crate) fn mkdir_for_test(&self, e: &Entry) -> Result<(), SnapshotError> {
+        self.mkdir(e)
+    }
+    pub(crate) fn other_for_test(&self, e: &Entry) -> Result<(), SnapshotError> {
+        self.other(e)
+    }
+}

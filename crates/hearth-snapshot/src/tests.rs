@@ -1,0 +1,975 @@
+//! Tests run as root on real files; every tree lives in a tempdir that is removed on drop.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
+
+use crate::tree::{ChunkRef, Entry, Kind, Tree};
+use crate::*;
+
+const B1: u32 = 100_000;
+const B2: u32 = 300_000;
+
+pub(crate) fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        p,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+fn own(p: &Path, uid: u32, gid: u32) {
+    rustix::fs::chownat(
+        CWD,
+        p,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A tree with every kind of metadata a workspace upper dir can hold, owned from `base`.
+pub(crate) fn build_tree(root: &Path, base: u32) {
+    fs::create_dir_all(root.join("workspace/src/deep/er")).unwrap();
+    fs::create_dir(root.join("empty")).unwrap();
+    fs::create_dir(root.join("opaque")).unwrap();
+    rustix::fs::setxattr(
+        root.join("opaque").as_path(),
+        "trusted.overlay.opaque",
+        b"y",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(root.join("opaque/inside"), b"x").unwrap();
+    fs::write(root.join("workspace/src/main.rs"), b"fn main() {}\n").unwrap();
+    fs::write(
+        root.join("workspace/big.bin"),
+        pseudo_random(3 * 1024 * 1024 + 17, 1),
+    )
+    .unwrap();
+    fs::write(root.join("workspace/src/deep/er/empty-file"), b"").unwrap();
+    fs::write(root.join("suid"), b"#!/bin/sh\n").unwrap();
+    rustix::fs::setxattr(
+        root.join("workspace/src/main.rs").as_path(),
+        "user.note",
+        b"hello\0bin",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    // Whiteout, fifo, another device.
+    rustix::fs::mknodat(
+        CWD,
+        root.join("workspace/deleted"),
+        FileType::CharacterDevice,
+        Mode::empty(),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        root.join("fifo"),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        root.join("blockdev"),
+        FileType::BlockDevice,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(8, 0),
+    )
+    .unwrap();
+    // Links.
+    symlink("../suid", root.join("workspace/link")).unwrap();
+    symlink("/etc/passwd", root.join("abs-link")).unwrap();
+    rustix::fs::lsetxattr(
+        root.join("abs-link").as_path(),
+        "trusted.tag",
+        b"t",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(root.join("workspace/hard-a"), b"shared").unwrap();
+    fs::hard_link(
+        root.join("workspace/hard-a"),
+        root.join("workspace/src/hard-b"),
+    )
+    .unwrap();
+    // Sparse: holes at both ends around some data.
+    {
+        let f = fs::File::create(root.join("sparse")).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"data in the middle", 9 * 1024 * 1024)
+            .unwrap();
+        f.set_len(16 * 1024 * 1024).unwrap();
+    }
+    for p in [
+        "",
+        "workspace",
+        "workspace/src",
+        "workspace/src/main.rs",
+        "workspace/big.bin",
+        "empty",
+        "opaque",
+        "opaque/inside",
+        "suid",
+        "fifo",
+        "workspace/deleted",
+        "workspace/link",
+        "abs-link",
+        "workspace/hard-a",
+        "sparse",
+        "workspace/src/deep",
+        "workspace/src/deep/er",
+        "workspace/src/deep/er/empty-file",
+        "blockdev",
+    ] {
+        own(&root.join(p), base + 1000, base + 1000);
+    }
+    own(&root.join("suid"), base, base + 5);
+    own(&root.join("empty"), base + 65535, base + 2);
+    fs::set_permissions(root.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(
+        root.join("workspace/src"),
+        fs::Permissions::from_mode(0o2750),
+    )
+    .unwrap();
+    // mtimes last, children before parents.
+    let mut all: Vec<PathBuf> = walk(root).into_iter().map(|(p, _)| root.join(p)).collect();
+    all.reverse();
+    for (i, p) in all.iter().enumerate() {
+        set_mtime(p, 1_600_000_000 + i as i64, 123_456_789);
+    }
+}
+
+fn walk(root: &Path) -> Vec<(String, fs::Metadata)> {
+    let mut out = vec![(String::new(), fs::symlink_metadata(root).unwrap())];
+    fn rec(root: &Path, rel: &str, out: &mut Vec<(String, fs::Metadata)>) {
+        let mut names: Vec<_> = fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let r = if rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", n.to_string_lossy())
+            };
+            let m = fs::symlink_metadata(root.join(&r)).unwrap();
+            out.push((r.clone(), m.clone()));
+            if m.is_dir() {
+                rec(root, &r, out);
+            }
+        }
+    }
+    rec(root, "", &mut out);
+    out
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Desc {
+    kind: u32,
+    mode: u32,
+    uid: i64,
+    gid: i64,
+    size: u64,
+    mtime: (i64, i64),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    content: Option<[u8; 32]>,
+    link: Option<PathBuf>,
+    rdev: u64,
+    nlink: u64,
+    /// First path sharing this inode.
+    inode_group: String,
+}
+
+/// Everything we promise to preserve, owners relative to `base`.
+fn describe(root: &Path, base: u32) -> BTreeMap<String, Desc> {
+    let mut groups: BTreeMap<u64, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (rel, m) in walk(root) {
+        let p = root.join(&rel);
+        let mut names = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(p.as_path(), &mut names[..]).unwrap();
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = names[..n]
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|name| {
+                let mut v = vec![0u8; 65536];
+                let l = rustix::fs::lgetxattr(p.as_path(), name, &mut v[..]).unwrap();
+                (name.to_vec(), v[..l].to_vec())
+            })
+            .collect();
+        xattrs.sort();
+        let group = groups.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
+        out.insert(
+            rel.clone(),
+            Desc {
+                kind: m.mode() & 0o170000,
+                mode: m.mode() & 0o7777,
+                uid: i64::from(m.uid()) - i64::from(base),
+                gid: i64::from(m.gid()) - i64::from(base),
+                size: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                xattrs,
+                content: m
+                    .is_file()
+                    .then(|| *blake3::hash(&fs::read(&p).unwrap()).as_bytes()),
+                link: m
+                    .file_type()
+                    .is_symlink()
+                    .then(|| fs::read_link(&p).unwrap()),
+                rdev: m.rdev(),
+                nlink: if m.is_dir() { 0 } else { m.nlink() },
+                inode_group: group,
+            },
+        );
+    }
+    out
+}
+
+fn expected_after_restore(src: &Path, base: u32) -> BTreeMap<String, Desc> {
+    let mut d = describe(src, base);
+    // Block devices are stored but not restored.
+    d.remove("blockdev");
+    d
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn roundtrip(key: Option<Key>) {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src, B1);
+    let store = Store::open_local(&t.path().join("store"), key).unwrap();
+    let info = snapshot(&store, "ws1", &src, B1, None, None).unwrap();
+    assert_eq!(info.workspace, "ws1");
+    assert!(info.size > 16 * 1024 * 1024);
+    assert!(
+        info.new_bytes > 3 * 1024 * 1024,
+        "random data is stored: {}",
+        info.new_bytes
+    );
+    let dst = t.path().join("dst");
+    restore(&store, &info.id, &dst, B2, None).unwrap();
+    assert_eq!(expected_after_restore(&src, B1), describe(&dst, B2));
+    // Holes stay holes: the 16 MiB file has 18 bytes of data.
+    let sparse = fs::metadata(dst.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 16 * 1024 * 1024);
+    assert!(
+        sparse.blocks() * 512 <= 16 * 1024,
+        "sparse file materialised: {} blocks",
+        sparse.blocks()
+    );
+    // The restored setuid bit survived the chown, and the link identity is kept.
+    assert_eq!(
+        fs::metadata(dst.join("suid")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(fs::metadata(dst.join("suid")).unwrap().uid(), B2);
+    assert_eq!(
+        fs::metadata(dst.join("workspace/hard-a")).unwrap().ino(),
+        fs::metadata(dst.join("workspace/src/hard-b"))
+            .unwrap()
+            .ino()
+    );
+    assert!(!dst.join("blockdev").exists());
+}
+
+#[test]
+fn roundtrip_every_metadata_kind_with_owner_shift() {
+    roundtrip(None);
+}
+
+#[test]
+fn roundtrip_encrypted() {
+    roundtrip(Some(Key::generate()));
+}
+
+#[test]
+fn owners_outside_range_become_nobody() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    own(&src, B1, B1);
+    fs::write(src.join("host-owned"), b"x").unwrap(); // uid 0: outside the range
+    own(&src.join("host-owned"), 0, B1 + 70_000);
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let info = snapshot(&store, "ws", &src, B1, None, None).unwrap();
+    let dst = t.path().join("dst");
+    restore(&store, &info.id, &dst, B2, None).unwrap();
+    let m = fs::metadata(dst.join("host-owned")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (B2 + 65534, B2 + 65534));
+    assert_eq!(fs::metadata(&dst).unwrap().uid(), B2);
+}
+
+#[test]
+fn encrypted_store_refuses_wrong_or_missing_key() {
+    let t = tmp();
+    let path = t.path().join("store");
+    let keyfile = t.path().join("key");
+    let key = Key::load_or_create(&keyfile).unwrap();
+    assert_eq!(fs::metadata(&keyfile).unwrap().mode() & 0o777, 0o600);
+    Store::open_local(&path, Some(key.clone())).unwrap();
+    assert!(matches!(
+        Store::open_local(&path, None),
+        Err(SnapshotError::Store { .. })
+    ));
+    assert!(matches!(
+        Store::open_local(&path, Some(Key::generate())),
+        Err(SnapshotError::Store { .. })
+    ));
+    let again = Key::load_or_create(&keyfile).unwrap();
+    Store::open_local(&path, Some(again)).unwrap();
+    fs::set_permissions(&keyfile, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(
+        Key::load_or_create(&keyfile),
+        Err(SnapshotError::Key { .. })
+    ));
+}
+
+fn many_files(root: &Path, n: usize, seed: u64) {
+    for i in 0..n {
+        let d = root.join(format!("d{}", i % 7));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join(format!("f{i}")),
+            pseudo_random(20_000 + i * 311, seed + i as u64),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn dedup_across_workspaces() {
+    let t = tmp();
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    fs::create_dir(&a).unwrap();
+    many_files(&a, 40, 7);
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(b.join("d0/f0"), pseudo_random(20_000, 7)).unwrap(); // same content, new inode times
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let s1 = snapshot(&store, "ws-a", &a, 0, None, None).unwrap();
+    let s2 = snapshot(&store, "ws-b", &b, 0, None, None).unwrap();
+    assert!(
+        s1.new_bytes > 800_000,
+        "first snapshot stores data: {}",
+        s1.new_bytes
+    );
+    // Only the (differently timed) tree is new.
+    assert!(
+        s2.new_bytes < 8_000,
+        "second snapshot re-uploaded {} bytes",
+        s2.new_bytes
+    );
+    assert_eq!(list(&store, Some("ws-b")).unwrap().len(), 1);
+    assert_eq!(list(&store, None).unwrap().len(), 2);
+}
+
+#[test]
+fn incremental_reuses_unchanged_files_without_reading() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    many_files(&src, 50, 11);
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let p0 = Progress::default();
+    let s1 = snapshot(&store, "ws", &src, 0, None, Some(&p0)).unwrap();
+    assert_eq!(p0.files.load(std::sync::atomic::Ordering::Relaxed), 50);
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("d3/f3"))
+        .unwrap()
+        .write_all(b"appended")
+        .unwrap();
+    fs::write(src.join("new-file"), b"new").unwrap();
+    let p1 = Progress::default();
+    let s2 = snapshot(&store, "ws", &src, 0, Some(&s1.id), Some(&p1)).unwrap();
+    assert_eq!(
+        p1.files.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "only the changed and new file are read"
+    );
+    assert_eq!(s2.parent.as_deref(), Some(s1.id.as_str()));
+    assert!(s2.new_bytes < 60_000, "{}", s2.new_bytes);
+    let dst = t.path().join("dst");
+    restore(&store, &s2.id, &dst, 0, None).unwrap();
+    assert_eq!(describe(&src, 0), describe(&dst, 0));
+}
+
+fn chunk_of(store: &Store, id: &str, file: &str) -> ChunkRef {
+    let info = store.get_record(id).unwrap();
+    let tree = store.get_tree(&info).unwrap();
+    let e = tree
+        .entries
+        .iter()
+        .find(|e| e.path == file.as_bytes())
+        .unwrap();
+    match &e.kind {
+        Kind::File { chunks, .. } => chunks[0],
+        k => panic!("{k:?}"),
+    }
+}
+
+fn small_store(t: &Path) -> (Store, SnapshotInfo, PathBuf) {
+    let src = t.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("victim"), b"precious work").unwrap();
+    fs::write(src.join("copy-of-victim"), b"precious work").unwrap();
+    fs::write(src.join("bystander"), b"other").unwrap();
+    let store_path = t.join("store");
+    let store = Store::open_local(&store_path, None).unwrap();
+    let info = snapshot(&store, "ws", &src, 0, None, None).unwrap();
+    (store, info, store_path)
+}
+
+#[test]
+fn corrupt_chunk_fails_restore_naming_the_files() {
+    let t = tmp();
+    let (store, info, store_path) = small_store(t.path());
+    let c = chunk_of(&store, &info.id, "victim");
+    let obj = store_path.join(c.id.key());
+    let mut raw = fs::read(&obj).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x40;
+    fs::write(&obj, &raw).unwrap();
+    let dst = t.path().join("dst");
+    let err = restore(&store, &info.id, &dst, 0, None).unwrap_err();
+    match &err {
+        SnapshotError::Chunk {
+            chunk,
+            problem,
+            files,
+        } => {
+            assert_eq!(chunk, &c.id.hex());
+            assert!(problem.contains("corrupt"), "{problem}");
+            assert_eq!(
+                files,
+                &vec!["copy-of-victim".to_string(), "victim".to_string()]
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(err.to_string().contains("victim"));
+    assert!(!dst.join("victim").exists() || !dst.join("copy-of-victim").exists());
+    // No file with wrong content is left behind.
+    for f in ["victim", "copy-of-victim"] {
+        if let Ok(data) = fs::read(dst.join(f)) {
+            assert_eq!(data, b"precious work");
+        }
+    }
+
+    // A well-formed object with the wrong content is caught by the hash check.
+    let forged = crate::format::encode(crate::format::Kind::Chunk, None, b"precious wORK");
+    fs::write(&obj, forged).unwrap();
+    let dst2 = t.path().join("dst2");
+    match restore(&store, &info.id, &dst2, 0, None).unwrap_err() {
+        SnapshotError::Chunk { problem, .. } => {
+            assert!(problem.contains("hash mismatch"), "{problem}")
+        }
+        e => panic!("unexpected {e}"),
+    }
+}
+
+#[test]
+fn missing_chunk_fails_restore_naming_the_files() {
+    let t = tmp();
+    let (store, info, store_path) = small_store(t.path());
+    let c = chunk_of(&store, &info.id, "bystander");
+    fs::remove_file(store_path.join(c.id.key())).unwrap();
+    match restore(&store, &info.id, &t.path().join("dst"), 0, None).unwrap_err() {
+        SnapshotError::Chunk { problem, files, .. } => {
+            assert_eq!(problem, "missing");
+            assert_eq!(files, vec!["bystander".to_string()]);
+        }
+        e => panic!("unexpected {e}"),
+    }
+    assert!(!t.path().join("dst/bystander").exists());
+}
+
+#[test]
+fn fsck_finds_corruption_and_missing_chunks() {
+    let t = tmp();
+    let (store, info, store_path) = small_store(t.path());
+    let report = fsck(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.snapshots, 1);
+    assert_eq!(report.chunks, 2);
+    let c = chunk_of(&store, &info.id, "victim");
+    let obj = store_path.join(c.id.key());
+    let mut raw = fs::read(&obj).unwrap();
+    raw[20] ^= 1;
+    fs::write(&obj, &raw).unwrap();
+    fs::remove_file(store_path.join(chunk_of(&store, &info.id, "bystander").id.key())).unwrap();
+    let report = fsck(&store).unwrap();
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    let bad = report
+        .problems
+        .iter()
+        .find(|p| p.object == c.id.key())
+        .unwrap();
+    assert!(bad.problem.contains("checksum"), "{}", bad.problem);
+    assert!(bad.files.contains(&"victim".to_string()));
+    assert_eq!(bad.snapshots, vec![info.id.clone()]);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.problem == "missing" && p.files == vec!["bystander".to_string()]));
+}
+
+#[test]
+fn gc_deletes_only_unreferenced_chunks_and_respects_leases() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("kept"), pseudo_random(5000, 1)).unwrap();
+    fs::write(src.join("dropped"), pseudo_random(5000, 2)).unwrap();
+    let store_path = t.path().join("store");
+    let store = Store::open_local(&store_path, None).unwrap();
+    let s1 = snapshot(&store, "ws", &src, 0, None, None).unwrap();
+    let dropped = chunk_of(&store, &s1.id, "dropped");
+    let kept = chunk_of(&store, &s1.id, "kept");
+    fs::remove_file(src.join("dropped")).unwrap();
+    let s2 = snapshot(&store, "ws", &src, 0, Some(&s1.id), None).unwrap();
+
+    // Nothing is unreferenced yet.
+    assert_eq!(gc(&store).unwrap().deleted_chunks, 0);
+    forget(&store, std::slice::from_ref(&s1.id)).unwrap();
+    // A snapshot in progress blocks gc.
+    let lease = crate::maint::Lease::acquire_for_snapshot(&store).unwrap();
+    assert!(matches!(gc(&store), Err(SnapshotError::Busy { .. })));
+    drop(lease);
+    let r = gc(&store).unwrap();
+    assert_eq!(r.deleted_chunks, 2, "the dropped file and s1's tree: {r:?}");
+    assert!(!store_path.join(dropped.id.key()).exists());
+    assert!(store_path.join(kept.id.key()).exists());
+    assert!(fsck(&store).unwrap().ok());
+    restore(&store, &s2.id, &t.path().join("dst"), 0, None).unwrap();
+    assert_eq!(
+        fs::read(t.path().join("dst/kept")).unwrap(),
+        pseudo_random(5000, 1)
+    );
+    // And gc blocks snapshots in turn.
+    let g = crate::maint::Lease::try_acquire_gc_for_test(&store);
+    assert!(matches!(
+        snapshot(&store, "ws", &src, 0, None, None),
+        Err(SnapshotError::Busy { .. })
+    ));
+    drop(g);
+}
+
+fn info(id: &str, ws: &str, time: i64) -> SnapshotInfo {
+    SnapshotInfo {
+        id: id.into(),
+        workspace: ws.into(),
+        time,
+        parent: None,
+        size: 0,
+        files: 0,
+        new_bytes: 0,
+        tree: vec![],
+        tree_len: 0,
+    }
+}
+
+#[test]
+fn retention_keeps_last_and_daily() {
+    let day = 86_400;
+    let snaps = vec![
+        info("a1", "a", 10 * day + 100),
+        info("a2", "a", 10 * day + 200),
+        info("a3", "a", 11 * day + 100),
+        info("a4", "a", 12 * day + 100),
+        info("a5", "a", 12 * day + 200),
+        info("a6", "a", 12 * day + 300),
+        info("b1", "b", 1),
+    ];
+    let mut f = retention(
+        &snaps,
+        Retention {
+            keep_last: 2,
+            keep_daily: 2,
+        },
+    );
+    f.sort();
+    // keep a6,a5 (last 2), a6 (day 12), a3 (day 11); b1 is the newest of b.
+    assert_eq!(f, vec!["a1", "a2", "a4"]);
+    let mut f = retention(
+        &snaps,
+        Retention {
+            keep_last: 0,
+            keep_daily: 0,
+        },
+    );
+    f.sort();
+    assert_eq!(f, vec!["a1", "a2", "a3", "a4", "a5"]);
+}
+
+// ---- hostile snapshots ----
+
+fn entry(path: &str, kind: Kind) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: (0, 0),
+        xattrs: vec![],
+        ino: 0,
+        ctime: (0, 0),
+    }
+}
+
+fn file_entry(store: &Store, path: &str, data: &[u8]) -> Entry {
+    let (r, _) = store.put_chunk(data, &Known::default()).unwrap();
+    entry(
+        path,
+        Kind::File {
+            size: data.len() as u64,
+            chunks: vec![r],
+        },
+    )
+}
+
+/// Stores a hand-made tree as a snapshot, bypassing the walker.
+fn craft(store: &Store, entries: Vec<Entry>) -> String {
+    let bytes = tree::encode(&Tree {
+        version: tree::TREE_VERSION,
+        entries,
+    });
+    let (r, _) = store.put_chunk(&bytes, &Known::default()).unwrap();
+    craft_record(store, vec![r], bytes.len() as u64)
+}
+
+fn craft_record(store: &Store, tree: Vec<ChunkRef>, tree_len: u64) -> String {
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    let info = SnapshotInfo {
+        id: id.clone(),
+        workspace: "evil".into(),
+        time: 0,
+        parent: None,
+        size: 0,
+        files: 0,
+        new_bytes: 0,
+        tree,
+        tree_len,
+    };
+    store.put_record(&info).unwrap();
+    id
+}
+
+#[test]
+fn hostile_snapshots_write_nothing_outside_the_target() {
+    let t = tmp();
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("existing"), b"keep me").unwrap();
+    let root = || entry("", Kind::Dir);
+    let ok_file = file_entry(&store, "a", b"payload");
+    let mut cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "dotdot",
+            vec![root(), file_entry(&store, "../outside/pwned", b"x")],
+        ),
+        (
+            "nested dotdot",
+            vec![
+                root(),
+                entry("d", Kind::Dir),
+                file_entry(&store, "d/../../outside/pwned", b"x"),
+            ],
+        ),
+        (
+            "absolute",
+            vec![
+                root(),
+                file_entry(&store, &format!("{}/pwned", outside.display()), b"x"),
+            ],
+        ),
+        (
+            "through symlink",
+            vec![
+                root(),
+                entry(
+                    "l",
+                    Kind::Symlink {
+                        target: outside.as_os_str().as_bytes().to_vec(),
+                    },
+                ),
+                file_entry(&store, "l/pwned", b"x"),
+            ],
+        ),
+        (
+            "through relative symlink",
+            vec![
+                root(),
+                entry(
+                    "l",
+                    Kind::Symlink {
+                        target: b"../outside".to_vec(),
+                    },
+                ),
+                entry("l/sub", Kind::Dir),
+            ],
+        ),
+        (
+            "duplicate",
+            vec![root(), ok_file.clone(), file_entry(&store, "a", b"other")],
+        ),
+        (
+            "dir then file",
+            vec![root(), entry("a", Kind::Dir), ok_file.clone()],
+        ),
+        (
+            "hardlink outside",
+            vec![
+                root(),
+                entry(
+                    "h",
+                    Kind::Hardlink {
+                        target: format!("{}/existing", outside.display()).into_bytes(),
+                    },
+                ),
+            ],
+        ),
+        (
+            "hardlink dotdot",
+            vec![
+                root(),
+                entry(
+                    "h",
+                    Kind::Hardlink {
+                        target: b"../outside/existing".to_vec(),
+                    },
+                ),
+            ],
+        ),
+        (
+            "hardlink to symlink",
+            vec![
+                root(),
+                entry(
+                    "l",
+                    Kind::Symlink {
+                        target: b"/etc/passwd".to_vec(),
+                    },
+                ),
+                entry(
+                    "h",
+                    Kind::Hardlink {
+                        target: b"l".to_vec(),
+                    },
+                ),
+            ],
+        ),
+        (
+            "size mismatch",
+            vec![root(), {
+                let mut e = ok_file.clone();
+                e.kind = match e.kind {
+                    Kind::File { chunks, .. } => Kind::File {
+                        size: 1 << 60,
+                        chunks,
+                    },
+                    k => k,
+                };
+                e
+            }],
+        ),
+        (
+            "owner out of range",
+            vec![root(), {
+                let mut e = ok_file.clone();
+                e.uid = 70_000;
+                e
+            }],
+        ),
+        ("no root", vec![ok_file.clone()]),
+        (
+            "nul in name",
+            vec![root(), file_entry(&store, "a\0b", b"x")],
+        ),
+        (
+            "huge xattr",
+            vec![root(), {
+                let mut e = ok_file.clone();
+                e.xattrs = vec![(b"user.x".to_vec(), vec![0; 70_000])];
+                e
+            }],
+        ),
+    ];
+    cases.push(("orphan", vec![root(), file_entry(&store, "nodir/x", b"x")]));
+    for (name, entries) in cases {
+        let id = craft(&store, entries);
+        let target = t.path().join(format!("target-{}", name.replace(' ', "-")));
+        let res = restore(&store, &id, &target, 0, None);
+        assert!(
+            matches!(res, Err(SnapshotError::Invalid { .. })),
+            "{name}: {res:?}"
+        );
+        let mut names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("existing")],
+            "{name} wrote outside"
+        );
+        assert_eq!(fs::read(outside.join("existing")).unwrap(), b"keep me");
+        assert_eq!(
+            fs::metadata(outside.join("existing")).unwrap().nlink(),
+            1,
+            "{name}"
+        );
+    }
+    // Device nodes other than whiteouts are skipped, not created.
+    let id = craft(
+        &store,
+        vec![
+            root(),
+            entry(
+                "sda",
+                Kind::BlockDev {
+                    rdev: rustix::fs::makedev(8, 0),
+                },
+            ),
+            entry(
+                "null",
+                Kind::CharDev {
+                    rdev: rustix::fs::makedev(1, 3),
+                },
+            ),
+        ],
+    );
+    let target = t.path().join("devs");
+    restore(&store, &id, &target, 0, None).unwrap();
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[test]
+fn restore_layer_refuses_symlinks_even_without_validation() {
+    // Second line of defence: a tree that skipped validate() still cannot escape.
+    let t = tmp();
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let target = t.path().join("target");
+    fs::create_dir(&target).unwrap();
+    symlink(&outside, target.join("l")).unwrap();
+    let root = rustix::fs::open(
+        &target,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .unwrap();
+    use std::os::fd::AsFd;
+    let r = crate::restore::Restorer::for_test(&store, root.as_fd(), &target);
+    let e = file_entry(&store, "l/pwned", b"x");
+    assert!(r.file_for_test(&e).is_err());
+    let e = entry("l/dir", Kind::Dir);
+    assert!(r.mkdir_for_test(&e).is_err());
+    let e = entry("l", Kind::Fifo); // final component exists as a symlink: no follow, no overwrite
+    assert!(r.other_for_test(&e).is_err());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn crafted_objects_cannot_force_huge_allocations() {
+    let t = tmp();
+    let store_path = t.path().join("store");
+    let store = Store::open_local(&store_path, None).unwrap();
+    // Tree length over the limit is refused before anything is fetched.
+    let id = craft_record(&store, vec![], 1 << 40);
+    assert!(matches!(
+        restore(&store, &id, &t.path().join("a"), 0, None),
+        Err(SnapshotError::Invalid { .. })
+    ));
+    // A tree claiming 2^62 entries fails to decode without allocating them.
+    let mut bogus = vec![1u8]; // version 1 (varint)
+    bogus.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f]);
+    let (r, _) = store.put_chunk(&bogus, &Known::default()).unwrap();
+    let id = craft_record(&store, vec![r], bogus.len() as u64);
+    assert!(matches!(
+        restore(&store, &id, &t.path().join("b"), 0, None),
+        Err(SnapshotError::Invalid { .. })
+    ));
+    // An envelope declaring a 4 GiB plaintext is rejected by the header check.
+    let mut obj = crate::format::encode(crate::format::Kind::Chunk, None, b"abc");
+    obj[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(crate::format::decode("x", crate::format::Kind::Chunk, None, &obj).is_err());
+    // An oversized object in the store is refused before it is read.
+    let big = store_path.join("snapshots/0123456789abcdef0123456789abcdef");
+    let f = fs::File::create(&big).unwrap();
+    f.set_len(1 << 34).unwrap();
+    assert!(matches!(
+        store.get_record("0123456789abcdef0123456789abcdef"),
+        Err(SnapshotError::Backend(BackendError::TooLarge { .. }))
+    ));
+    // Ids are never used as paths unless well-formed.
+    assert!(matches!(
+        restore(&store, "../config", &t.path().join("c"), 0, None),
+        Err(SnapshotError::BadId(_))
+    ));
+}
+
+#[test]
+fn restore_refuses_non_empty_target() {
+    let t = tmp();
+    let (store, info, _) = small_store(t.path());
+    let dst = t.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    fs::write(dst.join("x"), b"").unwrap();
+    assert!(matches!(
+        restore(&store, &info.id, &dst, 0, None),
+        Err(SnapshotError::TargetNotEmpty(_))
+    ));
+}
+
+mod s3;
