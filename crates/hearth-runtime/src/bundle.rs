@@ -132,9 +132,9 @@ pub fn build(spec: &BundleSpec) -> Result<Spec> {
             "/sys",
             "none",
             "/sys",
-            // Not rbind: the host's submounts (cgroupfs, debugfs, ...) stay out of view,
-            // and copying them costs milliseconds per start.
-            &["bind", "nosuid", "noexec", "nodev", "ro"],
+            // rbind: inside a user namespace a plain bind of /sys would reveal what its
+            // locked submounts cover, which the kernel refuses (runc fails with EINVAL).
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?,
         mount(
             "/run",
