@@ -278,6 +278,60 @@ impl Cgroups {
         }
     }
 
+    /// Freezes every process of the group (v1 freezer, else v2 `cgroup.freeze`) so a
+    /// snapshot sees a consistent tree. Returns whether a freezer was found; pair with
+    /// [`Cgroups::thaw`].
+    pub fn freeze(&self, id: &str) -> Result<bool, CgroupError> {
+        validate_id(id)?;
+        if let Some(dir) = self.v1_freezer(id) {
+            freeze(&dir)?;
+            return Ok(true);
+        }
+        let Some(file) = self.v2_freeze_file(id) else {
+            return Ok(false);
+        };
+        write(&file, "1")?;
+        let events = file.with_file_name("cgroup.events");
+        for _ in 0..200 {
+            if read(&events)?.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tracing::warn!(path = %events.display(), "cgroup did not report frozen in time");
+        Ok(true)
+    }
+
+    /// Undoes [`Cgroups::freeze`]; a missing group is fine.
+    pub fn thaw(&self, id: &str) -> Result<(), CgroupError> {
+        validate_id(id)?;
+        if let Some(dir) = self.v1_freezer(id) {
+            return write(&dir.join("freezer.state"), "THAWED");
+        }
+        if let Some(file) = self.v2_freeze_file(id) {
+            return write(&file, "0");
+        }
+        Ok(())
+    }
+
+    fn v1_freezer(&self, id: &str) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1(v1) => v1
+                .freezer
+                .as_ref()
+                .map(|f| f.join(&self.parent).join(id))
+                .filter(|d| d.is_dir()),
+            Layout::V2 { .. } => None,
+        }
+    }
+
+    fn v2_freeze_file(&self, id: &str) -> Option<PathBuf> {
+        self.group_dirs(id)
+            .into_iter()
+            .map(|d| d.join("cgroup.freeze"))
+            .find(|f| f.exists())
+    }
+
     /// Removes the group(s), children first; missing groups are fine.
     pub fn remove(&self, id: &str) -> Result<(), CgroupError> {
         let pids = self.pids(id)?;

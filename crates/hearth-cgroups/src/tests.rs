@@ -254,3 +254,31 @@ fn shares_mapping() {
     assert_eq!(weight_to_shares(1), 10);
     assert_eq!(weight_to_shares(10000), 102400);
 }
+
+#[test]
+fn freeze_and_thaw_use_the_freezer_then_cgroup_freeze() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    cg.create("abc123", &Limits::default()).unwrap();
+    let state = t.join("freezer/hearth/abc123/freezer.state");
+    assert!(cg.freeze("abc123").unwrap());
+    assert_eq!(read_trim(&state), "FROZEN");
+    cg.thaw("abc123").unwrap();
+    assert_eq!(read_trim(&state), "THAWED");
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let t2 = tmp2.path();
+    let cg2 = Cgroups::open_with(fake_v2(t2, "cpu memory pids", "hearth"), "hearth").unwrap();
+    cg2.create("abc123", &Limits::default()).unwrap();
+    let dir = t2.join("hearth/abc123");
+    // Without cgroup.freeze there is nothing to freeze.
+    assert!(!cg2.freeze("abc123").unwrap());
+    fs::write(dir.join("cgroup.freeze"), "0").unwrap();
+    fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+    assert!(cg2.freeze("abc123").unwrap());
+    assert_eq!(read_trim(&dir.join("cgroup.freeze")), "1");
+    cg2.thaw("abc123").unwrap();
+    assert_eq!(read_trim(&dir.join("cgroup.freeze")), "0");
+    assert!(cg2.freeze("../x").is_err());
+}

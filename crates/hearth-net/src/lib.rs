@@ -6,7 +6,10 @@
 //! - `HEARTH-<bridge>-FWD` drops bridge->bridge routing, link-local destinations (cloud
 //!   metadata endpoints) and unsolicited inbound traffic;
 //! - `HEARTH-<bridge>-IN` drops every new connection from the bridge to the host itself;
-//! - IPv6 is disabled on the bridge and host veths so link-local addresses cannot bypass that.
+//! - IPv6 is disabled on the bridge and host veths so link-local addresses cannot bypass that;
+//! - an nftables `bridge` table `hearth-<bridge>` pins every port to its workspace's MAC and
+//!   IPv4 address (Ethernet source, ARP sender, IP source) and drops other ethertypes, so
+//!   a workspace cannot spoof another's address or poison the gateway's ARP cache.
 //!
 //! The host may still connect to workspaces (the port proxy does).
 
@@ -19,8 +22,9 @@ use std::process::{Command, Stdio};
 
 const NETNS_DIR: &str = "/run/netns";
 const SYS_NET: &str = "/sys/class/net";
-/// Host-side veth names are `hv` + this many characters of the id (IFNAMSIZ is 16).
-const VETH_ID_CHARS: usize = 11;
+/// Host-side veth names are `hv` + this many characters of the id: 15 is the kernel's limit,
+/// and 13 keeps the control plane's 12-hex ids whole so no two workspaces share a veth.
+const VETH_ID_CHARS: usize = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -142,6 +146,7 @@ impl Network {
                 run("iptables", &insert)?;
             }
         }
+        run_stdin("nft", &["-f", "-"], &self.bridge_table())?;
         tracing::info!(bridge = br, gateway = %gw, "host network ready");
         Ok(())
     }
@@ -173,6 +178,8 @@ impl Network {
         let on_bridge =
             master.is_ok_and(|m| m.file_name().is_some_and(|n| n == self.bridge.as_str()));
         if on_bridge && self.netns_path(id).exists() {
+            // Idempotent; repairs the pin after `nft flush ruleset` or a host reboot race.
+            run_stdin("nft", &["-f", "-"], &self.port_rules(&hv, ip))?;
             return Ok(WorkspaceNet {
                 netns_path: self.netns_path(id),
                 ip,
@@ -211,14 +218,18 @@ impl Network {
         let hv = net.host_veth.as_str();
         let addr = format!("{}/{}", net.ip, net.prefix_len);
         let gw = net.gateway.to_string();
+        let mac = mac_for(net.ip);
         run("ip", &["netns", "add", &ns])?;
         run(
             "ip",
             &[
-                "link", "add", "name", hv, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                "link", "add", "name", hv, "type", "veth", "peer", "name", "eth0", "address", &mac,
+                "netns", &ns,
             ],
         )?;
         disable_ipv6(hv)?;
+        // Pinned before the port joins the bridge, so no frame passes unchecked.
+        run_stdin("nft", &["-f", "-"], &self.port_rules(hv, net.ip))?;
         run("ip", &["link", "set", "dev", hv, "master", &self.bridge])?;
         run("bridge", &["link", "set", "dev", hv, "isolated", "on"])?;
         run("ip", &["link", "set", "dev", hv, "up"])?;
@@ -248,7 +259,69 @@ impl Network {
         if Path::new(NETNS_DIR).join(&ns).exists() {
             run("ip", &["netns", "del", &ns])?;
         }
-        Ok(())
+        self.unpin_port(&hv)
+    }
+
+    /// Removes a port's pin; a missing table (host already torn down) is fine.
+    fn unpin_port(&self, hv: &str) -> Result<(), NetError> {
+        let t = self.nft_table();
+        // Adding first makes the deletes succeed whether or not the port was pinned.
+        let script = format!(
+            "add chain bridge {t} port-{hv}\n\
+             add element bridge {t} ports {{ \"{hv}\" : jump port-{hv} }}\n\
+             delete element bridge {t} ports {{ \"{hv}\" }}\n\
+             delete chain bridge {t} port-{hv}\n"
+        );
+        match run_stdin("nft", &["-f", "-"], &script) {
+            Err(NetError::Command { stderr, .. })
+                if stderr.contains("No such file or directory") && !self.nft_table_exists()? =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    fn nft_table(&self) -> String {
+        format!("hearth-{}", self.bridge)
+    }
+
+    fn nft_table_exists(&self) -> Result<bool, NetError> {
+        let out = run("nft", &["list", "tables", "bridge"])?;
+        let decl = format!("table bridge {}", self.nft_table());
+        Ok(out.lines().any(|l| l.trim() == decl))
+    }
+
+    /// The bridge table: ports listed in `ports` jump to their pin chain. The map and the
+    /// port chains are declared, not flushed, so rerunning keeps running workspaces pinned.
+    fn bridge_table(&self) -> String {
+        let t = self.nft_table();
+        format!(
+            "table bridge {t} {{\n\
+             \tmap ports {{ type ifname : verdict; }}\n\
+             \tchain pre {{ type filter hook prerouting priority -300; policy accept; }}\n\
+             }}\n\
+             flush chain bridge {t} pre\n\
+             add rule bridge {t} pre iifname vmap @ports\n"
+        )
+    }
+
+    /// A port may send only from its workspace's MAC and IPv4 address, IPv4 and ARP only.
+    fn port_rules(&self, hv: &str, ip: Ipv4Addr) -> String {
+        let t = self.nft_table();
+        let mac = mac_for(ip);
+        let c = format!("port-{hv}");
+        format!(
+            "add chain bridge {t} {c}\n\
+             flush chain bridge {t} {c}\n\
+             add rule bridge {t} {c} ether saddr != {mac} drop\n\
+             add rule bridge {t} {c} ether type arp arp saddr ether != {mac} drop\n\
+             add rule bridge {t} {c} ether type arp arp saddr ip != {ip} drop\n\
+             add rule bridge {t} {c} ether type ip ip saddr != {ip} drop\n\
+             add rule bridge {t} {c} ether type {{ ip, arp }} accept\n\
+             add rule bridge {t} {c} drop\n\
+             add element bridge {t} ports {{ \"{hv}\" : jump {c} }}\n"
+        )
     }
 
     /// Ids with a netns of this bridge, plus the `hv` suffix of any port on our bridge
@@ -296,6 +369,9 @@ impl Network {
                 run("iptables", &["-w", "-t", table, "-F", &chain])?;
                 run("iptables", &["-w", "-t", table, "-X", &chain])?;
             }
+        }
+        if self.nft_table_exists()? {
+            run("nft", &["delete", "table", "bridge", &self.nft_table()])?;
         }
         if link_exists(&self.bridge) {
             if let Err(e) = run("ip", &["link", "del", "dev", &self.bridge]) {
@@ -376,6 +452,13 @@ impl Network {
             ),
         ]
     }
+}
+
+/// The workspace's MAC: locally administered (02), "H" (0x48), then its IPv4 address, so
+/// it is unique per node and known without asking the netns.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:48:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 fn host_veth(id: &str) -> String {
@@ -643,7 +726,8 @@ mod tests {
     #[test]
     fn names_are_derived_from_id_and_bridge() {
         let n = net("hearth0", "10.88.0.0/16");
-        assert_eq!(host_veth("0123456789ab"), "hv0123456789a");
+        assert_eq!(host_veth("0123456789ab"), "hv0123456789ab");
+        assert_eq!(host_veth("0123456789abcdef"), "hv0123456789abc");
         assert_eq!(host_veth("abc"), "hvabc");
         assert_eq!(
             n.netns_path("0123456789ab"),
@@ -674,6 +758,19 @@ mod tests {
         assert!(jumps
             .iter()
             .all(|(_, _, spec)| spec.iter().any(|s| s.starts_with("HEARTH-br7-"))));
+    }
+
+    #[test]
+    fn ports_are_pinned_to_their_mac_and_ip() {
+        let n = net("br7", "10.1.0.0/16");
+        let ip = Ipv4Addr::new(10, 1, 0, 9);
+        assert_eq!(mac_for(ip), "02:48:0a:01:00:09");
+        let rules = n.port_rules("hvabc", ip);
+        assert!(rules.contains("port-hvabc ether saddr != 02:48:0a:01:00:09 drop"));
+        assert!(rules.contains("arp saddr ip != 10.1.0.9 drop"));
+        assert!(rules.contains("ip saddr != 10.1.0.9 drop"));
+        assert!(rules.ends_with("ports { \"hvabc\" : jump port-hvabc }\n"));
+        assert!(n.bridge_table().contains("table bridge hearth-br7 {"));
     }
 
     #[test]

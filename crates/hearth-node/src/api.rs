@@ -83,6 +83,68 @@ pub struct ImageSummary {
     pub loaded_at: String,
 }
 
+/// Registry credentials for a pull; the password never shows in debug output.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the node knows about one workspace's host resources, for `hearth inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkspaceDetails {
+    pub state: RunState,
+    /// Host pid of the agent while running.
+    pub pid: Option<u32>,
+    /// First host uid/gid of the workspace's range (root inside).
+    pub uid_base: u32,
+    /// Ids in the range: host ids `uid_base..uid_base + id_count`.
+    pub id_count: u32,
+    /// The workspace's group directory in every cgroup hierarchy; empty while stopped.
+    pub cgroups: Vec<PathBuf>,
+    pub limits: Limits,
+    /// Present while the workspace has a network namespace (kept across stops).
+    pub network: Option<NetworkDetails>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkDetails {
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    /// Host end of the veth pair, when it is on the bridge.
+    pub host_veth: Option<String>,
+    pub netns: PathBuf,
+}
+
+/// Current resource use; cgroup counters are `None` while stopped or where the host lacks
+/// the controller.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    /// Total CPU time used since start.
+    pub cpu_ns: Option<u64>,
+    /// CPU use over a short sample, 100 = one core busy.
+    pub cpu_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// Disk space of the writable layer (allocated blocks, hard links counted once).
+    pub disk_bytes: u64,
+    /// False when the walk of the writable layer stopped at its bound: `disk_bytes` is then
+    /// a lower bound.
+    pub disk_complete: bool,
+}
+
 /// Node configuration; `hearth server` fills it from flags.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -97,6 +159,8 @@ pub struct NodeConfig {
     pub runtime: Option<String>,
     /// The static agent binary to put in workspaces.
     pub agent_binary: PathBuf,
+    /// Where snapshots go; the default is a local store under the data dir.
+    pub snapshots: crate::SnapshotSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +187,13 @@ pub trait NodeApi: Send + Sync + 'static {
         name: Option<String>,
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
+    /// Pulls `reference` from its registry and names the image after it.
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError>;
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError>;
     /// By name (`busybox`, `busybox:latest`) or id / unique id prefix.
     async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError>;
@@ -137,6 +208,8 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Removes every trace: processes, mounts, cgroups, netns, veth, files.
     async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError>;
+    /// Host resources and current usage; takes a short CPU sample while running.
+    async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError>;
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError>;
@@ -150,4 +223,92 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Removes host-wide resources (bridge, firewall chains) after all workspaces are
     /// stopped; used by `hearth node teardown` and tests.
     async fn teardown(&self) -> Result<(), NodeError>;
+
+    /// Snapshots the workspace's files (frozen for the duration while running),
+    /// incrementally on top of its latest snapshot.
+    async fn snapshot(&self, spec: &WorkspaceSpec) -> Result<crate::SnapshotSummary, NodeError> {
+        Err(no_snapshots(spec))
+    }
+    /// Like [`NodeApi::snapshot`], but `None` when nothing changed since the last one.
+    async fn snapshot_if_changed(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Option<crate::SnapshotSummary>, NodeError> {
+        self.snapshot(spec).await.map(Some)
+    }
+    /// The workspace's snapshots, oldest first.
+    async fn snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Vec<crate::SnapshotSummary>, NodeError> {
+        Err(no_snapshots(spec))
+    }
+    /// Creates the local data of `spec` (which must have none) from snapshot `id` of any
+    /// workspace, with owners mapped into `spec`'s id range.
+    async fn restore(&self, spec: &WorkspaceSpec, id: &str) -> Result<(), NodeError> {
+        let _ = id;
+        Err(no_snapshots(spec))
+    }
+    /// Verifies every snapshot and chunk in the store.
+    async fn store_fsck(&self) -> Result<crate::StoreCheck, NodeError> {
+        Err(NodeError::Invalid("this node has no snapshot store".into()))
+    }
+    /// Forgets snapshots outside `keep` (when given) and deletes unreferenced chunks.
+    async fn store_gc(
+        &self,
+        keep: Option<crate::Retention>,
+    ) -> Result<crate::StoreGcReport, NodeError> {
+        let _ = keep;
+        Err(NodeError::Invalid("this node has no snapshot store".into()))
+    }
+}
+
+fn no_snapshots(spec: &WorkspaceSpec) -> NodeError {
+    NodeError::Invalid(format!(
+        "workspace {}: this node has no snapshot store",
+        spec.name
+    ))
+}
+
+/// Whether an image reference names a registry (`host.tld/...`, `host:port/...`,
+/// `localhost/...`), docker's rule; `hearth up` pulls only those when missing, so a typo in
+/// a local name never turns into a registry request.
+pub fn is_registry_reference(reference: &str) -> bool {
+    let r = reference
+        .strip_prefix("https://")
+        .or_else(|| reference.strip_prefix("http://"))
+        .unwrap_or(reference);
+    match r.split_once('/') {
+        Some((host, rest)) => {
+            !rest.is_empty() && (host.contains('.') || host.contains(':') || host == "localhost")
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_references_need_a_host() {
+        assert!(is_registry_reference("127.0.0.1:5000/busybox:latest"));
+        assert!(is_registry_reference("localhost/team/img"));
+        assert!(is_registry_reference("docker.io/library/debian:12"));
+        assert!(is_registry_reference("http://127.0.0.1:5000/x"));
+        assert!(!is_registry_reference("busybox"));
+        assert!(!is_registry_reference("busybox:latest"));
+        assert!(!is_registry_reference("team/img:1"));
+        assert!(!is_registry_reference("sha256:abcd"));
+        assert!(!is_registry_reference("example.com/"));
+    }
+
+    #[test]
+    fn registry_auth_hides_the_password() {
+        let a = RegistryAuth {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
 }

@@ -7,6 +7,8 @@
 mod api;
 mod clone;
 mod local;
+mod snap;
 
 pub use api::*;
 pub use local::LocalNode;
+pub use snap::{Retention, SnapshotSettings, SnapshotSummary, StoreCheck, StoreGcReport};

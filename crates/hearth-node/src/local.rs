@@ -14,6 +14,10 @@ use hearth_runtime::mount;
 use hearth_runtime::oci::OciRuntime;
 
 use crate::clone;
+
+mod inspect;
+mod pull;
+mod snapshot;
 use crate::{
     ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, RunState,
     WorkspaceSpec, WorkspaceStatus, ID_RANGE,
@@ -49,6 +53,7 @@ struct Inner {
     gitconfig: PathBuf,
     /// Per-phase durations of each workspace's last start (for `hearth bench`).
     phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
+    snap: snapshot::SnapState,
 }
 
 /// Records how long each phase of a start took.
@@ -177,6 +182,7 @@ impl LocalNode {
                 agent,
                 gitconfig,
                 phases: Default::default(),
+                snap: Default::default(),
             }),
         })
     }
@@ -327,7 +333,8 @@ impl Inner {
     fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
-        if !p.upper.is_dir() {
+        // Local data lost (or the workspace moved here): bring back its latest snapshot.
+        if !p.upper.is_dir() && (p.dir.exists() || !self.restore_latest(spec)?) {
             return Err(NodeError::NotFound(format!(
                 "workspace {} has no data on this node",
                 spec.name
@@ -662,6 +669,17 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<crate::RegistryAuth>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        let r = reference.to_string();
+        self.blocking(move |i| pull::pull(i, &r, auth, &progress))
+            .await
+    }
+
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
         self.blocking(|i| {
             Ok(i.images
@@ -724,6 +742,11 @@ impl NodeApi for LocalNode {
         self.blocking(move |i| i.status(&spec)).await
     }
 
+    async fn inspect(&self, spec: &WorkspaceSpec) -> Result<crate::WorkspaceDetails, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| inspect::inspect(i, &spec)).await
+    }
+
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
         valid_id(&spec.id)?;
         if req.argv.is_empty() {
@@ -770,6 +793,48 @@ impl NodeApi for LocalNode {
     ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
         let known = known.to_vec();
         self.blocking(move |i| i.reconcile(&known)).await
+    }
+
+    async fn snapshot(&self, spec: &WorkspaceSpec) -> Result<crate::SnapshotSummary, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| {
+            i.snapshot(&spec, false)?
+                .ok_or_else(|| NodeError::Internal("snapshot was skipped".into()))
+        })
+        .await
+    }
+
+    async fn snapshot_if_changed(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Option<crate::SnapshotSummary>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.snapshot(&spec, true)).await
+    }
+
+    async fn snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Vec<crate::SnapshotSummary>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.snapshots(&spec)).await
+    }
+
+    async fn restore(&self, spec: &WorkspaceSpec, id: &str) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        let id = id.to_string();
+        self.blocking(move |i| i.restore(&spec, &id)).await
+    }
+
+    async fn store_fsck(&self) -> Result<crate::StoreCheck, NodeError> {
+        self.blocking(|i| i.store_fsck()).await
+    }
+
+    async fn store_gc(
+        &self,
+        keep: Option<crate::Retention>,
+    ) -> Result<crate::StoreGcReport, NodeError> {
+        self.blocking(move |i| i.store_gc(keep)).await
     }
 
     async fn teardown(&self) -> Result<(), NodeError> {

@@ -64,6 +64,7 @@ async fn env_with(runtime: Option<String>) -> Env {
         cgroup_parent: format!("hearth-nodetest-{tag}"),
         runtime,
         agent_binary: agent(),
+        snapshots: Default::default(),
     };
     let node = LocalNode::open(cfg).await.expect("open node");
     Env {

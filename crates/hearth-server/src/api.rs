@@ -97,9 +97,11 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Hearth", description = "Self-hosted development workspaces."),
     paths(
-        health, openapi_json, list_images, load_image, remove_image, list_workspaces,
-        create_workspace, get_workspace, start_workspace, stop_workspace, remove_workspace,
-        workspace_logs, exec_workspace
+        health, openapi_json, list_images, load_image, pull_image, remove_image, list_workspaces,
+        create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
+        remove_workspace, workspace_logs, exec_workspace,
+        crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
+        crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth),
@@ -120,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/images", get(list_images))
         .route("/v1/images/load", post(load_image))
+        .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/{reference}", delete(remove_image))
         .route(
             "/v1/workspaces",
@@ -129,10 +132,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/workspaces/{name}",
             get(get_workspace).delete(remove_workspace),
         )
+        .route("/v1/workspaces/{name}/inspect", get(inspect_workspace))
         .route("/v1/workspaces/{name}/start", post(start_workspace))
         .route("/v1/workspaces/{name}/stop", post(stop_workspace))
         .route("/v1/workspaces/{name}/logs", get(workspace_logs))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
+        .merge(crate::snapshots::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))
@@ -176,6 +181,15 @@ async fn load_image(State(st): State<AppState>, ApiJson(req): ApiJson<LoadImage>
     ndjson::stream(move |p| async move { st.manager.load_image(req.path, req.name, p).await })
 }
 
+/// Pulls an image from an OCI registry, streaming per-layer progress.
+#[utoipa::path(post, path = "/v1/images/pull", request_body = PullImage,
+    responses((status = 200, description = "ndjson progress lines, then the Image or an error",
+        content_type = "application/x-ndjson", body = StreamLineDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn pull_image(State(st): State<AppState>, ApiJson(req): ApiJson<PullImage>) -> Response {
+    ndjson::stream(move |p| async move { st.manager.pull_image(req, p).await })
+}
+
 #[utoipa::path(delete, path = "/v1/images/{reference}",
     params(("reference" = String, Path, description = "image name or id (prefix)")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -211,6 +225,16 @@ async fn get_workspace(
     Path(name): Path<String>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.get(&name).await?))
+}
+
+/// The record plus host details: uid range, cgroups, network, pid and current usage.
+#[utoipa::path(get, path = "/v1/workspaces/{name}/inspect", params(("name" = String, Path)),
+    responses((status = 200, body = WorkspaceInspect), (status = 404, body = ErrorBody)))]
+async fn inspect_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<WorkspaceInspect>, ApiError> {
+    Ok(Json(st.manager.inspect(&name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/start", params(("name" = String, Path)),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod manager;
 pub mod names;
 pub mod ndjson;
+pub mod snapshots;
 pub mod wire;
 
 use std::fs::{File, OpenOptions, TryLockError};
@@ -120,6 +121,7 @@ pub struct Server {
     app: axum::Router,
     store: Store,
     lock: DataDirLock,
+    manager: Arc<Manager>,
 }
 
 impl Server {
@@ -164,7 +166,7 @@ impl Server {
         std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let app = api::router(api::AppState {
-            manager,
+            manager: manager.clone(),
             token: token.into(),
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
@@ -174,7 +176,22 @@ impl Server {
             app,
             store,
             lock,
+            manager,
         })
+    }
+
+    /// Snapshots running workspaces that changed every `every`, until the process ends.
+    pub fn spawn_periodic_snapshots(&self, every: std::time::Duration) {
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                manager.periodic_snapshots().await;
+            }
+        });
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hearth_node::{
-    ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RunState, WorkspaceSpec,
-    WorkspaceStatus,
+    ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth, RunState,
+    WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 use tokio::sync::OwnedMutexGuard;
@@ -17,7 +17,9 @@ use tokio::sync::OwnedMutexGuard;
 use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
-use crate::wire::{CreateWorkspace, Image, Workspace, WorkspaceState};
+use crate::wire::{CreateWorkspace, Image, PullImage, Workspace, WorkspaceInspect, WorkspaceState};
+
+mod snapshots;
 
 /// Image used when `up` names none.
 pub const DEFAULT_IMAGE: &str = "debian";
@@ -29,6 +31,7 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes slot allocation and insertion.
     alloc: tokio::sync::Mutex<()>,
+    snap: snapshots::SnapState,
 }
 
 fn new_id() -> String {
@@ -99,6 +102,7 @@ impl Manager {
             node,
             locks: Mutex::new(HashMap::new()),
             alloc: tokio::sync::Mutex::new(()),
+            snap: Default::default(),
         }
     }
 
@@ -149,7 +153,10 @@ impl Manager {
             .iter()
             .find(|i| i.id == rec.spec.image)
             .and_then(|i| i.names.first().cloned());
+        let snap = self.snap.get(&rec.spec.id);
         Workspace {
+            last_snapshot: snap.last,
+            snapshot_error: snap.error,
             uid_base: rec.spec.uid_base(),
             id: rec.spec.id,
             name: rec.spec.name,
@@ -219,6 +226,40 @@ impl Manager {
         Ok(s.into())
     }
 
+    pub async fn pull_image(&self, req: PullImage, progress: Progress) -> Result<Image, ApiError> {
+        let reference = req.reference.trim().to_string();
+        if reference.is_empty() {
+            return Err(ApiError::invalid("reference must not be empty"));
+        }
+        let auth = match (req.username, req.password) {
+            (Some(username), Some(password)) => Some(RegistryAuth { username, password }),
+            (None, None) => None,
+            _ => {
+                return Err(ApiError::invalid(
+                    "username and password go together: give both or neither",
+                ))
+            }
+        };
+        let s = self
+            .node
+            .pull_image(&reference, auth, progress)
+            .await
+            .map_err(|e| node_err("pull_image", &reference, e))?;
+        Ok(s.into())
+    }
+
+    pub async fn inspect(&self, name: &str) -> Result<WorkspaceInspect, ApiError> {
+        let rec = self.record(name).await?;
+        let details = self
+            .node
+            .inspect(&rec.spec)
+            .await
+            .map_err(|e| node_err("inspect", name, e))?;
+        let images = self.images_or_empty().await;
+        let ws = self.view(rec, &images, true).await;
+        Ok(WorkspaceInspect::new(ws, details))
+    }
+
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {
         let in_use: Vec<String> = self
             .store
@@ -257,12 +298,22 @@ impl Manager {
             )));
         }
         let image = match req.image.as_deref() {
-            Some(r) => self.node.resolve_image(r).await.map_err(|e| match e {
-                NodeError::NotFound(_) => ApiError::not_found(format!(
-                    "image {r} not found (hearth image ls lists loaded images)"
-                )),
-                other => node_err("resolve_image", &name, other),
-            })?,
+            Some(r) => match self.node.resolve_image(r).await {
+                Ok(i) => i,
+                Err(NodeError::NotFound(_)) if hearth_node::is_registry_reference(r) => {
+                    // Pulled before the record exists: a failed pull leaves nothing behind.
+                    self.node
+                        .pull_image(r, None, progress.clone())
+                        .await
+                        .map_err(|e| node_err("pull_image", &name, e))?
+                }
+                Err(NodeError::NotFound(_)) => {
+                    return Err(ApiError::not_found(format!(
+                        "image {r} not found (hearth image ls lists loaded images)"
+                    )))
+                }
+                Err(other) => return Err(node_err("resolve_image", &name, other)),
+            },
             None => self
                 .node
                 .resolve_image(DEFAULT_IMAGE)
@@ -361,7 +412,10 @@ impl Manager {
         if let Some(st) = plan_stop(rec.state).map_err(ApiError::conflict)? {
             self.set(&rec, st, None).await?;
             match self.node.stop(&rec.spec).await {
-                Ok(()) => self.set(&rec, WorkspaceState::Stopped, None).await?,
+                Ok(()) => {
+                    self.set(&rec, WorkspaceState::Stopped, None).await?;
+                    self.final_snapshot(&rec).await;
+                }
                 Err(e) => {
                     let e = node_err("stop", name, e);
                     self.set(&rec, WorkspaceState::Failed, Some(&e.message))

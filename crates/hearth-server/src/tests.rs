@@ -25,6 +25,8 @@ struct FakeState {
     removed: Vec<String>,
     fail_create: bool,
     fail_start: bool,
+    /// References pulled, with the credentials given.
+    pulls: Vec<(String, Option<RegistryAuth>)>,
 }
 
 #[derive(Default, Clone)]
@@ -66,6 +68,32 @@ impl NodeApi for FakeNode {
             loaded_at: now(),
         };
         self.st().images.push(s.clone());
+        Ok(s)
+    }
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        let mut st = self.st();
+        st.pulls.push((reference.to_string(), auth));
+        if reference.contains("missing") {
+            return Err(NodeError::NotFound(format!(
+                "image {reference} not found in its registry"
+            )));
+        }
+        progress
+            .send(format!("layer 1/1 sha256:00: pulling {reference}"))
+            .unwrap();
+        let s = ImageSummary {
+            id: format!("sha256:{}", "ef".repeat(32)),
+            names: vec![reference.to_string()],
+            size: 3,
+            layers: 1,
+            loaded_at: now(),
+        };
+        st.images.push(s.clone());
         Ok(s)
     }
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
@@ -145,6 +173,36 @@ impl NodeApi for FakeNode {
                 state: RunState::Missing,
                 pid: None,
                 ip: None,
+            },
+        })
+    }
+    async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError> {
+        let st = self.status(spec).await?;
+        if st.state == RunState::Missing {
+            return Err(NodeError::NotFound(format!("no data for {}", spec.name)));
+        }
+        let running = st.state == RunState::Running;
+        Ok(WorkspaceDetails {
+            state: st.state,
+            pid: st.pid,
+            uid_base: spec.uid_base(),
+            id_count: ID_RANGE,
+            cgroups: if running {
+                vec![PathBuf::from(format!(
+                    "/sys/fs/cgroup/memory/t/{}",
+                    spec.id
+                ))]
+            } else {
+                Vec::new()
+            },
+            limits: spec.limits,
+            network: None,
+            usage: Usage {
+                memory_bytes: running.then_some(4096),
+                pids: running.then_some(1),
+                disk_bytes: 8192,
+                disk_complete: true,
+                ..Usage::default()
             },
         })
     }
@@ -365,6 +423,7 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/openapi.json"),
         ("get", "/v1/images"),
         ("post", "/v1/images/load"),
+        ("post", "/v1/images/pull"),
         ("delete", "/v1/images/{reference}"),
         ("get", "/v1/workspaces"),
         ("post", "/v1/workspaces"),
@@ -372,8 +431,14 @@ async fn openapi_lists_every_route() {
         ("delete", "/v1/workspaces/{name}"),
         ("post", "/v1/workspaces/{name}/start"),
         ("post", "/v1/workspaces/{name}/stop"),
+        ("get", "/v1/workspaces/{name}/inspect"),
         ("get", "/v1/workspaces/{name}/logs"),
         ("get", "/v1/workspaces/{name}/exec"),
+        ("get", "/v1/workspaces/{name}/snapshots"),
+        ("post", "/v1/workspaces/{name}/snapshots"),
+        ("post", "/v1/workspaces/{name}/fork"),
+        ("post", "/v1/store/fsck"),
+        ("post", "/v1/store/gc"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -680,6 +745,147 @@ async fn image_load_streams_progress() {
 }
 
 #[tokio::test]
+async fn image_pull_streams_progress_and_checks_credentials() {
+    let h = harness(FakeNode::default()).await;
+    let (progress, last) = h
+        .stream(
+            "/v1/images/pull",
+            serde_json::json!({"reference": "127.0.0.1:5000/bb:1", "username": "u", "password": "p"}),
+        )
+        .await;
+    assert_eq!(
+        progress,
+        vec!["layer 1/1 sha256:00: pulling 127.0.0.1:5000/bb:1"]
+    );
+    assert!(
+        matches!(last, StreamLine::Result(ref v) if v["names"][0] == "127.0.0.1:5000/bb:1"),
+        "{last:?}"
+    );
+    let auth = h.node.st().pulls[0].1.clone().unwrap();
+    assert_eq!((auth.username.as_str(), auth.password.as_str()), ("u", "p"));
+    let e = error_of(
+        h.stream(
+            "/v1/images/pull",
+            serde_json::json!({"reference": "127.0.0.1:5000/bb:1", "username": "u"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(e.code, "invalid");
+    assert!(e.message.contains("username and password"), "{}", e.message);
+    let e = error_of(
+        h.stream(
+            "/v1/images/pull",
+            serde_json::json!({"reference": "127.0.0.1:5000/missing:1"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(e.code, "not_found");
+    assert_eq!(
+        h.node.st().pulls.len(),
+        2,
+        "a request without a password reached the node"
+    );
+}
+
+#[tokio::test]
+async fn up_pulls_missing_registry_images_only() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    let (progress, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/a", "image": "127.0.0.1:5000/other:1"}),
+        )
+        .await;
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.contains("pulling 127.0.0.1:5000/other:1")),
+        "{progress:?}"
+    );
+    let w: Workspace = match last {
+        StreamLine::Result(v) => serde_json::from_value(v).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(w.image, format!("sha256:{}", "ef".repeat(32)));
+    // Present now: a second up does not pull again.
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/b", "image": "127.0.0.1:5000/other:1"}),
+        )
+        .await;
+    assert!(matches!(last, StreamLine::Result(_)), "{last:?}");
+    assert_eq!(h.node.st().pulls.len(), 1);
+
+    // A plain name is never pulled; a registry image that cannot be pulled leaves nothing.
+    let e = error_of(
+        h.stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/c", "image": "nosuch"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(e.code, "not_found");
+    let e = error_of(
+        h.stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/c", "image": "127.0.0.1:5000/missing:1"}),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(e.code, "not_found");
+    assert_eq!(h.node.st().pulls.len(), 2);
+    assert_eq!(h.names().await, vec!["a", "b"]);
+    assert!(h.node.st().removed.is_empty());
+}
+
+#[tokio::test]
+async fn inspect_reports_node_details() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (_, last) = h
+        .stream("/v1/workspaces", serde_json::json!({"source": "/src/w"}))
+        .await;
+    assert!(matches!(last, StreamLine::Result(_)), "{last:?}");
+    let (s, v) = h.json(Method::GET, "/v1/workspaces/w/inspect", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let i: WorkspaceInspect = serde_json::from_value(v).unwrap();
+    assert_eq!(i.workspace.name, "w");
+    assert_eq!(i.uid_range.first, i.workspace.uid_base);
+    assert_eq!(i.uid_range.last, i.workspace.uid_base + 65535);
+    assert_eq!(i.pid, Some(1));
+    assert_eq!(i.usage.pids, Some(1));
+    assert_eq!(i.cgroups.len(), 1);
+    let (s, _) = h.json(Method::POST, "/v1/workspaces/w/stop", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = h.json(Method::GET, "/v1/workspaces/w/inspect", None).await;
+    let i: WorkspaceInspect = serde_json::from_value(v).unwrap();
+    assert_eq!((i.pid, i.usage.pids), (None, None));
+    assert!(i.cgroups.is_empty());
+    let (s, v) = h
+        .json(Method::GET, "/v1/workspaces/nope/inspect", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (_, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    for schema in [
+        "WorkspaceInspect",
+        "UsageInfo",
+        "NetworkInfo",
+        "IdRange",
+        "PullImage",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing from the openapi document"
+        );
+    }
+}
+
+#[tokio::test]
 async fn data_dir_lock_and_token() {
     let dir = tempfile::tempdir().unwrap();
     let lock = crate::DataDirLock::acquire(dir.path()).unwrap();
@@ -855,4 +1061,38 @@ async fn exec_over_websocket() {
 
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn failed_final_snapshot_keeps_the_workspace_stopped_and_says_why() {
+    // FakeNode has no snapshot store, so every snapshot fails.
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/other", "name": "w"}),
+        )
+        .await;
+    assert!(matches!(last, StreamLine::Result(_)), "{last:?}");
+    let (s, v) = h.json(Method::POST, "/v1/workspaces/w/stop", None).await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("stopped")));
+    assert!(
+        v["snapshot_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no snapshot store")),
+        "{v}"
+    );
+    assert!(v["last_snapshot"].is_null(), "{v}");
+    let (s, _) = h
+        .json(Method::POST, "/v1/workspaces/w/snapshots", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = h
+        .json(
+            Method::POST,
+            "/v1/workspaces/w/fork",
+            Some(serde_json::json!({"snapshot": "x", "name": "w2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }

@@ -99,6 +99,29 @@ pub struct LoadImage {
     pub name: Option<String>,
 }
 
+/// Body of `POST /v1/images/pull`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// Registry reference, e.g. `registry.example.com/team/img:1` or
+    /// `127.0.0.1:5000/busybox` (loopback registries are reached over plain http).
+    pub reference: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PullImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullImage")
+            .field("reference", &self.reference)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     /// `sha256:<hex>` of the image config.
@@ -158,8 +181,94 @@ pub struct Workspace {
     /// Address on the node's bridge while running.
     pub ip: Option<String>,
     pub limits: WorkspaceLimits,
+    /// Id of the newest snapshot this server took (this run), if any.
+    #[serde(default)]
+    pub last_snapshot: Option<String>,
+    /// Why the last snapshot attempt failed; cleared by the next success.
+    #[serde(default)]
+    pub snapshot_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// `GET /v1/workspaces/{name}/inspect`: the record plus what the node sees on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceInspect {
+    pub workspace: Workspace,
+    /// Host pid of the workspace's PID 1 (the agent) while running.
+    pub pid: Option<u32>,
+    /// Host uids/gids `first..=last` are the workspace's ids `0..=65535`.
+    pub uid_range: IdRange,
+    /// Group directory of the workspace in every cgroup hierarchy; empty while stopped.
+    pub cgroups: Vec<String>,
+    pub network: Option<NetworkInfo>,
+    pub usage: UsageInfo,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct IdRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkInfo {
+    pub ip: String,
+    pub prefix_len: u8,
+    pub gateway: String,
+    pub bridge: String,
+    pub host_veth: Option<String>,
+    /// Bind-mounted network namespace file.
+    pub netns: String,
+}
+
+/// Current use; cgroup counters are null while stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageInfo {
+    pub cpu_ns: Option<u64>,
+    /// Over a short sample; 100 means one core busy.
+    pub cpu_percent: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// Allocated bytes of the writable layer (everything changed in the workspace).
+    pub disk_bytes: u64,
+    /// False when the walk stopped at its bound; `disk_bytes` is then a lower bound.
+    pub disk_complete: bool,
+}
+
+impl WorkspaceInspect {
+    pub fn new(workspace: Workspace, d: hearth_node::WorkspaceDetails) -> Self {
+        let count = d.id_count.max(1);
+        WorkspaceInspect {
+            workspace,
+            pid: d.pid,
+            uid_range: IdRange {
+                first: d.uid_base,
+                last: d.uid_base.saturating_add(count - 1),
+            },
+            cgroups: d
+                .cgroups
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            network: d.network.map(|n| NetworkInfo {
+                ip: n.ip.to_string(),
+                prefix_len: n.prefix_len,
+                gateway: n.gateway.to_string(),
+                bridge: n.bridge,
+                host_veth: n.host_veth,
+                netns: n.netns.to_string_lossy().into_owned(),
+            }),
+            usage: UsageInfo {
+                cpu_ns: d.usage.cpu_ns,
+                cpu_percent: d.usage.cpu_percent,
+                memory_bytes: d.usage.memory_bytes,
+                pids: d.usage.pids,
+                disk_bytes: d.usage.disk_bytes,
+                disk_complete: d.usage.disk_complete,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -107,6 +107,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         cgroup_parent: format!("hearth-bench-{tag}"),
         runtime: args.runtime.clone(),
         agent_binary: args.agent.clone(),
+        snapshots: Default::default(),
     };
     let node = LocalNode::open(cfg).await?;
     let result = bench(&node, tmp.path(), &args).await;
@@ -218,34 +219,42 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         }
     }
 
-    let mut podman = Series::new("podman run --rm (same image)", None);
+    let mut podman = Series::new("podman --runtime runc run --rm", None);
     if args.podman && Command::new("podman").arg("--version").output().is_ok() {
         let tar = tmp.join("bb.tar");
-        let st = Command::new("podman")
-            .args(["save", "--help"])
-            .output()
-            .map(|_| ())
-            .and_then(|_| {
-                Command::new("skopeo")
-                    .arg("copy")
-                    .arg(format!("oci:{}:busybox:latest", img_dir.display()))
-                    .arg(format!(
-                        "oci-archive:{}:hearth-bench/busybox:latest",
-                        tar.display()
-                    ))
-                    .output()
-            });
-        let loaded = st.is_ok_and(|o| o.status.success())
-            && Command::new("podman")
+        let copied = Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci:{}", img_dir.display()))
+            .arg(format!(
+                "oci-archive:{}:hearth-bench/busybox:latest",
+                tar.display()
+            ))
+            .output();
+        let loaded = match copied {
+            Ok(o) if o.status.success() => Command::new("podman")
                 .args(["load", "-q", "-i"])
                 .arg(&tar)
                 .output()
-                .is_ok_and(|o| o.status.success());
+                .is_ok_and(|o| o.status.success()),
+            Ok(o) => {
+                eprintln!(
+                    "skopeo copy failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("skopeo not available: {e}");
+                false
+            }
+        };
         if loaded {
             for _ in 0..args.runs.min(20) {
                 let t = Instant::now();
                 let o = Command::new("podman")
                     .args([
+                        "--runtime",
+                        "runc",
                         "run",
                         "--rm",
                         "--ulimit",

@@ -1,14 +1,19 @@
 //! HTTP client for the server's REST API.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
-use hearth_server::wire::{CreateWorkspace, ErrorBody, Image, LoadImage, StreamLine, Workspace};
+use hearth_server::wire::{
+    CreateWorkspace, ErrorBody, Image, LoadImage, PullImage, StreamLine, Workspace,
+    WorkspaceInspect,
+};
 use hearth_server::{ServerInfo, SERVER_FILE, TOKEN_FILE};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+mod snapshots;
 
 pub struct Client {
     pub base: String,
@@ -121,6 +126,8 @@ impl Client {
         let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
         let mut chunks = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
+        let mut shown = ProgressView::new(std::io::stderr().is_terminal());
+        let mut err = std::io::stderr();
         loop {
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
@@ -130,9 +137,17 @@ impl Client {
                 match serde_json::from_slice::<StreamLine<T>>(&line)
                     .context("cannot parse server reply")?
                 {
-                    StreamLine::Progress(p) => eprintln!("{p}"),
-                    StreamLine::Result(v) => return Ok(v),
-                    StreamLine::Error(e) => bail!("{}", e.message),
+                    StreamLine::Progress(p) => {
+                        let _ = err.write_all(shown.render(&p).as_bytes());
+                    }
+                    StreamLine::Result(v) => {
+                        let _ = err.write_all(shown.finish().as_bytes());
+                        return Ok(v);
+                    }
+                    StreamLine::Error(e) => {
+                        let _ = err.write_all(shown.finish().as_bytes());
+                        bail!("{}", e.message)
+                    }
                 }
             }
             match chunks.next().await {
@@ -156,6 +171,38 @@ impl Client {
             )
             .await?;
         println!("{}", img.id);
+        Ok(())
+    }
+
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> anyhow::Result<()> {
+        let img: Image = self
+            .stream(
+                "/v1/images/pull",
+                &PullImage {
+                    reference: reference.to_string(),
+                    username,
+                    password,
+                },
+            )
+            .await?;
+        println!("{}", img.id);
+        Ok(())
+    }
+
+    pub async fn inspect(&self, name: &str, json: bool) -> anyhow::Result<()> {
+        let i: WorkspaceInspect = self
+            .get(&format!("/v1/workspaces/{}/inspect", enc(name)))
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&i)?);
+        } else {
+            print!("{}", render_inspect(&i));
+        }
         Ok(())
     }
 
@@ -324,6 +371,141 @@ fn human_size(n: u64) -> String {
     }
 }
 
+/// Shows streamed progress: on a terminal, successive lines about the same blob overwrite
+/// each other; elsewhere every line is kept.
+struct ProgressView {
+    tty: bool,
+    /// Key of the line left open (no newline yet) on the terminal.
+    open: Option<String>,
+}
+
+/// `layer 1/2 sha256:abc: 1 MB / 2 MB` is about blob `layer 1/2 sha256:abc`.
+fn blob_key(line: &str) -> Option<&str> {
+    let at = line.find(" sha256:")?;
+    let end = at + line[at..].find(": ")?;
+    Some(&line[..end])
+}
+
+impl ProgressView {
+    fn new(tty: bool) -> Self {
+        ProgressView { tty, open: None }
+    }
+
+    /// What to write to stderr for one progress line.
+    fn render(&mut self, line: &str) -> String {
+        if !self.tty {
+            return format!("{line}\n");
+        }
+        let key = blob_key(line).map(str::to_string);
+        let out = match (&self.open, &key) {
+            (Some(open), Some(k)) if open == k => format!("\r\x1b[K{line}"),
+            (Some(_), _) => format!("\n{line}"),
+            (None, _) => line.to_string(),
+        };
+        match key {
+            Some(k) => {
+                self.open = Some(k);
+                out
+            }
+            None => {
+                self.open = None;
+                out + "\n"
+            }
+        }
+    }
+
+    /// Ends a line left open.
+    fn finish(&mut self) -> String {
+        match self.open.take() {
+            Some(_) => "\n".into(),
+            None => String::new(),
+        }
+    }
+}
+
+fn render_inspect(i: &WorkspaceInspect) -> String {
+    let w = &i.workspace;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", w.id.clone()),
+        ("name", w.name.clone()),
+        ("state", w.state.to_string()),
+        (
+            "image",
+            match &w.image_name {
+                Some(n) => format!("{n} ({})", short_id(&w.image)),
+                None => w.image.clone(),
+            },
+        ),
+        ("source", w.source.clone()),
+        (
+            "uid/gid range",
+            format!("{}..{} (host)", i.uid_range.first, i.uid_range.last),
+        ),
+        ("pid", opt(i.pid.map(|p| p.to_string()))),
+        (
+            "limits",
+            format!(
+                "memory {}, pids {}, cpu weight {}",
+                human_size(w.limits.memory_bytes),
+                w.limits.pids,
+                w.limits.cpu_weight
+            ),
+        ),
+    ];
+    if let Some(e) = &w.error {
+        rows.push(("error", e.clone()));
+    }
+    match &i.network {
+        Some(n) => {
+            rows.push(("ip", format!("{}/{}", n.ip, n.prefix_len)));
+            rows.push(("gateway", n.gateway.clone()));
+            rows.push((
+                "host veth",
+                format!("{} (bridge {})", opt(n.host_veth.clone()), n.bridge),
+            ));
+            rows.push(("netns", n.netns.clone()));
+        }
+        None => rows.push(("network", "-".into())),
+    }
+    if i.cgroups.is_empty() {
+        rows.push(("cgroups", "-".into()));
+    }
+    for (n, c) in i.cgroups.iter().enumerate() {
+        rows.push((if n == 0 { "cgroups" } else { "" }, c.clone()));
+    }
+    let u = &i.usage;
+    rows.push((
+        "cpu",
+        match (u.cpu_ns, u.cpu_percent) {
+            (Some(ns), Some(p)) => format!("{:.2}s total, {p:.1}% now", ns as f64 / 1e9),
+            (Some(ns), None) => format!("{:.2}s total", ns as f64 / 1e9),
+            _ => "-".into(),
+        },
+    ));
+    rows.push(("memory", opt(u.memory_bytes.map(human_size))));
+    rows.push(("pids", opt(u.pids.map(|p| p.to_string()))));
+    rows.push((
+        "disk",
+        format!(
+            "{}{} (writable layer)",
+            if u.disk_complete { "" } else { ">= " },
+            human_size(u.disk_bytes)
+        ),
+    ));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| {
+            let label = if k.is_empty() {
+                String::new()
+            } else {
+                format!("{k}:")
+            };
+            format!("{label:<w$} {v}\n", w = width + 1)
+        })
+        .collect()
+}
+
 fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -375,6 +557,30 @@ mod tests {
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn progress_overwrites_only_on_a_terminal() {
+        let a1 = "layer 1/2 sha256:aaaa: 1 MB / 2 MB (1 MB/s)";
+        let a2 = "layer 1/2 sha256:aaaa: done (2 MB)";
+        let b1 = "layer 2/2 sha256:bbbb: 1 MB / 2 MB (1 MB/s)";
+        let mut v = ProgressView::new(true);
+        let out: String = ["pulling x", a1, a2, b1, "unpacking"]
+            .iter()
+            .map(|l| v.render(l))
+            .collect::<String>()
+            + &v.finish();
+        assert_eq!(
+            out,
+            format!("pulling x\n{a1}\r\x1b[K{a2}\n{b1}\nunpacking\n")
+        );
+        let mut v = ProgressView::new(true);
+        assert_eq!(v.render(a1) + &v.finish(), format!("{a1}\n"));
+        let mut v = ProgressView::new(false);
+        assert_eq!(v.render(a1) + &v.render(a2), format!("{a1}\n{a2}\n"));
+        assert_eq!(v.finish(), "");
+        assert_eq!(blob_key(a1), Some("layer 1/2 sha256:aaaa"));
+        assert_eq!(blob_key("cloning /x"), None);
     }
 
     #[test]

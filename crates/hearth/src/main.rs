@@ -45,7 +45,8 @@ enum Cmd {
     Up {
         /// Git URL or local repository path.
         source: String,
-        /// Image name or id (default: debian).
+        /// Image name or id (default: debian); a registry reference (host[:port]/name:tag)
+        /// that is not present is pulled first.
         #[arg(long)]
         image: Option<String>,
         /// Workspace name (default: the repository's name).
@@ -54,6 +55,12 @@ enum Cmd {
     },
     /// List workspaces.
     Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a workspace's host details and current resource use.
+    Inspect {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -85,6 +92,29 @@ enum Cmd {
         #[arg(long)]
         podman: bool,
     },
+    /// Snapshot a workspace's files now.
+    Snapshot { name: String },
+    /// List a workspace's snapshots, oldest first.
+    Snapshots {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create and start a new workspace from a snapshot of NAME.
+    Fork {
+        name: String,
+        /// Snapshot id (hearth snapshots NAME lists them).
+        #[arg(long)]
+        snapshot: String,
+        /// Name of the new workspace.
+        #[arg(long = "name", value_name = "NEW")]
+        new_name: String,
+    },
+    /// Check or clean the snapshot store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Offline maintenance.
     Admin {
         #[command(subcommand)]
@@ -101,6 +131,16 @@ enum ImageCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Pull an image from an OCI registry (loopback registries over plain http).
+    Pull {
+        /// e.g. registry.example.com/team/img:1 or 127.0.0.1:5000/busybox
+        reference: String,
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password from stdin (first line).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
     /// List loaded images.
     Ls {
         #[arg(long)]
@@ -108,6 +148,24 @@ enum ImageCmd {
     },
     /// Remove an image no workspace uses.
     Rm { reference: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Verify every snapshot and chunk; exits 1 when something is wrong.
+    Fsck {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete chunks no snapshot needs, after forgetting snapshots outside the policy.
+    Gc {
+        /// Keep each workspace's newest N snapshots.
+        #[arg(long)]
+        keep_last: Option<usize>,
+        /// Keep each workspace's newest snapshot of each of the last M days.
+        #[arg(long)]
+        keep_daily: Option<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +221,19 @@ fn main() {
     std::process::exit(code);
 }
 
+/// First line of stdin without its line ending, as `docker login --password-stdin` does.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("cannot read the password from stdin: {e}"))?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        anyhow::bail!("--password-stdin: stdin holds no password");
+    }
+    Ok(pw)
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -178,6 +249,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let c = client()?;
             match cmd {
                 ImageCmd::Load { path, name } => c.load_image(path, name.clone()).await?,
+                ImageCmd::Pull {
+                    reference,
+                    username,
+                    password_stdin,
+                } => {
+                    let password = if *password_stdin {
+                        Some(read_password()?)
+                    } else {
+                        None
+                    };
+                    c.pull_image(reference, username.clone(), password).await?
+                }
                 ImageCmd::Ls { json } => c.list_images(*json).await?,
                 ImageCmd::Rm { reference } => c.remove_image(reference).await?,
             }
@@ -192,10 +275,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Ls { json } => client()?.list(*json).await.map(|()| 0),
+        Cmd::Inspect { name, json } => client()?.inspect(name, *json).await.map(|()| 0),
         Cmd::Start { name } => client()?.action(name, "start").await.map(|()| 0),
         Cmd::Stop { name } => client()?.action(name, "stop").await.map(|()| 0),
         Cmd::Rm { name } => client()?.remove(name).await.map(|()| 0),
         Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
+        Cmd::Snapshot { name } => client()?.snapshot(name).await.map(|()| 0),
+        Cmd::Snapshots { name, json } => client()?.snapshots(name, *json).await.map(|()| 0),
+        Cmd::Fork {
+            name,
+            snapshot,
+            new_name,
+        } => client()?.fork(name, snapshot, new_name).await.map(|()| 0),
+        Cmd::Store { cmd } => {
+            let c = client()?;
+            match cmd {
+                StoreCmd::Fsck { json } => c.store_fsck(*json).await?,
+                StoreCmd::Gc {
+                    keep_last,
+                    keep_daily,
+                } => {
+                    c.store_gc(hearth_server::snapshots::StoreGc {
+                        keep_last: *keep_last,
+                        keep_daily: *keep_daily,
+                    })
+                    .await?
+                }
+            }
+            Ok(0)
+        }
         Cmd::Exec(a) => {
             let mut env = Vec::new();
             for kv in &a.env {
@@ -261,6 +369,36 @@ mod tests {
         };
         assert_eq!(a.command, vec!["ls", "-la"]);
         assert!(Cli::try_parse_from(["hearth", "exec", "ws"]).is_err());
+    }
+
+    #[test]
+    fn pull_takes_username_and_password_together() {
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "image",
+            "pull",
+            "127.0.0.1:5000/bb",
+            "--username",
+            "u",
+            "--password-stdin",
+        ])
+        .unwrap();
+        let Cmd::Image {
+            cmd:
+                ImageCmd::Pull {
+                    reference,
+                    username,
+                    password_stdin,
+                },
+        } = cli.cmd
+        else {
+            panic!("not pull")
+        };
+        assert_eq!(reference, "127.0.0.1:5000/bb");
+        assert_eq!(username.as_deref(), Some("u"));
+        assert!(password_stdin);
+        assert!(Cli::try_parse_from(["hearth", "image", "pull", "r", "--username", "u"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "image", "pull", "r", "--password-stdin"]).is_err());
     }
 
     #[test]

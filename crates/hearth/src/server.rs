@@ -31,6 +31,17 @@ pub struct ServerArgs {
     /// The static hearth-agent binary (default: next to this executable).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Keep snapshots in S3 at http://host:port/bucket[/prefix] (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead of <data-dir>/snapshots.
+    #[arg(long, value_name = "URL")]
+    snapshot_s3: Option<String>,
+    /// Encrypt snapshots with the key in <data-dir>/snapshot.key (created on first use).
+    #[arg(long)]
+    snapshot_encrypt: bool,
+    /// Seconds between snapshots of running workspaces (0 turns them off); unchanged
+    /// workspaces are skipped.
+    #[arg(long, default_value_t = 300)]
+    snapshot_interval: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,6 +53,10 @@ struct NodeSettings {
     /// Agent binary the server was given; teardown opens the node with the same one.
     #[serde(default)]
     agent: Option<PathBuf>,
+    #[serde(default)]
+    snapshot_s3: Option<String>,
+    #[serde(default)]
+    snapshot_encrypt: bool,
 }
 
 impl Default for NodeSettings {
@@ -52,6 +67,8 @@ impl Default for NodeSettings {
             cgroup_parent: "hearth".into(),
             runtime: None,
             agent: None,
+            snapshot_s3: None,
+            snapshot_encrypt: false,
         }
     }
 }
@@ -70,6 +87,10 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> NodeConfig 
         cgroup_parent: s.cgroup_parent.clone(),
         runtime: s.runtime.clone(),
         agent_binary: agent,
+        snapshots: hearth_node::SnapshotSettings {
+            s3: s.snapshot_s3.clone(),
+            encrypt: s.snapshot_encrypt,
+        },
     }
 }
 
@@ -121,6 +142,8 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         cgroup_parent: args.cgroup_parent.clone(),
         runtime: args.runtime.clone(),
         agent: Some(agent.clone()),
+        snapshot_s3: args.snapshot_s3.clone(),
+        snapshot_encrypt: args.snapshot_encrypt,
     };
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
@@ -133,10 +156,11 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         data_dir: data_dir.to_path_buf(),
         listen: args.listen,
     };
-    Server::bind_locked(lock, cfg, node)
-        .await?
-        .serve(shutdown_signal())
-        .await
+    let server = Server::bind_locked(lock, cfg, node).await?;
+    if args.snapshot_interval > 0 {
+        server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
+    }
+    server.serve(shutdown_signal()).await
 }
 
 pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod registry;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,420 @@
+//! Snapshots of a workspace's upper dir into the node's store, and restores from it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_snapshot::{Key, S3Config, SnapshotError, SnapshotInfo, Store};
+
+use super::{internal, mkdir, valid_id, Inner};
+use crate::snap::parse_s3_url;
+use crate::{NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceSpec};
+
+/// Changes younger than this may share a timestamp tick with the marker, so a marker this
+/// fresh never proves "unchanged" (git's racy-clean rule).
+const RACY_NS: i128 = 2_000_000_000;
+
+/// The store, opened on first use so an unreachable S3 endpoint does not stop the node.
+#[derive(Default)]
+pub(super) struct SnapState {
+    store: Mutex<Option<Arc<Store>>>,
+    /// Per workspace id: the change marker of the upper tree at its last snapshot.
+    markers: Mutex<HashMap<String, Marker>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marker {
+    entries: u64,
+    max_ctime_ns: i128,
+    taken_ns: i128,
+}
+
+fn snap_err(what: String) -> impl FnOnce(SnapshotError) -> NodeError {
+    move |e| match e {
+        SnapshotError::NotFound(_) | SnapshotError::BadId(_) => {
+            NodeError::NotFound(format!("{what}: {e}"))
+        }
+        SnapshotError::Busy { .. } => NodeError::Conflict(format!("{what}: {e}")),
+        _ => NodeError::Internal(format!("{what}: {e}")),
+    }
+}
+
+fn summary(s: &SnapshotInfo) -> SnapshotSummary {
+    SnapshotSummary {
+        id: s.id.clone(),
+        workspace: s.workspace.clone(),
+        time: s.time,
+        parent: s.parent.clone(),
+        size: s.size,
+        files: s.files,
+        new_bytes: s.new_bytes,
+    }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Oldest first; same-second snapshots ordered by their parent chain.
+fn ordered(mut v: Vec<SnapshotInfo>) -> Vec<SnapshotInfo> {
+    v.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    let mut out: Vec<SnapshotInfo> = Vec::with_capacity(v.len());
+    while !v.is_empty() {
+        let t = v[0].time;
+        // Among the oldest second, take one whose parent is not still waiting.
+        let pick = v
+            .iter()
+            .take_while(|s| s.time == t)
+            .position(|s| {
+                !v.iter()
+                    .take_while(|o| o.time == t)
+                    .any(|o| Some(&o.id) == s.parent.as_ref())
+            })
+            .unwrap_or(0);
+        out.push(v.remove(pick));
+    }
+    out
+}
+
+impl Inner {
+    fn snap_store(&self) -> Result<Arc<Store>, NodeError> {
+        let mut g = self.snap.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let data = &self.cfg.data_dir;
+        let cfg = &self.cfg.snapshots;
+        let key = if cfg.encrypt {
+            let path = data.join("snapshot.key");
+            Some(Key::load_or_create(&path).map_err(snap_err("snapshot key".into()))?)
+        } else {
+            None
+        };
+        let store = match &cfg.s3 {
+            None => {
+                let dir = data.join("snapshots");
+                mkdir(&dir, 0o700)?;
+                Store::open_local(&dir, key)
+            }
+            Some(url) => {
+                let (endpoint, bucket, prefix) = parse_s3_url(url).ok_or_else(|| {
+                    NodeError::Invalid(format!(
+                        "snapshot store {url}: expected http://host:port/bucket[/prefix]"
+                    ))
+                })?;
+                let var = |k: &str| std::env::var(k).unwrap_or_default();
+                let mut s3 = S3Config::new(
+                    Some(endpoint),
+                    &bucket,
+                    &var("AWS_ACCESS_KEY_ID"),
+                    &var("AWS_SECRET_ACCESS_KEY"),
+                );
+                s3.prefix = prefix;
+                Store::open_s3(s3, key)
+            }
+        }
+        .map_err(snap_err("cannot open the snapshot store".into()))?;
+        let store = Arc::new(store);
+        *g = Some(store.clone());
+        Ok(store)
+    }
+
+    fn snap_list(&self, spec: &WorkspaceSpec) -> Result<Vec<SnapshotInfo>, NodeError> {
+        valid_id(&spec.id)?;
+        let store = self.snap_store()?;
+        let v = hearth_snapshot::list(&store, Some(&spec.id)).map_err(snap_err(format!(
+            "workspace {}: cannot list snapshots",
+            spec.name
+        )))?;
+        Ok(ordered(v))
+    }
+
+    pub(super) fn snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Vec<SnapshotSummary>, NodeError> {
+        Ok(self.snap_list(spec)?.iter().map(summary).collect())
+    }
+
+    /// Takes a snapshot; with `only_if_changed`, returns `None` when the tree has not
+    /// changed since this node's last snapshot of it.
+    pub(super) fn snapshot(
+        &self,
+        spec: &WorkspaceSpec,
+        only_if_changed: bool,
+    ) -> Result<Option<SnapshotSummary>, NodeError> {
+        valid_id(&spec.id)?;
+        let p = self.paths(&spec.id);
+        if !p.upper.is_dir() {
+            return Err(NodeError::NotFound(format!(
+                "workspace {} has no data on this node",
+                spec.name
+            )));
+        }
+        let store = self.snap_store()?;
+        let parent = self.snap_list(spec)?.pop().map(|s| s.id);
+        let running = self
+            .runtime
+            .state(&spec.id)
+            .map_err(internal)?
+            .is_some_and(|s| s.status == "running");
+        let _frozen = if running {
+            Some(Frozen::new(self, &spec.id)?)
+        } else {
+            None
+        };
+        let marker = change_marker(&p.upper)?;
+        if only_if_changed && parent.is_some() {
+            let last = self
+                .snap
+                .markers
+                .lock()
+                .map(|m| m.get(&spec.id).copied())
+                .unwrap_or(None);
+            if let Some(last) = last {
+                if last.entries == marker.entries
+                    && last.max_ctime_ns == marker.max_ctime_ns
+                    && last.taken_ns - last.max_ctime_ns > RACY_NS
+                {
+                    tracing::debug!(id = %spec.id, "unchanged since the last snapshot");
+                    return Ok(None);
+                }
+            }
+        }
+        sync_fs(&p.upper)?;
+        let info = hearth_snapshot::snapshot(
+            &store,
+            &spec.id,
+            &p.upper,
+            spec.uid_base(),
+            parent.as_deref(),
+            None,
+        )
+        .map_err(snap_err(format!(
+            "workspace {}: snapshot failed",
+            spec.name
+        )))?;
+        if let Ok(mut m) = self.snap.markers.lock() {
+            m.insert(spec.id.clone(), marker);
+        }
+        tracing::info!(id = %spec.id, snapshot = %info.id, new_bytes = info.new_bytes, "snapshot taken");
+        Ok(Some(summary(&info)))
+    }
+
+    /// Restores the workspace's latest snapshot when it has no local data. Returns
+    /// whether there was one.
+    pub(super) fn restore_latest(&self, spec: &WorkspaceSpec) -> Result<bool, NodeError> {
+        let Some(last) = self.snap_list(spec)?.pop() else {
+            return Ok(false);
+        };
+        self.restore(spec, &last.id)?;
+        Ok(true)
+    }
+
+    /// Builds the workspace dir beside the real one and renames it into place, so a
+    /// failed restore leaves nothing half-made.
+    pub(super) fn restore(&self, spec: &WorkspaceSpec, id: &str) -> Result<(), NodeError> {
+        valid_id(&spec.id)?;
+        let p = self.paths(&spec.id);
+        if p.dir.exists() {
+            return Err(NodeError::Conflict(format!(
+                "workspace {} already has data on this node ({})",
+                spec.name,
+                p.dir.display()
+            )));
+        }
+        let store = self.snap_store()?;
+        let tmp = self.ws_root.join(format!(".restore-{}", spec.id));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .map_err(|e| NodeError::Internal(format!("remove {}: {e}", tmp.display())))?;
+        }
+        let res = (|| {
+            mkdir(&tmp, 0o711)?;
+            hearth_snapshot::restore(&store, id, &tmp.join("upper"), spec.uid_base(), None)
+                .map_err(snap_err(format!(
+                    "workspace {}: cannot restore snapshot {id}",
+                    spec.name
+                )))?;
+            for (d, mode) in [("work", 0o700), ("rootfs", 0o755), ("bundle", 0o700)] {
+                mkdir(&tmp.join(d), mode)?;
+            }
+            let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
+            std::fs::write(tmp.join("spec.json"), json).map_err(internal)?;
+            std::fs::rename(&tmp, &p.dir).map_err(|e| {
+                NodeError::Internal(format!(
+                    "rename {} to {}: {e}",
+                    tmp.display(),
+                    p.dir.display()
+                ))
+            })
+        })();
+        if res.is_err() {
+            if let Err(e) = std::fs::remove_dir_all(&tmp) {
+                tracing::error!(path = %tmp.display(), "cleanup after failed restore: {e}");
+            }
+        } else {
+            tracing::info!(id = %spec.id, snapshot = id, "workspace restored");
+        }
+        res
+    }
+
+    pub(super) fn store_fsck(&self) -> Result<StoreCheck, NodeError> {
+        let store = self.snap_store()?;
+        let r = hearth_snapshot::fsck(&store)
+            .map_err(snap_err(format!("store {}: fsck failed", store.location())))?;
+        Ok(StoreCheck {
+            location: store.location(),
+            snapshots: r.snapshots,
+            chunks: r.chunks,
+            problems: r
+                .problems
+                .iter()
+                .map(|p| {
+                    let mut s = format!("{}: {}", p.object, p.problem);
+                    if !p.snapshots.is_empty() {
+                        s += &format!("; snapshots: {}", p.snapshots.join(", "));
+                    }
+                    if !p.files.is_empty() {
+                        s += &format!("; files: {}", p.files.join(", "));
+                    }
+                    s
+                })
+                .collect(),
+        })
+    }
+
+    pub(super) fn store_gc(&self, keep: Option<Retention>) -> Result<StoreGcReport, NodeError> {
+        let store = self.snap_store()?;
+        let what = || format!("store {}: gc failed", store.location());
+        let mut forgotten = Vec::new();
+        if let Some(k) = keep {
+            let all = hearth_snapshot::list(&store, None).map_err(snap_err(what()))?;
+            forgotten = hearth_snapshot::retention(
+                &all,
+                hearth_snapshot::Retention {
+                    keep_last: k.keep_last,
+                    keep_daily: k.keep_daily,
+                },
+            );
+            hearth_snapshot::forget(&store, &forgotten).map_err(snap_err(what()))?;
+        }
+        let r = hearth_snapshot::gc(&store).map_err(snap_err(what()))?;
+        Ok(StoreGcReport {
+            forgotten,
+            deleted_chunks: r.deleted_chunks,
+            deleted_bytes: r.deleted_bytes,
+        })
+    }
+}
+
+/// Keeps a workspace's cgroup frozen while alive; thaws on drop, whatever happened.
+struct Frozen<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+}
+
+impl<'a> Frozen<'a> {
+    fn new(inner: &'a Inner, id: &'a str) -> Result<Self, NodeError> {
+        let g = Frozen { inner, id };
+        inner
+            .cgroups
+            .freeze(id)
+            .map_err(|e| NodeError::Internal(format!("freeze workspace {id}: {e}")))?;
+        Ok(g)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.inner.cgroups.thaw(self.id) {
+            tracing::error!(id = self.id, "thaw after snapshot failed: {e}");
+        }
+    }
+}
+
+fn sync_fs(dir: &Path) -> Result<(), NodeError> {
+    let io = |e: std::io::Error| NodeError::Internal(format!("sync {}: {e}", dir.display()));
+    let f = std::fs::File::open(dir).map_err(io)?;
+    rustix::fs::syncfs(&f).map_err(|e| io(e.into()))
+}
+
+/// Entry count and newest ctime of the tree: any create, write, chmod, rename or delete
+/// below `dir` changes one of them.
+fn change_marker(dir: &Path) -> Result<Marker, NodeError> {
+    let taken_ns = now_ns();
+    let mut m = Marker {
+        entries: 0,
+        max_ctime_ns: 0,
+        taken_ns,
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let md = std::fs::symlink_metadata(&d)
+            .map_err(|e| NodeError::Internal(format!("stat {}: {e}", d.display())))?;
+        note(&mut m, &md);
+        let rd = std::fs::read_dir(&d)
+            .map_err(|e| NodeError::Internal(format!("read {}: {e}", d.display())))?;
+        for e in rd {
+            let e = e.map_err(|e| NodeError::Internal(format!("read {}: {e}", d.display())))?;
+            let md = e.metadata().map_err(|err| {
+                NodeError::Internal(format!("stat {}: {err}", e.path().display()))
+            })?;
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                note(&mut m, &md);
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn note(m: &mut Marker, md: &std::fs::Metadata) {
+    m.entries += 1;
+    let ns = i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec());
+    m.max_ctime_ns = m.max_ctime_ns.max(ns);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, time: i64, parent: Option<&str>) -> SnapshotInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "workspace": "w", "time": time, "parent": parent, "size": 0,
+            "files": 0, "new_bytes": 0, "tree": [], "tree_len": 0
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn same_second_snapshots_follow_the_parent_chain() {
+        let v = vec![
+            info("c", 5, Some("b")),
+            info("a", 5, None),
+            info("b", 5, Some("a")),
+            info("z", 1, None),
+        ];
+        let ids: Vec<String> = ordered(v).into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["z", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn marker_sees_changes() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/f"), "1").unwrap();
+        let a = change_marker(t.path()).unwrap();
+        assert_eq!(a.entries, 3);
+        std::fs::remove_file(t.path().join("d/f")).unwrap();
+        let b = change_marker(t.path()).unwrap();
+        assert_eq!(b.entries, 2);
+        assert!(b.max_ctime_ns >= a.max_ctime_ns);
+    }
+}

@@ -1,0 +1,147 @@
+//! Helpers for tests on real containers: a node in a temp dir that removes what it made.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hearth_node::{ExecRequest, LocalNode, NodeApi, NodeConfig, WorkspaceSpec};
+use hearth_proto::Event;
+
+pub fn agent() -> PathBuf {
+    if let Some(p) = std::env::var_os("HEARTH_AGENT") {
+        return p.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/agent/hearth-agent")
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub node: LocalNode,
+    pub specs: Vec<WorkspaceSpec>,
+    pub cfg: NodeConfig,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let node = self.node.clone();
+        let specs = self.specs.clone();
+        // Drop may run inside the test's runtime: clean up from a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                for s in &specs {
+                    if let Err(e) = node.remove(s).await {
+                        eprintln!("cleanup {}: {e}", s.id);
+                    }
+                }
+                if let Err(e) = node.teardown().await {
+                    eprintln!("teardown: {e}");
+                }
+            });
+        })
+        .join();
+        if std::env::var_os("HEARTH_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.path().display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+    }
+}
+
+pub async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let tag: u32 = rand::random::<u32>() % 100_000;
+    let cfg = NodeConfig {
+        data_dir: dir.path().join("data"),
+        bridge: format!("hn{tag}"),
+        subnet: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
+        cgroup_parent: format!("hearth-nodetest-{tag}"),
+        runtime: std::env::var("HEARTH_RUNTIME").ok(),
+        agent_binary: agent(),
+        snapshots: Default::default(),
+    };
+    let node = LocalNode::open(cfg.clone()).await.expect("open node");
+    Env {
+        dir,
+        node,
+        specs: vec![],
+        cfg,
+    }
+}
+
+pub fn git_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("myrepo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README"), "hello from git\n").unwrap();
+    let git = |args: &[&str]| {
+        let st = Command::new("git")
+            .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "init"]);
+    repo
+}
+
+/// Runs `sh -c cmd` as root inside with `stdin`; returns (exit code, stdout, stderr).
+pub async fn run_in(
+    node: &LocalNode,
+    spec: &WorkspaceSpec,
+    cmd: &str,
+    stdin: &[u8],
+) -> (i32, String, String) {
+    let s = node
+        .exec(
+            spec,
+            ExecRequest {
+                argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("exec");
+    let (mut w, mut r) = s.split();
+    for chunk in stdin.chunks(64 * 1024) {
+        w.write_stdin(chunk).await.unwrap();
+    }
+    w.close_stdin().await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        match r.next_event().await.unwrap() {
+            Event::Stdout(b) => out.extend(b),
+            Event::Stderr(b) => err.extend(b),
+            Event::Exit(c) => {
+                return (
+                    c,
+                    String::from_utf8_lossy(&out).into(),
+                    String::from_utf8_lossy(&err).into(),
+                )
+            }
+        }
+    }
+}
+
+pub async fn run(node: &LocalNode, spec: &WorkspaceSpec, cmd: &str) -> (i32, String, String) {
+    run_in(node, spec, cmd, &[]).await
+}
+
+pub fn host_ipv4_addrs() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,264 @@
+//! Snapshot bookkeeping: on demand, after every stop (retried in the background),
+//! periodically, and forks of a snapshot into a new workspace.
+
+use std::time::Duration;
+
+use super::*;
+use crate::snapshots::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
+
+/// Background retries of a failed final snapshot: 1s, 2s, 4s, ... this many times.
+const RETRIES: u32 = 5;
+
+/// Outcome of the last snapshot of each workspace id, shown by `hearth ls`. Kept in memory:
+/// the snapshots themselves are in the store, this only explains the most recent attempt.
+#[derive(Default, Clone)]
+pub(crate) struct SnapState(Arc<Mutex<HashMap<String, SnapStatus>>>);
+
+#[derive(Default, Clone, Debug)]
+pub(crate) struct SnapStatus {
+    pub last: Option<String>,
+    pub error: Option<String>,
+}
+
+impl SnapState {
+    pub(crate) fn get(&self, id: &str) -> SnapStatus {
+        self.0
+            .lock()
+            .map(|m| m.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, id: &str, res: &Result<SnapshotSummary, NodeError>) {
+        if let Ok(mut m) = self.0.lock() {
+            let s = m.entry(id.to_string()).or_default();
+            match res {
+                Ok(snap) => {
+                    s.last = Some(snap.id.clone());
+                    s.error = None;
+                }
+                Err(e) => s.error = Some(e.to_string()),
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(id);
+        }
+    }
+}
+
+use hearth_node::SnapshotSummary;
+
+impl Manager {
+    /// Takes a snapshot of a running or stopped workspace now.
+    pub async fn snapshot(&self, name: &str) -> Result<Snapshot, ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if !matches!(
+            rec.state,
+            WorkspaceState::Running | WorkspaceState::Stopped | WorkspaceState::Failed
+        ) {
+            return Err(ApiError::conflict(format!(
+                "cannot snapshot a workspace that is {}",
+                rec.state
+            )));
+        }
+        let res = self.node.snapshot(&rec.spec).await;
+        self.snap.record(&rec.spec.id, &res);
+        Ok(res.map_err(|e| node_err("snapshot", name, e))?.into())
+    }
+
+    pub async fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>, ApiError> {
+        let rec = self.record(name).await?;
+        let v = self
+            .node
+            .snapshots(&rec.spec)
+            .await
+            .map_err(|e| node_err("snapshots", name, e))?;
+        Ok(v.into_iter().map(Snapshot::from).collect())
+    }
+
+    /// Final snapshot after a stop. A failure keeps the local data (nothing is deleted on
+    /// stop) and is retried in the background with backoff.
+    pub(super) async fn final_snapshot(&self, rec: &WorkspaceRecord) {
+        let res = self.node.snapshot(&rec.spec).await;
+        self.snap.record(&rec.spec.id, &res);
+        let Err(e) = res else { return };
+        tracing::warn!(workspace = rec.spec.name, error = %e, "final snapshot failed; retrying in the background");
+        let node = self.node.clone();
+        let snap = self.snap.clone();
+        let spec = rec.spec.clone();
+        tokio::spawn(async move {
+            for attempt in 0..RETRIES {
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                let res = node.snapshot(&spec).await;
+                snap.record(&spec.id, &res);
+                match res {
+                    Ok(s) => {
+                        tracing::info!(
+                            workspace = spec.name,
+                            snapshot = s.id,
+                            "final snapshot taken on retry"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace = spec.name, attempt = attempt + 1, error = %e, "final snapshot retry failed")
+                    }
+                }
+            }
+        });
+    }
+
+    /// One round of periodic snapshots: every running workspace that changed.
+    pub async fn periodic_snapshots(&self) {
+        let recs = match self.store.list().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "periodic snapshots: cannot list workspaces");
+                return;
+            }
+        };
+        for rec in recs {
+            if rec.state != WorkspaceState::Running {
+                continue;
+            }
+            let name = rec.spec.name.clone();
+            let _guard = self.lock(&name).await;
+            // State may have changed while waiting for the lock.
+            match self.store.get(&name).await {
+                Ok(Some(r)) if r.state == WorkspaceState::Running => {}
+                _ => continue,
+            }
+            match self.node.snapshot_if_changed(&rec.spec).await {
+                Ok(None) => tracing::debug!(workspace = name, "unchanged, no snapshot"),
+                Ok(Some(s)) => self.snap.record(&rec.spec.id, &Ok(s)),
+                Err(e) => {
+                    tracing::warn!(workspace = name, error = %e, "periodic snapshot failed");
+                    self.snap.record(&rec.spec.id, &Err(e));
+                }
+            }
+        }
+    }
+
+    /// Creates workspace `req.name` from a snapshot of `name` (new id, slot and uid range)
+    /// and starts it; on failure nothing is left behind.
+    pub async fn fork(&self, name: &str, req: ForkWorkspace) -> Result<Workspace, ApiError> {
+        let new = req.name;
+        if !names::is_valid_name(&new) {
+            return Err(ApiError::invalid(names::invalid_name_message(&new)));
+        }
+        let src = self.record(name).await?;
+        let snaps = self
+            .node
+            .snapshots(&src.spec)
+            .await
+            .map_err(|e| node_err("snapshots", name, e))?;
+        if !snaps.iter().any(|s| s.id == req.snapshot) {
+            return Err(ApiError::not_found(format!(
+                "workspace {name} has no snapshot {} (hearth snapshots {name} lists them)",
+                req.snapshot
+            )));
+        }
+        let _guard = self.lock(&new).await;
+        if self.store.get(&new).await?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "workspace {new} already exists (pick another with --name, or hearth rm {new})"
+            )));
+        }
+        let rec = {
+            let _alloc = self.alloc.lock().await;
+            let slot = lowest_free_slot(&self.store.used_slots().await?);
+            let t = now();
+            let rec = WorkspaceRecord {
+                spec: WorkspaceSpec {
+                    id: new_id(),
+                    name: new.clone(),
+                    image: src.spec.image.clone(),
+                    source: src.spec.source.clone(),
+                    slot,
+                    limits: src.spec.limits,
+                },
+                state: WorkspaceState::Creating,
+                error: None,
+                created_at: t.clone(),
+                updated_at: t,
+            };
+            self.store.insert(&rec).await?;
+            rec
+        };
+        tracing::info!(
+            workspace = new,
+            from = name,
+            snapshot = req.snapshot,
+            "forking"
+        );
+        let result = async {
+            self.node
+                .restore(&rec.spec, &req.snapshot)
+                .await
+                .map_err(|e| node_err("restore", &new, e))?;
+            self.set(&rec, WorkspaceState::Starting, None).await?;
+            self.node
+                .start(&rec.spec)
+                .await
+                .map_err(|e| node_err("start", &new, e))
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                self.set(&rec, WorkspaceState::Running, None).await?;
+                self.get(&new).await
+            }
+            Err(e) => {
+                if let Err(re) = self.node.remove(&rec.spec).await {
+                    tracing::error!(workspace = new, error = %re, "cleanup after failed fork failed");
+                }
+                if let Err(de) = self.store.delete(&rec.spec.id).await {
+                    tracing::error!(workspace = new, error = %de, "deleting record failed");
+                }
+                self.snap.forget(&rec.spec.id);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn store_fsck(&self) -> Result<StoreCheck, ApiError> {
+        let c = self
+            .node
+            .store_fsck()
+            .await
+            .map_err(|e| node_err("store_fsck", "-", e))?;
+        Ok(StoreCheck {
+            location: c.location,
+            ok: c.problems.is_empty(),
+            snapshots: c.snapshots,
+            chunks: c.chunks,
+            problems: c.problems,
+        })
+    }
+
+    pub async fn store_gc(&self, req: StoreGc) -> Result<StoreGcReport, ApiError> {
+        let keep =
+            (req.keep_last.is_some() || req.keep_daily.is_some()).then(|| hearth_node::Retention {
+                keep_last: req.keep_last.unwrap_or(0),
+                keep_daily: req.keep_daily.unwrap_or(0),
+            });
+        if keep.is_some_and(|k| k.keep_last == 0 && k.keep_daily == 0) {
+            return Err(ApiError::invalid(
+                "a retention policy that keeps nothing would forget every snapshot",
+            ));
+        }
+        let r = self
+            .node
+            .store_gc(keep)
+            .await
+            .map_err(|e| node_err("store_gc", "-", e))?;
+        Ok(StoreGcReport {
+            forgotten: r.forgotten,
+            deleted_chunks: r.deleted_chunks,
+            deleted_bytes: r.deleted_bytes,
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Snapshot routes and their wire types: on-demand snapshots, listing, fork, store upkeep.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hearth_node::SnapshotSummary;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::{ApiJson, AppState};
+use crate::error::ApiError;
+use crate::wire::{ErrorBody, Workspace};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Snapshot {
+    /// 32 hex characters.
+    pub id: String,
+    /// Unix seconds.
+    pub time: i64,
+    pub parent: Option<String>,
+    /// Sum of regular file sizes, bytes.
+    pub size: u64,
+    pub files: u64,
+    /// Stored bytes this snapshot added (0 when everything deduplicated).
+    pub new_bytes: u64,
+}
+
+impl From<SnapshotSummary> for Snapshot {
+    fn from(s: SnapshotSummary) -> Self {
+        Snapshot {
+            id: s.id,
+            time: s.time,
+            parent: s.parent,
+            size: s.size,
+            files: s.files,
+            new_bytes: s.new_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkWorkspace {
+    /// Snapshot of the source workspace to start from.
+    pub snapshot: String,
+    /// Name of the new workspace.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreCheck {
+    pub location: String,
+    pub ok: bool,
+    pub snapshots: usize,
+    pub chunks: usize,
+    /// One line per problem: the object, what is wrong, what it affects.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StoreGc {
+    /// With either bound set, forget snapshots outside the policy before collecting.
+    pub keep_last: Option<usize>,
+    pub keep_daily: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreGcReport {
+    pub forgotten: Vec<String>,
+    pub deleted_chunks: usize,
+    pub deleted_bytes: u64,
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/workspaces/{name}/snapshots",
+            get(list_snapshots).post(take_snapshot),
+        )
+        .route("/v1/workspaces/{name}/fork", post(fork_workspace))
+        .route("/v1/store/fsck", post(store_fsck))
+        .route("/v1/store/gc", post(store_gc))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{name}/snapshots", params(("name" = String, Path)),
+    responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(crate) async fn take_snapshot(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(st.manager.snapshot(&name).await?))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{name}/snapshots", params(("name" = String, Path)),
+    responses((status = 200, description = "oldest first", body = Vec<Snapshot>),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_snapshots(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Snapshot>>, ApiError> {
+    Ok(Json(st.manager.snapshots(&name).await?))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),
+    request_body = ForkWorkspace,
+    responses((status = 200, description = "the new, running workspace", body = Workspace),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn fork_workspace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ForkWorkspace>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.fork(&name, req).await?))
+}
+
+#[utoipa::path(post, path = "/v1/store/fsck",
+    responses((status = 200, body = StoreCheck), (status = 400, body = ErrorBody)))]
+pub(crate) async fn store_fsck(State(st): State<AppState>) -> Result<Json<StoreCheck>, ApiError> {
+    Ok(Json(st.manager.store_fsck().await?))
+}
+
+#[utoipa::path(post, path = "/v1/store/gc", request_body = StoreGc,
+    responses((status = 200, body = StoreGcReport), (status = 409, body = ErrorBody)))]
+pub(crate) async fn store_gc(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<StoreGc>,
+) -> Result<Json<StoreGcReport>, ApiError> {
+    Ok(Json(st.manager.store_gc(req).await?))
+}

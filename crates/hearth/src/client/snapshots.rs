@@ -1,0 +1,120 @@
+//! `hearth snapshot`, `snapshots`, `fork` and `store fsck|gc`.
+
+use anyhow::{bail, Context};
+use hearth_server::snapshots::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
+use hearth_server::wire::Workspace;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{enc, human_size, print_table, Client};
+
+fn when(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+impl Client {
+    async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
+        resp.json().await.context("cannot parse server reply")
+    }
+
+    pub async fn snapshot(&self, name: &str) -> anyhow::Result<()> {
+        let s: Snapshot = self
+            .post_json(&format!("/v1/workspaces/{}/snapshots", enc(name)), &())
+            .await?;
+        println!(
+            "snapshot {} of {name}: {} in {} files, {} new",
+            s.id,
+            human_size(s.size),
+            s.files,
+            human_size(s.new_bytes)
+        );
+        Ok(())
+    }
+
+    pub async fn snapshots(&self, name: &str, json: bool) -> anyhow::Result<()> {
+        let v: Vec<Snapshot> = self
+            .get(&format!("/v1/workspaces/{}/snapshots", enc(name)))
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = v
+            .iter()
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    when(s.time),
+                    human_size(s.size),
+                    s.files.to_string(),
+                    human_size(s.new_bytes),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "TIME", "SIZE", "FILES", "NEW"], &rows);
+        Ok(())
+    }
+
+    pub async fn fork(&self, name: &str, snapshot: &str, new: &str) -> anyhow::Result<()> {
+        let req = ForkWorkspace {
+            snapshot: snapshot.to_string(),
+            name: new.to_string(),
+        };
+        let w: Workspace = self
+            .post_json(&format!("/v1/workspaces/{}/fork", enc(name)), &req)
+            .await?;
+        println!("workspace {} is {} (forked from {name})", w.name, w.state);
+        Ok(())
+    }
+
+    /// Exits non-zero (through the error) when the store has problems.
+    pub async fn store_fsck(&self, json: bool) -> anyhow::Result<()> {
+        let c: StoreCheck = self.post_json("/v1/store/fsck", &()).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&c)?);
+        } else {
+            for p in &c.problems {
+                println!("problem: {p}");
+            }
+        }
+        if !c.ok {
+            bail!(
+                "store {} has {} problem(s) in {} snapshots",
+                c.location,
+                c.problems.len(),
+                c.snapshots
+            );
+        }
+        if !json {
+            println!(
+                "store {} OK: {} snapshots, {} chunks verified",
+                c.location, c.snapshots, c.chunks
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn store_gc(&self, req: StoreGc) -> anyhow::Result<()> {
+        let r: StoreGcReport = self.post_json("/v1/store/gc", &req).await?;
+        for id in &r.forgotten {
+            println!("forgot snapshot {id}");
+        }
+        println!(
+            "deleted {} unreferenced chunks ({})",
+            r.deleted_chunks,
+            human_size(r.deleted_bytes)
+        );
+        Ok(())
+    }
+}

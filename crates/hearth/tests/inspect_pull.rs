@@ -1,0 +1,165 @@
+//! End-to-end: `hearth inspect` against the real host, and registry pulls (`hearth image
+//! pull`, pull on `hearth up`) from a real registry on loopback.
+//! Needs root, crun, skopeo, docker-registry and a built hearth-agent.
+
+mod common;
+
+use std::path::Path;
+
+use common::registry::Registry;
+use common::{git_repo, uid_base, TestServer};
+
+fn inspect(srv: &TestServer, name: &str) -> serde_json::Value {
+    serde_json::from_str(&srv.ok(&["inspect", name, "--json"])).unwrap()
+}
+
+#[test]
+fn inspect_shows_host_resources_and_usage() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "insp");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+
+    let i = inspect(&srv, "insp");
+    let map = srv.exec("insp", &["cat", "/proc/self/uid_map"]);
+    assert_eq!(i["uid_range"]["first"].as_u64().unwrap(), uid_base(&map));
+    assert_eq!(
+        i["uid_range"]["last"].as_u64().unwrap(),
+        uid_base(&map) + 65535
+    );
+    assert_eq!(i["workspace"]["state"], "running");
+    let pid = i["pid"].as_u64().expect("a running workspace has a pid");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let cgroups = i["cgroups"].as_array().unwrap();
+    assert!(!cgroups.is_empty(), "{i}");
+    for c in cgroups {
+        let dir = Path::new(c.as_str().unwrap());
+        assert!(dir.is_dir(), "{} does not exist", dir.display());
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == pid.to_string()),
+            "agent {pid} not in {}",
+            dir.display()
+        );
+    }
+    let u = &i["usage"];
+    assert!(u["memory_bytes"].as_u64().unwrap() > 0, "{u}");
+    assert!(u["pids"].as_u64().unwrap() >= 1, "{u}");
+    assert!(u["cpu_ns"].as_u64().is_some(), "{u}");
+    assert!(u["cpu_percent"].as_f64().is_some(), "{u}");
+    assert_eq!(u["disk_complete"], true);
+    let net = &i["network"];
+    let ip = net["ip"].as_str().unwrap();
+    assert_eq!(Some(ip), i["workspace"]["ip"].as_str());
+    assert!(Path::new(net["netns"].as_str().unwrap()).exists(), "{net}");
+    let veth = net["host_veth"].as_str().expect("host veth on the bridge");
+    assert!(Path::new("/sys/class/net").join(veth).exists());
+    let inside = srv.exec("insp", &["ip", "route"]);
+    assert!(
+        inside.contains(&format!("default via {}", net["gateway"].as_str().unwrap())),
+        "{inside}"
+    );
+
+    // Writing 5 MB inside grows the writable layer by about that much.
+    let before = u["disk_bytes"].as_u64().unwrap();
+    srv.exec(
+        "insp",
+        &["dd", "if=/dev/zero", "of=/root/five", "bs=1M", "count=5"],
+    );
+    let after = inspect(&srv, "insp")["usage"]["disk_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(after >= before + (5 << 20), "{before} -> {after}");
+
+    let text = srv.ok(&["inspect", "insp"]);
+    for label in [
+        "uid/gid range:",
+        "cgroups:",
+        "memory:",
+        "disk:",
+        "host veth:",
+    ] {
+        assert!(text.contains(label), "{label} missing from:\n{text}");
+    }
+
+    srv.ok(&["stop", "insp"]);
+    let i = inspect(&srv, "insp");
+    assert_eq!(i["workspace"]["state"], "stopped");
+    assert!(i["pid"].is_null(), "{i}");
+    assert!(i["usage"]["pids"].is_null(), "{i}");
+    assert!(i["cgroups"].as_array().unwrap().is_empty(), "{i}");
+    assert!(i["usage"]["disk_bytes"].as_u64().unwrap() >= 5 << 20);
+    assert!(srv.ok(&["inspect", "insp"]).contains("pid:"));
+
+    let err = srv.fails(&["inspect", "nope"]);
+    assert_eq!(
+        err,
+        "error: workspace nope not found (hearth ls lists workspaces)"
+    );
+}
+
+#[test]
+fn pulls_from_a_registry_on_the_cli_and_on_up() {
+    let srv = TestServer::start();
+    let reg = Registry::start();
+    let layout = common::images::busybox_image(srv.data_dir());
+    reg.push(&layout, "busybox:latest", "busybox:latest");
+    reg.push(&layout, "busybox:latest", "other:1");
+    let addr = reg.addr();
+
+    let reference = format!("{addr}/busybox:latest");
+    let out = srv.hearth(&["image", "pull", &reference]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", srv.server_log());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
+    // Not a terminal: one line per update, each layer reported.
+    assert!(!stderr.contains('\r'), "{stderr}");
+    assert!(stderr.contains("layer 1/2"), "{stderr}");
+    assert!(stderr.contains("layer 2/2"), "{stderr}");
+    let images = srv.ok(&["image", "ls", "--json"]);
+    assert!(images.contains(&reference), "{images}");
+
+    // Pull on up: the workspace runs the pulled image.
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "pulled");
+    let other = format!("{addr}/other:1");
+    let out = srv.hearth(&["up", repo.to_str().unwrap(), "--image", &other]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", srv.server_log());
+    assert!(stderr.contains(&format!("pulling {other}")), "{stderr}");
+    assert_eq!(srv.exec("pulled", &["id", "-u"]).trim(), "0");
+    // Same content as the first pull: one image, now under both names.
+    let images: Vec<serde_json::Value> =
+        serde_json::from_str(&srv.ok(&["image", "ls", "--json"])).unwrap();
+    let img = images
+        .iter()
+        .find(|i| i["names"].as_array().unwrap().iter().any(|n| n == &other))
+        .unwrap_or_else(|| panic!("{other} not named: {images:?}"));
+    assert_eq!(srv.workspaces()[0]["image"], img["id"]);
+
+    // A missing image, or one in no registry, is one clear line and leaves nothing.
+    let missing = format!("{addr}/nosuch:1");
+    let err = srv.fails(&["image", "pull", &missing]);
+    assert!(
+        err.starts_with(&format!("error: image {missing} not found in its registry")),
+        "{err}"
+    );
+    let err = srv.fails(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        &missing,
+        "--name",
+        "gone",
+    ]);
+    assert!(err.contains("not found in its registry"), "{err}");
+    let err = srv.fails(&["image", "pull", "Not A Reference"]);
+    assert!(err.contains("invalid"), "{err}");
+    assert_eq!(srv.workspace_names(), vec!["pulled"]);
+    let dirs: Vec<_> = std::fs::read_dir(srv.data_dir().join("workspaces"))
+        .unwrap()
+        .collect();
+    assert_eq!(dirs.len(), 1, "a failed up left files: {dirs:?}");
+    srv.ok(&["rm", "pulled"]);
+}

@@ -1,0 +1,164 @@
+//! Snapshots end to end: on demand and on stop, restore after the local data is lost,
+//! fork into a new uid range, and a corrupt chunk reported by start and by fsck.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{git_repo, TestServer};
+
+/// Files in the places users keep work: home, /usr/local, a symlink and a hard link.
+const WRITE: &str = "set -e; mkdir -p /root/d /usr/local/share/x; echo secret > /root/d/a; \
+    head -c 300000 /dev/urandom > /usr/local/share/x/big; ln -s d/a /root/link; \
+    ln /root/d/a /root/hard; chown 1000:1000 /usr/local/share/x/big; chmod 640 /root/d/a; sync";
+
+/// Checksums and metadata of everything WRITE made.
+const DIGEST: &str =
+    "md5sum /root/d/a /usr/local/share/x/big /root/hard /workspace/snapme/README.md; \
+    readlink /root/link; \
+    stat -c '%n %u %g %a %h %s %Y' /root/d/a /usr/local/share/x/big /root/hard";
+
+fn snapshots(srv: &TestServer, name: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&srv.ok(&["snapshots", name, "--json"])).unwrap()
+}
+
+fn workspace(srv: &TestServer, name: &str) -> serde_json::Value {
+    srv.workspaces()
+        .into_iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no workspace {name}"))
+}
+
+fn ws_dir(srv: &TestServer, name: &str) -> PathBuf {
+    let id = workspace(srv, name)["id"].as_str().unwrap().to_string();
+    srv.data_dir().join("workspaces").join(id)
+}
+
+/// The largest chunk file: the content of `big`, which every snapshot references.
+fn largest_chunk(store: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for d in std::fs::read_dir(store.join("chunks")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let len = f.metadata().unwrap().len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, f.path()));
+            }
+        }
+    }
+    best.unwrap().1
+}
+
+#[test]
+fn snapshot_restore_fork_and_corruption() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "snapme");
+    srv.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "snapme",
+    ]);
+    srv.exec("snapme", &["sh", "-c", WRITE]);
+    let before = srv.exec("snapme", &["sh", "-c", DIGEST]);
+    assert!(
+        before.contains("secret") || before.contains("/root/d/a"),
+        "{before}"
+    );
+
+    // On demand, while running.
+    let out = srv.ok(&["snapshot", "snapme"]);
+    assert!(out.starts_with("snapshot "), "{out}");
+    let list = snapshots(&srv, "snapme");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(list[0]["size"].as_u64().unwrap() >= 300_000, "{list:?}");
+    assert!(list[0]["new_bytes"].as_u64().unwrap() > 0, "{list:?}");
+    let table = srv.ok(&["snapshots", "snapme"]);
+    assert!(table.contains(list[0]["id"].as_str().unwrap()), "{table}");
+    // The workspace still runs after its freeze.
+    assert_eq!(srv.exec("snapme", &["echo", "alive"]).trim(), "alive");
+
+    // Stop takes a final snapshot, incremental on the first.
+    srv.ok(&["stop", "snapme"]);
+    let list = snapshots(&srv, "snapme");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[1]["parent"], list[0]["id"]);
+    let last = list[1]["id"].as_str().unwrap().to_string();
+    let w = workspace(&srv, "snapme");
+    assert_eq!(w["last_snapshot"], last.as_str(), "{w}");
+    assert!(w["snapshot_error"].is_null(), "{w}");
+
+    // Local data lost: start restores the latest snapshot.
+    let dir = ws_dir(&srv, "snapme");
+    std::fs::remove_dir_all(&dir).unwrap();
+    srv.ok(&["start", "snapme"]);
+    assert_eq!(srv.exec("snapme", &["sh", "-c", DIGEST]), before);
+
+    // Fork: a new uid range, owners mapped into it.
+    srv.ok(&["fork", "snapme", "--snapshot", &last, "--name", "forked"]);
+    assert_eq!(srv.exec("forked", &["id", "-u"]).trim(), "0");
+    assert_eq!(
+        srv.exec("forked", &["stat", "-c", "%u", "/root/d/a"])
+            .trim(),
+        "0"
+    );
+    assert_eq!(srv.exec("forked", &["sh", "-c", DIGEST]), before);
+    let (a, b) = (workspace(&srv, "snapme"), workspace(&srv, "forked"));
+    assert_ne!(a["uid_base"], b["uid_base"]);
+    let forked_file = ws_dir(&srv, "forked").join("upper/usr/local/share/x/big");
+    let host_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&forked_file).unwrap());
+    assert_eq!(u64::from(host_uid), b["uid_base"].as_u64().unwrap() + 1000);
+    let err = srv.fails(&[
+        "fork",
+        "snapme",
+        "--snapshot",
+        "00000000000000000000000000000000",
+        "--name",
+        "nope",
+    ]);
+    assert!(err.contains("no snapshot"), "{err}");
+    assert!(!srv.workspace_names().contains(&"nope".to_string()));
+
+    // fsck: clean, then a corrupt chunk is reported and blocks a restore.
+    let out = srv.ok(&["store", "fsck"]);
+    assert!(out.contains("OK"), "{out}");
+    srv.ok(&["stop", "snapme"]);
+    let dir = ws_dir(&srv, "snapme");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let store = srv.data_dir().join("snapshots");
+    let chunk = largest_chunk(&store);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&chunk, &bytes).unwrap();
+
+    let err = srv.fails(&["start", "snapme"]);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(err.contains("usr/local/share/x/big"), "{err}");
+    assert!(!dir.exists(), "a failed restore left {}", dir.display());
+    let leftovers: Vec<_> = std::fs::read_dir(srv.data_dir().join("workspaces"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        std::fs::read(&chunk).unwrap(),
+        bytes,
+        "the store was changed"
+    );
+    assert_eq!(snapshots(&srv, "snapme").len(), 3);
+
+    let err = srv.fails(&["store", "fsck"]);
+    assert!(err.contains("problem"), "{err}");
+    let out = srv.hearth(&["store", "fsck"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("problem:") && stdout.contains("corrupt"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("usr/local/share/x/big"), "{stdout}");
+}
