@@ -203,7 +203,6 @@ pub fn busybox_rootfs_layer() -> io::Result<Vec<u8>> {
         "usr/local/bin/",
         "etc/",
         "home/",
-        "home/dev/",
         "var/",
         "dev/",
         "proc/",

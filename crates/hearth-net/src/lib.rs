@@ -178,8 +178,8 @@ impl Network {
         let on_bridge =
             master.is_ok_and(|m| m.file_name().is_some_and(|n| n == self.bridge.as_str()));
         if on_bridge && self.netns_path(id).exists() {
-            // Idempotent; repairs the pin after `nft flush ruleset` or a host reboot race.
-            run_stdin("nft", &["-f", "-"], &self.port_rules(&hv, ip))?;
+            // The pin made by `setup` stays with the port while it exists; re-applying it
+            // here would cost an nft run (~10 ms) on every start.
             return Ok(WorkspaceNet {
                 netns_path: self.netns_path(id),
                 ip,

@@ -231,11 +231,26 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             ))
             .output();
         let loaded = match copied {
-            Ok(o) if o.status.success() => Command::new("podman")
-                .args(["load", "-q", "-i"])
-                .arg(&tar)
-                .output()
-                .is_ok_and(|o| o.status.success()),
+            Ok(o) if o.status.success() => {
+                match Command::new("podman")
+                    .args(["load", "-q", "-i"])
+                    .arg(&tar)
+                    .output()
+                {
+                    Ok(o) if o.status.success() => true,
+                    Ok(o) => {
+                        eprintln!(
+                            "podman load failed: {}",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("podman not available: {e}");
+                        false
+                    }
+                }
+            }
             Ok(o) => {
                 eprintln!(
                     "skopeo copy failed: {}",
@@ -278,7 +293,7 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
                 .args(["rmi", "-f", "hearth-bench/busybox:latest"])
                 .output();
         } else {
-            eprintln!("podman comparison skipped: could not load the image (needs skopeo)");
+            eprintln!("podman comparison skipped");
         }
     }
 
