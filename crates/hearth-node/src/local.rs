@@ -584,9 +584,23 @@ impl Inner {
         strays.extend(self.net.list().unwrap_or_default());
         if let Ok(rd) = std::fs::read_dir(&self.ws_root) {
             for e in rd.flatten() {
-                if let Some(n) = e.file_name().to_str() {
-                    strays.insert(n.to_string());
+                let Some(n) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if n.starts_with(".restore-") {
+                    // A restore cut short by a crash: its snapshot is still in the store,
+                    // so the partial copy holds nothing that exists only here.
+                    if mount::mounts_under(&e.path())
+                        .map(|m| m.is_empty())
+                        .unwrap_or(false)
+                    {
+                        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                            tracing::warn!(dir = %e.path().display(), "removing partial restore: {err}");
+                        }
+                    }
+                    continue;
                 }
+                strays.insert(n);
             }
         }
         for id in strays {

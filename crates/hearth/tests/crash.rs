@@ -130,3 +130,98 @@ fn server_killed_mid_operation_leaves_nothing_stuck_or_lost() {
         }
     }
 }
+
+/// The server is SIGKILLed at random points during snapshot, stop, start and restore;
+/// after each restart every file is checked by checksum and the store by fsck. The
+/// iteration count is `HEARTH_CRASH_ITERATIONS` (CI: 50; `scripts/soak.sh` runs more).
+#[test]
+fn snapshot_crash_loop_loses_nothing() {
+    let iterations: usize = std::env::var("HEARTH_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "snapcrash");
+    srv.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "keep",
+    ]);
+    let id = srv.workspaces()[0]["id"].as_str().unwrap().to_string();
+    let ws_dir = srv.data_dir().join("workspaces").join(&id);
+    // Data with checksums recorded inside; each round appends more.
+    srv.exec(
+        "keep",
+        &["sh", "-c", "mkdir -p /root/data && dd if=/dev/urandom of=/root/data/big bs=1M count=4 2>/dev/null \
+           && cd /root/data && sha256sum big > /root/SUMS"],
+    );
+    let mut rng = rand::thread_rng();
+    for i in 0..iterations {
+        let ws = srv.workspaces();
+        let state = ws[0]["state"].as_str().unwrap().to_string();
+        if state == "running" {
+            srv.exec(
+                "keep",
+                &["sh", "-c", &format!(
+                    "cd /root/data && head -c {} /dev/urandom > f{i} && sha256sum f{i} >> /root/SUMS && sync",
+                    1000 + i * 997
+                )],
+            );
+        }
+        let op = rng.gen_range(0..4);
+        let args: Vec<&str> = match (op, state.as_str()) {
+            (0, _) => vec!["snapshot", "keep"],
+            (_, "running") => vec!["stop", "keep"],
+            (3, _) => {
+                // Restore: only once a snapshot taken now holds everything.
+                srv.ok(&["snapshot", "keep"]);
+                std::fs::remove_dir_all(&ws_dir).unwrap();
+                vec!["start", "keep"]
+            }
+            _ => vec!["start", "keep"],
+        };
+        let mut cli = srv.spawn_cli(&args);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..120)));
+        srv.kill();
+        let _ = cli.wait();
+        srv.spawn();
+
+        let ws = srv.workspaces();
+        let st = ws[0]["state"].as_str().unwrap().to_string();
+        assert!(
+            !TRANSITIONAL.contains(&st.as_str()),
+            "round {i} ({args:?}): stuck in {st}"
+        );
+        if st != "running" {
+            srv.ok(&["start", "keep"]);
+        }
+        let out = srv.exec(
+            "keep",
+            &[
+                "sh",
+                "-c",
+                "cd /root/data && sha256sum -c /root/SUMS >/dev/null && echo OK",
+            ],
+        );
+        assert_eq!(out, "OK\n", "round {i} ({args:?}): checksums differ");
+        assert!(
+            !std::fs::read_dir(srv.data_dir().join("workspaces"))
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".restore-")),
+            "round {i}: a half-done restore was left behind"
+        );
+    }
+    let fsck = srv.hearth(&["store", "fsck"]);
+    assert!(
+        fsck.status.success(),
+        "fsck after the crash loop: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
