@@ -1,126 +1,11 @@
 //! The node on real containers: crun, idmapped overlay roots, netns, cgroups.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use hearth_image::testutil;
-use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, RunState, WorkspaceSpec};
-use hearth_proto::Event;
+use hearth_node::{Limits, NodeApi, RunState, WorkspaceSpec};
 
-fn agent() -> PathBuf {
-    if let Some(p) = std::env::var_os("HEARTH_AGENT") {
-        return p.into();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/x86_64-unknown-linux-gnu/agent/hearth-agent")
-}
+mod common;
 
-struct Env {
-    dir: tempfile::TempDir,
-    node: LocalNode,
-    specs: Vec<WorkspaceSpec>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let node = self.node.clone();
-        let specs = self.specs.clone();
-        // Drop may run inside the test's runtime: clean up from a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                for s in &specs {
-                    if let Err(e) = node.remove(s).await {
-                        eprintln!("cleanup {}: {e}", s.id);
-                    }
-                }
-                if let Err(e) = node.teardown().await {
-                    eprintln!("teardown: {e}");
-                }
-            });
-        })
-        .join();
-        if std::env::var_os("HEARTH_KEEP").is_some() {
-            eprintln!("kept {}", self.dir.path().display());
-            std::mem::forget(std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().unwrap(),
-            ));
-        }
-    }
-}
-
-async fn env() -> Env {
-    env_with(std::env::var("HEARTH_RUNTIME").ok()).await
-}
-
-async fn env_with(runtime: Option<String>) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let tag: u32 = rand::random::<u32>() % 100_000;
-    let cfg = NodeConfig {
-        data_dir: dir.path().join("data"),
-        bridge: format!("hn{tag}"),
-        subnet: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
-        cgroup_parent: format!("hearth-nodetest-{tag}"),
-        runtime,
-        agent_binary: agent(),
-        snapshots: Default::default(),
-    };
-    let node = LocalNode::open(cfg).await.expect("open node");
-    Env {
-        dir,
-        node,
-        specs: vec![],
-    }
-}
-
-fn git_repo(dir: &Path) -> PathBuf {
-    let repo = dir.join("myrepo");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("README"), "hello from git\n").unwrap();
-    let git = |args: &[&str]| {
-        let st = Command::new("git")
-            .args(["-c", "user.email=t@t", "-c", "user.name=t"])
-            .args(args)
-            .current_dir(&repo)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-qm", "init"]);
-    repo
-}
-
-async fn run(node: &LocalNode, spec: &WorkspaceSpec, cmd: &str) -> (i32, String, String) {
-    let s = node
-        .exec(
-            spec,
-            ExecRequest {
-                argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("exec");
-    let (mut w, mut r) = s.split();
-    w.close_stdin().await.unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    loop {
-        match r.next_event().await.unwrap() {
-            Event::Stdout(b) => out.extend(b),
-            Event::Stderr(b) => err.extend(b),
-            Event::Exit(c) => {
-                return (
-                    c,
-                    String::from_utf8_lossy(&out).into(),
-                    String::from_utf8_lossy(&err).into(),
-                )
-            }
-        }
-    }
-}
+use common::{env, env_with, git_repo, host_ipv4_addrs, run, Env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_on_real_containers() {
@@ -248,19 +133,6 @@ async fn debian_image_from_docker_archive() {
     let (code, out, _) = run(&e.node, &spec, "tool; tail -1 /etc/profile").await;
     assert_eq!(code, 0);
     assert_eq!(out, "tool\nexport X=1\n");
-}
-
-fn host_ipv4_addrs() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .filter_map(|cidr| cidr.split('/').next())
-        .map(str::to_string)
-        .collect()
 }
 
 /// Root in one workspace attacks: the host's services on every host address, the other

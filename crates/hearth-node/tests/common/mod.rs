@@ -52,6 +52,11 @@ impl Drop for Env {
 }
 
 pub async fn env() -> Env {
+    env_with(std::env::var("HEARTH_RUNTIME").ok()).await
+}
+
+/// A node using OCI runtime `runtime` (crun or runc; `None` picks).
+pub async fn env_with(runtime: Option<String>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let tag: u32 = rand::random::<u32>() % 100_000;
     let cfg = NodeConfig {
@@ -59,7 +64,7 @@ pub async fn env() -> Env {
         bridge: format!("hn{tag}"),
         subnet: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
         cgroup_parent: format!("hearth-nodetest-{tag}"),
-        runtime: std::env::var("HEARTH_RUNTIME").ok(),
+        runtime,
         agent_binary: agent(),
         snapshots: Default::default(),
     };
