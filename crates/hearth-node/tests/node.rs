@@ -190,12 +190,36 @@ async fn workspaces_are_isolated_from_host_and_each_other() {
     .await;
     assert_eq!(code, 0);
     let mut ok = false;
-    for _ in 0..20 {
+    // Generous: on a loaded machine the listener can take a while to come up.
+    for _ in 0..100 {
         if std::net::TcpStream::connect((ips[1], 7777)).is_ok() {
             ok = true;
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !ok {
+        let br = &e.cfg.bridge;
+        for cmd in [
+            format!("nft list table bridge hearth-{br}"),
+            format!("ip -n {br}-{} addr", b.id),
+            format!("ip -n {br}-{} route", b.id),
+            "ip -br link".to_string(),
+            format!("ip netns exec {br}-{} cat /proc/net/tcp", b.id),
+        ] {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .unwrap();
+            eprintln!(
+                "$ {cmd}\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let (_, o, _) = run(&e.node, &b, "ps -o args; netstat -ltn").await;
+        eprintln!("b: {o}");
     }
     assert!(ok, "control: host cannot reach b's listener at {}", ips[1]);
     let (code, _, _) = run(&e.node, &a, &format!("nc -w 2 {} 7777 </dev/null", ips[1])).await;
