@@ -469,6 +469,11 @@ impl Inner {
         valid_id(id)?;
         if let Some(st) = self.runtime.state(id).map_err(internal)? {
             if st.status == "running" {
+                // A frozen workspace (snapshot in progress, or one cut short by a crash)
+                // could not act on TERM.
+                if let Err(e) = self.cgroups.thaw(id) {
+                    tracing::warn!(%id, "thaw before stop: {e}");
+                }
                 // PID 1 (the agent) forwards TERM to everything and exits when done.
                 if let Err(e) = self.runtime.kill(id, "TERM") {
                     tracing::warn!(%id, "TERM: {e}");
@@ -569,7 +574,12 @@ impl Inner {
                 continue;
             }
             let st = self.status(spec)?;
-            if st.state != RunState::Running {
+            if st.state == RunState::Running {
+                // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
+                if let Err(e) = self.cgroups.thaw(&spec.id) {
+                    tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
+                }
+            } else {
                 // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
                 if let Err(e) = self.cleanup_runtime(&spec.id, true) {
                     tracing::warn!(id = %spec.id, "reconcile cleanup: {e}");

@@ -225,3 +225,46 @@ fn snapshot_crash_loop_loses_nothing() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+/// A server killed mid-snapshot leaves the workspace's cgroup frozen (the thaw never
+/// ran); the next server start must thaw it, or every exec would hang.
+#[test]
+fn workspace_frozen_by_a_crash_is_thawed_on_restart() {
+    let mut srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "frozen");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    let id = srv.workspaces()[0]["id"].as_str().unwrap().to_string();
+    let v1 = Path::new("/sys/fs/cgroup/freezer")
+        .join(&srv.cgroup_parent)
+        .join(&id);
+    let (file, frozen) = if v1.is_dir() {
+        (v1.join("freezer.state"), "FROZEN")
+    } else {
+        (
+            Path::new("/sys/fs/cgroup")
+                .join(&srv.cgroup_parent)
+                .join(&id)
+                .join("cgroup.freeze"),
+            "1",
+        )
+    };
+    std::fs::write(&file, frozen).unwrap();
+    srv.kill();
+    srv.spawn();
+    let mut cli = srv.spawn_cli(&["exec", "frozen", "--", "true"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = cli.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = cli.kill();
+            let _ = std::fs::write(&file, if frozen == "1" { "0" } else { "THAWED" });
+            panic!("exec hung: the workspace stayed frozen after the restart");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
