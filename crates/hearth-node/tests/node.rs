@@ -1,11 +1,10 @@
 //! The node on real containers: crun, idmapped overlay roots, netns, cgroups.
 
-use hearth_image::testutil;
 use hearth_node::{Limits, NodeApi, RunState, WorkspaceSpec};
 
 mod common;
 
-use common::{env, env_with, git_repo, host_ipv4_addrs, run, Env};
+use common::{busybox_workspaces, env, env_with, git_repo, host_ipv4_addrs, run, Env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_on_real_containers() {
@@ -19,33 +18,15 @@ async fn lifecycle_with_runc() {
 }
 
 async fn lifecycle(mut e: Env) {
-    let img_dir = e.dir.path().join("img");
-    testutil::write_oci_layout(
-        &img_dir,
-        "busybox:latest",
-        &[testutil::busybox_rootfs_layer().unwrap()],
-        &Default::default(),
+    let ws = busybox_workspaces(
+        &mut e,
+        &[("aaaaaaaaaaa1", "a", 0), ("bbbbbbbbbbb2", "b", 1)],
     )
-    .unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
-    let repo = git_repo(e.dir.path());
-    let mk = |id: &str, name: &str, slot: u32| WorkspaceSpec {
-        id: id.into(),
-        name: name.into(),
-        image: img.id.clone(),
-        source: repo.display().to_string(),
-        slot,
-        limits: Limits::default(),
-    };
-    let a = mk("aaaaaaaaaaa1", "a", 0);
-    let b = mk("bbbbbbbbbbb2", "b", 1);
-    e.specs = vec![a.clone(), b.clone()];
-    for s in [&a, &b] {
-        e.node.create(s, tx.clone()).await.unwrap();
-        let st = e.node.start(s).await.unwrap();
+    .await;
+    for (_, st) in &ws {
         assert_eq!(st.state, RunState::Running);
     }
+    let (a, b) = (ws[0].0.clone(), ws[1].0.clone());
     let (code, out, _) = run(
         &e.node,
         &a,
@@ -142,33 +123,13 @@ async fn debian_image_from_docker_archive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn workspaces_are_isolated_from_host_and_each_other() {
     let mut e = env().await;
-    let img_dir = e.dir.path().join("img");
-    testutil::write_oci_layout(
-        &img_dir,
-        "busybox:latest",
-        &[testutil::busybox_rootfs_layer().unwrap()],
-        &Default::default(),
+    let ws = busybox_workspaces(
+        &mut e,
+        &[("aaaaaaaaaa51", "a", 5), ("bbbbbbbbbb52", "b", 6)],
     )
-    .unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
-    let repo = git_repo(e.dir.path());
-    let mk = |id: &str, name: &str, slot: u32| WorkspaceSpec {
-        id: id.into(),
-        name: name.into(),
-        image: img.id.clone(),
-        source: repo.display().to_string(),
-        slot,
-        limits: Limits::default(),
-    };
-    let a = mk("aaaaaaaaaa51", "a", 5);
-    let b = mk("bbbbbbbbbb52", "b", 6);
-    e.specs = vec![a.clone(), b.clone()];
-    let mut ips = Vec::new();
-    for s in [&a, &b] {
-        e.node.create(s, tx.clone()).await.unwrap();
-        ips.push(e.node.start(s).await.unwrap().ip.unwrap());
-    }
+    .await;
+    let (a, b) = (ws[0].0.clone(), ws[1].0.clone());
+    let ips: Vec<_> = ws.iter().map(|(_, st)| st.ip.unwrap()).collect();
 
     // Host service on all addresses.
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

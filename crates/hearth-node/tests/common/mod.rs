@@ -150,3 +150,38 @@ pub fn host_ipv4_addrs() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Loads the busybox test image into `e`'s node, then creates and starts one workspace
+/// per `(id, name, slot)` from a fresh git repo; they are removed when `e` drops.
+pub async fn busybox_workspaces(
+    e: &mut Env,
+    ws: &[(&str, &str, u32)],
+) -> Vec<(WorkspaceSpec, hearth_node::WorkspaceStatus)> {
+    let img_dir = e.dir.path().join("img");
+    hearth_image::testutil::write_oci_layout(
+        &img_dir,
+        "busybox:latest",
+        &[hearth_image::testutil::busybox_rootfs_layer().unwrap()],
+        &Default::default(),
+    )
+    .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
+    let repo = git_repo(e.dir.path());
+    let mut out = Vec::new();
+    for (id, name, slot) in ws {
+        let spec = WorkspaceSpec {
+            id: (*id).into(),
+            name: (*name).into(),
+            image: img.id.clone(),
+            source: repo.display().to_string(),
+            slot: *slot,
+            limits: hearth_node::Limits::default(),
+        };
+        e.specs.push(spec.clone());
+        e.node.create(&spec, tx.clone()).await.unwrap();
+        let st = e.node.start(&spec).await.unwrap();
+        out.push((spec, st));
+    }
+    out
+}
