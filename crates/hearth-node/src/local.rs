@@ -149,17 +149,19 @@ impl LocalNode {
         mkdir(&data.join("bin"), 0o755)?;
         mkdir(&data.join("run"), 0o700)?;
         let images = ImageStore::open(&data.join("images")).map_err(image_err)?;
-        let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
+        // Checks that can fail on bad input come before anything touches host-wide state
+        // (cgroup parents, the bridge, firewall chains), so a refused start leaks nothing.
+        let runtime =
+            OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
+        let agent = data.join("bin/hearth-agent");
+        install_agent(&cfg.agent_binary, &agent)?;
         let net = Network::new(NetConfig {
             bridge: cfg.bridge.clone(),
             subnet: cfg.subnet.clone(),
         })
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
         net.ensure_host().map_err(internal)?;
-        let runtime =
-            OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
-        let agent = data.join("bin/hearth-agent");
-        install_agent(&cfg.agent_binary, &agent)?;
         let gitconfig = data.join("gitconfig");
         // Global config for clones: they run as a different uid than the source's owner,
         // and must never use command-running transports.
