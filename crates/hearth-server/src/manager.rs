@@ -327,27 +327,9 @@ impl Manager {
                 })?,
         };
 
-        let rec = {
-            let _alloc = self.alloc.lock().await;
-            let slot = lowest_free_slot(&self.store.used_slots().await?);
-            let t = now();
-            let rec = WorkspaceRecord {
-                spec: WorkspaceSpec {
-                    id: new_id(),
-                    name: name.clone(),
-                    image: image.id.clone(),
-                    source,
-                    slot,
-                    limits: Limits::default(),
-                },
-                state: WorkspaceState::Creating,
-                error: None,
-                created_at: t.clone(),
-                updated_at: t,
-            };
-            self.store.insert(&rec).await?;
-            rec
-        };
+        let rec = self
+            .insert_creating(&name, image.id.clone(), source, Limits::default())
+            .await?;
         tracing::info!(
             workspace = name,
             id = rec.spec.id,
@@ -482,6 +464,36 @@ impl Manager {
     }
 
     /// Resolves every transitional row left by a crash, using what the node reports.
+    /// Records a new workspace in `creating` with the lowest free slot; the allocation
+    /// lock keeps two creates from taking the same slot.
+    pub(crate) async fn insert_creating(
+        &self,
+        name: &str,
+        image: String,
+        source: String,
+        limits: Limits,
+    ) -> Result<WorkspaceRecord, ApiError> {
+        let _alloc = self.alloc.lock().await;
+        let slot = lowest_free_slot(&self.store.used_slots().await?);
+        let t = now();
+        let rec = WorkspaceRecord {
+            spec: WorkspaceSpec {
+                id: new_id(),
+                name: name.to_string(),
+                image,
+                source,
+                slot,
+                limits,
+            },
+            state: WorkspaceState::Creating,
+            error: None,
+            created_at: t.clone(),
+            updated_at: t,
+        };
+        self.store.insert(&rec).await?;
+        Ok(rec)
+    }
+
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         let recs = self.store.list().await?;
         let specs: Vec<WorkspaceSpec> = recs.iter().map(|r| r.spec.clone()).collect();

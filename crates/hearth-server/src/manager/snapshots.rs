@@ -167,27 +167,14 @@ impl Manager {
                 "workspace {new} already exists (pick another with --name, or hearth rm {new})"
             )));
         }
-        let rec = {
-            let _alloc = self.alloc.lock().await;
-            let slot = lowest_free_slot(&self.store.used_slots().await?);
-            let t = now();
-            let rec = WorkspaceRecord {
-                spec: WorkspaceSpec {
-                    id: new_id(),
-                    name: new.clone(),
-                    image: src.spec.image.clone(),
-                    source: src.spec.source.clone(),
-                    slot,
-                    limits: src.spec.limits,
-                },
-                state: WorkspaceState::Creating,
-                error: None,
-                created_at: t.clone(),
-                updated_at: t,
-            };
-            self.store.insert(&rec).await?;
-            rec
-        };
+        let rec = self
+            .insert_creating(
+                &new,
+                src.spec.image.clone(),
+                src.spec.source.clone(),
+                src.spec.limits,
+            )
+            .await?;
         tracing::info!(
             workspace = new,
             from = name,
