@@ -1,0 +1,302 @@
+//! A workspace's private disk: a sparse file holding a btrfs filesystem, loop-mounted.
+//!
+//! Why a loop image and not quotas: the size of the file *is* the limit, on any host
+//! filesystem (XFS and ext4 project quotas need mount options and kernel support this
+//! tool cannot assume), and a full disk fails writes inside that workspace only.
+//! Why btrfs inside it: a read-only subvolume snapshot is taken in milliseconds, so a
+//! running workspace is paused only for that instant while a consistent copy of its
+//! files is read at leisure (see `hearth-snapshot`).
+//!
+//! `mkfs.btrfs` and `mount` (util-linux) are run as programs; subvolumes use the btrfs
+//! ioctls directly because snapshots happen while the workspace is frozen.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Smallest disk: below this btrfs spends most of the space on its own metadata.
+pub const MIN_SIZE: u64 = 256 << 20;
+/// Largest disk (a sparse file; this only guards against typos like a missing unit).
+pub const MAX_SIZE: u64 = 64 << 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("disk size {size} bytes is out of range ({MIN_SIZE}..={MAX_SIZE})")]
+    Size { size: u64 },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{program} not found: install btrfs-progs (apt-get install btrfs-progs)")]
+    MissingTool { program: &'static str },
+    #[error("{cmd} failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("invalid subvolume name {0:?}")]
+    Name(String),
+}
+
+type Result<T> = std::result::Result<T, DiskError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DiskError + 'a {
+    move |source| DiskError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn run(program: &'static str, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new(program).args(args).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            DiskError::MissingTool { program }
+        } else {
+            DiskError::Io {
+                op: "run",
+                path: program.into(),
+                source: e,
+            }
+        }
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(DiskError::Command {
+        cmd: format!(
+            "{program} {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Checks that the tools are installed, so a node refuses to start rather than failing
+/// its first `create`.
+pub fn check_tools() -> Result<()> {
+    match Command::new("mkfs.btrfs").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DiskError::MissingTool {
+            program: "mkfs.btrfs",
+        }),
+        Err(e) => Err(DiskError::Io {
+            op: "run",
+            path: "mkfs.btrfs".into(),
+            source: e,
+        }),
+    }
+}
+
+/// Makes a new sparse image of `size` bytes with an empty btrfs in it. Never overwrites:
+/// an existing file is an error. A failed mkfs leaves no file behind.
+pub fn create(image: &Path, size: u64) -> Result<()> {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        return Err(DiskError::Size { size });
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(image)
+        .map_err(io_err("create", image))?;
+    let res = f
+        .set_len(size)
+        .map_err(io_err("truncate", image))
+        .and_then(|()| {
+            drop(f);
+            run(
+                "mkfs.btrfs",
+                &["-q".as_ref(), "-f".as_ref(), image.as_os_str()],
+            )
+        });
+    if res.is_err() {
+        let _ = std::fs::remove_file(image);
+    }
+    res
+}
+
+/// Loop-mounts `image` on `target`. The loop device is set to auto-clear, so unmounting
+/// releases it.
+pub fn mount(image: &Path, target: &Path) -> Result<()> {
+    run(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "btrfs".as_ref(),
+            "-o".as_ref(),
+            "loop,discard=async,noatime,nodev,nosuid".as_ref(),
+            image.as_os_str(),
+            target.as_os_str(),
+        ],
+    )
+}
+
+/// Bytes of the filesystem mounted at `mountpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub size: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
+pub fn usage(mountpoint: &Path) -> Result<Usage> {
+    let st = nix::sys::statvfs::statvfs(mountpoint)
+        .map_err(|e| io_err("statvfs", mountpoint)(e.into()))?;
+    let frag = st.fragment_size();
+    let size = st.blocks() * frag;
+    Ok(Usage {
+        size,
+        used: size.saturating_sub(st.blocks_free() * frag),
+        available: st.blocks_available() * frag,
+    })
+}
+
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+
+/// `struct btrfs_ioctl_vol_args`.
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; 4088],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2` (the union members we use).
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; 4040],
+}
+
+nix::ioctl_write_ptr!(subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
+nix::ioctl_write_ptr!(snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
+nix::ioctl_write_ptr!(snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
+
+/// A name for a new entry directly in `parent`: one component, no NUL.
+fn entry_name<const N: usize>(name: &str) -> Result<[u8; N]> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name.len() < N;
+    if !ok {
+        return Err(DiskError::Name(name.into()));
+    }
+    let mut buf = [0u8; N];
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(buf)
+}
+
+fn open_dir(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
+/// Creates subvolume `parent/name`.
+pub fn create_subvolume(parent: &Path, name: &str) -> Result<()> {
+    let dir = open_dir(parent)?;
+    let args = VolArgs {
+        fd: 0,
+        name: entry_name(name)?,
+    };
+    // SAFETY: `args` is a fully initialised `btrfs_ioctl_vol_args` that outlives the call,
+    // and `dir` is an open directory fd.
+    unsafe { subvol_create(dir.as_raw_fd(), &args) }
+        .map_err(|e| io_err("create subvolume in", parent)(e.into()))?;
+    Ok(())
+}
+
+/// Takes a read-only snapshot of subvolume `src` as `parent/name`. Atomic: the snapshot
+/// holds every write that completed before the call.
+pub fn snapshot_readonly(src: &Path, parent: &Path, name: &str) -> Result<()> {
+    let src_dir = open_dir(src)?;
+    let dir = open_dir(parent)?;
+    let args = VolArgsV2 {
+        fd: i64::from(src_dir.as_raw_fd()),
+        transid: 0,
+        flags: BTRFS_SUBVOL_RDONLY,
+        unused: [0; 4],
+        name: entry_name(name)?,
+    };
+    // SAFETY: `args` is a fully initialised `btrfs_ioctl_vol_args_v2` that outlives the
+    // call; both fds are open directories.
+    unsafe { snap_create_v2(dir.as_raw_fd(), &args) }
+        .map_err(|e| io_err("snapshot", src)(e.into()))?;
+    Ok(())
+}
+
+/// Deletes subvolume `parent/name` with everything in it. A missing one is not an error.
+pub fn delete_subvolume(parent: &Path, name: &str) -> Result<()> {
+    let dir = open_dir(parent)?;
+    let args = VolArgs {
+        fd: 0,
+        name: entry_name(name)?,
+    };
+    // SAFETY: as in `create_subvolume`.
+    match unsafe { snap_destroy(dir.as_raw_fd(), &args) } {
+        Ok(_) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io_err("delete subvolume", &parent.join(name))(e.into())),
+    }
+}
+
+/// Whether `path` is the root of a btrfs subvolume (inode 256 on a btrfs).
+pub fn is_subvolume(path: &Path) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let Ok(fs) = nix::sys::statfs::statfs(c.as_c_str()) else {
+        return false;
+    };
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    fs.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC && md.ino() == BTRFS_FIRST_FREE_OBJECTID
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_components() {
+        for bad in ["", ".", "..", "a/b", "/a", "a\0b"] {
+            assert!(entry_name::<16>(bad).is_err(), "{bad:?}");
+        }
+        assert!(entry_name::<4>("abcd").is_err(), "too long for the buffer");
+        let b = entry_name::<8>("snap").unwrap();
+        assert_eq!(&b[..5], b"snap\0");
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("d.img");
+        assert!(matches!(
+            create(&img, MIN_SIZE - 1),
+            Err(DiskError::Size { .. })
+        ));
+        assert!(matches!(
+            create(&img, MAX_SIZE + 1),
+            Err(DiskError::Size { .. })
+        ));
+        assert!(!img.exists());
+    }
+}

@@ -1,0 +1,94 @@
+//! Real loop devices and btrfs (root required).
+
+use std::path::{Path, PathBuf};
+
+use hearth_disk::{
+    create, create_subvolume, delete_subvolume, is_subvolume, mount, snapshot_readonly, usage,
+};
+
+/// Unmounts on drop, even when the test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn loops_backed_by(image: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .map(|s| Path::new(s.trim()) == image)
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let mnt = t.path().join("disk");
+    std::fs::create_dir(&mnt).unwrap();
+    create(&img, 300 << 20).unwrap();
+    assert!(
+        create(&img, 300 << 20).is_err(),
+        "never overwrites an image"
+    );
+    // Sparse: the file takes far less than its size.
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&img).unwrap();
+    assert_eq!(md.len(), 300 << 20);
+    assert!(md.blocks() * 512 < 64 << 20, "image is not sparse");
+
+    mount(&img, &mnt).unwrap();
+    let guard = Mounted(mnt.clone());
+    assert_eq!(loops_backed_by(&img), 1);
+    create_subvolume(&mnt, "upper").unwrap();
+    let upper = mnt.join("upper");
+    assert!(is_subvolume(&upper));
+    assert!(!is_subvolume(t.path()));
+    std::fs::write(upper.join("f"), "one").unwrap();
+
+    snapshot_readonly(&upper, &mnt, ".snap").unwrap();
+    std::fs::write(upper.join("f"), "two").unwrap();
+    let snap = mnt.join(".snap");
+    assert_eq!(std::fs::read_to_string(snap.join("f")).unwrap(), "one");
+    assert!(
+        std::fs::write(snap.join("g"), "x").is_err(),
+        "snapshot is read-only"
+    );
+    assert!(snapshot_readonly(&upper, &mnt, "../escape").is_err());
+    delete_subvolume(&mnt, ".snap").unwrap();
+    assert!(!snap.exists());
+    delete_subvolume(&mnt, ".snap").unwrap();
+
+    // The limit: a writer gets ENOSPC near the image size, not the host's free space.
+    let before = usage(&mnt).unwrap();
+    assert!(
+        before.size <= 300 << 20 && before.size > 200 << 20,
+        "{before:?}"
+    );
+    let mut f = std::fs::File::create(upper.join("fill")).unwrap();
+    let buf = vec![0x5a_u8; 1 << 20];
+    let mut written = 0u64;
+    let err = loop {
+        use std::io::Write;
+        match f.write_all(&buf).and_then(|()| f.sync_data()) {
+            Ok(()) => written += buf.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 400 << 20, "wrote past the disk size");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(written > 100 << 20, "only {written} bytes fit");
+    drop(f);
+    std::fs::remove_file(upper.join("fill")).unwrap();
+
+    drop(guard);
+    assert_eq!(loops_backed_by(&img), 0, "unmount released the loop device");
+}
