@@ -42,6 +42,18 @@ pub struct Limits {
     pub pids: u64,
     /// cgroup v2 semantics (1..=10000, default 100); mapped to shares on v1.
     pub cpu_weight: u64,
+    /// Size of the workspace's private disk (everything it writes, `/workspace`
+    /// included). Fixed at create.
+    #[serde(default = "default_disk_bytes")]
+    pub disk_bytes: u64,
+}
+
+pub const DEFAULT_DISK_BYTES: u64 = 20 << 30;
+pub const MIN_DISK_BYTES: u64 = hearth_disk::MIN_SIZE;
+pub const MAX_DISK_BYTES: u64 = hearth_disk::MAX_SIZE;
+
+fn default_disk_bytes() -> u64 {
+    DEFAULT_DISK_BYTES
 }
 
 impl Default for Limits {
@@ -50,6 +62,7 @@ impl Default for Limits {
             memory_bytes: 4 << 30,
             pids: 4096,
             cpu_weight: 100,
+            disk_bytes: DEFAULT_DISK_BYTES,
         }
     }
 }
@@ -138,11 +151,10 @@ pub struct Usage {
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
-    /// Disk space of the writable layer (allocated blocks, hard links counted once).
+    /// Used bytes of the workspace's disk (its files plus filesystem metadata).
     pub disk_bytes: u64,
-    /// False when the walk of the writable layer stopped at its bound: `disk_bytes` is then
-    /// a lower bound.
-    pub disk_complete: bool,
+    /// Usable size of the disk: writes beyond it fail with ENOSPC inside the workspace.
+    pub disk_size: u64,
 }
 
 /// Node configuration; `hearth server` fills it from flags.

@@ -80,6 +80,10 @@ fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(e.to_string())
 }
 
+fn disk_err(e: hearth_disk::DiskError) -> NodeError {
+    NodeError::Internal(format!("workspace disk: {e}"))
+}
+
 fn image_err(e: ImageError) -> NodeError {
     match e {
         ImageError::NotFound(r) => NodeError::NotFound(format!(
@@ -160,6 +164,7 @@ impl LocalNode {
             subnet: cfg.subnet.clone(),
         })
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
         net.ensure_host().map_err(internal)?;
         let gitconfig = data.join("gitconfig");
@@ -267,6 +272,14 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 struct Paths {
     dir: PathBuf,
+    /// The workspace's disk: a sparse btrfs image, the only place its writes go.
+    image: PathBuf,
+    /// Where the disk is mounted (while the workspace has local data).
+    disk: PathBuf,
+    /// The subvolume holding `upper` and `work`: overlay renames from work into upper,
+    /// which fails across subvolumes, and snapshots copy this one.
+    vol: PathBuf,
+    /// The overlay's upper dir (`/workspace` included).
     upper: PathBuf,
     work: PathBuf,
     rootfs: PathBuf,
@@ -277,10 +290,18 @@ struct Paths {
 
 impl Inner {
     fn paths(&self, id: &str) -> Paths {
-        let dir = self.ws_root.join(id);
+        self.paths_in(&self.ws_root.join(id))
+    }
+
+    /// The layout of a workspace dir at `dir` (the real one, or a restore being built).
+    fn paths_in(&self, dir: &Path) -> Paths {
+        let dir = dir.to_path_buf();
         Paths {
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            image: dir.join("disk.img"),
+            disk: dir.join("disk"),
+            vol: dir.join("disk/data"),
+            upper: dir.join("disk/data/upper"),
+            work: dir.join("disk/data/work"),
             rootfs: dir.join("rootfs"),
             bundle: dir.join("bundle"),
             socket: dir.join("agent.sock"),
@@ -303,9 +324,9 @@ impl Inner {
         let res = (|| {
             mkdir(&p.dir, 0o711)?;
             let base = spec.uid_base();
+            self.make_disk(&p, spec.limits.disk_bytes)?;
             mkdir(&p.upper, 0o755)?;
             std::os::unix::fs::chown(&p.upper, Some(base), Some(base)).map_err(internal)?;
-            mkdir(&p.work, 0o700)?;
             mkdir(&p.rootfs, 0o755)?;
             mkdir(&p.bundle, 0o700)?;
             let ws = p.upper.join("workspace");
@@ -324,10 +345,50 @@ impl Inner {
             )
         })();
         if let Err(e) = res {
-            if let Err(e2) = self.remove_files(&spec.id) {
+            if let Err(e2) = self
+                .unmount_all(&p.dir)
+                .and_then(|()| self.remove_files(&spec.id))
+            {
                 tracing::error!(id = %spec.id, "cleanup after failed create: {e2}");
             }
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes and mounts a new disk image at `p.image` / `p.disk`, with the overlay's work
+    /// dir (which must share the upper's filesystem).
+    fn make_disk(&self, p: &Paths, size: u64) -> Result<(), NodeError> {
+        hearth_disk::create(&p.image, size).map_err(|e| match e {
+            hearth_disk::DiskError::Size { .. } => NodeError::Invalid(e.to_string()),
+            e => disk_err(e),
+        })?;
+        mkdir(&p.disk, 0o700)?;
+        hearth_disk::mount(&p.image, &p.disk).map_err(disk_err)?;
+        hearth_disk::create_subvolume(&p.disk, "data").map_err(disk_err)?;
+        mkdir(&p.work, 0o700)
+    }
+
+    /// Mounts the workspace's disk if it is not (after a host reboot or a `rm` cut short).
+    fn open_disk(&self, p: &Paths) -> Result<(), NodeError> {
+        if !mount::is_mounted(&p.disk).map_err(internal)? {
+            hearth_disk::mount(&p.image, &p.disk).map_err(disk_err)?;
+        }
+        if !p.upper.is_dir() {
+            return Err(NodeError::Internal(format!(
+                "disk {} has no upper dir",
+                p.image.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unmounts everything below `dir`, deepest first.
+    fn unmount_all(&self, dir: &Path) -> Result<(), NodeError> {
+        let mut ms = mount::mounts_under(dir).map_err(internal)?;
+        ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in ms {
+            mount::unmount(&m).map_err(internal)?;
         }
         Ok(())
     }
@@ -336,12 +397,13 @@ impl Inner {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
         // Local data lost (or the workspace moved here): bring back its latest snapshot.
-        if !p.upper.is_dir() && (p.dir.exists() || !self.restore_latest(spec)?) {
+        if !p.image.exists() && (p.dir.exists() || !self.restore_latest(spec)?) {
             return Err(NodeError::NotFound(format!(
                 "workspace {} has no data on this node",
                 spec.name
             )));
         }
+        self.open_disk(&p)?;
         if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
             if st.status == "running" {
                 return self.status(spec);
@@ -446,7 +508,7 @@ impl Inner {
 
     fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         let p = self.paths(&spec.id);
-        if !p.upper.is_dir() {
+        if !p.image.exists() {
             return Ok(WorkspaceStatus {
                 state: RunState::Missing,
                 pid: None,
@@ -467,7 +529,7 @@ impl Inner {
         }
     }
 
-    fn stop(&self, id: &str, keep_net: bool) -> Result<(), NodeError> {
+    fn stop(&self, id: &str, keep: bool) -> Result<(), NodeError> {
         valid_id(id)?;
         if let Some(st) = self.runtime.state(id).map_err(internal)? {
             if st.status == "running" {
@@ -491,15 +553,15 @@ impl Inner {
                 }
             }
         }
-        self.cleanup_runtime(id, keep_net)
+        self.cleanup_runtime(id, keep)
     }
 
     /// Tears down everything a running workspace holds on the host except its files.
     /// Idempotent; goes on after errors and reports them all.
     ///
-    /// `keep_net` leaves the netns and veth in place for the next start (stop); remove and
-    /// stray cleanup drop them too.
-    fn cleanup_runtime(&self, id: &str, keep_net: bool) -> Result<(), NodeError> {
+    /// `keep` leaves the netns, veth and mounted disk in place for the next start (stop);
+    /// remove and stray cleanup drop them too.
+    fn cleanup_runtime(&self, id: &str, keep: bool) -> Result<(), NodeError> {
         let p = self.paths(id);
         let mut errors = Vec::new();
         if let Err(e) = self.runtime.delete(id) {
@@ -518,7 +580,7 @@ impl Inner {
         match mount::mounts_under(&p.dir) {
             Ok(mut ms) => {
                 ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-                for m in ms {
+                for m in ms.into_iter().filter(|m| !keep || *m != p.disk) {
                     if let Err(e) = mount::unmount(&m) {
                         errors.push(e.to_string());
                     }
@@ -526,7 +588,7 @@ impl Inner {
             }
             Err(e) => errors.push(e.to_string()),
         }
-        if !keep_net {
+        if !keep {
             if let Err(e) = self.net.teardown(id) {
                 errors.push(e.to_string());
             }
@@ -576,6 +638,10 @@ impl Inner {
                 continue;
             }
             let st = self.status(spec)?;
+            let p = self.paths(&spec.id);
+            if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
+                self.drop_stale_views(&p);
+            }
             if st.state == RunState::Running {
                 // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
                 if let Err(e) = self.cgroups.thaw(&spec.id) {
@@ -602,13 +668,11 @@ impl Inner {
                 if n.starts_with(".restore-") {
                     // A restore cut short by a crash: its snapshot is still in the store,
                     // so the partial copy holds nothing that exists only here.
-                    if mount::mounts_under(&e.path())
-                        .map(|m| m.is_empty())
-                        .unwrap_or(false)
+                    if let Err(err) = self
+                        .unmount_all(&e.path())
+                        .and_then(|()| std::fs::remove_dir_all(e.path()).map_err(internal))
                     {
-                        if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                            tracing::warn!(dir = %e.path().display(), "removing partial restore: {err}");
-                        }
+                        tracing::warn!(dir = %e.path().display(), "removing partial restore: {err}");
                     }
                     continue;
                 }
@@ -871,7 +935,14 @@ impl NodeApi for LocalNode {
                     errors.push(e.to_string());
                 }
             }
-            // Stopped workspaces keep their network; it goes with the bridge.
+            // Stopped workspaces keep their disk mounted and their network; both go.
+            if let Ok(rd) = std::fs::read_dir(&i.ws_root) {
+                for e in rd.flatten() {
+                    if let Err(e) = i.unmount_all(&e.path()) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
             for id in i.net.list().unwrap_or_default() {
                 if let Err(e) = i.net.teardown(&id) {
                     errors.push(e.to_string());

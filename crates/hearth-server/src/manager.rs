@@ -284,6 +284,7 @@ impl Manager {
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
         }
+        let limits = req.limits.resolve().map_err(ApiError::invalid)?;
         let name = match req.name {
             Some(n) => n,
             None => names::default_name(&source),
@@ -328,7 +329,7 @@ impl Manager {
         };
 
         let rec = self
-            .insert_creating(&name, image.id.clone(), source, Limits::default())
+            .insert_creating(&name, image.id.clone(), source, limits)
             .await?;
         tracing::info!(
             workspace = name,

@@ -201,7 +201,7 @@ impl NodeApi for FakeNode {
                 memory_bytes: running.then_some(4096),
                 pids: running.then_some(1),
                 disk_bytes: 8192,
-                disk_complete: true,
+                disk_size: 1 << 30,
                 ..Usage::default()
             },
         })

@@ -86,6 +86,57 @@ pub struct CreateWorkspace {
     /// Workspace name; derived from the source's repository name when absent.
     #[serde(default)]
     pub name: Option<String>,
+    /// Resource limits; each absent one takes the node's default.
+    #[serde(default)]
+    pub limits: LimitsRequest,
+}
+
+/// Limits asked for at create. The disk size is fixed from then on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Memory limit in bytes (at least 64 MiB).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of processes and threads (16..=1000000).
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// CPU weight relative to other workspaces (1..=10000, default 100).
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
+    /// Size of the workspace's private disk in bytes (256 MiB..=64 TiB).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+}
+
+impl LimitsRequest {
+    /// The limits to use, or what is wrong with the request.
+    pub fn resolve(&self) -> Result<Limits, String> {
+        let d = Limits::default();
+        let check = |what: &str, v: Option<u64>, lo: u64, hi: u64, def: u64| match v {
+            None => Ok(def),
+            Some(v) if (lo..=hi).contains(&v) => Ok(v),
+            Some(v) => Err(format!("{what} {v} is out of range ({lo}..={hi})")),
+        };
+        Ok(Limits {
+            memory_bytes: check(
+                "memory_bytes",
+                self.memory_bytes,
+                64 << 20,
+                1 << 50,
+                d.memory_bytes,
+            )?,
+            pids: check("pids", self.pids, 16, 1_000_000, d.pids)?,
+            cpu_weight: check("cpu_weight", self.cpu_weight, 1, 10_000, d.cpu_weight)?,
+            disk_bytes: check(
+                "disk_bytes",
+                self.disk_bytes,
+                hearth_node::MIN_DISK_BYTES,
+                hearth_node::MAX_DISK_BYTES,
+                d.disk_bytes,
+            )?,
+        })
+    }
 }
 
 /// Body of `POST /v1/images/load`.
@@ -151,6 +202,7 @@ pub struct WorkspaceLimits {
     pub memory_bytes: u64,
     pub pids: u64,
     pub cpu_weight: u64,
+    pub disk_bytes: u64,
 }
 
 impl From<Limits> for WorkspaceLimits {
@@ -159,6 +211,7 @@ impl From<Limits> for WorkspaceLimits {
             memory_bytes: l.memory_bytes,
             pids: l.pids,
             cpu_weight: l.cpu_weight,
+            disk_bytes: l.disk_bytes,
         }
     }
 }
@@ -230,10 +283,10 @@ pub struct UsageInfo {
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
-    /// Allocated bytes of the writable layer (everything changed in the workspace).
+    /// Used bytes of the workspace's disk (everything it changed, plus metadata).
     pub disk_bytes: u64,
-    /// False when the walk stopped at its bound; `disk_bytes` is then a lower bound.
-    pub disk_complete: bool,
+    /// Size of the disk as its filesystem reports it (the limit, less metadata space).
+    pub disk_size: u64,
 }
 
 impl WorkspaceInspect {
@@ -265,7 +318,7 @@ impl WorkspaceInspect {
                 memory_bytes: d.usage.memory_bytes,
                 pids: d.usage.pids,
                 disk_bytes: d.usage.disk_bytes,
-                disk_complete: d.usage.disk_complete,
+                disk_size: d.usage.disk_size,
             },
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
 use hearth_server::wire::{
-    CreateWorkspace, ErrorBody, Image, LoadImage, PullImage, StreamLine, Workspace,
+    CreateWorkspace, ErrorBody, Image, LimitsRequest, LoadImage, PullImage, StreamLine, Workspace,
     WorkspaceInspect,
 };
 use hearth_server::{ServerInfo, SERVER_FILE, TOKEN_FILE};
@@ -246,11 +246,13 @@ impl Client {
         source: &str,
         image: Option<String>,
         name: Option<String>,
+        limits: LimitsRequest,
     ) -> anyhow::Result<()> {
         let req = CreateWorkspace {
             source: absolute_source(source)?,
             image,
             name,
+            limits,
         };
         let w: Workspace = self.stream("/v1/workspaces", &req).await?;
         println!("workspace {} is {}", w.name, w.state);
@@ -488,9 +490,9 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
     rows.push((
         "disk",
         format!(
-            "{}{} (writable layer)",
-            if u.disk_complete { "" } else { ">= " },
-            human_size(u.disk_bytes)
+            "{} of {} used",
+            human_size(u.disk_bytes),
+            human_size(u.disk_size)
         ),
     ));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

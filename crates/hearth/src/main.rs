@@ -52,6 +52,18 @@ enum Cmd {
         /// Workspace name (default: the repository's name).
         #[arg(long)]
         name: Option<String>,
+        /// Memory limit, e.g. 8G (default 4G).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<u64>,
+        /// Size of the workspace's disk, e.g. 50G (default 20G); fixed at create.
+        #[arg(long, value_parser = parse_size)]
+        disk: Option<u64>,
+        /// Maximum processes and threads (default 4096).
+        #[arg(long)]
+        pids: Option<u64>,
+        /// CPU weight against other workspaces, 1..10000 (default 100).
+        #[arg(long)]
+        cpu_weight: Option<u64>,
     },
     /// List workspaces.
     Ls {
@@ -270,8 +282,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             source,
             image,
             name,
+            memory,
+            disk,
+            pids,
+            cpu_weight,
         } => {
-            client()?.up(source, image.clone(), name.clone()).await?;
+            let limits = hearth_server::wire::LimitsRequest {
+                memory_bytes: *memory,
+                pids: *pids,
+                cpu_weight: *cpu_weight,
+                disk_bytes: *disk,
+            };
+            client()?
+                .up(source, image.clone(), name.clone(), limits)
+                .await?;
             Ok(0)
         }
         Cmd::Ls { json } => client()?.list(*json).await.map(|()| 0),
@@ -404,5 +428,46 @@ mod tests {
     #[test]
     fn errors_are_one_line() {
         assert_eq!(one_line("a\n  b: c\n"), "a b: c");
+    }
+}
+
+/// A byte size: a number with an optional binary unit (K, M, G, T; `B`/`iB` allowed).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 20G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        use super::parse_size;
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        for bad in ["", "G", "1.5G", "12Q", "-1G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -12,12 +12,14 @@ use rand::Rng;
 
 const TRANSITIONAL: &[&str] = &["creating", "starting", "stopping", "removing"];
 
-fn mounts_under(dir: &Path) -> usize {
+/// Mount points below `dir`.
+fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .count()
+        .map(std::path::PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect()
 }
 
 fn dirs(path: &Path) -> Vec<String> {
@@ -84,11 +86,22 @@ fn server_killed_mid_operation_leaves_nothing_stuck_or_lost() {
             .iter()
             .map(|w| w["id"].as_str().unwrap().to_string())
             .collect();
+        let wsdir = srv.data_dir().join("workspaces");
+        let mounts = mounts_under(&wsdir);
+        let roots = mounts.iter().filter(|m| m.ends_with("rootfs")).count();
         assert_eq!(
-            mounts_under(&srv.data_dir().join("workspaces")),
+            roots,
             running.len(),
-            "round {i} ({args:?}): a mount per running workspace, no more"
+            "round {i} ({args:?}): a root mount per running workspace, no more: {mounts:?}"
         );
+        // Besides those, only each known workspace's own disk.
+        for m in mounts.iter().filter(|m| !m.ends_with("rootfs")) {
+            assert!(
+                ids.iter().any(|id| *m == wsdir.join(id).join("disk")),
+                "round {i} ({args:?}): unexpected mount {}",
+                m.display()
+            );
+        }
         let cg = dirs(&Path::new("/sys/fs/cgroup/memory").join(&srv.cgroup_parent));
         for g in &cg {
             assert!(
@@ -180,7 +193,7 @@ fn snapshot_crash_loop_loses_nothing() {
             (3, _) => {
                 // Restore: only once a snapshot taken now holds everything.
                 srv.ok(&["snapshot", "keep"]);
-                std::fs::remove_dir_all(&ws_dir).unwrap();
+                common::lose_local_data(&ws_dir);
                 vec!["start", "keep"]
             }
             _ => vec!["start", "keep"],

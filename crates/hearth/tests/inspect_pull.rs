@@ -48,7 +48,16 @@ fn inspect_shows_host_resources_and_usage() {
     assert!(u["pids"].as_u64().unwrap() >= 1, "{u}");
     assert!(u["cpu_ns"].as_u64().is_some(), "{u}");
     assert!(u["cpu_percent"].as_f64().is_some(), "{u}");
-    assert_eq!(u["disk_complete"], true);
+    let (used, size) = (
+        u["disk_bytes"].as_u64().unwrap(),
+        u["disk_size"].as_u64().unwrap(),
+    );
+    assert!(used > 0 && used < size, "{u}");
+    let limit = i["workspace"]["limits"]["disk_bytes"].as_u64().unwrap();
+    assert!(
+        size <= limit && size > limit / 2,
+        "disk size {size} vs limit {limit}"
+    );
     let net = &i["network"];
     let ip = net["ip"].as_str().unwrap();
     assert_eq!(Some(ip), i["workspace"]["ip"].as_str());

@@ -92,8 +92,7 @@ fn snapshot_restore_fork_and_corruption() {
     assert!(w["snapshot_error"].is_null(), "{w}");
 
     // Local data lost: start restores the latest snapshot.
-    let dir = ws_dir(&srv, "snapme");
-    std::fs::remove_dir_all(&dir).unwrap();
+    common::lose_local_data(&ws_dir(&srv, "snapme"));
     srv.ok(&["start", "snapme"]);
     assert_eq!(srv.exec("snapme", &["sh", "-c", DIGEST]), before);
 
@@ -108,7 +107,7 @@ fn snapshot_restore_fork_and_corruption() {
     assert_eq!(srv.exec("forked", &["sh", "-c", DIGEST]), before);
     let (a, b) = (workspace(&srv, "snapme"), workspace(&srv, "forked"));
     assert_ne!(a["uid_base"], b["uid_base"]);
-    let forked_file = ws_dir(&srv, "forked").join("upper/usr/local/share/x/big");
+    let forked_file = ws_dir(&srv, "forked").join("disk/data/upper/usr/local/share/x/big");
     let host_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&forked_file).unwrap());
     assert_eq!(u64::from(host_uid), b["uid_base"].as_u64().unwrap() + 1000);
     let err = srv.fails(&[
@@ -127,7 +126,7 @@ fn snapshot_restore_fork_and_corruption() {
     assert!(out.contains("OK"), "{out}");
     srv.ok(&["stop", "snapme"]);
     let dir = ws_dir(&srv, "snapme");
-    std::fs::remove_dir_all(&dir).unwrap();
+    common::lose_local_data(&dir);
     let store = srv.data_dir().join("snapshots");
     let chunk = largest_chunk(&store);
     let mut bytes = std::fs::read(&chunk).unwrap();

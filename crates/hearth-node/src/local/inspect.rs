@@ -1,7 +1,5 @@
 //! `inspect` for [`super::LocalNode`]: host resources and current usage of a workspace.
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,48 +10,6 @@ use crate::{
 
 /// CPU use is measured over at least this long.
 const CPU_SAMPLE: Duration = Duration::from_millis(200);
-/// The writable-layer walk stops after this many entries or this long, whichever is first,
-/// so inspect stays cheap on a huge tree.
-const DU_MAX_ENTRIES: u64 = 200_000;
-const DU_MAX_TIME: Duration = Duration::from_secs(2);
-
-/// Disk use of a tree: allocated bytes, hard links counted once, symlinks not followed,
-/// other filesystems not entered. Returns (bytes, complete).
-pub(super) fn disk_usage(root: &Path, max_entries: u64, max_time: Duration) -> (u64, bool) {
-    let deadline = Instant::now() + max_time;
-    let Ok(meta) = std::fs::symlink_metadata(root) else {
-        return (0, true);
-    };
-    let dev = meta.dev();
-    let mut total = meta.blocks() * 512;
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
-    let mut entries = 0u64;
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            entries += 1;
-            if entries > max_entries || Instant::now() > deadline {
-                return (total, false);
-            }
-            let Ok(m) = e.metadata() else { continue };
-            if m.dev() != dev {
-                continue;
-            }
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    (total, true)
-}
-
 /// The bridge port of workspace `id`: the veth named after a prefix of its id.
 fn host_veth(bridge: &str, id: &str) -> Option<String> {
     let rd = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif")).ok()?;
@@ -102,10 +58,17 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
     } else {
         None
     };
-    let (disk_bytes, disk_complete) = disk_usage(&p.upper, DU_MAX_ENTRIES, DU_MAX_TIME);
+    inner.open_disk(&p)?;
+    // btrfs allocates at writeback: without a flush, fresh writes would not show.
+    if let Err(e) =
+        std::fs::File::open(&p.disk).and_then(|f| rustix::fs::syncfs(&f).map_err(Into::into))
+    {
+        tracing::warn!(id = %spec.id, "sync before disk usage: {e}");
+    }
+    let disk = hearth_disk::usage(&p.disk).map_err(super::disk_err)?;
     let mut usage = Usage {
-        disk_bytes,
-        disk_complete,
+        disk_bytes: disk.used,
+        disk_size: disk.size,
         ..Usage::default()
     };
     if let Some(s0) = stats0 {
@@ -134,29 +97,4 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         network,
         usage,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_usage_counts_blocks_once_and_stops_at_its_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let (empty, complete) = disk_usage(dir.path(), 1000, Duration::from_secs(10));
-        assert!(complete);
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let data = vec![7u8; 1 << 20];
-        std::fs::write(dir.path().join("sub/big"), &data).unwrap();
-        std::fs::hard_link(dir.path().join("sub/big"), dir.path().join("link")).unwrap();
-        std::os::unix::fs::symlink("/usr", dir.path().join("usr")).unwrap();
-        let (used, complete) = disk_usage(dir.path(), 1000, Duration::from_secs(10));
-        assert!(complete);
-        assert!(used >= empty + (1 << 20), "{used}");
-        assert!(used < empty + (2 << 20), "hard link counted twice: {used}");
-        let (_, complete) = disk_usage(dir.path(), 2, Duration::from_secs(10));
-        assert!(!complete);
-        let (none, complete) = disk_usage(&dir.path().join("missing"), 10, Duration::from_secs(1));
-        assert_eq!((none, complete), (0, true));
-    }
 }

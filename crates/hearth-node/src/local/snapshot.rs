@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth_snapshot::{Key, S3Config, SnapshotError, SnapshotInfo, Store};
 
-use super::{internal, mkdir, valid_id, Inner};
+use super::{disk_err, internal, mkdir, valid_id, Inner};
 use crate::snap::parse_s3_url;
 use crate::{NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceSpec};
 
@@ -150,12 +151,13 @@ impl Inner {
     ) -> Result<Option<SnapshotSummary>, NodeError> {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
-        if !p.upper.is_dir() {
+        if !p.image.exists() {
             return Err(NodeError::NotFound(format!(
                 "workspace {} has no data on this node",
                 spec.name
             )));
         }
+        self.open_disk(&p)?;
         let store = self.snap_store()?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
         let running = self
@@ -163,12 +165,11 @@ impl Inner {
             .state(&spec.id)
             .map_err(internal)?
             .is_some_and(|s| s.status == "running");
-        let _frozen = if running {
-            Some(Frozen::new(self, &spec.id)?)
-        } else {
-            None
-        };
-        let marker = change_marker(&p.upper)?;
+        // Write back the bulk of dirty data while the workspace runs, so the pause below
+        // only covers what it wrote in the meantime.
+        sync_fs(&p.upper)?;
+        let view = FrozenView::take(self, &p, &spec.id, running)?;
+        let marker = change_marker(&view.path)?;
         if only_if_changed && parent.is_some() {
             let last = self
                 .snap
@@ -186,11 +187,10 @@ impl Inner {
                 }
             }
         }
-        sync_fs(&p.upper)?;
         let info = hearth_snapshot::snapshot(
             &store,
             &spec.id,
-            &p.upper,
+            &view.path,
             spec.uid_base(),
             parent.as_deref(),
             None,
@@ -202,7 +202,13 @@ impl Inner {
         if let Ok(mut m) = self.snap.markers.lock() {
             m.insert(spec.id.clone(), marker);
         }
-        tracing::info!(id = %spec.id, snapshot = %info.id, new_bytes = info.new_bytes, "snapshot taken");
+        tracing::info!(
+            id = %spec.id,
+            snapshot = %info.id,
+            new_bytes = info.new_bytes,
+            pause_us = view.pause.as_micros() as u64,
+            "snapshot taken"
+        );
         Ok(Some(summary(&info)))
     }
 
@@ -234,14 +240,21 @@ impl Inner {
             std::fs::remove_dir_all(&tmp)
                 .map_err(|e| NodeError::Internal(format!("remove {}: {e}", tmp.display())))?;
         }
+        let tp = self.paths_in(&tmp);
         let res = (|| {
             mkdir(&tmp, 0o711)?;
-            hearth_snapshot::restore(&store, id, &tmp.join("upper"), spec.uid_base(), None)
-                .map_err(snap_err(format!(
+            self.make_disk(&tp, spec.limits.disk_bytes)?;
+            hearth_snapshot::restore(&store, id, &tp.upper, spec.uid_base(), None).map_err(
+                snap_err(format!(
                     "workspace {}: cannot restore snapshot {id}",
                     spec.name
-                )))?;
-            for (d, mode) in [("work", 0o700), ("rootfs", 0o755), ("bundle", 0o700)] {
+                )),
+            )?;
+            sync_fs(&tp.upper)?;
+            // Renaming the dir with the disk mounted below it would work, but a clean
+            // unmount first means a crash from here on leaves only unmounted files.
+            self.unmount_all(&tmp)?;
+            for (d, mode) in [("rootfs", 0o755), ("bundle", 0o700)] {
                 mkdir(&tmp.join(d), mode)?;
             }
             let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
@@ -255,7 +268,10 @@ impl Inner {
             })
         })();
         if res.is_err() {
-            if let Err(e) = std::fs::remove_dir_all(&tmp) {
+            if let Err(e) = self
+                .unmount_all(&tmp)
+                .and_then(|()| std::fs::remove_dir_all(&tmp).map_err(internal))
+            {
                 tracing::error!(path = %tmp.display(), "cleanup after failed restore: {e}");
             }
         } else {
@@ -313,27 +329,74 @@ impl Inner {
     }
 }
 
-/// Keeps a workspace's cgroup frozen while alive; thaws on drop, whatever happened.
-struct Frozen<'a> {
-    inner: &'a Inner,
-    id: &'a str,
+/// Name prefix of the read-only subvolumes snapshots read from; any left on a disk
+/// are leftovers of a crash (see [`Inner::drop_stale_views`]).
+const VIEW_PREFIX: &str = ".hearth-view-";
+
+/// A read-only point-in-time copy of a workspace's upper dir (`path`), taken with the workspace
+/// frozen for only as long as the btrfs snapshot takes. Deleted on drop.
+struct FrozenView {
+    disk: PathBuf,
+    name: String,
+    path: PathBuf,
+    /// How long the workspace was frozen.
+    pause: Duration,
 }
 
-impl<'a> Frozen<'a> {
-    fn new(inner: &'a Inner, id: &'a str) -> Result<Self, NodeError> {
-        let g = Frozen { inner, id };
-        inner
-            .cgroups
-            .freeze(id)
-            .map_err(|e| NodeError::Internal(format!("freeze workspace {id}: {e}")))?;
-        Ok(g)
+impl FrozenView {
+    fn take(inner: &Inner, p: &super::Paths, id: &str, running: bool) -> Result<Self, NodeError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{VIEW_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let t0 = Instant::now();
+        if running {
+            inner
+                .cgroups
+                .freeze(id)
+                .map_err(|e| NodeError::Internal(format!("freeze workspace {id}: {e}")))?;
+        }
+        let res = hearth_disk::snapshot_readonly(&p.vol, &p.disk, &name);
+        if running {
+            // Thaw whatever happened; a failed thaw must not hide the snapshot's outcome.
+            if let Err(e) = inner.cgroups.thaw(id) {
+                tracing::error!(id, "thaw after snapshot failed: {e}");
+            }
+        }
+        let pause = t0.elapsed();
+        res.map_err(disk_err)?;
+        Ok(FrozenView {
+            path: p.disk.join(&name).join("upper"),
+            disk: p.disk.clone(),
+            name,
+            pause,
+        })
     }
 }
 
-impl Drop for Frozen<'_> {
+impl Drop for FrozenView {
     fn drop(&mut self) {
-        if let Err(e) = self.inner.cgroups.thaw(self.id) {
-            tracing::error!(id = self.id, "thaw after snapshot failed: {e}");
+        if let Err(e) = hearth_disk::delete_subvolume(&self.disk, &self.name) {
+            tracing::error!(view = %self.path.display(), "deleting snapshot view: {e}");
+        }
+    }
+}
+
+impl Inner {
+    /// Deletes snapshot views a crash left on a workspace's disk.
+    pub(super) fn drop_stale_views(&self, p: &super::Paths) {
+        let Ok(rd) = std::fs::read_dir(&p.disk) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(VIEW_PREFIX) {
+                if let Err(err) = hearth_disk::delete_subvolume(&p.disk, &name) {
+                    tracing::warn!(view = %e.path().display(), "deleting stale snapshot view: {err}");
+                }
+            }
         }
     }
 }

@@ -282,3 +282,15 @@ pub fn uid_base(uid_map: &str) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad uid_map {uid_map:?}"))
 }
+
+/// Simulates losing a stopped workspace's local copy (a dead disk, a move to a new node):
+/// unmounts its disk and deletes its directory.
+pub fn lose_local_data(ws_dir: &Path) {
+    let disk = ws_dir.join("disk");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if info.lines().any(|l| l.split(' ').nth(4) == disk.to_str()) {
+        let st = Command::new("umount").arg(&disk).status().unwrap();
+        assert!(st.success(), "umount {}", disk.display());
+    }
+    std::fs::remove_dir_all(ws_dir).unwrap();
+}
