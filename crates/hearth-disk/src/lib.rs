@@ -268,7 +268,7 @@ pub fn is_subvolume(path: &Path) -> bool {
         return false;
     };
     use std::os::unix::fs::MetadataExt;
-    fs.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC && md.ino() == BTRFS_FIRST_FREE_OBJECTID
+    fs.filesystem_type().0 == BTRFS_SUPER_MAGIC && md.ino() == BTRFS_FIRST_FREE_OBJECTID
 }
 
 #[cfg(test)]
