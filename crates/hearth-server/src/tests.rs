@@ -969,6 +969,7 @@ async fn exec_over_websocket() {
             source: "/src/ws".into(),
             image: Some("busybox".into()),
             name: None,
+            limits: Default::default(),
         };
         mgr.create(req, ptx).await.unwrap();
         store.close().await;
