@@ -51,6 +51,8 @@ struct Inner {
     ws_root: PathBuf,
     agent: PathBuf,
     gitconfig: PathBuf,
+    /// Hard RLIMIT_NOFILE of workspaces.
+    nofile_hard: u64,
     /// Per-phase durations of each workspace's last start (for `hearth bench`).
     phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
     snap: snapshot::SnapState,
@@ -166,6 +168,8 @@ impl LocalNode {
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
         hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
+        lift_file_max();
+        let nofile_hard = raise_nofile_hard();
         net.ensure_host().map_err(internal)?;
         let gitconfig = data.join("gitconfig");
         // Global config for clones: they run as a different uid than the source's owner,
@@ -188,6 +192,7 @@ impl LocalNode {
                 ws_root,
                 agent,
                 gitconfig,
+                nofile_hard,
                 phases: Default::default(),
                 snap: Default::default(),
             }),
@@ -211,6 +216,44 @@ impl LocalNode {
         tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(internal)?
+    }
+}
+
+/// Raises fs.file-max to the kernel's maximum (as systemd does at boot). The default,
+/// about RAM/10 KiB, is one table for the whole host: a workspace opening files within
+/// its memory limit could fill it, and then every other workspace gets ENFILE. Lifted,
+/// open files are bounded per workspace by its memory cgroup, which is charged for them.
+fn lift_file_max() {
+    const PATH: &str = "/proc/sys/fs/file-max";
+    const MAX: u64 = i64::MAX as u64;
+    match std::fs::read_to_string(PATH).map(|s| s.trim().parse::<u64>()) {
+        Ok(Ok(v)) if v >= MAX => {}
+        Ok(Ok(v)) => match std::fs::write(PATH, MAX.to_string()) {
+            Ok(()) => tracing::info!(from = v, "raised fs.file-max"),
+            Err(e) => tracing::warn!("cannot raise fs.file-max from {v}: {e}"),
+        },
+        other => tracing::warn!("cannot read fs.file-max: {other:?}"),
+    }
+}
+
+/// Workspaces get `NOFILE_HARD` as their hard limit, but the runtime sets it from inside
+/// their user namespace, where it cannot go above what it inherited: raise ours first.
+/// Returns the hard limit workspaces can have (lower where we lack CAP_SYS_RESOURCE).
+fn raise_nofile_hard() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = hearth_runtime::bundle::NOFILE_HARD;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return hearth_runtime::bundle::NOFILE_SOFT;
+    };
+    if hard >= want {
+        return want;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, soft.min(want), want) {
+        Ok(()) => want,
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE to {want} ({e}): workspaces get {hard}");
+            hard
+        }
     }
 }
 
@@ -475,6 +518,7 @@ impl Inner {
                 agent: self.agent.clone(),
                 files: vec![(resolv, "/etc/resolv.conf".into())],
                 env,
+                nofile_hard: self.nofile_hard,
             },
         )
         .map_err(internal)?;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::{Result, RuntimeError};
@@ -29,6 +29,9 @@ pub struct BundleSpec {
     pub files: Vec<(PathBuf, String)>,
     /// Environment of PID 1 (image Env plus HEARTH_* settings).
     pub env: Vec<String>,
+    /// Hard RLIMIT_NOFILE (at most what the runtime inherits: it is set from inside the
+    /// user namespace); the soft limit is `NOFILE_SOFT` or this, if lower.
+    pub nofile_hard: u64,
 }
 
 /// Capabilities of root inside. They act only on what the workspace's user namespace
@@ -214,6 +217,9 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
         .map_err(|e| RuntimeError::Bundle(e.to_string()))
 }
 
+pub const NOFILE_SOFT: u64 = 1024;
+pub const NOFILE_HARD: u64 = 1 << 19;
+
 /// The config for `spec`; `fuse` is a device node to bind over `/dev/fuse`.
 pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
@@ -228,6 +234,15 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
                 .map_err(b)?,
         )
         .args(vec![AGENT_PATH.to_string()])
+        // systemd's default for services: 1024 for select()-era programs, and up to
+        // 2^19 for the tools that ask. The node lifts fs.file-max, so open files are
+        // bounded by each workspace's memory cgroup (struct file is charged to it).
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(NOFILE_SOFT.min(spec.nofile_hard))
+            .hard(spec.nofile_hard)
+            .build()
+            .map_err(b)?])
         .env(spec.env.clone())
         .cwd("/")
         .capabilities(
@@ -387,6 +402,7 @@ mod tests {
 
     fn spec() -> BundleSpec {
         BundleSpec {
+            nofile_hard: NOFILE_HARD,
             hostname: "h".into(),
             rootfs: "/r".into(),
             uid_base: 1 << 20,

@@ -185,3 +185,20 @@ pub async fn busybox_workspaces(
     }
     out
 }
+
+/// Loads the Debian test image (`HEARTH_TEST_DEBIAN`, else the cached one) into `e`'s
+/// node and returns its id; `None` when there is none (the caller skips).
+pub async fn debian_image(e: &Env) -> Option<String> {
+    let tar = std::env::var_os("HEARTH_TEST_DEBIAN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let p = Path::new("/var/cache/hearth-images/test/debian.tar");
+            p.exists().then(|| p.to_path_buf())
+        });
+    let Some(tar) = tar else {
+        eprintln!("skipped: HEARTH_TEST_DEBIAN not set (scripts/test.sh sets it)");
+        return None;
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    Some(e.node.load_image(tar, None, tx).await.unwrap().id)
+}
