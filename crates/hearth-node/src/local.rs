@@ -199,6 +199,11 @@ impl LocalNode {
         })
     }
 
+    /// How long the last snapshot of workspace `id` kept it frozen.
+    pub fn last_snapshot_pause(&self, id: &str) -> Option<Duration> {
+        self.inner.snap.pauses.lock().ok()?.get(id).copied()
+    }
+
     /// Phases of the last start of workspace `id`, in order.
     pub fn start_phases(&self, id: &str) -> Vec<(&'static str, Duration)> {
         self.inner

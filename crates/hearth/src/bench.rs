@@ -177,6 +177,8 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         rm?;
     }
 
+    let (pause, snap) = snapshot_pauses(node, &img.id, &repo, args.runs).await?;
+
     // Floor: the OCI runtime alone, `true` in the same root filesystem (no user
     // namespace, network, cgroups or agent).
     let mut floor = Series::new("floor: oci runtime run `true`", None);
@@ -307,7 +309,9 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         "{:<36} {:>6} {:>8} {:>8} {:>8}",
         "operation", "n", "p50", "p99", "target"
     );
-    for s in [&create, &first, &start, &exec, &stop, &floor, &podman] {
+    for s in [
+        &create, &first, &start, &exec, &stop, &pause, &snap, &floor, &podman,
+    ] {
         if s.samples.is_empty() {
             continue;
         }
@@ -338,4 +342,94 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Snapshots of a running workspace while it writes: how long each froze it (the
+/// workspace-visible cost) and how long the whole snapshot took.
+async fn snapshot_pauses(
+    node: &LocalNode,
+    image: &str,
+    repo: &Path,
+    runs: usize,
+) -> Result<(Series, Series)> {
+    let mut pause = Series::new("snapshot pause (running, writing)", Some(5.0));
+    let mut total = Series::new("snapshot total (incremental)", None);
+    let spec = WorkspaceSpec {
+        id: "be00000000ff".into(),
+        name: "benchsnap".into(),
+        image: image.into(),
+        source: repo.display().to_string(),
+        // The cycles above removed their workspaces: their slots are free.
+        slot: 0,
+        limits: Limits::default(),
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    eprintln!("taking {runs} snapshots of a running workspace while it writes...");
+    let r = async {
+        node.create(&spec, tx).await?;
+        node.start(&spec).await?;
+        // 64 MiB of data, then a writer that keeps changing files during the snapshots.
+        let writer = {
+            let (node, spec) = (node.clone(), spec.clone());
+            tokio::spawn(async move {
+                let req = ExecRequest {
+                    argv: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "mkdir -p /root/w && dd if=/dev/urandom of=/root/w/base bs=1M count=64 \
+                         2>/dev/null && touch /root/w/ready && i=0 && while :; do \
+                         dd if=/dev/urandom of=/root/w/f$((i % 50)) bs=64k count=4 2>/dev/null; \
+                         i=$((i+1)); done"
+                            .into(),
+                    ],
+                    ..Default::default()
+                };
+                let s = node.exec(&spec, req).await?;
+                let (_w, mut r) = s.split();
+                while !matches!(r.next_event().await?, Event::Exit(_)) {}
+                anyhow::Ok(())
+            })
+        };
+        let ready = ExecRequest {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "test -e /root/w/ready".into(),
+            ],
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = node.exec(&spec, ready.clone()).await?;
+            let (_w, mut r) = s.split();
+            let code = loop {
+                if let Event::Exit(c) = r.next_event().await? {
+                    break c;
+                }
+            };
+            if code == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("snapshot bench: writer did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for _ in 0..runs {
+            let t = Instant::now();
+            node.snapshot(&spec).await?;
+            total.samples.push(t.elapsed());
+            pause.samples.push(
+                node.last_snapshot_pause(&spec.id)
+                    .context("no pause recorded")?,
+            );
+        }
+        writer.abort();
+        anyhow::Ok(())
+    }
+    .await;
+    let rm = node.remove(&spec).await;
+    r?;
+    rm?;
+    Ok((pause, total))
 }

@@ -23,6 +23,8 @@ pub(super) struct SnapState {
     store: Mutex<Option<Arc<Store>>>,
     /// Per workspace id: the change marker of the upper tree at its last snapshot.
     markers: Mutex<HashMap<String, Marker>>,
+    /// Per workspace id: how long its last snapshot kept it frozen (for `hearth bench`).
+    pub(super) pauses: Mutex<HashMap<String, Duration>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +171,9 @@ impl Inner {
         // only covers what it wrote in the meantime.
         sync_fs(&p.upper)?;
         let view = FrozenView::take(self, &p, &spec.id, running)?;
+        if let Ok(mut m) = self.snap.pauses.lock() {
+            m.insert(spec.id.clone(), view.pause);
+        }
         let marker = change_marker(&view.path)?;
         if only_if_changed && parent.is_some() {
             let last = self
