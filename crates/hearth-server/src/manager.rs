@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hearth_node::{
-    EgressPolicy, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth, RunState,
-    WorkspaceSpec, WorkspaceStatus,
+    EgressPolicy, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth,
+    RunState, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 use tokio::sync::OwnedMutexGuard;

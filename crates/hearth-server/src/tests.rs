@@ -184,7 +184,8 @@ impl NodeApi for FakeNode {
         if st.fail_egress {
             return Err(NodeError::Internal("nft failed".into()));
         }
-        st.egress.insert(spec.id.clone(), spec.egress.deny_strings());
+        st.egress
+            .insert(spec.id.clone(), spec.egress.deny_strings());
         Ok(())
     }
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError> {
@@ -913,7 +914,9 @@ async fn egress_policy_is_validated_persisted_and_applied() {
         (serde_json::json!(["10.0.0.1/8"]), "did you mean 10.0.0.0/8"),
         (serde_json::json!(["nope"]), "not an IPv4 address"),
         (
-            serde_json::json!((0..65).map(|i| format!("10.0.{i}.0/24")).collect::<Vec<_>>()),
+            serde_json::json!((0..65)
+                .map(|i| format!("10.0.{i}.0/24"))
+                .collect::<Vec<_>>()),
             "too many egress rules: 65 (at most 64)",
         ),
     ] {
@@ -975,7 +978,10 @@ async fn egress_policy_is_validated_persisted_and_applied() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("tcp or udp"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tcp or udp"));
     let (s, _) = h
         .json(
             Method::PUT,

@@ -67,6 +67,7 @@ pub async fn env_with(runtime: Option<String>) -> Env {
         runtime,
         agent_binary: agent(),
         snapshots: Default::default(),
+        egress: Default::default(),
     };
     let node = LocalNode::open(cfg.clone()).await.expect("open node");
     Env {
@@ -177,6 +178,7 @@ pub async fn busybox_workspaces(
             source: repo.display().to_string(),
             slot: *slot,
             limits: hearth_node::Limits::default(),
+            egress: Default::default(),
         };
         e.specs.push(spec.clone());
         e.node.create(&spec, tx.clone()).await.unwrap();
