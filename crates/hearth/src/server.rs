@@ -74,7 +74,11 @@ struct NodeSettings {
     #[serde(default)]
     egress_deny: Vec<String>,
     #[serde(default)]
-    egress_limits: Option<(u32, u32, u32)>,
+    egress_rate: Option<u32>,
+    #[serde(default)]
+    egress_burst: Option<u32>,
+    #[serde(default)]
+    egress_max_conns: Option<u32>,
 }
 
 impl Default for NodeSettings {
@@ -88,7 +92,9 @@ impl Default for NodeSettings {
             snapshot_s3: None,
             snapshot_encrypt: false,
             egress_deny: Vec::new(),
-            egress_limits: None,
+            egress_rate: None,
+            egress_burst: None,
+            egress_max_conns: None,
         }
     }
 }
@@ -106,13 +112,11 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
         .map(|c| c.parse::<Cidr>())
         .collect::<Result<Vec<_>, _>>()
         .context("bad egress_deny in node settings")?;
-    let limits = match s.egress_limits {
-        Some((rate, burst, max_conns)) => ConnLimits {
-            rate,
-            burst,
-            max_conns,
-        },
-        None => ConnLimits::default(),
+    let d = ConnLimits::default();
+    let limits = ConnLimits {
+        rate: s.egress_rate.unwrap_or(d.rate),
+        burst: s.egress_burst.unwrap_or(d.burst),
+        max_conns: s.egress_max_conns.unwrap_or(d.max_conns),
     };
     Ok(NodeConfig {
         data_dir: data_dir.to_path_buf(),
@@ -183,7 +187,9 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         snapshot_s3: args.snapshot_s3.clone(),
         snapshot_encrypt: args.snapshot_encrypt,
         egress_deny: args.egress_deny.iter().map(ToString::to_string).collect(),
-        egress_limits: Some((args.egress_rate, args.egress_burst, args.egress_max_conns)),
+        egress_rate: Some(args.egress_rate),
+        egress_burst: Some(args.egress_burst),
+        egress_max_conns: Some(args.egress_max_conns),
     };
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
