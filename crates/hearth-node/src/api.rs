@@ -1,8 +1,8 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use hearth_proto::client::ExecSession;
 pub use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, MAX_EGRESS_RULES};
+pub use hearth_proto::client::ExecSession;
 pub use hearth_proto::ExecRequest;
 use serde::{Deserialize, Serialize};
 
@@ -377,7 +377,10 @@ mod tests {
         );
         assert!(serde_json::from_str::<EgressPolicy>(r#"{"deny":["10.0.0.1/8"]}"#).is_err());
         let e = EgressPolicy::parse(&["300.0.0.0/8"]).unwrap_err();
-        assert!(matches!(e, NodeError::Invalid(ref m) if m.contains("300.0.0.0/8")), "{e}");
+        assert!(
+            matches!(e, NodeError::Invalid(ref m) if m.contains("300.0.0.0/8")),
+            "{e}"
+        );
         // Specs written before egress existed still load.
         let old = r#"{"id":"a","name":"a","image":"i","source":"s","slot":0,
             "limits":{"memory_bytes":1,"pids":1,"cpu_weight":1}}"#;

@@ -588,7 +588,10 @@ impl Inner {
                 }
                 // The kernel keeps the rules across our restarts; this repairs a policy
                 // changed while we were down or rules someone flushed.
-                if let Err(e) = self.net.apply_egress(&spec.id, spec.slot, &spec.egress.deny) {
+                if let Err(e) = self
+                    .net
+                    .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
+                {
                     tracing::warn!(id = %spec.id, "reconcile egress: {e}");
                 }
             } else {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::{internal, valid_id, Inner};
 use crate::{
-    EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec, ID_RANGE,
+    EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec,
+    ID_RANGE,
 };
 
 /// CPU use is measured over at least this long.
