@@ -11,7 +11,12 @@
 //!   IPv4 address (Ethernet source, ARP sender, IP source) and drops other ethertypes, so
 //!   a workspace cannot spoof another's address or poison the gateway's ARP cache.
 //!
+//! - an nftables `ip` table `hearth-<bridge>` holds the egress policy: node-wide denials,
+//!   per-workspace deny chains and connection meters (see [`egress`]).
+//!
 //! The host may still connect to workspaces (the port proxy does).
+
+pub mod egress;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,6 +24,8 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+pub use egress::{Cidr, ConnLimits, EgressConfig, EgressRule, Protocol, MAX_EGRESS_RULES};
 
 const NETNS_DIR: &str = "/run/netns";
 const SYS_NET: &str = "/sys/class/net";
@@ -37,6 +44,12 @@ pub enum NetError {
     },
     #[error("invalid workspace id {id:?}: {reason}")]
     InvalidId { id: String, reason: &'static str },
+    #[error("invalid egress rule {rule:?}: {reason}")]
+    InvalidEgressRule { rule: String, reason: String },
+    #[error("too many egress rules: {count} (at most {max})")]
+    TooManyEgressRules { count: usize, max: usize },
+    #[error("invalid connection limits: {reason}")]
+    InvalidLimits { reason: &'static str },
     #[error("slot {slot} is outside subnet {subnet}")]
     SlotOutOfRange { slot: u32, subnet: String },
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -60,12 +73,14 @@ pub enum NetError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetConfig {
     /// Bridge interface name (at most 15 characters); also names the netns and chains.
     pub bridge: String,
     /// IPv4 subnet such as `10.88.0.0/16`; the gateway takes the first host address.
     pub subnet: String,
+    /// Node-wide egress denials and connection limits.
+    pub egress: EgressConfig,
 }
 
 /// What [`Network::setup`] made for one workspace.
@@ -84,17 +99,80 @@ pub struct Network {
     bridge: String,
     network: u32,
     prefix_len: u8,
+    egress: EgressConfig,
 }
 
 impl Network {
     pub fn new(cfg: NetConfig) -> Result<Self, NetError> {
         validate_bridge(&cfg.bridge)?;
         let (network, prefix_len) = parse_subnet(&cfg.subnet)?;
+        cfg.egress.limits.validate()?;
         Ok(Network {
             bridge: cfg.bridge,
             network,
             prefix_len,
+            egress: cfg.egress,
         })
+    }
+
+    /// Connection limits every workspace gets.
+    pub fn conn_limits(&self) -> ConnLimits {
+        self.egress.limits
+    }
+
+    /// Destinations no workspace can reach: built-ins, operator extras and the node's
+    /// current addresses (the INPUT chain covers addresses added later as well).
+    pub fn node_deny(&self) -> Result<Vec<Cidr>, NetError> {
+        let mut all: BTreeSet<Cidr> = egress::BUILTIN_DENY
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        all.extend(self.egress.always_deny.iter().copied());
+        all.extend(host_ipv4_addrs()?.into_iter().map(Cidr::host));
+        Ok(all.into_iter().collect())
+    }
+
+    /// Makes workspace `id`'s deny rules exactly `rules`, atomically; the connection
+    /// meters apply to it whether or not this ran.
+    pub fn apply_egress(&self, id: &str, slot: u32, rules: &[EgressRule]) -> Result<(), NetError> {
+        validate_id(id)?;
+        egress::check_count(rules.len())?;
+        let ip = self.address(slot)?;
+        let script = egress::workspace_script(&self.nft_table(), id, ip, rules);
+        run_stdin("nft", &["-f", "-"], &script)?;
+        tracing::debug!(id, ip = %ip, rules = rules.len(), "egress policy applied");
+        Ok(())
+    }
+
+    /// Whether workspace `id` has a network (netns) to apply a policy to.
+    pub fn has_network(&self, id: &str) -> bool {
+        validate_id(id).is_ok() && self.netns_path(id).exists()
+    }
+
+    /// Removes workspace `id`'s deny chain and map entries; a missing table is fine.
+    fn remove_egress(&self, id: &str) -> Result<(), NetError> {
+        let Some(listing) = self.egress_listing()? else {
+            return Ok(());
+        };
+        let t = self.nft_table();
+        if !egress::chain_ids(&listing).iter().any(|c| c == id)
+            && egress::map_keys_for(&listing, &egress::ws_chain(id)).is_empty()
+        {
+            return Ok(());
+        }
+        let script = egress::remove_workspace_script(&t, id, &listing);
+        run_stdin("nft", &["-f", "-"], &script).map(drop)
+    }
+
+    /// `nft list table` of the egress table, `None` when it does not exist.
+    fn egress_listing(&self) -> Result<Option<String>, NetError> {
+        let t = self.nft_table();
+        let tables = run("nft", &["list", "tables", egress::TABLE_FAMILY])?;
+        let decl = format!("table {} {t}", egress::TABLE_FAMILY);
+        if !tables.lines().any(|l| l.trim() == decl) {
+            return Ok(None);
+        }
+        run("nft", &["list", "table", egress::TABLE_FAMILY, &t]).map(Some)
     }
 
     pub fn bridge(&self) -> &str {
@@ -147,6 +225,9 @@ impl Network {
             }
         }
         run_stdin("nft", &["-f", "-"], &self.bridge_table())?;
+        let deny = self.node_deny()?;
+        let script = egress::host_script(&self.nft_table(), br, &deny, &self.egress.limits);
+        run_stdin("nft", &["-f", "-"], &script)?;
         tracing::info!(bridge = br, gateway = %gw, "host network ready");
         Ok(())
     }
@@ -259,7 +340,8 @@ impl Network {
         if Path::new(NETNS_DIR).join(&ns).exists() {
             run("ip", &["netns", "del", &ns])?;
         }
-        self.unpin_port(&hv)
+        self.unpin_port(&hv)?;
+        self.remove_egress(id)
     }
 
     /// Removes a port's pin; a missing table (host already torn down) is fine.
@@ -325,7 +407,8 @@ impl Network {
     }
 
     /// Ids with a netns of this bridge, plus the `hv` suffix of any port on our bridge
-    /// without one (a truncated id; [`Network::teardown`] accepts it and removes the veth).
+    /// without one (a truncated id; [`Network::teardown`] accepts it and removes the veth),
+    /// plus ids that still have an egress chain.
     pub fn list(&self) -> Result<Vec<String>, NetError> {
         let prefix = format!("{}-", self.bridge);
         let mut ids = BTreeSet::new();
@@ -346,6 +429,13 @@ impl Network {
             }
         }
         ids.extend(orphans);
+        if let Some(listing) = self.egress_listing()? {
+            ids.extend(
+                egress::chain_ids(&listing)
+                    .into_iter()
+                    .filter(|id| validate_id(id).is_ok()),
+            );
+        }
         Ok(ids.into_iter().collect())
     }
 
@@ -372,6 +462,12 @@ impl Network {
         }
         if self.nft_table_exists()? {
             run("nft", &["delete", "table", "bridge", &self.nft_table()])?;
+        }
+        if self.egress_listing()?.is_some() {
+            run(
+                "nft",
+                &["delete", "table", egress::TABLE_FAMILY, &self.nft_table()],
+            )?;
         }
         if link_exists(&self.bridge) {
             if let Err(e) = run("ip", &["link", "del", "dev", &self.bridge]) {
@@ -535,6 +631,22 @@ fn parse_subnet(subnet: &str) -> Result<(u32, u8), NetError> {
     Ok((addr, prefix))
 }
 
+/// Every IPv4 address on the host's interfaces (loopback included).
+pub fn host_ipv4_addrs() -> Result<Vec<Ipv4Addr>, NetError> {
+    let out = run("ip", &["-4", "-o", "addr", "show"])?;
+    Ok(parse_ip_addr_show(&out))
+}
+
+fn parse_ip_addr_show(out: &str) -> Vec<Ipv4Addr> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.nth(2)? == "inet").then_some(())?;
+            f.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new(SYS_NET).join(name).exists()
 }
@@ -658,6 +770,7 @@ mod tests {
         Network::new(NetConfig {
             bridge: bridge.into(),
             subnet: subnet.into(),
+            ..Default::default()
         })
         .unwrap()
     }
@@ -688,6 +801,7 @@ mod tests {
             Network::new(NetConfig {
                 bridge: bridge.into(),
                 subnet: subnet.into(),
+                ..Default::default()
             })
             .unwrap_err()
         };
@@ -771,6 +885,34 @@ mod tests {
         assert!(rules.contains("ip saddr != 10.1.0.9 drop"));
         assert!(rules.ends_with("ports { \"hvabc\" : jump port-hvabc }\n"));
         assert!(n.bridge_table().contains("table bridge hearth-br7 {"));
+    }
+
+    #[test]
+    fn host_addresses_are_parsed_from_ip_output() {
+        let out = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                   4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\ x\n\
+                   5: br0    inet6 fe80::1/64 scope link\n";
+        assert_eq!(
+            parse_ip_addr_show(out),
+            vec![Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 2)]
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        let err = Network::new(NetConfig {
+            bridge: "br".into(),
+            subnet: "10.0.0.0/8".into(),
+            egress: EgressConfig {
+                limits: ConnLimits {
+                    rate: 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        })
+        .unwrap_err();
+        assert!(matches!(err, NetError::InvalidLimits { .. }), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn network(third: u8) -> Network {
     Network::new(NetConfig {
         bridge: format!("htest{:06x}", r & 0xff_ffff),
         subnet: format!("10.213.{third}.0/24"),
+        ..Default::default()
     })
     .unwrap()
 }

@@ -1,6 +1,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+pub use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, MAX_EGRESS_RULES};
 pub use hearth_proto::client::ExecSession;
 pub use hearth_proto::ExecRequest;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,46 @@ pub struct WorkspaceSpec {
     /// network address is derived from it.
     pub slot: u32,
     pub limits: Limits,
+    /// Outbound policy; absent in records and `spec.json` files older than it.
+    #[serde(default)]
+    pub egress: EgressPolicy,
+}
+
+/// A workspace's outbound policy: everything is allowed except `deny`. The node's own
+/// denials (its addresses, link-local, operator extras) apply on top and cannot be lifted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressPolicy {
+    /// Canonical `CIDR[:PORT[-PORT][/tcp|/udp]]` strings on the wire and on disk.
+    #[serde(default, with = "rule_strings")]
+    pub deny: Vec<EgressRule>,
+}
+
+impl EgressPolicy {
+    /// Parses user input; duplicates are dropped, and bad rules or more than
+    /// [`MAX_EGRESS_RULES`] are an [`NodeError::Invalid`] naming the problem.
+    pub fn parse<S: AsRef<str>>(deny: &[S]) -> Result<EgressPolicy, NodeError> {
+        hearth_net::egress::parse_rules(deny)
+            .map(|deny| EgressPolicy { deny })
+            .map_err(|e| NodeError::Invalid(e.to_string()))
+    }
+
+    pub fn deny_strings(&self) -> Vec<String> {
+        self.deny.iter().map(ToString::to_string).collect()
+    }
+}
+
+mod rule_strings {
+    use hearth_net::EgressRule;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rules: &[EgressRule], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(rules.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EgressRule>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        hearth_net::egress::parse_rules(&raw).map_err(serde::de::Error::custom)
+    }
 }
 
 impl WorkspaceSpec {
@@ -128,6 +169,22 @@ pub struct WorkspaceDetails {
     /// Present while the workspace has a network namespace (kept across stops).
     pub network: Option<NetworkDetails>,
     pub usage: Usage,
+    pub egress: EgressDetails,
+}
+
+/// The egress policy in force for a workspace, as the node applies it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EgressDetails {
+    /// The workspace's own deny rules.
+    pub deny: Vec<String>,
+    /// Destinations no workspace on this node can reach, whatever its policy.
+    pub node_deny: Vec<String>,
+    /// New outbound connections per second, sustained.
+    pub rate: u32,
+    /// New connections allowed at once above the rate.
+    pub burst: u32,
+    /// Concurrently tracked outbound connections.
+    pub max_conns: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -173,6 +230,8 @@ pub struct NodeConfig {
     pub agent_binary: PathBuf,
     /// Where snapshots go; the default is a local store under the data dir.
     pub snapshots: crate::SnapshotSettings,
+    /// Node-wide egress denials and per-workspace connection limits.
+    pub egress: EgressConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +279,9 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Removes every trace: processes, mounts, cgroups, netns, veth, files.
     async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError>;
+    /// Applies `spec.egress` to the workspace's network now, if it has one (it is applied
+    /// on every start anyway). Atomic: on error the previous policy stays in force.
+    async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     /// Host resources and current usage; takes a short CPU sample while running.
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError>;
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
@@ -313,6 +375,29 @@ mod tests {
         assert!(!is_registry_reference("team/img:1"));
         assert!(!is_registry_reference("sha256:abcd"));
         assert!(!is_registry_reference("example.com/"));
+    }
+
+    #[test]
+    fn egress_policies_round_trip_as_strings() {
+        let p = EgressPolicy::parse(&["10.0.0.0/8", "1.2.3.4:443/tcp", "10.0.0.0/8"]).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"deny":["10.0.0.0/8","1.2.3.4/32:443/tcp"]}"#);
+        assert_eq!(serde_json::from_str::<EgressPolicy>(&json).unwrap(), p);
+        assert_eq!(
+            serde_json::from_str::<EgressPolicy>("{}").unwrap(),
+            EgressPolicy::default()
+        );
+        assert!(serde_json::from_str::<EgressPolicy>(r#"{"deny":["10.0.0.1/8"]}"#).is_err());
+        let e = EgressPolicy::parse(&["300.0.0.0/8"]).unwrap_err();
+        assert!(
+            matches!(e, NodeError::Invalid(ref m) if m.contains("300.0.0.0/8")),
+            "{e}"
+        );
+        // Specs written before egress existed still load.
+        let old = r#"{"id":"a","name":"a","image":"i","source":"s","slot":0,
+            "limits":{"memory_bytes":1,"pids":1,"cpu_weight":1}}"#;
+        let spec: WorkspaceSpec = serde_json::from_str(old).unwrap();
+        assert!(spec.egress.deny.is_empty());
     }
 
     #[test]

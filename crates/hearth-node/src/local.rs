@@ -164,6 +164,7 @@ impl LocalNode {
         let net = Network::new(NetConfig {
             bridge: cfg.bridge.clone(),
             subnet: cfg.subnet.clone(),
+            egress: cfg.egress.clone(),
         })
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
         hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
@@ -484,6 +485,10 @@ impl Inner {
         self.cgroups.create(id, &limits).map_err(internal)?;
         ph.mark("cgroups");
         let wnet = self.net.ensure(id, spec.slot).map_err(internal)?;
+        // Before the container exists, so it never runs without its deny rules.
+        self.net
+            .apply_egress(id, spec.slot, &spec.egress.deny)
+            .map_err(internal)?;
         ph.mark("network");
         if !mount::is_mounted(&p.rootfs).map_err(internal)? {
             let ns =
@@ -696,6 +701,14 @@ impl Inner {
                 if let Err(e) = self.cgroups.thaw(&spec.id) {
                     tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
                 }
+                // The kernel keeps the rules across our restarts; this repairs a policy
+                // changed while we were down or rules someone flushed.
+                if let Err(e) = self
+                    .net
+                    .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
+                {
+                    tracing::warn!(id = %spec.id, "reconcile egress: {e}");
+                }
             } else {
                 // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
                 if let Err(e) = self.cleanup_runtime(&spec.id, true) {
@@ -879,6 +892,28 @@ impl NodeApi for LocalNode {
     async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         let spec = spec.clone();
         self.blocking(move |i| i.status(&spec)).await
+    }
+
+    async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| {
+            valid_id(&spec.id)?;
+            if !i.net.has_network(&spec.id) {
+                return Ok(());
+            }
+            i.net
+                .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
+                .map_err(|e| match e {
+                    hearth_net::NetError::TooManyEgressRules { .. }
+                    | hearth_net::NetError::InvalidEgressRule { .. } => {
+                        NodeError::Invalid(e.to_string())
+                    }
+                    other => internal(other),
+                })?;
+            tracing::info!(id = %spec.id, name = %spec.name, rules = spec.egress.deny.len(), "egress policy set");
+            Ok(())
+        })
+        .await
     }
 
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<crate::WorkspaceDetails, NodeError> {

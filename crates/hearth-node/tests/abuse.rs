@@ -87,6 +87,7 @@ async fn abuse_stays_inside_its_workspace() {
         source: repo.display().to_string(),
         slot,
         limits,
+        egress: Default::default(),
     };
     let abuser = spec(
         "ab1aaaaaaaaa",

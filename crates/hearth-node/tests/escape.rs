@@ -147,6 +147,7 @@ async fn root_inside_cannot_escape() {
         source: repo.display().to_string(),
         slot,
         limits,
+        egress: Default::default(),
     };
     // Host veth names keep 11 characters of the id: the ids must differ early.
     let a = mk("e1eeeeeeeeee", "a", 21);

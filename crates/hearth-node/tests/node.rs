@@ -92,6 +92,7 @@ async fn debian_image_from_docker_archive() {
         source: repo.display().to_string(),
         slot: 3,
         limits: Limits::default(),
+        egress: Default::default(),
     };
     e.specs = vec![spec.clone()];
     e.node.create(&spec, tx).await.unwrap();

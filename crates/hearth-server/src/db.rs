@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use hearth_node::{Limits, WorkspaceSpec};
+use hearth_node::{EgressPolicy, Limits, WorkspaceSpec};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
@@ -68,7 +68,8 @@ fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     }
 }
 
-const COLUMNS: &str = "id, name, image, source, slot, limits, state, error, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress";
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
@@ -83,6 +84,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
     let slot: i64 = row.try_get("slot").map_err(get_err)?;
     let limits: String = row.try_get("limits").map_err(get_err)?;
     let state: String = row.try_get("state").map_err(get_err)?;
+    let egress: String = row.try_get("egress").map_err(get_err)?;
     Ok(WorkspaceRecord {
         spec: WorkspaceSpec {
             id: id.clone(),
@@ -92,6 +94,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
             slot: u32::try_from(slot).map_err(|_| corrupt(format!("slot {slot} out of range")))?,
             limits: serde_json::from_str::<Limits>(&limits)
                 .map_err(|e| corrupt(format!("limits: {e}")))?,
+            egress: serde_json::from_str::<EgressPolicy>(&egress)
+                .map_err(|e| corrupt(format!("egress: {e}")))?,
         },
         state: WorkspaceState::parse(&state).ok_or_else(|| corrupt(format!("state {state:?}")))?,
         error: row.try_get("error").map_err(get_err)?,
@@ -176,8 +180,10 @@ impl Store {
             id: s.id.clone(),
             message: format!("limits: {e}"),
         })?;
+        let egress = egress_json(s)?;
         sqlx::query(&format!(
-            "INSERT INTO workspaces ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO workspaces ({COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&s.id)
         .bind(&s.name)
@@ -189,6 +195,7 @@ impl Store {
         .bind(&rec.error)
         .bind(&rec.created_at)
         .bind(&rec.updated_at)
+        .bind(egress)
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {
@@ -220,6 +227,18 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a workspace's egress policy.
+    pub async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET egress = $1, updated_at = $2 WHERE id = $3")
+            .bind(egress_json(spec)?)
+            .bind(now())
+            .bind(&spec.id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(&spec.id))?;
+        Ok(())
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM workspaces WHERE id = $1")
             .bind(id)
@@ -228,6 +247,13 @@ impl Store {
             .map_err(query_err(id))?;
         Ok(())
     }
+}
+
+fn egress_json(spec: &WorkspaceSpec) -> Result<String, StoreError> {
+    serde_json::to_string(&spec.egress).map_err(|e| StoreError::Corrupt {
+        id: spec.id.clone(),
+        message: format!("egress: {e}"),
+    })
 }
 
 /// Lowest slot not in `used` (which is ascending).
@@ -256,12 +282,46 @@ mod tests {
                 source: "/src/x".into(),
                 slot,
                 limits: Limits::default(),
+                egress: EgressPolicy::default(),
             },
             state: WorkspaceState::Creating,
             error: None,
             created_at: now(),
             updated_at: now(),
         }
+    }
+
+    #[tokio::test]
+    async fn rows_from_before_egress_allow_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        // A database at migration 1, with a row, as an older server left it.
+        {
+            let opts = SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            let m = sqlx::migrate::Migrator {
+                migrations: std::borrow::Cow::Owned(
+                    MIGRATOR.migrations.iter().take(1).cloned().collect(),
+                ),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            m.run(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO workspaces (id, name, image, source, slot, limits, state, \
+                 created_at, updated_at) VALUES ('aaaaaaaaaaaa', 'old', 'sha256:x', '/s', 0, \
+                 '{\"memory_bytes\":1,\"pids\":1,\"cpu_weight\":1}', 'stopped', 't', 't')",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let old = store.get("old").await.unwrap().unwrap();
+        assert_eq!(old.spec.egress, EgressPolicy::default());
     }
 
     #[test]
@@ -293,6 +353,13 @@ mod tests {
         let got = store.get("a").await.unwrap().unwrap();
         assert_eq!(got.state, WorkspaceState::Failed);
         assert_eq!(got.error.as_deref(), Some("boom"));
+        let mut with_policy = got.spec.clone();
+        with_policy.egress = EgressPolicy::parse(&["10.0.0.0/8", "1.2.3.4:53/udp"]).unwrap();
+        store.set_egress(&with_policy).await.unwrap();
+        assert_eq!(
+            store.get("a").await.unwrap().unwrap().spec.egress,
+            with_policy.egress
+        );
         store.delete("aaaaaaaaaaaa").await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
         store.close().await;

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hearth_node::{
-    ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth, RunState,
-    WorkspaceSpec, WorkspaceStatus,
+    EgressPolicy, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth,
+    RunState, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 use tokio::sync::OwnedMutexGuard;
@@ -17,7 +17,9 @@ use tokio::sync::OwnedMutexGuard;
 use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
-use crate::wire::{CreateWorkspace, Image, PullImage, Workspace, WorkspaceInspect, WorkspaceState};
+use crate::wire::{
+    CreateWorkspace, Egress, Image, PullImage, Workspace, WorkspaceInspect, WorkspaceState,
+};
 
 mod snapshots;
 
@@ -49,6 +51,11 @@ fn say(progress: &Progress, line: impl Into<String>) {
 fn node_err(op: &str, name: &str, e: NodeError) -> ApiError {
     tracing::warn!(workspace = name, op, error = %e, "node call failed");
     ApiError::from(e)
+}
+
+/// Validates a requested policy: a bad rule or too many is an `invalid` error.
+fn egress_policy(req: Egress) -> Result<EgressPolicy, ApiError> {
+    EgressPolicy::parse(&req.deny).map_err(ApiError::from)
 }
 
 /// What an operation may do from a given state; `Ok(None)` means nothing to do.
@@ -168,6 +175,9 @@ impl Manager {
             error: rec.error,
             ip,
             limits: rec.spec.limits.into(),
+            egress: Egress {
+                deny: rec.spec.egress.deny_strings(),
+            },
             created_at: rec.created_at,
             updated_at: rec.updated_at,
         }
@@ -292,6 +302,7 @@ impl Manager {
         if !names::is_valid_name(&name) {
             return Err(ApiError::invalid(names::invalid_name_message(&name)));
         }
+        let egress = egress_policy(req.egress.unwrap_or_default())?;
         let _guard = self.lock(&name).await;
         if self.store.get(&name).await?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -329,7 +340,7 @@ impl Manager {
         };
 
         let rec = self
-            .insert_creating(&name, image.id.clone(), source, limits)
+            .insert_creating(&name, image.id.clone(), source, limits, egress)
             .await?;
         tracing::info!(
             workspace = name,
@@ -430,6 +441,33 @@ impl Manager {
         }
     }
 
+    /// Replaces a workspace's egress policy: persisted, then applied to its network at
+    /// once (a stopped workspace gets it at its next start). Bad input changes nothing;
+    /// a failed apply puts the old policy back.
+    pub async fn set_egress(&self, name: &str, req: Egress) -> Result<Workspace, ApiError> {
+        let policy = egress_policy(req)?;
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if rec.state.is_transitional() {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is {}; try again when it is done",
+                rec.state
+            )));
+        }
+        let mut spec = rec.spec.clone();
+        spec.egress = policy;
+        self.store.set_egress(&spec).await?;
+        if let Err(e) = self.node.set_egress(&spec).await {
+            let e = node_err("set_egress", name, e);
+            if let Err(re) = self.store.set_egress(&rec.spec).await {
+                tracing::error!(workspace = name, error = %re, "restoring the old egress policy failed");
+            }
+            return Err(e);
+        }
+        tracing::info!(workspace = name, deny = ?spec.egress.deny_strings(), "egress policy replaced");
+        self.get(name).await
+    }
+
     pub async fn logs(&self, name: &str) -> Result<Vec<u8>, ApiError> {
         let rec = self.record(name).await?;
         self.node
@@ -473,6 +511,7 @@ impl Manager {
         image: String,
         source: String,
         limits: Limits,
+        egress: EgressPolicy,
     ) -> Result<WorkspaceRecord, ApiError> {
         let _alloc = self.alloc.lock().await;
         let slot = lowest_free_slot(&self.store.used_slots().await?);
@@ -485,6 +524,7 @@ impl Manager {
                 source,
                 slot,
                 limits,
+                egress,
             },
             state: WorkspaceState::Creating,
             error: None,

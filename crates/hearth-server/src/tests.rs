@@ -27,6 +27,9 @@ struct FakeState {
     fail_start: bool,
     /// References pulled, with the credentials given.
     pulls: Vec<(String, Option<RegistryAuth>)>,
+    /// id -> the egress rules last applied by `set_egress` or `start`.
+    egress: HashMap<String, Vec<String>>,
+    fail_egress: bool,
 }
 
 #[derive(Default, Clone)]
@@ -176,6 +179,15 @@ impl NodeApi for FakeNode {
             },
         })
     }
+    async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let mut st = self.st();
+        if st.fail_egress {
+            return Err(NodeError::Internal("nft failed".into()));
+        }
+        st.egress
+            .insert(spec.id.clone(), spec.egress.deny_strings());
+        Ok(())
+    }
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError> {
         let st = self.status(spec).await?;
         if st.state == RunState::Missing {
@@ -197,6 +209,13 @@ impl NodeApi for FakeNode {
             },
             limits: spec.limits,
             network: None,
+            egress: EgressDetails {
+                deny: spec.egress.deny_strings(),
+                node_deny: vec!["169.254.0.0/16".into()],
+                rate: 100,
+                burst: 500,
+                max_conns: 4096,
+            },
             usage: Usage {
                 memory_bytes: running.then_some(4096),
                 pids: running.then_some(1),
@@ -434,6 +453,7 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/workspaces/{name}/inspect"),
         ("get", "/v1/workspaces/{name}/logs"),
         ("get", "/v1/workspaces/{name}/exec"),
+        ("put", "/v1/workspaces/{name}/egress"),
         ("get", "/v1/workspaces/{name}/snapshots"),
         ("post", "/v1/workspaces/{name}/snapshots"),
         ("post", "/v1/workspaces/{name}/fork"),
@@ -675,6 +695,7 @@ async fn reconcile_resolves_transitional_states() {
             source: "/s".into(),
             slot,
             limits: Limits::default(),
+            egress: EgressPolicy::default(),
         },
         state,
         error: None,
@@ -886,6 +907,128 @@ async fn inspect_reports_node_details() {
 }
 
 #[tokio::test]
+async fn egress_policy_is_validated_persisted_and_applied() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    // Bad input at create leaves nothing behind.
+    for (deny, why) in [
+        (serde_json::json!(["10.0.0.1/8"]), "did you mean 10.0.0.0/8"),
+        (serde_json::json!(["nope"]), "not an IPv4 address"),
+        (
+            serde_json::json!((0..65)
+                .map(|i| format!("10.0.{i}.0/24"))
+                .collect::<Vec<_>>()),
+            "too many egress rules: 65 (at most 64)",
+        ),
+    ] {
+        let (_, last) = h
+            .stream(
+                "/v1/workspaces",
+                serde_json::json!({"source": "/src/w", "egress": {"deny": deny}}),
+            )
+            .await;
+        let e = error_of(last);
+        assert_eq!(e.code, "invalid");
+        assert!(e.message.contains(why), "{}", e.message);
+    }
+    assert!(h.names().await.is_empty());
+
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/w", "egress": {"deny": ["192.0.2.7", "10.0.0.0/8"]}}),
+        )
+        .await;
+    let StreamLine::Result(w) = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(
+        w["egress"]["deny"],
+        serde_json::json!(["192.0.2.7/32", "10.0.0.0/8"])
+    );
+
+    // Replace: persisted, applied, shown by get and inspect.
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/w/egress",
+            Some(serde_json::json!({"deny": ["198.51.100.0/24:443/tcp"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["egress"]["deny"],
+        serde_json::json!(["198.51.100.0/24:443/tcp"])
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.node.st().egress.get(&id).unwrap(),
+        &vec!["198.51.100.0/24:443/tcp".to_string()]
+    );
+    let (_, v) = h.json(Method::GET, "/v1/workspaces/w/inspect", None).await;
+    let i: WorkspaceInspect = serde_json::from_value(v).unwrap();
+    assert_eq!(i.egress.deny, vec!["198.51.100.0/24:443/tcp"]);
+    assert_eq!(i.egress.node_deny, vec!["169.254.0.0/16"]);
+
+    // Bad input and a failing node change nothing.
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/w/egress",
+            Some(serde_json::json!({"deny": ["1.2.3.4:80/sctp"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tcp or udp"));
+    let (s, _) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/w/egress",
+            Some(serde_json::json!({"allow": ["0.0.0.0/0"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    h.node.st().fail_egress = true;
+    let (s, _) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/w/egress",
+            Some(serde_json::json!({"deny": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    h.node.st().fail_egress = false;
+    let (_, v) = h.json(Method::GET, "/v1/workspaces/w", None).await;
+    assert_eq!(
+        v["egress"]["deny"],
+        serde_json::json!(["198.51.100.0/24:443/tcp"])
+    );
+
+    // Allow all; the record survives a new manager over the same database.
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/w/egress",
+            Some(serde_json::json!({"deny": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["egress"]["deny"], serde_json::json!([]));
+    let rec = h.manager.store().get("w").await.unwrap().unwrap();
+    assert!(rec.spec.egress.deny.is_empty());
+    let (s, _) = h
+        .json(
+            Method::PUT,
+            "/v1/workspaces/nope/egress",
+            Some(serde_json::json!({"deny": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn data_dir_lock_and_token() {
     let dir = tempfile::tempdir().unwrap();
     let lock = crate::DataDirLock::acquire(dir.path()).unwrap();
@@ -970,6 +1113,7 @@ async fn exec_over_websocket() {
             image: Some("busybox".into()),
             name: None,
             limits: Default::default(),
+            egress: None,
         };
         mgr.create(req, ptx).await.unwrap();
         store.close().await;

@@ -89,6 +89,21 @@ pub struct CreateWorkspace {
     /// Resource limits; each absent one takes the node's default.
     #[serde(default)]
     pub limits: LimitsRequest,
+    /// Outbound policy; everything is allowed when absent.
+    #[serde(default)]
+    pub egress: Option<Egress>,
+}
+
+/// A workspace's outbound policy: everything is allowed except `deny`. Body of
+/// `PUT /v1/workspaces/{name}/egress`, which replaces the whole list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// Denied destinations, `CIDR[:PORT[-PORT][/tcp|/udp]]`: `10.0.0.0/8`, `192.0.2.7`,
+    /// `192.0.2.0/24:5432/tcp`, `192.0.2.7:8000-9000`. Ports without a protocol cover TCP
+    /// and UDP. At most 64; duplicates are dropped; answers hold the canonical form.
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// Limits asked for at create. The disk size is fixed from then on.
@@ -234,6 +249,9 @@ pub struct Workspace {
     /// Address on the node's bridge while running.
     pub ip: Option<String>,
     pub limits: WorkspaceLimits,
+    /// The workspace's own outbound denials (the node's apply on top, see inspect).
+    #[serde(default)]
+    pub egress: Egress,
     /// Id of the newest snapshot this server took (this run), if any.
     #[serde(default)]
     pub last_snapshot: Option<String>,
@@ -256,6 +274,23 @@ pub struct WorkspaceInspect {
     pub cgroups: Vec<String>,
     pub network: Option<NetworkInfo>,
     pub usage: UsageInfo,
+    pub egress: EgressInfo,
+}
+
+/// The outbound policy in force: the workspace's rules, the node's, and the limits.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EgressInfo {
+    /// The workspace's own denied destinations.
+    pub deny: Vec<String>,
+    /// Destinations no workspace on the node can reach (its own addresses, loopback,
+    /// link-local/metadata, operator additions); a workspace policy cannot lift these.
+    pub node_deny: Vec<String>,
+    /// New outbound connections per second; more are dropped.
+    pub rate: u32,
+    /// New connections allowed at once above `rate`.
+    pub burst: u32,
+    /// Concurrently tracked outbound connections; more are dropped.
+    pub max_conns: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -312,6 +347,13 @@ impl WorkspaceInspect {
                 host_veth: n.host_veth,
                 netns: n.netns.to_string_lossy().into_owned(),
             }),
+            egress: EgressInfo {
+                deny: d.egress.deny,
+                node_deny: d.egress.node_deny,
+                rate: d.egress.rate,
+                burst: d.egress.burst,
+                max_conns: d.egress.max_conns,
+            },
             usage: UsageInfo {
                 cpu_ns: d.usage.cpu_ns,
                 cpu_percent: d.usage.cpu_percent,

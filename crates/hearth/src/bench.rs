@@ -108,6 +108,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         runtime: args.runtime.clone(),
         agent_binary: args.agent.clone(),
         snapshots: Default::default(),
+        egress: Default::default(),
     };
     let node = LocalNode::open(cfg).await?;
     let result = bench(&node, tmp.path(), &args).await;
@@ -144,6 +145,7 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             source: repo.display().to_string(),
             slot: i as u32,
             limits: Limits::default(),
+            egress: Default::default(),
         };
         let r = async {
             let t = Instant::now();
@@ -362,6 +364,7 @@ async fn snapshot_pauses(
         // The cycles above removed their workspaces: their slots are free.
         slot: 0,
         limits: Limits::default(),
+        egress: Default::default(),
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     eprintln!("taking {runs} snapshots of a running workspace while it writes...");

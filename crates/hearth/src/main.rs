@@ -64,6 +64,28 @@ enum Cmd {
         /// CPU weight against other workspaces, 1..10000 (default 100).
         #[arg(long)]
         cpu_weight: Option<u64>,
+        /// Deny outbound traffic to RULE: CIDR[:PORT[-PORT][/tcp|/udp]], e.g. 10.0.0.0/8 or
+        /// 192.0.2.7:5432/tcp (repeatable; everything else is allowed).
+        #[arg(long = "deny-egress", value_name = "RULE")]
+        deny_egress: Vec<String>,
+    },
+    /// Show or change a workspace's outbound policy (applied at once while it runs).
+    ///
+    /// Everything is allowed except the deny list; the node's own addresses, loopback,
+    /// link-local (cloud metadata) and operator-chosen networks are always denied.
+    Egress {
+        name: String,
+        /// Add a denied destination: CIDR[:PORT[-PORT][/tcp|/udp]] (repeatable).
+        #[arg(long, value_name = "RULE")]
+        deny: Vec<String>,
+        /// Remove a rule from the deny list (repeatable).
+        #[arg(long, value_name = "RULE")]
+        undeny: Vec<String>,
+        /// Clear the deny list first (then apply any --deny).
+        #[arg(long)]
+        allow_all: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// List workspaces.
     Ls {
@@ -286,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             disk,
             pids,
             cpu_weight,
+            deny_egress,
         } => {
             let limits = hearth_server::wire::LimitsRequest {
                 memory_bytes: *memory,
@@ -294,9 +317,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 disk_bytes: *disk,
             };
             client()?
-                .up(source, image.clone(), name.clone(), limits)
+                .up(
+                    source,
+                    image.clone(),
+                    name.clone(),
+                    limits,
+                    deny_egress.clone(),
+                )
                 .await?;
             Ok(0)
+        }
+        Cmd::Egress {
+            name,
+            deny,
+            undeny,
+            allow_all,
+            json,
+        } => {
+            let change = client::EgressChange {
+                deny: deny.clone(),
+                undeny: undeny.clone(),
+                allow_all: *allow_all,
+            };
+            client()?.egress(name, &change, *json).await.map(|()| 0)
         }
         Cmd::Ls { json } => client()?.list(*json).await.map(|()| 0),
         Cmd::Inspect { name, json } => client()?.inspect(name, *json).await.map(|()| 0),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hearth_node::{LocalNode, NodeApi, NodeConfig};
+use hearth_node::{Cidr, ConnLimits, EgressConfig, LocalNode, NodeApi, NodeConfig};
 use hearth_server::{DataDirLock, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,19 @@ pub struct ServerArgs {
     /// workspaces are skipped.
     #[arg(long, default_value_t = 300)]
     snapshot_interval: u64,
+    /// Deny every workspace outbound traffic to CIDR, on top of the node's own addresses,
+    /// loopback and link-local (repeatable), e.g. the LAN or a remote control plane.
+    #[arg(long, value_name = "CIDR")]
+    egress_deny: Vec<Cidr>,
+    /// New outbound connections per second per workspace; more are dropped.
+    #[arg(long, default_value_t = ConnLimits::default().rate)]
+    egress_rate: u32,
+    /// New connections per workspace allowed at once above --egress-rate.
+    #[arg(long, default_value_t = ConnLimits::default().burst)]
+    egress_burst: u32,
+    /// Concurrently tracked outbound connections per workspace; more are dropped.
+    #[arg(long, default_value_t = ConnLimits::default().max_conns)]
+    egress_max_conns: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,6 +70,15 @@ struct NodeSettings {
     snapshot_s3: Option<String>,
     #[serde(default)]
     snapshot_encrypt: bool,
+    /// Node-wide egress denials (CIDR strings) and connection limits.
+    #[serde(default)]
+    egress_deny: Vec<String>,
+    #[serde(default)]
+    egress_rate: Option<u32>,
+    #[serde(default)]
+    egress_burst: Option<u32>,
+    #[serde(default)]
+    egress_max_conns: Option<u32>,
 }
 
 impl Default for NodeSettings {
@@ -69,6 +91,10 @@ impl Default for NodeSettings {
             agent: None,
             snapshot_s3: None,
             snapshot_encrypt: false,
+            egress_deny: Vec::new(),
+            egress_rate: None,
+            egress_burst: None,
+            egress_max_conns: None,
         }
     }
 }
@@ -79,8 +105,20 @@ pub fn agent_next_to_exe() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> NodeConfig {
-    NodeConfig {
+fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Result<NodeConfig> {
+    let always_deny = s
+        .egress_deny
+        .iter()
+        .map(|c| c.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("bad egress_deny in node settings")?;
+    let d = ConnLimits::default();
+    let limits = ConnLimits {
+        rate: s.egress_rate.unwrap_or(d.rate),
+        burst: s.egress_burst.unwrap_or(d.burst),
+        max_conns: s.egress_max_conns.unwrap_or(d.max_conns),
+    };
+    Ok(NodeConfig {
         data_dir: data_dir.to_path_buf(),
         bridge: s.bridge.clone(),
         subnet: s.subnet.clone(),
@@ -91,7 +129,11 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> NodeConfig 
             s3: s.snapshot_s3.clone(),
             encrypt: s.snapshot_encrypt,
         },
-    }
+        egress: EgressConfig {
+            always_deny,
+            limits,
+        },
+    })
 }
 
 /// Logs to stderr, filtered by RUST_LOG, else at `default` level.
@@ -144,11 +186,15 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         agent: Some(agent.clone()),
         snapshot_s3: args.snapshot_s3.clone(),
         snapshot_encrypt: args.snapshot_encrypt,
+        egress_deny: args.egress_deny.iter().map(ToString::to_string).collect(),
+        egress_rate: Some(args.egress_rate),
+        egress_burst: Some(args.egress_burst),
+        egress_max_conns: Some(args.egress_max_conns),
     };
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let node = LocalNode::open(node_config(data_dir, &settings, agent))
+    let node = LocalNode::open(node_config(data_dir, &settings, agent)?)
         .await
         .context("cannot open the node")?;
     let node: Arc<dyn NodeApi> = Arc::new(node);
@@ -185,7 +231,7 @@ pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
         .filter(|p| p.is_file())
         .or_else(agent_next_to_exe)
         .unwrap_or_else(|| data_dir.join("bin/hearth-agent"));
-    let node = LocalNode::open(node_config(data_dir, &settings, agent))
+    let node = LocalNode::open(node_config(data_dir, &settings, agent)?)
         .await
         .context("cannot open the node")?;
     hearth_server::teardown(&lock, &node, purge).await?;

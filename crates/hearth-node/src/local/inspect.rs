@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::{internal, valid_id, Inner};
 use crate::{
-    NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec, ID_RANGE,
+    EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec,
+    ID_RANGE,
 };
 
 /// CPU use is measured over at least this long.
@@ -87,7 +88,22 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         usage.memory_bytes = s1.memory_bytes;
         usage.pids = Some(s1.pids);
     }
+    let limits = inner.net.conn_limits();
+    let egress = EgressDetails {
+        deny: spec.egress.deny_strings(),
+        node_deny: inner
+            .net
+            .node_deny()
+            .map_err(internal)?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        rate: limits.rate,
+        burst: limits.burst,
+        max_conns: limits.max_conns,
+    };
     Ok(WorkspaceDetails {
+        egress,
         state: status.state,
         pid: status.pid,
         uid_base: spec.uid_base(),

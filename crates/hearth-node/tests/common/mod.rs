@@ -57,9 +57,14 @@ pub async fn env() -> Env {
 
 /// A node using OCI runtime `runtime` (crun or runc; `None` picks).
 pub async fn env_with(runtime: Option<String>) -> Env {
+    env_config(runtime, |_| {}).await
+}
+
+/// A node whose config `tweak` adjusts first.
+pub async fn env_config(runtime: Option<String>, tweak: impl FnOnce(&mut NodeConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let tag: u32 = rand::random::<u32>() % 100_000;
-    let cfg = NodeConfig {
+    let mut cfg = NodeConfig {
         data_dir: dir.path().join("data"),
         bridge: format!("hn{tag}"),
         subnet: format!("10.{}.{}.0/24", 150 + tag % 50, tag % 250),
@@ -67,7 +72,9 @@ pub async fn env_with(runtime: Option<String>) -> Env {
         runtime,
         agent_binary: agent(),
         snapshots: Default::default(),
+        egress: Default::default(),
     };
+    tweak(&mut cfg);
     let node = LocalNode::open(cfg.clone()).await.expect("open node");
     Env {
         dir,
@@ -177,6 +184,7 @@ pub async fn busybox_workspaces(
             source: repo.display().to_string(),
             slot: *slot,
             limits: hearth_node::Limits::default(),
+            egress: Default::default(),
         };
         e.specs.push(spec.clone());
         e.node.create(&spec, tx.clone()).await.unwrap();
@@ -201,4 +209,107 @@ pub async fn debian_image(e: &Env) -> Option<String> {
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     Some(e.node.load_image(tar, None, tx).await.unwrap().id)
+}
+
+fn must(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// "The internet" for egress tests: a netns behind a veth routed from the host, so traffic
+/// to it takes the forward + NAT path. The host end is `10.215.<third>.1/24`; the far end
+/// holds `.2`, `.3` and link-local `169.254.215.<third>` (routed there from the host like a
+/// metadata endpoint). `.9` is unassigned: SYNs to it are tracked and never answered.
+/// Removed on drop, with its route.
+pub struct Outside {
+    pub ns: String,
+    veth: String,
+    third: u8,
+}
+
+impl Outside {
+    pub fn new(third: u8) -> Outside {
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let o = Outside {
+            ns: format!("hxn{tag}"),
+            veth: format!("hxn{tag}"),
+            third,
+        };
+        must(&["ip", "netns", "add", &o.ns]);
+        must(&[
+            "ip", "link", "add", "name", &o.veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &o.ns,
+        ]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", o.ip(1)),
+            "dev",
+            &o.veth,
+        ]);
+        must(&["ip", "link", "set", "dev", &o.veth, "up"]);
+        for n in [2, 3] {
+            let a = format!("{}/24", o.ip(n));
+            must(&["ip", "-n", &o.ns, "addr", "add", &a, "dev", "eth0"]);
+        }
+        let md = format!("{}/32", o.metadata());
+        must(&["ip", "-n", &o.ns, "addr", "add", &md, "dev", "eth0"]);
+        must(&["ip", "-n", &o.ns, "link", "set", "dev", "eth0", "up"]);
+        must(&["ip", "-n", &o.ns, "link", "set", "dev", "lo", "up"]);
+        let via = o.ip(2).to_string();
+        must(&["ip", "route", "add", &md, "via", &via, "dev", &o.veth]);
+        o
+    }
+
+    pub fn ip(&self, n: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 215, self.third, n)
+    }
+
+    pub fn metadata(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(169, 254, 215, self.third)
+    }
+
+    /// A TCP listener on every address of the netns that accepts and closes at once (so
+    /// `nc` exits 0); it serves until the process ends.
+    pub fn serve(&self) -> u16 {
+        let file = std::fs::File::open(Path::new("/run/netns").join(&self.ns)).unwrap();
+        let l = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).unwrap()
+        })
+        .join()
+        .unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        port
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", &self.veth])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Conntrack entries (host netns) whose original direction is `src` -> `dst`.
+pub fn conntrack_entries(src: &str, dst: &str) -> usize {
+    let table = std::fs::read_to_string("/proc/net/nf_conntrack").unwrap();
+    // The first src=/dst= pair of a line is the original direction.
+    let want = format!("src={src} dst={dst} ");
+    table
+        .lines()
+        .filter(|l| l.find("src=").is_some_and(|i| l[i..].starts_with(&want)))
+        .count()
 }

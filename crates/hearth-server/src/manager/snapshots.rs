@@ -173,6 +173,8 @@ impl Manager {
                 src.spec.image.clone(),
                 src.spec.source.clone(),
                 src.spec.limits,
+                // A fork keeps its source's restrictions.
+                src.spec.egress.clone(),
             )
             .await?;
         tracing::info!(

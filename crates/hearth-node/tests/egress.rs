@@ -1,0 +1,172 @@
+//! Egress policy on real containers: deny lists applied live and across stop/start, node
+//! denials a policy cannot lift, and a connection flood capped for the flooder only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{busybox_workspaces, conntrack_entries, env_config, host_ipv4_addrs, run, Outside};
+use hearth_node::{Cidr, ConnLimits, EgressPolicy, NodeApi, WorkspaceSpec};
+
+/// Exit code of a TCP connect from inside `ws` (0: connected; the listener closes at once).
+async fn nc(node: &hearth_node::LocalNode, ws: &WorkspaceSpec, ip: &str, port: u16) -> i32 {
+    run(node, ws, &format!("timeout 3 nc {ip} {port} </dev/null"))
+        .await
+        .0
+}
+
+fn policy(rules: &[String]) -> EgressPolicy {
+    EgressPolicy::parse(rules).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_policy_on_running_and_restarted_workspaces() {
+    let third = (rand::random::<u32>() % 250) as u8;
+    let out = Outside::new(third);
+    let extra = out.ip(3);
+    let max_conns = 64;
+    let mut e = env_config(std::env::var("HEARTH_RUNTIME").ok(), |c| {
+        c.egress.always_deny = vec![Cidr::host(out.metadata()), Cidr::host(out.ip(250))];
+        c.egress.limits = ConnLimits {
+            rate: 2000,
+            burst: 2000,
+            max_conns,
+        };
+    })
+    .await;
+    let ws = busybox_workspaces(
+        &mut e,
+        &[("eaeaeaeaea01", "a", 41), ("ebebebebeb02", "b", 42)],
+    )
+    .await;
+    let (mut a, b) = (ws[0].0.clone(), ws[1].0.clone());
+    let (a_ip, b_ip) = (ws[0].1.ip.unwrap(), ws[1].1.ip.unwrap());
+    let node = e.node.clone();
+    let port = out.serve();
+    let (two, three) = (out.ip(2).to_string(), out.ip(3).to_string());
+    let _ = extra;
+
+    // Control: both outside addresses answer.
+    assert_eq!(nc(&node, &a, &two, port).await, 0, "control: a reaches .2");
+    assert_eq!(
+        nc(&node, &a, &three, port).await,
+        0,
+        "control: a reaches .3"
+    );
+
+    // (a) Deny .3 on the running workspace: refused at once, .2 still fine, b unaffected.
+    a.egress = policy(&[format!("{three}/32")]);
+    node.set_egress(&a).await.unwrap();
+    let t0 = Instant::now();
+    let (code, _, err) = run(
+        &node,
+        &a,
+        &format!("timeout 3 nc {three} {port} </dev/null"),
+    )
+    .await;
+    assert_ne!(code, 0, "denied address reached");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "not refused at once: {err}"
+    );
+    assert_eq!(nc(&node, &a, &two, port).await, 0);
+    assert_eq!(nc(&node, &b, &three, port).await, 0, "neighbour lost .3");
+
+    // ... and after stop/start (the node re-applies the spec it is given).
+    node.stop(&a).await.unwrap();
+    node.start(&a).await.unwrap();
+    assert_ne!(
+        nc(&node, &a, &three, port).await,
+        0,
+        "deny lost over stop/start"
+    );
+    assert_eq!(nc(&node, &a, &two, port).await, 0);
+
+    // Changed while stopped: in force at the next start.
+    node.stop(&a).await.unwrap();
+    a.egress = policy(&[format!("{two}/32:{port}/tcp")]);
+    node.set_egress(&a).await.unwrap();
+    node.start(&a).await.unwrap();
+    assert_ne!(
+        nc(&node, &a, &two, port).await,
+        0,
+        "port rule not applied at start"
+    );
+    assert_eq!(
+        nc(&node, &a, &three, port).await,
+        0,
+        "old rule still applied"
+    );
+
+    // (b) Allow-all cannot lift the node's denials: its addresses, link-local, extras.
+    a.egress = EgressPolicy::default();
+    node.set_egress(&a).await.unwrap();
+    assert_eq!(nc(&node, &a, &two, port).await, 0);
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    let metadata = out.metadata().to_string();
+    assert!(
+        std::net::TcpStream::connect((out.metadata(), port)).is_ok(),
+        "control: the host reaches the link-local address"
+    );
+    for ip in host_ipv4_addrs() {
+        assert_ne!(nc(&node, &a, &ip, host_port).await, 0, "reached host {ip}");
+    }
+    assert_ne!(
+        nc(&node, &a, &metadata, port).await,
+        0,
+        "reached link-local"
+    );
+    let details = node.inspect(&a).await.unwrap();
+    assert!(details.egress.deny.is_empty());
+    for c in ["127.0.0.0/8", "169.254.0.0/16", &format!("{metadata}/32")] {
+        assert!(
+            details.egress.node_deny.iter().any(|d| d == c),
+            "{c} not in {:?}",
+            details.egress.node_deny
+        );
+    }
+    assert_eq!(details.egress.max_conns, max_conns);
+
+    // (c) A SYN flood to an address that never answers: a's tracked connections stay at
+    // the cap while the flood runs, and b still connects.
+    let blackhole = out.ip(9).to_string();
+    let flood_cmd = format!(
+        "for i in $(seq 1 400); do timeout 4 nc {blackhole} $((20000 + i)) </dev/null \
+         >/dev/null 2>&1 & done; wait"
+    );
+    let flood = {
+        let (node, a) = (node.clone(), a.clone());
+        tokio::spawn(async move { run(&node, &a, &flood_cmd).await })
+    };
+    let mut peak = 0;
+    let mut b_ok = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(conntrack_entries(&a_ip.to_string(), &blackhole));
+        if nc(&node, &b, &two, port).await == 0 {
+            b_ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flooder_blocked = nc(&node, &a, &two, port).await != 0;
+    let b_entries = conntrack_entries(&b_ip.to_string(), &two);
+    flood.await.unwrap();
+    eprintln!(
+        "flood: peak {peak} conntrack entries from a (cap {max_conns}); neighbour connected \
+         {b_ok} times ({b_entries} entries); flooder blocked while over cap: {flooder_blocked}"
+    );
+    assert!(peak <= max_conns as usize, "{peak} > cap {max_conns}");
+    assert!(
+        peak >= max_conns as usize / 2,
+        "the flood made only {peak} entries"
+    );
+    assert!(
+        b_ok >= 5,
+        "neighbour connected only {b_ok} times during the flood"
+    );
+    assert!(
+        flooder_blocked,
+        "the flooder opened a connection over its cap"
+    );
+}
