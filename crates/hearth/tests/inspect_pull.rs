@@ -19,7 +19,44 @@ fn inspect_shows_host_resources_and_usage() {
     srv.load_busybox();
     let src = tempfile::tempdir().unwrap();
     let repo = git_repo(src.path(), "insp");
-    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    let r = repo.to_str().unwrap();
+    // Bad limits are refused before anything is made.
+    for (args, want) in [
+        (&["--disk", "1M"][..], "disk_bytes 1048576 is out of range"),
+        (&["--memory", "1K"][..], "memory_bytes 1024 is out of range"),
+        (&["--pids", "2"][..], "pids 2 is out of range"),
+    ] {
+        let mut a = vec!["up", r, "--image", "busybox"];
+        a.extend_from_slice(args);
+        let err = srv.fails(&a);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let out = srv.hearth(&["up", r, "--image", "busybox", "--disk", "12Q"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown unit"),
+        "{err}"
+    );
+    assert!(srv.workspace_names().is_empty());
+    srv.ok(&[
+        "up", r, "--image", "busybox", "--memory", "512M", "--disk", "1G", "--pids", "300",
+    ]);
+    let limits = &inspect(&srv, "insp")["workspace"]["limits"];
+    assert_eq!(limits["memory_bytes"], 512u64 << 20, "{limits}");
+    assert_eq!(limits["disk_bytes"], 1u64 << 30, "{limits}");
+    assert_eq!(limits["pids"], 300, "{limits}");
+    // Enforced: the disk is 1 GiB from inside, the cgroup holds the memory limit.
+    let df = srv.exec("insp", &["df", "-k", "/"]);
+    let kb: u64 = df
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("df: {df}"));
+    assert!(
+        kb <= 1 << 20 && kb > 1 << 19,
+        "root fs of {kb} KiB for a 1 GiB disk"
+    );
 
     let i = inspect(&srv, "insp");
     let map = srv.exec("insp", &["cat", "/proc/self/uid_map"]);
