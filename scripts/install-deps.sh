@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Hearth and its tests need on a fresh Debian 12 host (run as root).
 set -euo pipefail
-pkgs=(crun runc busybox-static debootstrap iproute2 iptables git ca-certificates docker-registry skopeo apache2-utils)
+pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git ca-certificates docker-registry skopeo apache2-utils)
 [[ "${1:-}" == "--bench" ]] && pkgs+=(podman skopeo uidmap)
 missing=()
 for p in "${pkgs[@]}"; do
