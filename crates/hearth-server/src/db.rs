@@ -46,6 +46,9 @@ pub struct WorkspaceRecord {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Id of the last snapshot taken, and the error of the last attempt if it failed.
+    pub last_snapshot: Option<String>,
+    pub snapshot_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +72,8 @@ fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
 }
 
 const COLUMNS: &str =
-    "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress";
+    "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress, \
+     last_snapshot, snapshot_error";
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
@@ -101,6 +105,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
         error: row.try_get("error").map_err(get_err)?,
         created_at: row.try_get("created_at").map_err(get_err)?,
         updated_at: row.try_get("updated_at").map_err(get_err)?,
+        last_snapshot: row.try_get("last_snapshot").map_err(get_err)?,
+        snapshot_error: row.try_get("snapshot_error").map_err(get_err)?,
     })
 }
 
@@ -183,7 +189,7 @@ impl Store {
         let egress = egress_json(s)?;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
         .bind(&s.id)
         .bind(&s.name)
@@ -196,6 +202,8 @@ impl Store {
         .bind(&rec.created_at)
         .bind(&rec.updated_at)
         .bind(egress)
+        .bind(&rec.last_snapshot)
+        .bind(&rec.snapshot_error)
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {
@@ -221,6 +229,29 @@ impl Store {
             .bind(error)
             .bind(now())
             .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// Records a snapshot attempt: a success sets the last snapshot and clears the error,
+    /// a failure keeps the last snapshot and sets the error.
+    pub async fn set_snapshot_result(
+        &self,
+        id: &str,
+        res: Result<&str, &str>,
+    ) -> Result<(), StoreError> {
+        let q = match res {
+            Ok(snap) => sqlx::query(
+                "UPDATE workspaces SET last_snapshot = $1, snapshot_error = NULL WHERE id = $2",
+            )
+            .bind(snap),
+            Err(e) => {
+                sqlx::query("UPDATE workspaces SET snapshot_error = $1 WHERE id = $2").bind(e)
+            }
+        };
+        q.bind(id)
             .execute(&self.pool)
             .await
             .map_err(query_err(id))?;
@@ -288,6 +319,8 @@ mod tests {
             error: None,
             created_at: now(),
             updated_at: now(),
+            last_snapshot: None,
+            snapshot_error: None,
         }
     }
 
@@ -360,6 +393,18 @@ mod tests {
             store.get("a").await.unwrap().unwrap().spec.egress,
             with_policy.egress
         );
+        // Snapshot outcomes: a failure keeps the last good id, a success clears the error.
+        store
+            .set_snapshot_result("cccccccccccc", Ok("s1"))
+            .await
+            .unwrap();
+        store
+            .set_snapshot_result("cccccccccccc", Err("store unreachable"))
+            .await
+            .unwrap();
+        let c = store.get("c").await.unwrap().unwrap();
+        assert_eq!(c.last_snapshot.as_deref(), Some("s1"));
+        assert_eq!(c.snapshot_error.as_deref(), Some("store unreachable"));
         store.delete("aaaaaaaaaaaa").await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
         store.close().await;
@@ -373,5 +418,7 @@ mod tests {
             .map(|r| r.spec.name)
             .collect();
         assert_eq!(names, vec!["c"]);
+        let c = store.get("c").await.unwrap().unwrap();
+        assert_eq!(c.snapshot_error.as_deref(), Some("store unreachable"));
     }
 }

@@ -33,7 +33,6 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes slot allocation and insertion.
     alloc: tokio::sync::Mutex<()>,
-    snap: snapshots::SnapState,
 }
 
 fn new_id() -> String {
@@ -109,7 +108,6 @@ impl Manager {
             node,
             locks: Mutex::new(HashMap::new()),
             alloc: tokio::sync::Mutex::new(()),
-            snap: Default::default(),
         }
     }
 
@@ -160,10 +158,9 @@ impl Manager {
             .iter()
             .find(|i| i.id == rec.spec.image)
             .and_then(|i| i.names.first().cloned());
-        let snap = self.snap.get(&rec.spec.id);
         Workspace {
-            last_snapshot: snap.last,
-            snapshot_error: snap.error,
+            last_snapshot: rec.last_snapshot,
+            snapshot_error: rec.snapshot_error,
             uid_base: rec.spec.uid_base(),
             id: rec.spec.id,
             name: rec.spec.name,
@@ -530,6 +527,8 @@ impl Manager {
             error: None,
             created_at: t.clone(),
             updated_at: t,
+            last_snapshot: None,
+            snapshot_error: None,
         };
         self.store.insert(&rec).await?;
         Ok(rec)
@@ -576,6 +575,13 @@ impl Manager {
                         self.store
                             .set_state(&rec.spec.id, state, error.as_deref())
                             .await?;
+                    }
+                    if state == WorkspaceState::Stopped && rec.snapshot_error.is_some() {
+                        tracing::info!(
+                            workspace = name,
+                            "resuming retries of a failed final snapshot"
+                        );
+                        self.retry_final_snapshot(&rec);
                     }
                 }
             }

@@ -701,6 +701,8 @@ async fn reconcile_resolves_transitional_states() {
         error: None,
         created_at: now(),
         updated_at: now(),
+        last_snapshot: None,
+        snapshot_error: None,
     };
     let rows = [
         mk("000000000001", "creating", 1, WorkspaceState::Creating),

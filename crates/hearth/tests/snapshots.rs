@@ -161,3 +161,41 @@ fn snapshot_restore_fork_and_corruption() {
     );
     assert!(stdout.contains("usr/local/share/x/big"), "{stdout}");
 }
+
+#[test]
+fn failed_final_snapshot_survives_a_restart_and_is_retried() {
+    let mut srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "retry");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    srv.exec("retry", &["sh", "-c", "echo keep > /root/k && sync"]);
+    // The store cannot be opened: a file where its directory should be.
+    let store = srv.data_dir().join("snapshots");
+    assert!(!store.exists(), "no snapshot was taken yet");
+    std::fs::write(&store, "in the way").unwrap();
+    srv.ok(&["stop", "retry"]);
+    let w = workspace(&srv, "retry");
+    assert_eq!(w["state"], "stopped");
+    assert!(w["snapshot_error"].is_string(), "{w}");
+    assert!(w["last_snapshot"].is_null(), "{w}");
+
+    // The failure outlives the server; the next one resumes the retries, which succeed
+    // once the store is usable.
+    srv.kill();
+    std::fs::remove_file(&store).unwrap();
+    srv.spawn();
+    assert!(workspace(&srv, "retry")["snapshot_error"].is_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let w = loop {
+        let w = workspace(&srv, "retry");
+        if w["snapshot_error"].is_null() || std::time::Instant::now() > deadline {
+            break w;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(w["snapshot_error"].is_null(), "retry did not succeed: {w}");
+    let list = snapshots(&srv, "retry");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(w["last_snapshot"], list[0]["id"], "{w}");
+}

@@ -9,42 +9,20 @@ use crate::snapshots::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcRepo
 /// Background retries of a failed final snapshot: 1s, 2s, 4s, ... this many times.
 const RETRIES: u32 = 5;
 
-/// Outcome of the last snapshot of each workspace id, shown by `hearth ls`. Kept in memory:
-/// the snapshots themselves are in the store, this only explains the most recent attempt.
-#[derive(Default, Clone)]
-pub(crate) struct SnapState(Arc<Mutex<HashMap<String, SnapStatus>>>);
-
-#[derive(Default, Clone, Debug)]
-pub(crate) struct SnapStatus {
-    pub last: Option<String>,
-    pub error: Option<String>,
-}
-
-impl SnapState {
-    pub(crate) fn get(&self, id: &str) -> SnapStatus {
-        self.0
-            .lock()
-            .map(|m| m.get(id).cloned().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    fn record(&self, id: &str, res: &Result<SnapshotSummary, NodeError>) {
-        if let Ok(mut m) = self.0.lock() {
-            let s = m.entry(id.to_string()).or_default();
-            match res {
-                Ok(snap) => {
-                    s.last = Some(snap.id.clone());
-                    s.error = None;
-                }
-                Err(e) => s.error = Some(e.to_string()),
-            }
+/// Records the outcome of a snapshot attempt with the workspace, where `hearth ls` shows
+/// it and a restarted server finds a failure to retry. A database error here only loses
+/// the bookkeeping, never a snapshot, so it is logged.
+async fn note(store: &crate::db::Store, id: &str, res: &Result<SnapshotSummary, NodeError>) {
+    let msg;
+    let r = match res {
+        Ok(s) => Ok(s.id.as_str()),
+        Err(e) => {
+            msg = e.to_string();
+            Err(msg.as_str())
         }
-    }
-
-    fn forget(&self, id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(id);
-        }
+    };
+    if let Err(e) = store.set_snapshot_result(id, r).await {
+        tracing::error!(id, error = %e, "recording the snapshot result failed");
     }
 }
 
@@ -65,7 +43,7 @@ impl Manager {
             )));
         }
         let res = self.node.snapshot(&rec.spec).await;
-        self.snap.record(&rec.spec.id, &res);
+        note(&self.store, &rec.spec.id, &res).await;
         Ok(res.map_err(|e| node_err("snapshot", name, e))?.into())
     }
 
@@ -83,17 +61,28 @@ impl Manager {
     /// stop) and is retried in the background with backoff.
     pub(super) async fn final_snapshot(&self, rec: &WorkspaceRecord) {
         let res = self.node.snapshot(&rec.spec).await;
-        self.snap.record(&rec.spec.id, &res);
+        note(&self.store, &rec.spec.id, &res).await;
         let Err(e) = res else { return };
         tracing::warn!(workspace = rec.spec.name, error = %e, "final snapshot failed; retrying in the background");
+        self.retry_final_snapshot(rec);
+    }
+
+    /// Retries a stopped workspace's failed final snapshot in the background: 1 s, 2 s,
+    /// 4 s, ... Also resumed at server start for failures recorded before a restart.
+    pub(super) fn retry_final_snapshot(&self, rec: &WorkspaceRecord) {
         let node = self.node.clone();
-        let snap = self.snap.clone();
+        let store = self.store.clone();
         let spec = rec.spec.clone();
         tokio::spawn(async move {
             for attempt in 0..RETRIES {
                 tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                // Started (a new final snapshot comes with its stop) or removed meanwhile.
+                match store.get(&spec.name).await {
+                    Ok(Some(r)) if r.spec.id == spec.id && r.state == WorkspaceState::Stopped => {}
+                    _ => return,
+                }
                 let res = node.snapshot(&spec).await;
-                snap.record(&spec.id, &res);
+                note(&store, &spec.id, &res).await;
                 match res {
                     Ok(s) => {
                         tracing::info!(
@@ -133,10 +122,10 @@ impl Manager {
             }
             match self.node.snapshot_if_changed(&rec.spec).await {
                 Ok(None) => tracing::debug!(workspace = name, "unchanged, no snapshot"),
-                Ok(Some(s)) => self.snap.record(&rec.spec.id, &Ok(s)),
+                Ok(Some(s)) => note(&self.store, &rec.spec.id, &Ok(s)).await,
                 Err(e) => {
                     tracing::warn!(workspace = name, error = %e, "periodic snapshot failed");
-                    self.snap.record(&rec.spec.id, &Err(e));
+                    note(&self.store, &rec.spec.id, &Err(e)).await;
                 }
             }
         }
@@ -207,7 +196,6 @@ impl Manager {
                 if let Err(de) = self.store.delete(&rec.spec.id).await {
                     tracing::error!(workspace = new, error = %de, "deleting record failed");
                 }
-                self.snap.forget(&rec.spec.id);
                 Err(e)
             }
         }
