@@ -323,11 +323,27 @@ impl Client {
                     w.state.to_string(),
                     w.image_name.clone().unwrap_or_else(|| short_id(&w.image)),
                     w.ip.clone().unwrap_or_else(|| "-".into()),
+                    match (&w.snapshot_error, &w.last_snapshot) {
+                        (Some(_), _) => "FAILED (see below)".into(),
+                        (None, Some(id)) => id.chars().take(12).collect(),
+                        (None, None) => "-".into(),
+                    },
                     w.created_at.clone(),
                 ]
             })
             .collect();
-        print_table(&["NAME", "STATE", "IMAGE", "IP", "CREATED"], &rows);
+        print_table(
+            &["NAME", "STATE", "IMAGE", "IP", "SNAPSHOT", "CREATED"],
+            &rows,
+        );
+        for w in &ws {
+            if let Some(e) = &w.snapshot_error {
+                eprintln!(
+                    "warning: {}: last snapshot failed (local data kept, retrying): {e}",
+                    w.name
+                );
+            }
+        }
         Ok(())
     }
 
@@ -342,6 +358,9 @@ impl Client {
             .await
             .context("cannot parse server reply")?;
         println!("workspace {} is {}", w.name, w.state);
+        if let (Some(e), "stop") = (&w.snapshot_error, verb) {
+            eprintln!("warning: final snapshot failed (local data kept, retrying): {e}");
+        }
         Ok(())
     }
 

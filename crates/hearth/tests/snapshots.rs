@@ -174,7 +174,17 @@ fn failed_final_snapshot_survives_a_restart_and_is_retried() {
     let store = srv.data_dir().join("snapshots");
     assert!(!store.exists(), "no snapshot was taken yet");
     std::fs::write(&store, "in the way").unwrap();
-    srv.ok(&["stop", "retry"]);
+    let out = srv.hearth(&["stop", "retry"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("final snapshot failed"), "{err}");
+    let out = srv.hearth(&["ls"]);
+    let (table, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(table.contains("FAILED"), "{table}");
+    assert!(err.contains("retry: last snapshot failed"), "{err}");
     let w = workspace(&srv, "retry");
     assert_eq!(w["state"], "stopped");
     assert!(w["snapshot_error"].is_string(), "{w}");
