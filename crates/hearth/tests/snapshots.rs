@@ -209,3 +209,42 @@ fn failed_final_snapshot_survives_a_restart_and_is_retried() {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(w["last_snapshot"], list[0]["id"], "{w}");
 }
+
+#[test]
+fn periodic_snapshots_follow_changes_only() {
+    let srv = TestServer::start_with(&["--snapshot-interval", "1"]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "tick");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let list = snapshots(&srv, "tick");
+            if list.len() >= n || std::time::Instant::now() > deadline {
+                return list;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let first = wait_for(1);
+    assert_eq!(first.len(), 1, "no periodic snapshot of a new workspace");
+    // Unchanged: later rounds skip it. Changes can share a timestamp tick with the
+    // previous snapshot, which never counts as unchanged; wait out that window (2 s).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let settled = snapshots(&srv, "tick").len();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        snapshots(&srv, "tick").len(),
+        settled,
+        "snapshots of an unchanged workspace"
+    );
+    srv.exec("tick", &["sh", "-c", "echo new > /root/new && sync"]);
+    let list = wait_for(settled + 1);
+    assert_eq!(list.len(), settled + 1, "a change was not snapshotted");
+    assert!(list.last().unwrap()["new_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        workspace(&srv, "tick")["last_snapshot"],
+        list.last().unwrap()["id"]
+    );
+}

@@ -34,11 +34,18 @@ pub struct TestServer {
     pub bridge: String,
     pub subnet: String,
     pub cgroup_parent: String,
+    /// More `hearth server` flags, used on every spawn.
+    pub server_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl TestServer {
     pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// A server started with more `hearth server` flags.
+    pub fn start_with(server_args: &[&str]) -> TestServer {
         let mut rng = rand::thread_rng();
         let tag: String = (0..8)
             .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
@@ -55,6 +62,7 @@ impl TestServer {
                 rng.gen_range(0..=255)
             ),
             cgroup_parent: format!("hearth-test-{tag}"),
+            server_args: server_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         s.spawn();
@@ -93,6 +101,7 @@ impl TestServer {
             ])
             .arg("--agent")
             .arg(agent_binary())
+            .args(&self.server_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
