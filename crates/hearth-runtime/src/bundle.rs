@@ -74,7 +74,7 @@ pub const CAPS: &[Capability] = &[
     Capability::Setfcap,
 ];
 
-/// Syscalls refused with EPERM. A deny-list over default-allow keeps every new syscall a
+/// Syscalls refused (EPERM, or ENOSYS for [`ENOSYS_SYSCALLS`]). A deny-list over default-allow keeps every new syscall a
 /// developer tool may use working; these are the ones that reach state the kernel does
 /// not namespace, or wide attack surface no workspace needs:
 /// - module, kexec, swap, accounting, quota, clock and syslog calls act on the whole host
@@ -136,21 +136,31 @@ pub const BLOCKED_SYSCALLS: &[&str] = &[
     "vm86old",
 ];
 
-/// Default-allow filter with [`BLOCKED_SYSCALLS`] returning EPERM. All three x86 ABIs are
-/// listed: a filter without the i386 ABI would let `int 0x80` callers skip the list.
+/// The [`BLOCKED_SYSCALLS`] refused with ENOSYS rather than EPERM: the keyring calls.
+/// OCI runtimes (crun, runc) join a fresh session keyring for every container they start
+/// and give up on any error but ENOSYS ("kernel without keyrings"), so EPERM would break
+/// nested containers (podman, docker) while ENOSYS blocks the keyring just the same.
+pub const ENOSYS_SYSCALLS: &[&str] = &["add_key", "keyctl", "request_key"];
+
+/// Default-allow filter with [`BLOCKED_SYSCALLS`] returning EPERM ([`ENOSYS_SYSCALLS`]
+/// ENOSYS). All three x86 ABIs are listed: a filter without the i386 ABI would let
+/// `int 0x80` callers skip the list.
 pub fn seccomp() -> Result<LinuxSeccomp> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
-    let deny = LinuxSyscallBuilder::default()
-        .names(
-            BLOCKED_SYSCALLS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(b)?;
+    let rule = |names: Vec<String>, errno: i32| {
+        LinuxSyscallBuilder::default()
+            .names(names)
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(errno as u32)
+            .build()
+            .map_err(b)
+    };
+    let (nosys, perm): (Vec<String>, Vec<String>) = BLOCKED_SYSCALLS
+        .iter()
+        .map(|s| s.to_string())
+        .partition(|s| ENOSYS_SYSCALLS.contains(&s.as_str()));
+    let deny = rule(perm, libc::EPERM)?;
+    let nosys = rule(nosys, libc::ENOSYS)?;
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![
@@ -158,33 +168,38 @@ pub fn seccomp() -> Result<LinuxSeccomp> {
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![deny])
+        .syscalls(vec![deny, nosys])
         .build()
         .map_err(b)
 }
 
-/// Host FUSE device, as (major, minor), when the host has one.
-fn host_fuse() -> Option<(u64, u64)> {
+/// Host character devices handed to every workspace as `(host path, node name in the
+/// bundle)`; the node is bound over the same path inside. Both are built for unprivileged
+/// users and act only on namespaces the workspace owns:
+/// - `/dev/fuse`: mounting a FUSE filesystem needs the workspace's own mount namespace
+///   (fuse-overlayfs, sshfs, rootless storage drivers);
+/// - `/dev/net/tun`: `TUNSETIFF` needs `CAP_NET_ADMIN` over the network namespace the fd
+///   was opened in, so a tun/tap device can only be made in a network namespace root
+///   inside creates itself (slirp4netns and pasta networking for nested containers),
+///   never in the node-made one and never on the host.
+pub const DEVICES: &[(&str, &str)] = &[("/dev/fuse", "fuse"), ("/dev/net/tun", "tun")];
+
+/// `path`'s device number when it is a character device on the host.
+fn host_chardev(path: &str) -> Option<libc::dev_t> {
     use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata("/dev/fuse").ok()?;
-    if !md.file_type().is_char_device() {
-        return None;
-    }
-    let rdev = md.rdev();
-    Some((libc::major(rdev) as u64, libc::minor(rdev) as u64))
+    let md = std::fs::metadata(path).ok()?;
+    md.file_type().is_char_device().then(|| md.rdev())
 }
 
-/// Makes `<bundle>/fuse`, a 0666 node of the host's FUSE device, for a bind mount over
-/// `/dev/fuse`: a user namespace cannot mknod devices, and binding the host's own node
-/// would carry its mode (often 0600 root, unusable inside). FUSE is built for
-/// unprivileged users, and mounting it needs the workspace's own mount namespace.
-fn fuse_node(dir: &Path) -> Result<Option<PathBuf>> {
-    let Some((major, minor)) = host_fuse() else {
+/// Makes `<dir>/<name>`, a 0666 node of the host device `host`, when the host has one: a
+/// user namespace cannot mknod devices, and binding the host's own node would carry its
+/// mode (often 0600 root, unusable inside).
+fn device_node(dir: &Path, host: &str, name: &str) -> Result<Option<PathBuf>> {
+    let Some(dev) = host_chardev(host) else {
         return Ok(None);
     };
-    let node = dir.join("fuse");
-    let dev = libc::makedev(major as u32, minor as u32);
+    let node = dir.join(name);
     match nix::sys::stat::stat(&node) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == dev => {}
         _ => {
@@ -204,6 +219,30 @@ fn fuse_node(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(node))
 }
 
+/// The [`DEVICES`] this host has, as (node in `dir`, path inside).
+fn device_nodes(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for (host, name) in DEVICES {
+        if let Some(node) = device_node(dir, host, name)? {
+            out.push((node, host.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// The OCI default read-only paths except `/proc/sys`. In a user namespace the kernel
+/// already refuses every sysctl write but those for namespaces the workspace owns
+/// (`test_perm` wants the global root uid; net sysctls want `CAP_NET_ADMIN` over the
+/// netns, and the node-made one belongs to the host), so the read-only bind only blocked
+/// what nested containers need: OCI runtimes write net sysctls (`ping_group_range`) of
+/// the network namespaces they make through this `/proc/sys`.
+fn readonly_paths() -> Vec<String> {
+    oci_spec::runtime::get_default_readonly_paths()
+        .into_iter()
+        .filter(|p| p != "/proc/sys")
+        .collect()
+}
+
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(dest)
@@ -214,8 +253,8 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
         .map_err(|e| RuntimeError::Bundle(e.to_string()))
 }
 
-/// The config for `spec`; `fuse` is a device node to bind over `/dev/fuse`.
-pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
+/// The config for `spec`; `devices` are (host node, path inside) to bind (see [`DEVICES`]).
+pub fn build(spec: &BundleSpec, devices: &[(PathBuf, String)]) -> Result<Spec> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
     let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
@@ -287,6 +326,12 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?,
         mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+        mount(
             "/run",
             "tmpfs",
             "tmpfs",
@@ -299,9 +344,9 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
             &["bind", "ro", "nosuid", "nodev"],
         )?,
     ];
-    if let Some(node) = fuse {
+    for (node, dest) in devices {
         mounts.push(mount(
-            "/dev/fuse",
+            dest,
             "none",
             &path_str(node)?,
             &["bind", "nosuid", "noexec"],
@@ -342,7 +387,7 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
         .uid_mappings(vec![map])
         .gid_mappings(vec![map])
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
-        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .readonly_paths(readonly_paths())
         .seccomp(seccomp()?)
         .build()
         .map_err(b)?;
@@ -364,10 +409,10 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
         .map_err(b)
 }
 
-/// Writes `config.json` (and the FUSE node it binds) into `dir` atomically.
+/// Writes `config.json` (and the device nodes it binds) into `dir` atomically.
 pub fn write(dir: &Path, spec: &BundleSpec) -> Result<()> {
-    let fuse = fuse_node(dir)?;
-    let cfg = build(spec, fuse.as_deref())?;
+    let devices = device_nodes(dir)?;
+    let cfg = build(spec, &devices)?;
     let json = serde_json::to_vec_pretty(&cfg).map_err(|e| RuntimeError::Bundle(e.to_string()))?;
     let tmp = dir.join("config.json.tmp");
     std::fs::write(&tmp, json).map_err(|e| RuntimeError::io("write", &tmp, e))?;
@@ -400,7 +445,7 @@ mod tests {
 
     #[test]
     fn seccomp_denies_host_wide_syscalls_for_every_x86_abi() {
-        let cfg = build(&spec(), None).unwrap();
+        let cfg = build(&spec(), &[]).unwrap();
         let sc = cfg.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
         assert_eq!(sc.default_action(), LinuxSeccompAction::ScmpActAllow);
         let arches = sc.architectures().as_ref().unwrap();
@@ -427,7 +472,7 @@ mod tests {
 
     #[test]
     fn capabilities_exclude_host_wide_ones() {
-        let cfg = build(&spec(), None).unwrap();
+        let cfg = build(&spec(), &[]).unwrap();
         let caps = cfg
             .process()
             .as_ref()
@@ -451,24 +496,27 @@ mod tests {
     }
 
     #[test]
-    fn fuse_node_is_bound_when_the_host_has_fuse() {
+    fn device_nodes_are_bound_when_the_host_has_them() {
         let dir = tempfile::tempdir().unwrap();
-        let node = fuse_node(dir.path()).unwrap();
-        assert_eq!(node.is_some(), host_fuse().is_some());
-        let cfg = build(&spec(), node.as_deref()).unwrap();
-        let bound = cfg
-            .mounts()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .any(|m| m.destination() == Path::new("/dev/fuse"));
-        assert_eq!(bound, node.is_some());
-        if let Some(n) = node {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&n).unwrap().permissions().mode();
-            assert_eq!(mode & 0o7777, 0o666);
-            // Idempotent: a second write keeps the node.
-            assert_eq!(fuse_node(dir.path()).unwrap(), Some(n));
+        let nodes = device_nodes(dir.path()).unwrap();
+        for (host, _) in DEVICES {
+            let has = host_chardev(host).is_some();
+            assert_eq!(nodes.iter().any(|(_, d)| d == host), has, "{host}");
         }
+        let cfg = build(&spec(), &nodes).unwrap();
+        for (node, dest) in &nodes {
+            let bound = cfg
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == Path::new(dest));
+            assert!(bound, "{dest}");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(node).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o666);
+        }
+        // Idempotent: a second write keeps the nodes.
+        assert_eq!(device_nodes(dir.path()).unwrap(), nodes);
     }
 }
