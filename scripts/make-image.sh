@@ -40,6 +40,28 @@ busybox_rootfs() { # dir
   chown 1000:1000 "$r/home/dev"
 }
 
+extend() { # base.tar dir name out: base.tar (made by `archive`) plus one layer of dir's files
+  local base=$1 dir=$2 name=$3 out=$4 tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  tar -C "$tmp" -xf "$base" manifest.json
+  local cfg0 layers diff cfg
+  cfg0=$(sed -E 's/.*"Config":"([^"]+)".*/\1/' "$tmp/manifest.json")
+  layers=$(sed -E 's/.*"Layers":\[([^]]*)\].*/\1/' "$tmp/manifest.json")
+  tar -C "$tmp" -xf "$base" "$cfg0"
+  tar -C "$dir" --numeric-owner --owner=0 --group=0 --sort=name -cf "$tmp/extra.tar" .
+  diff=$(sha256sum "$tmp/extra.tar" | cut -d' ' -f1)
+  sed -E "s/(\"diff_ids\":\[[^]]*)\]/\1,\"sha256:$diff\"]/" "$tmp/$cfg0" >"$tmp/config.json"
+  cfg=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
+  mv "$tmp/config.json" "$tmp/$cfg.json"
+  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":[%s,"extra.tar"]}]\n' "$cfg" "$name" "$layers" >"$tmp/manifest.json"
+  cp "$base" "$out.tmp"
+  tar --delete -f "$out.tmp" manifest.json "$cfg0"
+  tar -C "$tmp" -rf "$out.tmp" manifest.json "$cfg.json" extra.tar
+  mv "$out.tmp" "$out"
+  echo "wrote $out ($name)"
+}
+
 debian_cached() { # cache-name image-name include-list: debootstrap once into $cache/NAME.tar
   local name=$1 image=$2 include=$3
   mkdir -p "$cache"
@@ -72,7 +94,13 @@ case "${1:-}" in
     out=${2:?usage: make-image.sh debian-containers OUT.tar}
     debian_cached debian-containers-bookworm debian-containers:bookworm \
       procps,iproute2,ca-certificates,podman,netavark,aardvark-dns,slirp4netns,fuse-overlayfs,catatonit,uidmap,iptables,docker.io,containerd,runc,tini
-    cp "$cache/debian-containers-bookworm.tar" "$out"
+    # Hearth-specific settings on top, in a layer of their own so that changing them does
+    # not redo the debootstrap.
+    here=$(cd "$(dirname "$0")" && pwd)
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    install -D -m 0644 "$here/nested/containers.conf" "$tmp/files/etc/containers/containers.conf"
+    install -D -m 0755 "$here/nested/hearth-dockerd" "$tmp/files/usr/local/bin/hearth-dockerd"
+    extend "$cache/debian-containers-bookworm.tar" "$tmp/files" debian-containers:bookworm "$out"
     ;;
   rootfs)
     archive "${2:?dir}" "${3:?name}" "${4:?out}"
