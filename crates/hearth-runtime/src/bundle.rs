@@ -37,9 +37,9 @@ pub struct BundleSpec {
 /// administration of their own box and of nested containers.
 ///
 /// Left out because the kernel checks them against the initial user namespace, so inside
-/// they grant nothing but would widen what a kernel bug could reach: `AUDIT_WRITE` (audit
-/// netlink refuses non-initial user namespaces), `IPC_LOCK` and `SYS_RESOURCE` (mlock and
-/// rlimit overrides use `capable()`; memory and pids are bounded by the cgroup anyway).
+/// they grant nothing but would widen what a kernel bug could reach: `IPC_LOCK` and
+/// `SYS_RESOURCE` (mlock and rlimit overrides use `capable()`; memory and pids are bounded
+/// by the cgroup anyway).
 /// Never granted: `SYS_MODULE`, `SYS_RAWIO`, `SYS_BOOT`, `SYS_TIME`, `SYSLOG`, `MAC_*`,
 /// `BPF`, `PERFMON`, `CHECKPOINT_RESTORE`, `SYS_PACCT`, `SYS_NICE`, `LEASE`,
 /// `LINUX_IMMUTABLE`, `WAKE_ALARM`, `BLOCK_SUSPEND`, `SYS_TTY_CONFIG`, `NET_BROADCAST`,
@@ -72,6 +72,11 @@ pub const CAPS: &[Capability] = &[
     Capability::Mknod,
     // File capabilities written by package scripts (`setcap` in postinst) of the image.
     Capability::Setfcap,
+    // Grants nothing here: the audit netlink socket exists only in the initial network
+    // namespace and refuses senders outside the initial user namespace before any
+    // capability check. It is in Docker's default set, and runc refuses to start a
+    // container whose capabilities exceed its own bounding set, so nested dockerd needs it.
+    Capability::AuditWrite,
 ];
 
 /// Syscalls refused (EPERM, or ENOSYS for [`ENOSYS_SYSCALLS`]). A deny-list over default-allow keeps every new syscall a
@@ -487,7 +492,6 @@ mod tests {
             Capability::SysRawio,
             Capability::SysBoot,
             Capability::SysTime,
-            Capability::AuditWrite,
             Capability::SysResource,
             Capability::Bpf,
         ] {
