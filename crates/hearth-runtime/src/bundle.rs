@@ -235,16 +235,21 @@ fn device_nodes(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// The OCI default read-only paths except `/proc/sys`. In a user namespace the kernel
-/// already refuses every sysctl write but those for namespaces the workspace owns
-/// (`test_perm` wants the global root uid; net sysctls want `CAP_NET_ADMIN` over the
-/// netns, and the node-made one belongs to the host), so the read-only bind only blocked
-/// what nested containers need: OCI runtimes write net sysctls (`ping_group_range`) of
-/// the network namespaces they make through this `/proc/sys`.
+/// The OCI default read-only paths except `/proc/sys`, plus the cgroup tmpfs.
+///
+/// In a user namespace the kernel already refuses every sysctl write but those for
+/// namespaces the workspace owns (`test_perm` wants the global root uid; net sysctls want
+/// `CAP_NET_ADMIN` over the netns, and the node-made one belongs to the host), so a
+/// read-only `/proc/sys` only blocked what nested containers need: OCI runtimes write net
+/// sysctls (`ping_group_range`) of the network namespaces they make through it.
+///
+/// The runtime makes `/sys/fs/cgroup` a tmpfs owned by root inside; read-only, nothing
+/// can pose as a cgroup file there.
 fn readonly_paths() -> Vec<String> {
     oci_spec::runtime::get_default_readonly_paths()
         .into_iter()
         .filter(|p| p != "/proc/sys")
+        .chain(["/sys/fs/cgroup".to_string()])
         .collect()
 }
 
@@ -330,6 +335,9 @@ pub fn build(spec: &BundleSpec, devices: &[(PathBuf, String)]) -> Result<Spec> {
             // locked submounts cover, which the kernel refuses (runc fails with EINVAL).
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?,
+        // The workspace's own cgroups (its cgroup namespace), read-only: nested OCI
+        // runtimes read the layout here (crun refuses to start without it), and tools
+        // read their limits. Files belong to the host's root, so no limit can be raised.
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -473,6 +481,40 @@ mod tests {
         for name in ["unshare", "mount", "ptrace", "clone", "clone3", "setns"] {
             assert!(!denied.iter().any(|d| *d == name), "{name} denied");
         }
+        // Keyring calls say ENOSYS, which nested OCI runtimes accept; the rest EPERM.
+        let errno_of = |name: &str| {
+            rules
+                .iter()
+                .find(|r| r.names().iter().any(|n| n == name))
+                .and_then(|r| r.errno_ret())
+        };
+        assert_eq!(errno_of("keyctl"), Some(libc::ENOSYS as u32));
+        assert_eq!(errno_of("add_key"), Some(libc::ENOSYS as u32));
+        assert_eq!(errno_of("bpf"), Some(libc::EPERM as u32));
+    }
+
+    #[test]
+    fn proc_sys_is_writable_and_cgroups_read_only() {
+        let cfg = build(&spec(), &[]).unwrap();
+        let ro = cfg
+            .linux()
+            .as_ref()
+            .unwrap()
+            .readonly_paths()
+            .clone()
+            .unwrap();
+        assert!(!ro.iter().any(|p| p == "/proc/sys"), "{ro:?}");
+        assert!(ro.iter().any(|p| p == "/proc/sysrq-trigger"), "{ro:?}");
+        assert!(ro.iter().any(|p| p == "/sys/fs/cgroup"), "{ro:?}");
+        let cg = cfg
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .expect("cgroup mount");
+        assert_eq!(cg.typ().as_deref(), Some("cgroup"));
+        assert!(cg.options().as_ref().unwrap().iter().any(|o| o == "ro"));
     }
 
     #[test]
