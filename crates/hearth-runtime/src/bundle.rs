@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::{Result, RuntimeError};
@@ -189,6 +190,14 @@ pub fn seccomp() -> Result<LinuxSeccomp> {
 ///   never in the node-made one and never on the host.
 pub const DEVICES: &[(&str, &str)] = &[("/dev/fuse", "fuse"), ("/dev/net/tun", "tun")];
 
+/// A host device handed in: the 0666 node in the bundle, its path inside, its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub node: PathBuf,
+    pub dest: String,
+    pub rdev: libc::dev_t,
+}
+
 /// `path`'s device number when it is a character device on the host.
 fn host_chardev(path: &str) -> Option<libc::dev_t> {
     use std::os::unix::fs::FileTypeExt;
@@ -200,7 +209,7 @@ fn host_chardev(path: &str) -> Option<libc::dev_t> {
 /// Makes `<dir>/<name>`, a 0666 node of the host device `host`, when the host has one: a
 /// user namespace cannot mknod devices, and binding the host's own node would carry its
 /// mode (often 0600 root, unusable inside).
-fn device_node(dir: &Path, host: &str, name: &str) -> Result<Option<PathBuf>> {
+fn device_node(dir: &Path, host: &str, name: &str) -> Result<Option<DeviceNode>> {
     let Some(dev) = host_chardev(host) else {
         return Ok(None);
     };
@@ -221,18 +230,49 @@ fn device_node(dir: &Path, host: &str, name: &str) -> Result<Option<PathBuf>> {
     // mknod honours the umask; the mode must be exact.
     std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .map_err(|e| RuntimeError::io("chmod", &node, e))?;
-    Ok(Some(node))
+    Ok(Some(DeviceNode {
+        node,
+        dest: host.to_string(),
+        rdev: dev,
+    }))
 }
 
-/// The [`DEVICES`] this host has, as (node in `dir`, path inside).
-fn device_nodes(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+/// The [`DEVICES`] this host has, with their nodes made in `dir`.
+fn device_nodes(dir: &Path) -> Result<Vec<DeviceNode>> {
     let mut out = Vec::new();
     for (host, name) in DEVICES {
-        if let Some(node) = device_node(dir, host, name)? {
-            out.push((node, host.to_string()));
-        }
+        out.extend(device_node(dir, host, name)?);
     }
     Ok(out)
+}
+
+/// Device cgroup rules: deny all, allow `devices`. runc enforces them (adding its
+/// defaults: null, zero, tty, ptmx...), so without the allow rules `/dev/fuse` and
+/// `/dev/net/tun` would be bound in but refuse to open; crun with
+/// `--cgroup-manager=disabled` skips them.
+fn device_rules(devices: &[DeviceNode]) -> Result<LinuxResources> {
+    let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(b)?];
+    for d in devices {
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(libc::major(d.rdev) as i64)
+                .minor(libc::minor(d.rdev) as i64)
+                .access("rwm")
+                .build()
+                .map_err(b)?,
+        );
+    }
+    LinuxResourcesBuilder::default()
+        .devices(rules)
+        .build()
+        .map_err(b)
 }
 
 /// The OCI default read-only paths except `/proc/sys`, plus the cgroup tmpfs.
@@ -263,8 +303,8 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
         .map_err(|e| RuntimeError::Bundle(e.to_string()))
 }
 
-/// The config for `spec`; `devices` are (host node, path inside) to bind (see [`DEVICES`]).
-pub fn build(spec: &BundleSpec, devices: &[(PathBuf, String)]) -> Result<Spec> {
+/// The config for `spec`; `devices` are bound in (see [`DEVICES`]).
+pub fn build(spec: &BundleSpec, devices: &[DeviceNode]) -> Result<Spec> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
     let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
@@ -357,11 +397,11 @@ pub fn build(spec: &BundleSpec, devices: &[(PathBuf, String)]) -> Result<Spec> {
             &["bind", "ro", "nosuid", "nodev"],
         )?,
     ];
-    for (node, dest) in devices {
+    for d in devices {
         mounts.push(mount(
-            dest,
+            &d.dest,
             "none",
-            &path_str(node)?,
+            &path_str(&d.node)?,
             &["bind", "nosuid", "noexec"],
         )?);
     }
@@ -402,6 +442,7 @@ pub fn build(spec: &BundleSpec, devices: &[(PathBuf, String)]) -> Result<Spec> {
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(readonly_paths())
         .seccomp(seccomp()?)
+        .resources(device_rules(devices)?)
         .build()
         .map_err(b)?;
 
@@ -547,19 +588,40 @@ mod tests {
         let nodes = device_nodes(dir.path()).unwrap();
         for (host, _) in DEVICES {
             let has = host_chardev(host).is_some();
-            assert_eq!(nodes.iter().any(|(_, d)| d == host), has, "{host}");
+            assert_eq!(nodes.iter().any(|d| d.dest == *host), has, "{host}");
         }
         let cfg = build(&spec(), &nodes).unwrap();
-        for (node, dest) in &nodes {
+        let linux = cfg.linux().as_ref().unwrap();
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        assert!(
+            !rules[0].allow() && rules[0].major().is_none(),
+            "deny all first"
+        );
+        for d in &nodes {
             let bound = cfg
                 .mounts()
                 .as_ref()
                 .unwrap()
                 .iter()
-                .any(|m| m.destination() == Path::new(dest));
-            assert!(bound, "{dest}");
+                .any(|m| m.destination() == Path::new(&d.dest));
+            assert!(bound, "{}", d.dest);
+            let major = libc::major(d.rdev) as i64;
+            let minor = libc::minor(d.rdev) as i64;
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.allow() && r.major() == Some(major) && r.minor() == Some(minor)),
+                "{} not allowed",
+                d.dest
+            );
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(node).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&d.node).unwrap().permissions().mode();
             assert_eq!(mode & 0o7777, 0o666);
         }
         // Idempotent: a second write keeps the nodes.
