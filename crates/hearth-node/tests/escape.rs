@@ -431,7 +431,8 @@ async fn root_inside_cannot_escape() {
         s.syscall_errno(&a, name, args, &[libc::ENOSYS]).await;
     }
     // CAP_AUDIT_WRITE is granted (nested dockerd needs it in its set) but must not reach
-    // the host's audit log: the kernel refuses senders outside the initial user namespace.
+    // the host's audit log: the kernel refuses senders outside the initial user namespace
+    // (ack error -111, ECONNREFUSED).
     s.attack(
         &a,
         "audit: send an AUDIT_USER message",

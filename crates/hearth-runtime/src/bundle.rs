@@ -73,16 +73,18 @@ pub const CAPS: &[Capability] = &[
     Capability::Mknod,
     // File capabilities written by package scripts (`setcap` in postinst) of the image.
     Capability::Setfcap,
-    // Grants nothing here: the audit netlink socket exists only in the initial network
-    // namespace and refuses senders outside the initial user namespace before any
-    // capability check. It is in Docker's default set, and runc refuses to start a
-    // container whose capabilities exceed its own bounding set, so nested dockerd needs it.
+    // Grants nothing here: audit netlink refuses every message from outside the initial
+    // user namespace (ECONNREFUSED) before it checks the capability, which it checks
+    // against the initial user namespace anyway. It is in Docker's default set, and runc
+    // refuses to start a container with capabilities outside its own bounding set, so
+    // nested dockerd needs it.
     Capability::AuditWrite,
 ];
 
-/// Syscalls refused (EPERM, or ENOSYS for [`ENOSYS_SYSCALLS`]). A deny-list over default-allow keeps every new syscall a
-/// developer tool may use working; these are the ones that reach state the kernel does
-/// not namespace, or wide attack surface no workspace needs:
+/// Syscalls refused (EPERM, or ENOSYS for [`ENOSYS_SYSCALLS`]). A deny-list over
+/// default-allow keeps every new syscall a developer tool may use working; these are the
+/// ones that reach state the kernel does not namespace, or wide attack surface no
+/// workspace needs:
 /// - module, kexec, swap, accounting, quota, clock and syslog calls act on the whole host
 ///   (the capability checks already fail; this removes the code path);
 /// - `bpf` and `perf_event_open`: unprivileged use is off on this class of host
