@@ -130,7 +130,35 @@ async fn podman_and_dockerd_run_containers_inside() {
         (base, base),
         "docker's root on the host"
     );
-    ok(&node, &ws, "stop dockerd", "pkill -TERM dockerd; true").await;
+
+    // Nested images and containers are ordinary files of the writable layer: they are
+    // snapshotted and survive a stop and start.
+    let snap = e
+        .node
+        .snapshot(&ws)
+        .await
+        .expect("snapshot with nested storage");
+    eprintln!("snapshot of the workspace with nested storage: {snap:?}");
+    e.node.stop(&ws).await.unwrap();
+    e.node.start(&ws).await.unwrap();
+    let out = ok(
+        &node,
+        &ws,
+        "podman run after restart",
+        "podman run --rm localhost/busybox echo podman again",
+    )
+    .await;
+    assert_eq!(out, "podman again\n");
+    let out = ok(
+        &node,
+        &ws,
+        "docker run after restart",
+        "setsid hearth-dockerd >/var/log/dockerd.log 2>&1 </dev/null & \
+         for i in $(seq 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done; \
+         docker run --rm busybox echo docker again",
+    )
+    .await;
+    assert_eq!(out, "docker again\n");
 }
 
 /// `/proc/self/uid_map` columns with single spaces.
