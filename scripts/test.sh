@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on real containers (root required): builds the static agent, makes the
-# busybox and Debian test images (Debian is cached under /var/cache/hearth-images), then
-# runs the cargo test suite.
+# busybox, Debian and Debian-with-podman-and-docker test images (the Debian ones are cached
+# under /var/cache/hearth-images), then runs the cargo test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "error: tests need root (real mounts, cgroups, namespaces)" >&2; exit 1; }
@@ -11,7 +11,9 @@ imgs=${HEARTH_TEST_IMAGES:-/var/cache/hearth-images/test}
 mkdir -p "$imgs"
 scripts/make-image.sh busybox "$imgs/busybox.tar" >/dev/null
 scripts/make-image.sh debian "$imgs/debian.tar"
+scripts/make-image.sh debian-containers "$imgs/debian-containers.tar"
 export HEARTH_TEST_BUSYBOX="$imgs/busybox.tar" HEARTH_TEST_DEBIAN="$imgs/debian.tar"
+export HEARTH_TEST_DEBIAN_CONTAINERS="$imgs/debian-containers.tar"
 # Not target/debug/hearth-agent: `cargo test --workspace` rebuilds that one dynamically.
 export HEARTH_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/hearth-agent"
 cargo test --workspace -- --test-threads="${HEARTH_TEST_THREADS:-2}"

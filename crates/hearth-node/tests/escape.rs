@@ -104,6 +104,17 @@ impl Drop for Restore {
     }
 }
 
+/// Deletes a host tun device on drop.
+struct TunGuard(String);
+
+impl Drop for TunGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["tuntap", "del", "dev", &self.0, "mode", "tun"])
+            .status();
+    }
+}
+
 fn sh(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", cmd])
@@ -311,6 +322,35 @@ async fn root_inside_cannot_escape() {
         let (code, _, err) = run(&node, &a, "exec 3<>/dev/fuse").await;
         s.record("control: /dev/fuse opens inside", code == 0, err);
     }
+    // So is /dev/net/tun (slirp4netns for nested containers), for network namespaces root
+    // inside makes; never in the node-made one, where eth0 and the host's devices are.
+    if Path::new("/dev/net/tun").exists() {
+        let tun = |name: &str| {
+            format!(
+                "perl -e 'open(my $f, \"+<\", \"/dev/net/tun\") or die \"open: $!\\n\"; \
+                 my $r = pack(\"a16 s x22\", \"{name}\", 0x1001); \
+                 ioctl($f, 0x400454ca, $r) or die \"TUNSETIFF: $!\\n\"; exit 0'"
+            )
+        };
+        let (code, _, err) = run(&node, &a, &format!("unshare -n {}", tun("nested0"))).await;
+        s.record("control: tun device in a nested netns", code == 0, err);
+        s.attack(&a, "tun device in the workspace's netns", &tun("hx0"))
+            .await;
+        let host_tun = format!("htun{}", rand::random::<u32>() % 100_000);
+        let _guard = TunGuard(host_tun.clone());
+        s.record(
+            "control: host makes a persistent tun device",
+            sh(&format!("ip tuntap add dev {host_tun} mode tun")),
+            host_tun.clone(),
+        );
+        s.attack(&a, "attach to the host's tun device", &tun(&host_tun))
+            .await;
+        s.record(
+            "host tun device still there",
+            sh(&format!("ip -o link show {host_tun} >/dev/null")),
+            "",
+        );
+    }
 
     // --- cgroups ---
     let cg_mem = Path::new("/sys/fs/cgroup/memory")
@@ -366,9 +406,6 @@ async fn root_inside_cannot_escape() {
         ("delete_module", "176, $M, 0"),
         ("kexec_load", "246, 0, 0, 0, 0"),
         ("kexec_file_load", "320, 0, 0, 0, $E, 0"),
-        ("keyctl (host keyring)", "250, 0, -4, 0"),
-        ("add_key", "248, $U, $X, $Y, 1, -4"),
-        ("request_key", "249, $U, $X, 0, 0"),
         ("bpf (map create)", "321, 0, 0, 0"),
         ("perf_event_open", "298, 0, 0, -1, -1, 0"),
         ("open_by_handle_at (shocker)", "304, 0, 0, 0"),
@@ -385,6 +422,28 @@ async fn root_inside_cannot_escape() {
     ] {
         s.syscall(&a, name, args).await;
     }
+    // The keyring calls answer ENOSYS (nested OCI runtimes treat that as "no keyrings");
+    // this kernel has keyrings, so ENOSYS can only come from the filter.
+    for (name, args) in [
+        ("keyctl (host keyring)", "250, 0, -4, 0"),
+        ("add_key", "248, $U, $X, $Y, 1, -4"),
+        ("request_key", "249, $U, $X, 0, 0"),
+    ] {
+        s.syscall_errno(&a, name, args, &[libc::ENOSYS]).await;
+    }
+    // CAP_AUDIT_WRITE is granted (nested dockerd needs it in its set) but must not reach
+    // the host's audit log: the kernel refuses senders outside the initial user namespace
+    // (ack error -111, ECONNREFUSED).
+    s.attack(
+        &a,
+        "audit: send an AUDIT_USER message",
+        "perl -e 'socket(my $s, 16, 3, 9) or die \"socket: $!\\n\"; \
+         my $m = \"hearth-escape-test\\0\"; \
+         send($s, pack(\"LSSLL\", 16 + length($m), 1005, 5, 1, 0) . $m, 0) or die \"send: $!\\n\"; \
+         defined(recv($s, my $ack, 4096, 0)) or die \"recv: $!\\n\"; \
+         my $err = unpack(\"l\", substr($ack, 16, 4)); print \"ack error $err\\n\"; exit($err == 0 ? 0 : 1)'",
+    )
+    .await;
     s.attack(&a, "dmesg", "dmesg").await;
 
     // --- processes outside ---

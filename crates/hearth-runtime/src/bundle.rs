@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::{Result, RuntimeError};
@@ -40,9 +41,9 @@ pub struct BundleSpec {
 /// administration of their own box and of nested containers.
 ///
 /// Left out because the kernel checks them against the initial user namespace, so inside
-/// they grant nothing but would widen what a kernel bug could reach: `AUDIT_WRITE` (audit
-/// netlink refuses non-initial user namespaces), `IPC_LOCK` and `SYS_RESOURCE` (mlock and
-/// rlimit overrides use `capable()`; memory and pids are bounded by the cgroup anyway).
+/// they grant nothing but would widen what a kernel bug could reach: `IPC_LOCK` and
+/// `SYS_RESOURCE` (mlock and rlimit overrides use `capable()`; memory and pids are bounded
+/// by the cgroup anyway).
 /// Never granted: `SYS_MODULE`, `SYS_RAWIO`, `SYS_BOOT`, `SYS_TIME`, `SYSLOG`, `MAC_*`,
 /// `BPF`, `PERFMON`, `CHECKPOINT_RESTORE`, `SYS_PACCT`, `SYS_NICE`, `LEASE`,
 /// `LINUX_IMMUTABLE`, `WAKE_ALARM`, `BLOCK_SUSPEND`, `SYS_TTY_CONFIG`, `NET_BROADCAST`,
@@ -75,11 +76,18 @@ pub const CAPS: &[Capability] = &[
     Capability::Mknod,
     // File capabilities written by package scripts (`setcap` in postinst) of the image.
     Capability::Setfcap,
+    // Grants nothing here: audit netlink refuses every message from outside the initial
+    // user namespace (ECONNREFUSED) before it checks the capability, which it checks
+    // against the initial user namespace anyway. It is in Docker's default set, and runc
+    // refuses to start a container with capabilities outside its own bounding set, so
+    // nested dockerd needs it.
+    Capability::AuditWrite,
 ];
 
-/// Syscalls refused with EPERM. A deny-list over default-allow keeps every new syscall a
-/// developer tool may use working; these are the ones that reach state the kernel does
-/// not namespace, or wide attack surface no workspace needs:
+/// Syscalls refused (EPERM, or ENOSYS for [`ENOSYS_SYSCALLS`]). A deny-list over
+/// default-allow keeps every new syscall a developer tool may use working; these are the
+/// ones that reach state the kernel does not namespace, or wide attack surface no
+/// workspace needs:
 /// - module, kexec, swap, accounting, quota, clock and syslog calls act on the whole host
 ///   (the capability checks already fail; this removes the code path);
 /// - `bpf` and `perf_event_open`: unprivileged use is off on this class of host
@@ -139,21 +147,31 @@ pub const BLOCKED_SYSCALLS: &[&str] = &[
     "vm86old",
 ];
 
-/// Default-allow filter with [`BLOCKED_SYSCALLS`] returning EPERM. All three x86 ABIs are
-/// listed: a filter without the i386 ABI would let `int 0x80` callers skip the list.
+/// The [`BLOCKED_SYSCALLS`] refused with ENOSYS rather than EPERM: the keyring calls.
+/// OCI runtimes (crun, runc) join a fresh session keyring for every container they start
+/// and give up on any error but ENOSYS ("kernel without keyrings"), so EPERM would break
+/// nested containers (podman, docker) while ENOSYS blocks the keyring just the same.
+pub const ENOSYS_SYSCALLS: &[&str] = &["add_key", "keyctl", "request_key"];
+
+/// Default-allow filter with [`BLOCKED_SYSCALLS`] returning EPERM ([`ENOSYS_SYSCALLS`]
+/// ENOSYS). All three x86 ABIs are listed: a filter without the i386 ABI would let
+/// `int 0x80` callers skip the list.
 pub fn seccomp() -> Result<LinuxSeccomp> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
-    let deny = LinuxSyscallBuilder::default()
-        .names(
-            BLOCKED_SYSCALLS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(b)?;
+    let rule = |names: Vec<String>, errno: i32| {
+        LinuxSyscallBuilder::default()
+            .names(names)
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(errno as u32)
+            .build()
+            .map_err(b)
+    };
+    let (nosys, perm): (Vec<String>, Vec<String>) = BLOCKED_SYSCALLS
+        .iter()
+        .map(|s| s.to_string())
+        .partition(|s| ENOSYS_SYSCALLS.contains(&s.as_str()));
+    let deny = rule(perm, libc::EPERM)?;
+    let nosys = rule(nosys, libc::ENOSYS)?;
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![
@@ -161,33 +179,46 @@ pub fn seccomp() -> Result<LinuxSeccomp> {
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![deny])
+        .syscalls(vec![deny, nosys])
         .build()
         .map_err(b)
 }
 
-/// Host FUSE device, as (major, minor), when the host has one.
-fn host_fuse() -> Option<(u64, u64)> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata("/dev/fuse").ok()?;
-    if !md.file_type().is_char_device() {
-        return None;
-    }
-    let rdev = md.rdev();
-    Some((libc::major(rdev) as u64, libc::minor(rdev) as u64))
+/// Host character devices handed to every workspace as `(host path, node name in the
+/// bundle)`; the node is bound over the same path inside. Both are built for unprivileged
+/// users and act only on namespaces the workspace owns:
+/// - `/dev/fuse`: mounting a FUSE filesystem needs the workspace's own mount namespace
+///   (fuse-overlayfs, sshfs, rootless storage drivers);
+/// - `/dev/net/tun`: `TUNSETIFF` needs `CAP_NET_ADMIN` over the network namespace the fd
+///   was opened in, so a tun/tap device can only be made in a network namespace root
+///   inside creates itself (slirp4netns and pasta networking for nested containers),
+///   never in the node-made one and never on the host.
+pub const DEVICES: &[(&str, &str)] = &[("/dev/fuse", "fuse"), ("/dev/net/tun", "tun")];
+
+/// A host device handed in: the 0666 node in the bundle, its path inside, its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub node: PathBuf,
+    pub dest: String,
+    pub rdev: libc::dev_t,
 }
 
-/// Makes `<bundle>/fuse`, a 0666 node of the host's FUSE device, for a bind mount over
-/// `/dev/fuse`: a user namespace cannot mknod devices, and binding the host's own node
-/// would carry its mode (often 0600 root, unusable inside). FUSE is built for
-/// unprivileged users, and mounting it needs the workspace's own mount namespace.
-fn fuse_node(dir: &Path) -> Result<Option<PathBuf>> {
-    let Some((major, minor)) = host_fuse() else {
+/// `path`'s device number when it is a character device on the host.
+fn host_chardev(path: &str) -> Option<libc::dev_t> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    md.file_type().is_char_device().then(|| md.rdev())
+}
+
+/// Makes `<dir>/<name>`, a 0666 node of the host device `host`, when the host has one: a
+/// user namespace cannot mknod devices, and binding the host's own node would carry its
+/// mode (often 0600 root, unusable inside).
+fn device_node(dir: &Path, host: &str, name: &str) -> Result<Option<DeviceNode>> {
+    let Some(dev) = host_chardev(host) else {
         return Ok(None);
     };
-    let node = dir.join("fuse");
-    let dev = libc::makedev(major as u32, minor as u32);
+    let node = dir.join(name);
     match nix::sys::stat::stat(&node) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == dev => {}
         _ => {
@@ -204,7 +235,67 @@ fn fuse_node(dir: &Path) -> Result<Option<PathBuf>> {
     // mknod honours the umask; the mode must be exact.
     std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .map_err(|e| RuntimeError::io("chmod", &node, e))?;
-    Ok(Some(node))
+    Ok(Some(DeviceNode {
+        node,
+        dest: host.to_string(),
+        rdev: dev,
+    }))
+}
+
+/// The [`DEVICES`] this host has, with their nodes made in `dir`.
+fn device_nodes(dir: &Path) -> Result<Vec<DeviceNode>> {
+    let mut out = Vec::new();
+    for (host, name) in DEVICES {
+        out.extend(device_node(dir, host, name)?);
+    }
+    Ok(out)
+}
+
+/// Device cgroup rules: deny all, allow `devices`. runc enforces them (adding its
+/// defaults: null, zero, tty, ptmx...), so without the allow rules `/dev/fuse` and
+/// `/dev/net/tun` would be bound in but refuse to open; crun with
+/// `--cgroup-manager=disabled` skips them.
+fn device_rules(devices: &[DeviceNode]) -> Result<LinuxResources> {
+    let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(b)?];
+    for d in devices {
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(libc::major(d.rdev) as i64)
+                .minor(libc::minor(d.rdev) as i64)
+                .access("rwm")
+                .build()
+                .map_err(b)?,
+        );
+    }
+    LinuxResourcesBuilder::default()
+        .devices(rules)
+        .build()
+        .map_err(b)
+}
+
+/// The OCI default read-only paths except `/proc/sys`, plus the cgroup tmpfs.
+///
+/// In a user namespace the kernel already refuses every sysctl write but those for
+/// namespaces the workspace owns (`test_perm` wants the global root uid; net sysctls want
+/// `CAP_NET_ADMIN` over the netns, and the node-made one belongs to the host), so a
+/// read-only `/proc/sys` only blocked what nested containers need: OCI runtimes write net
+/// sysctls (`ping_group_range`) of the network namespaces they make through it.
+///
+/// The runtime makes `/sys/fs/cgroup` a tmpfs owned by root inside; read-only, nothing
+/// can pose as a cgroup file there.
+fn readonly_paths() -> Vec<String> {
+    oci_spec::runtime::get_default_readonly_paths()
+        .into_iter()
+        .filter(|p| p != "/proc/sys")
+        .chain(["/sys/fs/cgroup".to_string()])
+        .collect()
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount> {
@@ -220,8 +311,8 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
 pub const NOFILE_SOFT: u64 = 1024;
 pub const NOFILE_HARD: u64 = 1 << 19;
 
-/// The config for `spec`; `fuse` is a device node to bind over `/dev/fuse`.
-pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
+/// The config for `spec`; `devices` are bound in (see [`DEVICES`]).
+pub fn build(spec: &BundleSpec, devices: &[DeviceNode]) -> Result<Spec> {
     let b = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
     let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
@@ -301,6 +392,15 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
             // locked submounts cover, which the kernel refuses (runc fails with EINVAL).
             &["rbind", "nosuid", "noexec", "nodev", "ro"],
         )?,
+        // The workspace's own cgroups (its cgroup namespace), read-only: nested OCI
+        // runtimes read the layout here (crun refuses to start without it), and tools
+        // read their limits. Files belong to the host's root, so no limit can be raised.
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
         mount(
             "/run",
             "tmpfs",
@@ -314,11 +414,11 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
             &["bind", "ro", "nosuid", "nodev"],
         )?,
     ];
-    if let Some(node) = fuse {
+    for d in devices {
         mounts.push(mount(
-            "/dev/fuse",
+            &d.dest,
             "none",
-            &path_str(node)?,
+            &path_str(&d.node)?,
             &["bind", "nosuid", "noexec"],
         )?);
     }
@@ -357,8 +457,9 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
         .uid_mappings(vec![map])
         .gid_mappings(vec![map])
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
-        .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
+        .readonly_paths(readonly_paths())
         .seccomp(seccomp()?)
+        .resources(device_rules(devices)?)
         .build()
         .map_err(b)?;
 
@@ -379,10 +480,10 @@ pub fn build(spec: &BundleSpec, fuse: Option<&Path>) -> Result<Spec> {
         .map_err(b)
 }
 
-/// Writes `config.json` (and the FUSE node it binds) into `dir` atomically.
+/// Writes `config.json` (and the device nodes it binds) into `dir` atomically.
 pub fn write(dir: &Path, spec: &BundleSpec) -> Result<()> {
-    let fuse = fuse_node(dir)?;
-    let cfg = build(spec, fuse.as_deref())?;
+    let devices = device_nodes(dir)?;
+    let cfg = build(spec, &devices)?;
     let json = serde_json::to_vec_pretty(&cfg).map_err(|e| RuntimeError::Bundle(e.to_string()))?;
     let tmp = dir.join("config.json.tmp");
     std::fs::write(&tmp, json).map_err(|e| RuntimeError::io("write", &tmp, e))?;
@@ -416,7 +517,7 @@ mod tests {
 
     #[test]
     fn seccomp_denies_host_wide_syscalls_for_every_x86_abi() {
-        let cfg = build(&spec(), None).unwrap();
+        let cfg = build(&spec(), &[]).unwrap();
         let sc = cfg.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
         assert_eq!(sc.default_action(), LinuxSeccompAction::ScmpActAllow);
         let arches = sc.architectures().as_ref().unwrap();
@@ -439,11 +540,45 @@ mod tests {
         for name in ["unshare", "mount", "ptrace", "clone", "clone3", "setns"] {
             assert!(!denied.iter().any(|d| *d == name), "{name} denied");
         }
+        // Keyring calls say ENOSYS, which nested OCI runtimes accept; the rest EPERM.
+        let errno_of = |name: &str| {
+            rules
+                .iter()
+                .find(|r| r.names().iter().any(|n| n == name))
+                .and_then(|r| r.errno_ret())
+        };
+        assert_eq!(errno_of("keyctl"), Some(libc::ENOSYS as u32));
+        assert_eq!(errno_of("add_key"), Some(libc::ENOSYS as u32));
+        assert_eq!(errno_of("bpf"), Some(libc::EPERM as u32));
+    }
+
+    #[test]
+    fn proc_sys_is_writable_and_cgroups_read_only() {
+        let cfg = build(&spec(), &[]).unwrap();
+        let ro = cfg
+            .linux()
+            .as_ref()
+            .unwrap()
+            .readonly_paths()
+            .clone()
+            .unwrap();
+        assert!(!ro.iter().any(|p| p == "/proc/sys"), "{ro:?}");
+        assert!(ro.iter().any(|p| p == "/proc/sysrq-trigger"), "{ro:?}");
+        assert!(ro.iter().any(|p| p == "/sys/fs/cgroup"), "{ro:?}");
+        let cg = cfg
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .expect("cgroup mount");
+        assert_eq!(cg.typ().as_deref(), Some("cgroup"));
+        assert!(cg.options().as_ref().unwrap().iter().any(|o| o == "ro"));
     }
 
     #[test]
     fn capabilities_exclude_host_wide_ones() {
-        let cfg = build(&spec(), None).unwrap();
+        let cfg = build(&spec(), &[]).unwrap();
         let caps = cfg
             .process()
             .as_ref()
@@ -458,7 +593,6 @@ mod tests {
             Capability::SysRawio,
             Capability::SysBoot,
             Capability::SysTime,
-            Capability::AuditWrite,
             Capability::SysResource,
             Capability::Bpf,
         ] {
@@ -467,24 +601,48 @@ mod tests {
     }
 
     #[test]
-    fn fuse_node_is_bound_when_the_host_has_fuse() {
+    fn device_nodes_are_bound_when_the_host_has_them() {
         let dir = tempfile::tempdir().unwrap();
-        let node = fuse_node(dir.path()).unwrap();
-        assert_eq!(node.is_some(), host_fuse().is_some());
-        let cfg = build(&spec(), node.as_deref()).unwrap();
-        let bound = cfg
-            .mounts()
+        let nodes = device_nodes(dir.path()).unwrap();
+        for (host, _) in DEVICES {
+            let has = host_chardev(host).is_some();
+            assert_eq!(nodes.iter().any(|d| d.dest == *host), has, "{host}");
+        }
+        let cfg = build(&spec(), &nodes).unwrap();
+        let linux = cfg.linux().as_ref().unwrap();
+        let rules = linux
+            .resources()
             .as_ref()
             .unwrap()
-            .iter()
-            .any(|m| m.destination() == Path::new("/dev/fuse"));
-        assert_eq!(bound, node.is_some());
-        if let Some(n) = node {
+            .devices()
+            .clone()
+            .unwrap();
+        assert!(
+            !rules[0].allow() && rules[0].major().is_none(),
+            "deny all first"
+        );
+        for d in &nodes {
+            let bound = cfg
+                .mounts()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.destination() == Path::new(&d.dest));
+            assert!(bound, "{}", d.dest);
+            let major = libc::major(d.rdev) as i64;
+            let minor = libc::minor(d.rdev) as i64;
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.allow() && r.major() == Some(major) && r.minor() == Some(minor)),
+                "{} not allowed",
+                d.dest
+            );
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&n).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&d.node).unwrap().permissions().mode();
             assert_eq!(mode & 0o7777, 0o666);
-            // Idempotent: a second write keeps the node.
-            assert_eq!(fuse_node(dir.path()).unwrap(), Some(n));
         }
+        // Idempotent: a second write keeps the nodes.
+        assert_eq!(device_nodes(dir.path()).unwrap(), nodes);
     }
 }
