@@ -39,6 +39,7 @@ async fn podman_and_dockerd_run_containers_inside() {
             memory_bytes: 2 << 30,
             ..Limits::default()
         },
+        egress: Default::default(),
     };
     e.specs.push(ws.clone());
     e.node.create(&ws, tx.clone()).await.unwrap();
