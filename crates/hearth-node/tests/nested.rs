@@ -46,7 +46,12 @@ async fn podman_and_dockerd_run_containers_inside() {
     e.node.start(&ws).await.unwrap();
     let node = e.node.clone();
     let base = ws.uid_base();
-    let upper = e.cfg.data_dir.join("workspaces").join(&ws.id).join("disk/data/upper");
+    let upper = e
+        .cfg
+        .data_dir
+        .join("workspaces")
+        .join(&ws.id)
+        .join("disk/data/upper");
     // The workspace's own map, as root in a container that shares its user namespace sees it.
     let ws_map = format!("0 {base} 65536");
 
