@@ -269,12 +269,19 @@ fn body_snippet(resp: ureq::Response) -> String {
     text.trim().chars().filter(|c| !c.is_control()).collect()
 }
 
+/// A negotiated `Authorization` value.
+struct Auth {
+    header: String,
+    /// The token service a bearer token came from; `None` for basic auth.
+    realm: Option<String>,
+}
+
 /// One pull's connection to its registry; remembers the negotiated `Authorization` value.
 struct Client<'a> {
     agent: ureq::Agent,
     reference: &'a Reference,
     credentials: Option<&'a Credentials>,
-    authorization: Mutex<Option<String>>,
+    authorization: Mutex<Option<Auth>>,
 }
 
 impl<'a> Client<'a> {
@@ -296,7 +303,7 @@ impl<'a> Client<'a> {
         format!("{}/{tail}", self.reference.repo_url())
     }
 
-    fn authorization(&self) -> MutexGuard<'_, Option<String>> {
+    fn authorization(&self) -> MutexGuard<'_, Option<Auth>> {
         self.authorization.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -316,8 +323,8 @@ impl<'a> Client<'a> {
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            if let Some(auth) = self.authorization().as_deref() {
-                req = req.set("Authorization", auth);
+            if let Some(auth) = self.authorization().as_ref() {
+                req = req.set("Authorization", &auth.header);
             }
             match req.call() {
                 Ok(resp) => return Ok(resp),
@@ -328,13 +335,7 @@ impl<'a> Client<'a> {
                     answered = true;
                 }
                 Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    let what = if self.credentials.is_some() {
-                        "credentials rejected"
-                    } else {
-                        "credentials required"
-                    };
-                    return Err(self
-                        .unauthorized(format!("{what} (status {code}: {})", body_snippet(resp))));
+                    return Err(self.refused(code, resp));
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     return Err(ImageError::Registry {
@@ -352,12 +353,61 @@ impl<'a> Client<'a> {
         }
     }
 
+    /// The error for a 401 or 403 that answering the challenge did not (or cannot) fix. A
+    /// registry refusing a bearer token says why in its challenge's `error` parameter (RFC 6750:
+    /// `invalid_token` for an expired or untrusted token, `insufficient_scope` when the token
+    /// does not grant the access); the message names the token service that issued it, since
+    /// that is where the problem lies, not with the credentials.
+    fn refused(&self, code: u16, resp: ureq::Response) -> ImageError {
+        let params = resp
+            .header("www-authenticate")
+            .map(|c| parse_challenge(c).1)
+            .unwrap_or_default();
+        let body = body_snippet(resp);
+        let realm = self.authorization().as_ref().and_then(|a| a.realm.clone());
+        let Some(realm) = realm else {
+            let what = if self.credentials.is_some() {
+                "credentials rejected"
+            } else {
+                "credentials required"
+            };
+            return self.unauthorized(format!("{what} (status {code}: {body})"));
+        };
+        let error = params.get("error").map(String::as_str);
+        let detail = params
+            .get("error_description")
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        let reason = match error {
+            Some("invalid_token") => format!(
+                "the registry refused the token from token service {realm} as invalid_token{detail} \
+                 (expired, not yet valid, for another service or issuer, or signed by a key the \
+                 registry does not trust)"
+            ),
+            Some("insufficient_scope") => format!(
+                "token service {realm} did not grant {} (insufficient_scope{detail})",
+                params.get("scope").map_or("the access needed", String::as_str)
+            ),
+            Some(other) => format!(
+                "the registry refused the token from token service {realm} ({other}{detail}; \
+                 status {code}: {body})"
+            ),
+            None => format!(
+                "the registry refused the token from token service {realm} (status {code}: {body})"
+            ),
+        };
+        self.unauthorized(reason)
+    }
+
     /// The `Authorization` value answering a `WWW-Authenticate` challenge.
-    fn answer(&self, challenge: &str) -> Result<String, ImageError> {
+    fn answer(&self, challenge: &str) -> Result<Auth, ImageError> {
         let (scheme, params) = parse_challenge(challenge);
         match scheme.as_str() {
             "basic" => match self.credentials {
-                Some(c) => Ok(basic(c)),
+                Some(c) => Ok(Auth {
+                    header: basic(c),
+                    realm: None,
+                }),
                 None => Err(self.unauthorized("credentials required")),
             },
             "bearer" => self.token(&params),
@@ -365,7 +415,7 @@ impl<'a> Client<'a> {
         }
     }
 
-    fn token(&self, params: &HashMap<String, String>) -> Result<String, ImageError> {
+    fn token(&self, params: &HashMap<String, String>) -> Result<Auth, ImageError> {
         let realm = params
             .get("realm")
             .ok_or_else(|| self.unauthorized("bearer challenge without a realm"))?;
@@ -391,10 +441,15 @@ impl<'a> Client<'a> {
         let resp = match req.call() {
             Ok(resp) => resp,
             Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
+                let what = if self.credentials.is_some() {
+                    "rejected the credentials"
+                } else {
+                    "requires credentials"
+                };
                 return Err(self.unauthorized(format!(
-                    "token service {realm} rejected the credentials (status {code}: {})",
+                    "token service {realm} {what} (status {code}: {})",
                     body_snippet(resp)
-                )))
+                )));
             }
             Err(e) => {
                 return Err(ImageError::Registry {
@@ -419,7 +474,10 @@ impl<'a> Client<'a> {
             .token
             .or(token.access_token)
             .filter(|t| !t.is_empty())
-            .map(|t| format!("Bearer {t}"))
+            .map(|t| Auth {
+                header: format!("Bearer {t}"),
+                realm: Some(realm.clone()),
+            })
             .ok_or_else(|| ImageError::Registry {
                 url: realm.clone(),
                 reason: "token answer holds no token".to_string(),

@@ -1,7 +1,7 @@
 //! Pulls against a real registry (Debian's `docker-registry`) on loopback, images pushed with
 //! skopeo from OCI layouts written on the spot.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use hearth_image::testutil::{layer_tar, write_oci_layout_with, LayerCompression};
 use hearth_image::{BlobState, Credentials, ImageConfig, ImageError, ImageStore, PullProgress};
 use serde_json::json;
@@ -45,19 +46,14 @@ struct Registry {
     port: u16,
     storage: PathBuf,
     creds: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
+    /// Anonymous, or basic auth against an htpasswd file holding `creds`.
     fn start(creds: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = dir.path().join("storage");
-        fs::create_dir(&storage).unwrap();
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        );
+        let mut auth = String::new();
         if let Some((user, pass)) = creds {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])
@@ -66,33 +62,65 @@ impl Registry {
             assert!(out.status.success());
             let file = dir.path().join("htpasswd");
             fs::write(&file, &out.stdout).unwrap();
-            config.push_str(&format!(
+            auth = format!(
                 "auth:\n  htpasswd:\n    realm: hearth-test\n    path: {}\n",
                 file.display()
-            ));
+            );
         }
+        Self::spawn(dir, &auth, creds)
+    }
+
+    /// Bearer token auth: the registry sends clients to `tokens` and trusts the tokens it signs.
+    fn start_with_token(tokens: &TokenServer) -> Self {
+        let auth = format!(
+            "auth:\n  token:\n    realm: \"{}\"\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            TokenServer::SERVICE,
+            TokenServer::ISSUER,
+            tokens.root_cert().display()
+        );
+        let user = tokens.user.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        Self::spawn(tempfile::tempdir().unwrap(), &auth, user)
+    }
+
+    fn spawn(dir: tempfile::TempDir, auth: &str, creds: Option<(&str, &str)>) -> Self {
+        let storage = dir.path().join("storage");
+        fs::create_dir(&storage).unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            storage.display()
+        );
         let config_path = dir.path().join("config.yml");
         fs::write(&config_path, config).unwrap();
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(File::create(dir.path().join("registry.log")).unwrap())
             .spawn()
             .unwrap();
-        let registry = Self {
+        let mut registry = Self {
             child,
             port,
             storage,
             creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("registry exited with {status}: {}", registry.log());
+            }
             assert!(Instant::now() < deadline, "registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         registry
+    }
+
+    /// What the registry wrote to stderr so far (for failure messages).
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
     fn addr(&self) -> String {
@@ -116,8 +144,9 @@ impl Registry {
             .unwrap();
         assert!(
             out.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "skopeo: {}\nregistry log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
     }
 
@@ -134,6 +163,358 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How the token server answers a request it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenMode {
+    /// `{"token": ...}` granting the requested access.
+    Token,
+    /// `{"access_token": ...}` only (the OAuth2 spelling).
+    AccessToken,
+    /// A token whose `exp` lies an hour back (well past the registry's 60 s leeway).
+    Expired,
+    /// Signed by a key the registry does not trust, the trusted certificate still in `x5c`.
+    WrongKey,
+    /// A valid token that grants nothing.
+    NoAccess,
+}
+
+/// One request the token server saw.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    service: Option<String>,
+    /// Every `scope` parameter, decoded.
+    scopes: Vec<String>,
+    /// Other query parameters, decoded.
+    other: Vec<(String, String)>,
+    /// The basic-auth user name, when one was sent.
+    user: Option<String>,
+    status: u16,
+}
+
+/// Keys and state the serving thread needs.
+struct TokenState {
+    dir: PathBuf,
+    user: Option<(String, String)>,
+    /// Standard base64 of the trusted certificate's DER, for `x5c`.
+    cert_b64: String,
+    mode: Mutex<TokenMode>,
+    requests: Mutex<Vec<TokenRequest>>,
+}
+
+/// A token service on loopback issuing RS256 JWTs the way distribution's token auth expects:
+/// signed with an `openssl`-made key whose self-signed certificate is the registry's
+/// `rootcertbundle` and travels in the header's `x5c`. Stopped and joined on drop.
+struct TokenServer {
+    port: u16,
+    /// Appended to the realm's path (`?...`), to check clients keep it.
+    realm_query: String,
+    user: Option<(String, String)>,
+    state: Arc<TokenState>,
+    stop: Arc<AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `%XX` and `+` decoding of one query component.
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+impl TokenServer {
+    const SERVICE: &'static str = "hearth-test-registry";
+    const ISSUER: &'static str = "hearth-test-issuer";
+
+    /// `user`: the only credentials accepted; without one every client is served anonymously.
+    fn start(user: Option<(&str, &str)>, realm_query: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=hearth test token issuer",
+            ],
+            dir.path(),
+        );
+        openssl(
+            &[
+                "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+            ],
+            dir.path(),
+        );
+        openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "rogue.pem",
+            ],
+            dir.path(),
+        );
+        let cert_b64 = base64::engine::general_purpose::STANDARD
+            .encode(fs::read(dir.path().join("cert.der")).unwrap());
+        let user = user.map(|(u, p)| (u.to_string(), p.to_string()));
+        let state = Arc::new(TokenState {
+            dir: dir.path().to_path_buf(),
+            user: user.clone(),
+            cert_b64,
+            mode: Mutex::new(TokenMode::Token),
+            requests: Mutex::new(Vec::new()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        // One connection at a time: clients here ask for one token at a time.
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    st.serve(conn);
+                }
+            }
+        });
+        Self {
+            port,
+            realm_query: realm_query.to_string(),
+            user,
+            state,
+            stop,
+            accept: Some(accept),
+            _dir: dir,
+        }
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token{}", self.port, self.realm_query)
+    }
+
+    fn root_cert(&self) -> PathBuf {
+        self.state.dir.join("cert.pem")
+    }
+
+    fn set_mode(&self, mode: TokenMode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// The requests seen since the last call.
+    fn take_requests(&self) -> Vec<TokenRequest> {
+        std::mem::take(&mut *self.state.requests.lock().unwrap())
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl TokenState {
+    /// Answers one HTTP/1.1 request and closes the connection.
+    fn serve(&self, mut conn: TcpStream) {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head.len() > 64 * 1024 {
+                return;
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default();
+        let target = request_line.split(' ').nth(1).unwrap_or_default();
+        let basic = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.trim().strip_prefix("Basic ").map(str::to_string))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            });
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let mut req = TokenRequest {
+            service: None,
+            scopes: Vec::new(),
+            other: Vec::new(),
+            user: basic.as_ref().map(|(u, _)| u.clone()),
+            status: 200,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (url_decode(k), url_decode(v));
+            match k.as_str() {
+                "service" => req.service = Some(v),
+                "scope" => req.scopes.push(v),
+                _ => req.other.push((k, v)),
+            }
+        }
+        let (status, body) = if path != "/token" {
+            (404, r#"{"details":"no such endpoint"}"#.to_string())
+        } else if self.user.is_some() && basic != self.user {
+            (
+                401,
+                r#"{"details":"incorrect username or password"}"#.to_string(),
+            )
+        } else {
+            (200, self.issue(&req))
+        };
+        req.status = status;
+        self.requests.lock().unwrap().push(req);
+        let reason = match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            _ => "Not Found",
+        };
+        let mut answer = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if status == 401 {
+            answer.push_str("WWW-Authenticate: Basic realm=\"hearth-test-tokens\"\r\n");
+        }
+        answer.push_str("\r\n");
+        answer.push_str(&body);
+        let _ = conn.write_all(answer.as_bytes());
+        let _ = conn.shutdown(Shutdown::Both);
+    }
+
+    /// The JSON answer: a JWT granting exactly the requested scopes (or less, by mode).
+    fn issue(&self, req: &TokenRequest) -> String {
+        let mode = *self.mode.lock().unwrap();
+        let access: Vec<serde_json::Value> = if mode == TokenMode::NoAccess {
+            Vec::new()
+        } else {
+            req.scopes
+                .iter()
+                .filter_map(|scope| {
+                    // type:name:actions; names hold no ':' but may hold '/'.
+                    let (kind, rest) = scope.split_once(':')?;
+                    let (name, actions) = rest.rsplit_once(':')?;
+                    Some(json!({
+                        "type": kind,
+                        "name": name,
+                        "actions": actions.split(',').collect::<Vec<_>>(),
+                    }))
+                })
+                .collect()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let (nbf, exp) = match mode {
+            TokenMode::Expired => (now - 7200, now - 3600),
+            _ => (now - 10, now + 300),
+        };
+        let header = json!({ "typ": "JWT", "alg": "RS256", "x5c": [self.cert_b64] });
+        let claims = json!({
+            "iss": TokenServer::ISSUER,
+            "sub": req.user.clone().unwrap_or_default(),
+            "aud": TokenServer::SERVICE,
+            "exp": exp,
+            "nbf": nbf,
+            "iat": nbf,
+            "jti": format!("{now}-{}", self.requests.lock().unwrap().len()),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let key = if mode == TokenMode::WrongKey {
+            "rogue.pem"
+        } else {
+            "key.pem"
+        };
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign", key])
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl dgst: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let jwt = format!("{input}.{}", b64url(&out.stdout));
+        let field = if mode == TokenMode::AccessToken {
+            "access_token"
+        } else {
+            "token"
+        };
+        json!({ field: jwt, "expires_in": 300 }).to_string()
     }
 }
 
@@ -602,4 +983,163 @@ fn plain_http_refused_for_remote_registries_before_any_io() {
         assert!(events.is_empty());
     }
     assert!(fx.files_under("downloads").is_empty());
+}
+
+fn unauthorized_reason(res: Result<hearth_image::Image, ImageError>) -> String {
+    match res {
+        Err(e @ ImageError::Unauthorized { .. }) => e.to_string(),
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+}
+
+#[test]
+fn bearer_token_pull_with_credentials() {
+    let tokens = TokenServer::start(Some(("bob", "hunter2")), "");
+    let registry = Registry::start_with_token(&tokens);
+    let fx = Fixture::new();
+    let (layout, id) = fx.layout(
+        "tok",
+        "v1",
+        &[
+            ("etc/base", b"base layer"),
+            ("app/data", &noise("tok", 200_000)),
+        ],
+    );
+    registry.push(&layout, "v1", "team/tok", false);
+    // skopeo went through the token service for push access.
+    let pushed = tokens.take_requests();
+    assert!(
+        pushed.iter().any(|r| r.status == 200
+            && r.scopes
+                .iter()
+                .any(|s| s.starts_with("repository:team/tok:") && s.contains("push"))),
+        "{pushed:?}"
+    );
+
+    let reference = format!("{}/team/tok:v1", registry.addr());
+    let right = Credentials {
+        username: "bob".into(),
+        password: "hunter2".into(),
+    };
+    let (image, events) = fx.pull(&reference, Some(&right));
+    let image = image.unwrap_or_else(|e| panic!("{e}\nregistry log: {}", registry.log()));
+    assert_eq!(image.id, id);
+    assert_eq!(fx.read_layer_file(&image, "etc/base"), b"base layer");
+    assert_eq!(
+        fx.read_layer_file(&image, "app/data"),
+        noise("tok", 200_000)
+    );
+    assert_eq!(
+        blob_states(&events),
+        vec![
+            ("config".to_string(), BlobState::Done),
+            ("layer 1/2".to_string(), BlobState::Done),
+            ("layer 2/2".to_string(), BlobState::Done),
+        ]
+    );
+    // One token for the whole pull, asked for with the registry's service and exactly the
+    // pull scope of this repository.
+    let seen = tokens.take_requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].status, 200);
+    assert_eq!(seen[0].service.as_deref(), Some(TokenServer::SERVICE));
+    assert_eq!(seen[0].scopes, vec!["repository:team/tok:pull".to_string()]);
+    assert_eq!(seen[0].user.as_deref(), Some("bob"));
+
+    // Without credentials or with wrong ones, in a fresh store: the token service says no.
+    let fx2 = Fixture::new();
+    let realm = tokens.realm();
+    let (res, _) = fx2.pull(&reference, None);
+    let reason = unauthorized_reason(res);
+    assert!(reason.contains(&realm), "{reason}");
+    assert!(reason.contains("requires credentials"), "{reason}");
+    let wrong = Credentials {
+        username: "bob".into(),
+        password: "guess".into(),
+    };
+    let (res, _) = fx2.pull(&reference, Some(&wrong));
+    let reason = unauthorized_reason(res);
+    assert!(reason.contains(&realm), "{reason}");
+    assert!(reason.contains("rejected the credentials"), "{reason}");
+    assert!(
+        reason.contains("incorrect username or password"),
+        "{reason}"
+    );
+    let seen = tokens.take_requests();
+    assert_eq!(
+        seen.iter()
+            .map(|r| (r.user.clone(), r.status))
+            .collect::<Vec<_>>(),
+        vec![(None, 401), (Some("bob".to_string()), 401)]
+    );
+    assert!(fx2.store.list().unwrap().is_empty());
+}
+
+#[test]
+fn bearer_token_anonymous_with_access_token_field() {
+    // An anonymous token service (like Docker Hub's for public images) whose realm carries a
+    // query of its own, answering in the OAuth2 spelling.
+    let tokens = TokenServer::start(None, "?client=hearth-test");
+    let registry = Registry::start_with_token(&tokens);
+    let fx = Fixture::new();
+    let (layout, id) = fx.layout("anon", "v2", &[("hello", b"world")]);
+    registry.push(&layout, "v2", "library/anon", false);
+    tokens.take_requests();
+    tokens.set_mode(TokenMode::AccessToken);
+
+    let reference = format!("{}/library/anon:v2", registry.addr());
+    let (image, _) = fx.pull(&reference, None);
+    let image = image.unwrap_or_else(|e| panic!("{e}\nregistry log: {}", registry.log()));
+    assert_eq!(image.id, id);
+    assert_eq!(fx.read_layer_file(&image, "hello"), b"world");
+    let seen = tokens.take_requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].user, None);
+    assert_eq!(seen[0].service.as_deref(), Some(TokenServer::SERVICE));
+    assert_eq!(
+        seen[0].scopes,
+        vec!["repository:library/anon:pull".to_string()]
+    );
+    assert_eq!(
+        seen[0].other,
+        vec![("client".to_string(), "hearth-test".to_string())]
+    );
+}
+
+#[test]
+fn bearer_tokens_the_registry_refuses_are_reported() {
+    let tokens = TokenServer::start(Some(("carol", "pw")), "");
+    let registry = Registry::start_with_token(&tokens);
+    let fx = Fixture::new();
+    let (layout, _) = fx.layout("refuse", "v1", &[("f", b"data")]);
+    registry.push(&layout, "v1", "refuse", false);
+    let reference = format!("{}/refuse:v1", registry.addr());
+    let creds = Credentials {
+        username: "carol".into(),
+        password: "pw".into(),
+    };
+    let realm = tokens.realm();
+    for (mode, expect) in [
+        (TokenMode::Expired, "invalid_token"),
+        (TokenMode::WrongKey, "invalid_token"),
+        (TokenMode::NoAccess, "insufficient_scope"),
+    ] {
+        tokens.set_mode(mode);
+        tokens.take_requests();
+        let (res, events) = fx.pull(&reference, Some(&creds));
+        let reason = unauthorized_reason(res);
+        assert!(reason.contains(&realm), "{mode:?}: {reason}");
+        assert!(reason.contains(expect), "{mode:?}: {reason}");
+        assert!(!reason.contains("credentials"), "{mode:?}: {reason}");
+        assert!(events.is_empty(), "{mode:?}: {events:?}");
+        // The token was fetched once and not asked for again in a loop.
+        let seen = tokens.take_requests();
+        assert_eq!(seen.len(), 1, "{mode:?}: {seen:?}");
+        assert_eq!(seen[0].status, 200);
+    }
+    assert!(fx.store.list().unwrap().is_empty());
+
+    tokens.set_mode(TokenMode::Token);
+    let (image, _) = fx.pull(&reference, Some(&creds));
+    assert_eq!(fx.read_layer_file(&image.unwrap(), "f"), b"data");
 }
