@@ -228,7 +228,9 @@ fn periodic_snapshots_follow_changes_only() {
         }
     };
     let first = wait_for(1);
-    assert_eq!(first.len(), 1, "no periodic snapshot of a new workspace");
+    // (A second may follow at once: changes younger than the timestamp tick never count
+    // as unchanged.)
+    assert!(!first.is_empty(), "no periodic snapshot of a new workspace");
     // Unchanged: later rounds skip it. Changes can share a timestamp tick with the
     // previous snapshot, which never counts as unchanged; wait out that window (2 s).
     std::thread::sleep(std::time::Duration::from_secs(5));
