@@ -100,6 +100,11 @@ pub struct Network {
     network: u32,
     prefix_len: u8,
     egress: EgressConfig,
+    /// Per workspace id: the egress script this process last applied. Starting a
+    /// stopped workspace whose policy has not changed then costs no `nft` run (~10 ms of
+    /// a ~50 ms start); like the bridge pins, a host-wide `nft flush ruleset` while the
+    /// node runs is repaired at the node's next start, not here.
+    applied: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Network {
@@ -112,6 +117,7 @@ impl Network {
             network,
             prefix_len,
             egress: cfg.egress,
+            applied: Default::default(),
         })
     }
 
@@ -139,7 +145,14 @@ impl Network {
         egress::check_count(rules.len())?;
         let ip = self.address(slot)?;
         let script = egress::workspace_script(&self.nft_table(), id, ip, rules);
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.get(id) == Some(&script) {
+            return Ok(());
+        }
+        // Forget first: a failed run may have changed nothing or everything.
+        applied.remove(id);
         run_stdin("nft", &["-f", "-"], &script)?;
+        applied.insert(id.to_string(), script);
         tracing::debug!(id, ip = %ip, rules = rules.len(), "egress policy applied");
         Ok(())
     }
@@ -151,6 +164,10 @@ impl Network {
 
     /// Removes workspace `id`'s deny chain and map entries; a missing table is fine.
     fn remove_egress(&self, id: &str) -> Result<(), NetError> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let Some(listing) = self.egress_listing()? else {
             return Ok(());
         };
@@ -441,6 +458,10 @@ impl Network {
 
     /// Removes our jump rules, chains and the bridge; whatever is already gone is fine.
     pub fn teardown_host(&self) -> Result<(), NetError> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         for (table, chain, spec) in self.jumps() {
             // Bounded: a rule inserted twice by racing ensure_host calls is deleted twice.
             for _ in 0..8 {
