@@ -28,6 +28,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a start may take until the agent answers.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const LOG_MAX: usize = 1 << 20;
+/// Where a workspace's upper dir lived before workspaces had their own disk.
+const LEGACY_UPPER: &str = "upper";
 
 #[derive(Clone)]
 pub struct LocalNode {
@@ -418,6 +420,57 @@ impl Inner {
         mkdir(&p.work, 0o700)
     }
 
+    /// Moves the files of a workspace made before workspaces had disks (its upper dir
+    /// directly in the workspace dir) onto a new disk. The old dir is kept, renamed, until
+    /// the operator deletes it: nothing local is deleted by an upgrade.
+    fn migrate_legacy(&self, spec: &WorkspaceSpec, p: &Paths) -> Result<(), NodeError> {
+        let legacy = p.dir.join(LEGACY_UPPER);
+        if p.image.exists() || !legacy.is_dir() {
+            return Ok(());
+        }
+        if mount::is_mounted(&p.rootfs).map_err(internal)? {
+            self.unmount_all(&p.rootfs)?;
+        }
+        tracing::info!(id = %spec.id, "moving the workspace's files onto its own disk");
+        let res = (|| {
+            self.make_disk(p, spec.limits.disk_bytes)?;
+            mkdir(&p.upper, 0o755)?;
+            // cp -a keeps owners, modes, times, hard links, device nodes (overlay
+            // whiteouts) and xattrs (opaque markers); run as root it fails loudly on any.
+            let out = std::process::Command::new("cp")
+                .arg("-a")
+                .arg("--no-target-directory")
+                .arg(&legacy)
+                .arg(&p.upper)
+                .output()
+                .map_err(|e| NodeError::Internal(format!("run cp: {e}")))?;
+            if !out.status.success() {
+                return Err(NodeError::Internal(format!(
+                    "copying {} onto the workspace disk: {}",
+                    legacy.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let fs = std::fs::File::open(&p.upper).map_err(internal)?;
+            rustix::fs::syncfs(&fs).map_err(internal)
+        })();
+        if let Err(e) = res {
+            // Back to the old layout, untouched.
+            if let Err(e2) = self.unmount_all(&p.disk).and_then(|()| {
+                let _ = std::fs::remove_dir(&p.disk);
+                std::fs::remove_file(&p.image).map_err(internal)
+            }) {
+                tracing::error!(id = %spec.id, "undoing a failed disk migration: {e2}");
+            }
+            return Err(e);
+        }
+        let kept = p.dir.join("upper.pre-disk");
+        std::fs::rename(&legacy, &kept).map_err(internal)?;
+        let _ = std::fs::remove_dir_all(p.dir.join("work"));
+        tracing::warn!(id = %spec.id, kept = %kept.display(), "workspace moved onto its disk; the old copy can be deleted");
+        Ok(())
+    }
+
     /// Mounts the workspace's disk if it is not (after a host reboot or a `rm` cut short).
     fn open_disk(&self, p: &Paths) -> Result<(), NodeError> {
         if !mount::is_mounted(&p.disk).map_err(internal)? {
@@ -445,6 +498,12 @@ impl Inner {
     fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
+        if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
+            if st.status == "running" {
+                return self.status(spec);
+            }
+        }
+        self.migrate_legacy(spec, &p)?;
         // Local data lost (or the workspace moved here): bring back its latest snapshot.
         if !p.image.exists() && (p.dir.exists() || !self.restore_latest(spec)?) {
             return Err(NodeError::NotFound(format!(
@@ -562,7 +621,7 @@ impl Inner {
 
     fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         let p = self.paths(&spec.id);
-        if !p.image.exists() {
+        if !p.image.exists() && !p.dir.join(LEGACY_UPPER).is_dir() {
             return Ok(WorkspaceStatus {
                 state: RunState::Missing,
                 pid: None,

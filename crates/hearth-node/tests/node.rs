@@ -216,3 +216,51 @@ async fn workspaces_are_isolated_from_host_and_each_other() {
     );
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_from_before_disks_moves_onto_a_disk() {
+    let mut e = env().await;
+    let ws = busybox_workspaces(&mut e, &[("d1dddddddddd", "legacy", 41)]).await;
+    let spec = ws[0].0.clone();
+    let (code, _, err) = run(
+        &e.node,
+        &spec,
+        "mkdir -p /root/d && echo kept > /root/d/f && ln /root/d/f /root/hard && rm /bin/ls && sync",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    e.node.stop(&spec).await.unwrap();
+    // Rebuild the old layout: the upper dir directly in the workspace dir.
+    let dir = e.cfg.data_dir.join("workspaces").join(&spec.id);
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh("cp -a disk/data/upper upper && mkdir work && umount disk && rm -r disk disk.img");
+    assert_eq!(
+        e.node.status(&spec).await.unwrap().state,
+        RunState::Stopped,
+        "old-layout data is still data"
+    );
+    e.node.start(&spec).await.unwrap();
+    let (code, out, err) = run(
+        &e.node,
+        &spec,
+        "cat /root/d/f; stat -c %h /root/hard; ls /bin/ls 2>&1; df -k / | tail -1",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("kept\n2\n"), "{out}");
+    assert!(out.contains("No such file"), "whiteout lost: {out}");
+    assert!(dir.join("disk.img").exists());
+    assert!(
+        dir.join("upper.pre-disk/root/d/f").exists(),
+        "old copy kept"
+    );
+    assert!(!dir.join("upper").exists());
+}
