@@ -40,7 +40,7 @@ pub(crate) const MAX_SMALL_OBJECT: usize = 16 * 1024 * 1024;
 pub(crate) const MAX_STORED_OBJECT: usize = CHUNK_MAX as usize + 64 * 1024;
 /// zstd level for every object. Level 3 (zstd's default, about what restic's "auto" uses)
 /// costs little next to reading the files, and bundled small files give it context.
-pub(crate) const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

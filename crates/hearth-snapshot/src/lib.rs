@@ -33,7 +33,7 @@ pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3
 pub use format::{ChunkId, Key};
 pub use maint::{forget, fsck, gc, list, retention, FsckProblem, FsckReport, GcReport, Retention};
 pub use restore::restore;
-pub use snap::snapshot;
+pub use snap::{snapshot, WALK_SEQ};
 
 use format::{Config, Keys};
 use pack::Index;

@@ -33,6 +33,7 @@ pub fn restore(
     uid_base: u32,
     progress: Option<&Progress>,
 ) -> Result<(), SnapshotError> {
+    let started = std::time::Instant::now();
     let info = store.get_record(id)?;
     let (index, bad) = Index::load(store)?;
     for (key, e) in bad {
@@ -81,18 +82,22 @@ pub fn restore(
         progress,
     };
 
+    tracing::debug!(elapsed = ?started.elapsed(), "tree loaded");
     // 1. directories, parents first.
     for e in tree.entries.iter().skip(1).filter(|e| e.kind == Kind::Dir) {
         r.mkdir(e)?;
     }
     // 2. file contents, in parallel units of neighbouring files (which share bundles and
     // packs, so each unit reads its packs in a few large ranged reads).
+    tracing::debug!(elapsed = ?started.elapsed(), "directories made");
     let units = units(&tree.entries);
     crate::pool().install(|| units.par_iter().try_for_each(|u| r.unit(u, &tree.entries)))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "files written");
     // 3. everything else; hardlinks point at files made in step 2.
     for e in tree.entries.iter().skip(1) {
         r.other(e)?;
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "others made");
     // 4. directory metadata last and deepest first, so creating children does not bump mtimes.
     for e in tree.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         let fd = r.open_beneath(&e.path, OFlags::RDONLY | OFlags::DIRECTORY)?;

@@ -31,6 +31,7 @@ const BUNDLE_MIN: u64 = 512 * 1024;
 const BUNDLE_MAX: u64 = 2 * 1024 * 1024;
 const BUNDLE_CUT: u8 = 16;
 const NOBODY: u32 = 65534;
+pub static WALK_SEQ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Snapshots `src` (a workspace's upper dir, owned by host ids `uid_base..uid_base+65536`) for
 /// `workspace`. With `parent`, files unchanged since the parent are not read again.
@@ -58,6 +59,7 @@ pub fn snapshot(
         }
         None => None,
     };
+    tracing::debug!(elapsed = ?started.elapsed(), "parent loaded");
     let parent_map: HashMap<&[u8], &Entry> = parent_tree
         .iter()
         .flat_map(|t| t.entries.iter().map(|e| (e.path.as_slice(), e)))
@@ -69,34 +71,17 @@ pub fn snapshot(
         Mode::empty(),
     )
     .map_err(rio_err(src))?;
-    let mut w = Walker {
+    let w = Walker {
         src,
         base: uid_base,
         parent: parent_map,
-        entries: Vec::new(),
-        jobs: Vec::new(),
-        links: HashMap::new(),
-        xbuf: vec![0; 65536],
-        vbuf: vec![0; 65536],
     };
     let st = rustix::fs::fstat(&root).map_err(rio_err(src))?;
     let st = St::from(&st);
-    let xattrs = w.xattrs_fd(root.as_fd())?;
-    w.entries.push(Entry {
-        path: Vec::new(),
-        kind: Kind::Dir,
-        mode: st.mode & 0o7777,
-        uid: w.map_id(st.uid, b""),
-        gid: w.map_id(st.gid, b""),
-        mtime: st.mtime,
-        xattrs,
-        ino: st.ino,
-        ctime: st.ctime,
-    });
-    w.walk(root.as_fd(), &[])?;
-    let Walker {
-        mut entries, jobs, ..
-    } = w;
+    let xattrs = fd_xattrs(root.as_fd()).map_err(rio_err(src))?;
+    let first = w.entry(Vec::new(), Kind::Dir, &st, xattrs);
+    let (mut entries, jobs) = w.run(root.as_fd(), first)?;
+    drop(w);
     tracing::debug!(elapsed = ?started.elapsed(), entries = entries.len(), jobs = jobs.len(), "walk done");
 
     // Content: the expensive part, spread over all cores.
@@ -262,17 +247,26 @@ impl From<&rustix::fs::Stat> for St {
     }
 }
 
+/// The walk of the source. Directories are walked in parallel (each opens its own fd from its
+/// parent's, so at most threads x depth fds are open); the result is the same pre-order list a
+/// sequential walk would give, names sorted within each directory.
 struct Walker<'a> {
     src: &'a Path,
     base: u32,
     parent: HashMap<&'a [u8], &'a Entry>,
-    entries: Vec<Entry>,
-    /// Indices of file entries whose content must be read.
-    jobs: Vec<usize>,
-    /// (dev, ino) of multiply-linked files already seen, to their first path.
-    links: HashMap<(u64, u64), Vec<u8>>,
-    xbuf: Vec<u8>,
-    vbuf: Vec<u8>,
+}
+
+/// One walked entry: whether its content must be read, and its (dev, ino) if it may be one of
+/// several names of a file (hardlinks are resolved afterwards, in order).
+struct Walked {
+    entry: Entry,
+    read: bool,
+    link: Option<(u64, u64)>,
+}
+
+enum Item {
+    One(Walked),
+    Dir(Vec<u8>, Vec<u8>),
 }
 
 fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
@@ -301,7 +295,84 @@ impl Walker<'_> {
         }
     }
 
-    fn walk(&mut self, dir: BorrowedFd<'_>, prefix: &[u8]) -> Result<(), SnapshotError> {
+    fn entry(&self, path: Vec<u8>, kind: Kind, st: &St, xattrs: Xattrs) -> Entry {
+        let uid = self.map_id(st.uid, &path);
+        let gid = self.map_id(st.gid, &path);
+        Entry {
+            path,
+            kind,
+            mode: st.mode & 0o7777,
+            uid,
+            gid,
+            mtime: st.mtime,
+            xattrs,
+            ino: st.ino,
+            ctime: st.ctime,
+        }
+    }
+
+    /// Walks the whole tree below `root` (whose own entry the caller made), then resolves
+    /// hardlinks: the first name in walk order keeps the content, later ones point to it.
+    fn run(&self, root: BorrowedFd<'_>, first: Entry) -> Result<(Vec<Entry>, Vec<usize>), SnapshotError> {
+        let walked = crate::pool().install(|| self.children(root, &[]))?;
+        let mut entries = Vec::with_capacity(walked.len() + 1);
+        let mut jobs = Vec::new();
+        let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        entries.push(first);
+        for mut w in walked {
+            if let Some(k) = w.link {
+                match links.get(&k) {
+                    Some(target) => {
+                        w.entry.kind = Kind::Hardlink {
+                            target: target.clone(),
+                        };
+                        w.entry.xattrs = Vec::new();
+                        w.read = false;
+                    }
+                    None => {
+                        links.insert(k, w.entry.path.clone());
+                    }
+                }
+            }
+            if w.read {
+                jobs.push(entries.len());
+            }
+            entries.push(w.entry);
+        }
+        Ok((entries, jobs))
+    }
+
+    /// A subdirectory: opened (never through a symlink) and described from its own fd.
+    fn subdir(&self, parent: BorrowedFd<'_>, name: &[u8], rel: Vec<u8>) -> Result<Vec<Walked>, SnapshotError> {
+        let sub = match rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // Replaced or removed since the stat: the workspace is live, skip it.
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(rio_err(self.shown(&rel))(e)),
+        };
+        let st = St::from(&rustix::fs::fstat(&sub).map_err(rio_err(self.shown(&rel)))?);
+        // xattrs only change with the ctime, so an unchanged entry reuses the parent's.
+        let xattrs = match self.unchanged(&rel, &st) {
+            Some(p) => p.xattrs.clone(),
+            None => fd_xattrs(sub.as_fd()).map_err(rio_err(self.shown(&rel)))?,
+        };
+        let mut out = vec![Walked {
+            entry: self.entry(rel.clone(), Kind::Dir, &st, xattrs),
+            read: false,
+            link: None,
+        }];
+        out.extend(self.children(sub.as_fd(), &rel)?);
+        Ok(out)
+    }
+
+    fn children(&self, dir: BorrowedFd<'_>, prefix: &[u8]) -> Result<Vec<Walked>, SnapshotError> {
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut rd = rustix::fs::Dir::read_from(dir).map_err(rio_err(self.shown(prefix)))?;
         while let Some(ent) = rd.read() {
@@ -313,6 +384,8 @@ impl Walker<'_> {
         }
         drop(rd);
         names.sort_unstable();
+        let mut items = Vec::with_capacity(names.len());
+        let mut dirs = 0;
         for name in names {
             let rel = join(prefix, &name);
             let st = match rustix::fs::statat(dir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -322,52 +395,35 @@ impl Walker<'_> {
             };
             let ft = FileType::from_raw_mode(st.mode);
             if ft == FileType::Directory {
-                let sub = match rustix::fs::openat(
-                    dir,
-                    name.as_slice(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => fd,
-                    // Replaced or removed since the stat: the workspace is live, skip it.
-                    Err(
-                        rustix::io::Errno::NOENT
-                        | rustix::io::Errno::LOOP
-                        | rustix::io::Errno::NOTDIR,
-                    ) => continue,
-                    Err(e) => return Err(rio_err(self.shown(&rel))(e)),
-                };
-                let st = St::from(&rustix::fs::fstat(&sub).map_err(rio_err(self.shown(&rel)))?);
-                let xattrs = self.xattrs_reuse(&rel, &st, Some(sub.as_fd()), dir, &name)?;
-                self.push(rel.clone(), Kind::Dir, &st, xattrs);
-                self.walk(sub.as_fd(), &rel)?;
+                dirs += 1;
+                items.push(Item::Dir(name, rel));
                 continue;
             }
-            if ft != FileType::Directory && st.nlink > 1 {
-                if let Some(first) = self.links.get(&(st.dev, st.ino)) {
-                    let target = first.clone();
-                    self.push(rel, Kind::Hardlink { target }, &st, Vec::new());
-                    continue;
-                }
-                self.links.insert((st.dev, st.ino), rel.clone());
-            }
+            let link = (st.nlink > 1).then_some((st.dev, st.ino));
             let kind = match ft {
                 FileType::RegularFile => {
                     if let Some(p) = self.unchanged(&rel, &st) {
                         if let Kind::File { .. } = p.kind {
-                            let (kind, xattrs) = (p.kind.clone(), p.xattrs.clone());
-                            self.push(rel, kind, &st, xattrs);
+                            let e = self.entry(rel, p.kind.clone(), &st, p.xattrs.clone());
+                            items.push(Item::One(Walked {
+                                entry: e,
+                                read: false,
+                                link,
+                            }));
                             continue;
                         }
                     }
                     // Content and xattrs are read by the job, from the file's own fd.
-                    self.jobs.push(self.entries.len());
                     let kind = Kind::File {
                         size: st.size,
                         chunks: Vec::new(),
                         start: 0,
                     };
-                    self.push(rel, kind, &st, Vec::new());
+                    items.push(Item::One(Walked {
+                        entry: self.entry(rel, kind, &st, Vec::new()),
+                        read: true,
+                        link,
+                    }));
                     continue;
                 }
                 FileType::Symlink => match rustix::fs::readlinkat(dir, name.as_slice(), Vec::new())
@@ -386,13 +442,59 @@ impl Walker<'_> {
                     continue;
                 }
             };
-            let xattrs = self.xattrs_reuse(&rel, &st, None, dir, &name)?;
-            self.push(rel, kind, &st, xattrs);
+            let xattrs = match self.unchanged(&rel, &st) {
+                Some(p) => p.xattrs.clone(),
+                None => {
+                    // `/proc/self/fd/<dirfd>/<name>`: resolution is pinned to the directory we
+                    // opened and the final component is never followed.
+                    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+                    path.extend_from_slice(&name);
+                    path_xattrs(&path).map_err(rio_err(self.shown(&rel)))?
+                }
+            };
+            items.push(Item::One(Walked {
+                entry: self.entry(rel, kind, &st, xattrs),
+                read: false,
+                link,
+            }));
         }
-        Ok(())
+        // Only subdirectories become parallel tasks; files stay inline.
+        let subdirs: Vec<(&[u8], &[u8])> = items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Dir(name, rel) => Some((name.as_slice(), rel.as_slice())),
+                Item::One(_) => None,
+            })
+            .collect();
+        let walk_sub = |(name, rel): &(&[u8], &[u8])| self.subdir(dir, name, rel.to_vec());
+        let mut subtrees: Vec<Vec<Walked>> = if WALK_SEQ.load(Ordering::Relaxed) || dirs < 2 {
+            subdirs
+                .iter()
+                .map(walk_sub)
+                .collect::<Result<Vec<_>, SnapshotError>>()?
+        } else {
+            subdirs
+                .par_iter()
+                .map(walk_sub)
+                .collect::<Result<Vec<_>, SnapshotError>>()?
+        }
+        .into_iter()
+        .rev()
+        .collect();
+        let mut out = Vec::with_capacity(items.len() + subtrees.iter().map(Vec::len).sum::<usize>());
+        for it in items {
+            match it {
+                Item::One(w) => out.push(w),
+                Item::Dir(..) => out.extend(subtrees.pop().unwrap_or_default()),
+            }
+        }
+        Ok(out)
     }
 
     fn unchanged(&self, rel: &[u8], st: &St) -> Option<&Entry> {
+        if self.parent.is_empty() {
+            return None;
+        }
         let p = self.parent.get(rel)?;
         let size_ok = match p.kind {
             Kind::File { size, .. } => size == st.size,
@@ -400,92 +502,39 @@ impl Walker<'_> {
         };
         (p.ino == st.ino && p.ctime == st.ctime && p.mtime == st.mtime && size_ok).then_some(*p)
     }
+}
 
-    /// xattrs only change with the ctime, so an unchanged entry reuses the parent's.
-    fn xattrs_reuse(
-        &mut self,
-        rel: &[u8],
-        st: &St,
-        fd: Option<BorrowedFd<'_>>,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-    ) -> Result<Xattrs, SnapshotError> {
-        if let Some(p) = self.unchanged(rel, st) {
-            return Ok(p.xattrs.clone());
-        }
-        match fd {
-            Some(fd) => self.xattrs_fd(fd),
-            None => {
-                let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-                path.extend_from_slice(name);
-                self.xattrs_path(&path, rel)
+/// xattrs of a path without following its final component.
+fn path_xattrs(path: &[u8]) -> rustix::io::Result<Xattrs> {
+    let mut names;
+    loop {
+        let need = match rustix::fs::llistxattr_query(path) {
+            Ok(0) | Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::NOENT) => {
+                return Ok(Vec::new())
             }
-        }
-    }
-
-    fn xattrs_fd(&mut self, fd: BorrowedFd<'_>) -> Result<Xattrs, SnapshotError> {
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes();
-        // Following the magic link is fine: it names this very (directory) fd.
-        let n = match rustix::fs::listxattr(path.as_slice(), &mut self.xbuf[..]) {
             Ok(n) => n,
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(rio_err(self.shown(b""))(e)),
+            Err(e) => return Err(e),
         };
-        let names: Vec<Vec<u8>> = self.xbuf[..n]
-            .split(|&b| b == 0)
-            .filter(|s| !s.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        let mut out = Vec::new();
-        for name in names {
-            match rustix::fs::getxattr(path.as_slice(), name.as_slice(), &mut self.vbuf[..]) {
-                Ok(len) => out.push((name, self.vbuf[..len].to_vec())),
-                Err(rustix::io::Errno::NODATA) => {}
-                Err(e) => return Err(rio_err(self.shown(b""))(e)),
+        names = vec![0u8; need];
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => {
+                names.truncate(n);
+                break;
             }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e),
         }
-        Ok(out)
     }
-
-    /// `path` is `/proc/self/fd/<dirfd>/<name>`: resolution is pinned to the directory we
-    /// opened and the final component is never followed.
-    fn xattrs_path(&mut self, path: &[u8], rel: &[u8]) -> Result<Xattrs, SnapshotError> {
-        let n = match rustix::fs::llistxattr(path, &mut self.xbuf[..]) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::NOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(rio_err(self.shown(rel))(e)),
-        };
-        let names: Vec<Vec<u8>> = self.xbuf[..n]
-            .split(|&b| b == 0)
-            .filter(|s| !s.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        let mut out = Vec::new();
-        for name in names {
-            match rustix::fs::lgetxattr(path, name.as_slice(), &mut self.vbuf[..]) {
-                Ok(len) => out.push((name, self.vbuf[..len].to_vec())),
-                Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(rio_err(self.shown(rel))(e)),
-            }
+    let mut out = Vec::new();
+    let mut val = vec![0u8; 65536];
+    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        match rustix::fs::lgetxattr(path, name, &mut val[..]) {
+            Ok(len) => out.push((name.to_vec(), val[..len].to_vec())),
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e),
         }
-        Ok(out)
     }
-
-    fn push(&mut self, path: Vec<u8>, kind: Kind, st: &St, xattrs: Xattrs) {
-        let uid = self.map_id(st.uid, &path);
-        let gid = self.map_id(st.gid, &path);
-        self.entries.push(Entry {
-            path,
-            kind,
-            mode: st.mode & 0o7777,
-            uid,
-            gid,
-            mtime: st.mtime,
-            xattrs,
-            ino: st.ino,
-            ctime: st.ctime,
-        });
-    }
+    Ok(out)
 }
 
 /// New content, the stat it was read under and its xattrs; `None` when the file went away.
