@@ -125,7 +125,9 @@ fn main() {
     if cleanup() {
         // ext4 without a journal skips inodes freed in the last minutes when allocating, which
         // makes every restore right after deleting ~200k files several times slower.
-        println!("removed outputs of an earlier run; waiting 5 min so inode allocation is not skewed");
+        println!(
+            "removed outputs of an earlier run; waiting 5 min so inode allocation is not skewed"
+        );
         std::thread::sleep(std::time::Duration::from_secs(
             std::env::var("BENCH_SETTLE_SECS")
                 .ok()
@@ -134,30 +136,21 @@ fn main() {
         ));
     }
 
-    if std::env::var_os("BENCH_WALK_AB").is_some() {
-        let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
-        let full = snapshot(&store, "bench", &src, 0, None, None).expect("snapshot");
-        for round in 0..3 {
-            for seq in [false, true] {
-                hearth_snapshot::WALK_SEQ.store(seq, std::sync::atomic::Ordering::Relaxed);
-                let i = timed(|| {
-                    snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
-                });
-                println!("round {round} seq={seq} unchanged incr {i:.3}s");
-            }
-        }
-        cleanup();
-        return;
-    }
     if std::env::var_os("BENCH_SNAPSHOT_ONLY").is_some() {
         let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
         let mut full = None;
-        let f = timed(|| full = Some(snapshot(&store, "bench", &src, 0, None, None).expect("snapshot")));
+        let f = timed(|| {
+            full = Some(snapshot(&store, "bench", &src, 0, None, None).expect("snapshot"))
+        });
         let full = full.expect("full");
         let i = timed(|| {
             snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
         });
-        println!("hearth full {f:.2}s ({:.0} MB/s) unchanged incr {i:.2}s store {:.0} MB", mb / f, du(&work.join("hearth-store")) as f64 / 1e6);
+        println!(
+            "hearth full {f:.2}s ({:.0} MB/s) unchanged incr {i:.2}s store {:.0} MB",
+            mb / f,
+            du(&work.join("hearth-store")) as f64 / 1e6
+        );
         cleanup();
         return;
     }

@@ -33,7 +33,7 @@ pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3
 pub use format::{ChunkId, Key};
 pub use maint::{forget, fsck, gc, list, retention, FsckProblem, FsckReport, GcReport, Retention};
 pub use restore::restore;
-pub use snap::{snapshot, WALK_SEQ};
+pub use snap::snapshot;
 
 use format::{Config, Keys};
 use pack::Index;
@@ -290,17 +290,21 @@ impl Store {
         if sum != info.tree_len || info.tree.iter().any(|c| c.len > format::CHUNK_MAX) {
             return Err(invalid("tree chunk lengths do not add up".into()));
         }
-        let mut buf = Vec::with_capacity(info.tree_len as usize);
-        for c in &info.tree {
-            let data = self
-                .get_chunk(index, c)
-                .map_err(|problem| SnapshotError::Chunk {
-                    chunk: c.id.hex(),
-                    problem,
-                    files: vec![format!("<tree of snapshot {}>", info.id)],
-                })?;
-            buf.extend_from_slice(&data);
-        }
+        use rayon::prelude::*;
+        let parts: Vec<Vec<u8>> = pool().install(|| {
+            info.tree
+                .par_iter()
+                .map(|c| {
+                    self.get_chunk(index, c)
+                        .map_err(|problem| SnapshotError::Chunk {
+                            chunk: c.id.hex(),
+                            problem,
+                            files: vec![format!("<tree of snapshot {}>", info.id)],
+                        })
+                })
+                .collect::<Result<_, _>>()
+        })?;
+        let buf = parts.concat();
         tree::decode(&buf).map_err(invalid)
     }
 }

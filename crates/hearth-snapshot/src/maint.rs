@@ -272,12 +272,13 @@ pub fn gc(store: &Store) -> Result<GcReport, SnapshotError> {
                 delete.push(key);
                 continue;
             }
-            Some(size) => {
-                if live_bytes * 100 < size * REPACK_LIVE_PERCENT || (small(p) && n_small > 1) {
-                    repack.push(p);
-                    continue;
-                }
+            Some(size)
+                if live_bytes * 100 < size * REPACK_LIVE_PERCENT || (small(p) && n_small > 1) =>
+            {
+                repack.push(p);
+                continue;
             }
+            Some(_) => {}
         }
         if !blobs.is_empty() {
             blobs.sort_by_key(|b| b.off);

@@ -83,10 +83,22 @@ pub fn restore(
     };
 
     tracing::debug!(elapsed = ?started.elapsed(), "tree loaded");
-    // 1. directories, parents first.
+    // Directories by depth: each level in parallel, parents before children (mkdir) or
+    // children before parents (metadata, so creating children does not bump mtimes).
+    let mut levels: Vec<Vec<&Entry>> = Vec::new();
     for e in tree.entries.iter().skip(1).filter(|e| e.kind == Kind::Dir) {
-        r.mkdir(e)?;
+        let depth = e.path.iter().filter(|&&b| b == b'/').count();
+        if levels.len() <= depth {
+            levels.resize_with(depth + 1, Vec::new);
+        }
+        levels[depth].push(e);
     }
+    // 1. directories, parents first.
+    crate::pool().install(|| {
+        levels
+            .iter()
+            .try_for_each(|l| l.par_iter().try_for_each(|e| r.mkdir(e)))
+    })?;
     // 2. file contents, in parallel units of neighbouring files (which share bundles and
     // packs, so each unit reads its packs in a few large ranged reads).
     tracing::debug!(elapsed = ?started.elapsed(), "directories made");
@@ -94,16 +106,27 @@ pub fn restore(
     crate::pool().install(|| units.par_iter().try_for_each(|u| r.unit(u, &tree.entries)))?;
     tracing::debug!(elapsed = ?started.elapsed(), "files written");
     // 3. everything else; hardlinks point at files made in step 2.
-    for e in tree.entries.iter().skip(1) {
-        r.other(e)?;
-    }
+    crate::pool().install(|| {
+        tree.entries
+            .par_iter()
+            .skip(1)
+            .filter(|e| !matches!(e.kind, Kind::Dir | Kind::File { .. }))
+            .try_for_each(|e| r.other(e))
+    })?;
     tracing::debug!(elapsed = ?started.elapsed(), "others made");
     // 4. directory metadata last and deepest first, so creating children does not bump mtimes.
-    for e in tree.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+    let dir_meta = |e: &Entry| -> Result<(), SnapshotError> {
         let fd = r.open_beneath(&e.path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let fd = fd.as_ref().map(|f| f.as_fd()).unwrap_or(r.root);
-        r.meta_fd(fd, e)?;
-    }
+        r.meta_fd(fd, e)
+    };
+    crate::pool().install(|| {
+        levels
+            .iter()
+            .rev()
+            .try_for_each(|l| l.par_iter().try_for_each(|e| dir_meta(e)))
+    })?;
+    dir_meta(&tree.entries[0])?;
     tracing::info!(snapshot = id, target = %target.display(), "snapshot restored");
     Ok(())
 }

@@ -31,7 +31,6 @@ const BUNDLE_MIN: u64 = 512 * 1024;
 const BUNDLE_MAX: u64 = 2 * 1024 * 1024;
 const BUNDLE_CUT: u8 = 16;
 const NOBODY: u32 = 65534;
-pub static WALK_SEQ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Snapshots `src` (a workspace's upper dir, owned by host ids `uid_base..uid_base+65536`) for
 /// `workspace`. With `parent`, files unchanged since the parent are not read again.
@@ -212,7 +211,7 @@ fn plan(entries: &[Entry], jobs: &[usize]) -> Vec<Group> {
 }
 
 fn path_cut(path: &[u8]) -> bool {
-    blake3::hash(path).as_bytes()[0] % BUNDLE_CUT == 0
+    blake3::hash(path).as_bytes()[0].is_multiple_of(BUNDLE_CUT)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -313,7 +312,11 @@ impl Walker<'_> {
 
     /// Walks the whole tree below `root` (whose own entry the caller made), then resolves
     /// hardlinks: the first name in walk order keeps the content, later ones point to it.
-    fn run(&self, root: BorrowedFd<'_>, first: Entry) -> Result<(Vec<Entry>, Vec<usize>), SnapshotError> {
+    fn run(
+        &self,
+        root: BorrowedFd<'_>,
+        first: Entry,
+    ) -> Result<(Vec<Entry>, Vec<usize>), SnapshotError> {
         let walked = crate::pool().install(|| self.children(root, &[]))?;
         let mut entries = Vec::with_capacity(walked.len() + 1);
         let mut jobs = Vec::new();
@@ -343,7 +346,12 @@ impl Walker<'_> {
     }
 
     /// A subdirectory: opened (never through a symlink) and described from its own fd.
-    fn subdir(&self, parent: BorrowedFd<'_>, name: &[u8], rel: Vec<u8>) -> Result<Vec<Walked>, SnapshotError> {
+    fn subdir(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        rel: Vec<u8>,
+    ) -> Result<Vec<Walked>, SnapshotError> {
         let sub = match rustix::fs::openat(
             parent,
             name,
@@ -467,7 +475,7 @@ impl Walker<'_> {
             })
             .collect();
         let walk_sub = |(name, rel): &(&[u8], &[u8])| self.subdir(dir, name, rel.to_vec());
-        let mut subtrees: Vec<Vec<Walked>> = if WALK_SEQ.load(Ordering::Relaxed) || dirs < 2 {
+        let mut subtrees: Vec<Vec<Walked>> = if dirs < 2 {
             subdirs
                 .iter()
                 .map(walk_sub)
@@ -481,7 +489,8 @@ impl Walker<'_> {
         .into_iter()
         .rev()
         .collect();
-        let mut out = Vec::with_capacity(items.len() + subtrees.iter().map(Vec::len).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(items.len() + subtrees.iter().map(Vec::len).sum::<usize>());
         for it in items {
             match it {
                 Item::One(w) => out.push(w),
