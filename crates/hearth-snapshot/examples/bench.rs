@@ -26,6 +26,15 @@ fn timed(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) this process has used so far.
+fn cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 fn du(p: &Path) -> u64 {
     let out = Command::new("du").arg("-sb").arg(p).output().expect("du");
     String::from_utf8_lossy(&out.stdout)
@@ -139,28 +148,46 @@ fn main() {
     if std::env::var_os("BENCH_SNAPSHOT_ONLY").is_some() {
         let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
         let mut full = None;
+        let c0 = cpu();
         let f = timed(|| {
             full = Some(snapshot(&store, "bench", &src, 0, None, None).expect("snapshot"))
         });
         let full = full.expect("full");
+        let c1 = cpu();
         let i = timed(|| {
             snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
         });
+        println!(
+            "cpu: full {:.2}s, unchanged incr {:.2}s",
+            c1 - c0,
+            cpu() - c1
+        );
         println!(
             "hearth full {f:.2}s ({:.0} MB/s) unchanged incr {i:.2}s store {:.0} MB",
             mb / f,
             du(&work.join("hearth-store")) as f64 / 1e6
         );
+        if std::env::var_os("BENCH_KEEP_STORE").is_some() {
+            println!("kept as hearth-store-keep; full snapshot {}", full.id);
+            let _ = std::fs::remove_dir_all(work.join("hearth-store-keep"));
+            std::fs::rename(work.join("hearth-store"), work.join("hearth-store-keep"))
+                .expect("keep store");
+        }
         cleanup();
         return;
     }
 
     if let Ok(id) = std::env::var("BENCH_RESTORE_ONLY") {
         let store = Store::open_local(&work.join("hearth-store-keep"), None).expect("store");
+        let c0 = cpu();
         let r = timed(|| {
             restore(&store, &id, &rdir.join("hearth-restore-only"), 0, None).expect("restore")
         });
-        println!("restore {r:.2}s ({:.0} MB/s)", mb / r);
+        println!(
+            "restore {r:.2}s ({:.0} MB/s), cpu {:.2}s",
+            mb / r,
+            cpu() - c0
+        );
         let _ = std::fs::remove_dir_all(rdir.join("hearth-restore-only"));
         return;
     }

@@ -161,7 +161,7 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        use std::os::unix::fs::FileExt;
+        use std::io::Seek;
         let path = self.path(key)?;
         let f = fs::File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -191,14 +191,18 @@ impl Backend for LocalBackend {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(truncated());
         }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                truncated()
-            } else {
-                BackendError::Io { path, source: e }
-            }
-        })?;
+        // Read into uninitialised capacity: no memset of up to tens of MB per call.
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut f = f;
+        f.seek(io::SeekFrom::Start(offset))
+            .and_then(|_| Read::by_ref(&mut f).take(len).read_to_end(&mut buf))
+            .map_err(|e| BackendError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        if buf.len() as u64 != len {
+            return Err(truncated());
+        }
         Ok(Bytes::from(buf))
     }
 

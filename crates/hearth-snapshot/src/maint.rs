@@ -426,8 +426,9 @@ pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
                     if u.0.last() != Some(&r.id) {
                         u.0.push(r.id.clone());
                     }
-                    if u.1.len() < 8 {
-                        u.1.push(crate::tree::display(&e.path));
+                    let name = crate::tree::display(&e.path);
+                    if u.1.len() < 8 && !u.1.contains(&name) {
+                        u.1.push(name);
                     }
                 }
             }

@@ -281,12 +281,14 @@ struct Open {
 }
 
 /// Collects new chunks of one operation into packs. Shared by the worker threads: encoding
-/// happens outside the lock, only the append is serialised.
+/// happens outside any lock, and each pool thread appends to its own open pack. rayon hands
+/// each thread contiguous runs of the work, so a pack holds neighbouring files and a restore
+/// reads it in long runs.
 pub(crate) struct Packer<'a> {
     store: &'a Store,
     index: &'a Index,
     pending: Mutex<HashSet<ChunkId>>,
-    open: Mutex<Open>,
+    open: Vec<Mutex<Open>>,
     done: Mutex<Vec<PackBlobs>>,
     new_bytes: AtomicU64,
 }
@@ -297,10 +299,15 @@ impl<'a> Packer<'a> {
             store,
             index,
             pending: Mutex::default(),
-            open: Mutex::new(Open {
-                buf: Vec::new(),
-                blobs: Vec::new(),
-            }),
+            // One slot per pool thread, plus one for callers outside the pool.
+            open: (0..=crate::pool().current_num_threads())
+                .map(|_| {
+                    Mutex::new(Open {
+                        buf: Vec::new(),
+                        blobs: Vec::new(),
+                    })
+                })
+                .collect(),
             done: Mutex::default(),
             new_bytes: AtomicU64::new(0),
         }
@@ -330,8 +337,11 @@ impl<'a> Packer<'a> {
 
     /// Appends an already encoded chunk object (gc copies blobs without decoding them).
     pub(crate) fn add_raw(&self, id: ChunkId, obj: &[u8]) -> Result<(), SnapshotError> {
+        let slot = crate::pool()
+            .current_thread_index()
+            .map_or(0, |i| (i + 1) % self.open.len());
         let full = {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let mut open = self.open[slot].lock().unwrap_or_else(|e| e.into_inner());
             if open.buf.is_empty() {
                 open.buf.reserve(PACK_TARGET + obj.len());
             }
@@ -383,14 +393,16 @@ impl<'a> Packer<'a> {
     /// Stores the last pack and the index of everything written. Returns the stored bytes
     /// added and the index object keys.
     pub(crate) fn finish(self) -> Result<(u64, Vec<PackBlobs>, Vec<String>), SnapshotError> {
-        let last = std::mem::replace(
-            &mut *self.open.lock().unwrap_or_else(|e| e.into_inner()),
-            Open {
-                buf: Vec::new(),
-                blobs: Vec::new(),
-            },
-        );
-        self.flush(last)?;
+        for slot in &self.open {
+            let last = std::mem::replace(
+                &mut *slot.lock().unwrap_or_else(|e| e.into_inner()),
+                Open {
+                    buf: Vec::new(),
+                    blobs: Vec::new(),
+                },
+            );
+            self.flush(last)?;
+        }
         let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()));
         let keys = write_index(self.store, &done)?;
         Ok((self.new_bytes.load(Ordering::Relaxed), done, keys))

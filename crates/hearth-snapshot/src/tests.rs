@@ -495,8 +495,9 @@ fn small_files_are_bundled_into_one_chunk_and_packed() {
     let (store, info, store_path) = small_store(t.path());
     let c = chunk_of(&store, &info.id, "victim");
     assert_eq!(c, chunk_of(&store, &info.id, "bystander"));
-    // One pack (bundle + tree), one index object, nothing per chunk.
-    assert_eq!(fs::read_dir(store_path.join("packs")).unwrap().count(), 1);
+    // Bundle and tree in at most two packs (one per worker that stored something), one
+    // index object, nothing per chunk.
+    assert!(fs::read_dir(store_path.join("packs")).unwrap().count() <= 2);
     assert_eq!(fs::read_dir(store_path.join("index")).unwrap().count(), 1);
     assert!(!store_path.join("chunks").exists());
 }
@@ -576,7 +577,7 @@ fn hostile_index_cannot_make_restore_write_wrong_data() {
             blobs: vec![blob(0, forged.len() as u32)],
         },
         crate::pack::PackBlobs {
-            pack: good_pack,
+            pack: idx.packs[tl.pack as usize],
             blobs: vec![crate::pack::Blob {
                 id: tree_c.id,
                 off: tl.off,
@@ -691,11 +692,6 @@ fn fsck_finds_corruption_and_missing_packs() {
     let old = chunk_of(&store, &s2.id, "old");
     fs::remove_file(located(&store, &store_path, &old).0).unwrap();
     let report = fsck(&store).unwrap();
-    // The first snapshot's tree shared the removed pack.
-    assert!(report
-        .problems
-        .iter()
-        .any(|p| p.object.starts_with("tree of")));
     let bad = report
         .problems
         .iter()
