@@ -28,6 +28,7 @@ fn timed(f: impl FnOnce()) -> f64 {
 
 /// CPU seconds (user + system) this process has used so far.
 fn cpu() -> f64 {
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
