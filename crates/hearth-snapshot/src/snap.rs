@@ -648,18 +648,22 @@ impl Ctx<'_> {
                 out.push((i, self.chunk_open(file, rel, st, xattrs)?));
                 continue;
             }
+            // Exactly the size fstat reported: no extra read to find EOF. Bytes appended
+            // after the fstat are newer than the stored stat and are picked up next time,
+            // since such a write also moves the ctime.
             let start = buf.len();
-            file.by_ref()
-                .take(SMALL)
-                .read_to_end(&mut buf)
-                .map_err(io_err(self.shown(rel)))?;
-            let len = buf.len() - start;
-            if len as u64 >= SMALL {
-                // Grew while we read: chunk it on its own.
-                buf.truncate(start);
-                out.push((i, self.chunk_open(file, rel, st, xattrs)?));
-                continue;
+            buf.resize(start + st.size as usize, 0);
+            let mut got = 0;
+            while got < st.size as usize {
+                match file.read(&mut buf[start + got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(self.shown(rel))(e)),
+                }
             }
+            buf.truncate(start + got);
+            let len = got;
             self.count(len);
             self.done_file();
             parts.push((i, start, len, st, xattrs));
