@@ -138,24 +138,30 @@ const UNIT_BYTES: u64 = 8 * 1024 * 1024;
 const READ_GAP: u64 = 1024 * 1024;
 const MAX_READ: u64 = 32 * 1024 * 1024;
 
-/// Groups the file entries, in tree order, into units; a large file is a unit of its own.
+/// Groups the file entries, in tree order, into units; a large file is a unit of its own. A
+/// unit is not cut between two files of the same bundle, so no bundle is decoded twice.
 fn units(entries: &[Entry]) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut acc = 0u64;
+    let mut last: Option<ChunkId> = None;
     for (i, e) in entries.iter().enumerate() {
-        let Kind::File { size, .. } = e.kind else {
+        let Kind::File { size, chunks, .. } = &e.kind else {
             continue;
         };
-        if size > UNIT_BYTES {
+        if *size > UNIT_BYTES {
             out.push(vec![i]);
             continue;
         }
-        cur.push(i);
-        acc += size;
-        if acc >= UNIT_BYTES {
+        let first = chunks.first().map(|c| c.id);
+        if acc >= UNIT_BYTES && (first.is_none() || first != last) {
             out.push(std::mem::take(&mut cur));
             acc = 0;
+        }
+        cur.push(i);
+        acc += size;
+        if let Some(c) = chunks.last() {
+            last = Some(c.id);
         }
     }
     if !cur.is_empty() {
