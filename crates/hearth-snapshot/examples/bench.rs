@@ -4,7 +4,9 @@
 //!   cargo run --release -p hearth-snapshot --example bench -- [WORKDIR]
 //! The source tree (>= 600 MB, >= 60k files) is copied once from ~/.cargo/registry/src,
 //! /usr/include and the Python site-packages into WORKDIR/src (default
-//! /var/tmp/hearth-snapshot-bench) and reused on later runs.
+//! /var/tmp/hearth-snapshot-bench) and reused on later runs. Outputs are removed at the end
+//! (`BENCH_KEEP=1` keeps them); `BENCH_ONLY_HEARTH=1` / `BENCH_SNAPSHOT_ONLY=1` skip the other
+//! tools.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +24,16 @@ fn timed(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
     t.elapsed().as_secs_f64()
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn cpu() -> f64 {
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 fn du(p: &Path) -> u64 {
@@ -62,6 +74,12 @@ fn main() {
             .unwrap_or_else(|| "/var/tmp/hearth-snapshot-bench".into()),
     );
     let src = work.join("src");
+    // Restore targets; `BENCH_RESTORE_DIR=/dev/shm/x` takes the disk's inode allocator out of
+    // the comparison (ext4 without a journal is very slow to create files after mass deletes).
+    let rdir = std::env::var("BENCH_RESTORE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| work.clone());
+    std::fs::create_dir_all(&rdir).expect("restore dir");
     if !src.exists() {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         let site = String::from_utf8(
@@ -96,26 +114,82 @@ fn main() {
     if all.len() < 60_000 || mb < 600.0 {
         println!("WARNING: source tree is smaller than the 600 MB / 60k-file target");
     }
-    for d in [
+    let outputs = [
         "hearth-store",
         "hearth-restore",
         "restic-repo",
         "restic-restore",
         "tar-restore",
         "tree.tar.zst",
-    ] {
-        let p = work.join(d);
-        let _ = std::fs::remove_dir_all(&p);
-        let _ = std::fs::remove_file(&p);
+    ];
+    let cleanup = || {
+        let mut any = false;
+        for d in outputs {
+            for base in [&work, &rdir] {
+                let p = base.join(d);
+                any |= std::fs::remove_dir_all(&p).is_ok() || std::fs::remove_file(&p).is_ok();
+            }
+        }
+        any
+    };
+    if cleanup() {
+        // ext4 without a journal skips inodes freed in the last minutes when allocating, which
+        // makes every restore right after deleting ~200k files several times slower.
+        println!(
+            "removed outputs of an earlier run; waiting 5 min so inode allocation is not skewed"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(
+            std::env::var("BENCH_SETTLE_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(300),
+        ));
+    }
+
+    if std::env::var_os("BENCH_SNAPSHOT_ONLY").is_some() {
+        let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
+        let mut full = None;
+        let c0 = cpu();
+        let f = timed(|| {
+            full = Some(snapshot(&store, "bench", &src, 0, None, None).expect("snapshot"))
+        });
+        let full = full.expect("full");
+        let c1 = cpu();
+        let i = timed(|| {
+            snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
+        });
+        println!(
+            "cpu: full {:.2}s, unchanged incr {:.2}s",
+            c1 - c0,
+            cpu() - c1
+        );
+        println!(
+            "hearth full {f:.2}s ({:.0} MB/s) unchanged incr {i:.2}s store {:.0} MB",
+            mb / f,
+            du(&work.join("hearth-store")) as f64 / 1e6
+        );
+        if std::env::var_os("BENCH_KEEP_STORE").is_some() {
+            println!("kept as hearth-store-keep; full snapshot {}", full.id);
+            let _ = std::fs::remove_dir_all(work.join("hearth-store-keep"));
+            std::fs::rename(work.join("hearth-store"), work.join("hearth-store-keep"))
+                .expect("keep store");
+        }
+        cleanup();
+        return;
     }
 
     if let Ok(id) = std::env::var("BENCH_RESTORE_ONLY") {
         let store = Store::open_local(&work.join("hearth-store-keep"), None).expect("store");
+        let c0 = cpu();
         let r = timed(|| {
-            restore(&store, &id, &work.join("hearth-restore-only"), 0, None).expect("restore")
+            restore(&store, &id, &rdir.join("hearth-restore-only"), 0, None).expect("restore")
         });
-        println!("restore {r:.2}s ({:.0} MB/s)", mb / r);
-        let _ = std::fs::remove_dir_all(work.join("hearth-restore-only"));
+        println!(
+            "restore {r:.2}s ({:.0} MB/s), cpu {:.2}s",
+            mb / r,
+            cpu() - c0
+        );
+        let _ = std::fs::remove_dir_all(rdir.join("hearth-restore-only"));
         return;
     }
     // Full snapshots.
@@ -137,9 +211,10 @@ fn main() {
             snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
         });
         let r = timed(|| {
-            restore(&store, &full.id, &work.join("hearth-restore"), 0, None).expect("restore")
+            restore(&store, &full.id, &rdir.join("hearth-restore"), 0, None).expect("restore")
         });
         println!("hearth full {h_full:.2}s ({:.0} MB/s) incr {i:.2}s restore {r:.2}s ({:.0} MB/s) store {:.0} MB", mb / h_full, mb / r, du(&work.join("hearth-store")) as f64 / 1e6);
+        cleanup();
         return;
     }
     let repo = work.join("restic-repo");
@@ -178,15 +253,15 @@ fn main() {
 
     // Restores of the latest snapshot.
     let h_restore = timed(|| {
-        restore(&store, &incr.id, &work.join("hearth-restore"), 0, None).expect("restore")
+        restore(&store, &incr.id, &rdir.join("hearth-restore"), 0, None).expect("restore")
     });
     let r_restore = timed(|| {
         sh(&restic(&format!(
             "restore latest --target '{}' >/dev/null",
-            work.join("restic-restore").display()
+            rdir.join("restic-restore").display()
         )))
     });
-    let tdst = work.join("tar-restore");
+    let tdst = rdir.join("tar-restore");
     std::fs::create_dir_all(&tdst).expect("mkdir");
     let t_restore = timed(|| {
         sh(&format!(
@@ -198,7 +273,7 @@ fn main() {
     sh(&format!(
         "diff -r --no-dereference '{}' '{}'",
         src.display(),
-        work.join("hearth-restore").display()
+        rdir.join("hearth-restore").display()
     ));
 
     let h_store = du(&work.join("hearth-store"));
@@ -228,4 +303,7 @@ fn main() {
         "(hearth incremental uploaded {} bytes; restore verified with diff -r)",
         incr.new_bytes
     );
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        cleanup();
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,6 +34,12 @@ pub enum BackendError {
     },
     #[error("invalid object key {0:?}")]
     BadKey(String),
+    #[error("object {key} in {location} ends before byte {end}")]
+    Truncated {
+        location: String,
+        key: String,
+        end: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +55,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
     /// Reads an object, refusing ones larger than `limit` before reading them.
     fn get(&self, key: &str, limit: u64) -> Result<Bytes, BackendError>;
+    /// Reads exactly `len` bytes at `offset` (a chunk or a run of chunks in a pack); a shorter
+    /// object is [`BackendError::Truncated`]. Callers bound `len`.
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError>;
     fn put(&self, key: &str, data: Bytes) -> Result<(), BackendError>;
     fn exists(&self, key: &str) -> Result<bool, BackendError>;
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
@@ -72,13 +81,14 @@ fn check_key(key: &str) -> Result<(), BackendError> {
     }
 }
 
-/// A directory store. Objects are written to `tmp/` and renamed into place; durability is one
-/// `syncfs` per snapshot (see [`Backend::sync`]) instead of an fsync per chunk, which would cost
-/// a journal commit for each of tens of thousands of small files.
+/// A directory store. Objects are written to `tmp/` and renamed into place. [`Backend::sync`]
+/// fsyncs exactly the objects written since the last sync (and their directories) rather than
+/// `syncfs`, which on a shared host would also wait for everyone else's dirty data; packs
+/// start their writeback as soon as they are written, so that final wait is short.
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
-    root_fd: std::os::fd::OwnedFd,
+    dirty: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl LocalBackend {
@@ -90,21 +100,11 @@ impl LocalBackend {
         fs::create_dir_all(root.join("tmp")).map_err(|e| io_err(root, e))?;
         fs::create_dir_all(root.join("snapshots")).map_err(|e| io_err(root, e))?;
         fs::create_dir_all(root.join("locks")).map_err(|e| io_err(root, e))?;
-        for i in 0..256 {
-            let d = root.join(format!("chunks/{i:02x}"));
-            fs::create_dir_all(&d).map_err(|e| io_err(&d, e))?;
-        }
-        let root_fd = rustix::fs::open(
-            root,
-            rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| io_err(root, e.into()))?;
+        fs::create_dir_all(root.join("packs")).map_err(|e| io_err(root, e))?;
+        fs::create_dir_all(root.join("index")).map_err(|e| io_err(root, e))?;
         Ok(LocalBackend {
             root: root.to_path_buf(),
-            root_fd,
+            dirty: Default::default(),
         })
     }
 
@@ -160,18 +160,57 @@ impl Backend for LocalBackend {
         Ok(Bytes::from(buf))
     }
 
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        use std::io::Seek;
+        let path = self.path(key)?;
+        let f = fs::File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                BackendError::NotFound {
+                    location: self.location(),
+                    key: key.to_string(),
+                }
+            } else {
+                BackendError::Io {
+                    path: path.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        let truncated = || BackendError::Truncated {
+            location: self.location(),
+            key: key.to_string(),
+            end: offset.saturating_add(len),
+        };
+        let size = f
+            .metadata()
+            .map_err(|e| BackendError::Io {
+                path: path.clone(),
+                source: e,
+            })?
+            .len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(truncated());
+        }
+        // Read into uninitialised capacity: no memset of up to tens of MB per call.
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut f = f;
+        f.seek(io::SeekFrom::Start(offset))
+            .and_then(|_| Read::by_ref(&mut f).take(len).read_to_end(&mut buf))
+            .map_err(|e| BackendError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        if buf.len() as u64 != len {
+            return Err(truncated());
+        }
+        Ok(Bytes::from(buf))
+    }
+
     fn put(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
         let path = self.path(key)?;
         let mut rnd = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut rnd);
-        // Same directory as the target: a same-directory rename is the cheapest atomic publish.
-        // Chunk directories are pre-created; other keys fall back to tmp/.
-        let tmp = match path.parent() {
-            Some(dir) if key.starts_with("chunks/") => {
-                dir.join(format!(".tmp-{}", hex::encode(rnd)))
-            }
-            _ => self.root.join("tmp").join(hex::encode(rnd)),
-        };
+        let tmp = self.root.join("tmp").join(hex::encode(rnd));
         let io_err = |p: &Path, source| BackendError::Io {
             path: p.to_path_buf(),
             source,
@@ -179,6 +218,13 @@ impl Backend for LocalBackend {
         let res = (|| {
             let mut f = fs::File::create_new(&tmp).map_err(|e| io_err(&tmp, e))?;
             f.write_all(&data).map_err(|e| io_err(&tmp, e))?;
+            if data.len() >= 1024 * 1024 {
+                // Start writeback now; `sync` then mostly finds it done.
+                // SAFETY: plain syscall on an fd we own.
+                unsafe {
+                    libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                }
+            }
             drop(f);
             match fs::rename(&tmp, &path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -192,6 +238,11 @@ impl Backend for LocalBackend {
         })();
         if res.is_err() {
             let _ = fs::remove_file(&tmp);
+        } else if !key.starts_with("locks/") {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path);
         }
         res
     }
@@ -259,10 +310,33 @@ impl Backend for LocalBackend {
     }
 
     fn sync(&self) -> Result<(), BackendError> {
-        rustix::fs::syncfs(self.root_fd.as_fd()).map_err(|e| BackendError::Io {
-            path: self.root.clone(),
-            source: e.into(),
-        })
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut dirs: Vec<PathBuf> = dirty
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let fsync = |p: &Path| -> Result<(), BackendError> {
+            match fs::File::open(p).and_then(|f| f.sync_all()) {
+                // Deleted since (a lease, a gc'd object): nothing to make durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r.map_err(|source| BackendError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                }),
+            }
+        };
+        let res = dirty.iter().try_for_each(|p| fsync(p));
+        let res = res.and_then(|()| dirs.iter().try_for_each(|p| fsync(p)));
+        if res.is_err() {
+            // Keep them for the next attempt.
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(dirty);
+        }
+        res
     }
 }
 
@@ -449,6 +523,36 @@ impl Backend for S3Backend {
                     .map_err(|e| self.err(key, e))
             }
         })
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        let path = self.obj_path(key)?;
+        let end = offset.saturating_add(len);
+        let got = self.rt.handle().block_on(async {
+            self.store
+                .get_range(&path, offset..end)
+                .await
+                .map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => self.err(key, e),
+                    // A range past the end is a short object, not an outage.
+                    e if e.to_string().contains("Range") || e.to_string().contains("range") => {
+                        BackendError::Truncated {
+                            location: self.location(),
+                            key: key.into(),
+                            end,
+                        }
+                    }
+                    e => self.err(key, e),
+                })
+        })?;
+        if got.len() as u64 != len {
+            return Err(BackendError::Truncated {
+                location: self.location(),
+                key: key.into(),
+                end,
+            });
+        }
+        Ok(got)
     }
 
     fn exists(&self, key: &str) -> Result<bool, BackendError> {

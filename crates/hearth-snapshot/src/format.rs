@@ -17,7 +17,8 @@ use rand::RngCore;
 use crate::SnapshotError;
 
 pub(crate) const MAGIC: &[u8; 4] = b"HSNP";
-pub(crate) const VERSION: u8 = 1;
+/// 2: chunks live in pack objects (see `pack.rs`); 1 (one object per chunk) is refused.
+pub(crate) const VERSION: u8 = 2;
 const HEADER_LEN: usize = 16;
 const NONCE_LEN: usize = 24;
 const SUM_LEN: usize = 32;
@@ -37,6 +38,9 @@ pub(crate) const MAX_TREE_LEN: u64 = 512 * 1024 * 1024;
 pub(crate) const MAX_SMALL_OBJECT: usize = 16 * 1024 * 1024;
 /// Largest stored size of any object (chunk plus envelope and worst-case zstd expansion).
 pub(crate) const MAX_STORED_OBJECT: usize = CHUNK_MAX as usize + 64 * 1024;
+/// zstd level for every object. Level 3 (zstd's default, about what restic's "auto" uses)
+/// costs little next to reading the files, and bundled small files give it context.
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -45,6 +49,8 @@ pub(crate) enum Kind {
     Record = 2,
     Config = 3,
     Lease = 4,
+    /// A list of (chunk -> pack, offset, length); see `pack.rs`.
+    Index = 5,
 }
 
 impl Kind {
@@ -149,17 +155,6 @@ impl ChunkId {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
-
-    pub(crate) fn key(&self) -> String {
-        let h = self.hex();
-        format!("chunks/{}/{}", &h[..2], h)
-    }
-
-    pub(crate) fn from_key(key: &str) -> Option<ChunkId> {
-        let name = key.strip_prefix("chunks/")?.split('/').nth(1)?;
-        let raw = hex::decode(name).ok()?;
-        Some(ChunkId(raw.try_into().ok()?))
-    }
 }
 
 impl std::fmt::Debug for ChunkId {
@@ -181,12 +176,46 @@ pub(crate) fn chunk_id(keys: Option<&Keys>, data: &[u8]) -> ChunkId {
     }
 }
 
-/// Seals `plain` into an object. Compresses with zstd level 1 unless that does not help.
+/// Compresses with a per-thread context: creating one per object costs more than compressing
+/// a small file.
+fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|c| {
+        let mut c = c.try_borrow_mut().ok()?;
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        c.as_mut()?.compress(plain).ok()
+    })
+}
+
+/// Decompresses into at most `cap` bytes, reusing a per-thread context.
+fn decompress(body: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) => {
+            if c.is_none() {
+                *c = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match c.as_mut() {
+                Some(d) => d.decompress(body, cap),
+                None => zstd::bulk::decompress(body, cap),
+            }
+        }
+        Err(_) => zstd::bulk::decompress(body, cap),
+    })
+}
+
+/// Seals `plain` into an object. Compresses with zstd unless that does not help.
 pub(crate) fn encode(kind: Kind, keys: Option<&Keys>, plain: &[u8]) -> Vec<u8> {
     debug_assert!(plain.len() <= kind.max_plain());
-    let compressed = zstd::bulk::compress(plain, 1)
-        .ok()
-        .filter(|c| c.len() < plain.len());
+    let compressed = compress(plain).filter(|c| c.len() < plain.len());
     let mut flags = 0u8;
     let body_plain: &[u8] = match &compressed {
         Some(c) => {
@@ -316,7 +345,7 @@ pub(crate) fn decode(
         (false, _) => body,
     };
     let plain = if h.flags & FLAG_ZSTD != 0 {
-        zstd::bulk::decompress(body, h.plain_len).map_err(|e| corrupt(&format!("zstd: {e}")))?
+        decompress(body, h.plain_len).map_err(|e| corrupt(&format!("zstd: {e}")))?
     } else {
         body.to_vec()
     };

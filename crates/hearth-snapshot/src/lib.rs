@@ -2,8 +2,9 @@
 //!
 //! A snapshot is a flat tree of entries (owners stored as seen inside the workspace) plus
 //! content-defined chunks (FastCDC, BLAKE3 ids, zstd, optional XChaCha20-Poly1305) kept once
-//! per store, so snapshots dedupe across time and across workspaces. Stores are a local
-//! directory or an S3 bucket behind [`Backend`]. Restores treat the snapshot as hostile: every
+//! per store, so snapshots dedupe across time and across workspaces. Small files are bundled
+//! several to a chunk; chunks are stored many to a pack object, located through the store
+//! index (see `pack.rs`). Stores are a local directory or an S3 bucket behind [`Backend`]. Restores treat the snapshot as hostile: every
 //! path is created with `*at` calls beneath the target without following symlinks.
 //!
 //! The API is synchronous and uses rayon for chunking/upload; the S3 backend drives its own
@@ -13,6 +14,7 @@
 mod backend;
 mod format;
 mod maint;
+mod pack;
 mod restore;
 mod snap;
 mod tree;
@@ -20,13 +22,11 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3Config};
@@ -36,7 +36,11 @@ pub use restore::restore;
 pub use snap::snapshot;
 
 use format::{Config, Keys};
+use pack::Index;
 use tree::ChunkRef;
+
+/// Version 2: packs and an index instead of one object per chunk, bundled small files.
+const STORE_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -148,7 +152,14 @@ impl Store {
                 let raw = format::decode("config", format::Kind::Config, None, &obj)?;
                 let cfg: Config =
                     serde_json::from_slice(&raw).map_err(|e| serr(format!("bad config: {e}")))?;
-                if cfg.format != 1 {
+                if cfg.format == 1 {
+                    return Err(serr(
+                        "store format 1 (one object per chunk) is no longer supported; \
+                         restore what you need with the previous release, then start a new store"
+                            .into(),
+                    ));
+                }
+                if cfg.format != STORE_FORMAT {
                     return Err(serr(format!("unsupported store format {}", cfg.format)));
                 }
                 if (cfg.chunk_min, cfg.chunk_avg, cfg.chunk_max)
@@ -171,7 +182,7 @@ impl Store {
             }
             Err(BackendError::NotFound { .. }) => {
                 let cfg = Config {
-                    format: 1,
+                    format: STORE_FORMAT,
                     chunk_min: format::CHUNK_MIN,
                     chunk_avg: format::CHUNK_AVG,
                     chunk_max: format::CHUNK_MAX,
@@ -198,52 +209,29 @@ impl Store {
         &self.backend
     }
 
-    /// Stores one chunk unless it is already known or present. Returns the stored bytes added.
-    pub(crate) fn put_chunk(
-        &self,
-        data: &[u8],
-        known: &Known,
-    ) -> Result<(ChunkRef, u64), SnapshotError> {
-        let id = format::chunk_id(self.keys.as_ref(), data);
-        let r = ChunkRef {
-            id,
-            len: data.len() as u32,
-        };
-        if known.contains(&id) {
-            return Ok((r, 0));
+    /// Fetches and fully verifies a chunk, trying each location the index knows. The error is
+    /// a short problem description.
+    pub(crate) fn get_chunk(&self, index: &Index, r: &ChunkRef) -> Result<Vec<u8>, String> {
+        let mut problem = None;
+        for loc in index.locations(&r.id) {
+            let key = index.pack_key(&loc);
+            let res = self
+                .backend
+                .get_range(&key, u64::from(loc.off), u64::from(loc.len))
+                .map_err(|e| pack::read_problem(&key, &e))
+                .and_then(|obj| {
+                    pack::open_blob(self.keys.as_ref(), r, &obj)
+                        .map_err(|p| format!("{p} in {key}"))
+                });
+            match res {
+                Ok(plain) => return Ok(plain),
+                Err(p) => {
+                    tracing::warn!(chunk = %r.id, pack = %key, problem = %p, "bad chunk copy");
+                    problem.get_or_insert(p);
+                }
+            }
         }
-        let key = id.key();
-        let mut added = 0;
-        if !self.backend.exists(&key)? {
-            let obj = format::encode(format::Kind::Chunk, self.keys.as_ref(), data);
-            added = obj.len() as u64;
-            self.backend.put(&key, Bytes::from(obj))?;
-        }
-        known.insert(id);
-        Ok((r, added))
-    }
-
-    /// Fetches and fully verifies a chunk. The error is a short problem description.
-    pub(crate) fn get_chunk(&self, r: &ChunkRef) -> Result<Vec<u8>, String> {
-        let key = r.id.key();
-        let obj = match self.backend.get(&key, format::MAX_STORED_OBJECT as u64) {
-            Ok(o) => o,
-            Err(BackendError::NotFound { .. }) => return Err("missing".into()),
-            Err(e) => return Err(format!("unreadable ({e})")),
-        };
-        let plain = format::decode(&key, format::Kind::Chunk, self.keys.as_ref(), &obj)
-            .map_err(|e| format!("corrupt ({e})"))?;
-        if plain.len() != r.len as usize {
-            return Err(format!(
-                "corrupt (length {} where {} was expected)",
-                plain.len(),
-                r.len
-            ));
-        }
-        if format::chunk_id(self.keys.as_ref(), &plain) != r.id {
-            return Err("corrupt (content hash mismatch)".into());
-        }
-        Ok(plain)
+        Err(problem.unwrap_or_else(|| "missing (in no pack of the store index)".into()))
     }
 
     pub(crate) fn put_record(&self, info: &SnapshotInfo) -> Result<(), SnapshotError> {
@@ -283,7 +271,11 @@ impl Store {
     }
 
     /// Loads and decodes a snapshot's tree; every chunk is verified.
-    pub(crate) fn get_tree(&self, info: &SnapshotInfo) -> Result<tree::Tree, SnapshotError> {
+    pub(crate) fn get_tree(
+        &self,
+        info: &SnapshotInfo,
+        index: &Index,
+    ) -> Result<tree::Tree, SnapshotError> {
         let invalid = |reason: String| SnapshotError::Invalid {
             id: info.id.clone(),
             reason,
@@ -298,31 +290,22 @@ impl Store {
         if sum != info.tree_len || info.tree.iter().any(|c| c.len > format::CHUNK_MAX) {
             return Err(invalid("tree chunk lengths do not add up".into()));
         }
-        let mut buf = Vec::with_capacity(info.tree_len as usize);
-        for c in &info.tree {
-            let data = self.get_chunk(c).map_err(|problem| SnapshotError::Chunk {
-                chunk: c.id.hex(),
-                problem,
-                files: vec![format!("<tree of snapshot {}>", info.id)],
-            })?;
-            buf.extend_from_slice(&data);
-        }
+        use rayon::prelude::*;
+        let parts: Vec<Vec<u8>> = pool().install(|| {
+            info.tree
+                .par_iter()
+                .map(|c| {
+                    self.get_chunk(index, c)
+                        .map_err(|problem| SnapshotError::Chunk {
+                            chunk: c.id.hex(),
+                            problem,
+                            files: vec![format!("<tree of snapshot {}>", info.id)],
+                        })
+                })
+                .collect::<Result<_, _>>()
+        })?;
+        let buf = parts.concat();
         tree::decode(&buf).map_err(invalid)
-    }
-}
-
-/// Chunks known to be in the store during one operation.
-#[derive(Default)]
-pub(crate) struct Known(Mutex<HashSet<ChunkId>>);
-
-impl Known {
-    fn contains(&self, id: &ChunkId) -> bool {
-        self.0.lock().map(|s| s.contains(id)).unwrap_or(false)
-    }
-    fn insert(&self, id: ChunkId) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(id);
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Listing, forgetting, retention, garbage collection and verification.
+//! Listing, forgetting, retention, garbage collection (with repacking) and verification.
 //!
 //! gc and snapshots exclude each other through lease objects under `locks/`: each side writes
 //! its lease, then lists the others and backs off if it sees a conflicting one. With S3's
@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::format::{self, ChunkId};
+use crate::pack::{pack_key, write_index, Blob, Index, PackBlobs, Packer, MAX_PACK, PACK_TARGET};
 use crate::tree::Kind;
 use crate::{check_id, check_workspace, SnapshotError, SnapshotInfo, Store};
 
@@ -185,12 +186,22 @@ pub fn retention(snapshots: &[SnapshotInfo], policy: Retention) -> Vec<String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub referenced_chunks: usize,
+    /// Chunk copies dropped from the index (unreferenced, or a duplicate of a kept copy).
     pub deleted_chunks: usize,
+    /// Stored bytes freed (deleted packs minus what repacking wrote).
     pub deleted_bytes: u64,
+    /// Packs deleted: wholly dead, repacked, or never indexed (a crashed snapshot's).
+    pub deleted_packs: usize,
+    pub repacked_packs: usize,
 }
 
+/// A pack whose live share falls below this is rewritten with only its live chunks.
+const REPACK_LIVE_PERCENT: u64 = 80;
+
 /// Deletes chunks no snapshot references. Refuses to run (`Busy`) while a snapshot is in
-/// progress, and aborts without deleting anything if any snapshot cannot be read.
+/// progress, and aborts without deleting anything if any snapshot or index object cannot be
+/// read. Packs that are wholly dead are deleted, mostly dead (or small) ones are rewritten,
+/// and all index objects are replaced by one consolidated index before any pack goes.
 pub fn gc(store: &Store) -> Result<GcReport, SnapshotError> {
     let _lease = Lease::try_acquire(store, "gc", &["snapshot", "gc"])?;
     let (records, bad) = all_records(store)?;
@@ -200,10 +211,17 @@ pub fn gc(store: &Store) -> Result<GcReport, SnapshotError> {
             reason: format!("gc aborted, snapshot {id} unreadable: {e}"),
         });
     }
+    let (index, bad) = Index::load(store)?;
+    if let Some((key, e)) = bad.into_iter().next() {
+        return Err(SnapshotError::Store {
+            location: store.location(),
+            reason: format!("gc aborted, index object {key} unreadable: {e}"),
+        });
+    }
     let mut live: HashSet<ChunkId> = HashSet::new();
     for r in &records {
         live.extend(r.tree.iter().map(|c| c.id));
-        for e in store.get_tree(r)?.entries {
+        for e in store.get_tree(r, &index)?.entries {
             if let Kind::File { chunks, .. } = e.kind {
                 live.extend(chunks.iter().map(|c| c.id));
             }
@@ -213,32 +231,126 @@ pub fn gc(store: &Store) -> Result<GcReport, SnapshotError> {
         referenced_chunks: live.len(),
         ..Default::default()
     };
-    let dead: Vec<_> = store
+
+    // Per pack: its keeper blobs (the preferred copy of a live chunk) and its size.
+    let sizes: HashMap<String, u64> = store
         .backend
-        .list("chunks")?
+        .list("packs")?
         .into_iter()
-        .filter(|o| ChunkId::from_key(&o.key).is_some_and(|id| !live.contains(&id)))
+        .map(|o| (o.key, o.size))
         .collect();
-    for o in &dead {
-        store.backend.delete(&o.key)?;
-        report.deleted_chunks += 1;
-        report.deleted_bytes += o.size;
+    let npacks = index.packs.len();
+    let mut keep: Vec<Vec<Blob>> = vec![Vec::new(); npacks];
+    let mut listed = 0usize;
+    for (id, l) in index.all() {
+        listed += 1;
+        if live.contains(&id) && index.get(&id) == Some(l) {
+            keep[l.pack as usize].push(Blob {
+                id,
+                off: l.off,
+                len: l.len,
+            });
+        }
     }
-    // Temp files of crashed local writes.
+    let kept_blobs: usize = keep.iter().map(Vec::len).sum();
+    report.deleted_chunks = listed - kept_blobs;
+    let size_of = |p: usize| -> Option<u64> { sizes.get(&pack_key(&index.packs[p])).copied() };
+    let small = |p: usize| size_of(p).is_some_and(|s| s < (PACK_TARGET / 2) as u64);
+    let n_small = (0..npacks)
+        .filter(|&p| small(p) && !keep[p].is_empty())
+        .count();
+    let mut delete: Vec<String> = Vec::new();
+    let mut repack: Vec<usize> = Vec::new();
+    let mut consolidated: Vec<PackBlobs> = Vec::new();
+    for (p, blobs) in keep.iter_mut().enumerate() {
+        let key = pack_key(&index.packs[p]);
+        let live_bytes: u64 = blobs.iter().map(|b| u64::from(b.len)).sum();
+        match size_of(p) {
+            // Missing pack: keep its entries so fsck and restores name what is lost.
+            None => {}
+            Some(_) if blobs.is_empty() => {
+                delete.push(key);
+                continue;
+            }
+            Some(size)
+                if live_bytes * 100 < size * REPACK_LIVE_PERCENT || (small(p) && n_small > 1) =>
+            {
+                repack.push(p);
+                continue;
+            }
+            Some(_) => {}
+        }
+        if !blobs.is_empty() {
+            blobs.sort_by_key(|b| b.off);
+            consolidated.push(PackBlobs {
+                pack: index.packs[p],
+                blobs: std::mem::take(blobs),
+            });
+        }
+    }
+    // Rewrite the live part of the repack set, copying stored objects as they are.
+    let empty = Index::default();
+    let packer = Packer::new(store, &empty);
+    for &p in &repack {
+        let key = pack_key(&index.packs[p]);
+        let data = match store.backend.get(&key, MAX_PACK) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(pack = %key, error = %e, "cannot read pack to repack; kept");
+                let mut blobs = std::mem::take(&mut keep[p]);
+                blobs.sort_by_key(|b| b.off);
+                consolidated.push(PackBlobs {
+                    pack: index.packs[p],
+                    blobs,
+                });
+                continue;
+            }
+        };
+        for b in &keep[p] {
+            let (lo, hi) = (b.off as usize, b.off as usize + b.len as usize);
+            match data.get(lo..hi) {
+                Some(obj) => packer.add_raw(b.id, obj)?,
+                None => {
+                    return Err(SnapshotError::Corrupt {
+                        key,
+                        reason: format!("chunk {} lies beyond the end of the pack", b.id),
+                    })
+                }
+            }
+        }
+        delete.push(key);
+        report.repacked_packs += 1;
+    }
+    let (written, _, _) = packer.finish()?;
+    write_index(store, &consolidated)?;
+    // Only once the new index is durable may the old one and the packs go.
+    store.backend.sync()?;
+    for k in &index.keys {
+        store.backend.delete(k)?;
+    }
+    let indexed: HashSet<String> = index.packs.iter().map(pack_key).collect();
     let now = SystemTime::now();
-    let chunk_tmps = store.backend.list("chunks")?.into_iter().filter(|o| {
-        o.key
-            .rsplit('/')
-            .next()
-            .is_some_and(|n| n.starts_with(".tmp-"))
-    });
-    for o in store.backend.list("tmp")?.into_iter().chain(chunk_tmps) {
+    // Packs no index names: a crashed snapshot's (no snapshot can be running now).
+    for (key, _) in sizes.iter().filter(|(k, _)| !indexed.contains(*k)) {
+        delete.push(key.clone());
+    }
+    let mut freed = 0u64;
+    for key in &delete {
+        store.backend.delete(key)?;
+        freed += sizes.get(key).copied().unwrap_or(0);
+        report.deleted_packs += 1;
+    }
+    report.deleted_bytes = freed.saturating_sub(written);
+    // Temp files of crashed local writes.
+    for o in store.backend.list("tmp")? {
         if now.duration_since(o.modified).is_ok_and(|a| a > LEASE_TTL) {
             store.backend.delete(&o.key)?;
         }
     }
     tracing::info!(
         deleted = report.deleted_chunks,
+        packs = report.deleted_packs,
+        repacked = report.repacked_packs,
         bytes = report.deleted_bytes,
         "gc done"
     );
@@ -268,7 +380,8 @@ impl FsckReport {
     }
 }
 
-/// Reads and verifies every object every snapshot references.
+/// Reads and verifies every object every snapshot references. Packs and index objects nothing
+/// references (a crashed snapshot's) are not problems; gc removes them.
 pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
     let (records, bad) = all_records(store)?;
     let mut report = FsckReport {
@@ -283,9 +396,18 @@ pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
             files: vec![],
         });
     }
+    let (index, bad) = Index::load(store)?;
+    for (key, e) in bad {
+        report.problems.push(FsckProblem {
+            object: key,
+            problem: e.to_string(),
+            snapshots: vec![],
+            files: vec![],
+        });
+    }
     let mut users: HashMap<crate::tree::ChunkRef, (Vec<String>, Vec<String>)> = HashMap::new();
     for r in &records {
-        let t = match store.get_tree(r) {
+        let t = match store.get_tree(r, &index) {
             Ok(t) => t,
             Err(e) => {
                 report.problems.push(FsckProblem {
@@ -304,25 +426,28 @@ pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
                     if u.0.last() != Some(&r.id) {
                         u.0.push(r.id.clone());
                     }
-                    if u.1.len() < 8 {
-                        u.1.push(crate::tree::display(&e.path));
+                    let name = crate::tree::display(&e.path);
+                    if u.1.len() < 8 && !u.1.contains(&name) {
+                        u.1.push(name);
                     }
                 }
             }
         }
     }
     report.chunks = users.len();
-    let mut problems: Vec<FsckProblem> = users
-        .par_iter()
-        .filter_map(|(c, (snaps, files))| {
-            store.get_chunk(c).err().map(|problem| FsckProblem {
-                object: c.id.key(),
-                problem,
-                snapshots: snaps.clone(),
-                files: files.clone(),
+    let mut problems: Vec<FsckProblem> = crate::pool().install(|| {
+        users
+            .par_iter()
+            .filter_map(|(c, (snaps, files))| {
+                store.get_chunk(&index, c).err().map(|problem| FsckProblem {
+                    object: format!("chunk {}", c.id),
+                    problem,
+                    snapshots: snaps.clone(),
+                    files: files.clone(),
+                })
             })
-        })
-        .collect();
+            .collect()
+    });
     problems.sort_by(|a, b| a.object.cmp(&b.object));
     report.problems.extend(problems);
     Ok(report)

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{ChunkId, CHUNK_MAX};
 
-pub(crate) const TREE_VERSION: u32 = 1;
+/// 2: files may be a slice of a shared chunk (`start`).
+pub(crate) const TREE_VERSION: u32 = 2;
 const MAX_PATH: usize = 4096;
 const MAX_NAME: usize = 255;
 const MAX_XATTRS: usize = 256;
@@ -24,9 +25,13 @@ pub(crate) struct ChunkRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Kind {
     Dir,
+    /// Content is bytes `start..start + size` of the concatenated `chunks`. Small files are
+    /// bundled, several to a chunk, so they get compression context and cost one index entry
+    /// per bundle instead of one per file.
     File {
         size: u64,
         chunks: Vec<ChunkRef>,
+        start: u32,
     },
     Symlink {
         target: Vec<u8>,
@@ -142,7 +147,11 @@ pub(crate) fn validate(tree: &Tree) -> Result<(), String> {
             return Err(format!("entry {shown:?}: bad extended attributes"));
         }
         match &e.kind {
-            Kind::File { size, chunks } => {
+            Kind::File {
+                size,
+                chunks,
+                start,
+            } => {
                 let mut sum = 0u64;
                 for c in chunks {
                     if c.len == 0 || c.len > CHUNK_MAX {
@@ -150,9 +159,17 @@ pub(crate) fn validate(tree: &Tree) -> Result<(), String> {
                     }
                     sum += u64::from(c.len);
                 }
-                if sum != *size {
+                // Exactly the chunks the slice needs: none unused at either end.
+                let end = u64::from(*start) + size;
+                let ok = match (chunks.first(), chunks.last()) {
+                    (Some(first), Some(last)) => {
+                        *start < first.len && end <= sum && sum - u64::from(last.len) < end
+                    }
+                    _ => *size == 0 && *start == 0,
+                };
+                if !ok {
                     return Err(format!(
-                        "entry {shown:?}: size {size} does not match its chunks ({sum})"
+                        "entry {shown:?}: size {size} at {start} does not match its chunks ({sum})"
                     ));
                 }
             }
