@@ -34,15 +34,14 @@ fn ws_dir(srv: &TestServer, name: &str) -> PathBuf {
     srv.data_dir().join("workspaces").join(id)
 }
 
-/// The largest chunk file: the content of `big`, which every snapshot references.
-fn largest_chunk(store: &Path) -> PathBuf {
+/// The largest pack: mostly the incompressible content of `big`, so a byte flipped in its
+/// middle corrupts that file's chunk.
+fn largest_pack(store: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
-    for d in std::fs::read_dir(store.join("chunks")).unwrap().flatten() {
-        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
-            let len = f.metadata().unwrap().len();
-            if best.as_ref().is_none_or(|(l, _)| len > *l) {
-                best = Some((len, f.path()));
-            }
+    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
+        let len = f.metadata().unwrap().len();
+        if best.as_ref().is_none_or(|(l, _)| len > *l) {
+            best = Some((len, f.path()));
         }
     }
     best.unwrap().1
@@ -128,7 +127,7 @@ fn snapshot_restore_fork_and_corruption() {
     let dir = ws_dir(&srv, "snapme");
     common::lose_local_data(&dir);
     let store = srv.data_dir().join("snapshots");
-    let chunk = largest_chunk(&store);
+    let chunk = largest_pack(&store);
     let mut bytes = std::fs::read(&chunk).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
