@@ -264,3 +264,26 @@ async fn workspace_from_before_disks_moves_onto_a_disk() {
     );
     assert!(!dir.join("upper").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_snapshot_store_is_kept_aside_and_replaced() {
+    let mut e = env().await;
+    let ws = busybox_workspaces(&mut e, &[("f1ffffffffff", "oldstore", 42)]).await;
+    let spec = ws[0].0.clone();
+    // What an earlier Hearth left: a store whose objects use envelope version 1.
+    let store = e.cfg.data_dir.join("snapshots");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("config"), b"HSNP\x01\x05old config").unwrap();
+    let snap = e
+        .node
+        .snapshot(&spec)
+        .await
+        .expect("snapshot into a new store");
+    assert_eq!(e.node.snapshots(&spec).await.unwrap()[0].id, snap.id);
+    let aside = e.cfg.data_dir.join("snapshots.format1.1");
+    assert_eq!(
+        std::fs::read(aside.join("config")).unwrap(),
+        b"HSNP\x01\x05old config",
+        "the old store is kept, untouched"
+    );
+}

@@ -67,6 +67,11 @@ pub enum SnapshotError {
     Key { path: PathBuf, reason: String },
     #[error("store {location}: {reason}")]
     Store { location: String, reason: String },
+    #[error(
+        "store {location} uses format 1 (one object per chunk), which this version no longer \
+         reads; restore what you need with the previous release, then start a new store"
+    )]
+    OldFormat { location: String },
     #[error("restore target {0} must be an empty directory")]
     TargetNotEmpty(PathBuf),
     #[error("invalid workspace id {0:?}")]
@@ -149,15 +154,15 @@ impl Store {
             .map(|k| hex::encode(blake3::hash(&k.check).as_bytes()));
         match backend.get("config", format::MAX_SMALL_OBJECT as u64) {
             Ok(obj) => {
+                // Format 1 wrote every object, the config included, with envelope version 1.
+                if obj.get(..4) == Some(&format::MAGIC[..]) && obj.get(4) == Some(&1) {
+                    return Err(SnapshotError::OldFormat { location });
+                }
                 let raw = format::decode("config", format::Kind::Config, None, &obj)?;
                 let cfg: Config =
                     serde_json::from_slice(&raw).map_err(|e| serr(format!("bad config: {e}")))?;
                 if cfg.format == 1 {
-                    return Err(serr(
-                        "store format 1 (one object per chunk) is no longer supported; \
-                         restore what you need with the previous release, then start a new store"
-                            .into(),
-                    ));
+                    return Err(SnapshotError::OldFormat { location });
                 }
                 if cfg.format != STORE_FORMAT {
                     return Err(serr(format!("unsupported store format {}", cfg.format)));

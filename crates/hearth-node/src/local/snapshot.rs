@@ -102,7 +102,26 @@ impl Inner {
             None => {
                 let dir = data.join("snapshots");
                 mkdir(&dir, 0o700)?;
-                Store::open_local(&dir, key)
+                match Store::open_local(&dir, key.clone()) {
+                    // The default store of an older Hearth: keep it aside (nothing is
+                    // deleted) and start a new one, so snapshots work again.
+                    Err(SnapshotError::OldFormat { .. }) => {
+                        let aside = (1..)
+                            .map(|n| data.join(format!("snapshots.format1.{n}")))
+                            .find(|p| !p.exists())
+                            .unwrap_or_else(|| data.join("snapshots.format1"));
+                        std::fs::rename(&dir, &aside).map_err(|e| {
+                            NodeError::Internal(format!("move {} aside: {e}", dir.display()))
+                        })?;
+                        tracing::warn!(
+                            old = %aside.display(),
+                            "the snapshot store was in an older format: kept it aside and started a new one"
+                        );
+                        mkdir(&dir, 0o700)?;
+                        Store::open_local(&dir, key)
+                    }
+                    other => other,
+                }
             }
             Some(url) => {
                 let (endpoint, bucket, prefix) = parse_s3_url(url).ok_or_else(|| {
