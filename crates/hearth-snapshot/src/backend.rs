@@ -92,6 +92,19 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// Opens object `key` for reading; a missing one is `NotFound`, not an I/O error.
+    fn open_object(&self, key: &str) -> Result<(PathBuf, fs::File), BackendError> {
+        let path = self.path(key)?;
+        match fs::File::open(&path) {
+            Ok(f) => Ok((path, f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BackendError::NotFound {
+                location: self.location(),
+                key: key.to_string(),
+            }),
+            Err(e) => Err(BackendError::Io { path, source: e }),
+        }
+    }
+
     pub fn open(root: &Path) -> Result<LocalBackend, BackendError> {
         let io_err = |path: &Path, source| BackendError::Io {
             path: path.to_path_buf(),
@@ -120,20 +133,7 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, key: &str, limit: u64) -> Result<Bytes, BackendError> {
-        let path = self.path(key)?;
-        let mut f = fs::File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                BackendError::NotFound {
-                    location: self.location(),
-                    key: key.to_string(),
-                }
-            } else {
-                BackendError::Io {
-                    path: path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        let (path, mut f) = self.open_object(key)?;
         let size = f
             .metadata()
             .map_err(|e| BackendError::Io {
@@ -162,20 +162,7 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
         use std::io::Seek;
-        let path = self.path(key)?;
-        let f = fs::File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                BackendError::NotFound {
-                    location: self.location(),
-                    key: key.to_string(),
-                }
-            } else {
-                BackendError::Io {
-                    path: path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        let (path, f) = self.open_object(key)?;
         let truncated = || BackendError::Truncated {
             location: self.location(),
             key: key.to_string(),
