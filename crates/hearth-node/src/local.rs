@@ -498,6 +498,7 @@ impl Inner {
     fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
+        // Already running: nothing to do (and a running workspace is never migrated).
         if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
             if st.status == "running" {
                 return self.status(spec);
@@ -512,11 +513,6 @@ impl Inner {
             )));
         }
         self.open_disk(&p)?;
-        if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
-            if st.status == "running" {
-                return self.status(spec);
-            }
-        }
         let image = self.images.get(&spec.image).map_err(image_err)?;
         let t0 = Instant::now();
         match self.start_inner(spec, &image, &p) {

@@ -515,31 +515,45 @@ impl Walker<'_> {
 
 /// xattrs of a path without following its final component.
 fn path_xattrs(path: &[u8]) -> rustix::io::Result<Xattrs> {
+    read_xattrs(
+        || rustix::fs::llistxattr_query(path),
+        |buf| rustix::fs::llistxattr(path, buf),
+        |name, buf| rustix::fs::lgetxattr(path, name, buf),
+    )
+}
+
+/// Lists then reads every xattr through `list_len`/`list`/`get` (the path or fd flavour of
+/// the syscalls). A file or attribute that vanished meanwhile is skipped, not an error.
+fn read_xattrs(
+    list_len: impl Fn() -> rustix::io::Result<usize>,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&[u8], &mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Xattrs> {
+    use rustix::io::Errno;
     let mut names;
     loop {
-        let need = match rustix::fs::llistxattr_query(path) {
-            Ok(0) | Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::NOENT) => {
-                return Ok(Vec::new())
-            }
+        let need = match list_len() {
+            Ok(0) | Err(Errno::NOTSUP | Errno::NOENT) => return Ok(Vec::new()),
             Ok(n) => n,
             Err(e) => return Err(e),
         };
         names = vec![0u8; need];
-        match rustix::fs::llistxattr(path, &mut names[..]) {
+        match list(&mut names[..]) {
             Ok(n) => {
                 names.truncate(n);
                 break;
             }
-            Err(rustix::io::Errno::RANGE) => continue,
+            // Grew in between: ask again.
+            Err(Errno::RANGE) => continue,
             Err(e) => return Err(e),
         }
     }
     let mut out = Vec::new();
     let mut val = vec![0u8; 65536];
     for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        match rustix::fs::lgetxattr(path, name, &mut val[..]) {
+        match get(name, &mut val[..]) {
             Ok(len) => out.push((name.to_vec(), val[..len].to_vec())),
-            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOENT) => {}
+            Err(Errno::NODATA | Errno::NOENT) => {}
             Err(e) => return Err(e),
         }
     }
@@ -734,32 +748,9 @@ impl Ctx<'_> {
 
 /// xattrs of an open file: one syscall when it has none (the common case).
 fn fd_xattrs(fd: BorrowedFd<'_>) -> rustix::io::Result<Xattrs> {
-    let mut names;
-    loop {
-        let need = match rustix::fs::flistxattr_query(fd) {
-            Ok(0) | Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Ok(n) => n,
-            Err(e) => return Err(e),
-        };
-        names = vec![0u8; need];
-        match rustix::fs::flistxattr(fd, &mut names[..]) {
-            Ok(n) => {
-                names.truncate(n);
-                break;
-            }
-            // Grew in between: ask again.
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let mut out = Vec::new();
-    let mut val = vec![0u8; 65536];
-    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        match rustix::fs::fgetxattr(fd, name, &mut val[..]) {
-            Ok(len) => out.push((name.to_vec(), val[..len].to_vec())),
-            Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    read_xattrs(
+        || rustix::fs::flistxattr_query(fd),
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |name, buf| rustix::fs::fgetxattr(fd, name, buf),
+    )
 }
