@@ -1,12 +1,21 @@
 //! Side-by-side benchmark: hearth-snapshot vs restic vs `tar | zstd -1 -T0`.
 //!
-//! Run (as root, needs `restic`, `zstd`, `tar`, ~4 GB free):
+//! Run (as root, needs `restic`, `zstd`, `tar`, `mkfs.ext4`, `mkfs.btrfs`, ~6 GB free):
 //!   cargo run --release -p hearth-snapshot --example bench -- [WORKDIR]
 //! The source tree (>= 600 MB, >= 60k files) is copied once from ~/.cargo/registry/src,
 //! /usr/include and the Python site-packages into WORKDIR/src (default
-//! /var/tmp/hearth-snapshot-bench) and reused on later runs. Outputs are removed at the end
-//! (`BENCH_KEEP=1` keeps them); `BENCH_ONLY_HEARTH=1` / `BENCH_SNAPSHOT_ONLY=1` skip the other
-//! tools.
+//! /var/tmp/hearth-snapshot-bench) and reused on later runs.
+//!
+//! Every output goes to a filesystem made for it in this run (a sparse image, loop-mounted,
+//! removed at the end): the stores to one ext4, each restore to its own fresh ext4 and
+//! btrfs (btrfs is what a workspace's disk is, so it is where Hearth really restores). A
+//! fresh filesystem per output keeps earlier runs out of the numbers: on a long-lived ext4
+//! without a journal, creating files right after deleting ~100k others is several times
+//! slower (the inode allocator skips recently freed inodes).
+//!
+//! `BENCH_RESTORE_DIR=/dev/shm/x` restores into that directory instead (tmpfs: no filesystem
+//! cost); `BENCH_ONLY_HEARTH=1` skips the other tools; `BENCH_SNAPSHOT_ONLY=1` times only
+//! hearth's full and unchanged-incremental snapshots.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,6 +72,86 @@ fn files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A filesystem made for one output: a sparse image, loop-mounted at `dir`, gone on drop.
+struct Scratch {
+    dir: PathBuf,
+    img: PathBuf,
+}
+
+impl Scratch {
+    fn new(work: &Path, name: &str, fs: &str) -> Scratch {
+        let dir = work.join(name);
+        let img = work.join(format!("{name}.img"));
+        let _ = Command::new("umount")
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&img);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let f = std::fs::File::create(&img).expect("image");
+        f.set_len(16 << 30).expect("truncate");
+        drop(f);
+        let (mkfs, opts) = match fs {
+            // The options hearth-disk mounts a workspace's disk with.
+            "btrfs" => ("mkfs.btrfs -q -f", "loop,noatime,discard=async"),
+            _ => ("mkfs.ext4 -q -F -E nodiscard", "loop,noatime"),
+        };
+        sh(&format!("{mkfs} '{}' >/dev/null", img.display()));
+        sh(&format!(
+            "mount -o {opts} '{}' '{}'",
+            img.display(),
+            dir.display()
+        ));
+        Scratch { dir, img }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_file(&self.img);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Where restores go: a fresh filesystem of each kind, or `BENCH_RESTORE_DIR`.
+fn restore_targets() -> Vec<String> {
+    match std::env::var("BENCH_RESTORE_DIR") {
+        Ok(d) => vec![d],
+        Err(_) => vec!["ext4".into(), "btrfs".into()],
+    }
+}
+
+/// Runs `f` with an empty directory on target `t` (see [`restore_targets`]) and times it;
+/// `check` runs after, untimed.
+fn restore_into(
+    work: &Path,
+    t: &str,
+    name: &str,
+    f: impl FnOnce(&Path),
+    check: impl FnOnce(&Path),
+) -> f64 {
+    let scratch;
+    let dir = match t {
+        "ext4" | "btrfs" => {
+            scratch = Scratch::new(work, &format!("{name}-{t}"), t);
+            scratch.dir.join("r")
+        }
+        d => {
+            let d = Path::new(d).join(name);
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        }
+    };
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let secs = timed(|| f(&dir));
+    check(&dir);
+    if !matches!(t, "ext4" | "btrfs") {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    secs
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -74,12 +163,6 @@ fn main() {
             .unwrap_or_else(|| "/var/tmp/hearth-snapshot-bench".into()),
     );
     let src = work.join("src");
-    // Restore targets; `BENCH_RESTORE_DIR=/dev/shm/x` takes the disk's inode allocator out of
-    // the comparison (ext4 without a journal is very slow to create files after mass deletes).
-    let rdir = std::env::var("BENCH_RESTORE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| work.clone());
-    std::fs::create_dir_all(&rdir).expect("restore dir");
     if !src.exists() {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         let site = String::from_utf8(
@@ -114,40 +197,10 @@ fn main() {
     if all.len() < 60_000 || mb < 600.0 {
         println!("WARNING: source tree is smaller than the 600 MB / 60k-file target");
     }
-    let outputs = [
-        "hearth-store",
-        "hearth-restore",
-        "restic-repo",
-        "restic-restore",
-        "tar-restore",
-        "tree.tar.zst",
-    ];
-    let cleanup = || {
-        let mut any = false;
-        for d in outputs {
-            for base in [&work, &rdir] {
-                let p = base.join(d);
-                any |= std::fs::remove_dir_all(&p).is_ok() || std::fs::remove_file(&p).is_ok();
-            }
-        }
-        any
-    };
-    if cleanup() {
-        // ext4 without a journal skips inodes freed in the last minutes when allocating, which
-        // makes every restore right after deleting ~200k files several times slower.
-        println!(
-            "removed outputs of an earlier run; waiting 5 min so inode allocation is not skewed"
-        );
-        std::thread::sleep(std::time::Duration::from_secs(
-            std::env::var("BENCH_SETTLE_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(300),
-        ));
-    }
+    let out = Scratch::new(&work, "out", "ext4");
+    let store = Store::open_local(&out.dir.join("hearth-store"), None).expect("store");
 
     if std::env::var_os("BENCH_SNAPSHOT_ONLY").is_some() {
-        let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
         let mut full = None;
         let c0 = cpu();
         let f = timed(|| {
@@ -159,81 +212,41 @@ fn main() {
             snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
         });
         println!(
-            "cpu: full {:.2}s, unchanged incr {:.2}s",
-            c1 - c0,
-            cpu() - c1
-        );
-        println!(
-            "hearth full {f:.2}s ({:.0} MB/s) unchanged incr {i:.2}s store {:.0} MB",
+            "hearth full {f:.2}s ({:.0} MB/s, cpu {:.2}s) unchanged incr {i:.2}s (cpu {:.2}s) store {:.0} MB",
             mb / f,
-            du(&work.join("hearth-store")) as f64 / 1e6
+            c1 - c0,
+            cpu() - c1,
+            du(&out.dir.join("hearth-store")) as f64 / 1e6
         );
-        if std::env::var_os("BENCH_KEEP_STORE").is_some() {
-            println!("kept as hearth-store-keep; full snapshot {}", full.id);
-            let _ = std::fs::remove_dir_all(work.join("hearth-store-keep"));
-            std::fs::rename(work.join("hearth-store"), work.join("hearth-store-keep"))
-                .expect("keep store");
-        }
-        cleanup();
         return;
     }
 
-    if let Ok(id) = std::env::var("BENCH_RESTORE_ONLY") {
-        let store = Store::open_local(&work.join("hearth-store-keep"), None).expect("store");
-        let c0 = cpu();
-        let r = timed(|| {
-            restore(&store, &id, &rdir.join("hearth-restore-only"), 0, None).expect("restore")
-        });
-        println!(
-            "restore {r:.2}s ({:.0} MB/s), cpu {:.2}s",
-            mb / r,
-            cpu() - c0
-        );
-        let _ = std::fs::remove_dir_all(rdir.join("hearth-restore-only"));
-        return;
-    }
     // Full snapshots.
-    let store = Store::open_local(&work.join("hearth-store"), None).expect("store");
     let mut full = None;
     let h_full =
         timed(|| full = Some(snapshot(&store, "bench", &src, 0, None, None).expect("snapshot")));
     let full = full.expect("full");
-    if std::env::var_os("BENCH_ONLY_HEARTH").is_some() {
-        use std::io::Write;
-        for p in all.iter().step_by(100) {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(p)
-                .and_then(|mut f| f.write_all(b"\n// changed\n"))
-                .expect("append");
-        }
-        let i = timed(|| {
-            snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental");
-        });
-        let r = timed(|| {
-            restore(&store, &full.id, &rdir.join("hearth-restore"), 0, None).expect("restore")
-        });
-        println!("hearth full {h_full:.2}s ({:.0} MB/s) incr {i:.2}s restore {r:.2}s ({:.0} MB/s) store {:.0} MB", mb / h_full, mb / r, du(&work.join("hearth-store")) as f64 / 1e6);
-        cleanup();
-        return;
-    }
-    let repo = work.join("restic-repo");
+    let only_hearth = std::env::var_os("BENCH_ONLY_HEARTH").is_some();
+    let repo = out.dir.join("restic-repo");
     let restic = |args: &str| {
         format!(
             "RESTIC_PASSWORD=x restic -q --repo '{}' {args}",
             repo.display()
         )
     };
-    sh(&restic("init >/dev/null"));
-    let r_full = timed(|| sh(&restic(&format!("backup '{}' >/dev/null", src.display()))));
-    let tarball = work.join("tree.tar.zst");
-    let t_full = timed(|| {
-        sh(&format!(
-            "tar -C '{}' -cf - . | zstd -q -1 -T0 -o '{}'",
-            src.display(),
-            tarball.display()
-        ))
-    });
+    let tarball = out.dir.join("tree.tar.zst");
+    let (mut r_full, mut t_full) = (f64::NAN, f64::NAN);
+    if !only_hearth {
+        sh(&restic("init >/dev/null"));
+        r_full = timed(|| sh(&restic(&format!("backup '{}' >/dev/null", src.display()))));
+        t_full = timed(|| {
+            sh(&format!(
+                "tar -C '{}' -cf - . | zstd -q -1 -T0 -o '{}'",
+                src.display(),
+                tarball.display()
+            ))
+        });
+    }
 
     // Append to 1% of the files, then incremental snapshots.
     use std::io::Write;
@@ -249,61 +262,110 @@ fn main() {
         incr = Some(snapshot(&store, "bench", &src, 0, Some(&full.id), None).expect("incremental"))
     });
     let incr = incr.expect("incr");
-    let r_incr = timed(|| sh(&restic(&format!("backup '{}' >/dev/null", src.display()))));
+    let r_incr = if only_hearth {
+        f64::NAN
+    } else {
+        timed(|| sh(&restic(&format!("backup '{}' >/dev/null", src.display()))))
+    };
 
-    // Restores of the latest snapshot.
-    let h_restore = timed(|| {
-        restore(&store, &incr.id, &rdir.join("hearth-restore"), 0, None).expect("restore")
-    });
-    let r_restore = timed(|| {
-        sh(&restic(&format!(
-            "restore latest --target '{}' >/dev/null",
-            rdir.join("restic-restore").display()
-        )))
-    });
-    let tdst = rdir.join("tar-restore");
-    std::fs::create_dir_all(&tdst).expect("mkdir");
-    let t_restore = timed(|| {
-        sh(&format!(
-            "zstd -q -dc '{}' | tar -C '{}' -xf -",
-            tarball.display(),
-            tdst.display()
-        ))
-    });
-    sh(&format!(
-        "diff -r --no-dereference '{}' '{}'",
-        src.display(),
-        rdir.join("hearth-restore").display()
-    ));
+    // Restores of the latest snapshot, each into a fresh filesystem of each kind.
+    let targets = restore_targets();
+    let mut restores: Vec<[f64; 3]> = Vec::new();
+    for t in &targets {
+        let h = restore_into(
+            &work,
+            t,
+            "hearth-restore",
+            |d| restore(&store, &incr.id, d, 0, None).expect("restore"),
+            |d| {
+                sh(&format!(
+                    "diff -r --no-dereference '{}' '{}'",
+                    src.display(),
+                    d.display()
+                ))
+            },
+        );
+        let (mut r, mut tz) = (f64::NAN, f64::NAN);
+        if !only_hearth {
+            r = restore_into(
+                &work,
+                t,
+                "restic-restore",
+                |d| {
+                    sh(&restic(&format!(
+                        "restore latest --target '{}' >/dev/null",
+                        d.display()
+                    )))
+                },
+                |_| {},
+            );
+            tz = restore_into(
+                &work,
+                t,
+                "tar-restore",
+                |d| {
+                    sh(&format!(
+                        "zstd -q -dc '{}' | tar -C '{}' -xf -",
+                        tarball.display(),
+                        d.display()
+                    ))
+                },
+                |_| {},
+            );
+        }
+        restores.push([h, r, tz]);
+    }
 
-    let h_store = du(&work.join("hearth-store"));
+    let h_store = du(&out.dir.join("hearth-store"));
     let r_store = du(&repo);
     let t_store = du(&tarball);
     println!();
-    println!(
-        "{:<16} {:>8} {:>10} {:>9} {:>10} {:>13} {:>9}",
-        "tool", "full s", "full MB/s", "incr s", "restore s", "restore MB/s", "store MB"
+    print!(
+        "{:<16} {:>8} {:>10} {:>9}",
+        "tool", "full s", "full MB/s", "incr s"
     );
-    let row = |name: &str, f: f64, i: Option<f64>, r: f64, s: u64| {
-        println!(
-            "{:<16} {:>8.2} {:>10.0} {:>9} {:>10.2} {:>13.0} {:>9.0}",
-            name,
-            f,
-            mb / f,
-            i.map(|i| format!("{i:.2}")).unwrap_or_else(|| "-".into()),
-            r,
-            mb / r,
-            s as f64 / 1e6
-        )
+    for t in &targets {
+        let t = Path::new(t)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| t.clone());
+        print!(" {:>18}", format!("restore {t} s"));
+        print!(" {:>6}", "MB/s");
+    }
+    println!(" {:>9}", "store MB");
+    let fmt = |v: f64, p: usize| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.p$}")
+        }
     };
-    row("hearth-snapshot", h_full, Some(h_incr), h_restore, h_store);
-    row("restic", r_full, Some(r_incr), r_restore, r_store);
-    row("tar|zstd -1", t_full, None, t_restore, t_store);
+    for (k, (name, f, i, s)) in [
+        ("hearth-snapshot", h_full, h_incr, h_store),
+        ("restic", r_full, r_incr, r_store),
+        ("tar|zstd -1", t_full, f64::NAN, t_store),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if only_hearth && k > 0 {
+            break;
+        }
+        print!(
+            "{:<16} {:>8} {:>10} {:>9}",
+            name,
+            fmt(f, 2),
+            fmt(mb / f, 0),
+            fmt(i, 2)
+        );
+        for r in &restores {
+            print!(" {:>18} {:>6}", fmt(r[k], 2), fmt(mb / r[k], 0));
+        }
+        println!(" {:>9.0}", s as f64 / 1e6);
+    }
     println!(
-        "(hearth incremental uploaded {} bytes; restore verified with diff -r)",
+        "(hearth incremental uploaded {} bytes; each hearth restore verified with diff -r; \
+         restores exclude the final writeback, for every tool)",
         incr.new_bytes
     );
-    if std::env::var_os("BENCH_KEEP").is_none() {
-        cleanup();
-    }
 }

@@ -53,6 +53,10 @@ pub struct ObjectInfo {
 /// whole object or nothing) and `sync` makes all earlier puts durable.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
+    /// Whether requests wait on a network: then more threads than cores keep the CPUs busy.
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// Reads an object, refusing ones larger than `limit` before reading them.
     fn get(&self, key: &str, limit: u64) -> Result<Bytes, BackendError>;
     /// Reads exactly `len` bytes at `offset` (a chunk or a run of chunks in a pack); a shorter
@@ -451,6 +455,10 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn location(&self) -> String {
         match &self.cfg.endpoint {
             Some(ep) => format!("{}/{}/{}", ep, self.cfg.bucket, self.cfg.prefix),

@@ -435,7 +435,7 @@ pub fn fsck(store: &Store) -> Result<FsckReport, SnapshotError> {
         }
     }
     report.chunks = users.len();
-    let mut problems: Vec<FsckProblem> = crate::pool().install(|| {
+    let mut problems: Vec<FsckProblem> = store.pool().install(|| {
         users
             .par_iter()
             .filter_map(|(c, (snaps, files))| {

@@ -95,7 +95,7 @@ impl Index {
             .collect();
         keys.sort();
         let loaded: Vec<(String, Result<Vec<PackBlobs>, SnapshotError>)> =
-            crate::pool().install(|| {
+            store.pool().install(|| {
                 keys.into_par_iter()
                     .map(|k| {
                         let r = read_index(store, &k);
@@ -300,7 +300,7 @@ impl<'a> Packer<'a> {
             index,
             pending: Mutex::default(),
             // One slot per pool thread, plus one for callers outside the pool.
-            open: (0..=crate::pool().current_num_threads())
+            open: (0..=store.pool().current_num_threads())
                 .map(|_| {
                     Mutex::new(Open {
                         buf: Vec::new(),
@@ -337,7 +337,9 @@ impl<'a> Packer<'a> {
 
     /// Appends an already encoded chunk object (gc copies blobs without decoding them).
     pub(crate) fn add_raw(&self, id: ChunkId, obj: &[u8]) -> Result<(), SnapshotError> {
-        let slot = crate::pool()
+        let slot = self
+            .store
+            .pool()
             .current_thread_index()
             .map_or(0, |i| (i + 1) % self.open.len());
         let full = {

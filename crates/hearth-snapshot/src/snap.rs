@@ -74,6 +74,7 @@ pub fn snapshot(
         src,
         base: uid_base,
         parent: parent_map,
+        pool: store.pool(),
     };
     let st = rustix::fs::fstat(&root).map_err(rio_err(src))?;
     let st = St::from(&st);
@@ -92,7 +93,7 @@ pub fn snapshot(
         packer: &packer,
         progress,
     };
-    let results: Vec<Vec<(usize, ChunkedFile)>> = crate::pool().install(|| {
+    let results: Vec<Vec<(usize, ChunkedFile)>> = store.pool().install(|| {
         groups
             .par_iter()
             .map(|g| match g {
@@ -142,7 +143,7 @@ pub fn snapshot(
         version: tree::TREE_VERSION,
         entries,
     });
-    let tree_refs = crate::pool().install(|| {
+    let tree_refs = store.pool().install(|| {
         let cuts: Vec<_> =
             fastcdc::v2020::FastCDC::new(&tree_bytes, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).collect();
         cuts.par_iter()
@@ -253,6 +254,7 @@ struct Walker<'a> {
     src: &'a Path,
     base: u32,
     parent: HashMap<&'a [u8], &'a Entry>,
+    pool: &'static rayon::ThreadPool,
 }
 
 /// One walked entry: whether its content must be read, and its (dev, ino) if it may be one of
@@ -317,7 +319,7 @@ impl Walker<'_> {
         root: BorrowedFd<'_>,
         first: Entry,
     ) -> Result<(Vec<Entry>, Vec<usize>), SnapshotError> {
-        let walked = crate::pool().install(|| self.children(root, &[]))?;
+        let walked = self.pool.install(|| self.children(root, &[]))?;
         let mut entries = Vec::with_capacity(walked.len() + 1);
         let mut jobs = Vec::new();
         let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();

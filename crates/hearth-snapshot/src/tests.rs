@@ -77,6 +77,9 @@ pub(crate) fn build_tree(root: &Path, base: u32) {
     .unwrap();
     fs::write(root.join("workspace/src/deep/er/empty-file"), b"").unwrap();
     fs::write(root.join("suid"), b"#!/bin/sh\n").unwrap();
+    // Modes the usual umask (022) would strip, and one it leaves alone.
+    fs::write(root.join("workspace/shared-rw"), b"rw").unwrap();
+    fs::write(root.join("workspace/private"), b"p").unwrap();
     rustix::fs::setxattr(
         root.join("workspace/src/main.rs").as_path(),
         "user.note",
@@ -153,9 +156,21 @@ pub(crate) fn build_tree(root: &Path, base: u32) {
         "workspace/src/deep/er",
         "workspace/src/deep/er/empty-file",
         "blockdev",
+        "workspace/shared-rw",
+        "workspace/private",
     ] {
         own(&root.join(p), base + 1000, base + 1000);
     }
+    fs::set_permissions(
+        root.join("workspace/shared-rw"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    fs::set_permissions(
+        root.join("workspace/private"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     own(&root.join("suid"), base, base + 5);
     own(&root.join("empty"), base + 65535, base + 2);
     fs::set_permissions(root.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
@@ -314,6 +329,44 @@ fn roundtrip(key: Option<Key>) {
 #[test]
 fn roundtrip_every_metadata_kind_with_owner_shift() {
     roundtrip(None);
+}
+
+/// Files are created with their final mode when the umask allows; a default ACL on the
+/// target would change that, so there every mode is set explicitly.
+#[test]
+fn modes_survive_a_default_acl_on_the_target() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src, B1);
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    let info = snapshot(&store, "ws1", &src, B1, None, None).unwrap();
+    let dst = t.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    // Default ACL u::rwx,g::---,o::---: new files would get at most 0700 & requested mode.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    rustix::fs::setxattr(
+        dst.as_path(),
+        "system.posix_acl_default",
+        &acl,
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    restore(&store, &info.id, &dst, B2, None).unwrap();
+    let modes = |d: &BTreeMap<String, Desc>| -> Vec<(String, u32)> {
+        d.iter()
+            .filter(|(p, x)| !p.is_empty() && x.kind == 0o100000)
+            .map(|(p, x)| (p.clone(), x.mode))
+            .collect()
+    };
+    let want = modes(&expected_after_restore(&src, B1));
+    assert!(want.contains(&("workspace/big.bin".to_string(), 0o644)));
+    assert_eq!(want, modes(&describe(&dst, B2)));
 }
 
 #[test]
