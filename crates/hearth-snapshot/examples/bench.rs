@@ -15,7 +15,9 @@
 //!
 //! `BENCH_RESTORE_DIR=/dev/shm/x` restores into that directory instead (tmpfs: no filesystem
 //! cost); `BENCH_ONLY_HEARTH=1` skips the other tools; `BENCH_SNAPSHOT_ONLY=1` times only
-//! hearth's full and unchanged-incremental snapshots.
+//! hearth's full and unchanged-incremental snapshots (`BENCH_KEEP_STORE=DIR` keeps that store
+//! in DIR); `BENCH_RESTORE_FROM=DIR:ID` times only restores of snapshot ID from the store in
+//! DIR (for profiling).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,6 +199,26 @@ fn main() {
     if all.len() < 60_000 || mb < 600.0 {
         println!("WARNING: source tree is smaller than the 600 MB / 60k-file target");
     }
+    if let Ok(from) = std::env::var("BENCH_RESTORE_FROM") {
+        let (dir, id) = from.rsplit_once(':').expect("BENCH_RESTORE_FROM=DIR:ID");
+        let store = Store::open_local(Path::new(dir), None).expect("store");
+        for t in restore_targets() {
+            let c0 = cpu();
+            let r = restore_into(
+                &work,
+                &t,
+                "hearth-restore",
+                |d| restore(&store, id, d, 0, None).expect("restore"),
+                |_| {},
+            );
+            println!(
+                "restore to {t}: {r:.2}s ({:.0} MB/s, cpu {:.2}s)",
+                mb / r,
+                cpu() - c0
+            );
+        }
+        return;
+    }
     let out = Scratch::new(&work, "out", "ext4");
     let store = Store::open_local(&out.dir.join("hearth-store"), None).expect("store");
 
@@ -218,6 +240,14 @@ fn main() {
             cpu() - c1,
             du(&out.dir.join("hearth-store")) as f64 / 1e6
         );
+        if let Ok(keep) = std::env::var("BENCH_KEEP_STORE") {
+            let _ = std::fs::remove_dir_all(&keep);
+            sh(&format!(
+                "cp -a '{}' '{keep}'",
+                out.dir.join("hearth-store").display()
+            ));
+            println!("kept in {keep}; full snapshot {}", full.id);
+        }
         return;
     }
 
