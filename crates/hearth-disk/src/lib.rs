@@ -123,9 +123,20 @@ pub fn create(image: &Path, size: u64) -> Result<()> {
     res
 }
 
-/// Loop-mounts `image` on `target`. The loop device is set to auto-clear, so unmounting
-/// releases it.
+/// Most page cache a disk may hold dirty (see [`limit_dirty`]).
+pub const DIRTY_MAX: u64 = 256 << 20;
+
+/// Loop-mounts `image` on `target`, its dirty page cache bounded by [`DIRTY_MAX`]. The loop
+/// device is set to auto-clear, so unmounting releases it.
 pub fn mount(image: &Path, target: &Path) -> Result<()> {
+    mount_only(image, target)?;
+    if let Err(e) = limit_dirty(target, DIRTY_MAX) {
+        tracing::warn!(disk = %target.display(), "cannot bound its dirty page cache: {e}");
+    }
+    Ok(())
+}
+
+fn mount_only(image: &Path, target: &Path) -> Result<()> {
     run(
         "mount",
         &[
@@ -182,6 +193,54 @@ struct VolArgsV2 {
 nix::ioctl_write_ptr!(subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
 nix::ioctl_write_ptr!(snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
 nix::ioctl_write_ptr!(snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
+nix::ioctl_read!(fs_info, BTRFS_IOCTL_MAGIC, 31, FsInfo);
+
+/// `struct btrfs_ioctl_fs_info_args` (1024 bytes; we read only `fsid`).
+#[repr(C)]
+struct FsInfo {
+    max_id: u64,
+    num_devices: u64,
+    fsid: [u8; 16],
+    rest: [u8; 992],
+}
+
+/// Bounds how much of the filesystem mounted at `mountpoint` may sit dirty in the page
+/// cache (its writeback device's `max_bytes`, with `strict_limit` so the bound holds even
+/// while the host as a whole is under its dirty thresholds). Data not yet written back
+/// is what could still land on the host after the node freezes a workspace for lack of
+/// space, so it must be small and known; sequential writes still run at disk speed.
+/// Needs Linux 6.2+ (`max_bytes`).
+pub fn limit_dirty(mountpoint: &Path, bytes: u64) -> Result<()> {
+    let dir = open_dir(mountpoint)?;
+    let mut info = FsInfo {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        rest: [0; 992],
+    };
+    // SAFETY: `info` is a writable `btrfs_ioctl_fs_info_args`-sized buffer that outlives
+    // the call, and `dir` is an open fd.
+    unsafe { fs_info(dir.as_raw_fd(), &mut info) }
+        .map_err(|e| io_err("BTRFS_IOC_FS_INFO", mountpoint)(e.into()))?;
+    let h: String = info.fsid.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    let bdi = Path::new("/sys/fs/btrfs").join(uuid).join("bdi");
+    for (file, value) in [
+        ("max_bytes", bytes.to_string()),
+        ("strict_limit", "1".into()),
+    ] {
+        let path = bdi.join(file);
+        std::fs::write(&path, value).map_err(io_err("write", &path))?;
+    }
+    Ok(())
+}
 
 /// A name for a new entry directly in `parent`: one component, no NUL.
 fn entry_name<const N: usize>(name: &str) -> Result<[u8; N]> {

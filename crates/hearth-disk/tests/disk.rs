@@ -28,6 +28,27 @@ fn loops_backed_by(image: &Path) -> usize {
         .count()
 }
 
+/// The writeback device (`/sys/fs/btrfs/<fsid>/bdi`) of the btrfs on `image`'s loop device.
+fn bdi_of(image: &Path) -> PathBuf {
+    let loop_name = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .map(|s| Path::new(s.trim()) == image)
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name())
+        .expect("loop device of the image");
+    std::fs::read_dir("/sys/fs/btrfs")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|fs| fs.join("devices").join(&loop_name).exists())
+        .map(|fs| fs.join("bdi"))
+        .expect("btrfs of the loop device")
+}
+
 #[test]
 fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
     let t = tempfile::tempdir().unwrap();
@@ -48,6 +69,15 @@ fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
     mount(&img, &mnt).unwrap();
     let guard = Mounted(mnt.clone());
     assert_eq!(loops_backed_by(&img), 1);
+    // Its dirty page cache is bounded (the node's disk reserve counts on it).
+    let bdi = bdi_of(&img);
+    let read = |f: &str| std::fs::read_to_string(bdi.join(f)).unwrap();
+    let max: u64 = read("max_bytes").trim().parse().unwrap();
+    assert!(
+        max <= hearth_disk::DIRTY_MAX && max > hearth_disk::DIRTY_MAX - (1 << 20),
+        "max_bytes {max}"
+    );
+    assert_eq!(read("strict_limit").trim(), "1");
     create_subvolume(&mnt, "upper").unwrap();
     let upper = mnt.join("upper");
     assert!(is_subvolume(&upper));

@@ -170,6 +170,9 @@ pub struct WorkspaceDetails {
     pub network: Option<NetworkDetails>,
     pub usage: Usage,
     pub egress: EgressDetails,
+    /// Why the node holds the workspace frozen (its disk is under the reserve), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// The egress policy in force for a workspace, as the node applies it.
@@ -232,6 +235,9 @@ pub struct NodeConfig {
     pub snapshots: crate::SnapshotSettings,
     /// Node-wide egress denials and per-workspace connection limits.
     pub egress: EgressConfig,
+    /// Free space to keep on the data dir's filesystem (see `local/guard.rs`); `None` is
+    /// 5 % of it within 1..20 GiB, `Some(0)` turns the guard off.
+    pub disk_reserve: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

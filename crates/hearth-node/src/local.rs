@@ -15,6 +15,7 @@ use hearth_runtime::oci::OciRuntime;
 
 use crate::clone;
 
+mod guard;
 mod inspect;
 mod pull;
 mod snapshot;
@@ -58,6 +59,9 @@ struct Inner {
     /// Per-phase durations of each workspace's last start (for `hearth bench`).
     phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
     snap: snapshot::SnapState,
+    /// Why workspaces are frozen (snapshot, disk reserve).
+    freezes: guard::Freezes,
+    guard: guard::DiskGuard,
 }
 
 /// Records how long each phase of a start took.
@@ -170,6 +174,7 @@ impl LocalNode {
         })
         .map_err(|e| NodeError::Invalid(e.to_string()))?;
         hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let guard = guard::DiskGuard::new(data, cfg.disk_reserve)?;
         let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
         lift_file_max();
         let nofile_hard = raise_nofile_hard();
@@ -184,22 +189,24 @@ impl LocalNode {
         .map_err(|e| NodeError::Internal(format!("write {}: {e}", gitconfig.display())))?;
         std::fs::set_permissions(&gitconfig, std::fs::Permissions::from_mode(0o644))
             .map_err(internal)?;
-        tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), "node ready");
-        Ok(LocalNode {
-            inner: Arc::new(Inner {
-                cfg,
-                images,
-                cgroups,
-                net,
-                runtime,
-                ws_root,
-                agent,
-                gitconfig,
-                nofile_hard,
-                phases: Default::default(),
-                snap: Default::default(),
-            }),
-        })
+        tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), disk_reserve = guard.reserve, "node ready");
+        let inner = Arc::new(Inner {
+            cfg,
+            images,
+            cgroups,
+            net,
+            runtime,
+            ws_root,
+            agent,
+            gitconfig,
+            nofile_hard,
+            phases: Default::default(),
+            snap: Default::default(),
+            freezes: Default::default(),
+            guard,
+        });
+        guard::spawn(Arc::downgrade(&inner));
+        Ok(LocalNode { inner })
     }
 
     /// How long the last snapshot of workspace `id` kept it frozen.
@@ -365,6 +372,7 @@ impl Inner {
         valid_id(&spec.id)?;
         clone::validate_source(&spec.source)?;
         self.images.get(&spec.image).map_err(image_err)?;
+        self.check_reserve("create a workspace")?;
         let p = self.paths(&spec.id);
         if p.dir.exists() {
             return Err(NodeError::Conflict(format!(
@@ -475,6 +483,9 @@ impl Inner {
     fn open_disk(&self, p: &Paths) -> Result<(), NodeError> {
         if !mount::is_mounted(&p.disk).map_err(internal)? {
             hearth_disk::mount(&p.image, &p.disk).map_err(disk_err)?;
+        } else if let Err(e) = hearth_disk::limit_dirty(&p.disk, hearth_disk::DIRTY_MAX) {
+            // Mounted by an older node; the limit only bounds what the reserve must hold.
+            tracing::warn!(disk = %p.disk.display(), "cannot bound its dirty page cache: {e}");
         }
         if !p.upper.is_dir() {
             return Err(NodeError::Internal(format!(
@@ -504,6 +515,8 @@ impl Inner {
                 return self.status(spec);
             }
         }
+        self.check_reserve("start a workspace")?;
+        self.freezes.forget(&spec.id);
         self.migrate_legacy(spec, &p)?;
         // Local data lost (or the workspace moved here): bring back its latest snapshot.
         if !p.image.exists() && (p.dir.exists() || !self.restore_latest(spec)?) {
@@ -647,6 +660,7 @@ impl Inner {
                 if let Err(e) = self.cgroups.thaw(id) {
                     tracing::warn!(%id, "thaw before stop: {e}");
                 }
+                self.freezes.forget(id);
                 // PID 1 (the agent) forwards TERM to everything and exits when done.
                 if let Err(e) = self.runtime.kill(id, "TERM") {
                     tracing::warn!(%id, "TERM: {e}");
@@ -756,6 +770,7 @@ impl Inner {
                 if let Err(e) = self.cgroups.thaw(&spec.id) {
                     tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
                 }
+                self.freezes.forget(&spec.id);
                 // The kernel keeps the rules across our restarts; this repairs a policy
                 // changed while we were down or rules someone flushed.
                 if let Err(e) = self

@@ -223,6 +223,7 @@ impl NodeApi for FakeNode {
                 disk_size: 1 << 30,
                 ..Usage::default()
             },
+            paused: None,
         })
     }
     async fn exec(&self, _: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {

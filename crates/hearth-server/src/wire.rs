@@ -275,6 +275,10 @@ pub struct WorkspaceInspect {
     pub network: Option<NetworkInfo>,
     pub usage: UsageInfo,
     pub egress: EgressInfo,
+    /// Why the node holds the workspace frozen (its disk is under the reserve); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// The outbound policy in force: the workspace's rules, the node's, and the limits.
@@ -362,6 +366,7 @@ impl WorkspaceInspect {
                 disk_bytes: d.usage.disk_bytes,
                 disk_size: d.usage.disk_size,
             },
+            paused: d.paused,
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         agent_binary: args.agent.clone(),
         snapshots: Default::default(),
         egress: Default::default(),
+        disk_reserve: None,
     };
     let node = LocalNode::open(cfg).await?;
     let result = bench(&node, tmp.path(), &args).await;

@@ -55,6 +55,12 @@ pub struct ServerArgs {
     /// Concurrently tracked outbound connections per workspace; more are dropped.
     #[arg(long, default_value_t = ConnLimits::default().max_conns)]
     egress_max_conns: u32,
+    /// Free space to keep on the data dir's filesystem (e.g. 10G; 0 turns it off): below
+    /// it workspaces are not created, started or restored, and running ones whose disk
+    /// grows are frozen until space is freed, so a full host never costs a workspace its
+    /// files. Default: 5% of that filesystem, within 1..20 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, overrides_with = "disk_reserve")]
+    disk_reserve: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,6 +85,8 @@ struct NodeSettings {
     egress_burst: Option<u32>,
     #[serde(default)]
     egress_max_conns: Option<u32>,
+    #[serde(default)]
+    disk_reserve: Option<u64>,
 }
 
 impl Default for NodeSettings {
@@ -95,6 +103,7 @@ impl Default for NodeSettings {
             egress_rate: None,
             egress_burst: None,
             egress_max_conns: None,
+            disk_reserve: None,
         }
     }
 }
@@ -133,6 +142,7 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
             always_deny,
             limits,
         },
+        disk_reserve: s.disk_reserve,
     })
 }
 
@@ -190,6 +200,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         egress_rate: Some(args.egress_rate),
         egress_burst: Some(args.egress_burst),
         egress_max_conns: Some(args.egress_max_conns),
+        disk_reserve: args.disk_reserve,
     };
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)

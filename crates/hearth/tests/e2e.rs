@@ -209,3 +209,29 @@ fn cli_without_server_says_so() {
         "error: cannot reach hearth server at http://127.0.0.1:9: is `hearth server` running?"
     );
 }
+
+/// A node whose disk is under its reserve refuses new workspaces, saying why, and makes
+/// nothing (the reserve is larger than any disk here).
+#[test]
+fn a_node_under_its_disk_reserve_refuses_new_workspaces() {
+    let srv = TestServer::start_with(&["--disk-reserve", "100T"]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "full");
+    let err = srv.fails(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    assert!(
+        err.contains("cannot create a workspace") && err.contains("reserve of 102400.0 GiB"),
+        "{err}"
+    );
+    assert!(err.contains("--disk-reserve"), "{err}");
+    assert!(srv.workspaces().is_empty(), "{:?}", srv.workspaces());
+    let ws = srv.data_dir().join("workspaces");
+    assert_eq!(
+        std::fs::read_dir(&ws).unwrap().count(),
+        0,
+        "made files in {ws:?}"
+    );
+    let err = srv.hearth(&["server", "--disk-reserve", "lots"]);
+    assert_eq!(err.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not a size"));
+}

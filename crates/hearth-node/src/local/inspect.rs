@@ -112,5 +112,6 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         limits: spec.limits,
         network,
         usage,
+        paused: inner.paused_reason(&spec.id),
     })
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth_snapshot::{Key, S3Config, SnapshotError, SnapshotInfo, Store};
 
+use super::guard::Hold;
 use super::{disk_err, internal, mkdir, valid_id, Inner};
 use crate::snap::parse_s3_url;
 use crate::{NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceSpec};
@@ -178,6 +179,10 @@ impl Inner {
                 spec.name
             )));
         }
+        if self.cfg.snapshots.s3.is_none() {
+            // The local store shares the node's disk.
+            self.check_reserve("take a snapshot into the local store")?;
+        }
         self.open_disk(&p)?;
         let store = self.snap_store()?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
@@ -258,6 +263,7 @@ impl Inner {
                 p.dir.display()
             )));
         }
+        self.check_reserve("restore a snapshot")?;
         let store = self.snap_store()?;
         let tmp = self.ws_root.join(format!(".restore-{}", spec.id));
         if tmp.exists() {
@@ -378,14 +384,15 @@ impl FrozenView {
         let t0 = Instant::now();
         if running {
             inner
-                .cgroups
-                .freeze(id)
+                .freezes
+                .hold(&inner.cgroups, id, Hold::Snapshot)
                 .map_err(|e| NodeError::Internal(format!("freeze workspace {id}: {e}")))?;
         }
         let res = hearth_disk::snapshot_readonly(&p.vol, &p.disk, &name);
         if running {
-            // Thaw whatever happened; a failed thaw must not hide the snapshot's outcome.
-            if let Err(e) = inner.cgroups.thaw(id) {
+            // Thaw whatever happened (unless the disk guard holds it too); a failed thaw
+            // must not hide the snapshot's outcome.
+            if let Err(e) = inner.freezes.release(&inner.cgroups, id, Hold::Snapshot) {
                 tracing::error!(id, "thaw after snapshot failed: {e}");
             }
         }

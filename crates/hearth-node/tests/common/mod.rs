@@ -73,6 +73,8 @@ pub async fn env_config(runtime: Option<String>, tweak: impl FnOnce(&mut NodeCon
         agent_binary: agent(),
         snapshots: Default::default(),
         egress: Default::default(),
+        // Small, so tests run on a nearly full CI disk; the guard's own test sets its own.
+        disk_reserve: Some(256 << 20),
     };
     tweak(&mut cfg);
     let node = LocalNode::open(cfg.clone()).await.expect("open node");

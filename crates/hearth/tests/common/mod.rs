@@ -101,6 +101,8 @@ impl TestServer {
             ])
             .arg("--agent")
             .arg(agent_binary())
+            // Small, so tests run on a nearly full CI disk (tests may pass their own).
+            .args(["--disk-reserve", "256M"])
             .args(&self.server_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -1,0 +1,241 @@
+//! The node's disk reserve, and who holds a workspace frozen.
+//!
+//! Workspace disks are sparse images whose sizes may add up to more than the host has. If
+//! the host filesystem filled, a workspace's btrfs would get write errors from its loop
+//! device and go read-only, losing whatever it had not committed. So the node keeps a
+//! reserve of free space: work that grows its disk (create, start, restore, local
+//! snapshots) is refused below it, and a running workspace whose disk grows while free
+//! space is under it is frozen, its processes stopped with nothing lost, until space is
+//! freed. The reserve has to hold what frozen workspaces still write back: each disk's
+//! dirty page cache is bounded ([`hearth_disk::DIRTY_MAX`]) and the check runs every
+//! [`TICK`].
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use hearth_cgroups::{CgroupError, Cgroups};
+
+use super::Inner;
+use crate::NodeError;
+
+/// How often free space is checked: a workspace writing flat out uses about this much
+/// time's worth of its disk bandwidth of the reserve before it is frozen.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+/// Default reserve: this share of the node's filesystem, within [`MIN_RESERVE`, `MAX_RESERVE`].
+const RESERVE_PERCENT: u64 = 5;
+const MIN_RESERVE: u64 = 1 << 30;
+const MAX_RESERVE: u64 = 20 << 30;
+
+/// Why a workspace is frozen. It thaws only when no reason is left, so a snapshot never
+/// thaws a workspace the disk guard froze, nor the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    Snapshot = 1,
+    Disk = 2,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Freezes(Mutex<HashMap<String, u8>>);
+
+impl Freezes {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Freezes `id` for `why` unless it is frozen already. Returns false if the workspace
+    /// has no cgroup to freeze (not running); nothing is recorded then.
+    pub(super) fn hold(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<bool, CgroupError> {
+        let mut m = self.map();
+        let cur = m.get(id).copied().unwrap_or(0);
+        if cur == 0 && !cg.freeze(id)? {
+            return Ok(false);
+        }
+        m.insert(id.to_string(), cur | why as u8);
+        Ok(true)
+    }
+
+    /// Drops `why`; thaws when it was the last reason.
+    pub(super) fn release(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<(), CgroupError> {
+        let mut m = self.map();
+        let Some(cur) = m.get(id).copied() else {
+            return Ok(());
+        };
+        let left = cur & !(why as u8);
+        if left == 0 {
+            m.remove(id);
+            cg.thaw(id)
+        } else {
+            m.insert(id.to_string(), left);
+            Ok(())
+        }
+    }
+
+    /// Forgets `id`, whose processes were thawed or are gone (stop, start, crash recovery).
+    pub(super) fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+
+    pub(super) fn held(&self, id: &str, why: Hold) -> bool {
+        self.map().get(id).is_some_and(|&r| r & why as u8 != 0)
+    }
+
+    fn held_for(&self, why: Hold) -> Vec<String> {
+        self.map()
+            .iter()
+            .filter(|(_, &r)| r & why as u8 != 0)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// Free space the node keeps on its data dir's filesystem.
+#[derive(Debug)]
+pub(super) struct DiskGuard {
+    /// Bytes; 0 turns the guard off.
+    pub(super) reserve: u64,
+    /// Allocated bytes of each workspace's disk image at the last tick.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+/// Bytes an unprivileged writer could still allocate on `dir`'s filesystem. Workspace
+/// images are written by root, but root's extra blocks are no margin to plan on.
+pub(super) fn free_bytes(dir: &Path) -> Result<u64, NodeError> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", dir.display())))?;
+    Ok(st.blocks_available() * st.fragment_size())
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
+}
+
+impl DiskGuard {
+    /// `reserve` as configured, else [`RESERVE_PERCENT`] of the filesystem, clamped.
+    pub(super) fn new(dir: &Path, reserve: Option<u64>) -> Result<Self, NodeError> {
+        let reserve = match reserve {
+            Some(r) => r,
+            None => {
+                let st = nix::sys::statvfs::statvfs(dir)
+                    .map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", dir.display())))?;
+                (st.blocks() * st.fragment_size() / 100 * RESERVE_PERCENT)
+                    .clamp(MIN_RESERVE, MAX_RESERVE)
+            }
+        };
+        Ok(DiskGuard {
+            reserve,
+            seen: Mutex::default(),
+        })
+    }
+}
+
+impl Inner {
+    /// Refuses to `what` (something that takes disk space) while free space is under the
+    /// reserve.
+    pub(super) fn check_reserve(&self, what: &str) -> Result<(), NodeError> {
+        let reserve = self.guard.reserve;
+        if reserve == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(&self.cfg.data_dir)?;
+        if free < reserve {
+            return Err(NodeError::Conflict(format!(
+                "cannot {what}: the node's disk has {} free at {}, under its reserve of {} \
+                 (free space there, or lower the server's --disk-reserve)",
+                gib(free),
+                self.cfg.data_dir.display(),
+                gib(reserve)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Why the node holds `id` frozen, if it does (shown by inspect).
+    pub(super) fn paused_reason(&self, id: &str) -> Option<String> {
+        self.freezes.held(id, Hold::Disk).then(|| {
+            format!(
+                "frozen: the node's disk is under its {} reserve; free space at {} and it resumes",
+                gib(self.guard.reserve),
+                self.cfg.data_dir.display()
+            )
+        })
+    }
+
+    /// One look at free space: freezes workspaces whose disk grew while under the
+    /// reserve, thaws them once free space is a quarter above it again.
+    fn guard_tick(&self) {
+        let reserve = self.guard.reserve;
+        if reserve == 0 {
+            return;
+        }
+        let free = match free_bytes(&self.cfg.data_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("disk guard: {e}");
+                return;
+            }
+        };
+        if free >= reserve + reserve / 4 {
+            for id in self.freezes.held_for(Hold::Disk) {
+                match self.freezes.release(&self.cgroups, &id, Hold::Disk) {
+                    Ok(()) => {
+                        tracing::warn!(%id, free = %gib(free), "node disk has room again: workspace thawed")
+                    }
+                    Err(e) => tracing::error!(%id, "disk guard thaw: {e}"),
+                }
+            }
+        }
+        let now = self.disk_allocations();
+        let mut seen = self.guard.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if free < reserve {
+            for (id, &alloc) in &now {
+                let grew = seen.get(id).is_some_and(|&before| alloc > before);
+                if !grew || self.freezes.held(id, Hold::Disk) {
+                    continue;
+                }
+                match self.freezes.hold(&self.cgroups, id, Hold::Disk) {
+                    Ok(true) => tracing::error!(
+                        %id,
+                        free = %gib(free),
+                        reserve = %gib(reserve),
+                        dir = %self.cfg.data_dir.display(),
+                        "node disk under its reserve: workspace frozen until space is freed"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(%id, "disk guard freeze: {e}"),
+                }
+            }
+        }
+        *seen = now;
+    }
+
+    /// Bytes allocated on the host by each workspace's disk image.
+    fn disk_allocations(&self) -> HashMap<String, u64> {
+        let Ok(rd) = std::fs::read_dir(&self.ws_root) else {
+            return HashMap::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let id = e.file_name().into_string().ok()?;
+                let md = std::fs::symlink_metadata(self.paths(&id).image).ok()?;
+                Some((id, md.blocks() * 512))
+            })
+            .collect()
+    }
+}
+
+/// Runs the guard until the node is dropped.
+pub(super) fn spawn(inner: Weak<Inner>) {
+    let res = std::thread::Builder::new()
+        .name("hearth-disk-guard".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            let Some(i) = inner.upgrade() else { return };
+            i.guard_tick();
+        });
+    if let Err(e) = res {
+        tracing::error!("cannot start the disk guard: {e}");
+    }
+}
