@@ -148,15 +148,27 @@ impl Cgroups {
     /// Creates the workspace group(s) and writes the limits; rewrites them if the group exists.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
         validate_id(id)?;
-        if !(1..=10000).contains(&limits.cpu_weight) {
-            return Err(CgroupError::InvalidLimits {
-                id: id.to_owned(),
-                reason: format!("cpu weight {} outside 1..=10000", limits.cpu_weight),
-            });
-        }
+        check_limits(id, limits)?;
         for dir in self.group_dirs(id) {
             mkdir_all(&dir)?;
         }
+        self.write_limits(id, limits)?;
+        tracing::debug!(id, ?limits, "cgroup created");
+        Ok(())
+    }
+
+    /// Changes the limits of an existing group (a running workspace). Lowering memory
+    /// below what the group uses makes the kernel reclaim first (v1 refuses with EBUSY
+    /// if it cannot).
+    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
+        validate_id(id)?;
+        check_limits(id, limits)?;
+        self.write_limits(id, limits)?;
+        tracing::debug!(id, ?limits, "cgroup limits changed");
+        Ok(())
+    }
+
+    fn write_limits(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
         let unlimited_or = |v: u64, max: &str| {
             if v == 0 {
                 max.to_owned()
@@ -201,7 +213,6 @@ impl Cgroups {
                 }
             }
         }
-        tracing::debug!(id, ?limits, "cgroup created");
         Ok(())
     }
 
@@ -483,6 +494,16 @@ fn weight_to_shares(weight: u64) -> u64 {
 }
 
 /// Ids name directories under the parent, so only a plain charset is allowed (no `/`, `..`).
+fn check_limits(id: &str, limits: &Limits) -> Result<(), CgroupError> {
+    if !(1..=10000).contains(&limits.cpu_weight) {
+        return Err(CgroupError::InvalidLimits {
+            id: id.to_owned(),
+            reason: format!("cpu weight {} outside 1..=10000", limits.cpu_weight),
+        });
+    }
+    Ok(())
+}
+
 pub fn validate_id(id: &str) -> Result<(), CgroupError> {
     let reason = if id.is_empty() {
         Some("empty")

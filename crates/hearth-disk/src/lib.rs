@@ -40,6 +40,8 @@ pub enum DiskError {
     Command { cmd: String, stderr: String },
     #[error("invalid subvolume name {0:?}")]
     Name(String),
+    #[error("disks only grow: {size} bytes is less than the current {current}")]
+    Shrink { size: u64, current: u64 },
 }
 
 type Result<T> = std::result::Result<T, DiskError>;
@@ -194,6 +196,66 @@ nix::ioctl_write_ptr!(subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
 nix::ioctl_write_ptr!(snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
 nix::ioctl_write_ptr!(snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
 nix::ioctl_read!(fs_info, BTRFS_IOCTL_MAGIC, 31, FsInfo);
+nix::ioctl_write_ptr!(btrfs_resize, BTRFS_IOCTL_MAGIC, 3, VolArgs);
+// LOOP_SET_CAPACITY takes no argument.
+nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
+
+/// Grows the disk `image`, mounted at `mountpoint`, to `size` bytes while it is in use:
+/// the file is extended (sparse), its loop device told, then btrfs resized to fill it.
+/// Disks never shrink (a smaller `size` is an error, not a no-op). Crash-safe: each step
+/// leaves a usable disk, and repeating the call finishes the job.
+pub fn grow(image: &Path, mountpoint: &Path, size: u64) -> Result<()> {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        return Err(DiskError::Size { size });
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(io_err("open", image))?;
+    let len = f.metadata().map_err(io_err("stat", image))?.len();
+    if size < len {
+        return Err(DiskError::Shrink { size, current: len });
+    }
+    f.set_len(size).map_err(io_err("truncate", image))?;
+    drop(f);
+    let dev = loop_device_of(image)?;
+    let loopf = OpenOptions::new()
+        .read(true)
+        .open(&dev)
+        .map_err(io_err("open", &dev))?;
+    // SAFETY: LOOP_SET_CAPACITY takes no argument; `loopf` is an open loop device.
+    unsafe { loop_set_capacity(loopf.as_raw_fd()) }
+        .map_err(|e| io_err("LOOP_SET_CAPACITY", &dev)(e.into()))?;
+    let dir = open_dir(mountpoint)?;
+    let args = VolArgs {
+        fd: 0,
+        name: entry_name("max")?,
+    };
+    // SAFETY: `args` is a fully initialised `btrfs_ioctl_vol_args` naming the new size
+    // ("max": all of the device) that outlives the call.
+    unsafe { btrfs_resize(dir.as_raw_fd(), &args) }
+        .map_err(|e| io_err("BTRFS_IOC_RESIZE", mountpoint)(e.into()))?;
+    Ok(())
+}
+
+/// The loop device (`/dev/loopN`) whose backing file is `image`.
+fn loop_device_of(image: &Path) -> Result<PathBuf> {
+    let want = image.canonicalize().map_err(io_err("resolve", image))?;
+    let rd = std::fs::read_dir("/sys/block").map_err(io_err("read", Path::new("/sys/block")))?;
+    for e in rd.flatten() {
+        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(backing.trim()) == want {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    Err(DiskError::Io {
+        op: "find the loop device of",
+        path: image.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
 
 /// `struct btrfs_ioctl_fs_info_args` (1024 bytes; we read only `fsid`).
 #[repr(C)]

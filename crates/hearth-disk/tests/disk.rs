@@ -117,6 +117,34 @@ fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     assert!(written > 100 << 20, "only {written} bytes fit");
     drop(f);
+
+    // Grown while mounted and full: the same file takes 300 MiB more, what it held stays.
+    assert!(matches!(
+        hearth_disk::grow(&img, &mnt, 280 << 20),
+        Err(hearth_disk::DiskError::Shrink { .. })
+    ));
+    hearth_disk::grow(&img, &mnt, 600 << 20).unwrap();
+    let grown = usage(&mnt).unwrap();
+    assert!(grown.size > before.size + (250 << 20), "{grown:?}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 600 << 20);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(upper.join("fill"))
+        .unwrap();
+    {
+        use std::io::Write;
+        for _ in 0..200 {
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_data().unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(upper.join("fill")).unwrap().len(),
+        written + (200 << 20)
+    );
+    drop(f);
+    // Growing to the current size again is harmless (a retry after a crash).
+    hearth_disk::grow(&img, &mnt, 600 << 20).unwrap();
     std::fs::remove_file(upper.join("fill")).unwrap();
 
     drop(guard);

@@ -288,6 +288,9 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Applies `spec.egress` to the workspace's network now, if it has one (it is applied
     /// on every start anyway). Atomic: on error the previous policy stays in force.
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
+    /// Applies `spec.limits` now: grows the disk (never shrinks it) and changes the cgroup
+    /// limits of a running workspace (a stopped one gets them at its next start).
+    async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     /// Host resources and current usage; takes a short CPU sample while running.
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError>;
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;

@@ -234,6 +234,14 @@ impl LocalNode {
     }
 }
 
+fn cgroup_limits(spec: &WorkspaceSpec) -> hearth_cgroups::Limits {
+    hearth_cgroups::Limits {
+        memory_bytes: spec.limits.memory_bytes,
+        pids: spec.limits.pids,
+        cpu_weight: spec.limits.cpu_weight,
+    }
+}
+
 /// Raises fs.file-max to the kernel's maximum (as systemd does at boot). The default,
 /// about RAM/10 KiB, is one table for the whole host: a workspace opening files within
 /// its memory limit could fill it, and then every other workspace gets ENFILE. Lifted,
@@ -545,12 +553,9 @@ impl Inner {
     fn start_inner(&self, spec: &WorkspaceSpec, image: &Image, p: &Paths) -> Result<(), NodeError> {
         let id = &spec.id;
         let mut ph = Phases::new();
-        let limits = hearth_cgroups::Limits {
-            memory_bytes: spec.limits.memory_bytes,
-            pids: spec.limits.pids,
-            cpu_weight: spec.limits.cpu_weight,
-        };
-        self.cgroups.create(id, &limits).map_err(internal)?;
+        self.cgroups
+            .create(id, &cgroup_limits(spec))
+            .map_err(internal)?;
         ph.mark("cgroups");
         let wnet = self.net.ensure(id, spec.slot).map_err(internal)?;
         // Before the container exists, so it never runs without its deny rules.
@@ -624,6 +629,50 @@ impl Inner {
         tracing::debug!(%id, phases = ?ph.done, "start phases");
         if let Ok(mut m) = self.phases.lock() {
             m.insert(id.clone(), ph.done);
+        }
+        Ok(())
+    }
+
+    fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        valid_id(&spec.id)?;
+        let p = self.paths(&spec.id);
+        let len = match std::fs::metadata(&p.image) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotFound(format!(
+                    "workspace {} has no data on this node",
+                    spec.name
+                )))
+            }
+            Err(e) => return Err(internal(format!("stat {}: {e}", p.image.display()))),
+        };
+        let want = spec.limits.disk_bytes;
+        if want < len {
+            return Err(NodeError::Invalid(format!(
+                "disks only grow: workspace {} has {len} bytes, asked for {want}",
+                spec.name
+            )));
+        }
+        if want > len {
+            self.open_disk(&p)?;
+            hearth_disk::grow(&p.image, &p.disk, want).map_err(disk_err)?;
+            tracing::info!(id = %spec.id, from = len, to = want, "disk grown");
+        }
+        if self.status(spec)?.state == RunState::Running {
+            self.cgroups
+                .set_limits(&spec.id, &cgroup_limits(spec))
+                .map_err(|e| match e {
+                    // v1 refuses a memory limit below what it cannot reclaim.
+                    hearth_cgroups::CgroupError::Io { ref source, .. }
+                        if source.raw_os_error() == Some(libc::EBUSY) =>
+                    {
+                        NodeError::Conflict(format!(
+                            "workspace {} uses more memory than {} bytes and the kernel                              could not reclaim it: stop something inside or pick more",
+                            spec.name, spec.limits.memory_bytes
+                        ))
+                    }
+                    e => internal(e),
+                })?;
         }
         Ok(())
     }
@@ -984,6 +1033,11 @@ impl NodeApi for LocalNode {
             Ok(())
         })
         .await
+    }
+
+    async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.set_limits(&spec)).await
     }
 
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<crate::WorkspaceDetails, NodeError> {

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use hearth_node::{ExecRequest, WorkspaceSpec};
@@ -99,7 +99,7 @@ impl Modify for BearerAuth {
     paths(
         health, openapi_json, list_images, load_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
-        remove_workspace, workspace_logs, exec_workspace, set_egress,
+        remove_workspace, workspace_logs, exec_workspace, set_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/stop", post(stop_workspace))
         .route("/v1/workspaces/{name}/logs", get(workspace_logs))
         .route("/v1/workspaces/{name}/egress", put(set_egress))
+        .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -281,6 +282,21 @@ async fn set_egress(
     ApiJson(req): ApiJson<Egress>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.set_egress(&name, req).await?))
+}
+
+/// Changes the limits the request names and keeps the others: memory, pids and CPU weight
+/// apply at once to a running workspace (else at its next start); the disk grows in place,
+/// running or not, and never shrinks.
+#[utoipa::path(patch, path = "/v1/workspaces/{name}/limits", params(("name" = String, Path)),
+    request_body = LimitsRequest,
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_limits(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<LimitsRequest>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.set_limits(&name, req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path)),

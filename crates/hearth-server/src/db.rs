@@ -270,6 +270,21 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), StoreError> {
+        let limits = serde_json::to_string(&spec.limits).map_err(|e| StoreError::Corrupt {
+            id: spec.id.clone(),
+            message: format!("limits: {e}"),
+        })?;
+        sqlx::query("UPDATE workspaces SET limits = $1, updated_at = $2 WHERE id = $3")
+            .bind(limits)
+            .bind(now())
+            .bind(&spec.id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(&spec.id))?;
+        Ok(())
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM workspaces WHERE id = $1")
             .bind(id)

@@ -18,7 +18,8 @@ use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
 use crate::wire::{
-    CreateWorkspace, Egress, Image, PullImage, Workspace, WorkspaceInspect, WorkspaceState,
+    CreateWorkspace, Egress, Image, LimitsRequest, PullImage, Workspace, WorkspaceInspect,
+    WorkspaceState,
 };
 
 mod snapshots;
@@ -462,6 +463,37 @@ impl Manager {
             return Err(e);
         }
         tracing::info!(workspace = name, deny = ?spec.egress.deny_strings(), "egress policy replaced");
+        self.get(name).await
+    }
+
+    /// Changes the fields of the workspace's limits that `req` sets, live where the node
+    /// can (disk growth, cgroup limits of a running workspace). Disks never shrink.
+    pub async fn set_limits(&self, name: &str, req: LimitsRequest) -> Result<Workspace, ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if rec.state.is_transitional() {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is {}; try again when it is done",
+                rec.state
+            )));
+        }
+        let limits = req.apply_to(rec.spec.limits).map_err(ApiError::invalid)?;
+        if limits.disk_bytes < rec.spec.limits.disk_bytes {
+            return Err(ApiError::invalid(format!(
+                "disks only grow: workspace {name} has {} bytes, asked for {}",
+                rec.spec.limits.disk_bytes, limits.disk_bytes
+            )));
+        }
+        let mut spec = rec.spec.clone();
+        spec.limits = limits;
+        // Node first: a disk that grew is bigger whatever the database says, and a failed
+        // change leaves the old limits recorded and in force.
+        self.node
+            .set_limits(&spec)
+            .await
+            .map_err(|e| node_err("set_limits", name, e))?;
+        self.store.set_limits(&spec).await?;
+        tracing::info!(workspace = name, limits = ?spec.limits, "limits changed");
         self.get(name).await
     }
 

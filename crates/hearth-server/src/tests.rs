@@ -179,6 +179,9 @@ impl NodeApi for FakeNode {
             },
         })
     }
+    async fn set_limits(&self, _: &WorkspaceSpec) -> Result<(), NodeError> {
+        Ok(())
+    }
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let mut st = self.st();
         if st.fail_egress {

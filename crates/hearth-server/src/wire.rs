@@ -106,8 +106,8 @@ pub struct Egress {
     pub deny: Vec<String>,
 }
 
-/// Limits asked for at create. The disk size is fixed from then on.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// Limits asked for at create (absent: the default) or in an update (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
     /// Memory limit in bytes (at least 64 MiB).
@@ -127,7 +127,12 @@ pub struct LimitsRequest {
 impl LimitsRequest {
     /// The limits to use, or what is wrong with the request.
     pub fn resolve(&self) -> Result<Limits, String> {
-        let d = Limits::default();
+        self.apply_to(Limits::default())
+    }
+
+    /// `current` with the fields this request sets replaced, or what is wrong with it.
+    pub fn apply_to(&self, current: Limits) -> Result<Limits, String> {
+        let d = current;
         let check = |what: &str, v: Option<u64>, lo: u64, hi: u64, def: u64| match v {
             None => Ok(def),
             Some(v) if (lo..=hi).contains(&v) => Ok(v),

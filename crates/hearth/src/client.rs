@@ -262,6 +262,21 @@ impl Client {
         Ok(())
     }
 
+    pub async fn update(&self, name: &str, req: &LimitsRequest) -> anyhow::Result<()> {
+        let w: Workspace = self
+            .send(
+                self.http
+                    .patch(self.url(&format!("/v1/workspaces/{}/limits", enc(name))))
+                    .json(req),
+            )
+            .await?
+            .json()
+            .await
+            .context("cannot parse server reply")?;
+        println!("{}: {}", w.name, render_limits(&w.limits));
+        Ok(())
+    }
+
     /// Shows the policy when `change` is empty, else edits the deny list and replaces it
     /// on the server (which validates and applies it).
     pub async fn egress(
@@ -548,6 +563,16 @@ connections: {} new/s (burst {}), {} at once
     )
 }
 
+fn render_limits(l: &hearth_server::wire::WorkspaceLimits) -> String {
+    format!(
+        "memory {}, disk {}, pids {}, cpu weight {}",
+        human_size(l.memory_bytes),
+        human_size(l.disk_bytes),
+        l.pids,
+        l.cpu_weight
+    )
+}
+
 fn render_inspect(i: &WorkspaceInspect) -> String {
     let w = &i.workspace;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -568,18 +593,13 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
             format!("{}..{} (host)", i.uid_range.first, i.uid_range.last),
         ),
         ("pid", opt(i.pid.map(|p| p.to_string()))),
-        (
-            "limits",
-            format!(
-                "memory {}, pids {}, cpu weight {}",
-                human_size(w.limits.memory_bytes),
-                w.limits.pids,
-                w.limits.cpu_weight
-            ),
-        ),
+        ("limits", render_limits(&w.limits)),
     ];
     if let Some(e) = &w.error {
         rows.push(("error", e.clone()));
+    }
+    if let Some(p) = &i.paused {
+        rows.push(("paused", p.clone()));
     }
     match &i.network {
         Some(n) => {

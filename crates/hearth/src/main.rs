@@ -52,22 +52,21 @@ enum Cmd {
         /// Workspace name (default: the repository's name).
         #[arg(long)]
         name: Option<String>,
-        /// Memory limit, e.g. 8G (default 4G).
-        #[arg(long, value_parser = parse_size)]
-        memory: Option<u64>,
-        /// Size of the workspace's disk, e.g. 50G (default 20G); fixed at create.
-        #[arg(long, value_parser = parse_size)]
-        disk: Option<u64>,
-        /// Maximum processes and threads (default 4096).
-        #[arg(long)]
-        pids: Option<u64>,
-        /// CPU weight against other workspaces, 1..10000 (default 100).
-        #[arg(long)]
-        cpu_weight: Option<u64>,
+        #[command(flatten)]
+        limits: LimitFlags,
         /// Deny outbound traffic to RULE: CIDR[:PORT[-PORT][/tcp|/udp]], e.g. 10.0.0.0/8 or
         /// 192.0.2.7:5432/tcp (repeatable; everything else is allowed).
         #[arg(long = "deny-egress", value_name = "RULE")]
         deny_egress: Vec<String>,
+    },
+    /// Change a workspace's limits; the ones not given stay.
+    ///
+    /// Memory, pids and CPU weight apply at once to a running workspace; the disk grows in
+    /// place (running or not) and never shrinks.
+    Update {
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Show or change a workspace's outbound policy (applied at once while it runs).
     ///
@@ -304,28 +303,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             source,
             image,
             name,
-            memory,
-            disk,
-            pids,
-            cpu_weight,
+            limits,
             deny_egress,
         } => {
-            let limits = hearth_server::wire::LimitsRequest {
-                memory_bytes: *memory,
-                pids: *pids,
-                cpu_weight: *cpu_weight,
-                disk_bytes: *disk,
-            };
             client()?
                 .up(
                     source,
                     image.clone(),
                     name.clone(),
-                    limits,
+                    limits.request(),
                     deny_egress.clone(),
                 )
                 .await?;
             Ok(0)
+        }
+        Cmd::Update { name, limits } => {
+            let req = limits.request();
+            if req == hearth_server::wire::LimitsRequest::default() {
+                anyhow::bail!(
+                    "nothing to change: give --memory, --disk, --pids or --cpu-weight \
+                     (hearth inspect {name} shows the current limits)"
+                );
+            }
+            client()?.update(name, &req).await.map(|()| 0)
         }
         Cmd::Egress {
             name,
@@ -471,6 +471,35 @@ mod tests {
     #[test]
     fn errors_are_one_line() {
         assert_eq!(one_line("a\n  b: c\n"), "a b: c");
+    }
+}
+
+/// Limits a workspace is made or updated with; an absent flag means the default (up) or
+/// the current value (update).
+#[derive(clap::Args, Debug)]
+struct LimitFlags {
+    /// Memory limit, e.g. 8G (default 4G).
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Size of the workspace's disk, e.g. 50G (default 20G); it can grow later, not shrink.
+    #[arg(long, value_parser = parse_size)]
+    disk: Option<u64>,
+    /// Maximum processes and threads (default 4096).
+    #[arg(long)]
+    pids: Option<u64>,
+    /// CPU weight against other workspaces, 1..10000 (default 100).
+    #[arg(long)]
+    cpu_weight: Option<u64>,
+}
+
+impl LimitFlags {
+    fn request(&self) -> hearth_server::wire::LimitsRequest {
+        hearth_server::wire::LimitsRequest {
+            memory_bytes: self.memory,
+            pids: self.pids,
+            cpu_weight: self.cpu_weight,
+            disk_bytes: self.disk,
+        }
     }
 }
 

@@ -209,3 +209,105 @@ fn pulls_from_a_registry_on_the_cli_and_on_up() {
     assert_eq!(dirs.len(), 1, "a failed up left files: {dirs:?}");
     srv.ok(&["rm", "pulled"]);
 }
+
+/// KiB of the root filesystem as `df` sees it inside the workspace.
+fn df_kib(srv: &TestServer, name: &str) -> u64 {
+    let df = srv.exec(name, &["df", "-k", "/"]);
+    df.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("df: {df}"))
+}
+
+/// The value of the first of `files` found in the workspace's group of the hierarchy whose
+/// path contains `controller` (v1), else in the unified group (v2).
+fn cgroup_value(i: &serde_json::Value, controller: &str, files: &[&str]) -> String {
+    let dirs: Vec<&str> = i["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    let has = |d: &&&str| files.iter().any(|f| Path::new(d).join(f).exists());
+    let dir = dirs
+        .iter()
+        .find(|d| d.contains(&format!("/{controller}/")) && has(d))
+        .or_else(|| dirs.iter().find(|d| has(d)))
+        .unwrap_or_else(|| panic!("none of {files:?} in {dirs:?}"));
+    let file = files
+        .iter()
+        .find(|f| Path::new(dir).join(f).exists())
+        .unwrap_or(&files[0]);
+    std::fs::read_to_string(Path::new(dir).join(file))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn update_changes_limits_live_and_grows_the_disk_in_place() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "grow");
+    srv.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--disk",
+        "512M",
+        "--memory",
+        "256M",
+    ]);
+    srv.exec("grow", &["sh", "-c", "echo kept > /workspace/kept"]);
+    let pid = inspect(&srv, "grow")["pid"].as_u64().unwrap();
+    let small = df_kib(&srv, "grow");
+    assert!(small <= 512 << 10, "{small} KiB");
+
+    // Running: the disk grows under the workspace, memory changes at once.
+    let out = srv.ok(&["update", "grow", "--disk", "1G", "--memory", "512M"]);
+    assert!(out.contains("disk 1.0 GiB"), "{out}");
+    let i = inspect(&srv, "grow");
+    assert_eq!(
+        i["pid"].as_u64(),
+        Some(pid),
+        "the workspace was not restarted"
+    );
+    assert_eq!(i["workspace"]["limits"]["disk_bytes"], 1u64 << 30);
+    assert_eq!(i["workspace"]["limits"]["memory_bytes"], 512u64 << 20);
+    let memory = cgroup_value(&i, "memory", &["memory.limit_in_bytes", "memory.max"]);
+    assert_eq!(memory, (512u64 << 20).to_string());
+    let grown = df_kib(&srv, "grow");
+    assert!(grown > small + (400 << 10), "{small} -> {grown} KiB");
+    // The new space is usable: more than the old disk held.
+    srv.exec(
+        "grow",
+        &["dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=600"],
+    );
+    assert_eq!(srv.exec("grow", &["cat", "/workspace/kept"]), "kept\n");
+
+    // Refused with a reason, nothing changed.
+    let err = srv.fails(&["update", "grow", "--disk", "600M"]);
+    assert!(err.contains("disks only grow"), "{err}");
+    let err = srv.fails(&["update", "grow", "--pids", "3"]);
+    assert!(err.contains("pids 3 is out of range"), "{err}");
+    let err = srv.fails(&["update", "grow"]);
+    assert!(err.contains("nothing to change"), "{err}");
+    let err = srv.fails(&["update", "nosuch", "--pids", "100"]);
+    assert!(err.contains("not found"), "{err}");
+    let i = inspect(&srv, "grow");
+    assert_eq!(i["workspace"]["limits"]["disk_bytes"], 1u64 << 30);
+    assert_eq!(i["workspace"]["limits"]["pids"], 4096);
+
+    // Stopped: the disk grows now, the cgroup limits apply at the next start.
+    srv.ok(&["stop", "grow"]);
+    srv.ok(&["update", "grow", "--disk", "2G", "--pids", "100"]);
+    srv.ok(&["start", "grow"]);
+    let i = inspect(&srv, "grow");
+    assert_eq!(cgroup_value(&i, "pids", &["pids.max"]), "100");
+    assert!(df_kib(&srv, "grow") > 3 << 19, "disk did not reach ~2 GiB");
+    assert_eq!(srv.exec("grow", &["cat", "/workspace/kept"]), "kept\n");
+    srv.ok(&["rm", "grow"]);
+}
