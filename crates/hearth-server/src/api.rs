@@ -99,7 +99,7 @@ impl Modify for BearerAuth {
     paths(
         health, openapi_json, list_images, load_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
-        remove_workspace, workspace_logs, exec_workspace, set_egress, set_limits,
+        remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
@@ -136,7 +136,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/start", post(start_workspace))
         .route("/v1/workspaces/{name}/stop", post(stop_workspace))
         .route("/v1/workspaces/{name}/logs", get(workspace_logs))
-        .route("/v1/workspaces/{name}/egress", put(set_egress))
+        .route(
+            "/v1/workspaces/{name}/egress",
+            put(set_egress).patch(edit_egress),
+        )
         .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
@@ -282,6 +285,20 @@ async fn set_egress(
     ApiJson(req): ApiJson<Egress>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.set_egress(&name, req).await?))
+}
+
+/// Edits the deny list (add, remove, clear) atomically on the server, so concurrent edits
+/// never lose one another; applied at once like `PUT`. Invalid rules change nothing.
+#[utoipa::path(patch, path = "/v1/workspaces/{name}/egress", params(("name" = String, Path)),
+    request_body = EgressEdit,
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn edit_egress(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<EgressEdit>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.edit_egress(&name, req).await?))
 }
 
 /// Changes the limits the request names and keeps the others: memory, pids and CPU weight

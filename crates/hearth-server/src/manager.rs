@@ -18,8 +18,8 @@ use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
 use crate::wire::{
-    CreateWorkspace, Egress, Image, LimitsRequest, PullImage, Workspace, WorkspaceInspect,
-    WorkspaceState,
+    CreateWorkspace, Egress, EgressEdit, Image, LimitsRequest, PullImage, Workspace,
+    WorkspaceInspect, WorkspaceState,
 };
 
 mod snapshots;
@@ -444,6 +444,25 @@ impl Manager {
     /// a failed apply puts the old policy back.
     pub async fn set_egress(&self, name: &str, req: Egress) -> Result<Workspace, ApiError> {
         let policy = egress_policy(req)?;
+        self.change_egress(name, |_| Ok(policy)).await
+    }
+
+    /// Edits the deny list under the workspace's lock: two edits at once both land.
+    pub async fn edit_egress(&self, name: &str, edit: EgressEdit) -> Result<Workspace, ApiError> {
+        self.change_egress(name, |current| {
+            let deny = edit
+                .apply(&current.deny_strings())
+                .map_err(ApiError::invalid)?;
+            egress_policy(Egress { deny })
+        })
+        .await
+    }
+
+    async fn change_egress(
+        &self,
+        name: &str,
+        policy: impl FnOnce(&EgressPolicy) -> Result<EgressPolicy, ApiError>,
+    ) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.record(name).await?;
         if rec.state.is_transitional() {
@@ -452,6 +471,7 @@ impl Manager {
                 rec.state
             )));
         }
+        let policy = policy(&rec.spec.egress)?;
         let mut spec = rec.spec.clone();
         spec.egress = policy;
         self.store.set_egress(&spec).await?;

@@ -106,6 +106,53 @@ pub struct Egress {
     pub deny: Vec<String>,
 }
 
+/// Body of `PATCH /v1/workspaces/{name}/egress`: an edit of the deny list, applied by the
+/// server under the workspace's lock so concurrent edits never lose one another.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEdit {
+    /// Rules to add.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Rules to remove (each must be in the list, compared in canonical form).
+    #[serde(default)]
+    pub undeny: Vec<String>,
+    /// Clear the list first (then add `deny`).
+    #[serde(default)]
+    pub allow_all: bool,
+}
+
+impl EgressEdit {
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.undeny.is_empty() && !self.allow_all
+    }
+
+    /// The new list from `current`; added rules are kept as given, so a parse error
+    /// names them as the user typed them.
+    pub fn apply(&self, current: &[String]) -> Result<Vec<String>, String> {
+        let canon = |r: &str| -> Result<String, String> {
+            r.parse::<hearth_node::EgressRule>()
+                .map(|r| r.to_string())
+                .map_err(|e| e.to_string())
+        };
+        let mut out: Vec<String> = if self.allow_all {
+            Vec::new()
+        } else {
+            current.to_vec()
+        };
+        for r in &self.undeny {
+            let c = canon(r)?;
+            let before = out.len();
+            out.retain(|x| canon(x).map_or(true, |x| x != c));
+            if before == out.len() && !self.allow_all {
+                return Err(format!("{c} is not in the deny list of this workspace"));
+            }
+        }
+        out.extend(self.deny.iter().cloned());
+        Ok(out)
+    }
+}
+
 /// Limits asked for at create (absent: the default) or in an update (absent: unchanged).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -553,6 +600,37 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_edits_change_the_list() {
+        let cur = vec!["10.0.0.0/8".to_string(), "192.0.2.7/32".to_string()];
+        let ch = EgressEdit {
+            deny: vec!["198.51.100.0/24".into()],
+            undeny: vec!["192.0.2.7".into()],
+            allow_all: false,
+        };
+        assert_eq!(
+            ch.apply(&cur).unwrap(),
+            vec!["10.0.0.0/8", "198.51.100.0/24"]
+        );
+        let all = EgressEdit {
+            allow_all: true,
+            ..Default::default()
+        };
+        assert!(all.apply(&cur).unwrap().is_empty());
+        let missing = EgressEdit {
+            undeny: vec!["1.2.3.4".into()],
+            ..Default::default()
+        };
+        let e = missing.apply(&cur).unwrap_err();
+        assert!(e.contains("1.2.3.4/32 is not in the deny list"), "{e}");
+        let bad = EgressEdit {
+            undeny: vec!["1.2.3.4/40".into()],
+            ..Default::default()
+        };
+        assert!(bad.apply(&cur).unwrap_err().contains("prefix length"));
+        assert!(EgressEdit::default().is_empty());
+    }
 
     #[test]
     fn client_frames_round_trip() {

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
 use hearth_server::wire::{
-    CreateWorkspace, Egress, EgressInfo, ErrorBody, Image, LimitsRequest, LoadImage, PullImage,
-    StreamLine, Workspace, WorkspaceInspect,
+    CreateWorkspace, Egress, EgressEdit, EgressInfo, ErrorBody, Image, LimitsRequest, LoadImage,
+    PullImage, StreamLine, Workspace, WorkspaceInspect,
 };
 use hearth_server::{ServerInfo, SERVER_FILE, TOKEN_FILE};
 use serde::de::DeserializeOwned;
@@ -279,12 +279,7 @@ impl Client {
 
     /// Shows the policy when `change` is empty, else edits the deny list and replaces it
     /// on the server (which validates and applies it).
-    pub async fn egress(
-        &self,
-        name: &str,
-        change: &EgressChange,
-        json: bool,
-    ) -> anyhow::Result<()> {
+    pub async fn egress(&self, name: &str, change: &EgressEdit, json: bool) -> anyhow::Result<()> {
         let path = format!("/v1/workspaces/{}", enc(name));
         if change.is_empty() {
             let i: WorkspaceInspect = self.get(&format!("{path}/inspect")).await?;
@@ -295,13 +290,12 @@ impl Client {
             }
             return Ok(());
         }
-        let w: Workspace = self.get(&path).await?;
-        let deny = change.apply(&w.egress.deny)?;
+        // The server applies the edit under the workspace's lock: concurrent edits all land.
         let w: Workspace = self
             .send(
                 self.http
-                    .put(self.url(&format!("{path}/egress")))
-                    .json(&Egress { deny }),
+                    .patch(self.url(&format!("{path}/egress")))
+                    .json(change),
             )
             .await?
             .json()
@@ -508,43 +502,6 @@ impl ProgressView {
     }
 }
 
-/// Edits to a workspace's deny list, from `hearth egress` flags.
-#[derive(Debug, Default)]
-pub struct EgressChange {
-    pub deny: Vec<String>,
-    pub undeny: Vec<String>,
-    pub allow_all: bool,
-}
-
-impl EgressChange {
-    fn is_empty(&self) -> bool {
-        self.deny.is_empty() && self.undeny.is_empty() && !self.allow_all
-    }
-
-    /// The new list from the current one; rules are compared in canonical form, and
-    /// `--deny` rules are sent as typed so the server's error names them as given.
-    fn apply(&self, current: &[String]) -> anyhow::Result<Vec<String>> {
-        let canon = |r: &str| -> anyhow::Result<String> {
-            Ok(r.parse::<hearth_node::EgressRule>()?.to_string())
-        };
-        let mut out: Vec<String> = if self.allow_all {
-            Vec::new()
-        } else {
-            current.to_vec()
-        };
-        for r in &self.undeny {
-            let c = canon(r)?;
-            let before = out.len();
-            out.retain(|x| canon(x).map_or(true, |x| x != c));
-            if before == out.len() && !self.allow_all {
-                bail!("{c} is not in the deny list of this workspace");
-            }
-        }
-        out.extend(self.deny.iter().cloned());
-        Ok(out)
-    }
-}
-
 fn render_egress(e: &EgressInfo) -> String {
     let deny = if e.deny.is_empty() {
         "- (everything else allowed)".to_string()
@@ -743,41 +700,6 @@ mod tests {
         assert_eq!(v.finish(), "");
         assert_eq!(blob_key(a1), Some("layer 1/2 sha256:aaaa"));
         assert_eq!(blob_key("cloning /x"), None);
-    }
-
-    #[test]
-    fn egress_changes_edit_the_list() {
-        let cur = vec!["10.0.0.0/8".to_string(), "192.0.2.7/32".to_string()];
-        let ch = EgressChange {
-            deny: vec!["198.51.100.0/24".into()],
-            undeny: vec!["192.0.2.7".into()],
-            allow_all: false,
-        };
-        assert_eq!(
-            ch.apply(&cur).unwrap(),
-            vec!["10.0.0.0/8", "198.51.100.0/24"]
-        );
-        let all = EgressChange {
-            allow_all: true,
-            ..Default::default()
-        };
-        assert!(all.apply(&cur).unwrap().is_empty());
-        let missing = EgressChange {
-            undeny: vec!["1.2.3.4".into()],
-            ..Default::default()
-        };
-        let e = missing.apply(&cur).unwrap_err().to_string();
-        assert!(e.contains("1.2.3.4/32 is not in the deny list"), "{e}");
-        let bad = EgressChange {
-            undeny: vec!["1.2.3.4/40".into()],
-            ..Default::default()
-        };
-        assert!(bad
-            .apply(&cur)
-            .unwrap_err()
-            .to_string()
-            .contains("prefix length"));
-        assert!(EgressChange::default().is_empty());
     }
 
     #[test]

@@ -334,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             allow_all,
             json,
         } => {
-            let change = client::EgressChange {
+            let change = hearth_server::wire::EgressEdit {
                 deny: deny.clone(),
                 undeny: undeny.clone(),
                 allow_all: *allow_all,

@@ -170,6 +170,26 @@ fn egress_flags_command_and_persistence() {
     assert_eq!(deny_list(&srv), before);
     assert!(!reaches(&srv, "w", two, port));
 
+    // Edits from several clients at once all land (the server edits under a lock).
+    let added: Vec<String> = (0..8).map(|i| format!("10.77.{i}.0/24")).collect();
+    std::thread::scope(|s| {
+        for r in &added {
+            let srv = &srv;
+            s.spawn(move || srv.ok(&["egress", "w", "--deny", r]));
+        }
+    });
+    let now = deny_list(&srv);
+    for r in &added {
+        assert!(now.contains(r), "{r} lost: {now:?}");
+    }
+    std::thread::scope(|s| {
+        for r in &added {
+            let srv = &srv;
+            s.spawn(move || srv.ok(&["egress", "w", "--undeny", r]));
+        }
+    });
+    assert_eq!(deny_list(&srv), before);
+
     // Kept over stop/start and a server crash + restart, and in force afterwards.
     srv.ok(&["stop", "w"]);
     srv.ok(&["start", "w"]);
