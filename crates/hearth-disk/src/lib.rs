@@ -218,7 +218,7 @@ pub fn grow(image: &Path, mountpoint: &Path, size: u64) -> Result<()> {
     }
     f.set_len(size).map_err(io_err("truncate", image))?;
     drop(f);
-    let dev = loop_device_of(image)?;
+    let dev = loop_device_of(image, mountpoint)?;
     let loopf = OpenOptions::new()
         .read(true)
         .open(&dev)
@@ -238,22 +238,30 @@ pub fn grow(image: &Path, mountpoint: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// The loop device (`/dev/loopN`) whose backing file is `image`.
-fn loop_device_of(image: &Path) -> Result<PathBuf> {
+/// The loop device (`/dev/loopN`) the btrfs at `mountpoint` sits on, checked to be backed
+/// by `image` (a stale loop device of the same file is never the one resized).
+fn loop_device_of(image: &Path, mountpoint: &Path) -> Result<PathBuf> {
+    let devices = sysfs_dir(mountpoint)?.join("devices");
     let want = image.canonicalize().map_err(io_err("resolve", image))?;
-    let rd = std::fs::read_dir("/sys/block").map_err(io_err("read", Path::new("/sys/block")))?;
+    let rd = std::fs::read_dir(&devices).map_err(io_err("read", &devices))?;
     for e in rd.flatten() {
-        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if Path::new(backing.trim()) == want {
-            return Ok(Path::new("/dev").join(e.file_name()));
+        let name = e.file_name();
+        let backing = Path::new("/sys/block")
+            .join(&name)
+            .join("loop/backing_file");
+        if let Ok(b) = std::fs::read_to_string(&backing) {
+            if Path::new(b.trim()) == want {
+                return Ok(Path::new("/dev").join(name));
+            }
         }
     }
     Err(DiskError::Io {
         op: "find the loop device of",
         path: image.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::NotFound),
+        source: io::Error::other(format!(
+            "{} is not on a loop device backed by it",
+            mountpoint.display()
+        )),
     })
 }
 
@@ -266,13 +274,8 @@ struct FsInfo {
     rest: [u8; 992],
 }
 
-/// Bounds how much of the filesystem mounted at `mountpoint` may sit dirty in the page
-/// cache (its writeback device's `max_bytes`, with `strict_limit` so the bound holds even
-/// while the host as a whole is under its dirty thresholds). Data not yet written back
-/// is what could still land on the host after the node freezes a workspace for lack of
-/// space, so it must be small and known; sequential writes still run at disk speed.
-/// Needs Linux 6.2+ (`max_bytes`).
-pub fn limit_dirty(mountpoint: &Path, bytes: u64) -> Result<()> {
+/// `/sys/fs/btrfs/<fsid>` of the btrfs mounted at `mountpoint`.
+fn sysfs_dir(mountpoint: &Path) -> Result<PathBuf> {
     let dir = open_dir(mountpoint)?;
     let mut info = FsInfo {
         max_id: 0,
@@ -293,7 +296,17 @@ pub fn limit_dirty(mountpoint: &Path, bytes: u64) -> Result<()> {
         &h[16..20],
         &h[20..]
     );
-    let bdi = Path::new("/sys/fs/btrfs").join(uuid).join("bdi");
+    Ok(Path::new("/sys/fs/btrfs").join(uuid))
+}
+
+/// Bounds how much of the filesystem mounted at `mountpoint` may sit dirty in the page
+/// cache (its writeback device's `max_bytes`, with `strict_limit` so the bound holds even
+/// while the host as a whole is under its dirty thresholds). Data not yet written back
+/// is what could still land on the host after the node freezes a workspace for lack of
+/// space, so it must be small and known; sequential writes still run at disk speed.
+/// Needs Linux 6.2+ (`max_bytes`).
+pub fn limit_dirty(mountpoint: &Path, bytes: u64) -> Result<()> {
+    let bdi = sysfs_dir(mountpoint)?.join("bdi");
     for (file, value) in [
         ("max_bytes", bytes.to_string()),
         ("strict_limit", "1".into()),

@@ -447,6 +447,7 @@ impl Inner {
         if mount::is_mounted(&p.rootfs).map_err(internal)? {
             self.unmount_all(&p.rootfs)?;
         }
+        self.check_reserve("move the workspace onto its own disk")?;
         tracing::info!(id = %spec.id, "moving the workspace's files onto its own disk");
         let res = (|| {
             self.make_disk(p, spec.limits.disk_bytes)?;
@@ -523,7 +524,8 @@ impl Inner {
                 return self.status(spec);
             }
         }
-        self.check_reserve("start a workspace")?;
+        // No reserve check here: starting takes no space (a restore checks its own), and
+        // the guard freezes the workspace if it then grows while under the reserve.
         self.freezes.forget(&spec.id);
         self.migrate_legacy(spec, &p)?;
         // Local data lost (or the workspace moved here): bring back its latest snapshot.
@@ -534,6 +536,10 @@ impl Inner {
             )));
         }
         self.open_disk(&p)?;
+        // An update recorded but cut short by a crash: finish growing the disk.
+        if std::fs::metadata(&p.image).is_ok_and(|m| m.len() < spec.limits.disk_bytes) {
+            hearth_disk::grow(&p.image, &p.disk, spec.limits.disk_bytes).map_err(disk_err)?;
+        }
         let image = self.images.get(&spec.image).map_err(image_err)?;
         let t0 = Instant::now();
         match self.start_inner(spec, &image, &p) {
@@ -633,48 +639,68 @@ impl Inner {
         Ok(())
     }
 
+    /// Applies `spec.limits`: cgroup limits first (a running workspace), then the disk
+    /// grows to the asked size. Never shrinks: a smaller size than the disk has (the
+    /// database behind after a crash) keeps the disk. Growing to the current size again
+    /// finishes a resize a crash cut short. A workspace with no local disk (its data is
+    /// only in the store) gets the size at its restore.
     fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
+        if self.status(spec)?.state == RunState::Running {
+            self.set_cgroup_limits(spec)?;
+        }
         let len = match std::fs::metadata(&p.image) {
             Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NodeError::NotFound(format!(
-                    "workspace {} has no data on this node",
-                    spec.name
-                )))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(internal(format!("stat {}: {e}", p.image.display()))),
         };
         let want = spec.limits.disk_bytes;
-        if want < len {
-            return Err(NodeError::Invalid(format!(
-                "disks only grow: workspace {} has {len} bytes, asked for {want}",
-                spec.name
-            )));
-        }
-        if want > len {
+        if want >= len {
             self.open_disk(&p)?;
             hearth_disk::grow(&p.image, &p.disk, want).map_err(disk_err)?;
-            tracing::info!(id = %spec.id, from = len, to = want, "disk grown");
-        }
-        if self.status(spec)?.state == RunState::Running {
-            self.cgroups
-                .set_limits(&spec.id, &cgroup_limits(spec))
-                .map_err(|e| match e {
-                    // v1 refuses a memory limit below what it cannot reclaim.
-                    hearth_cgroups::CgroupError::Io { ref source, .. }
-                        if source.raw_os_error() == Some(libc::EBUSY) =>
-                    {
-                        NodeError::Conflict(format!(
-                            "workspace {} uses more memory than {} bytes and the kernel                              could not reclaim it: stop something inside or pick more",
-                            spec.name, spec.limits.memory_bytes
-                        ))
-                    }
-                    e => internal(e),
-                })?;
+            if want > len {
+                tracing::info!(id = %spec.id, from = len, to = want, "disk grown");
+            }
         }
         Ok(())
+    }
+
+    /// New cgroup limits for a running workspace. Memory is never set below what the
+    /// workspace uses now (file cache included): on cgroup v2 that would OOM-kill inside
+    /// rather than fail, and its PID 1 could be the victim.
+    fn set_cgroup_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let want = spec.limits.memory_bytes;
+        if want > 0 {
+            let used = self
+                .cgroups
+                .stats(&spec.id)
+                .map_err(internal)?
+                .memory_bytes
+                .unwrap_or(0);
+            if used > want {
+                return Err(NodeError::Conflict(format!(
+                    "workspace {} uses {used} bytes of memory now (file cache included), more \
+                     than {want}: pick at least that, or lower it while the workspace is stopped",
+                    spec.name
+                )));
+            }
+        }
+        self.cgroups
+            .set_limits(&spec.id, &cgroup_limits(spec))
+            .map_err(|e| match e {
+                // v1 refuses a memory limit below what it cannot reclaim.
+                hearth_cgroups::CgroupError::Io { ref source, .. }
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    NodeError::Conflict(format!(
+                        "workspace {} uses more memory than {want} bytes and the kernel could \
+                         not reclaim it: pick more, or lower it while the workspace is stopped",
+                        spec.name
+                    ))
+                }
+                e => internal(e),
+            })
     }
 
     fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
@@ -704,12 +730,11 @@ impl Inner {
         valid_id(id)?;
         if let Some(st) = self.runtime.state(id).map_err(internal)? {
             if st.status == "running" {
-                // A frozen workspace (snapshot in progress, or one cut short by a crash)
-                // could not act on TERM.
-                if let Err(e) = self.cgroups.thaw(id) {
+                // A frozen workspace (snapshot in progress, disk reserve, or one cut short
+                // by a crash) could not act on TERM; the disk guard leaves it alone now.
+                if let Err(e) = self.freezes.clear(&self.cgroups, id, true) {
                     tracing::warn!(%id, "thaw before stop: {e}");
                 }
-                self.freezes.forget(id);
                 // PID 1 (the agent) forwards TERM to everything and exits when done.
                 if let Err(e) = self.runtime.kill(id, "TERM") {
                     tracing::warn!(%id, "TERM: {e}");
@@ -816,10 +841,10 @@ impl Inner {
             }
             if st.state == RunState::Running {
                 // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
-                if let Err(e) = self.cgroups.thaw(&spec.id) {
+                // (The disk guard freezes it again if it grows while under the reserve.)
+                if let Err(e) = self.freezes.clear(&self.cgroups, &spec.id, false) {
                     tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
                 }
-                self.freezes.forget(&spec.id);
                 // The kernel keeps the rules across our restarts; this repairs a policy
                 // changed while we were down or rules someone flushed.
                 if let Err(e) = self
@@ -929,6 +954,7 @@ impl NodeApi for LocalNode {
         progress: Progress,
     ) -> Result<ImageSummary, NodeError> {
         self.blocking(move |i| {
+            i.check_reserve("load an image")?;
             let mut cb = |s: &str| {
                 let _ = progress.send(s.to_string());
             };

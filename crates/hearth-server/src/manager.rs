@@ -387,6 +387,13 @@ impl Manager {
             self.set(&rec, st, None).await?;
             match self.node.start(&rec.spec).await {
                 Ok(_) => self.set(&rec, WorkspaceState::Running, None).await?,
+                // Refused before anything was done (e.g. the node's disk is under its
+                // reserve for a restore): the workspace is as it was.
+                Err(e @ NodeError::Conflict(_)) => {
+                    let e = node_err("start", name, e);
+                    self.set(&rec, rec.state, rec.error.as_deref()).await?;
+                    return Err(e);
+                }
                 Err(e) => {
                     let e = node_err("start", name, e);
                     self.set(&rec, WorkspaceState::Failed, Some(&e.message))
@@ -506,13 +513,15 @@ impl Manager {
         }
         let mut spec = rec.spec.clone();
         spec.limits = limits;
-        // Node first: a disk that grew is bigger whatever the database says, and a failed
-        // change leaves the old limits recorded and in force.
-        self.node
-            .set_limits(&spec)
-            .await
-            .map_err(|e| node_err("set_limits", name, e))?;
+        // Recorded first: if we crash before the node is done, its next start finishes
+        // growing the disk. A refused change puts the old limits back.
         self.store.set_limits(&spec).await?;
+        if let Err(e) = self.node.set_limits(&spec).await {
+            if let Err(re) = self.store.set_limits(&rec.spec).await {
+                tracing::error!(workspace = name, error = %re, "restoring the old limits failed");
+            }
+            return Err(node_err("set_limits", name, e));
+        }
         tracing::info!(workspace = name, limits = ?spec.limits, "limits changed");
         self.get(name).await
     }

@@ -254,7 +254,8 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn get_record(&self, id: &str) -> Result<SnapshotInfo, SnapshotError> {
+    /// The record of snapshot `id` (size, files, time...), without its tree.
+    pub fn get_record(&self, id: &str) -> Result<SnapshotInfo, SnapshotError> {
         check_id(id)?;
         let key = format!("snapshots/{id}");
         let obj = match self.backend.get(&key, format::MAX_SMALL_OBJECT as u64) {

@@ -214,8 +214,15 @@ fn cli_without_server_says_so() {
 /// nothing (the reserve is larger than any disk here).
 #[test]
 fn a_node_under_its_disk_reserve_refuses_new_workspaces() {
-    let srv = TestServer::start_with(&["--disk-reserve", "100T"]);
+    let mut srv = TestServer::start();
     srv.load_busybox();
+    // The same node, restarted with a reserve larger than its disk.
+    srv.kill();
+    srv.server_args
+        .extend(["--disk-reserve".to_string(), "100T".to_string()]);
+    srv.spawn();
+    let err = srv.fails(&["image", "load", "/nonexistent", "--name", "x"]);
+    assert!(err.contains("cannot load an image"), "{err}");
     let src = tempfile::tempdir().unwrap();
     let repo = git_repo(src.path(), "full");
     let err = srv.fails(&["up", repo.to_str().unwrap(), "--image", "busybox"]);

@@ -248,4 +248,32 @@ fn periodic_snapshots_follow_changes_only() {
         workspace(&srv, "tick")["last_snapshot"],
         list.last().unwrap()["id"]
     );
+
+    // A final snapshot that keeps failing past the quick retries (1+2+4+8+16 s) is
+    // retried every round until the store is back.
+    srv.exec("tick", &["sh", "-c", "echo last > /root/last && sync"]);
+    let store = srv.data_dir().join("snapshots");
+    let away = srv.data_dir().join("snapshots.away");
+    std::fs::rename(&store, &away).unwrap();
+    std::fs::write(&store, "in the way").unwrap();
+    let out = srv.hearth(&["stop", "tick"]);
+    assert!(out.status.success());
+    std::thread::sleep(std::time::Duration::from_secs(38));
+    assert!(workspace(&srv, "tick")["snapshot_error"].is_string());
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&away, &store).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while workspace(&srv, "tick")["snapshot_error"].is_string() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never retried: {}",
+            workspace(&srv, "tick")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let list = snapshots(&srv, "tick");
+    assert_eq!(
+        workspace(&srv, "tick")["last_snapshot"],
+        list.last().unwrap()["id"]
+    );
 }

@@ -37,6 +37,13 @@ pub(super) enum Hold {
     Disk = 2,
 }
 
+/// Not a reason to freeze: the workspace is stopping, and the disk guard leaves it alone
+/// (a frozen agent could not act on TERM) until its next start.
+const STOPPING: u8 = 4;
+const REASONS: u8 = Hold::Snapshot as u8 | Hold::Disk as u8;
+
+/// Freeze reasons per workspace. Every change to a group's freezer state happens under
+/// this lock, so the map and the kernel agree.
 #[derive(Debug, Default)]
 pub(super) struct Freezes(Mutex<HashMap<String, u8>>);
 
@@ -45,35 +52,55 @@ impl Freezes {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Freezes `id` for `why` unless it is frozen already. Returns false if the workspace
-    /// has no cgroup to freeze (not running); nothing is recorded then.
+    /// Freezes `id` for `why` unless it is frozen already. Returns false, recording
+    /// nothing, if the workspace has no cgroup to freeze (not running) or is stopping
+    /// (for the disk guard).
     pub(super) fn hold(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<bool, CgroupError> {
         let mut m = self.map();
         let cur = m.get(id).copied().unwrap_or(0);
-        if cur == 0 && !cg.freeze(id)? {
+        if why == Hold::Disk && cur & STOPPING != 0 {
+            return Ok(false);
+        }
+        if cur & REASONS == 0 && !cg.freeze(id)? {
             return Ok(false);
         }
         m.insert(id.to_string(), cur | why as u8);
         Ok(true)
     }
 
-    /// Drops `why`; thaws when it was the last reason.
+    /// Drops `why`; thaws when it was the last reason. A failed thaw keeps the record, so
+    /// the workspace is still known to be frozen (the guard retries its own).
     pub(super) fn release(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<(), CgroupError> {
         let mut m = self.map();
         let Some(cur) = m.get(id).copied() else {
             return Ok(());
         };
         let left = cur & !(why as u8);
+        if cur & REASONS != 0 && left & REASONS == 0 {
+            cg.thaw(id)?;
+        }
         if left == 0 {
             m.remove(id);
-            cg.thaw(id)
         } else {
             m.insert(id.to_string(), left);
-            Ok(())
         }
+        Ok(())
     }
 
-    /// Forgets `id`, whose processes were thawed or are gone (stop, start, crash recovery).
+    /// Thaws `id` whatever holds it and forgets the reasons; `stopping` keeps the disk
+    /// guard off it until [`Freezes::forget`] (its next start).
+    pub(super) fn clear(&self, cg: &Cgroups, id: &str, stopping: bool) -> Result<(), CgroupError> {
+        let mut m = self.map();
+        let res = cg.thaw(id);
+        if stopping {
+            m.insert(id.to_string(), STOPPING);
+        } else {
+            m.remove(id);
+        }
+        res
+    }
+
+    /// Forgets `id` (a new start: fresh cgroups, nothing frozen).
     pub(super) fn forget(&self, id: &str) {
         self.map().remove(id);
     }
@@ -135,15 +162,26 @@ impl Inner {
     /// Refuses to `what` (something that takes disk space) while free space is under the
     /// reserve.
     pub(super) fn check_reserve(&self, what: &str) -> Result<(), NodeError> {
+        self.check_reserve_for(what, 0)
+    }
+
+    /// Refuses to `what`, which writes about `need` bytes, unless they fit above the
+    /// reserve.
+    pub(super) fn check_reserve_for(&self, what: &str, need: u64) -> Result<(), NodeError> {
         let reserve = self.guard.reserve;
         if reserve == 0 {
             return Ok(());
         }
         let free = free_bytes(&self.cfg.data_dir)?;
-        if free < reserve {
+        if free < reserve.saturating_add(need) {
+            let needs = if need > 0 {
+                format!(" for the {} it needs", gib(need))
+            } else {
+                String::new()
+            };
             return Err(NodeError::Conflict(format!(
-                "cannot {what}: the node's disk has {} free at {}, under its reserve of {} \
-                 (free space there, or lower the server's --disk-reserve)",
+                "cannot {what}: the node's disk has {} free at {}, too little above its \
+                 reserve of {}{needs} (free space there, or lower the server's --disk-reserve)",
                 gib(free),
                 self.cfg.data_dir.display(),
                 gib(reserve)
@@ -219,6 +257,8 @@ impl Inner {
         rd.flatten()
             .filter_map(|e| {
                 let id = e.file_name().into_string().ok()?;
+                // Skips `.restore-*` and anything else that is not a workspace.
+                super::valid_id(&id).ok()?;
                 let md = std::fs::symlink_metadata(self.paths(&id).image).ok()?;
                 Some((id, md.blocks() * 512))
             })
@@ -237,5 +277,105 @@ pub(super) fn spawn(inner: Weak<Inner>) {
         });
     if let Err(e) = res {
         tracing::error!("cannot start the disk guard: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real cgroup with one `sleep` in it; removed (with its parent) on drop.
+    struct Group {
+        cg: Cgroups,
+        child: std::process::Child,
+    }
+
+    const ID: &str = "f7ee2e";
+
+    impl Group {
+        fn new() -> Group {
+            let parent = format!("hearth-guardtest-{}", rand::random::<u32>());
+            let cg = Cgroups::open(&parent).unwrap();
+            cg.create(ID, &hearth_cgroups::Limits::default()).unwrap();
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            for f in cg.procs_files(ID) {
+                std::fs::write(f, child.id().to_string()).unwrap();
+            }
+            Group { cg, child }
+        }
+
+        /// Whether the kernel has the group frozen (v1 freezer, else v2 cgroup.events).
+        fn frozen(&self) -> bool {
+            let dirs: Vec<_> = self
+                .cg
+                .procs_files(ID)
+                .into_iter()
+                .filter_map(|f| f.parent().map(Path::to_path_buf))
+                .collect();
+            for d in &dirs {
+                if let Ok(s) = std::fs::read_to_string(d.join("freezer.state")) {
+                    return s.trim() != "THAWED";
+                }
+            }
+            dirs.iter().any(|d| {
+                std::fs::read_to_string(d.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+            })
+        }
+    }
+
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = self.cg.thaw(ID);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = self.cg.remove(ID);
+            let _ = self.cg.remove_parent();
+        }
+    }
+
+    #[test]
+    fn a_workspace_thaws_only_when_no_reason_is_left() {
+        let g = Group::new();
+        let f = Freezes::default();
+        assert!(!g.frozen());
+        // The guard freezes; a snapshot comes and goes: still frozen for the disk.
+        assert!(f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(g.frozen());
+        assert!(f.hold(&g.cg, ID, Hold::Snapshot).unwrap());
+        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        assert!(g.frozen(), "a snapshot thawed what the disk guard froze");
+        assert!(f.held(ID, Hold::Disk));
+        f.release(&g.cg, ID, Hold::Disk).unwrap();
+        assert!(!g.frozen());
+        // And the other way round.
+        f.hold(&g.cg, ID, Hold::Snapshot).unwrap();
+        f.hold(&g.cg, ID, Hold::Disk).unwrap();
+        f.release(&g.cg, ID, Hold::Disk).unwrap();
+        assert!(g.frozen(), "the guard thawed a workspace mid-snapshot");
+        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        assert!(!g.frozen());
+        // Stopping: thawed, and the guard leaves it alone until the next start.
+        f.hold(&g.cg, ID, Hold::Disk).unwrap();
+        f.clear(&g.cg, ID, true).unwrap();
+        assert!(!g.frozen());
+        assert!(!f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(!g.frozen(), "the guard froze a stopping workspace");
+        // A snapshot of a stopping workspace still freezes and thaws it.
+        assert!(f.hold(&g.cg, ID, Hold::Snapshot).unwrap());
+        assert!(g.frozen());
+        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        assert!(!g.frozen());
+        f.forget(ID);
+        assert!(f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(g.frozen());
+        f.clear(&g.cg, ID, false).unwrap();
+        assert!(!g.frozen() && !f.held(ID, Hold::Disk));
+        // No cgroup (not running): nothing recorded.
+        assert!(!f.hold(&g.cg, "0ddba11", Hold::Disk).unwrap());
+        assert!(!f.held("0ddba11", Hold::Disk));
     }
 }

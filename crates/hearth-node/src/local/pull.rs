@@ -80,6 +80,7 @@ pub(super) fn pull(
     auth: Option<RegistryAuth>,
     progress: &Progress,
 ) -> Result<ImageSummary, NodeError> {
+    inner.check_reserve("pull an image")?;
     let creds = auth.map(|a| Credentials {
         username: a.username,
         password: a.password,

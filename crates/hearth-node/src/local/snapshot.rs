@@ -179,10 +179,6 @@ impl Inner {
                 spec.name
             )));
         }
-        if self.cfg.snapshots.s3.is_none() {
-            // The local store shares the node's disk.
-            self.check_reserve("take a snapshot into the local store")?;
-        }
         self.open_disk(&p)?;
         let store = self.snap_store()?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
@@ -215,6 +211,11 @@ impl Inner {
                     return Ok(None);
                 }
             }
+        }
+        if self.cfg.snapshots.s3.is_none() {
+            // The local store shares the node's disk (checked after the unchanged test, so
+            // idle workspaces do not record errors while the node is low).
+            self.check_reserve("take a snapshot into the local store")?;
         }
         let info = hearth_snapshot::snapshot(
             &store,
@@ -263,8 +264,10 @@ impl Inner {
                 p.dir.display()
             )));
         }
-        self.check_reserve("restore a snapshot")?;
         let store = self.snap_store()?;
+        // Its files must fit beside the reserve; a bad id fails in the restore below.
+        let need = store.get_record(id).map(|i| i.size).unwrap_or(0);
+        self.check_reserve_for("restore a snapshot", need)?;
         let tmp = self.ws_root.join(format!(".restore-{}", spec.id));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)

@@ -100,7 +100,9 @@ impl Manager {
         });
     }
 
-    /// One round of periodic snapshots: every running workspace that changed.
+    /// One round of periodic snapshots: every running workspace that changed, and the
+    /// final snapshot of every stopped one whose last attempt failed (after the quick
+    /// retries, e.g. the store was down for longer, this keeps trying every round).
     pub async fn periodic_snapshots(&self) {
         let recs = match self.store.list().await {
             Ok(r) => r,
@@ -110,6 +112,29 @@ impl Manager {
             }
         };
         for rec in recs {
+            if rec.state == WorkspaceState::Stopped && rec.snapshot_error.is_some() {
+                let _guard = self.lock(&rec.spec.name).await;
+                match self.store.get(&rec.spec.name).await {
+                    Ok(Some(r))
+                        if r.spec.id == rec.spec.id
+                            && r.state == WorkspaceState::Stopped
+                            && r.snapshot_error.is_some() => {}
+                    _ => continue,
+                }
+                let res = self.node.snapshot(&rec.spec).await;
+                note(&self.store, &rec.spec.id, &res).await;
+                match res {
+                    Ok(s) => tracing::info!(
+                        workspace = rec.spec.name,
+                        snapshot = s.id,
+                        "final snapshot taken"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(workspace = rec.spec.name, error = %e, "final snapshot still failing")
+                    }
+                }
+                continue;
+            }
             if rec.state != WorkspaceState::Running {
                 continue;
             }
