@@ -303,13 +303,11 @@ impl Cgroups {
         };
         write(&file, "1")?;
         let events = file.with_file_name("cgroup.events");
-        for _ in 0..200 {
-            if read(&events)?.lines().any(|l| l.trim() == "frozen 1") {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !wait_until(FREEZE_WAIT, || {
+            Ok(read(&events)?.lines().any(|l| l.trim() == "frozen 1"))
+        })? {
+            tracing::warn!(path = %events.display(), "cgroup did not report frozen in time");
         }
-        tracing::warn!(path = %events.display(), "cgroup did not report frozen in time");
         Ok(true)
     }
 
@@ -585,17 +583,39 @@ fn enable_v2_chain(root: &Path, parent: &Path) -> Result<Vec<&'static str>, Cgro
     Ok(active)
 }
 
+/// How long a freeze may take before we go on anyway (a kill proceeds either way; a
+/// snapshot then sees a tree that may still change, which its walk tolerates).
+const FREEZE_WAIT: Duration = Duration::from_millis(500);
+
+/// Polls `done` until it holds or `limit` passes; returns whether it held. Starts at
+/// 50 µs and doubles up to 5 ms: a freeze usually settles in well under a millisecond,
+/// and a snapshot's pause is the workspace's pause, so a coarse first sleep would be
+/// most of it.
+fn wait_until(
+    limit: Duration,
+    mut done: impl FnMut() -> Result<bool, CgroupError>,
+) -> Result<bool, CgroupError> {
+    let deadline = Instant::now() + limit;
+    let mut nap = Duration::from_micros(50);
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(5));
+    }
+}
+
 fn freeze(dir: &Path) -> Result<(), CgroupError> {
     let state = dir.join("freezer.state");
     write(&state, "FROZEN")?;
     // FREEZING is transient; a bounded wait is enough, kill proceeds either way.
-    for _ in 0..100 {
-        if read(&state)?.trim() == "FROZEN" {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if !wait_until(FREEZE_WAIT, || Ok(read(&state)?.trim() == "FROZEN"))? {
+        tracing::warn!(path = %state.display(), "freezer did not reach FROZEN, going on");
     }
-    tracing::warn!(path = %state.display(), "freezer did not reach FROZEN, killing anyway");
     Ok(())
 }
 
