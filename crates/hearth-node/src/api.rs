@@ -123,6 +123,9 @@ pub struct WorkspaceStatus {
     /// Host pid of the agent (PID 1 inside) while running.
     pub pid: Option<u32>,
     pub ip: Option<Ipv4Addr>,
+    /// Why the node holds it frozen (its disk is under the reserve), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -710,6 +710,7 @@ impl Inner {
                 state: RunState::Missing,
                 pid: None,
                 ip: None,
+                paused: None,
             });
         }
         match self.runtime.state(&spec.id).map_err(internal)? {
@@ -717,11 +718,13 @@ impl Inner {
                 state: RunState::Running,
                 pid: st.pid,
                 ip: self.net.address(spec.slot).ok(),
+                paused: self.paused_reason(&spec.id),
             }),
             _ => Ok(WorkspaceStatus {
                 state: RunState::Stopped,
                 pid: None,
                 ip: None,
+                paused: None,
             }),
         }
     }

@@ -122,6 +122,12 @@ async fn a_filling_host_freezes_the_writer_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(paused.contains("reserve"), "{paused}");
+    let st = e.node.status(&spec).await.unwrap();
+    assert_eq!(
+        st.paused.as_deref(),
+        Some(paused.as_str()),
+        "status says why too"
+    );
     // Give writeback time to land: the host keeps room. What still lands after the freeze
     // is bounded by the disk's dirty limit plus one check interval of writes.
     tokio::time::sleep(Duration::from_secs(3)).await;

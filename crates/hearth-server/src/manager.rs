@@ -148,10 +148,13 @@ impl Manager {
 
     /// Renders a record; asks the node for the address only when `status` is wanted.
     async fn view(&self, rec: WorkspaceRecord, images: &[Image], with_status: bool) -> Workspace {
-        let mut ip = None;
+        let (mut ip, mut paused) = (None, None);
         if with_status && rec.state == WorkspaceState::Running {
             match self.node.status(&rec.spec).await {
-                Ok(st) => ip = st.ip.map(|a| a.to_string()),
+                Ok(st) => {
+                    ip = st.ip.map(|a| a.to_string());
+                    paused = st.paused;
+                }
                 Err(e) => tracing::warn!(workspace = rec.spec.name, error = %e, "status failed"),
             }
         }
@@ -172,6 +175,7 @@ impl Manager {
             state: rec.state,
             error: rec.error,
             ip,
+            paused,
             limits: rec.spec.limits.into(),
             egress: Egress {
                 deny: rec.spec.egress.deny_strings(),

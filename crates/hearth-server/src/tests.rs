@@ -146,6 +146,7 @@ impl NodeApi for FakeNode {
             state: RunState::Running,
             pid: Some(1),
             ip: Some([10, 0, 0, 2].into()),
+            paused: None,
         })
     }
     async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
@@ -166,16 +167,19 @@ impl NodeApi for FakeNode {
                 state: RunState::Running,
                 pid: Some(1),
                 ip: Some([10, 0, 0, 2].into()),
+                paused: None,
             },
             Some(false) => WorkspaceStatus {
                 state: RunState::Stopped,
                 pid: None,
                 ip: None,
+                paused: None,
             },
             None => WorkspaceStatus {
                 state: RunState::Missing,
                 pid: None,
                 ip: None,
+                paused: None,
             },
         })
     }

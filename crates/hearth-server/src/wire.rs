@@ -300,6 +300,9 @@ pub struct Workspace {
     pub error: Option<String>,
     /// Address on the node's bridge while running.
     pub ip: Option<String>,
+    /// Why the node holds a running workspace frozen (its disk is under the reserve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     pub limits: WorkspaceLimits,
     /// The workspace's own outbound denials (the node's apply on top, see inspect).
     #[serde(default)]

@@ -329,7 +329,10 @@ impl Client {
             .map(|w| {
                 vec![
                     w.name.clone(),
-                    w.state.to_string(),
+                    match &w.paused {
+                        Some(_) => format!("{} (PAUSED, see below)", w.state),
+                        None => w.state.to_string(),
+                    },
                     w.image_name.clone().unwrap_or_else(|| short_id(&w.image)),
                     w.ip.clone().unwrap_or_else(|| "-".into()),
                     match (&w.snapshot_error, &w.last_snapshot) {
@@ -346,6 +349,9 @@ impl Client {
             &rows,
         );
         for w in &ws {
+            if let Some(p) = &w.paused {
+                eprintln!("warning: {}: {p}", w.name);
+            }
             if let Some(e) = &w.snapshot_error {
                 eprintln!(
                     "warning: {}: last snapshot failed (local data kept, retrying): {e}",
