@@ -30,6 +30,9 @@ struct FakeState {
     /// id -> the egress rules last applied by `set_egress` or `start`.
     egress: HashMap<String, Vec<String>>,
     fail_egress: bool,
+    /// id -> the limits last applied by `set_limits`.
+    limits: HashMap<String, Limits>,
+    fail_limits: bool,
 }
 
 #[derive(Default, Clone)]
@@ -183,7 +186,12 @@ impl NodeApi for FakeNode {
             },
         })
     }
-    async fn set_limits(&self, _: &WorkspaceSpec) -> Result<(), NodeError> {
+    async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let mut st = self.st();
+        if st.fail_limits {
+            return Err(NodeError::Conflict("uses more memory".into()));
+        }
+        st.limits.insert(spec.id.clone(), spec.limits);
         Ok(())
     }
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
@@ -462,6 +470,8 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/workspaces/{name}/logs"),
         ("get", "/v1/workspaces/{name}/exec"),
         ("put", "/v1/workspaces/{name}/egress"),
+        ("patch", "/v1/workspaces/{name}/egress"),
+        ("patch", "/v1/workspaces/{name}/limits"),
         ("get", "/v1/workspaces/{name}/snapshots"),
         ("post", "/v1/workspaces/{name}/snapshots"),
         ("post", "/v1/workspaces/{name}/fork"),
@@ -1250,4 +1260,64 @@ async fn failed_final_snapshot_keeps_the_workspace_stopped_and_says_why() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn limits_change_in_place_and_disks_only_grow() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/w", "limits": {"disk_bytes": 1u64 << 30}}),
+        )
+        .await;
+    let StreamLine::Result(w) = last else {
+        panic!("{last:?}")
+    };
+    let id = w["id"].as_str().unwrap().to_string();
+    let patch = |body: serde_json::Value| {
+        let h = &h;
+        async move {
+            h.json(Method::PATCH, "/v1/workspaces/w/limits", Some(body))
+                .await
+        }
+    };
+    // Only what is named changes; the node gets the whole new set.
+    let (s, v) = patch(serde_json::json!({"pids": 100, "disk_bytes": 2u64 << 30})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["limits"]["pids"], 100);
+    assert_eq!(v["limits"]["disk_bytes"], 2u64 << 30);
+    assert_eq!(v["limits"]["memory_bytes"], Limits::default().memory_bytes);
+    let applied = h.node.st().limits.get(&id).copied().unwrap();
+    assert_eq!((applied.pids, applied.disk_bytes), (100, 2 << 30));
+    // Refused, nothing changed.
+    for (body, why) in [
+        (
+            serde_json::json!({"disk_bytes": 1u64 << 30}),
+            "disks only grow",
+        ),
+        (serde_json::json!({"pids": 3}), "pids 3 is out of range"),
+        (serde_json::json!({"cpu": 3}), "unknown field"),
+    ] {
+        let (s, v) = patch(body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(why), "{body}: {m}");
+    }
+    // A node that refuses leaves the recorded limits as they were.
+    h.node.st().fail_limits = true;
+    let (s, v) = patch(serde_json::json!({"memory_bytes": 128u64 << 20})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    h.node.st().fail_limits = false;
+    let (_, v) = h.json(Method::GET, "/v1/workspaces/w", None).await;
+    assert_eq!(v["limits"]["memory_bytes"], Limits::default().memory_bytes);
+    assert_eq!(v["limits"]["pids"], 100);
+    let (s, _) = h
+        .json(
+            Method::PATCH,
+            "/v1/workspaces/nope/limits",
+            Some(serde_json::json!({"pids": 100})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
