@@ -510,9 +510,11 @@ impl Manager {
         }
         let limits = req.apply_to(rec.spec.limits).map_err(ApiError::invalid)?;
         if limits.disk_bytes < rec.spec.limits.disk_bytes {
+            let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
             return Err(ApiError::invalid(format!(
-                "disks only grow: workspace {name} has {} bytes, asked for {}",
-                rec.spec.limits.disk_bytes, limits.disk_bytes
+                "disks only grow: workspace {name} has {}, asked for {}",
+                gib(rec.spec.limits.disk_bytes),
+                gib(limits.disk_bytes)
             )));
         }
         let mut spec = rec.spec.clone();
