@@ -52,6 +52,11 @@ struct Inner {
     net: Network,
     runtime: OciRuntime,
     ws_root: PathBuf,
+    /// A node-wide tmpfs holding what is bind-mounted into workspaces (the agent, and
+    /// per workspace its resolv.conf and device nodes). Bind mounts show their source's
+    /// path within its filesystem in the workspace's mountinfo: from here that names no
+    /// host path.
+    share: PathBuf,
     agent: PathBuf,
     gitconfig: PathBuf,
     /// Hard RLIMIT_NOFILE of workspaces.
@@ -165,7 +170,10 @@ impl LocalNode {
         // (cgroup parents, the bridge, firewall chains), so a refused start leaks nothing.
         let runtime =
             OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
-        let agent = data.join("bin/hearth-agent");
+        install_agent(&cfg.agent_binary, &data.join("bin/hearth-agent"))?;
+        let share = data.join("share");
+        mount_share(&share)?;
+        let agent = share.join("hearth-agent");
         install_agent(&cfg.agent_binary, &agent)?;
         let net = Network::new(NetConfig {
             bridge: cfg.bridge.clone(),
@@ -197,6 +205,7 @@ impl LocalNode {
             net,
             runtime,
             ws_root,
+            share,
             agent,
             gitconfig,
             nofile_hard,
@@ -305,6 +314,24 @@ fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
     std::fs::rename(&tmp, dst)
         .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
+}
+
+/// Mounts the node's share tmpfs at `dir` unless it is there (it outlives node restarts:
+/// running workspaces keep using its files). Not `nodev`: device nodes are bound in from
+/// it; `nosuid`, small, and 0711 so workspace uids reach only the names they are given.
+fn mount_share(dir: &Path) -> Result<(), NodeError> {
+    mkdir(dir, 0o711)?;
+    if mount::is_mounted(dir).map_err(internal)? {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("hearth-share"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID,
+        Some("mode=0711,size=64m"),
+    )
+    .map_err(|e| NodeError::Internal(format!("mount tmpfs on {}: {e}", dir.display())))
 }
 
 /// Whether an ELF64 executable asks for a dynamic loader (a PT_INTERP program header).
@@ -576,7 +603,9 @@ impl Inner {
             mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
         }
         ph.mark("rootfs");
-        let resolv = p.dir.join("resolv.conf");
+        let share = self.share.join(id);
+        mkdir(&share, 0o711)?;
+        let resolv = share.join("resolv.conf");
         std::fs::write(&resolv, resolv_conf()).map_err(internal)?;
 
         let repo_dir = format!("/workspace/{}", clone::repo_name(&spec.source));
@@ -606,6 +635,7 @@ impl Inner {
                 netns: wnet.netns_path.clone(),
                 agent: self.agent.clone(),
                 files: vec![(resolv, "/etc/resolv.conf".into())],
+                devices_dir: share,
                 env,
                 nofile_hard: self.nofile_hard,
             },
@@ -815,6 +845,11 @@ impl Inner {
                 p.dir.display(),
                 mounted[0].display()
             )));
+        }
+        if let Err(e) = std::fs::remove_dir_all(self.share.join(id)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%id, "removing its shared files: {e}");
+            }
         }
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
@@ -1189,6 +1224,9 @@ impl NodeApi for LocalNode {
                 errors.push(e.to_string());
             }
             if let Err(e) = i.cgroups.remove_parent() {
+                errors.push(e.to_string());
+            }
+            if let Err(e) = mount::unmount(&i.share) {
                 errors.push(e.to_string());
             }
             if errors.is_empty() {

@@ -227,6 +227,15 @@ async fn root_inside_cannot_escape() {
     .await;
     s.attack(
         &a,
+        "learn the node's data dir from mountinfo",
+        &format!(
+            "grep -F '{}' /proc/self/mountinfo",
+            e.cfg.data_dir.display()
+        ),
+    )
+    .await;
+    s.attack(
+        &a,
         "read /proc/kcore",
         "[ $(head -c 16 /proc/kcore 2>/dev/null | wc -c) -gt 0 ]",
     )

@@ -28,6 +28,8 @@ pub struct BundleSpec {
     pub agent: PathBuf,
     /// Files bind-mounted read-only over the same path inside (resolv.conf, hostname).
     pub files: Vec<(PathBuf, String)>,
+    /// Where the device nodes bound in (see [`DEVICES`]) are made.
+    pub devices_dir: PathBuf,
     /// Environment of PID 1 (image Env plus HEARTH_* settings).
     pub env: Vec<String>,
     /// Hard RLIMIT_NOFILE (at most what the runtime inherits: it is set from inside the
@@ -480,9 +482,9 @@ pub fn build(spec: &BundleSpec, devices: &[DeviceNode]) -> Result<Spec> {
         .map_err(b)
 }
 
-/// Writes `config.json` (and the device nodes it binds) into `dir` atomically.
+/// Writes `config.json` into `dir` atomically, after the device nodes it binds.
 pub fn write(dir: &Path, spec: &BundleSpec) -> Result<()> {
-    let devices = device_nodes(dir)?;
+    let devices = device_nodes(&spec.devices_dir)?;
     let cfg = build(spec, &devices)?;
     let json = serde_json::to_vec_pretty(&cfg).map_err(|e| RuntimeError::Bundle(e.to_string()))?;
     let tmp = dir.join("config.json.tmp");
@@ -511,6 +513,7 @@ mod tests {
             netns: "/run/netns/x".into(),
             agent: "/a".into(),
             files: vec![],
+            devices_dir: "/d".into(),
             env: vec![],
         }
     }

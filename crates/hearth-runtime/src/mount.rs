@@ -79,11 +79,22 @@ pub fn mount_overlay(
         .rev()
         .map(|t| format!("/proc/self/fd/{}", t.as_raw_fd()))
         .collect();
+    // Upper and work dirs by fd too, so the workspace's mountinfo (which shows these
+    // strings) does not name host paths.
+    let open = |p: &Path| {
+        rustix::fs::open(
+            p,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| RuntimeError::io("open", p, e.into()))
+    };
+    let (upper_fd, work_fd) = (open(upper)?, open(work)?);
     let mut data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{}",
         lower.join(":"),
-        upper.display(),
-        work.display()
+        upper_fd.as_raw_fd(),
+        work_fd.as_raw_fd()
     );
     if lowers_bottom_first.is_empty() {
         return Err(RuntimeError::Bundle("image has no layers".into()));
@@ -98,7 +109,7 @@ pub fn mount_overlay(
         Some(data.as_str()),
     )
     .map_err(|e| RuntimeError::io("mount overlay", target, e.into()))?;
-    drop(trees);
+    drop((trees, upper_fd, work_fd));
     Ok(())
 }
 
