@@ -260,28 +260,34 @@ impl Store {
 
     /// Replaces a workspace's egress policy.
     pub async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET egress = $1, updated_at = $2 WHERE id = $3")
-            .bind(egress_json(spec)?)
-            .bind(now())
-            .bind(&spec.id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(&spec.id))?;
-        Ok(())
+        self.set_json(&spec.id, "egress", egress_json(spec)?).await
     }
 
+    /// Replaces a workspace's limits.
     pub async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), StoreError> {
         let limits = serde_json::to_string(&spec.limits).map_err(|e| StoreError::Corrupt {
             id: spec.id.clone(),
             message: format!("limits: {e}"),
         })?;
-        sqlx::query("UPDATE workspaces SET limits = $1, updated_at = $2 WHERE id = $3")
-            .bind(limits)
-            .bind(now())
-            .bind(&spec.id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(&spec.id))?;
+        self.set_json(&spec.id, "limits", limits).await
+    }
+
+    /// Sets JSON column `column` (one of ours, never input) of workspace `id`.
+    async fn set_json(
+        &self,
+        id: &str,
+        column: &'static str,
+        json: String,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE workspaces SET {column} = $1, updated_at = $2 WHERE id = $3"
+        ))
+        .bind(json)
+        .bind(now())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err(id))?;
         Ok(())
     }
 

@@ -128,6 +128,22 @@ impl Manager {
         m.lock_owned().await
     }
 
+    /// Locks `name` and returns its record, unless an operation on it is under way.
+    async fn settled(
+        &self,
+        name: &str,
+    ) -> Result<(OwnedMutexGuard<()>, WorkspaceRecord), ApiError> {
+        let guard = self.lock(name).await;
+        let rec = self.record(name).await?;
+        if rec.state.is_transitional() {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is {}; try again when it is done",
+                rec.state
+            )));
+        }
+        Ok((guard, rec))
+    }
+
     async fn record(&self, name: &str) -> Result<WorkspaceRecord, ApiError> {
         self.store.get(name).await?.ok_or_else(|| {
             ApiError::not_found(format!(
@@ -474,14 +490,7 @@ impl Manager {
         name: &str,
         policy: impl FnOnce(&EgressPolicy) -> Result<EgressPolicy, ApiError>,
     ) -> Result<Workspace, ApiError> {
-        let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
-        if rec.state.is_transitional() {
-            return Err(ApiError::conflict(format!(
-                "workspace {name} is {}; try again when it is done",
-                rec.state
-            )));
-        }
+        let (_guard, rec) = self.settled(name).await?;
         let policy = policy(&rec.spec.egress)?;
         let mut spec = rec.spec.clone();
         spec.egress = policy;
@@ -500,14 +509,7 @@ impl Manager {
     /// Changes the fields of the workspace's limits that `req` sets, live where the node
     /// can (disk growth, cgroup limits of a running workspace). Disks never shrink.
     pub async fn set_limits(&self, name: &str, req: LimitsRequest) -> Result<Workspace, ApiError> {
-        let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
-        if rec.state.is_transitional() {
-            return Err(ApiError::conflict(format!(
-                "workspace {name} is {}; try again when it is done",
-                rec.state
-            )));
-        }
+        let (_guard, rec) = self.settled(name).await?;
         let limits = req.apply_to(rec.spec.limits).map_err(ApiError::invalid)?;
         if limits.disk_bytes < rec.spec.limits.disk_bytes {
             let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
