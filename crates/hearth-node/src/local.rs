@@ -170,11 +170,12 @@ impl LocalNode {
         // (cgroup parents, the bridge, firewall chains), so a refused start leaks nothing.
         let runtime =
             OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
-        install_agent(&cfg.agent_binary, &data.join("bin/hearth-agent"))?;
         let share = data.join("share");
         mount_share(&share)?;
         let agent = share.join("hearth-agent");
-        install_agent(&cfg.agent_binary, &agent)?;
+        // Workspaces bind the share's copy; the one in bin/ outlives a reboot, for an
+        // offline teardown that was given no agent.
+        install_agent(&cfg.agent_binary, &[&data.join("bin/hearth-agent"), &agent])?;
         let net = Network::new(NetConfig {
             bridge: cfg.bridge.clone(),
             subnet: cfg.subnet.clone(),
@@ -291,7 +292,7 @@ fn raise_nofile_hard() -> u64 {
 
 /// Copies the agent next to the data so a rebuild of the source tree never changes a
 /// running workspace's binary underneath it (rename gives a new inode).
-fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
+fn install_agent(src: &Path, dsts: &[&Path]) -> Result<(), NodeError> {
     let bytes = std::fs::read(src).map_err(|e| {
         NodeError::Invalid(format!(
             "agent binary {}: {e} (build it with scripts/build.sh or pass --agent)",
@@ -305,15 +306,19 @@ fn install_agent(src: &Path, dst: &Path) -> Result<(), NodeError> {
             src.display()
         )));
     }
-    if std::fs::read(dst).ok().as_deref() == Some(&bytes[..]) {
-        return Ok(());
+    for dst in dsts {
+        if std::fs::read(dst).ok().as_deref() == Some(&bytes[..]) {
+            continue;
+        }
+        // A new inode: running workspaces keep executing the old one.
+        let tmp = dst.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
+        std::fs::rename(&tmp, dst)
+            .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))?;
     }
-    let tmp = dst.with_extension("tmp");
-    std::fs::write(&tmp, &bytes)
-        .map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
-    std::fs::rename(&tmp, dst)
-        .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))
+    Ok(())
 }
 
 /// Mounts the node's share tmpfs at `dir` unless it is there (it outlives node restarts:
