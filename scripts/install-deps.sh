@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Installs what Hearth and its tests need on a fresh Debian 12 host (run as root).
+# Installs what Hearth needs on a fresh Debian 12 host (run as root): the runtime tools, a C
+# toolchain and, when no `cargo` is found, Rust through rustup.
+#   scripts/install-deps.sh           what `hearth server` and the build need
+#   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, moto)
+#   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`
 set -euo pipefail
-pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git ca-certificates docker-registry skopeo apache2-utils)
-[[ "${1:-}" == "--bench" ]] && pkgs+=(podman skopeo uidmap)
+[[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
+pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git
+  ca-certificates curl gcc libc6-dev)
+case "${1:-}" in
+  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv) ;;
+  --bench) pkgs+=(podman skopeo uidmap) ;;
+  "") ;;
+  *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -12,9 +23,17 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# S3-compatible server for the snapshot store's tests (PyPI's moto, server mode).
-if ! command -v moto_server >/dev/null; then
-  echo "installing moto[server] (S3-compatible test server)"
-  python3 -m pip install -q 'moto[server]'
-  command -v pyenv >/dev/null && pyenv rehash || true
+# Debian's own cargo is too old for the dependencies: the current stable one, via rustup.
+if ! command -v cargo >/dev/null && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
+  echo "installing Rust (rustup, stable) into $HOME/.cargo"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile default
+fi
+# S3-compatible server for the snapshot store's tests (PyPI's moto, server mode), in its own
+# venv: Debian's python refuses system-wide pip installs.
+if [[ "${1:-}" == --test ]] && ! command -v moto_server >/dev/null; then
+  venv=/opt/hearth-test-venv
+  echo "installing moto[server] (S3-compatible test server) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]'
+  ln -sf "$venv/bin/moto_server" /usr/local/bin/moto_server
 fi

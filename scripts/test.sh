@@ -4,8 +4,9 @@
 # under /var/cache/hearth-images), then runs the cargo test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) == 0 ]] || { echo "error: tests need root (real mounts, cgroups, namespaces)" >&2; exit 1; }
-scripts/install-deps.sh
+[[ $(id -u) == 0 ]] || { echo "error: tests need root (real mounts, cgroups, namespaces): sudo $0${*:+ $*}" >&2; exit 1; }
+scripts/install-deps.sh --test
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 scripts/build.sh
 imgs=${HEARTH_TEST_IMAGES:-/var/cache/hearth-images/test}
 mkdir -p "$imgs"
