@@ -5,6 +5,7 @@
 //! `layers/<diff-id-hex>/` (shared by all images that use it), ready to be an overlay lowerdir.
 //! Unpacking treats layers as hostile: see [`unpack`].
 
+mod manifest;
 mod pull;
 mod source;
 mod store;

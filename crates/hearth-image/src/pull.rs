@@ -23,9 +23,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::source::MAX_JSON;
-use crate::store::{
-    is_index_media_type, mkdir_private, pick, sha256_hex, short, BlobRef, BlobWriter, Plan,
-};
+use crate::manifest::{is_index_media_type, pick, BlobRef, Plan};
+use crate::store::{mkdir_private, sha256_hex, short, BlobWriter};
 use crate::{human_size, normalize_name, Image, ImageError, ImageStore};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

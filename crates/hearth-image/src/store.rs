@@ -9,16 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{Arch, ImageConfiguration, Os};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::source::{self, Compression, Source, MAX_JSON};
+use crate::manifest::{docker_plan, media_type_compression, oci_plan, BlobRef, Plan};
+use crate::source::{self, Source, MAX_JSON};
 use crate::unpack;
 use crate::{human_size, normalize_name, Image, ImageConfig, ImageError};
-
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// The image store. Methods may be called from several threads; loads and removes are
 /// serialized (in-process mutex plus an `flock` on `root/lock` against other processes).
@@ -40,23 +38,6 @@ struct Record {
     layer_sizes: Vec<u64>,
     /// Hex digests of every blob (manifest, config, layers) this image keeps alive.
     blobs: Vec<String>,
-}
-
-/// A blob named by an archive: its path there and, when the archive says, digest and size.
-pub(crate) struct BlobRef {
-    pub(crate) path: String,
-    pub(crate) digest: Option<String>,
-    pub(crate) size: Option<u64>,
-    pub(crate) media_type: String,
-}
-
-/// What an archive (or a registry manifest) describes, whatever its format.
-pub(crate) struct Plan {
-    /// Manifest (and index) documents, already verified: stored as blobs too.
-    pub(crate) documents: Vec<(String, Vec<u8>)>,
-    pub(crate) config: BlobRef,
-    pub(crate) layers: Vec<BlobRef>,
-    pub(crate) names: Vec<String>,
 }
 
 pub(crate) struct LockGuard<'a> {
@@ -224,7 +205,7 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     )
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
@@ -281,23 +262,6 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-pub(crate) fn is_index_media_type(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.index.v1+json"
-        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
-}
-
-fn media_type_compression(mt: &str) -> Option<Compression> {
-    if mt.ends_with("+gzip") || mt.ends_with(".gzip") {
-        Some(Compression::Gzip)
-    } else if mt.ends_with("+zstd") || mt.ends_with(".zstd") {
-        Some(Compression::Zstd)
-    } else if mt.ends_with(".tar") {
-        Some(Compression::None)
-    } else {
-        None
-    }
 }
 
 impl ImageStore {
@@ -851,227 +815,4 @@ impl ImageStore {
             .map(|d| self.layer_path(d.strip_prefix("sha256:").unwrap_or(d)))
             .collect()
     }
-}
-
-/// Reads a small document blob by digest, verifying size and digest.
-fn read_document(source: &Source, desc: &Descriptor) -> Result<(String, Vec<u8>), ImageError> {
-    let hex = descriptor_hex(source, desc)?;
-    if desc.size() > MAX_JSON {
-        return Err(ImageError::invalid(
-            source.path(),
-            format!("document sha256:{hex} is too large ({} bytes)", desc.size()),
-        ));
-    }
-    let path = format!("blobs/sha256/{hex}");
-    let (reader, _) = source.read(&path)?;
-    let mut bytes = Vec::new();
-    reader
-        .take(desc.size() + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ImageError::io(source.path()))?;
-    if bytes.len() as u64 != desc.size() {
-        return Err(ImageError::SizeMismatch {
-            path: source.path().to_path_buf(),
-            what: path,
-            expected: desc.size(),
-            actual: bytes.len() as u64,
-        });
-    }
-    let actual = hex::encode(Sha256::digest(&bytes));
-    if actual != hex {
-        return Err(ImageError::DigestMismatch {
-            path: source.path().to_path_buf(),
-            what: path,
-            expected: format!("sha256:{hex}"),
-            actual: format!("sha256:{actual}"),
-        });
-    }
-    Ok((hex, bytes))
-}
-
-fn descriptor_hex(source: &Source, desc: &Descriptor) -> Result<String, ImageError> {
-    let digest = desc.digest().to_string();
-    sha256_hex(&digest).map(str::to_string).ok_or_else(|| {
-        ImageError::invalid(
-            source.path(),
-            format!("unsupported digest {digest} (only sha256)"),
-        )
-    })
-}
-
-fn descriptor_names(desc: &Descriptor) -> Vec<String> {
-    let Some(ann) = desc.annotations() else {
-        return Vec::new();
-    };
-    ann.get(CONTAINERD_NAME)
-        .or_else(|| ann.get(REF_NAME))
-        .map(|n| vec![n.clone()])
-        .unwrap_or_default()
-}
-
-/// Picks one manifest of an index: linux/amd64 among platform variants, else the one whose name
-/// is `wanted`, else the only one.
-pub(crate) fn pick<'a>(
-    origin: &Path,
-    manifests: &'a [Descriptor],
-    wanted: Option<&str>,
-) -> Result<&'a Descriptor, ImageError> {
-    let usable: Vec<&Descriptor> = manifests
-        .iter()
-        .filter(|d| {
-            let mt = d.media_type().to_string();
-            is_index_media_type(&mt)
-                || mt == "application/vnd.oci.image.manifest.v1+json"
-                || mt == "application/vnd.docker.distribution.manifest.v2+json"
-        })
-        .collect();
-    let with_platform = usable.iter().any(|d| d.platform().is_some());
-    let candidates: Vec<&Descriptor> = if with_platform {
-        usable
-            .into_iter()
-            .filter(|d| {
-                d.platform()
-                    .as_ref()
-                    .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-            })
-            .collect()
-    } else {
-        usable
-    };
-    match candidates.as_slice() {
-        [] => Err(ImageError::invalid(
-            origin,
-            "index holds no linux/amd64 image manifest",
-        )),
-        [one] => Ok(one),
-        many => {
-            let wanted = wanted.and_then(|w| normalize_name(w).ok());
-            wanted
-                .and_then(|w| {
-                    many.iter().copied().find(|d| {
-                        descriptor_names(d)
-                            .iter()
-                            .any(|n| normalize_name(n).ok().as_deref() == Some(w.as_str()))
-                    })
-                })
-                .ok_or_else(|| {
-                    ImageError::invalid(
-                        origin,
-                        format!(
-                            "index holds {} images; pass the name of the one to load",
-                            many.len()
-                        ),
-                    )
-                })
-        }
-    }
-}
-
-fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
-    let (index, _): (ImageIndex, _) = source.read_json("index.json")?;
-    let top = pick(source.path(), index.manifests(), wanted)?;
-    let names = descriptor_names(top);
-    let mut documents = Vec::new();
-    let mut desc = top.clone();
-    // Nested indexes (a multi-platform image inside a layout): follow a few levels at most.
-    for _ in 0..4 {
-        let (hex, bytes) = read_document(source, &desc)?;
-        documents.push((hex.clone(), bytes.clone()));
-        if !is_index_media_type(desc.media_type().as_ref()) {
-            let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
-                ImageError::invalid(source.path(), format!("manifest sha256:{hex}: {e}"))
-            })?;
-            let blob = |d: &Descriptor| -> Result<BlobRef, ImageError> {
-                let hex = descriptor_hex(source, d)?;
-                Ok(BlobRef {
-                    path: format!("blobs/sha256/{hex}"),
-                    digest: Some(hex),
-                    size: Some(d.size()),
-                    media_type: d.media_type().to_string(),
-                })
-            };
-            return Ok(Plan {
-                documents,
-                config: blob(manifest.config())?,
-                layers: manifest
-                    .layers()
-                    .iter()
-                    .map(blob)
-                    .collect::<Result<_, _>>()?,
-                names,
-            });
-        }
-        let nested: ImageIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::invalid(source.path(), format!("index sha256:{hex}: {e}")))?;
-        desc = pick(source.path(), nested.manifests(), wanted)?.clone();
-    }
-    Err(ImageError::invalid(
-        source.path(),
-        "indexes nested too deeply",
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerManifest {
-    config: String,
-    #[serde(default)]
-    repo_tags: Option<Vec<String>>,
-    layers: Vec<String>,
-}
-
-fn docker_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, ImageError> {
-    let (manifests, _): (Vec<DockerManifest>, _) = source.read_json("manifest.json")?;
-    let tags = |m: &DockerManifest| m.repo_tags.clone().unwrap_or_default();
-    let chosen = match manifests.as_slice() {
-        [] => {
-            return Err(ImageError::invalid(
-                source.path(),
-                "manifest.json lists no image",
-            ))
-        }
-        [one] => one,
-        many => {
-            let wanted = wanted.and_then(|w| normalize_name(w).ok());
-            wanted
-                .and_then(|w| {
-                    many.iter().find(|m| {
-                        tags(m)
-                            .iter()
-                            .any(|t| normalize_name(t).ok().as_deref() == Some(w.as_str()))
-                    })
-                })
-                .ok_or_else(|| {
-                    ImageError::invalid(
-                        source.path(),
-                        format!(
-                            "archive holds {} images; pass the name of the one to load",
-                            many.len()
-                        ),
-                    )
-                })?
-        }
-    };
-    // Docker names files after their digest ("<hex>.json", "blobs/sha256/<hex>"): verify that.
-    let digest_in_path = |p: &str| -> Option<String> {
-        let file = p.rsplit('/').next()?;
-        let hex = file.strip_suffix(".json").unwrap_or(file);
-        is_sha256_hex(hex).then(|| hex.to_string())
-    };
-    let blob = |p: &String, is_config: bool| BlobRef {
-        path: p.clone(),
-        digest: if is_config || p.contains("sha256/") {
-            digest_in_path(p)
-        } else {
-            None
-        },
-        size: None,
-        media_type: String::new(),
-    };
-    Ok(Plan {
-        documents: Vec::new(),
-        config: blob(&chosen.config, true),
-        layers: chosen.layers.iter().map(|p| blob(p, false)).collect(),
-        names: tags(chosen),
-    })
 }
