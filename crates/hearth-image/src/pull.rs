@@ -22,8 +22,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::source::MAX_JSON;
 use crate::manifest::{is_index_media_type, pick, BlobRef, Plan};
+use crate::source::MAX_JSON;
 use crate::store::{mkdir_private, sha256_hex, short, BlobWriter};
 use crate::{human_size, normalize_name, Image, ImageError, ImageStore};
 
