@@ -200,7 +200,71 @@ impl OciRuntime {
     }
 
     /// `None` when the runtime does not know the container.
+    ///
+    /// Answered from the state file the runtime keeps under `--root` (crun's `status`,
+    /// runc's `state.json`) and `/proc`: the init pid is alive only if its start time is
+    /// the one the runtime recorded, so a reused pid cannot pass for the container. No
+    /// runtime process is run, unless the file is in a form this does not know.
     pub fn state(&self, id: &str) -> Result<Option<State>> {
+        match self.state_on_disk(id) {
+            Ok(st) => Ok(st),
+            Err(why) => {
+                tracing::debug!(id, why, "runtime state file unreadable; asking the runtime");
+                self.state_cmd(id)
+            }
+        }
+    }
+
+    fn state_on_disk(&self, id: &str) -> std::result::Result<Option<State>, &'static str> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return Err("not a plain container id");
+        }
+        let dir = self.root.join(id);
+        let file = match self.kind {
+            Kind::Crun => "status",
+            Kind::Runc => "state.json",
+        };
+        let bytes = match std::fs::read(dir.join(file)) {
+            Ok(b) => b,
+            // No dir: never created or deleted. A dir without the file is a create in
+            // progress (or cut short), which only the runtime can judge.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                return Ok(None)
+            }
+            Err(_) => return Err("state file missing or unreadable"),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| "state file is not json")?;
+        let (pid_key, start_key) = match self.kind {
+            Kind::Crun => ("pid", "process-start-time"),
+            Kind::Runc => ("init_process_pid", "init_process_start"),
+        };
+        let pid = v[pid_key]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or("no init pid in state file")?;
+        let start = v[start_key]
+            .as_u64()
+            .or_else(|| v[start_key].as_str().and_then(|s| s.parse().ok()))
+            .ok_or("no init start time in state file")?;
+        let alive = proc_start_time(pid).is_some_and(|t| t == start);
+        let status = if !alive {
+            "stopped"
+        } else if dir.join("exec.fifo").exists() {
+            // Created, not yet started: both runtimes remove the fifo at start.
+            "created"
+        } else {
+            "running"
+        };
+        Ok(Some(State {
+            status: status.to_string(),
+            pid: alive.then_some(pid),
+        }))
+    }
+
+    /// `<runtime> state`: one process per call.
+    fn state_cmd(&self, id: &str) -> Result<Option<State>> {
         let out = self
             .cmd()
             .args(["state", id])
@@ -231,8 +295,12 @@ impl OciRuntime {
         self.simple(&["kill", id, signal], "kill", id)
     }
 
-    /// Forgets the container (killing it if needed); unknown ids are fine.
+    /// Forgets the container (killing it if needed); unknown ids are fine, and cost no
+    /// runtime process.
     pub fn delete(&self, id: &str) -> Result<()> {
+        if !id.is_empty() && !id.contains('/') && !self.root.join(id).exists() {
+            return Ok(());
+        }
         match self.simple(&["delete", "--force", id], "delete", id) {
             Ok(()) => Ok(()),
             Err(RuntimeError::Runtime { message, .. })
@@ -315,10 +383,110 @@ fn hide_unified_mount() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Start time of process `pid` (field 22 of `/proc/<pid>/stat`, clock ticks since boot),
+/// `None` when it is gone or a zombie.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields restart after
+    // the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // `rest` starts at field 3 (state); field 22 is 19 further on.
+    fields.nth(18)?.parse().ok()
+}
+
 /// Last `max` bytes of a file, lossy; for error messages.
 pub fn tail(path: &Path, max: usize) -> String {
     match std::fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b[b.len().saturating_sub(max)..]).into_owned(),
         Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(root: &Path) -> OciRuntime {
+        OciRuntime {
+            binary: PathBuf::from("/nonexistent/crun"),
+            kind: Kind::Crun,
+            root: root.to_path_buf(),
+            hide_unified: false,
+        }
+    }
+
+    fn write_status(root: &Path, id: &str, pid: u32, start: u64) {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            format!(r#"{{"pid": {pid}, "process-start-time": {start}, "bundle": "/b"}}"#),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn state_comes_from_the_state_file_and_proc() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = runtime(tmp.path());
+        // Unknown: no dir, and no runtime binary needed to say so.
+        assert_eq!(rt.state("nope").unwrap(), None);
+
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = proc_start_time(pid).expect("a live child has a start time");
+        // Started after us, and not in the future.
+        let ours = proc_start_time(std::process::id()).unwrap();
+        assert!(start >= ours, "{start} < {ours}");
+
+        write_status(tmp.path(), "a", pid, start);
+        let st = rt.state("a").unwrap().unwrap();
+        assert_eq!(st.status, "running");
+        assert_eq!(st.pid, Some(pid));
+
+        // Same pid, another start time: a reused pid is not the container.
+        write_status(tmp.path(), "b", pid, start + 1);
+        let st = rt.state("b").unwrap().unwrap();
+        assert_eq!(st.status, "stopped");
+        assert_eq!(st.pid, None);
+
+        // Created, not started yet.
+        write_status(tmp.path(), "c", pid, start);
+        std::fs::write(tmp.path().join("c/exec.fifo"), "").unwrap();
+        assert_eq!(rt.state("c").unwrap().unwrap().status, "created");
+
+        child.kill().unwrap();
+        // A zombie is not running either.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while proc_start_time(pid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(proc_start_time(pid), None, "zombie counted as alive");
+        assert_eq!(rt.state("a").unwrap().unwrap().status, "stopped");
+        child.wait().unwrap();
+        assert_eq!(rt.state("a").unwrap().unwrap().status, "stopped");
+
+        // Deleting an unknown container needs no runtime process (the binary is bogus).
+        rt.delete("nope").unwrap();
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let odd = tmp.path().join("a) b (c");
+        std::os::unix::fs::symlink("/bin/sleep", &odd).unwrap();
+        let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+        assert_eq!(comm.trim(), "a) b (c");
+        let t = proc_start_time(child.id());
+        let ours = proc_start_time(std::process::id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(t.is_some_and(|t| t >= ours), "{t:?} vs {ours}");
     }
 }
