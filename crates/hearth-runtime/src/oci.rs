@@ -228,9 +228,7 @@ impl OciRuntime {
             Ok(b) => b,
             // No dir: never created or deleted. A dir without the file is a create in
             // progress (or cut short), which only the runtime can judge.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
-                return Ok(None)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Ok(None),
             Err(_) => return Err("state file missing or unreadable"),
         };
         let v: serde_json::Value =
@@ -437,7 +435,10 @@ mod tests {
         // Unknown: no dir, and no runtime binary needed to say so.
         assert_eq!(rt.state("nope").unwrap(), None);
 
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let start = proc_start_time(pid).expect("a live child has a start time");
         // Started after us, and not in the future.
