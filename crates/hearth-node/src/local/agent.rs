@@ -1,0 +1,112 @@
+//! The workspace agent: installing the static binary workspaces run as PID 1, and
+//! waiting for it to answer.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::internal;
+use crate::NodeError;
+
+/// How long a start may take until the agent answers.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Copies the agent next to the data so a rebuild of the source tree never changes a
+/// running workspace's binary underneath it (rename gives a new inode).
+pub(super) fn install_agent(src: &Path, dsts: &[&Path]) -> Result<(), NodeError> {
+    let bytes = std::fs::read(src).map_err(|e| {
+        NodeError::Invalid(format!(
+            "agent binary {}: {e} (build it with scripts/build.sh or pass --agent)",
+            src.display()
+        ))
+    })?;
+    if has_interpreter(&bytes) {
+        return Err(NodeError::Invalid(format!(
+            "agent binary {} is dynamically linked and would not run in every image: \
+             build it with scripts/build.sh (static) or pass --agent",
+            src.display()
+        )));
+    }
+    for dst in dsts {
+        if std::fs::read(dst).ok().as_deref() == Some(&bytes[..]) {
+            continue;
+        }
+        // A new inode: running workspaces keep executing the old one.
+        let tmp = dst.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
+        std::fs::rename(&tmp, dst)
+            .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))?;
+    }
+    Ok(())
+}
+
+/// Whether an ELF64 executable asks for a dynamic loader (a PT_INTERP program header).
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .and_then(|v| usize::try_from(v).ok())
+    };
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        let off = phoff.saturating_add(i.saturating_mul(phentsize));
+        elf.get(off..off + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            == Some(PT_INTERP)
+    })
+}
+
+/// Polls the agent until it answers a ping; its console tail explains a failure.
+pub(super) fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(internal)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut delay = Duration::from_micros(200);
+    loop {
+        match rt.block_on(hearth_proto::client::ping(socket)) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(NodeError::Internal(format!(
+                    "workspace agent did not become ready: {e}; console: {}",
+                    hearth_runtime::oci::tail(console, 1024).trim()
+                )))
+            }
+            Err(_) => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_dynamic_binaries() {
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(super::has_interpreter(&dynamic));
+        let st = std::fs::read("/bin/busybox").unwrap();
+        assert!(
+            !super::has_interpreter(&st),
+            "busybox-static has no interpreter"
+        );
+        assert!(!super::has_interpreter(b"not an elf"));
+    }
+}

@@ -1,0 +1,359 @@
+//! Workspace lifecycle on this host: create, start, stop, status, and the cleanup of
+//! what a running workspace holds.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use hearth_image::Image;
+use hearth_runtime::bundle::{self, BundleSpec};
+use hearth_runtime::mount;
+
+use super::agent::wait_ready;
+use super::host::resolv_conf;
+use super::{disk_err, image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
+use crate::{clone, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE};
+
+/// How long PID 1 gets to end its processes on stop before everything is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Records how long each phase of a start took.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+pub(super) fn cgroup_limits(spec: &WorkspaceSpec) -> hearth_cgroups::Limits {
+    hearth_cgroups::Limits {
+        memory_bytes: spec.limits.memory_bytes,
+        pids: spec.limits.pids,
+        cpu_weight: spec.limits.cpu_weight,
+    }
+}
+
+impl Inner {
+    pub(super) fn create(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: &Progress,
+    ) -> Result<(), NodeError> {
+        valid_id(&spec.id)?;
+        clone::validate_source(&spec.source)?;
+        self.images.get(&spec.image).map_err(image_err)?;
+        self.check_reserve("create a workspace")?;
+        let p = self.paths(&spec.id);
+        if p.dir.exists() {
+            return Err(NodeError::Conflict(format!(
+                "workspace {} already exists on this node",
+                spec.id
+            )));
+        }
+        let res = (|| {
+            mkdir(&p.dir, 0o711)?;
+            let base = spec.uid_base();
+            self.make_disk(&p, spec.limits.disk_bytes)?;
+            mkdir(&p.upper, 0o755)?;
+            std::os::unix::fs::chown(&p.upper, Some(base), Some(base)).map_err(internal)?;
+            mkdir(&p.rootfs, 0o755)?;
+            mkdir(&p.bundle, 0o700)?;
+            let ws = p.upper.join("workspace");
+            mkdir(&ws, 0o755)?;
+            std::os::unix::fs::chown(&ws, Some(base), Some(base)).map_err(internal)?;
+            let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
+            std::fs::write(p.dir.join("spec.json"), json).map_err(internal)?;
+            let _ = progress.send(format!("cloning {}", spec.source));
+            clone::clone(
+                &spec.source,
+                &clone::dest_for(&p.upper, &spec.source),
+                base,
+                base,
+                &self.gitconfig,
+                progress,
+            )
+        })();
+        if let Err(e) = res {
+            if let Err(e2) = self
+                .unmount_all(&p.dir)
+                .and_then(|()| self.remove_files(&spec.id))
+            {
+                tracing::error!(id = %spec.id, "cleanup after failed create: {e2}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        valid_id(&spec.id)?;
+        let p = self.paths(&spec.id);
+        // Already running: nothing to do (and a running workspace is never migrated).
+        if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
+            if st.status == "running" {
+                return self.status(spec);
+            }
+        }
+        // No reserve check here: starting takes no space (a restore checks its own), and
+        // the guard freezes the workspace if it then grows while under the reserve.
+        self.freezes.forget(&spec.id);
+        self.migrate_legacy(spec, &p)?;
+        // Local data lost (or the workspace moved here): bring back its latest snapshot.
+        if !p.image.exists() && (p.dir.exists() || !self.restore_latest(spec)?) {
+            return Err(NodeError::NotFound(format!(
+                "workspace {} has no data on this node",
+                spec.name
+            )));
+        }
+        self.open_disk(&p)?;
+        // An update recorded but cut short by a crash: finish growing the disk.
+        if std::fs::metadata(&p.image).is_ok_and(|m| m.len() < spec.limits.disk_bytes) {
+            hearth_disk::grow(&p.image, &p.disk, spec.limits.disk_bytes).map_err(disk_err)?;
+        }
+        let image = self.images.get(&spec.image).map_err(image_err)?;
+        let t0 = Instant::now();
+        match self.start_inner(spec, &image, &p) {
+            Ok(()) => {
+                tracing::info!(id = %spec.id, name = %spec.name, ms = t0.elapsed().as_millis() as u64, "started");
+                self.status(spec)
+            }
+            Err(e) => {
+                if let Err(e2) = self.cleanup_runtime(&spec.id, false) {
+                    tracing::error!(id = %spec.id, "cleanup after failed start: {e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn start_inner(
+        &self,
+        spec: &WorkspaceSpec,
+        image: &Image,
+        p: &Paths,
+    ) -> Result<(), NodeError> {
+        let id = &spec.id;
+        let mut ph = Phases::new();
+        self.cgroups
+            .create(id, &cgroup_limits(spec))
+            .map_err(internal)?;
+        ph.mark("cgroups");
+        let wnet = self.net.ensure(id, spec.slot).map_err(internal)?;
+        // Before the container exists, so it never runs without its deny rules.
+        self.net
+            .apply_egress(id, spec.slot, &spec.egress.deny)
+            .map_err(internal)?;
+        ph.mark("network");
+        if !mount::is_mounted(&p.rootfs).map_err(internal)? {
+            let ns =
+                hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
+            let layers = self.images.layer_dirs(image);
+            mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
+        }
+        ph.mark("rootfs");
+        let share = self.share.join(id);
+        mkdir(&share, 0o711)?;
+        let resolv = share.join("resolv.conf");
+        std::fs::write(&resolv, resolv_conf()).map_err(internal)?;
+
+        let repo_dir = format!("/workspace/{}", clone::repo_name(&spec.source));
+        let cwd = image
+            .config
+            .working_dir
+            .clone()
+            .filter(|d| !d.is_empty() && d != "/")
+            .unwrap_or(repo_dir);
+        let mut env = image.config.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        env.push(format!(
+            "HEARTH_DEFAULT_USER={}",
+            image.config.user.clone().unwrap_or_default()
+        ));
+        env.push(format!("HEARTH_DEFAULT_CWD={cwd}"));
+        env.push(format!("HEARTH_WORKSPACE={}", spec.name));
+        bundle::write(
+            &p.bundle,
+            &BundleSpec {
+                hostname: spec.name.clone(),
+                rootfs: p.rootfs.clone(),
+                uid_base: spec.uid_base(),
+                id_range: ID_RANGE,
+                netns: wnet.netns_path.clone(),
+                agent: self.agent.clone(),
+                files: vec![(resolv, "/etc/resolv.conf".into())],
+                devices_dir: share,
+                env,
+                nofile_hard: self.nofile_hard,
+            },
+        )
+        .map_err(internal)?;
+        ph.mark("bundle");
+
+        let _ = std::fs::remove_file(&p.socket);
+        let listener = std::os::unix::net::UnixListener::bind(&p.socket)
+            .map_err(|e| NodeError::Internal(format!("bind {}: {e}", p.socket.display())))?;
+        std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(internal)?;
+        self.runtime.delete(id).map_err(internal)?;
+        self.runtime
+            .run_detached(
+                id,
+                &p.bundle,
+                listener.as_fd(),
+                &p.console,
+                &self.cgroups.procs_files(id),
+            )
+            .map_err(internal)?;
+        drop(listener);
+        ph.mark("runtime");
+        wait_ready(&p.socket, &p.console)?;
+        ph.mark("agent ready");
+        tracing::debug!(%id, phases = ?ph.done, "start phases");
+        if let Ok(mut m) = self.phases.lock() {
+            m.insert(id.clone(), ph.done);
+        }
+        Ok(())
+    }
+
+    pub(super) fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let p = self.paths(&spec.id);
+        if !p.image.exists() && !p.dir.join(LEGACY_UPPER).is_dir() {
+            return Ok(WorkspaceStatus {
+                state: RunState::Missing,
+                pid: None,
+                ip: None,
+                paused: None,
+            });
+        }
+        match self.runtime.state(&spec.id).map_err(internal)? {
+            Some(st) if st.status == "running" => Ok(WorkspaceStatus {
+                state: RunState::Running,
+                pid: st.pid,
+                ip: self.net.address(spec.slot).ok(),
+                paused: self.paused_reason(&spec.id),
+            }),
+            _ => Ok(WorkspaceStatus {
+                state: RunState::Stopped,
+                pid: None,
+                ip: None,
+                paused: None,
+            }),
+        }
+    }
+
+    pub(super) fn stop(&self, id: &str, keep: bool) -> Result<(), NodeError> {
+        valid_id(id)?;
+        if let Some(st) = self.runtime.state(id).map_err(internal)? {
+            if st.status == "running" {
+                // A frozen workspace (snapshot in progress, disk reserve, or one cut short
+                // by a crash) could not act on TERM; the disk guard leaves it alone now.
+                if let Err(e) = self.freezes.clear(&self.cgroups, id, true) {
+                    tracing::warn!(%id, "thaw before stop: {e}");
+                }
+                // PID 1 (the agent) forwards TERM to everything and exits when done.
+                if let Err(e) = self.runtime.kill(id, "TERM") {
+                    tracing::warn!(%id, "TERM: {e}");
+                }
+                let deadline = Instant::now() + STOP_GRACE;
+                while Instant::now() < deadline {
+                    match self.runtime.state(id).map_err(internal)? {
+                        Some(s) if s.status == "running" => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        self.cleanup_runtime(id, keep)
+    }
+
+    /// Tears down everything a running workspace holds on the host except its files.
+    /// Idempotent; goes on after errors and reports them all.
+    ///
+    /// `keep` leaves the netns, veth and mounted disk in place for the next start (stop);
+    /// remove and stray cleanup drop them too.
+    pub(super) fn cleanup_runtime(&self, id: &str, keep: bool) -> Result<(), NodeError> {
+        let p = self.paths(id);
+        let mut errors = Vec::new();
+        if let Err(e) = self.runtime.delete(id) {
+            errors.push(e.to_string());
+        }
+        if self
+            .cgroups
+            .list()
+            .map(|l| l.iter().any(|g| g == id))
+            .unwrap_or(true)
+        {
+            if let Err(e) = self.cgroups.kill_all(id) {
+                errors.push(e.to_string());
+            }
+        }
+        match mount::mounts_under(&p.dir) {
+            Ok(mut ms) => {
+                ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+                for m in ms.into_iter().filter(|m| !keep || *m != p.disk) {
+                    if let Err(e) = mount::unmount(&m) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        if !keep {
+            if let Err(e) = self.net.teardown(id) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.cgroups.remove(id) {
+            errors.push(e.to_string());
+        }
+        let _ = std::fs::remove_file(&p.socket);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::Internal(errors.join("; ")))
+        }
+    }
+
+    /// Deletes a workspace's files; refuses while anything is mounted below it.
+    pub(super) fn remove_files(&self, id: &str) -> Result<(), NodeError> {
+        valid_id(id)?;
+        let p = self.paths(id);
+        let mounted = mount::mounts_under(&p.dir).map_err(internal)?;
+        if !mounted.is_empty() {
+            return Err(NodeError::Internal(format!(
+                "refusing to delete {}: still mounted at {}",
+                p.dir.display(),
+                mounted[0].display()
+            )));
+        }
+        if let Err(e) = std::fs::remove_dir_all(self.share.join(id)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%id, "removing its shared files: {e}");
+            }
+        }
+        match std::fs::remove_dir_all(&p.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NodeError::Internal(format!(
+                "remove {}: {e}",
+                p.dir.display()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! [`LocalNode`]: the node running in this process, on this host.
+//!
+//! One job per file: `lifecycle` (create, start, stop, status, cleanup), `limits`,
+//! `disk`, `migrate` (pre-disk workspaces), `reconcile`, `host` (host-wide setup and
+//! teardown), `agent` (install and readiness), `paths`, and the snapshot, disk guard,
+//! inspect and pull parts. This file opens the node and implements [`NodeApi`] by
+//! handing each call to a blocking thread.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_cgroups::Cgroups;
+use hearth_image::{Image, ImageError, ImageStore};
+use hearth_net::{NetConfig, Network};
+use hearth_runtime::oci::OciRuntime;
+
+mod agent;
+mod disk;
+mod guard;
+mod host;
+mod inspect;
+mod lifecycle;
+mod limits;
+mod migrate;
+mod paths;
+mod pull;
+mod reconcile;
+mod snapshot;
+
+use paths::Paths;
+
+use crate::{
+    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress,
+    WorkspaceSpec, WorkspaceStatus,
+};
+
+const LOG_MAX: usize = 1 << 20;
+/// Where a workspace's upper dir lived before workspaces had their own disk.
+const LEGACY_UPPER: &str = "upper";
+
+#[derive(Clone)]
+pub struct LocalNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNode")
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
+    }
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    images: ImageStore,
+    cgroups: Cgroups,
+    net: Network,
+    runtime: OciRuntime,
+    ws_root: PathBuf,
+    /// A node-wide tmpfs holding what is bind-mounted into workspaces (the agent, and
+    /// per workspace its resolv.conf and device nodes). Bind mounts show their source's
+    /// path within its filesystem in the workspace's mountinfo: from here that names no
+    /// host path.
+    share: PathBuf,
+    agent: PathBuf,
+    gitconfig: PathBuf,
+    /// Hard RLIMIT_NOFILE of workspaces.
+    nofile_hard: u64,
+    /// Per-phase durations of each workspace's last start (for `hearth bench`).
+    phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
+    snap: snapshot::SnapState,
+    /// Why workspaces are frozen (snapshot, disk reserve).
+    freezes: guard::Freezes,
+    guard: guard::DiskGuard,
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Internal(e.to_string())
+}
+
+fn disk_err(e: hearth_disk::DiskError) -> NodeError {
+    NodeError::Internal(format!("workspace disk: {e}"))
+}
+
+fn image_err(e: ImageError) -> NodeError {
+    match e {
+        ImageError::NotFound(r) => NodeError::NotFound(format!(
+            "image {r} not found (hearth image ls lists loaded images)"
+        )),
+        ImageError::Ambiguous { .. } | ImageError::InvalidName { .. } => {
+            NodeError::Invalid(e.to_string())
+        }
+        ImageError::Invalid { .. }
+        | ImageError::DigestMismatch { .. }
+        | ImageError::SizeMismatch { .. }
+        | ImageError::Entry { .. } => NodeError::Invalid(e.to_string()),
+        other => NodeError::Internal(other.to_string()),
+    }
+}
+
+fn summary(i: &Image) -> ImageSummary {
+    ImageSummary {
+        id: i.id.clone(),
+        names: i.names.clone(),
+        size: i.size,
+        layers: i.diff_ids.len(),
+        loaded_at: i.loaded_at.clone(),
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), NodeError> {
+    if id.is_empty()
+        || id.len() > 32
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), NodeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| NodeError::Internal(format!("mkdir {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| NodeError::Internal(format!("chmod {}: {e}", path.display())))
+}
+
+impl LocalNode {
+    /// Opens (or initialises) the node's state under `cfg.data_dir` and sets up the
+    /// host network. Running workspaces are left alone.
+    pub async fn open(cfg: NodeConfig) -> Result<LocalNode, NodeError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(cfg))
+            .await
+            .map_err(internal)?
+    }
+
+    fn open_blocking(cfg: NodeConfig) -> Result<LocalNode, NodeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(NodeError::Invalid("hearth node must run as root".into()));
+        }
+        let data = &cfg.data_dir;
+        // 0711: workspace containers (unprivileged host uids) must traverse to their rootfs.
+        mkdir(data, 0o711)?;
+        let ws_root = data.join("workspaces");
+        mkdir(&ws_root, 0o711)?;
+        mkdir(&data.join("bin"), 0o755)?;
+        mkdir(&data.join("run"), 0o700)?;
+        let images = ImageStore::open(&data.join("images")).map_err(image_err)?;
+        // Checks that can fail on bad input come before anything touches host-wide state
+        // (cgroup parents, the bridge, firewall chains), so a refused start leaks nothing.
+        let runtime =
+            OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
+        let share = data.join("share");
+        host::mount_share(&share)?;
+        let agent = share.join("hearth-agent");
+        // Workspaces bind the share's copy; the one in bin/ outlives a reboot, for an
+        // offline teardown that was given no agent.
+        agent::install_agent(&cfg.agent_binary, &[&data.join("bin/hearth-agent"), &agent])?;
+        let net = Network::new(NetConfig {
+            bridge: cfg.bridge.clone(),
+            subnet: cfg.subnet.clone(),
+            egress: cfg.egress.clone(),
+        })
+        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let guard = guard::DiskGuard::new(data, cfg.disk_reserve)?;
+        let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
+        host::lift_file_max();
+        let nofile_hard = host::raise_nofile_hard();
+        net.ensure_host().map_err(internal)?;
+        let gitconfig = data.join("gitconfig");
+        host::write_gitconfig(&gitconfig)?;
+        tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), disk_reserve = guard.reserve, "node ready");
+        let inner = Arc::new(Inner {
+            cfg,
+            images,
+            cgroups,
+            net,
+            runtime,
+            ws_root,
+            share,
+            agent,
+            gitconfig,
+            nofile_hard,
+            phases: Default::default(),
+            snap: Default::default(),
+            freezes: Default::default(),
+            guard,
+        });
+        guard::spawn(Arc::downgrade(&inner));
+        Ok(LocalNode { inner })
+    }
+
+    /// How long the last snapshot of workspace `id` kept it frozen.
+    pub fn last_snapshot_pause(&self, id: &str) -> Option<Duration> {
+        self.inner.snap.pauses.lock().ok()?.get(id).copied()
+    }
+
+    /// Phases of the last start of workspace `id`, in order.
+    pub fn start_phases(&self, id: &str) -> Vec<(&'static str, Duration)> {
+        self.inner
+            .phases
+            .lock()
+            .map(|m| m.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(internal)?
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for LocalNode {
+    async fn load_image(
+        &self,
+        path: PathBuf,
+        name: Option<String>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        self.blocking(move |i| {
+            i.check_reserve("load an image")?;
+            let mut cb = |s: &str| {
+                let _ = progress.send(s.to_string());
+            };
+            i.images
+                .load(&path, name.as_deref(), &mut cb)
+                .map(|img| summary(&img))
+                .map_err(image_err)
+        })
+        .await
+    }
+
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<crate::RegistryAuth>,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        let r = reference.to_string();
+        self.blocking(move |i| pull::pull(i, &r, auth, &progress))
+            .await
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
+        self.blocking(|i| {
+            Ok(i.images
+                .list()
+                .map_err(image_err)?
+                .iter()
+                .map(summary)
+                .collect())
+        })
+        .await
+    }
+
+    async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError> {
+        let r = reference.to_string();
+        self.blocking(move |i| i.images.get(&r).map(|x| summary(&x)).map_err(image_err))
+            .await
+    }
+
+    async fn remove_image(&self, reference: &str, in_use: &[String]) -> Result<(), NodeError> {
+        let r = reference.to_string();
+        let in_use = in_use.to_vec();
+        self.blocking(move |i| {
+            let img = i.images.get(&r).map_err(image_err)?;
+            if in_use.contains(&img.id) {
+                return Err(NodeError::Conflict(format!(
+                    "image {r} is used by a workspace; remove the workspace first"
+                )));
+            }
+            i.images.remove(&img.id).map(|_| ()).map_err(image_err)
+        })
+        .await
+    }
+
+    async fn create(&self, spec: &WorkspaceSpec, progress: Progress) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.create(&spec, &progress)).await
+    }
+
+    async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.start(&spec)).await
+    }
+
+    async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| i.stop(&id, true)).await
+    }
+
+    async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| {
+            i.stop(&id, false)?;
+            i.remove_files(&id)
+        })
+        .await
+    }
+
+    async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.status(&spec)).await
+    }
+
+    async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| {
+            valid_id(&spec.id)?;
+            if !i.net.has_network(&spec.id) {
+                return Ok(());
+            }
+            i.net
+                .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
+                .map_err(|e| match e {
+                    hearth_net::NetError::TooManyEgressRules { .. }
+                    | hearth_net::NetError::InvalidEgressRule { .. } => {
+                        NodeError::Invalid(e.to_string())
+                    }
+                    other => internal(other),
+                })?;
+            tracing::info!(id = %spec.id, name = %spec.name, rules = spec.egress.deny.len(), "egress policy set");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.set_limits(&spec)).await
+    }
+
+    async fn inspect(&self, spec: &WorkspaceSpec) -> Result<crate::WorkspaceDetails, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| inspect::inspect(i, &spec)).await
+    }
+
+    async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
+        valid_id(&spec.id)?;
+        if req.argv.is_empty() {
+            return Err(NodeError::Invalid("no command given".into()));
+        }
+        let socket = self.inner.paths(&spec.id).socket;
+        if !socket.exists() {
+            return Err(NodeError::Conflict(format!(
+                "workspace {} is not running (hearth start {})",
+                spec.name, spec.name
+            )));
+        }
+        hearth_proto::client::exec(&socket, &req)
+            .await
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Other {
+                    NodeError::Invalid(e.to_string())
+                } else {
+                    NodeError::Internal(format!("workspace {} agent: {e}", spec.name))
+                }
+            })
+    }
+
+    async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| {
+            valid_id(&id)?;
+            let console = i.paths(&id).console;
+            match std::fs::read(&console) {
+                Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(NodeError::Internal(format!(
+                    "read {}: {e}",
+                    console.display()
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn reconcile(
+        &self,
+        known: &[WorkspaceSpec],
+    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+        let known = known.to_vec();
+        self.blocking(move |i| i.reconcile(&known)).await
+    }
+
+    async fn snapshot(&self, spec: &WorkspaceSpec) -> Result<crate::SnapshotSummary, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| {
+            i.snapshot(&spec, false)?
+                .ok_or_else(|| NodeError::Internal("snapshot was skipped".into()))
+        })
+        .await
+    }
+
+    async fn snapshot_if_changed(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Option<crate::SnapshotSummary>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.snapshot(&spec, true)).await
+    }
+
+    async fn snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Vec<crate::SnapshotSummary>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.snapshots(&spec)).await
+    }
+
+    async fn restore(&self, spec: &WorkspaceSpec, id: &str) -> Result<(), NodeError> {
+        let spec = spec.clone();
+        let id = id.to_string();
+        self.blocking(move |i| i.restore(&spec, &id)).await
+    }
+
+    async fn store_fsck(&self) -> Result<crate::StoreCheck, NodeError> {
+        self.blocking(|i| i.store_fsck()).await
+    }
+
+    async fn store_gc(
+        &self,
+        keep: Option<crate::Retention>,
+    ) -> Result<crate::StoreGcReport, NodeError> {
+        self.blocking(move |i| i.store_gc(keep)).await
+    }
+
+    async fn teardown(&self) -> Result<(), NodeError> {
+        self.blocking(|i| i.teardown()).await
+    }
+}
