@@ -6,7 +6,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use hearth_cgroups::{Cgroups, Layout, Limits, Version};
+use hearth_cgroups::{Cgroups, Layout, Limits, V1Layout, Version};
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -218,31 +218,71 @@ fn host_layout_lifecycle() {
     check_lifecycle(cg, expected);
 }
 
-/// The v2 backend on this host's cgroup2 mount (the hybrid `unified` one on v1 hosts),
-/// which exercises `cgroup.kill`.
+/// A cgroup hierarchy this test mounted itself (the host has none of that kind);
+/// unmounted on drop, after the groups in it are gone.
+struct OwnMount(tempfile::TempDir);
+
+impl OwnMount {
+    fn new(fstype: &str, options: &str) -> OwnMount {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", fstype, "-o", options, "hearth-test"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this host has no {fstype} ({options}) hierarchy and cannot mount one (booted with \
+             cgroup_no_v1?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        OwnMount(dir)
+    }
+}
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The v2 backend on this host's cgroup2 mount (the hybrid `unified` one on v1 hosts, or
+/// one of its own on a v1 host without it), which exercises `cgroup.kill`.
 #[test]
 fn v2_backend_on_cgroup2_mount() {
+    let mut own = None;
     let root = match Layout::detect().unwrap() {
-        Layout::V1(v1) => match v1.unified {
-            Some(u) => u,
-            None => return,
-        },
         Layout::V2 { root } => root,
+        Layout::V1(v1) => v1.unified.unwrap_or_else(|| {
+            own.insert(OwnMount::new("cgroup2", "rw"))
+                .0
+                .path()
+                .to_owned()
+        }),
     };
     let parent = unique("hearth-test-v2");
     let cg = Cgroups::open_with(Layout::V2 { root }, &parent).unwrap();
     check_lifecycle(cg, 1);
 }
 
-/// v1 without the hybrid cgroup2 group: kill_all must go through freeze, kill, thaw.
+/// v1 without the hybrid cgroup2 group: kill_all must go through freeze, kill, thaw. A
+/// host without a v1 freezer (cgroup v2 hosts) gets one mounted for the test: the v1
+/// freezer is no v2 controller, so it stays free to mount there.
 #[test]
 fn v1_freezer_kill_path() {
-    let Layout::V1(mut v1) = Layout::detect().unwrap() else {
-        return;
+    let mut own = None;
+    let mut v1 = match Layout::detect().unwrap() {
+        Layout::V1(v1) if v1.freezer.is_some() => v1,
+        _ => V1Layout {
+            freezer: Some(
+                own.insert(OwnMount::new("cgroup", "freezer"))
+                    .0
+                    .path()
+                    .to_owned(),
+            ),
+            ..V1Layout::default()
+        },
     };
-    if v1.freezer.is_none() {
-        return;
-    }
     v1.unified = None;
     let mut roots: Vec<_> = [&v1.memory, &v1.pids, &v1.cpu, &v1.cpuacct, &v1.freezer]
         .into_iter()

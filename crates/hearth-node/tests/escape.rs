@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::{env, git_repo, host_ipv4_addrs, run, run_in};
+use common::{env, git_repo, host_ipv4_addrs, run, run_in, test_image};
 use hearth_node::{Limits, LocalNode, NodeApi, WorkspaceSpec};
 
 /// One row of the printed table.
@@ -122,22 +122,21 @@ fn sh(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The node hands `path` in when the host has it; the suite checks it, so the host must.
+fn require_host_device(path: &str, module: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "host has no {path}: load its module (modprobe {module}) before running the escape suite"
+    );
+}
+
 fn digest(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn root_inside_cannot_escape() {
-    let tar = std::env::var_os("HEARTH_TEST_DEBIAN")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            let p = Path::new("/var/cache/hearth-images/test/debian.tar");
-            p.exists().then(|| p.to_path_buf())
-        });
-    let Some(tar) = tar else {
-        eprintln!("skipped: HEARTH_TEST_DEBIAN not set (scripts/test.sh sets it)");
-        return;
-    };
+    let tar = test_image("HEARTH_TEST_DEBIAN", "debian");
     let _core = Restore(
         "/proc/sys/kernel/core_pattern",
         std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
@@ -327,39 +326,37 @@ async fn root_inside_cannot_escape() {
     )
     .await;
     // FUSE is a feature: the node hands a usable /dev/fuse in when the host has one.
-    if Path::new("/dev/fuse").exists() {
-        let (code, _, err) = run(&node, &a, "exec 3<>/dev/fuse").await;
-        s.record("control: /dev/fuse opens inside", code == 0, err);
-    }
+    require_host_device("/dev/fuse", "fuse");
+    let (code, _, err) = run(&node, &a, "exec 3<>/dev/fuse").await;
+    s.record("control: /dev/fuse opens inside", code == 0, err);
     // So is /dev/net/tun (slirp4netns for nested containers), for network namespaces root
     // inside makes; never in the node-made one, where eth0 and the host's devices are.
-    if Path::new("/dev/net/tun").exists() {
-        let tun = |name: &str| {
-            format!(
-                "perl -e 'open(my $f, \"+<\", \"/dev/net/tun\") or die \"open: $!\\n\"; \
-                 my $r = pack(\"a16 s x22\", \"{name}\", 0x1001); \
-                 ioctl($f, 0x400454ca, $r) or die \"TUNSETIFF: $!\\n\"; exit 0'"
-            )
-        };
-        let (code, _, err) = run(&node, &a, &format!("unshare -n {}", tun("nested0"))).await;
-        s.record("control: tun device in a nested netns", code == 0, err);
-        s.attack(&a, "tun device in the workspace's netns", &tun("hx0"))
-            .await;
-        let host_tun = format!("htun{}", rand::random::<u32>() % 100_000);
-        let _guard = TunGuard(host_tun.clone());
-        s.record(
-            "control: host makes a persistent tun device",
-            sh(&format!("ip tuntap add dev {host_tun} mode tun")),
-            host_tun.clone(),
-        );
-        s.attack(&a, "attach to the host's tun device", &tun(&host_tun))
-            .await;
-        s.record(
-            "host tun device still there",
-            sh(&format!("ip -o link show {host_tun} >/dev/null")),
-            "",
-        );
-    }
+    require_host_device("/dev/net/tun", "tun");
+    let tun = |name: &str| {
+        format!(
+            "perl -e 'open(my $f, \"+<\", \"/dev/net/tun\") or die \"open: $!\\n\"; \
+             my $r = pack(\"a16 s x22\", \"{name}\", 0x1001); \
+             ioctl($f, 0x400454ca, $r) or die \"TUNSETIFF: $!\\n\"; exit 0'"
+        )
+    };
+    let (code, _, err) = run(&node, &a, &format!("unshare -n {}", tun("nested0"))).await;
+    s.record("control: tun device in a nested netns", code == 0, err);
+    s.attack(&a, "tun device in the workspace's netns", &tun("hx0"))
+        .await;
+    let host_tun = format!("htun{}", rand::random::<u32>() % 100_000);
+    let _guard = TunGuard(host_tun.clone());
+    s.record(
+        "control: host makes a persistent tun device",
+        sh(&format!("ip tuntap add dev {host_tun} mode tun")),
+        host_tun.clone(),
+    );
+    s.attack(&a, "attach to the host's tun device", &tun(&host_tun))
+        .await;
+    s.record(
+        "host tun device still there",
+        sh(&format!("ip -o link show {host_tun} >/dev/null")),
+        "",
+    );
 
     // --- cgroups ---
     let cg_mem = Path::new("/sys/fs/cgroup/memory")

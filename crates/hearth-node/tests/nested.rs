@@ -5,9 +5,8 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
-use common::{env, git_repo, run, run_in};
+use common::{env, git_repo, run, run_in, test_image};
 use hearth_node::{Limits, LocalNode, NodeApi, WorkspaceSpec};
 
 /// Runs `cmd` inside and returns its stdout, failing the test with everything on error.
@@ -19,13 +18,7 @@ async fn ok(node: &LocalNode, ws: &WorkspaceSpec, what: &str, cmd: &str) -> Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn podman_and_dockerd_run_containers_inside() {
-    let Some(tar) = std::env::var_os("HEARTH_TEST_DEBIAN_CONTAINERS").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: HEARTH_TEST_DEBIAN_CONTAINERS not set (scripts/test.sh sets it; \
-             scripts/make-image.sh debian-containers OUT.tar makes the image)"
-        );
-        return;
-    };
+    let tar = test_image("HEARTH_TEST_DEBIAN_CONTAINERS", "debian-containers");
     let mut e = env().await;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let img = e.node.load_image(tar, None, tx.clone()).await.unwrap();

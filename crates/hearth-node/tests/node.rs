@@ -4,7 +4,7 @@ use hearth_node::{Limits, NodeApi, RunState, WorkspaceSpec};
 
 mod common;
 
-use common::{busybox_workspaces, env, env_with, git_repo, host_ipv4_addrs, run, Env};
+use common::{busybox_workspaces, env, env_with, git_repo, host_ipv4_addrs, run, test_image, Env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_on_real_containers() {
@@ -68,17 +68,10 @@ async fn lifecycle(mut e: Env) {
 /// runs there too, and installed software under /usr/local and /etc survives a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn debian_image_from_docker_archive() {
-    let Some(tar) = std::env::var_os("HEARTH_TEST_DEBIAN") else {
-        eprintln!("skipped: HEARTH_TEST_DEBIAN not set (scripts/test.sh sets it)");
-        return;
-    };
+    let tar = test_image("HEARTH_TEST_DEBIAN", "debian");
     let mut e = env().await;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = e
-        .node
-        .load_image(tar.into(), None, tx.clone())
-        .await
-        .unwrap();
+    let img = e.node.load_image(tar, None, tx.clone()).await.unwrap();
     assert!(
         img.names.iter().any(|n| n.starts_with("debian")),
         "{:?}",

@@ -238,10 +238,10 @@ mod tests {
     /// land in their own upper dirs only.
     #[test]
     fn overlay_over_idmapped_layers() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (idmapped and overlay mounts): run the tests as root, as scripts/test.sh does"
+        );
         let t = tempfile::tempdir().unwrap();
         let layer = t.path().join("layer");
         std::fs::create_dir_all(layer.join("etc")).unwrap();

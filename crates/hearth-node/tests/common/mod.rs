@@ -196,21 +196,31 @@ pub async fn busybox_workspaces(
     out
 }
 
-/// Loads the Debian test image (`HEARTH_TEST_DEBIAN`, else the cached one) into `e`'s
-/// node and returns its id; `None` when there is none (the caller skips).
-pub async fn debian_image(e: &Env) -> Option<String> {
-    let tar = std::env::var_os("HEARTH_TEST_DEBIAN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let p = Path::new("/var/cache/hearth-images/test/debian.tar");
-            p.exists().then(|| p.to_path_buf())
-        });
-    let Some(tar) = tar else {
-        eprintln!("skipped: HEARTH_TEST_DEBIAN not set (scripts/test.sh sets it)");
-        return None;
+/// Where `scripts/test.sh` keeps the test images it makes.
+const IMAGE_CACHE: &str = "/var/cache/hearth-images/test";
+
+/// A test image tar: `$var`, else `<cache>/<kind>.tar`. Tests never skip: a missing image
+/// fails the test, saying how to make it.
+pub fn test_image(var: &str, kind: &str) -> PathBuf {
+    let path = match std::env::var_os(var) {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(IMAGE_CACHE).join(format!("{kind}.tar")),
     };
+    assert!(
+        path.is_file(),
+        "test image {} missing ({var} unset or wrong): run scripts/test.sh, or \
+         scripts/make-image.sh {kind} {} and set {var}",
+        path.display(),
+        path.display()
+    );
+    path
+}
+
+/// Loads the Debian test image (see [`test_image`]) into `e`'s node; returns its id.
+pub async fn debian_image(e: &Env) -> String {
+    let tar = test_image("HEARTH_TEST_DEBIAN", "debian");
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    Some(e.node.load_image(tar, None, tx).await.unwrap().id)
+    e.node.load_image(tar, None, tx).await.unwrap().id
 }
 
 fn must(args: &[&str]) {
