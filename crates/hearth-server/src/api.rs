@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,9 +17,12 @@ use hearth_proto::Event;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::manager::Manager;
+use crate::names;
 use crate::ndjson;
+use crate::ratelimit::{self, Limiter, RateLimit};
 use crate::wire::*;
 
 /// Largest accepted request body; requests are small JSON documents.
@@ -33,6 +37,25 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct AppState {
     pub manager: Arc<Manager>,
     pub token: Arc<str>,
+    pub rate: RateLimit,
+}
+
+/// A workspace name from the path, checked before any state is touched: nothing is
+/// looked up, locked or logged for a name that could never exist.
+pub struct WsName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for WsName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rej| ApiError::invalid(rej.body_text()))?;
+        if !names::is_valid_name(&name) {
+            return Err(ApiError::invalid(names::invalid_name_message(&name)));
+        }
+        Ok(WsName(name))
+    }
 }
 
 /// JSON body extractor whose rejections use the API's error format.
@@ -64,7 +87,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -72,6 +95,7 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => {
+            req.extensions_mut().insert(Caller::admin());
             next.run(req).await
         }
         Some(_) => ApiError::unauthorized("invalid token").into_response(),
@@ -93,6 +117,53 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the rate limit's 429 to every operation that needs the token.
+struct RateLimited;
+
+impl Modify for RateLimited {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{header::HeaderBuilder, ContentBuilder, ResponseBuilder};
+        let resp = ResponseBuilder::new()
+            .description("too many requests from this token; retry after the given seconds")
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::Integer),
+                    )
+                    .description(Some("seconds to wait"))
+                    .build(),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // `security(())` marks the open routes; the rest inherit the token.
+                if op.security.is_none() {
+                    op.responses
+                        .responses
+                        .insert("429".into(), resp.clone().into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hearth", description = "Self-hosted development workspaces."),
@@ -104,7 +175,7 @@ impl Modify for BearerAuth {
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
     components(schemas(StreamLineDoc)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RateLimited),
     security(("token" = []))
 )]
 pub struct ApiDoc;
@@ -143,6 +214,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
+        // Layers run outside in: the token check first, then the caller's rate.
+        .route_layer(middleware::from_fn_with_state(
+            Limiter::new(state.rate),
+            ratelimit::limit,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))
@@ -224,49 +300,49 @@ async fn create_workspace(
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
-    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.get(&name).await?))
 }
 
 /// The record plus host details: uid range, cgroups, network, pid and current usage.
 #[utoipa::path(get, path = "/v1/workspaces/{name}/inspect", params(("name" = String, Path)),
-    responses((status = 200, body = WorkspaceInspect), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WorkspaceInspect), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn inspect_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<WorkspaceInspect>, ApiError> {
     Ok(Json(st.manager.inspect(&name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/start", params(("name" = String, Path)),
-    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn start_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.start(&name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/stop", params(("name" = String, Path)),
-    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn stop_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.stop(&name).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<StatusCode, ApiError> {
     st.manager.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -281,7 +357,7 @@ async fn remove_workspace(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_egress(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
     ApiJson(req): ApiJson<Egress>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.set_egress(&name, req).await?))
@@ -295,7 +371,7 @@ async fn set_egress(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn edit_egress(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
     ApiJson(req): ApiJson<EgressEdit>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.edit_egress(&name, req).await?))
@@ -310,7 +386,7 @@ async fn edit_egress(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_limits(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
     ApiJson(req): ApiJson<LimitsRequest>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.set_limits(&name, req).await?))
@@ -318,10 +394,10 @@ async fn set_limits(
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path)),
     responses((status = 200, description = "console output of the workspace's PID 1",
-        content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+        content_type = "application/octet-stream"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn workspace_logs(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Response, ApiError> {
     let bytes = st.manager.logs(&name).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -334,11 +410,11 @@ async fn workspace_logs(
 /// Server: 1 stdout(bytes), 2 stderr(bytes), 3 exit(i32 BE), 4 error(utf-8); the server
 /// closes the socket after exit or error.
 #[utoipa::path(get, path = "/v1/workspaces/{name}/exec", params(("name" = String, Path)),
-    responses((status = 101, description = "switching to the exec WebSocket protocol"),
+    responses((status = 101, description = "switching to the exec WebSocket protocol"), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn exec_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let spec = st.manager.exec_target(&name).await?;

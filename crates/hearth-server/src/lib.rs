@@ -5,11 +5,13 @@
 //! server listens, for the CLI on the same machine) and `server.lock` (one server per dir).
 
 pub mod api;
+pub mod auth;
 pub mod db;
 pub mod error;
 pub mod manager;
 pub mod names;
 pub mod ndjson;
+pub mod ratelimit;
 pub mod snapshots;
 pub mod wire;
 
@@ -38,6 +40,8 @@ pub const LOCK_FILE: &str = "server.lock";
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Requests per caller; see [`ratelimit`].
+    pub rate: ratelimit::RateLimit,
 }
 
 /// Contents of `server.json`.
@@ -168,6 +172,7 @@ impl Server {
         let app = api::router(api::AppState {
             manager: manager.clone(),
             token: token.into(),
+            rate: cfg.rate,
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {

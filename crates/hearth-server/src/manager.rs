@@ -4,15 +4,13 @@
 //! state) and after it answers (the final state), so a crash in between is visible at
 //! the next start and [`Manager::reconcile`] can finish or undo the operation.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hearth_node::{
     EgressPolicy, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth,
     RunState, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
-use tokio::sync::OwnedMutexGuard;
 
 use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
@@ -22,7 +20,10 @@ use crate::wire::{
     WorkspaceInspect, WorkspaceState,
 };
 
+mod locks;
 mod snapshots;
+
+use locks::{NameGuard, NameLocks};
 
 /// Image used when `up` names none.
 pub const DEFAULT_IMAGE: &str = "debian";
@@ -31,7 +32,7 @@ pub struct Manager {
     store: Store,
     node: Arc<dyn NodeApi>,
     /// One async lock per workspace name so start/stop/rm of one workspace never interleave.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: NameLocks,
     /// Serializes slot allocation and insertion.
     alloc: tokio::sync::Mutex<()>,
 }
@@ -107,7 +108,7 @@ impl Manager {
         Manager {
             store,
             node,
-            locks: Mutex::new(HashMap::new()),
+            locks: NameLocks::default(),
             alloc: tokio::sync::Mutex::new(()),
         }
     }
@@ -120,19 +121,17 @@ impl Manager {
         &self.store
     }
 
-    async fn lock(&self, name: &str) -> OwnedMutexGuard<()> {
-        let m = {
-            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(name.to_string()).or_default().clone()
-        };
-        m.lock_owned().await
+    async fn lock(&self, name: &str) -> NameGuard {
+        self.locks.lock(name).await
+    }
+
+    /// Names whose operation lock is held or awaited now (tests check it returns to 0).
+    pub fn lock_count(&self) -> usize {
+        self.locks.len()
     }
 
     /// Locks `name` and returns its record, unless an operation on it is under way.
-    async fn settled(
-        &self,
-        name: &str,
-    ) -> Result<(OwnedMutexGuard<()>, WorkspaceRecord), ApiError> {
+    async fn settled(&self, name: &str) -> Result<(NameGuard, WorkspaceRecord), ApiError> {
         let guard = self.lock(name).await;
         let rec = self.record(name).await?;
         if rec.state.is_transitional() {

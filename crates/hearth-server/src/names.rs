@@ -16,8 +16,15 @@ pub fn is_valid_name(name: &str) -> bool {
     }
 }
 
-/// The message users see for a rejected name.
+/// The message users see for a rejected name; a long one is cut so it cannot bloat
+/// the answer or the log.
 pub fn invalid_name_message(name: &str) -> String {
+    let shown: String = name.chars().take(MAX_NAME + 1).collect();
+    let name = if shown.len() < name.len() {
+        format!("{shown}...")
+    } else {
+        shown
+    };
     format!(
         "invalid workspace name {name:?}: use 1 to {MAX_NAME} lowercase letters, digits and '-', \
          starting and ending with a letter or digit"

@@ -1,13 +1,13 @@
 //! Snapshot routes and their wire types: on-demand snapshots, listing, fork, store upkeep.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hearth_node::SnapshotSummary;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::{ApiJson, AppState};
+use crate::api::{ApiJson, AppState, WsName};
 use crate::error::ApiError;
 use crate::wire::{ErrorBody, Workspace};
 
@@ -82,32 +82,32 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/snapshots", params(("name" = String, Path)),
-    responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Snapshot), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn take_snapshot(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<Snapshot>, ApiError> {
     Ok(Json(st.manager.snapshot(&name).await?))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}/snapshots", params(("name" = String, Path)),
-    responses((status = 200, description = "oldest first", body = Vec<Snapshot>),
+    responses((status = 200, description = "oldest first", body = Vec<Snapshot>), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_snapshots(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
 ) -> Result<Json<Vec<Snapshot>>, ApiError> {
     Ok(Json(st.manager.snapshots(&name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),
     request_body = ForkWorkspace,
-    responses((status = 200, description = "the new, running workspace", body = Workspace),
+    responses((status = 200, description = "the new, running workspace", body = Workspace), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn fork_workspace(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    WsName(name): WsName,
     ApiJson(req): ApiJson<ForkWorkspace>,
 ) -> Result<Json<Workspace>, ApiError> {
     Ok(Json(st.manager.fork(&name, req).await?))

@@ -313,12 +313,17 @@ struct Harness {
 }
 
 async fn harness(node: FakeNode) -> Harness {
+    harness_with(node, crate::ratelimit::RateLimit::default()).await
+}
+
+async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
     let manager = Arc::new(Manager::new(store, Arc::new(node.clone())));
     let app = router(AppState {
         manager: manager.clone(),
         token: TOKEN.into(),
+        rate,
     });
     Harness {
         _dir: dir,
@@ -1079,6 +1084,7 @@ async fn server_binds_writes_server_json_and_stops() {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            rate: Default::default(),
         },
         node.clone(),
     )
@@ -1093,6 +1099,7 @@ async fn server_binds_writes_server_json_and_stops() {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            rate: Default::default(),
         },
         node,
     )
@@ -1142,6 +1149,7 @@ async fn exec_over_websocket() {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            rate: Default::default(),
         },
         Arc::new(node.clone()),
     )
@@ -1320,4 +1328,112 @@ async fn limits_change_in_place_and_disks_only_grow() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unknown_names_leave_no_state_behind() {
+    let unlimited = crate::ratelimit::RateLimit {
+        per_second: 0,
+        burst: 0,
+    };
+    let h = harness_with(FakeNode::with_image("busybox"), unlimited).await;
+    // Valid names that do not exist: answered 404, and no per-name lock outlives its request.
+    for i in 0..1000 {
+        let name = format!("ghost-{i}");
+        for (m, uri) in [
+            (Method::POST, format!("/v1/workspaces/{name}/start")),
+            (Method::POST, format!("/v1/workspaces/{name}/stop")),
+            (Method::DELETE, format!("/v1/workspaces/{name}")),
+        ] {
+            let (s, v) = h.json(m.clone(), &uri, None).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{m} {uri}: {v}");
+        }
+    }
+    assert_eq!(h.manager.lock_count(), 0);
+
+    // Names that can never exist are refused before the manager sees them, and the
+    // answer does not echo 60 KB back.
+    let long = "a".repeat(60 * 1024);
+    for (m, uri) in [
+        (Method::POST, format!("/v1/workspaces/{long}/start")),
+        (Method::POST, format!("/v1/workspaces/{long}/stop")),
+        (Method::DELETE, format!("/v1/workspaces/{long}")),
+        (Method::GET, format!("/v1/workspaces/{long}")),
+        (Method::POST, "/v1/workspaces/Bad_Name/start".to_string()),
+        (Method::GET, "/v1/workspaces/-x/snapshots".to_string()),
+    ] {
+        let (s, b) = h.call(m.clone(), &uri, Some(TOKEN), None).await;
+        assert_eq!(
+            s,
+            StatusCode::BAD_REQUEST,
+            "{m} {}",
+            &uri[..40.min(uri.len())]
+        );
+        assert!(b.len() < 1024, "{} byte answer", b.len());
+        let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+        assert_eq!(e.error.code, "invalid");
+        assert!(
+            e.error.message.contains("invalid workspace name"),
+            "{}",
+            e.error.message
+        );
+    }
+    assert_eq!(h.manager.lock_count(), 0);
+
+    // Real workspaces still work, and their locks go too.
+    let (_, last) = h
+        .stream(
+            "/v1/workspaces",
+            serde_json::json!({"source": "/src/a", "image": "busybox", "name": "a"}),
+        )
+        .await;
+    assert!(matches!(last, StreamLine::Result(_)), "{last:?}");
+    let (s, _) = h.json(Method::POST, "/v1/workspaces/a/stop", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.json(Method::DELETE, "/v1/workspaces/a", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(h.manager.lock_count(), 0);
+}
+
+#[tokio::test]
+async fn request_rate_is_limited_per_token() {
+    let rate = crate::ratelimit::RateLimit {
+        per_second: 1,
+        burst: 5,
+    };
+    let h = harness_with(FakeNode::default(), rate).await;
+    for i in 0..5 {
+        let (s, _) = h
+            .call(Method::GET, "/v1/workspaces", Some(TOKEN), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "request {i}");
+    }
+    let req = Request::builder()
+        .uri("/v1/workspaces")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e.error.code, "too_many_requests");
+    // Bad tokens are refused as before (not counted against the holder's rate), and the
+    // open routes stay open.
+    let (s, _) = h
+        .call(Method::GET, "/v1/workspaces", Some("wrong"), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let r429 = &doc["paths"]["/v1/workspaces"]["get"]["responses"]["429"];
+    assert!(r429["headers"]["Retry-After"].is_object(), "{r429}");
+    assert!(doc["paths"]["/v1/health"]["get"]["responses"]["429"].is_null());
 }

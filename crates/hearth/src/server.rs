@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_node::{Cidr, ConnLimits, EgressConfig, LocalNode, NodeApi, NodeConfig};
+use hearth_server::ratelimit::RateLimit;
 use hearth_server::{DataDirLock, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,13 @@ pub struct ServerArgs {
     /// files. Default: 5% of that filesystem, within 1..20 GiB.
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, overrides_with = "disk_reserve")]
     disk_reserve: Option<u64>,
+    /// API requests per second per client token, sustained (0 turns the limit off); more
+    /// are answered 429 with Retry-After.
+    #[arg(long, default_value_t = RateLimit::default().per_second)]
+    api_rate: u32,
+    /// API requests per client token allowed at once above --api-rate.
+    #[arg(long, default_value_t = RateLimit::default().burst)]
+    api_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -212,6 +220,10 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     let cfg = ServerConfig {
         data_dir: data_dir.to_path_buf(),
         listen: args.listen,
+        rate: RateLimit {
+            per_second: args.api_rate,
+            burst: args.api_burst,
+        },
     };
     let server = Server::bind_locked(lock, cfg, node).await?;
     if args.snapshot_interval > 0 {
