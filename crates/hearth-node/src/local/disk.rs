@@ -2,9 +2,7 @@
 
 use std::path::Path;
 
-use hearth_runtime::mount;
-
-use super::{disk_err, internal, mkdir, Inner, Paths};
+use super::{disk_err, mkdir, Inner, Paths};
 use crate::NodeError;
 
 impl Inner {
@@ -23,12 +21,7 @@ impl Inner {
 
     /// Mounts the workspace's disk if it is not (after a host reboot or a `rm` cut short).
     pub(super) fn open_disk(&self, p: &Paths) -> Result<(), NodeError> {
-        if !mount::is_mounted(&p.disk).map_err(internal)? {
-            hearth_disk::mount(&p.image, &p.disk).map_err(disk_err)?;
-        } else if let Err(e) = hearth_disk::limit_dirty(&p.disk, hearth_disk::DIRTY_MAX) {
-            // Mounted by an older node; the limit only bounds what the reserve must hold.
-            tracing::warn!(disk = %p.disk.display(), "cannot bound its dirty page cache: {e}");
-        }
+        self.host.open_disk(&p.image, &p.disk)?;
         if !p.upper.is_dir() {
             return Err(NodeError::Internal(format!(
                 "disk {} has no upper dir",
@@ -40,10 +33,10 @@ impl Inner {
 
     /// Unmounts everything below `dir`, deepest first.
     pub(super) fn unmount_all(&self, dir: &Path) -> Result<(), NodeError> {
-        let mut ms = mount::mounts_under(dir).map_err(internal)?;
+        let mut ms = self.host.mounts_under(dir)?;
         ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
         for m in ms {
-            mount::unmount(&m).map_err(internal)?;
+            self.host.unmount(&m)?;
         }
         Ok(())
     }

@@ -100,7 +100,7 @@ impl Inner {
     /// Stops every workspace and removes everything the node set up on the host; files stay.
     pub(super) fn teardown(&self) -> Result<(), NodeError> {
         let mut errors = Vec::new();
-        for id in self.runtime.list().unwrap_or_default() {
+        for id in self.host.containers().unwrap_or_default() {
             if let Err(e) = self.stop(&id, false) {
                 errors.push(e.to_string());
             }
@@ -113,8 +113,8 @@ impl Inner {
                 }
             }
         }
-        for id in self.net.list().unwrap_or_default() {
-            if let Err(e) = self.net.teardown(&id) {
+        for id in self.host.networks().unwrap_or_default() {
+            if let Err(e) = self.host.remove_network(&id) {
                 errors.push(e.to_string());
             }
         }

@@ -3,14 +3,14 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hearth_image::Image;
-use hearth_runtime::bundle::{self, BundleSpec};
-use hearth_runtime::mount;
+use hearth_runtime::bundle::BundleSpec;
 
-use super::agent::wait_ready;
 use super::host::resolv_conf;
+use super::ops::HostOps;
 use super::{disk_err, image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
 use crate::{clone, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE};
 
@@ -34,6 +34,72 @@ impl Phases {
         let now = Instant::now();
         self.done.push((phase, now - self.last));
         self.last = now;
+    }
+}
+
+/// What a start has set up so far. Dropped before [`Undo::commit`] (the start failed),
+/// it undoes each step in reverse order. Steps that can fail half way (a cgroup made in
+/// some hierarchies, a netns without its veth, a container crun created but could not
+/// start) are recorded before they run, so their remains go too; every undo is
+/// idempotent.
+pub(super) struct Undo<'a> {
+    host: &'a dyn HostOps,
+    id: &'a str,
+    done: Vec<Step>,
+}
+
+#[derive(Debug)]
+enum Step {
+    Cgroup,
+    Network,
+    Rootfs(PathBuf),
+    /// The agent's socket: its presence tells `exec` the workspace runs.
+    Socket(PathBuf),
+    Container,
+}
+
+impl<'a> Undo<'a> {
+    fn new(host: &'a dyn HostOps, id: &'a str) -> Self {
+        Undo {
+            host,
+            id,
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, step: Step) {
+        self.done.push(step);
+    }
+
+    /// The start succeeded: keep everything.
+    fn commit(mut self) {
+        self.done.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let id = self.id;
+        while let Some(step) = self.done.pop() {
+            let res = match &step {
+                Step::Container => self.host.delete_container(id),
+                Step::Rootfs(p) => self.host.unmount(p),
+                Step::Socket(p) => match std::fs::remove_file(p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(NodeError::Internal(format!("remove {}: {e}", p.display())))
+                    }
+                    _ => Ok(()),
+                },
+                Step::Network => self.host.remove_network(id),
+                Step::Cgroup => self
+                    .host
+                    .kill_cgroup(id)
+                    .and_then(|()| self.host.remove_cgroup(id)),
+            };
+            if let Err(e) = res {
+                tracing::error!(%id, ?step, "undoing a failed start: {e}");
+            }
+        }
     }
 }
 
@@ -101,7 +167,7 @@ impl Inner {
         valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
         // Already running: nothing to do (and a running workspace is never migrated).
-        if let Some(st) = self.runtime.state(&spec.id).map_err(internal)? {
+        if let Some(st) = self.host.container_state(&spec.id)? {
             if st.status == "running" {
                 return self.status(spec);
             }
@@ -124,20 +190,14 @@ impl Inner {
         }
         let image = self.images.get(&spec.image).map_err(image_err)?;
         let t0 = Instant::now();
-        match self.start_inner(spec, &image, &p) {
-            Ok(()) => {
-                tracing::info!(id = %spec.id, name = %spec.name, ms = t0.elapsed().as_millis() as u64, "started");
-                self.status(spec)
-            }
-            Err(e) => {
-                if let Err(e2) = self.cleanup_runtime(&spec.id, false) {
-                    tracing::error!(id = %spec.id, "cleanup after failed start: {e2}");
-                }
-                Err(e)
-            }
-        }
+        self.start_inner(spec, &image, &p)?;
+        tracing::info!(id = %spec.id, name = %spec.name, ms = t0.elapsed().as_millis() as u64, "started");
+        self.status(spec)
     }
 
+    /// Sets up the workspace's cgroup, network, root and container, and waits for its
+    /// agent. A failure undoes what this start did (see [`Undo`]); the disk stays mounted,
+    /// as after a stop.
     pub(super) fn start_inner(
         &self,
         spec: &WorkspaceSpec,
@@ -145,22 +205,21 @@ impl Inner {
         p: &Paths,
     ) -> Result<(), NodeError> {
         let id = &spec.id;
+        let host = &*self.host;
+        let mut undo = Undo::new(host, id);
         let mut ph = Phases::new();
-        self.cgroups
-            .create(id, &cgroup_limits(spec))
-            .map_err(internal)?;
+        undo.push(Step::Cgroup);
+        host.create_cgroup(id, &cgroup_limits(spec))?;
         ph.mark("cgroups");
-        let wnet = self.net.ensure(id, spec.slot).map_err(internal)?;
+        undo.push(Step::Network);
+        let netns = host.ensure_network(id, spec.slot)?;
         // Before the container exists, so it never runs without its deny rules.
-        self.net
-            .apply_egress(id, spec.slot, &spec.egress.deny)
-            .map_err(internal)?;
+        host.apply_egress(id, spec.slot, &spec.egress.deny)?;
         ph.mark("network");
-        if !mount::is_mounted(&p.rootfs).map_err(internal)? {
-            let ns =
-                hearth_runtime::userns::userns_fd(spec.uid_base(), ID_RANGE).map_err(internal)?;
+        if !host.is_mounted(&p.rootfs)? {
             let layers = self.images.layer_dirs(image);
-            mount::mount_overlay(&layers, &ns, &p.upper, &p.work, &p.rootfs).map_err(internal)?;
+            host.mount_rootfs(&layers, spec.uid_base(), &p.upper, &p.work, &p.rootfs)?;
+            undo.push(Step::Rootfs(p.rootfs.clone()));
         }
         ph.mark("rootfs");
         let share = self.share.join(id);
@@ -185,43 +244,38 @@ impl Inner {
         ));
         env.push(format!("HEARTH_DEFAULT_CWD={cwd}"));
         env.push(format!("HEARTH_WORKSPACE={}", spec.name));
-        bundle::write(
+        host.write_bundle(
             &p.bundle,
             &BundleSpec {
                 hostname: spec.name.clone(),
                 rootfs: p.rootfs.clone(),
                 uid_base: spec.uid_base(),
                 id_range: ID_RANGE,
-                netns: wnet.netns_path.clone(),
+                netns,
                 agent: self.agent.clone(),
                 files: vec![(resolv, "/etc/resolv.conf".into())],
                 devices_dir: share,
                 env,
                 nofile_hard: self.nofile_hard,
             },
-        )
-        .map_err(internal)?;
+        )?;
         ph.mark("bundle");
 
         let _ = std::fs::remove_file(&p.socket);
         let listener = std::os::unix::net::UnixListener::bind(&p.socket)
             .map_err(|e| NodeError::Internal(format!("bind {}: {e}", p.socket.display())))?;
+        undo.push(Step::Socket(p.socket.clone()));
         std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600))
             .map_err(internal)?;
-        self.runtime.delete(id).map_err(internal)?;
-        self.runtime
-            .run_detached(
-                id,
-                &p.bundle,
-                listener.as_fd(),
-                &p.console,
-                &self.cgroups.procs_files(id),
-            )
-            .map_err(internal)?;
+        host.delete_container(id)?;
+        undo.push(Step::Container);
+        let ran = host.run_container(id, &p.bundle, listener.as_fd(), &p.console);
         drop(listener);
+        ran?;
         ph.mark("runtime");
-        wait_ready(&p.socket, &p.console)?;
+        host.wait_agent(&p.socket, &p.console)?;
         ph.mark("agent ready");
+        undo.commit();
         tracing::debug!(%id, phases = ?ph.done, "start phases");
         if let Ok(mut m) = self.phases.lock() {
             m.insert(id.clone(), ph.done);
@@ -239,7 +293,7 @@ impl Inner {
                 paused: None,
             });
         }
-        match self.runtime.state(&spec.id).map_err(internal)? {
+        match self.host.container_state(&spec.id)? {
             Some(st) if st.status == "running" => Ok(WorkspaceStatus {
                 state: RunState::Running,
                 pid: st.pid,
@@ -257,7 +311,7 @@ impl Inner {
 
     pub(super) fn stop(&self, id: &str, keep: bool) -> Result<(), NodeError> {
         valid_id(id)?;
-        if let Some(st) = self.runtime.state(id).map_err(internal)? {
+        if let Some(st) = self.host.container_state(id)? {
             if st.status == "running" {
                 // A frozen workspace (snapshot in progress, disk reserve, or one cut short
                 // by a crash) could not act on TERM; the disk guard leaves it alone now.
@@ -265,12 +319,12 @@ impl Inner {
                     tracing::warn!(%id, "thaw before stop: {e}");
                 }
                 // PID 1 (the agent) forwards TERM to everything and exits when done.
-                if let Err(e) = self.runtime.kill(id, "TERM") {
+                if let Err(e) = self.host.signal_container(id, "TERM") {
                     tracing::warn!(%id, "TERM: {e}");
                 }
                 let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline {
-                    match self.runtime.state(id).map_err(internal)? {
+                    match self.host.container_state(id)? {
                         Some(s) if s.status == "running" => {
                             std::thread::sleep(Duration::from_millis(20))
                         }
@@ -290,24 +344,18 @@ impl Inner {
     pub(super) fn cleanup_runtime(&self, id: &str, keep: bool) -> Result<(), NodeError> {
         let p = self.paths(id);
         let mut errors = Vec::new();
-        if let Err(e) = self.runtime.delete(id) {
+        let host = &*self.host;
+        if let Err(e) = host.delete_container(id) {
             errors.push(e.to_string());
         }
-        if self
-            .cgroups
-            .list()
-            .map(|l| l.iter().any(|g| g == id))
-            .unwrap_or(true)
-        {
-            if let Err(e) = self.cgroups.kill_all(id) {
-                errors.push(e.to_string());
-            }
+        if let Err(e) = host.kill_cgroup(id) {
+            errors.push(e.to_string());
         }
-        match mount::mounts_under(&p.dir) {
+        match host.mounts_under(&p.dir) {
             Ok(mut ms) => {
                 ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
                 for m in ms.into_iter().filter(|m| !keep || *m != p.disk) {
-                    if let Err(e) = mount::unmount(&m) {
+                    if let Err(e) = host.unmount(&m) {
                         errors.push(e.to_string());
                     }
                 }
@@ -315,11 +363,11 @@ impl Inner {
             Err(e) => errors.push(e.to_string()),
         }
         if !keep {
-            if let Err(e) = self.net.teardown(id) {
+            if let Err(e) = host.remove_network(id) {
                 errors.push(e.to_string());
             }
         }
-        if let Err(e) = self.cgroups.remove(id) {
+        if let Err(e) = host.remove_cgroup(id) {
             errors.push(e.to_string());
         }
         let _ = std::fs::remove_file(&p.socket);
@@ -334,7 +382,7 @@ impl Inner {
     pub(super) fn remove_files(&self, id: &str) -> Result<(), NodeError> {
         valid_id(id)?;
         let p = self.paths(id);
-        let mounted = mount::mounts_under(&p.dir).map_err(internal)?;
+        let mounted = self.host.mounts_under(&p.dir)?;
         if !mounted.is_empty() {
             return Err(NodeError::Internal(format!(
                 "refusing to delete {}: still mounted at {}",

@@ -1,7 +1,5 @@
 //! Moving a workspace made before workspaces had their own disk onto one.
 
-use hearth_runtime::mount;
-
 use super::{internal, mkdir, Inner, Paths, LEGACY_UPPER};
 use crate::{NodeError, WorkspaceSpec};
 
@@ -14,7 +12,7 @@ impl Inner {
         if p.image.exists() || !legacy.is_dir() {
             return Ok(());
         }
-        if mount::is_mounted(&p.rootfs).map_err(internal)? {
+        if self.host.is_mounted(&p.rootfs)? {
             self.unmount_all(&p.rootfs)?;
         }
         self.check_reserve("move the workspace onto its own disk")?;

@@ -24,10 +24,13 @@ mod inspect;
 mod lifecycle;
 mod limits;
 mod migrate;
+mod ops;
 mod paths;
 mod pull;
 mod reconcile;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use paths::Paths;
 
@@ -56,9 +59,11 @@ impl std::fmt::Debug for LocalNode {
 struct Inner {
     cfg: NodeConfig,
     images: ImageStore,
-    cgroups: Cgroups,
-    net: Network,
-    runtime: OciRuntime,
+    /// Cgroups, network, runtime, mounts and disks as the lifecycle uses them.
+    host: Box<dyn ops::HostOps>,
+    /// The same cgroups and network, for freezing, stats and addresses.
+    cgroups: Arc<Cgroups>,
+    net: Arc<Network>,
     ws_root: PathBuf,
     /// A node-wide tmpfs holding what is bind-mounted into workspaces (the agent, and
     /// per workspace its resolv.conf and device nodes). Bind mounts show their source's
@@ -179,12 +184,18 @@ impl LocalNode {
         let gitconfig = data.join("gitconfig");
         host::write_gitconfig(&gitconfig)?;
         tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), disk_reserve = guard.reserve, "node ready");
+        let (cgroups, net) = (Arc::new(cgroups), Arc::new(net));
+        let host = Box::new(ops::RealHost {
+            cgroups: cgroups.clone(),
+            net: net.clone(),
+            runtime,
+        });
         let inner = Arc::new(Inner {
             cfg,
             images,
+            host,
             cgroups,
             net,
-            runtime,
             ws_root,
             share,
             agent,
@@ -325,15 +336,8 @@ impl NodeApi for LocalNode {
             if !i.net.has_network(&spec.id) {
                 return Ok(());
             }
-            i.net
-                .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
-                .map_err(|e| match e {
-                    hearth_net::NetError::TooManyEgressRules { .. }
-                    | hearth_net::NetError::InvalidEgressRule { .. } => {
-                        NodeError::Invalid(e.to_string())
-                    }
-                    other => internal(other),
-                })?;
+            i.host
+                .apply_egress(&spec.id, spec.slot, &spec.egress.deny)?;
             tracing::info!(id = %spec.id, name = %spec.name, rules = spec.egress.deny.len(), "egress policy set");
             Ok(())
         })

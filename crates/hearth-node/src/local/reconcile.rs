@@ -29,7 +29,7 @@ impl Inner {
                 // The kernel keeps the rules across our restarts; this repairs a policy
                 // changed while we were down or rules someone flushed.
                 if let Err(e) = self
-                    .net
+                    .host
                     .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
                 {
                     tracing::warn!(id = %spec.id, "reconcile egress: {e}");
@@ -44,9 +44,9 @@ impl Inner {
         }
         // Resources of workspaces the control plane no longer knows.
         let mut strays: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        strays.extend(self.runtime.list().unwrap_or_default());
-        strays.extend(self.cgroups.list().unwrap_or_default());
-        strays.extend(self.net.list().unwrap_or_default());
+        strays.extend(self.host.containers().unwrap_or_default());
+        strays.extend(self.host.cgroups().unwrap_or_default());
+        strays.extend(self.host.networks().unwrap_or_default());
         if let Ok(rd) = std::fs::read_dir(&self.ws_root) {
             for e in rd.flatten() {
                 let Some(n) = e.file_name().to_str().map(str::to_string) else {

@@ -183,9 +183,8 @@ impl Inner {
         let store = self.snap_store()?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
         let running = self
-            .runtime
-            .state(&spec.id)
-            .map_err(internal)?
+            .host
+            .container_state(&spec.id)?
             .is_some_and(|s| s.status == "running");
         // Write back the bulk of dirty data while the workspace runs, so the pause below
         // only covers what it wrote in the meantime.

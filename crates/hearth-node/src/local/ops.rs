@@ -1,0 +1,199 @@
+//! The seam between the node's lifecycle logic and the host: what a start sets up,
+//! what cleanup and reconcile tear down.
+//!
+//! Narrow on purpose (one method per thing the lifecycle does, not per syscall), so the
+//! order of a start, its undo on failure, and reconcile's choices are unit-tested with a
+//! fake host without root (`local/tests.rs`). The real implementation is the cgroups,
+//! network, runtime, mount and disk code.
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hearth_cgroups::Cgroups;
+use hearth_net::Network;
+use hearth_runtime::bundle::{self, BundleSpec};
+use hearth_runtime::mount;
+use hearth_runtime::oci::{OciRuntime, State};
+
+use super::{agent, disk_err, internal};
+use crate::{EgressRule, NodeError, ID_RANGE};
+
+pub(super) trait HostOps: Send + Sync {
+    // The OCI runtime and the agent it starts.
+    fn container_state(&self, id: &str) -> Result<Option<State>, NodeError>;
+    fn containers(&self) -> Result<Vec<String>, NodeError>;
+    fn write_bundle(&self, dir: &Path, spec: &BundleSpec) -> Result<(), NodeError>;
+    /// Starts the container from `bundle` in the workspace's cgroup, handing PID 1 the
+    /// agent's listening socket.
+    fn run_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        listener: BorrowedFd<'_>,
+        console: &Path,
+    ) -> Result<(), NodeError>;
+    fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError>;
+    /// Deletes the container (killing it); an unknown one is fine.
+    fn delete_container(&self, id: &str) -> Result<(), NodeError>;
+    fn wait_agent(&self, socket: &Path, console: &Path) -> Result<(), NodeError>;
+
+    // Cgroups.
+    fn create_cgroup(&self, id: &str, limits: &hearth_cgroups::Limits) -> Result<(), NodeError>;
+    fn cgroups(&self) -> Result<Vec<String>, NodeError>;
+    /// SIGKILLs what is left in the workspace's cgroup; a missing one is fine.
+    fn kill_cgroup(&self, id: &str) -> Result<(), NodeError>;
+    /// Removes the (empty) cgroup; a missing one is fine.
+    fn remove_cgroup(&self, id: &str) -> Result<(), NodeError>;
+
+    // Network.
+    /// Makes the netns and veth unless they exist; returns the netns path.
+    fn ensure_network(&self, id: &str, slot: u32) -> Result<PathBuf, NodeError>;
+    fn apply_egress(&self, id: &str, slot: u32, deny: &[EgressRule]) -> Result<(), NodeError>;
+    fn networks(&self) -> Result<Vec<String>, NodeError>;
+    /// Removes the veth, netns and egress rules; whatever is gone already is fine.
+    fn remove_network(&self, id: &str) -> Result<(), NodeError>;
+
+    // Mounts and disks.
+    fn is_mounted(&self, path: &Path) -> Result<bool, NodeError>;
+    /// Mounts the workspace's overlay root: the image's layers shown through the
+    /// workspace's id mapping, `upper`/`work` as its writable layer.
+    fn mount_rootfs(
+        &self,
+        layers: &[PathBuf],
+        uid_base: u32,
+        upper: &Path,
+        work: &Path,
+        rootfs: &Path,
+    ) -> Result<(), NodeError>;
+    /// Mounts the disk image at `dir` unless it is mounted.
+    fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError>;
+    fn mounts_under(&self, dir: &Path) -> Result<Vec<PathBuf>, NodeError>;
+    fn unmount(&self, path: &Path) -> Result<(), NodeError>;
+}
+
+/// The host itself.
+pub(super) struct RealHost {
+    pub(super) cgroups: Arc<Cgroups>,
+    pub(super) net: Arc<Network>,
+    pub(super) runtime: OciRuntime,
+}
+
+impl HostOps for RealHost {
+    fn container_state(&self, id: &str) -> Result<Option<State>, NodeError> {
+        self.runtime.state(id).map_err(internal)
+    }
+
+    fn containers(&self) -> Result<Vec<String>, NodeError> {
+        self.runtime.list().map_err(internal)
+    }
+
+    fn write_bundle(&self, dir: &Path, spec: &BundleSpec) -> Result<(), NodeError> {
+        bundle::write(dir, spec).map_err(internal)
+    }
+
+    fn run_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        listener: BorrowedFd<'_>,
+        console: &Path,
+    ) -> Result<(), NodeError> {
+        self.runtime
+            .run_detached(id, bundle, listener, console, &self.cgroups.procs_files(id))
+            .map_err(internal)
+    }
+
+    fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError> {
+        self.runtime.kill(id, signal).map_err(internal)
+    }
+
+    fn delete_container(&self, id: &str) -> Result<(), NodeError> {
+        self.runtime.delete(id).map_err(internal)
+    }
+
+    fn wait_agent(&self, socket: &Path, console: &Path) -> Result<(), NodeError> {
+        agent::wait_ready(socket, console)
+    }
+
+    fn create_cgroup(&self, id: &str, limits: &hearth_cgroups::Limits) -> Result<(), NodeError> {
+        self.cgroups.create(id, limits).map_err(internal)
+    }
+
+    fn cgroups(&self) -> Result<Vec<String>, NodeError> {
+        self.cgroups.list().map_err(internal)
+    }
+
+    fn kill_cgroup(&self, id: &str) -> Result<(), NodeError> {
+        let exists = self
+            .cgroups
+            .list()
+            .map(|l| l.iter().any(|g| g == id))
+            .unwrap_or(true);
+        if exists {
+            self.cgroups.kill_all(id).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    fn remove_cgroup(&self, id: &str) -> Result<(), NodeError> {
+        self.cgroups.remove(id).map_err(internal)
+    }
+
+    fn ensure_network(&self, id: &str, slot: u32) -> Result<PathBuf, NodeError> {
+        self.net
+            .ensure(id, slot)
+            .map(|n| n.netns_path)
+            .map_err(internal)
+    }
+
+    fn apply_egress(&self, id: &str, slot: u32, deny: &[EgressRule]) -> Result<(), NodeError> {
+        self.net.apply_egress(id, slot, deny).map_err(|e| match e {
+            hearth_net::NetError::TooManyEgressRules { .. }
+            | hearth_net::NetError::InvalidEgressRule { .. } => NodeError::Invalid(e.to_string()),
+            other => internal(other),
+        })
+    }
+
+    fn networks(&self) -> Result<Vec<String>, NodeError> {
+        self.net.list().map_err(internal)
+    }
+
+    fn remove_network(&self, id: &str) -> Result<(), NodeError> {
+        self.net.teardown(id).map_err(internal)
+    }
+
+    fn is_mounted(&self, path: &Path) -> Result<bool, NodeError> {
+        mount::is_mounted(path).map_err(internal)
+    }
+
+    fn mount_rootfs(
+        &self,
+        layers: &[PathBuf],
+        uid_base: u32,
+        upper: &Path,
+        work: &Path,
+        rootfs: &Path,
+    ) -> Result<(), NodeError> {
+        let ns = hearth_runtime::userns::userns_fd(uid_base, ID_RANGE).map_err(internal)?;
+        mount::mount_overlay(layers, &ns, upper, work, rootfs).map_err(internal)
+    }
+
+    fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError> {
+        if !mount::is_mounted(dir).map_err(internal)? {
+            hearth_disk::mount(image, dir).map_err(disk_err)?;
+        } else if let Err(e) = hearth_disk::limit_dirty(dir, hearth_disk::DIRTY_MAX) {
+            // Mounted by an older node; the limit only bounds what the reserve must hold.
+            tracing::warn!(disk = %dir.display(), "cannot bound its dirty page cache: {e}");
+        }
+        Ok(())
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+        mount::mounts_under(dir).map_err(internal)
+    }
+
+    fn unmount(&self, path: &Path) -> Result<(), NodeError> {
+        mount::unmount(path).map_err(internal)
+    }
+}
