@@ -20,7 +20,7 @@ impl Network {
             }
         }
         disable_ipv6(br)?;
-        let gw = format!("{}/{}", self.gateway(), self.prefix_len);
+        let gw = format!("{}/{}", self.gateway(), self.prefix_len());
         run("ip", &["addr", "replace", &gw, "dev", br])?;
         run("ip", &["link", "set", "dev", br, "up"])?;
         write_file(Path::new("/proc/sys/net/ipv4/ip_forward"), "1")?;

@@ -20,6 +20,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use ipnet::Ipv4Net;
+
 use crate::NetError;
 
 /// Most user rules one workspace may have; each is one nft rule evaluated per packet.
@@ -28,50 +30,43 @@ pub const MAX_EGRESS_RULES: usize = 64;
 /// Destinations that are never reachable from a workspace, whatever its policy.
 pub const BUILTIN_DENY: [&str; 3] = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16"];
 
-/// An IPv4 network with host bits clear, e.g. `10.0.0.0/8`.
+/// An IPv4 network with host bits clear, e.g. `10.0.0.0/8`. Parsing differs from
+/// [`Ipv4Net`]'s: a bare address is a `/32`, and host bits set is an error, not truncated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
+pub struct Cidr(Ipv4Net);
 
 impl Cidr {
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Cidr> {
-        if prefix > 32 {
-            return None;
-        }
-        let mask = mask(prefix);
-        (u32::from(addr) & !mask == 0).then_some(Cidr { addr, prefix })
+        let net = Ipv4Net::new(addr, prefix).ok()?;
+        (net.trunc() == net).then_some(Cidr(net))
     }
 
     pub fn host(addr: Ipv4Addr) -> Cidr {
-        Cidr { addr, prefix: 32 }
+        Cidr(Ipv4Net::from(addr))
     }
 
     pub fn addr(&self) -> Ipv4Addr {
-        self.addr
+        self.0.network()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
+        self.0.contains(&ip)
     }
 }
 
-fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
+impl From<Cidr> for Ipv4Net {
+    fn from(c: Cidr) -> Ipv4Net {
+        c.0
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -92,18 +87,21 @@ impl FromStr for Cidr {
         let addr: Ipv4Addr = addr
             .parse()
             .map_err(|_| err(format!("{addr:?} is not an IPv4 address")))?;
-        let prefix = match prefix {
-            None => 32,
+        let net = match prefix {
+            None => Ipv4Net::from(addr),
             Some(p) => p
                 .parse::<u8>()
                 .ok()
-                .filter(|p| *p <= 32)
+                .and_then(|len| Ipv4Net::new(addr, len).ok())
                 .ok_or_else(|| err(format!("prefix length {p:?} is not 0..=32")))?,
         };
-        Cidr::new(addr, prefix).ok_or_else(|| {
-            let net = Ipv4Addr::from(u32::from(addr) & mask(prefix));
-            err(format!("host bits are set (did you mean {net}/{prefix}?)"))
-        })
+        if net.trunc() != net {
+            let (net, len) = (net.network(), net.prefix_len());
+            return Err(err(format!(
+                "host bits are set (did you mean {net}/{len}?)"
+            )));
+        }
+        Ok(Cidr(net))
     }
 }
 

@@ -30,6 +30,8 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
+
 pub use egress::{Cidr, ConnLimits, EgressConfig, EgressRule, Protocol, MAX_EGRESS_RULES};
 pub use firewall::{host_ipv4_addrs, mac_for};
 
@@ -97,8 +99,8 @@ pub struct WorkspaceNet {
 #[derive(Debug, Clone)]
 pub struct Network {
     bridge: String,
-    network: u32,
-    prefix_len: u8,
+    /// The bridge's subnet, host bits clear.
+    net: Ipv4Net,
     egress: EgressConfig,
     /// Per workspace id: the egress script this process last applied. Starting a
     /// stopped workspace whose policy has not changed then costs no `nft` run (~10 ms of
@@ -110,12 +112,11 @@ pub struct Network {
 impl Network {
     pub fn new(cfg: NetConfig) -> Result<Self, NetError> {
         validate_bridge(&cfg.bridge)?;
-        let (network, prefix_len) = parse_subnet(&cfg.subnet)?;
+        let net = parse_subnet(&cfg.subnet)?;
         cfg.egress.limits.validate()?;
         Ok(Network {
             bridge: cfg.bridge,
-            network,
-            prefix_len,
+            net,
             egress: cfg.egress,
             applied: Default::default(),
         })
@@ -131,32 +132,29 @@ impl Network {
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network + 1)
+        // parse_subnet refuses prefixes over 30, so there are always two hosts.
+        self.net.hosts().next().unwrap_or(self.net.network())
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.net.prefix_len()
     }
 
     /// The subnet in CIDR notation.
     pub fn subnet(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(self.network), self.prefix_len)
+        self.net.to_string()
     }
 
     /// Address for a slot: the gateway plus one plus the slot.
     pub fn address(&self, slot: u32) -> Result<Ipv4Addr, NetError> {
-        let host_bits = 32 - u32::from(self.prefix_len);
-        // Last usable host index; the all-ones one is broadcast.
-        let last = (1u64 << host_bits) - 2;
-        let index = u64::from(slot) + 2;
-        if index > last {
-            return Err(NetError::SlotOutOfRange {
+        // Host 0 is the gateway; `hosts` leaves out the broadcast address.
+        usize::try_from(slot)
+            .ok()
+            .and_then(|s| self.net.hosts().nth(s.checked_add(1)?))
+            .ok_or_else(|| NetError::SlotOutOfRange {
                 slot,
                 subnet: self.subnet(),
-            });
-        }
-        // index < 2^host_bits, so the sum stays inside the subnet.
-        Ok(Ipv4Addr::from(self.network + index as u32))
+            })
     }
 }
 
@@ -207,8 +205,8 @@ fn validate_bridge(name: &str) -> Result<(), NetError> {
     }
 }
 
-/// Returns the network address and prefix length; host bits must be zero.
-fn parse_subnet(subnet: &str) -> Result<(u32, u8), NetError> {
+/// The subnet as written; host bits must be zero.
+fn parse_subnet(subnet: &str) -> Result<Ipv4Net, NetError> {
     let err = |reason| NetError::InvalidSubnet {
         subnet: subnet.to_owned(),
         reason,
@@ -221,12 +219,11 @@ fn parse_subnet(subnet: &str) -> Result<(u32, u8), NetError> {
     if !(8..=30).contains(&prefix) {
         return Err(err("prefix length must be 8..=30"));
     }
-    let mask = u32::MAX << (32 - prefix);
-    let addr = u32::from(addr);
-    if addr & !mask != 0 {
+    let net = Ipv4Net::new(addr, prefix).map_err(|_| err("bad prefix length"))?;
+    if net.trunc() != net {
         return Err(err("host bits are set"));
     }
-    Ok((addr, prefix))
+    Ok(net)
 }
 
 pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), NetError> {

@@ -38,7 +38,7 @@ impl Network {
             return Ok(WorkspaceNet {
                 netns_path: self.netns_path(id),
                 ip,
-                prefix_len: self.prefix_len,
+                prefix_len: self.prefix_len(),
                 gateway: self.gateway(),
                 host_veth: hv,
             });
@@ -54,7 +54,7 @@ impl Network {
         let net = WorkspaceNet {
             netns_path: self.netns_path(id),
             ip,
-            prefix_len: self.prefix_len,
+            prefix_len: self.prefix_len(),
             gateway: self.gateway(),
             host_veth: host_veth(id),
         };
