@@ -80,11 +80,9 @@ where
 }
 
 /// Compares without an early exit so timing does not reveal a matching prefix.
+/// Compares in time independent of where the bytes differ (the length is not secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
