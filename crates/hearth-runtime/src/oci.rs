@@ -26,11 +26,19 @@ pub struct OciRuntime {
     hide_unified: bool,
 }
 
+pub use oci_spec::runtime::ContainerState;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
-    /// creating, created, running, stopped, paused
-    pub status: String,
+    pub status: ContainerState,
     pub pid: Option<u32>,
+}
+
+impl State {
+    /// The container's process exists (it may be frozen).
+    pub fn is_running(&self) -> bool {
+        self.status == ContainerState::Running
+    }
 }
 
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
@@ -248,15 +256,15 @@ impl OciRuntime {
             .ok_or("no init start time in state file")?;
         let alive = proc_start_time(pid).is_some_and(|t| t == start);
         let status = if !alive {
-            "stopped"
+            ContainerState::Stopped
         } else if dir.join("exec.fifo").exists() {
             // Created, not yet started: both runtimes remove the fifo at start.
-            "created"
+            ContainerState::Created
         } else {
-            "running"
+            ContainerState::Running
         };
         Ok(Some(State {
-            status: status.to_string(),
+            status,
             pid: alive.then_some(pid),
         }))
     }
@@ -281,7 +289,13 @@ impl OciRuntime {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| self.err("state", id, format!("bad state json: {e}")))?;
-        let status = v["status"].as_str().unwrap_or("unknown").to_string();
+        let status = match v["status"].as_str() {
+            // The OCI states plus runc's and crun's `paused`: frozen, its processes still there.
+            Some("paused") => ContainerState::Running,
+            Some(s) => serde_json::from_value(s.into())
+                .map_err(|_| self.err("state", id, format!("unknown container status {s:?}")))?,
+            None => return Err(self.err("state", id, "state json has no status".into())),
+        };
         let pid = v["pid"]
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
@@ -447,19 +461,22 @@ mod tests {
 
         write_status(tmp.path(), "a", pid, start);
         let st = rt.state("a").unwrap().unwrap();
-        assert_eq!(st.status, "running");
+        assert_eq!(st.status, ContainerState::Running);
         assert_eq!(st.pid, Some(pid));
 
         // Same pid, another start time: a reused pid is not the container.
         write_status(tmp.path(), "b", pid, start + 1);
         let st = rt.state("b").unwrap().unwrap();
-        assert_eq!(st.status, "stopped");
+        assert_eq!(st.status, ContainerState::Stopped);
         assert_eq!(st.pid, None);
 
         // Created, not started yet.
         write_status(tmp.path(), "c", pid, start);
         std::fs::write(tmp.path().join("c/exec.fifo"), "").unwrap();
-        assert_eq!(rt.state("c").unwrap().unwrap().status, "created");
+        assert_eq!(
+            rt.state("c").unwrap().unwrap().status,
+            ContainerState::Created
+        );
 
         child.kill().unwrap();
         // A zombie is not running either.
@@ -468,9 +485,15 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(proc_start_time(pid), None, "zombie counted as alive");
-        assert_eq!(rt.state("a").unwrap().unwrap().status, "stopped");
+        assert_eq!(
+            rt.state("a").unwrap().unwrap().status,
+            ContainerState::Stopped
+        );
         child.wait().unwrap();
-        assert_eq!(rt.state("a").unwrap().unwrap().status, "stopped");
+        assert_eq!(
+            rt.state("a").unwrap().unwrap().status,
+            ContainerState::Stopped
+        );
 
         // Deleting an unknown container needs no runtime process (the binary is bogus).
         rt.delete("nope").unwrap();

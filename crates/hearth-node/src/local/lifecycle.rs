@@ -168,7 +168,7 @@ impl Inner {
         let p = self.paths(&spec.id);
         // Already running: nothing to do (and a running workspace is never migrated).
         if let Some(st) = self.host.container_state(&spec.id)? {
-            if st.status == "running" {
+            if st.is_running() {
                 return self.status(spec);
             }
         }
@@ -294,7 +294,7 @@ impl Inner {
             });
         }
         match self.host.container_state(&spec.id)? {
-            Some(st) if st.status == "running" => Ok(WorkspaceStatus {
+            Some(st) if st.is_running() => Ok(WorkspaceStatus {
                 state: RunState::Running,
                 pid: st.pid,
                 ip: self.net.address(spec.slot).ok(),
@@ -312,7 +312,7 @@ impl Inner {
     pub(super) fn stop(&self, id: &str, keep: bool) -> Result<(), NodeError> {
         valid_id(id)?;
         if let Some(st) = self.host.container_state(id)? {
-            if st.status == "running" {
+            if st.is_running() {
                 // A frozen workspace (snapshot in progress, disk reserve, or one cut short
                 // by a crash) could not act on TERM; the disk guard leaves it alone now.
                 if let Err(e) = self.freezes.clear(&self.cgroups, id, true) {
@@ -325,9 +325,7 @@ impl Inner {
                 let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline {
                     match self.host.container_state(id)? {
-                        Some(s) if s.status == "running" => {
-                            std::thread::sleep(Duration::from_millis(20))
-                        }
+                        Some(s) if s.is_running() => std::thread::sleep(Duration::from_millis(20)),
                         _ => break,
                     }
                 }

@@ -185,7 +185,7 @@ impl Inner {
         let running = self
             .host
             .container_state(&spec.id)?
-            .is_some_and(|s| s.status == "running");
+            .is_some_and(|s| s.is_running());
         // Write back the bulk of dirty data while the workspace runs, so the pause below
         // only covers what it wrote in the meantime.
         sync_fs(&p.upper)?;

@@ -11,7 +11,7 @@ use hearth_cgroups::{Cgroups, Layout};
 use hearth_image::{Image, ImageStore};
 use hearth_net::{NetConfig, Network};
 use hearth_runtime::bundle::BundleSpec;
-use hearth_runtime::oci::State;
+use hearth_runtime::oci::{ContainerState, State};
 
 use super::ops::HostOps;
 use super::{guard, Inner};
@@ -23,7 +23,7 @@ struct World {
     calls: Vec<String>,
     /// Ops that fail (after being recorded).
     fail: Vec<&'static str>,
-    containers: BTreeMap<String, &'static str>,
+    containers: BTreeMap<String, ContainerState>,
     cgroups: BTreeSet<String>,
     networks: BTreeSet<String>,
     mounts: BTreeSet<PathBuf>,
@@ -74,7 +74,7 @@ impl FakeHost {
 impl HostOps for FakeHost {
     fn container_state(&self, id: &str) -> Result<Option<State>, NodeError> {
         Ok(self.world().containers.get(id).map(|s| State {
-            status: s.to_string(),
+            status: *s,
             pid: Some(4242),
         }))
     }
@@ -92,7 +92,7 @@ impl HostOps for FakeHost {
         _: &Path,
     ) -> Result<(), NodeError> {
         self.op("run_container", id, |w| {
-            w.containers.insert(id.into(), "running");
+            w.containers.insert(id.into(), ContainerState::Running);
         })
     }
     fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError> {
@@ -286,7 +286,7 @@ fn a_start_that_succeeds_keeps_everything_it_made() {
     start(&inner).unwrap();
     assert_eq!(host.calls(), strings(&START));
     let w = host.world();
-    assert_eq!(w.containers.get("ab12"), Some(&"running"));
+    assert_eq!(w.containers.get("ab12"), Some(&ContainerState::Running));
     assert!(w.cgroups.contains("ab12") && w.networks.contains("ab12"));
     assert!(w.mounts.contains(&inner.paths("ab12").rootfs));
     assert!(inner.paths("ab12").socket.exists());
@@ -381,9 +381,9 @@ fn reconcile_resolves_states_cleans_unknown_ids_and_keeps_their_files() {
     std::fs::create_dir_all(root.join(".restore-77/disk")).unwrap();
     {
         let mut w = host.world();
-        w.containers.insert("aa01".into(), "running");
-        w.containers.insert("bb02".into(), "created");
-        w.containers.insert("dd04".into(), "running");
+        w.containers.insert("aa01".into(), ContainerState::Running);
+        w.containers.insert("bb02".into(), ContainerState::Created);
+        w.containers.insert("dd04".into(), ContainerState::Running);
         w.cgroups
             .extend(["aa01", "bb02", "cc03", "dd04"].map(String::from));
         // "aa0": a known id's veth name, cut short.
