@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os, ToDockerV2S2};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -15,6 +15,8 @@ use crate::{normalize_name, ImageError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// Docker layer media types (no OCI equivalent for the foreign ones).
+const DOCKER_LAYER_PREFIX: &str = "application/vnd.docker.image.rootfs.";
 
 /// A blob named by an archive: its path there and, when the archive says, digest and size.
 pub(crate) struct BlobRef {
@@ -33,20 +35,54 @@ pub(crate) struct Plan {
     pub(crate) names: Vec<String>,
 }
 
-pub(crate) fn is_index_media_type(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.index.v1+json"
-        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+/// Whether `mt` is `kind` in its OCI spelling or in docker's (manifest list v2 for an
+/// index, schema 2 for a manifest).
+fn is_media_type(mt: &str, kind: MediaType) -> bool {
+    mt == kind.as_ref() || kind.to_docker_v2s2().is_ok_and(|docker| docker == mt)
 }
 
+pub(crate) fn is_index_media_type(mt: &str) -> bool {
+    is_media_type(mt, MediaType::ImageIndex)
+}
+
+pub(crate) fn is_manifest_media_type(mt: &str) -> bool {
+    is_media_type(mt, MediaType::ImageManifest)
+}
+
+/// The `Accept` header of a manifest request: indexes and manifests, OCI and docker.
+pub(crate) fn manifest_accept() -> String {
+    [MediaType::ImageIndex, MediaType::ImageManifest]
+        .iter()
+        .flat_map(|m| [Ok(m.as_ref()), m.to_docker_v2s2()])
+        .filter_map(Result::ok)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The compression a layer's media type declares, `None` when it declares none we know.
+/// Only a hint: the content's magic bytes decide.
 pub(crate) fn media_type_compression(mt: &str) -> Option<Compression> {
-    if mt.ends_with("+gzip") || mt.ends_with(".gzip") {
-        Some(Compression::Gzip)
-    } else if mt.ends_with("+zstd") || mt.ends_with(".zstd") {
-        Some(Compression::Zstd)
-    } else if mt.ends_with(".tar") {
-        Some(Compression::None)
-    } else {
-        None
+    match MediaType::from(mt) {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Some(Compression::None),
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+            Some(Compression::Gzip)
+        }
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+            Some(Compression::Zstd)
+        }
+        // Docker's `rootfs.diff.tar.gzip` and `rootfs.foreign.diff.tar.gzip`.
+        MediaType::Other(docker) if docker.starts_with(DOCKER_LAYER_PREFIX) => {
+            if docker.ends_with(".tar.gzip") {
+                Some(Compression::Gzip)
+            } else if docker.ends_with(".tar.zstd") {
+                Some(Compression::Zstd)
+            } else if docker.ends_with(".tar") {
+                Some(Compression::None)
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 
@@ -117,9 +153,7 @@ pub(crate) fn pick<'a>(
         .iter()
         .filter(|d| {
             let mt = d.media_type().to_string();
-            is_index_media_type(&mt)
-                || mt == "application/vnd.oci.image.manifest.v1+json"
-                || mt == "application/vnd.docker.distribution.manifest.v2+json"
+            is_index_media_type(&mt) || is_manifest_media_type(&mt)
         })
         .collect();
     let with_platform = usable.iter().any(|d| d.platform().is_some());
@@ -271,4 +305,70 @@ pub(crate) fn docker_plan(source: &Source, wanted: Option<&str>) -> Result<Plan,
         layers: chosen.layers.iter().map(|p| blob(p, false)).collect(),
         names: tags(chosen),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_are_known_in_both_spellings() {
+        assert!(is_index_media_type(
+            "application/vnd.oci.image.index.v1+json"
+        ));
+        assert!(is_index_media_type(
+            "application/vnd.docker.distribution.manifest.list.v2+json"
+        ));
+        assert!(is_manifest_media_type(
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
+        assert!(is_manifest_media_type(
+            "application/vnd.docker.distribution.manifest.v2+json"
+        ));
+        assert!(!is_manifest_media_type(
+            "application/vnd.oci.image.index.v1+json"
+        ));
+        assert!(!is_index_media_type(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        ));
+        let accept = manifest_accept();
+        for mt in [
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ] {
+            assert!(accept.split(", ").any(|a| a == mt), "{accept}");
+        }
+    }
+
+    #[test]
+    fn layer_media_types_declare_their_compression() {
+        for (mt, want) in [
+            (
+                "application/vnd.oci.image.layer.v1.tar",
+                Some(Compression::None),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Some(Compression::Zstd),
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Some(Compression::Gzip),
+            ),
+            ("application/octet-stream", None),
+            ("", None),
+        ] {
+            assert_eq!(media_type_compression(mt), want, "{mt}");
+        }
+    }
 }

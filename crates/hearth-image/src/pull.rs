@@ -22,17 +22,13 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest}
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::manifest::{is_index_media_type, pick, BlobRef, Plan};
+use crate::manifest::{
+    is_index_media_type, is_manifest_media_type, manifest_accept, pick, BlobRef, Plan,
+};
 use crate::source::MAX_JSON;
 use crate::store::{mkdir_private, sha256_hex, short, BlobWriter};
 use crate::{human_size, normalize_name, Image, ImageError, ImageStore};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
 /// How often a download reports progress at most.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
@@ -491,7 +487,7 @@ impl<'a> Client<'a> {
         expected: Option<(&str, Option<u64>)>,
     ) -> Result<(String, Vec<u8>, String), ImageError> {
         let url = self.url(&format!("manifests/{reference}"));
-        let resp = self.get(&url, &[("Accept", ACCEPT)])?;
+        let resp = self.get(&url, &[("Accept", &manifest_accept())])?;
         let content_type = resp.content_type().to_string();
         let mut bytes = Vec::new();
         resp.into_reader()
@@ -574,7 +570,7 @@ impl<'a> Client<'a> {
                 next = digest;
                 continue;
             }
-            if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
+            if !is_manifest_media_type(&media_type) {
                 return Err(ImageError::invalid(
                     &origin,
                     format!("unsupported manifest media type {media_type:?}"),
