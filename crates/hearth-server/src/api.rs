@@ -2,82 +2,32 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use hearth_node::{ExecRequest, WorkspaceSpec};
+use hearth_node::WorkspaceSpec;
 use hearth_proto::Event;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::Caller;
+use crate::convert;
 use crate::error::ApiError;
 use crate::manager::Manager;
-use crate::names;
 use crate::ndjson;
-use crate::ratelimit::{self, Limiter, RateLimit};
-use crate::wire::*;
-
-/// Largest accepted request body; requests are small JSON documents.
-pub const BODY_LIMIT: usize = 64 * 1024;
+use crate::ratelimit::{self, Limiter};
+use crate::state::{ApiJson, AppState, WsName, BODY_LIMIT};
+use hearth_api::*;
 
 const SIGHUP: i32 = 1;
 
 /// How long a finished session waits for the client to close its side.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-#[derive(Clone)]
-pub struct AppState {
-    pub manager: Arc<Manager>,
-    pub token: Arc<str>,
-    pub rate: RateLimit,
-}
-
-/// A workspace name from the path, checked before any state is touched: nothing is
-/// looked up, locked or logged for a name that could never exist.
-pub struct WsName(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for WsName {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(name) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rej| ApiError::invalid(rej.body_text()))?;
-        if !names::is_valid_name(&name) {
-            return Err(ApiError::invalid(names::invalid_name_message(&name)));
-        }
-        Ok(WsName(name))
-    }
-}
-
-/// JSON body extractor whose rejections use the API's error format.
-pub struct ApiJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(
-                format!("request body is larger than {BODY_LIMIT} bytes"),
-            )),
-            Err(rej) => Err(ApiError::invalid(rej.body_text())),
-        }
-    }
-}
 
 /// Compares without an early exit so timing does not reveal a matching prefix.
 /// Compares in time independent of where the bytes differ (the length is not secret).
@@ -460,7 +410,7 @@ async fn exec_session(manager: Arc<Manager>, spec: WorkspaceSpec, mut socket: We
             }
         }
     };
-    let session = match manager.exec(&spec, req).await {
+    let session = match manager.exec(&spec, convert::exec_request(req)).await {
         Ok(s) => s,
         Err(e) => {
             let _ = send_frame(&mut socket, ServerFrame::Error(e.message)).await;

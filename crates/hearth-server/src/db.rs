@@ -8,7 +8,7 @@ use hearth_node::{EgressPolicy, Limits, WorkspaceSpec};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
-use crate::wire::WorkspaceState;
+use hearth_api::WorkspaceState;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

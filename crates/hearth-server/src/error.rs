@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_node::NodeError;
 
-use crate::wire::{ErrorBody, ErrorInfo};
+use hearth_api::{ErrorBody, ErrorInfo};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]

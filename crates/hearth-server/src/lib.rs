@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod convert;
 pub mod db;
 pub mod error;
 pub mod manager;
@@ -13,7 +14,7 @@ pub mod names;
 pub mod ndjson;
 pub mod ratelimit;
 pub mod snapshots;
-pub mod wire;
+pub mod state;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
@@ -26,14 +27,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use hearth_node::NodeApi;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
 use crate::db::Store;
 use crate::manager::Manager;
 
 pub const DB_FILE: &str = "hearth.db";
-pub const TOKEN_FILE: &str = "token";
-pub const SERVER_FILE: &str = "server.json";
+pub use hearth_api::{ServerInfo, SERVER_FILE, TOKEN_FILE};
 pub const LOCK_FILE: &str = "server.lock";
 
 #[derive(Debug, Clone)]
@@ -42,12 +41,6 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Requests per caller; see [`ratelimit`].
     pub rate: ratelimit::RateLimit,
-}
-
-/// Contents of `server.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServerInfo {
-    pub url: String,
 }
 
 /// Exclusive hold on a data dir; released when dropped (the kernel drops it if we die).
@@ -169,7 +162,7 @@ impl Server {
         let path = cfg.data_dir.join(SERVER_FILE);
         std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        let app = api::router(api::AppState {
+        let app = api::router(state::AppState {
             manager: manager.clone(),
             token: token.into(),
             rate: cfg.rate,
@@ -248,7 +241,7 @@ pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> an
                 match node.stop(&rec.spec).await {
                     Ok(()) => {
                         store
-                            .set_state(&rec.spec.id, wire::WorkspaceState::Stopped, None)
+                            .set_state(&rec.spec.id, hearth_api::WorkspaceState::Stopped, None)
                             .await?
                     }
                     Err(e) => failures.push(format!("stop {name}: {e}")),

@@ -12,10 +12,11 @@ use hearth_node::{
 };
 use rand::RngCore;
 
+use crate::convert;
 use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
-use crate::wire::{
+use hearth_api::{
     CreateWorkspace, Egress, EgressEdit, Image, LimitsRequest, PullImage, Workspace,
     WorkspaceInspect, WorkspaceState,
 };
@@ -191,7 +192,7 @@ impl Manager {
             error: rec.error,
             ip,
             paused,
-            limits: rec.spec.limits.into(),
+            limits: convert::limits(rec.spec.limits),
             egress: Egress {
                 deny: rec.spec.egress.deny_strings(),
             },
@@ -202,7 +203,7 @@ impl Manager {
 
     async fn images_or_empty(&self) -> Vec<Image> {
         match self.node.images().await {
-            Ok(v) => v.into_iter().map(Image::from).collect(),
+            Ok(v) => v.into_iter().map(convert::image).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "listing images failed");
                 Vec::new()
@@ -231,7 +232,7 @@ impl Manager {
             .images()
             .await
             .map_err(|e| node_err("images", "-", e))?;
-        Ok(v.into_iter().map(Image::from).collect())
+        Ok(v.into_iter().map(convert::image).collect())
     }
 
     pub async fn load_image(
@@ -250,7 +251,7 @@ impl Manager {
             .load_image(path.clone().into(), name, progress)
             .await
             .map_err(|e| node_err("load_image", &path, e))?;
-        Ok(s.into())
+        Ok(convert::image(s))
     }
 
     pub async fn pull_image(&self, req: PullImage, progress: Progress) -> Result<Image, ApiError> {
@@ -272,7 +273,7 @@ impl Manager {
             .pull_image(&reference, auth, progress)
             .await
             .map_err(|e| node_err("pull_image", &reference, e))?;
-        Ok(s.into())
+        Ok(convert::image(s))
     }
 
     pub async fn inspect(&self, name: &str) -> Result<WorkspaceInspect, ApiError> {
@@ -284,7 +285,7 @@ impl Manager {
             .map_err(|e| node_err("inspect", name, e))?;
         let images = self.images_or_empty().await;
         let ws = self.view(rec, &images, true).await;
-        Ok(WorkspaceInspect::new(ws, details))
+        Ok(convert::inspect(ws, details))
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {
@@ -311,7 +312,7 @@ impl Manager {
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
         }
-        let limits = req.limits.resolve().map_err(ApiError::invalid)?;
+        let limits = convert::resolve_limits(&req.limits).map_err(ApiError::invalid)?;
         let name = match req.name {
             Some(n) => n,
             None => names::default_name(&source),
@@ -476,8 +477,7 @@ impl Manager {
     /// Edits the deny list under the workspace's lock: two edits at once both land.
     pub async fn edit_egress(&self, name: &str, edit: EgressEdit) -> Result<Workspace, ApiError> {
         self.change_egress(name, |current| {
-            let deny = edit
-                .apply(&current.deny_strings())
+            let deny = convert::apply_egress_edit(&edit, &current.deny_strings())
                 .map_err(ApiError::invalid)?;
             egress_policy(Egress { deny })
         })
@@ -509,7 +509,7 @@ impl Manager {
     /// can (disk growth, cgroup limits of a running workspace). Disks never shrink.
     pub async fn set_limits(&self, name: &str, req: LimitsRequest) -> Result<Workspace, ApiError> {
         let (_guard, rec) = self.settled(name).await?;
-        let limits = req.apply_to(rec.spec.limits).map_err(ApiError::invalid)?;
+        let limits = convert::apply_limits(&req, rec.spec.limits).map_err(ApiError::invalid)?;
         if limits.disk_bytes < rec.spec.limits.disk_bytes {
             let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
             return Err(ApiError::invalid(format!(

@@ -1,4 +1,4 @@
-//! Streaming of long operations as ndjson (see [`crate::wire`] for the line format).
+//! Streaming of long operations as ndjson (see [`hearth_api`] for the line format).
 
 use std::future::Future;
 
@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::wire::{StreamLine, NDJSON};
+use hearth_api::{StreamLine, NDJSON};
 
 /// Runs `op` in its own task and streams its progress, then its outcome.
 ///
@@ -72,7 +72,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ErrorInfo;
+    use hearth_api::ErrorInfo;
     use http_body_util::BodyExt;
 
     async fn lines(resp: Response) -> Vec<StreamLine<serde_json::Value>> {

@@ -1,74 +1,14 @@
-//! Snapshot routes and their wire types: on-demand snapshots, listing, fork, store upkeep.
+//! Snapshot routes: on-demand snapshots, listing, fork, store upkeep.
 
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hearth_node::SnapshotSummary;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use hearth_api::{
+    ErrorBody, ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, Workspace,
+};
 
-use crate::api::{ApiJson, AppState, WsName};
 use crate::error::ApiError;
-use crate::wire::{ErrorBody, Workspace};
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct Snapshot {
-    /// 32 hex characters.
-    pub id: String,
-    /// Unix seconds.
-    pub time: i64,
-    pub parent: Option<String>,
-    /// Sum of regular file sizes, bytes.
-    pub size: u64,
-    pub files: u64,
-    /// Stored bytes this snapshot added (0 when everything deduplicated).
-    pub new_bytes: u64,
-}
-
-impl From<SnapshotSummary> for Snapshot {
-    fn from(s: SnapshotSummary) -> Self {
-        Snapshot {
-            id: s.id,
-            time: s.time,
-            parent: s.parent,
-            size: s.size,
-            files: s.files,
-            new_bytes: s.new_bytes,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ForkWorkspace {
-    /// Snapshot of the source workspace to start from.
-    pub snapshot: String,
-    /// Name of the new workspace.
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct StoreCheck {
-    pub location: String,
-    pub ok: bool,
-    pub snapshots: usize,
-    pub chunks: usize,
-    /// One line per problem: the object, what is wrong, what it affects.
-    pub problems: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct StoreGc {
-    /// With either bound set, forget snapshots outside the policy before collecting.
-    pub keep_last: Option<usize>,
-    pub keep_daily: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct StoreGcReport {
-    pub forgotten: Vec<String>,
-    pub deleted_chunks: usize,
-    pub deleted_bytes: u64,
-}
+use crate::state::{ApiJson, AppState, WsName};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

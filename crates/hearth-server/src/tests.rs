@@ -10,10 +10,12 @@ use hearth_node::*;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use crate::api::{router, AppState, BODY_LIMIT};
+use crate::api::router;
 use crate::db::{now, Store, WorkspaceRecord};
 use crate::manager::Manager;
-use crate::wire::*;
+use crate::state::{AppState, BODY_LIMIT};
+use hearth_api::ExecRequest;
+use hearth_api::*;
 
 const TOKEN: &str = "0123456789abcdef";
 
@@ -241,7 +243,11 @@ impl NodeApi for FakeNode {
             paused: None,
         })
     }
-    async fn exec(&self, _: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
+    async fn exec(
+        &self,
+        _: &WorkspaceSpec,
+        req: hearth_node::ExecRequest,
+    ) -> Result<ExecSession, NodeError> {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         tokio::spawn(fake_agent(theirs));
         hearth_proto::client::exec_on(ours, &req)

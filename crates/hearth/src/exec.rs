@@ -3,18 +3,13 @@
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
 
-use anyhow::{anyhow, bail, Context};
-use futures_util::{SinkExt, StreamExt};
-use hearth_server::wire::{ClientFrame, ErrorBody, ExecRequest, ServerFrame};
+use anyhow::{bail, Context};
+use hearth_api::client::{Client, ExecOutput};
+use hearth_api::{ClientFrame, ExecRequest, ServerFrame};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::tungstenite::{self, Message};
-
-use crate::client::{enc, Client};
 
 /// Starts bash as a login shell when the image has it, else sh.
 const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
@@ -83,38 +78,12 @@ pub async fn exec(client: &Client, name: &str, mut req: ExecRequest) -> anyhow::
             req.env.push(("TERM".into(), term));
         }
     }
-    let url = client.ws_url(&format!("/v1/workspaces/{}/exec", enc(name)));
-    let mut wsreq = url
-        .as_str()
-        .into_client_request()
-        .with_context(|| format!("bad server url {url}"))?;
-    wsreq.headers_mut().insert(
-        AUTHORIZATION,
-        format!("Bearer {}", client.token)
-            .parse()
-            .context("token is not a valid header value")?,
-    );
-    let (ws, _) = match tokio_tungstenite::connect_async(wsreq).await {
-        Ok(ok) => ok,
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = resp.body().clone().unwrap_or_default();
-            match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => bail!("{}", e.error.message),
-                Err(_) => bail!("server refused exec: {}", resp.status()),
-            }
-        }
-        Err(tungstenite::Error::Io(_)) => bail!(client.unreachable()),
-        Err(e) => bail!("cannot open exec session on {name}: {e}"),
-    };
-    let (mut sink, mut stream) = ws.split();
-    sink.send(Message::Text(serde_json::to_string(&req)?.into()))
-        .await
-        .context("cannot send exec request")?;
+    let (mut input, mut output) = client.exec(name, &req).await?;
 
     let (tx, mut rx) = mpsc::channel::<ClientFrame>(16);
     let writer = tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
-            if sink.send(Message::Binary(f.encode().into())).await.is_err() {
+            if input.send(&f).await.is_err() {
                 break;
             }
         }
@@ -176,7 +145,7 @@ pub async fn exec(client: &Client, name: &str, mut req: ExecRequest) -> anyhow::
     });
     drop(tx);
 
-    let result = pump_output(&mut stream).await;
+    let result = pump_output(&mut output).await;
     stdin_task.abort();
     signal_task.abort();
     writer.abort();
@@ -184,20 +153,11 @@ pub async fn exec(client: &Client, name: &str, mut req: ExecRequest) -> anyhow::
     result
 }
 
-async fn pump_output<S>(stream: &mut S) -> anyhow::Result<i32>
-where
-    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
+async fn pump_output(output: &mut ExecOutput) -> anyhow::Result<i32> {
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    while let Some(msg) = stream.next().await {
-        let data = match msg {
-            Ok(Message::Binary(b)) => b,
-            Ok(Message::Close(_)) => break,
-            Ok(_) => continue,
-            Err(e) => return Err(anyhow!("exec connection failed: {e}")),
-        };
-        match ServerFrame::decode(&data)? {
+    while let Some(frame) = output.next().await {
+        match frame? {
             ServerFrame::Stdout(d) => {
                 stdout
                     .write_all(&d)

@@ -1,7 +1,7 @@
 //! `hearth`: the command line client and `hearth server`.
 
 mod bench;
-mod client;
+mod commands;
 mod exec;
 mod server;
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::Client;
+use crate::commands::Commands;
 
 #[derive(Parser, Debug)]
 #[command(name = "hearth", version, about = "Self-hosted development workspaces")]
@@ -272,7 +272,7 @@ fn one_line(s: &str) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let client = || Client::new(&cli.data_dir, cli.url.as_deref(), cli.token.as_deref());
+    let client = || Commands::new(&cli.data_dir, cli.url.as_deref(), cli.token.as_deref());
     match &cli.cmd {
         Cmd::Server(args) => server::serve(&cli.data_dir, args).await.map(|()| 0),
         Cmd::Admin {
@@ -319,7 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Update { name, limits } => {
             let req = limits.request();
-            if req == hearth_server::wire::LimitsRequest::default() {
+            if req == hearth_api::LimitsRequest::default() {
                 anyhow::bail!(
                     "nothing to change: give --memory, --disk, --pids or --cpu-weight \
                      (hearth inspect {name} shows the current limits)"
@@ -334,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             allow_all,
             json,
         } => {
-            let change = hearth_server::wire::EgressEdit {
+            let change = hearth_api::EgressEdit {
                 deny: deny.clone(),
                 undeny: undeny.clone(),
                 allow_all: *allow_all,
@@ -343,8 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Ls { json } => client()?.list(*json).await.map(|()| 0),
         Cmd::Inspect { name, json } => client()?.inspect(name, *json).await.map(|()| 0),
-        Cmd::Start { name } => client()?.action(name, "start").await.map(|()| 0),
-        Cmd::Stop { name } => client()?.action(name, "stop").await.map(|()| 0),
+        Cmd::Start { name } => client()?.start(name).await.map(|()| 0),
+        Cmd::Stop { name } => client()?.stop(name).await.map(|()| 0),
         Cmd::Rm { name } => client()?.remove(name).await.map(|()| 0),
         Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
         Cmd::Snapshot { name } => client()?.snapshot(name).await.map(|()| 0),
@@ -362,7 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     keep_last,
                     keep_daily,
                 } => {
-                    c.store_gc(hearth_server::snapshots::StoreGc {
+                    c.store_gc(hearth_api::StoreGc {
                         keep_last: *keep_last,
                         keep_daily: *keep_daily,
                     })
@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .ok_or_else(|| anyhow::anyhow!("-e {kv}: expected KEY=VALUE"))?;
                 env.push((k.to_string(), v.to_string()));
             }
-            let req = hearth_server::wire::ExecRequest {
+            let req = hearth_api::ExecRequest {
                 argv: a.command.clone(),
                 env,
                 cwd: a.workdir.clone(),
@@ -388,9 +388,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 rows: 0,
                 cols: 0,
             };
-            exec::exec(&client()?, &a.name, req).await
+            exec::exec(&client()?.api, &a.name, req).await
         }
-        Cmd::Shell { name } => exec::shell(&client()?, name).await,
+        Cmd::Shell { name } => exec::shell(&client()?.api, name).await,
         Cmd::Bench {
             runs,
             runtime,
@@ -493,8 +493,8 @@ struct LimitFlags {
 }
 
 impl LimitFlags {
-    fn request(&self) -> hearth_server::wire::LimitsRequest {
-        hearth_server::wire::LimitsRequest {
+    fn request(&self) -> hearth_api::LimitsRequest {
+        hearth_api::LimitsRequest {
             memory_bytes: self.memory,
             pids: self.pids,
             cpu_weight: self.cpu_weight,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::snapshots::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
+use hearth_api::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
 
 /// Background retries of a failed final snapshot: 1s, 2s, 4s, ... this many times.
 const RETRIES: u32 = 5;
@@ -44,7 +44,9 @@ impl Manager {
         }
         let res = self.node.snapshot(&rec.spec).await;
         note(&self.store, &rec.spec.id, &res).await;
-        Ok(res.map_err(|e| node_err("snapshot", name, e))?.into())
+        Ok(convert::snapshot(
+            res.map_err(|e| node_err("snapshot", name, e))?,
+        ))
     }
 
     pub async fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>, ApiError> {
@@ -54,7 +56,7 @@ impl Manager {
             .snapshots(&rec.spec)
             .await
             .map_err(|e| node_err("snapshots", name, e))?;
-        Ok(v.into_iter().map(Snapshot::from).collect())
+        Ok(v.into_iter().map(convert::snapshot).collect())
     }
 
     /// Final snapshot after a stop. A failure keeps the local data (nothing is deleted on

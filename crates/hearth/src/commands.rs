@@ -1,28 +1,20 @@
-//! HTTP client for the server's REST API.
+//! The CLI's verbs over the API client: build the request, call, render the answer.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context};
-use futures_util::StreamExt;
-use hearth_server::wire::{
-    CreateWorkspace, Egress, EgressEdit, EgressInfo, ErrorBody, Image, LimitsRequest, LoadImage,
-    PullImage, StreamLine, Workspace, WorkspaceInspect,
+use anyhow::Context;
+use hearth_api::client::Client;
+use hearth_api::{
+    CreateWorkspace, Egress, EgressEdit, EgressInfo, LimitsRequest, LoadImage, PullImage,
+    WorkspaceInspect, WorkspaceLimits,
 };
-use hearth_server::{ServerInfo, SERVER_FILE, TOKEN_FILE};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 mod snapshots;
 
-pub struct Client {
-    pub base: String,
-    pub token: String,
-    http: reqwest::Client,
-}
-
-fn unreachable_msg(url: &str) -> String {
-    format!("cannot reach hearth server at {url}: is `hearth server` running?")
+/// The verbs that talk to a server.
+pub struct Commands {
+    pub api: Client,
 }
 
 /// Whether `source` names a remote repository rather than a local path.
@@ -48,128 +40,24 @@ pub fn absolute_source(source: &str) -> anyhow::Result<String> {
     Ok(p.to_string_lossy().into_owned())
 }
 
-impl Client {
-    pub fn new(data_dir: &Path, url: Option<&str>, token: Option<&str>) -> anyhow::Result<Client> {
-        let base = match url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => {
-                let path = data_dir.join(SERVER_FILE);
-                let bytes = std::fs::read(&path).map_err(|e| {
-                    anyhow!(
-                        "cannot reach hearth server: cannot read {}: {e}: is `hearth server` running?",
-                        path.display()
-                    )
-                })?;
-                let info: ServerInfo = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("cannot parse {}", path.display()))?;
-                info.url.trim_end_matches('/').to_string()
-            }
-        };
-        let token = match token {
-            Some(t) => t.trim().to_string(),
-            None => {
-                let path = data_dir.join(TOKEN_FILE);
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        anyhow!(
-                            "cannot read token {}: {e} (pass --token or set HEARTH_TOKEN)",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_string()
-            }
-        };
-        let http = reqwest::Client::builder()
-            .build()
-            .context("cannot build http client")?;
-        Ok(Client { base, token, http })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(unreachable_msg(&self.base))
-            } else {
-                anyhow!("request to {} failed: {e}", self.base)
-            }
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => bail!("{}", e.error.message),
-            Err(_) => bail!(
-                "server answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ),
-        }
-    }
-
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self.send(self.http.get(self.url(path))).await?;
-        resp.json().await.context("cannot parse server reply")
-    }
-
-    /// Runs a streamed operation, showing progress on stderr.
-    async fn stream<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<T> {
-        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        let mut chunks = resp.bytes_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut shown = ProgressView::new(std::io::stderr().is_terminal());
-        let mut err = std::io::stderr();
-        loop {
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match serde_json::from_slice::<StreamLine<T>>(&line)
-                    .context("cannot parse server reply")?
-                {
-                    StreamLine::Progress(p) => {
-                        let _ = err.write_all(shown.render(&p).as_bytes());
-                    }
-                    StreamLine::Result(v) => {
-                        let _ = err.write_all(shown.finish().as_bytes());
-                        return Ok(v);
-                    }
-                    StreamLine::Error(e) => {
-                        let _ = err.write_all(shown.finish().as_bytes());
-                        bail!("{}", e.message)
-                    }
-                }
-            }
-            match chunks.next().await {
-                Some(Ok(b)) => buf.extend_from_slice(&b),
-                Some(Err(e)) => bail!("connection to {} failed: {e}", self.base),
-                None => bail!("server ended the reply without a result"),
-            }
-        }
+impl Commands {
+    pub fn new(data_dir: &Path, url: Option<&str>, token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Commands {
+            api: Client::new(data_dir, url, token)?,
+        })
     }
 
     pub async fn load_image(&self, path: &Path, name: Option<String>) -> anyhow::Result<()> {
         let abs = std::path::absolute(path)
             .with_context(|| format!("cannot make {} absolute", path.display()))?;
-        let img: Image = self
-            .stream(
-                "/v1/images/load",
-                &LoadImage {
-                    path: abs.to_string_lossy().into_owned(),
-                    name,
-                },
-            )
-            .await?;
+        let req = LoadImage {
+            path: abs.to_string_lossy().into_owned(),
+            name,
+        };
+        let mut view = ProgressView::new(std::io::stderr().is_terminal());
+        let res = self.api.load_image(&req, view.printer()).await;
+        view.done();
+        let img = res?;
         println!("{}", img.id);
         Ok(())
     }
@@ -180,24 +68,21 @@ impl Client {
         username: Option<String>,
         password: Option<String>,
     ) -> anyhow::Result<()> {
-        let img: Image = self
-            .stream(
-                "/v1/images/pull",
-                &PullImage {
-                    reference: reference.to_string(),
-                    username,
-                    password,
-                },
-            )
-            .await?;
+        let req = PullImage {
+            reference: reference.to_string(),
+            username,
+            password,
+        };
+        let mut view = ProgressView::new(std::io::stderr().is_terminal());
+        let res = self.api.pull_image(&req, view.printer()).await;
+        view.done();
+        let img = res?;
         println!("{}", img.id);
         Ok(())
     }
 
     pub async fn inspect(&self, name: &str, json: bool) -> anyhow::Result<()> {
-        let i: WorkspaceInspect = self
-            .get(&format!("/v1/workspaces/{}/inspect", enc(name)))
-            .await?;
+        let i = self.api.inspect(name).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&i)?);
         } else {
@@ -207,7 +92,7 @@ impl Client {
     }
 
     pub async fn list_images(&self, json: bool) -> anyhow::Result<()> {
-        let images: Vec<Image> = self.get("/v1/images").await?;
+        let images = self.api.images().await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&images)?);
             return Ok(());
@@ -233,11 +118,7 @@ impl Client {
     }
 
     pub async fn remove_image(&self, reference: &str) -> anyhow::Result<()> {
-        self.send(
-            self.http
-                .delete(self.url(&format!("/v1/images/{}", enc(reference)))),
-        )
-        .await?;
+        self.api.remove_image(reference).await?;
         Ok(())
     }
 
@@ -256,33 +137,26 @@ impl Client {
             limits,
             egress: (!deny_egress.is_empty()).then_some(Egress { deny: deny_egress }),
         };
-        let w: Workspace = self.stream("/v1/workspaces", &req).await?;
+        let mut view = ProgressView::new(std::io::stderr().is_terminal());
+        let res = self.api.create(&req, view.printer()).await;
+        view.done();
+        let w = res?;
         println!("workspace {} is {}", w.name, w.state);
         println!("get in with: hearth shell {}", w.name);
         Ok(())
     }
 
     pub async fn update(&self, name: &str, req: &LimitsRequest) -> anyhow::Result<()> {
-        let w: Workspace = self
-            .send(
-                self.http
-                    .patch(self.url(&format!("/v1/workspaces/{}/limits", enc(name))))
-                    .json(req),
-            )
-            .await?
-            .json()
-            .await
-            .context("cannot parse server reply")?;
+        let w = self.api.set_limits(name, req).await?;
         println!("{}: {}", w.name, render_limits(&w.limits));
         Ok(())
     }
 
-    /// Shows the policy when `change` is empty, else edits the deny list and replaces it
-    /// on the server (which validates and applies it).
+    /// Shows the policy when `change` is empty, else has the server edit the deny list
+    /// (it validates and applies it).
     pub async fn egress(&self, name: &str, change: &EgressEdit, json: bool) -> anyhow::Result<()> {
-        let path = format!("/v1/workspaces/{}", enc(name));
         if change.is_empty() {
-            let i: WorkspaceInspect = self.get(&format!("{path}/inspect")).await?;
+            let i = self.api.inspect(name).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&i.egress)?);
             } else {
@@ -290,17 +164,7 @@ impl Client {
             }
             return Ok(());
         }
-        // The server applies the edit under the workspace's lock: concurrent edits all land.
-        let w: Workspace = self
-            .send(
-                self.http
-                    .patch(self.url(&format!("{path}/egress")))
-                    .json(change),
-            )
-            .await?
-            .json()
-            .await
-            .context("cannot parse server reply")?;
+        let w = self.api.edit_egress(name, change).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&w.egress)?);
         } else if w.egress.deny.is_empty() {
@@ -319,7 +183,7 @@ impl Client {
     }
 
     pub async fn list(&self, json: bool) -> anyhow::Result<()> {
-        let ws: Vec<Workspace> = self.get("/v1/workspaces").await?;
+        let ws = self.api.workspaces().await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&ws)?);
             return Ok(());
@@ -362,41 +226,31 @@ impl Client {
         Ok(())
     }
 
-    pub async fn action(&self, name: &str, verb: &str) -> anyhow::Result<()> {
-        let w: Workspace = self
-            .send(
-                self.http
-                    .post(self.url(&format!("/v1/workspaces/{}/{verb}", enc(name)))),
-            )
-            .await?
-            .json()
-            .await
-            .context("cannot parse server reply")?;
+    pub async fn start(&self, name: &str) -> anyhow::Result<()> {
+        let w = self.api.start(name).await?;
         println!("workspace {} is {}", w.name, w.state);
-        if let (Some(e), "stop") = (&w.snapshot_error, verb) {
+        Ok(())
+    }
+
+    pub async fn stop(&self, name: &str) -> anyhow::Result<()> {
+        let w = self.api.stop(name).await?;
+        println!("workspace {} is {}", w.name, w.state);
+        if let Some(e) = &w.snapshot_error {
             eprintln!("warning: final snapshot failed (local data kept, retrying): {e}");
         }
         Ok(())
     }
 
     pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
-        self.send(
-            self.http
-                .delete(self.url(&format!("/v1/workspaces/{}", enc(name)))),
-        )
-        .await?;
+        self.api.remove(name).await?;
         println!("workspace {name} removed");
         Ok(())
     }
 
     pub async fn logs(&self, name: &str) -> anyhow::Result<()> {
         let bytes = self
-            .send(
-                self.http
-                    .get(self.url(&format!("/v1/workspaces/{}/logs", enc(name)))),
-            )
-            .await?
-            .bytes()
+            .api
+            .logs(name)
             .await
             .with_context(|| format!("cannot read logs of {name}"))?;
         let mut out = std::io::stdout().lock();
@@ -405,35 +259,6 @@ impl Client {
             .context("cannot write to stdout")?;
         Ok(())
     }
-
-    /// `ws://` URL of a path on the server.
-    pub fn ws_url(&self, path: &str) -> String {
-        let base = if let Some(rest) = self.base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = self.base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            self.base.clone()
-        };
-        format!("{base}{path}")
-    }
-
-    pub fn unreachable(&self) -> String {
-        unreachable_msg(&self.base)
-    }
-}
-
-/// Percent-encodes a path segment (names are plain, image references may hold ':' or '/').
-pub fn enc(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn short_id(id: &str) -> String {
@@ -506,6 +331,18 @@ impl ProgressView {
             None => String::new(),
         }
     }
+
+    /// A callback that shows each progress line on stderr.
+    fn printer(&mut self) -> impl FnMut(&str) + '_ {
+        |line| {
+            let _ = std::io::stderr().write_all(self.render(line).as_bytes());
+        }
+    }
+
+    /// Ends the progress display on stderr.
+    fn done(&mut self) {
+        let _ = std::io::stderr().write_all(self.finish().as_bytes());
+    }
 }
 
 fn render_egress(e: &EgressInfo) -> String {
@@ -526,7 +363,7 @@ connections: {} new/s (burst {}), {} at once
     )
 }
 
-fn render_limits(l: &hearth_server::wire::WorkspaceLimits) -> String {
+fn render_limits(l: &WorkspaceLimits) -> String {
     format!(
         "memory {}, disk {}, pids {}, cpu weight {}",
         human_size(l.memory_bytes),
@@ -677,8 +514,6 @@ mod tests {
 
     #[test]
     fn formatting_helpers() {
-        assert_eq!(enc("busybox:latest"), "busybox:latest");
-        assert_eq!(enc("a/b c"), "a%2Fb%20c");
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(1536), "1.5 KiB");
@@ -706,15 +541,5 @@ mod tests {
         assert_eq!(v.finish(), "");
         assert_eq!(blob_key(a1), Some("layer 1/2 sha256:aaaa"));
         assert_eq!(blob_key("cloning /x"), None);
-    }
-
-    #[test]
-    fn missing_server_json_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = Client::new(dir.path(), None, None)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("is `hearth server` running?"), "{err}");
     }
 }

@@ -1,4 +1,10 @@
-//! Types and framings shared by the server and the `hearth` CLI.
+//! Hearth's API as data: the request and response types of the REST API (with their
+//! OpenAPI schemas), the ndjson stream lines and the exec WebSocket frames. The server, the
+//! `hearth` CLI and any other client share them, so the spec and the code cannot drift.
+//! With the `client` feature, [`client::Client`] speaks the API over HTTP.
+//!
+//! This crate depends on no other Hearth crate: the server converts between these types
+//! and the node's.
 //!
 //! Long operations answer `application/x-ndjson`: zero or more `{"progress":"..."}` lines,
 //! then exactly one `{"result":{...}}` or `{"error":{"code":..,"message":..}}` line.
@@ -7,11 +13,43 @@
 //! binary); after that every message is binary with a 1-byte tag, see [`ClientFrame`] and
 //! [`ServerFrame`]. The server closes the socket after `exit` or `error`.
 
-use hearth_node::{ImageSummary, Limits};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub use hearth_node::ExecRequest;
+#[cfg(feature = "client")]
+pub mod client;
+mod snapshots;
+
+pub use snapshots::*;
+
+/// File in the server's data dir holding the API token (mode 0600).
+pub const TOKEN_FILE: &str = "token";
+/// File in the server's data dir saying where the running server listens ([`ServerInfo`]).
+pub const SERVER_FILE: &str = "server.json";
+
+/// Contents of `server.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub url: String,
+}
+
+/// First message of an exec session: what to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ExecRequest {
+    /// argv; argv[0] is looked up in PATH when it has no slash.
+    pub argv: Vec<String>,
+    /// Extra environment on top of the workspace's default environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the image's WorkingDir (or /) when absent.
+    pub cwd: Option<String>,
+    /// User name or uid[:gid]; the image's User (or root) when absent.
+    pub user: Option<String>,
+    /// Allocate a PTY (stdout and stderr are then one stream).
+    pub tty: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
 
 /// Media type of streamed long operations.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -126,31 +164,6 @@ impl EgressEdit {
     pub fn is_empty(&self) -> bool {
         self.deny.is_empty() && self.undeny.is_empty() && !self.allow_all
     }
-
-    /// The new list from `current`; added rules are kept as given, so a parse error
-    /// names them as the user typed them.
-    pub fn apply(&self, current: &[String]) -> Result<Vec<String>, String> {
-        let canon = |r: &str| -> Result<String, String> {
-            r.parse::<hearth_node::EgressRule>()
-                .map(|r| r.to_string())
-                .map_err(|e| e.to_string())
-        };
-        let mut out: Vec<String> = if self.allow_all {
-            Vec::new()
-        } else {
-            current.to_vec()
-        };
-        for r in &self.undeny {
-            let c = canon(r)?;
-            let before = out.len();
-            out.retain(|x| canon(x).map_or(true, |x| x != c));
-            if before == out.len() && !self.allow_all {
-                return Err(format!("{c} is not in the deny list of this workspace"));
-            }
-        }
-        out.extend(self.deny.iter().cloned());
-        Ok(out)
-    }
 }
 
 /// Limits asked for at create (absent: the default) or in an update (absent: unchanged).
@@ -169,41 +182,6 @@ pub struct LimitsRequest {
     /// Size of the workspace's private disk in bytes (256 MiB..=64 TiB).
     #[serde(default)]
     pub disk_bytes: Option<u64>,
-}
-
-impl LimitsRequest {
-    /// The limits to use, or what is wrong with the request.
-    pub fn resolve(&self) -> Result<Limits, String> {
-        self.apply_to(Limits::default())
-    }
-
-    /// `current` with the fields this request sets replaced, or what is wrong with it.
-    pub fn apply_to(&self, current: Limits) -> Result<Limits, String> {
-        let d = current;
-        let check = |what: &str, v: Option<u64>, lo: u64, hi: u64, def: u64| match v {
-            None => Ok(def),
-            Some(v) if (lo..=hi).contains(&v) => Ok(v),
-            Some(v) => Err(format!("{what} {v} is out of range ({lo}..={hi})")),
-        };
-        Ok(Limits {
-            memory_bytes: check(
-                "memory_bytes",
-                self.memory_bytes,
-                64 << 20,
-                1 << 50,
-                d.memory_bytes,
-            )?,
-            pids: check("pids", self.pids, 16, 1_000_000, d.pids)?,
-            cpu_weight: check("cpu_weight", self.cpu_weight, 1, 10_000, d.cpu_weight)?,
-            disk_bytes: check(
-                "disk_bytes",
-                self.disk_bytes,
-                hearth_node::MIN_DISK_BYTES,
-                hearth_node::MAX_DISK_BYTES,
-                d.disk_bytes,
-            )?,
-        })
-    }
 }
 
 /// Body of `POST /v1/images/load`.
@@ -252,35 +230,12 @@ pub struct Image {
     pub loaded_at: String,
 }
 
-impl From<ImageSummary> for Image {
-    fn from(s: ImageSummary) -> Self {
-        Image {
-            id: s.id,
-            names: s.names,
-            size: s.size,
-            layers: s.layers,
-            loaded_at: s.loaded_at,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 pub struct WorkspaceLimits {
     pub memory_bytes: u64,
     pub pids: u64,
     pub cpu_weight: u64,
     pub disk_bytes: u64,
-}
-
-impl From<Limits> for WorkspaceLimits {
-    fn from(l: Limits) -> Self {
-        WorkspaceLimits {
-            memory_bytes: l.memory_bytes,
-            pids: l.pids,
-            cpu_weight: l.cpu_weight,
-            disk_bytes: l.disk_bytes,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -381,49 +336,6 @@ pub struct UsageInfo {
     pub disk_bytes: u64,
     /// Size of the disk as its filesystem reports it (the limit, less metadata space).
     pub disk_size: u64,
-}
-
-impl WorkspaceInspect {
-    pub fn new(workspace: Workspace, d: hearth_node::WorkspaceDetails) -> Self {
-        let count = d.id_count.max(1);
-        WorkspaceInspect {
-            workspace,
-            pid: d.pid,
-            uid_range: IdRange {
-                first: d.uid_base,
-                last: d.uid_base.saturating_add(count - 1),
-            },
-            cgroups: d
-                .cgroups
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
-            network: d.network.map(|n| NetworkInfo {
-                ip: n.ip.to_string(),
-                prefix_len: n.prefix_len,
-                gateway: n.gateway.to_string(),
-                bridge: n.bridge,
-                host_veth: n.host_veth,
-                netns: n.netns.to_string_lossy().into_owned(),
-            }),
-            egress: EgressInfo {
-                deny: d.egress.deny,
-                node_deny: d.egress.node_deny,
-                rate: d.egress.rate,
-                burst: d.egress.burst,
-                max_conns: d.egress.max_conns,
-            },
-            usage: UsageInfo {
-                cpu_ns: d.usage.cpu_ns,
-                cpu_percent: d.usage.cpu_percent,
-                memory_bytes: d.usage.memory_bytes,
-                pids: d.usage.pids,
-                disk_bytes: d.usage.disk_bytes,
-                disk_size: d.usage.disk_size,
-            },
-            paused: d.paused,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -603,37 +515,6 @@ impl ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn egress_edits_change_the_list() {
-        let cur = vec!["10.0.0.0/8".to_string(), "192.0.2.7/32".to_string()];
-        let ch = EgressEdit {
-            deny: vec!["198.51.100.0/24".into()],
-            undeny: vec!["192.0.2.7".into()],
-            allow_all: false,
-        };
-        assert_eq!(
-            ch.apply(&cur).unwrap(),
-            vec!["10.0.0.0/8", "198.51.100.0/24"]
-        );
-        let all = EgressEdit {
-            allow_all: true,
-            ..Default::default()
-        };
-        assert!(all.apply(&cur).unwrap().is_empty());
-        let missing = EgressEdit {
-            undeny: vec!["1.2.3.4".into()],
-            ..Default::default()
-        };
-        let e = missing.apply(&cur).unwrap_err();
-        assert!(e.contains("1.2.3.4/32 is not in the deny list"), "{e}");
-        let bad = EgressEdit {
-            undeny: vec!["1.2.3.4/40".into()],
-            ..Default::default()
-        };
-        assert!(bad.apply(&cur).unwrap_err().contains("prefix length"));
-        assert!(EgressEdit::default().is_empty());
-    }
 
     #[test]
     fn client_frames_round_trip() {

@@ -1,12 +1,9 @@
 //! `hearth snapshot`, `snapshots`, `fork` and `store fsck|gc`.
 
-use anyhow::{bail, Context};
-use hearth_server::snapshots::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
-use hearth_server::wire::Workspace;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use anyhow::bail;
+use hearth_api::{ForkWorkspace, StoreGc};
 
-use super::{enc, human_size, print_table, Client};
+use super::{human_size, print_table, Commands};
 
 fn when(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -18,20 +15,9 @@ fn when(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-impl Client {
-    async fn post_json<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
-        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        resp.json().await.context("cannot parse server reply")
-    }
-
+impl Commands {
     pub async fn snapshot(&self, name: &str) -> anyhow::Result<()> {
-        let s: Snapshot = self
-            .post_json(&format!("/v1/workspaces/{}/snapshots", enc(name)), &())
-            .await?;
+        let s = self.api.snapshot(name).await?;
         println!(
             "snapshot {} of {name}: {} in {} files, {} new",
             s.id,
@@ -43,9 +29,7 @@ impl Client {
     }
 
     pub async fn snapshots(&self, name: &str, json: bool) -> anyhow::Result<()> {
-        let v: Vec<Snapshot> = self
-            .get(&format!("/v1/workspaces/{}/snapshots", enc(name)))
-            .await?;
+        let v = self.api.snapshots(name).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
@@ -71,16 +55,14 @@ impl Client {
             snapshot: snapshot.to_string(),
             name: new.to_string(),
         };
-        let w: Workspace = self
-            .post_json(&format!("/v1/workspaces/{}/fork", enc(name)), &req)
-            .await?;
+        let w = self.api.fork(name, &req).await?;
         println!("workspace {} is {} (forked from {name})", w.name, w.state);
         Ok(())
     }
 
     /// Exits non-zero (through the error) when the store has problems.
     pub async fn store_fsck(&self, json: bool) -> anyhow::Result<()> {
-        let c: StoreCheck = self.post_json("/v1/store/fsck", &()).await?;
+        let c = self.api.store_fsck().await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&c)?);
         } else {
@@ -106,7 +88,7 @@ impl Client {
     }
 
     pub async fn store_gc(&self, req: StoreGc) -> anyhow::Result<()> {
-        let r: StoreGcReport = self.post_json("/v1/store/gc", &req).await?;
+        let r = self.api.store_gc(&req).await?;
         for id in &r.forgotten {
             println!("forgot snapshot {id}");
         }

@@ -1,0 +1,50 @@
+//! Snapshot, fork and store upkeep types.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Snapshot {
+    /// 32 hex characters.
+    pub id: String,
+    /// Unix seconds.
+    pub time: i64,
+    pub parent: Option<String>,
+    /// Sum of regular file sizes, bytes.
+    pub size: u64,
+    pub files: u64,
+    /// Stored bytes this snapshot added (0 when everything deduplicated).
+    pub new_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkWorkspace {
+    /// Snapshot of the source workspace to start from.
+    pub snapshot: String,
+    /// Name of the new workspace.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreCheck {
+    pub location: String,
+    pub ok: bool,
+    pub snapshots: usize,
+    pub chunks: usize,
+    /// One line per problem: the object, what is wrong, what it affects.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct StoreGc {
+    /// With either bound set, forget snapshots outside the policy before collecting.
+    pub keep_last: Option<usize>,
+    pub keep_daily: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoreGcReport {
+    pub forgotten: Vec<String>,
+    pub deleted_chunks: usize,
+    pub deleted_bytes: u64,
+}

@@ -1,0 +1,189 @@
+//! Between the API's types ([`hearth_api`]) and the node's: the wire stays independent of
+//! the node's internals, and the rules that need the node (limit ranges, egress rule
+//! syntax) are applied here.
+
+use hearth_api::{
+    EgressEdit, EgressInfo, ExecRequest, IdRange, Image, LimitsRequest, NetworkInfo, Snapshot,
+    UsageInfo, Workspace, WorkspaceInspect, WorkspaceLimits,
+};
+use hearth_node::{ImageSummary, Limits, SnapshotSummary, WorkspaceDetails};
+
+pub fn image(s: ImageSummary) -> Image {
+    Image {
+        id: s.id,
+        names: s.names,
+        size: s.size,
+        layers: s.layers,
+        loaded_at: s.loaded_at,
+    }
+}
+
+pub fn limits(l: Limits) -> WorkspaceLimits {
+    WorkspaceLimits {
+        memory_bytes: l.memory_bytes,
+        pids: l.pids,
+        cpu_weight: l.cpu_weight,
+        disk_bytes: l.disk_bytes,
+    }
+}
+
+pub fn snapshot(s: SnapshotSummary) -> Snapshot {
+    Snapshot {
+        id: s.id,
+        time: s.time,
+        parent: s.parent,
+        size: s.size,
+        files: s.files,
+        new_bytes: s.new_bytes,
+    }
+}
+
+pub fn exec_request(r: ExecRequest) -> hearth_node::ExecRequest {
+    hearth_node::ExecRequest {
+        argv: r.argv,
+        env: r.env,
+        cwd: r.cwd,
+        user: r.user,
+        tty: r.tty,
+        rows: r.rows,
+        cols: r.cols,
+    }
+}
+
+/// The record plus what the node sees on the host.
+pub fn inspect(workspace: Workspace, d: WorkspaceDetails) -> WorkspaceInspect {
+    let count = d.id_count.max(1);
+    WorkspaceInspect {
+        workspace,
+        pid: d.pid,
+        uid_range: IdRange {
+            first: d.uid_base,
+            last: d.uid_base.saturating_add(count - 1),
+        },
+        cgroups: d
+            .cgroups
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+        network: d.network.map(|n| NetworkInfo {
+            ip: n.ip.to_string(),
+            prefix_len: n.prefix_len,
+            gateway: n.gateway.to_string(),
+            bridge: n.bridge,
+            host_veth: n.host_veth,
+            netns: n.netns.to_string_lossy().into_owned(),
+        }),
+        egress: EgressInfo {
+            deny: d.egress.deny,
+            node_deny: d.egress.node_deny,
+            rate: d.egress.rate,
+            burst: d.egress.burst,
+            max_conns: d.egress.max_conns,
+        },
+        usage: UsageInfo {
+            cpu_ns: d.usage.cpu_ns,
+            cpu_percent: d.usage.cpu_percent,
+            memory_bytes: d.usage.memory_bytes,
+            pids: d.usage.pids,
+            disk_bytes: d.usage.disk_bytes,
+            disk_size: d.usage.disk_size,
+        },
+        paused: d.paused,
+    }
+}
+
+/// The limits a create asks for (absent ones: the default), or what is wrong with them.
+pub fn resolve_limits(req: &LimitsRequest) -> Result<Limits, String> {
+    apply_limits(req, Limits::default())
+}
+
+/// `current` with the fields `req` sets replaced, or what is wrong with the request.
+pub fn apply_limits(req: &LimitsRequest, current: Limits) -> Result<Limits, String> {
+    let d = current;
+    let check = |what: &str, v: Option<u64>, lo: u64, hi: u64, def: u64| match v {
+        None => Ok(def),
+        Some(v) if (lo..=hi).contains(&v) => Ok(v),
+        Some(v) => Err(format!("{what} {v} is out of range ({lo}..={hi})")),
+    };
+    Ok(Limits {
+        memory_bytes: check(
+            "memory_bytes",
+            req.memory_bytes,
+            64 << 20,
+            1 << 50,
+            d.memory_bytes,
+        )?,
+        pids: check("pids", req.pids, 16, 1_000_000, d.pids)?,
+        cpu_weight: check("cpu_weight", req.cpu_weight, 1, 10_000, d.cpu_weight)?,
+        disk_bytes: check(
+            "disk_bytes",
+            req.disk_bytes,
+            hearth_node::MIN_DISK_BYTES,
+            hearth_node::MAX_DISK_BYTES,
+            d.disk_bytes,
+        )?,
+    })
+}
+
+/// The deny list after `edit` from `current`; added rules are kept as given, so a parse
+/// error names them as the user typed them.
+pub fn apply_egress_edit(edit: &EgressEdit, current: &[String]) -> Result<Vec<String>, String> {
+    let canon = |r: &str| -> Result<String, String> {
+        r.parse::<hearth_node::EgressRule>()
+            .map(|r| r.to_string())
+            .map_err(|e| e.to_string())
+    };
+    let mut out: Vec<String> = if edit.allow_all {
+        Vec::new()
+    } else {
+        current.to_vec()
+    };
+    for r in &edit.undeny {
+        let c = canon(r)?;
+        let before = out.len();
+        out.retain(|x| canon(x).map_or(true, |x| x != c));
+        if before == out.len() && !edit.allow_all {
+            return Err(format!("{c} is not in the deny list of this workspace"));
+        }
+    }
+    out.extend(edit.deny.iter().cloned());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_edits_change_the_list() {
+        let cur = vec!["10.0.0.0/8".to_string(), "192.0.2.7/32".to_string()];
+        let ch = EgressEdit {
+            deny: vec!["198.51.100.0/24".into()],
+            undeny: vec!["192.0.2.7".into()],
+            allow_all: false,
+        };
+        assert_eq!(
+            apply_egress_edit(&ch, &cur).unwrap(),
+            vec!["10.0.0.0/8", "198.51.100.0/24"]
+        );
+        let all = EgressEdit {
+            allow_all: true,
+            ..Default::default()
+        };
+        assert!(apply_egress_edit(&all, &cur).unwrap().is_empty());
+        let missing = EgressEdit {
+            undeny: vec!["1.2.3.4".into()],
+            ..Default::default()
+        };
+        let e = apply_egress_edit(&missing, &cur).unwrap_err();
+        assert!(e.contains("1.2.3.4/32 is not in the deny list"), "{e}");
+        let bad = EgressEdit {
+            undeny: vec!["1.2.3.4/40".into()],
+            ..Default::default()
+        };
+        assert!(apply_egress_edit(&bad, &cur)
+            .unwrap_err()
+            .contains("prefix length"));
+        assert!(EgressEdit::default().is_empty());
+    }
+}
