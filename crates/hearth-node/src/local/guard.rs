@@ -29,26 +29,32 @@ const RESERVE_PERCENT: u64 = 5;
 const MIN_RESERVE: u64 = 1 << 30;
 const MAX_RESERVE: u64 = 20 << 30;
 
-/// Why a workspace is frozen. It thaws only when no reason is left, so a snapshot never
-/// thaws a workspace the disk guard froze, nor the reverse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Hold {
-    Snapshot = 1,
-    Disk = 2,
+bitflags::bitflags! {
+    /// Why a workspace is frozen. It thaws only when no reason is left, so a snapshot never
+    /// thaws a workspace the disk guard froze, nor the reverse.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub(super) struct Hold: u8 {
+        const SNAPSHOT = 1;
+        const DISK = 1 << 1;
+    }
 }
 
-/// Not a reason to freeze: the workspace is stopping, and the disk guard leaves it alone
-/// (a frozen agent could not act on TERM) until its next start.
-const STOPPING: u8 = 4;
-const REASONS: u8 = Hold::Snapshot as u8 | Hold::Disk as u8;
+/// What the node records about one workspace's freezer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    reasons: Hold,
+    /// Not a reason to freeze: the workspace is stopping, and the disk guard leaves it
+    /// alone (a frozen agent could not act on TERM) until its next start.
+    stopping: bool,
+}
 
 /// Freeze reasons per workspace. Every change to a group's freezer state happens under
 /// this lock, so the map and the kernel agree.
 #[derive(Debug, Default)]
-pub(super) struct Freezes(Mutex<HashMap<String, u8>>);
+pub(super) struct Freezes(Mutex<HashMap<String, Entry>>);
 
 impl Freezes {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u8>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -57,14 +63,20 @@ impl Freezes {
     /// (for the disk guard).
     pub(super) fn hold(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<bool, CgroupError> {
         let mut m = self.map();
-        let cur = m.get(id).copied().unwrap_or(0);
-        if why == Hold::Disk && cur & STOPPING != 0 {
+        let cur = m.get(id).copied().unwrap_or_default();
+        if why.contains(Hold::DISK) && cur.stopping {
             return Ok(false);
         }
-        if cur & REASONS == 0 && !cg.freeze(id)? {
+        if cur.reasons.is_empty() && !cg.freeze(id)? {
             return Ok(false);
         }
-        m.insert(id.to_string(), cur | why as u8);
+        m.insert(
+            id.to_string(),
+            Entry {
+                reasons: cur.reasons | why,
+                ..cur
+            },
+        );
         Ok(true)
     }
 
@@ -75,14 +87,20 @@ impl Freezes {
         let Some(cur) = m.get(id).copied() else {
             return Ok(());
         };
-        let left = cur & !(why as u8);
-        if cur & REASONS != 0 && left & REASONS == 0 {
+        let left = cur.reasons - why;
+        if !cur.reasons.is_empty() && left.is_empty() {
             cg.thaw(id)?;
         }
-        if left == 0 {
+        if left.is_empty() && !cur.stopping {
             m.remove(id);
         } else {
-            m.insert(id.to_string(), left);
+            m.insert(
+                id.to_string(),
+                Entry {
+                    reasons: left,
+                    ..cur
+                },
+            );
         }
         Ok(())
     }
@@ -93,7 +111,13 @@ impl Freezes {
         let mut m = self.map();
         let res = cg.thaw(id);
         if stopping {
-            m.insert(id.to_string(), STOPPING);
+            m.insert(
+                id.to_string(),
+                Entry {
+                    reasons: Hold::empty(),
+                    stopping: true,
+                },
+            );
         } else {
             m.remove(id);
         }
@@ -106,13 +130,15 @@ impl Freezes {
     }
 
     pub(super) fn held(&self, id: &str, why: Hold) -> bool {
-        self.map().get(id).is_some_and(|&r| r & why as u8 != 0)
+        self.map()
+            .get(id)
+            .is_some_and(|e| e.reasons.intersects(why))
     }
 
     fn held_for(&self, why: Hold) -> Vec<String> {
         self.map()
             .iter()
-            .filter(|(_, &r)| r & why as u8 != 0)
+            .filter(|(_, e)| e.reasons.intersects(why))
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -192,7 +218,7 @@ impl Inner {
 
     /// Why the node holds `id` frozen, if it does (shown by inspect).
     pub(super) fn paused_reason(&self, id: &str) -> Option<String> {
-        self.freezes.held(id, Hold::Disk).then(|| {
+        self.freezes.held(id, Hold::DISK).then(|| {
             format!(
                 "frozen: the node's disk is under its {} reserve; free space at {} and it resumes",
                 gib(self.guard.reserve),
@@ -216,8 +242,8 @@ impl Inner {
             }
         };
         if free >= reserve + reserve / 4 {
-            for id in self.freezes.held_for(Hold::Disk) {
-                match self.freezes.release(&self.cgroups, &id, Hold::Disk) {
+            for id in self.freezes.held_for(Hold::DISK) {
+                match self.freezes.release(&self.cgroups, &id, Hold::DISK) {
                     Ok(()) => {
                         tracing::warn!(%id, free = %gib(free), "node disk has room again: workspace thawed")
                     }
@@ -230,10 +256,10 @@ impl Inner {
         if free < reserve {
             for (id, &alloc) in &now {
                 let grew = seen.get(id).is_some_and(|&before| alloc > before);
-                if !grew || self.freezes.held(id, Hold::Disk) {
+                if !grew || self.freezes.held(id, Hold::DISK) {
                     continue;
                 }
-                match self.freezes.hold(&self.cgroups, id, Hold::Disk) {
+                match self.freezes.hold(&self.cgroups, id, Hold::DISK) {
                     Ok(true) => tracing::error!(
                         %id,
                         free = %gib(free),
@@ -343,39 +369,39 @@ mod tests {
         let f = Freezes::default();
         assert!(!g.frozen());
         // The guard freezes; a snapshot comes and goes: still frozen for the disk.
-        assert!(f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(f.hold(&g.cg, ID, Hold::DISK).unwrap());
         assert!(g.frozen());
-        assert!(f.hold(&g.cg, ID, Hold::Snapshot).unwrap());
-        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        assert!(f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap());
+        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
         assert!(g.frozen(), "a snapshot thawed what the disk guard froze");
-        assert!(f.held(ID, Hold::Disk));
-        f.release(&g.cg, ID, Hold::Disk).unwrap();
+        assert!(f.held(ID, Hold::DISK));
+        f.release(&g.cg, ID, Hold::DISK).unwrap();
         assert!(!g.frozen());
         // And the other way round.
-        f.hold(&g.cg, ID, Hold::Snapshot).unwrap();
-        f.hold(&g.cg, ID, Hold::Disk).unwrap();
-        f.release(&g.cg, ID, Hold::Disk).unwrap();
+        f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap();
+        f.hold(&g.cg, ID, Hold::DISK).unwrap();
+        f.release(&g.cg, ID, Hold::DISK).unwrap();
         assert!(g.frozen(), "the guard thawed a workspace mid-snapshot");
-        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
         assert!(!g.frozen());
         // Stopping: thawed, and the guard leaves it alone until the next start.
-        f.hold(&g.cg, ID, Hold::Disk).unwrap();
+        f.hold(&g.cg, ID, Hold::DISK).unwrap();
         f.clear(&g.cg, ID, true).unwrap();
         assert!(!g.frozen());
-        assert!(!f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(!f.hold(&g.cg, ID, Hold::DISK).unwrap());
         assert!(!g.frozen(), "the guard froze a stopping workspace");
         // A snapshot of a stopping workspace still freezes and thaws it.
-        assert!(f.hold(&g.cg, ID, Hold::Snapshot).unwrap());
+        assert!(f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap());
         assert!(g.frozen());
-        f.release(&g.cg, ID, Hold::Snapshot).unwrap();
+        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
         assert!(!g.frozen());
         f.forget(ID);
-        assert!(f.hold(&g.cg, ID, Hold::Disk).unwrap());
+        assert!(f.hold(&g.cg, ID, Hold::DISK).unwrap());
         assert!(g.frozen());
         f.clear(&g.cg, ID, false).unwrap();
-        assert!(!g.frozen() && !f.held(ID, Hold::Disk));
+        assert!(!g.frozen() && !f.held(ID, Hold::DISK));
         // No cgroup (not running): nothing recorded.
-        assert!(!f.hold(&g.cg, "0ddba11", Hold::Disk).unwrap());
-        assert!(!f.held("0ddba11", Hold::Disk));
+        assert!(!f.hold(&g.cg, "0ddba11", Hold::DISK).unwrap());
+        assert!(!f.held("0ddba11", Hold::DISK));
     }
 }

@@ -387,14 +387,14 @@ impl FrozenView {
         if running {
             inner
                 .freezes
-                .hold(&inner.cgroups, id, Hold::Snapshot)
+                .hold(&inner.cgroups, id, Hold::SNAPSHOT)
                 .map_err(|e| NodeError::Internal(format!("freeze workspace {id}: {e}")))?;
         }
         let res = hearth_disk::snapshot_readonly(&p.vol, &p.disk, &name);
         if running {
             // Thaw whatever happened (unless the disk guard holds it too); a failed thaw
             // must not hide the snapshot's outcome.
-            if let Err(e) = inner.freezes.release(&inner.cgroups, id, Hold::Snapshot) {
+            if let Err(e) = inner.freezes.release(&inner.cgroups, id, Hold::SNAPSHOT) {
                 tracing::error!(id, "thaw after snapshot failed: {e}");
             }
         }
