@@ -243,6 +243,9 @@ pub struct NodeConfig {
     pub disk_reserve: Option<u64>,
 }
 
+/// A node failure. The first four carry a message the node wrote for the user; the rest
+/// keep the failing library's error as their source. Callers decide by [`NodeError::kind`]
+/// (the server maps it to an HTTP status); `Display` is the one-line message users see.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{0}")]
@@ -253,6 +256,104 @@ pub enum NodeError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Runtime(#[from] hearth_runtime::RuntimeError),
+    #[error(transparent)]
+    Net(#[from] hearth_net::NetError),
+    #[error(transparent)]
+    Cgroups(#[from] hearth_cgroups::CgroupError),
+    #[error("workspace disk: {0}")]
+    Disk(#[from] hearth_disk::DiskError),
+    #[error(transparent)]
+    Image(#[from] hearth_image::ImageError),
+    #[error("pull of {reference} failed: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: hearth_image::ImageError,
+    },
+    #[error("{context}: {source}")]
+    Snapshot {
+        context: String,
+        #[source]
+        source: hearth_snapshot::SnapshotError,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a caller can do about a [`NodeError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The named thing does not exist.
+    NotFound,
+    /// The request itself is wrong; retrying it unchanged fails again.
+    Invalid,
+    /// The request clashes with the current state (in use, running, too little space).
+    Conflict,
+    /// The node or host failed.
+    Internal,
+}
+
+impl NodeError {
+    pub fn kind(&self) -> ErrorKind {
+        use hearth_disk::DiskError as D;
+        use hearth_image::ImageError as I;
+        use hearth_net::NetError as N;
+        use hearth_snapshot::SnapshotError as S;
+        match self {
+            NodeError::NotFound(_) => ErrorKind::NotFound,
+            NodeError::Invalid(_) => ErrorKind::Invalid,
+            NodeError::Conflict(_) => ErrorKind::Conflict,
+            NodeError::Internal(_)
+            | NodeError::Runtime(_)
+            | NodeError::Cgroups(_)
+            | NodeError::Pull { .. }
+            | NodeError::Io { .. } => ErrorKind::Internal,
+            NodeError::Net(e) => match e {
+                N::InvalidBridge { .. }
+                | N::InvalidSubnet { .. }
+                | N::InvalidId { .. }
+                | N::InvalidEgressRule { .. }
+                | N::TooManyEgressRules { .. }
+                | N::InvalidLimits { .. }
+                | N::SlotOutOfRange { .. } => ErrorKind::Invalid,
+                _ => ErrorKind::Internal,
+            },
+            NodeError::Disk(e) => match e {
+                D::Size { .. } | D::Shrink { .. } | D::MissingTool { .. } => ErrorKind::Invalid,
+                _ => ErrorKind::Internal,
+            },
+            NodeError::Image(e) => match e {
+                I::NotFound(_) => ErrorKind::NotFound,
+                I::Ambiguous { .. }
+                | I::InvalidName { .. }
+                | I::Invalid { .. }
+                | I::DigestMismatch { .. }
+                | I::SizeMismatch { .. }
+                | I::Entry { .. }
+                | I::Unauthorized { .. }
+                | I::InsecureRegistry { .. } => ErrorKind::Invalid,
+                _ => ErrorKind::Internal,
+            },
+            NodeError::Snapshot { source, .. } => match source {
+                S::NotFound(_) | S::BadId(_) => ErrorKind::NotFound,
+                S::Busy { .. } => ErrorKind::Conflict,
+                _ => ErrorKind::Internal,
+            },
+        }
+    }
+
+    /// For `map_err`: an I/O failure of `op` on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| NodeError::Io { op, path, source }
+    }
 }
 
 /// The contract between the control plane and a node.
@@ -375,6 +476,77 @@ pub fn is_registry_reference(reference: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn io_errors_name_op_and_path_and_keep_their_cause() {
+        let e = NodeError::io("write", "/data/ws/spec.json")(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        ));
+        assert_eq!(
+            e.to_string(),
+            "write /data/ws/spec.json: No space left on device (os error 28)"
+        );
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        let src = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(src.and_then(|s| s.raw_os_error()), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn library_errors_keep_their_message_and_get_a_kind() {
+        let cases: Vec<(NodeError, ErrorKind, &str)> = vec![
+            (
+                hearth_net::NetError::TooManyEgressRules { count: 9, max: 8 }.into(),
+                ErrorKind::Invalid,
+                "too many egress rules: 9 (at most 8)",
+            ),
+            (
+                hearth_disk::DiskError::Shrink { size: 1, current: 2 }.into(),
+                ErrorKind::Invalid,
+                "workspace disk: disks only grow: 1 bytes is less than the current 2",
+            ),
+            (
+                hearth_image::ImageError::Ambiguous {
+                    reference: "ab".into(),
+                    count: 2,
+                }
+                .into(),
+                ErrorKind::Invalid,
+                "image reference ab is ambiguous: it matches 2 images",
+            ),
+            (
+                NodeError::Snapshot {
+                    context: "store /s".into(),
+                    source: hearth_snapshot::SnapshotError::Busy {
+                        location: "/s".into(),
+                        reason: "gc running".into(),
+                    },
+                },
+                ErrorKind::Conflict,
+                "store /s: store /s is busy: gc running",
+            ),
+            (
+                NodeError::Snapshot {
+                    context: "workspace w".into(),
+                    source: hearth_snapshot::SnapshotError::NotFound("s1".into()),
+                },
+                ErrorKind::NotFound,
+                "workspace w: snapshot s1 not found",
+            ),
+            (
+                hearth_cgroups::CgroupError::Busy {
+                    id: "ab".into(),
+                    pids: vec![7],
+                }
+                .into(),
+                ErrorKind::Internal,
+                "cgroup ab still has processes [7]",
+            ),
+        ];
+        for (e, kind, msg) in cases {
+            assert_eq!((e.kind(), e.to_string().as_str()), (kind, msg), "{e:?}");
+        }
+    }
 
     #[test]
     fn registry_references_need_a_host() {

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_node::NodeError;
+use hearth_node::{ErrorKind, NodeError};
 
 use hearth_api::{ErrorBody, ErrorInfo};
 
@@ -57,12 +57,14 @@ impl ApiError {
 }
 
 impl From<NodeError> for ApiError {
+    /// The HTTP status of each node error kind is decided here, and only here.
     fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::NotFound(m) => ApiError::not_found(m),
-            NodeError::Invalid(m) => ApiError::invalid(m),
-            NodeError::Conflict(m) => ApiError::conflict(m),
-            NodeError::Internal(m) => ApiError::internal(m),
+        let m = e.to_string();
+        match e.kind() {
+            ErrorKind::NotFound => ApiError::not_found(m),
+            ErrorKind::Invalid => ApiError::invalid(m),
+            ErrorKind::Conflict => ApiError::conflict(m),
+            ErrorKind::Internal => ApiError::internal(m),
         }
     }
 }

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use hearth_node::{
-    EgressPolicy, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress, RegistryAuth,
-    RunState, WorkspaceSpec, WorkspaceStatus,
+    EgressPolicy, ErrorKind, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress,
+    RegistryAuth, RunState, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 
@@ -330,14 +330,16 @@ impl Manager {
         let image = match req.image.as_deref() {
             Some(r) => match self.node.resolve_image(r).await {
                 Ok(i) => i,
-                Err(NodeError::NotFound(_)) if hearth_node::is_registry_reference(r) => {
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound && hearth_node::is_registry_reference(r) =>
+                {
                     // Pulled before the record exists: a failed pull leaves nothing behind.
                     self.node
                         .pull_image(r, None, progress.clone())
                         .await
                         .map_err(|e| node_err("pull_image", &name, e))?
                 }
-                Err(NodeError::NotFound(_)) => {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
                     return Err(ApiError::not_found(format!(
                         "image {r} not found (hearth image ls lists loaded images)"
                     )))
@@ -348,12 +350,12 @@ impl Manager {
                 .node
                 .resolve_image(DEFAULT_IMAGE)
                 .await
-                .map_err(|e| match e {
-                    NodeError::NotFound(_) => ApiError::invalid(format!(
+                .map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => ApiError::invalid(format!(
                         "no image given and image {DEFAULT_IMAGE} is not loaded: pass --image \
                      (hearth image ls lists loaded images)"
                     )),
-                    other => node_err("resolve_image", &name, other),
+                    _ => node_err("resolve_image", &name, e),
                 })?,
         };
 
@@ -409,7 +411,7 @@ impl Manager {
                 Ok(_) => self.set(&rec, WorkspaceState::Running, None).await?,
                 // Refused before anything was done (e.g. the node's disk is under its
                 // reserve for a restore): the workspace is as it was.
-                Err(e @ NodeError::Conflict(_)) => {
+                Err(e) if e.kind() == ErrorKind::Conflict => {
                     let e = node_err("start", name, e);
                     self.set(&rec, rec.state, rec.error.as_deref()).await?;
                     return Err(e);

@@ -33,11 +33,10 @@ pub(super) fn install_agent(src: &Path, dsts: &[&Path]) -> Result<(), NodeError>
         }
         // A new inode: running workspaces keep executing the old one.
         let tmp = dst.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)
-            .map_err(|e| NodeError::Internal(format!("write {}: {e}", tmp.display())))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(internal)?;
-        std::fs::rename(&tmp, dst)
-            .map_err(|e| NodeError::Internal(format!("install {}: {e}", dst.display())))?;
+        std::fs::write(&tmp, &bytes).map_err(NodeError::io("write", &tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(NodeError::io("chmod", &tmp))?;
+        std::fs::rename(&tmp, dst).map_err(NodeError::io("install", *dst))?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{disk_err, mkdir, Inner, Paths};
+use super::{mkdir, Inner, Paths};
 use crate::NodeError;
 
 impl Inner {
@@ -11,11 +11,11 @@ impl Inner {
     pub(super) fn make_disk(&self, p: &Paths, size: u64) -> Result<(), NodeError> {
         hearth_disk::create(&p.image, size).map_err(|e| match e {
             hearth_disk::DiskError::Size { .. } => NodeError::Invalid(e.to_string()),
-            e => disk_err(e),
+            e => e.into(),
         })?;
         mkdir(&p.disk, 0o700)?;
-        hearth_disk::mount(&p.image, &p.disk).map_err(disk_err)?;
-        hearth_disk::create_subvolume(&p.disk, "data").map_err(disk_err)?;
+        hearth_disk::mount(&p.image, &p.disk)?;
+        hearth_disk::create_subvolume(&p.disk, "data")?;
         mkdir(&p.work, 0o700)
     }
 

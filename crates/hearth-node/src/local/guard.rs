@@ -156,8 +156,8 @@ pub(super) struct DiskGuard {
 /// Bytes an unprivileged writer could still allocate on `dir`'s filesystem. Workspace
 /// images are written by root, but root's extra blocks are no margin to plan on.
 pub(super) fn free_bytes(dir: &Path) -> Result<u64, NodeError> {
-    let st = nix::sys::statvfs::statvfs(dir)
-        .map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", dir.display())))?;
+    let st =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| NodeError::io("statvfs", dir)(e.into()))?;
     Ok(st.blocks_available() * st.fragment_size())
 }
 
@@ -172,7 +172,7 @@ impl DiskGuard {
             Some(r) => r,
             None => {
                 let st = nix::sys::statvfs::statvfs(dir)
-                    .map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", dir.display())))?;
+                    .map_err(|e| NodeError::io("statvfs", dir)(e.into()))?;
                 (st.blocks() * st.fragment_size() / 100 * RESERVE_PERCENT)
                     .clamp(MIN_RESERVE, MAX_RESERVE)
             }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hearth_runtime::mount;
 
-use super::{internal, mkdir, Inner};
+use super::{mkdir, Inner};
 use crate::NodeError;
 
 /// Raises fs.file-max to the kernel's maximum (as systemd does at boot). The default,
@@ -52,7 +52,7 @@ pub(super) fn raise_nofile_hard() -> u64 {
 /// it; `nosuid`, small, and 0711 so workspace uids reach only the names they are given.
 pub(super) fn mount_share(dir: &Path) -> Result<(), NodeError> {
     mkdir(dir, 0o711)?;
-    if mount::is_mounted(dir).map_err(internal)? {
+    if mount::is_mounted(dir)? {
         return Ok(());
     }
     nix::mount::mount(
@@ -62,7 +62,7 @@ pub(super) fn mount_share(dir: &Path) -> Result<(), NodeError> {
         nix::mount::MsFlags::MS_NOSUID,
         Some("mode=0711,size=64m"),
     )
-    .map_err(|e| NodeError::Internal(format!("mount tmpfs on {}: {e}", dir.display())))
+    .map_err(|e| NodeError::io("mount tmpfs on", dir)(e.into()))
 }
 
 pub(super) fn resolv_conf() -> String {
@@ -92,8 +92,9 @@ pub(super) fn write_gitconfig(path: &Path) -> Result<(), NodeError> {
         path,
         "[safe]\n\tdirectory = *\n[protocol \"ext\"]\n\tallow = never\n[core]\n\thooksPath = /dev/null\n",
     )
-    .map_err(|e| NodeError::Internal(format!("write {}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(internal)
+    .map_err(NodeError::io("write", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(NodeError::io("chmod", path))
 }
 
 impl Inner {

@@ -41,7 +41,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
     let netns = inner.net.netns_path(&spec.id);
     let network = if netns.exists() {
         Some(NetworkDetails {
-            ip: inner.net.address(spec.slot).map_err(internal)?,
+            ip: inner.net.address(spec.slot)?,
             prefix_len: inner.net.prefix_len(),
             gateway: inner.net.gateway(),
             bridge: inner.net.bridge().to_string(),
@@ -55,7 +55,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
     let t0 = Instant::now();
     let running = status.state == RunState::Running && !cgroups.is_empty();
     let stats0 = if running {
-        Some(inner.cgroups.stats(&spec.id).map_err(internal)?)
+        Some(inner.cgroups.stats(&spec.id)?)
     } else {
         None
     };
@@ -66,7 +66,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
     {
         tracing::warn!(id = %spec.id, "sync before disk usage: {e}");
     }
-    let disk = hearth_disk::usage(&p.disk).map_err(super::disk_err)?;
+    let disk = hearth_disk::usage(&p.disk)?;
     let mut usage = Usage {
         disk_bytes: disk.used,
         disk_size: disk.size,
@@ -76,7 +76,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         if let Some(rest) = CPU_SAMPLE.checked_sub(t0.elapsed()) {
             std::thread::sleep(rest);
         }
-        let s1 = inner.cgroups.stats(&spec.id).map_err(internal)?;
+        let s1 = inner.cgroups.stats(&spec.id)?;
         let secs = t0.elapsed().as_secs_f64();
         usage.cpu_ns = s1.cpu_usage_ns;
         usage.cpu_percent = match (s0.cpu_usage_ns, s1.cpu_usage_ns) {

@@ -11,7 +11,7 @@ use hearth_runtime::bundle::BundleSpec;
 
 use super::host::resolv_conf;
 use super::ops::HostOps;
-use super::{disk_err, image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
+use super::{image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
 use crate::{clone, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE};
 
 /// How long PID 1 gets to end its processes on stop before everything is killed.
@@ -86,7 +86,7 @@ impl Drop for Undo<'_> {
                 Step::Rootfs(p) => self.host.unmount(p),
                 Step::Socket(p) => match std::fs::remove_file(p) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(NodeError::Internal(format!("remove {}: {e}", p.display())))
+                        Err(NodeError::io("remove", p)(e))
                     }
                     _ => Ok(()),
                 },
@@ -133,14 +133,17 @@ impl Inner {
             let base = spec.uid_base();
             self.make_disk(&p, spec.limits.disk_bytes)?;
             mkdir(&p.upper, 0o755)?;
-            std::os::unix::fs::chown(&p.upper, Some(base), Some(base)).map_err(internal)?;
+            std::os::unix::fs::chown(&p.upper, Some(base), Some(base))
+                .map_err(NodeError::io("chown", &p.upper))?;
             mkdir(&p.rootfs, 0o755)?;
             mkdir(&p.bundle, 0o700)?;
             let ws = p.upper.join("workspace");
             mkdir(&ws, 0o755)?;
-            std::os::unix::fs::chown(&ws, Some(base), Some(base)).map_err(internal)?;
+            std::os::unix::fs::chown(&ws, Some(base), Some(base))
+                .map_err(NodeError::io("chown", &ws))?;
             let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
-            std::fs::write(p.dir.join("spec.json"), json).map_err(internal)?;
+            let spec_file = p.dir.join("spec.json");
+            std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
             let _ = progress.send(format!("cloning {}", spec.source));
             clone::clone(
                 &spec.source,
@@ -186,7 +189,7 @@ impl Inner {
         self.open_disk(&p)?;
         // An update recorded but cut short by a crash: finish growing the disk.
         if std::fs::metadata(&p.image).is_ok_and(|m| m.len() < spec.limits.disk_bytes) {
-            hearth_disk::grow(&p.image, &p.disk, spec.limits.disk_bytes).map_err(disk_err)?;
+            hearth_disk::grow(&p.image, &p.disk, spec.limits.disk_bytes)?;
         }
         let image = self.images.get(&spec.image).map_err(image_err)?;
         let t0 = Instant::now();
@@ -225,7 +228,7 @@ impl Inner {
         let share = self.share.join(id);
         mkdir(&share, 0o711)?;
         let resolv = share.join("resolv.conf");
-        std::fs::write(&resolv, resolv_conf()).map_err(internal)?;
+        std::fs::write(&resolv, resolv_conf()).map_err(NodeError::io("write", &resolv))?;
 
         let repo_dir = format!("/workspace/{}", clone::repo_name(&spec.source));
         let cwd = image
@@ -263,10 +266,10 @@ impl Inner {
 
         let _ = std::fs::remove_file(&p.socket);
         let listener = std::os::unix::net::UnixListener::bind(&p.socket)
-            .map_err(|e| NodeError::Internal(format!("bind {}: {e}", p.socket.display())))?;
+            .map_err(NodeError::io("bind", &p.socket))?;
         undo.push(Step::Socket(p.socket.clone()));
         std::fs::set_permissions(&p.socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(internal)?;
+            .map_err(NodeError::io("chmod", &p.socket))?;
         host.delete_container(id)?;
         undo.push(Step::Container);
         let ran = host.run_container(id, &p.bundle, listener.as_fd(), &p.console);
@@ -396,10 +399,7 @@ impl Inner {
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(NodeError::Internal(format!(
-                "remove {}: {e}",
-                p.dir.display()
-            ))),
+            Err(e) => Err(NodeError::io("remove", &p.dir)(e)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Changing a workspace's limits in place: cgroup limits and disk size.
 
 use super::lifecycle::cgroup_limits;
-use super::{disk_err, internal, valid_id, Inner};
+use super::{internal, valid_id, Inner};
 use crate::{NodeError, RunState, WorkspaceSpec};
 
 impl Inner {
@@ -19,12 +19,12 @@ impl Inner {
         let len = match std::fs::metadata(&p.image) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(internal(format!("stat {}: {e}", p.image.display()))),
+            Err(e) => return Err(NodeError::io("stat", &p.image)(e)),
         };
         let want = spec.limits.disk_bytes;
         if want >= len {
             self.open_disk(&p)?;
-            hearth_disk::grow(&p.image, &p.disk, want).map_err(disk_err)?;
+            hearth_disk::grow(&p.image, &p.disk, want)?;
             if want > len {
                 tracing::info!(id = %spec.id, from = len, to = want, "disk grown");
             }
@@ -65,7 +65,7 @@ impl Inner {
                         spec.name
                     ))
                 }
-                e => internal(e),
+                e => e.into(),
             })
     }
 }

@@ -1,6 +1,6 @@
 //! Moving a workspace made before workspaces had their own disk onto one.
 
-use super::{internal, mkdir, Inner, Paths, LEGACY_UPPER};
+use super::{mkdir, Inner, Paths, LEGACY_UPPER};
 use crate::{NodeError, WorkspaceSpec};
 
 impl Inner {
@@ -28,7 +28,7 @@ impl Inner {
                 .arg(&legacy)
                 .arg(&p.upper)
                 .output()
-                .map_err(|e| NodeError::Internal(format!("run cp: {e}")))?;
+                .map_err(NodeError::io("run", "cp"))?;
             if !out.status.success() {
                 return Err(NodeError::Internal(format!(
                     "copying {} onto the workspace disk: {}",
@@ -36,21 +36,21 @@ impl Inner {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
-            let fs = std::fs::File::open(&p.upper).map_err(internal)?;
-            rustix::fs::syncfs(&fs).map_err(internal)
+            let fs = std::fs::File::open(&p.upper).map_err(NodeError::io("open", &p.upper))?;
+            rustix::fs::syncfs(&fs).map_err(|e| NodeError::io("syncfs", &p.upper)(e.into()))
         })();
         if let Err(e) = res {
             // Back to the old layout, untouched.
             if let Err(e2) = self.unmount_all(&p.disk).and_then(|()| {
                 let _ = std::fs::remove_dir(&p.disk);
-                std::fs::remove_file(&p.image).map_err(internal)
+                std::fs::remove_file(&p.image).map_err(NodeError::io("remove", &p.image))
             }) {
                 tracing::error!(id = %spec.id, "undoing a failed disk migration: {e2}");
             }
             return Err(e);
         }
         let kept = p.dir.join("upper.pre-disk");
-        std::fs::rename(&legacy, &kept).map_err(internal)?;
+        std::fs::rename(&legacy, &kept).map_err(NodeError::io("rename", &legacy))?;
         let _ = std::fs::remove_dir_all(p.dir.join("work"));
         tracing::warn!(id = %spec.id, kept = %kept.display(), "workspace moved onto its disk; the old copy can be deleted");
         Ok(())

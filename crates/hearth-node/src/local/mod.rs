@@ -82,27 +82,18 @@ struct Inner {
     guard: guard::DiskGuard,
 }
 
+/// A failure with no typed cause (a panicked blocking task, a composed report).
 fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(e.to_string())
 }
 
-fn disk_err(e: hearth_disk::DiskError) -> NodeError {
-    NodeError::Internal(format!("workspace disk: {e}"))
-}
-
+/// An image error, with a hint for the one users cause most.
 fn image_err(e: ImageError) -> NodeError {
     match e {
         ImageError::NotFound(r) => NodeError::NotFound(format!(
             "image {r} not found (hearth image ls lists loaded images)"
         )),
-        ImageError::Ambiguous { .. } | ImageError::InvalidName { .. } => {
-            NodeError::Invalid(e.to_string())
-        }
-        ImageError::Invalid { .. }
-        | ImageError::DigestMismatch { .. }
-        | ImageError::SizeMismatch { .. }
-        | ImageError::Entry { .. } => NodeError::Invalid(e.to_string()),
-        other => NodeError::Internal(other.to_string()),
+        other => NodeError::Image(other),
     }
 }
 
@@ -133,9 +124,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), NodeError> {
         .recursive(true)
         .mode(mode)
         .create(path)
-        .map_err(|e| NodeError::Internal(format!("mkdir {}: {e}", path.display())))?;
+        .map_err(NodeError::io("mkdir", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| NodeError::Internal(format!("chmod {}: {e}", path.display())))
+        .map_err(NodeError::io("chmod", path))
 }
 
 impl LocalNode {
@@ -161,8 +152,7 @@ impl LocalNode {
         let images = ImageStore::open(&data.join("images")).map_err(image_err)?;
         // Checks that can fail on bad input come before anything touches host-wide state
         // (cgroup parents, the bridge, firewall chains), so a refused start leaks nothing.
-        let runtime =
-            OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci")).map_err(internal)?;
+        let runtime = OciRuntime::new(cfg.runtime.as_deref(), &data.join("run/oci"))?;
         let share = data.join("share");
         host::mount_share(&share)?;
         let agent = share.join("hearth-agent");
@@ -173,14 +163,13 @@ impl LocalNode {
             bridge: cfg.bridge.clone(),
             subnet: cfg.subnet.clone(),
             egress: cfg.egress.clone(),
-        })
-        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+        })?;
         hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let guard = guard::DiskGuard::new(data, cfg.disk_reserve)?;
-        let cgroups = Cgroups::open(&cfg.cgroup_parent).map_err(internal)?;
+        let cgroups = Cgroups::open(&cfg.cgroup_parent)?;
         host::lift_file_max();
         let nofile_hard = host::raise_nofile_hard();
-        net.ensure_host().map_err(internal)?;
+        net.ensure_host()?;
         let gitconfig = data.join("gitconfig");
         host::write_gitconfig(&gitconfig)?;
         tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), disk_reserve = guard.reserve, "node ready");
@@ -385,10 +374,7 @@ impl NodeApi for LocalNode {
             match std::fs::read(&console) {
                 Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(NodeError::Internal(format!(
-                    "read {}: {e}",
-                    console.display()
-                ))),
+                Err(e) => Err(NodeError::io("read", &console)(e)),
             }
         })
         .await

@@ -16,7 +16,7 @@ use hearth_runtime::bundle::{self, BundleSpec};
 use hearth_runtime::mount;
 use hearth_runtime::oci::{OciRuntime, State};
 
-use super::{agent, disk_err, internal};
+use super::agent;
 use crate::{EgressRule, NodeError, ID_RANGE};
 
 pub(super) trait HostOps: Send + Sync {
@@ -81,15 +81,15 @@ pub(super) struct RealHost {
 
 impl HostOps for RealHost {
     fn container_state(&self, id: &str) -> Result<Option<State>, NodeError> {
-        self.runtime.state(id).map_err(internal)
+        self.runtime.state(id).map_err(NodeError::from)
     }
 
     fn containers(&self) -> Result<Vec<String>, NodeError> {
-        self.runtime.list().map_err(internal)
+        self.runtime.list().map_err(NodeError::from)
     }
 
     fn write_bundle(&self, dir: &Path, spec: &BundleSpec) -> Result<(), NodeError> {
-        bundle::write(dir, spec).map_err(internal)
+        bundle::write(dir, spec).map_err(NodeError::from)
     }
 
     fn run_container(
@@ -101,15 +101,15 @@ impl HostOps for RealHost {
     ) -> Result<(), NodeError> {
         self.runtime
             .run_detached(id, bundle, listener, console, &self.cgroups.procs_files(id))
-            .map_err(internal)
+            .map_err(NodeError::from)
     }
 
     fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError> {
-        self.runtime.kill(id, signal).map_err(internal)
+        self.runtime.kill(id, signal).map_err(NodeError::from)
     }
 
     fn delete_container(&self, id: &str) -> Result<(), NodeError> {
-        self.runtime.delete(id).map_err(internal)
+        self.runtime.delete(id).map_err(NodeError::from)
     }
 
     fn wait_agent(&self, socket: &Path, console: &Path) -> Result<(), NodeError> {
@@ -117,11 +117,11 @@ impl HostOps for RealHost {
     }
 
     fn create_cgroup(&self, id: &str, limits: &hearth_cgroups::Limits) -> Result<(), NodeError> {
-        self.cgroups.create(id, limits).map_err(internal)
+        self.cgroups.create(id, limits).map_err(NodeError::from)
     }
 
     fn cgroups(&self) -> Result<Vec<String>, NodeError> {
-        self.cgroups.list().map_err(internal)
+        self.cgroups.list().map_err(NodeError::from)
     }
 
     fn kill_cgroup(&self, id: &str) -> Result<(), NodeError> {
@@ -131,40 +131,36 @@ impl HostOps for RealHost {
             .map(|l| l.iter().any(|g| g == id))
             .unwrap_or(true);
         if exists {
-            self.cgroups.kill_all(id).map_err(internal)?;
+            self.cgroups.kill_all(id)?;
         }
         Ok(())
     }
 
     fn remove_cgroup(&self, id: &str) -> Result<(), NodeError> {
-        self.cgroups.remove(id).map_err(internal)
+        self.cgroups.remove(id).map_err(NodeError::from)
     }
 
     fn ensure_network(&self, id: &str, slot: u32) -> Result<PathBuf, NodeError> {
         self.net
             .ensure(id, slot)
             .map(|n| n.netns_path)
-            .map_err(internal)
+            .map_err(NodeError::from)
     }
 
     fn apply_egress(&self, id: &str, slot: u32, deny: &[EgressRule]) -> Result<(), NodeError> {
-        self.net.apply_egress(id, slot, deny).map_err(|e| match e {
-            hearth_net::NetError::TooManyEgressRules { .. }
-            | hearth_net::NetError::InvalidEgressRule { .. } => NodeError::Invalid(e.to_string()),
-            other => internal(other),
-        })
+        Ok(self.net.apply_egress(id, slot, deny)?)
     }
 
     fn networks(&self) -> Result<Vec<String>, NodeError> {
-        self.net.list().map_err(internal)
+        self.net.list().map_err(NodeError::from)
     }
 
     fn remove_network(&self, id: &str) -> Result<(), NodeError> {
-        self.net.teardown(id).map_err(internal)
+        self.net.teardown(id).map_err(NodeError::from)
     }
 
     fn is_mounted(&self, path: &Path) -> Result<bool, NodeError> {
-        mount::is_mounted(path).map_err(internal)
+        mount::is_mounted(path).map_err(NodeError::from)
     }
 
     fn mount_rootfs(
@@ -175,13 +171,13 @@ impl HostOps for RealHost {
         work: &Path,
         rootfs: &Path,
     ) -> Result<(), NodeError> {
-        let ns = hearth_runtime::userns::userns_fd(uid_base, ID_RANGE).map_err(internal)?;
-        mount::mount_overlay(layers, &ns, upper, work, rootfs).map_err(internal)
+        let ns = hearth_runtime::userns::userns_fd(uid_base, ID_RANGE)?;
+        mount::mount_overlay(layers, &ns, upper, work, rootfs).map_err(NodeError::from)
     }
 
     fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError> {
-        if !mount::is_mounted(dir).map_err(internal)? {
-            hearth_disk::mount(image, dir).map_err(disk_err)?;
+        if !mount::is_mounted(dir)? {
+            hearth_disk::mount(image, dir)?;
         } else if let Err(e) = hearth_disk::limit_dirty(dir, hearth_disk::DIRTY_MAX) {
             // Mounted by an older node; the limit only bounds what the reserve must hold.
             tracing::warn!(disk = %dir.display(), "cannot bound its dirty page cache: {e}");
@@ -190,10 +186,10 @@ impl HostOps for RealHost {
     }
 
     fn mounts_under(&self, dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
-        mount::mounts_under(dir).map_err(internal)
+        mount::mounts_under(dir).map_err(NodeError::from)
     }
 
     fn unmount(&self, path: &Path) -> Result<(), NodeError> {
-        mount::unmount(path).map_err(internal)
+        mount::unmount(path).map_err(NodeError::from)
     }
 }

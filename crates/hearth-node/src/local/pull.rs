@@ -67,9 +67,10 @@ pub(super) fn pull_err(reference: &str, e: ImageError) -> NodeError {
         } if reason.starts_with("status 404") => NodeError::NotFound(format!(
             "image {reference} not found in its registry ({url} answered 404)"
         )),
-        ImageError::Registry { .. } | ImageError::Interrupted { .. } => {
-            NodeError::Internal(format!("pull of {reference} failed: {e}"))
-        }
+        ImageError::Registry { .. } | ImageError::Interrupted { .. } => NodeError::Pull {
+            reference: reference.to_string(),
+            source: e,
+        },
         other => image_err(other),
     }
 }
@@ -151,7 +152,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(&net, NodeError::Internal(m) if m.contains("http://h/v2/")),
+            net.kind() == crate::ErrorKind::Internal && net.to_string().contains("http://h/v2/"),
             "{net:?}"
         );
         let denied = pull_err(

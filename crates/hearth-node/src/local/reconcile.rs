@@ -1,6 +1,6 @@
 //! Bringing the host in line with the control plane's records after a restart or crash.
 
-use super::{internal, valid_id, Inner};
+use super::{valid_id, Inner};
 use crate::{NodeError, RunState, WorkspaceSpec, WorkspaceStatus};
 
 impl Inner {
@@ -55,10 +55,9 @@ impl Inner {
                 if n.starts_with(".restore-") {
                     // A restore cut short by a crash: its snapshot is still in the store,
                     // so the partial copy holds nothing that exists only here.
-                    if let Err(err) = self
-                        .unmount_all(&e.path())
-                        .and_then(|()| std::fs::remove_dir_all(e.path()).map_err(internal))
-                    {
+                    if let Err(err) = self.unmount_all(&e.path()).and_then(|()| {
+                        std::fs::remove_dir_all(e.path()).map_err(NodeError::io("remove", e.path()))
+                    }) {
                         tracing::warn!(dir = %e.path().display(), "removing partial restore: {err}");
                     }
                     continue;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_snapshot::{Key, S3Config, SnapshotError, SnapshotInfo, Store};
 
 use super::guard::Hold;
-use super::{disk_err, internal, mkdir, valid_id, Inner};
+use super::{internal, mkdir, valid_id, Inner};
 use crate::snap::parse_s3_url;
 use crate::{NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceSpec};
 
@@ -35,14 +35,8 @@ struct Marker {
     taken_ns: i128,
 }
 
-fn snap_err(what: String) -> impl FnOnce(SnapshotError) -> NodeError {
-    move |e| match e {
-        SnapshotError::NotFound(_) | SnapshotError::BadId(_) => {
-            NodeError::NotFound(format!("{what}: {e}"))
-        }
-        SnapshotError::Busy { .. } => NodeError::Conflict(format!("{what}: {e}")),
-        _ => NodeError::Internal(format!("{what}: {e}")),
-    }
+fn snap_err(context: String) -> impl FnOnce(SnapshotError) -> NodeError {
+    move |source| NodeError::Snapshot { context, source }
 }
 
 fn summary(s: &SnapshotInfo) -> SnapshotSummary {
@@ -111,9 +105,8 @@ impl Inner {
                             .map(|n| data.join(format!("snapshots.format1.{n}")))
                             .find(|p| !p.exists())
                             .unwrap_or_else(|| data.join("snapshots.format1"));
-                        std::fs::rename(&dir, &aside).map_err(|e| {
-                            NodeError::Internal(format!("move {} aside: {e}", dir.display()))
-                        })?;
+                        std::fs::rename(&dir, &aside)
+                            .map_err(NodeError::io("move aside", &dir))?;
                         tracing::warn!(
                             old = %aside.display(),
                             "the snapshot store was in an older format: kept it aside and started a new one"
@@ -269,8 +262,7 @@ impl Inner {
         self.check_reserve_for("restore a snapshot", need)?;
         let tmp = self.ws_root.join(format!(".restore-{}", spec.id));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
-                .map_err(|e| NodeError::Internal(format!("remove {}: {e}", tmp.display())))?;
+            std::fs::remove_dir_all(&tmp).map_err(NodeError::io("remove", &tmp))?;
         }
         let tp = self.paths_in(&tmp);
         let res = (|| {
@@ -290,7 +282,8 @@ impl Inner {
                 mkdir(&tmp.join(d), mode)?;
             }
             let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
-            std::fs::write(tmp.join("spec.json"), json).map_err(internal)?;
+            let spec_file = tmp.join("spec.json");
+            std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
             std::fs::rename(&tmp, &p.dir).map_err(|e| {
                 NodeError::Internal(format!(
                     "rename {} to {}: {e}",
@@ -399,7 +392,7 @@ impl FrozenView {
             }
         }
         let pause = t0.elapsed();
-        res.map_err(disk_err)?;
+        res?;
         Ok(FrozenView {
             path: p.disk.join(&name).join("upper"),
             disk: p.disk.clone(),
@@ -435,9 +428,8 @@ impl Inner {
 }
 
 fn sync_fs(dir: &Path) -> Result<(), NodeError> {
-    let io = |e: std::io::Error| NodeError::Internal(format!("sync {}: {e}", dir.display()));
-    let f = std::fs::File::open(dir).map_err(io)?;
-    rustix::fs::syncfs(&f).map_err(|e| io(e.into()))
+    let f = std::fs::File::open(dir).map_err(NodeError::io("sync", dir))?;
+    rustix::fs::syncfs(&f).map_err(|e| NodeError::io("sync", dir)(e.into()))
 }
 
 /// Entry count and newest ctime of the tree: any create, write, chmod, rename or delete
@@ -451,16 +443,12 @@ fn change_marker(dir: &Path) -> Result<Marker, NodeError> {
     };
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let md = std::fs::symlink_metadata(&d)
-            .map_err(|e| NodeError::Internal(format!("stat {}: {e}", d.display())))?;
+        let md = std::fs::symlink_metadata(&d).map_err(NodeError::io("stat", &d))?;
         note(&mut m, &md);
-        let rd = std::fs::read_dir(&d)
-            .map_err(|e| NodeError::Internal(format!("read {}: {e}", d.display())))?;
+        let rd = std::fs::read_dir(&d).map_err(NodeError::io("read", &d))?;
         for e in rd {
-            let e = e.map_err(|e| NodeError::Internal(format!("read {}: {e}", d.display())))?;
-            let md = e.metadata().map_err(|err| {
-                NodeError::Internal(format!("stat {}: {err}", e.path().display()))
-            })?;
+            let e = e.map_err(NodeError::io("read", &d))?;
+            let md = e.metadata().map_err(NodeError::io("stat", e.path()))?;
             if md.is_dir() {
                 stack.push(e.path());
             } else {
