@@ -1,39 +1,134 @@
 //! The escape suite: root inside a workspace attacks the host, the node and another
-//! workspace. Every attack must fail, the workspace must keep answering afterwards, and
-//! where it matters a control shows the target is real (the host can read the file, reach
-//! the listener, see the process).
+//! workspace. Every attack must fail with the refusal expected of it (errno or message, so
+//! a missing tool or a typo cannot pass for a block), the tools it runs must be in the
+//! image, a control runs the same operation where it is allowed (a namespace the
+//! workspace owns, a path or address it may use) and must succeed, and the workspace must
+//! keep answering afterwards. Targets are found on this host (its disk, its masked /proc
+//! files), not assumed.
 
 mod common;
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::{env, git_repo, host_ipv4_addrs, run, run_in, test_image};
+use common::{env, git_repo, host_ipv4_addrs, run, run_in, test_image, Outside};
 use hearth_node::{Limits, LocalNode, NodeApi, WorkspaceSpec};
+
+// Refusals as the tools print them (strerror, or the tool's own words).
+const EPERM: &str = "Operation not permitted";
+const EACCES: &str = "Permission denied";
+const ENOENT: &str = "No such file or directory";
+const ESRCH: &str = "No such process";
+const ECONNREFUSED: &str = "Connection refused";
+const EROFS: &str = "Read-only file system";
+const EXDEV: &str = "Invalid cross-device link";
+/// What [`tcp`] prints when nothing answered before its timeout (a firewall DROP).
+const DROPPED: &str = "no answer (dropped)";
+
+/// A write to `/proc/sys` that root inside may make: a net sysctl of a network namespace
+/// of its own. Shows the write path works, so a refused host-wide one is the kernel's no.
+const SYSCTL_CONTROL: &str =
+    "unshare -n sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward && grep -qx 1 /proc/sys/net/ipv4/ip_forward'";
+
+/// One attack, run as root inside. It counts as blocked only when every tool it runs is in
+/// the image, its control (the same operation where it is allowed) succeeded, and it failed
+/// with one of the expected refusals; any other failure is a broken test, not a block.
+struct Attack {
+    name: String,
+    tools: Vec<&'static str>,
+    cmd: String,
+    refusal: Vec<String>,
+    control: Option<String>,
+}
+
+fn attack(name: impl Into<String>, tools: &[&'static str], cmd: impl Into<String>) -> Attack {
+    Attack {
+        name: name.into(),
+        tools: tools.to_vec(),
+        cmd: cmd.into(),
+        refusal: Vec::new(),
+        control: None,
+    }
+}
+
+impl Attack {
+    /// Output that shows the expected refusal (any one of them).
+    fn refused(mut self, any_of: &[&str]) -> Self {
+        self.refusal = any_of.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The same operation where it is allowed; must exit 0.
+    fn control(mut self, cmd: impl Into<String>) -> Self {
+        self.control = Some(cmd.into());
+        self
+    }
+}
 
 /// One row of the printed table.
 struct Row {
     attack: String,
-    blocked: bool,
+    ok: bool,
+    verdict: &'static str,
     detail: String,
 }
 
 struct Suite<'a> {
     node: &'a LocalNode,
     rows: Vec<Row>,
+    /// Host secret: an attack whose output holds it escaped, whatever its exit code.
+    secret: String,
+}
+
+/// Shell prefix that fails (exit 127, named) when a program is not in the image.
+fn need(tools: &[&str]) -> String {
+    if tools.is_empty() {
+        return String::new();
+    }
+    format!(
+        "for t in {}; do command -v \"$t\" >/dev/null || {{ echo \"hearth-test: $t missing from the image\" >&2; exit 127; }}; done; ",
+        tools.join(" ")
+    )
 }
 
 impl Suite<'_> {
-    /// Runs `cmd` in `ws`; it exits 0 only if the attack worked. A control exec must still
-    /// succeed afterwards.
-    async fn attack(&mut self, ws: &WorkspaceSpec, name: &str, cmd: &str) -> (i32, String) {
-        let (code, out, err) = run(self.node, ws, cmd).await;
-        let detail = format!("exit {code}; {}", first_line(&err, &out));
-        self.alive(ws, name).await;
+    /// Runs `a`'s control, then the attack, in `ws`; the workspace must answer afterwards.
+    async fn attack(&mut self, ws: &WorkspaceSpec, a: Attack) -> (i32, String) {
+        assert!(!a.refusal.is_empty(), "{}: no expected refusal", a.name);
+        let need = need(&a.tools);
+        if let Some(control) = &a.control {
+            let (code, out, err) = run(self.node, ws, &format!("{need}{control}")).await;
+            self.rows.push(Row {
+                attack: format!("control: {}", a.name),
+                ok: code == 0,
+                verdict: if code == 0 { "OK" } else { "FAILED" },
+                detail: format!("exit {code}; {}", first_line(&err, &out)),
+            });
+        }
+        let (code, out, err) = run(self.node, ws, &format!("{need}{}", a.cmd)).await;
+        self.alive(ws, &a.name).await;
+        let all = format!("{out}{err}");
+        let (ok, verdict) = if all.contains("hearth-test: ") {
+            (false, "NO TOOL")
+        } else if code == 0 || all.contains(&self.secret) {
+            (false, "ESCAPED")
+        } else if a.refusal.iter().any(|r| all.contains(r.as_str())) {
+            (true, "BLOCKED")
+        } else {
+            (false, "UNEXPECTED")
+        };
+        let shown = a
+            .refusal
+            .iter()
+            .find_map(|r| all.lines().find(|l| l.contains(r.as_str())))
+            .map(|l| l.chars().take(90).collect())
+            .unwrap_or_else(|| first_line(&err, &out));
         self.rows.push(Row {
-            attack: name.into(),
-            blocked: code != 0,
-            detail,
+            attack: a.name,
+            ok,
+            verdict,
+            detail: format!("exit {code}; {shown}"),
         });
         (code, out)
     }
@@ -46,24 +141,27 @@ impl Suite<'_> {
 
     /// Like [`Suite::syscall`], blocked when the errno is one of `ok`.
     async fn syscall_errno(&mut self, ws: &WorkspaceSpec, name: &str, args: &str, ok: &[i32]) {
-        // syscall() needs writable scalars for pointer arguments.
-        let cmd = format!(
-            "perl -e 'my ($E, $U, $X, $Y, $K, $R, $M, $A, $T) = (\"\", \"user\", \"x\", \"y\", \"/tmp/x.ko\", \"/\", \"ext4\", \"/tmp/acct\", pack(\"q2\", 0, 0)); my $r = syscall({args}); if ($r == -1) {{ print \"errno=\", $!+0, \" $!\\n\"; exit 1 }} exit 0'"
-        );
-        let (code, out, err) = run(self.node, ws, &cmd).await;
-        self.alive(ws, name).await;
-        self.rows.push(Row {
-            attack: name.into(),
-            blocked: code != 0 && ok.iter().any(|e| out.starts_with(&format!("errno={e} "))),
-            detail: format!("exit {code}; {}", first_line(&err, &out)),
-        });
+        let refusal: Vec<String> = ok.iter().map(|e| format!("errno={e} ")).collect();
+        let refusal: Vec<&str> = refusal.iter().map(String::as_str).collect();
+        self.attack(
+            ws,
+            attack(name, &["perl"], perl_syscall(args)).refused(&refusal),
+        )
+        .await;
     }
 
-    /// A check made on the host (or a control): `blocked` is the verdict.
-    fn record(&mut self, name: &str, blocked: bool, detail: impl Into<String>) {
+    /// A check made on the host (or a control): `ok` is the verdict.
+    fn record(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        let control = name.starts_with("control");
         self.rows.push(Row {
             attack: name.into(),
-            blocked,
+            ok,
+            verdict: match (control, ok) {
+                (true, true) => "OK",
+                (true, false) => "FAILED",
+                (false, true) => "BLOCKED",
+                (false, false) => "ESCAPED",
+            },
             detail: detail.into(),
         });
     }
@@ -78,9 +176,84 @@ impl Suite<'_> {
     }
 }
 
+/// `syscall(args)` through perl, printing `errno=N name` when it fails.
+fn perl_syscall(args: &str) -> String {
+    // syscall() needs writable scalars for pointer arguments.
+    format!(
+        "perl -e 'my ($E, $U, $X, $Y, $K, $R, $M, $A, $T) = (\"\", \"user\", \"x\", \"y\", \"/tmp/x.ko\", \"/\", \"ext4\", \"/tmp/acct\", pack(\"q2\", 0, 0)); my $r = syscall({args}); if ($r == -1) {{ print \"errno=\", $!+0, \" $!\\n\"; exit 1 }} exit 0'"
+    )
+}
+
+/// `perl /root/tun.pl NAME FLAGS`: opens /dev/net/tun and makes device NAME (TUNSETIFF),
+/// kept after exit with [`PERSIST`] (TUNSETPERSIST).
+const TUN_PL: &str = r#"my ($name, $flags) = @ARGV;
+open(my $f, "+<", "/dev/net/tun") or die "open: $!\n";
+ioctl($f, 0x400454ca, pack("a16 s x22", $name, $flags & 0xffff)) or die "TUNSETIFF: $!\n";
+if ($flags & 0x10000) { ioctl($f, 0x400454cb, 1) or die "TUNSETPERSIST: $!\n" }
+"#;
+/// IFF_TUN | IFF_NO_PI
+const TUN: u32 = 0x1001;
+/// IFF_TAP | IFF_NO_PI
+const TAP: u32 = 0x1002;
+const PERSIST: u32 = 0x10000;
+
+fn tun(name: &str, flags: u32) -> String {
+    format!("perl /root/tun.pl {name} {flags}")
+}
+
+/// Connects to `ip:port` from bash; prints [`DROPPED`] when nothing answered in 3 s.
+fn tcp(ip: &str, port: u16) -> String {
+    format!(
+        "timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'; rc=$?; [ $rc = 124 ] && echo '{DROPPED}'; exit $rc"
+    )
+}
+
 fn first_line(err: &str, out: &str) -> String {
     let s = if err.trim().is_empty() { out } else { err };
     s.lines().next().unwrap_or("").chars().take(90).collect()
+}
+
+/// The host's disk: the block device under `/`, else the first disk in /sys/block. Found,
+/// not assumed (`/dev/vda` on one VM is `/dev/sda` or `/dev/nvme0n1` elsewhere).
+fn host_disk() -> (String, u32, u32) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .and_then(|f| {
+            let (maj, min) = f.get(2)?.split_once(':')?;
+            Some((maj.parse::<u32>().ok()?, min.parse::<u32>().ok()?))
+        });
+    let name_of = |maj: u32, min: u32| {
+        let uevent = std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/uevent")).ok()?;
+        uevent
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVNAME="))
+            .map(str::to_string)
+    };
+    if let Some((maj, min)) = root.filter(|(maj, _)| *maj != 0) {
+        if let Some(name) = name_of(maj, min) {
+            return (name, maj, min);
+        }
+    }
+    let mut disks: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(|d| d.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            !["loop", "ram", "zram", "nbd", "dm-"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    disks.sort();
+    let name = disks
+        .into_iter()
+        .next()
+        .expect("the host has no disk in /sys/block to attack");
+    let dev = std::fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap();
+    let (maj, min) = dev.trim().split_once(':').unwrap();
+    (name, maj.parse().unwrap(), min.parse().unwrap())
 }
 
 /// Kills and reaps the host process on drop.
@@ -176,6 +349,8 @@ async fn root_inside_cannot_escape() {
         )
         .await;
         assert_eq!(code, 0, "copy busybox: {err}");
+        let (code, _, err) = run_in(&e.node, s, "cat > /root/tun.pl", TUN_PL.as_bytes()).await;
+        assert_eq!(code, 0, "copy tun.pl: {err}");
     }
     let (a_ip, b_ip) = (ips[0].to_string(), ips[1].to_string());
     let gw = {
@@ -183,12 +358,8 @@ async fn root_inside_cannot_escape() {
         format!("{o}.1")
     };
     let node = e.node.clone();
-    let mut s = Suite {
-        node: &node,
-        rows: Vec::new(),
-    };
-
-    // Host fixtures: a root-only secret, a process, a listener on every address.
+    // Host fixtures: a root-only secret, a process, a listener on every address, and "the
+    // internet" (a netns routed from the host) with a listener a workspace may reach.
     let secret_dir = e.dir.path().join("host-secret");
     std::fs::create_dir(&secret_dir).unwrap();
     let secret = secret_dir.join("secret.txt");
@@ -199,7 +370,14 @@ async fn root_inside_cannot_escape() {
     let vpid = victim.0.id();
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let outside = Outside::new((rand::random::<u32>() % 250) as u8);
+    let outside_port = outside.serve();
     let agent_before = digest(&e.cfg.agent_binary);
+    let mut s = Suite {
+        node: &node,
+        rows: Vec::new(),
+        secret: token.clone(),
+    };
 
     // --- host files through /proc, paths and mounts ---
     s.record(
@@ -209,59 +387,160 @@ async fn root_inside_cannot_escape() {
     );
     s.attack(
         &a,
-        "read host file via /proc/*/root",
-        &format!(
-            "for f in /proc/[0-9]*/root{sp}; do cat \"$f\"; done 2>/dev/null | grep -q {token}"
+        attack(
+            "read host file via /proc/*/root",
+            &["cat"],
+            format!("for d in /proc/[0-9]*/root; do cat \"$d{sp}\"; done"),
+        )
+        .refused(&[ENOENT])
+        .control(
+            "echo seen > /root/visible && \
+             for d in /proc/[0-9]*/root; do cat \"$d/root/visible\"; done 2>/dev/null | grep -q seen",
         ),
     )
     .await;
-    s.attack(&a, "read host file by its host path", &format!("cat {sp}"))
+    s.attack(
+        &a,
+        attack(
+            "read host file by its host path",
+            &["cat"],
+            format!("cat {sp}"),
+        )
+        .refused(&[&format!("{sp}: {ENOENT}")])
+        .control("cat /etc/debian_version"),
+    )
+    .await;
+    let dd = e.cfg.data_dir.display().to_string();
+    s.attack(
+        &a,
+        attack(
+            "find a host path in mountinfo (upperdir, data dir)",
+            &["grep"],
+            format!(
+                "grep -F '{dd}' /proc/self/mountinfo; rc=$?; [ $rc = 0 ] && exit 0; \
+                 echo \"no host path (grep exit $rc)\"; exit 1"
+            ),
+        )
+        .refused(&["no host path (grep exit 1)"])
+        .control("grep -q ' / / .* - overlay ' /proc/self/mountinfo"),
+    )
+    .await;
+    s.attack(
+        &a,
+        attack(
+            "follow the upperdir mountinfo shows",
+            &["grep", "cut", "head"],
+            "up=$(grep -o 'upperdir=[^,]*' /proc/self/mountinfo | head -1 | cut -d= -f2); \
+             case \"$up\" in /proc/self/fd/*) [ -d \"$up\" ] && exit 0; \
+             echo \"upperdir by fd, closed here: $up\"; exit 1;; esac; echo \"upperdir=$up\"; \
+             [ -d \"$up\" ]",
+        )
+        .refused(&["upperdir by fd, closed here"]),
+    )
+    .await;
+    // The OCI masked paths this host has (kernels differ): each reads empty inside, and
+    // lifting the mask (root inside may unmount it) finds a file only host root may read.
+    let masked: Vec<&str> = [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ]
+    .into_iter()
+    .filter(|p| Path::new(p).exists())
+    .collect();
+    assert!(
+        !masked.is_empty(),
+        "the host has none of the masked /proc files"
+    );
+    for p in &masked {
+        s.attack(
+            &a,
+            attack(
+                format!("read masked {p}"),
+                &["head", "wc"],
+                format!(
+                    "n=$(head -c 64 {p} | wc -c); [ \"$n\" -gt 0 ] && exit 0; echo \"{p}: read $n bytes\"; exit 1"
+                ),
+            )
+            .refused(&[&format!("{p}: read 0 bytes")])
+            .control("[ $(head -c 64 /proc/self/stat | wc -c) -gt 0 ]"),
+        )
         .await;
+    }
+    let root_only: Vec<&str> = masked
+        .iter()
+        .copied()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.mode() & 0o044 == 0))
+        .collect();
+    assert!(
+        !root_only.is_empty(),
+        "no root-only masked file on the host"
+    );
+    for p in &root_only {
+        s.attack(
+            &a,
+            attack(
+                format!("unmount the mask over {p}, read it"),
+                &["umount", "head"],
+                format!("umount {p} && head -c 64 {p} >/dev/null"),
+            )
+            .refused(&[&format!("{p}' for reading: {EACCES}")]),
+        )
+        .await;
+    }
+    // Read-only proc paths: remounted rw (allowed: the runtime's mounts are not locked),
+    // the files are still the host root's. The value written back is the current one.
+    let ro_write = if Path::new("/proc/sysrq-trigger").exists() {
+        (
+            "/proc/sysrq-trigger",
+            "/proc/sysrq-trigger",
+            "h".to_string(),
+        )
+    } else {
+        let f = "/proc/irq/default_smp_affinity";
+        (
+            "/proc/irq",
+            f,
+            std::fs::read_to_string(f).unwrap().trim().to_string(),
+        )
+    };
     s.attack(
         &a,
-        "follow host upperdir path leaked by mountinfo",
-        "up=$(grep -o 'upperdir=[^,]*' /proc/self/mountinfo | head -1 | cut -d= -f2); \
-         echo \"upperdir=$up\"; [ -n \"$up\" ] && [ -d \"$up\" ]",
-    )
-    .await;
-    s.attack(
-        &a,
-        "learn the node's data dir from mountinfo",
-        &format!(
-            "grep -F '{}' /proc/self/mountinfo",
-            e.cfg.data_dir.display()
-        ),
-    )
-    .await;
-    s.attack(
-        &a,
-        "read /proc/kcore",
-        "[ $(head -c 16 /proc/kcore 2>/dev/null | wc -c) -gt 0 ]",
-    )
-    .await;
-    s.attack(
-        &a,
-        "write /proc/sysrq-trigger",
-        "echo h > /proc/sysrq-trigger",
+        attack(
+            format!("remount read-only {} rw, write {}", ro_write.0, ro_write.1),
+            &["mount"],
+            format!(
+                "mount -o remount,bind,rw {} && echo {} > {}",
+                ro_write.0, ro_write.2, ro_write.1
+            ),
+        )
+        .refused(&[&format!("{}: {EACCES}", ro_write.1)])
+        .control("echo hearth > /tmp/ro-control"),
     )
     .await;
     let core = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     s.attack(
         &a,
-        "write kernel.core_pattern",
-        "echo '|/bin/false-hearth' > /proc/sys/kernel/core_pattern",
+        attack(
+            "write kernel.core_pattern",
+            &[],
+            "echo '|/bin/false-hearth' > /proc/sys/kernel/core_pattern",
+        )
+        .refused(&[&format!("core_pattern: {EACCES}")])
+        .control(SYSCTL_CONTROL),
     )
     .await;
     s.attack(
         &a,
-        "remount /proc/sys rw, write core_pattern",
-        "mount -o remount,rw /proc/sys && echo '|/bin/false-hearth' > /proc/sys/kernel/core_pattern",
-    )
-    .await;
-    s.attack(
-        &a,
-        "fresh procfs mount, write core_pattern",
-        "mkdir -p /tmp/p && mount -t proc proc /tmp/p && echo '|/bin/false-hearth' > /tmp/p/sys/kernel/core_pattern",
+        attack(
+            "fresh procfs mount, write core_pattern",
+            &["mount", "mkdir"],
+            "mkdir -p /tmp/p && mount -t proc proc /tmp/p && \
+             echo '|/bin/false-hearth' > /tmp/p/sys/kernel/core_pattern",
+        )
+        .refused(&[&format!("/tmp/p/sys/kernel/core_pattern: {EACCES}")])
+        .control("mkdir -p /tmp/pc && mount -t proc proc /tmp/pc && grep -q . /tmp/pc/sys/kernel/core_pattern && umount /tmp/pc"),
     )
     .await;
     let core_after = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
@@ -272,15 +551,25 @@ async fn root_inside_cannot_escape() {
     );
     s.attack(
         &a,
-        "write vm.drop_caches",
-        "echo 3 > /proc/sys/vm/drop_caches",
+        attack(
+            "write vm.drop_caches",
+            &[],
+            "echo 3 > /proc/sys/vm/drop_caches",
+        )
+        .refused(&[&format!("drop_caches: {EACCES}")])
+        .control(SYSCTL_CONTROL),
     )
     .await;
     let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     s.attack(
         &a,
-        "write net.ipv4.ip_forward",
-        "echo 0 > /proc/sys/net/ipv4/ip_forward",
+        attack(
+            "write net.ipv4.ip_forward of the node-made netns",
+            &[],
+            "echo 0 > /proc/sys/net/ipv4/ip_forward",
+        )
+        .refused(&[&format!("ip_forward: {EACCES}")])
+        .control(SYSCTL_CONTROL),
     )
     .await;
     s.record(
@@ -290,39 +579,71 @@ async fn root_inside_cannot_escape() {
     );
     s.attack(
         &a,
-        "remount /sys rw",
-        "mount -o remount,bind,rw /sys && touch /sys/hearth-escape",
+        attack(
+            "remount /sys rw, write to it",
+            &["mount", "touch"],
+            "mount -o remount,bind,rw /sys && touch /sys/hearth-escape",
+        )
+        .refused(&[&format!("'/sys/hearth-escape': {EACCES}")])
+        .control("touch /tmp/hearth-escape"),
     )
     .await;
     s.attack(
         &a,
-        "mount a fresh sysfs",
-        "mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s",
+        attack(
+            "mount a fresh sysfs",
+            &["mount", "mkdir"],
+            "mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s",
+        )
+        // util-linux words EPERM so.
+        .refused(&["mount: /tmp/s: permission denied"])
+        .control("mkdir -p /tmp/sc && mount -t tmpfs none /tmp/sc && umount /tmp/sc"),
     )
     .await;
 
     // --- devices ---
+    let (disk, maj, min) = host_disk();
     s.record(
-        "control: host has /dev/vda",
-        Path::new("/dev/vda").exists(),
+        &format!("control: host has its disk /dev/{disk} ({maj}:{min})"),
+        std::fs::metadata(format!("/dev/{disk}"))
+            .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == libc::makedev(maj, min)),
         "",
     );
     s.attack(
         &a,
-        "mknod block device 254:0 and read it",
-        "mknod /root/vda b 254 0 && dd if=/root/vda of=/dev/null bs=512 count=1",
+        attack(
+            format!("mknod the host disk ({maj}:{min}) and read it"),
+            &["mknod", "dd"],
+            format!(
+                "mknod /root/disk b {maj} {min} && dd if=/root/disk of=/dev/null bs=512 count=1"
+            ),
+        )
+        .refused(&[&format!("/root/disk: {EPERM}")])
+        .control("mknod /root/fifo p && rm /root/fifo"),
     )
     .await;
     s.attack(
         &a,
-        "mount host block device",
-        "for d in /dev/vda /dev/sda /dev/nvme0n1; do mount -o ro $d /mnt 2>/dev/null && exit 0; done; exit 1",
+        attack(
+            format!("mount the host disk /dev/{disk}"),
+            &["mount"],
+            format!("mount -o ro /dev/{disk} /mnt"),
+        )
+        // util-linux words EPERM so: block-device filesystems are not mountable there.
+        .refused(&["mount: /mnt: permission denied"])
+        .control("mount -o ro -t tmpfs none /mnt && umount /mnt"),
     )
     .await;
     s.attack(
         &a,
-        "open /dev/kvm (mknod 10:232)",
-        "if [ -e /dev/kvm ]; then exec 3<>/dev/kvm; else mknod /root/kvm c 10 232 && exec 3<>/root/kvm; fi",
+        attack(
+            "open /dev/kvm (mknod 10:232)",
+            &["mknod"],
+            "[ -e /dev/kvm ] && { echo '/dev/kvm is inside'; exit 0; }; \
+             mknod /root/kvm c 10 232 && exec 3<>/root/kvm",
+        )
+        .refused(&[&format!("/root/kvm: {EPERM}")])
+        .control("mknod /root/fifo p && rm /root/fifo"),
     )
     .await;
     // FUSE is a feature: the node hands a usable /dev/fuse in when the host has one.
@@ -332,17 +653,6 @@ async fn root_inside_cannot_escape() {
     // So is /dev/net/tun (slirp4netns for nested containers), for network namespaces root
     // inside makes; never in the node-made one, where eth0 and the host's devices are.
     require_host_device("/dev/net/tun", "tun");
-    let tun = |name: &str| {
-        format!(
-            "perl -e 'open(my $f, \"+<\", \"/dev/net/tun\") or die \"open: $!\\n\"; \
-             my $r = pack(\"a16 s x22\", \"{name}\", 0x1001); \
-             ioctl($f, 0x400454ca, $r) or die \"TUNSETIFF: $!\\n\"; exit 0'"
-        )
-    };
-    let (code, _, err) = run(&node, &a, &format!("unshare -n {}", tun("nested0"))).await;
-    s.record("control: tun device in a nested netns", code == 0, err);
-    s.attack(&a, "tun device in the workspace's netns", &tun("hx0"))
-        .await;
     let host_tun = format!("htun{}", rand::random::<u32>() % 100_000);
     let _guard = TunGuard(host_tun.clone());
     s.record(
@@ -350,60 +660,115 @@ async fn root_inside_cannot_escape() {
         sh(&format!("ip tuntap add dev {host_tun} mode tun")),
         host_tun.clone(),
     );
-    s.attack(&a, "attach to the host's tun device", &tun(&host_tun))
+    for (what, name) in [
+        ("tun device in the workspace's netns", "hx0"),
+        ("attach to the host's tun device", host_tun.as_str()),
+    ] {
+        s.attack(
+            &a,
+            attack(what, &["perl"], tun(name, TUN))
+                .refused(&[&format!("TUNSETIFF: {EPERM}")])
+                .control(format!("unshare -n {}", tun(name, TUN))),
+        )
         .await;
+    }
     s.record(
         "host tun device still there",
         sh(&format!("ip -o link show {host_tun} >/dev/null")),
         "",
     );
 
-    // --- cgroups ---
-    let cg_mem = Path::new("/sys/fs/cgroup/memory")
-        .join(&e.cfg.cgroup_parent)
-        .join(&a.id)
-        .join("memory.limit_in_bytes");
-    let cg_pids = Path::new("/sys/fs/cgroup/pids")
-        .join(&e.cfg.cgroup_parent)
-        .join(&a.id)
-        .join("pids.max");
-    let mem_before = std::fs::read_to_string(&cg_mem).ok();
-    let pids_before = std::fs::read_to_string(&cg_pids).ok();
+    // --- cgroups: the workspace's own, where a raised limit would count ---
+    let cgroups = node.inspect(&a).await.unwrap().cgroups;
+    let limit_file = |names: &[&str]| {
+        cgroups
+            .iter()
+            .flat_map(|d| names.iter().map(move |n| d.join(n)))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {names:?} in {cgroups:?}"))
+    };
+    let cg_mem = limit_file(&["memory.limit_in_bytes", "memory.max"]);
+    let cg_pids = limit_file(&["pids.max"]);
+    let mem_before = std::fs::read_to_string(&cg_mem).unwrap();
+    let pids_before = std::fs::read_to_string(&cg_pids).unwrap();
+    // Mountable inside (the workspace owns its cgroup namespace), showing its own group.
+    let (mount_mem, mem_file) = if cg_mem.ends_with("memory.max") {
+        ("mount -t cgroup2 none", "memory.max")
+    } else {
+        ("mount -t cgroup -o memory cg", "memory.limit_in_bytes")
+    };
     s.attack(
         &a,
-        "mount cgroup v1 memory, raise limit",
-        "mkdir -p /tmp/cg && mount -t cgroup -o memory cg /tmp/cg && echo -1 > /tmp/cg/memory.limit_in_bytes",
+        attack(
+            "mount the memory cgroup, raise the limit",
+            &["mount", "mkdir"],
+            format!("mkdir -p /tmp/cg && {mount_mem} /tmp/cg && echo -1 > /tmp/cg/{mem_file}"),
+        )
+        .refused(&[&format!("/tmp/cg/{mem_file}: {EACCES}")])
+        .control(format!(
+            "mkdir -p /tmp/cgc && {mount_mem} /tmp/cgc && grep -qx {} /tmp/cgc/{mem_file} && umount /tmp/cgc",
+            mem_before.trim()
+        )),
+    )
+    .await;
+    let visible = [
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/memory.max",
+    ]
+    .iter()
+    .map(|p| format!("[ -f {p} ] && f={p}; "))
+    .collect::<String>();
+    s.attack(
+        &a,
+        attack(
+            "write the memory limit in the visible /sys/fs/cgroup",
+            &["cat"],
+            format!("{visible}echo -1 > $f"),
+        )
+        .refused(&[&format!(
+            "memory{}: {EACCES}",
+            if mem_file == "memory.max" {
+                ".max"
+            } else {
+                ".limit_in_bytes"
+            }
+        )])
+        .control(format!("{visible}grep -qx {} $f", mem_before.trim())),
     )
     .await;
     s.attack(
         &a,
-        "write pids.max via visible cgroupfs",
-        "for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max; do echo max > $f 2>/dev/null && exit 0; done; exit 1",
-    )
-    .await;
-    s.attack(
-        &a,
-        "mount cgroup2, make a cgroup",
-        "mkdir -p /tmp/cg2 && mount -t cgroup2 none /tmp/cg2 && mkdir /tmp/cg2/hx && rmdir /tmp/cg2/hx",
+        attack(
+            "mount cgroup2, make a cgroup",
+            &["mount", "mkdir"],
+            "mkdir -p /tmp/cg2 && mount -t cgroup2 none /tmp/cg2 && mkdir /tmp/cg2/hx",
+        )
+        .refused(&[&format!("'/tmp/cg2/hx': {EACCES}")])
+        .control("mkdir -p /tmp/cg2c && mount -t cgroup2 none /tmp/cg2c && [ -f /tmp/cg2c/cgroup.procs ] && umount /tmp/cg2c"),
     )
     .await;
     s.record(
         "host cgroup limits unchanged",
-        mem_before.is_some()
-            && std::fs::read_to_string(&cg_mem).ok() == mem_before
-            && std::fs::read_to_string(&cg_pids).ok() == pids_before,
-        format!(
-            "memory {:?} pids {:?}",
-            mem_before.as_deref().map(str::trim),
-            pids_before.as_deref().map(str::trim)
-        ),
+        std::fs::read_to_string(&cg_mem).unwrap() == mem_before
+            && std::fs::read_to_string(&cg_pids).unwrap() == pids_before,
+        format!("memory {} pids {}", mem_before.trim(), pids_before.trim()),
     );
 
     // --- syscalls reaching host-wide kernel state ---
+    let (code, out, err) = run(&node, &a, &perl_syscall("434, $$ + 0, 0")).await;
+    s.record(
+        "control: perl syscall() reaches the kernel (pidfd_open self)",
+        code == 0,
+        first_line(&err, &out),
+    );
     s.attack(
         &a,
-        "busybox insmod",
-        "printf '\\177ELF' > /tmp/x.ko && busybox insmod /tmp/x.ko",
+        attack(
+            "busybox insmod",
+            &["busybox"],
+            "printf '\\177ELF' > /tmp/x.ko && busybox insmod /tmp/x.ko",
+        )
+        .refused(&[&format!("insmod: can't insert '/tmp/x.ko': {EPERM}")]),
     )
     .await;
     for (name, args) in [
@@ -439,18 +804,27 @@ async fn root_inside_cannot_escape() {
     }
     // CAP_AUDIT_WRITE is granted (nested dockerd needs it in its set) but must not reach
     // the host's audit log: the kernel refuses senders outside the initial user namespace
-    // (ack error -111, ECONNREFUSED).
+    // (ack error -111, ECONNREFUSED). The ack itself shows the message reached the kernel.
     s.attack(
         &a,
-        "audit: send an AUDIT_USER message",
-        "perl -e 'socket(my $s, 16, 3, 9) or die \"socket: $!\\n\"; \
-         my $m = \"hearth-escape-test\\0\"; \
-         send($s, pack(\"LSSLL\", 16 + length($m), 1005, 5, 1, 0) . $m, 0) or die \"send: $!\\n\"; \
-         defined(recv($s, my $ack, 4096, 0)) or die \"recv: $!\\n\"; \
-         my $err = unpack(\"l\", substr($ack, 16, 4)); print \"ack error $err\\n\"; exit($err == 0 ? 0 : 1)'",
+        attack(
+            "audit: send an AUDIT_USER message",
+            &["perl"],
+            "perl -e 'socket(my $s, 16, 3, 9) or die \"socket: $!\\n\"; \
+             my $m = \"hearth-escape-test\\0\"; \
+             send($s, pack(\"LSSLL\", 16 + length($m), 1005, 5, 1, 0) . $m, 0) or die \"send: $!\\n\"; \
+             defined(recv($s, my $ack, 4096, 0)) or die \"recv: $!\\n\"; \
+             my $err = unpack(\"l\", substr($ack, 16, 4)); print \"ack error $err\\n\"; exit($err == 0 ? 0 : 1)'",
+        )
+        .refused(&["ack error -111"]),
     )
     .await;
-    s.attack(&a, "dmesg", "dmesg").await;
+    s.attack(
+        &a,
+        attack("dmesg", &["dmesg"], "dmesg")
+            .refused(&[&format!("read kernel buffer failed: {EPERM}")]),
+    )
+    .await;
 
     // --- processes outside ---
     s.record(
@@ -460,24 +834,17 @@ async fn root_inside_cannot_escape() {
     );
     s.attack(
         &a,
-        "kill -9 host pid",
-        &format!("kill -9 {vpid} && ! kill -0 {vpid} 2>/dev/null"),
+        attack("kill -9 host pid", &["sleep"], format!("kill -9 {vpid}"))
+            .refused(&[&format!("kill: {ESRCH}")])
+            .control("sleep 60 & kill -9 $!"),
     )
     .await;
-    s.syscall_errno(
-        &a,
-        "pidfd_open host pid",
-        &format!("434, {vpid}, 0"),
-        &[libc::EPERM, libc::ESRCH],
-    )
-    .await;
-    s.syscall_errno(
-        &a,
-        "ptrace attach host pid",
-        &format!("101, 16, {vpid}, 0, 0"),
-        &[libc::EPERM, libc::ESRCH],
-    )
-    .await;
+    for (name, args) in [
+        ("pidfd_open host pid", format!("434, {vpid}, 0")),
+        ("ptrace attach host pid", format!("101, 16, {vpid}, 0, 0")),
+    ] {
+        s.syscall_errno(&a, name, &args, &[libc::ESRCH]).await;
+    }
     s.record(
         "host victim survived",
         Path::new(&format!("/proc/{vpid}")).exists(),
@@ -490,21 +857,54 @@ async fn root_inside_cannot_escape() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         format!("port {port}"),
     );
-    let tcp = |ip: &str, p: u16| format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{p}'");
-    s.attack(&a, "reach host 127.0.0.1 listener", &tcp("127.0.0.1", port))
-        .await;
-    s.attack(&a, "reach host listener via gateway", &tcp(&gw, port))
-        .await;
-    let all: Vec<String> = host_ipv4_addrs()
-        .iter()
-        .map(|ip| format!("{} && exit 0;", tcp(ip, port)))
-        .collect();
+    // 127.0.0.1 inside is the workspace's own loopback: refused, as the same connect to a
+    // listener there shows.
     s.attack(
         &a,
-        "reach host listener on any host address",
-        &format!("{} exit 1", all.join(" ")),
+        attack(
+            "reach host 127.0.0.1 listener",
+            &["timeout", "bash"],
+            tcp("127.0.0.1", port),
+        )
+        .refused(&[&format!("connect: {ECONNREFUSED}")])
+        .control(format!(
+            "setsid busybox nc -l -p {port} -e true >/dev/null 2>&1 & sleep 0.3; {}",
+            tcp("127.0.0.1", port)
+        )),
     )
     .await;
+    // The node's own addresses drop new connections from the bridge; the same connect to
+    // an address outside the node goes through.
+    let out_ip = outside.ip(2).to_string();
+    s.attack(
+        &a,
+        attack(
+            "reach host listener via gateway",
+            &["timeout", "bash"],
+            tcp(&gw, port),
+        )
+        .refused(&[DROPPED])
+        .control(tcp(&out_ip, outside_port)),
+    )
+    .await;
+    for ip in host_ipv4_addrs() {
+        // Another test's bridge may go away meanwhile: then nothing routes there.
+        let refusal: &[&str] = if ip.starts_with("127.") {
+            &[ECONNREFUSED]
+        } else {
+            &[DROPPED, "No route to host"]
+        };
+        s.attack(
+            &a,
+            attack(
+                format!("reach host listener on host address {ip}"),
+                &["timeout", "bash"],
+                tcp(&ip, port),
+            )
+            .refused(refusal),
+        )
+        .await;
+    }
     let (code, _, _) = run(
         &node,
         &b,
@@ -521,24 +921,67 @@ async fn root_inside_cannot_escape() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     s.record("control: host reaches b's listener", ok, b_ip.clone());
-    s.attack(&a, "reach another workspace's listener", &tcp(&b_ip, 7777))
-        .await;
+    let (code, _, err) = run(&node, &b, &tcp(&b_ip, 7777)).await;
+    s.record(
+        "control: b reaches its own listener on its address",
+        code == 0,
+        first_line(&err, ""),
+    );
     s.attack(
         &a,
-        "take another workspace's IP (ip addr add)",
-        &format!("busybox ip addr add {b_ip}/32 dev eth0"),
+        attack(
+            "reach another workspace's listener",
+            &["timeout", "bash"],
+            tcp(&b_ip, 7777),
+        )
+        .refused(&[DROPPED])
+        .control(tcp(&out_ip, outside_port)),
+    )
+    .await;
+    // NET_ADMIN and NET_RAW hold over network namespaces root inside makes, not over the
+    // node-made one: the controls run the same commands on a tap device of a nested one.
+    let tap = format!(
+        "{} && busybox ip link set hx0 up",
+        tun("hx0", TAP | PERSIST)
+    );
+    s.attack(
+        &a,
+        attack(
+            "take another workspace's IP (ip addr add)",
+            &["busybox"],
+            format!("busybox ip addr add {b_ip}/32 dev eth0"),
+        )
+        .refused(&[&format!("RTNETLINK answers: {EPERM}")])
+        .control(format!(
+            "unshare -n sh -c '{tap} && busybox ip addr add {b_ip}/32 dev hx0'"
+        )),
     )
     .await;
     s.attack(
         &a,
-        "change own MAC",
-        "busybox ip link set dev eth0 address 02:00:00:00:00:01",
+        attack(
+            "change own MAC",
+            &["busybox"],
+            "busybox ip link set dev eth0 address 02:00:00:00:00:01",
+        )
+        .refused(&[EPERM])
+        .control(format!(
+            "unshare -n sh -c '{tap} && busybox ip link set dev hx0 address 02:00:00:00:00:01'"
+        )),
     )
     .await;
     s.attack(
         &a,
-        "gratuitous ARP claiming b's IP (arping)",
-        &format!("busybox arping -c 1 -U -s {b_ip} -I eth0 {gw}"),
+        attack(
+            "gratuitous ARP claiming b's IP (arping)",
+            &["busybox"],
+            format!("busybox arping -c 1 -U -s {b_ip} -I eth0 {gw}"),
+        )
+        .refused(&[&format!("arping: socket: {EPERM}")])
+        .control(format!(
+            "unshare -n sh -c '{tap} && busybox ip addr add 10.9.9.1/24 dev hx0 && \
+             busybox arping -c 1 -U -s 10.9.9.1 -I hx0 10.9.9.2'"
+        )),
     )
     .await;
     // The bridge pin, for an attacker who got NET_ADMIN over eth0 anyway: host root does
@@ -601,44 +1044,78 @@ async fn root_inside_cannot_escape() {
         })
         .collect();
     let layer_before: Vec<_> = deb_version.iter().map(|p| digest(p)).collect();
-    let (code, out) = s
-        .attack(
-            &a,
-            "write a file of the shared image layer",
-            "echo pwned >> /etc/debian_version && grep -q pwned /etc/debian_version && echo copied-up",
-        )
-        .await;
     // Writing is allowed (copy-up); the verdict is whether the layer or b changed.
-    s.rows.pop();
+    let (code, out, _) = run(
+        &node,
+        &a,
+        "echo pwned >> /etc/debian_version && grep -q pwned /etc/debian_version && echo copied-up",
+    )
+    .await;
     let (_, b_view, _) = run(&node, &b, "cat /etc/debian_version").await;
     let layer_after: Vec<_> = deb_version.iter().map(|p| digest(p)).collect();
     s.record(
         "write a file of the shared image layer",
-        !deb_version.is_empty() && layer_before == layer_after && !b_view.contains("pwned"),
+        code == 0
+            && !deb_version.is_empty()
+            && layer_before == layer_after
+            && !b_view.contains("pwned"),
         format!("a exit {code} {}; b sees {}", out.trim(), b_view.trim()),
     );
     s.attack(
         &a,
-        "overwrite agent via /proc/1/exe",
-        "echo x >> /proc/1/exe",
+        attack(
+            "overwrite agent via /proc/1/exe",
+            &[],
+            "echo x >> /proc/1/exe",
+        )
+        .refused(&[&format!("/proc/1/exe: {EACCES}")])
+        .control("cp /bin/true /root/own-exe && echo x >> /root/own-exe"),
     )
     .await;
     s.attack(
         &a,
-        "overwrite agent at /.hearth/agent",
-        "cp /bin/true /.hearth/agent",
+        attack(
+            "overwrite agent at /.hearth/agent",
+            &["cp"],
+            "cp /bin/true /.hearth/agent",
+        )
+        .refused(&[&format!("'/.hearth/agent': {EROFS}")])
+        .control("cp /bin/true /root/agent-copy"),
+    )
+    .await;
+    // The runtime's mounts are not locked: root inside may make the bind rw. The file is
+    // still the host root's.
+    s.attack(
+        &a,
+        attack(
+            "remount /.hearth/agent rw, overwrite it",
+            &["mount"],
+            "mount -o remount,bind,rw /.hearth/agent && echo x >> /.hearth/agent",
+        )
+        .refused(&[&format!("/.hearth/agent: {EACCES}")])
+        .control("echo x >> /root/agent-copy"),
     )
     .await;
     s.attack(
         &a,
-        "hardlink host-owned agent binary",
-        "ln /.hearth/agent /root/agent-link",
+        attack(
+            "hardlink host-owned agent binary",
+            &["ln"],
+            "ln /.hearth/agent /root/agent-link",
+        )
+        .refused(&[EXDEV])
+        .control("ln /root/agent-copy /root/agent-copy-link"),
     )
     .await;
     s.attack(
         &a,
-        "hardlink via /proc/self/fd (linkat follow)",
-        "exec 3</.hearth/agent; ln -L /proc/self/fd/3 /root/agent-link2",
+        attack(
+            "hardlink via /proc/self/fd (linkat follow)",
+            &["ln"],
+            "exec 3</.hearth/agent; ln -L /proc/self/fd/3 /root/agent-link2",
+        )
+        .refused(&[EXDEV])
+        .control("exec 3</root/agent-copy; ln -L /proc/self/fd/3 /root/agent-copy-link2"),
     )
     .await;
     s.record(
@@ -661,34 +1138,63 @@ async fn root_inside_cannot_escape() {
     );
     s.attack(
         &a,
-        "nested userns: read host file via /proc/*/root",
-        &format!("unshare -U -r sh -c 'for f in /proc/[0-9]*/root{sp}; do cat $f; done 2>/dev/null | grep -q {token}'"),
+        attack(
+            "nested userns: read host file via /proc/*/root",
+            &["unshare", "cat"],
+            format!("unshare -U -r sh -c 'for d in /proc/[0-9]*/root; do cat $d{sp}; done'"),
+        )
+        .refused(&[ENOENT])
+        .control(
+            "echo seen > /root/visible && unshare -U -r sh -c \
+             'for d in /proc/[0-9]*/root; do cat $d/root/visible; done 2>/dev/null | grep -q seen'",
+        ),
     )
     .await;
     s.attack(
         &a,
-        "nested userns: write core_pattern",
-        "unshare -U -r sh -c \"echo '|/bin/false-hearth' > /proc/sys/kernel/core_pattern\"",
+        attack(
+            "nested userns: write core_pattern",
+            &["unshare"],
+            "unshare -U -r sh -c \"echo '|/bin/false-hearth' > /proc/sys/kernel/core_pattern\"",
+        )
+        .refused(&[&format!("core_pattern: {EACCES}")])
+        .control(format!("unshare -U -r {SYSCTL_CONTROL}")),
     )
     .await;
     s.attack(
         &a,
-        "nested userns+mntns: mount cgroup v1 memory",
-        "unshare -U -r -m sh -c 'mkdir -p /tmp/cgn && mount -t cgroup -o memory x /tmp/cgn && echo -1 > /tmp/cgn/memory.limit_in_bytes'",
+        attack(
+            "nested userns+mntns: mount cgroup v1 memory",
+            &["unshare", "mount"],
+            "unshare -U -r -m sh -c 'mkdir -p /tmp/cgn && mount -t cgroup -o memory x /tmp/cgn'",
+        )
+        .refused(&["mount: /tmp/cgn: permission denied"])
+        .control("unshare -U -r -m sh -c 'mkdir -p /tmp/cgn && mount -t tmpfs x /tmp/cgn'"),
     )
     .await;
     s.attack(
         &a,
-        "nested userns: mknod block device",
-        "unshare -U -r sh -c 'mknod /tmp/vdan b 254 0'",
+        attack(
+            "nested userns: mknod the host disk",
+            &["unshare", "mknod"],
+            format!("unshare -U -r sh -c 'mknod /tmp/diskn b {maj} {min}'"),
+        )
+        .refused(&[&format!("/tmp/diskn: {EPERM}")])
+        .control("unshare -U -r sh -c 'mknod /tmp/fifon p && rm /tmp/fifon'"),
     )
     .await;
-    s.attack(
-        &a,
-        "nested userns: bpf / init_module",
-        "unshare -U -r perl -e 'exit((syscall(321,0,0,0) == -1 && syscall(175,0,0,my $e = \"\") == -1) ? 1 : 0)'",
-    )
-    .await;
+    for (name, args) in [("bpf", "321, 0, 0, 0"), ("init_module", "175, 0, 0, $E")] {
+        s.attack(
+            &a,
+            attack(
+                format!("nested userns: {name}"),
+                &["unshare", "perl"],
+                format!("unshare -U -r {}", perl_syscall(args)),
+            )
+            .refused(&[&format!("errno={} ", libc::EPERM)]),
+        )
+        .await;
+    }
 
     // --- symlinks planted for host-side operations ---
     let resolv_target = secret_dir.join("resolv-target");
@@ -731,16 +1237,11 @@ async fn root_inside_cannot_escape() {
     );
 
     let mut failed = Vec::new();
-    eprintln!("\n{:<58} {:<8} detail", "attack", "result");
+    eprintln!("\n{:<58} {:<10} detail", "attack", "result");
     for r in &s.rows {
-        eprintln!(
-            "{:<58} {:<8} {}",
-            r.attack,
-            if r.blocked { "BLOCKED" } else { "ESCAPED" },
-            r.detail
-        );
-        if !r.blocked {
-            failed.push(r.attack.clone());
+        eprintln!("{:<58} {:<10} {}", r.attack, r.verdict, r.detail);
+        if !r.ok {
+            failed.push(format!("{} ({})", r.attack, r.verdict));
         }
     }
     let attacks = s
@@ -750,6 +1251,9 @@ async fn root_inside_cannot_escape() {
         .count();
     eprintln!("{attacks} attacks, {} rows", s.rows.len());
     assert!(attacks >= 25, "only {attacks} attacks");
-    assert!(failed.is_empty(), "escaped or control failed: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "escaped, refused otherwise or control failed: {failed:?}"
+    );
     drop(victim);
 }
