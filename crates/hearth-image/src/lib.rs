@@ -9,6 +9,8 @@ mod manifest;
 mod pull;
 mod source;
 mod store;
+/// Test builders; behind the `testutil` feature so they never ship in the binary.
+#[cfg(feature = "testutil")]
 pub mod testutil;
 pub mod unpack;
 

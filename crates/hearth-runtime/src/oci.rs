@@ -207,6 +207,27 @@ impl OciRuntime {
             .map_err(|e| RuntimeError::io("spawn", &self.binary, e))
     }
 
+    /// Runs `/bin/true` in `rootfs` once with the runtime alone (its default spec: no user
+    /// namespace, network, cgroups or agent) and says how long it took: the floor
+    /// `hearth bench` sets workspace starts against. `bundle` is made if needed.
+    pub fn floor_run(&self, id: &str, bundle: &Path, rootfs: &Path) -> Result<std::time::Duration> {
+        if !bundle.join("config.json").exists() {
+            write_floor_bundle(bundle, rootfs)?;
+        }
+        let t = std::time::Instant::now();
+        let st = self.run_foreground(id, bundle)?;
+        let took = t.elapsed();
+        if !st.success() {
+            return Err(RuntimeError::Runtime {
+                runtime: self.binary.display().to_string(),
+                op: "run",
+                id: id.to_string(),
+                message: format!("/bin/true {st}"),
+            });
+        }
+        Ok(took)
+    }
+
     /// `None` when the runtime does not know the container.
     ///
     /// Answered from the state file the runtime keeps under `--root` (crun's `status`,
@@ -417,6 +438,37 @@ pub fn tail(path: &Path, max: usize) -> String {
         Ok(b) => String::from_utf8_lossy(&b[b.len().saturating_sub(max)..]).into_owned(),
         Err(_) => String::new(),
     }
+}
+
+/// The runtime's default spec running `/bin/true` read-only in `rootfs`, without the
+/// cgroup mount (the floor must not need the host's cgroup layout).
+fn write_floor_bundle(bundle: &Path, rootfs: &Path) -> Result<()> {
+    let bad = |e: oci_spec::OciSpecError| RuntimeError::Bundle(e.to_string());
+    std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io("mkdir", bundle, e))?;
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| RuntimeError::Bundle("default spec has no process".into()))?;
+    process.set_args(Some(vec!["/bin/true".into()]));
+    process.set_terminal(Some(false));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        oci_spec::runtime::RootBuilder::default()
+            .path(rootfs)
+            .readonly(true)
+            .build()
+            .map_err(bad)?,
+    ));
+    let mounts: Vec<_> = spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.typ().as_deref() != Some("cgroup"))
+        .collect();
+    spec.set_mounts(Some(mounts));
+    spec.save(bundle.join("config.json")).map_err(bad)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use hearth_proto::Event;
 
 pub struct BenchArgs {
     pub runs: usize,
+    /// Image archive or OCI layout to run (what `hearth image load` takes).
+    pub image: PathBuf,
     pub agent: PathBuf,
     pub runtime: Option<String>,
     pub podman: bool,
@@ -120,15 +122,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 }
 
 async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
-    let img_dir = tmp.join("busybox-oci");
-    hearth_image::testutil::write_oci_layout(
-        &img_dir,
-        "busybox:latest",
-        &[hearth_image::testutil::busybox_rootfs_layer()?],
-        &Default::default(),
-    )?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = node.load_image(img_dir.clone(), None, tx.clone()).await?;
+    let img = node
+        .load_image(args.image.clone(), None, tx.clone())
+        .await
+        .with_context(|| format!("cannot load bench image {}", args.image.display()))?;
     let repo = git_repo(tmp)?;
 
     let mut create = Series::new("create (cached image, small repo)", Some(150.0));
@@ -185,51 +183,15 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     // Floor: the OCI runtime alone, `true` in the same root filesystem (no user
     // namespace, network, cgroups or agent).
     let mut floor = Series::new("floor: oci runtime run `true`", None);
-    let layer = tmp.join("data/images/layers");
-    let rootfs = std::fs::read_dir(&layer)?
-        .flatten()
-        .map(|e| e.path())
-        .next()
-        .context("no unpacked layer")?;
-    let bundle = tmp.join("floor-bundle");
-    std::fs::create_dir_all(&bundle)?;
-    let mut spec = oci_spec::runtime::Spec::default();
-    let mut process = spec.process().clone().context("default process")?;
-    process.set_args(Some(vec!["/bin/true".into()]));
-    process.set_terminal(Some(false));
-    spec.set_process(Some(process));
-    spec.set_root(Some(
-        oci_spec::runtime::RootBuilder::default()
-            .path(&rootfs)
-            .readonly(true)
-            .build()?,
-    ));
-    let mounts: Vec<_> = spec
-        .mounts()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.typ().as_deref() != Some("cgroup"))
-        .collect();
-    spec.set_mounts(Some(mounts));
-    spec.save(bundle.join("config.json"))?;
-    let rt =
-        hearth_runtime::oci::OciRuntime::new(args.runtime.as_deref(), &tmp.join("floor-state"))?;
-    for i in 0..args.runs.max(20) {
-        let t = Instant::now();
-        let st = rt.run_foreground(&format!("floor{i}"), &bundle)?;
-        floor.samples.push(t.elapsed());
-        if !st.success() {
-            bail!("floor run failed: {st}");
-        }
-    }
+    let (runtime, samples) = node.runtime_floor(&img.id, args.runs.max(20)).await?;
+    floor.samples = samples;
 
     let mut podman = Series::new("podman --runtime runc run --rm", None);
     if args.podman && Command::new("podman").arg("--version").output().is_ok() {
         let tar = tmp.join("bb.tar");
         let copied = Command::new("skopeo")
             .arg("copy")
-            .arg(format!("oci:{}", img_dir.display()))
+            .arg(skopeo_source(&args.image))
             .arg(format!(
                 "oci-archive:{}:hearth-bench/busybox:latest",
                 tar.display()
@@ -305,7 +267,7 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     println!();
     println!(
         "runtime: {}   runs: {}   (times in ms)",
-        rt.binary().display(),
+        runtime.display(),
         args.runs
     );
     println!(
@@ -345,6 +307,31 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How skopeo names `path`: an OCI layout directory, or a docker or OCI archive.
+fn skopeo_source(path: &Path) -> String {
+    if path.is_dir() {
+        return format!("oci:{}", path.display());
+    }
+    let docker = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| {
+            tar::Archive::new(f).entries().ok().map(|mut es| {
+                es.any(|e| {
+                    e.ok()
+                        .and_then(|e| e.path().ok().map(|p| p.as_os_str() == "manifest.json"))
+                        .unwrap_or(false)
+                })
+            })
+        })
+        .unwrap_or(false);
+    let kind = if docker {
+        "docker-archive"
+    } else {
+        "oci-archive"
+    };
+    format!("{kind}:{}", path.display())
 }
 
 /// Snapshots of a running workspace while it writes: how long each froze it (the

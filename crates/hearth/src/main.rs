@@ -115,6 +115,10 @@ enum Cmd {
         /// Workspaces to cycle through (create, start, stop, start, 5 execs, remove).
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Image to run: an image archive or OCI layout, as `hearth image load` takes
+        /// (scripts/make-image.sh busybox busybox.tar makes a small one).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
+        image: PathBuf,
         /// OCI runtime: crun, runc or a path (default: crun if installed).
         #[arg(long)]
         runtime: Option<String>,
@@ -393,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Shell { name } => exec::shell(&client()?.api, name).await,
         Cmd::Bench {
             runs,
+            image,
             runtime,
             agent,
             podman,
@@ -403,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             bench::run(bench::BenchArgs {
                 runs: *runs,
+                image: image.clone(),
                 agent,
                 runtime: runtime.clone(),
                 podman: *podman,

@@ -18,6 +18,7 @@ use hearth_runtime::oci::OciRuntime;
 
 mod agent;
 mod disk;
+mod floor;
 mod guard;
 mod host;
 mod inspect;
