@@ -9,6 +9,8 @@ mod session;
 mod spawn;
 mod users;
 
+use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
 use reaper::{handled_signals, Reaper};
 use session::Ctx;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -60,13 +62,8 @@ fn run() -> Result<(), String> {
     let is_pid1 = std::process::id() == 1;
     if !is_pid1 {
         // Outside a container orphans would go to the host's init; keep them ours.
-        // SAFETY: plain prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-            return Err(format!(
-                "become child subreaper: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("become child subreaper: {e}"))?;
     }
 
     let mut image_env = Vec::new();
@@ -122,11 +119,10 @@ fn run() -> Result<(), String> {
 
 /// Takes over fd 3 after checking it really is a socket.
 fn inherited_listener() -> Result<UnixListener, String> {
-    // SAFETY: fstat writes into the stat buffer we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; fd 3 may be closed, which fstat reports.
-    if unsafe { libc::fstat(LISTEN_FD, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
-    {
+    // fd 3 may be closed, which fstat reports.
+    let is_socket = fstat(LISTEN_FD)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK);
+    if !is_socket {
         return Err(format!(
             "fd {LISTEN_FD} is not a listening unix socket\n{}",
             usage()
@@ -135,8 +131,8 @@ fn inherited_listener() -> Result<UnixListener, String> {
     // SAFETY: fd 3 is an open socket handed to us by the runtime and used nowhere else.
     let listener = unsafe { UnixListener::from_raw_fd(LISTEN_FD) };
     // Sessions must not inherit the listening socket.
-    // SAFETY: fcntl on the fd we now own.
-    unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    fcntl(listener.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("set close-on-exec on fd {LISTEN_FD}: {e}"))?;
     Ok(listener)
 }
 
@@ -144,14 +140,14 @@ fn inherited_listener() -> Result<UnixListener, String> {
 /// dup2 onto 0-2 relies on its sources being other fds).
 fn ensure_std_fds() {
     for fd in 0..3 {
-        // SAFETY: F_GETFD only queries the fd; open returns a new fd or -1.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 && null != fd {
-                    libc::dup2(null, fd);
-                    libc::close(null);
-                }
+        if fcntl(fd, FcntlArg::F_GETFD).is_ok() {
+            continue;
+        }
+        // Lowest free fd first: when this is `fd` itself, it stays open as is.
+        if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+            if null != fd {
+                let _ = nix::unistd::dup2(null, fd);
+                let _ = nix::unistd::close(null);
             }
         }
     }

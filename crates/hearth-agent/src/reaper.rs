@@ -5,9 +5,12 @@
 //! (while holding the lock across fork, so a fast exit cannot be missed) with the write
 //! end of a pipe; the reaper writes the exit code into it, which the session polls.
 
-use nix::sys::signal::{SigSet, Signal};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,13 +41,11 @@ pub fn handled_signals() -> SigSet {
 }
 
 /// Exit code as a shell reports it.
-pub fn exit_code(status: libc::c_int) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        255
+pub fn exit_code(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 255,
     }
 }
 
@@ -87,54 +88,44 @@ impl Reaper {
     /// Collects every exited child; returns whether any children remain.
     pub fn reap(&self) -> bool {
         loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid only writes the status int we own.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid > 0 {
-                let code = exit_code(status);
-                if let Some(fd) = self.lock().remove(&pid) {
-                    let bytes = code.to_be_bytes();
-                    // SAFETY: writing 4 bytes from a local buffer to a pipe we own; the pipe is
-                    // empty so this cannot block, and EPIPE (session gone) is harmless.
-                    unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return true,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    if let Some(fd) = self.lock().remove(&pid.as_raw()) {
+                        // The pipe is empty so this cannot block, and EPIPE (session gone)
+                        // is harmless.
+                        let _ = nix::unistd::write(&fd, &exit_code(status).to_be_bytes());
+                    }
                 }
-                continue;
-            }
-            if pid == 0 {
-                return true;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ECHILD) => return false,
-                _ => return false,
+                Err(Errno::EINTR) => continue,
+                // ECHILD: no children left.
+                Err(_) => return false,
             }
         }
     }
 
     /// Sends `sig` to everything the agent is responsible for.
-    fn kill_all(&self, sig: libc::c_int) {
+    fn kill_all(&self, sig: Signal) {
         if self.is_pid1 {
-            // SAFETY: plain syscall; as PID 1 of the workspace's pid namespace, -1 means
-            // every process in the workspace but us.
-            unsafe { libc::kill(-1, sig) };
+            // As PID 1 of the workspace's pid namespace, -1 means every process in the
+            // workspace but us.
+            let _ = kill(Pid::from_raw(-1), sig);
             return;
         }
         // Outside a container kill(-1) would hit the whole host: target our children and
         // their process groups instead (orphans are reparented to us as subreaper).
         let me = std::process::id() as i32;
         for pid in children_of(me) {
-            // SAFETY: plain syscalls on pids that are our children.
-            unsafe {
-                libc::kill(-pid, sig);
-                libc::kill(pid, sig);
-            }
+            let _ = killpg(Pid::from_raw(pid), sig);
+            let _ = kill(Pid::from_raw(pid), sig);
         }
     }
 
     fn shutdown(&self, sig: Signal) -> ! {
         eprintln!("hearth-agent: got {sig}, stopping all processes");
         self.stopping.store(true, Ordering::SeqCst);
-        self.kill_all(libc::SIGTERM);
+        self.kill_all(Signal::SIGTERM);
         let deadline = Instant::now() + GRACE;
         let mut left = self.reap();
         while left && Instant::now() < deadline {
@@ -145,7 +136,7 @@ impl Reaper {
             eprintln!("hearth-agent: processes still running after {GRACE:?}, killing them");
             let deadline = Instant::now() + Duration::from_secs(2);
             while left && Instant::now() < deadline {
-                self.kill_all(libc::SIGKILL);
+                self.kill_all(Signal::SIGKILL);
                 std::thread::sleep(Duration::from_millis(20));
                 left = self.reap();
             }
@@ -183,9 +174,11 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_shell_convention() {
-        assert_eq!(exit_code(7 << 8), 7);
-        assert_eq!(exit_code(libc::SIGKILL), 137);
-        assert_eq!(exit_code(0), 0);
+        // Raw wait statuses as the kernel encodes them.
+        let code = |raw| exit_code(WaitStatus::from_raw(Pid::from_raw(1), raw).unwrap());
+        assert_eq!(code(7 << 8), 7);
+        assert_eq!(code(libc::SIGKILL), 137);
+        assert_eq!(code(0), 0);
     }
 
     #[test]

@@ -8,6 +8,10 @@ use crate::reaper::Reaper;
 use crate::spawn::{self, ChildStdio, Prepared};
 use crate::users;
 use hearth_proto::{AgentMsg, ClientMsg, ExecRequest, FrameBuf, Message, Request, VERSION};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -198,13 +202,8 @@ fn make_stdio(req: &ExecRequest) -> io::Result<(ChildStdio, Io)> {
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl flag calls on an fd we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let fl = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -278,22 +277,20 @@ enum Chunk {
 
 fn read_chunk(fd: &OwnedFd) -> Chunk {
     let mut buf = vec![0u8; READ_CHUNK];
-    // SAFETY: reading into a buffer we own, of the length we pass.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n > 0 {
-        buf.truncate(n as usize);
-        return Chunk::Data(buf);
-    }
-    if n == 0 {
-        return Chunk::Eof;
-    }
-    match io::Error::last_os_error().kind() {
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Chunk::Nothing,
+    match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+        Ok(0) => Chunk::Eof,
+        Ok(n) => {
+            buf.truncate(n);
+            Chunk::Data(buf)
+        }
+        Err(Errno::EINTR | Errno::EAGAIN) => Chunk::Nothing,
         // EIO is how a pty master says every slave fd is closed.
-        _ => Chunk::Eof,
+        Err(_) => Chunk::Eof,
     }
 }
 
+/// Raw `poll`: the slots stay fixed, with fd -1 for a closed stream, which nix's `PollFd`
+/// (a borrowed fd) cannot express.
 fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     loop {
         // SAFETY: fds is a valid array of pollfd of the given length.
@@ -347,8 +344,7 @@ impl Pump {
         }
         self.client_open = false;
         self.client_reading = false;
-        // SAFETY: plain syscall on the session's process group.
-        unsafe { libc::kill(-self.pid, libc::SIGHUP) };
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGHUP);
         self.io.stdin = None;
         self.pending.clear();
     }
@@ -478,23 +474,14 @@ impl Pump {
     fn flush_stdin(&mut self) {
         if let Some(fd) = &self.io.stdin {
             while !self.pending.is_empty() {
-                // SAFETY: writing from our buffer to our non-blocking fd.
-                let n = unsafe {
-                    libc::write(
-                        fd.as_raw_fd(),
-                        self.pending.as_ptr().cast(),
-                        self.pending.len(),
-                    )
-                };
-                if n > 0 {
-                    self.pending.drain(..n as usize);
-                    continue;
-                }
-                match io::Error::last_os_error().kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return,
+                match nix::unistd::write(fd, &self.pending) {
+                    Ok(0) | Err(Errno::EAGAIN) => return,
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(Errno::EINTR) => {}
                     // EPIPE: the process closed its stdin; drop what it will never read.
-                    _ => {
+                    Err(_) => {
                         self.pending.clear();
                         self.io.stdin = None;
                         return;
@@ -578,6 +565,8 @@ impl Pump {
             );
             return;
         }
+        // Raw kill: realtime signals are valid here and nix's `Signal` has no variant for
+        // them.
         // SAFETY: plain syscalls on the session's process group / process.
         unsafe {
             if libc::kill(-self.pid, sig) < 0 {

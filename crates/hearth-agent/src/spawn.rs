@@ -5,9 +5,13 @@
 //! async-signal-safe calls (raw syscalls, dup2, execve, _exit).
 
 use crate::reaper::Reaper;
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, Winsize};
+use nix::sys::stat::Mode;
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -135,46 +139,31 @@ pub struct Spawned {
 
 /// A pipe whose both ends close on exec, so no other session's child inherits them.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
+
+nix::ioctl_write_int_bad!(tiocgptpeer, libc::TIOCGPTPEER);
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, Winsize);
 
 /// Opens a pty pair (both ends close-on-exec) with the given window size.
 pub fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: plain syscall wrapper; the result is checked.
-    let m = unsafe { libc::posix_openpt(flags) };
-    if m < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: m is a fresh fd that nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(m) };
-    // SAFETY: grantpt/unlockpt only operate on the fd.
-    if unsafe { libc::grantpt(m) } < 0 || unsafe { libc::unlockpt(m) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let m = posix_openpt(flags)?;
+    grantpt(&m)?;
+    unlockpt(&m)?;
     // TIOCGPTPEER opens the peer without a path lookup (right even with several devpts).
-    // SAFETY: ioctl on our master fd; returns a new fd or -1.
-    let mut s = unsafe { libc::ioctl(m, libc::TIOCGPTPEER, flags) };
-    if s < 0 {
-        let mut buf = [0 as libc::c_char; 128];
-        // SAFETY: ptsname_r writes a NUL-terminated path into our buffer.
-        if unsafe { libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: buf holds a NUL-terminated path written by ptsname_r.
-        s = unsafe { libc::open(buf.as_ptr(), flags) };
-        if s < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: s is a fresh fd that nothing else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: the ioctl takes the open flags by value and returns a new fd.
+    let s = match unsafe { tiocgptpeer(m.as_raw_fd(), flags.bits()) } {
+        Ok(s) => s,
+        Err(_) => open(ptsname_r(&m)?.as_str(), flags, Mode::empty())?,
+    };
+    // SAFETY: both fds are fresh and owned by nobody else.
+    let (master, slave) = unsafe {
+        (
+            OwnedFd::from_raw_fd(m.into_raw_fd()),
+            OwnedFd::from_raw_fd(s),
+        )
+    };
     set_winsize(&master, rows, cols)?;
     Ok((master, slave))
 }
@@ -184,16 +173,14 @@ pub fn set_winsize(fd: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let ws = libc::winsize {
+    let ws = Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ reads a winsize struct we own.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: TIOCSWINSZ reads the winsize we own.
+    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }?;
     Ok(())
 }
 
@@ -253,18 +240,11 @@ pub fn spawn(prep: &Prepared, stdio: ChildStdio, reaper: &Reaper) -> io::Result<
     let mut report = [0u8; 5];
     let mut got = 0;
     while got < report.len() {
-        // SAFETY: reading into the unfilled tail of our buffer.
-        let n = unsafe {
-            libc::read(
-                err_rx.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        if n > 0 {
-            got += n as usize;
-        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
+        match nix::unistd::read(err_rx.as_raw_fd(), &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
         }
     }
     let failure = (got == report.len()).then(|| {
