@@ -1,7 +1,6 @@
 //! `hearth exec` and `hearth shell`: a command's stdio over the exec WebSocket.
 
 use std::io::IsTerminal;
-use std::os::fd::AsRawFd;
 
 use anyhow::{bail, Context};
 use hearth_api::client::{Client, ExecOutput};
@@ -38,17 +37,14 @@ impl Drop for RawMode {
 
 /// Rows and columns of the terminal on stdout (or stdin), if any.
 fn window_size() -> Option<(u16, u16)> {
-    for fd in [std::io::stdout().as_raw_fd(), std::io::stdin().as_raw_fd()] {
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, exclusively borrowed `ws`;
-        // `fd` is one of our standard descriptors and stays open for the call.
-        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-        if rc == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+    for ws in [
+        rustix::termios::tcgetwinsize(std::io::stdout()),
+        rustix::termios::tcgetwinsize(std::io::stdin()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if ws.ws_row > 0 && ws.ws_col > 0 {
             return Some((ws.ws_row, ws.ws_col));
         }
     }
