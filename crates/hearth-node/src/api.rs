@@ -501,7 +501,11 @@ mod tests {
                 "too many egress rules: 9 (at most 8)",
             ),
             (
-                hearth_disk::DiskError::Shrink { size: 1, current: 2 }.into(),
+                hearth_disk::DiskError::Shrink {
+                    size: 1,
+                    current: 2,
+                }
+                .into(),
                 ErrorKind::Invalid,
                 "workspace disk: disks only grow: 1 bytes is less than the current 2",
             ),
