@@ -436,13 +436,13 @@ async fn exec_session(manager: Arc<Manager>, spec: WorkspaceSpec, mut socket: We
                 Ok(ClientFrame::Resize { rows, cols }) => writer.resize(rows, cols).await,
                 Ok(ClientFrame::Signal(s)) => writer.signal(s).await,
                 Err(e) => {
-                    tracing::debug!(workspace = spec.name, error = %e, "ignoring bad exec frame");
+                    tracing::debug!(workspace = spec.name, error = ?e.to_string(), "ignoring bad exec frame");
                     continue;
                 }
             };
             if let Err(e) = res {
                 // The process may have exited and closed its stdin; output still flows.
-                tracing::debug!(workspace = spec.name, error = %e, "exec input failed");
+                tracing::debug!(workspace = spec.name, error = ?e.to_string(), "exec input failed");
             }
         }
         writer

@@ -51,7 +51,7 @@ fn say(progress: &Progress, line: impl Into<String>) {
 
 /// Logs a node error with the workspace it concerns and turns it into an API error.
 fn node_err(op: &str, name: &str, e: NodeError) -> ApiError {
-    tracing::warn!(workspace = name, op, error = %e, "node call failed");
+    tracing::warn!(workspace = name, op, error = ?e.to_string(), "node call failed");
     ApiError::from(e)
 }
 
@@ -171,7 +171,9 @@ impl Manager {
                     ip = st.ip.map(|a| a.to_string());
                     paused = st.paused;
                 }
-                Err(e) => tracing::warn!(workspace = rec.spec.name, error = %e, "status failed"),
+                Err(e) => {
+                    tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "status failed")
+                }
             }
         }
         let image_name = images
@@ -205,7 +207,7 @@ impl Manager {
         match self.node.images().await {
             Ok(v) => v.into_iter().map(convert::image).collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "listing images failed");
+                tracing::warn!(error = ?e.to_string(), "listing images failed");
                 Vec::new()
             }
         }
@@ -392,10 +394,10 @@ impl Manager {
             Err(e) => {
                 say(&progress, format!("cleaning up workspace {name}"));
                 if let Err(re) = self.node.remove(&rec.spec).await {
-                    tracing::error!(workspace = name, error = %re, "cleanup after failed create failed");
+                    tracing::error!(workspace = name, error = ?re.to_string(), "cleanup after failed create failed");
                 }
                 if let Err(de) = self.store.delete(&rec.spec.id).await {
-                    tracing::error!(workspace = name, error = %de, "deleting record failed");
+                    tracing::error!(workspace = name, error = ?de.to_string(), "deleting record failed");
                 }
                 Err(e)
             }
@@ -499,7 +501,7 @@ impl Manager {
         if let Err(e) = self.node.set_egress(&spec).await {
             let e = node_err("set_egress", name, e);
             if let Err(re) = self.store.set_egress(&rec.spec).await {
-                tracing::error!(workspace = name, error = %re, "restoring the old egress policy failed");
+                tracing::error!(workspace = name, error = ?re.to_string(), "restoring the old egress policy failed");
             }
             return Err(e);
         }
@@ -527,7 +529,7 @@ impl Manager {
         self.store.set_limits(&spec).await?;
         if let Err(e) = self.node.set_limits(&spec).await {
             if let Err(re) = self.store.set_limits(&rec.spec).await {
-                tracing::error!(workspace = name, error = %re, "restoring the old limits failed");
+                tracing::error!(workspace = name, error = ?re.to_string(), "restoring the old limits failed");
             }
             return Err(node_err("set_limits", name, e));
         }
@@ -624,7 +626,7 @@ impl Manager {
                         Ok(()) => self.store.delete(&rec.spec.id).await?,
                         Err(e) => {
                             // Keep the row so `hearth rm` can retry; never leave it transitional.
-                            tracing::error!(workspace = name, error = %e, "remove failed");
+                            tracing::error!(workspace = name, error = ?e.to_string(), "remove failed");
                             let msg = format!("interrupted operation could not be undone: {e}");
                             self.store
                                 .set_state(&rec.spec.id, WorkspaceState::Failed, Some(&msg))

@@ -48,7 +48,7 @@ where
             Ok(Ok(v)) => StreamLine::Result(v).encode(),
             Ok(Err(e)) => StreamLine::<()>::Error(e.info()).encode(),
             Err(join) => {
-                tracing::error!(error = %join, "operation task failed");
+                tracing::error!(error = ?join.to_string(), "operation task failed");
                 StreamLine::<()>::Error(
                     ApiError::internal(format!("operation failed: {join}")).info(),
                 )

@@ -154,12 +154,16 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
     })
 }
 
-/// Logs to stderr, filtered by RUST_LOG, else at `default` level.
+/// Logs to stderr, filtered by RUST_LOG, else at `default` level; colours only on a
+/// terminal, so a log file holds no escape sequences (request data in fields is escaped
+/// by Debug formatting, so none can be injected either).
 fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

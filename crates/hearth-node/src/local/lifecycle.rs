@@ -194,7 +194,7 @@ impl Inner {
         let image = self.images.get(&spec.image).map_err(image_err)?;
         let t0 = Instant::now();
         self.start_inner(spec, &image, &p)?;
-        tracing::info!(id = %spec.id, name = %spec.name, ms = t0.elapsed().as_millis() as u64, "started");
+        tracing::info!(id = %spec.id, name = spec.name.as_str(), ms = t0.elapsed().as_millis() as u64, "started");
         self.status(spec)
     }
 

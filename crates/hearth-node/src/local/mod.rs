@@ -328,7 +328,7 @@ impl NodeApi for LocalNode {
             }
             i.host
                 .apply_egress(&spec.id, spec.slot, &spec.egress.deny)?;
-            tracing::info!(id = %spec.id, name = %spec.name, rules = spec.egress.deny.len(), "egress policy set");
+            tracing::info!(id = %spec.id, name = spec.name.as_str(), rules = spec.egress.deny.len(), "egress policy set");
             Ok(())
         })
         .await

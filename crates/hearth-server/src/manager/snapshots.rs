@@ -22,7 +22,7 @@ async fn note(store: &crate::db::Store, id: &str, res: &Result<SnapshotSummary, 
         }
     };
     if let Err(e) = store.set_snapshot_result(id, r).await {
-        tracing::error!(id, error = %e, "recording the snapshot result failed");
+        tracing::error!(id, error = ?e.to_string(), "recording the snapshot result failed");
     }
 }
 
@@ -65,7 +65,7 @@ impl Manager {
         let res = self.node.snapshot(&rec.spec).await;
         note(&self.store, &rec.spec.id, &res).await;
         let Err(e) = res else { return };
-        tracing::warn!(workspace = rec.spec.name, error = %e, "final snapshot failed; retrying in the background");
+        tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "final snapshot failed; retrying in the background");
         self.retry_final_snapshot(rec);
     }
 
@@ -95,7 +95,7 @@ impl Manager {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(workspace = spec.name, attempt = attempt + 1, error = %e, "final snapshot retry failed")
+                        tracing::warn!(workspace = spec.name, attempt = attempt + 1, error = ?e.to_string(), "final snapshot retry failed")
                     }
                 }
             }
@@ -109,7 +109,7 @@ impl Manager {
         let recs = match self.store.list().await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "periodic snapshots: cannot list workspaces");
+                tracing::warn!(error = ?e.to_string(), "periodic snapshots: cannot list workspaces");
                 return;
             }
         };
@@ -132,7 +132,7 @@ impl Manager {
                         "final snapshot taken"
                     ),
                     Err(e) => {
-                        tracing::warn!(workspace = rec.spec.name, error = %e, "final snapshot still failing")
+                        tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "final snapshot still failing")
                     }
                 }
                 continue;
@@ -151,7 +151,7 @@ impl Manager {
                 Ok(None) => tracing::debug!(workspace = name, "unchanged, no snapshot"),
                 Ok(Some(s)) => note(&self.store, &rec.spec.id, &Ok(s)).await,
                 Err(e) => {
-                    tracing::warn!(workspace = name, error = %e, "periodic snapshot failed");
+                    tracing::warn!(workspace = name, error = ?e.to_string(), "periodic snapshot failed");
                     note(&self.store, &rec.spec.id, &Err(e)).await;
                 }
             }
@@ -218,10 +218,10 @@ impl Manager {
             }
             Err(e) => {
                 if let Err(re) = self.node.remove(&rec.spec).await {
-                    tracing::error!(workspace = new, error = %re, "cleanup after failed fork failed");
+                    tracing::error!(workspace = new, error = ?re.to_string(), "cleanup after failed fork failed");
                 }
                 if let Err(de) = self.store.delete(&rec.spec.id).await {
-                    tracing::error!(workspace = new, error = %de, "deleting record failed");
+                    tracing::error!(workspace = new, error = ?de.to_string(), "deleting record failed");
                 }
                 Err(e)
             }
