@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use pull::{BlobProgress, BlobState, Credentials, PullProgress, Reference};
+pub use source::open_user_file;
 pub use store::ImageStore;
 
 /// A loaded image. `names` is derived from the store's name map when read, so it always reflects

@@ -9,7 +9,7 @@ use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::source::{Compression, Source, MAX_JSON};
+use crate::source::{json_reason, Compression, Source, MAX_JSON};
 use crate::store::{is_sha256_hex, sha256_hex};
 use crate::{normalize_name, ImageError};
 
@@ -210,7 +210,10 @@ pub(crate) fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, Im
         documents.push((hex.clone(), bytes.clone()));
         if !is_index_media_type(desc.media_type().as_ref()) {
             let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
-                ImageError::invalid(source.path(), format!("manifest sha256:{hex}: {e}"))
+                ImageError::invalid(
+                    source.path(),
+                    format!("manifest sha256:{hex}: {}", json_reason(&e)),
+                )
             })?;
             let blob = |d: &Descriptor| -> Result<BlobRef, ImageError> {
                 let hex = descriptor_hex(source, d)?;
@@ -232,8 +235,12 @@ pub(crate) fn oci_plan(source: &Source, wanted: Option<&str>) -> Result<Plan, Im
                 names,
             });
         }
-        let nested: ImageIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::invalid(source.path(), format!("index sha256:{hex}: {e}")))?;
+        let nested: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| {
+            ImageError::invalid(
+                source.path(),
+                format!("index sha256:{hex}: {}", json_reason(&e)),
+            )
+        })?;
         desc = pick(source.path(), nested.manifests(), wanted)?.clone();
     }
     Err(ImageError::invalid(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::manifest::{docker_plan, media_type_compression, oci_plan, BlobRef, Plan};
-use crate::source::{self, Source, MAX_JSON};
+use crate::source::{self, json_reason, Source, MAX_JSON};
 use crate::unpack;
 use crate::{human_size, normalize_name, Image, ImageConfig, ImageError};
 
@@ -415,8 +415,9 @@ impl ImageStore {
         let config_path = self.blob_path(&config_hex);
         let config_file = File::open(&config_path).map_err(ImageError::io(&config_path))?;
         let config: ImageConfiguration =
-            serde_json::from_reader(BufReader::new(config_file.take(MAX_JSON)))
-                .map_err(|e| ImageError::invalid(origin, format!("image config: {e}")))?;
+            serde_json::from_reader(BufReader::new(config_file.take(MAX_JSON))).map_err(|e| {
+                ImageError::invalid(origin, format!("image config: {}", json_reason(&e)))
+            })?;
         if *config.os() != Os::Linux || *config.architecture() != Arch::Amd64 {
             tracing::warn!(os = %config.os(), arch = %config.architecture(), "image is not linux/amd64");
         }

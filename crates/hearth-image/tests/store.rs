@@ -610,3 +610,106 @@ fn busybox_layer_loads() {
         Path::new("busybox")
     );
 }
+
+/// Runs a load on its own thread so a hang fails the test instead of stalling it.
+fn load_within(f: &Fixture, path: &Path, secs: u64) -> ImageError {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = f.root.clone();
+    let path = path.to_path_buf();
+    let shown = path.display().to_string();
+    // A second handle on the same store, so a hang holds its lock like the server's would.
+    std::thread::spawn(move || {
+        let store = ImageStore::open(&root).unwrap();
+        let _ = tx.send(store.load(&path, None, &mut |_| {}).map(|_| ()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => panic!("{shown} loaded as an image"),
+        Err(_) => panic!("loading {shown} still hangs after {secs} s"),
+    }
+}
+
+#[test]
+fn fifos_and_devices_are_refused_at_once() {
+    let f = Fixture::new();
+    let fifo = f.work.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = load_within(&f, &fifo, 10);
+    assert!(matches!(err, ImageError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("it is a fifo"), "{err}");
+    // Through a symlink too.
+    let link = f.work.join("link.tar");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let err = load_within(&f, &link, 10);
+    assert!(err.to_string().contains("it is a fifo"), "{err}");
+
+    let err = load_within(&f, Path::new("/dev/zero"), 10);
+    assert!(err.to_string().contains("character device"), "{err}");
+
+    // A fifo inside an OCI layout directory, where a blob should be.
+    let dir = f.work.join("layout");
+    write_oci_layout(
+        &dir,
+        "t:1",
+        &[layer_tar(&[("a", b"1", 0o644)]).unwrap()],
+        &ImageConfig::default(),
+    )
+    .unwrap();
+    let blobs = dir.join("blobs/sha256");
+    let victim = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::metadata(p).unwrap().len() > 100)
+        .unwrap();
+    fs::remove_file(&victim).unwrap();
+    nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = load_within(&f, &dir, 10);
+    assert!(err.to_string().contains("fifo"), "{err}");
+    assert!(f.contents().is_empty(), "{:?}", f.contents());
+    // The store's lock was let go: a real image loads.
+    let good = f.work.join("good");
+    write_oci_layout(
+        &good,
+        "t:1",
+        &[layer_tar(&[("a", b"1", 0o644)]).unwrap()],
+        &ImageConfig::default(),
+    )
+    .unwrap();
+    f.load(&good, None).unwrap();
+}
+
+/// No byte run of `secret` longer than `n` appears in `msg`.
+fn assert_not_echoed(msg: &str, secret: &[u8], n: usize) {
+    for w in secret.windows(n) {
+        let w = String::from_utf8_lossy(w);
+        assert!(!msg.contains(w.as_ref()), "error echoes {w:?}: {msg}");
+    }
+}
+
+#[test]
+fn errors_never_quote_the_file() {
+    let f = Fixture::new();
+    let passwd = fs::read("/etc/passwd").unwrap();
+    let err = load_within(&f, Path::new("/etc/passwd"), 10).to_string();
+    assert!(err.contains("/etc/passwd"), "{err}");
+    assert_not_echoed(&err, &passwd, 8);
+
+    // Text that reaches the tar header parser's numeric fields.
+    let secret: Vec<u8> = b"TOPSECRET-0123456789-".repeat(40);
+    let file = f.work.join("secret.tar");
+    fs::write(&file, &secret).unwrap();
+    let err = load_within(&f, &file, 10).to_string();
+    assert_not_echoed(&err, &secret, 8);
+
+    // JSON documents whose values serde would quote.
+    let dir = f.work.join("json");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("index.json"), br#""TOPSECRET-JSON-VALUE""#).unwrap();
+    let err = load_within(&f, &dir, 10).to_string();
+    assert!(err.contains("index.json"), "{err}");
+    assert_not_echoed(&err, b"TOPSECRET-JSON-VALUE", 8);
+    fs::write(dir.join("index.json"), br#"{"schemaVersion": "TOPSECRET"}"#).unwrap();
+    let err = load_within(&f, &dir, 10).to_string();
+    assert_not_echoed(&err, b"TOPSECRET", 6);
+    assert!(f.contents().is_empty(), "{:?}", f.contents());
+}
