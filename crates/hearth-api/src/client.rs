@@ -236,6 +236,39 @@ impl Client {
         self.stream("/v1/images/load", req, progress).await
     }
 
+    /// Sends an image archive (`len` bytes read from `file`) in the request body for the
+    /// server to load; answered once the image is loaded.
+    pub async fn upload_image(
+        &self,
+        file: tokio::fs::File,
+        len: u64,
+        name: Option<&str>,
+    ) -> Result<Image> {
+        use tokio::io::AsyncReadExt;
+        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+            let mut f = file?;
+            let mut buf = vec![0u8; 1 << 20];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(buf), Some(f)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let mut req = self
+            .http
+            .post(self.url("/v1/images/upload"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(chunks));
+        if let Some(n) = name {
+            req = req.query(&[("name", n)]);
+        }
+        Self::json(self.send(req).await?).await
+    }
+
     pub async fn pull_image(&self, req: &PullImage, progress: impl FnMut(&str)) -> Result<Image> {
         self.stream("/v1/images/pull", req, progress).await
     }

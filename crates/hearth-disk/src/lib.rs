@@ -125,6 +125,34 @@ pub fn create(image: &Path, size: u64) -> Result<()> {
     res
 }
 
+/// Largest file the filesystem holding `dir` accepts (ext4 with 4 KiB blocks: 16 TiB less
+/// a block), found by sizing an unnamed sparse probe file, which allocates nothing. Callers
+/// keep the answer: it does not change while the filesystem is mounted.
+pub fn max_file_size(dir: &Path) -> Result<u64> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+        .map_err(io_err("create a probe file in", dir))?;
+    let top = i64::MAX as u64;
+    if f.set_len(top).is_ok() {
+        return Ok(top);
+    }
+    // `lo` always fits, `hi` never does.
+    let (mut lo, mut hi) = (0u64, top);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if f.set_len(mid).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 /// Most page cache a disk may hold dirty (see [`limit_dirty`]).
 pub const DIRTY_MAX: u64 = 256 << 20;
 

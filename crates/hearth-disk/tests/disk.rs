@@ -165,3 +165,18 @@ fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
     drop(guard);
     assert_eq!(loops_backed_by(&img), 0, "unmount released the loop device");
 }
+
+#[test]
+fn max_file_size_is_what_the_filesystem_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = hearth_disk::max_file_size(dir.path()).unwrap();
+    assert!(max >= 1 << 30, "{max}");
+    let f = std::fs::File::create(dir.path().join("f")).unwrap();
+    f.set_len(max).unwrap();
+    if max < i64::MAX as u64 {
+        let err = f.set_len(max + 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    }
+    // Nothing was left in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

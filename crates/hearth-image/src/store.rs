@@ -264,6 +264,20 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The image an archive or layout describes, whichever of the two formats it is.
+fn plan_of(source: &Source, path: &Path, name: Option<&str>) -> Result<Plan, ImageError> {
+    if source.exists("manifest.json") {
+        docker_plan(source, name)
+    } else if source.exists("index.json") {
+        oci_plan(source, name)
+    } else {
+        Err(ImageError::invalid(
+            path,
+            "neither an OCI layout (index.json) nor a docker archive (manifest.json)",
+        ))
+    }
+}
+
 impl ImageStore {
     /// Creates the layout (all 0700: layers hold setuid files owned by host root that no host
     /// user may reach) and clears scratch left by a crash mid-load.
@@ -351,6 +365,26 @@ impl ImageStore {
         result
     }
 
+    /// What [`ImageStore::load`] would refuse before storing anything, checked without the
+    /// store's lock: the path is a regular file or directory, and an OCI layout or an
+    /// uncompressed archive lists an image (a compressed one is only checked in the load,
+    /// which decompresses it once). Writes nothing.
+    pub fn check(&self, path: &Path, name: Option<&str>) -> Result<(), ImageError> {
+        let name = name.map(normalize_name).transpose()?;
+        let (file, meta) = source::open_user_file(path)?;
+        if meta.is_file() {
+            let mut head = io::BufReader::new(file);
+            let compressed = source::detect_compression(&mut head).map_err(ImageError::io(path))?;
+            if compressed != source::Compression::None {
+                return Ok(());
+            }
+        }
+        // Never written to: the source is a directory or an uncompressed tarball.
+        let unused = self.root.join("tmp").join(unique_name("check"));
+        let source = Source::open(path, &unused)?;
+        plan_of(&source, path, name.as_deref()).map(|_| ())
+    }
+
     fn load_locked(
         &self,
         path: &Path,
@@ -359,16 +393,7 @@ impl ImageStore {
     ) -> Result<Image, ImageError> {
         let scratch = self.tmp_dir("load")?;
         let source = Source::open(path, &scratch.0.join("archive.tar"))?;
-        let plan = if source.exists("manifest.json") {
-            docker_plan(&source, name.as_deref())?
-        } else if source.exists("index.json") {
-            oci_plan(&source, name.as_deref())?
-        } else {
-            return Err(ImageError::invalid(
-                path,
-                "neither an OCI layout (index.json) nor a docker archive (manifest.json)",
-            ));
-        };
+        let plan = plan_of(&source, path, name.as_deref())?;
         let names = match name {
             Some(n) => vec![n],
             None => plan

@@ -1,5 +1,5 @@
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, MAX_EGRESS_RULES};
 pub use hearth_proto::client::ExecSession;
@@ -376,6 +376,25 @@ pub trait NodeApi: Send + Sync + 'static {
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError>;
+
+    /// What a `load_image` of `path` can be refused for before it starts: the path is a
+    /// regular file or a directory (opened without blocking), the name is valid, the disk
+    /// has room above its reserve. Callers answer with it before streaming progress.
+    async fn check_load(&self, path: &Path, name: Option<&str>) -> Result<(), NodeError> {
+        let _ = (path, name);
+        Ok(())
+    }
+    /// Likewise for `create`: the source is usable, the disk size fits the data dir's
+    /// filesystem, free space is above the reserve.
+    async fn check_create(&self, source: &str, limits: &Limits) -> Result<(), NodeError> {
+        let _ = (source, limits);
+        Ok(())
+    }
+    /// Likewise for `pull_image`: the reference parses and there is room.
+    async fn check_pull(&self, reference: &str) -> Result<(), NodeError> {
+        let _ = reference;
+        Ok(())
+    }
     /// By name (`busybox`, `busybox:latest`) or id / unique id prefix.
     async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError>;
     /// `in_use` lists image ids of existing workspaces; removing one of those is a conflict.

@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -116,7 +117,7 @@ impl Modify for RateLimited {
 #[openapi(
     info(title = "Hearth", description = "Self-hosted development workspaces."),
     paths(
-        health, openapi_json, list_images, load_image, pull_image, remove_image, list_workspaces,
+        health, openapi_json, list_images, load_image, upload_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/images", get(list_images))
         .route("/v1/images/load", post(load_image))
+        .route("/v1/images/upload", post(upload_image))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/{reference}", delete(remove_image))
         .route(
@@ -202,21 +204,87 @@ async fn list_images(State(st): State<AppState>) -> Result<Json<Vec<Image>>, Api
     Ok(Json(st.manager.images().await?))
 }
 
+/// Loads an image from a path on the server host (admins only: it reads the server's
+/// files). Everything that can be checked up front is answered with its status before the
+/// ndjson stream starts; an error during the load is the stream's last line.
 #[utoipa::path(post, path = "/v1/images/load", request_body = LoadImage,
     responses((status = 200, description = "ndjson progress lines, then the Image or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn load_image(State(st): State<AppState>, ApiJson(req): ApiJson<LoadImage>) -> Response {
-    ndjson::stream(move |p| async move { st.manager.load_image(req.path, req.name, p).await })
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn load_image(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<LoadImage>,
+) -> Response {
+    if let Err(e) = st
+        .manager
+        .check_load(&caller, &req.path, req.name.as_deref())
+        .await
+    {
+        return e.into_response();
+    }
+    ndjson::stream(
+        move |p| async move { st.manager.load_image(req.path.into(), req.name, p).await },
+    )
 }
 
-/// Pulls an image from an OCI registry, streaming per-layer progress.
+/// Query of `POST /v1/images/upload`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Name to give the image, e.g. `busybox:latest`; default: the names in the archive.
+    pub name: Option<String>,
+}
+
+/// Loads an image from the request body: an oci-archive or docker-archive tarball (gzip
+/// or zstd compressed or not), streamed to a temporary file under the data dir (at most
+/// the server's `--upload-max`) and loaded from there. Answers once the image is loaded.
+#[utoipa::path(post, path = "/v1/images/upload", params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar",
+        description = "the archive"),
+    responses((status = 200, body = Image), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn upload_image(
+    State(st): State<AppState>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Image>, ApiError> {
+    let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    let max = st.uploads.max;
+    let too_large = || {
+        ApiError::too_large(format!(
+            "upload is larger than the server's limit of {max} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let tmp = crate::uploads::receive(&st.uploads.dir, body, max, too_large).await?;
+    let image = st.manager.load_upload(&tmp, q.name).await?;
+    Ok(Json(image))
+}
+
+/// Pulls an image from an OCI registry, streaming per-layer progress. The reference and
+/// credentials are checked before the stream starts; registry errors end the stream.
 #[utoipa::path(post, path = "/v1/images/pull", request_body = PullImage,
     responses((status = 200, description = "ndjson progress lines, then the Image or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn pull_image(State(st): State<AppState>, ApiJson(req): ApiJson<PullImage>) -> Response {
-    ndjson::stream(move |p| async move { st.manager.pull_image(req, p).await })
+    let (reference, auth) = match st.manager.check_pull(req).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    ndjson::stream(move |p| async move { st.manager.pull_checked(&reference, auth, p).await })
 }
 
 #[utoipa::path(delete, path = "/v1/images/{reference}",
@@ -236,15 +304,23 @@ async fn list_workspaces(State(st): State<AppState>) -> Result<Json<Vec<Workspac
     Ok(Json(st.manager.list().await?))
 }
 
+/// Creates and starts a workspace. The request, name, image, disk size and free space are
+/// checked before the ndjson stream starts (answered 400, 404 or 409); errors while
+/// cloning or starting end the stream.
 #[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace,
     responses((status = 200, description = "ndjson progress lines, then the Workspace or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_workspace(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateWorkspace>,
 ) -> Response {
-    ndjson::stream(move |p| async move { st.manager.create(req, p).await })
+    let plan = match st.manager.plan_create(req).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    ndjson::stream(move |p| async move { st.manager.run_create(plan, p).await })
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}", params(("name" = String, Path)),

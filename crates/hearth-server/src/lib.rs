@@ -15,6 +15,7 @@ pub mod ndjson;
 pub mod ratelimit;
 pub mod snapshots;
 pub mod state;
+pub mod uploads;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Requests per caller; see [`ratelimit`].
     pub rate: ratelimit::RateLimit,
+    /// Largest image upload, bytes.
+    pub upload_max: u64,
 }
 
 /// Exclusive hold on a data dir; released when dropped (the kernel drops it if we die).
@@ -166,6 +169,10 @@ impl Server {
             manager: manager.clone(),
             token: token.into(),
             rate: cfg.rate,
+            uploads: uploads::Uploads {
+                dir: cfg.data_dir.join("uploads"),
+                max: cfg.upload_max,
+            },
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {

@@ -12,6 +12,7 @@ use hearth_node::{
 };
 use rand::RngCore;
 
+use crate::auth::Caller;
 use crate::convert;
 use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
 use crate::error::ApiError;
@@ -25,6 +26,23 @@ mod locks;
 mod snapshots;
 
 use locks::{NameGuard, NameLocks};
+
+/// A create that passed every check that can be made before it streams; it holds the
+/// name's lock until it is run.
+pub struct CreatePlan {
+    _guard: NameGuard,
+    name: String,
+    source: String,
+    limits: Limits,
+    egress: EgressPolicy,
+    image: PlannedImage,
+}
+
+enum PlannedImage {
+    Loaded(hearth_node::ImageSummary),
+    /// A registry image that is not here yet: pulled as the create's first step.
+    Pull(String),
+}
 
 /// Image used when `up` names none.
 pub const DEFAULT_IMAGE: &str = "debian";
@@ -237,26 +255,76 @@ impl Manager {
         Ok(v.into_iter().map(convert::image).collect())
     }
 
-    pub async fn load_image(
+    /// Refuses an image load from a server path before it starts: the caller's right to
+    /// read server files, an absolute path to a regular file or directory, a valid name,
+    /// room on the node.
+    pub async fn check_load(
         &self,
-        path: String,
-        name: Option<String>,
-        progress: Progress,
-    ) -> Result<Image, ApiError> {
+        caller: &Caller,
+        path: &str,
+        name: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if !caller.may_read_server_paths() {
+            return Err(ApiError::forbidden(
+                "loading from a server path needs an admin token: upload the archive instead \
+                 (POST /v1/images/upload)",
+            ));
+        }
         if !path.starts_with('/') {
             return Err(ApiError::invalid(format!(
                 "image path {path} must be absolute (it is read on the server host)"
             )));
         }
+        self.node
+            .check_load(std::path::Path::new(path), name)
+            .await
+            .map_err(|e| node_err("load_image", path, e))
+    }
+
+    /// Loads an image; [`Manager::check_load`] has passed.
+    pub async fn load_image(
+        &self,
+        path: std::path::PathBuf,
+        name: Option<String>,
+        progress: Progress,
+    ) -> Result<Image, ApiError> {
+        let shown = path.display().to_string();
         let s = self
             .node
-            .load_image(path.clone().into(), name, progress)
+            .load_image(path, name, progress)
             .await
-            .map_err(|e| node_err("load_image", &path, e))?;
+            .map_err(|e| node_err("load_image", &shown, e))?;
         Ok(convert::image(s))
     }
 
-    pub async fn pull_image(&self, req: PullImage, progress: Progress) -> Result<Image, ApiError> {
+    /// Loads an uploaded archive (a temporary file) to the end; errors name "the upload",
+    /// not the temporary path.
+    pub async fn load_upload(
+        &self,
+        path: &std::path::Path,
+        name: Option<String>,
+    ) -> Result<Image, ApiError> {
+        let shown = path.display().to_string();
+        let rename = |mut e: ApiError| {
+            e.message = e.message.replace(&shown, "the upload");
+            e
+        };
+        self.node
+            .check_load(path, name.as_deref())
+            .await
+            .map_err(|e| rename(node_err("load_image", "upload", e)))?;
+        // Nobody reads the progress of a load answered in one piece (a few lines).
+        let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
+        self.load_image(path.to_path_buf(), name, progress)
+            .await
+            .map_err(rename)
+    }
+
+    /// Validates a pull before it starts; returns the reference and credentials to use.
+    pub async fn check_pull(
+        &self,
+        req: PullImage,
+    ) -> Result<(String, Option<RegistryAuth>), ApiError> {
         let reference = req.reference.trim().to_string();
         if reference.is_empty() {
             return Err(ApiError::invalid("reference must not be empty"));
@@ -270,6 +338,26 @@ impl Manager {
                 ))
             }
         };
+        self.node
+            .check_pull(&reference)
+            .await
+            .map_err(|e| node_err("pull_image", &reference, e))?;
+        Ok((reference, auth))
+    }
+
+    pub async fn pull_image(&self, req: PullImage, progress: Progress) -> Result<Image, ApiError> {
+        let (reference, auth) = self.check_pull(req).await?;
+        self.pull_checked(&reference, auth, progress).await
+    }
+
+    /// Pulls; [`Manager::check_pull`] has passed.
+    pub async fn pull_checked(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+        progress: Progress,
+    ) -> Result<Image, ApiError> {
+        let reference = reference.to_string();
         let s = self
             .node
             .pull_image(&reference, auth, progress)
@@ -310,6 +398,14 @@ impl Manager {
         req: CreateWorkspace,
         progress: Progress,
     ) -> Result<Workspace, ApiError> {
+        let plan = self.plan_create(req).await?;
+        self.run_create(plan, progress).await
+    }
+
+    /// Everything a create can be refused for before it streams progress: the request,
+    /// the name (locked, and free), the image, and what the node can tell up front (disk
+    /// size, free space, source).
+    pub async fn plan_create(&self, req: CreateWorkspace) -> Result<CreatePlan, ApiError> {
         let source = req.source.trim().to_string();
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
@@ -323,7 +419,11 @@ impl Manager {
             return Err(ApiError::invalid(names::invalid_name_message(&name)));
         }
         let egress = egress_policy(req.egress.unwrap_or_default())?;
-        let _guard = self.lock(&name).await;
+        self.node
+            .check_create(&source, &limits)
+            .await
+            .map_err(|e| node_err("create", &name, e))?;
+        let guard = self.lock(&name).await;
         if self.store.get(&name).await?.is_some() {
             return Err(ApiError::conflict(format!(
                 "workspace {name} already exists (pick another with --name, or hearth rm {name})"
@@ -331,15 +431,15 @@ impl Manager {
         }
         let image = match req.image.as_deref() {
             Some(r) => match self.node.resolve_image(r).await {
-                Ok(i) => i,
+                Ok(i) => PlannedImage::Loaded(i),
                 Err(e)
                     if e.kind() == ErrorKind::NotFound && hearth_node::is_registry_reference(r) =>
                 {
-                    // Pulled before the record exists: a failed pull leaves nothing behind.
                     self.node
-                        .pull_image(r, None, progress.clone())
+                        .check_pull(r)
                         .await
-                        .map_err(|e| node_err("pull_image", &name, e))?
+                        .map_err(|e| node_err("pull_image", &name, e))?;
+                    PlannedImage::Pull(r.to_string())
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     return Err(ApiError::not_found(format!(
@@ -348,17 +448,50 @@ impl Manager {
                 }
                 Err(other) => return Err(node_err("resolve_image", &name, other)),
             },
-            None => self
+            None => {
+                PlannedImage::Loaded(self.node.resolve_image(DEFAULT_IMAGE).await.map_err(|e| {
+                    match e.kind() {
+                        ErrorKind::NotFound => ApiError::invalid(format!(
+                            "no image given and image {DEFAULT_IMAGE} is not loaded: pass \
+                             --image (hearth image ls lists loaded images)"
+                        )),
+                        _ => node_err("resolve_image", &name, e),
+                    }
+                })?)
+            }
+        };
+        Ok(CreatePlan {
+            _guard: guard,
+            name,
+            source,
+            limits,
+            egress,
+            image,
+        })
+    }
+
+    /// The streamed part of a create: pull (if planned), make, start.
+    pub async fn run_create(
+        &self,
+        plan: CreatePlan,
+        progress: Progress,
+    ) -> Result<Workspace, ApiError> {
+        let CreatePlan {
+            _guard,
+            name,
+            source,
+            limits,
+            egress,
+            image,
+        } = plan;
+        let image = match image {
+            PlannedImage::Loaded(i) => i,
+            // Pulled before the record exists: a failed pull leaves nothing behind.
+            PlannedImage::Pull(r) => self
                 .node
-                .resolve_image(DEFAULT_IMAGE)
+                .pull_image(&r, None, progress.clone())
                 .await
-                .map_err(|e| match e.kind() {
-                    ErrorKind::NotFound => ApiError::invalid(format!(
-                        "no image given and image {DEFAULT_IMAGE} is not loaded: pass --image \
-                     (hearth image ls lists loaded images)"
-                    )),
-                    _ => node_err("resolve_image", &name, e),
-                })?,
+                .map_err(|e| node_err("pull_image", &name, e))?,
         };
 
         let rec = self

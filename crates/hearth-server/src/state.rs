@@ -21,6 +21,7 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     pub token: Arc<str>,
     pub rate: RateLimit,
+    pub uploads: crate::uploads::Uploads,
 }
 
 /// A workspace name from the path, checked before any state is touched: nothing is

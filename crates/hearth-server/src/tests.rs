@@ -330,6 +330,10 @@ async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harn
         manager: manager.clone(),
         token: TOKEN.into(),
         rate,
+        uploads: crate::uploads::Uploads {
+            dir: dir.path().join("uploads"),
+            max: 1 << 20,
+        },
     });
     Harness {
         _dir: dir,
@@ -413,6 +417,30 @@ impl Harness {
         (progress, last)
     }
 
+    /// Posts a request that must be refused before any stream starts: a JSON error body
+    /// with a 4xx/5xx status.
+    async fn refused(&self, uri: &str, body: serde_json::Value) -> (StatusCode, ErrorInfo) {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp.headers()[header::CONTENT_TYPE].clone();
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            status.is_client_error() || status.is_server_error(),
+            "{status}: {}",
+            String::from_utf8_lossy(&b)
+        );
+        assert_eq!(ctype, "application/json");
+        let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+        (status, e.error)
+    }
+
     async fn names(&self) -> Vec<String> {
         let (_, v) = self.json(Method::GET, "/v1/workspaces", None).await;
         v.as_array()
@@ -469,6 +497,7 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/openapi.json"),
         ("get", "/v1/images"),
         ("post", "/v1/images/load"),
+        ("post", "/v1/images/upload"),
         ("post", "/v1/images/pull"),
         ("delete", "/v1/images/{reference}"),
         ("get", "/v1/workspaces"),
@@ -633,35 +662,33 @@ async fn workspace_lifecycle() {
 #[tokio::test]
 async fn create_errors_leave_nothing_behind() {
     let h = harness(FakeNode::with_image("busybox")).await;
+    // Everything that can be known up front is a status, not a 200 with an error line.
     // No default image loaded.
-    let (_, last) = h
-        .stream("/v1/workspaces", serde_json::json!({"source": "/src/a"}))
+    let (s, e) = h
+        .refused("/v1/workspaces", serde_json::json!({"source": "/src/a"}))
         .await;
-    let e = error_of(last);
-    assert_eq!(e.code, "invalid");
+    assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
     assert!(e.message.contains("--image"), "{}", e.message);
 
-    let (_, last) = h
-        .stream(
+    let (s, e) = h
+        .refused(
             "/v1/workspaces",
             serde_json::json!({"source": "/src/a", "image": "nope"}),
         )
         .await;
-    let e = error_of(last);
-    assert_eq!(e.code, "not_found");
+    assert_eq!((s, e.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(
         e.message,
         "image nope not found (hearth image ls lists loaded images)"
     );
 
-    let (_, last) = h
-        .stream(
+    let (s, e) = h
+        .refused(
             "/v1/workspaces",
             serde_json::json!({"source": "/src/a", "image": "busybox", "name": "Bad_Name"}),
         )
         .await;
-    let e = error_of(last);
-    assert_eq!(e.code, "invalid");
+    assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
     assert!(
         e.message.contains("invalid workspace name"),
         "{}",
@@ -673,14 +700,30 @@ async fn create_errors_leave_nothing_behind() {
         h.stream("/v1/workspaces", ok.clone()).await.1,
         StreamLine::Result(_)
     ));
-    let e = error_of(h.stream("/v1/workspaces", ok).await.1);
-    assert_eq!(e.code, "conflict");
+    let (s, e) = h.refused("/v1/workspaces", ok).await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::CONFLICT, "conflict"));
     assert!(
         e.message.contains("workspace a already exists"),
         "{}",
         e.message
     );
 
+    for (body, why) in [
+        (
+            serde_json::json!({"source": "  "}),
+            "source must not be empty",
+        ),
+        (
+            serde_json::json!({"source": "/src/x", "image": "busybox", "limits": {"pids": 1u64 << 63}}),
+            "pids",
+        ),
+    ] {
+        let (s, e) = h.refused("/v1/workspaces", body).await;
+        assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
+        assert!(e.message.contains(why), "{}", e.message);
+    }
+
+    // Failures while the node works end the stream with an error line.
     h.node.st().fail_create = true;
     let e = error_of(
         h.stream(
@@ -782,12 +825,10 @@ async fn image_load_streams_progress() {
         matches!(last, StreamLine::Result(ref v) if v["names"][0] == "busybox"),
         "{last:?}"
     );
-    let e = error_of(
-        h.stream("/v1/images/load", serde_json::json!({"path": "rel/dir"}))
-            .await
-            .1,
-    );
-    assert_eq!(e.code, "invalid");
+    let (s, e) = h
+        .refused("/v1/images/load", serde_json::json!({"path": "rel/dir"}))
+        .await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
     let (s, v) = h.json(Method::GET, "/v1/images", None).await;
     assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 1));
     let (s, _) = h.json(Method::DELETE, "/v1/images/busybox", None).await;
@@ -815,15 +856,13 @@ async fn image_pull_streams_progress_and_checks_credentials() {
     );
     let auth = h.node.st().pulls[0].1.clone().unwrap();
     assert_eq!((auth.username.as_str(), auth.password.as_str()), ("u", "p"));
-    let e = error_of(
-        h.stream(
+    let (s, e) = h
+        .refused(
             "/v1/images/pull",
             serde_json::json!({"reference": "127.0.0.1:5000/bb:1", "username": "u"}),
         )
-        .await
-        .1,
-    );
-    assert_eq!(e.code, "invalid");
+        .await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
     assert!(e.message.contains("username and password"), "{}", e.message);
     let e = error_of(
         h.stream(
@@ -872,15 +911,13 @@ async fn up_pulls_missing_registry_images_only() {
     assert_eq!(h.node.st().pulls.len(), 1);
 
     // A plain name is never pulled; a registry image that cannot be pulled leaves nothing.
-    let e = error_of(
-        h.stream(
+    let (s, e) = h
+        .refused(
             "/v1/workspaces",
             serde_json::json!({"source": "/src/c", "image": "nosuch"}),
         )
-        .await
-        .1,
-    );
-    assert_eq!(e.code, "not_found");
+        .await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
     let e = error_of(
         h.stream(
             "/v1/workspaces",
@@ -951,14 +988,13 @@ async fn egress_policy_is_validated_persisted_and_applied() {
             "too many egress rules: 65 (at most 64)",
         ),
     ] {
-        let (_, last) = h
-            .stream(
+        let (s, e) = h
+            .refused(
                 "/v1/workspaces",
                 serde_json::json!({"source": "/src/w", "egress": {"deny": deny}}),
             )
             .await;
-        let e = error_of(last);
-        assert_eq!(e.code, "invalid");
+        assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
         assert!(e.message.contains(why), "{}", e.message);
     }
     assert!(h.names().await.is_empty());
@@ -1091,6 +1127,7 @@ async fn server_binds_writes_server_json_and_stops() {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
+            upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
         },
         node.clone(),
     )
@@ -1106,6 +1143,7 @@ async fn server_binds_writes_server_json_and_stops() {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
+            upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
         },
         node,
     )
@@ -1156,6 +1194,7 @@ async fn exec_over_websocket() {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
+            upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
         },
         Arc::new(node.clone()),
     )

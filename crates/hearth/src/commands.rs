@@ -47,7 +47,23 @@ impl Commands {
         })
     }
 
+    /// A file is uploaded (the server may be elsewhere, and reading server paths is for
+    /// admins); a directory (an OCI layout) is read by the server from its path.
     pub async fn load_image(&self, path: &Path, name: Option<String>) -> anyhow::Result<()> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_file() {
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            eprintln!("uploading {} ({})", path.display(), human_size(meta.len()));
+            let img = self
+                .api
+                .upload_image(file, meta.len(), name.as_deref())
+                .await?;
+            println!("{}", img.id);
+            return Ok(());
+        }
         let abs = std::path::absolute(path)
             .with_context(|| format!("cannot make {} absolute", path.display()))?;
         let req = LoadImage {

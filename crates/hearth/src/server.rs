@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// API requests per client token allowed at once above --api-rate.
     #[arg(long, default_value_t = RateLimit::default().burst)]
     api_burst: u32,
+    /// Largest image archive `hearth image load` may upload (e.g. 16G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size,
+        default_value_t = hearth_server::uploads::DEFAULT_UPLOAD_MAX)]
+    upload_max: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -228,6 +232,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
             per_second: args.api_rate,
             burst: args.api_burst,
         },
+        upload_max: args.upload_max,
     };
     let server = Server::bind_locked(lock, cfg, node).await?;
     if args.snapshot_interval > 0 {

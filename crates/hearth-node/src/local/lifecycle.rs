@@ -12,7 +12,9 @@ use hearth_runtime::bundle::BundleSpec;
 use super::host::resolv_conf;
 use super::ops::HostOps;
 use super::{image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
-use crate::{clone, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE};
+use crate::{
+    clone, Limits, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE,
+};
 
 /// How long PID 1 gets to end its processes on stop before everything is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -112,15 +114,21 @@ pub(super) fn cgroup_limits(spec: &WorkspaceSpec) -> hearth_cgroups::Limits {
 }
 
 impl Inner {
+    /// What a create can be refused for before it starts (see [`NodeApi::check_create`]).
+    pub(super) fn check_create(&self, source: &str, limits: &Limits) -> Result<(), NodeError> {
+        clone::validate_source(source)?;
+        self.check_disk_size(limits.disk_bytes)?;
+        self.check_reserve("create a workspace")
+    }
+
     pub(super) fn create(
         &self,
         spec: &WorkspaceSpec,
         progress: &Progress,
     ) -> Result<(), NodeError> {
         valid_id(&spec.id)?;
-        clone::validate_source(&spec.source)?;
+        self.check_create(&spec.source, &spec.limits)?;
         self.images.get(&spec.image).map_err(image_err)?;
-        self.check_reserve("create a workspace")?;
         let p = self.paths(&spec.id);
         if p.dir.exists() {
             return Err(NodeError::Conflict(format!(

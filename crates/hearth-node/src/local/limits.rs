@@ -12,6 +12,7 @@ impl Inner {
     /// only in the store) gets the size at its restore.
     pub(super) fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         valid_id(&spec.id)?;
+        self.check_disk_size(spec.limits.disk_bytes)?;
         let p = self.paths(&spec.id);
         if self.status(spec)?.state == RunState::Running {
             self.set_cgroup_limits(spec)?;

@@ -81,11 +81,31 @@ struct Inner {
     /// Why workspaces are frozen (snapshot, disk reserve).
     freezes: guard::Freezes,
     guard: guard::DiskGuard,
+    /// Largest file the workspaces' filesystem takes, i.e. the largest disk; probed at open.
+    max_file: u64,
 }
 
 /// A failure with no typed cause (a panicked blocking task, a composed report).
 fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(e.to_string())
+}
+
+impl Inner {
+    /// Refuses a disk the data dir's filesystem cannot hold, before anything is made: the
+    /// sparse file would fail with EFBIG half way through.
+    fn check_disk_size(&self, bytes: u64) -> Result<(), NodeError> {
+        if bytes > self.max_file {
+            let tib = |b: u64| format!("{:.1} TiB", b as f64 / (1u64 << 40) as f64);
+            return Err(NodeError::Invalid(format!(
+                "a {} disk does not fit: the filesystem of {} holds files of at most {} \
+                 (pick a smaller disk, or a data dir on btrfs or xfs)",
+                tib(bytes),
+                self.ws_root.display(),
+                tib(self.max_file)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// An image error, with a hint for the one users cause most.
@@ -167,6 +187,7 @@ impl LocalNode {
         })?;
         hearth_disk::check_tools().map_err(|e| NodeError::Invalid(e.to_string()))?;
         let guard = guard::DiskGuard::new(data, cfg.disk_reserve)?;
+        let max_file = hearth_disk::max_file_size(&ws_root)?;
         let cgroups = Cgroups::open(&cfg.cgroup_parent)?;
         host::lift_file_max();
         let nofile_hard = host::raise_nofile_hard();
@@ -195,6 +216,7 @@ impl LocalNode {
             snap: Default::default(),
             freezes: Default::default(),
             guard,
+            max_file,
         });
         guard::spawn(Arc::downgrade(&inner));
         Ok(LocalNode { inner })
@@ -227,6 +249,43 @@ impl LocalNode {
 
 #[async_trait::async_trait]
 impl NodeApi for LocalNode {
+    async fn check_load(&self, path: &Path, name: Option<&str>) -> Result<(), NodeError> {
+        let path = path.to_path_buf();
+        let name = name.map(str::to_string);
+        self.blocking(move |i| {
+            i.images
+                .check(&path, name.as_deref())
+                .map_err(|e| match e {
+                    ImageError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        NodeError::NotFound(format!(
+                            "{} does not exist on the server",
+                            path.display()
+                        ))
+                    }
+                    ImageError::Io { source, .. } => NodeError::Invalid(format!(
+                        "cannot read {} on the server: {source}",
+                        path.display()
+                    )),
+                    other => image_err(other),
+                })?;
+            i.check_reserve("load an image")
+        })
+        .await
+    }
+
+    async fn check_create(&self, source: &str, limits: &crate::Limits) -> Result<(), NodeError> {
+        let (source, limits) = (source.to_string(), *limits);
+        self.blocking(move |i| i.check_create(&source, &limits))
+            .await
+    }
+
+    async fn check_pull(&self, reference: &str) -> Result<(), NodeError> {
+        hearth_image::Reference::parse(reference).map_err(|e| pull::pull_err(reference, e))?;
+        self.blocking(|i| i.check_reserve("pull an image")).await
+    }
+
     async fn load_image(
         &self,
         path: PathBuf,

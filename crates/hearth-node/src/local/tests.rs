@@ -224,6 +224,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         snap: Default::default(),
         freezes: Default::default(),
         guard: guard::DiskGuard::new(&data, Some(0)).unwrap(),
+        max_file: u64::MAX,
         cfg,
     };
     (tmp, inner, host)
