@@ -2,7 +2,7 @@
 # Installs what Hearth needs on a fresh Debian 12 host (run as root): the runtime tools, a C
 # toolchain and, when no `cargo` is found, Rust through rustup.
 #   scripts/install-deps.sh           what `hearth server` and the build need
-#   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, moto)
+#   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, moto, schemathesis)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
@@ -36,4 +36,12 @@ if [[ "${1:-}" == --test ]] && ! command -v moto_server >/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]'
   ln -sf "$venv/bin/moto_server" /usr/local/bin/moto_server
+fi
+# OpenAPI contract fuzzer for tests/openapi_contract.rs (PyPI's schemathesis), same venv.
+if [[ "${1:-}" == --test ]] && ! command -v schemathesis >/dev/null; then
+  venv=/opt/hearth-test-venv
+  echo "installing schemathesis into $venv"
+  [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q schemathesis
+  ln -sf "$venv/bin/schemathesis" /usr/local/bin/schemathesis
 fi

@@ -172,15 +172,19 @@ impl EgressEdit {
 pub struct LimitsRequest {
     /// Memory limit in bytes (at least 64 MiB).
     #[serde(default)]
+    #[schema(minimum = 67108864, maximum = 1125899906842624_f64)]
     pub memory_bytes: Option<u64>,
     /// Maximum number of processes and threads (16..=1000000).
     #[serde(default)]
+    #[schema(minimum = 16, maximum = 1000000)]
     pub pids: Option<u64>,
     /// CPU weight relative to other workspaces (1..=10000, default 100).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub cpu_weight: Option<u64>,
     /// Size of the workspace's private disk in bytes (256 MiB..=64 TiB).
     #[serde(default)]
+    #[schema(minimum = 268435456, maximum = 70368744177664_f64)]
     pub disk_bytes: Option<u64>,
 }
 

@@ -18,10 +18,16 @@ pub struct Snapshot {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ForkWorkspace {
     /// Snapshot of the source workspace to start from.
     pub snapshot: String,
     /// Name of the new workspace.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
 }
 
@@ -36,6 +42,7 @@ pub struct StoreCheck {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StoreGc {
     /// With either bound set, forget snapshots outside the policy before collecting.
     pub keep_last: Option<usize>,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -17,6 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth::Caller;
+use crate::contract::Contract;
 use crate::convert;
 use crate::error::ApiError;
 use crate::manager::Manager;
@@ -124,7 +126,7 @@ impl Modify for RateLimited {
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
     components(schemas(StreamLineDoc)),
-    modifiers(&BearerAuth, &RateLimited),
+    modifiers(&BearerAuth, &RateLimited, &Contract),
     security(("token" = []))
 )]
 pub struct ApiDoc;
@@ -175,6 +177,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi_json))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -439,8 +448,14 @@ async fn workspace_logs(
 async fn exec_workspace(
     State(st): State<AppState>,
     WsName(name): WsName,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|rej| {
+        ApiError::invalid(format!(
+            "exec needs a WebSocket upgrade: {}",
+            rej.body_text()
+        ))
+    })?;
     let spec = st.manager.exec_target(&name).await?;
     Ok(ws.on_upgrade(move |socket| exec_session(st.manager, spec, socket)))
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod contract;
 pub mod convert;
 pub mod db;
 pub mod error;

@@ -1482,3 +1482,35 @@ async fn request_rate_is_limited_per_token() {
     assert!(r429["headers"]["Retry-After"].is_object(), "{r429}");
     assert!(doc["paths"]["/v1/health"]["get"]["responses"]["429"].is_null());
 }
+
+#[tokio::test]
+async fn refusals_outside_handlers_are_json_and_documented() {
+    let h = harness(FakeNode::default()).await;
+    // A plain GET of the exec route (no WebSocket upgrade).
+    let (s, b) = h
+        .call(Method::GET, "/v1/workspaces/ws/exec", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.message.contains("WebSocket upgrade"), "{e:?}");
+    // A method the route does not take.
+    let (s, b) = h.call(Method::PUT, "/v1/images", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+    assert_eq!(e.error.code, "method_not_allowed");
+    // The document says so: 401 on every protected operation, the name rule on paths.
+    let (_, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let start = &doc["paths"]["/v1/workspaces/{name}/start"]["post"];
+    assert!(start["responses"]["401"].is_object(), "{start}");
+    assert!(start["responses"]["400"].is_object(), "{start}");
+    let name = &start["parameters"][0]["schema"];
+    assert_eq!(name["maxLength"], 63, "{name}");
+    assert!(name["pattern"].is_string(), "{name}");
+    assert!(doc["paths"]["/v1/health"]["get"]["responses"]["401"].is_null());
+    let create = &doc["paths"]["/v1/workspaces"]["post"]["responses"];
+    assert!(
+        create["413"].is_object() && create["400"].is_object(),
+        "{create}"
+    );
+}
