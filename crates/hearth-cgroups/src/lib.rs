@@ -12,6 +12,8 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use hearth_types::WorkspaceId;
+
 pub use layout::{Layout, V1Layout};
 
 /// How long [`Cgroups::kill_all`] waits for the group to empty; SIGKILL is not delayed by
@@ -22,8 +24,6 @@ const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("invalid cgroup id {id:?}: {reason}")]
-    InvalidId { id: String, reason: &'static str },
     #[error("invalid cgroup parent {parent:?}: {reason}")]
     InvalidParent {
         parent: String,
@@ -146,25 +146,23 @@ impl Cgroups {
     }
 
     /// Creates the workspace group(s) and writes the limits; rewrites them if the group exists.
-    pub fn create(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
-        validate_id(id)?;
+    pub fn create(&self, id: &WorkspaceId, limits: &Limits) -> Result<(), CgroupError> {
         check_limits(id, limits)?;
         for dir in self.group_dirs(id) {
             mkdir_all(&dir)?;
         }
         self.write_limits(id, limits)?;
-        tracing::debug!(id, ?limits, "cgroup created");
+        tracing::debug!(%id, ?limits, "cgroup created");
         Ok(())
     }
 
     /// Changes the limits of an existing group (a running workspace). Lowering memory
     /// below what the group uses makes the kernel reclaim first (v1 refuses with EBUSY
     /// if it cannot).
-    pub fn set_limits(&self, id: &str, limits: &Limits) -> Result<(), CgroupError> {
-        validate_id(id)?;
+    pub fn set_limits(&self, id: &WorkspaceId, limits: &Limits) -> Result<(), CgroupError> {
         check_limits(id, limits)?;
         self.write_limits(id, limits)?;
-        tracing::debug!(id, ?limits, "cgroup limits changed");
+        tracing::debug!(%id, ?limits, "cgroup limits changed");
         Ok(())
     }
 
@@ -217,11 +215,8 @@ impl Cgroups {
     }
 
     /// The `cgroup.procs` files of the existing group directories (one per v1 hierarchy
-    /// plus the hybrid cgroup2 one, or one on v2). Empty for an invalid or unknown id.
-    pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
-        if validate_id(id).is_err() {
-            return Vec::new();
-        }
+    /// plus the hybrid cgroup2 one, or one on v2). Empty for an unknown id.
+    pub fn procs_files(&self, id: &WorkspaceId) -> Vec<PathBuf> {
         self.group_dirs(id)
             .into_iter()
             .filter(|d| d.is_dir())
@@ -230,8 +225,7 @@ impl Cgroups {
     }
 
     /// Pids in the group and its descendants, across all hierarchies; empty if it does not exist.
-    pub fn pids(&self, id: &str) -> Result<Vec<u32>, CgroupError> {
-        validate_id(id)?;
+    pub fn pids(&self, id: &WorkspaceId) -> Result<Vec<u32>, CgroupError> {
         let mut pids = BTreeSet::new();
         for dir in self.group_dirs(id) {
             collect_pids(&dir, &mut pids)?;
@@ -240,8 +234,7 @@ impl Cgroups {
     }
 
     /// SIGKILLs everything in the group and waits until it is empty.
-    pub fn kill_all(&self, id: &str) -> Result<(), CgroupError> {
-        validate_id(id)?;
+    pub fn kill_all(&self, id: &WorkspaceId) -> Result<(), CgroupError> {
         let freezer = match &self.layout {
             Layout::V1(v1) => v1
                 .freezer
@@ -274,12 +267,12 @@ impl Cgroups {
         loop {
             let pids = self.pids(id)?;
             if pids.is_empty() {
-                tracing::debug!(id, "cgroup emptied");
+                tracing::debug!(%id, "cgroup emptied");
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(CgroupError::KillTimeout {
-                    id: id.to_owned(),
+                    id: id.to_string(),
                     pids,
                     waited: KILL_WAIT,
                 });
@@ -292,8 +285,7 @@ impl Cgroups {
     /// Freezes every process of the group (v1 freezer, else v2 `cgroup.freeze`) so a
     /// snapshot sees a consistent tree. Returns whether a freezer was found; pair with
     /// [`Cgroups::thaw`].
-    pub fn freeze(&self, id: &str) -> Result<bool, CgroupError> {
-        validate_id(id)?;
+    pub fn freeze(&self, id: &WorkspaceId) -> Result<bool, CgroupError> {
         if let Some(dir) = self.v1_freezer(id) {
             freeze(&dir)?;
             return Ok(true);
@@ -312,8 +304,7 @@ impl Cgroups {
     }
 
     /// Undoes [`Cgroups::freeze`]; a missing group is fine.
-    pub fn thaw(&self, id: &str) -> Result<(), CgroupError> {
-        validate_id(id)?;
+    pub fn thaw(&self, id: &WorkspaceId) -> Result<(), CgroupError> {
         if let Some(dir) = self.v1_freezer(id) {
             return write(&dir.join("freezer.state"), "THAWED");
         }
@@ -342,23 +333,23 @@ impl Cgroups {
     }
 
     /// Removes the group(s), children first; missing groups are fine.
-    pub fn remove(&self, id: &str) -> Result<(), CgroupError> {
+    pub fn remove(&self, id: &WorkspaceId) -> Result<(), CgroupError> {
         let pids = self.pids(id)?;
         if !pids.is_empty() {
             return Err(CgroupError::Busy {
-                id: id.to_owned(),
+                id: id.to_string(),
                 pids,
             });
         }
         for dir in self.group_dirs(id) {
             remove_tree(&dir)?;
         }
-        tracing::debug!(id, "cgroup removed");
+        tracing::debug!(%id, "cgroup removed");
         Ok(())
     }
 
     /// Workspace ids with a group under the parent in any hierarchy.
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
+    pub fn list(&self) -> Result<Vec<WorkspaceId>, CgroupError> {
         let mut ids = BTreeSet::new();
         for root in self.roots() {
             let dir = root.join(&self.parent);
@@ -373,18 +364,16 @@ impl Cgroups {
                     .file_type()
                     .map_err(|source| io_err("stat", &entry.path(), source))?
                     .is_dir();
-                if let Some(name) = entry.file_name().to_str() {
-                    if is_dir && validate_id(name).is_ok() {
-                        ids.insert(name.to_owned());
-                    }
+                let id = entry.file_name().to_str().map(WorkspaceId::new);
+                if let (true, Some(Ok(id))) = (is_dir, id) {
+                    ids.insert(id);
                 }
             }
         }
         Ok(ids.into_iter().collect())
     }
 
-    pub fn stats(&self, id: &str) -> Result<Stats, CgroupError> {
-        validate_id(id)?;
+    pub fn stats(&self, id: &WorkspaceId) -> Result<Stats, CgroupError> {
         let group = |root: &Option<PathBuf>| {
             root.as_ref()
                 .map(|r| r.join(&self.parent).join(id))
@@ -495,33 +484,11 @@ fn weight_to_shares(weight: u64) -> u64 {
 fn check_limits(id: &str, limits: &Limits) -> Result<(), CgroupError> {
     if !(1..=10000).contains(&limits.cpu_weight) {
         return Err(CgroupError::InvalidLimits {
-            id: id.to_owned(),
+            id: id.to_string(),
             reason: format!("cpu weight {} outside 1..=10000", limits.cpu_weight),
         });
     }
     Ok(())
-}
-
-pub fn validate_id(id: &str) -> Result<(), CgroupError> {
-    let reason = if id.is_empty() {
-        Some("empty")
-    } else if id.len() > 64 {
-        Some("longer than 64 characters")
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("only a-z, 0-9 and - are allowed")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(CgroupError::InvalidId {
-            id: id.to_owned(),
-            reason,
-        }),
-        None => Ok(()),
-    }
 }
 
 fn validate_parent(parent: &str) -> Result<PathBuf, CgroupError> {

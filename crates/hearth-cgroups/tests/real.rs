@@ -6,7 +6,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use hearth_cgroups::{Cgroups, Layout, Limits, V1Layout, Version};
+use hearth_cgroups::{Cgroups, Layout, Limits, V1Layout, Version, WorkspaceId};
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -19,7 +19,7 @@ fn unique(prefix: &str) -> String {
 /// Kills and removes everything the test made, even when an assertion failed.
 struct Guard {
     cg: Cgroups,
-    id: String,
+    id: WorkspaceId,
     child: Option<Child>,
     remove_parent: bool,
 }
@@ -70,7 +70,7 @@ fn spawn_in(procs: &[PathBuf]) -> Child {
 }
 
 /// Waits (bounded) until the shell has forked both sleeps.
-fn wait_for_pids(cg: &Cgroups, id: &str, n: usize) -> Vec<u32> {
+fn wait_for_pids(cg: &Cgroups, id: &WorkspaceId, n: usize) -> Vec<u32> {
     for _ in 0..500 {
         let pids = cg.pids(id).unwrap();
         if pids.len() >= n {
@@ -82,7 +82,7 @@ fn wait_for_pids(cg: &Cgroups, id: &str, n: usize) -> Vec<u32> {
 }
 
 fn check_lifecycle(cg: Cgroups, expected_procs: usize) {
-    let id = "0123456789ab".to_owned();
+    let id = WorkspaceId::new("0123456789ab").unwrap();
     let mut guard = Guard {
         cg,
         id: id.clone(),
@@ -181,14 +181,14 @@ fn host_layout_lifecycle() {
     {
         let guard = Guard {
             cg: cg.clone(),
-            id: "limits".into(),
+            id: WorkspaceId::new("11a175").unwrap(),
             child: None,
             remove_parent: false,
         };
         guard
             .cg
             .create(
-                "limits",
+                &WorkspaceId::new("11a175").unwrap(),
                 &Limits {
                     memory_bytes: 256 << 20,
                     pids: 64,
@@ -200,7 +200,7 @@ fn host_layout_lifecycle() {
             Layout::V1(v1) => {
                 assert_eq!(cg.version(), Version::V1);
                 let g = |r: &Option<PathBuf>, f: &str| {
-                    read_trim(r.as_ref().unwrap().join(&parent).join("limits").join(f))
+                    read_trim(r.as_ref().unwrap().join(&parent).join("11a175").join(f))
                 };
                 assert_eq!(g(&v1.memory, "memory.limit_in_bytes"), "268435456");
                 assert_eq!(g(&v1.pids, "pids.max"), "64");
@@ -208,7 +208,7 @@ fn host_layout_lifecycle() {
             }
             Layout::V2 { root } => {
                 assert_eq!(cg.version(), Version::V2);
-                let dir = root.join(&parent).join("limits");
+                let dir = root.join(&parent).join("11a175");
                 assert_eq!(read_trim(dir.join("memory.max")), "268435456");
                 assert_eq!(read_trim(dir.join("pids.max")), "64");
                 assert_eq!(read_trim(dir.join("cpu.weight")), "50");

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use crate::cmd::{run, run_stdin};
 use crate::egress::{self, Cidr, EgressRule};
-use crate::{validate_id, NetError, Network};
+use crate::{NetError, Network, WorkspaceId};
 
 impl Network {
     /// Writes our iptables chains and their jumps, the bridge table and the egress table.
@@ -87,20 +87,24 @@ impl Network {
 
     /// Makes workspace `id`'s deny rules exactly `rules`, atomically; the connection
     /// meters apply to it whether or not this ran.
-    pub fn apply_egress(&self, id: &str, slot: u32, rules: &[EgressRule]) -> Result<(), NetError> {
-        validate_id(id)?;
+    pub fn apply_egress(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        rules: &[EgressRule],
+    ) -> Result<(), NetError> {
         egress::check_count(rules.len())?;
         let ip = self.address(slot)?;
         let script = egress::workspace_script(&self.nft_table(), id, ip, rules);
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        if applied.get(id) == Some(&script) {
+        if applied.get(id.as_str()) == Some(&script) {
             return Ok(());
         }
         // Forget first: a failed run may have changed nothing or everything.
-        applied.remove(id);
+        applied.remove(id.as_str());
         run_stdin("nft", &["-f", "-"], &script)?;
         applied.insert(id.to_string(), script);
-        tracing::debug!(id, ip = %ip, rules = rules.len(), "egress policy applied");
+        tracing::debug!(%id, ip = %ip, rules = rules.len(), "egress policy applied");
         Ok(())
     }
 

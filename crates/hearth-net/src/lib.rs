@@ -34,6 +34,7 @@ use ipnet::Ipv4Net;
 
 pub use egress::{Cidr, ConnLimits, EgressConfig, EgressRule, Protocol, MAX_EGRESS_RULES};
 pub use firewall::{host_ipv4_addrs, mac_for};
+pub use hearth_types::WorkspaceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -44,8 +45,6 @@ pub enum NetError {
         subnet: String,
         reason: &'static str,
     },
-    #[error("invalid workspace id {id:?}: {reason}")]
-    InvalidId { id: String, reason: &'static str },
     #[error("invalid egress rule {rule:?}: {reason}")]
     InvalidEgressRule { rule: String, reason: String },
     #[error("too many egress rules: {count} (at most {max})")]
@@ -155,29 +154,6 @@ impl Network {
                 slot,
                 subnet: self.subnet(),
             })
-    }
-}
-
-/// Ids end up in interface, netns and file names, so only a plain charset is allowed.
-pub(crate) fn validate_id(id: &str) -> Result<(), NetError> {
-    let reason = if id.is_empty() {
-        Some("empty")
-    } else if id.len() > 64 {
-        Some("longer than 64 characters")
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("only a-z, 0-9 and - are allowed")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(NetError::InvalidId {
-            id: id.to_owned(),
-            reason,
-        }),
-        None => Ok(()),
     }
 }
 

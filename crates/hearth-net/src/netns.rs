@@ -9,7 +9,7 @@ use crate::bridge::{disable_ipv6, link_exists, SYS_NET};
 use crate::cmd::{run, run_stdin};
 use crate::egress;
 use crate::firewall::mac_for;
-use crate::{io_err, validate_id, NetError, Network, WorkspaceNet};
+use crate::{io_err, NetError, Network, WorkspaceId, WorkspaceNet};
 
 const NETNS_DIR: &str = "/run/netns";
 /// Host-side veth names are `hv` + this many characters of the id: 15 is the kernel's limit,
@@ -18,15 +18,14 @@ const VETH_ID_CHARS: usize = 13;
 
 impl Network {
     /// Whether workspace `id` has a network (netns) to apply a policy to.
-    pub fn has_network(&self, id: &str) -> bool {
-        validate_id(id).is_ok() && self.netns_path(id).exists()
+    pub fn has_network(&self, id: &WorkspaceId) -> bool {
+        self.netns_path(id).exists()
     }
 
     /// Like [`Network::setup`], but keeps a workspace's network that is already in place
     /// (netns bound, host veth on our bridge): a stopped workspace keeps its network so a
     /// start costs no `ip` invocations.
-    pub fn ensure(&self, id: &str, slot: u32) -> Result<WorkspaceNet, NetError> {
-        validate_id(id)?;
+    pub fn ensure(&self, id: &WorkspaceId, slot: u32) -> Result<WorkspaceNet, NetError> {
         let ip = self.address(slot)?;
         let hv = host_veth(id);
         let master = std::fs::read_link(Path::new("/sys/class/net").join(&hv).join("master"));
@@ -47,8 +46,7 @@ impl Network {
     }
 
     /// Creates the netns and veth of a workspace; leftovers from a crash are replaced.
-    pub fn setup(&self, id: &str, slot: u32) -> Result<WorkspaceNet, NetError> {
-        validate_id(id)?;
+    pub fn setup(&self, id: &WorkspaceId, slot: u32) -> Result<WorkspaceNet, NetError> {
         let ip = self.address(slot)?;
         self.teardown(id)?;
         let net = WorkspaceNet {
@@ -60,11 +58,11 @@ impl Network {
         };
         if let Err(e) = self.setup_steps(id, &net) {
             if let Err(cleanup) = self.teardown(id) {
-                tracing::warn!(id, error = %cleanup, "cleanup after failed network setup");
+                tracing::warn!(%id, error = %cleanup, "cleanup after failed network setup");
             }
             return Err(e);
         }
-        tracing::debug!(id, ip = %ip, veth = net.host_veth, "workspace network ready");
+        tracing::debug!(%id, ip = %ip, veth = net.host_veth, "workspace network ready");
         Ok(net)
     }
 
@@ -95,13 +93,12 @@ impl Network {
         Ok(())
     }
 
-    pub fn netns_path(&self, id: &str) -> PathBuf {
+    pub fn netns_path(&self, id: &WorkspaceId) -> PathBuf {
         Path::new(NETNS_DIR).join(self.netns_name(id))
     }
 
     /// Removes the veth and the netns; whatever is already gone is fine.
-    pub fn teardown(&self, id: &str) -> Result<(), NetError> {
-        validate_id(id)?;
+    pub fn teardown(&self, id: &WorkspaceId) -> Result<(), NetError> {
         let hv = host_veth(id);
         if link_exists(&hv) {
             if let Err(e) = run("ip", &["link", "del", "dev", &hv]) {
@@ -121,13 +118,13 @@ impl Network {
     /// Ids with a netns of this bridge, plus the `hv` suffix of any port on our bridge
     /// without one (a truncated id; [`Network::teardown`] accepts it and removes the veth),
     /// plus ids that still have an egress chain.
-    pub fn list(&self) -> Result<Vec<String>, NetError> {
+    pub fn list(&self) -> Result<Vec<WorkspaceId>, NetError> {
         let prefix = format!("{}-", self.bridge);
         let mut ids = BTreeSet::new();
         for name in dir_names(Path::new(NETNS_DIR))? {
             if let Some(id) = name.strip_prefix(&prefix) {
-                if validate_id(id).is_ok() {
-                    ids.insert(id.to_owned());
+                if let Ok(id) = WorkspaceId::new(id) {
+                    ids.insert(id);
                 }
             }
         }
@@ -135,8 +132,10 @@ impl Network {
         let mut orphans = Vec::new();
         for port in dir_names(&brif)? {
             if let Some(frag) = port.strip_prefix("hv") {
-                if validate_id(frag).is_ok() && !ids.iter().any(|id| host_veth(id) == port) {
-                    orphans.push(frag.to_owned());
+                if let Ok(frag) = WorkspaceId::new(frag) {
+                    if !ids.iter().any(|id| host_veth(id) == port) {
+                        orphans.push(frag);
+                    }
                 }
             }
         }
@@ -145,7 +144,7 @@ impl Network {
             ids.extend(
                 egress::chain_ids(&listing)
                     .into_iter()
-                    .filter(|id| validate_id(id).is_ok()),
+                    .filter_map(|id| WorkspaceId::new(id).ok()),
             );
         }
         Ok(ids.into_iter().collect())
@@ -190,15 +189,8 @@ mod tests {
         assert_eq!(host_veth("0123456789abcdef"), "hv0123456789abc");
         assert_eq!(host_veth("abc"), "hvabc");
         assert_eq!(
-            n.netns_path("0123456789ab"),
+            n.netns_path(&WorkspaceId::new("0123456789ab").unwrap()),
             PathBuf::from("/run/netns/hearth0-0123456789ab")
         );
-        for bad in ["", "../x", "A", "a/b", "a b"] {
-            assert!(
-                matches!(n.setup(bad, 0), Err(NetError::InvalidId { .. })),
-                "{bad:?}"
-            );
-            assert!(n.teardown(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, NetConfig, Network};
+use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, NetConfig, Network, WorkspaceId};
 use nix::sched::CloneFlags;
 
 fn random() -> u32 {
@@ -41,7 +41,7 @@ fn network(third: u8, egress: EgressConfig) -> Network {
 /// Tears the workspaces and host state down even when an assertion failed.
 struct Guard<'a> {
     net: &'a Network,
-    ids: Vec<String>,
+    ids: Vec<WorkspaceId>,
 }
 
 impl Drop for Guard<'_> {
@@ -221,10 +221,15 @@ fn deny_rules_apply_live_and_node_denials_cannot_be_lifted() {
             limits: ConnLimits::default(),
         },
     );
-    let (a_id, b_id, stray) = ("a0e0a0e0a0e0", "b0e0b0e0b0e0", "c0e0c0e0c0e0");
+    let id = |s: &str| WorkspaceId::new(s).unwrap();
+    let (a_id, b_id, stray) = (
+        &id("a0e0a0e0a0e0"),
+        &id("b0e0b0e0b0e0"),
+        &id("c0e0c0e0c0e0"),
+    );
     let _guard = Guard {
         net: &net,
-        ids: vec![a_id.into(), b_id.into(), stray.into()],
+        ids: vec![a_id.clone(), b_id.clone(), stray.clone()],
     };
     net.ensure_host().unwrap();
     let out = Outside::new(third);
@@ -316,9 +321,9 @@ fn deny_rules_apply_live_and_node_denials_cannot_be_lifted() {
 
     // A stray chain (no netns) is listed and removed like any leftover.
     net.apply_egress(stray, 7, &rules(&["10.0.0.0/8"])).unwrap();
-    assert!(net.list().unwrap().contains(&stray.to_string()));
+    assert!(net.list().unwrap().contains(stray));
     net.teardown(stray).unwrap();
-    assert!(!net.list().unwrap().contains(&stray.to_string()));
+    assert!(!net.list().unwrap().contains(stray));
 
     // Teardown removes the chain and its map entry; rerunning is fine.
     net.teardown(a_id).unwrap();
@@ -350,10 +355,13 @@ fn concurrent_connections_are_capped_per_workspace() {
             },
         },
     );
-    let (a_id, b_id) = ("a1e1a1e1a1e1", "b1e1b1e1b1e1");
+    let (a_id, b_id) = (
+        &WorkspaceId::new("a1e1a1e1a1e1").unwrap(),
+        &WorkspaceId::new("b1e1b1e1b1e1").unwrap(),
+    );
     let _guard = Guard {
         net: &net,
-        ids: vec![a_id.into(), b_id.into()],
+        ids: vec![a_id.clone(), b_id.clone()],
     };
     net.ensure_host().unwrap();
     let out = Outside::new(third);
@@ -404,10 +412,13 @@ fn new_connections_are_rate_limited_per_workspace() {
             },
         },
     );
-    let (a_id, b_id) = ("a2e2a2e2a2e2", "b2e2b2e2b2e2");
+    let (a_id, b_id) = (
+        &WorkspaceId::new("a2e2a2e2a2e2").unwrap(),
+        &WorkspaceId::new("b2e2b2e2b2e2").unwrap(),
+    );
     let _guard = Guard {
         net: &net,
-        ids: vec![a_id.into(), b_id.into()],
+        ids: vec![a_id.clone(), b_id.clone()],
     };
     net.ensure_host().unwrap();
     let out = Outside::new(third);

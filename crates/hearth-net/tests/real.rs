@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_net::{NetConfig, Network};
+use hearth_net::{NetConfig, Network, WorkspaceId};
 use nix::sched::CloneFlags;
 
 fn random() -> u32 {
@@ -30,7 +30,7 @@ fn network(third: u8) -> Network {
 /// Tears everything down even when an assertion failed.
 struct Guard<'a> {
     net: &'a Network,
-    ids: Vec<String>,
+    ids: Vec<WorkspaceId>,
 }
 
 impl Drop for Guard<'_> {
@@ -101,7 +101,10 @@ fn assert_host_clean(net: &Network, netns: &[PathBuf], veths: &[String]) {
 #[test]
 fn workspaces_are_isolated_from_host_and_each_other() {
     let net = network(101);
-    let (a_id, b_id) = ("a1b2c3d4e5f6".to_owned(), "0f1e2d3c4b5a".to_owned());
+    let (a_id, b_id) = (
+        WorkspaceId::new("a1b2c3d4e5f6").unwrap(),
+        WorkspaceId::new("0f1e2d3c4b5a").unwrap(),
+    );
     let _guard = Guard {
         net: &net,
         ids: vec![a_id.clone(), b_id.clone()],
@@ -211,8 +214,8 @@ fn workspaces_are_isolated_from_host_and_each_other() {
 #[test]
 fn crash_leftovers_are_listed_and_removed() {
     let net = network(102);
-    let id = "deadbeef0001".to_owned();
-    let orphan = "cafe0000001".to_owned();
+    let id = WorkspaceId::new("deadbeef0001").unwrap();
+    let orphan = WorkspaceId::new("cafe0000001").unwrap();
     let _guard = Guard {
         net: &net,
         ids: vec![id.clone(), orphan.clone()],

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 pub use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, MAX_EGRESS_RULES};
 pub use hearth_proto::client::ExecSession;
 pub use hearth_proto::ExecRequest;
+pub use hearth_types::{InvalidId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 /// Progress lines for long steps (image load, clone); the receiver shows them as they come.
@@ -18,8 +19,9 @@ pub const ID_BASE: u32 = 1 << 20;
 /// Everything the node needs to know about a workspace; the control plane stores it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkspaceSpec {
-    /// Stable id, 12 lowercase hex characters; names host resources (netns, cgroups, dirs).
-    pub id: String,
+    /// Stable id (12 hex digits from the control plane); names host resources (netns,
+    /// cgroups, dirs). Validated when a spec is built or read.
+    pub id: WorkspaceId,
     pub name: String,
     /// Image id (config digest, `sha256:...`), resolved by the control plane at create.
     pub image: String,
@@ -318,7 +320,6 @@ impl NodeError {
             NodeError::Net(e) => match e {
                 N::InvalidBridge { .. }
                 | N::InvalidSubnet { .. }
-                | N::InvalidId { .. }
                 | N::InvalidEgressRule { .. }
                 | N::TooManyEgressRules { .. }
                 | N::InvalidLimits { .. }
@@ -425,7 +426,7 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn reconcile(
         &self,
         known: &[WorkspaceSpec],
-    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError>;
+    ) -> Result<Vec<(WorkspaceId, WorkspaceStatus)>, NodeError>;
     /// Removes host-wide resources (bridge, firewall chains) after all workspaces are
     /// stopped; used by `hearth node teardown` and tests.
     async fn teardown(&self) -> Result<(), NodeError>;

@@ -81,7 +81,7 @@ async fn abuse_stays_inside_its_workspace() {
     let repo = git_repo(e.dir.path());
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let spec = |id: &str, name: &str, slot: u32, limits: Limits| WorkspaceSpec {
-        id: id.into(),
+        id: hearth_node::WorkspaceId::new(id).unwrap(),
         name: name.into(),
         image: image.clone(),
         source: repo.display().to_string(),

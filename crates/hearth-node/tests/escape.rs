@@ -324,7 +324,7 @@ async fn root_inside_cannot_escape() {
         ..Limits::default()
     };
     let mk = |id: &str, name: &str, slot: u32| WorkspaceSpec {
-        id: id.into(),
+        id: hearth_node::WorkspaceId::new(id).unwrap(),
         name: name.into(),
         image: img.id.clone(),
         source: repo.display().to_string(),

@@ -23,7 +23,7 @@ async fn podman_and_dockerd_run_containers_inside() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let img = e.node.load_image(tar, None, tx.clone()).await.unwrap();
     let ws = WorkspaceSpec {
-        id: "c1cccccccccc".into(),
+        id: hearth_node::WorkspaceId::new("c1cccccccccc").unwrap(),
         name: "containers".into(),
         image: img.id.clone(),
         source: git_repo(e.dir.path()).display().to_string(),

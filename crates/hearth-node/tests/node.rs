@@ -79,7 +79,7 @@ async fn debian_image_from_docker_archive() {
     );
     let repo = git_repo(e.dir.path());
     let spec = WorkspaceSpec {
-        id: "dddddddddd01".into(),
+        id: hearth_node::WorkspaceId::new("dddddddddd01").unwrap(),
         name: "deb".into(),
         image: img.id.clone(),
         source: repo.display().to_string(),

@@ -152,7 +152,7 @@ async fn a_filling_host_freezes_the_writer_and_loses_nothing() {
     );
     // Work that needs space is refused while under the reserve, with a clear reason.
     let mut other = spec.clone();
-    other.id = "d15c0002".into();
+    other.id = hearth_node::WorkspaceId::new("d15c0002").unwrap();
     other.name = "refused".into();
     other.slot = 2;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();

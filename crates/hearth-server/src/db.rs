@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use hearth_node::{EgressPolicy, Limits, WorkspaceSpec};
+use hearth_node::{EgressPolicy, Limits, WorkspaceId, WorkspaceSpec};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
@@ -91,7 +91,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
     let egress: String = row.try_get("egress").map_err(get_err)?;
     Ok(WorkspaceRecord {
         spec: WorkspaceSpec {
-            id: id.clone(),
+            id: WorkspaceId::new(id.as_str()).map_err(|e| corrupt(e.to_string()))?,
             name: row.try_get("name").map_err(get_err)?,
             image: row.try_get("image").map_err(get_err)?,
             source: row.try_get("source").map_err(get_err)?,
@@ -183,7 +183,7 @@ impl Store {
             return Err(StoreError::NameTaken(s.name.clone()));
         }
         let limits = serde_json::to_string(&s.limits).map_err(|e| StoreError::Corrupt {
-            id: s.id.clone(),
+            id: s.id.to_string(),
             message: format!("limits: {e}"),
         })?;
         let egress = egress_json(s)?;
@@ -191,7 +191,7 @@ impl Store {
             "INSERT INTO workspaces ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
-        .bind(&s.id)
+        .bind(s.id.as_str())
         .bind(&s.name)
         .bind(&s.image)
         .bind(&s.source)
@@ -211,7 +211,7 @@ impl Store {
                 StoreError::NameTaken(s.name.clone())
             }
             _ => StoreError::Query {
-                id: s.id.clone(),
+                id: s.id.to_string(),
                 source: e,
             },
         })?;
@@ -266,7 +266,7 @@ impl Store {
     /// Replaces a workspace's limits.
     pub async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), StoreError> {
         let limits = serde_json::to_string(&spec.limits).map_err(|e| StoreError::Corrupt {
-            id: spec.id.clone(),
+            id: spec.id.to_string(),
             message: format!("limits: {e}"),
         })?;
         self.set_json(&spec.id, "limits", limits).await
@@ -303,7 +303,7 @@ impl Store {
 
 fn egress_json(spec: &WorkspaceSpec) -> Result<String, StoreError> {
     serde_json::to_string(&spec.egress).map_err(|e| StoreError::Corrupt {
-        id: spec.id.clone(),
+        id: spec.id.to_string(),
         message: format!("egress: {e}"),
     })
 }
@@ -328,7 +328,7 @@ mod tests {
     fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
         WorkspaceRecord {
             spec: WorkspaceSpec {
-                id: id.into(),
+                id: WorkspaceId::new(id).unwrap(),
                 name: name.into(),
                 image: "sha256:abc".into(),
                 source: "/src/x".into(),

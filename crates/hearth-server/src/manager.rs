@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hearth_node::{
     EgressPolicy, ErrorKind, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress,
-    RegistryAuth, RunState, WorkspaceSpec, WorkspaceStatus,
+    RegistryAuth, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 
@@ -56,10 +56,13 @@ pub struct Manager {
     alloc: tokio::sync::Mutex<()>,
 }
 
-fn new_id() -> String {
+/// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
+/// when a record is read back).
+fn new_id() -> WorkspaceId {
     let mut b = [0u8; 6];
     rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    WorkspaceId::new(hex).expect("hex digits are a valid workspace id")
 }
 
 fn say(progress: &Progress, line: impl Into<String>) {
@@ -202,7 +205,7 @@ impl Manager {
             last_snapshot: rec.last_snapshot,
             snapshot_error: rec.snapshot_error,
             uid_base: rec.spec.uid_base(),
-            id: rec.spec.id,
+            id: rec.spec.id.to_string(),
             name: rec.spec.name,
             image: rec.spec.image,
             image_name,
@@ -499,7 +502,7 @@ impl Manager {
             .await?;
         tracing::info!(
             workspace = name,
-            id = rec.spec.id,
+            id = %rec.spec.id,
             slot = rec.spec.slot,
             "creating"
         );
@@ -746,7 +749,7 @@ impl Manager {
         let status_of = |spec: &WorkspaceSpec| -> Option<WorkspaceStatus> {
             statuses
                 .iter()
-                .find(|(k, _)| *k == spec.id || *k == spec.name)
+                .find(|(k, _)| *k == spec.id)
                 .map(|(_, s)| s.clone())
         };
         for rec in recs {

@@ -134,7 +134,7 @@ impl NodeApi for FakeNode {
         if st.fail_create {
             return Err(NodeError::Invalid(format!("cannot clone {}", spec.source)));
         }
-        st.workspaces.insert(spec.id.clone(), false);
+        st.workspaces.insert(spec.id.to_string(), false);
         Ok(())
     }
     async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
@@ -144,8 +144,8 @@ impl NodeApi for FakeNode {
         }
         let w = st
             .workspaces
-            .get_mut(&spec.id)
-            .ok_or_else(|| NodeError::NotFound(spec.id.clone()))?;
+            .get_mut(spec.id.as_str())
+            .ok_or_else(|| NodeError::NotFound(spec.id.to_string()))?;
         *w = true;
         Ok(WorkspaceStatus {
             state: RunState::Running,
@@ -155,19 +155,19 @@ impl NodeApi for FakeNode {
         })
     }
     async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
-        if let Some(w) = self.st().workspaces.get_mut(&spec.id) {
+        if let Some(w) = self.st().workspaces.get_mut(spec.id.as_str()) {
             *w = false;
         }
         Ok(())
     }
     async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let mut st = self.st();
-        st.workspaces.remove(&spec.id);
-        st.removed.push(spec.id.clone());
+        st.workspaces.remove(spec.id.as_str());
+        st.removed.push(spec.id.to_string());
         Ok(())
     }
     async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
-        Ok(match self.st().workspaces.get(&spec.id) {
+        Ok(match self.st().workspaces.get(spec.id.as_str()) {
             Some(true) => WorkspaceStatus {
                 state: RunState::Running,
                 pid: Some(1),
@@ -193,7 +193,7 @@ impl NodeApi for FakeNode {
         if st.fail_limits {
             return Err(NodeError::Conflict("uses more memory".into()));
         }
-        st.limits.insert(spec.id.clone(), spec.limits);
+        st.limits.insert(spec.id.to_string(), spec.limits);
         Ok(())
     }
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
@@ -202,7 +202,7 @@ impl NodeApi for FakeNode {
             return Err(NodeError::Internal("nft failed".into()));
         }
         st.egress
-            .insert(spec.id.clone(), spec.egress.deny_strings());
+            .insert(spec.id.to_string(), spec.egress.deny_strings());
         Ok(())
     }
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError> {
@@ -260,7 +260,7 @@ impl NodeApi for FakeNode {
     async fn reconcile(
         &self,
         known: &[WorkspaceSpec],
-    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+    ) -> Result<Vec<(WorkspaceId, WorkspaceStatus)>, NodeError> {
         let mut out = Vec::new();
         for s in known {
             out.push((s.id.clone(), self.status(s).await?));
@@ -761,7 +761,7 @@ async fn reconcile_resolves_transitional_states() {
     let store = h.manager.store();
     let mk = |id: &str, name: &str, slot, state| WorkspaceRecord {
         spec: WorkspaceSpec {
-            id: id.into(),
+            id: WorkspaceId::new(id).unwrap(),
             name: name.into(),
             image: "sha256:x".into(),
             source: "/s".into(),

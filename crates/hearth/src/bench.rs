@@ -138,7 +138,8 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     eprintln!("running {} create/start/exec/stop cycles...", args.runs);
     for i in 0..args.runs {
         let spec = WorkspaceSpec {
-            id: format!("{:012x}", 0xbe_0000_0000u64 + i as u64),
+            id: hearth_node::WorkspaceId::new(format!("{:012x}", 0xbe_0000_0000u64 + i as u64))
+                .expect("hex id"),
             name: format!("bench{i}"),
             image: img.id.clone(),
             source: repo.display().to_string(),
@@ -345,7 +346,7 @@ async fn snapshot_pauses(
     let mut pause = Series::new("snapshot pause (running, writing)", Some(5.0));
     let mut total = Series::new("snapshot total (incremental)", None);
     let spec = WorkspaceSpec {
-        id: "be00000000ff".into(),
+        id: hearth_node::WorkspaceId::new("be00000000ff").expect("hex id"),
         name: "benchsnap".into(),
         image: image.into(),
         source: repo.display().to_string(),

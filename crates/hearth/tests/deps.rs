@@ -32,18 +32,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "hearth-proto",
             "hearth-snapshot",
             "hearth-disk",
+            "hearth-types",
         ],
     ),
     // The PID-1 agent, a small static binary: the protocol only.
     ("hearth-agent", &["hearth-proto"]),
-    // Leaves: each does one host job and depends on no other Hearth crate.
+    // Leaves: each does one host job and depends on no other Hearth crate but the
+    // shared value types.
     ("hearth-image", &[]),
     ("hearth-runtime", &[]),
-    ("hearth-cgroups", &[]),
-    ("hearth-net", &[]),
+    ("hearth-cgroups", &["hearth-types"]),
+    ("hearth-net", &["hearth-types"]),
     ("hearth-snapshot", &[]),
     ("hearth-disk", &[]),
     ("hearth-proto", &[]),
+    // Values every crate shares (the workspace id), checked once; below the leaves.
+    ("hearth-types", &[]),
 ];
 
 /// Our crates and their non-dev dependencies on workspace members.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use hearth_cgroups::{CgroupError, Cgroups};
 
 use super::Inner;
-use crate::NodeError;
+use crate::{NodeError, WorkspaceId};
 
 /// How often free space is checked: a workspace writing flat out uses about this much
 /// time's worth of its disk bandwidth of the reserve before it is frozen.
@@ -51,17 +51,22 @@ struct Entry {
 /// Freeze reasons per workspace. Every change to a group's freezer state happens under
 /// this lock, so the map and the kernel agree.
 #[derive(Debug, Default)]
-pub(super) struct Freezes(Mutex<HashMap<String, Entry>>);
+pub(super) struct Freezes(Mutex<HashMap<WorkspaceId, Entry>>);
 
 impl Freezes {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<WorkspaceId, Entry>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Freezes `id` for `why` unless it is frozen already. Returns false, recording
     /// nothing, if the workspace has no cgroup to freeze (not running) or is stopping
     /// (for the disk guard).
-    pub(super) fn hold(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<bool, CgroupError> {
+    pub(super) fn hold(
+        &self,
+        cg: &Cgroups,
+        id: &WorkspaceId,
+        why: Hold,
+    ) -> Result<bool, CgroupError> {
         let mut m = self.map();
         let cur = m.get(id).copied().unwrap_or_default();
         if why.contains(Hold::DISK) && cur.stopping {
@@ -71,7 +76,7 @@ impl Freezes {
             return Ok(false);
         }
         m.insert(
-            id.to_string(),
+            id.clone(),
             Entry {
                 reasons: cur.reasons | why,
                 ..cur
@@ -82,7 +87,12 @@ impl Freezes {
 
     /// Drops `why`; thaws when it was the last reason. A failed thaw keeps the record, so
     /// the workspace is still known to be frozen (the guard retries its own).
-    pub(super) fn release(&self, cg: &Cgroups, id: &str, why: Hold) -> Result<(), CgroupError> {
+    pub(super) fn release(
+        &self,
+        cg: &Cgroups,
+        id: &WorkspaceId,
+        why: Hold,
+    ) -> Result<(), CgroupError> {
         let mut m = self.map();
         let Some(cur) = m.get(id).copied() else {
             return Ok(());
@@ -95,7 +105,7 @@ impl Freezes {
             m.remove(id);
         } else {
             m.insert(
-                id.to_string(),
+                id.clone(),
                 Entry {
                     reasons: left,
                     ..cur
@@ -107,12 +117,17 @@ impl Freezes {
 
     /// Thaws `id` whatever holds it and forgets the reasons; `stopping` keeps the disk
     /// guard off it until [`Freezes::forget`] (its next start).
-    pub(super) fn clear(&self, cg: &Cgroups, id: &str, stopping: bool) -> Result<(), CgroupError> {
+    pub(super) fn clear(
+        &self,
+        cg: &Cgroups,
+        id: &WorkspaceId,
+        stopping: bool,
+    ) -> Result<(), CgroupError> {
         let mut m = self.map();
         let res = cg.thaw(id);
         if stopping {
             m.insert(
-                id.to_string(),
+                id.clone(),
                 Entry {
                     reasons: Hold::empty(),
                     stopping: true,
@@ -125,17 +140,17 @@ impl Freezes {
     }
 
     /// Forgets `id` (a new start: fresh cgroups, nothing frozen).
-    pub(super) fn forget(&self, id: &str) {
+    pub(super) fn forget(&self, id: &WorkspaceId) {
         self.map().remove(id);
     }
 
-    pub(super) fn held(&self, id: &str, why: Hold) -> bool {
+    pub(super) fn held(&self, id: &WorkspaceId, why: Hold) -> bool {
         self.map()
             .get(id)
             .is_some_and(|e| e.reasons.intersects(why))
     }
 
-    fn held_for(&self, why: Hold) -> Vec<String> {
+    fn held_for(&self, why: Hold) -> Vec<WorkspaceId> {
         self.map()
             .iter()
             .filter(|(_, e)| e.reasons.intersects(why))
@@ -150,7 +165,7 @@ pub(super) struct DiskGuard {
     /// Bytes; 0 turns the guard off.
     pub(super) reserve: u64,
     /// Allocated bytes of each workspace's disk image at the last tick.
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<HashMap<WorkspaceId, u64>>,
 }
 
 /// Bytes an unprivileged writer could still allocate on `dir`'s filesystem. Workspace
@@ -217,7 +232,7 @@ impl Inner {
     }
 
     /// Why the node holds `id` frozen, if it does (shown by inspect).
-    pub(super) fn paused_reason(&self, id: &str) -> Option<String> {
+    pub(super) fn paused_reason(&self, id: &WorkspaceId) -> Option<String> {
         self.freezes.held(id, Hold::DISK).then(|| {
             format!(
                 "frozen: the node's disk is under its {} reserve; free space at {} and it resumes",
@@ -276,15 +291,14 @@ impl Inner {
     }
 
     /// Bytes allocated on the host by each workspace's disk image.
-    fn disk_allocations(&self) -> HashMap<String, u64> {
+    fn disk_allocations(&self) -> HashMap<WorkspaceId, u64> {
         let Ok(rd) = std::fs::read_dir(&self.ws_root) else {
             return HashMap::new();
         };
         rd.flatten()
             .filter_map(|e| {
-                let id = e.file_name().into_string().ok()?;
                 // Skips `.restore-*` and anything else that is not a workspace.
-                super::valid_id(&id).ok()?;
+                let id = WorkspaceId::new(e.file_name().into_string().ok()?).ok()?;
                 let md = std::fs::symlink_metadata(self.paths(&id).image).ok()?;
                 Some((id, md.blocks() * 512))
             })
@@ -316,18 +330,19 @@ mod tests {
         child: std::process::Child,
     }
 
-    const ID: &str = "f7ee2e";
+    static ID: std::sync::LazyLock<WorkspaceId> =
+        std::sync::LazyLock::new(|| WorkspaceId::new("f7ee2e").unwrap());
 
     impl Group {
         fn new() -> Group {
             let parent = format!("hearth-guardtest-{}", rand::random::<u32>());
             let cg = Cgroups::open(&parent).unwrap();
-            cg.create(ID, &hearth_cgroups::Limits::default()).unwrap();
+            cg.create(&ID, &hearth_cgroups::Limits::default()).unwrap();
             let child = std::process::Command::new("sleep")
                 .arg("60")
                 .spawn()
                 .unwrap();
-            for f in cg.procs_files(ID) {
+            for f in cg.procs_files(&ID) {
                 std::fs::write(f, child.id().to_string()).unwrap();
             }
             Group { cg, child }
@@ -337,7 +352,7 @@ mod tests {
         fn frozen(&self) -> bool {
             let dirs: Vec<_> = self
                 .cg
-                .procs_files(ID)
+                .procs_files(&ID)
                 .into_iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))
                 .collect();
@@ -355,10 +370,10 @@ mod tests {
 
     impl Drop for Group {
         fn drop(&mut self) {
-            let _ = self.cg.thaw(ID);
+            let _ = self.cg.thaw(&ID);
             let _ = self.child.kill();
             let _ = self.child.wait();
-            let _ = self.cg.remove(ID);
+            let _ = self.cg.remove(&ID);
             let _ = self.cg.remove_parent();
         }
     }
@@ -369,39 +384,40 @@ mod tests {
         let f = Freezes::default();
         assert!(!g.frozen());
         // The guard freezes; a snapshot comes and goes: still frozen for the disk.
-        assert!(f.hold(&g.cg, ID, Hold::DISK).unwrap());
+        assert!(f.hold(&g.cg, &ID, Hold::DISK).unwrap());
         assert!(g.frozen());
-        assert!(f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap());
-        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
+        assert!(f.hold(&g.cg, &ID, Hold::SNAPSHOT).unwrap());
+        f.release(&g.cg, &ID, Hold::SNAPSHOT).unwrap();
         assert!(g.frozen(), "a snapshot thawed what the disk guard froze");
-        assert!(f.held(ID, Hold::DISK));
-        f.release(&g.cg, ID, Hold::DISK).unwrap();
+        assert!(f.held(&ID, Hold::DISK));
+        f.release(&g.cg, &ID, Hold::DISK).unwrap();
         assert!(!g.frozen());
         // And the other way round.
-        f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap();
-        f.hold(&g.cg, ID, Hold::DISK).unwrap();
-        f.release(&g.cg, ID, Hold::DISK).unwrap();
+        f.hold(&g.cg, &ID, Hold::SNAPSHOT).unwrap();
+        f.hold(&g.cg, &ID, Hold::DISK).unwrap();
+        f.release(&g.cg, &ID, Hold::DISK).unwrap();
         assert!(g.frozen(), "the guard thawed a workspace mid-snapshot");
-        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
+        f.release(&g.cg, &ID, Hold::SNAPSHOT).unwrap();
         assert!(!g.frozen());
         // Stopping: thawed, and the guard leaves it alone until the next start.
-        f.hold(&g.cg, ID, Hold::DISK).unwrap();
-        f.clear(&g.cg, ID, true).unwrap();
+        f.hold(&g.cg, &ID, Hold::DISK).unwrap();
+        f.clear(&g.cg, &ID, true).unwrap();
         assert!(!g.frozen());
-        assert!(!f.hold(&g.cg, ID, Hold::DISK).unwrap());
+        assert!(!f.hold(&g.cg, &ID, Hold::DISK).unwrap());
         assert!(!g.frozen(), "the guard froze a stopping workspace");
         // A snapshot of a stopping workspace still freezes and thaws it.
-        assert!(f.hold(&g.cg, ID, Hold::SNAPSHOT).unwrap());
+        assert!(f.hold(&g.cg, &ID, Hold::SNAPSHOT).unwrap());
         assert!(g.frozen());
-        f.release(&g.cg, ID, Hold::SNAPSHOT).unwrap();
+        f.release(&g.cg, &ID, Hold::SNAPSHOT).unwrap();
         assert!(!g.frozen());
-        f.forget(ID);
-        assert!(f.hold(&g.cg, ID, Hold::DISK).unwrap());
+        f.forget(&ID);
+        assert!(f.hold(&g.cg, &ID, Hold::DISK).unwrap());
         assert!(g.frozen());
-        f.clear(&g.cg, ID, false).unwrap();
-        assert!(!g.frozen() && !f.held(ID, Hold::DISK));
+        f.clear(&g.cg, &ID, false).unwrap();
+        assert!(!g.frozen() && !f.held(&ID, Hold::DISK));
         // No cgroup (not running): nothing recorded.
-        assert!(!f.hold(&g.cg, "0ddba11", Hold::DISK).unwrap());
-        assert!(!f.held("0ddba11", Hold::DISK));
+        let other = WorkspaceId::new("0ddba11").unwrap();
+        assert!(!f.hold(&g.cg, &other, Hold::DISK).unwrap());
+        assert!(!f.held(&other, Hold::DISK));
     }
 }

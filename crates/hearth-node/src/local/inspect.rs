@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{internal, valid_id, Inner};
+use super::{internal, Inner};
 use crate::{
     EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec,
     ID_RANGE,
@@ -23,7 +23,6 @@ fn host_veth(bridge: &str, id: &str) -> Option<String> {
 }
 
 pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError> {
-    valid_id(&spec.id)?;
     let status = inner.status(spec)?;
     if status.state == RunState::Missing {
         return Err(NodeError::NotFound(format!(

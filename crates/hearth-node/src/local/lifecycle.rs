@@ -11,9 +11,10 @@ use hearth_runtime::bundle::BundleSpec;
 
 use super::host::resolv_conf;
 use super::ops::HostOps;
-use super::{image_err, internal, mkdir, valid_id, Inner, Paths, LEGACY_UPPER};
+use super::{image_err, internal, mkdir, Inner, Paths, LEGACY_UPPER};
 use crate::{
-    clone, Limits, NodeError, Progress, RunState, WorkspaceSpec, WorkspaceStatus, ID_RANGE,
+    clone, Limits, NodeError, Progress, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus,
+    ID_RANGE,
 };
 
 /// How long PID 1 gets to end its processes on stop before everything is killed.
@@ -46,7 +47,7 @@ impl Phases {
 /// idempotent.
 pub(super) struct Undo<'a> {
     host: &'a dyn HostOps,
-    id: &'a str,
+    id: &'a WorkspaceId,
     done: Vec<Step>,
 }
 
@@ -61,7 +62,7 @@ enum Step {
 }
 
 impl<'a> Undo<'a> {
-    fn new(host: &'a dyn HostOps, id: &'a str) -> Self {
+    fn new(host: &'a dyn HostOps, id: &'a WorkspaceId) -> Self {
         Undo {
             host,
             id,
@@ -126,7 +127,6 @@ impl Inner {
         spec: &WorkspaceSpec,
         progress: &Progress,
     ) -> Result<(), NodeError> {
-        valid_id(&spec.id)?;
         self.check_create(&spec.source, &spec.limits)?;
         self.images.get(&spec.image).map_err(image_err)?;
         let p = self.paths(&spec.id);
@@ -175,7 +175,6 @@ impl Inner {
     }
 
     pub(super) fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
-        valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
         // Already running: nothing to do (and a running workspace is never migrated).
         if let Some(st) = self.host.container_state(&spec.id)? {
@@ -289,7 +288,7 @@ impl Inner {
         undo.commit();
         tracing::debug!(%id, phases = ?ph.done, "start phases");
         if let Ok(mut m) = self.phases.lock() {
-            m.insert(id.clone(), ph.done);
+            m.insert(id.to_string(), ph.done);
         }
         Ok(())
     }
@@ -320,8 +319,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn stop(&self, id: &str, keep: bool) -> Result<(), NodeError> {
-        valid_id(id)?;
+    pub(super) fn stop(&self, id: &WorkspaceId, keep: bool) -> Result<(), NodeError> {
         if let Some(st) = self.host.container_state(id)? {
             if st.is_running() {
                 // A frozen workspace (snapshot in progress, disk reserve, or one cut short
@@ -350,7 +348,7 @@ impl Inner {
     ///
     /// `keep` leaves the netns, veth and mounted disk in place for the next start (stop);
     /// remove and stray cleanup drop them too.
-    pub(super) fn cleanup_runtime(&self, id: &str, keep: bool) -> Result<(), NodeError> {
+    pub(super) fn cleanup_runtime(&self, id: &WorkspaceId, keep: bool) -> Result<(), NodeError> {
         let p = self.paths(id);
         let mut errors = Vec::new();
         let host = &*self.host;
@@ -388,8 +386,7 @@ impl Inner {
     }
 
     /// Deletes a workspace's files; refuses while anything is mounted below it.
-    pub(super) fn remove_files(&self, id: &str) -> Result<(), NodeError> {
-        valid_id(id)?;
+    pub(super) fn remove_files(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         let p = self.paths(id);
         let mounted = self.host.mounts_under(&p.dir)?;
         if !mounted.is_empty() {

@@ -1,7 +1,7 @@
 //! Changing a workspace's limits in place: cgroup limits and disk size.
 
 use super::lifecycle::cgroup_limits;
-use super::{internal, valid_id, Inner};
+use super::{internal, Inner};
 use crate::{NodeError, RunState, WorkspaceSpec};
 
 impl Inner {
@@ -11,7 +11,6 @@ impl Inner {
     /// finishes a resize a crash cut short. A workspace with no local disk (its data is
     /// only in the store) gets the size at its restore.
     pub(super) fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
-        valid_id(&spec.id)?;
         self.check_disk_size(spec.limits.disk_bytes)?;
         let p = self.paths(&spec.id);
         if self.status(spec)?.state == RunState::Running {

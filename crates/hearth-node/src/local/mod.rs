@@ -36,7 +36,7 @@ mod tests;
 use paths::Paths;
 
 use crate::{
-    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress,
+    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, WorkspaceId,
     WorkspaceSpec, WorkspaceStatus,
 };
 
@@ -126,18 +126,6 @@ fn summary(i: &Image) -> ImageSummary {
         layers: i.diff_ids.len(),
         loaded_at: i.loaded_at.clone(),
     }
-}
-
-fn valid_id(id: &str) -> Result<(), NodeError> {
-    if id.is_empty()
-        || id.len() > 32
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(NodeError::Invalid(format!("invalid workspace id {id:?}")));
-    }
-    Ok(())
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), NodeError> {
@@ -381,7 +369,6 @@ impl NodeApi for LocalNode {
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let spec = spec.clone();
         self.blocking(move |i| {
-            valid_id(&spec.id)?;
             if !i.net.has_network(&spec.id) {
                 return Ok(());
             }
@@ -404,7 +391,6 @@ impl NodeApi for LocalNode {
     }
 
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
-        valid_id(&spec.id)?;
         if req.argv.is_empty() {
             return Err(NodeError::Invalid("no command given".into()));
         }
@@ -429,7 +415,6 @@ impl NodeApi for LocalNode {
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
         let id = spec.id.clone();
         self.blocking(move |i| {
-            valid_id(&id)?;
             let console = i.paths(&id).console;
             match std::fs::read(&console) {
                 Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
@@ -443,7 +428,7 @@ impl NodeApi for LocalNode {
     async fn reconcile(
         &self,
         known: &[WorkspaceSpec],
-    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+    ) -> Result<Vec<(WorkspaceId, WorkspaceStatus)>, NodeError> {
         let known = known.to_vec();
         self.blocking(move |i| i.reconcile(&known)).await
     }

@@ -17,42 +17,51 @@ use hearth_runtime::mount;
 use hearth_runtime::oci::{OciRuntime, State};
 
 use super::agent;
-use crate::{EgressRule, NodeError, ID_RANGE};
+use crate::{EgressRule, NodeError, WorkspaceId, ID_RANGE};
 
 pub(super) trait HostOps: Send + Sync {
     // The OCI runtime and the agent it starts.
-    fn container_state(&self, id: &str) -> Result<Option<State>, NodeError>;
-    fn containers(&self) -> Result<Vec<String>, NodeError>;
+    fn container_state(&self, id: &WorkspaceId) -> Result<Option<State>, NodeError>;
+    fn containers(&self) -> Result<Vec<WorkspaceId>, NodeError>;
     fn write_bundle(&self, dir: &Path, spec: &BundleSpec) -> Result<(), NodeError>;
     /// Starts the container from `bundle` in the workspace's cgroup, handing PID 1 the
     /// agent's listening socket.
     fn run_container(
         &self,
-        id: &str,
+        id: &WorkspaceId,
         bundle: &Path,
         listener: BorrowedFd<'_>,
         console: &Path,
     ) -> Result<(), NodeError>;
-    fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError>;
+    fn signal_container(&self, id: &WorkspaceId, signal: &str) -> Result<(), NodeError>;
     /// Deletes the container (killing it); an unknown one is fine.
-    fn delete_container(&self, id: &str) -> Result<(), NodeError>;
+    fn delete_container(&self, id: &WorkspaceId) -> Result<(), NodeError>;
     fn wait_agent(&self, socket: &Path, console: &Path) -> Result<(), NodeError>;
 
     // Cgroups.
-    fn create_cgroup(&self, id: &str, limits: &hearth_cgroups::Limits) -> Result<(), NodeError>;
-    fn cgroups(&self) -> Result<Vec<String>, NodeError>;
+    fn create_cgroup(
+        &self,
+        id: &WorkspaceId,
+        limits: &hearth_cgroups::Limits,
+    ) -> Result<(), NodeError>;
+    fn cgroups(&self) -> Result<Vec<WorkspaceId>, NodeError>;
     /// SIGKILLs what is left in the workspace's cgroup; a missing one is fine.
-    fn kill_cgroup(&self, id: &str) -> Result<(), NodeError>;
+    fn kill_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError>;
     /// Removes the (empty) cgroup; a missing one is fine.
-    fn remove_cgroup(&self, id: &str) -> Result<(), NodeError>;
+    fn remove_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError>;
 
     // Network.
     /// Makes the netns and veth unless they exist; returns the netns path.
-    fn ensure_network(&self, id: &str, slot: u32) -> Result<PathBuf, NodeError>;
-    fn apply_egress(&self, id: &str, slot: u32, deny: &[EgressRule]) -> Result<(), NodeError>;
-    fn networks(&self) -> Result<Vec<String>, NodeError>;
+    fn ensure_network(&self, id: &WorkspaceId, slot: u32) -> Result<PathBuf, NodeError>;
+    fn apply_egress(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        deny: &[EgressRule],
+    ) -> Result<(), NodeError>;
+    fn networks(&self) -> Result<Vec<WorkspaceId>, NodeError>;
     /// Removes the veth, netns and egress rules; whatever is gone already is fine.
-    fn remove_network(&self, id: &str) -> Result<(), NodeError>;
+    fn remove_network(&self, id: &WorkspaceId) -> Result<(), NodeError>;
 
     // Mounts and disks.
     fn is_mounted(&self, path: &Path) -> Result<bool, NodeError>;
@@ -80,12 +89,17 @@ pub(super) struct RealHost {
 }
 
 impl HostOps for RealHost {
-    fn container_state(&self, id: &str) -> Result<Option<State>, NodeError> {
+    fn container_state(&self, id: &WorkspaceId) -> Result<Option<State>, NodeError> {
         self.runtime.state(id).map_err(NodeError::from)
     }
 
-    fn containers(&self) -> Result<Vec<String>, NodeError> {
-        self.runtime.list().map_err(NodeError::from)
+    fn containers(&self) -> Result<Vec<WorkspaceId>, NodeError> {
+        // Containers of other tools in the same runtime root are not ours.
+        let names = self.runtime.list()?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| WorkspaceId::new(n).ok())
+            .collect())
     }
 
     fn write_bundle(&self, dir: &Path, spec: &BundleSpec) -> Result<(), NodeError> {
@@ -94,7 +108,7 @@ impl HostOps for RealHost {
 
     fn run_container(
         &self,
-        id: &str,
+        id: &WorkspaceId,
         bundle: &Path,
         listener: BorrowedFd<'_>,
         console: &Path,
@@ -104,11 +118,11 @@ impl HostOps for RealHost {
             .map_err(NodeError::from)
     }
 
-    fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError> {
+    fn signal_container(&self, id: &WorkspaceId, signal: &str) -> Result<(), NodeError> {
         self.runtime.kill(id, signal).map_err(NodeError::from)
     }
 
-    fn delete_container(&self, id: &str) -> Result<(), NodeError> {
+    fn delete_container(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.runtime.delete(id).map_err(NodeError::from)
     }
 
@@ -116,15 +130,19 @@ impl HostOps for RealHost {
         agent::wait_ready(socket, console)
     }
 
-    fn create_cgroup(&self, id: &str, limits: &hearth_cgroups::Limits) -> Result<(), NodeError> {
+    fn create_cgroup(
+        &self,
+        id: &WorkspaceId,
+        limits: &hearth_cgroups::Limits,
+    ) -> Result<(), NodeError> {
         self.cgroups.create(id, limits).map_err(NodeError::from)
     }
 
-    fn cgroups(&self) -> Result<Vec<String>, NodeError> {
+    fn cgroups(&self) -> Result<Vec<WorkspaceId>, NodeError> {
         self.cgroups.list().map_err(NodeError::from)
     }
 
-    fn kill_cgroup(&self, id: &str) -> Result<(), NodeError> {
+    fn kill_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         let exists = self
             .cgroups
             .list()
@@ -136,26 +154,31 @@ impl HostOps for RealHost {
         Ok(())
     }
 
-    fn remove_cgroup(&self, id: &str) -> Result<(), NodeError> {
+    fn remove_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.cgroups.remove(id).map_err(NodeError::from)
     }
 
-    fn ensure_network(&self, id: &str, slot: u32) -> Result<PathBuf, NodeError> {
+    fn ensure_network(&self, id: &WorkspaceId, slot: u32) -> Result<PathBuf, NodeError> {
         self.net
             .ensure(id, slot)
             .map(|n| n.netns_path)
             .map_err(NodeError::from)
     }
 
-    fn apply_egress(&self, id: &str, slot: u32, deny: &[EgressRule]) -> Result<(), NodeError> {
+    fn apply_egress(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        deny: &[EgressRule],
+    ) -> Result<(), NodeError> {
         Ok(self.net.apply_egress(id, slot, deny)?)
     }
 
-    fn networks(&self) -> Result<Vec<String>, NodeError> {
+    fn networks(&self) -> Result<Vec<WorkspaceId>, NodeError> {
         self.net.list().map_err(NodeError::from)
     }
 
-    fn remove_network(&self, id: &str) -> Result<(), NodeError> {
+    fn remove_network(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.net.teardown(id).map_err(NodeError::from)
     }
 

@@ -1,20 +1,17 @@
 //! Bringing the host in line with the control plane's records after a restart or crash.
 
-use super::{valid_id, Inner};
-use crate::{NodeError, RunState, WorkspaceSpec, WorkspaceStatus};
+use super::Inner;
+use crate::{NodeError, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus};
 
 impl Inner {
     pub(super) fn reconcile(
         &self,
         known: &[WorkspaceSpec],
-    ) -> Result<Vec<(String, WorkspaceStatus)>, NodeError> {
+    ) -> Result<Vec<(WorkspaceId, WorkspaceStatus)>, NodeError> {
         let mut out = Vec::new();
         let known_ids: std::collections::HashSet<&str> =
             known.iter().map(|s| s.id.as_str()).collect();
         for spec in known {
-            if valid_id(&spec.id).is_err() {
-                continue;
-            }
             let st = self.status(spec)?;
             let p = self.paths(&spec.id);
             if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
@@ -43,7 +40,7 @@ impl Inner {
             out.push((spec.id.clone(), st));
         }
         // Resources of workspaces the control plane no longer knows.
-        let mut strays: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut strays: std::collections::BTreeSet<WorkspaceId> = Default::default();
         strays.extend(self.host.containers().unwrap_or_default());
         strays.extend(self.host.cgroups().unwrap_or_default());
         strays.extend(self.host.networks().unwrap_or_default());
@@ -62,12 +59,15 @@ impl Inner {
                     }
                     continue;
                 }
-                strays.insert(n);
+                // Anything else that is not an id is not ours to clean.
+                if let Ok(id) = WorkspaceId::new(n) {
+                    strays.insert(id);
+                }
             }
         }
         for id in strays {
             // Known, or the truncated veth name of a known one.
-            if known_ids.iter().any(|k| k.starts_with(id.as_str())) || valid_id(&id).is_err() {
+            if known_ids.iter().any(|k| k.starts_with(id.as_str())) {
                 continue;
             }
             tracing::warn!(%id, "cleaning up resources of an unknown workspace");

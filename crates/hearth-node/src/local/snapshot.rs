@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_snapshot::{Key, S3Config, SnapshotError, SnapshotInfo, Store};
 
 use super::guard::Hold;
-use super::{internal, mkdir, valid_id, Inner};
+use super::{internal, mkdir, Inner};
 use crate::snap::parse_s3_url;
-use crate::{NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceSpec};
+use crate::{
+    NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceId, WorkspaceSpec,
+};
 
 /// Changes younger than this may share a timestamp tick with the marker, so a marker this
 /// fresh never proves "unchanged" (git's racy-clean rule).
@@ -141,7 +143,6 @@ impl Inner {
     }
 
     fn snap_list(&self, spec: &WorkspaceSpec) -> Result<Vec<SnapshotInfo>, NodeError> {
-        valid_id(&spec.id)?;
         let store = self.snap_store()?;
         let v = hearth_snapshot::list(&store, Some(&spec.id)).map_err(snap_err(format!(
             "workspace {}: cannot list snapshots",
@@ -164,7 +165,6 @@ impl Inner {
         spec: &WorkspaceSpec,
         only_if_changed: bool,
     ) -> Result<Option<SnapshotSummary>, NodeError> {
-        valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
         if !p.image.exists() {
             return Err(NodeError::NotFound(format!(
@@ -184,7 +184,7 @@ impl Inner {
         sync_fs(&p.upper)?;
         let view = FrozenView::take(self, &p, &spec.id, running)?;
         if let Ok(mut m) = self.snap.pauses.lock() {
-            m.insert(spec.id.clone(), view.pause);
+            m.insert(spec.id.to_string(), view.pause);
         }
         let marker = change_marker(&view.path)?;
         if only_if_changed && parent.is_some() {
@@ -192,7 +192,7 @@ impl Inner {
                 .snap
                 .markers
                 .lock()
-                .map(|m| m.get(&spec.id).copied())
+                .map(|m| m.get(spec.id.as_str()).copied())
                 .unwrap_or(None);
             if let Some(last) = last {
                 if last.entries == marker.entries
@@ -222,7 +222,7 @@ impl Inner {
             spec.name
         )))?;
         if let Ok(mut m) = self.snap.markers.lock() {
-            m.insert(spec.id.clone(), marker);
+            m.insert(spec.id.to_string(), marker);
         }
         tracing::info!(
             id = %spec.id,
@@ -247,7 +247,6 @@ impl Inner {
     /// Builds the workspace dir beside the real one and renames it into place, so a
     /// failed restore leaves nothing half-made.
     pub(super) fn restore(&self, spec: &WorkspaceSpec, id: &str) -> Result<(), NodeError> {
-        valid_id(&spec.id)?;
         let p = self.paths(&spec.id);
         if p.dir.exists() {
             return Err(NodeError::Conflict(format!(
@@ -369,7 +368,12 @@ struct FrozenView {
 }
 
 impl FrozenView {
-    fn take(inner: &Inner, p: &super::Paths, id: &str, running: bool) -> Result<Self, NodeError> {
+    fn take(
+        inner: &Inner,
+        p: &super::Paths,
+        id: &WorkspaceId,
+        running: bool,
+    ) -> Result<Self, NodeError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "{VIEW_PREFIX}{}-{}",
@@ -388,7 +392,7 @@ impl FrozenView {
             // Thaw whatever happened (unless the disk guard holds it too); a failed thaw
             // must not hide the snapshot's outcome.
             if let Err(e) = inner.freezes.release(&inner.cgroups, id, Hold::SNAPSHOT) {
-                tracing::error!(id, "thaw after snapshot failed: {e}");
+                tracing::error!(%id, "thaw after snapshot failed: {e}");
             }
         }
         let pause = t0.elapsed();

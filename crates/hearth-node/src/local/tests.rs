@@ -15,7 +15,7 @@ use hearth_runtime::oci::{ContainerState, State};
 
 use super::ops::HostOps;
 use super::{guard, Inner};
-use crate::{EgressRule, Limits, NodeConfig, NodeError, RunState, WorkspaceSpec};
+use crate::{EgressRule, Limits, NodeConfig, NodeError, RunState, WorkspaceId, WorkspaceSpec};
 
 #[derive(Default)]
 struct World {
@@ -23,9 +23,9 @@ struct World {
     calls: Vec<String>,
     /// Ops that fail (after being recorded).
     fail: Vec<&'static str>,
-    containers: BTreeMap<String, ContainerState>,
-    cgroups: BTreeSet<String>,
-    networks: BTreeSet<String>,
+    containers: BTreeMap<WorkspaceId, ContainerState>,
+    cgroups: BTreeSet<WorkspaceId>,
+    networks: BTreeSet<WorkspaceId>,
     mounts: BTreeSet<PathBuf>,
 }
 
@@ -72,13 +72,13 @@ impl FakeHost {
 }
 
 impl HostOps for FakeHost {
-    fn container_state(&self, id: &str) -> Result<Option<State>, NodeError> {
+    fn container_state(&self, id: &WorkspaceId) -> Result<Option<State>, NodeError> {
         Ok(self.world().containers.get(id).map(|s| State {
             status: *s,
             pid: Some(4242),
         }))
     }
-    fn containers(&self) -> Result<Vec<String>, NodeError> {
+    fn containers(&self) -> Result<Vec<WorkspaceId>, NodeError> {
         Ok(self.world().containers.keys().cloned().collect())
     }
     fn write_bundle(&self, dir: &Path, _: &BundleSpec) -> Result<(), NodeError> {
@@ -86,19 +86,19 @@ impl HostOps for FakeHost {
     }
     fn run_container(
         &self,
-        id: &str,
+        id: &WorkspaceId,
         _: &Path,
         _: BorrowedFd<'_>,
         _: &Path,
     ) -> Result<(), NodeError> {
         self.op("run_container", id, |w| {
-            w.containers.insert(id.into(), ContainerState::Running);
+            w.containers.insert(id.clone(), ContainerState::Running);
         })
     }
-    fn signal_container(&self, id: &str, signal: &str) -> Result<(), NodeError> {
+    fn signal_container(&self, id: &WorkspaceId, signal: &str) -> Result<(), NodeError> {
         self.op("signal_container", &format!("{id} {signal}"), |_| {})
     }
-    fn delete_container(&self, id: &str) -> Result<(), NodeError> {
+    fn delete_container(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.op("delete_container", id, |w| {
             w.containers.remove(id);
         })
@@ -106,35 +106,35 @@ impl HostOps for FakeHost {
     fn wait_agent(&self, socket: &Path, _: &Path) -> Result<(), NodeError> {
         self.op("wait_agent", &self.rel(socket), |_| {})
     }
-    fn create_cgroup(&self, id: &str, _: &hearth_cgroups::Limits) -> Result<(), NodeError> {
+    fn create_cgroup(&self, id: &WorkspaceId, _: &hearth_cgroups::Limits) -> Result<(), NodeError> {
         self.op("create_cgroup", id, |w| {
-            w.cgroups.insert(id.into());
+            w.cgroups.insert(id.clone());
         })
     }
-    fn cgroups(&self) -> Result<Vec<String>, NodeError> {
+    fn cgroups(&self) -> Result<Vec<WorkspaceId>, NodeError> {
         Ok(self.world().cgroups.iter().cloned().collect())
     }
-    fn kill_cgroup(&self, id: &str) -> Result<(), NodeError> {
+    fn kill_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.op("kill_cgroup", id, |_| {})
     }
-    fn remove_cgroup(&self, id: &str) -> Result<(), NodeError> {
+    fn remove_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.op("remove_cgroup", id, |w| {
             w.cgroups.remove(id);
         })
     }
-    fn ensure_network(&self, id: &str, _: u32) -> Result<PathBuf, NodeError> {
+    fn ensure_network(&self, id: &WorkspaceId, _: u32) -> Result<PathBuf, NodeError> {
         self.op("ensure_network", id, |w| {
-            w.networks.insert(id.into());
+            w.networks.insert(id.clone());
         })?;
         Ok(PathBuf::from("/run/netns/fake"))
     }
-    fn apply_egress(&self, id: &str, _: u32, _: &[EgressRule]) -> Result<(), NodeError> {
+    fn apply_egress(&self, id: &WorkspaceId, _: u32, _: &[EgressRule]) -> Result<(), NodeError> {
         self.op("apply_egress", id, |_| {})
     }
-    fn networks(&self) -> Result<Vec<String>, NodeError> {
+    fn networks(&self) -> Result<Vec<WorkspaceId>, NodeError> {
         Ok(self.world().networks.iter().cloned().collect())
     }
-    fn remove_network(&self, id: &str) -> Result<(), NodeError> {
+    fn remove_network(&self, id: &WorkspaceId) -> Result<(), NodeError> {
         self.op("remove_network", id, |w| {
             w.networks.remove(id);
         })
@@ -232,7 +232,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
 
 fn spec(id: &str) -> WorkspaceSpec {
     WorkspaceSpec {
-        id: id.into(),
+        id: WorkspaceId::new(id).unwrap(),
         name: format!("ws-{id}"),
         image: "sha256:00".into(),
         source: "/src/repo".into(),
@@ -256,6 +256,10 @@ fn image() -> Image {
         loaded_at: String::new(),
         config: Default::default(),
     }
+}
+
+fn wid(s: &str) -> WorkspaceId {
+    WorkspaceId::new(s).unwrap()
 }
 
 fn strings(s: &[&str]) -> Vec<String> {
@@ -382,14 +386,12 @@ fn reconcile_resolves_states_cleans_unknown_ids_and_keeps_their_files() {
     std::fs::create_dir_all(root.join(".restore-77/disk")).unwrap();
     {
         let mut w = host.world();
-        w.containers.insert("aa01".into(), ContainerState::Running);
-        w.containers.insert("bb02".into(), ContainerState::Created);
-        w.containers.insert("dd04".into(), ContainerState::Running);
-        w.cgroups
-            .extend(["aa01", "bb02", "cc03", "dd04"].map(String::from));
+        w.containers.insert(wid("aa01"), ContainerState::Running);
+        w.containers.insert(wid("bb02"), ContainerState::Created);
+        w.containers.insert(wid("dd04"), ContainerState::Running);
+        w.cgroups.extend(["aa01", "bb02", "cc03", "dd04"].map(wid));
         // "aa0": a known id's veth name, cut short.
-        w.networks
-            .extend(["aa01", "aa0", "bb02", "dd04"].map(String::from));
+        w.networks.extend(["aa01", "aa0", "bb02", "dd04"].map(wid));
         for m in [
             "aa01/disk",
             "aa01/rootfs",

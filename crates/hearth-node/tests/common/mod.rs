@@ -180,7 +180,7 @@ pub async fn busybox_workspaces(
     let mut out = Vec::new();
     for (id, name, slot) in ws {
         let spec = WorkspaceSpec {
-            id: (*id).into(),
+            id: hearth_node::WorkspaceId::new(*id).unwrap(),
             name: (*name).into(),
             image: img.id.clone(),
             source: repo.display().to_string(),
