@@ -112,17 +112,38 @@ impl std::fmt::Display for WorkspaceState {
     }
 }
 
+/// The syntax of an egress rule, `CIDR[:PORT[-PORT][/tcp|/udp]]`, exactly as the server
+/// parses it; host bits set or a backwards port range are refused with 400 after it.
+pub const EGRESS_RULE_PATTERN: &str = "^[ \\t]*(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(-(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(/(tcp|udp))?)?[ \\t]*$";
+
+fn egress_rules() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(EGRESS_RULE_PATTERN)),
+        )
+        .build()
+}
+
 /// Body of `POST /v1/workspaces`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     /// Git URL or absolute path of a local repository.
+    #[schema(min_length = 1, pattern = "^(?!-)(?!.*::)(/|[^/:]+:)")]
     pub source: String,
     /// Image name or id; `debian` when absent.
     #[serde(default)]
     pub image: Option<String>,
     /// Workspace name; derived from the source's repository name when absent.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: Option<String>,
     /// Resource limits; each absent one takes the node's default.
     #[serde(default)]
@@ -141,6 +162,7 @@ pub struct Egress {
     /// `192.0.2.0/24:5432/tcp`, `192.0.2.7:8000-9000`. Ports without a protocol cover TCP
     /// and UDP. At most 64; duplicates are dropped; answers hold the canonical form.
     #[serde(default)]
+    #[schema(schema_with = egress_rules)]
     pub deny: Vec<String>,
 }
 
@@ -151,9 +173,11 @@ pub struct Egress {
 pub struct EgressEdit {
     /// Rules to add.
     #[serde(default)]
+    #[schema(schema_with = egress_rules)]
     pub deny: Vec<String>,
     /// Rules to remove (each must be in the list, compared in canonical form).
     #[serde(default)]
+    #[schema(schema_with = egress_rules)]
     pub undeny: Vec<String>,
     /// Clear the list first (then add `deny`).
     #[serde(default)]
@@ -193,9 +217,11 @@ pub struct LimitsRequest {
 #[serde(deny_unknown_fields)]
 pub struct LoadImage {
     /// Absolute path on the server host of an OCI layout directory or archive.
+    #[schema(min_length = 1, pattern = "^/")]
     pub path: String,
     /// Name to give the image, e.g. `busybox:latest`.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub name: Option<String>,
 }
 
@@ -205,6 +231,7 @@ pub struct LoadImage {
 pub struct PullImage {
     /// Registry reference, e.g. `registry.example.com/team/img:1` or
     /// `127.0.0.1:5000/busybox` (loopback registries are reached over plain http).
+    #[schema(min_length = 1)]
     pub reference: String,
     #[serde(default)]
     pub username: Option<String>,

@@ -89,9 +89,7 @@ impl FromStr for Cidr {
             .map_err(|_| err(format!("{addr:?} is not an IPv4 address")))?;
         let net = match prefix {
             None => Ipv4Net::from(addr),
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
+            Some(p) => decimal::<u8>(p)
                 .and_then(|len| Ipv4Net::new(addr, len).ok())
                 .ok_or_else(|| err(format!("prefix length {p:?} is not 0..=32")))?,
         };
@@ -118,6 +116,13 @@ impl Protocol {
             Protocol::Udp => "udp",
         }
     }
+}
+
+/// A plain decimal: digits only, no sign, no leading zero (what the API pattern states).
+fn decimal<T: FromStr>(s: &str) -> Option<T> {
+    let plain =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    plain.then(|| s.parse().ok()).flatten()
 }
 
 /// One user deny rule: `CIDR[:PORT[-PORT][/tcp|/udp]]`. Ports without a protocol cover
@@ -153,7 +158,8 @@ impl FromStr for EgressRule {
             rule: s.to_owned(),
             reason: reason.to_owned(),
         };
-        let s = s.trim();
+        // Only spaces and tabs are trimmed, so the API's pattern can state the syntax exactly.
+        let s = s.trim_matches([' ', '\t']);
         if s.is_empty() {
             return Err(err("empty rule (expected CIDR[:PORT[-PORT][/tcp|/udp]])"));
         }
@@ -180,7 +186,7 @@ impl FromStr for EgressRule {
             None => (rest, None),
         };
         let port = |p: &str| -> Result<u16, NetError> {
-            match p.parse::<u16>() {
+            match decimal::<u16>(p).ok_or(()) {
                 Ok(0) | Err(_) => Err(err(&format!("port {p:?} is not 1..=65535"))),
                 Ok(n) => Ok(n),
             }
@@ -449,6 +455,10 @@ mod tests {
             ("1.2.3.4:90-80", "backwards"),
             ("1.2.3.4:80/sctp", "tcp or udp"),
             ("1.2.3.4:/tcp", "not 1..=65535"),
+            ("1.2.3.4:+80", "not 1..=65535"),
+            ("1.2.3.4:080", "not 1..=65535"),
+            ("1.2.3.0/+24", "prefix length"),
+            ("1.2.3.0/024", "prefix length"),
         ] {
             let e = input.parse::<EgressRule>().unwrap_err().to_string();
             assert!(e.contains(why), "{input:?}: {e}");

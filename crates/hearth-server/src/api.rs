@@ -251,8 +251,8 @@ pub struct UploadQuery {
 /// or zstd compressed or not), streamed to a temporary file under the data dir (at most
 /// the server's `--upload-max`) and loaded from there. Answers once the image is loaded.
 #[utoipa::path(post, path = "/v1/images/upload", params(UploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/x-tar",
-        description = "the archive"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "the archive (any content type is accepted; the bytes are sniffed)"),
     responses((status = 200, body = Image), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody)))]

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::manager::Manager;
@@ -42,23 +43,57 @@ impl<S: Send + Sync> FromRequestParts<S> for WsName {
     }
 }
 
-/// JSON body extractor whose rejections use the API's error format.
+/// JSON body extractor whose rejections use the API's error format. Bodies are JSON
+/// objects only (serde's derive would also read a struct from an array, which the schema
+/// does not allow), and a number with a zero fraction (`5.0`) is the integer JSON Schema
+/// says it is.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(
-                format!("request body is larger than {BODY_LIMIT} bytes"),
-            )),
-            Err(rej) => Err(ApiError::invalid(rej.body_text())),
+        let mut v = match Json::<Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::too_large(format!(
+                    "request body is larger than {BODY_LIMIT} bytes"
+                )))
+            }
+            Err(rej) => return Err(ApiError::invalid(rej.body_text())),
+        };
+        if !v.is_object() {
+            return Err(ApiError::invalid("request body must be a JSON object"));
         }
+        integral_floats_to_integers(&mut v);
+        serde_json::from_value(v)
+            .map(ApiJson)
+            .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    }
+}
+
+/// Rewrites every float with a zero fraction that fits an i64 or u64 as that integer.
+fn integral_floats_to_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            if f.fract() != 0.0 {
+                return;
+            }
+            // Bounds are exclusive at the top: 2^64 and 2^63 are representable floats
+            // that the casts below would saturate.
+            if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                *v = Value::from(f as u64);
+            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
