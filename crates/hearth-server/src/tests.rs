@@ -570,6 +570,33 @@ async fn bodies_are_checked() {
     assert!(h.names().await.is_empty());
 }
 
+/// Bodies are JSON objects (serde's derive alone reads a struct from an array too), and a
+/// number JSON Schema calls an integer (`5.0`) is one.
+#[tokio::test]
+async fn bodies_are_objects_and_integral_floats_are_integers() {
+    let h = harness(FakeNode::with_image("debian")).await;
+    let (s, e) = h
+        .refused("/v1/store/gc", serde_json::json!([null, null]))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(e.message.contains("JSON object"), "{}", e.message);
+    let (s, e) = h
+        .refused("/v1/store/gc", serde_json::json!({"keep_last": 2.5}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(e.message.contains("2.5"), "{}", e.message);
+    let (s, b) = h
+        .call(
+            Method::PATCH,
+            "/v1/workspaces/nope/limits",
+            Some(TOKEN),
+            Some(r#"{"pids":64.0}"#.into()),
+        )
+        .await;
+    // Parsed, then looked up: the workspace does not exist.
+    assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
+}
+
 #[tokio::test]
 async fn workspace_lifecycle() {
     let h = harness(FakeNode::with_image("debian")).await;
