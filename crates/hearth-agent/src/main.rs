@@ -4,6 +4,7 @@
 //! PATH` for tests), runs sessions, reaps every zombie and stops the workspace cleanly on
 //! SIGTERM. Built static, so it depends on nothing inside the image.
 
+mod console;
 mod reaper;
 mod session;
 mod spawn;
@@ -24,6 +25,7 @@ const LISTEN_FD: i32 = 3;
 fn main() {
     if let Err(e) = run() {
         eprintln!("hearth-agent: {e}");
+        console::flush();
         std::process::exit(1);
     }
 }
@@ -60,7 +62,9 @@ fn run() -> Result<(), String> {
         .thread_block()
         .map_err(|e| format!("block signals: {e}"))?;
     let is_pid1 = std::process::id() == 1;
-    if !is_pid1 {
+    if is_pid1 {
+        console::relay()?;
+    } else {
         // Outside a container orphans would go to the host's init; keep them ours.
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("become child subreaper: {e}"))?;

@@ -148,6 +148,7 @@ impl Reaper {
         }
         nix::unistd::sync();
         eprintln!("hearth-agent: stopped");
+        crate::console::flush();
         std::process::exit(0);
     }
 }

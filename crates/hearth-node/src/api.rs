@@ -243,6 +243,8 @@ pub struct NodeConfig {
     /// Free space to keep on the data dir's filesystem (see `local/guard.rs`); `None` is
     /// 5 % of it within 1..20 GiB, `Some(0)` turns the guard off.
     pub disk_reserve: Option<u64>,
+    /// How much of each workspace's console output is kept (on its own disk).
+    pub console: crate::ConsoleLimits,
 }
 
 /// A node failure. The first four carry a message the node wrote for the user; the rest
@@ -467,6 +469,20 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> Result<crate::StoreGcReport, NodeError> {
         let _ = keep;
         Err(NodeError::Invalid("this node has no snapshot store".into()))
+    }
+    /// Forgets the workspace's snapshots: all of them (`keep` `None`: a purge) or those
+    /// outside `keep`. Returns the forgotten ids; their chunks go at the next `store_gc`.
+    async fn forget_snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+        keep: Option<crate::Retention>,
+    ) -> Result<Vec<String>, NodeError> {
+        let _ = keep;
+        Err(no_snapshots(spec))
+    }
+    /// What the workspace's snapshots hold in the store.
+    async fn store_usage(&self, spec: &WorkspaceSpec) -> Result<crate::StoreUsage, NodeError> {
+        Err(no_snapshots(spec))
     }
 }
 

@@ -6,9 +6,13 @@
 
 mod api;
 mod clone;
+mod console;
 mod local;
 mod snap;
 
 pub use api::*;
+pub use console::{kept_bytes as console_bytes, ConsoleLimits};
 pub use local::LocalNode;
-pub use snap::{Retention, SnapshotSettings, SnapshotSummary, StoreCheck, StoreGcReport};
+pub use snap::{
+    Retention, SnapshotSettings, SnapshotSummary, StoreCheck, StoreGcReport, StoreUsage,
+};

@@ -10,6 +10,8 @@ pub struct SnapshotSettings {
     pub s3: Option<String>,
     /// Encrypt with the key in `<data>/snapshot.key` (created on first use).
     pub encrypt: bool,
+    /// Applied to a workspace's snapshots after each new one; `None` keeps them all.
+    pub retention: Option<Retention>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,6 +44,17 @@ pub struct StoreCheck {
 pub struct Retention {
     pub keep_last: usize,
     pub keep_daily: usize,
+}
+
+/// Store use of one workspace's snapshots, in stored (compressed) bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreUsage {
+    pub snapshots: usize,
+    /// Distinct chunks its snapshots reference; chunks shared with other workspaces count
+    /// in full.
+    pub referenced_bytes: u64,
+    /// Chunks only its snapshots reference: what forgetting them all frees at the next gc.
+    pub unique_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

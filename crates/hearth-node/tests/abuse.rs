@@ -308,3 +308,61 @@ async fn abuse_stays_inside_its_workspace() {
     assert!(out.contains("again"), "abuser's files after restart: {out}");
     report.add("after", &exec_latency(&node, &neighbour, 20).await);
 }
+
+/// Root inside floods PID 1's stdout (`dd` into `/proc/1/fd/1`, the attack that once grew
+/// a host file by 300 MB): the console the node keeps stays at its cap, lives on the
+/// workspace's own disk rather than the node's data dir, and still shows what comes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_flood_stays_at_its_cap() {
+    const MAX: u64 = 1 << 20;
+    let mut e = common::env_config(None, |c| {
+        c.console = hearth_node::ConsoleLimits {
+            max_bytes: MAX,
+            files: 2,
+        }
+    })
+    .await;
+    let ws = common::busybox_workspaces(&mut e, &[("c0f1aaaaaaaa", "flood", 41)]).await;
+    let spec = ws[0].0.clone();
+    let dir = e.cfg.data_dir.join("workspaces").join(&spec.id);
+    let (code, _, err) = run(
+        &e.node,
+        &spec,
+        "dd if=/dev/zero of=/proc/1/fd/1 bs=1M count=64 && sleep 1 && \
+         echo after-the-flood >/proc/1/fd/1 && sleep 1",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("64+0 records out"),
+        "dd did not write it all: {err}"
+    );
+    let console = dir.join("disk/console");
+    let kept = hearth_node::console_bytes(&console);
+    assert!(
+        kept > MAX && kept <= 2 * MAX,
+        "console keeps {kept} bytes, want (1, 2] MiB"
+    );
+    assert!(
+        !dir.join("console.log").exists(),
+        "no console file on the node's data dir"
+    );
+    let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(
+        dev(&console.join("console.log")),
+        dev(&dir),
+        "the console is on the workspace's disk"
+    );
+    let logs = e.node.logs(&spec).await.unwrap();
+    assert!(
+        logs.len() as u64 <= MAX * 2,
+        "logs returned {} bytes",
+        logs.len()
+    );
+    let text = String::from_utf8_lossy(&logs);
+    assert!(
+        text[text.len().saturating_sub(512)..].contains("\0after-the-flood\n"),
+        "newest console line missing: {:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+}

@@ -1,7 +1,7 @@
 //! Driving the OCI runtime binary (crun by default, runc otherwise).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -113,24 +113,21 @@ impl OciRuntime {
     }
 
     /// Starts the container detached. `listen` becomes fd 3 inside (the agent's socket);
-    /// the runtime's and container's stdout/stderr go to `console`; the runtime process is
-    /// moved into `cgroup_procs` before exec, so the container starts inside them.
+    /// the runtime's and container's stdout/stderr go to `console` (the node's console
+    /// pipe); the runtime process is moved into `cgroup_procs` before exec, so the
+    /// container starts inside them. A failure's message is the runtime's log; what the
+    /// runtime printed is in the console.
     pub fn run_detached(
         &self,
         id: &str,
         bundle: &Path,
         listen: BorrowedFd<'_>,
-        console: &Path,
+        console: OwnedFd,
         cgroup_procs: &[PathBuf],
     ) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(console)
-            .map_err(|e| RuntimeError::io("open", console, e))?;
-        let err_log = log
+        let err_log = console
             .try_clone()
-            .map_err(|e| RuntimeError::io("dup", console, e))?;
+            .map_err(|e| RuntimeError::io("dup", Path::new("console"), e))?;
         let procs: Vec<CString> = cgroup_procs
             .iter()
             .map(|p| CString::new(p.as_os_str().as_bytes()))
@@ -147,7 +144,7 @@ impl OciRuntime {
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
-            .stdout(log)
+            .stdout(console)
             .stderr(err_log);
         // SAFETY: the closure runs between fork and exec and only makes raw syscalls on
         // data prepared before the fork (no allocation, no locks).
@@ -182,10 +179,7 @@ impl OciRuntime {
         if status.success() {
             return Ok(());
         }
-        let mut message = std::fs::read_to_string(&runtime_log).unwrap_or_default();
-        if message.trim().is_empty() {
-            message = tail(console, 2048);
-        }
+        let message = std::fs::read_to_string(&runtime_log).unwrap_or_default();
         Err(self.err("run", id, format!("{status}: {}", message.trim())))
     }
 

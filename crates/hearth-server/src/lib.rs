@@ -200,6 +200,21 @@ impl Server {
         });
     }
 
+    /// Deletes store chunks that no snapshot needs any more every `every`: retention and
+    /// removed workspaces only forget snapshots, the space comes back here.
+    pub fn spawn_store_gc(&self, every: std::time::Duration) {
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                manager.background_gc().await;
+            }
+        });
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

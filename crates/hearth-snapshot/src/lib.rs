@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3Config};
 pub use format::{ChunkId, Key};
-pub use maint::{forget, fsck, gc, list, retention, FsckProblem, FsckReport, GcReport, Retention};
+pub use maint::{
+    forget, fsck, gc, list, retention, usage, FsckProblem, FsckReport, GcReport, Retention, Usage,
+};
 pub use restore::restore;
 pub use snap::snapshot;
 

@@ -462,6 +462,37 @@ fn dedup_across_workspaces() {
 }
 
 #[test]
+fn usage_tells_shared_from_own_chunks() {
+    let t = tmp();
+    let a = t.path().join("a");
+    fs::create_dir(&a).unwrap();
+    fs::write(a.join("shared"), pseudo_random(600_000, 1)).unwrap();
+    let b = t.path().join("b");
+    fs::create_dir(&b).unwrap();
+    fs::write(b.join("shared"), pseudo_random(600_000, 1)).unwrap();
+    fs::write(b.join("own"), pseudo_random(400_000, 2)).unwrap();
+    let store = Store::open_local(&t.path().join("store"), None).unwrap();
+    snapshot(&store, "ws-a", &a, 0, None, None).unwrap();
+    let sb = snapshot(&store, "ws-b", &b, 0, None, None).unwrap();
+    let ua = usage(&store, "ws-a").unwrap();
+    let ub = usage(&store, "ws-b").unwrap();
+    assert_eq!((ua.snapshots, ub.snapshots), (1, 1));
+    // Random data does not compress: stored sizes are near the file sizes.
+    assert!(ua.referenced_bytes > 590_000, "{ua:?}");
+    assert!(ub.referenced_bytes > 990_000, "{ub:?}");
+    // a's only own chunk is its tree; b's are its tree and `own`.
+    assert!(ua.unique_bytes < 8_000, "{ua:?}");
+    assert!((400_000..420_000).contains(&ub.unique_bytes), "{ub:?}");
+    assert_eq!(usage(&store, "ws-c").unwrap(), Usage::default());
+    forget(&store, std::slice::from_ref(&sb.id)).unwrap();
+    let ua = usage(&store, "ws-a").unwrap();
+    assert_eq!(
+        ua.unique_bytes, ua.referenced_bytes,
+        "nothing shared any more"
+    );
+}
+
+#[test]
 fn incremental_reuses_unchanged_files_without_reading() {
     let t = tmp();
     let src = t.path().join("src");

@@ -112,6 +112,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         snapshots: Default::default(),
         egress: Default::default(),
         disk_reserve: None,
+        console: Default::default(),
     };
     let node = LocalNode::open(cfg).await?;
     let result = bench(&node, tmp.path(), &args).await;

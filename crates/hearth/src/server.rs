@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hearth_node::{Cidr, ConnLimits, EgressConfig, LocalNode, NodeApi, NodeConfig};
+use hearth_node::{
+    Cidr, ConnLimits, ConsoleLimits, EgressConfig, LocalNode, NodeApi, NodeConfig, Retention,
+};
 use hearth_server::ratelimit::RateLimit;
 use hearth_server::{DataDirLock, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,24 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size,
         default_value_t = hearth_server::uploads::DEFAULT_UPLOAD_MAX)]
     upload_max: u64,
+    /// Size at which a workspace's console log (PID 1's output, kept on its own disk) is
+    /// rotated; at least 64K.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, default_value = "10M")]
+    console_max_size: u64,
+    /// Console log files kept per workspace (the current one included), 1..100.
+    #[arg(long, value_name = "N", default_value_t = ConsoleLimits::default().files)]
+    console_files: u32,
+    /// After each snapshot, keep the workspace's newest N snapshots (plus --snapshot-keep-daily);
+    /// both 0 keeps every snapshot.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    snapshot_keep_last: usize,
+    /// ... and the newest snapshot of each of its last N days with snapshots.
+    #[arg(long, value_name = "N", default_value_t = 7)]
+    snapshot_keep_daily: usize,
+    /// Seconds between deletions of store chunks no snapshot needs any more (0: only by
+    /// `hearth store gc`).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    store_gc_interval: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -99,6 +119,11 @@ struct NodeSettings {
     egress_max_conns: Option<u32>,
     #[serde(default)]
     disk_reserve: Option<u64>,
+    #[serde(default)]
+    console: Option<(u64, u32)>,
+    /// keep-last, keep-daily; `None` keeps every snapshot.
+    #[serde(default)]
+    retention: Option<(usize, usize)>,
 }
 
 impl Default for NodeSettings {
@@ -116,6 +141,8 @@ impl Default for NodeSettings {
             egress_burst: None,
             egress_max_conns: None,
             disk_reserve: None,
+            console: None,
+            retention: None,
         }
     }
 }
@@ -149,12 +176,20 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
         snapshots: hearth_node::SnapshotSettings {
             s3: s.snapshot_s3.clone(),
             encrypt: s.snapshot_encrypt,
+            retention: s.retention.map(|(keep_last, keep_daily)| Retention {
+                keep_last,
+                keep_daily,
+            }),
         },
         egress: EgressConfig {
             always_deny,
             limits,
         },
         disk_reserve: s.disk_reserve,
+        console: s
+            .console
+            .map(|(max_bytes, files)| ConsoleLimits { max_bytes, files })
+            .unwrap_or_default(),
     })
 }
 
@@ -217,7 +252,16 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         egress_burst: Some(args.egress_burst),
         egress_max_conns: Some(args.egress_max_conns),
         disk_reserve: args.disk_reserve,
+        console: Some((args.console_max_size, args.console_files)),
+        retention: (args.snapshot_keep_last > 0 || args.snapshot_keep_daily > 0)
+            .then_some((args.snapshot_keep_last, args.snapshot_keep_daily)),
     };
+    ConsoleLimits {
+        max_bytes: args.console_max_size,
+        files: args.console_files,
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)?;
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -237,6 +281,9 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     let server = Server::bind_locked(lock, cfg, node).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
+    }
+    if args.store_gc_interval > 0 {
+        server.spawn_store_gc(std::time::Duration::from_secs(args.store_gc_interval));
     }
     server.serve(shutdown_signal()).await
 }

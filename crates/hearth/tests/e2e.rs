@@ -146,11 +146,18 @@ fn stop_start_and_server_restart_keep_state() {
     );
     assert_eq!(srv.exec("keep", &["sh", "-c", files]), "w\nr\nu\n");
 
+    // The restarted server drains the console again (it is a pipe the old one read).
+    srv.exec("keep", &["sh", "-c", "echo after-restart >/proc/1/fd/1"]);
     let logs = srv.hearth(&["logs", "keep"]);
     assert!(
         logs.status.success(),
         "{}",
         String::from_utf8_lossy(&logs.stderr)
+    );
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains("ready (workspace keep") && text.contains("after-restart"),
+        "{text}"
     );
 }
 

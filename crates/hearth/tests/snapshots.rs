@@ -277,3 +277,71 @@ fn periodic_snapshots_follow_changes_only() {
         list.last().unwrap()["id"]
     );
 }
+
+/// Bytes of every file below `dir`.
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// Abuse: a workspace rewriting 4 MB of incompressible data before each of 8 snapshots
+/// would add 32 MB to the store. With the default retention applied after each snapshot
+/// (here: keep the last 2) and background gc, the store holds its last 2 snapshots only.
+#[test]
+fn retention_and_background_gc_bound_a_rewriting_workspace() {
+    const FILE: u64 = 4_000_000;
+    let srv = TestServer::start_with(&[
+        "--snapshot-keep-last",
+        "2",
+        "--snapshot-keep-daily",
+        "0",
+        "--store-gc-interval",
+        "1",
+    ]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "churn");
+    srv.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "churn",
+    ]);
+    for _ in 0..8 {
+        srv.exec(
+            "churn",
+            &[
+                "sh",
+                "-c",
+                "head -c 4000000 /dev/urandom > /root/big && sync",
+            ],
+        );
+        srv.ok(&["snapshot", "churn"]);
+        assert!(snapshots(&srv, "churn").len() <= 2);
+    }
+    assert_eq!(snapshots(&srv, "churn").len(), 2);
+    let store = srv.data_dir().join("snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut size = tree_size(&store);
+    while size > 3 * FILE && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        size = tree_size(&store);
+    }
+    assert!(
+        size > 2 * FILE && size <= 3 * FILE,
+        "store holds {size} bytes for 2 snapshots of a {FILE}-byte file"
+    );
+}

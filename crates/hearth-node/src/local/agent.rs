@@ -84,7 +84,7 @@ pub(super) fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError>
             Err(e) if Instant::now() > deadline => {
                 return Err(NodeError::Internal(format!(
                     "workspace agent did not become ready: {e}; console: {}",
-                    hearth_runtime::oci::tail(console, 1024).trim()
+                    crate::console::tail_text(console, 1024)
                 )))
             }
             Err(_) => {

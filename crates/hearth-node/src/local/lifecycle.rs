@@ -279,7 +279,21 @@ impl Inner {
             .map_err(NodeError::io("chmod", &p.socket))?;
         host.delete_container(id)?;
         undo.push(Step::Container);
-        let ran = host.run_container(id, &p.bundle, listener.as_fd(), &p.console);
+        // An older node's console file grew without bound; this start's goes to the disk.
+        let _ = std::fs::remove_file(&p.legacy_console);
+        let console = self
+            .consoles
+            .start(id, &p.console_fifo, &p.console, self.cfg.console)?;
+        let ran = host
+            .run_container(id, &p.bundle, listener.as_fd(), console)
+            .map_err(|e| {
+                // What the runtime printed explains its failure.
+                self.consoles.flush(id, Duration::from_millis(200));
+                match crate::console::tail_text(&p.console, 2048) {
+                    out if out.is_empty() => e,
+                    out => NodeError::Internal(format!("{e}; console: {out}")),
+                }
+            });
         drop(listener);
         ran?;
         ph.mark("runtime");
@@ -358,6 +372,9 @@ impl Inner {
         if let Err(e) = host.kill_cgroup(id) {
             errors.push(e.to_string());
         }
+        // Its processes are gone: the pipe ends, and the files close before the disk
+        // may be unmounted.
+        self.consoles.close(id, Duration::from_secs(2));
         match host.mounts_under(&p.dir) {
             Ok(mut ms) => {
                 ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));

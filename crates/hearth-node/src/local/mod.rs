@@ -83,6 +83,8 @@ struct Inner {
     guard: guard::DiskGuard,
     /// Largest file the workspaces' filesystem takes, i.e. the largest disk; probed at open.
     max_file: u64,
+    /// Threads draining workspace consoles into their capped files.
+    consoles: crate::console::Consoles,
 }
 
 /// A failure with no typed cause (a panicked blocking task, a composed report).
@@ -205,6 +207,7 @@ impl LocalNode {
             freezes: Default::default(),
             guard,
             max_file,
+            consoles: Default::default(),
         });
         guard::spawn(Arc::downgrade(&inner));
         Ok(LocalNode { inner })
@@ -415,11 +418,17 @@ impl NodeApi for LocalNode {
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
         let id = spec.id.clone();
         self.blocking(move |i| {
-            let console = i.paths(&id).console;
-            match std::fs::read(&console) {
+            let p = i.paths(&id);
+            i.consoles.flush(&id, Duration::from_millis(100));
+            if let Some(b) = crate::console::tail(&p.console, LOG_MAX)
+                .map_err(NodeError::io("read", &p.console))?
+            {
+                return Ok(b);
+            }
+            match std::fs::read(&p.legacy_console) {
                 Ok(b) => Ok(b[b.len().saturating_sub(LOG_MAX)..].to_vec()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(NodeError::io("read", &console)(e)),
+                Err(e) => Err(NodeError::io("read", &p.legacy_console)(e)),
             }
         })
         .await
@@ -473,6 +482,24 @@ impl NodeApi for LocalNode {
         keep: Option<crate::Retention>,
     ) -> Result<crate::StoreGcReport, NodeError> {
         self.blocking(move |i| i.store_gc(keep)).await
+    }
+
+    async fn forget_snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+        keep: Option<crate::Retention>,
+    ) -> Result<Vec<String>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| {
+            valid_id(&spec.id)?;
+            i.forget_snapshots(&spec, keep)
+        })
+        .await
+    }
+
+    async fn store_usage(&self, spec: &WorkspaceSpec) -> Result<crate::StoreUsage, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.store_usage(&spec)).await
     }
 
     async fn teardown(&self) -> Result<(), NodeError> {

@@ -6,7 +6,7 @@
 //! fake host without root (`local/tests.rs`). The real implementation is the cgroups,
 //! network, runtime, mount and disk code.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ pub(super) trait HostOps: Send + Sync {
         id: &WorkspaceId,
         bundle: &Path,
         listener: BorrowedFd<'_>,
-        console: &Path,
+        console: OwnedFd,
     ) -> Result<(), NodeError>;
     fn signal_container(&self, id: &WorkspaceId, signal: &str) -> Result<(), NodeError>;
     /// Deletes the container (killing it); an unknown one is fine.
@@ -111,7 +111,7 @@ impl HostOps for RealHost {
         id: &WorkspaceId,
         bundle: &Path,
         listener: BorrowedFd<'_>,
-        console: &Path,
+        console: OwnedFd,
     ) -> Result<(), NodeError> {
         self.runtime
             .run_detached(id, bundle, listener, console, &self.cgroups.procs_files(id))

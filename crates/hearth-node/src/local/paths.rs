@@ -19,7 +19,13 @@ pub(super) struct Paths {
     pub(super) rootfs: PathBuf,
     pub(super) bundle: PathBuf,
     pub(super) socket: PathBuf,
+    /// Rotated console files, on the workspace's disk (outside what snapshots copy), so
+    /// they count against its disk limit.
     pub(super) console: PathBuf,
+    /// The pipe the container's stdout/stderr are (see `crate::console`).
+    pub(super) console_fifo: PathBuf,
+    /// The unbounded console file of workspaces started by an older node.
+    pub(super) legacy_console: PathBuf,
 }
 
 impl Inner {
@@ -39,7 +45,9 @@ impl Inner {
             rootfs: dir.join("rootfs"),
             bundle: dir.join("bundle"),
             socket: dir.join("agent.sock"),
-            console: dir.join("console.log"),
+            console: dir.join("disk/console"),
+            console_fifo: dir.join("console.fifo"),
+            legacy_console: dir.join("console.log"),
             dir,
         }
     }

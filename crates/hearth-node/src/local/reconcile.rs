@@ -31,6 +31,13 @@ impl Inner {
                 {
                     tracing::warn!(id = %spec.id, "reconcile egress: {e}");
                 }
+                // Drain its console again (its pipe buffered what came while we were down).
+                if let Err(e) =
+                    self.consoles
+                        .attach(&spec.id, &p.console_fifo, &p.console, self.cfg.console)
+                {
+                    tracing::warn!(id = %spec.id, "reconcile console: {e}");
+                }
             } else {
                 // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
                 if let Err(e) = self.cleanup_runtime(&spec.id, true) {

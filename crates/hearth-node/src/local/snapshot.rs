@@ -13,7 +13,8 @@ use super::guard::Hold;
 use super::{internal, mkdir, Inner};
 use crate::snap::parse_s3_url;
 use crate::{
-    NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, WorkspaceId, WorkspaceSpec,
+    NodeError, Retention, SnapshotSummary, StoreCheck, StoreGcReport, StoreUsage, WorkspaceId,
+    WorkspaceSpec,
 };
 
 /// Changes younger than this may share a timestamp tick with the marker, so a marker this
@@ -231,7 +232,58 @@ impl Inner {
             pause_us = view.pause.as_micros() as u64,
             "snapshot taken"
         );
+        // Without a bound, a workspace rewriting its files adds up to its disk size to the
+        // store at every snapshot, for ever. A failure here loses nothing; the next
+        // snapshot tries again.
+        if let Some(keep) = self.cfg.snapshots.retention {
+            if let Err(e) = self.forget_snapshots(spec, Some(keep)) {
+                tracing::warn!(id = %spec.id, error = %e, "snapshot retention failed");
+            }
+        }
         Ok(Some(summary(&info)))
+    }
+
+    /// Forgets the workspace's snapshots outside `keep`, or all of them without one.
+    /// Their chunks go at the next gc.
+    pub(super) fn forget_snapshots(
+        &self,
+        spec: &WorkspaceSpec,
+        keep: Option<Retention>,
+    ) -> Result<Vec<String>, NodeError> {
+        let store = self.snap_store()?;
+        let mine = self.snap_list(spec)?;
+        let ids = match keep {
+            None => mine.iter().map(|s| s.id.clone()).collect(),
+            Some(k) => hearth_snapshot::retention(
+                &mine,
+                hearth_snapshot::Retention {
+                    keep_last: k.keep_last,
+                    keep_daily: k.keep_daily,
+                },
+            ),
+        };
+        hearth_snapshot::forget(&store, &ids).map_err(snap_err(format!(
+            "workspace {}: cannot forget snapshots",
+            spec.name
+        )))?;
+        if !ids.is_empty() {
+            tracing::info!(id = %spec.id, forgotten = ids.len(), purge = keep.is_none(), "snapshots forgotten");
+        }
+        Ok(ids)
+    }
+
+    pub(super) fn store_usage(&self, spec: &WorkspaceSpec) -> Result<StoreUsage, NodeError> {
+        valid_id(&spec.id)?;
+        let store = self.snap_store()?;
+        let u = hearth_snapshot::usage(&store, &spec.id).map_err(snap_err(format!(
+            "workspace {}: cannot read its store use",
+            spec.name
+        )))?;
+        Ok(StoreUsage {
+            snapshots: u.snapshots,
+            referenced_bytes: u.referenced_bytes,
+            unique_bytes: u.unique_bytes,
+        })
     }
 
     /// Restores the workspace's latest snapshot when it has no local data. Returns

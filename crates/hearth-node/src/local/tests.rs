@@ -89,7 +89,7 @@ impl HostOps for FakeHost {
         id: &WorkspaceId,
         _: &Path,
         _: BorrowedFd<'_>,
-        _: &Path,
+        _: std::os::fd::OwnedFd,
     ) -> Result<(), NodeError> {
         self.op("run_container", id, |w| {
             w.containers.insert(id.clone(), ContainerState::Running);
@@ -199,6 +199,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         snapshots: Default::default(),
         egress: Default::default(),
         disk_reserve: Some(0),
+        console: Default::default(),
     };
     let net = Network::new(NetConfig {
         bridge: cfg.bridge.clone(),
@@ -225,6 +226,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         freezes: Default::default(),
         guard: guard::DiskGuard::new(&data, Some(0)).unwrap(),
         max_file: u64::MAX,
+        consoles: Default::default(),
         cfg,
     };
     (tmp, inner, host)

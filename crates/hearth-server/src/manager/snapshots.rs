@@ -228,6 +228,22 @@ impl Manager {
         }
     }
 
+    /// One round of background gc. A snapshot in progress holds the store (gc would wait
+    /// for nothing and then be refused): this round is skipped, the next one runs.
+    pub async fn background_gc(&self) {
+        match self.node.store_gc(None).await {
+            Ok(r) => tracing::info!(
+                deleted_chunks = r.deleted_chunks,
+                deleted_bytes = r.deleted_bytes,
+                "background store gc"
+            ),
+            Err(e) if e.kind() == hearth_node::ErrorKind::Conflict => {
+                tracing::info!(error = %e, "store busy; gc at the next interval")
+            }
+            Err(e) => tracing::warn!(error = %e, "background store gc failed"),
+        }
+    }
+
     pub async fn store_fsck(&self) -> Result<StoreCheck, ApiError> {
         let c = self
             .node
