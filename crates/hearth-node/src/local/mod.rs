@@ -490,11 +490,8 @@ impl NodeApi for LocalNode {
         keep: Option<crate::Retention>,
     ) -> Result<Vec<String>, NodeError> {
         let spec = spec.clone();
-        self.blocking(move |i| {
-            valid_id(&spec.id)?;
-            i.forget_snapshots(&spec, keep)
-        })
-        .await
+        self.blocking(move |i| i.forget_snapshots(&spec, keep))
+            .await
     }
 
     async fn store_usage(&self, spec: &WorkspaceSpec) -> Result<crate::StoreUsage, NodeError> {

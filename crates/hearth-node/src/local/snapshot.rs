@@ -273,7 +273,6 @@ impl Inner {
     }
 
     pub(super) fn store_usage(&self, spec: &WorkspaceSpec) -> Result<StoreUsage, NodeError> {
-        valid_id(&spec.id)?;
         let store = self.snap_store()?;
         let u = hearth_snapshot::usage(&store, &spec.id).map_err(snap_err(format!(
             "workspace {}: cannot read its store use",
