@@ -228,7 +228,11 @@ fn a_node_under_its_disk_reserve_refuses_new_workspaces() {
     srv.server_args
         .extend(["--disk-reserve".to_string(), "100T".to_string()]);
     srv.spawn();
-    let err = srv.fails(&["image", "load", "/nonexistent", "--name", "x"]);
+    // A real image (an OCI layout directory, loaded by server path): refused for the
+    // reserve, not for what it is.
+    let img_dir = tempfile::tempdir().unwrap();
+    let img = common::images::busybox_image(img_dir.path());
+    let err = srv.fails(&["image", "load", img.to_str().unwrap(), "--name", "x"]);
     assert!(err.contains("cannot load an image"), "{err}");
     let src = tempfile::tempdir().unwrap();
     let repo = git_repo(src.path(), "full");
