@@ -73,9 +73,13 @@ fn disk_limits_writes_snapshots_are_frozen_and_unmount_frees_the_loop() {
     let bdi = bdi_of(&img);
     let read = |f: &str| std::fs::read_to_string(bdi.join(f)).unwrap();
     let max: u64 = read("max_bytes").trim().parse().unwrap();
+    // The kernel stores the cap as a ratio of the global dirty limit (parts per million),
+    // which moves with free memory, so reading it back lands within a few KiB of the value.
+    let tolerance = 1 << 20;
     assert!(
-        max <= hearth_disk::DIRTY_MAX && max > hearth_disk::DIRTY_MAX - (1 << 20),
-        "max_bytes {max}"
+        max.abs_diff(hearth_disk::DIRTY_MAX) < tolerance,
+        "max_bytes {max}, set {}",
+        hearth_disk::DIRTY_MAX
     );
     assert_eq!(read("strict_limit").trim(), "1");
     create_subvolume(&mnt, "upper").unwrap();
