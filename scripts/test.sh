@@ -20,4 +20,4 @@ export HEARTH_TEST_BUSYBOX="$imgs/busybox.tar" HEARTH_TEST_DEBIAN="$imgs/debian.
 export HEARTH_TEST_DEBIAN_CONTAINERS="$imgs/debian-containers.tar"
 # Not target/debug/hearth-agent: `cargo test --workspace` rebuilds that one dynamically.
 export HEARTH_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/hearth-agent"
-cargo test --workspace -- --test-threads="${HEARTH_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${HEARTH_TEST_THREADS:-2}"
