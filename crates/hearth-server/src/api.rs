@@ -68,53 +68,6 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Adds the rate limit's 429 to every operation that needs the token.
-struct RateLimited;
-
-impl Modify for RateLimited {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{header::HeaderBuilder, ContentBuilder, ResponseBuilder};
-        let resp = ResponseBuilder::new()
-            .description("too many requests from this token; retry after the given seconds")
-            .header(
-                "Retry-After",
-                HeaderBuilder::new()
-                    .schema(
-                        utoipa::openapi::ObjectBuilder::new()
-                            .schema_type(utoipa::openapi::schema::Type::Integer),
-                    )
-                    .description(Some("seconds to wait"))
-                    .build(),
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build();
-        for item in doc.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                // `security(())` marks the open routes; the rest inherit the token.
-                if op.security.is_none() {
-                    op.responses
-                        .responses
-                        .insert("429".into(), resp.clone().into());
-                }
-            }
-        }
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hearth", description = "Self-hosted development workspaces."),
@@ -126,7 +79,7 @@ impl Modify for RateLimited {
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
     ),
     components(schemas(StreamLineDoc)),
-    modifiers(&BearerAuth, &RateLimited, &Contract),
+    modifiers(&BearerAuth, &Contract),
     security(("token" = []))
 )]
 pub struct ApiDoc;

@@ -1,7 +1,9 @@
 //! What the OpenAPI document states beyond the handlers' own annotations, applied to every
-//! operation at once so none can miss it: 401 wherever the token is needed, 400/413 for
+//! operation at once so none can miss it: 401 and the rate limit's 429 wherever the token
+//! is needed, 400/413 for
 //! every JSON body, and the workspace-name rule on every `{name}` path parameter.
 
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
@@ -18,6 +20,28 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
         ResponseBuilder::new()
             .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// The rate limit's refusal, with the `Retry-After` header it carries.
+fn rate_limited_response() -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description("too many requests from this token; retry after the given seconds")
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                    .description(Some("seconds to wait"))
+                    .build(),
+            )
             .content(
                 "application/json",
                 ContentBuilder::new()
@@ -56,6 +80,10 @@ impl Modify for Contract {
                     .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
                 if global_security && !open {
                     add(op, "401", "missing or invalid token");
+                    op.responses
+                        .responses
+                        .entry("429".to_string())
+                        .or_insert_with(rate_limited_response);
                 }
                 if op.request_body.is_some() {
                     add(

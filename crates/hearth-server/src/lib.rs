@@ -188,21 +188,22 @@ impl Server {
 
     /// Snapshots running workspaces that changed every `every`, until the process ends.
     pub fn spawn_periodic_snapshots(&self, every: std::time::Duration) {
-        let manager = self.manager.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                manager.periodic_snapshots().await;
-            }
-        });
+        self.spawn_every(every, |m| async move { m.periodic_snapshots().await });
     }
 
     /// Deletes store chunks that no snapshot needs any more every `every`: retention and
     /// removed workspaces only forget snapshots, the space comes back here.
     pub fn spawn_store_gc(&self, every: std::time::Duration) {
+        self.spawn_every(every, |m| async move { m.background_gc().await });
+    }
+
+    /// Runs `job` every `every` (first after one period; a slow run delays the next rather
+    /// than bunching them up), until the process ends.
+    fn spawn_every<F, Fut>(&self, every: std::time::Duration, job: F)
+    where
+        F: Fn(Arc<Manager>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let manager = self.manager.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -210,7 +211,7 @@ impl Server {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                manager.background_gc().await;
+                job(manager.clone()).await;
             }
         });
     }
