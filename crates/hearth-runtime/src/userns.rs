@@ -13,7 +13,11 @@ use crate::{Result, RuntimeError};
 
 /// Returns an fd of a new user namespace mapping ids 0..len to base..base+len (uid and gid).
 pub fn userns_fd(base: u32, len: u32) -> Result<OwnedFd> {
-    let (rd, wr) = nix::unistd::pipe().map_err(|e| RuntimeError::sys("pipe", e))?;
+    // Close-on-exec: a process another thread spawns while this one runs must not keep
+    // `wr` open, or the child below never sees EOF. (Seen as a deadlock with parallel
+    // creates: an `nft -f -` inherited `wr` while the child held nft's stdin.)
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe", e))?;
     let wr_raw = wr.as_raw_fd();
     // SAFETY: the child only calls async-signal-safe functions (unshare, read, _exit)
     // before exiting; it never returns into Rust code that could take locks.
