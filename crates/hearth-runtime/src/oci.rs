@@ -551,7 +551,15 @@ mod tests {
         let odd = tmp.path().join("a) b (c");
         std::os::unix::fs::symlink("/bin/sleep", &odd).unwrap();
         let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+        // spawn() returns before the child has exec'd: until then it has our name.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let comm = loop {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+            if comm.trim() == "a) b (c" || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
         assert_eq!(comm.trim(), "a) b (c");
         let t = proc_start_time(child.id());
         let ours = proc_start_time(std::process::id()).unwrap();
