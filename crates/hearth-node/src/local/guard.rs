@@ -28,6 +28,9 @@ pub(super) const TICK: Duration = Duration::from_millis(100);
 const RESERVE_PERCENT: u64 = 5;
 const MIN_RESERVE: u64 = 1 << 30;
 const MAX_RESERVE: u64 = 20 << 30;
+/// How much a workspace's disk may grow under the reserve before it is frozen: its console
+/// lines and btrfs metadata, not real writes.
+const GROWTH_SLACK: u64 = 8 << 20;
 
 bitflags::bitflags! {
     /// Why a workspace is frozen. It thaws only when no reason is left, so a snapshot never
@@ -164,7 +167,8 @@ impl Freezes {
 pub(super) struct DiskGuard {
     /// Bytes; 0 turns the guard off.
     pub(super) reserve: u64,
-    /// Allocated bytes of each workspace's disk image at the last tick.
+    /// Allocated bytes of each workspace's disk image at the last tick with room, or when
+    /// it was first seen under the reserve.
     seen: Mutex<HashMap<WorkspaceId, u64>>,
 }
 
@@ -269,8 +273,14 @@ impl Inner {
         let now = self.disk_allocations();
         let mut seen = self.guard.seen.lock().unwrap_or_else(|e| e.into_inner());
         if free < reserve {
+            // Growth is counted from when the node went under its reserve, with a little
+            // slack: a workspace's own console lines (kept on its disk) and btrfs metadata
+            // must not freeze one that does not write, while the slack bounds what any
+            // workspace can still add.
             for (id, &alloc) in &now {
-                let grew = seen.get(id).is_some_and(|&before| alloc > before);
+                let grew = seen
+                    .get(id)
+                    .is_some_and(|&before| alloc > before + GROWTH_SLACK);
                 if !grew || self.freezes.held(id, Hold::DISK) {
                     continue;
                 }
@@ -287,7 +297,14 @@ impl Inner {
                 }
             }
         }
-        *seen = now;
+        if free >= reserve {
+            *seen = now;
+        } else {
+            seen.retain(|id, _| now.contains_key(id));
+            for (id, alloc) in now {
+                seen.entry(id).or_insert(alloc);
+            }
+        }
     }
 
     /// Bytes allocated on the host by each workspace's disk image.
