@@ -33,23 +33,9 @@ pub struct ServerInfo {
     pub url: String,
 }
 
-/// First message of an exec session: what to run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct ExecRequest {
-    /// argv; argv[0] is looked up in PATH when it has no slash.
-    pub argv: Vec<String>,
-    /// Extra environment on top of the workspace's default environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory; the image's WorkingDir (or /) when absent.
-    pub cwd: Option<String>,
-    /// User name or uid[:gid]; the image's User (or root) when absent.
-    pub user: Option<String>,
-    /// Allocate a PTY (stdout and stderr are then one stream).
-    pub tty: bool,
-    pub rows: u16,
-    pub cols: u16,
-}
+/// First message of an exec session: what to run (the agent protocol's own request, so
+/// the server hands it on unchanged).
+pub use hearth_proto::ExecRequest;
 
 /// Media type of streamed long operations.
 pub const NDJSON: &str = "application/x-ndjson";

@@ -19,7 +19,6 @@ use utoipa::{Modify, OpenApi};
 
 use crate::auth::Caller;
 use crate::contract::Contract;
-use crate::convert;
 use crate::error::ApiError;
 use crate::manager::Manager;
 use crate::ndjson;
@@ -454,7 +453,7 @@ async fn exec_session(manager: Arc<Manager>, spec: WorkspaceSpec, mut socket: We
             }
         }
     };
-    let session = match manager.exec(&spec, convert::exec_request(req)).await {
+    let session = match manager.exec(&spec, req).await {
         Ok(s) => s,
         Err(e) => {
             let _ = send_frame(&mut socket, ServerFrame::Error(e.message)).await;

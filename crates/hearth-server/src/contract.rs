@@ -16,36 +16,29 @@ pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
 
 pub struct Contract;
 
-fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
-    RefOr::T(
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
+/// A refusal with the JSON error body.
+fn error_builder(description: &str) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
             .build(),
     )
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(error_builder(description).build())
 }
 
 /// The rate limit's refusal, with the `Retry-After` header it carries.
 fn rate_limited_response() -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
-        ResponseBuilder::new()
-            .description("too many requests from this token; retry after the given seconds")
+        error_builder("too many requests from this token; retry after the given seconds")
             .header(
                 "Retry-After",
                 HeaderBuilder::new()
                     .schema(ObjectBuilder::new().schema_type(Type::Integer))
                     .description(Some("seconds to wait"))
-                    .build(),
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
                     .build(),
             )
             .build(),

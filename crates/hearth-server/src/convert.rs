@@ -3,8 +3,8 @@
 //! syntax) are applied here.
 
 use hearth_api::{
-    EgressEdit, EgressInfo, ExecRequest, IdRange, Image, LimitsRequest, NetworkInfo, Snapshot,
-    UsageInfo, Workspace, WorkspaceInspect, WorkspaceLimits,
+    EgressEdit, EgressInfo, IdRange, Image, LimitsRequest, NetworkInfo, Snapshot, UsageInfo,
+    Workspace, WorkspaceInspect, WorkspaceLimits,
 };
 use hearth_node::{ImageSummary, Limits, SnapshotSummary, WorkspaceDetails};
 
@@ -35,18 +35,6 @@ pub fn snapshot(s: SnapshotSummary) -> Snapshot {
         size: s.size,
         files: s.files,
         new_bytes: s.new_bytes,
-    }
-}
-
-pub fn exec_request(r: ExecRequest) -> hearth_node::ExecRequest {
-    hearth_node::ExecRequest {
-        argv: r.argv,
-        env: r.env,
-        cwd: r.cwd,
-        user: r.user,
-        tty: r.tty,
-        rows: r.rows,
-        cols: r.cols,
     }
 }
 
