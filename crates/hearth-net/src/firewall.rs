@@ -108,6 +108,53 @@ impl Network {
         Ok(())
     }
 
+    /// [`Network::apply_egress`] for many workspaces in one nft transaction: a node
+    /// restart repairs every running workspace's rules with one nft run, not one each.
+    /// If the batch is refused, each workspace is applied on its own so one bad entry
+    /// holds back no other; the errors come back per id.
+    pub fn apply_egress_many(
+        &self,
+        workspaces: &[(&WorkspaceId, u32, &[EgressRule])],
+    ) -> Vec<(WorkspaceId, NetError)> {
+        let mut errors = Vec::new();
+        let mut scripts = Vec::new();
+        for &(id, slot, rules) in workspaces {
+            let script = egress::check_count(rules.len())
+                .and_then(|()| self.address(slot))
+                .map(|ip| egress::workspace_script(&self.nft_table(), id, ip, rules));
+            match script {
+                Ok(s) => scripts.push((id, slot, rules, s)),
+                Err(e) => errors.push((id.clone(), e)),
+            }
+        }
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        scripts.retain(|(id, _, _, s)| applied.get(id.as_str()) != Some(s));
+        if scripts.is_empty() {
+            return errors;
+        }
+        for (id, ..) in &scripts {
+            applied.remove(id.as_str());
+        }
+        let all: String = scripts.iter().map(|(.., s)| s.as_str()).collect();
+        match run_stdin("nft", &["-f", "-"], &all) {
+            Ok(_) => {
+                for (id, _, _, s) in scripts {
+                    applied.insert(id.to_string(), s);
+                }
+            }
+            Err(e) => {
+                drop(applied);
+                tracing::warn!(error = %e, "batched egress apply refused; applying one by one");
+                for (id, slot, rules, _) in scripts {
+                    if let Err(e) = self.apply_egress(id, slot, rules) {
+                        errors.push((id.clone(), e));
+                    }
+                }
+            }
+        }
+        errors
+    }
+
     /// Removes workspace `id`'s deny chain and map entries; a missing table is fine.
     pub(crate) fn remove_egress(&self, id: &str) -> Result<(), NetError> {
         self.applied

@@ -411,6 +411,14 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Removes every trace: processes, mounts, cgroups, netns, veth, files.
     async fn remove(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     async fn status(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError>;
+    /// [`NodeApi::status`] of many workspaces in one call (a listing), in `specs` order.
+    async fn statuses(&self, specs: &[WorkspaceSpec]) -> Vec<Result<WorkspaceStatus, NodeError>> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            out.push(self.status(spec).await);
+        }
+        out
+    }
     /// Applies `spec.egress` to the workspace's network now, if it has one (it is applied
     /// on every start anyway). Atomic: on error the previous policy stays in force.
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;

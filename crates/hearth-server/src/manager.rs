@@ -183,19 +183,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Renders a record; asks the node for the address only when `status` is wanted.
-    async fn view(&self, rec: WorkspaceRecord, images: &[Image], with_status: bool) -> Workspace {
+    /// Renders a record with what the node reports about it (`status`: address, pause).
+    fn view(rec: WorkspaceRecord, images: &[Image], status: Option<&WorkspaceStatus>) -> Workspace {
         let (mut ip, mut paused) = (None, None);
-        if with_status && rec.state == WorkspaceState::Running {
-            match self.node.status(&rec.spec).await {
-                Ok(st) => {
-                    ip = st.ip.map(|a| a.to_string());
-                    paused = st.paused;
-                }
-                Err(e) => {
-                    tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "status failed")
-                }
-            }
+        if let Some(st) = status.filter(|_| rec.state == WorkspaceState::Running) {
+            ip = st.ip.map(|a| a.to_string());
+            paused = st.paused.clone();
         }
         let image_name = images
             .iter()
@@ -224,6 +217,20 @@ impl Manager {
         }
     }
 
+    /// Renders a record, asking the node for its status if it is running.
+    async fn view_now(&self, rec: WorkspaceRecord, images: &[Image]) -> Workspace {
+        let mut status = None;
+        if rec.state == WorkspaceState::Running {
+            match self.node.status(&rec.spec).await {
+                Ok(st) => status = Some(st),
+                Err(e) => {
+                    tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "status failed")
+                }
+            }
+        }
+        Self::view(rec, images, status.as_ref())
+    }
+
     async fn images_or_empty(&self) -> Vec<Image> {
         match self.node.images().await {
             Ok(v) => v.into_iter().map(convert::image).collect(),
@@ -234,19 +241,41 @@ impl Manager {
         }
     }
 
+    /// Records plus one batched liveness check of the running ones (the node reads
+    /// state files; no process per workspace).
     pub async fn list(&self) -> Result<Vec<Workspace>, ApiError> {
         let images = self.images_or_empty().await;
-        let mut out = Vec::new();
-        for rec in self.store.list().await? {
-            out.push(self.view(rec, &images, true).await);
+        let recs = self.store.list().await?;
+        let running: Vec<WorkspaceSpec> = recs
+            .iter()
+            .filter(|r| r.state == WorkspaceState::Running)
+            .map(|r| r.spec.clone())
+            .collect();
+        let mut statuses: std::collections::HashMap<WorkspaceId, WorkspaceStatus> =
+            std::collections::HashMap::new();
+        for (spec, st) in running.iter().zip(self.node.statuses(&running).await) {
+            match st {
+                Ok(st) => {
+                    statuses.insert(spec.id.clone(), st);
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = spec.name, error = ?e.to_string(), "status failed")
+                }
+            }
         }
-        Ok(out)
+        Ok(recs
+            .into_iter()
+            .map(|rec| {
+                let st = statuses.get(&rec.spec.id);
+                Self::view(rec, &images, st)
+            })
+            .collect())
     }
 
     pub async fn get(&self, name: &str) -> Result<Workspace, ApiError> {
         let rec = self.record(name).await?;
         let images = self.images_or_empty().await;
-        Ok(self.view(rec, &images, true).await)
+        Ok(self.view_now(rec, &images).await)
     }
 
     pub async fn images(&self) -> Result<Vec<Image>, ApiError> {
@@ -377,7 +406,7 @@ impl Manager {
             .await
             .map_err(|e| node_err("inspect", name, e))?;
         let images = self.images_or_empty().await;
-        let ws = self.view(rec, &images, true).await;
+        let ws = self.view_now(rec, &images).await;
         Ok(convert::inspect(ws, details))
     }
 
@@ -522,10 +551,13 @@ impl Manager {
         }
         .await;
         match result {
-            Ok(_) => {
+            Ok(st) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
                 tracing::info!(workspace = name, "running");
-                self.get(&name).await
+                // What the start answered, with the image already resolved: no more
+                // node round trips.
+                let rec = self.record(&name).await?;
+                Ok(Self::view(rec, &[convert::image(image)], Some(&st)))
             }
             Err(e) => {
                 say(&progress, format!("cleaning up workspace {name}"));
@@ -543,10 +575,14 @@ impl Manager {
     pub async fn start(&self, name: &str) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.record(name).await?;
+        let mut started = None;
         if let Some(st) = plan_start(rec.state).map_err(ApiError::conflict)? {
             self.set(&rec, st, None).await?;
             match self.node.start(&rec.spec).await {
-                Ok(_) => self.set(&rec, WorkspaceState::Running, None).await?,
+                Ok(status) => {
+                    self.set(&rec, WorkspaceState::Running, None).await?;
+                    started = Some(status);
+                }
                 // Refused before anything was done (e.g. the node's disk is under its
                 // reserve for a restore): the workspace is as it was.
                 Err(e) if e.kind() == ErrorKind::Conflict => {
@@ -562,7 +598,14 @@ impl Manager {
                 }
             }
         }
-        self.get(name).await
+        match started {
+            Some(st) => {
+                let rec = self.record(name).await?;
+                let images = self.images_or_empty().await;
+                Ok(Self::view(rec, &images, Some(&st)))
+            }
+            None => self.get(name).await,
+        }
     }
 
     pub async fn stop(&self, name: &str) -> Result<Workspace, ApiError> {

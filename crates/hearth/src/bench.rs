@@ -12,6 +12,9 @@ use anyhow::{bail, Context, Result};
 use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, WorkspaceSpec};
 use hearth_proto::Event;
 
+mod scale;
+pub use scale::{run as run_scale, ScaleArgs};
+
 pub struct BenchArgs {
     pub runs: usize,
     /// Image archive or OCI layout to run (what `hearth image load` takes).

@@ -128,6 +128,11 @@ enum Cmd {
         /// Also time `podman run --rm` of the same image (needs podman and skopeo).
         #[arg(long)]
         podman: bool,
+        /// Instead, time ls, inspect, create and server restart with this many idle
+        /// workspaces running, e.g. 10,100,500 (each needs a loop device, ~64 MiB of
+        /// memory limit and a sparse 256 MiB disk).
+        #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+        scale: Vec<usize>,
     },
     /// Snapshot a workspace's files now.
     Snapshot { name: String },
@@ -401,11 +406,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime,
             agent,
             podman,
+            scale,
         } => {
             let agent = match agent.clone().or_else(server::agent_next_to_exe) {
                 Some(a) => a,
                 None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
             };
+            if !scale.is_empty() {
+                return bench::run_scale(bench::ScaleArgs {
+                    tiers: scale.clone(),
+                    image: image.clone(),
+                    agent,
+                    runtime: runtime.clone(),
+                })
+                .await
+                .map(|()| 0);
+            }
             bench::run(bench::BenchArgs {
                 runs: *runs,
                 image: image.clone(),

@@ -3,9 +3,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::internal;
 use crate::NodeError;
 
 /// How long a start may take until the agent answers.
@@ -70,28 +69,40 @@ fn has_interpreter(elf: &[u8]) -> bool {
     })
 }
 
-/// Polls the agent until it answers a ping; its console tail explains a failure.
+/// Waits until the agent answers a ping; its console tail explains a failure. Plain
+/// blocking socket calls: this runs on a blocking thread, with no async runtime.
+///
+/// The node made the listening socket before the runtime ran, so the connection queues
+/// in its backlog until the agent accepts it: one ping waits exactly as long as the
+/// agent takes to come up (no polling), and fails at once if the container is gone.
 pub(super) fn wait_ready(socket: &Path, console: &Path) -> Result<(), NodeError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(internal)?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut delay = Duration::from_micros(200);
-    loop {
-        match rt.block_on(hearth_proto::client::ping(socket)) {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(NodeError::Internal(format!(
-                    "workspace agent did not become ready: {e}; console: {}",
-                    crate::console::tail_text(console, 1024)
-                )))
-            }
-            Err(_) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(20));
-            }
-        }
+    ping(socket, READY_TIMEOUT).map_err(|e| {
+        NodeError::Internal(format!(
+            "workspace agent did not become ready: {e}; console: {}",
+            crate::console::tail_text(console, 1024)
+        ))
+    })
+}
+
+fn ping(socket: &Path, timeout: Duration) -> std::io::Result<()> {
+    use hearth_proto::{AgentMsg, ClientMsg, Message, Request};
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(&ClientMsg::Request(Request::Ping).encode()?)?;
+    let (kind, payload) = hearth_proto::read_frame(&mut s)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection",
+        )
+    })?;
+    match AgentMsg::decode(kind, &payload)? {
+        AgentMsg::Pong { .. } => Ok(()),
+        AgentMsg::Error(m) => Err(std::io::Error::other(m)),
+        other => Err(std::io::Error::other(format!(
+            "unexpected answer to a ping: {other:?}"
+        ))),
     }
 }
 

@@ -179,7 +179,7 @@ impl Inner {
         // Already running: nothing to do (and a running workspace is never migrated).
         if let Some(st) = self.host.container_state(&spec.id)? {
             if st.is_running() {
-                return self.status(spec);
+                return Ok(self.running_status(spec, st.pid));
             }
         }
         // No reserve check here: starting takes no space (a restore checks its own), and
@@ -202,7 +202,23 @@ impl Inner {
         let t0 = Instant::now();
         self.start_inner(spec, &image, &p)?;
         tracing::info!(id = %spec.id, name = spec.name.as_str(), ms = t0.elapsed().as_millis() as u64, "started");
-        self.status(spec)
+        // What the caller gets back, from one read of the runtime's state file.
+        match self.host.container_state(&spec.id)? {
+            Some(st) if st.is_running() => Ok(self.running_status(spec, st.pid)),
+            _ => Err(NodeError::Internal(format!(
+                "workspace {} stopped right after its agent answered (hearth logs {} shows why)",
+                spec.name, spec.name
+            ))),
+        }
+    }
+
+    fn running_status(&self, spec: &WorkspaceSpec, pid: Option<u32>) -> WorkspaceStatus {
+        WorkspaceStatus {
+            state: RunState::Running,
+            pid,
+            ip: self.net.address(spec.slot).ok(),
+            paused: self.paused_reason(&spec.id),
+        }
     }
 
     /// Sets up the workspace's cgroup, network, root and container, and waits for its
@@ -318,12 +334,7 @@ impl Inner {
             });
         }
         match self.host.container_state(&spec.id)? {
-            Some(st) if st.is_running() => Ok(WorkspaceStatus {
-                state: RunState::Running,
-                pid: st.pid,
-                ip: self.net.address(spec.slot).ok(),
-                paused: self.paused_reason(&spec.id),
-            }),
+            Some(st) if st.is_running() => Ok(self.running_status(spec, st.pid)),
             _ => Ok(WorkspaceStatus {
                 state: RunState::Stopped,
                 pid: None,

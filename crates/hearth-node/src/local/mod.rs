@@ -369,6 +369,21 @@ impl NodeApi for LocalNode {
         self.blocking(move |i| i.status(&spec)).await
     }
 
+    async fn statuses(&self, specs: &[WorkspaceSpec]) -> Vec<Result<WorkspaceStatus, NodeError>> {
+        let specs = specs.to_vec();
+        let n = specs.len();
+        // Each is a few small file reads (the runtime's state file, /proc): no process.
+        match self
+            .blocking(move |i| Ok(reconcile::par_map(&specs, 4, |s| i.status(s))))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => (0..n)
+                .map(|_| Err(NodeError::Internal(e.to_string())))
+                .collect(),
+        }
+    }
+
     async fn set_egress(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let spec = spec.clone();
         self.blocking(move |i| {

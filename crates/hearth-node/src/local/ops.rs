@@ -59,6 +59,20 @@ pub(super) trait HostOps: Send + Sync {
         slot: u32,
         deny: &[EgressRule],
     ) -> Result<(), NodeError>;
+    /// [`HostOps::apply_egress`] for many workspaces (one nft run on the real host);
+    /// returns the ones that failed.
+    fn apply_egress_many(
+        &self,
+        ws: &[(&WorkspaceId, u32, &[EgressRule])],
+    ) -> Vec<(WorkspaceId, NodeError)> {
+        ws.iter()
+            .filter_map(|&(id, slot, deny)| {
+                self.apply_egress(id, slot, deny)
+                    .err()
+                    .map(|e| (id.clone(), e))
+            })
+            .collect()
+    }
     fn networks(&self) -> Result<Vec<WorkspaceId>, NodeError>;
     /// Removes the veth, netns and egress rules; whatever is gone already is fine.
     fn remove_network(&self, id: &WorkspaceId) -> Result<(), NodeError>;
@@ -172,6 +186,17 @@ impl HostOps for RealHost {
         deny: &[EgressRule],
     ) -> Result<(), NodeError> {
         Ok(self.net.apply_egress(id, slot, deny)?)
+    }
+
+    fn apply_egress_many(
+        &self,
+        ws: &[(&WorkspaceId, u32, &[EgressRule])],
+    ) -> Vec<(WorkspaceId, NodeError)> {
+        self.net
+            .apply_egress_many(ws)
+            .into_iter()
+            .map(|(id, e)| (id, NodeError::from(e)))
+            .collect()
     }
 
     fn networks(&self) -> Result<Vec<WorkspaceId>, NodeError> {

@@ -1,50 +1,95 @@
 //! Bringing the host in line with the control plane's records after a restart or crash.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
 use super::Inner;
 use crate::{NodeError, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus};
 
+/// Workspaces re-attached at once after a restart: the work is small file reads and
+/// syscalls (a cleanup after a crash mid-start runs a few `ip`/`nft`), so a few threads
+/// keep both cores busy without crowding the host.
+const RECONCILE_WORKERS: usize = 8;
+
+/// `f` over `items` on up to `workers` threads; results in input order.
+pub(super) fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 impl Inner {
+    /// Re-attaches to one known workspace: a running one keeps running (only a freeze a
+    /// crash left behind is lifted); anything else has its half-done runtime state
+    /// cleared.
+    fn reconcile_one(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
+        let st = self.status(spec)?;
+        let p = self.paths(&spec.id);
+        if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
+            self.drop_stale_views(&p);
+        }
+        if st.state == RunState::Running {
+            // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
+            // (The disk guard freezes it again if it grows while under the reserve.)
+            if let Err(e) = self.freezes.clear(&self.cgroups, &spec.id, false) {
+                tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
+            }
+            // Drain its console again (its pipe buffered what came while we were down).
+            if let Err(e) =
+                self.consoles
+                    .attach(&spec.id, &p.console_fifo, &p.console, self.cfg.console)
+            {
+                tracing::warn!(id = %spec.id, "reconcile console: {e}");
+            }
+        } else {
+            // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
+            if let Err(e) = self.cleanup_runtime(&spec.id, true) {
+                tracing::warn!(id = %spec.id, "reconcile cleanup: {e}");
+            }
+        }
+        Ok(st)
+    }
+
     pub(super) fn reconcile(
         &self,
         known: &[WorkspaceSpec],
     ) -> Result<Vec<(WorkspaceId, WorkspaceStatus)>, NodeError> {
-        let mut out = Vec::new();
         let known_ids: std::collections::HashSet<&str> =
             known.iter().map(|s| s.id.as_str()).collect();
-        for spec in known {
-            let st = self.status(spec)?;
-            let p = self.paths(&spec.id);
-            if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
-                self.drop_stale_views(&p);
-            }
+        // Each workspace is independent: re-attach them in parallel.
+        let statuses = par_map(known, RECONCILE_WORKERS, |spec| self.reconcile_one(spec));
+        let mut out = Vec::with_capacity(known.len());
+        let mut running = Vec::new();
+        for (spec, st) in known.iter().zip(statuses) {
+            let st = st?;
             if st.state == RunState::Running {
-                // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
-                // (The disk guard freezes it again if it grows while under the reserve.)
-                if let Err(e) = self.freezes.clear(&self.cgroups, &spec.id, false) {
-                    tracing::warn!(id = %spec.id, "reconcile thaw: {e}");
-                }
-                // The kernel keeps the rules across our restarts; this repairs a policy
-                // changed while we were down or rules someone flushed.
-                if let Err(e) = self
-                    .host
-                    .apply_egress(&spec.id, spec.slot, &spec.egress.deny)
-                {
-                    tracing::warn!(id = %spec.id, "reconcile egress: {e}");
-                }
-                // Drain its console again (its pipe buffered what came while we were down).
-                if let Err(e) =
-                    self.consoles
-                        .attach(&spec.id, &p.console_fifo, &p.console, self.cfg.console)
-                {
-                    tracing::warn!(id = %spec.id, "reconcile console: {e}");
-                }
-            } else {
-                // A crash mid-start or mid-stop leaves mounts, netns or cgroups: clear them.
-                if let Err(e) = self.cleanup_runtime(&spec.id, true) {
-                    tracing::warn!(id = %spec.id, "reconcile cleanup: {e}");
-                }
+                running.push((&spec.id, spec.slot, &spec.egress.deny[..]));
             }
             out.push((spec.id.clone(), st));
+        }
+        // The kernel keeps the rules across our restarts; this repairs a policy changed
+        // while we were down or rules someone flushed, for all of them at once.
+        for (id, e) in self.host.apply_egress_many(&running) {
+            tracing::warn!(%id, "reconcile egress: {e}");
         }
         // Resources of workspaces the control plane no longer knows.
         let mut strays: std::collections::BTreeSet<WorkspaceId> = Default::default();

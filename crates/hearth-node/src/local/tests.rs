@@ -421,22 +421,53 @@ fn reconcile_resolves_states_cleans_unknown_ids_and_keeps_their_files() {
         ]
     );
     assert_eq!(got[0].1.ip, Some("10.250.0.5".parse().unwrap()), "slot 3");
+    // Known workspaces are reconciled in parallel: the order holds per workspace, and
+    // every known one is done before egress is repaired and strays are cleaned.
+    let calls = host.calls();
+    let of = |id: &str| -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| {
+                c.split(' ')
+                    .nth(1)
+                    .is_some_and(|a| a.split('/').next() == Some(id))
+            })
+            .cloned()
+            .collect()
+    };
+    // Running: its disk is opened, its egress rules repaired, nothing removed.
     assert_eq!(
-        host.calls(),
+        of("aa01"),
+        strings(&["open_disk aa01/disk", "apply_egress aa01"])
+    );
+    // Stopped: runtime resources go, the disk and network stay for the next start.
+    assert_eq!(
+        of("bb02"),
         strings(&[
-            // Running: its disk is opened, its egress rules repaired, nothing removed.
-            "open_disk aa01/disk",
-            "apply_egress aa01",
-            // Stopped: runtime resources go, the disk and network stay for the next start.
             "open_disk bb02/disk",
             "delete_container bb02",
             "kill_cgroup bb02",
             "unmount bb02/rootfs",
             "remove_cgroup bb02",
-            // Missing: whatever is left of its runtime goes.
+        ])
+    );
+    // Missing: whatever is left of its runtime goes.
+    assert_eq!(
+        of("cc03"),
+        strings(&[
             "delete_container cc03",
             "kill_cgroup cc03",
-            "remove_cgroup cc03",
+            "remove_cgroup cc03"
+        ])
+    );
+    let known_done = calls
+        .iter()
+        .rposition(|c| c.contains("bb02") || c.contains("cc03") || c == "open_disk aa01/disk")
+        .unwrap();
+    assert_eq!(
+        calls[known_done + 1..],
+        strings(&[
+            "apply_egress aa01",
             // A partial restore is unmounted (and deleted).
             "unmount .restore-77/disk",
             // Unknown: every runtime resource goes, deepest mount first.
