@@ -296,6 +296,8 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     println!();
+    print_start_ratios(&floor, &start, &first);
+    println!();
     println!("start phases (stopped -> agent ready), ms:");
     for (name, samples) in phases {
         let s = Series {
@@ -312,6 +314,29 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts against the floor measured in the same run (p50 over p50): the machine's load
+/// moves both, so the ratio is what compares across runs and hosts.
+fn print_start_ratios(floor: &Series, start: &Series, first: &Series) {
+    let base = floor.pct(50.0);
+    println!("start against the floor (p50 / floor p50, this run):");
+    println!(
+        "  {:<34} {:>8} {:>8} {:>8}",
+        "", "p50 ms", "ratio", "target"
+    );
+    println!("  {:<34} {:>8.1} {:>8} {:>8}", floor.name, base, "1.0x", "");
+    for (s, target) in [(start, 2.0), (first, 3.0)] {
+        let ratio = s.pct(50.0) / base;
+        println!(
+            "  {:<34} {:>8.1} {:>7.1}x {:>8} {}",
+            s.name,
+            s.pct(50.0),
+            ratio,
+            format!("<= {target:.0}x"),
+            if ratio <= target { "ok" } else { "over" }
+        );
+    }
 }
 
 /// How skopeo names `path`: an OCI layout directory, or a docker or OCI archive.
