@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
-    ClientFrame, CreateWorkspace, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
-    FrameError, Image, LimitsRequest, LoadImage, PullImage, ServerFrame, ServerInfo, Snapshot,
-    StoreCheck, StoreGc, StoreGcReport, StreamLine, Workspace, WorkspaceInspect, SERVER_FILE,
-    TOKEN_FILE,
+    ClientFrame, CreateUser, CreateWorkspace, EgressEdit, ErrorBody, ErrorInfo, ExecRequest,
+    ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage, ServerFrame,
+    ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StreamLine, User, Workspace,
+    WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -365,6 +365,33 @@ impl Client {
 
     pub async fn store_gc(&self, req: &StoreGc) -> Result<StoreGcReport> {
         self.post("/v1/store/gc", req).await
+    }
+
+    /// The user this client's token belongs to.
+    pub async fn me(&self) -> Result<User> {
+        self.get("/v1/me").await
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>> {
+        self.get("/v1/users").await
+    }
+
+    /// Adds a user; the answer holds its token, which the server never shows again.
+    pub async fn create_user(&self, req: &CreateUser) -> Result<NewUser> {
+        self.post("/v1/users", req).await
+    }
+
+    /// Removes a user; its workspaces go to `reassign_to` (refused while it owns some
+    /// and no heir is given).
+    pub async fn remove_user(&self, name: &str, reassign_to: Option<&str>) -> Result<()> {
+        let mut req = self
+            .http
+            .delete(self.url(&format!("/v1/users/{}", enc(name))));
+        if let Some(heir) = reassign_to {
+            req = req.query(&[("reassign_to", heir)]);
+        }
+        self.send(req).await?;
+        Ok(())
     }
 
     /// `ws://` URL of a path on the server.

@@ -19,8 +19,10 @@ use utoipa::ToSchema;
 #[cfg(feature = "client")]
 pub mod client;
 mod snapshots;
+mod users;
 
 pub use snapshots::*;
+pub use users::*;
 
 /// File in the server's data dir holding the API token (mode 0600).
 pub const TOKEN_FILE: &str = "token";
@@ -259,6 +261,8 @@ pub struct WorkspaceLimits {
 pub struct Workspace {
     pub id: String,
     pub name: String,
+    /// The user it belongs to.
+    pub owner: String,
     /// Image id (`sha256:...`).
     pub image: String,
     /// First name of the image, when it still has one.
@@ -363,7 +367,8 @@ pub struct Health {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorInfo {
-    /// `not_found`, `invalid`, `conflict`, `unauthorized`, `too_large` or `internal`.
+    /// `not_found`, `invalid`, `conflict`, `unauthorized`, `forbidden`, `too_large`,
+    /// `too_many_requests` or `internal`.
     pub code: String,
     pub message: String,
 }

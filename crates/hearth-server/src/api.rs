@@ -5,9 +5,9 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
@@ -17,7 +17,7 @@ use hearth_proto::Event;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::auth::Caller;
+use crate::auth::{require_token, Admin, Caller};
 use crate::contract::Contract;
 use crate::error::ApiError;
 use crate::manager::Manager;
@@ -30,30 +30,6 @@ const SIGHUP: i32 = 1;
 
 /// How long a finished session waits for the client to close its side.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Compares without an early exit so timing does not reveal a matching prefix.
-/// Compares in time independent of where the bytes differ (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
-}
-
-async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => {
-            req.extensions_mut().insert(Caller::admin());
-            next.run(req).await
-        }
-        Some(_) => ApiError::unauthorized("invalid token").into_response(),
-        None => {
-            ApiError::unauthorized("missing Authorization: Bearer <token> header").into_response()
-        }
-    }
-}
 
 struct BearerAuth;
 
@@ -75,7 +51,9 @@ impl Modify for BearerAuth {
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
-        crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc
+        crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
+        crate::users::me, crate::users::list_users, crate::users::create_user,
+        crate::users::remove_user
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -118,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
+        .merge(crate::users::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),
@@ -248,21 +227,28 @@ async fn pull_image(State(st): State<AppState>, ApiJson(req): ApiJson<PullImage>
     ndjson::stream(move |p| async move { st.manager.pull_checked(&reference, auth, p).await })
 }
 
+/// Removes an image no workspace uses (admins only: images are shared by every user).
 #[utoipa::path(delete, path = "/v1/images/{reference}",
     params(("reference" = String, Path, description = "image name or id (prefix)")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn remove_image(
     State(st): State<AppState>,
+    _: Admin,
     Path(reference): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     st.manager.remove_image(&reference).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The caller's workspaces; every workspace for an admin.
 #[utoipa::path(get, path = "/v1/workspaces",
     responses((status = 200, body = Vec<Workspace>), (status = 401, body = ErrorBody)))]
-async fn list_workspaces(State(st): State<AppState>) -> Result<Json<Vec<Workspace>>, ApiError> {
-    Ok(Json(st.manager.list().await?))
+async fn list_workspaces(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Workspace>>, ApiError> {
+    Ok(Json(st.manager.list(&caller).await?))
 }
 
 /// Creates and starts a workspace. The request, name, image, disk size and free space are
@@ -275,9 +261,10 @@ async fn list_workspaces(State(st): State<AppState>) -> Result<Json<Vec<Workspac
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateWorkspace>,
 ) -> Response {
-    let plan = match st.manager.plan_create(req).await {
+    let plan = match st.manager.plan_create(&caller, req).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -288,9 +275,10 @@ async fn create_workspace(
     responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.get(&name).await?))
+    Ok(Json(st.manager.get(&caller, &name).await?))
 }
 
 /// The record plus host details: uid range, cgroups, network, pid and current usage.
@@ -298,9 +286,10 @@ async fn get_workspace(
     responses((status = 200, body = WorkspaceInspect), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn inspect_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<WorkspaceInspect>, ApiError> {
-    Ok(Json(st.manager.inspect(&name).await?))
+    Ok(Json(st.manager.inspect(&caller, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/start", params(("name" = String, Path)),
@@ -308,9 +297,10 @@ async fn inspect_workspace(
         (status = 409, body = ErrorBody)))]
 async fn start_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.start(&name).await?))
+    Ok(Json(st.manager.start(&caller, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/stop", params(("name" = String, Path)),
@@ -318,18 +308,20 @@ async fn start_workspace(
         (status = 409, body = ErrorBody)))]
 async fn stop_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.stop(&name).await?))
+    Ok(Json(st.manager.stop(&caller, &name).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<StatusCode, ApiError> {
-    st.manager.remove(&name).await?;
+    st.manager.remove(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,10 +334,11 @@ async fn remove_workspace(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_egress(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
     ApiJson(req): ApiJson<Egress>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.set_egress(&name, req).await?))
+    Ok(Json(st.manager.set_egress(&caller, &name, req).await?))
 }
 
 /// Edits the deny list (add, remove, clear) atomically on the server, so concurrent edits
@@ -356,10 +349,11 @@ async fn set_egress(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn edit_egress(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
     ApiJson(req): ApiJson<EgressEdit>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.edit_egress(&name, req).await?))
+    Ok(Json(st.manager.edit_egress(&caller, &name, req).await?))
 }
 
 /// Changes the limits the request names and keeps the others: memory, pids and CPU weight
@@ -371,10 +365,11 @@ async fn edit_egress(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_limits(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
     ApiJson(req): ApiJson<LimitsRequest>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.set_limits(&name, req).await?))
+    Ok(Json(st.manager.set_limits(&caller, &name, req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path)),
@@ -382,9 +377,10 @@ async fn set_limits(
         content_type = "application/octet-stream"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn workspace_logs(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Response, ApiError> {
-    let bytes = st.manager.logs(&name).await?;
+    let bytes = st.manager.logs(&caller, &name).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -399,6 +395,7 @@ async fn workspace_logs(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn exec_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -408,7 +405,7 @@ async fn exec_workspace(
             rej.body_text()
         ))
     })?;
-    let spec = st.manager.exec_target(&name).await?;
+    let spec = st.manager.exec_target(&caller, &name).await?;
     Ok(ws.on_upgrade(move |socket| exec_session(st.manager, spec, socket)))
 }
 
@@ -517,17 +514,5 @@ async fn exec_session(manager: Arc<Manager>, spec: WorkspaceSpec, mut socket: We
             let _ = writer.signal(SIGHUP).await;
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut output).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

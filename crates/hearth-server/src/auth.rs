@@ -1,21 +1,43 @@
-//! Who is calling, and what they may do. Today one token exists and it is the admin's;
-//! when users arrive, [`Caller`] is where their rights are decided.
+//! Who is calling, and what they may do: callers are users, found by the SHA-256 of the
+//! bearer token they present (only hashes are stored). Which workspaces a caller may see
+//! is decided by [`crate::manager::Manager::owned`].
 
 use std::sync::Arc;
 
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The user created at first start; the data dir's token file is its token.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// Longest user name: short enough for a column, a log field or a unix login.
+pub const MAX_USER_NAME: usize = 32;
+
+/// A user name as [`is_valid_user_name`] accepts it.
+pub const USER_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
+
 /// The authenticated caller, put in request extensions by the token check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// Stable key for per-caller limits (never the token itself, which must not be logged).
+    /// The user's name: the key for ownership and per-caller limits (never the token,
+    /// which must not be logged).
     pub id: Arc<str>,
     pub admin: bool,
 }
 
 impl Caller {
-    /// The holder of the server's one token.
+    /// The first-start admin.
     pub fn admin() -> Caller {
         Caller {
-            id: "admin".into(),
+            id: FIRST_ADMIN.into(),
             admin: true,
         }
     }
@@ -24,5 +46,138 @@ impl Caller {
     /// a path). Everyone else uploads the archive instead.
     pub fn may_read_server_paths(&self) -> bool {
         self.admin
+    }
+
+    /// Refuses a non-admin with 403.
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{what} needs an admin token (user {} is not an admin)",
+                self.id
+            )))
+        }
+    }
+
+    /// Whether the caller may see and touch a workspace owned by `owner`.
+    pub fn may_use(&self, owner: &str) -> bool {
+        self.admin || *self.id == *owner
+    }
+}
+
+/// An admin caller; anyone else is refused with 403 before the handler runs.
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer <token> header")
+        })?;
+        caller.require_admin("this operation")?;
+        Ok(Admin(caller))
+    }
+}
+
+/// A new API token: 32 random bytes, hex.
+pub fn new_token() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// What the database keeps of a token. Tokens are 32 random bytes, so a fast unsalted
+/// hash is enough: nobody can guess one to match, and a leaked database gives no token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+/// Checks `^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`, at most [`MAX_USER_NAME`] bytes.
+pub fn is_valid_user_name(name: &str) -> bool {
+    name.len() <= MAX_USER_NAME && crate::names::is_valid_name(name)
+}
+
+pub fn invalid_user_name_message(name: &str) -> String {
+    let shown: String = name.chars().take(MAX_USER_NAME + 1).collect();
+    let name = if shown.len() < name.len() {
+        format!("{shown}...")
+    } else {
+        shown
+    };
+    format!(
+        "invalid user name {name:?}: use 1 to {MAX_USER_NAME} lowercase letters, digits and \
+         '-', starting and ending with a letter or digit"
+    )
+}
+
+/// Finds the caller by the bearer token's hash; 401 for a missing or unknown token.
+pub async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = given else {
+        return ApiError::unauthorized("missing Authorization: Bearer <token> header")
+            .into_response();
+    };
+    // Looked up by hash: the time a lookup takes depends on the hash, which tells an
+    // attacker nothing about any stored token.
+    match st
+        .manager
+        .store()
+        .user_by_token_hash(&token_hash(token))
+        .await
+    {
+        Ok(Some(u)) => {
+            req.extensions_mut().insert(Caller {
+                id: u.name.into(),
+                admin: u.admin,
+            });
+            next.run(req).await
+        }
+        Ok(None) => ApiError::unauthorized("invalid token").into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e.to_string(), "token lookup failed");
+            ApiError::internal("cannot check the token").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        // Known answer: SHA-256 of "abc".
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(token_hash(&format!(" {a}\n")), token_hash(&a));
+    }
+
+    #[test]
+    fn user_names() {
+        for ok in ["a", "alice", "bob-2", "0", &"a".repeat(MAX_USER_NAME)] {
+            assert!(is_valid_user_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            &"a".repeat(MAX_USER_NAME + 1),
+        ] {
+            assert!(!is_valid_user_name(bad), "{bad}");
+        }
     }
 }

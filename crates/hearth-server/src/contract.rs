@@ -1,7 +1,8 @@
 //! What the OpenAPI document states beyond the handlers' own annotations, applied to every
 //! operation at once so none can miss it: 401 and the rate limit's 429 wherever the token
 //! is needed, 400/413 for
-//! every JSON body, and the workspace-name rule on every `{name}` path parameter.
+//! every JSON body, the workspace-name rule on every `{name}` path parameter and the
+//! user-name rule on every `{user}`.
 
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -9,6 +10,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa::Modify;
 
+use crate::auth::{MAX_USER_NAME, USER_NAME_PATTERN};
 use crate::names::MAX_NAME;
 
 /// A workspace name as `names::is_valid_name` accepts it.
@@ -87,7 +89,19 @@ impl Modify for Contract {
                     add(op, "413", "the body is larger than the server accepts");
                 }
                 let mut named = false;
+                let mut user_named = false;
                 for p in op.parameters.iter_mut().flatten() {
+                    if p.name == "user" && p.parameter_in == ParameterIn::Path {
+                        p.schema = Some(RefOr::T(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(USER_NAME_PATTERN))
+                                .min_length(Some(1))
+                                .max_length(Some(MAX_USER_NAME))
+                                .into(),
+                        ));
+                        user_named = true;
+                    }
                     if p.name == "name" && p.parameter_in == ParameterIn::Path {
                         p.schema = Some(RefOr::T(
                             ObjectBuilder::new()
@@ -102,6 +116,9 @@ impl Modify for Contract {
                 }
                 if named {
                     add(op, "400", "the name can never be a workspace's");
+                }
+                if user_named {
+                    add(op, "400", "the name can never be a user's");
                 }
             }
         }

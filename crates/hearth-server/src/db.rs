@@ -10,6 +10,10 @@ use sqlx::{Row, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
+mod users;
+
+pub use users::{Removal, UserRecord};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,10 @@ pub enum StoreError {
     },
     #[error("workspace {0} already exists")]
     NameTaken(String),
+    #[error("user {0} already exists")]
+    UserTaken(String),
+    #[error("database error on users: {0}")]
+    Users(#[source] sqlx::Error),
     #[error("database error on workspace {id}: {source}")]
     Query {
         id: String,
@@ -49,6 +57,8 @@ pub struct WorkspaceRecord {
     /// Id of the last snapshot taken, and the error of the last attempt if it failed.
     pub last_snapshot: Option<String>,
     pub snapshot_error: Option<String>,
+    /// Name of the user the workspace belongs to.
+    pub owner: String,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +83,7 @@ fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
 
 const COLUMNS: &str =
     "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress, \
-     last_snapshot, snapshot_error";
+     last_snapshot, snapshot_error, owner";
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
@@ -107,6 +117,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
         updated_at: row.try_get("updated_at").map_err(get_err)?,
         last_snapshot: row.try_get("last_snapshot").map_err(get_err)?,
         snapshot_error: row.try_get("snapshot_error").map_err(get_err)?,
+        owner: row.try_get("owner").map_err(get_err)?,
     })
 }
 
@@ -189,7 +200,7 @@ impl Store {
         let egress = egress_json(s)?;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(s.id.as_str())
         .bind(&s.name)
@@ -204,6 +215,7 @@ impl Store {
         .bind(egress)
         .bind(&rec.last_snapshot)
         .bind(&rec.snapshot_error)
+        .bind(&rec.owner)
         .execute(&self.pool)
         .await
         .map_err(|e| match &e {
@@ -342,6 +354,7 @@ mod tests {
             updated_at: now(),
             last_snapshot: None,
             snapshot_error: None,
+            owner: "admin".into(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The Hearth control plane: workspace records, lifecycle and the REST/WebSocket API.
 //!
 //! It talks to the node only through [`hearth_node::NodeApi`]. Files in the data dir:
-//! `hearth.db` (SQLite), `token` (API token, 0600), `server.json` (where the running
-//! server listens, for the CLI on the same machine) and `server.lock` (one server per dir).
+//! `hearth.db` (SQLite; users with token hashes), `token` (the first-start admin's API
+//! token, 0600, for the CLI on the same machine), `server.json` (where the running server
+//! listens, for that CLI) and `server.lock` (one server per dir).
 
 pub mod api;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod ratelimit;
 pub mod snapshots;
 pub mod state;
 pub mod uploads;
+pub mod users;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;
@@ -28,7 +30,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hearth_node::NodeApi;
-use rand::RngCore;
 
 use crate::db::Store;
 use crate::manager::Manager;
@@ -88,7 +89,7 @@ impl DataDirLock {
     }
 }
 
-/// Reads the API token, creating a random one (mode 0600) on first use.
+/// Reads the first-start admin's API token, creating a random one (mode 0600) on first use.
 pub fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
@@ -97,9 +98,7 @@ pub fn ensure_token(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let mut b = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut b);
-    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let token = auth::new_token();
     let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
     let mut f = OpenOptions::new()
         .create(true)
@@ -144,6 +143,10 @@ impl Server {
         let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
         let manager = Arc::new(Manager::new(store.clone(), node));
         manager
+            .ensure_first_admin(&token)
+            .await
+            .context("cannot record the admin's token")?;
+        manager
             .reconcile()
             .await
             .context("cannot reconcile workspaces with the node")?;
@@ -168,7 +171,6 @@ impl Server {
             .with_context(|| format!("cannot write {}", path.display()))?;
         let app = api::router(state::AppState {
             manager: manager.clone(),
-            token: token.into(),
             rate: cfg.rate,
             uploads: uploads::Uploads {
                 dir: cfg.data_dir.join("uploads"),

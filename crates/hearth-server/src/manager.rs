@@ -24,6 +24,7 @@ use hearth_api::{
 
 mod locks;
 mod snapshots;
+mod users;
 
 use locks::{NameGuard, NameLocks};
 
@@ -31,6 +32,7 @@ use locks::{NameGuard, NameLocks};
 /// name's lock until it is run.
 pub struct CreatePlan {
     _guard: NameGuard,
+    owner: Caller,
     name: String,
     source: String,
     limits: Limits,
@@ -153,9 +155,13 @@ impl Manager {
     }
 
     /// Locks `name` and returns its record, unless an operation on it is under way.
-    async fn settled(&self, name: &str) -> Result<(NameGuard, WorkspaceRecord), ApiError> {
+    async fn settled(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(NameGuard, WorkspaceRecord), ApiError> {
         let guard = self.lock(name).await;
-        let rec = self.record(name).await?;
+        let rec = self.owned(caller, name).await?;
         if rec.state.is_transitional() {
             return Err(ApiError::conflict(format!(
                 "workspace {name} is {}; try again when it is done",
@@ -165,12 +171,18 @@ impl Manager {
         Ok((guard, rec))
     }
 
-    async fn record(&self, name: &str) -> Result<WorkspaceRecord, ApiError> {
-        self.store.get(name).await?.ok_or_else(|| {
-            ApiError::not_found(format!(
+    /// The record of workspace `name` if `caller` may use it (its owner, or an admin).
+    ///
+    /// The one ownership rule: every route, the SSH gateway and the port proxy reach a
+    /// workspace by name through here. Someone else's workspace is answered exactly like
+    /// a missing one (404, same message), so its existence is not revealed.
+    pub async fn owned(&self, caller: &Caller, name: &str) -> Result<WorkspaceRecord, ApiError> {
+        match self.store.get(name).await? {
+            Some(rec) if caller.may_use(&rec.owner) => Ok(rec),
+            _ => Err(ApiError::not_found(format!(
                 "workspace {name} not found (hearth ls lists workspaces)"
-            ))
-        })
+            ))),
+        }
     }
 
     async fn set(
@@ -195,6 +207,7 @@ impl Manager {
             .find(|i| i.id == rec.spec.image)
             .and_then(|i| i.names.first().cloned());
         Workspace {
+            owner: rec.owner,
             last_snapshot: rec.last_snapshot,
             snapshot_error: rec.snapshot_error,
             uid_base: rec.spec.uid_base(),
@@ -243,9 +256,11 @@ impl Manager {
 
     /// Records plus one batched liveness check of the running ones (the node reads
     /// state files; no process per workspace).
-    pub async fn list(&self) -> Result<Vec<Workspace>, ApiError> {
+    /// The workspaces `caller` may use: their own, or all for an admin.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<Workspace>, ApiError> {
         let images = self.images_or_empty().await;
-        let recs = self.store.list().await?;
+        let mut recs = self.store.list().await?;
+        recs.retain(|r| caller.may_use(&r.owner));
         let running: Vec<WorkspaceSpec> = recs
             .iter()
             .filter(|r| r.state == WorkspaceState::Running)
@@ -272,8 +287,8 @@ impl Manager {
             .collect())
     }
 
-    pub async fn get(&self, name: &str) -> Result<Workspace, ApiError> {
-        let rec = self.record(name).await?;
+    pub async fn get(&self, caller: &Caller, name: &str) -> Result<Workspace, ApiError> {
+        let rec = self.owned(caller, name).await?;
         let images = self.images_or_empty().await;
         Ok(self.view_now(rec, &images).await)
     }
@@ -398,8 +413,8 @@ impl Manager {
         Ok(convert::image(s))
     }
 
-    pub async fn inspect(&self, name: &str) -> Result<WorkspaceInspect, ApiError> {
-        let rec = self.record(name).await?;
+    pub async fn inspect(&self, caller: &Caller, name: &str) -> Result<WorkspaceInspect, ApiError> {
+        let rec = self.owned(caller, name).await?;
         let details = self
             .node
             .inspect(&rec.spec)
@@ -427,17 +442,24 @@ impl Manager {
     /// Creates and starts a workspace; on any failure nothing is left behind.
     pub async fn create(
         &self,
+        caller: &Caller,
         req: CreateWorkspace,
         progress: Progress,
     ) -> Result<Workspace, ApiError> {
-        let plan = self.plan_create(req).await?;
+        let plan = self.plan_create(caller, req).await?;
         self.run_create(plan, progress).await
     }
 
     /// Everything a create can be refused for before it streams progress: the request,
     /// the name (locked, and free), the image, and what the node can tell up front (disk
     /// size, free space, source).
-    pub async fn plan_create(&self, req: CreateWorkspace) -> Result<CreatePlan, ApiError> {
+    /// Names are global: a name another user's workspace has is refused with 409 too,
+    /// since SSH (`ssh NAME@host`) and port URLs reach workspaces by name alone.
+    pub async fn plan_create(
+        &self,
+        caller: &Caller,
+        req: CreateWorkspace,
+    ) -> Result<CreatePlan, ApiError> {
         let source = req.source.trim().to_string();
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
@@ -494,6 +516,7 @@ impl Manager {
         };
         Ok(CreatePlan {
             _guard: guard,
+            owner: caller.clone(),
             name,
             source,
             limits,
@@ -510,6 +533,7 @@ impl Manager {
     ) -> Result<Workspace, ApiError> {
         let CreatePlan {
             _guard,
+            owner,
             name,
             source,
             limits,
@@ -527,11 +551,12 @@ impl Manager {
         };
 
         let rec = self
-            .insert_creating(&name, image.id.clone(), source, limits, egress)
+            .insert_creating(&owner, &name, image.id.clone(), source, limits, egress)
             .await?;
         tracing::info!(
             workspace = name,
             id = %rec.spec.id,
+            owner = %owner.id,
             slot = rec.spec.slot,
             "creating"
         );
@@ -556,7 +581,7 @@ impl Manager {
                 tracing::info!(workspace = name, "running");
                 // What the start answered, with the image already resolved: no more
                 // node round trips.
-                let rec = self.record(&name).await?;
+                let rec = self.owned(&owner, &name).await?;
                 Ok(Self::view(rec, &[convert::image(image)], Some(&st)))
             }
             Err(e) => {
@@ -572,9 +597,9 @@ impl Manager {
         }
     }
 
-    pub async fn start(&self, name: &str) -> Result<Workspace, ApiError> {
+    pub async fn start(&self, caller: &Caller, name: &str) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
+        let rec = self.owned(caller, name).await?;
         let mut started = None;
         if let Some(st) = plan_start(rec.state).map_err(ApiError::conflict)? {
             self.set(&rec, st, None).await?;
@@ -600,17 +625,17 @@ impl Manager {
         }
         match started {
             Some(st) => {
-                let rec = self.record(name).await?;
+                let rec = self.owned(caller, name).await?;
                 let images = self.images_or_empty().await;
                 Ok(Self::view(rec, &images, Some(&st)))
             }
-            None => self.get(name).await,
+            None => self.get(caller, name).await,
         }
     }
 
-    pub async fn stop(&self, name: &str) -> Result<Workspace, ApiError> {
+    pub async fn stop(&self, caller: &Caller, name: &str) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
+        let rec = self.owned(caller, name).await?;
         if let Some(st) = plan_stop(rec.state).map_err(ApiError::conflict)? {
             self.set(&rec, st, None).await?;
             match self.node.stop(&rec.spec).await {
@@ -626,12 +651,12 @@ impl Manager {
                 }
             }
         }
-        self.get(name).await
+        self.get(caller, name).await
     }
 
-    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
+        let rec = self.owned(caller, name).await?;
         let st = plan_remove(rec.state).map_err(ApiError::conflict)?;
         self.set(&rec, st, None).await?;
         match self.node.remove(&rec.spec).await {
@@ -652,14 +677,24 @@ impl Manager {
     /// Replaces a workspace's egress policy: persisted, then applied to its network at
     /// once (a stopped workspace gets it at its next start). Bad input changes nothing;
     /// a failed apply puts the old policy back.
-    pub async fn set_egress(&self, name: &str, req: Egress) -> Result<Workspace, ApiError> {
+    pub async fn set_egress(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: Egress,
+    ) -> Result<Workspace, ApiError> {
         let policy = egress_policy(req)?;
-        self.change_egress(name, |_| Ok(policy)).await
+        self.change_egress(caller, name, |_| Ok(policy)).await
     }
 
     /// Edits the deny list under the workspace's lock: two edits at once both land.
-    pub async fn edit_egress(&self, name: &str, edit: EgressEdit) -> Result<Workspace, ApiError> {
-        self.change_egress(name, |current| {
+    pub async fn edit_egress(
+        &self,
+        caller: &Caller,
+        name: &str,
+        edit: EgressEdit,
+    ) -> Result<Workspace, ApiError> {
+        self.change_egress(caller, name, |current| {
             let deny = convert::apply_egress_edit(&edit, &current.deny_strings())
                 .map_err(ApiError::invalid)?;
             egress_policy(Egress { deny })
@@ -669,10 +704,11 @@ impl Manager {
 
     async fn change_egress(
         &self,
+        caller: &Caller,
         name: &str,
         policy: impl FnOnce(&EgressPolicy) -> Result<EgressPolicy, ApiError>,
     ) -> Result<Workspace, ApiError> {
-        let (_guard, rec) = self.settled(name).await?;
+        let (_guard, rec) = self.settled(caller, name).await?;
         let policy = policy(&rec.spec.egress)?;
         let mut spec = rec.spec.clone();
         spec.egress = policy;
@@ -685,13 +721,18 @@ impl Manager {
             return Err(e);
         }
         tracing::info!(workspace = name, deny = ?spec.egress.deny_strings(), "egress policy replaced");
-        self.get(name).await
+        self.get(caller, name).await
     }
 
     /// Changes the fields of the workspace's limits that `req` sets, live where the node
     /// can (disk growth, cgroup limits of a running workspace). Disks never shrink.
-    pub async fn set_limits(&self, name: &str, req: LimitsRequest) -> Result<Workspace, ApiError> {
-        let (_guard, rec) = self.settled(name).await?;
+    pub async fn set_limits(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: LimitsRequest,
+    ) -> Result<Workspace, ApiError> {
+        let (_guard, rec) = self.settled(caller, name).await?;
         let limits = convert::apply_limits(&req, rec.spec.limits).map_err(ApiError::invalid)?;
         if limits.disk_bytes < rec.spec.limits.disk_bytes {
             let gib = |b: u64| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30));
@@ -713,11 +754,11 @@ impl Manager {
             return Err(node_err("set_limits", name, e));
         }
         tracing::info!(workspace = name, limits = ?spec.limits, "limits changed");
-        self.get(name).await
+        self.get(caller, name).await
     }
 
-    pub async fn logs(&self, name: &str) -> Result<Vec<u8>, ApiError> {
-        let rec = self.record(name).await?;
+    pub async fn logs(&self, caller: &Caller, name: &str) -> Result<Vec<u8>, ApiError> {
+        let rec = self.owned(caller, name).await?;
         self.node
             .logs(&rec.spec)
             .await
@@ -725,8 +766,12 @@ impl Manager {
     }
 
     /// Checks the workspace can take an exec before a WebSocket is upgraded.
-    pub async fn exec_target(&self, name: &str) -> Result<WorkspaceSpec, ApiError> {
-        let rec = self.record(name).await?;
+    pub async fn exec_target(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<WorkspaceSpec, ApiError> {
+        let rec = self.owned(caller, name).await?;
         if rec.state != WorkspaceState::Running {
             return Err(ApiError::conflict(format!(
                 "workspace {name} is {} (hearth start {name} starts it)",
@@ -755,6 +800,7 @@ impl Manager {
     /// lock keeps two creates from taking the same slot.
     pub(crate) async fn insert_creating(
         &self,
+        owner: &Caller,
         name: &str,
         image: String,
         source: String,
@@ -780,6 +826,7 @@ impl Manager {
             updated_at: t,
             last_snapshot: None,
             snapshot_error: None,
+            owner: owner.id.to_string(),
         };
         self.store.insert(&rec).await?;
         Ok(rec)

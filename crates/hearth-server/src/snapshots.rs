@@ -1,12 +1,13 @@
 //! Snapshot routes: on-demand snapshots, listing, fork, store upkeep.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hearth_api::{
     ErrorBody, ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, Workspace,
 };
 
+use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
 use crate::state::{ApiJson, AppState, WsName};
 
@@ -26,9 +27,10 @@ pub(crate) fn routes() -> Router<AppState> {
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn take_snapshot(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<Snapshot>, ApiError> {
-    Ok(Json(st.manager.snapshot(&name).await?))
+    Ok(Json(st.manager.snapshot(&caller, &name).await?))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}/snapshots", params(("name" = String, Path)),
@@ -36,9 +38,10 @@ pub(crate) async fn take_snapshot(
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_snapshots(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
 ) -> Result<Json<Vec<Snapshot>>, ApiError> {
-    Ok(Json(st.manager.snapshots(&name).await?))
+    Ok(Json(st.manager.snapshots(&caller, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),
@@ -47,22 +50,32 @@ pub(crate) async fn list_snapshots(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn fork_workspace(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     WsName(name): WsName,
     ApiJson(req): ApiJson<ForkWorkspace>,
 ) -> Result<Json<Workspace>, ApiError> {
-    Ok(Json(st.manager.fork(&name, req).await?))
+    Ok(Json(st.manager.fork(&caller, &name, req).await?))
 }
 
+/// Verifies the snapshot store (admins only: it reads every user's snapshots).
 #[utoipa::path(post, path = "/v1/store/fsck",
-    responses((status = 200, body = StoreCheck), (status = 400, body = ErrorBody)))]
-pub(crate) async fn store_fsck(State(st): State<AppState>) -> Result<Json<StoreCheck>, ApiError> {
+    responses((status = 200, body = StoreCheck), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(crate) async fn store_fsck(
+    State(st): State<AppState>,
+    _: Admin,
+) -> Result<Json<StoreCheck>, ApiError> {
     Ok(Json(st.manager.store_fsck().await?))
 }
 
+/// Collects store garbage, optionally forgetting snapshots outside a retention policy
+/// (admins only: the policy applies to every user's workspaces).
 #[utoipa::path(post, path = "/v1/store/gc", request_body = StoreGc,
-    responses((status = 200, body = StoreGcReport), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = StoreGcReport), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn store_gc(
     State(st): State<AppState>,
+    _: Admin,
     ApiJson(req): ApiJson<StoreGc>,
 ) -> Result<Json<StoreGcReport>, ApiError> {
     Ok(Json(st.manager.store_gc(req).await?))

@@ -20,7 +20,6 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
-    pub token: Arc<str>,
     pub rate: RateLimit,
     pub uploads: crate::uploads::Uploads,
 }

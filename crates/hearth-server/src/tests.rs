@@ -326,9 +326,9 @@ async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harn
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
     let manager = Arc::new(Manager::new(store, Arc::new(node.clone())));
+    manager.ensure_first_admin(TOKEN).await.unwrap();
     let app = router(AppState {
         manager: manager.clone(),
-        token: TOKEN.into(),
         rate,
         uploads: crate::uploads::Uploads {
             dir: dir.path().join("uploads"),
@@ -517,6 +517,10 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/workspaces/{name}/fork"),
         ("post", "/v1/store/fsck"),
         ("post", "/v1/store/gc"),
+        ("get", "/v1/me"),
+        ("get", "/v1/users"),
+        ("post", "/v1/users"),
+        ("delete", "/v1/users/{user}"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -536,7 +540,10 @@ async fn openapi_lists_every_route() {
         );
         // Every documented route is really served (an unknown route would be 404 "no such route").
         let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
-        let uri = p.replace("{reference}", "nope").replace("{name}", "nope");
+        let uri = p
+            .replace("{reference}", "nope")
+            .replace("{name}", "nope")
+            .replace("{user}", "nope");
         let (_, body) = h.call(method, &uri, Some(TOKEN), Some("{}".into())).await;
         assert!(
             !String::from_utf8_lossy(&body).contains("no such route"),
@@ -802,6 +809,7 @@ async fn reconcile_resolves_transitional_states() {
         updated_at: now(),
         last_snapshot: None,
         snapshot_error: None,
+        owner: "admin".into(),
     };
     let rows = [
         mk("000000000001", "creating", 1, WorkspaceState::Creating),
@@ -1213,7 +1221,9 @@ async fn exec_over_websocket() {
             limits: Default::default(),
             egress: None,
         };
-        mgr.create(req, ptx).await.unwrap();
+        mgr.create(&crate::auth::Caller::admin(), req, ptx)
+            .await
+            .unwrap();
         store.close().await;
     }
     let server = crate::Server::bind(

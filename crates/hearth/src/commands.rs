@@ -11,6 +11,7 @@ use hearth_api::{
 };
 
 mod snapshots;
+mod users;
 
 /// The verbs that talk to a server.
 pub struct Commands {
@@ -199,15 +200,18 @@ impl Commands {
     }
 
     pub async fn list(&self, json: bool) -> anyhow::Result<()> {
-        let ws = self.api.workspaces().await?;
         if json {
+            let ws = self.api.workspaces().await?;
             println!("{}", serde_json::to_string_pretty(&ws)?);
             return Ok(());
         }
+        // Admins see everyone's workspaces, so they get an OWNER column.
+        let (ws, me) = tokio::join!(self.api.workspaces(), self.api.me());
+        let (ws, admin) = (ws?, me?.admin);
         let rows: Vec<Vec<String>> = ws
             .iter()
             .map(|w| {
-                vec![
+                let mut row = vec![
                     w.name.clone(),
                     match &w.paused {
                         Some(_) => format!("{} (PAUSED, see below)", w.state),
@@ -221,13 +225,18 @@ impl Commands {
                         (None, None) => "-".into(),
                     },
                     w.created_at.clone(),
-                ]
+                ];
+                if admin {
+                    row.insert(1, w.owner.clone());
+                }
+                row
             })
             .collect();
-        print_table(
-            &["NAME", "STATE", "IMAGE", "IP", "SNAPSHOT", "CREATED"],
-            &rows,
-        );
+        let mut header = vec!["NAME", "STATE", "IMAGE", "IP", "SNAPSHOT", "CREATED"];
+        if admin {
+            header.insert(1, "OWNER");
+        }
+        print_table(&header, &rows);
         for w in &ws {
             if let Some(p) = &w.paused {
                 eprintln!("warning: {}: {p}", w.name);

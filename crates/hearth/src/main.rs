@@ -25,7 +25,8 @@ struct Cli {
     /// Server URL; read from <data-dir>/server.json when absent.
     #[arg(long, global = true, env = "HEARTH_URL")]
     url: Option<String>,
-    /// API token; read from <data-dir>/token when absent.
+    /// API token (`hearth user add` prints one); read from <data-dir>/token, the admin's,
+    /// when absent.
     #[arg(long, global = true, env = "HEARTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -157,6 +158,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
+    /// Manage users and their API tokens (admins only).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
     /// Offline maintenance.
     Admin {
         #[command(subcommand)]
@@ -207,6 +213,31 @@ enum StoreCmd {
         /// Keep each workspace's newest snapshot of each of the last M days.
         #[arg(long)]
         keep_daily: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user and print its API token (shown only this once).
+    Add {
+        /// Lowercase letters, digits and '-', at most 32.
+        name: String,
+        /// Let the user see every workspace and manage users, images and the store.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user; its token stops working at once.
+    Rm {
+        name: String,
+        /// Hand the user's workspaces to USER (without it, a user who owns workspaces
+        /// is not removed).
+        #[arg(long, value_name = "USER")]
+        reassign_to: Option<String>,
     },
 }
 
@@ -376,6 +407,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         keep_daily: *keep_daily,
                     })
                     .await?
+                }
+            }
+            Ok(0)
+        }
+        Cmd::User { cmd } => {
+            let c = client()?;
+            match cmd {
+                UserCmd::Add { name, admin } => c.user_add(name, *admin).await?,
+                UserCmd::Ls { json } => c.user_list(*json).await?,
+                UserCmd::Rm { name, reassign_to } => {
+                    c.user_remove(name, reassign_to.as_deref()).await?
                 }
             }
             Ok(0)

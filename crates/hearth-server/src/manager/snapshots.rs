@@ -30,9 +30,9 @@ use hearth_node::SnapshotSummary;
 
 impl Manager {
     /// Takes a snapshot of a running or stopped workspace now.
-    pub async fn snapshot(&self, name: &str) -> Result<Snapshot, ApiError> {
+    pub async fn snapshot(&self, caller: &Caller, name: &str) -> Result<Snapshot, ApiError> {
         let _guard = self.lock(name).await;
-        let rec = self.record(name).await?;
+        let rec = self.owned(caller, name).await?;
         if !matches!(
             rec.state,
             WorkspaceState::Running | WorkspaceState::Stopped | WorkspaceState::Failed
@@ -49,8 +49,8 @@ impl Manager {
         ))
     }
 
-    pub async fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>, ApiError> {
-        let rec = self.record(name).await?;
+    pub async fn snapshots(&self, caller: &Caller, name: &str) -> Result<Vec<Snapshot>, ApiError> {
+        let rec = self.owned(caller, name).await?;
         let v = self
             .node
             .snapshots(&rec.spec)
@@ -160,12 +160,17 @@ impl Manager {
 
     /// Creates workspace `req.name` from a snapshot of `name` (new id, slot and uid range)
     /// and starts it; on failure nothing is left behind.
-    pub async fn fork(&self, name: &str, req: ForkWorkspace) -> Result<Workspace, ApiError> {
+    pub async fn fork(
+        &self,
+        caller: &Caller,
+        name: &str,
+        req: ForkWorkspace,
+    ) -> Result<Workspace, ApiError> {
         let new = req.name;
         if !names::is_valid_name(&new) {
             return Err(ApiError::invalid(names::invalid_name_message(&new)));
         }
-        let src = self.record(name).await?;
+        let src = self.owned(caller, name).await?;
         let snaps = self
             .node
             .snapshots(&src.spec)
@@ -185,6 +190,7 @@ impl Manager {
         }
         let rec = self
             .insert_creating(
+                caller,
                 &new,
                 src.spec.image.clone(),
                 src.spec.source.clone(),
@@ -214,7 +220,7 @@ impl Manager {
         match result {
             Ok(_) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
-                self.get(&new).await
+                self.get(caller, &new).await
             }
             Err(e) => {
                 if let Err(re) = self.node.remove(&rec.spec).await {

@@ -1,0 +1,168 @@
+//! The `users` table: names, admin flags and token hashes (never tokens).
+
+use sqlx::Row;
+
+use super::{now, Store, StoreError};
+
+/// One row of `users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub admin: bool,
+    pub created_at: String,
+}
+
+fn user(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        name: row.try_get("name").map_err(StoreError::Users)?,
+        admin: row.try_get("admin").map_err(StoreError::Users)?,
+        created_at: row.try_get("created_at").map_err(StoreError::Users)?,
+    })
+}
+
+impl Store {
+    /// The user whose token hashes to `token_hash`.
+    pub async fn user_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, admin, created_at FROM users WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::Users)?;
+        row.as_ref().map(user).transpose()
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, admin, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::Users)?;
+        row.as_ref().map(user).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, admin, created_at FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Users)?;
+        rows.iter().map(user).collect()
+    }
+
+    /// Adds a user; a taken name is [`StoreError::UserTaken`].
+    pub async fn insert_user(
+        &self,
+        name: &str,
+        admin: bool,
+        token_hash: &str,
+    ) -> Result<UserRecord, StoreError> {
+        let rec = UserRecord {
+            name: name.to_string(),
+            admin,
+            created_at: now(),
+        };
+        sqlx::query(
+            "INSERT INTO users (name, admin, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&rec.name)
+        .bind(rec.admin)
+        .bind(token_hash)
+        .bind(&rec.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::UserTaken(name.to_string())
+            }
+            _ => StoreError::Users(e),
+        })?;
+        Ok(rec)
+    }
+
+    /// Makes `name` an admin whose token hashes to `token_hash`, creating the user if
+    /// needed (the first-start admin, whose token is the data dir's token file).
+    pub async fn upsert_admin(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (name, admin, token_hash, created_at) VALUES ($1, TRUE, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET admin = TRUE, token_hash = excluded.token_hash",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Users)?;
+        Ok(())
+    }
+
+    /// How many workspace rows name `owner`.
+    pub async fn owned_count(&self, owner: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::Users)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes user `name`, first handing its workspaces to `heir` if given, in one
+    /// transaction; while it owns workspaces and no heir is given, deletes nothing.
+    pub async fn delete_user(&self, name: &str, heir: Option<&str>) -> Result<Removal, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::Users)?;
+        let exists = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::Users)?
+            .is_some();
+        if !exists {
+            return Ok(Removal::NoSuchUser);
+        }
+        if let Some(heir) = heir {
+            let heir_exists = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+                .bind(heir)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::Users)?
+                .is_some();
+            if !heir_exists {
+                return Ok(Removal::NoSuchHeir);
+            }
+            sqlx::query("UPDATE workspaces SET owner = $1, updated_at = $2 WHERE owner = $3")
+                .bind(heir)
+                .bind(now())
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Users)?;
+        } else {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE owner = $1")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::Users)?;
+            if n > 0 {
+                return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
+            }
+        }
+        sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Users)?;
+        tx.commit().await.map_err(StoreError::Users)?;
+        Ok(Removal::Removed)
+    }
+}
+
+/// Outcome of [`Store::delete_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    NoSuchUser,
+    NoSuchHeir,
+    /// Not removed: the user still owns this many workspaces.
+    Owns(u64),
+}

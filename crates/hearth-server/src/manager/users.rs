@@ -1,0 +1,113 @@
+//! Users: the first-start admin, adding and removing users, who a caller is.
+
+use super::*;
+use crate::auth::{self, FIRST_ADMIN};
+use crate::db::{Removal, UserRecord};
+use hearth_api::{CreateUser, NewUser, User};
+
+fn user(r: UserRecord) -> User {
+    User {
+        name: r.name,
+        admin: r.admin,
+        created_at: r.created_at,
+    }
+}
+
+impl Manager {
+    /// Makes the token of the data dir's token file the first-start admin's, at every
+    /// start: a data dir from before users keeps its token, and deleting the file (a new
+    /// one is made) rotates it.
+    pub async fn ensure_first_admin(&self, token: &str) -> Result<(), ApiError> {
+        self.store
+            .upsert_admin(FIRST_ADMIN, &auth::token_hash(token))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn me(&self, caller: &Caller) -> Result<User, ApiError> {
+        match self.store.user(&caller.id).await? {
+            Some(u) => Ok(user(u)),
+            // Removed between the token check and here.
+            None => Err(ApiError::unauthorized("invalid token")),
+        }
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>, ApiError> {
+        Ok(self.store.users().await?.into_iter().map(user).collect())
+    }
+
+    /// Adds a user with a fresh token, which is answered this once.
+    pub async fn create_user(&self, req: CreateUser) -> Result<NewUser, ApiError> {
+        if !auth::is_valid_user_name(&req.name) {
+            return Err(ApiError::invalid(auth::invalid_user_name_message(
+                &req.name,
+            )));
+        }
+        let token = auth::new_token();
+        let rec = self
+            .store
+            .insert_user(&req.name, req.admin, &auth::token_hash(&token))
+            .await
+            .map_err(|e| match e {
+                crate::db::StoreError::UserTaken(n) => ApiError::conflict(format!(
+                    "user {n} already exists (hearth user ls lists users)"
+                )),
+                other => other.into(),
+            })?;
+        tracing::info!(user = rec.name, admin = rec.admin, "user added");
+        Ok(NewUser {
+            user: user(rec),
+            token,
+        })
+    }
+
+    /// Removes a user, whose token stops working at once. While it owns workspaces it is
+    /// refused (409) unless `reassign_to` names the user to hand them to. Callers cannot
+    /// remove themselves, nor the first-start admin (the token file's user), so an admin
+    /// always remains.
+    pub async fn remove_user(
+        &self,
+        caller: &Caller,
+        name: &str,
+        reassign_to: Option<&str>,
+    ) -> Result<(), ApiError> {
+        for n in std::iter::once(name).chain(reassign_to) {
+            if !auth::is_valid_user_name(n) {
+                return Err(ApiError::invalid(auth::invalid_user_name_message(n)));
+            }
+        }
+        if *caller.id == *name {
+            return Err(ApiError::conflict(format!(
+                "cannot remove user {name}: it is you (ask another admin)"
+            )));
+        }
+        if name == FIRST_ADMIN {
+            return Err(ApiError::conflict(format!(
+                "cannot remove user {FIRST_ADMIN}: its token is the server's token file \
+                 (delete that file and restart the server to change the token)"
+            )));
+        }
+        if reassign_to == Some(name) {
+            return Err(ApiError::conflict(format!(
+                "cannot hand user {name}'s workspaces to {name} itself: name another user"
+            )));
+        }
+        match self.store.delete_user(name, reassign_to).await? {
+            Removal::Removed => {
+                tracing::info!(user = name, reassigned_to = reassign_to, "user removed");
+                Ok(())
+            }
+            Removal::NoSuchUser => Err(ApiError::not_found(format!(
+                "user {name} not found (hearth user ls lists users)"
+            ))),
+            Removal::NoSuchHeir => Err(ApiError::not_found(format!(
+                "user {} not found, so it cannot take {name}'s workspaces",
+                reassign_to.unwrap_or_default()
+            ))),
+            Removal::Owns(n) => Err(ApiError::conflict(format!(
+                "user {name} still owns {n} workspace(s): remove them, or pass \
+                 --reassign-to USER (reassign_to=USER) to hand them over"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `hearth user add|ls|rm`.
+
+use hearth_api::CreateUser;
+
+use super::{print_table, Commands};
+
+impl Commands {
+    /// Prints the new user's token alone on stdout (for scripts); the advice goes to stderr.
+    pub async fn user_add(&self, name: &str, admin: bool) -> anyhow::Result<()> {
+        let u = self
+            .api
+            .create_user(&CreateUser {
+                name: name.to_string(),
+                admin,
+            })
+            .await?;
+        eprintln!(
+            "added {}user {}; its token is below and is not shown again \
+             (use it as HEARTH_TOKEN, with HEARTH_URL={})",
+            if u.user.admin { "admin " } else { "" },
+            u.user.name,
+            self.api.base()
+        );
+        println!("{}", u.token);
+        Ok(())
+    }
+
+    pub async fn user_list(&self, json: bool) -> anyhow::Result<()> {
+        let users = self.api.users().await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&users)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|u| {
+                vec![
+                    u.name.clone(),
+                    if u.admin { "yes" } else { "no" }.to_string(),
+                    u.created_at.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ADMIN", "CREATED"], &rows);
+        Ok(())
+    }
+
+    pub async fn user_remove(&self, name: &str, reassign_to: Option<&str>) -> anyhow::Result<()> {
+        self.api.remove_user(name, reassign_to).await?;
+        match reassign_to {
+            Some(heir) => println!("user {name} removed; its workspaces now belong to {heir}"),
+            None => println!("user {name} removed"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! Users against a real server: tokens, ownership, 401/403/404, the `hearth user` verbs
+//! and the upgrade of a data dir from before users.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{git_repo, TestServer, HEARTH};
+
+/// The server's base URL (`http://127.0.0.1:PORT`) from its server.json.
+fn base_url(s: &TestServer) -> String {
+    let info = std::fs::read_to_string(s.data_dir().join("server.json")).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info["url"].as_str().unwrap().to_string()
+}
+
+/// One HTTP/1.1 request over a fresh connection: status and body. `token` goes in a
+/// bearer header; `ws` asks for a WebSocket upgrade (the exec route), whose refusal is a
+/// plain answer and whose acceptance is a 101 we do not read further.
+fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    ws: bool,
+) -> (u16, String) {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if ws {
+        req.push_str(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+    } else {
+        req.push_str("Connection: close\r\n");
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer to {method} {path}: {head:?}"));
+    if status == 101 {
+        return (status, String::new());
+    }
+    // Every route called here answers in one piece with a length (an upgrade request
+    // keeps the connection open, so reading to the end would wait).
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in the answer to {method} {path}: {head}"));
+    let mut rest = vec![0u8; len];
+    conn.read_exact(&mut rest).unwrap();
+    (status, String::from_utf8_lossy(&rest).into_owned())
+}
+
+/// `hearth` as a user on another machine: only HEARTH_URL and HEARTH_TOKEN, and a data
+/// dir that does not exist.
+fn remote(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(HEARTH)
+        .args(args)
+        .env("HEARTH_DATA_DIR", "/nonexistent/hearth-data-dir")
+        .env("HEARTH_URL", url)
+        .env("HEARTH_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hearth")
+}
+
+fn remote_ok(url: &str, token: &str, args: &[&str]) -> String {
+    let out = remote(url, token, args);
+    assert!(
+        out.status.success(),
+        "hearth {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn remote_err(url: &str, token: &str, args: &[&str]) -> String {
+    let out = remote(url, token, args);
+    assert_eq!(out.status.code(), Some(1), "hearth {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn names(url: &str, token: &str) -> Vec<String> {
+    let v: Vec<serde_json::Value> =
+        serde_json::from_str(&remote_ok(url, token, &["ls", "--json"])).unwrap();
+    v.iter()
+        .map(|w| w["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// SHA-256 hex by coreutils' sha256sum, not by the code under test.
+fn sha256sum(s: &str) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn admin_token(s: &TestServer) -> String {
+    std::fs::read_to_string(s.data_dir().join("token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn users_see_and_touch_only_their_own_workspaces() {
+    let s = TestServer::start();
+    s.load_busybox();
+    let url = base_url(&s);
+    let admin = admin_token(&s);
+
+    // Users through the real CLI on the server host (the token file's admin).
+    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
+    let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    assert_eq!(alice.len(), 64, "{alice}");
+    assert_ne!(alice, bob);
+    let err = s.fails(&["user", "add", "alice"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = s.fails(&["user", "add", "Not_Valid"]);
+    assert!(err.contains("invalid user name"), "{err}");
+    let ls = s.ok(&["user", "ls"]);
+    let rows: Vec<Vec<&str>> = ls
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![vec!["admin", "yes"], vec!["alice", "no"], vec!["bob", "no"]],
+        "{ls}"
+    );
+
+    // Who am I, from another machine.
+    let me: serde_json::Value =
+        serde_json::from_str(&http(&url, "GET", "/v1/me", Some(&alice), None, false).1).unwrap();
+    assert_eq!(
+        (me["name"].as_str(), me["admin"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+
+    // Each makes a workspace with the CLI on "another machine".
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "proj");
+    let repo = repo.to_str().unwrap();
+    remote_ok(
+        &url,
+        &alice,
+        &["up", repo, "--image", "busybox", "--name", "wa"],
+    );
+    remote_ok(
+        &url,
+        &bob,
+        &["up", repo, "--image", "busybox", "--name", "wb"],
+    );
+    assert_eq!(names(&url, &alice), ["wa"]);
+    assert_eq!(names(&url, &bob), ["wb"]);
+    assert_eq!(names(&url, &admin), ["wa", "wb"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&s.ok(&["ls", "--json"])).unwrap();
+    let owners: Vec<_> = all.iter().map(|w| w["owner"].as_str().unwrap()).collect();
+    assert_eq!(owners, ["alice", "bob"]);
+    // The OWNER column is for admins.
+    let admin_ls = s.ok(&["ls"]);
+    assert!(
+        admin_ls.lines().next().unwrap().contains("OWNER"),
+        "{admin_ls}"
+    );
+    assert!(
+        admin_ls
+            .lines()
+            .any(|l| l.starts_with("wa ") && l.contains(" alice ")),
+        "{admin_ls}"
+    );
+    let alice_ls = remote_ok(&url, &alice, &["ls"]);
+    assert!(!alice_ls.contains("OWNER"), "{alice_ls}");
+
+    // Bob gets exactly what a missing workspace gets on every per-workspace route of
+    // Alice's, and nothing changes.
+    let routes: &[(&str, &str, Option<&str>, bool)] = &[
+        ("GET", "", None, false),
+        ("GET", "/inspect", None, false),
+        ("POST", "/start", None, false),
+        ("POST", "/stop", None, false),
+        ("DELETE", "", None, false),
+        ("GET", "/logs", None, false),
+        ("GET", "/exec", None, true),
+        ("PUT", "/egress", Some(r#"{"deny":["10.0.0.0/8"]}"#), false),
+        ("PATCH", "/egress", Some(r#"{"allow_all":true}"#), false),
+        ("PATCH", "/limits", Some(r#"{"pids":100}"#), false),
+        ("GET", "/snapshots", None, false),
+        ("POST", "/snapshots", None, false),
+        (
+            "POST",
+            "/fork",
+            Some(r#"{"snapshot":"00000000000000000000000000000000","name":"stolen"}"#),
+            false,
+        ),
+    ];
+    for (method, suffix, body, ws) in routes {
+        let (st, theirs) = http(
+            &url,
+            method,
+            &format!("/v1/workspaces/wa{suffix}"),
+            Some(&bob),
+            *body,
+            *ws,
+        );
+        let (st_missing, missing) = http(
+            &url,
+            method,
+            &format!("/v1/workspaces/zz{suffix}"),
+            Some(&bob),
+            *body,
+            *ws,
+        );
+        assert_eq!(
+            (st, st_missing),
+            (404, 404),
+            "{method} {suffix}: {theirs} / {missing}"
+        );
+        assert_eq!(theirs.replace("wa", "zz"), missing, "{method} {suffix}");
+        // An admin gets through (a 101 is the exec upgrade); only reads are tried.
+        if *method == "GET" {
+            let uri = format!("/v1/workspaces/wa{suffix}");
+            let (st, b) = http(&url, method, &uri, Some(&admin), None, *ws);
+            assert!(st == 200 || st == 101, "admin {method} {suffix}: {st} {b}");
+        }
+    }
+    let wa: serde_json::Value =
+        serde_json::from_str(&http(&url, "GET", "/v1/workspaces/wa", Some(&alice), None, false).1)
+            .unwrap();
+    assert_eq!(wa["state"], "running", "{wa}");
+    assert_eq!(wa["egress"]["deny"], serde_json::json!([]), "{wa}");
+    assert_eq!(
+        remote_ok(&url, &alice, &["exec", "wa", "--", "echo", "mine"]),
+        "mine\n"
+    );
+    assert_eq!(s.exec("wa", &["echo", "admin"]), "admin\n");
+    let err = remote_err(&url, &bob, &["exec", "wa", "--", "true"]);
+    assert!(err.contains("workspace wa not found"), "{err}");
+    assert!(!names(&url, &admin).contains(&"stolen".to_string()));
+    // Names are global: taking another user's name is a conflict.
+    let body = format!(r#"{{"source":"{repo}","image":"busybox","name":"wa"}}"#);
+    let (st, b) = http(
+        &url,
+        "POST",
+        "/v1/workspaces",
+        Some(&bob),
+        Some(&body),
+        false,
+    );
+    assert_eq!(st, 409, "{b}");
+
+    // Wrong or missing tokens.
+    for (method, path) in [
+        ("GET", "/v1/workspaces"),
+        ("GET", "/v1/me"),
+        ("GET", "/v1/workspaces/wa"),
+        ("GET", "/v1/users"),
+    ] {
+        for tok in [None, Some("wrong"), Some(&alice[1..])] {
+            let (st, b) = http(&url, method, path, tok, None, false);
+            assert_eq!(st, 401, "{method} {path} {tok:?}: {b}");
+        }
+    }
+    let err = remote_err(&url, "wrong", &["ls"]);
+    assert!(err.contains("invalid token"), "{err}");
+
+    // Admin operations are refused to Bob.
+    for (method, path, body) in [
+        ("GET", "/v1/users", None),
+        ("POST", "/v1/users", Some(r#"{"name":"eve","admin":true}"#)),
+        ("DELETE", "/v1/users/alice", None),
+        ("POST", "/v1/store/gc", Some("{}")),
+        ("POST", "/v1/store/fsck", None),
+        ("DELETE", "/v1/images/busybox", None),
+        ("POST", "/v1/images/load", Some(r#"{"path":"/etc"}"#)),
+    ] {
+        let (st, b) = http(&url, method, path, Some(&bob), body, false);
+        assert_eq!(st, 403, "{method} {path}: {b}");
+        assert!(b.contains("\"forbidden\""), "{b}");
+    }
+    let err = remote_err(&url, &bob, &["user", "add", "eve"]);
+    assert!(err.contains("needs an admin token"), "{err}");
+    assert!(s.ok(&["image", "ls"]).contains("busybox"));
+    assert!(!s.ok(&["user", "ls"]).contains("eve"));
+
+    // Only hashes are stored: no token appears anywhere in the database files.
+    for f in ["hearth.db", "hearth.db-wal"] {
+        let p = s.data_dir().join(f);
+        let Ok(bytes) = std::fs::read(&p) else {
+            continue;
+        };
+        for t in [&alice, &bob, &admin] {
+            assert!(
+                !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+                "{f} holds a token"
+            );
+        }
+    }
+    let db = s.data_dir().join("hearth.db");
+    let stored = sqlite(&db, "SELECT token_hash FROM users WHERE name = 'alice'");
+    assert_eq!(stored.trim(), sha256sum(&alice));
+
+    // Removing a user who owns workspaces needs an heir; the heir gets them.
+    let err = s.fails(&["user", "rm", "alice"]);
+    assert!(err.contains("owns 1 workspace"), "{err}");
+    let err = s.fails(&["user", "rm", "admin"]);
+    assert!(err.contains("cannot remove user admin"), "{err}");
+    let err = s.fails(&["user", "rm", "nobody"]);
+    assert!(err.contains("user nobody not found"), "{err}");
+    s.ok(&["user", "rm", "alice", "--reassign-to", "bob"]);
+    assert_eq!(
+        http(&url, "GET", "/v1/me", Some(&alice), None, false).0,
+        401
+    );
+    assert_eq!(names(&url, &bob), ["wa", "wb"]);
+    assert_eq!(
+        remote_ok(&url, &bob, &["exec", "wa", "--", "echo", "inherited"]),
+        "inherited\n"
+    );
+    remote_ok(&url, &bob, &["rm", "wa"]);
+    remote_ok(&url, &bob, &["rm", "wb"]);
+    s.ok(&["user", "rm", "bob"]);
+    assert_eq!(
+        http(&url, "GET", "/v1/workspaces", Some(&bob), None, false).0,
+        401
+    );
+}
+
+#[test]
+fn rate_limit_is_per_user() {
+    let s = TestServer::start_with(&["--api-rate", "1", "--api-burst", "5"]);
+    let url = base_url(&s);
+    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
+    let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| http(&url, "GET", "/v1/me", Some(&alice), None, false).0)
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Bob's bucket is his own.
+    let (st, b) = http(&url, "GET", "/v1/me", Some(&bob), None, false);
+    assert_eq!(st, 200, "{b}");
+}
+
+#[test]
+fn data_dir_from_before_users_keeps_its_token_and_workspaces() {
+    let mut s = TestServer::start();
+    s.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "proj");
+    s.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "old",
+    ]);
+    let token = admin_token(&s);
+    s.kill();
+    // Turn the database back into what a server before users left: no users table, no
+    // owner column, migration 4 not applied. The token file and the workspace stay.
+    let db = s.data_dir().join("hearth.db");
+    sqlite(
+        &db,
+        "DROP INDEX workspaces_owner; ALTER TABLE workspaces DROP COLUMN owner; \
+         DROP TABLE users; DELETE FROM _sqlx_migrations WHERE version = 4;",
+    );
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'users'"
+        )
+        .trim(),
+        "0"
+    );
+    s.spawn();
+    assert_eq!(admin_token(&s), token, "the token file was rewritten");
+    // The old token, read from the token file by the CLI on the server host, still works
+    // and is the admin's; the workspace is the admin's and still runs.
+    let url = base_url(&s);
+    let me: serde_json::Value =
+        serde_json::from_str(&http(&url, "GET", "/v1/me", Some(&token), None, false).1).unwrap();
+    assert_eq!(
+        (me["name"].as_str(), me["admin"].as_bool()),
+        (Some("admin"), Some(true))
+    );
+    let ws = s.workspaces();
+    assert_eq!(ws.len(), 1);
+    assert_eq!(
+        (ws[0]["name"].as_str(), ws[0]["owner"].as_str()),
+        (Some("old"), Some("admin"))
+    );
+    assert_eq!(ws[0]["state"], "running");
+    assert_eq!(s.exec("old", &["echo", "still"]), "still\n");
+    // A new user does not see it.
+    let carol = s.ok(&["user", "add", "carol"]).trim().to_string();
+    assert!(names(&url, &carol).is_empty());
+}
