@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::bridge::{disable_ipv6, link_exists, SYS_NET};
@@ -148,6 +149,46 @@ impl Network {
             );
         }
         Ok(ids.into_iter().collect())
+    }
+
+    /// A non-blocking, close-on-exec TCP socket (IPv6 when `ipv6`) made inside workspace
+    /// `id`'s netns, for connecting to or listening on its ports (its loopback included).
+    ///
+    /// A socket belongs to the netns it was made in, whoever uses it later. It is made on
+    /// a thread of its own that joins the netns and then ends, so no thread of ours is
+    /// ever left in a workspace's namespace.
+    pub fn tcp_socket(&self, id: &WorkspaceId, ipv6: bool) -> Result<OwnedFd, NetError> {
+        use nix::sched::{setns, CloneFlags};
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+
+        let path = self.netns_path(id);
+        let ns = std::fs::File::open(&path).map_err(|source| io_err("open", &path, source))?;
+        let family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let made = std::thread::Builder::new()
+            .name("netns-socket".into())
+            .spawn(move || -> io::Result<OwnedFd> {
+                setns(&ns, CloneFlags::CLONE_NEWNET)?;
+                Ok(socket(
+                    family,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?)
+            })
+            .map_err(|source| io_err("spawn thread for a socket in", &path, source))?
+            .join()
+            .map_err(|_| {
+                io_err(
+                    "make a socket in",
+                    &path,
+                    io::Error::other("the thread panicked"),
+                )
+            })?;
+        made.map_err(|source| io_err("make a socket in", &path, source))
     }
 
     fn netns_name(&self, id: &str) -> String {

@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use hearth_net::{Cidr, ConnLimits, EgressConfig, EgressRule, MAX_EGRESS_RULES};
@@ -289,6 +289,15 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// A connection made inside a workspace failed; most often nothing listens there
+    /// (`source` is then `ConnectionRefused`).
+    #[error("workspace {workspace}: cannot connect to {addr}: {source}")]
+    Connect {
+        workspace: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a caller can do about a [`NodeError`].
@@ -313,7 +322,7 @@ impl NodeError {
         match self {
             NodeError::NotFound(_) => ErrorKind::NotFound,
             NodeError::Invalid(_) => ErrorKind::Invalid,
-            NodeError::Conflict(_) => ErrorKind::Conflict,
+            NodeError::Conflict(_) | NodeError::Connect { .. } => ErrorKind::Conflict,
             NodeError::Internal(_)
             | NodeError::Runtime(_)
             | NodeError::Cgroups(_)
@@ -430,6 +439,28 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError>;
+    /// A TCP connection to `addr` made inside the running workspace's network namespace,
+    /// so `127.0.0.1` is the workspace's own loopback: how the SSH gateway's forwards and
+    /// the port proxy reach services inside. A failed connect is [`NodeError::Connect`];
+    /// callers bound the wait (a dropped SYN waits for the kernel's timeout).
+    async fn connect(
+        &self,
+        spec: &WorkspaceSpec,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, NodeError> {
+        let _ = addr;
+        Err(no_ports(spec))
+    }
+    /// A listener bound to `addr` inside the running workspace's network namespace (for
+    /// remote forwards into the workspace's own network).
+    async fn listen(
+        &self,
+        spec: &WorkspaceSpec,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener, NodeError> {
+        let _ = addr;
+        Err(no_ports(spec))
+    }
     /// Brings the host in line with `known` after a restart or crash: cleans half-done
     /// starts and stops, removes resources of workspaces not in `known`, never deletes
     /// data of a workspace in `known`. Returns each known workspace's status.
@@ -492,6 +523,13 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn store_usage(&self, spec: &WorkspaceSpec) -> Result<crate::StoreUsage, NodeError> {
         Err(no_snapshots(spec))
     }
+}
+
+fn no_ports(spec: &WorkspaceSpec) -> NodeError {
+    NodeError::Invalid(format!(
+        "workspace {}: this node cannot reach workspace ports",
+        spec.name
+    ))
 }
 
 fn no_snapshots(spec: &WorkspaceSpec) -> NodeError {

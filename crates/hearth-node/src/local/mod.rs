@@ -6,6 +6,7 @@
 //! inspect and pull parts. This file opens the node and implements [`NodeApi`] by
 //! handing each call to a blocking thread.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -225,6 +226,30 @@ impl LocalNode {
             .lock()
             .map(|m| m.get(id).cloned().unwrap_or_default())
             .unwrap_or_default()
+    }
+
+    /// A TCP socket for `addr`'s family inside the running workspace's netns.
+    async fn netns_socket(
+        &self,
+        spec: &WorkspaceSpec,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpSocket, NodeError> {
+        let id = spec.id.clone();
+        let name = spec.name.clone();
+        self.blocking(move |i| {
+            // The agent socket exists exactly while the workspace runs; a stopped one
+            // keeps its netns (cheap restarts), with nothing listening in it.
+            if !i.paths(&id).socket.exists() || !i.net.has_network(&id) {
+                return Err(NodeError::Conflict(format!(
+                    "workspace {name} is not running (hearth start {name})"
+                )));
+            }
+            let fd = i.net.tcp_socket(&id, addr.is_ipv6())?;
+            Ok(tokio::net::TcpSocket::from_std_stream(
+                std::net::TcpStream::from(fd),
+            ))
+        })
+        .await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -447,6 +472,41 @@ impl NodeApi for LocalNode {
             }
         })
         .await
+    }
+
+    async fn connect(
+        &self,
+        spec: &WorkspaceSpec,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, NodeError> {
+        let socket = self.netns_socket(spec, addr).await?;
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|source| NodeError::Connect {
+                workspace: spec.name.clone(),
+                addr,
+                source,
+            })?;
+        // Proxied traffic is mostly small request/response exchanges.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn listen(
+        &self,
+        spec: &WorkspaceSpec,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener, NodeError> {
+        let socket = self.netns_socket(spec, addr).await?;
+        let bind_err = |source| NodeError::Connect {
+            workspace: spec.name.clone(),
+            addr,
+            source,
+        };
+        socket.set_reuseaddr(true).map_err(bind_err)?;
+        socket.bind(addr).map_err(bind_err)?;
+        socket.listen(1024).map_err(bind_err)
     }
 
     async fn reconcile(
