@@ -1551,3 +1551,5 @@ async fn refusals_outside_handlers_are_json_and_documented() {
         "{create}"
     );
 }
+
+mod users;

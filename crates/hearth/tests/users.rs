@@ -298,6 +298,21 @@ fn users_see_and_touch_only_their_own_workspaces() {
         false,
     );
     assert_eq!(st, 409, "{b}");
+    // A fork belongs to whoever made it.
+    let out = remote_ok(&url, &bob, &["snapshot", "wb"]);
+    let snap = out.split_whitespace().nth(1).unwrap().to_string();
+    remote_ok(
+        &url,
+        &bob,
+        &["fork", "wb", "--snapshot", &snap, "--name", "wb2"],
+    );
+    assert_eq!(names(&url, &bob), ["wb", "wb2"]);
+    let err = remote_err(
+        &url,
+        &alice,
+        &["fork", "wb", "--snapshot", &snap, "--name", "mine"],
+    );
+    assert!(err.contains("workspace wb not found"), "{err}");
 
     // Wrong or missing tokens.
     for (method, path) in [
@@ -362,13 +377,14 @@ fn users_see_and_touch_only_their_own_workspaces() {
         http(&url, "GET", "/v1/me", Some(&alice), None, false).0,
         401
     );
-    assert_eq!(names(&url, &bob), ["wa", "wb"]);
+    assert_eq!(names(&url, &bob), ["wa", "wb", "wb2"]);
     assert_eq!(
         remote_ok(&url, &bob, &["exec", "wa", "--", "echo", "inherited"]),
         "inherited\n"
     );
     remote_ok(&url, &bob, &["rm", "wa"]);
     remote_ok(&url, &bob, &["rm", "wb"]);
+    remote_ok(&url, &bob, &["rm", "wb2"]);
     s.ok(&["user", "rm", "bob"]);
     assert_eq!(
         http(&url, "GET", "/v1/workspaces", Some(&bob), None, false).0,

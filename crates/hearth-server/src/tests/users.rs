@@ -1,0 +1,298 @@
+//! Users and ownership over the API, against the in-memory node: the one rule
+//! ([`Manager::owned`]) on every per-workspace route, 401/403, user removal.
+
+use super::*;
+
+/// Adds a user through the API with the admin token; returns its token.
+async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
+    let body = serde_json::json!({ "name": name, "admin": admin }).to_string();
+    let (s, b) = h
+        .call(Method::POST, "/v1/users", Some(TOKEN), Some(body))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let u: NewUser = serde_json::from_slice(&b).unwrap();
+    assert_eq!((u.user.name.as_str(), u.user.admin), (name, admin));
+    u.token
+}
+
+/// Creates workspace `name` as the holder of `token`.
+async fn create_as(h: &Harness, token: &str, name: &str) {
+    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": name});
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces",
+            Some(token),
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let last = b.split(|c| *c == b'\n').rfind(|l| !l.is_empty()).unwrap();
+    let line: StreamLine<Workspace> = serde_json::from_slice(last).unwrap();
+    assert!(matches!(line, StreamLine::Result(_)), "{line:?}");
+}
+
+async fn listed(h: &Harness, token: &str) -> Vec<(String, String)> {
+    let (s, b) = h
+        .call(Method::GET, "/v1/workspaces", Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Vec<Workspace> = serde_json::from_slice(&b).unwrap();
+    v.into_iter().map(|w| (w.name, w.owner)).collect()
+}
+
+/// Every route that reaches a workspace by name, with a body it accepts.
+fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
+    let u = |s: &str| format!("/v1/workspaces/{name}{s}");
+    vec![
+        (Method::GET, u(""), None),
+        (Method::GET, u("/inspect"), None),
+        (Method::POST, u("/start"), None),
+        (Method::POST, u("/stop"), None),
+        (Method::GET, u("/logs"), None),
+        (
+            Method::PUT,
+            u("/egress"),
+            Some(r#"{"deny":["10.0.0.0/8"]}"#.into()),
+        ),
+        (
+            Method::PATCH,
+            u("/egress"),
+            Some(r#"{"allow_all":true}"#.into()),
+        ),
+        (Method::PATCH, u("/limits"), Some(r#"{"pids":100}"#.into())),
+        (Method::GET, u("/snapshots"), None),
+        (Method::POST, u("/snapshots"), None),
+        (
+            Method::POST,
+            u("/fork"),
+            Some(r#"{"snapshot":"0123456789abcdef0123456789abcdef","name":"copy"}"#.into()),
+        ),
+        (Method::DELETE, u(""), None),
+    ]
+}
+
+#[tokio::test]
+async fn someone_elses_workspace_is_a_missing_one() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    let alice = add_user(&h, "alice", false).await;
+    let bob = add_user(&h, "bob", false).await;
+    create_as(&h, &alice, "wa").await;
+    create_as(&h, &bob, "wb").await;
+    assert_eq!(listed(&h, &alice).await, [("wa".into(), "alice".into())]);
+    assert_eq!(listed(&h, &bob).await, [("wb".into(), "bob".into())]);
+    assert_eq!(
+        listed(&h, TOKEN).await,
+        [("wa".into(), "alice".into()), ("wb".into(), "bob".into())]
+    );
+
+    let routes = workspace_routes("wa")
+        .into_iter()
+        .zip(workspace_routes("zz"));
+    for ((m, uri, body), (_, missing_uri, _)) in routes {
+        let (s, theirs) = h.call(m.clone(), &uri, Some(&bob), body.clone()).await;
+        let (s2, missing) = h.call(m.clone(), &missing_uri, Some(&bob), body).await;
+        assert_eq!(
+            (s, s2),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "{m} {uri}"
+        );
+        let theirs = String::from_utf8(theirs).unwrap();
+        assert_eq!(
+            theirs.replace("wa", "zz"),
+            String::from_utf8(missing).unwrap(),
+            "{m} {uri}"
+        );
+    }
+    // Nothing happened to it: running, no policy, not removed, no fork.
+    let w = h
+        .manager
+        .get(&crate::auth::Caller::admin(), "wa")
+        .await
+        .unwrap();
+    assert_eq!((w.state, w.egress.deny.len()), (WorkspaceState::Running, 0));
+    assert!(h.node.st().removed.is_empty());
+    assert_eq!(h.manager.lock_count(), 0);
+
+    // Its owner and an admin get past the rule on every route (the fake node has no
+    // snapshot store, so those routes answer 400 after it).
+    for token in [alice.as_str(), TOKEN] {
+        for (m, uri, body) in workspace_routes("wa") {
+            if m == Method::DELETE || uri.ends_with("/fork") {
+                continue;
+            }
+            let (s, b) = h.call(m.clone(), &uri, Some(token), body).await;
+            let b = String::from_utf8_lossy(&b);
+            assert!(
+                s != StatusCode::NOT_FOUND && s != StatusCode::FORBIDDEN,
+                "{m} {uri}: {s} {b}"
+            );
+            if !uri.contains("/snapshots") {
+                assert!(s.is_success(), "{m} {uri}: {s} {b}");
+            }
+        }
+    }
+    // Names are global.
+    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": "wa"});
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces",
+            Some(&bob),
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn tokens_admin_routes_and_user_removal() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    let alice = add_user(&h, "alice", false).await;
+    let carol = add_user(&h, "carol", true).await;
+
+    // Who am I.
+    for (token, name, admin) in [(&alice, "alice", false), (&carol, "carol", true)] {
+        let (s, b) = h.call(Method::GET, "/v1/me", Some(token), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let me: User = serde_json::from_slice(&b).unwrap();
+        assert_eq!((me.name.as_str(), me.admin), (name, admin));
+    }
+    // Wrong tokens, including a prefix of a real one.
+    for tok in [None, Some("wrong"), Some(&alice[..63])] {
+        let (s, _) = h.call(Method::GET, "/v1/me", tok, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Admin routes: 403 for alice, fine for carol (another admin).
+    let admin_routes = [
+        (Method::GET, "/v1/users", None),
+        (Method::POST, "/v1/users", Some(r#"{"name":"dave"}"#)),
+        (Method::POST, "/v1/store/fsck", None),
+        (Method::POST, "/v1/store/gc", Some("{}")),
+        (Method::DELETE, "/v1/images/busybox", None),
+        (
+            Method::POST,
+            "/v1/images/load",
+            Some(r#"{"path":"/x.tar"}"#),
+        ),
+    ];
+    for (m, uri, body) in &admin_routes {
+        let (s, b) = h
+            .call(m.clone(), uri, Some(&alice), body.map(String::from))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{m} {uri}");
+        let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+        assert_eq!(e.error.code, "forbidden");
+    }
+    let (s, _) = h.call(Method::GET, "/v1/users", Some(&carol), None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Bad names.
+    for bad in ["Alice", "a_b", &"a".repeat(33), ""] {
+        let body = serde_json::json!({ "name": bad }).to_string();
+        let (s, _) = h
+            .call(Method::POST, "/v1/users", Some(TOKEN), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/users",
+            Some(TOKEN),
+            Some(r#"{"name":"alice"}"#.into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // Removal: refused while alice owns a workspace, for oneself and for admin.
+    create_as(&h, &alice, "wa").await;
+    for (uri, token, want) in [
+        ("/v1/users/alice", TOKEN, StatusCode::CONFLICT),
+        ("/v1/users/carol", carol.as_str(), StatusCode::CONFLICT),
+        ("/v1/users/admin", carol.as_str(), StatusCode::CONFLICT),
+        (
+            "/v1/users/alice?reassign_to=alice",
+            TOKEN,
+            StatusCode::CONFLICT,
+        ),
+        (
+            "/v1/users/alice?reassign_to=nobody",
+            TOKEN,
+            StatusCode::NOT_FOUND,
+        ),
+        ("/v1/users/nobody", TOKEN, StatusCode::NOT_FOUND),
+        ("/v1/users/Bad", TOKEN, StatusCode::BAD_REQUEST),
+    ] {
+        let (s, b) = h.call(Method::DELETE, uri, Some(token), None).await;
+        assert_eq!(s, want, "{uri}: {}", String::from_utf8_lossy(&b));
+    }
+    assert_eq!(listed(&h, &alice).await, [("wa".into(), "alice".into())]);
+    let (s, _) = h
+        .call(
+            Method::DELETE,
+            "/v1/users/alice?reassign_to=carol",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h
+        .call(Method::GET, "/v1/workspaces", Some(&alice), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.manager
+            .owned(
+                &crate::auth::Caller {
+                    id: "carol".into(),
+                    admin: false
+                },
+                "wa"
+            )
+            .await
+            .unwrap()
+            .owner,
+        "carol"
+    );
+}
+
+#[tokio::test]
+async fn the_token_file_token_is_admins_at_every_start() {
+    let h = harness(FakeNode::default()).await;
+    // A rotated token file: the old token stops working, the new one is admin's.
+    h.manager.ensure_first_admin("new-token").await.unwrap();
+    let (s, _) = h.call(Method::GET, "/v1/me", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = h.call(Method::GET, "/v1/me", Some("new-token"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let me: User = serde_json::from_slice(&b).unwrap();
+    assert_eq!((me.name.as_str(), me.admin), ("admin", true));
+}
+
+#[tokio::test]
+async fn rate_limit_is_per_user() {
+    let rate = crate::ratelimit::RateLimit {
+        per_second: 1,
+        burst: 3,
+    };
+    let h = harness_with(FakeNode::default(), rate).await;
+    let alice = h
+        .manager
+        .create_user(CreateUser {
+            name: "alice".into(),
+            admin: false,
+        })
+        .await
+        .unwrap()
+        .token;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(h.call(Method::GET, "/v1/me", Some(TOKEN), None).await.0);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let (s, _) = h.call(Method::GET, "/v1/me", Some(&alice), None).await;
+    assert_eq!(s, StatusCode::OK);
+}
