@@ -19,7 +19,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use pull::{BlobProgress, BlobState, Credentials, PullProgress, Reference};
+pub use pull::{
+    resolve_pull, BlobProgress, BlobState, Credentials, PullProgress, Reference, ResolvedPull,
+};
 pub use source::open_user_file;
 pub use store::ImageStore;
 

@@ -587,6 +587,57 @@ impl<'a> Client<'a> {
 /// Documents met on the way (hex, bytes), the image manifest and its hex.
 type Resolved = (Vec<(String, Vec<u8>)>, ImageManifest, String);
 
+/// A registry image resolved down to its manifest, not downloaded yet: what a pull can be
+/// refused for (a bad reference, credentials, an image the registry does not have) has
+/// been decided. See [`resolve_pull`] and [`ImageStore::pull_resolved`].
+pub struct ResolvedPull {
+    reference: Reference,
+    name: String,
+    credentials: Option<Credentials>,
+    auth: Option<Auth>,
+    documents: Vec<(String, Vec<u8>)>,
+    manifest: ImageManifest,
+    manifest_hex: String,
+}
+
+impl fmt::Debug for ResolvedPull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolvedPull")
+            .field("reference", &self.reference)
+            .field("manifest", &self.manifest_hex)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvedPull {
+    /// `sha256:<hex>` of the image manifest.
+    pub fn manifest_digest(&self) -> String {
+        format!("sha256:{}", self.manifest_hex)
+    }
+}
+
+/// Parses `reference` and fetches its manifest (through any index) from the registry, so a
+/// missing image or refused credentials are known before anything is downloaded.
+pub fn resolve_pull(
+    reference: &str,
+    auth: Option<&Credentials>,
+) -> Result<ResolvedPull, ImageError> {
+    let parsed = Reference::parse(reference)?;
+    let name = normalize_name(split_scheme(reference).1)?;
+    let client = Client::new(&parsed, auth);
+    let (documents, manifest, manifest_hex) = client.resolve()?;
+    let negotiated = client.authorization().take();
+    Ok(ResolvedPull {
+        name,
+        credentials: auth.cloned(),
+        auth: negotiated,
+        documents,
+        manifest,
+        manifest_hex,
+        reference: parsed,
+    })
+}
+
 /// Marks a digest as being downloaded in this process; waiters block until it is dropped.
 struct Inflight<'a> {
     store: &'a ImageStore,
@@ -712,11 +763,28 @@ impl ImageStore {
         auth: Option<&Credentials>,
         progress: &mut dyn FnMut(&PullProgress),
     ) -> Result<Image, ImageError> {
-        let parsed = Reference::parse(reference)?;
-        let name = normalize_name(split_scheme(reference).1)?;
+        self.pull_resolved(resolve_pull(reference, auth)?, progress)
+    }
+
+    /// Downloads and records an image [`resolve_pull`] found; the credentials (and token)
+    /// it negotiated are used again.
+    pub fn pull_resolved(
+        &self,
+        resolved: ResolvedPull,
+        progress: &mut dyn FnMut(&PullProgress),
+    ) -> Result<Image, ImageError> {
+        let ResolvedPull {
+            reference: parsed,
+            name,
+            credentials,
+            auth,
+            documents,
+            manifest,
+            manifest_hex,
+        } = resolved;
         mkdir_private(&self.downloads_dir())?;
-        let client = Client::new(&parsed, auth);
-        let (documents, manifest, manifest_hex) = client.resolve()?;
+        let client = Client::new(&parsed, credentials.as_ref());
+        *client.authorization() = auth;
         let origin = PathBuf::from(parsed.repo_url());
         let blob_ref = |d: &Descriptor| -> Result<BlobRef, ImageError> {
             let digest = d.digest().to_string();

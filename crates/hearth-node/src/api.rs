@@ -368,6 +368,34 @@ impl NodeError {
     }
 }
 
+/// A pull [`NodeApi::check_pull`] allowed: the reference, its credentials and, from a
+/// node that resolved it, the registry's manifest, so the pull does not ask again.
+#[derive(Debug)]
+pub struct PullPlan {
+    reference: String,
+    auth: Option<RegistryAuth>,
+    pub(crate) resolved: Option<Box<hearth_image::ResolvedPull>>,
+}
+
+impl PullPlan {
+    /// A plan nothing was resolved for yet (the pull resolves it itself).
+    pub fn new(reference: &str, auth: Option<RegistryAuth>) -> PullPlan {
+        PullPlan {
+            reference: reference.to_string(),
+            auth,
+            resolved: None,
+        }
+    }
+
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    pub fn auth(&self) -> Option<&RegistryAuth> {
+        self.auth.as_ref()
+    }
+}
+
 /// The contract between the control plane and a node.
 ///
 /// Calls are idempotent where it matters for crash recovery: `stop` on a stopped
@@ -380,11 +408,10 @@ pub trait NodeApi: Send + Sync + 'static {
         name: Option<String>,
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
-    /// Pulls `reference` from its registry and names the image after it.
+    /// Pulls what [`NodeApi::check_pull`] resolved and names the image after its reference.
     async fn pull_image(
         &self,
-        reference: &str,
-        auth: Option<RegistryAuth>,
+        plan: PullPlan,
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError>;
@@ -402,10 +429,15 @@ pub trait NodeApi: Send + Sync + 'static {
         let _ = (source, limits);
         Ok(())
     }
-    /// Likewise for `pull_image`: the reference parses and there is room.
-    async fn check_pull(&self, reference: &str) -> Result<(), NodeError> {
-        let _ = reference;
-        Ok(())
+    /// Likewise for `pull_image`: the reference parses, there is room, and the registry
+    /// has the image (its manifest is fetched, so a missing image or refused credentials
+    /// are a not-found or invalid error here, not in the middle of the pull).
+    async fn check_pull(
+        &self,
+        reference: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<PullPlan, NodeError> {
+        Ok(PullPlan::new(reference, auth))
     }
     /// By name (`busybox`, `busybox:latest`) or id / unique id prefix.
     async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError>;

@@ -212,19 +212,21 @@ async fn upload_image(
     Ok(Json(image))
 }
 
-/// Pulls an image from an OCI registry, streaming per-layer progress. The reference and
-/// credentials are checked before the stream starts; registry errors end the stream.
+/// Pulls an image from an OCI registry, streaming per-layer progress. The reference, the
+/// credentials and the image's manifest are checked before the stream starts (a missing
+/// image is a 404); failures while downloading end the stream.
 #[utoipa::path(post, path = "/v1/images/pull", request_body = PullImage,
     responses((status = 200, description = "ndjson progress lines, then the Image or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "the registry does not have the image", body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn pull_image(State(st): State<AppState>, ApiJson(req): ApiJson<PullImage>) -> Response {
-    let (reference, auth) = match st.manager.check_pull(req).await {
+    let plan = match st.manager.check_pull(req).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    ndjson::stream(move |p| async move { st.manager.pull_checked(&reference, auth, p).await })
+    ndjson::stream(move |p| async move { st.manager.pull_checked(plan, p).await })
 }
 
 /// Removes an image no workspace uses (admins only: images are shared by every user).

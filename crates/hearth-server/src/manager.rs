@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hearth_node::{
     EgressPolicy, ErrorKind, ExecRequest, ExecSession, Limits, NodeApi, NodeError, Progress,
-    RegistryAuth, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus,
+    PullPlan, RegistryAuth, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus,
 };
 use rand::RngCore;
 
@@ -42,8 +42,9 @@ pub struct CreatePlan {
 
 enum PlannedImage {
     Loaded(hearth_node::ImageSummary),
-    /// A registry image that is not here yet: pulled as the create's first step.
-    Pull(String),
+    /// A registry image that is not here yet (its registry has it): pulled as the
+    /// create's first step.
+    Pull(PullPlan),
 }
 
 /// Image used when `up` names none.
@@ -367,11 +368,9 @@ impl Manager {
             .map_err(rename)
     }
 
-    /// Validates a pull before it starts; returns the reference and credentials to use.
-    pub async fn check_pull(
-        &self,
-        req: PullImage,
-    ) -> Result<(String, Option<RegistryAuth>), ApiError> {
+    /// Validates a pull before it starts: the request, then the node's check, which asks
+    /// the registry for the manifest (a missing image is a 404 here, not in the stream).
+    pub async fn check_pull(&self, req: PullImage) -> Result<PullPlan, ApiError> {
         let reference = req.reference.trim().to_string();
         if reference.is_empty() {
             return Err(ApiError::invalid("reference must not be empty"));
@@ -386,28 +385,26 @@ impl Manager {
             }
         };
         self.node
-            .check_pull(&reference)
+            .check_pull(&reference, auth)
             .await
-            .map_err(|e| node_err("pull_image", &reference, e))?;
-        Ok((reference, auth))
+            .map_err(|e| node_err("pull_image", &reference, e))
     }
 
     pub async fn pull_image(&self, req: PullImage, progress: Progress) -> Result<Image, ApiError> {
-        let (reference, auth) = self.check_pull(req).await?;
-        self.pull_checked(&reference, auth, progress).await
+        let plan = self.check_pull(req).await?;
+        self.pull_checked(plan, progress).await
     }
 
     /// Pulls; [`Manager::check_pull`] has passed.
     pub async fn pull_checked(
         &self,
-        reference: &str,
-        auth: Option<RegistryAuth>,
+        plan: PullPlan,
         progress: Progress,
     ) -> Result<Image, ApiError> {
-        let reference = reference.to_string();
+        let reference = plan.reference().to_string();
         let s = self
             .node
-            .pull_image(&reference, auth, progress)
+            .pull_image(plan, progress)
             .await
             .map_err(|e| node_err("pull_image", &reference, e))?;
         Ok(convert::image(s))
@@ -489,11 +486,12 @@ impl Manager {
                 Err(e)
                     if e.kind() == ErrorKind::NotFound && hearth_node::is_registry_reference(r) =>
                 {
-                    self.node
-                        .check_pull(r)
-                        .await
-                        .map_err(|e| node_err("pull_image", &name, e))?;
-                    PlannedImage::Pull(r.to_string())
+                    PlannedImage::Pull(
+                        self.node
+                            .check_pull(r, None)
+                            .await
+                            .map_err(|e| node_err("pull_image", &name, e))?,
+                    )
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     return Err(ApiError::not_found(format!(
@@ -543,9 +541,9 @@ impl Manager {
         let image = match image {
             PlannedImage::Loaded(i) => i,
             // Pulled before the record exists: a failed pull leaves nothing behind.
-            PlannedImage::Pull(r) => self
+            PlannedImage::Pull(plan) => self
                 .node
-                .pull_image(&r, None, progress.clone())
+                .pull_image(plan, progress.clone())
                 .await
                 .map_err(|e| node_err("pull_image", &name, e))?,
         };

@@ -78,25 +78,33 @@ impl NodeApi for FakeNode {
         self.st().images.push(s.clone());
         Ok(s)
     }
-    async fn pull_image(
+    async fn check_pull(
         &self,
         reference: &str,
         auth: Option<RegistryAuth>,
-        progress: Progress,
-    ) -> Result<ImageSummary, NodeError> {
-        let mut st = self.st();
-        st.pulls.push((reference.to_string(), auth));
+    ) -> Result<PullPlan, NodeError> {
+        // As a node that asks the registry first: a missing image is refused here.
         if reference.contains("missing") {
             return Err(NodeError::NotFound(format!(
                 "image {reference} not found in its registry"
             )));
         }
+        Ok(PullPlan::new(reference, auth))
+    }
+    async fn pull_image(
+        &self,
+        plan: PullPlan,
+        progress: Progress,
+    ) -> Result<ImageSummary, NodeError> {
+        let reference = plan.reference().to_string();
+        let mut st = self.st();
+        st.pulls.push((reference.clone(), plan.auth().cloned()));
         progress
             .send(format!("layer 1/1 sha256:00: pulling {reference}"))
             .unwrap();
         let s = ImageSummary {
             id: format!("sha256:{}", "ef".repeat(32)),
-            names: vec![reference.to_string()],
+            names: vec![reference],
             size: 3,
             layers: 1,
             loaded_at: now(),
@@ -899,19 +907,18 @@ async fn image_pull_streams_progress_and_checks_credentials() {
         .await;
     assert_eq!((s, e.code.as_str()), (StatusCode::BAD_REQUEST, "invalid"));
     assert!(e.message.contains("username and password"), "{}", e.message);
-    let e = error_of(
-        h.stream(
+    // The registry has no such image: a 404 before any stream.
+    let (s, e) = h
+        .refused(
             "/v1/images/pull",
             serde_json::json!({"reference": "127.0.0.1:5000/missing:1"}),
         )
-        .await
-        .1,
-    );
-    assert_eq!(e.code, "not_found");
+        .await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(
         h.node.st().pulls.len(),
-        2,
-        "a request without a password reached the node"
+        1,
+        "a refused request reached the node's pull"
     );
 }
 
@@ -953,16 +960,14 @@ async fn up_pulls_missing_registry_images_only() {
         )
         .await;
     assert_eq!((s, e.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
-    let e = error_of(
-        h.stream(
+    let (s, e) = h
+        .refused(
             "/v1/workspaces",
             serde_json::json!({"source": "/src/c", "image": "127.0.0.1:5000/missing:1"}),
         )
-        .await
-        .1,
-    );
-    assert_eq!(e.code, "not_found");
-    assert_eq!(h.node.st().pulls.len(), 2);
+        .await;
+    assert_eq!((s, e.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(h.node.st().pulls.len(), 1);
     assert_eq!(h.names().await, vec!["a", "b"]);
     assert!(h.node.st().removed.is_empty());
 }

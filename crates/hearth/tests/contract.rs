@@ -233,3 +233,49 @@ fn semantic_errors_and_host_limits_are_statuses_before_any_stream() {
     assert_eq!(w["state"], "running", "{w}");
     srv.ok(&["rm", "lim"]);
 }
+
+/// A registry that answers 404 (manifest unknown) is a 404 with a JSON error body, on
+/// pull and on create, before any stream starts; nothing is pulled or created.
+#[test]
+fn a_missing_registry_image_is_a_404_before_any_stream() {
+    let srv = TestServer::start();
+    let reg = common::registry::Registry::start();
+    let layout = common::images::busybox_image(srv.data_dir());
+    reg.push(&layout, "busybox:latest", "busybox:latest");
+    let missing = format!("{}/nosuch:1", reg.addr());
+    let missing_tag = format!("{}/busybox:nosuchtag", reg.addr());
+    for reference in [&missing, &missing_tag] {
+        let (status, body) = json(
+            &srv,
+            "POST",
+            "/v1/images/pull",
+            serde_json::json!({ "reference": reference }),
+        );
+        assert_eq!(status, 404, "{reference}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("not one JSON error body ({e}): {body}"));
+        assert_eq!(v["error"]["code"], "not_found", "{body}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("not found in its registry"), "{msg}");
+    }
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "pullme");
+    let (status, body) = json(
+        &srv,
+        "POST",
+        "/v1/workspaces",
+        serde_json::json!({ "source": repo, "image": missing, "name": "pullme" }),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.starts_with("{\"error\""), "{body}");
+    assert!(srv.workspace_names().is_empty());
+    // The image the registry has still streams and lands.
+    let (status, body) = json(
+        &srv,
+        "POST",
+        "/v1/images/pull",
+        serde_json::json!({ "reference": format!("{}/busybox:latest", reg.addr()) }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"result\""), "{body}");
+}

@@ -297,9 +297,30 @@ impl NodeApi for LocalNode {
             .await
     }
 
-    async fn check_pull(&self, reference: &str) -> Result<(), NodeError> {
+    async fn check_pull(
+        &self,
+        reference: &str,
+        auth: Option<crate::RegistryAuth>,
+    ) -> Result<crate::PullPlan, NodeError> {
         hearth_image::Reference::parse(reference).map_err(|e| pull::pull_err(reference, e))?;
-        self.blocking(|i| i.check_reserve("pull an image")).await
+        self.blocking(|i| i.check_reserve("pull an image")).await?;
+        let mut plan = crate::PullPlan::new(reference, auth);
+        let (r, creds) = (reference.to_string(), plan.auth().map(pull::credentials));
+        let resolved = tokio::task::spawn_blocking(move || {
+            hearth_image::resolve_pull(&r, creds.as_ref()).map_err(|e| pull::pull_err(&r, e))
+        })
+        .await
+        .map_err(internal)?;
+        match resolved {
+            Ok(r) => plan.resolved = Some(Box::new(r)),
+            // A registry that does not answer (or answers 5xx) is no verdict on the
+            // request: the pull tries again and reports what happens in its stream.
+            Err(e) if e.kind() == crate::ErrorKind::Internal => {
+                tracing::info!(reference, error = %e, "registry not reachable at check; the pull retries");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(plan)
     }
 
     async fn load_image(
@@ -323,13 +344,10 @@ impl NodeApi for LocalNode {
 
     async fn pull_image(
         &self,
-        reference: &str,
-        auth: Option<crate::RegistryAuth>,
+        plan: crate::PullPlan,
         progress: Progress,
     ) -> Result<ImageSummary, NodeError> {
-        let r = reference.to_string();
-        self.blocking(move |i| pull::pull(i, &r, auth, &progress))
-            .await
+        self.blocking(move |i| pull::pull(i, plan, &progress)).await
     }
 
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {

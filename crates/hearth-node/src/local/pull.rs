@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use hearth_image::{BlobState, Credentials, ImageError, PullProgress};
 
 use super::{image_err, summary, Inner};
-use crate::{ImageSummary, NodeError, Progress, RegistryAuth};
+use crate::{ImageSummary, NodeError, Progress, PullPlan, RegistryAuth};
 
 /// Fastest rate of progress lines per blob; the first and last line of a blob always go.
 const LINE_EVERY: Duration = Duration::from_millis(100);
@@ -75,17 +75,22 @@ pub(super) fn pull_err(reference: &str, e: ImageError) -> NodeError {
     }
 }
 
+pub(super) fn credentials(a: &RegistryAuth) -> Credentials {
+    Credentials {
+        username: a.username.clone(),
+        password: a.password.clone(),
+    }
+}
+
+/// Pulls a checked plan; resolves it first when the check did not.
 pub(super) fn pull(
     inner: &Inner,
-    reference: &str,
-    auth: Option<RegistryAuth>,
+    plan: PullPlan,
     progress: &Progress,
 ) -> Result<ImageSummary, NodeError> {
     inner.check_reserve("pull an image")?;
-    let creds = auth.map(|a| Credentials {
-        username: a.username,
-        password: a.password,
-    });
+    let reference = plan.reference().to_string();
+    let reference = reference.as_str();
     let mut throttle = Throttle::new();
     let mut cb = |p: &PullProgress| {
         if let Some(line) = throttle.line(p, Instant::now()) {
@@ -93,9 +98,17 @@ pub(super) fn pull(
         }
     };
     let _ = progress.send(format!("pulling {reference}"));
+    let resolved = match plan.resolved {
+        Some(r) => *r,
+        None => {
+            let creds = plan.auth().map(credentials);
+            hearth_image::resolve_pull(reference, creds.as_ref())
+                .map_err(|e| pull_err(reference, e))?
+        }
+    };
     let img = inner
         .images
-        .pull(reference, creds.as_ref(), &mut cb)
+        .pull_resolved(resolved, &mut cb)
         .map_err(|e| pull_err(reference, e))?;
     tracing::info!(reference, id = %img.id, "pulled image");
     Ok(summary(&img))
