@@ -108,6 +108,14 @@ impl Network {
         Ok(())
     }
 
+    /// Records that the kernel holds `script` for `id` (applied as part of another run).
+    pub(crate) fn remember_egress(&self, id: &WorkspaceId, script: String) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), script);
+    }
+
     /// [`Network::apply_egress`] for many workspaces in one nft transaction: a node
     /// restart repairs every running workspace's rules with one nft run, not one each.
     /// If the batch is refused, each workspace is applied on its own so one bad entry

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::bridge::{disable_ipv6, link_exists, SYS_NET};
 use crate::cmd::{run, run_stdin};
-use crate::egress;
+use crate::egress::{self, EgressRule};
 use crate::firewall::mac_for;
 use crate::{io_err, NetError, Network, WorkspaceId, WorkspaceNet};
 
@@ -25,8 +26,14 @@ impl Network {
 
     /// Like [`Network::setup`], but keeps a workspace's network that is already in place
     /// (netns bound, host veth on our bridge): a stopped workspace keeps its network so a
-    /// start costs no `ip` invocations.
-    pub fn ensure(&self, id: &WorkspaceId, slot: u32) -> Result<WorkspaceNet, NetError> {
+    /// start costs no `ip` invocations. Either way the egress policy `deny` is in force
+    /// when this returns; a new network gets its port pin and policy in one nft run.
+    pub fn ensure(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        deny: &[EgressRule],
+    ) -> Result<WorkspaceNet, NetError> {
         let ip = self.address(slot)?;
         let hv = host_veth(id);
         let master = std::fs::read_link(Path::new("/sys/class/net").join(&hv).join("master"));
@@ -35,6 +42,7 @@ impl Network {
         if on_bridge && self.netns_path(id).exists() {
             // The pin made by `setup` stays with the port while it exists; re-applying it
             // here would cost an nft run (~10 ms) on every start.
+            self.apply_egress(id, slot, deny)?;
             return Ok(WorkspaceNet {
                 netns_path: self.netns_path(id),
                 ip,
@@ -43,13 +51,32 @@ impl Network {
                 host_veth: hv,
             });
         }
-        self.setup(id, slot)
+        egress::check_count(deny.len())?;
+        // A half-made network (a crash mid-setup) goes; its firewall entries need no
+        // listing (an nft run each): the script below replaces the port's pin chain and
+        // the workspace's egress chain and map element whole.
+        self.remove_links(id)?;
+        let script = egress::workspace_script(&self.nft_table(), id, ip, deny);
+        let net = self.create(id, ip, Some(&script))?;
+        self.remember_egress(id, script);
+        Ok(net)
     }
 
     /// Creates the netns and veth of a workspace; leftovers from a crash are replaced.
     pub fn setup(&self, id: &WorkspaceId, slot: u32) -> Result<WorkspaceNet, NetError> {
         let ip = self.address(slot)?;
         self.teardown(id)?;
+        self.create(id, ip, None)
+    }
+
+    /// Makes the netns and veth (`extra_nft` goes in the same nft run as the port pin);
+    /// on failure whatever was made is removed.
+    fn create(
+        &self,
+        id: &WorkspaceId,
+        ip: Ipv4Addr,
+        extra_nft: Option<&str>,
+    ) -> Result<WorkspaceNet, NetError> {
         let net = WorkspaceNet {
             netns_path: self.netns_path(id),
             ip,
@@ -57,7 +84,7 @@ impl Network {
             gateway: self.gateway(),
             host_veth: host_veth(id),
         };
-        if let Err(e) = self.setup_steps(id, &net) {
+        if let Err(e) = self.setup_steps(id, &net, extra_nft) {
             if let Err(cleanup) = self.teardown(id) {
                 tracing::warn!(%id, error = %cleanup, "cleanup after failed network setup");
             }
@@ -67,39 +94,62 @@ impl Network {
         Ok(net)
     }
 
-    fn setup_steps(&self, id: &str, net: &WorkspaceNet) -> Result<(), NetError> {
+    /// Three `ip` batches and one nft run (each process costs milliseconds; this is most
+    /// of a workspace's first start).
+    fn setup_steps(
+        &self,
+        id: &str,
+        net: &WorkspaceNet,
+        extra_nft: Option<&str>,
+    ) -> Result<(), NetError> {
         let ns = self.netns_name(id);
         let hv = net.host_veth.as_str();
-        let addr = format!("{}/{}", net.ip, net.prefix_len);
-        let gw = net.gateway.to_string();
         let mac = mac_for(net.ip);
-        run("ip", &["netns", "add", &ns])?;
-        run(
+        // Pinned before the port exists (the map is keyed by name), so no frame passes
+        // unchecked once it joins the bridge.
+        let mut nft = self.port_rules(hv, net.ip);
+        nft.push_str(extra_nft.unwrap_or_default());
+        run_stdin("nft", &["-f", "-"], &nft)?;
+        run_stdin(
             "ip",
-            &[
-                "link", "add", "name", hv, "type", "veth", "peer", "name", "eth0", "address", &mac,
-                "netns", &ns,
-            ],
+            &["-batch", "-"],
+            &format!(
+                "netns add {ns}
+                 link add name {hv} type veth peer name eth0 address {mac} netns {ns}
+"
+            ),
         )?;
         disable_ipv6(hv)?;
-        // Pinned before the port joins the bridge, so no frame passes unchecked.
-        run_stdin("nft", &["-f", "-"], &self.port_rules(hv, net.ip))?;
-        run("ip", &["link", "set", "dev", hv, "master", &self.bridge])?;
-        run("bridge", &["link", "set", "dev", hv, "isolated", "on"])?;
-        run("ip", &["link", "set", "dev", hv, "up"])?;
-        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run("ip", &["-n", &ns, "link", "set", "dev", "eth0", "up"])?;
-        run("ip", &["-n", &ns, "link", "set", "dev", "lo", "up"])?;
-        run("ip", &["-n", &ns, "route", "add", "default", "via", &gw])?;
+        run_stdin(
+            "ip",
+            &["-batch", "-"],
+            &format!(
+                "link set dev {hv} master {br}
+                 link set dev {hv} type bridge_slave isolated on
+                 link set dev {hv} up
+",
+                br = self.bridge
+            ),
+        )?;
+        run_stdin(
+            "ip",
+            &["-n", &ns, "-batch", "-"],
+            &format!(
+                "addr add {ip}/{len} dev eth0
+                 link set dev eth0 up
+                 link set dev lo up
+                 route add default via {gw}
+",
+                ip = net.ip,
+                len = net.prefix_len,
+                gw = net.gateway
+            ),
+        )?;
         Ok(())
     }
 
-    pub fn netns_path(&self, id: &WorkspaceId) -> PathBuf {
-        Path::new(NETNS_DIR).join(self.netns_name(id))
-    }
-
-    /// Removes the veth and the netns; whatever is already gone is fine.
-    pub fn teardown(&self, id: &WorkspaceId) -> Result<(), NetError> {
+    /// Removes the veth and netns if they exist (no firewall work).
+    fn remove_links(&self, id: &WorkspaceId) -> Result<(), NetError> {
         let hv = host_veth(id);
         if link_exists(&hv) {
             if let Err(e) = run("ip", &["link", "del", "dev", &hv]) {
@@ -112,7 +162,17 @@ impl Network {
         if Path::new(NETNS_DIR).join(&ns).exists() {
             run("ip", &["netns", "del", &ns])?;
         }
-        self.unpin_port(&hv)?;
+        Ok(())
+    }
+
+    pub fn netns_path(&self, id: &WorkspaceId) -> PathBuf {
+        Path::new(NETNS_DIR).join(self.netns_name(id))
+    }
+
+    /// Removes the veth and the netns; whatever is already gone is fine.
+    pub fn teardown(&self, id: &WorkspaceId) -> Result<(), NetError> {
+        self.remove_links(id)?;
+        self.unpin_port(&host_veth(id))?;
         self.remove_egress(id)
     }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_net::{NetConfig, Network, WorkspaceId};
+use hearth_net::{EgressRule, NetConfig, Network, WorkspaceId};
 use nix::sched::CloneFlags;
 
 fn random() -> u32 {
@@ -51,6 +51,17 @@ fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'stat
     })
     .join()
     .unwrap()
+}
+
+/// `nft ARGS` output; the command must succeed.
+fn nft(args: &[&str]) -> String {
+    let out = Command::new("nft").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn connects(addr: SocketAddr) -> bool {
@@ -249,9 +260,31 @@ fn crash_leftovers_are_listed_and_removed() {
     want.sort();
     assert_eq!(net.list().unwrap(), want);
 
-    let ws = net.setup(&id, 5).unwrap();
+    // What a start does: the half-made network is replaced, pinned and its policy in force.
+    let deny: Vec<EgressRule> = vec!["10.9.9.9/32".parse().unwrap()];
+    let ws = net.ensure(&id, 5, &deny).unwrap();
     assert_eq!(ws.ip, Ipv4Addr::new(10, 213, 102, 7));
     assert!(Path::new("/sys/class/net").join(&ws.host_veth).exists());
+    let table = format!("hearth-{}", net.bridge());
+    let pin = nft(&[
+        "list",
+        "chain",
+        "bridge",
+        &table,
+        &format!("port-{}", ws.host_veth),
+    ]);
+    assert!(
+        pin.contains(&format!("ip saddr != {} drop", ws.ip)),
+        "{pin}"
+    );
+    let policy = nft(&["list", "chain", "ip", &table, &format!("ws-{id}")]);
+    assert!(policy.contains("10.9.9.9"), "{policy}");
+    let listener = listen_in(&ws.netns_path, ws.ip);
+    assert!(connects(listener.local_addr().unwrap()));
+    // In place: kept as it is.
+    assert_eq!(net.ensure(&id, 5, &deny).unwrap(), ws);
+    assert!(connects(listener.local_addr().unwrap()));
+    drop(listener);
 
     net.teardown(&orphan).unwrap();
     net.teardown(&id).unwrap();

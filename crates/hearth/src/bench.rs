@@ -138,7 +138,8 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     let mut start = Series::new("start (stopped -> agent ready)", Some(50.0));
     let mut exec = Series::new("exec round trip (`true`)", Some(10.0));
     let mut stop = Series::new("stop", None);
-    let mut phases: Vec<(&'static str, Vec<Duration>)> = Vec::new();
+    let mut phases: Phases = Vec::new();
+    let mut first_phases: Phases = Vec::new();
     eprintln!("running {} create/start/exec/stop cycles...", args.runs);
     for i in 0..args.runs {
         let spec = WorkspaceSpec {
@@ -158,18 +159,14 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             let t = Instant::now();
             node.start(&spec).await?;
             first.samples.push(t.elapsed());
+            add_phases(&mut first_phases, node.start_phases(&spec.id));
             let t = Instant::now();
             node.stop(&spec).await?;
             stop.samples.push(t.elapsed());
             let t = Instant::now();
             node.start(&spec).await?;
             start.samples.push(t.elapsed());
-            for (i, (name, d)) in node.start_phases(&spec.id).into_iter().enumerate() {
-                if phases.len() <= i {
-                    phases.push((name, Vec::new()));
-                }
-                phases[i].1.push(d);
-            }
+            add_phases(&mut phases, node.start_phases(&spec.id));
             for _ in 0..5 {
                 let t = Instant::now();
                 exec_true(node, &spec).await?;
@@ -298,22 +295,40 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     println!();
     print_start_ratios(&floor, &start, &first);
     println!();
-    println!("start phases (stopped -> agent ready), ms:");
-    for (name, samples) in phases {
-        let s = Series {
-            name,
-            target: None,
-            samples,
-        };
+    println!("start phases, ms (p50 / p99):");
+    println!("  {:<24} {:>17} {:>17}", "", "first start", "start");
+    let cell = |s: Option<&(&'static str, Vec<Duration>)>| {
+        s.map(|(name, samples)| {
+            let s = Series {
+                name,
+                target: None,
+                samples: samples.clone(),
+            };
+            format!("{:.1} / {:.1}", s.pct(50.0), s.pct(99.0))
+        })
+        .unwrap_or_default()
+    };
+    for (i, (name, _)) in phases.iter().enumerate() {
         println!(
-            "  {:<34} {:>6} {:>8.1} {:>8.1}",
-            s.name,
-            s.samples.len(),
-            s.pct(50.0),
-            s.pct(99.0)
+            "  {:<24} {:>17} {:>17}",
+            name,
+            cell(first_phases.iter().find(|(n, _)| n == name)),
+            cell(phases.get(i))
         );
     }
     Ok(())
+}
+
+/// Each start phase's samples, in the order a start passes them.
+type Phases = Vec<(&'static str, Vec<Duration>)>;
+
+fn add_phases(into: &mut Phases, start: Vec<(&'static str, Duration)>) {
+    for (name, d) in start {
+        match into.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(d),
+            None => into.push((name, vec![d])),
+        }
+    }
 }
 
 /// Starts against the floor measured in the same run (p50 over p50): the machine's load

@@ -238,9 +238,8 @@ impl Inner {
         host.create_cgroup(id, &cgroup_limits(spec))?;
         ph.mark("cgroups");
         undo.push(Step::Network);
-        let netns = host.ensure_network(id, spec.slot)?;
-        // Before the container exists, so it never runs without its deny rules.
-        host.apply_egress(id, spec.slot, &spec.egress.deny)?;
+        // Egress too: before the container exists, so it never runs without its deny rules.
+        let netns = host.ensure_network(id, spec.slot, &spec.egress.deny)?;
         ph.mark("network");
         if !host.is_mounted(&p.rootfs)? {
             let layers = self.images.layer_dirs(image);

@@ -51,8 +51,14 @@ pub(super) trait HostOps: Send + Sync {
     fn remove_cgroup(&self, id: &WorkspaceId) -> Result<(), NodeError>;
 
     // Network.
-    /// Makes the netns and veth unless they exist; returns the netns path.
-    fn ensure_network(&self, id: &WorkspaceId, slot: u32) -> Result<PathBuf, NodeError>;
+    /// Makes the netns and veth unless they exist and puts the egress policy `deny` in
+    /// force; returns the netns path.
+    fn ensure_network(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        deny: &[EgressRule],
+    ) -> Result<PathBuf, NodeError>;
     fn apply_egress(
         &self,
         id: &WorkspaceId,
@@ -172,9 +178,14 @@ impl HostOps for RealHost {
         self.cgroups.remove(id).map_err(NodeError::from)
     }
 
-    fn ensure_network(&self, id: &WorkspaceId, slot: u32) -> Result<PathBuf, NodeError> {
+    fn ensure_network(
+        &self,
+        id: &WorkspaceId,
+        slot: u32,
+        deny: &[EgressRule],
+    ) -> Result<PathBuf, NodeError> {
         self.net
-            .ensure(id, slot)
+            .ensure(id, slot, deny)
             .map(|n| n.netns_path)
             .map_err(NodeError::from)
     }

@@ -122,7 +122,12 @@ impl HostOps for FakeHost {
             w.cgroups.remove(id);
         })
     }
-    fn ensure_network(&self, id: &WorkspaceId, _: u32) -> Result<PathBuf, NodeError> {
+    fn ensure_network(
+        &self,
+        id: &WorkspaceId,
+        _: u32,
+        _: &[EgressRule],
+    ) -> Result<PathBuf, NodeError> {
         self.op("ensure_network", id, |w| {
             w.networks.insert(id.clone());
         })?;
@@ -269,10 +274,9 @@ fn strings(s: &[&str]) -> Vec<String> {
 }
 
 /// Every change a start makes, in order.
-const START: [&str; 8] = [
+const START: [&str; 7] = [
     "create_cgroup ab12",
     "ensure_network ab12",
-    "apply_egress ab12",
     "mount_rootfs ab12/rootfs",
     "write_bundle ab12/bundle",
     "delete_container ab12",
@@ -322,10 +326,9 @@ fn a_failed_start_undoes_what_it_did_in_reverse_order() {
         "kill_cgroup ab12",
         "remove_cgroup ab12",
     ];
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("create_cgroup", cgroup),
         ("ensure_network", net),
-        ("apply_egress", net),
         ("mount_rootfs", net),
         ("write_bundle", rootfs),
         ("delete_container", rootfs),
