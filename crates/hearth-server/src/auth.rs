@@ -2,6 +2,7 @@
 //! bearer token they present (only hashes are stored). Which workspaces a caller may see
 //! is decided by [`crate::manager::Manager::owned`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -66,6 +67,42 @@ impl Caller {
     }
 }
 
+/// Callers by token hash, so a token check needs no database query after the first.
+///
+/// Only found tokens are kept (so at most one entry per user), and any removal or token
+/// change empties it. The generation stops a lookup that read the database before such a
+/// change from putting what it read back afterwards.
+#[derive(Default)]
+pub struct TokenCache(std::sync::Mutex<(u64, HashMap<String, Caller>)>);
+
+impl TokenCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, Caller>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, hash: &str) -> Option<Caller> {
+        self.lock().1.get(hash).cloned()
+    }
+
+    /// Read before a database lookup, handed to [`TokenCache::insert`] after it.
+    pub fn generation(&self) -> u64 {
+        self.lock().0
+    }
+
+    pub fn insert(&self, generation: u64, hash: String, caller: Caller) {
+        let mut g = self.lock();
+        if g.0 == generation {
+            g.1.insert(hash, caller);
+        }
+    }
+
+    pub fn invalidate(&self) {
+        let mut g = self.lock();
+        g.0 += 1;
+        g.1.clear();
+    }
+}
+
 /// An admin caller; anyone else is refused with 403 before the handler runs.
 pub struct Admin(pub Caller);
 
@@ -125,17 +162,9 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
     };
     // Looked up by hash: the time a lookup takes depends on the hash, which tells an
     // attacker nothing about any stored token.
-    match st
-        .manager
-        .store()
-        .user_by_token_hash(&token_hash(token))
-        .await
-    {
-        Ok(Some(u)) => {
-            req.extensions_mut().insert(Caller {
-                id: u.name.into(),
-                admin: u.admin,
-            });
+    match st.manager.authenticate(token).await {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Ok(None) => ApiError::unauthorized("invalid token").into_response(),
@@ -161,6 +190,20 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(token_hash(&format!(" {a}\n")), token_hash(&a));
+    }
+
+    #[test]
+    fn token_cache_drops_what_a_change_raced_with() {
+        let cache = TokenCache::default();
+        let gen = cache.generation();
+        cache.insert(gen, "h1".into(), Caller::admin());
+        assert_eq!(cache.get("h1"), Some(Caller::admin()));
+        // A lookup that started before a removal cannot put its answer back after it.
+        let stale = cache.generation();
+        cache.invalidate();
+        assert_eq!(cache.get("h1"), None);
+        cache.insert(stale, "h1".into(), Caller::admin());
+        assert_eq!(cache.get("h1"), None);
     }
 
     #[test]

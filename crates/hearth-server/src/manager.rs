@@ -57,6 +57,8 @@ pub struct Manager {
     locks: NameLocks,
     /// Serializes slot allocation and insertion.
     alloc: tokio::sync::Mutex<()>,
+    /// Callers by token hash (see [`crate::auth::TokenCache`]).
+    tokens: crate::auth::TokenCache,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -135,6 +137,7 @@ impl Manager {
             node,
             locks: NameLocks::default(),
             alloc: tokio::sync::Mutex::new(()),
+            tokens: Default::default(),
         }
     }
 

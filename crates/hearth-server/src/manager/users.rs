@@ -18,10 +18,41 @@ impl Manager {
     /// start: a data dir from before users keeps its token, and deleting the file (a new
     /// one is made) rotates it.
     pub async fn ensure_first_admin(&self, token: &str) -> Result<(), ApiError> {
-        self.store
+        let res = self
+            .store
             .upsert_admin(FIRST_ADMIN, &auth::token_hash(token))
-            .await?;
+            .await;
+        self.tokens.invalidate();
+        res?;
         Ok(())
+    }
+
+    /// The caller a bearer token belongs to, if any: what the API's token check, the port
+    /// proxy's token or cookie check and anything else taking an API token use.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Caller>, ApiError> {
+        let hash = auth::token_hash(token);
+        if let Some(c) = self.tokens.get(&hash) {
+            return Ok(Some(c));
+        }
+        let generation = self.tokens.generation();
+        let Some(u) = self.store.user_by_token_hash(&hash).await? else {
+            return Ok(None);
+        };
+        let caller = Caller {
+            id: u.name.into(),
+            admin: u.admin,
+        };
+        self.tokens.insert(generation, hash, caller.clone());
+        Ok(Some(caller))
+    }
+
+    /// The caller for user `name` as it stands now (admin flag included), or `None` once
+    /// removed: for callers identified otherwise than by token (an SSH key's owner).
+    pub async fn caller(&self, name: &str) -> Result<Option<Caller>, ApiError> {
+        Ok(self.store.user(name).await?.map(|u| Caller {
+            id: u.name.into(),
+            admin: u.admin,
+        }))
     }
 
     pub async fn me(&self, caller: &Caller) -> Result<User, ApiError> {
@@ -92,7 +123,10 @@ impl Manager {
                 "cannot hand user {name}'s workspaces to {name} itself: name another user"
             )));
         }
-        match self.store.delete_user(name, reassign_to).await? {
+        let res = self.store.delete_user(name, reassign_to).await;
+        // Emptied whatever happened: a removed user's token must not live on in it.
+        self.tokens.invalidate();
+        match res? {
             Removal::Removed => {
                 tracing::info!(user = name, reassigned_to = reassign_to, "user removed");
                 Ok(())

@@ -254,12 +254,22 @@ async fn tokens_admin_routes_and_user_removal() {
             .owner,
         "carol"
     );
+    // Callers by name (an SSH key's owner): current flags, none once removed.
+    let carol_caller = crate::auth::Caller {
+        id: "carol".into(),
+        admin: true,
+    };
+    assert_eq!(h.manager.caller("carol").await.unwrap(), Some(carol_caller));
+    assert_eq!(h.manager.caller("alice").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn the_token_file_token_is_admins_at_every_start() {
     let h = harness(FakeNode::default()).await;
-    // A rotated token file: the old token stops working, the new one is admin's.
+    let (s, _) = h.call(Method::GET, "/v1/me", Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    // A rotated token file: the old token stops working (though it was just used, so
+    // known to the token cache), the new one is admin's.
     h.manager.ensure_first_admin("new-token").await.unwrap();
     let (s, _) = h.call(Method::GET, "/v1/me", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
