@@ -87,7 +87,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List workspaces.
+    /// List your workspaces (an admin sees every workspace, with its owner).
     Ls {
         #[arg(long)]
         json: bool,

@@ -41,7 +41,8 @@ async fn listed(h: &Harness, token: &str) -> Vec<(String, String)> {
     v.into_iter().map(|w| (w.name, w.owner)).collect()
 }
 
-/// Every route that reaches a workspace by name, with a body it accepts.
+/// Every route that reaches a workspace by name, with a body it accepts (so the request
+/// gets as far as the ownership rule).
 fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
     let u = |s: &str| format!("/v1/workspaces/{name}{s}");
     vec![
@@ -104,6 +105,32 @@ async fn someone_elses_workspace_is_a_missing_one() {
             "{m} {uri}"
         );
     }
+    // The list above is every documented route that takes a workspace name (exec, a
+    // WebSocket, is checked end to end in crates/hearth/tests/users.rs): a new route
+    // must join it, and so meets this check too.
+    let (_, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.contains("{name}") || path.ends_with("/exec") {
+            continue;
+        }
+        for m in item.as_object().unwrap().keys() {
+            documented.push(format!(
+                "{} {}",
+                m.to_uppercase(),
+                path.replace("{name}", "wa")
+            ));
+        }
+    }
+    let mut listed_routes: Vec<String> = workspace_routes("wa")
+        .into_iter()
+        .map(|(m, uri, _)| format!("{m} {uri}"))
+        .collect();
+    documented.sort();
+    listed_routes.sort();
+    assert_eq!(documented, listed_routes);
+
     // Nothing happened to it: running, no policy, not removed, no fork.
     let w = h
         .manager

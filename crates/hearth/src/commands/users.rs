@@ -15,11 +15,10 @@ impl Commands {
             })
             .await?;
         eprintln!(
-            "added {}user {}; its token is below and is not shown again \
-             (use it as HEARTH_TOKEN, with HEARTH_URL={})",
+            "added {}user {}; its token (below) is shown only now: they use it as \
+             HEARTH_TOKEN, with HEARTH_URL set to this server's address",
             if u.user.admin { "admin " } else { "" },
             u.user.name,
-            self.api.base()
         );
         println!("{}", u.token);
         Ok(())
