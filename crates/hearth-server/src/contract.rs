@@ -35,7 +35,7 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
 /// The rate limit's refusal, with the `Retry-After` header it carries.
 fn rate_limited_response() -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
-        error_builder("too many requests from this token; retry after the given seconds")
+        error_builder("too many requests from this user; retry after the given seconds")
             .header(
                 "Retry-After",
                 HeaderBuilder::new()

@@ -33,7 +33,7 @@ impl Default for RateLimit {
     }
 }
 
-/// The limiter's state; keys are caller ids, so it holds one entry per token.
+/// The limiter's state; keys are caller ids (user names), so it holds one entry per user.
 #[derive(Clone)]
 pub struct Limiter(Option<Arc<DefaultKeyedRateLimiter<Arc<str>>>>);
 
