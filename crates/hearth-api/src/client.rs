@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::{
     ClientFrame, CreateUser, CreateWorkspace, EgressEdit, ErrorBody, ErrorInfo, ExecRequest,
     ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage, ServerFrame,
-    ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StreamLine, User, Workspace,
-    WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
+    ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User,
+    Workspace, WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -351,6 +351,11 @@ impl Client {
 
     pub async fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>> {
         self.get(&format!("/v1/workspaces/{}/snapshots", enc(name)))
+            .await
+    }
+
+    pub async fn store_use(&self, name: &str) -> Result<StoreUse> {
+        self.get(&format!("/v1/workspaces/{}/store-usage", enc(name)))
             .await
     }
 

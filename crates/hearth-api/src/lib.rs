@@ -305,6 +305,10 @@ pub struct WorkspaceInspect {
     pub cgroups: Vec<String>,
     pub network: Option<NetworkInfo>,
     pub usage: UsageInfo,
+    /// What its snapshots hold in the snapshot store; absent when the store could not be
+    /// read (the server log says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreUse>,
     pub egress: EgressInfo,
     /// Why the node holds the workspace frozen (its disk is under the reserve); absent
     /// otherwise.

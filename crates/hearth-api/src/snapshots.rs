@@ -17,6 +17,17 @@ pub struct Snapshot {
     pub new_bytes: u64,
 }
 
+/// What a workspace's snapshots hold in the store, in stored (compressed) bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct StoreUse {
+    pub snapshots: usize,
+    /// Distinct chunks its snapshots reference; chunks shared with other workspaces
+    /// count in full.
+    pub referenced_bytes: u64,
+    /// Chunks only its snapshots reference: what forgetting them all frees at the next gc.
+    pub unique_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkWorkspace {

@@ -51,6 +51,7 @@ impl Modify for BearerAuth {
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
+        crate::snapshots::store_usage,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user

@@ -39,7 +39,19 @@ pub fn snapshot(s: SnapshotSummary) -> Snapshot {
 }
 
 /// The record plus what the node sees on the host.
-pub fn inspect(workspace: Workspace, d: WorkspaceDetails) -> WorkspaceInspect {
+pub fn store_use(u: hearth_node::StoreUsage) -> hearth_api::StoreUse {
+    hearth_api::StoreUse {
+        snapshots: u.snapshots,
+        referenced_bytes: u.referenced_bytes,
+        unique_bytes: u.unique_bytes,
+    }
+}
+
+pub fn inspect(
+    workspace: Workspace,
+    d: WorkspaceDetails,
+    store: Option<hearth_node::StoreUsage>,
+) -> WorkspaceInspect {
     let count = d.id_count.max(1);
     WorkspaceInspect {
         workspace,
@@ -76,6 +88,7 @@ pub fn inspect(workspace: Workspace, d: WorkspaceDetails) -> WorkspaceInspect {
             disk_bytes: d.usage.disk_bytes,
             disk_size: d.usage.disk_size,
         },
+        store: store.map(store_use),
         paused: d.paused,
     }
 }

@@ -415,14 +415,19 @@ impl Manager {
 
     pub async fn inspect(&self, caller: &Caller, name: &str) -> Result<WorkspaceInspect, ApiError> {
         let rec = self.owned(caller, name).await?;
-        let details = self
-            .node
-            .inspect(&rec.spec)
-            .await
-            .map_err(|e| node_err("inspect", name, e))?;
+        // The store use reads the store's snapshot list; it runs beside the node's CPU
+        // sample. A store that cannot be read leaves it out rather than failing inspect.
+        let (details, store) = tokio::join!(
+            self.node.inspect(&rec.spec),
+            self.node.store_usage(&rec.spec)
+        );
+        let details = details.map_err(|e| node_err("inspect", name, e))?;
+        let store = store
+            .inspect_err(|e| tracing::warn!(workspace = name, error = %e, "store use unknown"))
+            .ok();
         let images = self.images_or_empty().await;
         let ws = self.view_now(rec, &images).await;
-        Ok(convert::inspect(ws, details))
+        Ok(convert::inspect(ws, details, store))
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {

@@ -4,7 +4,7 @@ use axum::extract::{Extension, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hearth_api::{
-    ErrorBody, ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, Workspace,
+    ErrorBody, ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, Workspace,
 };
 
 use crate::auth::{Admin, Caller};
@@ -17,6 +17,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/v1/workspaces/{name}/snapshots",
             get(list_snapshots).post(take_snapshot),
         )
+        .route("/v1/workspaces/{name}/store-usage", get(store_usage))
         .route("/v1/workspaces/{name}/fork", post(fork_workspace))
         .route("/v1/store/fsck", post(store_fsck))
         .route("/v1/store/gc", post(store_gc))
@@ -42,6 +43,19 @@ pub(crate) async fn list_snapshots(
     WsName(name): WsName,
 ) -> Result<Json<Vec<Snapshot>>, ApiError> {
     Ok(Json(st.manager.snapshots(&caller, &name).await?))
+}
+
+/// What the workspace's snapshots hold in the snapshot store (reads the store's snapshot
+/// list, so it costs about what listing every snapshot's chunks does).
+#[utoipa::path(get, path = "/v1/workspaces/{name}/store-usage", params(("name" = String, Path)),
+    responses((status = 200, body = StoreUse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn store_usage(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    WsName(name): WsName,
+) -> Result<Json<StoreUse>, ApiError> {
+    Ok(Json(st.manager.store_use(&caller, &name).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),

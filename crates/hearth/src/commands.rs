@@ -480,6 +480,20 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
             human_size(u.disk_size)
         ),
     ));
+    rows.push((
+        "snapshots",
+        i.store.as_ref().map_or_else(
+            || "- (store not readable)".into(),
+            |s| {
+                format!(
+                    "{} in the store, {} stored ({} only theirs)",
+                    s.snapshots,
+                    human_size(s.referenced_bytes),
+                    human_size(s.unique_bytes)
+                )
+            },
+        ),
+    ));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| {

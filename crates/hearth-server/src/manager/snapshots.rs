@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use hearth_api::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport};
+use hearth_api::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse};
 
 /// Background retries of a failed final snapshot: 1s, 2s, 4s, ... this many times.
 const RETRIES: u32 = 5;
@@ -57,6 +57,17 @@ impl Manager {
             .await
             .map_err(|e| node_err("snapshots", name, e))?;
         Ok(v.into_iter().map(convert::snapshot).collect())
+    }
+
+    /// What the workspace's snapshots hold in the store.
+    pub async fn store_use(&self, caller: &Caller, name: &str) -> Result<StoreUse, ApiError> {
+        let rec = self.owned(caller, name).await?;
+        let u = self
+            .node
+            .store_usage(&rec.spec)
+            .await
+            .map_err(|e| node_err("store_usage", name, e))?;
+        Ok(convert::store_use(u))
     }
 
     /// Final snapshot after a stop. A failure keeps the local data (nothing is deleted on

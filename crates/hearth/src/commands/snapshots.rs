@@ -1,7 +1,7 @@
 //! `hearth snapshot`, `snapshots`, `fork` and `store fsck|gc`.
 
 use anyhow::bail;
-use hearth_api::{ForkWorkspace, StoreGc};
+use hearth_api::{ForkWorkspace, StoreGc, StoreUse};
 
 use super::{human_size, print_table, Commands};
 
@@ -13,6 +13,17 @@ fn when(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+/// One line: how many snapshots, what they reference and what only they hold.
+pub fn render_store_use(u: &StoreUse) -> String {
+    format!(
+        "total: {} snapshot{}, {} stored ({} only theirs, freed when they go)",
+        u.snapshots,
+        if u.snapshots == 1 { "" } else { "s" },
+        human_size(u.referenced_bytes),
+        human_size(u.unique_bytes)
+    )
 }
 
 impl Commands {
@@ -47,6 +58,10 @@ impl Commands {
             })
             .collect();
         print_table(&["ID", "TIME", "SIZE", "FILES", "NEW"], &rows);
+        match self.api.store_use(name).await {
+            Ok(u) => println!("{}", render_store_use(&u)),
+            Err(e) => eprintln!("store use of {name} unknown: {e}"),
+        }
         Ok(())
     }
 
