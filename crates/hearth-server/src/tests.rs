@@ -522,6 +522,7 @@ async fn openapi_lists_every_route() {
         ("patch", "/v1/workspaces/{name}/limits"),
         ("get", "/v1/workspaces/{name}/snapshots"),
         ("post", "/v1/workspaces/{name}/snapshots"),
+        ("get", "/v1/workspaces/{name}/store-usage"),
         ("post", "/v1/workspaces/{name}/fork"),
         ("post", "/v1/store/fsck"),
         ("post", "/v1/store/gc"),
