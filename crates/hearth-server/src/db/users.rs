@@ -97,16 +97,6 @@ impl Store {
         Ok(())
     }
 
-    /// How many workspace rows name `owner`.
-    pub async fn owned_count(&self, owner: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE owner = $1")
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::Users)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
     /// Deletes user `name`, first handing its workspaces to `heir` if given, in one
     /// transaction; while it owns workspaces and no heir is given, deletes nothing.
     pub async fn delete_user(&self, name: &str, heir: Option<&str>) -> Result<Removal, StoreError> {
