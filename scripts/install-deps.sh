@@ -2,14 +2,15 @@
 # Installs what Hearth needs on a fresh Debian 12 host (run as root): the runtime tools, a C
 # toolchain and, when no `cargo` is found, Rust through rustup.
 #   scripts/install-deps.sh           what `hearth server` and the build need
-#   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, moto, schemathesis)
+#   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
+#                                     moto, schemathesis)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
 pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git
   ca-certificates curl gcc libc6-dev)
 case "${1:-}" in
-  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv) ;;
+  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client) ;;
   --bench) pkgs+=(podman skopeo uidmap) ;;
   "") ;;
   *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;

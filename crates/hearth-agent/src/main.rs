@@ -7,6 +7,7 @@
 mod console;
 mod reaper;
 mod session;
+mod sftp;
 mod spawn;
 mod users;
 
@@ -41,6 +42,8 @@ fn run() -> Result<(), String> {
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--listen") => listen = Some(args.next().ok_or_else(usage)?),
+            // Run by the SSH gateway for the sftp subsystem (see sftp.rs).
+            Some("sftp-server") => return sftp::serve(),
             Some("--version") => {
                 println!("hearth-agent {}", hearth_proto::VERSION);
                 return Ok(());

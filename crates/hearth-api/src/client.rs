@@ -344,6 +344,23 @@ impl Client {
         Ok(bytes.to_vec())
     }
 
+    pub async fn ssh_keys(&self) -> Result<Vec<crate::SshKey>> {
+        self.get("/v1/ssh-keys").await
+    }
+
+    pub async fn add_ssh_key(&self, req: &crate::AddSshKey) -> Result<crate::SshKey> {
+        self.post("/v1/ssh-keys", req).await
+    }
+
+    /// Removes a key by id or fingerprint.
+    pub async fn remove_ssh_key(&self, key: &str) -> Result<()> {
+        self.delete(&format!("/v1/ssh-keys/{}", enc(key))).await
+    }
+
+    pub async fn ssh_info(&self) -> Result<crate::SshInfo> {
+        self.get("/v1/ssh").await
+    }
+
     pub async fn snapshot(&self, name: &str) -> Result<Snapshot> {
         self.post(&format!("/v1/workspaces/{}/snapshots", enc(name)), &())
             .await

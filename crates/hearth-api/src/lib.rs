@@ -19,9 +19,11 @@ use utoipa::ToSchema;
 #[cfg(feature = "client")]
 pub mod client;
 mod snapshots;
+mod ssh;
 mod users;
 
 pub use snapshots::*;
+pub use ssh::*;
 pub use users::*;
 
 /// File in the server's data dir holding the API token (mode 0600).

@@ -54,7 +54,9 @@ impl Modify for BearerAuth {
         crate::snapshots::store_usage,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
-        crate::users::remove_user
+        crate::users::remove_user,
+        crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
+        crate::ssh_keys::ssh_info
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -98,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
         .merge(crate::users::routes())
+        .merge(crate::ssh_keys::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),

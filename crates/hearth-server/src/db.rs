@@ -150,6 +150,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// For queries kept next to their feature (`ssh_keys.rs`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

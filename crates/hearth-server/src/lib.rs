@@ -16,6 +16,8 @@ pub mod names;
 pub mod ndjson;
 pub mod ratelimit;
 pub mod snapshots;
+pub mod ssh;
+pub mod ssh_keys;
 pub mod state;
 pub mod uploads;
 pub mod users;
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub rate: ratelimit::RateLimit,
     /// Largest image upload, bytes.
     pub upload_max: u64,
+    /// Where the SSH gateway listens; `None` runs without one.
+    pub ssh_listen: Option<SocketAddr>,
 }
 
 /// Exclusive hold on a data dir; released when dropped (the kernel drops it if we die).
@@ -122,6 +126,7 @@ pub struct Server {
     store: Store,
     lock: DataDirLock,
     manager: Arc<Manager>,
+    ssh: Option<ssh::Gateway>,
 }
 
 impl Server {
@@ -166,6 +171,24 @@ impl Server {
         let info = ServerInfo {
             url: format!("http://{host}:{}", addr.port()),
         };
+        let (ssh, ssh_info) = match cfg.ssh_listen {
+            Some(listen) => {
+                let key = ssh::host_key(&cfg.data_dir)?;
+                let public = ssh::public_line(&key);
+                let gw = ssh::Gateway::bind(listen, key, manager.clone()).await?;
+                let bound = gw
+                    .local_addr()
+                    .with_context(|| format!("cannot read address bound for {listen}"))?;
+                tracing::info!(addr = %bound, "ssh gateway listening");
+                let info = hearth_api::SshInfo {
+                    port: Some(bound.port()),
+                    address: Some(bound.ip().to_string()),
+                    host_key: Some(public),
+                };
+                (Some(gw), info)
+            }
+            None => (None, hearth_api::SshInfo::default()),
+        };
         let path = cfg.data_dir.join(SERVER_FILE);
         std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -176,6 +199,7 @@ impl Server {
                 dir: cfg.data_dir.join("uploads"),
                 max: cfg.upload_max,
             },
+            ssh: Arc::new(ssh_info),
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {
@@ -185,6 +209,7 @@ impl Server {
             store,
             lock,
             manager,
+            ssh,
         })
     }
 
@@ -227,10 +252,14 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let gateway = self.ssh.map(|gw| tokio::spawn(gw.serve()));
         let res = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("http server failed");
+        if let Some(gw) = gateway {
+            gw.abort();
+        }
         let _ = std::fs::remove_file(self.lock.dir().join(SERVER_FILE));
         self.store.close().await;
         tracing::info!("hearth server stopped");

@@ -22,6 +22,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     pub rate: RateLimit,
     pub uploads: crate::uploads::Uploads,
+    /// What `GET /v1/ssh` answers.
+    pub ssh: Arc<hearth_api::SshInfo>,
 }
 
 /// A workspace name from the path, checked before any state is touched: nothing is

@@ -342,6 +342,7 @@ async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harn
             dir: dir.path().join("uploads"),
             max: 1 << 20,
         },
+        ssh: Default::default(),
     });
     Harness {
         _dir: dir,
@@ -1169,6 +1170,7 @@ async fn server_binds_writes_server_json_and_stops() {
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
+            ssh_listen: None,
         },
         node.clone(),
     )
@@ -1185,6 +1187,7 @@ async fn server_binds_writes_server_json_and_stops() {
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
+            ssh_listen: None,
         },
         node,
     )
@@ -1238,6 +1241,7 @@ async fn exec_over_websocket() {
             listen: "127.0.0.1:0".parse().unwrap(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
+            ssh_listen: None,
         },
         Arc::new(node.clone()),
     )

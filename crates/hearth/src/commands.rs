@@ -11,6 +11,7 @@ use hearth_api::{
 };
 
 mod snapshots;
+mod ssh;
 mod users;
 
 /// The verbs that talk to a server.

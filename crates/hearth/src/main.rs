@@ -153,6 +153,21 @@ enum Cmd {
         #[arg(long = "name", value_name = "NEW")]
         new_name: String,
     },
+    /// Manage your public keys for the SSH gateway.
+    SshKey {
+        #[command(subcommand)]
+        cmd: SshKeyCmd,
+    },
+    /// Connect to a workspace with the system's ssh, through the server's SSH gateway.
+    Ssh {
+        name: String,
+        /// Command to run instead of a login shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Write a `Host hearth.NAME` entry for each of your workspaces to ~/.ssh/config
+    /// (between marker lines; the rest of the file is left alone).
+    ConfigSsh,
     /// Check or clean the snapshot store.
     Store {
         #[command(subcommand)]
@@ -168,6 +183,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SshKeyCmd {
+    /// Register a public key (e.g. ~/.ssh/id_ed25519.pub).
+    Add { file: PathBuf },
+    /// List your keys.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key by id or fingerprint.
+    Rm { key: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -442,6 +470,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             exec::exec(&client()?.api, &a.name, req).await
         }
         Cmd::Shell { name } => exec::shell(&client()?.api, name).await,
+        Cmd::SshKey { cmd } => {
+            let c = client()?;
+            match cmd {
+                SshKeyCmd::Add { file } => c.ssh_key_add(file).await?,
+                SshKeyCmd::Ls { json } => c.ssh_key_ls(*json).await?,
+                SshKeyCmd::Rm { key } => c.ssh_key_rm(key).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Ssh { name, command } => client()?.ssh(name, command).await,
+        Cmd::ConfigSsh => client()?.config_ssh().await.map(|()| 0),
         Cmd::Bench {
             runs,
             image,

@@ -20,6 +20,9 @@ const NODE_FILE: &str = "node.json";
 pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
+    /// Address of the SSH gateway (`ssh -p PORT WORKSPACE@HOST`), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = hearth_server::ssh::DEFAULT_LISTEN)]
+    ssh_listen: SshListen,
     /// Bridge name (also the prefix of firewall chains).
     #[arg(long, default_value = "hearth0")]
     bridge: String,
@@ -93,6 +96,22 @@ pub struct ServerArgs {
     /// `hearth store gc`).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     store_gc_interval: u64,
+}
+
+/// `--ssh-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct SshListen(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for SshListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(SshListen(None));
+        }
+        s.parse()
+            .map(|a| SshListen(Some(a)))
+            .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:2222 or `off`: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -277,6 +296,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
             burst: args.api_burst,
         },
         upload_max: args.upload_max,
+        ssh_listen: args.ssh_listen.0,
     };
     let server = Server::bind_locked(lock, cfg, node).await?;
     if args.snapshot_interval > 0 {

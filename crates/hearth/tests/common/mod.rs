@@ -103,6 +103,12 @@ impl TestServer {
             .arg(agent_binary())
             // Small, so tests run on a nearly full CI disk (tests may pass their own).
             .args(["--disk-reserve", "256M"])
+            // Tests run side by side: the SSH gateway on a free port unless a test picks one.
+            .args(if self.server_args.iter().any(|a| a == "--ssh-listen") {
+                &[][..]
+            } else {
+                &["--ssh-listen", "127.0.0.1:0"][..]
+            })
             .args(&self.server_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
