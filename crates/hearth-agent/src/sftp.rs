@@ -14,8 +14,8 @@ use std::path::{Component, Path, PathBuf};
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
-    Attrs, Data, File as NameEntry, FileAttributes, Handle, Name, OpenFlags,
-    Packet, Status, StatusCode, Version,
+    Attrs, Data, File as NameEntry, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
 };
 
 /// Largest packet accepted; OpenSSH's own limit (requests carry at most 256 KiB of data).
@@ -509,4 +509,3 @@ impl Server {
         }
     }
 }
-

@@ -42,17 +42,19 @@ pub fn parse_key(line: &str) -> Result<ParsedKey, String> {
     if line.is_empty() {
         return Err("public_key is empty: give the contents of a .pub file".into());
     }
-    if line.contains('\n') {
-        return Err("public_key must be one key on one line".into());
-    }
     if line.starts_with("-----BEGIN") {
         return Err(
             "that is a private key: give the public key (the .pub file) and keep the private key secret"
                 .into(),
         );
     }
+    if line.contains('\n') {
+        return Err("public_key must be one key on one line".into());
+    }
     let key = PublicKey::from_openssh(line).map_err(|e| {
-        format!("not an OpenSSH public key ({e}): expected a line like `ssh-ed25519 AAAA... comment`")
+        format!(
+            "not an OpenSSH public key ({e}): expected a line like `ssh-ed25519 AAAA... comment`"
+        )
     })?;
     let algorithm = key.algorithm();
     match &algorithm {
@@ -70,12 +72,10 @@ pub fn parse_key(line: &str) -> Result<ParsedKey, String> {
                 ));
             }
         }
-        other => {
-            return Err(format!(
-                "{} keys are not supported: use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
-                other.as_str()
-            ))
-        }
+        other => return Err(format!(
+            "{} keys are not supported: use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
+            other.as_str()
+        )),
     }
     let mut bare = key.clone();
     bare.set_comment("");
@@ -101,10 +101,11 @@ fn new_id() -> String {
 
 fn row_key(row: &sqlx::sqlite::SqliteRow) -> Result<SshKey, StoreError> {
     let get = |c: &str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(c).map_err(|source| StoreError::Query {
-            id: "ssh_keys".into(),
-            source,
-        })
+        row.try_get::<String, _>(c)
+            .map_err(|source| StoreError::Query {
+                id: "ssh_keys".into(),
+                source,
+            })
     };
     Ok(SshKey {
         id: get("id")?,

@@ -94,7 +94,11 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen for ssh on {listen} (--ssh-listen off turns the gateway off)"))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen for ssh on {listen} (--ssh-listen off turns the gateway off)"
+                )
+            })?;
         let config = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-hearth".into()),
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),

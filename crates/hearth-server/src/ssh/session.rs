@@ -207,7 +207,11 @@ impl russh::server::Handler for Conn {
         };
         let spec = ensure_running(&self.manager, name).await;
         if let Err(e) = &spec {
-            tracing::warn!(workspace = name, error = e, "ssh session without a running workspace");
+            tracing::warn!(
+                workspace = name,
+                error = e,
+                "ssh session without a running workspace"
+            );
         }
         self.ctx = Some(Arc::new(Ctx {
             manager: self.manager.clone(),
@@ -345,7 +349,10 @@ impl russh::server::Handler for Conn {
         let Ok(spec) = &ctx.spec else {
             return Ok(false);
         };
-        let Some(bind) = u16::try_from(*port).ok().and_then(|p| bind_addr(address, p)) else {
+        let Some(bind) = u16::try_from(*port)
+            .ok()
+            .and_then(|p| bind_addr(address, p))
+        else {
             return Ok(false);
         };
         let listener = match ctx
@@ -447,7 +454,9 @@ async fn run_session(ctx: Arc<Ctx>, channel: Channel<Msg>) {
                 ..
             } => {
                 env_bytes += variable_name.len() + variable_value.len();
-                if valid_env_name(&variable_name) && env.len() < MAX_ENV && env_bytes <= MAX_ENV_BYTES
+                if valid_env_name(&variable_name)
+                    && env.len() < MAX_ENV
+                    && env_bytes <= MAX_ENV_BYTES
                 {
                     env.push((variable_name, variable_value));
                 }
@@ -549,11 +558,7 @@ async fn start(
         rows,
         cols,
     };
-    let session = ctx
-        .manager
-        .exec(spec, req)
-        .await
-        .map_err(|e| e.message)?;
+    let session = ctx.manager.exec(spec, req).await.map_err(|e| e.message)?;
     Ok(session.split())
 }
 

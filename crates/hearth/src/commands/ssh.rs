@@ -13,7 +13,8 @@ use hearth_api::{AddSshKey, SshInfo};
 
 use super::{print_table, Commands};
 
-pub const BEGIN: &str = "# --- BEGIN HEARTH (written by `hearth config-ssh`; edits here are replaced) ---";
+pub const BEGIN: &str =
+    "# --- BEGIN HEARTH (written by `hearth config-ssh`; edits here are replaced) ---";
 pub const END: &str = "# --- END HEARTH ---";
 /// Host key file hearth writes beside the user's own `known_hosts`.
 const KNOWN_HOSTS: &str = "hearth_known_hosts";
@@ -249,7 +250,11 @@ impl Commands {
         };
         let new = replace_block(&old, &block)?;
         if new == old {
-            println!("{} is up to date ({} workspaces)", path.display(), names.len());
+            println!(
+                "{} is up to date ({} workspaces)",
+                path.display(),
+                names.len()
+            );
             return Ok(());
         }
         let mode = std::fs::metadata(&path)
@@ -312,7 +317,10 @@ mod tests {
 
     #[test]
     fn api_host_is_taken_from_the_url() {
-        assert_eq!(url_host("http://10.1.2.3:7070").as_deref(), Some("10.1.2.3"));
+        assert_eq!(
+            url_host("http://10.1.2.3:7070").as_deref(),
+            Some("10.1.2.3")
+        );
         assert_eq!(url_host("http://[::1]:7070/").as_deref(), Some("::1"));
     }
 }
