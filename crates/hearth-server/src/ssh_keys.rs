@@ -72,10 +72,12 @@ pub fn parse_key(line: &str) -> Result<ParsedKey, String> {
                 ));
             }
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{} keys are not supported: use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
             other.as_str()
-        )),
+        ))
+        }
     }
     let mut bare = key.clone();
     bare.set_comment("");
@@ -196,16 +198,6 @@ impl Store {
         .await
         .map_err(q)?;
         Ok(res.rows_affected() > 0)
-    }
-
-    /// Deletes every key of a user (when the user is removed).
-    pub async fn delete_user_ssh_keys(&self, user: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM ssh_keys WHERE user_name = $1")
-            .bind(user)
-            .execute(self.pool())
-            .await
-            .map_err(q)?;
-        Ok(())
     }
 }
 

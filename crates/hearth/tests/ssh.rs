@@ -645,3 +645,59 @@ fn hearth_ssh_and_config_ssh() {
     assert!(out.status.success(), "hearth ssh: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via-hearth-ssh\n");
 }
+
+#[test]
+fn each_user_reaches_only_their_own_workspaces() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let admins = workspace(&srv, src.path(), "admins");
+    let admin = Client::new(&srv);
+
+    // Bob: his own token, key and workspace.
+    let bob_token = srv.ok(&["user", "add", "bob"]).trim().to_string();
+    let as_bob = |args: &[&str]| {
+        let mut all = vec!["--token", bob_token.as_str()];
+        all.extend_from_slice(args);
+        srv.ok(&all)
+    };
+    let repo = git_repo(src.path(), "bobs");
+    as_bob(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    let bob_home = tempfile::tempdir().unwrap();
+    let bob_key = keygen(bob_home.path(), "bob");
+    let out = as_bob(&[
+        "ssh-key",
+        "add",
+        bob_key.with_extension("pub").to_str().unwrap(),
+    ]);
+    assert!(out.contains("for user bob"), "{out}");
+    // Keys are per user: bob sees only his.
+    let listed = as_bob(&["ssh-key", "ls"]);
+    assert!(
+        listed.contains("bob") && !listed.contains("id_ed25519"),
+        "{listed}"
+    );
+
+    assert_eq!(admin.run("bobs", "echo admin-in-bobs"), "admin-in-bobs\n");
+    let out = sh(&mut admin.ssh_with_key(&bob_key, "bobs", &["echo bob-in-bobs"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bob-in-bobs\n",
+        "{out:?}"
+    );
+    // Bob's key on the admin's workspace is refused like a workspace that does not exist.
+    assert_refused(
+        &sh(&mut admin.ssh_with_key(&bob_key, &admins, &["true"])),
+        "another user's workspace",
+    );
+
+    // A removed user's keys go with them.
+    srv.ok(&["rm", "bobs"]);
+    srv.ok(&["user", "rm", "bob"]);
+    let repo = git_repo(src.path(), "bobs2");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    assert_refused(
+        &sh(&mut admin.ssh_with_key(&bob_key, "bobs2", &["true"])),
+        "a removed user's key",
+    );
+}

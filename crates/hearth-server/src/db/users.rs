@@ -137,6 +137,12 @@ impl Store {
                 return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
             }
         }
+        // Their SSH keys go with them (ssh_keys.rs), or a key would outlive its user.
+        sqlx::query("DELETE FROM ssh_keys WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Users)?;
         sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

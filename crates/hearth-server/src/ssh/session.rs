@@ -56,36 +56,38 @@ impl Conn {
         }
     }
 
-    /// The user the key belongs to, if that user may use workspace `user`. Every refusal
-    /// is the same `None`, so a client learns nothing about which check failed.
+    /// The user the key belongs to, if that user may use workspace `user` (the same
+    /// ownership rule as the API, `Manager::owned`). Every refusal is the same `None`, so
+    /// a client learns nothing about which check failed.
     async fn authorize(&self, user: &str, key: &PublicKey) -> Option<Caller> {
         if !names::is_valid_name(user) {
             return None;
         }
-        let fp = fingerprint(key);
-        let (owner, _) = match self.manager.store().ssh_key_owner(&fp).await {
-            Ok(Some(o)) => o,
+        let store = self.manager.store();
+        let looked_up = async {
+            let Some((owner, _)) = store.ssh_key_owner(&fingerprint(key)).await? else {
+                return Ok(None);
+            };
+            store.user(&owner).await
+        };
+        let owner = match looked_up.await {
+            Ok(Some(u)) => u,
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "ssh key lookup failed");
                 return None;
             }
         };
-        let caller = caller_of(&owner);
-        self.manager.get(user).await.ok()?;
+        let caller = Caller {
+            id: owner.name.into(),
+            admin: owner.admin,
+        };
+        self.manager.owned(&caller, user).await.ok()?;
         Some(caller)
     }
 
     fn ctx(&self) -> Option<Arc<Ctx>> {
         self.ctx.clone()
-    }
-}
-
-/// The API caller a key's owner acts as.
-fn caller_of(owner: &str) -> Caller {
-    Caller {
-        id: owner.into(),
-        admin: owner == Caller::admin().id.as_ref(),
     }
 }
 
@@ -99,17 +101,24 @@ impl Drop for Conn {
 
 /// Brings the workspace to running, starting it when it is stopped; waits out a start or
 /// stop someone else is doing.
-async fn ensure_running(manager: &Manager, name: &str) -> Result<WorkspaceSpec, String> {
+async fn ensure_running(
+    manager: &Manager,
+    caller: &Caller,
+    name: &str,
+) -> Result<WorkspaceSpec, String> {
     let deadline = tokio::time::Instant::now() + START_WAIT;
     loop {
-        let ws = manager.get(name).await.map_err(|e| e.message)?;
+        let ws = manager.get(caller, name).await.map_err(|e| e.message)?;
         match ws.state {
             WorkspaceState::Running => {
-                return manager.exec_target(name).await.map_err(|e| e.message)
+                return manager
+                    .exec_target(caller, name)
+                    .await
+                    .map_err(|e| e.message)
             }
             WorkspaceState::Stopped | WorkspaceState::Failed => {
                 tracing::info!(workspace = name, "starting workspace for ssh");
-                match manager.start(name).await {
+                match manager.start(caller, name).await {
                     Ok(_) => continue,
                     // Someone else started or stopped it meanwhile: look again.
                     Err(e) if e.status == axum::http::StatusCode::CONFLICT => {}
@@ -202,10 +211,10 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
-        let Some((name, _)) = &self.login else {
+        let Some((name, caller)) = &self.login else {
             return Ok(());
         };
-        let spec = ensure_running(&self.manager, name).await;
+        let spec = ensure_running(&self.manager, caller, name).await;
         if let Err(e) = &spec {
             tracing::warn!(
                 workspace = name,

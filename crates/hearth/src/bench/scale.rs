@@ -54,6 +54,7 @@ async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
             },
             // Nothing is uploaded.
             upload_max: 0,
+            ssh_listen: None,
         },
         Arc::new(node.clone()) as Arc<dyn NodeApi>,
     )
