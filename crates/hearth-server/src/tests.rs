@@ -531,6 +531,10 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/users"),
         ("post", "/v1/users"),
         ("delete", "/v1/users/{user}"),
+        ("get", "/v1/ssh-keys"),
+        ("post", "/v1/ssh-keys"),
+        ("delete", "/v1/ssh-keys/{key}"),
+        ("get", "/v1/ssh"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
