@@ -2,7 +2,7 @@
 //!
 //! russh speaks the protocol; every channel is mapped onto what the node already offers:
 //! shells, commands and the sftp subsystem (`hearth-agent sftp-server`) run through the
-//! agent's exec sessions, `-L`/`-R` use [`hearth_node::NodeApi::netns_socket`] inside the
+//! agent's exec sessions, `-L`/`-R` use `NodeApi::connect`/`listen` inside the
 //! workspace's network namespace. Login is by public key only: the key's owner (see
 //! `ssh_keys.rs`) must be allowed to see the workspace named as the SSH user; every
 //! refusal looks the same to the client.

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use hearth_api::WorkspaceState;
-use hearth_node::{ExecRequest, NetnsConn, NetnsSocket, WorkspaceSpec};
+use hearth_node::{ExecRequest, WorkspaceSpec};
 use hearth_proto::client::{ExecReader, ExecWriter};
 use hearth_proto::Event;
 use russh::keys::PublicKey;
@@ -25,6 +25,8 @@ const AGENT: &str = "/.hearth/agent";
 /// Environment variables a client may set per channel, and their total size.
 const MAX_ENV: usize = 64;
 const MAX_ENV_BYTES: usize = 32 << 10;
+/// How long a `-L` connect inside the workspace may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a connection waits for its workspace to leave a transitional state.
 const START_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -271,15 +273,16 @@ impl russh::server::Handler for Conn {
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 return;
             };
-            let node = ctx.manager.node();
-            match node.netns_socket(spec, NetnsSocket::Connect(addr)).await {
-                Ok(NetnsConn::Stream(mut tcp)) => {
+            let connect = ctx.manager.node().connect(spec, addr);
+            // A dropped SYN would wait for the kernel's timeout; ssh's own is shorter.
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(mut tcp)) => {
                     reply.accept().await;
                     let mut ch = channel.into_stream();
                     let _ = tokio::io::copy_bidirectional(&mut ch, &mut tcp).await;
                 }
-                Ok(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-                Err(e) => {
+                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+                Ok(Err(e)) => {
                     tracing::debug!(workspace = spec.name, %addr, error = %e, "ssh -L connect failed");
                     reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 }
@@ -364,14 +367,8 @@ impl russh::server::Handler for Conn {
         else {
             return Ok(false);
         };
-        let listener = match ctx
-            .manager
-            .node()
-            .netns_socket(spec, NetnsSocket::Listen(bind))
-            .await
-        {
-            Ok(NetnsConn::Listener(l)) => l,
-            Ok(_) => return Ok(false),
+        let listener = match ctx.manager.node().listen(spec, bind).await {
+            Ok(l) => l,
             Err(e) => {
                 tracing::debug!(workspace = spec.name, %bind, error = %e, "ssh -R listen failed");
                 return Ok(false);
