@@ -4,6 +4,7 @@
 //! PATH` for tests), runs sessions, reaps every zombie and stops the workspace cleanly on
 //! SIGTERM. Built static, so it depends on nothing inside the image.
 
+mod agent_relay;
 mod console;
 mod reaper;
 mod session;
@@ -44,6 +45,8 @@ fn run() -> Result<(), String> {
             Some("--listen") => listen = Some(args.next().ok_or_else(usage)?),
             // Run by the SSH gateway for the sftp subsystem (see sftp.rs).
             Some("sftp-server") => return sftp::serve(),
+            // Run by the SSH gateway for agent forwarding (see agent_relay.rs).
+            Some("ssh-agent-relay") => return agent_relay::serve(),
             Some("--version") => {
                 println!("hearth-agent {}", hearth_proto::VERSION);
                 return Ok(());

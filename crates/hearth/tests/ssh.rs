@@ -701,3 +701,87 @@ fn each_user_reaches_only_their_own_workspaces() {
         "a removed user's key",
     );
 }
+
+/// Asks the agent at `$SSH_AUTH_SOCK` for its identities (SSH2_AGENTC_REQUEST_IDENTITIES)
+/// and prints the answer's type and key count; the Debian image has perl, not ssh-add.
+const AGENT_QUERY: &str = r#"perl <<'EOF'
+use IO::Socket::UNIX;
+my $s = IO::Socket::UNIX->new(Peer => $ENV{SSH_AUTH_SOCK}) or die "connect: $!";
+print $s pack("NC", 1, 11);
+read($s, my $h, 4) == 4 or die "short answer";
+read($s, my $b, unpack("N", $h));
+my ($type, $n) = unpack("CN", $b);
+print "type=$type keys=$n\n";
+EOF"#;
+
+#[test]
+fn agent_forwarding_and_sftp_on_an_image_without_sshd() {
+    let image = std::env::var_os("HEARTH_TEST_DEBIAN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth-images/test/debian.tar"));
+    assert!(
+        image.is_file(),
+        "{} missing: set HEARTH_TEST_DEBIAN or run scripts/test.sh",
+        image.display()
+    );
+    let srv = TestServer::start();
+    srv.ok(&["image", "load", image.to_str().unwrap(), "--name", "debian"]);
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "deb");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "debian"]);
+    let c = Client::new(&srv);
+    assert_eq!(
+        c.run(
+            "deb",
+            "command -v sftp-server /usr/lib/openssh/sftp-server || echo none"
+        ),
+        "none\n"
+    );
+
+    let sock = c.home.path().join("agent.sock");
+    let out = sh(Command::new("ssh-agent").arg("-a").arg(&sock));
+    assert!(out.status.success(), "ssh-agent: {out:?}");
+    let agent_pid = String::from_utf8_lossy(&out.stdout)
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse::<i32>().ok())
+        .expect("agent pid");
+    let added = sh(Command::new("ssh-add")
+        .arg(&c.key)
+        .env("SSH_AUTH_SOCK", &sock));
+    let forwarded = sh(c
+        .ssh("deb", &["-A", AGENT_QUERY])
+        .env("SSH_AUTH_SOCK", &sock));
+    let plain = sh(&mut c.ssh(
+        "deb",
+        &["echo \"sock=$SSH_AUTH_SOCK\"; ls /tmp | grep -c hearth-ssh || true"],
+    ));
+    // SAFETY: plain kill(2) of the agent this test started.
+    unsafe { libc::kill(agent_pid, libc::SIGTERM) };
+    assert!(added.status.success(), "ssh-add: {added:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&forwarded.stdout),
+        "type=12 keys=1\n",
+        "{forwarded:?}"
+    );
+    // Without -A there is no socket, and the relay cleaned up after the first session.
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        "sock=\n0\n",
+        "{plain:?}"
+    );
+
+    // sftp works on an image that has no sftp-server of its own.
+    let file = src.path().join("f");
+    std::fs::write(&file, b"over sftp\n").unwrap();
+    let batch = src.path().join("batch");
+    std::fs::write(&batch, format!("put {} /tmp/f\n", file.display())).unwrap();
+    let out = sh(c
+        .file_tool("sftp")
+        .arg("-b")
+        .arg(&batch)
+        .arg("deb@127.0.0.1"));
+    assert!(out.status.success(), "sftp: {out:?}");
+    assert_eq!(c.run("deb", "cat /tmp/f"), "over sftp\n");
+}

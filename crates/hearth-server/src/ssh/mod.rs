@@ -7,6 +7,7 @@
 //! `ssh_keys.rs`) must be allowed to see the workspace named as the SSH user; every
 //! refusal looks the same to the client.
 
+mod agent;
 mod session;
 
 use std::net::SocketAddr;

@@ -20,8 +20,8 @@ use crate::ssh_keys::fingerprint;
 
 /// Starts bash as a login shell when the image has it, else sh (as `hearth shell` does).
 const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
-/// The in-workspace path of the agent binary, which serves sftp.
-const AGENT: &str = "/.hearth/agent";
+/// The in-workspace path of the agent binary, which serves sftp and agent forwarding.
+pub(super) const AGENT: &str = "/.hearth/agent";
 /// Environment variables a client may set per channel, and their total size.
 const MAX_ENV: usize = 64;
 const MAX_ENV_BYTES: usize = 32 << 10;
@@ -35,6 +35,8 @@ struct Ctx {
     manager: Arc<Manager>,
     /// The workspace, running; or why it could not be made so (told to the client).
     spec: Result<WorkspaceSpec, String>,
+    /// For opening channels to the client (agent forwarding).
+    client: russh::server::Handle,
 }
 
 pub struct Conn {
@@ -212,7 +214,7 @@ impl russh::server::Handler for Conn {
         }
     }
 
-    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         let Some((name, caller)) = &self.login else {
             return Ok(());
         };
@@ -227,6 +229,7 @@ impl russh::server::Handler for Conn {
         self.ctx = Some(Arc::new(Ctx {
             manager: self.manager.clone(),
             spec,
+            client: session.handle(),
         }));
         Ok(())
     }
@@ -349,6 +352,14 @@ impl russh::server::Handler for Conn {
         }
     }
 
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.ctx.as_ref().is_some_and(|c| c.spec.is_ok()))
+    }
+
     async fn tcpip_forward(
         &mut self,
         address: &str,
@@ -442,6 +453,9 @@ async fn run_session(ctx: Arc<Ctx>, channel: Channel<Msg>) {
     let mut env_bytes = 0usize;
     let mut input: Option<ExecWriter> = None;
     let mut output: Option<JoinHandle<()>> = None;
+    let mut forward_agent = false;
+    // Lives as long as the channel: the relay stops when it is dropped.
+    let mut _relay: Option<super::agent::Relay> = None;
     while let Some(msg) = rd.wait().await {
         let program = match msg {
             ChannelMsg::RequestPty {
@@ -504,12 +518,31 @@ async fn run_session(ctx: Arc<Ctx>, channel: Channel<Msg>) {
                 }
                 continue;
             }
+            ChannelMsg::AgentForward { .. } => {
+                forward_agent = true;
+                continue;
+            }
             ChannelMsg::Close => break,
             _ => continue,
         };
         // One program per channel; a second request is ignored (the client was told
         // success already, as for the first).
         let Some(w) = wr.take() else { continue };
+        if let (true, Ok(spec)) = (forward_agent, &ctx.spec) {
+            match super::agent::start(&ctx.manager, spec, ctx.client.clone()).await {
+                Ok(relay) => {
+                    env.push(("SSH_AUTH_SOCK".into(), relay.path.clone()));
+                    _relay = Some(relay);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        workspace = spec.name,
+                        error = e,
+                        "ssh agent forwarding failed"
+                    )
+                }
+            }
+        }
         match start(&ctx, program, tty, std::mem::take(&mut env)).await {
             Ok((writer, reader)) => {
                 input = Some(writer);
