@@ -5,7 +5,7 @@
 //! gateway opens an agent channel to the client per connection. Frames both ways:
 //! `[kind u8][connection id u32 BE][length u32 BE][payload]`; kinds are `L` (listening,
 //! payload = socket path; first frame out), `O` (a connection opened), `D` (data) and `C`
-//! (closed). Ends, removing the socket, when stdin closes.
+//! (closed). Ends, removing the socket, when stdin closes or on SIGHUP/SIGTERM/SIGINT.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -53,6 +53,27 @@ pub fn serve() -> Result<(), String> {
     let path = dir.join("agent.sock");
     let listener = UnixListener::bind(&path)
         .map_err(|e| format!("agent relay: bind {}: {e}", path.display()))?;
+    // A hang-up or kill request (the session ended) removes the socket too: the signals
+    // are blocked here, before any thread exists, and taken by one waiting thread.
+    let signals: nix::sys::signal::SigSet = [
+        nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ]
+    .into_iter()
+    .collect();
+    signals
+        .thread_block()
+        .map_err(|e| format!("agent relay: block signals: {e}"))?;
+    {
+        let (path, dir) = (path.clone(), dir.clone());
+        std::thread::spawn(move || {
+            let _ = signals.wait();
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(&dir);
+            std::process::exit(0);
+        });
+    }
     let out: Out = Arc::new(Mutex::new(io::stdout()));
     let conns: Conns = Arc::new(Mutex::new(HashMap::new()));
     send(&out, b'L', 0, path.to_string_lossy().as_bytes())
