@@ -40,6 +40,19 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
+/// What the reaper tells a session: the exit code, then the killing signal (0 if none),
+/// each 4 bytes big-endian (one pipe write, so it arrives whole).
+pub fn exit_record(status: WaitStatus) -> [u8; 8] {
+    let signal = match status {
+        WaitStatus::Signaled(_, sig, _) => sig as i32,
+        _ => 0,
+    };
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&exit_code(status).to_be_bytes());
+    b[4..].copy_from_slice(&signal.to_be_bytes());
+    b
+}
+
 /// Exit code as a shell reports it.
 pub fn exit_code(status: WaitStatus) -> i32 {
     match status {
@@ -95,7 +108,7 @@ impl Reaper {
                     if let Some(fd) = self.lock().remove(&pid.as_raw()) {
                         // The pipe is empty so this cannot block, and EPIPE (session gone)
                         // is harmless.
-                        let _ = nix::unistd::write(&fd, &exit_code(status).to_be_bytes());
+                        let _ = nix::unistd::write(&fd, &exit_record(status));
                     }
                 }
                 Err(Errno::EINTR) => continue,

@@ -351,7 +351,7 @@ impl Pump {
 
     /// Runs until the process exits; returns its exit code.
     fn run(&mut self) -> i32 {
-        let code = loop {
+        let (code, signal) = loop {
             // Fixed slots: 0 exit, 1 client, 2 stdout, 3 stderr, 4 stdin.
             let mut fds = [pollfd(self.exit_rx.as_raw_fd(), libc::POLLIN); 5];
             // With no events requested poll still reports POLLHUP, which on a unix socket
@@ -407,20 +407,26 @@ impl Pump {
             }
         };
         self.drain();
+        if signal != 0 {
+            self.send(&AgentMsg::ExitSignal(signal));
+        }
         self.send(&AgentMsg::Exit(code));
         code
     }
 
-    /// Blocks for the code the reaper sends.
-    fn wait_exit(&mut self) -> i32 {
-        let mut b = [0u8; 4];
+    /// Blocks for the exit code and killing signal (0: none) the reaper sends.
+    fn wait_exit(&mut self) -> (i32, i32) {
+        let mut b = [0u8; 8];
         let mut f = std::fs::File::from(match self.exit_rx.try_clone() {
             Ok(fd) => fd,
-            Err(_) => return 255,
+            Err(_) => return (255, 0),
         });
         match f.read_exact(&mut b) {
-            Ok(()) => i32::from_be_bytes(b),
-            Err(_) => 255,
+            Ok(()) => (
+                i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            ),
+            Err(_) => (255, 0),
         }
     }
 

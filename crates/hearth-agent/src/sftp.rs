@@ -153,13 +153,62 @@ fn longname(name: &str, md: &fs::Metadata) -> String {
         perms.push(if mode & (0o400 >> i) != 0 { c } else { '-' });
     }
     format!(
-        "{kind}{perms} {:>3} {:<8} {:<8} {:>10} {:>12} {name}",
+        "{kind}{perms} {:>3} {:<8} {:<8} {:>10} {} {name}",
         md.nlink(),
         md.uid(),
         md.gid(),
         md.len(),
-        md.mtime()
+        ls_date(md.mtime())
     )
+}
+
+/// `Mon DD  YYYY` of a unix time, in UTC (the agent has no time zone data).
+fn ls_date(t: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = t.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{} {day:>2} {year:>5}", MONTHS[(month - 1) as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_dates_are_civil_dates() {
+        assert_eq!(ls_date(0), "Jan  1  1970");
+        // 2024-02-29 12:00 UTC (a leap day) and 2000-12-31.
+        assert_eq!(ls_date(1_709_208_000), "Feb 29  2024");
+        assert_eq!(ls_date(978_220_800), "Dec 31  2000");
+    }
+
+    #[test]
+    fn lexical_paths_drop_dots() {
+        assert_eq!(lexical_abs(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(lexical_abs(Path::new("/../x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn ssh_strings_are_length_prefixed() {
+        let data = [0, 0, 0, 2, b'h', b'i', 0, 0, 0, 9];
+        let mut d = &data[..];
+        assert_eq!(take_string(&mut d).as_deref(), Some("hi"));
+        assert_eq!(
+            take_string(&mut d),
+            None,
+            "a length past the end is refused"
+        );
+    }
 }
 
 /// Absolute form of `p` without touching the filesystem (for paths that do not exist).

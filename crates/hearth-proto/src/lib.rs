@@ -31,6 +31,7 @@ pub mod kind {
     pub const STDERR: u8 = 0x84;
     pub const EXIT: u8 = 0x85;
     pub const ERROR: u8 = 0x86;
+    pub const EXIT_SIGNAL: u8 = 0x87;
 }
 
 /// Human name of a frame kind, for error messages.
@@ -47,6 +48,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::STDERR => "stderr",
         kind::EXIT => "exit",
         kind::ERROR => "error",
+        kind::EXIT_SIGNAL => "exit-signal",
         _ => "unknown",
     }
 }
@@ -108,6 +110,9 @@ pub enum AgentMsg {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(i32),
+    /// Sent just before `Exit` when a signal killed the process (its number), so a client
+    /// can tell `kill -TERM` from `exit 143`.
+    ExitSignal(i32),
     /// The request failed; the session (if any) is over.
     Error(String),
 }
@@ -320,6 +325,7 @@ impl Message for AgentMsg {
             kind::STDOUT => AgentMsg::Stdout(payload.to_vec()),
             kind::STDERR => AgentMsg::Stderr(payload.to_vec()),
             kind::EXIT => AgentMsg::Exit(i32::from_be_bytes(fixed::<4>(k, payload)?)),
+            kind::EXIT_SIGNAL => AgentMsg::ExitSignal(i32::from_be_bytes(fixed::<4>(k, payload)?)),
             kind::ERROR => AgentMsg::Error(utf8(k, payload)?),
             k if kind_name(k) == "unknown" => return Err(FrameError::UnknownKind(k)),
             k => return Err(FrameError::WrongDirection { kind: k }),
@@ -333,6 +339,7 @@ impl Message for AgentMsg {
             AgentMsg::Stdout(d) => (kind::STDOUT, d.clone()),
             AgentMsg::Stderr(d) => (kind::STDERR, d.clone()),
             AgentMsg::Exit(c) => (kind::EXIT, c.to_be_bytes().to_vec()),
+            AgentMsg::ExitSignal(n) => (kind::EXIT_SIGNAL, n.to_be_bytes().to_vec()),
             AgentMsg::Error(m) => (kind::ERROR, m.as_bytes().to_vec()),
         })
     }
@@ -475,6 +482,7 @@ pub mod client {
         rd: OwnedReadHalf,
         buf: FrameBuf,
         done: bool,
+        signal: Option<i32>,
     }
     impl ExecReader {
         fn new(rd: OwnedReadHalf) -> Self {
@@ -482,7 +490,13 @@ pub mod client {
                 rd,
                 buf: FrameBuf::new(),
                 done: false,
+                signal: None,
             }
+        }
+
+        /// After `Event::Exit`: the signal that killed the process, if one did.
+        pub fn exit_signal(&self) -> Option<i32> {
+            self.signal
         }
 
         /// Cancel-safe: bytes read are kept in the buffer if the future is dropped.
@@ -511,7 +525,12 @@ pub mod client {
                     "session already exited",
                 ));
             }
-            match self.next_msg().await? {
+            let mut msg = self.next_msg().await?;
+            if let AgentMsg::ExitSignal(n) = msg {
+                self.signal = Some(n);
+                msg = self.next_msg().await?;
+            }
+            match msg {
                 AgentMsg::Stdout(d) => Ok(Event::Stdout(d)),
                 AgentMsg::Stderr(d) => Ok(Event::Stderr(d)),
                 AgentMsg::Exit(c) => {
@@ -590,6 +609,7 @@ mod tests {
         roundtrip_agent(AgentMsg::Stdout(vec![1, 2, 3]));
         roundtrip_agent(AgentMsg::Stderr(vec![0; MAX_FRAME]));
         roundtrip_agent(AgentMsg::Exit(137));
+        roundtrip_agent(AgentMsg::ExitSignal(15));
         roundtrip_agent(AgentMsg::Error("user nobody2 not found".into()));
     }
 

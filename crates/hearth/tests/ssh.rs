@@ -297,6 +297,11 @@ fn keys_exec_pty_env_and_refusals() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // A signal's death is an exit-signal (ssh exits 255, as with sshd), not an exit 143.
+    let out = sh(&mut c.ssh(&ws, &["kill -TERM $$"]));
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let out = sh(&mut c.ssh(&ws, &["exit 143"]));
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
     // Stdin reaches the command and its end is seen.
     let mut child = c
         .ssh(&ws, &["wc -c"])

@@ -546,7 +546,7 @@ async fn run_session(ctx: Arc<Ctx>, channel: Channel<Msg>) {
         match start(&ctx, program, tty, std::mem::take(&mut env)).await {
             Ok((writer, reader)) => {
                 input = Some(writer);
-                output = Some(tokio::spawn(pump_output(reader, w)));
+                output = Some(tokio::spawn(pump_output(reader, w, ctx.client.clone())));
             }
             Err(msg) => {
                 let _ = w
@@ -601,8 +601,33 @@ async fn start(
     Ok(session.split())
 }
 
-/// Relays the program's output to the channel, then its exit status, and closes it.
-async fn pump_output(mut reader: ExecReader, wr: ChannelWriteHalf<Msg>) {
+/// The SSH name of a signal number (RFC 4254 names, without `SIG`).
+fn signal_name(n: i32) -> Option<Sig> {
+    Some(match n {
+        1 => Sig::HUP,
+        2 => Sig::INT,
+        3 => Sig::QUIT,
+        4 => Sig::ILL,
+        6 => Sig::ABRT,
+        8 => Sig::FPE,
+        9 => Sig::KILL,
+        10 => Sig::USR1,
+        11 => Sig::SEGV,
+        12 => Sig::Custom("USR2".into()),
+        13 => Sig::PIPE,
+        14 => Sig::ALRM,
+        15 => Sig::TERM,
+        _ => return None,
+    })
+}
+
+/// Relays the program's output to the channel, then how it ended (`exit-signal` when a
+/// signal killed it, as sshd does, else `exit-status`), and closes the channel.
+async fn pump_output(
+    mut reader: ExecReader,
+    wr: ChannelWriteHalf<Msg>,
+    client: russh::server::Handle,
+) {
     let status = loop {
         match reader.next_event().await {
             Ok(Event::Stdout(d)) => {
@@ -624,7 +649,16 @@ async fn pump_output(mut reader: ExecReader, wr: ChannelWriteHalf<Msg>) {
             }
         }
     };
-    let _ = wr.exit_status(u32::try_from(status).unwrap_or(255)).await;
+    match reader.exit_signal().and_then(signal_name) {
+        Some(sig) => {
+            let _ = client
+                .exit_signal_request(wr.id(), sig, false, String::new(), "en-US".into())
+                .await;
+        }
+        None => {
+            let _ = wr.exit_status(u32::try_from(status).unwrap_or(255)).await;
+        }
+    }
     let _ = wr.eof().await;
     let _ = wr.close().await;
 }
