@@ -180,37 +180,6 @@ fn ls_date(t: i64) -> String {
     format!("{} {day:>2} {year:>5}", MONTHS[(month - 1) as usize])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ls_dates_are_civil_dates() {
-        assert_eq!(ls_date(0), "Jan  1  1970");
-        // 2024-02-29 12:00 UTC (a leap day) and 2000-12-31.
-        assert_eq!(ls_date(1_709_208_000), "Feb 29  2024");
-        assert_eq!(ls_date(978_220_800), "Dec 31  2000");
-    }
-
-    #[test]
-    fn lexical_paths_drop_dots() {
-        assert_eq!(lexical_abs(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
-        assert_eq!(lexical_abs(Path::new("/../x")), PathBuf::from("/x"));
-    }
-
-    #[test]
-    fn ssh_strings_are_length_prefixed() {
-        let data = [0, 0, 0, 2, b'h', b'i', 0, 0, 0, 9];
-        let mut d = &data[..];
-        assert_eq!(take_string(&mut d).as_deref(), Some("hi"));
-        assert_eq!(
-            take_string(&mut d),
-            None,
-            "a length past the end is refused"
-        );
-    }
-}
-
 /// Absolute form of `p` without touching the filesystem (for paths that do not exist).
 fn lexical_abs(p: &Path) -> PathBuf {
     let base = if p.is_absolute() {
@@ -556,5 +525,36 @@ impl Server {
             Ok(()) => ok(id),
             Err(e) => io_status(id, &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_dates_are_civil_dates() {
+        assert_eq!(ls_date(0), "Jan  1  1970");
+        // 2024-02-29 12:00 UTC (a leap day) and 2000-12-31.
+        assert_eq!(ls_date(1_709_208_000), "Feb 29  2024");
+        assert_eq!(ls_date(978_220_800), "Dec 31  2000");
+    }
+
+    #[test]
+    fn lexical_paths_drop_dots() {
+        assert_eq!(lexical_abs(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(lexical_abs(Path::new("/../x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn ssh_strings_are_length_prefixed() {
+        let data = [0, 0, 0, 2, b'h', b'i', 0, 0, 0, 9];
+        let mut d = &data[..];
+        assert_eq!(take_string(&mut d).as_deref(), Some("hi"));
+        assert_eq!(
+            take_string(&mut d),
+            None,
+            "a length past the end is refused"
+        );
     }
 }
