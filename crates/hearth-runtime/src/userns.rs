@@ -18,16 +18,20 @@ pub fn userns_fd(base: u32, len: u32) -> Result<OwnedFd> {
     // creates: an `nft -f -` inherited `wr` while the child held nft's stdin.)
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::sys("pipe", e))?;
-    let wr_raw = wr.as_raw_fd();
-    // SAFETY: the child only calls async-signal-safe functions (unshare, read, _exit)
-    // before exiting; it never returns into Rust code that could take locks.
+    let rd_raw = rd.as_raw_fd();
+    // SAFETY: the child only calls async-signal-safe functions (close_range, close,
+    // unshare, read, _exit) before exiting; it never returns into Rust code that could
+    // take locks.
     let pid = match unsafe { libc::fork() } {
         -1 => return Err(RuntimeError::sys("fork", std::io::Error::last_os_error())),
         0 => {
             // SAFETY: raw syscalls in the forked child; see above.
             unsafe {
-                // Our copy of the write end would keep the read below from seeing EOF.
-                libc::close(wr_raw);
+                // Every fd but our read end goes: a fork inherits them all, close-on-exec
+                // or not, so two of these made at once on two threads would each hold
+                // the other's write end and neither would see EOF (a deadlock seen with
+                // parallel creates). Our own write end goes with them.
+                close_all_but(rd_raw);
                 if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                     libc::_exit(1);
                 }
@@ -79,6 +83,26 @@ pub fn userns_fd(base: u32, len: u32) -> Result<OwnedFd> {
     res
 }
 
+/// Closes every fd of this process except `keep`; only raw syscalls, so it is safe in a
+/// forked child of a threaded process.
+///
+/// # Safety
+/// Invalidates every other fd: call only in a child that is about to exit or exec.
+unsafe fn close_all_but(keep: i32) {
+    let ranges = [(0, keep - 1), (keep + 1, i32::MAX)];
+    for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l) {
+        // SAFETY: close_range takes plain integers; the caller accepts the closed fds.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) };
+        if r != 0 {
+            // No close_range (before Linux 5.9): the low fds, one by one.
+            for fd in first..=last.min(65535) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
 /// Duplicates a raw fd into an [`OwnedFd`]; used by tests.
 #[doc(hidden)]
 pub fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
@@ -89,4 +113,39 @@ pub fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
     }
     // SAFETY: n is a fresh fd from dup.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Many at once on several threads: each child must let go of the others' pipes (it
+    /// did not, and two children could wait on each other forever).
+    #[test]
+    fn parallel_user_namespaces_do_not_wait_on_each_other() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (writes uid maps): run the tests as root, as scripts/test.sh does"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in 0..8u32 {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u32 {
+                    let base = 1_300_000 + (t * 25 + i) * 65536;
+                    let r = super::userns_fd(base, 65536).map(drop);
+                    if tx.send(r.map_err(|e| e.to_string())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for n in 0..200 {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(r) => r.unwrap(),
+                Err(e) => panic!("only {n} of 200 user namespaces were made: {e}"),
+            }
+        }
+    }
 }
