@@ -258,12 +258,11 @@ impl Manager {
         }
     }
 
-    /// Records plus one batched liveness check of the running ones (the node reads
-    /// state files; no process per workspace).
-    /// The workspaces `caller` may use: their own, or all for an admin.
+    /// The workspaces `caller` may use (their own, or all for an admin): records plus one
+    /// batched liveness check of the running ones (no process per workspace).
     pub async fn list(&self, caller: &Caller) -> Result<Vec<Workspace>, ApiError> {
-        let images = self.images_or_empty().await;
-        let mut recs = self.store.list().await?;
+        let (images, recs) = tokio::join!(self.images_or_empty(), self.store.list());
+        let mut recs = recs?;
         recs.retain(|r| caller.may_use(&r.owner));
         let running: Vec<WorkspaceSpec> = recs
             .iter()

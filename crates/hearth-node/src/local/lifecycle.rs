@@ -136,33 +136,23 @@ impl Inner {
                 spec.id
             )));
         }
-        let res = (|| {
-            mkdir(&p.dir, 0o711)?;
-            let base = spec.uid_base();
-            self.make_disk(&p, spec.limits.disk_bytes)?;
-            mkdir(&p.upper, 0o755)?;
-            std::os::unix::fs::chown(&p.upper, Some(base), Some(base))
-                .map_err(NodeError::io("chown", &p.upper))?;
-            mkdir(&p.rootfs, 0o755)?;
-            mkdir(&p.bundle, 0o700)?;
-            let ws = p.upper.join("workspace");
-            mkdir(&ws, 0o755)?;
-            std::os::unix::fs::chown(&ws, Some(base), Some(base))
-                .map_err(NodeError::io("chown", &ws))?;
-            let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
-            let spec_file = p.dir.join("spec.json");
-            std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
-            let _ = progress.send(format!("cloning {}", spec.source));
-            clone::clone(
-                &spec.source,
-                &clone::dest_for(&p.upper, &spec.source),
-                base,
-                base,
-                &self.gitconfig,
-                progress,
-            )
-        })();
-        if let Err(e) = res {
+        // The network is made now, beside the disk and the clone (it is mostly waiting on
+        // `ip` and `nft`), so the first start finds it in place as every later one does.
+        let (res, net) = std::thread::scope(|s| {
+            let net = s.spawn(|| {
+                self.host
+                    .ensure_network(&spec.id, spec.slot, &spec.egress.deny)
+            });
+            let res = self.create_files(spec, &p, progress);
+            let net = net
+                .join()
+                .unwrap_or_else(|_| Err(internal("network setup panicked")));
+            (res, net)
+        });
+        if let Err(e) = res.and(net.map(drop)) {
+            if let Err(e2) = self.host.remove_network(&spec.id) {
+                tracing::error!(id = %spec.id, "network cleanup after failed create: {e2}");
+            }
             if let Err(e2) = self
                 .unmount_all(&p.dir)
                 .and_then(|()| self.remove_files(&spec.id))
@@ -172,6 +162,39 @@ impl Inner {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The workspace's dir, disk, spec and clone.
+    fn create_files(
+        &self,
+        spec: &WorkspaceSpec,
+        p: &Paths,
+        progress: &Progress,
+    ) -> Result<(), NodeError> {
+        mkdir(&p.dir, 0o711)?;
+        let base = spec.uid_base();
+        self.make_disk(p, spec.limits.disk_bytes)?;
+        mkdir(&p.upper, 0o755)?;
+        std::os::unix::fs::chown(&p.upper, Some(base), Some(base))
+            .map_err(NodeError::io("chown", &p.upper))?;
+        mkdir(&p.rootfs, 0o755)?;
+        mkdir(&p.bundle, 0o700)?;
+        let ws = p.upper.join("workspace");
+        mkdir(&ws, 0o755)?;
+        std::os::unix::fs::chown(&ws, Some(base), Some(base))
+            .map_err(NodeError::io("chown", &ws))?;
+        let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
+        let spec_file = p.dir.join("spec.json");
+        std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
+        let _ = progress.send(format!("cloning {}", spec.source));
+        clone::clone(
+            &spec.source,
+            &clone::dest_for(&p.upper, &spec.source),
+            base,
+            base,
+            &self.gitconfig,
+            progress,
+        )
     }
 
     pub(super) fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
@@ -204,7 +227,10 @@ impl Inner {
         tracing::info!(id = %spec.id, name = spec.name.as_str(), ms = t0.elapsed().as_millis() as u64, "started");
         // What the caller gets back, from one read of the runtime's state file.
         match self.host.container_state(&spec.id)? {
-            Some(st) if st.is_running() => Ok(self.running_status(spec, st.pid)),
+            Some(st) if st.is_running() => {
+                self.track_live(&spec.id, st.pid);
+                Ok(self.running_status(spec, st.pid))
+            }
             _ => Err(NodeError::Internal(format!(
                 "workspace {} stopped right after its agent answered (hearth logs {} shows why)",
                 spec.name, spec.name
@@ -333,7 +359,10 @@ impl Inner {
             });
         }
         match self.host.container_state(&spec.id)? {
-            Some(st) if st.is_running() => Ok(self.running_status(spec, st.pid)),
+            Some(st) if st.is_running() => {
+                self.track_live(&spec.id, st.pid);
+                Ok(self.running_status(spec, st.pid))
+            }
             _ => Ok(WorkspaceStatus {
                 state: RunState::Stopped,
                 pid: None,
@@ -341,6 +370,42 @@ impl Inner {
                 paused: None,
             }),
         }
+    }
+
+    /// [`Inner::status`] of many, in `specs` order: those whose init is known alive (one
+    /// poll over their pidfds) from memory, the rest from state files, in parallel.
+    pub(super) fn statuses(
+        &self,
+        specs: &[WorkspaceSpec],
+    ) -> Vec<Result<WorkspaceStatus, NodeError>> {
+        let alive = self.live.alive(specs.iter().map(|s| &s.id));
+        let unknown: Vec<&WorkspaceSpec> = specs
+            .iter()
+            .zip(&alive)
+            .filter(|(_, a)| a.is_none())
+            .map(|(s, _)| s)
+            .collect();
+        // Each is a few small file reads (the runtime's state file, /proc): no process.
+        let mut read = super::reconcile::par_map(&unknown, 4, |s| self.status(s)).into_iter();
+        specs
+            .iter()
+            .zip(alive)
+            .map(|(spec, a)| match a {
+                Some(pid) => Ok(self.running_status(spec, Some(pid))),
+                None => read.next().unwrap_or_else(|| {
+                    Err(NodeError::Internal("status read came back short".into()))
+                }),
+            })
+            .collect()
+    }
+
+    /// Remembers a running container's init for [`Inner::statuses`], once its state file
+    /// confirms the pid again with the pidfd open.
+    fn track_live(&self, id: &WorkspaceId, pid: Option<u32>) {
+        let Some(pid) = pid else { return };
+        self.live.track(id, pid, || {
+            matches!(self.host.container_state(id), Ok(Some(st)) if st.is_running() && st.pid == Some(pid))
+        });
     }
 
     pub(super) fn stop(&self, id: &WorkspaceId, keep: bool) -> Result<(), NodeError> {
@@ -373,6 +438,7 @@ impl Inner {
     /// `keep` leaves the netns, veth and mounted disk in place for the next start (stop);
     /// remove and stray cleanup drop them too.
     pub(super) fn cleanup_runtime(&self, id: &WorkspaceId, keep: bool) -> Result<(), NodeError> {
+        self.live.forget(id);
         let p = self.paths(id);
         let mut errors = Vec::new();
         let host = &*self.host;

@@ -25,6 +25,7 @@ mod host;
 mod inspect;
 mod lifecycle;
 mod limits;
+mod live;
 mod migrate;
 mod ops;
 mod paths;
@@ -86,6 +87,8 @@ struct Inner {
     max_file: u64,
     /// Threads draining workspace consoles into their capped files.
     consoles: crate::console::Consoles,
+    /// Pidfds of running workspaces' inits: a listing's liveness check.
+    live: live::Liveness,
 }
 
 /// A failure with no typed cause (a panicked blocking task, a composed report).
@@ -209,6 +212,7 @@ impl LocalNode {
             guard,
             max_file,
             consoles: Default::default(),
+            live: Default::default(),
         });
         guard::spawn(Arc::downgrade(&inner));
         Ok(LocalNode { inner })
@@ -415,11 +419,7 @@ impl NodeApi for LocalNode {
     async fn statuses(&self, specs: &[WorkspaceSpec]) -> Vec<Result<WorkspaceStatus, NodeError>> {
         let specs = specs.to_vec();
         let n = specs.len();
-        // Each is a few small file reads (the runtime's state file, /proc): no process.
-        match self
-            .blocking(move |i| Ok(reconcile::par_map(&specs, 4, |s| i.status(s))))
-            .await
-        {
+        match self.blocking(move |i| Ok(i.statuses(&specs))).await {
             Ok(v) => v,
             Err(e) => (0..n)
                 .map(|_| Err(NodeError::Internal(e.to_string())))

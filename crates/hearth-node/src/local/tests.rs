@@ -232,6 +232,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         guard: guard::DiskGuard::new(&data, Some(0)).unwrap(),
         max_file: u64::MAX,
         consoles: Default::default(),
+        live: Default::default(),
         cfg,
     };
     (tmp, inner, host)
