@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
-    ClientFrame, CreateUser, CreateWorkspace, EgressEdit, ErrorBody, ErrorInfo, ExecRequest,
-    ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage, ServerFrame,
-    ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User,
-    Workspace, WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
+    ClientFrame, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit, ErrorBody, ErrorInfo,
+    ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage,
+    RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
+    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -313,8 +313,25 @@ impl Client {
             .await
     }
 
-    pub async fn remove(&self, name: &str) -> Result<()> {
-        self.delete(&format!("/v1/workspaces/{}", enc(name))).await
+    /// Removes a workspace; its snapshots are kept for the server's grace period unless
+    /// `purge`.
+    pub async fn remove(&self, name: &str, purge: bool) -> Result<()> {
+        let q = if purge { "?purge=true" } else { "" };
+        self.delete(&format!("/v1/workspaces/{}{q}", enc(name)))
+            .await
+    }
+
+    /// Removed workspaces whose snapshots are still kept, newest removal first.
+    pub async fn deleted(&self) -> Result<Vec<DeletedWorkspace>> {
+        self.get("/v1/deleted-workspaces").await
+    }
+
+    pub async fn restore(&self, name: &str, req: &RestoreWorkspace) -> Result<Workspace> {
+        self.post(
+            &format!("/v1/deleted-workspaces/{}/restore", enc(name)),
+            req,
+        )
+        .await
     }
 
     pub async fn set_limits(&self, name: &str, req: &LimitsRequest) -> Result<Workspace> {

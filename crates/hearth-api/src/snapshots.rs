@@ -66,3 +66,51 @@ pub struct StoreGcReport {
     pub deleted_chunks: usize,
     pub deleted_bytes: u64,
 }
+
+/// A removed workspace whose snapshots the store still keeps (`hearth snapshots
+/// --deleted`); `hearth restore` brings it back until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeletedWorkspace {
+    pub name: String,
+    /// The removed workspace's id, under which its snapshots are stored. A new workspace
+    /// of the same name has another id and its own snapshots.
+    pub id: String,
+    pub owner: String,
+    /// RFC 3339.
+    pub deleted_at: String,
+    /// When the background store gc forgets its snapshots (RFC 3339).
+    pub expires_at: String,
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// Absent when the store could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreUse>,
+}
+
+/// `POST /v1/deleted-workspaces/{name}/restore`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreWorkspace {
+    /// Snapshot to restore (default: the newest). It also picks which removed workspace
+    /// of that name, when there are several.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Name for the restored workspace (default: its old name).
+    #[serde(default)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub name: Option<String>,
+}
+
+/// `DELETE /v1/workspaces/{name}` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveOptions {
+    /// Forget the workspace's snapshots at once instead of keeping them for the grace
+    /// period (their chunks are freed by the next store gc).
+    #[serde(default)]
+    pub purge: bool,
+}

@@ -51,7 +51,8 @@ impl Modify for BearerAuth {
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
-        crate::snapshots::store_usage,
+        crate::snapshots::store_usage, crate::snapshots::list_deleted,
+        crate::snapshots::restore_deleted,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user,
@@ -320,14 +321,18 @@ async fn stop_workspace(
     Ok(Json(st.manager.stop(&caller, &name).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
+/// Removes the workspace. Its snapshots stay restorable for the server's grace period
+/// (`GET /v1/deleted-workspaces`), unless `purge` forgets them at once.
+#[utoipa::path(delete, path = "/v1/workspaces/{name}", params(("name" = String, Path), RemoveOptions),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn remove_workspace(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     WsName(name): WsName,
+    query: Result<Query<RemoveOptions>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    st.manager.remove(&caller, &name).await?;
+    let Query(opts) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    st.manager.remove(&caller, &name, opts.purge).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

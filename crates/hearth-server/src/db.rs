@@ -194,10 +194,19 @@ impl Store {
 
     /// Inserts a new workspace; a taken name is [`StoreError::NameTaken`].
     pub async fn insert(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
-        let s = &rec.spec;
-        if self.get(&s.name).await?.is_some() {
-            return Err(StoreError::NameTaken(s.name.clone()));
+        if self.get(&rec.spec.name).await?.is_some() {
+            return Err(StoreError::NameTaken(rec.spec.name.clone()));
         }
+        let mut tx = self.pool.begin().await.map_err(query_err("*"))?;
+        Self::insert_in(&mut tx, rec).await?;
+        tx.commit().await.map_err(query_err(&rec.spec.id))
+    }
+
+    async fn insert_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rec: &WorkspaceRecord,
+    ) -> Result<(), StoreError> {
+        let s = &rec.spec;
         let limits = serde_json::to_string(&s.limits).map_err(|e| StoreError::Corrupt {
             id: s.id.to_string(),
             message: format!("limits: {e}"),
@@ -221,7 +230,7 @@ impl Store {
         .bind(&rec.last_snapshot)
         .bind(&rec.snapshot_error)
         .bind(&rec.owner)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -318,6 +327,118 @@ impl Store {
     }
 }
 
+/// A removed workspace whose snapshots are kept until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedRecord {
+    /// As it was at removal; `spec.id` keys its snapshots in the store.
+    pub spec: WorkspaceSpec,
+    pub owner: String,
+    /// RFC 3339.
+    pub deleted_at: String,
+    pub expires_at: String,
+}
+
+fn deleted_record(row: &sqlx::sqlite::SqliteRow) -> Result<DeletedRecord, StoreError> {
+    let id: String = row.try_get("id").map_err(query_err("?"))?;
+    let get_err = |source| StoreError::Query {
+        id: id.clone(),
+        source,
+    };
+    let spec: String = row.try_get("spec").map_err(get_err)?;
+    let spec: WorkspaceSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+        id: id.clone(),
+        message: format!("deleted workspace spec: {e}"),
+    })?;
+    if spec.id.as_str() != id {
+        return Err(StoreError::Corrupt {
+            id,
+            message: format!("deleted workspace spec names id {}", spec.id),
+        });
+    }
+    Ok(DeletedRecord {
+        spec,
+        owner: row.try_get("owner").map_err(get_err)?,
+        deleted_at: row.try_get("deleted_at").map_err(get_err)?,
+        expires_at: row.try_get("expires_at").map_err(get_err)?,
+    })
+}
+
+impl Store {
+    /// Moves a workspace's row to `deleted_workspaces` in one transaction: from now on
+    /// only its snapshots (stored under its id) are left, until `expires_at`.
+    pub async fn retire(
+        &self,
+        rec: &WorkspaceRecord,
+        deleted_at: &str,
+        expires_at: &str,
+    ) -> Result<(), StoreError> {
+        let id = rec.spec.id.as_str();
+        let spec = serde_json::to_string(&rec.spec).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            message: format!("spec: {e}"),
+        })?;
+        let mut tx = self.pool.begin().await.map_err(query_err(id))?;
+        sqlx::query(
+            "INSERT INTO deleted_workspaces (id, name, owner, spec, deleted_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+        )
+        .bind(id)
+        .bind(&rec.spec.name)
+        .bind(&rec.owner)
+        .bind(spec)
+        .bind(deleted_at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err(id))?;
+        sqlx::query("DELETE FROM workspaces WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err(id))?;
+        tx.commit().await.map_err(query_err(id))
+    }
+
+    /// Removed workspaces, most recently removed first.
+    pub async fn deleted(&self) -> Result<Vec<DeletedRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, owner, spec, deleted_at, expires_at FROM deleted_workspaces \
+             ORDER BY deleted_at DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("*"))?;
+        rows.iter().map(deleted_record).collect()
+    }
+
+    pub async fn forget_deleted(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// Brings a removed workspace back as `rec` (same id, so its snapshots are its own
+    /// again), in one transaction; a taken name is [`StoreError::NameTaken`].
+    pub async fn revive(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
+        if self.get(&rec.spec.name).await?.is_some() {
+            return Err(StoreError::NameTaken(rec.spec.name.clone()));
+        }
+        let id = rec.spec.id.as_str();
+        let mut tx = self.pool.begin().await.map_err(query_err(id))?;
+        sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err(id))?;
+        Self::insert_in(&mut tx, rec).await?;
+        tx.commit().await.map_err(query_err(id))
+    }
+}
+
 fn egress_json(spec: &WorkspaceSpec) -> Result<String, StoreError> {
     serde_json::to_string(&spec.egress).map_err(|e| StoreError::Corrupt {
         id: spec.id.to_string(),
@@ -361,6 +482,48 @@ mod tests {
             snapshot_error: None,
             owner: "admin".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn removed_rows_keep_their_id_and_come_back_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
+        let mut a = rec("aaaaaaaaaaaa", "a", 0);
+        a.owner = "alice".into();
+        store.insert(&a).await.unwrap();
+        store.retire(&a, "t0", "t1").await.unwrap();
+        assert!(store.get("a").await.unwrap().is_none());
+        // The name is free again; the new workspace is another id.
+        store.insert(&rec("bbbbbbbbbbbb", "a", 0)).await.unwrap();
+        let d = store.deleted().await.unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (
+                d[0].spec.clone(),
+                d[0].owner.as_str(),
+                d[0].expires_at.as_str()
+            ),
+            (a.spec.clone(), "alice", "t1")
+        );
+        // Back under its id: refused while the name is taken, then as another name.
+        let mut back = a.clone();
+        assert!(matches!(
+            store.revive(&back).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        assert_eq!(
+            store.deleted().await.unwrap().len(),
+            1,
+            "a refused revive kept it"
+        );
+        back.spec.name = "a2".into();
+        back.spec.slot = 1;
+        store.revive(&back).await.unwrap();
+        assert!(store.deleted().await.unwrap().is_empty());
+        assert_eq!(store.get("a2").await.unwrap().unwrap().spec.id, a.spec.id);
+        store.retire(&back, "t2", "t3").await.unwrap();
+        store.forget_deleted("aaaaaaaaaaaa").await.unwrap();
+        assert!(store.deleted().await.unwrap().is_empty());
     }
 
     #[tokio::test]

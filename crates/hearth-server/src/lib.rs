@@ -218,6 +218,12 @@ impl Server {
         self.spawn_every(every, |m| async move { m.periodic_snapshots().await });
     }
 
+    /// How long a removed workspace's snapshots are kept before the store gc forgets them
+    /// (zero: `rm` forgets them at once).
+    pub fn set_deleted_retention(&self, keep: std::time::Duration) {
+        self.manager.set_deleted_retention(keep);
+    }
+
     /// Deletes store chunks that no snapshot needs any more every `every`: retention and
     /// removed workspaces only forget snapshots, the space comes back here.
     pub fn spawn_store_gc(&self, every: std::time::Duration) {
@@ -277,7 +283,9 @@ pub async fn run(
 }
 
 /// Offline cleanup for `hearth admin teardown`: stops every workspace and removes host-wide
-/// resources; with `purge` also removes every workspace and deletes the database.
+/// resources; with `purge` also removes every workspace, forgets the snapshots of every
+/// workspace the database knows (live or removed) and collects their chunks, and deletes
+/// the database.
 ///
 /// Takes `lock` so it cannot run under a live server.
 pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> anyhow::Result<()> {
@@ -285,11 +293,19 @@ pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> an
     let mut failures = Vec::new();
     if db_path.exists() {
         let store = Store::open(&db_path).await?;
+        let mut forgot = false;
         for rec in store.list().await? {
             let name = rec.spec.name.clone();
             if purge {
+                let forget = node.forget_snapshots(&rec.spec, None).await;
+                if let Err(e) = &forget {
+                    failures.push(format!("forget the snapshots of {name}: {e}"));
+                }
+                forgot |= forget.is_ok();
                 match node.remove(&rec.spec).await {
-                    Ok(()) => store.delete(&rec.spec.id).await?,
+                    Ok(()) if forget.is_ok() => store.delete(&rec.spec.id).await?,
+                    // Its snapshots are still there: a record that a rerun purges.
+                    Ok(()) => store.retire(&rec, &db::now(), &db::now()).await?,
                     Err(e) => failures.push(format!("remove {name}: {e}")),
                 }
             } else {
@@ -300,6 +316,25 @@ pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> an
                             .await?
                     }
                     Err(e) => failures.push(format!("stop {name}: {e}")),
+                }
+            }
+        }
+        if purge {
+            for d in store.deleted().await? {
+                match node.forget_snapshots(&d.spec, None).await {
+                    Ok(_) => {
+                        forgot = true;
+                        store.forget_deleted(d.spec.id.as_str()).await?;
+                    }
+                    Err(e) => failures.push(format!(
+                        "forget the snapshots of removed workspace {}: {e}",
+                        d.spec.name
+                    )),
+                }
+            }
+            if forgot {
+                if let Err(e) = node.store_gc(None).await {
+                    failures.push(format!("snapshot store gc: {e}"));
                 }
             }
         }

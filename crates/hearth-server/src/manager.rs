@@ -24,6 +24,7 @@ use hearth_api::{
 
 mod locks;
 mod snapshots;
+mod trash;
 mod users;
 
 use locks::{NameGuard, NameLocks};
@@ -59,6 +60,8 @@ pub struct Manager {
     alloc: tokio::sync::Mutex<()>,
     /// Callers by token hash (see [`crate::auth::TokenCache`]).
     tokens: crate::auth::TokenCache,
+    /// How long a removed workspace's snapshots are kept, seconds (0: forgotten at once).
+    deleted_retention: std::sync::atomic::AtomicU64,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -138,6 +141,7 @@ impl Manager {
             locks: NameLocks::default(),
             alloc: tokio::sync::Mutex::new(()),
             tokens: Default::default(),
+            deleted_retention: trash::DEFAULT_RETENTION.as_secs().into(),
         }
     }
 
@@ -430,13 +434,21 @@ impl Manager {
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {
-        let in_use: Vec<String> = self
+        // Removed workspaces still in their grace period need theirs to be restored.
+        let mut in_use: Vec<String> = self
             .store
             .list()
             .await?
             .into_iter()
             .map(|r| r.spec.image)
             .collect();
+        in_use.extend(
+            self.store
+                .deleted()
+                .await?
+                .into_iter()
+                .map(|d| d.spec.image),
+        );
         self.node
             .remove_image(reference, &in_use)
             .await
@@ -659,15 +671,31 @@ impl Manager {
         self.get(caller, name).await
     }
 
-    pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+    /// Removes the workspace from the node. Its snapshots are kept for the grace period
+    /// (a deleted-workspace record, see `manager/trash.rs`), or forgotten at once with
+    /// `purge` (or a retention of 0): then the next store gc frees their chunks.
+    pub async fn remove(&self, caller: &Caller, name: &str, purge: bool) -> Result<(), ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.owned(caller, name).await?;
         let st = plan_remove(rec.state).map_err(ApiError::conflict)?;
+        let purge = purge || self.deleted_retention().is_zero();
+        if purge {
+            // First, so a store that cannot forget leaves the workspace as it was.
+            self.node
+                .forget_snapshots(&rec.spec, None)
+                .await
+                .map_err(|e| node_err("forget_snapshots", name, e))?;
+        }
         self.set(&rec, st, None).await?;
         match self.node.remove(&rec.spec).await {
             Ok(()) => {
-                self.store.delete(&rec.spec.id).await?;
-                tracing::info!(workspace = name, "removed");
+                // Nothing to keep without snapshots (a store that cannot say keeps).
+                if purge || !self.has_snapshots(&rec.spec).await {
+                    self.store.delete(&rec.spec.id).await?;
+                } else {
+                    self.retire(&rec).await?;
+                }
+                tracing::info!(workspace = name, purge, "removed");
                 Ok(())
             }
             Err(e) => {
@@ -854,6 +882,15 @@ impl Manager {
                 None => {
                     tracing::info!(workspace = name, state = %rec.state, "finishing interrupted removal");
                     match self.node.remove(&rec.spec).await {
+                        // A removal keeps the snapshots for the grace period (it may have
+                        // been a purge; keeping is the side that loses nothing).
+                        // So may a restore (a create with snapshots) cut short.
+                        Ok(())
+                            if rec.state == WorkspaceState::Removing
+                                || self.has_snapshots(&rec.spec).await =>
+                        {
+                            self.retire(&rec).await?
+                        }
                         Ok(()) => self.store.delete(&rec.spec.id).await?,
                         Err(e) => {
                             // Keep the row so `hearth rm` can retry; never leave it transitional.

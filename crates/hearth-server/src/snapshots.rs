@@ -4,7 +4,8 @@ use axum::extract::{Extension, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hearth_api::{
-    ErrorBody, ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, Workspace,
+    DeletedWorkspace, ErrorBody, ForkWorkspace, RestoreWorkspace, Snapshot, StoreCheck, StoreGc,
+    StoreGcReport, StoreUse, Workspace,
 };
 
 use crate::auth::{Admin, Caller};
@@ -19,6 +20,11 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/workspaces/{name}/store-usage", get(store_usage))
         .route("/v1/workspaces/{name}/fork", post(fork_workspace))
+        .route("/v1/deleted-workspaces", get(list_deleted))
+        .route(
+            "/v1/deleted-workspaces/{name}/restore",
+            post(restore_deleted),
+        )
         .route("/v1/store/fsck", post(store_fsck))
         .route("/v1/store/gc", post(store_gc))
 }
@@ -56,6 +62,33 @@ pub(crate) async fn store_usage(
     WsName(name): WsName,
 ) -> Result<Json<StoreUse>, ApiError> {
     Ok(Json(st.manager.store_use(&caller, &name).await?))
+}
+
+/// Removed workspaces whose snapshots are kept (the caller's; an admin sees all), most
+/// recently removed first.
+#[utoipa::path(get, path = "/v1/deleted-workspaces",
+    responses((status = 200, body = Vec<DeletedWorkspace>)))]
+pub(crate) async fn list_deleted(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<DeletedWorkspace>>, ApiError> {
+    Ok(Json(st.manager.deleted(&caller).await?))
+}
+
+/// Recreates a removed workspace from its newest (or the given) snapshot, under its old
+/// name or `name`, and starts it. 409 when a workspace of that name exists.
+#[utoipa::path(post, path = "/v1/deleted-workspaces/{name}/restore", params(("name" = String, Path)),
+    request_body = RestoreWorkspace,
+    responses((status = 200, description = "the restored, running workspace", body = Workspace),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(crate) async fn restore_deleted(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    WsName(name): WsName,
+    ApiJson(req): ApiJson<RestoreWorkspace>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.restore(&caller, &name, req).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),

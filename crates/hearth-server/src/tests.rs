@@ -525,6 +525,8 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/workspaces/{name}/snapshots"),
         ("get", "/v1/workspaces/{name}/store-usage"),
         ("post", "/v1/workspaces/{name}/fork"),
+        ("get", "/v1/deleted-workspaces"),
+        ("post", "/v1/deleted-workspaces/{name}/restore"),
         ("post", "/v1/store/fsck"),
         ("post", "/v1/store/gc"),
         ("get", "/v1/me"),

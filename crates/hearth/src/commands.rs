@@ -267,9 +267,25 @@ impl Commands {
         Ok(())
     }
 
-    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
-        self.api.remove(name).await?;
-        println!("workspace {name} removed");
+    pub async fn remove(&self, name: &str, purge: bool) -> anyhow::Result<()> {
+        self.api.remove(name, purge).await?;
+        if purge {
+            println!("workspace {name} removed, its snapshots too");
+            return Ok(());
+        }
+        // What the server kept: the newest removal of that name, if it keeps any.
+        let kept = self.api.deleted().await.ok().and_then(|v| {
+            v.into_iter()
+                .find(|d| d.name == name)
+                .map(|d| (d.expires_at, d.snapshots.len()))
+        });
+        match kept {
+            Some((until, n)) => println!(
+                "workspace {name} removed; its {n} snapshot(s) are kept until {until} \
+                 (hearth restore {name} brings it back, hearth snapshots --deleted lists them)"
+            ),
+            None => println!("workspace {name} removed, its snapshots too"),
+        }
         Ok(())
     }
 

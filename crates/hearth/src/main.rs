@@ -102,8 +102,14 @@ enum Cmd {
     Start { name: String },
     /// Stop a workspace; its files are kept.
     Stop { name: String },
-    /// Remove a workspace and all its files.
-    Rm { name: String },
+    /// Remove a workspace and its files; its snapshots are kept for the server's grace
+    /// period (hearth snapshots --deleted, hearth restore).
+    Rm {
+        name: String,
+        /// Forget its snapshots now too (their space is freed by the next store gc).
+        #[arg(long)]
+        purge: bool,
+    },
     /// Show a workspace's console output.
     Logs { name: String },
     /// Run a command in a workspace.
@@ -137,11 +143,26 @@ enum Cmd {
     },
     /// Snapshot a workspace's files now.
     Snapshot { name: String },
-    /// List a workspace's snapshots, oldest first.
+    /// List a workspace's snapshots, oldest first, and what they hold in the store.
     Snapshots {
-        name: String,
+        /// Workspace name (with --deleted: only removed workspaces of that name).
+        #[arg(required_unless_present = "deleted")]
+        name: Option<String>,
+        /// List removed workspaces whose snapshots are still kept.
+        #[arg(long)]
+        deleted: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Bring back a removed workspace from its newest (or the given) snapshot and start it.
+    Restore {
+        name: String,
+        /// Snapshot id (hearth snapshots --deleted lists them).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Name of the restored workspace (default: its old name).
+        #[arg(long = "as", value_name = "NEWNAME")]
+        as_name: Option<String>,
     },
     /// Create and start a new workspace from a snapshot of NAME.
     Fork {
@@ -413,10 +434,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Inspect { name, json } => client()?.inspect(name, *json).await.map(|()| 0),
         Cmd::Start { name } => client()?.start(name).await.map(|()| 0),
         Cmd::Stop { name } => client()?.stop(name).await.map(|()| 0),
-        Cmd::Rm { name } => client()?.remove(name).await.map(|()| 0),
+        Cmd::Rm { name, purge } => client()?.remove(name, *purge).await.map(|()| 0),
         Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
         Cmd::Snapshot { name } => client()?.snapshot(name).await.map(|()| 0),
-        Cmd::Snapshots { name, json } => client()?.snapshots(name, *json).await.map(|()| 0),
+        Cmd::Snapshots {
+            name,
+            deleted: true,
+            json,
+        } => client()?.deleted(name.as_deref(), *json).await.map(|()| 0),
+        Cmd::Snapshots { name, json, .. } => {
+            let name = name.as_deref().unwrap_or_default();
+            client()?.snapshots(name, *json).await.map(|()| 0)
+        }
+        Cmd::Restore {
+            name,
+            snapshot,
+            as_name,
+        } => client()?
+            .restore(name, snapshot.clone(), as_name.clone())
+            .await
+            .map(|()| 0),
         Cmd::Fork {
             name,
             snapshot,

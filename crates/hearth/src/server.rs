@@ -96,6 +96,18 @@ pub struct ServerArgs {
     /// `hearth store gc`).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     store_gc_interval: u64,
+    /// How long `hearth rm` keeps a workspace's snapshots for `hearth restore` (e.g. 7d,
+    /// 12h, 30m; 0 forgets them at once); the store gc collects them after that.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d")]
+    deleted_retention: std::time::Duration,
+}
+
+/// `7d`, `12h 30m`, `90s`, or `0`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 7d, 12h, 30m, 0)"))
 }
 
 /// `--ssh-listen`: an address, or `off`.
@@ -299,6 +311,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         ssh_listen: args.ssh_listen.0,
     };
     let server = Server::bind_locked(lock, cfg, node).await?;
+    server.set_deleted_retention(args.deleted_retention);
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
     }

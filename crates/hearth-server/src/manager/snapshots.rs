@@ -248,6 +248,7 @@ impl Manager {
     /// One round of background gc. A snapshot in progress holds the store (gc would wait
     /// for nothing and then be refused): this round is skipped, the next one runs.
     pub async fn background_gc(&self) {
+        self.expire_deleted().await;
         match self.node.store_gc(None).await {
             Ok(r) => tracing::info!(
                 deleted_chunks = r.deleted_chunks,
@@ -287,6 +288,8 @@ impl Manager {
                 "a retention policy that keeps nothing would forget every snapshot",
             ));
         }
+        // Removed workspaces past their grace period go first, so their chunks go now.
+        self.expire_deleted().await;
         let r = self
             .node
             .store_gc(keep)

@@ -71,6 +71,12 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
             Some(r#"{"snapshot":"0123456789abcdef0123456789abcdef","name":"copy"}"#.into()),
         ),
         (Method::DELETE, u(""), None),
+        // A removed workspace of that name (someone else's is a missing one too).
+        (
+            Method::POST,
+            format!("/v1/deleted-workspaces/{name}/restore"),
+            Some("{}".into()),
+        ),
     ]
 }
 
@@ -146,7 +152,7 @@ async fn someone_elses_workspace_is_a_missing_one() {
     // snapshot store, so those routes answer 400 after it).
     for token in [alice.as_str(), TOKEN] {
         for (m, uri, body) in workspace_routes("wa") {
-            if m == Method::DELETE || uri.ends_with("/fork") {
+            if m == Method::DELETE || uri.ends_with("/fork") || uri.ends_with("/restore") {
                 continue;
             }
             let (s, b) = h.call(m.clone(), &uri, Some(token), body).await;

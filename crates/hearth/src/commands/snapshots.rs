@@ -1,7 +1,7 @@
 //! `hearth snapshot`, `snapshots`, `fork` and `store fsck|gc`.
 
 use anyhow::bail;
-use hearth_api::{ForkWorkspace, StoreGc, StoreUse};
+use hearth_api::{ForkWorkspace, RestoreWorkspace, StoreGc, StoreUse};
 
 use super::{human_size, print_table, Commands};
 
@@ -62,6 +62,68 @@ impl Commands {
             Ok(u) => println!("{}", render_store_use(&u)),
             Err(e) => eprintln!("store use of {name} unknown: {e}"),
         }
+        Ok(())
+    }
+
+    /// Removed workspaces whose snapshots are kept (of `name` only, when given).
+    pub async fn deleted(&self, name: Option<&str>, json: bool) -> anyhow::Result<()> {
+        let mut v = self.api.deleted().await?;
+        if let Some(n) = name {
+            v.retain(|d| d.name == n);
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = v
+            .iter()
+            .map(|d| {
+                vec![
+                    d.name.clone(),
+                    d.id.clone(),
+                    d.deleted_at.clone(),
+                    d.expires_at.clone(),
+                    d.snapshots.len().to_string(),
+                    d.snapshots
+                        .last()
+                        .map_or_else(|| "-".into(), |s| s.id.clone()),
+                    d.store
+                        .map_or_else(|| "-".into(), |u| human_size(u.unique_bytes)),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "NAME",
+                "ID",
+                "DELETED",
+                "EXPIRES",
+                "SNAPSHOTS",
+                "NEWEST",
+                "FREES",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+
+    pub async fn restore(
+        &self,
+        name: &str,
+        snapshot: Option<String>,
+        as_name: Option<String>,
+    ) -> anyhow::Result<()> {
+        let req = RestoreWorkspace {
+            snapshot,
+            name: as_name,
+        };
+        let w = self.api.restore(name, &req).await?;
+        println!(
+            "workspace {} is {} (restored from snapshot {})",
+            w.name,
+            w.state,
+            w.last_snapshot.as_deref().unwrap_or("-")
+        );
         Ok(())
     }
 
