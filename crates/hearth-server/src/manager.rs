@@ -434,21 +434,29 @@ impl Manager {
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {
-        // Removed workspaces still in their grace period need theirs to be restored.
-        let mut in_use: Vec<String> = self
+        let in_use: Vec<String> = self
             .store
             .list()
             .await?
             .into_iter()
             .map(|r| r.spec.image)
             .collect();
-        in_use.extend(
-            self.store
-                .deleted()
-                .await?
-                .into_iter()
-                .map(|d| d.spec.image),
-        );
+        // Removed workspaces in their grace period need theirs to be restored.
+        let deleted = self.store.deleted().await?;
+        if let Ok(img) = self.node.resolve_image(reference).await {
+            let holders: Vec<String> = deleted
+                .iter()
+                .filter(|d| d.spec.image == img.id)
+                .map(|d| d.spec.name.clone())
+                .collect();
+            if !holders.is_empty() && !in_use.contains(&img.id) {
+                return Err(ApiError::conflict(format!(
+                    "image {reference} is kept for removed workspace(s) {} until their grace \
+                     period ends (hearth rm --purge NAME forgets one now)",
+                    holders.join(", ")
+                )));
+            }
+        }
         self.node
             .remove_image(reference, &in_use)
             .await
@@ -676,7 +684,16 @@ impl Manager {
     /// `purge` (or a retention of 0): then the next store gc frees their chunks.
     pub async fn remove(&self, caller: &Caller, name: &str, purge: bool) -> Result<(), ApiError> {
         let _guard = self.lock(name).await;
-        let rec = self.owned(caller, name).await?;
+        let rec = match self.owned(caller, name).await {
+            // `rm --purge` of a removed workspace forgets what its grace period keeps.
+            Err(e) if purge && e.status == axum::http::StatusCode::NOT_FOUND => {
+                return match self.purge_deleted(caller, name).await? {
+                    0 => Err(e),
+                    _ => Ok(()),
+                };
+            }
+            other => other?,
+        };
         let st = plan_remove(rec.state).map_err(ApiError::conflict)?;
         let purge = purge || self.deleted_retention().is_zero();
         if purge {

@@ -106,7 +106,8 @@ enum Cmd {
     /// period (hearth snapshots --deleted, hearth restore).
     Rm {
         name: String,
-        /// Forget its snapshots now too (their space is freed by the next store gc).
+        /// Forget its snapshots now too (their space is freed by the next store gc); also
+        /// works on a workspace already removed.
         #[arg(long)]
         purge: bool,
     },

@@ -198,6 +198,18 @@ fn rm_keeps_snapshots_to_restore_and_a_reused_name_keeps_its_own() {
     assert_eq!(srv.exec("again", &["cat", "/root/a"]).trim(), "second");
     let err = srv.fails(&["restore", "old", "--snapshot", &second[0]]);
     assert!(err.contains("has no snapshot"), "{err}");
+
+    // A removed workspace's image stays for its restore; rm --purge of it lets it go.
+    srv.ok(&["rm", "again"]);
+    srv.ok(&["rm", "--purge", "again"]);
+    let err = srv.fails(&["image", "rm", "busybox"]);
+    assert!(err.contains("kept for removed workspace(s) old"), "{err}");
+    srv.ok(&["rm", "--purge", "old"]);
+    assert!(deleted(&srv).is_empty());
+    assert_eq!(stored_snapshots(&srv), 0);
+    srv.ok(&["image", "rm", "busybox"]);
+    let err = srv.fails(&["rm", "--purge", "old"]);
+    assert!(err.contains("not found"), "{err}");
 }
 
 #[test]

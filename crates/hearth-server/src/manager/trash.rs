@@ -230,6 +230,32 @@ impl Manager {
         }
     }
 
+    /// Forgets the kept snapshots of the caller's removed workspaces named `name` now, and
+    /// their records (`rm --purge` of a removed workspace). Returns how many there were.
+    pub(super) async fn purge_deleted(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<usize, ApiError> {
+        let recs: Vec<DeletedRecord> = self
+            .store
+            .deleted()
+            .await?
+            .into_iter()
+            .filter(|d| d.spec.name == name && caller.may_use(&d.owner))
+            .collect();
+        for d in &recs {
+            let _trash = self.lock(&trash_key(d.spec.id.as_str())).await;
+            self.node
+                .forget_snapshots(&d.spec, None)
+                .await
+                .map_err(|e| node_err("forget_snapshots", name, e))?;
+            self.store.forget_deleted(d.spec.id.as_str()).await?;
+            tracing::info!(workspace = name, id = %d.spec.id, "removed workspace purged");
+        }
+        Ok(recs.len())
+    }
+
     /// Forgets the snapshots of removed workspaces whose grace period is over, then their
     /// records. One that cannot be forgotten now (store down) is tried again next time.
     pub async fn expire_deleted(&self) {
