@@ -138,6 +138,9 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     let mut start = Series::new("start (stopped -> agent ready)", Some(50.0));
     let mut exec = Series::new("exec round trip (`true`)", Some(10.0));
     let mut stop = Series::new("stop", None);
+    // Floor: the OCI runtime alone, `true` in the same root filesystem (no user
+    // namespace, network, cgroups or agent).
+    let mut floor = Series::new("floor: oci runtime run `true`", None);
     let mut phases: Phases = Vec::new();
     let mut first_phases: Phases = Vec::new();
     eprintln!("running {} create/start/exec/stop cycles...", args.runs);
@@ -163,6 +166,10 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             let t = Instant::now();
             node.stop(&spec).await?;
             stop.samples.push(t.elapsed());
+            // A floor run beside each start, so both see the same load on the host.
+            floor
+                .samples
+                .extend(node.runtime_floor(&img.id, 1).await?.1);
             let t = Instant::now();
             node.start(&spec).await?;
             start.samples.push(t.elapsed());
@@ -182,11 +189,9 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
 
     let (pause, snap) = snapshot_pauses(node, &img.id, &repo, args.runs).await?;
 
-    // Floor: the OCI runtime alone, `true` in the same root filesystem (no user
-    // namespace, network, cgroups or agent).
-    let mut floor = Series::new("floor: oci runtime run `true`", None);
+    // More floor runs (they are cheap), and the runtime's path.
     let (runtime, samples) = node.runtime_floor(&img.id, args.runs.max(20)).await?;
-    floor.samples = samples;
+    floor.samples.extend(samples);
 
     let mut podman = Series::new("podman --runtime runc run --rm", None);
     if args.podman && Command::new("podman").arg("--version").output().is_ok() {
