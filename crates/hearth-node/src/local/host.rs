@@ -29,22 +29,35 @@ pub(super) fn lift_file_max() {
 /// Workspaces get `NOFILE_HARD` as their hard limit, but the runtime sets it from inside
 /// their user namespace, where it cannot go above what it inherited: raise ours first.
 /// Returns the hard limit workspaces can have (lower where we lack CAP_SYS_RESOURCE).
+///
+/// Our own soft limit goes up too (to at most `OWN_NOFILE`): the node holds a few fds per
+/// running workspace (console pipe and file, init pidfd), so a shell's 1024 would run out
+/// at a few hundred. Workspaces are unaffected: their bundle sets their limits.
 pub(super) fn raise_nofile_hard() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const OWN_NOFILE: u64 = 1 << 16;
     let want = hearth_runtime::bundle::NOFILE_HARD;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return hearth_runtime::bundle::NOFILE_SOFT;
     };
-    if hard >= want {
-        return want;
-    }
-    match setrlimit(Resource::RLIMIT_NOFILE, soft.min(want), want) {
-        Ok(()) => want,
-        Err(e) => {
-            tracing::warn!("cannot raise RLIMIT_NOFILE to {want} ({e}): workspaces get {hard}");
-            hard
+    let (hard, ours) = if hard >= want {
+        (want, hard)
+    } else {
+        match setrlimit(Resource::RLIMIT_NOFILE, soft.min(want), want) {
+            Ok(()) => (want, want),
+            Err(e) => {
+                tracing::warn!("cannot raise RLIMIT_NOFILE to {want} ({e}): workspaces get {hard}");
+                (hard, hard)
+            }
+        }
+    };
+    let own = soft.max(OWN_NOFILE.min(ours));
+    if own > soft {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, own, ours) {
+            tracing::warn!("cannot raise our soft RLIMIT_NOFILE to {own}: {e}");
         }
     }
+    hard
 }
 
 /// Mounts the node's share tmpfs at `dir` unless it is there (it outlives node restarts:
