@@ -3,6 +3,8 @@
 //! It prints nothing; long operations report progress lines through a callback and exec
 //! hands back the two halves of the session.
 
+mod ports;
+
 use std::path::{Path, PathBuf};
 
 use futures_util::{SinkExt, StreamExt};
@@ -81,6 +83,7 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: String,

@@ -18,10 +18,12 @@ use utoipa::ToSchema;
 
 #[cfg(feature = "client")]
 pub mod client;
+mod ports;
 mod snapshots;
 mod ssh;
 mod users;
 
+pub use ports::*;
 pub use snapshots::*;
 pub use ssh::*;
 pub use users::*;
@@ -35,6 +37,9 @@ pub const SERVER_FILE: &str = "server.json";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServerInfo {
     pub url: String,
+    /// Where the port proxy listens (`http(s)://host:port`), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// First message of an exec session: what to run (the agent protocol's own request, so

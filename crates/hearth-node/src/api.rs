@@ -130,6 +130,14 @@ pub struct WorkspaceStatus {
     pub paused: Option<String>,
 }
 
+/// A TCP socket listening inside a workspace.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListeningPort {
+    pub port: u16,
+    /// What it is bound to: `127.0.0.1`/`::1` (loopback only), `0.0.0.0`/`::` or an address.
+    pub address: std::net::IpAddr,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImageSummary {
     /// `sha256:<hex>` of the image config.
@@ -481,6 +489,11 @@ pub trait NodeApi: Send + Sync + 'static {
         addr: SocketAddr,
     ) -> Result<tokio::net::TcpStream, NodeError> {
         let _ = addr;
+        Err(no_ports(spec))
+    }
+    /// The TCP ports listening inside the running workspace (any address: its loopback,
+    /// its own address or all), as of now.
+    async fn listening_ports(&self, spec: &WorkspaceSpec) -> Result<Vec<ListeningPort>, NodeError> {
         Err(no_ports(spec))
     }
     /// A listener bound to `addr` inside the running workspace's network namespace (for

@@ -50,6 +50,7 @@ impl Modify for BearerAuth {
         health, openapi_json, list_images, load_image, upload_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
+        crate::ports::list_ports, crate::ports::set_port, crate::ports::forward_port,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
         crate::snapshots::store_usage, crate::snapshots::list_deleted,
         crate::snapshots::restore_deleted,
@@ -100,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
         .merge(crate::snapshots::routes())
+        .merge(crate::ports::routes())
         .merge(crate::users::routes())
         .merge(crate::ssh_keys::routes())
         // Layers run outside in: the token check first, then the caller's rate.

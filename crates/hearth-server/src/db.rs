@@ -10,6 +10,7 @@ use sqlx::{Row, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
+mod ports;
 mod users;
 
 pub use users::{Removal, UserRecord};

@@ -5,6 +5,7 @@
 //! token, 0600, for the CLI on the same machine), `server.json` (where the running server
 //! listens, for that CLI) and `server.lock` (one server per dir).
 
+pub mod activity;
 pub mod api;
 pub mod auth;
 pub mod contract;
@@ -14,6 +15,8 @@ pub mod error;
 pub mod manager;
 pub mod names;
 pub mod ndjson;
+pub mod ports;
+pub mod proxy;
 pub mod ratelimit;
 pub mod snapshots;
 pub mod ssh;
@@ -127,6 +130,8 @@ pub struct Server {
     lock: DataDirLock,
     manager: Arc<Manager>,
     ssh: Option<ssh::Gateway>,
+    info: ServerInfo,
+    proxy: Option<proxy::Proxy>,
 }
 
 impl Server {
@@ -170,6 +175,7 @@ impl Server {
         };
         let info = ServerInfo {
             url: format!("http://{host}:{}", addr.port()),
+            proxy: None,
         };
         let (ssh, ssh_info) = match cfg.ssh_listen {
             Some(listen) => {
@@ -210,7 +216,26 @@ impl Server {
             lock,
             manager,
             ssh,
+            info,
+            proxy: None,
         })
+    }
+
+    /// Binds the port proxy (see [`proxy`]); port listings carry its URLs from now on and
+    /// `server.json` says where it listens. It serves along with the API.
+    pub async fn bind_proxy(&mut self, cfg: &proxy::ProxyConfig) -> anyhow::Result<SocketAddr> {
+        let p = proxy::Proxy::bind(cfg, self.manager.clone(), self.lock.dir()).await?;
+        let addr = p.local_addr();
+        let urls = p.urls().clone();
+        let scheme = if urls.https { "https" } else { "http" };
+        self.info.proxy = Some(format!("{scheme}://{addr}"));
+        let path = self.lock.dir().join(SERVER_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(&self.info)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(listen = %addr, domain = urls.domain, https = urls.https, "port proxy listening");
+        self.manager.set_port_urls(urls);
+        self.proxy = Some(p);
+        Ok(addr)
     }
 
     /// Snapshots running workspaces that changed every `every`, until the process ends.
@@ -259,12 +284,16 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let gateway = self.ssh.map(|gw| tokio::spawn(gw.serve()));
+        let proxy = self.proxy.map(|p| tokio::spawn(p.serve()));
         let res = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("http server failed");
         if let Some(gw) = gateway {
             gw.abort();
+        }
+        if let Some(p) = proxy {
+            p.abort();
         }
         let _ = std::fs::remove_file(self.lock.dir().join(SERVER_FILE));
         self.store.close().await;

@@ -23,6 +23,7 @@ use hearth_api::{
 };
 
 mod locks;
+pub mod ports;
 mod snapshots;
 mod trash;
 mod users;
@@ -62,6 +63,10 @@ pub struct Manager {
     tokens: crate::auth::TokenCache,
     /// How long a removed workspace's snapshots are kept, seconds (0: forgotten at once).
     deleted_retention: std::sync::atomic::AtomicU64,
+    /// Last activity and open sessions per workspace (idle auto-stop reads it).
+    activity: Arc<crate::activity::Activity>,
+    /// How port URLs look, once the port proxy listens.
+    port_urls: std::sync::OnceLock<ports::PortUrls>,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -142,7 +147,13 @@ impl Manager {
             alloc: tokio::sync::Mutex::new(()),
             tokens: Default::default(),
             deleted_retention: trash::DEFAULT_RETENTION.as_secs().into(),
+            activity: Default::default(),
+            port_urls: Default::default(),
         }
+    }
+
+    pub fn activity(&self) -> &Arc<crate::activity::Activity> {
+        &self.activity
     }
 
     pub fn node(&self) -> &Arc<dyn NodeApi> {

@@ -10,6 +10,7 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceLimits,
 };
 
+mod ports;
 mod snapshots;
 mod ssh;
 mod users;

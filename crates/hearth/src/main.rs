@@ -113,6 +113,24 @@ enum Cmd {
     },
     /// Show a workspace's console output.
     Logs { name: String },
+    /// List the ports listening in a workspace, with their URLs and visibility.
+    Ports {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a port's URL public (anyone) or private (its owner and admins; the default).
+    Port {
+        name: String,
+        port: u16,
+        #[arg(long, conflicts_with = "private", required_unless_present = "private")]
+        public: bool,
+        #[arg(long)]
+        private: bool,
+    },
+    /// Forward a TCP port of a workspace to 127.0.0.1:LOCAL here (REMOTE[:LOCAL]; LOCAL
+    /// defaults to REMOTE, 0 picks a free one), over the API, until interrupted.
+    PortForward { name: String, ports: String },
     /// Run a command in a workspace.
     Exec(ExecArgs),
     /// Open an interactive shell in a workspace.
@@ -437,6 +455,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Stop { name } => client()?.stop(name).await.map(|()| 0),
         Cmd::Rm { name, purge } => client()?.remove(name, *purge).await.map(|()| 0),
         Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
+        Cmd::Ports { name, json } => client()?.ports(name, *json).await.map(|()| 0),
+        Cmd::Port {
+            name, port, public, ..
+        } => client()?.set_port(name, *port, *public).await.map(|()| 0),
+        Cmd::PortForward { name, ports } => client()?.port_forward(name, ports).await.map(|()| 0),
         Cmd::Snapshot { name } => client()?.snapshot(name).await.map(|()| 0),
         Cmd::Snapshots {
             name,

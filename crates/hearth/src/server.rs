@@ -23,6 +23,23 @@ pub struct ServerArgs {
     /// Address of the SSH gateway (`ssh -p PORT WORKSPACE@HOST`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = hearth_server::ssh::DEFAULT_LISTEN)]
     ssh_listen: SshListen,
+    /// Where the port proxy listens (default 127.0.0.1:7080): `http://8080-NAME.DOMAIN:7080/`
+    /// reaches port 8080 inside workspace NAME.
+    #[arg(long, value_name = "ADDR", overrides_with = "proxy_listen")]
+    proxy_listen: Option<std::net::SocketAddr>,
+    /// Domain of port URLs; `localhost` works in browsers without DNS. For another domain,
+    /// point `*.DOMAIN` at this host.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Run no port proxy.
+    #[arg(long, conflicts_with_all = ["proxy_listen", "tls_cert", "tls_key"])]
+    no_proxy: bool,
+    /// PEM certificate chain for the port proxy (a wildcard for *.DOMAIN): serve HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Bridge name (also the prefix of firewall chains).
     #[arg(long, default_value = "hearth0")]
     bridge: String,
@@ -125,6 +142,42 @@ impl std::str::FromStr for SshListen {
             .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:2222 or `off`: {e}"))
     }
 }
+
+/// Starts the port proxy as asked. The default address is taken only if it is free (a
+/// second server on the host runs without one, with a warning); an address given with
+/// `--proxy-listen` must be bound.
+async fn bind_proxy(server: &mut Server, args: &ServerArgs) -> anyhow::Result<()> {
+    if args.no_proxy {
+        return Ok(());
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together: give both, or neither for plain HTTP"),
+    };
+    let cfg = hearth_server::proxy::ProxyConfig {
+        listen: args.proxy_listen.unwrap_or(DEFAULT_PROXY_LISTEN),
+        domain: args.domain.clone(),
+        tls,
+    };
+    match server.bind_proxy(&cfg).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if args.proxy_listen.is_none()
+                && e.root_cause()
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse) =>
+        {
+            tracing::warn!(listen = %cfg.listen, "port proxy not started: its default address is in use (pass --proxy-listen ADDR, or --no-proxy)");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+const DEFAULT_PROXY_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 7080),
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct NodeSettings {
@@ -310,8 +363,9 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         upload_max: args.upload_max,
         ssh_listen: args.ssh_listen.0,
     };
-    let server = Server::bind_locked(lock, cfg, node).await?;
+    let mut server = Server::bind_locked(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
+    bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
     }

@@ -29,6 +29,7 @@ mod live;
 mod migrate;
 mod ops;
 mod paths;
+mod ports;
 mod pull;
 mod reconcile;
 mod snapshot;
@@ -509,6 +510,14 @@ impl NodeApi for LocalNode {
         // Proxied traffic is mostly small request/response exchanges.
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+
+    async fn listening_ports(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Vec<crate::ListeningPort>, NodeError> {
+        let spec = spec.clone();
+        self.blocking(move |i| i.listening_ports(&spec)).await
     }
 
     async fn listen(

@@ -109,6 +109,8 @@ impl TestServer {
             } else {
                 &["--ssh-listen", "127.0.0.1:0"][..]
             })
+            // Never the host's default proxy port: tests run side by side.
+            .args(["--proxy-listen", "127.0.0.1:0"])
             .args(&self.server_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

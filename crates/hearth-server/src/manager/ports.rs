@@ -1,0 +1,219 @@
+//! Ports of a workspace: listing, visibility, and reaching them (the port proxy and
+//! port-forward both come through [`Manager::port_target`]).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use hearth_api::{Port, PortVisibility, WorkspaceState};
+use hearth_node::{NodeError, WorkspaceSpec};
+
+use super::{node_err, Manager};
+use crate::auth::Caller;
+use crate::db::WorkspaceRecord;
+use crate::error::ApiError;
+
+/// How long a connection inside a workspace may take (loopback: instant unless the
+/// workspace is frozen or overloaded).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How port URLs are built: `{scheme}://{port}-{name}.{domain}{:port}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortUrls {
+    pub https: bool,
+    pub domain: String,
+    /// The proxy's port; left out of URLs when it is the scheme's default.
+    pub port: u16,
+}
+
+impl PortUrls {
+    pub fn host(&self, name: &str, port: u16) -> String {
+        format!("{port}-{name}.{}", self.domain)
+    }
+
+    pub fn url(&self, name: &str, port: u16) -> String {
+        let (scheme, default) = if self.https {
+            ("https", 443)
+        } else {
+            ("http", 80)
+        };
+        let host = self.host(name, port);
+        if self.port == default {
+            format!("{scheme}://{host}/")
+        } else {
+            format!("{scheme}://{host}:{}/", self.port)
+        }
+    }
+}
+
+/// A port number from a path: 1..=65535.
+pub fn parse_port(s: &str) -> Result<u16, ApiError> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(ApiError::invalid(format!(
+            "invalid port {:?}: use a number from 1 to 65535",
+            s.chars().take(16).collect::<String>()
+        ))),
+    }
+}
+
+impl Manager {
+    /// Called once the port proxy listens, so listings carry URLs.
+    pub fn set_port_urls(&self, urls: PortUrls) {
+        let _ = self.port_urls.set(urls);
+    }
+
+    pub fn port_urls(&self) -> Option<&PortUrls> {
+        self.port_urls.get()
+    }
+
+    /// Ports listening inside `name` now, plus ports given a visibility.
+    pub async fn ports(&self, caller: &Caller, name: &str) -> Result<Vec<Port>, ApiError> {
+        let rec = self.owned(caller, name).await?;
+        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+        let entry = |port: u16| Port {
+            port,
+            visibility: PortVisibility::Private,
+            listening: false,
+            addresses: Vec::new(),
+            url: self.port_urls().map(|u| u.url(name, port)),
+        };
+        for (port, public) in self.store.ports(&rec.spec.id).await? {
+            let mut p = entry(port);
+            if public {
+                p.visibility = PortVisibility::Public;
+            }
+            ports.insert(port, p);
+        }
+        if rec.state == WorkspaceState::Running {
+            let listening = self
+                .node
+                .listening_ports(&rec.spec)
+                .await
+                .map_err(|e| node_err("ports", name, e))?;
+            for l in listening {
+                let p = ports.entry(l.port).or_insert_with(|| entry(l.port));
+                p.listening = true;
+                p.addresses.push(l.address.to_string());
+            }
+        }
+        Ok(ports.into_values().collect())
+    }
+
+    /// Makes `port` of `name` public or private.
+    pub async fn set_port(
+        &self,
+        caller: &Caller,
+        name: &str,
+        port: u16,
+        visibility: PortVisibility,
+    ) -> Result<Port, ApiError> {
+        let _guard = self.lock(name).await;
+        let rec = self.owned(caller, name).await?;
+        let public = visibility == PortVisibility::Public;
+        self.store
+            .set_port_public(&rec.spec.id, port, public)
+            .await?;
+        tracing::info!(workspace = name, port, %visibility, "port visibility set");
+        let mut listening = Vec::new();
+        if rec.state == WorkspaceState::Running {
+            if let Ok(l) = self.node.listening_ports(&rec.spec).await {
+                listening = l;
+            }
+        }
+        let addresses: Vec<String> = listening
+            .iter()
+            .filter(|l| l.port == port)
+            .map(|l| l.address.to_string())
+            .collect();
+        Ok(Port {
+            port,
+            visibility,
+            listening: !addresses.is_empty(),
+            addresses,
+            url: self.port_urls().map(|u| u.url(name, port)),
+        })
+    }
+
+    /// Opens a TCP connection to `port` inside the running workspace `rec`: its IPv4
+    /// loopback first (which also reaches services on all addresses), then its IPv6
+    /// loopback (dev servers that bind `localhost` often take `::1`).
+    pub async fn connect_port(
+        &self,
+        spec: &WorkspaceSpec,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, NodeError> {
+        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let attempt = |addr| async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.node.connect(spec, addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(NodeError::Connect {
+                    workspace: spec.name.clone(),
+                    addr,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                }),
+            }
+        };
+        match attempt(v4).await {
+            Err(NodeError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                match attempt(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await {
+                    // Report the IPv4 refusal: IPv6 may just be off inside.
+                    Err(NodeError::Connect { .. }) => Err(NodeError::Connect {
+                        workspace: spec.name.clone(),
+                        addr: v4,
+                        source,
+                    }),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The record of `name` for a port-forward by `caller`: owned and running.
+    pub async fn forward_target(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<WorkspaceRecord, ApiError> {
+        let rec = self.owned(caller, name).await?;
+        if rec.state != WorkspaceState::Running {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is {} (hearth start {name} starts it)",
+                rec.state
+            )));
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_leave_out_default_ports() {
+        let u = PortUrls {
+            https: false,
+            domain: "localhost".into(),
+            port: 7080,
+        };
+        assert_eq!(u.url("web", 8080), "http://8080-web.localhost:7080/");
+        let u = PortUrls {
+            https: true,
+            domain: "dev.example.com".into(),
+            port: 443,
+        };
+        assert_eq!(u.url("web", 3000), "https://3000-web.dev.example.com/");
+    }
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(parse_port("8080").unwrap(), 8080);
+        for bad in ["0", "65536", "-1", "x", ""] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+}
