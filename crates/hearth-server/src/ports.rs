@@ -119,7 +119,8 @@ async fn pump(socket: WebSocket, stream: tokio::net::TcpStream) {
                     let _ = tcp_w.shutdown().await;
                 }
                 Message::Binary(b) => {
-                    if tcp_w.write_all(&b).await.is_err() {
+                    let written = tcp_w.write_all(&b).await;
+                    if written.is_err() {
                         break;
                     }
                 }

@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the control plane and the local node.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Manage images.
     Image {
         #[command(subcommand)]

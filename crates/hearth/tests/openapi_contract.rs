@@ -63,10 +63,15 @@ fn schemathesis_finds_no_contract_violation() {
         .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
         .args(["--checks", "all", "--seed", "1", "--max-examples", "20"])
         .args(["--phases", "examples,coverage,fuzzing"])
-        // The exec route is a WebSocket handshake; an HTTP fuzzer cannot speak it, and a
-        // plain GET is rightly refused (400, JSON), which schemathesis would count as a
-        // rejected valid request. Its upgrade refusal is tested in hearth-server's tests.
+        // The exec and port-forward routes are WebSocket handshakes; an HTTP fuzzer cannot
+        // speak them, and a plain GET is rightly refused (400, JSON), which schemathesis
+        // would count as a rejected valid request. Exec's upgrade refusal is tested in
+        // hearth-server's tests, port-forward end to end in tests/proxy.rs.
         .args(["--exclude-path", "/v1/workspaces/{name}/exec"])
+        .args([
+            "--exclude-path",
+            "/v1/workspaces/{name}/ports/{port}/forward",
+        ])
         .arg("--no-color")
         .output()
         .unwrap_or_else(|e| {

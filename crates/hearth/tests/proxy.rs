@@ -78,8 +78,7 @@ fn curl_scheme(
     // The last status line: a `100 Continue` may come first.
     let status = head
         .lines()
-        .filter(|l| l.starts_with("HTTP/"))
-        .last()
+        .rfind(|l| l.starts_with("HTTP/"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {head:?}"));

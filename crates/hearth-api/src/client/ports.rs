@@ -104,7 +104,8 @@ impl Client {
                 match msg.map_err(conn_err)? {
                     Message::Binary(b) if b.is_empty() => break,
                     Message::Binary(b) => {
-                        if tcp_w.write_all(&b).await.is_err() {
+                        let written = tcp_w.write_all(&b).await;
+                        if written.is_err() {
                             break;
                         }
                     }

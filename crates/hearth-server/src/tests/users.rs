@@ -65,6 +65,12 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
         (Method::GET, u("/snapshots"), None),
         (Method::POST, u("/snapshots"), None),
         (Method::GET, u("/store-usage"), None),
+        (Method::GET, u("/ports"), None),
+        (
+            Method::PUT,
+            u("/ports/8080"),
+            Some(r#"{"visibility":"public"}"#.into()),
+        ),
         (
             Method::POST,
             u("/fork"),
@@ -112,21 +118,21 @@ async fn someone_elses_workspace_is_a_missing_one() {
             "{m} {uri}"
         );
     }
-    // The list above is every documented route that takes a workspace name (exec, a
-    // WebSocket, is checked end to end in crates/hearth/tests/users.rs): a new route
+    // The list above is every documented route that takes a workspace name (exec and
+    // port-forward, WebSockets, are checked end to end in crates/hearth/tests): a new route
     // must join it, and so meets this check too.
     let (_, b) = h.call(Method::GET, "/v1/openapi.json", None, None).await;
     let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
     let mut documented: Vec<String> = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        if !path.contains("{name}") || path.ends_with("/exec") {
+        if !path.contains("{name}") || path.ends_with("/exec") || path.ends_with("/forward") {
             continue;
         }
         for m in item.as_object().unwrap().keys() {
             documented.push(format!(
                 "{} {}",
                 m.to_uppercase(),
-                path.replace("{name}", "wa")
+                path.replace("{name}", "wa").replace("{port}", "8080")
             ));
         }
     }
