@@ -18,7 +18,7 @@ use crate::{
     ClientFrame, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit, ErrorBody, ErrorInfo,
     ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage,
     RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
-    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, SERVER_FILE, TOKEN_FILE,
+    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -339,6 +339,12 @@ impl Client {
 
     pub async fn set_limits(&self, name: &str, req: &LimitsRequest) -> Result<Workspace> {
         self.patch(&format!("/v1/workspaces/{}/limits", enc(name)), req)
+            .await
+    }
+
+    /// Changes the settings `req` sets (the idle timeout).
+    pub async fn update_workspace(&self, name: &str, req: &WorkspaceUpdate) -> Result<Workspace> {
+        self.patch(&format!("/v1/workspaces/{}", enc(name)), req)
             .await
     }
 

@@ -146,6 +146,25 @@ pub struct CreateWorkspace {
     /// Outbound policy; everything is allowed when absent.
     #[serde(default)]
     pub egress: Option<Egress>,
+    /// Seconds without a session or request after which the server stops the workspace
+    /// (0: never); the server's `--idle-timeout` when absent.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 31622400)]
+    pub idle_timeout: Option<u64>,
+}
+
+/// Longest idle timeout (366 days); 0 turns idle auto-stop off instead.
+pub const IDLE_TIMEOUT_MAX: u64 = 31_622_400;
+
+/// Body of `PATCH /v1/workspaces/{name}`: the settings it sets change, the rest stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceUpdate {
+    /// Seconds without a session or request after which the server stops the workspace
+    /// (0: never).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 31622400)]
+    pub idle_timeout: Option<u64>,
 }
 
 /// A workspace's outbound policy: everything is allowed except `deny`. Body of
@@ -296,6 +315,16 @@ pub struct Workspace {
     /// Why the last snapshot attempt failed; cleared by the next success.
     #[serde(default)]
     pub snapshot_error: Option<String>,
+    /// Seconds without a session (SSH, exec, shell, port-forward) or proxied request after
+    /// which the server stops it (0: never).
+    #[serde(default)]
+    pub idle_timeout: u64,
+    /// RFC 3339 time of its last session or proxied request; absent if none was seen.
+    #[serde(default)]
+    pub last_active: Option<String>,
+    /// Why it stopped (e.g. the server stopped it as idle), until it starts again.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -479,6 +479,13 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError>;
+    /// Adds a line from the control plane (`[hearth TIME] LINE`) to the console log, so
+    /// `logs` shows why the server acted on the workspace (an idle stop) among its output.
+    /// A workspace without a console log yet gets none.
+    async fn console_note(&self, spec: &WorkspaceSpec, line: &str) -> Result<(), NodeError> {
+        let _ = (spec, line);
+        Ok(())
+    }
     /// A TCP connection to `addr` made inside the running workspace's network namespace,
     /// so `127.0.0.1` is the workspace's own loopback: how the SSH gateway's forwards and
     /// the port proxy reach services inside. A failed connect is [`NodeError::Connect`];

@@ -191,6 +191,35 @@ impl Consoles {
         }
     }
 
+    /// Adds `[hearth TIME] LINE` to `id`'s console: through its pipe while a pump drains
+    /// it (so it lands in order with the workspace's output), else straight into the
+    /// files in `dir` if the disk holding them is there.
+    pub(crate) fn note(
+        &self,
+        id: &str,
+        fifo: &Path,
+        dir: &Path,
+        limits: ConsoleLimits,
+        line: &str,
+    ) -> Result<(), NodeError> {
+        let text = note_line(std::time::SystemTime::now(), line);
+        let draining = self.lock().get(id).is_some_and(|p| !p.handle.is_finished());
+        if draining {
+            // One write under PIPE_BUF is atomic; a full pipe drops the line rather than
+            // block on a workspace that floods its console.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo)
+                .map_err(io_err("open", fifo))?;
+            return f.write_all(text.as_bytes()).map_err(io_err("write", fifo));
+        }
+        if dir.is_dir() {
+            Rotator::new(dir, limits).write(id, text.as_bytes());
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pump>> {
         self.pumps.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -319,6 +348,25 @@ impl Rotator {
         }
         Ok(())
     }
+}
+
+/// A control-plane line for the console: one line, short enough for one atomic pipe write.
+fn note_line(at: std::time::SystemTime, line: &str) -> String {
+    let t = time::OffsetDateTime::from(at);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    let at = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string());
+    let mut line: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut cut = line.len().min(1024);
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    line.truncate(cut);
+    format!("[hearth {at}] {line}\n")
 }
 
 /// `console.log` (0) or `console.log.<i>`.

@@ -48,7 +48,7 @@ impl Modify for BearerAuth {
     info(title = "Hearth", description = "Self-hosted development workspaces."),
     paths(
         health, openapi_json, list_images, load_image, upload_image, pull_image, remove_image, list_workspaces,
-        create_workspace, get_workspace, inspect_workspace, start_workspace, stop_workspace,
+        create_workspace, get_workspace, update_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::ports::list_ports, crate::ports::set_port, crate::ports::forward_port,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
@@ -88,7 +88,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/workspaces/{name}",
-            get(get_workspace).delete(remove_workspace),
+            get(get_workspace)
+                .patch(update_workspace)
+                .delete(remove_workspace),
         )
         .route("/v1/workspaces/{name}/inspect", get(inspect_workspace))
         .route("/v1/workspaces/{name}/start", post(start_workspace))
@@ -290,6 +292,20 @@ async fn get_workspace(
     Ok(Json(st.manager.get(&caller, &name).await?))
 }
 
+/// Changes the settings the body sets (the idle timeout); the others stay.
+#[utoipa::path(patch, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
+    request_body = WorkspaceUpdate,
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_workspace(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    WsName(name): WsName,
+    ApiJson(req): ApiJson<WorkspaceUpdate>,
+) -> Result<Json<Workspace>, ApiError> {
+    Ok(Json(st.manager.update(&caller, &name, req).await?))
+}
+
 /// The record plus host details: uid range, cgroups, network, pid and current usage.
 #[utoipa::path(get, path = "/v1/workspaces/{name}/inspect", params(("name" = String, Path)),
     responses((status = 200, body = WorkspaceInspect), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -419,7 +435,12 @@ async fn exec_workspace(
         ))
     })?;
     let spec = st.manager.exec_target(&caller, &name).await?;
-    Ok(ws.on_upgrade(move |socket| exec_session(st.manager, spec, socket)))
+    // The workspace is in use (never stopped as idle) while the socket is open.
+    let in_use = st.manager.activity().session(spec.id.as_str());
+    Ok(ws.on_upgrade(move |socket| async move {
+        exec_session(st.manager, spec, socket).await;
+        drop(in_use);
+    }))
 }
 
 async fn send_frame(socket: &mut WebSocket, f: ServerFrame) -> bool {

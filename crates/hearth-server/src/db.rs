@@ -60,6 +60,17 @@ pub struct WorkspaceRecord {
     pub snapshot_error: Option<String>,
     /// Name of the user the workspace belongs to.
     pub owner: String,
+    /// Idle auto-stop (see [`crate::manager::idle`]): seconds (0 never; `None` the
+    /// server's default), the last activity flushed here, why it last stopped.
+    pub idle: IdleRecord,
+}
+
+/// The idle auto-stop columns of a workspace row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdleRecord {
+    pub timeout: Option<u64>,
+    pub last_active: Option<String>,
+    pub stop_reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +96,9 @@ fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
 const COLUMNS: &str =
     "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress, \
      last_snapshot, snapshot_error, owner";
+/// Read with [`COLUMNS`]; written by their own updates (a create sets the timeout after
+/// its insert).
+const IDLE_COLUMNS: &str = "idle_timeout, last_active, stop_reason";
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
@@ -100,6 +114,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
     let limits: String = row.try_get("limits").map_err(get_err)?;
     let state: String = row.try_get("state").map_err(get_err)?;
     let egress: String = row.try_get("egress").map_err(get_err)?;
+    let idle_timeout: Option<i64> = row.try_get("idle_timeout").map_err(get_err)?;
     Ok(WorkspaceRecord {
         spec: WorkspaceSpec {
             id: WorkspaceId::new(id.as_str()).map_err(|e| corrupt(e.to_string()))?,
@@ -119,6 +134,13 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
         last_snapshot: row.try_get("last_snapshot").map_err(get_err)?,
         snapshot_error: row.try_get("snapshot_error").map_err(get_err)?,
         owner: row.try_get("owner").map_err(get_err)?,
+        idle: IdleRecord {
+            timeout: idle_timeout
+                .map(|t| u64::try_from(t).map_err(|_| corrupt(format!("idle timeout {t}"))))
+                .transpose()?,
+            last_active: row.try_get("last_active").map_err(get_err)?,
+            stop_reason: row.try_get("stop_reason").map_err(get_err)?,
+        },
     })
 }
 
@@ -161,19 +183,23 @@ impl Store {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("*"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("*"))?;
         rows.iter().map(record).collect()
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err(name))?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err(name))?;
         row.as_ref().map(record).transpose()
     }
 
@@ -315,6 +341,41 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// Sets a workspace's idle timeout (`None`: the server's default).
+    pub async fn set_idle_timeout(&self, id: &str, secs: Option<u64>) -> Result<(), StoreError> {
+        let secs = secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        sqlx::query("UPDATE workspaces SET idle_timeout = $1, updated_at = $2 WHERE id = $3")
+            .bind(secs)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// Records when workspace `id` was last active (RFC 3339).
+    pub async fn set_last_active(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET last_active = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// Records why workspace `id` stopped (`None` clears it, at a start).
+    pub async fn set_stop_reason(&self, id: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET stop_reason = $1 WHERE id = $2")
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
         Ok(())
     }
 
@@ -482,6 +543,7 @@ mod tests {
             last_snapshot: None,
             snapshot_error: None,
             owner: "admin".into(),
+            idle: IdleRecord::default(),
         }
     }
 

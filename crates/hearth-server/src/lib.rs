@@ -255,6 +255,14 @@ impl Server {
         self.spawn_every(every, |m| async move { m.background_gc().await });
     }
 
+    /// Stops workspaces idle for their timeout (`default` for those without one of their
+    /// own; zero never) and records last activity, checking every `every`, until the
+    /// process ends. See [`manager::idle`].
+    pub fn spawn_idle_stop(&self, default: std::time::Duration, every: std::time::Duration) {
+        self.manager.set_default_idle_timeout(default);
+        self.spawn_every(every, |m| async move { m.idle_check().await });
+    }
+
     /// Runs `job` every `every` (first after one period; a slow run delays the next rather
     /// than bunching them up), until the process ends.
     fn spawn_every<F, Fut>(&self, every: std::time::Duration, job: F)
@@ -295,6 +303,7 @@ impl Server {
         if let Some(p) = proxy {
             p.abort();
         }
+        self.manager.flush_activity().await;
         let _ = std::fs::remove_file(self.lock.dir().join(SERVER_FILE));
         self.store.close().await;
         tracing::info!("hearth server stopped");

@@ -22,6 +22,7 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceState,
 };
 
+pub mod idle;
 mod locks;
 pub mod ports;
 mod snapshots;
@@ -40,6 +41,7 @@ pub struct CreatePlan {
     limits: Limits,
     egress: EgressPolicy,
     image: PlannedImage,
+    idle_timeout: Option<u64>,
 }
 
 enum PlannedImage {
@@ -67,6 +69,8 @@ pub struct Manager {
     activity: Arc<crate::activity::Activity>,
     /// How port URLs look, once the port proxy listens.
     port_urls: std::sync::OnceLock<ports::PortUrls>,
+    /// Idle auto-stop's settings and what was last written to the database.
+    idle: idle::IdleState,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -149,6 +153,7 @@ impl Manager {
             deleted_retention: trash::DEFAULT_RETENTION.as_secs().into(),
             activity: Default::default(),
             port_urls: Default::default(),
+            idle: Default::default(),
         }
     }
 
@@ -215,7 +220,12 @@ impl Manager {
     }
 
     /// Renders a record with what the node reports about it (`status`: address, pause).
-    fn view(rec: WorkspaceRecord, images: &[Image], status: Option<&WorkspaceStatus>) -> Workspace {
+    fn view(
+        &self,
+        rec: WorkspaceRecord,
+        images: &[Image],
+        status: Option<&WorkspaceStatus>,
+    ) -> Workspace {
         let (mut ip, mut paused) = (None, None);
         if let Some(st) = status.filter(|_| rec.state == WorkspaceState::Running) {
             ip = st.ip.map(|a| a.to_string());
@@ -225,7 +235,12 @@ impl Manager {
             .iter()
             .find(|i| i.id == rec.spec.image)
             .and_then(|i| i.names.first().cloned());
+        let idle_timeout = self.idle_timeout_of(&rec);
+        let last_active = self.last_active_of(&rec);
         Workspace {
+            idle_timeout,
+            last_active,
+            stop_reason: rec.idle.stop_reason,
             owner: rec.owner,
             last_snapshot: rec.last_snapshot,
             snapshot_error: rec.snapshot_error,
@@ -260,7 +275,7 @@ impl Manager {
                 }
             }
         }
-        Self::view(rec, images, status.as_ref())
+        self.view(rec, images, status.as_ref())
     }
 
     async fn images_or_empty(&self) -> Vec<Image> {
@@ -300,7 +315,7 @@ impl Manager {
             .into_iter()
             .map(|rec| {
                 let st = statuses.get(&rec.spec.id);
-                Self::view(rec, &images, st)
+                self.view(rec, &images, st)
             })
             .collect())
     }
@@ -508,6 +523,7 @@ impl Manager {
             return Err(ApiError::invalid(names::invalid_name_message(&name)));
         }
         let egress = egress_policy(req.egress.unwrap_or_default())?;
+        let idle_timeout = req.idle_timeout.map(idle::check_timeout).transpose()?;
         self.node
             .check_create(&source, &limits)
             .await
@@ -558,6 +574,7 @@ impl Manager {
             limits,
             egress,
             image,
+            idle_timeout,
         })
     }
 
@@ -575,6 +592,7 @@ impl Manager {
             limits,
             egress,
             image,
+            idle_timeout,
         } = plan;
         let image = match image {
             PlannedImage::Loaded(i) => i,
@@ -589,6 +607,11 @@ impl Manager {
         let rec = self
             .insert_creating(&owner, &name, image.id.clone(), source, limits, egress)
             .await?;
+        if idle_timeout.is_some() {
+            self.store
+                .set_idle_timeout(&rec.spec.id, idle_timeout)
+                .await?;
+        }
         tracing::info!(
             workspace = name,
             id = %rec.spec.id,
@@ -618,7 +641,7 @@ impl Manager {
                 // What the start answered, with the image already resolved: no more
                 // node round trips.
                 let rec = self.owned(&owner, &name).await?;
-                Ok(Self::view(rec, &[convert::image(image)], Some(&st)))
+                Ok(self.view(rec, &[convert::image(image)], Some(&st)))
             }
             Err(e) => {
                 say(&progress, format!("cleaning up workspace {name}"));
@@ -642,6 +665,7 @@ impl Manager {
             match self.node.start(&rec.spec).await {
                 Ok(status) => {
                     self.set(&rec, WorkspaceState::Running, None).await?;
+                    self.started(&rec).await?;
                     started = Some(status);
                 }
                 // Refused before anything was done (e.g. the node's disk is under its
@@ -663,7 +687,7 @@ impl Manager {
             Some(st) => {
                 let rec = self.owned(caller, name).await?;
                 let images = self.images_or_empty().await;
-                Ok(Self::view(rec, &images, Some(&st)))
+                Ok(self.view(rec, &images, Some(&st)))
             }
             None => self.get(caller, name).await,
         }
@@ -672,22 +696,38 @@ impl Manager {
     pub async fn stop(&self, caller: &Caller, name: &str) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.owned(caller, name).await?;
+        self.stop_locked(&rec, &format!("stopped by {} (hearth stop)", caller.id))
+            .await?;
+        self.get(caller, name).await
+    }
+
+    /// Stops `rec` (its name's lock is held), recording `reason` in its console log and
+    /// its record; the final snapshot follows as for every stop.
+    async fn stop_locked(&self, rec: &WorkspaceRecord, reason: &str) -> Result<(), ApiError> {
+        let name = &rec.spec.name;
         if let Some(st) = plan_stop(rec.state).map_err(ApiError::conflict)? {
-            self.set(&rec, st, None).await?;
+            if rec.state == WorkspaceState::Running {
+                // Before the stop, while its console is drained: the line lands in order.
+                if let Err(e) = self.node.console_note(&rec.spec, reason).await {
+                    tracing::warn!(workspace = name, error = %e, "cannot note the stop in the console log");
+                }
+            }
+            self.set(rec, st, None).await?;
             match self.node.stop(&rec.spec).await {
                 Ok(()) => {
-                    self.set(&rec, WorkspaceState::Stopped, None).await?;
-                    self.final_snapshot(&rec).await;
+                    self.set(rec, WorkspaceState::Stopped, None).await?;
+                    self.stopped(rec, reason).await;
+                    self.final_snapshot(rec).await;
                 }
                 Err(e) => {
                     let e = node_err("stop", name, e);
-                    self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                    self.set(rec, WorkspaceState::Failed, Some(&e.message))
                         .await?;
                     return Err(e);
                 }
             }
         }
-        self.get(caller, name).await
+        Ok(())
     }
 
     /// Removes the workspace from the node. Its snapshots are kept for the grace period
@@ -723,6 +763,7 @@ impl Manager {
                 } else {
                     self.retire(&rec).await?;
                 }
+                self.forget_activity(&rec.spec.id);
                 tracing::info!(workspace = name, purge, "removed");
                 Ok(())
             }
@@ -888,8 +929,11 @@ impl Manager {
             last_snapshot: None,
             snapshot_error: None,
             owner: owner.id.to_string(),
+            idle: Default::default(),
         };
         self.store.insert(&rec).await?;
+        // Making a workspace is using it: its idle time starts now.
+        self.activity.touch(rec.spec.id.as_str());
         Ok(rec)
     }
 

@@ -513,6 +513,7 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/workspaces"),
         ("get", "/v1/workspaces/{name}"),
         ("delete", "/v1/workspaces/{name}"),
+        ("patch", "/v1/workspaces/{name}"),
         ("post", "/v1/workspaces/{name}/start"),
         ("post", "/v1/workspaces/{name}/stop"),
         ("get", "/v1/workspaces/{name}/inspect"),
@@ -829,6 +830,7 @@ async fn reconcile_resolves_transitional_states() {
         last_snapshot: None,
         snapshot_error: None,
         owner: "admin".into(),
+        idle: Default::default(),
     };
     let rows = [
         mk("000000000001", "creating", 1, WorkspaceState::Creating),
@@ -1238,6 +1240,7 @@ async fn exec_over_websocket() {
             name: None,
             limits: Default::default(),
             egress: None,
+            idle_timeout: None,
         };
         mgr.create(&crate::auth::Caller::admin(), req, ptx)
             .await

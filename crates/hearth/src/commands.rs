@@ -148,6 +148,7 @@ impl Commands {
         name: Option<String>,
         limits: LimitsRequest,
         deny_egress: Vec<String>,
+        idle_timeout: Option<u64>,
     ) -> anyhow::Result<()> {
         let req = CreateWorkspace {
             source: absolute_source(source)?,
@@ -155,6 +156,7 @@ impl Commands {
             name,
             limits,
             egress: (!deny_egress.is_empty()).then_some(Egress { deny: deny_egress }),
+            idle_timeout,
         };
         let mut view = ProgressView::new(std::io::stderr().is_terminal());
         let res = self.api.create(&req, view.printer()).await;
@@ -165,9 +167,28 @@ impl Commands {
         Ok(())
     }
 
-    pub async fn update(&self, name: &str, req: &LimitsRequest) -> anyhow::Result<()> {
-        let w = self.api.set_limits(name, req).await?;
-        println!("{}: {}", w.name, render_limits(&w.limits));
+    /// Changes the limits `req` sets, then the idle timeout if given.
+    pub async fn update(
+        &self,
+        name: &str,
+        req: &LimitsRequest,
+        idle_timeout: Option<u64>,
+    ) -> anyhow::Result<()> {
+        if *req != LimitsRequest::default() {
+            let w = self.api.set_limits(name, req).await?;
+            println!("{}: {}", w.name, render_limits(&w.limits));
+        }
+        if let Some(secs) = idle_timeout {
+            let up = hearth_api::WorkspaceUpdate {
+                idle_timeout: Some(secs),
+            };
+            let w = self.api.update_workspace(name, &up).await?;
+            println!(
+                "{}: idle timeout {}",
+                w.name,
+                render_idle_timeout(w.idle_timeout)
+            );
+        }
         Ok(())
     }
 
@@ -210,6 +231,7 @@ impl Commands {
         // Admins see everyone's workspaces, so they get an OWNER column.
         let (ws, me) = tokio::join!(self.api.workspaces(), self.api.me());
         let (ws, admin) = (ws?, me?.admin);
+        let now = time::OffsetDateTime::now_utc();
         let rows: Vec<Vec<String>> = ws
             .iter()
             .map(|w| {
@@ -226,6 +248,7 @@ impl Commands {
                         (None, Some(id)) => id.chars().take(12).collect(),
                         (None, None) => "-".into(),
                     },
+                    last_active(w.last_active.as_deref(), now),
                     w.created_at.clone(),
                 ];
                 if admin {
@@ -234,7 +257,15 @@ impl Commands {
                 row
             })
             .collect();
-        let mut header = vec!["NAME", "STATE", "IMAGE", "IP", "SNAPSHOT", "CREATED"];
+        let mut header = vec![
+            "NAME",
+            "STATE",
+            "IMAGE",
+            "IP",
+            "SNAPSHOT",
+            "LAST ACTIVE",
+            "CREATED",
+        ];
         if admin {
             header.insert(1, "OWNER");
         }
@@ -301,6 +332,33 @@ impl Commands {
             .and_then(|()| out.flush())
             .context("cannot write to stdout")?;
         Ok(())
+    }
+}
+
+/// `0`: never; else `30m`, `2h 30m`.
+fn render_idle_timeout(secs: u64) -> String {
+    if secs == 0 {
+        "never (0)".into()
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    }
+}
+
+/// `3m ago` from an RFC 3339 time (the largest unit only); `-` when unknown.
+fn last_active(at: Option<&str>, now: time::OffsetDateTime) -> String {
+    let Some(at) = at else {
+        return "-".into();
+    };
+    let Ok(t) = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+    else {
+        return at.to_string();
+    };
+    let secs = (now - t).whole_seconds().max(0);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
     }
 }
 

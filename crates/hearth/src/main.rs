@@ -59,8 +59,13 @@ enum Cmd {
         /// 192.0.2.7:5432/tcp (repeatable; everything else is allowed).
         #[arg(long = "deny-egress", value_name = "RULE")]
         deny_egress: Vec<String>,
+        /// Stop the workspace after this long without a session (SSH, exec, shell,
+        /// port-forward) or proxied request, e.g. 2h; 0 never (default: the server's
+        /// --idle-timeout).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
     },
-    /// Change a workspace's limits; the ones not given stay.
+    /// Change a workspace's limits or idle timeout; the ones not given stay.
     ///
     /// Memory, pids and CPU weight apply at once to a running workspace; the disk grows in
     /// place (running or not) and never shrinks.
@@ -68,6 +73,10 @@ enum Cmd {
         name: String,
         #[command(flatten)]
         limits: LimitFlags,
+        /// Stop the workspace after this long without a session or proxied request, e.g.
+        /// 45m; 0 never.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
     },
     /// Show or change a workspace's outbound policy (applied at once while it runs).
     ///
@@ -413,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             name,
             limits,
             deny_egress,
+            idle_timeout,
         } => {
             client()?
                 .up(
@@ -421,19 +431,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     name.clone(),
                     limits.request(),
                     deny_egress.clone(),
+                    idle_timeout.map(|d| d.as_secs()),
                 )
                 .await?;
             Ok(0)
         }
-        Cmd::Update { name, limits } => {
+        Cmd::Update {
+            name,
+            limits,
+            idle_timeout,
+        } => {
             let req = limits.request();
-            if req == hearth_api::LimitsRequest::default() {
+            if req == hearth_api::LimitsRequest::default() && idle_timeout.is_none() {
                 anyhow::bail!(
-                    "nothing to change: give --memory, --disk, --pids or --cpu-weight \
-                     (hearth inspect {name} shows the current limits)"
+                    "nothing to change: give --memory, --disk, --pids, --cpu-weight or \
+                     --idle-timeout (hearth inspect {name} shows the current settings)"
                 );
             }
-            client()?.update(name, &req).await.map(|()| 0)
+            client()?
+                .update(name, &req, idle_timeout.map(|d| d.as_secs()))
+                .await
+                .map(|()| 0)
         }
         Cmd::Egress {
             name,
@@ -692,8 +710,32 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A duration: `30m`, `2h 30m`, `45s` (humantime units), or bare seconds (`90`, `0`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 30m, 2h, 0): {e}"))
+}
+
 #[cfg(test)]
 mod size_tests {
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        use super::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "m", "-1m", "3 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn sizes_parse_with_binary_units() {
         use super::parse_size;

@@ -115,16 +115,16 @@ pub struct ServerArgs {
     store_gc_interval: u64,
     /// How long `hearth rm` keeps a workspace's snapshots for `hearth restore` (e.g. 7d,
     /// 12h, 30m; 0 forgets them at once); the store gc collects them after that.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "7d")]
     deleted_retention: std::time::Duration,
-}
-
-/// `7d`, `12h 30m`, `90s`, or `0`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    if s.trim() == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 7d, 12h, 30m, 0)"))
+    /// Stop a running workspace after this long without a session (SSH, exec, shell,
+    /// port-forward) or proxied request, e.g. 30m or 2h; 0 never. A workspace's own
+    /// (hearth up/update --idle-timeout) wins.
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30m")]
+    idle_timeout: std::time::Duration,
+    /// How often idle workspaces are looked for (and last activity is recorded).
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
+    idle_check_interval: std::time::Duration,
 }
 
 /// `--ssh-listen`: an address, or `off`.
@@ -369,6 +369,10 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
     }
+    if args.idle_check_interval.is_zero() {
+        bail!("--idle-check-interval must be more than 0");
+    }
+    server.spawn_idle_stop(args.idle_timeout, args.idle_check_interval);
     if args.store_gc_interval > 0 {
         server.spawn_store_gc(std::time::Duration::from_secs(args.store_gc_interval));
     }

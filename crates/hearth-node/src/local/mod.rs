@@ -493,6 +493,17 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn console_note(&self, spec: &WorkspaceSpec, line: &str) -> Result<(), NodeError> {
+        let id = spec.id.clone();
+        let line = line.to_string();
+        self.blocking(move |i| {
+            let p = i.paths(&id);
+            i.consoles
+                .note(&id, &p.console_fifo, &p.console, i.cfg.console, &line)
+        })
+        .await
+    }
+
     async fn connect(
         &self,
         spec: &WorkspaceSpec,

@@ -62,6 +62,7 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
             Some(r#"{"allow_all":true}"#.into()),
         ),
         (Method::PATCH, u("/limits"), Some(r#"{"pids":100}"#.into())),
+        (Method::PATCH, u(""), Some(r#"{"idle_timeout":60}"#.into())),
         (Method::GET, u("/snapshots"), None),
         (Method::POST, u("/snapshots"), None),
         (Method::GET, u("/store-usage"), None),

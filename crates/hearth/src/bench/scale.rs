@@ -86,6 +86,7 @@ async fn create_one(api: &Client, name: &str, repo: &Path, image: &str) -> Resul
             ..Default::default()
         },
         egress: None,
+        idle_timeout: None,
     };
     api.create(&req, |_| {})
         .await

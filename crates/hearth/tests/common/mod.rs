@@ -145,6 +145,21 @@ impl TestServer {
         }
     }
 
+    /// Stops the server with SIGTERM, as an operator would, and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(st.success(), "kill -TERM {pid}");
+            let st = c.wait().unwrap();
+            assert!(
+                st.success(),
+                "server exited with {st}:\n{}",
+                self.server_log()
+            );
+        }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
     }
