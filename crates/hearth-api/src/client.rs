@@ -18,7 +18,8 @@ use crate::{
     ClientFrame, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit, ErrorBody, ErrorInfo,
     ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage,
     RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
-    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE,
+    TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.

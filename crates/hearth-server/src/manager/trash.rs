@@ -194,6 +194,7 @@ impl Manager {
                 last_snapshot: Some(snapshot.clone()),
                 snapshot_error: None,
                 owner: d.owner.clone(),
+                idle: Default::default(),
             };
             self.store.revive(&rec).await?;
             rec
@@ -214,6 +215,7 @@ impl Manager {
         match result {
             Ok(_) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
+                self.activity.touch(rec.spec.id.as_str());
                 self.get(caller, &new).await
             }
             Err(e) => {
