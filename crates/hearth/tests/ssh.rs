@@ -795,3 +795,74 @@ fn agent_forwarding_and_sftp_on_an_image_without_sshd() {
     assert!(out.status.success(), "sftp: {out:?}");
     assert_eq!(c.run("deb", "cat /tmp/f"), "over sftp\n");
 }
+
+/// State of workspace `name` as the API lists it.
+fn state_of(srv: &TestServer, name: &str) -> serde_json::Value {
+    srv.workspaces()
+        .into_iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no workspace {name}"))
+}
+
+/// Waits (bounded, never timed) until `name` is stopped.
+fn wait_stopped(srv: &TestServer, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let w = state_of(srv, name);
+        if w["state"] == "stopped" {
+            return w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not stop: {w}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_open_ssh_connection_keeps_its_workspace_from_idle_stop() {
+    let srv = TestServer::start_with(&["--idle-timeout", "2s", "--idle-check-interval", "200ms"]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let held = workspace(&srv, src.path(), "held");
+    let c = Client::new(&srv);
+    // A connection that sits there, as an editor's does between keystrokes.
+    let mut conn = c
+        .ssh(&held, &["echo open; exec sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ssh");
+    let mut first = [0u8; 5];
+    conn.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"open\n");
+    // Made after the connection opened, so it was last active later than `held`: once it
+    // has stopped as idle, `held` has been idle past its timeout too, and only the open
+    // connection keeps it running.
+    let quiet = workspace(&srv, src.path(), "quiet");
+    let w = wait_stopped(&srv, &quiet);
+    assert!(
+        w["stop_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("stopped as idle")),
+        "{w}"
+    );
+    let w = state_of(&srv, &held);
+    assert_eq!(
+        w["state"], "running",
+        "stopped under an open ssh connection: {w}"
+    );
+
+    let _ = conn.kill();
+    let _ = conn.wait();
+    let w = wait_stopped(&srv, &held);
+    assert!(
+        w["stop_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("stopped as idle")),
+        "{w}"
+    );
+}

@@ -47,6 +47,9 @@ pub struct Conn {
     ctx: Option<Arc<Ctx>>,
     /// `-R` listeners by (address, port) as the client named them.
     forwards: HashMap<(String, u32), JoinHandle<()>>,
+    /// Holds the workspace in use (no idle stop) while the connection is open: an editor
+    /// attached over SSH is a user at work even when nothing is typed.
+    in_use: Option<crate::activity::Session>,
 }
 
 impl Conn {
@@ -57,6 +60,7 @@ impl Conn {
             login: None,
             ctx: None,
             forwards: HashMap::new(),
+            in_use: None,
         }
     }
 
@@ -219,6 +223,9 @@ impl russh::server::Handler for Conn {
             return Ok(());
         };
         let spec = ensure_running(&self.manager, caller, name).await;
+        if let Ok(spec) = &spec {
+            self.in_use = Some(self.manager.activity().session(spec.id.as_str()));
+        }
         if let Err(e) = &spec {
             tracing::warn!(
                 workspace = name,
