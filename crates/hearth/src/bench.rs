@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, WorkspaceSpec};
 use hearth_proto::Event;
 
+mod access;
 mod scale;
+pub use access::{run as run_ssh, AccessArgs};
 pub use scale::{run as run_scale, ScaleArgs};
 
 pub struct BenchArgs {

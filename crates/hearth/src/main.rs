@@ -168,6 +168,10 @@ enum Cmd {
         /// memory limit and a sparse 256 MiB disk).
         #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
         scale: Vec<usize>,
+        /// Instead, compare the SSH gateway with OpenSSH's own sshd on this machine: 1 GiB
+        /// throughput and one-byte echo round trips (needs openssh-server installed).
+        #[arg(long, conflicts_with = "scale")]
+        ssh: bool,
     },
     /// Snapshot a workspace's files now.
     Snapshot { name: String },
@@ -567,11 +571,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             agent,
             podman,
             scale,
+            ssh,
         } => {
             let agent = match agent.clone().or_else(server::agent_next_to_exe) {
                 Some(a) => a,
                 None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
             };
+            if *ssh {
+                return bench::run_ssh(bench::AccessArgs {
+                    image: image.clone(),
+                    agent,
+                    runtime: runtime.clone(),
+                })
+                .await
+                .map(|()| 0);
+            }
             if !scale.is_empty() {
                 return bench::run_scale(bench::ScaleArgs {
                     tiers: scale.clone(),

@@ -1,0 +1,439 @@
+//! `hearth bench --ssh`: the SSH gateway beside OpenSSH's own sshd on the same machine.
+//!
+//! A real server runs in this process (its own data dir, bridge, subnet and cgroup parent,
+//! the API and the gateway on free ports of 127.0.0.1) with one workspace; a private sshd
+//! runs as a child on another free port with a temporary host key and authorized_keys.
+//! The real OpenSSH client does the same two things against both: streams 1 GiB into
+//! `cat > /dev/null` (wall time from the first byte to the exit, so the handshake is not
+//! counted) and echoes one byte at a time through a long-lived `cat` (round trips).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hearth_api::client::Client;
+use hearth_api::{AddSshKey, CreateWorkspace, LimitsRequest};
+use hearth_node::{LocalNode, NodeApi, NodeConfig};
+use hearth_server::{Server, ServerConfig};
+
+use super::Series;
+
+pub struct AccessArgs {
+    /// Image archive or OCI layout the workspace runs (it needs `sh`, `cat`).
+    pub image: PathBuf,
+    pub agent: PathBuf,
+    pub runtime: Option<String>,
+}
+
+/// Bytes streamed per throughput run.
+const BULK: u64 = 1 << 30;
+/// Throughput runs per side; the median is reported.
+const BULK_RUNS: usize = 3;
+/// Echo round trips per side (after a few untimed ones).
+const ECHOES: usize = 200;
+const WORKSPACE: &str = "benchssh";
+
+/// A child process killed and reaped when dropped, so no path leaves one behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How to reach one SSH server with the real client.
+struct Target {
+    user: String,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Target {
+    /// `ssh` with a throwaway config: no ~/.ssh is read or written.
+    fn ssh(&self, remote: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null", "-T"])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"])
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string()])
+            .arg(format!("{}@127.0.0.1", self.user))
+            .arg(remote);
+        c
+    }
+
+    /// Runs `remote`; fails with ssh's stderr unless it exits 0.
+    fn check(&self, remote: &str) -> Result<()> {
+        let out = self
+            .ssh(remote)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ssh (install openssh-client)")?;
+        if !out.status.success() {
+            bail!(
+                "ssh -p {} {}@127.0.0.1 {remote:?}: {}: {}",
+                self.port,
+                self.user,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `ssh TARGET 'echo ready; exec REMOTE'` and waits for the `ready` line, so
+    /// what follows is timed on an open session.
+    fn session(&self, remote: &str) -> Result<(Reaped, ChildStdin, BufReader<ChildStdout>)> {
+        let mut child = Reaped(
+            self.ssh(&format!("echo ready; exec {remote}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("running ssh (install openssh-client)")?,
+        );
+        let stdin = child.0.stdin.take().context("ssh stdin")?;
+        let mut stdout = BufReader::new(child.0.stdout.take().context("ssh stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!(
+                "ssh -p {} {}@127.0.0.1: session did not start (got {line:?})",
+                self.port,
+                self.user
+            );
+        }
+        Ok((child, stdin, stdout))
+    }
+
+    /// Streams [`BULK`] bytes into `cat > /dev/null`: MB/s (10^6 bytes) over the wall time
+    /// from the first byte to ssh's exit.
+    fn throughput(&self) -> Result<f64> {
+        let (mut child, mut stdin, _stdout) = self.session("cat > /dev/null")?;
+        let buf = vec![0u8; 1 << 20];
+        let t = Instant::now();
+        let mut left = BULK;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            stdin.write_all(&buf[..n]).context("streaming into ssh")?;
+            left -= n as u64;
+        }
+        drop(stdin);
+        let st = child.0.wait()?;
+        let secs = t.elapsed().as_secs_f64();
+        if !st.success() {
+            bail!("ssh -p {} 'cat > /dev/null' exited {st}", self.port);
+        }
+        Ok(BULK as f64 / 1e6 / secs)
+    }
+
+    /// One byte out and back through a remote `cat`, [`ECHOES`] times.
+    fn echo(&self, name: &'static str) -> Result<Series> {
+        let (_child, mut stdin, mut stdout) = self.session("cat")?;
+        let mut s = Series::new(name, None);
+        let mut b = [0u8; 1];
+        for i in 0..ECHOES + 10 {
+            let t = Instant::now();
+            stdin.write_all(b"x")?;
+            stdin.flush()?;
+            stdout.read_exact(&mut b).context("reading the echo")?;
+            if i >= 10 {
+                s.samples.push(t.elapsed());
+            }
+            if b[0] != b'x' {
+                bail!("echo returned {:?}", b[0] as char);
+            }
+        }
+        Ok(s)
+    }
+}
+
+fn keygen(path: &Path, comment: &str) -> Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh-keygen (install openssh-client)")?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn sshd_binary() -> Result<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("sshd"))
+        .find(|p| p.is_file());
+    found.context(
+        "sshd not found: the comparison runs OpenSSH's own server; install it with \
+         `apt-get install openssh-server` (or scripts/install-deps.sh --bench) and run again",
+    )
+}
+
+/// A private sshd on 127.0.0.1 (its own port, host key and authorized_keys, no PAM),
+/// for the current user.
+fn start_sshd(dir: &Path, client_pub: &Path) -> Result<(Reaped, u16)> {
+    let sshd = sshd_binary()?;
+    // sshd refuses to start without its privilege separation directory.
+    std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+    let host_key = dir.join("ssh_host_ed25519_key");
+    keygen(&host_key, "bench-sshd")?;
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(client_pub, &auth)?;
+    let port = free_port()?;
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nUsePAM no\nPermitRootLogin yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nStrictModes no\nUseDNS no\n",
+            host_key.display(),
+            auth.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )?;
+    let child = Reaped(
+        Command::new(&sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("sshd.log"))?))
+            .spawn()
+            .with_context(|| format!("starting {}", sshd.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "sshd did not listen on 127.0.0.1:{port}: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, port))
+}
+
+fn user_name() -> Result<String> {
+    let out = Command::new("id")
+        .arg("-un")
+        .output()
+        .context("running id")?;
+    let name = String::from_utf8(out.stdout)?.trim().to_string();
+    if name.is_empty() {
+        bail!("cannot tell the current user's name");
+    }
+    Ok(name)
+}
+
+pub async fn run(args: AccessArgs) -> Result<()> {
+    // Fail before building anything when the comparison cannot run.
+    sshd_binary()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("hearth-bench-ssh-")
+        .tempdir_in("/var/tmp")
+        .context("temp dir in /var/tmp")?;
+    let tag = rand::random::<u16>();
+    let cfg = NodeConfig {
+        data_dir: tmp.path().join("data"),
+        bridge: format!("hbssh{}", tag % 10000),
+        subnet: format!("10.78.{}.0/24", tag % 250),
+        cgroup_parent: format!("hearth-bench-ssh-{tag}"),
+        runtime: args.runtime.clone(),
+        agent_binary: args.agent.clone(),
+        snapshots: Default::default(),
+        egress: Default::default(),
+        disk_reserve: None,
+        console: Default::default(),
+    };
+    let node = LocalNode::open(cfg.clone()).await?;
+    let server = Server::bind(
+        ServerConfig {
+            data_dir: cfg.data_dir.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            rate: hearth_server::ratelimit::RateLimit {
+                per_second: 0,
+                burst: 0,
+            },
+            upload_max: 0,
+            ssh_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        },
+        Arc::new(node.clone()) as Arc<dyn NodeApi>,
+    )
+    .await;
+    let res = match server {
+        Ok(server) => {
+            let url = format!("http://{}", server.local_addr());
+            let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(server.serve(async {
+                let _ = rx.await;
+            }));
+            let res = bench(&node, &cfg, &url, tmp.path(), &args).await;
+            let _ = stop.send(());
+            match task.await {
+                Ok(Err(e)) => eprintln!("ssh bench: stopping the server: {e}"),
+                Err(e) => eprintln!("ssh bench: stopping the server: {e}"),
+                Ok(Ok(())) => {}
+            }
+            res
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = node.teardown().await {
+        eprintln!("ssh bench teardown: {e}");
+    }
+    res
+}
+
+async fn bench(
+    node: &LocalNode,
+    cfg: &NodeConfig,
+    url: &str,
+    tmp: &Path,
+    args: &AccessArgs,
+) -> Result<()> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let image = node
+        .load_image(args.image.clone(), None, tx)
+        .await
+        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
+        .id;
+    let repo = super::git_repo(tmp)?;
+    let api = Client::new(&cfg.data_dir, Some(url), None)?;
+    eprintln!("creating a workspace...");
+    api.create(
+        &CreateWorkspace {
+            source: repo.display().to_string(),
+            image: Some(image),
+            name: Some(WORKSPACE.into()),
+            limits: LimitsRequest::default(),
+            egress: None,
+        },
+        |_| {},
+    )
+    .await
+    .context("creating the bench workspace")?;
+    let client = tmp.join("client");
+    std::fs::create_dir_all(&client)?;
+    let key = client.join("id_ed25519");
+    keygen(&key, "hearth-bench")?;
+    let public = key.with_extension("pub");
+    api.add_ssh_key(&AddSshKey {
+        public_key: std::fs::read_to_string(&public)?,
+    })
+    .await
+    .context("registering the bench's ssh key")?;
+    let port = api
+        .ssh_info()
+        .await?
+        .port
+        .context("the server runs without its ssh gateway")?;
+    let gateway = Target {
+        user: WORKSPACE.into(),
+        port,
+        key: key.clone(),
+    };
+    let sshd_dir = tmp.join("sshd");
+    std::fs::create_dir_all(&sshd_dir)?;
+
+    // The client side is blocking I/O; keep it off the runtime that serves the gateway.
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let (_sshd, sshd_port) = start_sshd(&sshd_dir, &public)?;
+        let sshd = Target {
+            user: user_name()?,
+            port: sshd_port,
+            key,
+        };
+        gateway.check("cat /dev/null")?;
+        sshd.check("cat /dev/null")?;
+        let mut bulk = [Vec::new(), Vec::new()];
+        eprintln!(
+            "streaming {} x {} MiB through each...",
+            BULK_RUNS,
+            BULK >> 20
+        );
+        // Alternate, so load on the shared host hits both alike.
+        for _ in 0..BULK_RUNS {
+            bulk[0].push(gateway.throughput()?);
+            bulk[1].push(sshd.throughput()?);
+        }
+        eprintln!("echoing {ECHOES} single bytes through each...");
+        let echo_gw = gateway.echo("gateway")?;
+        let echo_sshd = sshd.echo("sshd")?;
+        print_table(&bulk, &echo_gw, &echo_sshd);
+        Ok(())
+    })
+    .await?
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn print_table(bulk: &[Vec<f64>; 2], gw: &Series, sshd: &Series) {
+    let (tg, ts) = (median(&bulk[0]), median(&bulk[1]));
+    let ratio = tg / ts;
+    println!();
+    println!(
+        "ssh: hearth gateway vs OpenSSH sshd, same client, 127.0.0.1 ({} MiB x {} runs, \
+         median; {} echo round trips)",
+        BULK >> 20,
+        BULK_RUNS,
+        ECHOES
+    );
+    println!(
+        "{:<28} {:>15} {:>10} {:>12} {:>16}",
+        "metric", "hearth gateway", "sshd", "ratio", "target"
+    );
+    println!(
+        "{:<28} {:>15.0} {:>10.0} {:>11.0}% {:>16} {}",
+        "throughput, MB/s",
+        tg,
+        ts,
+        ratio * 100.0,
+        ">= 50% of sshd",
+        if ratio >= 0.5 { "ok" } else { "over" }
+    );
+    for p in [50.0, 99.0] {
+        let added = gw.pct(p) - sshd.pct(p);
+        println!(
+            "{:<28} {:>15.3} {:>10.3} {:>+9.3} ms {:>16} {}",
+            format!("echo round trip p{p:.0}, ms"),
+            gw.pct(p),
+            sshd.pct(p),
+            added,
+            if p == 50.0 { "<= +1 ms" } else { "" },
+            if p != 50.0 {
+                ""
+            } else if added <= 1.0 {
+                "ok"
+            } else {
+                "over"
+            }
+        );
+    }
+}
