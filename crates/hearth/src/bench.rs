@@ -14,7 +14,7 @@ use hearth_proto::Event;
 
 mod access;
 mod scale;
-pub use access::{run as run_ssh, AccessArgs};
+pub use access::{run as run_access, AccessArgs};
 pub use scale::{run as run_scale, ScaleArgs};
 
 pub struct BenchArgs {

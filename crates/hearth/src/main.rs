@@ -172,6 +172,10 @@ enum Cmd {
         /// throughput and one-byte echo round trips (needs openssh-server installed).
         #[arg(long, conflicts_with = "scale")]
         ssh: bool,
+        /// Instead (or with --ssh, in the same run), compare the port proxy with direct HTTP
+        /// to the workspace: throughput and small-request latency against busybox httpd.
+        #[arg(long, conflicts_with = "scale")]
+        proxy: bool,
     },
     /// Snapshot a workspace's files now.
     Snapshot { name: String },
@@ -572,16 +576,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             podman,
             scale,
             ssh,
+            proxy,
         } => {
             let agent = match agent.clone().or_else(server::agent_next_to_exe) {
                 Some(a) => a,
                 None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
             };
-            if *ssh {
-                return bench::run_ssh(bench::AccessArgs {
+            if *ssh || *proxy {
+                return bench::run_access(bench::AccessArgs {
                     image: image.clone(),
                     agent,
                     runtime: runtime.clone(),
+                    ssh: *ssh,
+                    proxy: *proxy,
                 })
                 .await
                 .map(|()| 0);

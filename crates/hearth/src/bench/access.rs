@@ -1,11 +1,16 @@
-//! `hearth bench --ssh`: the SSH gateway beside OpenSSH's own sshd on the same machine.
+//! `hearth bench --ssh` / `--proxy`: the ways in beside the direct path on the same machine.
 //!
 //! A real server runs in this process (its own data dir, bridge, subnet and cgroup parent,
-//! the API and the gateway on free ports of 127.0.0.1) with one workspace; a private sshd
-//! runs as a child on another free port with a temporary host key and authorized_keys.
-//! The real OpenSSH client does the same two things against both: streams 1 GiB into
-//! `cat > /dev/null` (wall time from the first byte to the exit, so the handshake is not
-//! counted) and echoes one byte at a time through a long-lived `cat` (round trips).
+//! the API, the gateway and the port proxy on free ports of 127.0.0.1) with one workspace.
+//!
+//! `--ssh`: a private sshd runs as a child on another free port with a temporary host key
+//! and authorized_keys. The real OpenSSH client does the same two things against both:
+//! streams 1 GiB into `cat > /dev/null` (wall time from the first byte to the exit, so the
+//! handshake is not counted) and echoes one byte at a time through a long-lived `cat`.
+//!
+//! `--proxy`: busybox httpd in the workspace serves a 200 MiB and a 6-byte file; the same
+//! HTTP/1.0 client fetches them through the proxy (`PORT-NAME.localhost`, bearer token) and
+//! straight from the workspace's address on the bridge, one new connection per request.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,10 +28,15 @@ use hearth_server::{Server, ServerConfig};
 use super::Series;
 
 pub struct AccessArgs {
-    /// Image archive or OCI layout the workspace runs (it needs `sh`, `cat`).
+    /// Image archive or OCI layout the workspace runs (it needs `sh`, `cat`; `--proxy`
+    /// needs busybox's `httpd`).
     pub image: PathBuf,
     pub agent: PathBuf,
     pub runtime: Option<String>,
+    /// Compare the SSH gateway with sshd.
+    pub ssh: bool,
+    /// Compare the port proxy with direct HTTP.
+    pub proxy: bool,
 }
 
 /// Bytes streamed per throughput run.
@@ -36,6 +46,11 @@ const BULK_RUNS: usize = 3;
 /// Echo round trips per side (after a few untimed ones).
 const ECHOES: usize = 200;
 const WORKSPACE: &str = "benchssh";
+/// The large file httpd serves, per throughput run.
+const HTTP_BULK: u64 = 200 << 20;
+/// Small requests per side (after a few untimed ones).
+const HTTP_SMALL: usize = 200;
+const HTTP_PORT: u16 = 8080;
 
 /// A child process killed and reaped when dropped, so no path leaves one behind.
 struct Reaped(Child);
@@ -250,7 +265,9 @@ fn user_name() -> Result<String> {
 
 pub async fn run(args: AccessArgs) -> Result<()> {
     // Fail before building anything when the comparison cannot run.
-    sshd_binary()?;
+    if args.ssh {
+        sshd_binary()?;
+    }
     let tmp = tempfile::Builder::new()
         .prefix("hearth-bench-ssh-")
         .tempdir_in("/var/tmp")
@@ -284,13 +301,28 @@ pub async fn run(args: AccessArgs) -> Result<()> {
     )
     .await;
     let res = match server {
-        Ok(server) => {
+        Ok(mut server) => {
+            let proxy = if args.proxy {
+                server
+                    .bind_proxy(&hearth_server::proxy::ProxyConfig {
+                        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                        domain: "localhost".into(),
+                        tls: None,
+                    })
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            };
             let url = format!("http://{}", server.local_addr());
             let (stop, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server.serve(async {
                 let _ = rx.await;
             }));
-            let res = bench(&node, &cfg, &url, tmp.path(), &args).await;
+            let res = match proxy {
+                Ok(proxy) => bench(&node, &cfg, &url, proxy, tmp.path(), &args).await,
+                Err(e) => Err(e),
+            };
             let _ = stop.send(());
             match task.await {
                 Ok(Err(e)) => eprintln!("ssh bench: stopping the server: {e}"),
@@ -311,6 +343,7 @@ async fn bench(
     node: &LocalNode,
     cfg: &NodeConfig,
     url: &str,
+    proxy: Option<SocketAddr>,
     tmp: &Path,
     args: &AccessArgs,
 ) -> Result<()> {
@@ -355,37 +388,58 @@ async fn bench(
         port,
         key: key.clone(),
     };
+    let ip = api
+        .inspect(WORKSPACE)
+        .await?
+        .workspace
+        .ip
+        .context("the bench workspace has no address")?;
+    let token = std::fs::read_to_string(cfg.data_dir.join("token"))?
+        .trim()
+        .to_string();
     let sshd_dir = tmp.join("sshd");
     std::fs::create_dir_all(&sshd_dir)?;
+    let ssh = args.ssh;
 
     // The client side is blocking I/O; keep it off the runtime that serves the gateway.
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let (_sshd, sshd_port) = start_sshd(&sshd_dir, &public)?;
-        let sshd = Target {
-            user: user_name()?,
-            port: sshd_port,
-            key,
-        };
         gateway.check("cat /dev/null")?;
-        sshd.check("cat /dev/null")?;
-        let mut bulk = [Vec::new(), Vec::new()];
-        eprintln!(
-            "streaming {} x {} MiB through each...",
-            BULK_RUNS,
-            BULK >> 20
-        );
-        // Alternate, so load on the shared host hits both alike.
-        for _ in 0..BULK_RUNS {
-            bulk[0].push(gateway.throughput()?);
-            bulk[1].push(sshd.throughput()?);
+        if ssh {
+            bench_ssh(&gateway, &sshd_dir, &public, &key)?;
         }
-        eprintln!("echoing {ECHOES} single bytes through each...");
-        let echo_gw = gateway.echo("gateway")?;
-        let echo_sshd = sshd.echo("sshd")?;
-        print_table(&bulk, &echo_gw, &echo_sshd);
+        if let Some(proxy) = proxy {
+            let direct = SocketAddr::new(ip.parse().context("workspace address")?, HTTP_PORT);
+            bench_proxy(&gateway, proxy, direct, &token)?;
+        }
         Ok(())
     })
     .await?
+}
+
+fn bench_ssh(gateway: &Target, sshd_dir: &Path, public: &Path, key: &Path) -> Result<()> {
+    let (_sshd, sshd_port) = start_sshd(sshd_dir, public)?;
+    let sshd = Target {
+        user: user_name()?,
+        port: sshd_port,
+        key: key.to_path_buf(),
+    };
+    sshd.check("cat /dev/null")?;
+    let mut bulk = [Vec::new(), Vec::new()];
+    eprintln!(
+        "streaming {} x {} MiB through each...",
+        BULK_RUNS,
+        BULK >> 20
+    );
+    // Alternate, so load on the shared host hits both alike.
+    for _ in 0..BULK_RUNS {
+        bulk[0].push(gateway.throughput()?);
+        bulk[1].push(sshd.throughput()?);
+    }
+    eprintln!("echoing {ECHOES} single bytes through each...");
+    let echo_gw = gateway.echo("gateway")?;
+    let echo_sshd = sshd.echo("sshd")?;
+    print_table(&bulk, &echo_gw, &echo_sshd);
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -436,4 +490,130 @@ fn print_table(bulk: &[Vec<f64>; 2], gw: &Series, sshd: &Series) {
             }
         );
     }
+}
+
+/// One `GET` over a new connection (HTTP/1.0, so the body ends with the connection on
+/// both paths): the time to the end of the body and the body's length.
+fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(Duration, u64)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nhost: {host}\r\n{auth}\r\n")?;
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("GET http://{host}{path} via {addr}: {}", status.trim());
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            bail!("GET http://{host}{path}: the response ended in its head");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let n = std::io::copy(&mut r, &mut std::io::sink())?;
+    Ok((t.elapsed(), n))
+}
+
+fn bench_proxy(gateway: &Target, proxy: SocketAddr, direct: SocketAddr, token: &str) -> Result<()> {
+    gateway.check(&format!(
+        "mkdir -p /tmp/www && head -c {HTTP_BULK} /dev/zero > /tmp/www/big && \
+         echo hello > /tmp/www/small"
+    ))?;
+    // The session keeps httpd in the foreground; dropping it ends both.
+    let (_httpd, _stdin, _stdout) =
+        gateway.session(&format!("busybox httpd -f -p {HTTP_PORT} -h /tmp/www"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(direct).is_err() {
+        if Instant::now() > deadline {
+            bail!("busybox httpd did not listen on {direct} in the workspace (the image needs busybox with httpd)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let direct_host = direct.to_string();
+    let proxy_host = format!("{HTTP_PORT}-{WORKSPACE}.localhost:{}", proxy.port());
+    let via_proxy = |path: &str| http_get(proxy, &proxy_host, path, Some(token));
+    let via_direct = |path: &str| http_get(direct, &direct_host, path, None);
+    let mb_s = |(d, n): (Duration, u64)| -> Result<f64> {
+        if n != HTTP_BULK {
+            bail!("got {n} bytes of {HTTP_BULK}");
+        }
+        Ok(n as f64 / 1e6 / d.as_secs_f64())
+    };
+    eprintln!(
+        "fetching {} x {} MiB and {HTTP_SMALL} small files each way...",
+        BULK_RUNS,
+        HTTP_BULK >> 20
+    );
+    let mut bulk = [Vec::new(), Vec::new()];
+    // Alternate, so load on the shared host hits both alike.
+    for _ in 0..BULK_RUNS {
+        bulk[0].push(mb_s(via_proxy("/big")?)?);
+        bulk[1].push(mb_s(via_direct("/big")?)?);
+    }
+    let mut small = [Series::new("proxy", None), Series::new("direct", None)];
+    for i in 0..HTTP_SMALL + 10 {
+        let p = via_proxy("/small")?;
+        let d = via_direct("/small")?;
+        if p.1 != 6 || d.1 != 6 {
+            bail!("small file: got {} and {} bytes, not 6", p.1, d.1);
+        }
+        if i >= 10 {
+            small[0].samples.push(p.0);
+            small[1].samples.push(d.0);
+        }
+    }
+    let (tp, td) = (median(&bulk[0]), median(&bulk[1]));
+    let ratio = tp / td;
+    println!();
+    println!(
+        "port proxy vs direct to the workspace's address, busybox httpd, one connection per \
+         request ({} MiB x {} runs, median; {HTTP_SMALL} small requests)",
+        HTTP_BULK >> 20,
+        BULK_RUNS
+    );
+    println!(
+        "{:<28} {:>15} {:>10} {:>12} {:>16}",
+        "metric", "proxy", "direct", "ratio", "target"
+    );
+    println!(
+        "{:<28} {:>15.0} {:>10.0} {:>11.0}% {:>16} {}",
+        "throughput, MB/s",
+        tp,
+        td,
+        ratio * 100.0,
+        ">= 80% of direct",
+        if ratio >= 0.8 { "ok" } else { "over" }
+    );
+    for p in [50.0, 99.0] {
+        let added = small[0].pct(p) - small[1].pct(p);
+        println!(
+            "{:<28} {:>15.3} {:>10.3} {:>+9.3} ms {:>16} {}",
+            format!("small request p{p:.0}, ms"),
+            small[0].pct(p),
+            small[1].pct(p),
+            added,
+            if p == 50.0 { "<= +0.2 ms" } else { "" },
+            if p != 50.0 {
+                ""
+            } else if added <= 0.2 {
+                "ok"
+            } else {
+                "over"
+            }
+        );
+    }
+    Ok(())
 }
