@@ -4,14 +4,14 @@
 #   scripts/install-deps.sh           what `hearth server` and the build need
 #   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
 #                                     moto, schemathesis)
-#   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`
+#   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`, sshd for `--ssh`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
 pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git
   ca-certificates curl gcc libc6-dev)
 case "${1:-}" in
   --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client) ;;
-  --bench) pkgs+=(podman skopeo uidmap) ;;
+  --bench) pkgs+=(podman skopeo uidmap openssh-server) ;;
   "") ;;
   *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;
 esac
