@@ -363,6 +363,8 @@ async fn bench(
             name: Some(WORKSPACE.into()),
             limits: LimitsRequest::default(),
             egress: None,
+            // Direct HTTP is not activity: never stop it as idle mid-run.
+            idle_timeout: Some(0),
         },
         |_| {},
     )
