@@ -455,22 +455,28 @@ impl Client {
         format!("{base}{path}")
     }
 
-    /// Opens an exec session running `req` in workspace `name`.
-    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<(ExecInput, ExecOutput)> {
-        let url = self.ws_url(&format!("/v1/workspaces/{}/exec", enc(name)));
-        let mut wsreq = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::BadUrl {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+    /// A WebSocket upgrade request for `url` carrying the caller's token.
+    fn ws_request(
+        &self,
+        url: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        let mut wsreq = url.into_client_request().map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
         wsreq.headers_mut().insert(
             AUTHORIZATION,
             format!("Bearer {}", self.token)
                 .parse()
                 .map_err(|_| ClientError::BadToken)?,
         );
+        Ok(wsreq)
+    }
+
+    /// Opens an exec session running `req` in workspace `name`.
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<(ExecInput, ExecOutput)> {
+        let url = self.ws_url(&format!("/v1/workspaces/{}/exec", enc(name)));
+        let wsreq = self.ws_request(&url)?;
         let (ws, _) = match tokio_tungstenite::connect_async(wsreq).await {
             Ok(ok) => ok,
             Err(tungstenite::Error::Http(resp)) => {

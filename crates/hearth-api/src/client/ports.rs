@@ -2,8 +2,6 @@
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{enc, Client, ClientError, Result};
@@ -39,19 +37,7 @@ impl Client {
             "/v1/workspaces/{}/ports/{port}/forward",
             enc(name)
         ));
-        let mut wsreq = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::BadUrl {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        wsreq.headers_mut().insert(
-            AUTHORIZATION,
-            format!("Bearer {}", self.token)
-                .parse()
-                .map_err(|_| ClientError::BadToken)?,
-        );
+        let wsreq = self.ws_request(&url)?;
         let ws = match tokio_tungstenite::connect_async(wsreq).await {
             Ok((ws, _)) => ws,
             Err(tungstenite::Error::Http(resp)) => {

@@ -29,6 +29,26 @@ async fn note(store: &crate::db::Store, id: &str, res: &Result<SnapshotSummary, 
 use hearth_node::SnapshotSummary;
 
 impl Manager {
+    /// Fills a new record's disk from `snapshot` and starts it (fork and restore share
+    /// this); the caller owns cleanup when it fails.
+    pub(super) async fn restore_then_start(
+        &self,
+        rec: &WorkspaceRecord,
+        snapshot: &str,
+        new: &str,
+    ) -> Result<(), ApiError> {
+        self.node
+            .restore(&rec.spec, snapshot)
+            .await
+            .map_err(|e| node_err("restore", new, e))?;
+        self.set(rec, WorkspaceState::Starting, None).await?;
+        self.node
+            .start(&rec.spec)
+            .await
+            .map(|_| ())
+            .map_err(|e| node_err("start", new, e))
+    }
+
     /// Takes a snapshot of a running or stopped workspace now.
     pub async fn snapshot(&self, caller: &Caller, name: &str) -> Result<Snapshot, ApiError> {
         let _guard = self.lock(name).await;
@@ -216,18 +236,7 @@ impl Manager {
             snapshot = req.snapshot,
             "forking"
         );
-        let result = async {
-            self.node
-                .restore(&rec.spec, &req.snapshot)
-                .await
-                .map_err(|e| node_err("restore", &new, e))?;
-            self.set(&rec, WorkspaceState::Starting, None).await?;
-            self.node
-                .start(&rec.spec)
-                .await
-                .map_err(|e| node_err("start", &new, e))
-        }
-        .await;
+        let result = self.restore_then_start(&rec, &req.snapshot, &new).await;
         match result {
             Ok(_) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;

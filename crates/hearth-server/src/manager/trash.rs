@@ -200,18 +200,7 @@ impl Manager {
             rec
         };
         tracing::info!(workspace = new, from = name, id = %rec.spec.id, snapshot, "restoring");
-        let result = async {
-            self.node
-                .restore(&rec.spec, &snapshot)
-                .await
-                .map_err(|e| node_err("restore", &new, e))?;
-            self.set(&rec, WorkspaceState::Starting, None).await?;
-            self.node
-                .start(&rec.spec)
-                .await
-                .map_err(|e| node_err("start", &new, e))
-        }
-        .await;
+        let result = self.restore_then_start(&rec, &snapshot, &new).await;
         match result {
             Ok(_) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
