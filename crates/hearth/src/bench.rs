@@ -101,29 +101,69 @@ async fn exec_true(node: &LocalNode, spec: &WorkspaceSpec) -> Result<()> {
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("hearth-bench-")
-        .tempdir_in("/var/tmp")
-        .context("temp dir in /var/tmp")?;
-    let tag = rand::random::<u16>();
-    let cfg = NodeConfig {
-        data_dir: tmp.path().join("data"),
-        bridge: format!("hbench{}", tag % 10000),
-        subnet: format!("10.77.{}.0/24", tag % 250),
-        cgroup_parent: format!("hearth-bench-{tag}"),
-        runtime: args.runtime.clone(),
-        agent_binary: args.agent.clone(),
-        snapshots: Default::default(),
-        egress: Default::default(),
-        disk_reserve: None,
-        console: Default::default(),
-    };
-    let node = LocalNode::open(cfg).await?;
-    let result = bench(&node, tmp.path(), &args).await;
-    if let Err(e) = node.teardown().await {
-        eprintln!("bench teardown: {e}");
+/// A bench's own node settings: a temp data dir in /var/tmp and a bridge, subnet and
+/// cgroup parent tagged at random, so a bench never touches a running server or another
+/// bench; everything else is the node's default.
+pub(crate) struct Sandbox {
+    /// Holds the data dir; removed when dropped (after the node's teardown).
+    pub dir: tempfile::TempDir,
+    pub cfg: NodeConfig,
+}
+
+impl Sandbox {
+    /// `name` prefixes the temp dir and cgroup parent, `bridge` the bridge name (at most
+    /// 10 bytes, the tag adds up to 4); `subnet` makes the subnet from the random tag.
+    pub(crate) fn new(
+        name: &str,
+        bridge: &str,
+        subnet: impl FnOnce(u16) -> String,
+        agent: &Path,
+        runtime: Option<String>,
+    ) -> Result<Sandbox> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in("/var/tmp")
+            .context("temp dir in /var/tmp")?;
+        let tag = rand::random::<u16>();
+        let cfg = NodeConfig {
+            data_dir: dir.path().join("data"),
+            bridge: format!("{bridge}{}", tag % 10000),
+            subnet: subnet(tag),
+            cgroup_parent: format!("{name}-{tag}"),
+            runtime,
+            agent_binary: agent.to_path_buf(),
+            snapshots: Default::default(),
+            egress: Default::default(),
+            disk_reserve: None,
+            console: Default::default(),
+        };
+        Ok(Sandbox { dir, cfg })
     }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Stops and removes everything the bench's node made; a failure is printed, not
+/// returned, so it never hides the bench's own result.
+pub(crate) async fn teardown(node: &LocalNode, what: &str) {
+    if let Err(e) = node.teardown().await {
+        eprintln!("{what} teardown: {e}");
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let sb = Sandbox::new(
+        "hearth-bench",
+        "hbench",
+        |tag| format!("10.77.{}.0/24", tag % 250),
+        &args.agent,
+        args.runtime.clone(),
+    )?;
+    let node = LocalNode::open(sb.cfg.clone()).await?;
+    let result = bench(&node, sb.path(), &args).await;
+    teardown(&node, "bench").await;
     result
 }
 

@@ -268,23 +268,14 @@ pub async fn run(args: AccessArgs) -> Result<()> {
     if args.ssh {
         sshd_binary()?;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("hearth-bench-ssh-")
-        .tempdir_in("/var/tmp")
-        .context("temp dir in /var/tmp")?;
-    let tag = rand::random::<u16>();
-    let cfg = NodeConfig {
-        data_dir: tmp.path().join("data"),
-        bridge: format!("hbssh{}", tag % 10000),
-        subnet: format!("10.78.{}.0/24", tag % 250),
-        cgroup_parent: format!("hearth-bench-ssh-{tag}"),
-        runtime: args.runtime.clone(),
-        agent_binary: args.agent.clone(),
-        snapshots: Default::default(),
-        egress: Default::default(),
-        disk_reserve: None,
-        console: Default::default(),
-    };
+    let sb = super::Sandbox::new(
+        "hearth-bench-ssh",
+        "hbssh",
+        |tag| format!("10.78.{}.0/24", tag % 250),
+        &args.agent,
+        args.runtime.clone(),
+    )?;
+    let cfg = sb.cfg.clone();
     let node = LocalNode::open(cfg.clone()).await?;
     let server = Server::bind(
         ServerConfig {
@@ -320,7 +311,7 @@ pub async fn run(args: AccessArgs) -> Result<()> {
                 let _ = rx.await;
             }));
             let res = match proxy {
-                Ok(proxy) => bench(&node, &cfg, &url, proxy, tmp.path(), &args).await,
+                Ok(proxy) => bench(&node, &cfg, &url, proxy, sb.path(), &args).await,
                 Err(e) => Err(e),
             };
             let _ = stop.send(());
@@ -333,9 +324,7 @@ pub async fn run(args: AccessArgs) -> Result<()> {
         }
         Err(e) => Err(e),
     };
-    if let Err(e) = node.teardown().await {
-        eprintln!("ssh bench teardown: {e}");
-    }
+    super::teardown(&node, "ssh bench").await;
     res
 }
 

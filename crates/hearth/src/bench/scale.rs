@@ -131,27 +131,19 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
     if tiers.is_empty() || tiers[0] == 0 {
         bail!("--scale wants positive workspace counts, e.g. --scale 10,100,500");
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("hearth-scale-")
-        .tempdir_in("/var/tmp")
-        .context("temp dir in /var/tmp")?;
-    let tag = rand::random::<u16>();
-    let cfg = NodeConfig {
-        data_dir: tmp.path().join("data"),
-        bridge: format!("hscl{}", tag % 10000),
+    let mut sb = super::Sandbox::new(
+        "hearth-scale",
+        "hscl",
         // A /20 holds 4094 workspaces; 10.100-149 stays clear of the test suites' /24s.
-        subnet: format!("10.{}.{}.0/20", 100 + tag % 50, (tag / 50 % 16) * 16),
-        cgroup_parent: format!("hearth-scale-{tag}"),
-        runtime: args.runtime.clone(),
-        agent_binary: args.agent.clone(),
-        snapshots: Default::default(),
-        egress: Default::default(),
-        disk_reserve: Some(0),
-        console: Default::default(),
-    };
+        |tag| format!("10.{}.{}.0/20", 100 + tag % 50, (tag / 50 % 16) * 16),
+        &args.agent,
+        args.runtime.clone(),
+    )?;
+    sb.cfg.disk_reserve = Some(0);
+    let cfg = sb.cfg.clone();
     let (node, server) = open(&cfg).await?;
     let mut state = Some((node, server));
-    let res = scale(&cfg, tmp.path(), &tiers, &args, &mut state).await;
+    let res = scale(&cfg, sb.path(), &tiers, &args, &mut state).await;
     let node = match state.take() {
         Some((node, server)) => {
             if let Err(e) = server.shutdown().await {
@@ -163,9 +155,7 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
     };
     if let Some(node) = node {
         eprintln!("stopping and removing the bench's workspaces...");
-        if let Err(e) = node.teardown().await {
-            eprintln!("scale bench teardown: {e}");
-        }
+        super::teardown(&node, "scale bench").await;
     }
     res
 }
