@@ -3,7 +3,7 @@
 # toolchain and, when no `cargo` is found, Rust through rustup.
 #   scripts/install-deps.sh           what `hearth server` and the build need
 #   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
-#                                     moto, schemathesis)
+#                                     moto, schemathesis, the devcontainer reference CLI)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`, sshd for `--ssh`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
@@ -45,4 +45,14 @@ if [[ "${1:-}" == --test ]] && ! command -v schemathesis >/dev/null; then
   [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q schemathesis==4.32.5   # its CLI flags are what the test uses
   ln -sf "$venv/bin/schemathesis" /usr/local/bin/schemathesis
+fi
+# The devcontainer.json reference implementation, the oracle of
+# crates/hearth-devcontainer/tests/oracle.rs (npm's @devcontainers/cli). It needs node 20 or
+# newer; Debian 12's own nodejs is 18, so install NodeSource's nodejs 20 package first there.
+devcontainer_cli=0.89.0
+if [[ "${1:-}" == --test ]] && [[ "$(devcontainer --version 2>/dev/null)" != "$devcontainer_cli" ]]; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  ((node_major >= 20)) || { echo "error: @devcontainers/cli needs node >= 20 (found ${node_major}): install nodejs 20 (NodeSource) and rerun" >&2; exit 1; }
+  echo "installing @devcontainers/cli@$devcontainer_cli (npm)"
+  npm install -g -q "@devcontainers/cli@$devcontainer_cli" >/dev/null
 fi

@@ -46,6 +46,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hearth-snapshot", &[]),
     ("hearth-disk", &[]),
     ("hearth-proto", &[]),
+    // devcontainer.json: parse, model, variables; reads repositories, runs only `git`.
+    ("hearth-devcontainer", &[]),
     // Values every crate shares (the workspace id), checked once; below the leaves.
     ("hearth-types", &[]),
 ];

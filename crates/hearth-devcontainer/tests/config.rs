@@ -1,0 +1,371 @@
+//! Finding, parsing and modelling devcontainer.json, against real directories and real
+//! git repositories.
+
+use std::path::Path;
+use std::process::Command;
+
+use hearth_devcontainer::{
+    find, load, Command as Cmd, DirRepo, Error, ForwardPort, GitRepo, LifecycleStep, Repo,
+};
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn none(_: &str) -> Option<String> {
+    None
+}
+
+fn load_text(text: &str) -> Result<hearth_devcontainer::Loaded, Error> {
+    let found = hearth_devcontainer::Found {
+        path: ".devcontainer/devcontainer.json".into(),
+        text: text.into(),
+    };
+    load(&found, Some("/src/proj"), "/workspace/proj", &none)
+}
+
+#[test]
+fn jsonc_comments_and_trailing_commas() {
+    let l = load_text(
+        "// top\n{\n  /* block */ \"image\": \"debian\", // tail\n  \"forwardPorts\": [3000, \"db:5432\",],\n}\n",
+    )
+    .unwrap();
+    assert_eq!(l.config.image.as_deref(), Some("debian"));
+    assert_eq!(
+        l.config.forward_ports,
+        vec![
+            ForwardPort::Port(3000),
+            ForwardPort::Remote {
+                host: "db".into(),
+                port: 5432
+            }
+        ]
+    );
+    assert!(l.config.warnings.is_empty(), "{:?}", l.config.warnings);
+}
+
+#[test]
+fn syntax_error_names_file_line_and_column() {
+    let e = load_text("{\n  \"image\": \"debian\"\n  \"name\": \"x\"\n}\n").unwrap_err();
+    let Error::Syntax {
+        file, line, column, ..
+    } = &e
+    else {
+        panic!("{e}");
+    };
+    assert_eq!(
+        (file.as_str(), *line, *column),
+        (".devcontainer/devcontainer.json", 2, 20)
+    );
+    assert!(
+        e.to_string()
+            .starts_with(".devcontainer/devcontainer.json:2:20: expected comma"),
+        "{e}"
+    );
+}
+
+#[test]
+fn json5_extras_are_refused() {
+    assert!(matches!(
+        load_text("{'image': 'x'}"),
+        Err(Error::Syntax { .. })
+    ));
+    assert!(matches!(
+        load_text("{image: \"x\"}"),
+        Err(Error::Syntax { .. })
+    ));
+    assert!(matches!(load_text("[]"), Err(Error::Invalid { .. })));
+    assert!(matches!(load_text(""), Err(Error::Invalid { .. })));
+}
+
+#[test]
+fn wrong_type_names_its_position() {
+    let e = load_text("{\n  \"containerEnv\": {\n    \"A\": 1\n  }\n}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        ".devcontainer/devcontainer.json:3:10: containerEnv.A must be a string"
+    );
+}
+
+#[test]
+fn unknown_and_unsupported_properties_are_warned_about() {
+    let l = load_text(
+        "{\n \"image\": \"x\",\n \"frobnicate\": 1,\n \"runArgs\": [\"--gpus\"],\n \"hostRequirements\": {\"gpu\": true, \"cpus\": 2, \"memory\": \"4gb\"}\n}",
+    )
+    .unwrap();
+    let w: Vec<String> = l.config.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.contains(
+            &".devcontainer/devcontainer.json:3:2: unknown property frobnicate is ignored"
+                .to_string()
+        ),
+        "{w:?}"
+    );
+    assert!(w.iter().any(|m| m.starts_with(".devcontainer/devcontainer.json:4:2: runArgs is not supported")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|m| m.contains("hostRequirements.gpu is not supported")),
+        "{w:?}"
+    );
+    assert_eq!(l.config.host_requirements.cpus, Some(2));
+    assert_eq!(l.config.host_requirements.memory_bytes, Some(4 << 30));
+}
+
+#[test]
+fn hostile_sizes_and_nesting_are_refused() {
+    let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    let e = load_text(&deep).unwrap_err();
+    assert!(e.to_string().contains("nested deeper than 64"), "{e}");
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
+    assert!(matches!(load_text(&huge), Err(Error::TooLarge { .. })));
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), ".devcontainer.json", &huge);
+    let repo = DirRepo::open(d.path()).unwrap();
+    assert!(matches!(find(&repo, None), Err(Error::TooLarge { .. })));
+}
+
+#[test]
+fn lifecycle_forms() {
+    let l = load_text(
+        r#"{
+  "onCreateCommand": "echo a && echo b",
+  "updateContentCommand": ["make", "deps"],
+  "postCreateCommand": {"one": "echo 1", "two": ["echo", "2"]},
+  "postStartCommand": "",
+  "postAttachCommand": ["true"],
+  "waitFor": "postCreateCommand"
+}"#,
+    )
+    .unwrap();
+    let lc = &l.config.lifecycle;
+    assert_eq!(
+        lc.get(LifecycleStep::OnCreate),
+        Some(&Cmd::Shell("echo a && echo b".into()))
+    );
+    assert_eq!(
+        lc.get(LifecycleStep::UpdateContent),
+        Some(&Cmd::Exec(vec!["make".into(), "deps".into()]))
+    );
+    assert_eq!(
+        lc.get(LifecycleStep::PostCreate),
+        Some(&Cmd::Parallel(vec![
+            ("one".into(), Cmd::Shell("echo 1".into())),
+            ("two".into(), Cmd::Exec(vec!["echo".into(), "2".into()])),
+        ]))
+    );
+    assert_eq!(lc.get(LifecycleStep::PostStart), None);
+    assert_eq!(lc.wait_for(), LifecycleStep::PostCreate);
+    let e = load_text(r#"{"postCreateCommand": {"a": {"b": "c"}}}"#).unwrap_err();
+    assert!(
+        e.to_string().contains("1:29: a command in the object form"),
+        "{e}"
+    );
+}
+
+#[test]
+fn build_paths_stay_in_the_repository() {
+    let l = load_text(r#"{"build": {"dockerfile": "Dockerfile", "context": ".."}}"#).unwrap();
+    let b = l.config.build.unwrap();
+    assert_eq!(
+        (b.dockerfile.as_str(), b.context.as_str()),
+        (".devcontainer/Dockerfile", "")
+    );
+    for bad in [
+        r#"{"build": {"dockerfile": "../../Dockerfile"}}"#,
+        r#"{"build": {"dockerfile": "/etc/passwd"}}"#,
+        r#"{"build": {"dockerfile": "D", "context": "../.."}}"#,
+    ] {
+        let e = load_text(bad).unwrap_err();
+        assert!(matches!(e, Error::Invalid { .. }), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn find_in_a_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = DirRepo::open(d.path()).unwrap();
+    assert_eq!(find(&repo, None).unwrap(), None);
+    write(
+        d.path(),
+        ".devcontainer/py/devcontainer.json",
+        "{\"name\": \"py\"}",
+    );
+    assert_eq!(
+        find(&repo, None).unwrap().unwrap().path,
+        ".devcontainer/py/devcontainer.json"
+    );
+    write(
+        d.path(),
+        ".devcontainer/go/devcontainer.json",
+        "{\"name\": \"go\"}",
+    );
+    let e = find(&repo, None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the repository has several devcontainer configurations (go, py): choose one with --config NAME"
+    );
+    assert_eq!(
+        find(&repo, Some("go")).unwrap().unwrap().text,
+        "{\"name\": \"go\"}"
+    );
+    let e = find(&repo, Some("rust")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no devcontainer configuration named rust (the repository has: go, py)"
+    );
+    assert!(find(&repo, Some("..")).is_err());
+    write(d.path(), ".devcontainer.json", "{}");
+    assert_eq!(
+        find(&repo, None).unwrap().unwrap().path,
+        ".devcontainer.json"
+    );
+    write(d.path(), ".devcontainer/devcontainer.json", "{}");
+    assert_eq!(
+        find(&repo, None).unwrap().unwrap().path,
+        ".devcontainer/devcontainer.json"
+    );
+}
+
+#[test]
+fn directory_symlinks_out_of_the_repository_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret.json", "{\"image\": \"stolen\"}");
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.json"),
+        d.path().join(".devcontainer.json"),
+    )
+    .unwrap();
+    let repo = DirRepo::open(d.path()).unwrap();
+    let e = find(&repo, None).unwrap_err();
+    assert!(
+        e.to_string().contains("resolves outside the repository"),
+        "{e}"
+    );
+    std::fs::create_dir(d.path().join(".devcontainer")).unwrap();
+    std::os::unix::fs::symlink("../../x", d.path().join(".devcontainer/devcontainer.json"))
+        .unwrap();
+    assert!(find(&repo, None).is_err());
+    // Inside is fine.
+    write(d.path(), "cfg/real.json", "{\"image\": \"ok\"}");
+    std::fs::remove_file(d.path().join(".devcontainer/devcontainer.json")).unwrap();
+    std::os::unix::fs::symlink(
+        "../cfg/real.json",
+        d.path().join(".devcontainer/devcontainer.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        find(&repo, None).unwrap().unwrap().text,
+        "{\"image\": \"ok\"}"
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "git {args:?}");
+}
+
+fn git_cmd() -> Box<dyn Fn() -> Command + Send + Sync> {
+    Box::new(|| {
+        let mut c = Command::new("git");
+        c.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        c
+    })
+}
+
+#[test]
+fn git_tree_reading_follows_symlinks_only_inside() {
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    git(s, &["init", "-q"]);
+    write(s, "cfg/a.json", "{\"image\": \"a\"}");
+    write(
+        s,
+        ".devcontainer/py/devcontainer.json",
+        "{\"image\": \"py\"}",
+    );
+    std::fs::create_dir_all(s.join(".devcontainer/rs")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../cfg/a.json",
+        s.join(".devcontainer/rs/devcontainer.json"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.join(".devcontainer/esc")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../etc/passwd",
+        s.join(".devcontainer/esc/devcontainer.json"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.join(".devcontainer/abs")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s.join(".devcontainer/abs/devcontainer.json"))
+        .unwrap();
+    git(s, &["add", "-A"]);
+    git(s, &["commit", "-qm", "x"]);
+    // A later working-tree change is not what the commit holds.
+    write(
+        s,
+        ".devcontainer/py/devcontainer.json",
+        "{\"image\": \"dirty\"}",
+    );
+
+    let dest = tempfile::tempdir().unwrap();
+    let repo =
+        GitRepo::clone_tip(s.to_str().unwrap(), &dest.path().join("r.git"), git_cmd()).unwrap();
+    assert_eq!(repo.commit().len(), 40);
+    assert_eq!(
+        repo.subdirs(".devcontainer").unwrap(),
+        vec!["abs", "esc", "py", "rs"]
+    );
+    assert_eq!(
+        find(&repo, Some("py")).unwrap().unwrap().text,
+        "{\"image\": \"py\"}"
+    );
+    assert_eq!(
+        find(&repo, Some("rs")).unwrap().unwrap().text,
+        "{\"image\": \"a\"}"
+    );
+    for name in ["esc", "abs"] {
+        let e = find(&repo, Some(name)).unwrap_err();
+        assert!(
+            e.to_string().contains("outside the repository"),
+            "{name}: {e}"
+        );
+    }
+    // Without a choice: four candidates, of which two are unreadable; the listing names
+    // only readable ones.
+    let e = find(&repo, None).unwrap_err();
+    assert!(e.to_string().contains("(py, rs)"), "{e}");
+    assert_eq!(repo.read("nope/x", 10).unwrap(), None);
+    assert!(matches!(
+        repo.read("cfg/a.json", 3),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn devcontainer_id_matches_the_cli() {
+    // Expected value printed by the CLI's own algorithm (devcontainerIdForLabels) under
+    // node for these labels.
+    let id = hearth_devcontainer::vars::devcontainer_id(&hearth_devcontainer::vars::id_labels(
+        "/workspace/proj",
+        "/workspace/proj/.devcontainer/devcontainer.json",
+    ));
+    assert_eq!(id, EXPECTED_ID);
+}
+
+const EXPECTED_ID: &str = "0mjsvpce2e3p31nqj7qj7ma7b78gjpsugvr32g0da5l7b3df0tjp";
