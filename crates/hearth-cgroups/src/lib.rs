@@ -5,6 +5,7 @@
 //! everything it forks inherit the groups.
 
 mod layout;
+mod memory;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use hearth_types::WorkspaceId;
 
 pub use layout::{Layout, V1Layout};
+pub use memory::{memory_high, MemoryStats};
 
 /// How long [`Cgroups::kill_all`] waits for the group to empty; SIGKILL is not delayed by
 /// anything a process does, so only uninterruptible sleeps (D state) can take this long.
@@ -156,9 +158,9 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Changes the limits of an existing group (a running workspace). Lowering memory
-    /// below what the group uses makes the kernel reclaim first (v1 refuses with EBUSY
-    /// if it cannot).
+    /// Changes the limits of an existing group (a running workspace), the memory reclaim
+    /// threshold ([`memory_high`]) with them. Lowering memory below what the group uses
+    /// makes the kernel reclaim first (v1 refuses with EBUSY if it cannot).
     pub fn set_limits(&self, id: &WorkspaceId, limits: &Limits) -> Result<(), CgroupError> {
         check_limits(id, limits)?;
         self.write_limits(id, limits)?;
@@ -176,12 +178,8 @@ impl Cgroups {
         };
         match &self.layout {
             Layout::V1(v1) => {
-                if let Some(m) = &v1.memory {
-                    let dir = m.join(&self.parent).join(id);
-                    write(
-                        &dir.join("memory.limit_in_bytes"),
-                        &unlimited_or(limits.memory_bytes, "-1"),
-                    )?;
+                if let Some(dir) = self.memory_dir(id) {
+                    self.write_memory(&dir, limits.memory_bytes)?;
                 }
                 if let Some(p) = &v1.pids {
                     let dir = p.join(&self.parent).join(id);
@@ -197,11 +195,8 @@ impl Cgroups {
             }
             Layout::V2 { root } => {
                 let dir = root.join(&self.parent).join(id);
-                if self.v2_controllers.contains(&"memory") {
-                    write(
-                        &dir.join("memory.max"),
-                        &unlimited_or(limits.memory_bytes, "max"),
-                    )?;
+                if let Some(dir) = self.memory_dir(id) {
+                    self.write_memory(&dir, limits.memory_bytes)?;
                 }
                 if self.v2_controllers.contains(&"pids") {
                     write(&dir.join("pids.max"), &unlimited_or(limits.pids, "max"))?;

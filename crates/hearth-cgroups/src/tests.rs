@@ -288,3 +288,92 @@ fn freeze_and_thaw_use_the_freezer_then_cgroup_freeze() {
     cg2.thaw(&WorkspaceId::new("abc123").unwrap()).unwrap();
     assert_eq!(read_trim(&dir.join("cgroup.freeze")), "0");
 }
+
+#[test]
+fn memory_high_sits_a_tenth_below_the_limit_page_aligned() {
+    assert_eq!(memory_high(0), 0);
+    assert_eq!(memory_high(64 << 20), 60_395_520); // 57.6 MiB, page aligned
+    assert_eq!(memory_high(4 << 30), 3_865_468_928);
+    assert_eq!(memory_high(1000) % 4096, 0);
+}
+
+#[test]
+fn memory_threshold_follows_the_limit_on_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let id = WorkspaceId::new("a51").unwrap();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    let lim = |memory_bytes| Limits {
+        memory_bytes,
+        ..Limits::default()
+    };
+    cg.create(&id, &lim(64 << 20)).unwrap();
+    let m = t.join("memory/hearth/a51");
+    assert_eq!(read_trim(&m.join("memory.limit_in_bytes")), "67108864");
+    assert_eq!(read_trim(&m.join("memory.soft_limit_in_bytes")), "60395520");
+    cg.set_limits(&id, &lim(0)).unwrap();
+    assert_eq!(read_trim(&m.join("memory.soft_limit_in_bytes")), "-1");
+
+    // What the kernel shows back: unlimited is a huge number on v1.
+    fs::write(m.join("memory.usage_in_bytes"), "4096\n").unwrap();
+    fs::write(m.join("memory.limit_in_bytes"), "67108864\n").unwrap();
+    fs::write(m.join("memory.soft_limit_in_bytes"), "9223372036854771712\n").unwrap();
+    fs::write(
+        m.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cg.memory(&id).unwrap(),
+        MemoryStats {
+            usage_bytes: Some(4096),
+            limit_bytes: Some(64 << 20),
+            high_bytes: None,
+            oom_kills: Some(3),
+        }
+    );
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let t2 = tmp2.path();
+    let cg = Cgroups::open_with(fake_v2(t2, "cpu memory pids", "hearth"), "hearth").unwrap();
+    cg.create(&id, &lim(64 << 20)).unwrap();
+    let d = t2.join("hearth/a51");
+    assert_eq!(read_trim(&d.join("memory.max")), "67108864");
+    assert_eq!(read_trim(&d.join("memory.high")), "60395520");
+    cg.set_limits(&id, &lim(128 << 20)).unwrap();
+    assert_eq!(read_trim(&d.join("memory.high")), "120795136");
+    fs::write(d.join("memory.current"), "8192\n").unwrap();
+    fs::write(
+        d.join("memory.events"),
+        "low 0\nhigh 12\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cg.memory(&id).unwrap(),
+        MemoryStats {
+            usage_bytes: Some(8192),
+            limit_bytes: Some(128 << 20),
+            high_bytes: Some(120_795_136),
+            oom_kills: Some(1),
+        }
+    );
+    cg.set_limits(&id, &lim(0)).unwrap();
+    assert_eq!(read_trim(&d.join("memory.high")), "max");
+    assert_eq!(cg.memory(&id).unwrap().limit_bytes, None);
+}
+
+#[test]
+fn kernel_memcg_paths_map_to_workspaces_under_the_parent_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cg = Cgroups::open_with(fake_v1(tmp.path()), "hearth-t/ws").unwrap();
+    let id = |s: &str| Some(WorkspaceId::new(s).unwrap());
+    assert_eq!(cg.workspace_of("/hearth-t/ws/ab12"), id("ab12"));
+    assert_eq!(cg.workspace_of("/hearth-t/ws/ab12/nested/x"), id("ab12"));
+    assert_eq!(cg.workspace_of("/hearth-t/ws"), None);
+    assert_eq!(cg.workspace_of("/hearth-t/wsx/ab12"), None);
+    assert_eq!(cg.workspace_of("/other/ab12"), None);
+    assert_eq!(cg.workspace_of("/hearth-t/ws/../ab12"), None);
+    assert_eq!(cg.workspace_of("/hearth-t/ws/NOTHEX"), None);
+    assert_eq!(cg.workspace_of("hearth-t/ws/ab12"), None);
+    assert_eq!(cg.workspace_of("/"), None);
+}
