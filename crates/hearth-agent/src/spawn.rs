@@ -338,6 +338,17 @@ unsafe fn child_main(ctx: &ChildCtx) -> ! {
                 child_fail(ctx, STAGE_STDIO, errno());
             }
         }
+        // The node keeps the OOM killer off the agent (-1000, see hearth-node's
+        // `protect_agent`); what it runs is fair game again. Raising needs no privilege;
+        // nothing to do if the node could not lower it.
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
         // Raw syscalls: glibc's wrappers would try to sync threads that do not exist here.
         let r = libc::syscall(libc::SYS_setgroups, ctx.groups.len(), ctx.groups.as_ptr());
         // Some user namespaces forbid setgroups; running with the agent's groups is

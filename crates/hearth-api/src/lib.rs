@@ -350,6 +350,26 @@ pub struct WorkspaceInspect {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Processes the kernel's OOM killer killed in the workspace while the node ran,
+    /// newest last (the last 16; `usage.oom_kill_count` counts all since its start).
+    #[serde(default)]
+    pub oom_kills: Vec<OomKillInfo>,
+}
+
+/// One process killed for lack of memory.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OomKillInfo {
+    /// RFC 3339 time the node saw the kill.
+    pub at: String,
+    /// Its pid inside the workspace, when the node could still read it.
+    pub pid: Option<u32>,
+    /// Its pid on the host.
+    pub host_pid: u32,
+    /// Its command name (at most 15 bytes, as the kernel keeps it).
+    pub process: String,
+    /// The memory limit that was reached, usually the workspace's; null when the whole
+    /// host ran out of memory.
+    pub limit_bytes: Option<u64>,
 }
 
 /// The outbound policy in force: the workspace's rules, the node's, and the limits.
@@ -392,6 +412,13 @@ pub struct UsageInfo {
     /// Over a short sample; 100 means one core busy.
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// Where the kernel starts reclaiming its memory, 90% of the limit (cgroup v2
+    /// `memory.high`, which also throttles; v1 `memory.soft_limit_in_bytes`).
+    #[serde(default)]
+    pub memory_high_bytes: Option<u64>,
+    /// OOM kills since it started, as its memory cgroup counts them.
+    #[serde(default)]
+    pub oom_kill_count: Option<u64>,
     pub pids: Option<u64>,
     /// Used bytes of the workspace's disk (everything it changed, plus metadata).
     pub disk_bytes: u64,

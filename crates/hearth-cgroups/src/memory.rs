@@ -106,7 +106,9 @@ impl Cgroups {
     /// The workspace a memory cgroup path belongs to, as the kernel prints it (relative
     /// to the hierarchy's root: `/<parent>/<id>[/...]`); `None` for groups not ours.
     pub fn workspace_of(&self, memcg: &str) -> Option<WorkspaceId> {
-        let rest = Path::new(memcg.strip_prefix('/')?).strip_prefix(&self.parent).ok()?;
+        let rest = Path::new(memcg.strip_prefix('/')?)
+            .strip_prefix(&self.parent)
+            .ok()?;
         let first = rest.components().next()?;
         WorkspaceId::new(first.as_os_str().to_str()?).ok()
     }

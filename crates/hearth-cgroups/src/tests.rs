@@ -317,7 +317,11 @@ fn memory_threshold_follows_the_limit_on_both_versions() {
     // What the kernel shows back: unlimited is a huge number on v1.
     fs::write(m.join("memory.usage_in_bytes"), "4096\n").unwrap();
     fs::write(m.join("memory.limit_in_bytes"), "67108864\n").unwrap();
-    fs::write(m.join("memory.soft_limit_in_bytes"), "9223372036854771712\n").unwrap();
+    fs::write(
+        m.join("memory.soft_limit_in_bytes"),
+        "9223372036854771712\n",
+    )
+    .unwrap();
     fs::write(
         m.join("memory.oom_control"),
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",

@@ -186,6 +186,27 @@ pub struct WorkspaceDetails {
     /// Why the node holds the workspace frozen (its disk is under the reserve), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Processes the OOM killer killed in the workspace while this node ran, newest last
+    /// (at most 16).
+    #[serde(default)]
+    pub oom_kills: Vec<OomKill>,
+}
+
+/// A process of a workspace the kernel's OOM killer killed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OomKill {
+    /// RFC 3339 time the node read the kill from the kernel log.
+    pub at: String,
+    /// Its pid inside the workspace, when the node could still read it (the process is
+    /// dying when the kernel reports it).
+    pub pid: Option<u32>,
+    /// Its pid on the host, as the kernel reported it.
+    pub host_pid: u32,
+    /// Its command name (the kernel's `comm`, at most 15 bytes).
+    pub process: String,
+    /// The memory limit that was hit (a cgroup's, usually the workspace's own); `None`
+    /// when the whole host ran out of memory.
+    pub limit_bytes: Option<u64>,
 }
 
 /// The egress policy in force for a workspace, as the node applies it.
@@ -223,6 +244,13 @@ pub struct Usage {
     /// CPU use over a short sample, 100 = one core busy.
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// Where the kernel starts reclaiming the workspace's memory (and, on cgroup v2,
+    /// throttling it): [`hearth_cgroups::memory_high`] of the limit.
+    #[serde(default)]
+    pub memory_high_bytes: Option<u64>,
+    /// OOM kills in the workspace since it started, as its memory cgroup counts them.
+    #[serde(default)]
+    pub oom_kill_count: Option<u64>,
     pub pids: Option<u64>,
     /// Used bytes of the workspace's disk (its files plus filesystem metadata).
     pub disk_bytes: u64,

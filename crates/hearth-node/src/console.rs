@@ -350,13 +350,17 @@ impl Rotator {
     }
 }
 
-/// A control-plane line for the console: one line, short enough for one atomic pipe write.
-fn note_line(at: std::time::SystemTime, line: &str) -> String {
+/// `at` in RFC 3339, whole seconds, UTC.
+pub(crate) fn rfc3339(at: std::time::SystemTime) -> String {
     let t = time::OffsetDateTime::from(at);
     let t = t.replace_nanosecond(0).unwrap_or(t);
-    let at = t
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string());
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// A control-plane line for the console: one line, short enough for one atomic pipe write.
+fn note_line(at: std::time::SystemTime, line: &str) -> String {
+    let at = rfc3339(at);
     let mut line: String = line
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -7,6 +7,7 @@
 mod api;
 mod clone;
 mod console;
+mod kmsg;
 mod local;
 mod snap;
 

@@ -84,12 +84,25 @@ pub fn inspect(
             cpu_ns: d.usage.cpu_ns,
             cpu_percent: d.usage.cpu_percent,
             memory_bytes: d.usage.memory_bytes,
+            memory_high_bytes: d.usage.memory_high_bytes,
+            oom_kill_count: d.usage.oom_kill_count,
             pids: d.usage.pids,
             disk_bytes: d.usage.disk_bytes,
             disk_size: d.usage.disk_size,
         },
         store: store.map(store_use),
         paused: d.paused,
+        oom_kills: d
+            .oom_kills
+            .into_iter()
+            .map(|k| hearth_api::OomKillInfo {
+                at: k.at,
+                pid: k.pid,
+                host_pid: k.host_pid,
+                process: k.process,
+                limit_bytes: k.limit_bytes,
+            })
+            .collect(),
     }
 }
 

@@ -249,6 +249,7 @@ impl NodeApi for FakeNode {
                 ..Usage::default()
             },
             paused: None,
+            oom_kills: Vec::new(),
         })
     }
     async fn exec(

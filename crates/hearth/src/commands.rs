@@ -546,7 +546,30 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
             _ => "-".into(),
         },
     ));
-    rows.push(("memory", opt(u.memory_bytes.map(human_size))));
+    rows.push((
+        "memory",
+        match (u.memory_bytes, u.memory_high_bytes) {
+            (Some(m), Some(h)) => format!("{} (reclaim above {})", human_size(m), human_size(h)),
+            (m, _) => opt(m.map(human_size)),
+        },
+    ));
+    if let Some(n) = u.oom_kill_count.filter(|&n| n > 0) {
+        rows.push(("oom kills", format!("{n} since start")));
+    }
+    for (n, k) in i.oom_kills.iter().enumerate() {
+        let pid = match k.pid {
+            Some(p) => format!("pid {p}, host pid {}", k.host_pid),
+            None => format!("host pid {}", k.host_pid),
+        };
+        let why = match k.limit_bytes {
+            Some(l) => format!("limit {}", human_size(l)),
+            None => "host out of memory".into(),
+        };
+        rows.push((
+            if n == 0 { "killed (oom)" } else { "" },
+            format!("{} {} ({pid}), {why}", k.at, k.process),
+        ));
+    }
     rows.push(("pids", opt(u.pids.map(|p| p.to_string()))));
     rows.push((
         "disk",

@@ -86,6 +86,9 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         };
         usage.memory_bytes = s1.memory_bytes;
         usage.pids = Some(s1.pids);
+        let m = inner.cgroups.memory(&spec.id)?;
+        usage.memory_high_bytes = m.high_bytes;
+        usage.oom_kill_count = m.oom_kills;
     }
     let limits = inner.net.conn_limits();
     let egress = EgressDetails {
@@ -112,5 +115,6 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         network,
         usage,
         paused: inner.paused_reason(&spec.id),
+        oom_kills: inner.ooms.kills(&spec.id),
     })
 }

@@ -208,6 +208,7 @@ impl Inner {
         // No reserve check here: starting takes no space (a restore checks its own), and
         // the guard freezes the workspace if it then grows while under the reserve.
         self.freezes.forget(&spec.id);
+        self.ooms.register(&spec.id, spec.uid_base());
         self.migrate_legacy(spec, &p)?;
         // Local data lost (or the workspace moved here): bring back its latest snapshot.
         if !p.image.exists() && (p.dir.exists() || !self.restore_latest(spec)?) {
@@ -229,6 +230,9 @@ impl Inner {
         match self.host.container_state(&spec.id)? {
             Some(st) if st.is_running() => {
                 self.track_live(&spec.id, st.pid);
+                if let Some(pid) = st.pid {
+                    super::oom::protect_agent(&spec.id, pid);
+                }
                 Ok(self.running_status(spec, st.pid))
             }
             _ => Err(NodeError::Internal(format!(
@@ -480,6 +484,7 @@ impl Inner {
 
     /// Deletes a workspace's files; refuses while anything is mounted below it.
     pub(super) fn remove_files(&self, id: &WorkspaceId) -> Result<(), NodeError> {
+        self.ooms.forget(id);
         let p = self.paths(id);
         let mounted = self.host.mounts_under(&p.dir)?;
         if !mounted.is_empty() {

@@ -27,6 +27,7 @@ mod lifecycle;
 mod limits;
 mod live;
 mod migrate;
+mod oom;
 mod ops;
 mod paths;
 mod ports;
@@ -90,6 +91,8 @@ struct Inner {
     consoles: crate::console::Consoles,
     /// Pidfds of running workspaces' inits: a listing's liveness check.
     live: live::Liveness,
+    /// OOM kills read from the kernel log, per workspace.
+    ooms: oom::OomLog,
 }
 
 /// A failure with no typed cause (a panicked blocking task, a composed report).
@@ -214,8 +217,10 @@ impl LocalNode {
             max_file,
             consoles: Default::default(),
             live: Default::default(),
+            ooms: Default::default(),
         });
         guard::spawn(Arc::downgrade(&inner));
+        oom::spawn(Arc::downgrade(&inner));
         Ok(LocalNode { inner })
     }
 

@@ -43,6 +43,7 @@ impl Inner {
     /// cleared.
     fn reconcile_one(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {
         let st = self.status(spec)?;
+        self.ooms.register(&spec.id, spec.uid_base());
         let p = self.paths(&spec.id);
         if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
             self.drop_stale_views(&p);

@@ -233,6 +233,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         max_file: u64::MAX,
         consoles: Default::default(),
         live: Default::default(),
+        ooms: Default::default(),
         cfg,
     };
     (tmp, inner, host)
