@@ -6,6 +6,7 @@
 
 mod agent_relay;
 mod console;
+mod priority;
 mod reaper;
 mod session;
 mod sftp;
@@ -79,10 +80,13 @@ fn run() -> Result<(), String> {
     let mut image_env = Vec::new();
     let mut default_user = String::new();
     let mut default_cwd = String::new();
+    let mut priorities = priority::SessionClasses::default();
     for (k, v) in std::env::vars_os() {
         match k.to_str() {
             Some("HEARTH_DEFAULT_USER") => default_user = v.to_string_lossy().into_owned(),
             Some("HEARTH_DEFAULT_CWD") => default_cwd = v.to_string_lossy().into_owned(),
+            Some(priority::ENV_EXEC_PTY) => priorities.pty = priority::parse(&v.to_string_lossy())?,
+            Some(priority::ENV_EXEC) => priorities.pipes = priority::parse(&v.to_string_lossy())?,
             _ => image_env.push((k.into_vec(), v.into_vec())),
         }
     }
@@ -90,6 +94,7 @@ fn run() -> Result<(), String> {
         image_env,
         default_user,
         default_cwd,
+        priorities,
         reaper: Reaper::new(is_pid1),
     });
 

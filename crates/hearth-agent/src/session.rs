@@ -32,6 +32,8 @@ pub struct Ctx {
     pub image_env: EnvVars,
     pub default_user: String,
     pub default_cwd: String,
+    /// Sessions' priority classes, from the node.
+    pub priorities: crate::priority::SessionClasses,
     pub reaper: Reaper,
 }
 
@@ -158,7 +160,12 @@ fn prepare(req: &ExecRequest, ctx: &Ctx) -> Result<Prepared, String> {
         _ if !ctx.default_cwd.is_empty() => &ctx.default_cwd,
         _ => "/",
     };
-    Prepared::new(&req.argv, &env, cwd, &user)
+    let class = if req.tty {
+        ctx.priorities.pty
+    } else {
+        ctx.priorities.pipes
+    };
+    Prepared::new(&req.argv, &env, cwd, &user).map(|p| p.with_priority(class))
 }
 
 /// The agent's side of the session's stdio.
@@ -596,6 +603,7 @@ mod tests {
             ],
             default_user: String::new(),
             default_cwd: String::new(),
+            priorities: Default::default(),
             reaper: Reaper::new(false),
         };
         let user = users::resolve("0", "root:x:0:0::/root:/bin/sh\n", "").unwrap();

@@ -34,6 +34,7 @@ pub struct Prepared {
     uid: u32,
     gid: u32,
     groups: Vec<libc::gid_t>,
+    priority: crate::priority::Class,
 }
 
 fn cstring(what: &str, b: &[u8]) -> Result<CString, String> {
@@ -81,7 +82,14 @@ impl Prepared {
             gid: user.gid,
             groups: user.groups.clone(),
             name,
+            priority: crate::priority::DEFAULT,
         })
+    }
+
+    /// The class the child takes before exec, instead of the agent's own.
+    pub fn with_priority(mut self, class: crate::priority::Class) -> Self {
+        self.priority = class;
+        self
     }
 }
 
@@ -216,6 +224,7 @@ pub fn spawn(prep: &Prepared, stdio: ChildStdio, reaper: &Reaper) -> io::Result<
         uid: prep.uid,
         gid: prep.gid,
         groups: &prep.groups,
+        priority: prep.priority,
         fds: [fd_in, fd_out, fd_err],
         ctty,
         err_fd: err_tx.as_raw_fd(),
@@ -289,6 +298,7 @@ struct ChildCtx<'a> {
     uid: u32,
     gid: u32,
     groups: &'a [libc::gid_t],
+    priority: crate::priority::Class,
     fds: [RawFd; 3],
     ctty: bool,
     err_fd: RawFd,
@@ -349,6 +359,16 @@ unsafe fn child_main(ctx: &ChildCtx) -> ! {
             libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
         }
+        // The agent runs above its sessions (the node set it): take the session's class.
+        // Best effort: a class the kernel refuses leaves the child as the agent is.
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::syscall(libc::SYS_sched_setscheduler, 0, ctx.priority.policy, &param);
+        libc::syscall(
+            libc::SYS_setpriority,
+            libc::PRIO_PROCESS,
+            0,
+            ctx.priority.nice,
+        );
         // Raw syscalls: glibc's wrappers would try to sync threads that do not exist here.
         let r = libc::syscall(libc::SYS_setgroups, ctx.groups.len(), ctx.groups.as_ptr());
         // Some user namespaces forbid setgroups; running with the agent's groups is

@@ -281,6 +281,8 @@ pub struct NodeConfig {
     pub disk_reserve: Option<u64>,
     /// How much of each workspace's console output is kept (on its own disk).
     pub console: crate::ConsoleLimits,
+    /// Process priority classes inside workspaces (`--priority-rules`).
+    pub priority: crate::PriorityRules,
 }
 
 /// A node failure. The first four carry a message the node wrote for the user; the rest

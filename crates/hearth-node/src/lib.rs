@@ -9,11 +9,13 @@ mod clone;
 mod console;
 mod kmsg;
 mod local;
+mod priority;
 mod snap;
 
 pub use api::*;
 pub use console::{kept_bytes as console_bytes, ConsoleLimits};
 pub use local::LocalNode;
+pub use priority::{Class as PriorityClass, PriorityRules, PriorityStats, RulesError, SchedPolicy};
 pub use snap::{
     Retention, SnapshotSettings, SnapshotSummary, StoreCheck, StoreGcReport, StoreUsage,
 };

@@ -136,6 +136,7 @@ impl Sandbox {
             egress: Default::default(),
             disk_reserve: None,
             console: Default::default(),
+            priority: Default::default(),
         };
         Ok(Sandbox { dir, cfg })
     }

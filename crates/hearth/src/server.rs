@@ -125,6 +125,11 @@ pub struct ServerArgs {
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
+    /// JSON file of process priority rules inside workspaces: classes (nice, policy), the
+    /// class of exec sessions with and without a terminal, and executables that get a class
+    /// when they start (default: compilers, build tools and test runners are batch).
+    #[arg(long, value_name = "FILE")]
+    priority_rules: Option<PathBuf>,
 }
 
 /// `--ssh-listen`: an address, or `off`.
@@ -274,6 +279,7 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
             .console
             .map(|(max_bytes, files)| ConsoleLimits { max_bytes, files })
             .unwrap_or_default(),
+        priority: Default::default(),
     })
 }
 
@@ -322,6 +328,10 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
              or pass --agent PATH",
         )?,
     };
+    let priority = match &args.priority_rules {
+        Some(p) => hearth_node::PriorityRules::load(p)?,
+        None => Default::default(),
+    };
     let lock = DataDirLock::acquire(data_dir)?;
     let settings = NodeSettings {
         bridge: args.bridge.clone(),
@@ -349,7 +359,9 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let node = LocalNode::open(node_config(data_dir, &settings, agent)?)
+    let mut node_cfg = node_config(data_dir, &settings, agent)?;
+    node_cfg.priority = priority;
+    let node = LocalNode::open(node_cfg)
         .await
         .context("cannot open the node")?;
     let node: Arc<dyn NodeApi> = Arc::new(node);

@@ -232,6 +232,7 @@ impl Inner {
                 self.track_live(&spec.id, st.pid);
                 if let Some(pid) = st.pid {
                     super::oom::protect_agent(&spec.id, pid);
+                    self.prioritize_agent(&spec.id, pid);
                 }
                 Ok(self.running_status(spec, st.pid))
             }
@@ -299,6 +300,7 @@ impl Inner {
         ));
         env.push(format!("HEARTH_DEFAULT_CWD={cwd}"));
         env.push(format!("HEARTH_WORKSPACE={}", spec.name));
+        env.extend(self.priority_env());
         host.write_bundle(
             &p.bundle,
             &BundleSpec {

@@ -31,6 +31,7 @@ mod oom;
 mod ops;
 mod paths;
 mod ports;
+mod prio;
 mod pull;
 mod reconcile;
 mod snapshot;
@@ -93,6 +94,9 @@ struct Inner {
     live: live::Liveness,
     /// OOM kills read from the kernel log, per workspace.
     ooms: oom::OomLog,
+    /// Gives programs their priority class when they start; `None` without exec rules
+    /// or where the kernel's proc connector cannot be used.
+    exec_listener: Option<crate::priority::ExecListener>,
 }
 
 /// A failure with no typed cause (a panicked blocking task, a composed report).
@@ -148,6 +152,25 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), NodeError> {
         .map_err(NodeError::io("chmod", path))
 }
 
+/// The exec listener, when there are executable rules; the node runs without it (and
+/// says so) where the kernel's proc connector is unavailable.
+fn start_exec_listener(cfg: &NodeConfig) -> Option<crate::priority::ExecListener> {
+    if !cfg.priority.has_exe_rules() {
+        return None;
+    }
+    match crate::priority::ExecListener::start(Arc::new(cfg.priority.clone()), &cfg.cgroup_parent) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(
+                "programs keep the priority they inherit: cannot listen for exec events on \
+                 the kernel's proc connector (needs CONFIG_PROC_EVENTS and the host's \
+                 namespaces): {e}"
+            );
+            None
+        }
+    }
+}
+
 impl LocalNode {
     /// Opens (or initialises) the node's state under `cfg.data_dir` and sets up the
     /// host network. Running workspaces are left alone.
@@ -187,6 +210,7 @@ impl LocalNode {
         let guard = guard::DiskGuard::new(data, cfg.disk_reserve)?;
         let max_file = hearth_disk::max_file_size(&ws_root)?;
         let cgroups = Cgroups::open(&cfg.cgroup_parent)?;
+        let exec_listener = start_exec_listener(&cfg);
         host::lift_file_max();
         let nofile_hard = host::raise_nofile_hard();
         net.ensure_host()?;
@@ -218,6 +242,7 @@ impl LocalNode {
             consoles: Default::default(),
             live: Default::default(),
             ooms: Default::default(),
+            exec_listener,
         });
         guard::spawn(Arc::downgrade(&inner));
         oom::spawn(Arc::downgrade(&inner));
@@ -227,6 +252,11 @@ impl LocalNode {
     /// How long the last snapshot of workspace `id` kept it frozen.
     pub fn last_snapshot_pause(&self, id: &str) -> Option<Duration> {
         self.inner.snap.pauses.lock().ok()?.get(id).copied()
+    }
+
+    /// What the exec listener did so far; `None` when it does not run.
+    pub fn priority_stats(&self) -> Option<crate::PriorityStats> {
+        self.inner.exec_listener.as_ref().map(|l| l.stats())
     }
 
     /// Phases of the last start of workspace `id`, in order.

@@ -99,6 +99,10 @@ pub(super) trait HostOps: Send + Sync {
     fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError>;
     fn mounts_under(&self, dir: &Path) -> Result<Vec<PathBuf>, NodeError>;
     fn unmount(&self, path: &Path) -> Result<(), NodeError>;
+
+    // Processes
+    /// Gives every thread of host process `pid` a priority class.
+    fn set_priority(&self, pid: u32, class: crate::priority::Class) -> std::io::Result<()>;
 }
 
 /// The host itself.
@@ -250,5 +254,10 @@ impl HostOps for RealHost {
 
     fn unmount(&self, path: &Path) -> Result<(), NodeError> {
         mount::unmount(path).map_err(NodeError::from)
+    }
+
+    fn set_priority(&self, pid: u32, class: crate::priority::Class) -> std::io::Result<()> {
+        let pid = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+        crate::priority::set_class(pid, class)
     }
 }

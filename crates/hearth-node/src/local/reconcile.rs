@@ -49,6 +49,10 @@ impl Inner {
             self.drop_stale_views(&p);
         }
         if st.state == RunState::Running {
+            // The agent keeps its class across our restarts; this repairs one reset by hand.
+            if let Some(pid) = st.pid {
+                self.prioritize_agent(&spec.id, pid);
+            }
             // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
             // (The disk guard freezes it again if it grows while under the reserve.)
             if let Err(e) = self.freezes.clear(&self.cgroups, &spec.id, false) {

@@ -178,6 +178,11 @@ impl HostOps for FakeHost {
             w.mounts.remove(path);
         })
     }
+
+    /// The pid is made up: never touch a real process.
+    fn set_priority(&self, _pid: u32, _class: crate::priority::Class) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A node on a tempdir with `FakeHost` as its host (cgroups for freezing on a fake v2
@@ -205,6 +210,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         egress: Default::default(),
         disk_reserve: Some(0),
         console: Default::default(),
+        priority: Default::default(),
     };
     let net = Network::new(NetConfig {
         bridge: cfg.bridge.clone(),
@@ -234,6 +240,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         consoles: Default::default(),
         live: Default::default(),
         ooms: Default::default(),
+        exec_listener: None,
         cfg,
     };
     (tmp, inner, host)

@@ -76,6 +76,7 @@ pub async fn env_config(runtime: Option<String>, tweak: impl FnOnce(&mut NodeCon
         // Small, so tests run on a nearly full CI disk; the guard's own test sets its own.
         disk_reserve: Some(256 << 20),
         console: Default::default(),
+        priority: Default::default(),
     };
     tweak(&mut cfg);
     let node = LocalNode::open(cfg.clone()).await.expect("open node");
