@@ -74,7 +74,7 @@ impl ExecListener {
         let counters = Arc::new(Counters::default());
         let mut worker = Worker {
             rules,
-            needle: format!(":/{}/", cgroup_parent.trim_matches('/')).into_bytes(),
+            needle: format!(":/{}/", cgroup_parent.trim_matches('/')),
             counters: counters.clone(),
             buf: Vec::with_capacity(4096),
         };
@@ -158,7 +158,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 struct Worker {
     rules: Arc<PriorityRules>,
     /// `:/<parent>/` as it appears in `/proc/PID/cgroup` for a workspace process.
-    needle: Vec<u8>,
+    needle: String,
     counters: Arc<Counters>,
     buf: Vec<u8>,
 }
@@ -168,6 +168,7 @@ impl Worker {
         let mut msg = [0u8; 4096];
         let mut since_cpu = 0u32;
         let mut lost_logged = 0u64;
+        let mut next_report = 0u64;
         while !stop.load(Ordering::Relaxed) {
             match rustix::net::recv(sock, &mut msg[..], RecvFlags::empty()) {
                 Ok((n, _)) => {
@@ -198,6 +199,17 @@ impl Worker {
             if since_cpu >= 64 {
                 since_cpu = 0;
                 self.update_cpu();
+                let events = self.counters.events.load(Ordering::Relaxed);
+                if events >= next_report {
+                    next_report = events + 10_000;
+                    tracing::debug!(
+                        events,
+                        applied = self.counters.applied.load(Ordering::Relaxed),
+                        lost = self.counters.lost.load(Ordering::Relaxed),
+                        cpu_ms = self.counters.cpu_ns.load(Ordering::Relaxed) / 1_000_000,
+                        "exec listener"
+                    );
+                }
             }
         }
         self.update_cpu();
@@ -209,24 +221,25 @@ impl Worker {
         self.counters.cpu_ns.store(ns, Ordering::Relaxed);
     }
 
-    /// Cheapest test first: the name (one small read), then the cgroup only for a match.
+    /// Cheapest test first: the executable's name (a readlink, cheaper than opening
+    /// `comm` here), then `comm`, then the cgroup only for a match.
     fn classify(&mut self, tgid: i32) {
-        if !self.read(tgid, "comm") {
-            return; // already gone
-        }
-        let comm = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf).to_vec();
-        let class = match self.rules.for_exe(&comm, None) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {
+            return; // already gone, or a kernel thread
+        };
+        let by_file = exe
+            .file_name()
+            .and_then(|b| self.rules.for_file(b.as_bytes()));
+        let class = match by_file {
             Some((_, c)) => c,
             None => {
-                let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {
+                if !self.read(tgid, "comm") {
                     return;
-                };
-                let base = exe.file_name().map(|b| {
-                    use std::os::unix::ffi::OsStrExt;
-                    b.as_bytes().to_vec()
-                });
-                match base.and_then(|b| self.rules.for_exe(&comm, Some(&b)).map(|(_, c)| c)) {
-                    Some(c) => c,
+                }
+                let comm = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+                match self.rules.for_comm(comm) {
+                    Some((_, c)) => c,
                     None => return,
                 }
             }
@@ -237,7 +250,7 @@ impl Worker {
         match super::apply::set_class(tgid, class) {
             Ok(()) => {
                 self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(pid = tgid, comm = %String::from_utf8_lossy(&comm), nice = class.nice, policy = class.policy.name(), "priority class set");
+                tracing::trace!(pid = tgid, exe = %exe.display(), nice = class.nice, policy = class.policy.name(), "priority class set");
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(e) => tracing::warn!(pid = tgid, "set priority class: {e}"),
@@ -253,8 +266,9 @@ impl Worker {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+/// `/proc/PID/cgroup` is ASCII: std's substring search (optimised even in debug builds).
+fn contains(hay: &[u8], needle: &str) -> bool {
+    std::str::from_utf8(hay).is_ok_and(|h| h.contains(needle))
 }
 
 /// The tgids of the exec events in one datagram (other events are skipped).

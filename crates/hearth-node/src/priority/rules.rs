@@ -262,12 +262,24 @@ impl PriorityRules {
         })
     }
 
-    /// The class an exec'd program gets from its names, if a rule names it.
+    /// The class an exec'd program gets from its names, if a rule names it: the basename
+    /// of its executable first, then the name it was started as (`comm`; a script's
+    /// name, or a symlink's such as `cc`).
     pub fn for_exe(&self, comm: &[u8], exe_basename: Option<&[u8]>) -> Option<(&str, Class)> {
-        let comm = &comm[..comm.len().min(COMM_LEN)];
+        exe_basename
+            .and_then(|b| self.for_file(b))
+            .or_else(|| self.for_comm(comm))
+    }
+
+    /// By the basename of the executable file.
+    pub fn for_file(&self, basename: &[u8]) -> Option<(&str, Class)> {
+        self.by_exe.get(basename).map(|(n, c)| (n.as_str(), *c))
+    }
+
+    /// By `comm`, which the kernel cuts to 15 bytes.
+    pub fn for_comm(&self, comm: &[u8]) -> Option<(&str, Class)> {
         self.by_comm
-            .get(comm)
-            .or_else(|| exe_basename.and_then(|b| self.by_exe.get(b)))
+            .get(&comm[..comm.len().min(COMM_LEN)])
             .map(|(n, c)| (n.as_str(), *c))
     }
 
