@@ -102,6 +102,14 @@ async fn agent_above_sessions_and_compilers_batch() {
         assert_eq!(sched(t), Some((-10, other)), "agent thread {t}");
     }
 
+    // A re-attach (a restarted server) puts it back if something changed it.
+    // SAFETY: setpriority on a pid with a valid nice value.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, agent, 0) };
+    assert_eq!(r, 0);
+    assert_eq!(sched(agent), Some((0, other)));
+    e.node.reconcile(std::slice::from_ref(spec)).await.unwrap();
+    assert_eq!(sched(agent), Some((-10, other)), "after reconcile");
+
     // Sessions do not inherit it: with a terminal, without, and what they start.
     let tty = start(&e, spec, "exec sleep 301", true).await;
     assert_eq!(wait_class(&e, spec, "sleep", (0, other)), Some((0, other)));
