@@ -129,7 +129,8 @@ pub struct CreateWorkspace {
     /// Git URL or absolute path of a local repository.
     #[schema(min_length = 1, pattern = "^(?!-)(?!.*::)(/|[^/:]+:)")]
     pub source: String,
-    /// Image name or id; `debian` when absent.
+    /// Image name or id; when absent, the repository's devcontainer.json `image`, else the
+    /// server's `--default-image` (`debian` unless set).
     #[serde(default)]
     pub image: Option<String>,
     /// Workspace name; derived from the source's repository name when absent.
@@ -151,6 +152,12 @@ pub struct CreateWorkspace {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 31622400)]
     pub idle_timeout: Option<u64>,
+    /// Which `.devcontainer/<NAME>/devcontainer.json` of the repository to use, when it
+    /// has several; without it `.devcontainer/devcontainer.json`, `.devcontainer.json` or
+    /// the only named one.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^/]+$")]
+    pub devcontainer_config: Option<String>,
 }
 
 /// Longest idle timeout (366 days); 0 turns idle auto-stop off instead.

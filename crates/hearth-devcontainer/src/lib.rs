@@ -21,7 +21,7 @@ pub use model::{
     PortAttributes,
 };
 pub use parse::Document;
-pub use repo::{normalize, DirRepo, GitRepo, Repo};
+pub use repo::{normalize, DirRepo, GitCommand, GitRepo, Repo};
 
 /// Largest devcontainer.json read (the reference schema's own examples are a few KiB).
 pub const MAX_FILE_BYTES: u64 = 1 << 20;

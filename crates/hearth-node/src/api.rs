@@ -130,6 +130,16 @@ pub struct WorkspaceStatus {
     pub paused: Option<String>,
 }
 
+/// A repository's devcontainer.json, as [`NodeApi::devcontainer_config`] read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// Repository-relative path, e.g. `.devcontainer/devcontainer.json`.
+    pub path: String,
+    pub text: String,
+    /// The commit it was read from.
+    pub commit: String,
+}
+
 /// A TCP socket listening inside a workspace.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ListeningPort {
@@ -466,6 +476,18 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn check_create(&self, source: &str, limits: &Limits) -> Result<(), NodeError> {
         let _ = (source, limits);
         Ok(())
+    }
+    /// The devcontainer.json of `source`'s default branch tip, `name` choosing
+    /// `.devcontainer/<name>/devcontainer.json`; `None` when it has none. Read from git
+    /// objects as an unprivileged uid, never from a checkout on this host, so a source
+    /// gives the control plane nothing the workspace's own clone could not read.
+    async fn devcontainer_config(
+        &self,
+        source: &str,
+        name: Option<&str>,
+    ) -> Result<Option<RepoConfig>, NodeError> {
+        let _ = (source, name);
+        Ok(None)
     }
     /// Likewise for `pull_image`: the reference parses, there is room, and the registry
     /// has the image (its manifest is fetched, so a missing image or refused credentials

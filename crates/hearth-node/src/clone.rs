@@ -169,6 +169,67 @@ pub fn clone(
     )))
 }
 
+/// Host uid and gid that read a repository's devcontainer.json before its workspace exists:
+/// below every workspace's range and above what distributions hand out, so it can read
+/// only what any unprivileged user can (as the clone, which runs as the workspace's uid).
+pub const PROBE_UID: u32 = crate::ID_BASE - 1;
+
+/// The devcontainer.json of `source`'s default branch tip (see
+/// [`crate::NodeApi::devcontainer_config`]): a bare, depth-1, blobless clone into a
+/// temporary directory under `tmp_parent`, made and read as [`PROBE_UID`] with the
+/// clone's transport rules; symlinks in the tree are followed only inside it.
+pub fn read_devcontainer(
+    source: &str,
+    name: Option<&str>,
+    gitconfig: &Path,
+    tmp_parent: &Path,
+) -> Result<Option<crate::RepoConfig>, NodeError> {
+    validate_source(source)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".devcontainer-probe-")
+        .tempdir_in(tmp_parent)
+        .map_err(NodeError::io("mkdir", tmp_parent))?;
+    std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
+        .map_err(NodeError::io("chown", tmp.path()))?;
+    let gitconfig = gitconfig.to_path_buf();
+    let git: hearth_devcontainer::GitCommand = Box::new(move || {
+        let mut c = Command::new("git");
+        c.current_dir("/")
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", "/nonexistent")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", &gitconfig)
+            .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env(
+                "GIT_SSH_COMMAND",
+                "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+            )
+            .uid(PROBE_UID)
+            .gid(PROBE_UID);
+        c
+    });
+    let err = |e: hearth_devcontainer::Error| match e {
+        hearth_devcontainer::Error::Io { .. } => NodeError::Internal(e.to_string()),
+        hearth_devcontainer::Error::Git { message, .. } => NodeError::Invalid(format!(
+            "cannot read the devcontainer configuration of {source}: {message}"
+        )),
+        other => NodeError::Invalid(other.to_string()),
+    };
+    let repo = hearth_devcontainer::GitRepo::clone_tip(source, &tmp.path().join("repo.git"), git)
+        .map_err(err)?;
+    let found = hearth_devcontainer::find(&repo, name).map_err(err)?;
+    Ok(found.map(|f| crate::RepoConfig {
+        path: f.path,
+        text: f.text,
+        commit: repo.commit().to_string(),
+    }))
+}
+
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
     upper.join("workspace").join(repo_name(source))
 }

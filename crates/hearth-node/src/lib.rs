@@ -13,6 +13,7 @@ mod priority;
 mod snap;
 
 pub use api::*;
+pub use clone::repo_name;
 pub use console::{kept_bytes as console_bytes, ConsoleLimits};
 pub use local::LocalNode;
 pub use priority::{Class as PriorityClass, PriorityRules, PriorityStats, RulesError, SchedPolicy};

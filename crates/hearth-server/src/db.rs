@@ -385,6 +385,69 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(query_err(id))?;
+        self.forget_devcontainer(id).await
+    }
+
+    /// Records the devcontainer settings (JSON) a workspace was made from.
+    pub async fn set_devcontainer(&self, id: &str, config: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workspace_devcontainers (id, config) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET config = excluded.config, done = NULL",
+        )
+        .bind(id)
+        .bind(config)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    /// A workspace's devcontainer settings (JSON) and its last finished create-time step.
+    pub async fn devcontainer(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT config, done FROM workspace_devcontainers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        row.map(|r| {
+            Ok((
+                r.try_get("config").map_err(query_err(id))?,
+                r.try_get("done").map_err(query_err(id))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Replaces the settings, keeping how far the lifecycle got.
+    pub async fn update_devcontainer(&self, id: &str, config: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspace_devcontainers SET config = $2 WHERE id = $1")
+            .bind(id)
+            .bind(config)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    pub async fn set_devcontainer_done(&self, id: &str, step: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspace_devcontainers SET done = $2 WHERE id = $1")
+            .bind(id)
+            .bind(step)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
+        Ok(())
+    }
+
+    async fn forget_devcontainer(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workspace_devcontainers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err(id))?;
         Ok(())
     }
 }
@@ -480,7 +543,7 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(query_err(id))?;
-        Ok(())
+        self.forget_devcontainer(id).await
     }
 
     /// Brings a removed workspace back as `rec` (same id, so its snapshots are its own

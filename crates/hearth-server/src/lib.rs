@@ -249,6 +249,11 @@ impl Server {
         self.manager.set_deleted_retention(keep);
     }
 
+    /// The image `up` uses when neither the request nor a devcontainer.json names one.
+    pub fn set_default_image(&self, image: String) {
+        self.manager.set_default_image(image);
+    }
+
     /// Deletes store chunks that no snapshot needs any more every `every`: retention and
     /// removed workspaces only forget snapshots, the space comes back here.
     pub fn spawn_store_gc(&self, every: std::time::Duration) {

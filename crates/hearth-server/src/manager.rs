@@ -22,6 +22,7 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceState,
 };
 
+pub mod devcontainer;
 pub mod idle;
 mod locks;
 pub mod ports;
@@ -42,6 +43,8 @@ pub struct CreatePlan {
     egress: EgressPolicy,
     image: PlannedImage,
     idle_timeout: Option<u64>,
+    /// The repository's devcontainer.json, when it has one.
+    devcontainer: Option<devcontainer::Devcontainer>,
 }
 
 enum PlannedImage {
@@ -51,7 +54,8 @@ enum PlannedImage {
     Pull(PullPlan),
 }
 
-/// Image used when `up` names none.
+/// Image used when `up` names none and the repository has no devcontainer.json
+/// (`hearth server --default-image` changes it).
 pub const DEFAULT_IMAGE: &str = "debian";
 
 pub struct Manager {
@@ -71,6 +75,8 @@ pub struct Manager {
     port_urls: std::sync::OnceLock<ports::PortUrls>,
     /// Idle auto-stop's settings and what was last written to the database.
     idle: idle::IdleState,
+    /// See [`Manager::set_default_image`].
+    default_image: std::sync::RwLock<String>,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -154,6 +160,7 @@ impl Manager {
             activity: Default::default(),
             port_urls: Default::default(),
             idle: Default::default(),
+            default_image: std::sync::RwLock::new(DEFAULT_IMAGE.to_string()),
         }
     }
 
@@ -534,7 +541,20 @@ impl Manager {
                 "workspace {name} already exists (pick another with --name, or hearth rm {name})"
             )));
         }
-        let image = match req.image.as_deref() {
+        let devcontainer = self
+            .plan_devcontainer(
+                &name,
+                &source,
+                req.devcontainer_config.as_deref(),
+                req.image.is_some(),
+                &limits,
+            )
+            .await?;
+        let image_ref = req
+            .image
+            .clone()
+            .or_else(|| devcontainer.as_ref().and_then(|d| d.config.image.clone()));
+        let image = match image_ref.as_deref() {
             Some(r) => match self.node.resolve_image(r).await {
                 Ok(i) => PlannedImage::Loaded(i),
                 Err(e)
@@ -555,11 +575,13 @@ impl Manager {
                 Err(other) => return Err(node_err("resolve_image", &name, other)),
             },
             None => {
-                PlannedImage::Loaded(self.node.resolve_image(DEFAULT_IMAGE).await.map_err(|e| {
+                let default = self.default_image();
+                PlannedImage::Loaded(self.node.resolve_image(&default).await.map_err(|e| {
                     match e.kind() {
                         ErrorKind::NotFound => ApiError::invalid(format!(
-                            "no image given and image {DEFAULT_IMAGE} is not loaded: pass \
-                             --image (hearth image ls lists loaded images)"
+                            "no image given, the repository has no devcontainer.json, and the \
+                             default image {default} is not loaded: pass --image (hearth image \
+                             ls lists loaded images)"
                         )),
                         _ => node_err("resolve_image", &name, e),
                     }
@@ -575,6 +597,7 @@ impl Manager {
             egress,
             image,
             idle_timeout,
+            devcontainer,
         })
     }
 
@@ -593,7 +616,21 @@ impl Manager {
             egress,
             image,
             idle_timeout,
+            devcontainer,
         } = plan;
+        if let Some(dc) = &devcontainer {
+            say(
+                &progress,
+                format!(
+                    "using {} (commit {})",
+                    dc.config.file,
+                    &dc.commit[..dc.commit.len().min(12)]
+                ),
+            );
+            for w in &dc.config.warnings {
+                say(&progress, format!("warning: {w}"));
+            }
+        }
         let image = match image {
             PlannedImage::Loaded(i) => i,
             // Pulled before the record exists: a failed pull leaves nothing behind.
@@ -610,6 +647,13 @@ impl Manager {
         if idle_timeout.is_some() {
             self.store
                 .set_idle_timeout(&rec.spec.id, idle_timeout)
+                .await?;
+        }
+        if let Some(dc) = &devcontainer {
+            let json = serde_json::to_string(dc)
+                .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
+            self.store
+                .set_devcontainer(rec.spec.id.as_str(), &json)
                 .await?;
         }
         tracing::info!(
@@ -638,6 +682,13 @@ impl Manager {
             Ok(st) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
                 tracing::info!(workspace = name, "running");
+                // A failed command leaves the workspace (and its console log) for a look:
+                // failed, and the next start runs the steps not done yet.
+                if let Err(e) = self.run_lifecycle(&rec.spec, Some(&progress), true).await {
+                    self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                        .await?;
+                    return Err(e);
+                }
                 // What the start answered, with the image already resolved: no more
                 // node round trips.
                 let rec = self.owned(&owner, &name).await?;
@@ -666,6 +717,8 @@ impl Manager {
                 Ok(status) => {
                     self.set(&rec, WorkspaceState::Running, None).await?;
                     self.started(&rec).await?;
+                    // Running either way; a failed command is this call's answer.
+                    self.run_lifecycle(&rec.spec, None, false).await?;
                     started = Some(status);
                 }
                 // Refused before anything was done (e.g. the node's disk is under its
@@ -886,11 +939,12 @@ impl Manager {
     pub async fn exec(
         &self,
         spec: &WorkspaceSpec,
-        req: ExecRequest,
+        mut req: ExecRequest,
     ) -> Result<ExecSession, ApiError> {
         if req.argv.is_empty() {
             return Err(ApiError::invalid("exec needs a command"));
         }
+        self.apply_devcontainer(spec, &mut req).await?;
         self.node
             .exec(spec, req)
             .await

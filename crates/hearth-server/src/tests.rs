@@ -1242,6 +1242,7 @@ async fn exec_over_websocket() {
             limits: Default::default(),
             egress: None,
             idle_timeout: None,
+            devcontainer_config: None,
         };
         mgr.create(&crate::auth::Caller::admin(), req, ptx)
             .await

@@ -145,6 +145,7 @@ impl Commands {
         &self,
         source: &str,
         image: Option<String>,
+        devcontainer_config: Option<String>,
         name: Option<String>,
         limits: LimitsRequest,
         deny_egress: Vec<String>,
@@ -157,6 +158,7 @@ impl Commands {
             limits,
             egress: (!deny_egress.is_empty()).then_some(Egress { deny: deny_egress }),
             idle_timeout,
+            devcontainer_config,
         };
         let mut view = ProgressView::new(std::io::stderr().is_terminal());
         let res = self.api.create(&req, view.printer()).await;

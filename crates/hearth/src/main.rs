@@ -46,10 +46,14 @@ enum Cmd {
     Up {
         /// Git URL or local repository path.
         source: String,
-        /// Image name or id (default: debian); a registry reference (host[:port]/name:tag)
-        /// that is not present is pulled first.
+        /// Image name or id (default: the repository's devcontainer.json `image`, else the
+        /// server's --default-image); a registry reference (host[:port]/name:tag) that is
+        /// not present is pulled first.
         #[arg(long)]
         image: Option<String>,
+        /// Use the repository's `.devcontainer/NAME/devcontainer.json` (when it has several).
+        #[arg(long = "config", value_name = "NAME")]
+        devcontainer_config: Option<String>,
         /// Workspace name (default: the repository's name).
         #[arg(long)]
         name: Option<String>,
@@ -427,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Up {
             source,
             image,
+            devcontainer_config,
             name,
             limits,
             deny_egress,
@@ -436,6 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .up(
                     source,
                     image.clone(),
+                    devcontainer_config.clone(),
                     name.clone(),
                     limits.request(),
                     deny_egress.clone(),

@@ -122,6 +122,10 @@ pub struct ServerArgs {
     /// (hearth up/update --idle-timeout) wins.
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30m")]
     idle_timeout: std::time::Duration,
+    /// Image `hearth up` uses when neither --image nor the repository's devcontainer.json
+    /// names one (an image name or id, loaded or pulled beforehand).
+    #[arg(long, value_name = "REF", default_value = hearth_server::manager::DEFAULT_IMAGE)]
+    default_image: String,
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
@@ -377,6 +381,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     };
     let mut server = Server::bind_locked(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
+    server.set_default_image(args.default_image.clone());
     bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));

@@ -17,7 +17,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The control plane: HTTP, the database, the API's wire types; nodes through NodeApi.
     (
         "hearth-server",
-        &["hearth-api", "hearth-node", "hearth-proto"],
+        &[
+            "hearth-api",
+            "hearth-node",
+            "hearth-proto",
+            "hearth-devcontainer",
+        ],
     ),
     // Wire types and the HTTP client: what the CLI (and later other clients) build on.
     ("hearth-api", &["hearth-proto"]),
@@ -33,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "hearth-snapshot",
             "hearth-disk",
             "hearth-types",
+            "hearth-devcontainer",
         ],
     ),
     // The PID-1 agent, a small static binary: the protocol only.

@@ -337,6 +337,18 @@ impl NodeApi for LocalNode {
             .await
     }
 
+    async fn devcontainer_config(
+        &self,
+        source: &str,
+        name: Option<&str>,
+    ) -> Result<Option<crate::RepoConfig>, NodeError> {
+        let (source, name) = (source.to_string(), name.map(str::to_string));
+        self.blocking(move |i| {
+            crate::clone::read_devcontainer(&source, name.as_deref(), &i.gitconfig, &i.cfg.data_dir)
+        })
+        .await
+    }
+
     async fn check_pull(
         &self,
         reference: &str,

@@ -354,6 +354,7 @@ async fn bench(
             egress: None,
             // Direct HTTP is not activity: never stop it as idle mid-run.
             idle_timeout: Some(0),
+            devcontainer_config: None,
         },
         |_| {},
     )

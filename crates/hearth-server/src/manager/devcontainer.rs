@@ -1,0 +1,458 @@
+//! A repository's devcontainer.json applied to its workspace: read at plan time (before
+//! anything is made, so its image and its errors come first), kept by workspace id, its
+//! lifecycle commands run on the spec's occasions, its environment, user and folder the
+//! defaults of every exec session.
+//!
+//! The file is read by the node from git objects of the source's default branch tip as an
+//! unprivileged uid ([`hearth_node::NodeApi::devcontainer_config`]): the server never
+//! opens a path a request names. `${localWorkspaceFolder}` is where the repository is
+//! cloned inside the workspace (there is no other "local" folder), and `${localEnv:X}`
+//! sees an empty environment: the server's own must not leak into users' workspaces.
+
+use std::collections::BTreeMap;
+
+use hearth_devcontainer::{Command, Config, LifecycleStep};
+use hearth_node::{ExecRequest, Limits, Progress, WorkspaceSpec};
+use serde::{Deserialize, Serialize};
+
+use super::{node_err, say, Manager};
+use crate::error::ApiError;
+
+/// Output lines of a failed command quoted in its error.
+const TAIL_LINES: usize = 20;
+
+/// What a workspace keeps from its devcontainer.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Devcontainer {
+    /// The model after the first substitution pass.
+    pub config: Config,
+    /// The commit the file was read from.
+    pub commit: String,
+    /// `${containerWorkspaceFolder}`: the working directory of sessions and commands.
+    pub workspace_folder: String,
+}
+
+impl Devcontainer {
+    /// `containerEnv` then `remoteEnv` (an unset `remoteEnv` entry drops the variable), as
+    /// every session and lifecycle command gets them under what the request sets.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = self.config.container_env.clone();
+        for (k, v) in &self.config.remote_env {
+            match v {
+                Some(v) => {
+                    env.insert(k.clone(), v.clone());
+                }
+                None => {
+                    env.remove(k);
+                }
+            }
+        }
+        env.into_iter().collect()
+    }
+}
+
+/// The create-time steps, run once (resumed after the last one that finished).
+const CREATE_STEPS: [LifecycleStep; 3] = [
+    LifecycleStep::OnCreate,
+    LifecycleStep::UpdateContent,
+    LifecycleStep::PostCreate,
+];
+
+/// `/workspace/<repo>`: where the node clones `source`.
+pub fn clone_folder(source: &str) -> String {
+    format!("/workspace/{}", hearth_node::repo_name(source))
+}
+
+impl Manager {
+    /// The image `up` uses when neither `--image` nor a devcontainer.json names one.
+    pub fn set_default_image(&self, image: String) {
+        *self
+            .default_image
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = image;
+    }
+
+    pub fn default_image(&self) -> String {
+        self.default_image
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads and checks `source`'s devcontainer.json for a create: parse errors, what is
+    /// not supported yet, `hostRequirements` against `limits`. Returns it with the
+    /// warnings to show; `None` when the repository has none.
+    pub(super) async fn plan_devcontainer(
+        &self,
+        name: &str,
+        source: &str,
+        config_name: Option<&str>,
+        image_given: bool,
+        limits: &Limits,
+    ) -> Result<Option<Devcontainer>, ApiError> {
+        let Some(found) = self
+            .node
+            .devcontainer_config(source, config_name)
+            .await
+            .map_err(|e| node_err("devcontainer", name, e))?
+        else {
+            return match config_name {
+                Some(c) => Err(ApiError::invalid(format!(
+                    "--config {c}: the repository has no devcontainer configuration"
+                ))),
+                None => Ok(None),
+            };
+        };
+        let folder = clone_folder(source);
+        let file = hearth_devcontainer::Found {
+            path: found.path,
+            text: found.text,
+        };
+        let loaded = hearth_devcontainer::load(&file, Some(&folder), &folder, &|_| None)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let config = loaded.config;
+        let f = &config.file;
+        if config.compose {
+            return Err(ApiError::invalid(format!(
+                "{f} uses Docker Compose (dockerComposeFile), which hearth does not support: \
+                 give an image in it, or pass --image"
+            )));
+        }
+        if !image_given {
+            if config.build.is_some() {
+                return Err(ApiError::invalid(format!(
+                    "{f} builds its image (build.dockerfile), which hearth does not support yet: \
+                     pass --image to use a loaded image instead"
+                )));
+            }
+            if config.image.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "{f} names no image: add \"image\" to it, or pass --image"
+                )));
+            }
+        }
+        if !config.features.is_empty() {
+            let ids: Vec<&str> = config.features.keys().map(String::as_str).collect();
+            return Err(ApiError::invalid(format!(
+                "{f} asks for features ({}), which hearth does not support yet: remove them \
+                 or install those tools in the image",
+                ids.join(", ")
+            )));
+        }
+        check_host_requirements(&config, limits)?;
+        Ok(Some(Devcontainer {
+            config,
+            commit: found.commit,
+            workspace_folder: loaded.container_workspace_folder,
+        }))
+    }
+
+    /// The workspace's devcontainer settings, if it was made from one.
+    pub(super) async fn devcontainer(
+        &self,
+        spec: &WorkspaceSpec,
+    ) -> Result<Option<(Devcontainer, Option<LifecycleStep>)>, ApiError> {
+        let Some((json, done)) = self.store.devcontainer(&spec.id).await? else {
+            return Ok(None);
+        };
+        let dc: Devcontainer = serde_json::from_str(&json).map_err(|e| {
+            ApiError::internal(format!(
+                "stored devcontainer settings of {} are unreadable: {e}",
+                spec.name
+            ))
+        })?;
+        let done = done.and_then(|d| LifecycleStep::ALL.into_iter().find(|s| s.property() == d));
+        Ok(Some((dc, done)))
+    }
+
+    /// Exec defaults from the workspace's devcontainer.json: its environment under the
+    /// request's, `remoteUser`, the workspace folder.
+    pub(super) async fn apply_devcontainer(
+        &self,
+        spec: &WorkspaceSpec,
+        req: &mut ExecRequest,
+    ) -> Result<(), ApiError> {
+        let Some((dc, _)) = self.devcontainer(spec).await? else {
+            return Ok(());
+        };
+        let mut env = dc.env();
+        env.retain(|(k, _)| !req.env.iter().any(|(rk, _)| rk == k));
+        env.append(&mut req.env);
+        req.env = env;
+        if req.user.is_none() {
+            req.user = dc.config.exec_user().map(str::to_string);
+        }
+        if req.cwd.is_none() {
+            req.cwd = Some(dc.workspace_folder.clone());
+        }
+        Ok(())
+    }
+
+    /// Runs the lifecycle commands due at a start: the create-time ones not done yet,
+    /// then `postStartCommand`, then (`attach`) `postAttachCommand`. Output goes to the
+    /// console log (`hearth logs`) and to `progress` when given; the first failure stops
+    /// the run with the command's exit code and last lines.
+    pub(super) async fn run_lifecycle(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: Option<&Progress>,
+        attach: bool,
+    ) -> Result<(), ApiError> {
+        let Some((dc, done)) = self.devcontainer(spec).await? else {
+            return Ok(());
+        };
+        let dc = self.container_env_pass(spec, dc).await?;
+        let mut steps: Vec<LifecycleStep> = CREATE_STEPS
+            .into_iter()
+            .filter(|s| done.is_none_or(|d| *s > d))
+            .collect();
+        steps.push(LifecycleStep::PostStart);
+        if attach {
+            steps.push(LifecycleStep::PostAttach);
+        }
+        for step in steps {
+            if let Some(cmd) = dc.config.lifecycle.get(step) {
+                self.run_step(spec, &dc, step, cmd, progress).await?;
+            }
+            if CREATE_STEPS.contains(&step) {
+                self.store
+                    .set_devcontainer_done(&spec.id, step.property())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The reference CLI's last pass: `${containerEnv:X}` from the environment a session
+    /// sees (the image's and `containerEnv`), asked of the workspace only when used.
+    async fn container_env_pass(
+        &self,
+        spec: &WorkspaceSpec,
+        dc: Devcontainer,
+    ) -> Result<Devcontainer, ApiError> {
+        let value = serde_json::to_value(&dc)
+            .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
+        if !value.to_string().contains("${containerEnv:") {
+            return Ok(dc);
+        }
+        // Once per workspace: the result is stored, so sessions get it too.
+        let req = ExecRequest {
+            argv: vec!["env".into()],
+            env: dc.config.container_env.clone().into_iter().collect(),
+            cwd: None,
+            user: dc.config.exec_user().map(str::to_string),
+            tty: false,
+            rows: 0,
+            cols: 0,
+        };
+        let (code, out) = self.run_capture(spec, req, None, "").await?;
+        if code != 0 {
+            return Err(ApiError::conflict(format!(
+                "cannot read the workspace's environment for ${{containerEnv:...}} (env exited with {code})"
+            )));
+        }
+        let env: BTreeMap<String, String> = out
+            .iter()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let value = hearth_devcontainer::vars::substitute_container_env(
+            &value,
+            &|k| env.get(k).cloned(),
+            &dc.config.file,
+        )
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let json = value.to_string();
+        let dc = serde_json::from_value(value)
+            .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
+        self.store
+            .update_devcontainer(spec.id.as_str(), &json)
+            .await?;
+        Ok(dc)
+    }
+
+    async fn run_step(
+        &self,
+        spec: &WorkspaceSpec,
+        dc: &Devcontainer,
+        step: LifecycleStep,
+        cmd: &Command,
+        progress: Option<&Progress>,
+    ) -> Result<(), ApiError> {
+        let prop = step.property();
+        let request = |argv: Vec<String>| ExecRequest {
+            argv,
+            env: dc.env(),
+            cwd: Some(dc.workspace_folder.clone()),
+            user: dc.config.exec_user().map(str::to_string),
+            tty: false,
+            rows: 0,
+            cols: 0,
+        };
+        let jobs: Vec<(String, Vec<String>)> = match cmd {
+            Command::Parallel(all) => all
+                .iter()
+                .filter_map(|(name, c)| c.argv().map(|a| (format!("{prop} {name}"), a)))
+                .collect(),
+            other => other
+                .argv()
+                .map(|a| vec![(prop.to_string(), a)])
+                .unwrap_or_default(),
+        };
+        self.note(spec, progress, &format!("running {prop}")).await;
+        // The object form's commands run at the same time; every one must succeed.
+        let request = &request;
+        let runs = jobs.iter().map(|(label, argv)| async move {
+            let (code, tail) = self
+                .run_capture(spec, request(argv.clone()), progress, label)
+                .await?;
+            Ok::<_, ApiError>((label, code, tail))
+        });
+        for r in futures_util::future::join_all(runs).await {
+            let (label, code, tail) = r?;
+            if code != 0 {
+                let msg = format!(
+                    "{label} failed with exit code {code}{}",
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", tail.join(" / "))
+                    }
+                );
+                self.note(spec, None, &msg).await;
+                return Err(ApiError::conflict(msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `req`, sending each output line (prefixed by `label`) to the console and
+    /// `progress` unless `label` is empty; returns the exit code and the last lines.
+    async fn run_capture(
+        &self,
+        spec: &WorkspaceSpec,
+        req: ExecRequest,
+        progress: Option<&Progress>,
+        label: &str,
+    ) -> Result<(i32, Vec<String>), ApiError> {
+        let argv0 = req.argv.first().cloned().unwrap_or_default();
+        let session = self
+            .node
+            .exec(spec, req)
+            .await
+            .map_err(|e| node_err("exec", &spec.name, e))?;
+        let (mut w, mut r) = session.split();
+        let _ = w.close_stdin().await;
+        let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let mut tail: std::collections::VecDeque<String> = Default::default();
+        let mut all = Vec::new();
+        loop {
+            let ev = r.next_event().await.map_err(|e| {
+                ApiError::conflict(format!("{label} ({argv0}) did not finish: {e}"))
+            })?;
+            let (i, data) = match ev {
+                hearth_proto::Event::Stdout(d) => (0, d),
+                hearth_proto::Event::Stderr(d) => (1, d),
+                hearth_proto::Event::Exit(code) => {
+                    for buf in &mut partial {
+                        if !buf.is_empty() {
+                            let line = clean(buf);
+                            buf.clear();
+                            self.line(spec, progress, label, &line, &mut tail, &mut all)
+                                .await;
+                        }
+                    }
+                    return Ok((code, if label.is_empty() { all } else { tail.into() }));
+                }
+            };
+            partial[i].extend_from_slice(&data);
+            while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial[i].drain(..=nl).collect();
+                let line = clean(&line[..line.len() - 1]);
+                self.line(spec, progress, label, &line, &mut tail, &mut all)
+                    .await;
+            }
+        }
+    }
+
+    async fn line(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: Option<&Progress>,
+        label: &str,
+        line: &str,
+        tail: &mut std::collections::VecDeque<String>,
+        all: &mut Vec<String>,
+    ) {
+        if label.is_empty() {
+            // Captured, not shown (the environment probe); bounded like any output.
+            if all.len() < 10_000 {
+                all.push(line.to_string());
+            }
+            return;
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+        self.note(spec, progress, &format!("{label}: {line}")).await;
+    }
+
+    /// A line for `hearth up`'s progress (when streaming) and the console log.
+    async fn note(&self, spec: &WorkspaceSpec, progress: Option<&Progress>, line: &str) {
+        if let Some(p) = progress {
+            say(p, line);
+        }
+        if let Err(e) = self.node.console_note(spec, line).await {
+            tracing::warn!(workspace = spec.name.as_str(), error = %e, "cannot write a lifecycle line to the console log");
+        }
+    }
+}
+
+/// A line of command output as text, without control characters (it reaches terminals).
+fn clean(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches('\r')
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
+/// `hostRequirements` against what the workspace gets: memory and disk are its limits,
+/// CPUs the host's cores (workspaces have no CPU cap yet).
+fn check_host_requirements(config: &Config, limits: &Limits) -> Result<(), ApiError> {
+    let h = &config.host_requirements;
+    let f = &config.file;
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    if let Some(m) = h.memory_bytes {
+        if m > limits.memory_bytes {
+            return Err(ApiError::invalid(format!(
+                "{f} needs {} of memory (hostRequirements.memory) but the workspace would get {}: pass --memory {}M",
+                gib(m),
+                gib(limits.memory_bytes),
+                m.div_ceil(1 << 20)
+            )));
+        }
+    }
+    if let Some(s) = h.storage_bytes {
+        if s > limits.disk_bytes {
+            return Err(ApiError::invalid(format!(
+                "{f} needs {} of storage (hostRequirements.storage) but the workspace disk would be {}: pass --disk {}M",
+                gib(s),
+                gib(limits.disk_bytes),
+                s.div_ceil(1 << 20)
+            )));
+        }
+    }
+    if let Some(c) = h.cpus {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        if c > cores {
+            return Err(ApiError::invalid(format!(
+                "{f} needs {c} CPUs (hostRequirements.cpus) but this host has {cores}"
+            )));
+        }
+    }
+    Ok(())
+}
