@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use hearth_api::client::Client;
 use hearth_api::{
-    CreateWorkspace, Egress, EgressEdit, EgressInfo, LimitsRequest, LoadImage, PullImage,
-    WorkspaceInspect, WorkspaceLimits,
+    CreateWorkspace, EgressEdit, EgressInfo, LimitsRequest, LoadImage, PullImage, WorkspaceInspect,
+    WorkspaceLimits,
 };
 
 mod ports;
@@ -141,25 +141,9 @@ impl Commands {
         Ok(())
     }
 
-    pub async fn up(
-        &self,
-        source: &str,
-        image: Option<String>,
-        devcontainer_config: Option<String>,
-        name: Option<String>,
-        limits: LimitsRequest,
-        deny_egress: Vec<String>,
-        idle_timeout: Option<u64>,
-    ) -> anyhow::Result<()> {
-        let req = CreateWorkspace {
-            source: absolute_source(source)?,
-            image,
-            name,
-            limits,
-            egress: (!deny_egress.is_empty()).then_some(Egress { deny: deny_egress }),
-            idle_timeout,
-            devcontainer_config,
-        };
+    /// Creates and starts a workspace (`req.source` as given on the command line).
+    pub async fn up(&self, mut req: CreateWorkspace) -> anyhow::Result<()> {
+        req.source = absolute_source(&req.source)?;
         let mut view = ProgressView::new(std::io::stderr().is_terminal());
         let res = self.api.create(&req, view.printer()).await;
         view.done();

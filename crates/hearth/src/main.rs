@@ -438,15 +438,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             idle_timeout,
         } => {
             client()?
-                .up(
-                    source,
-                    image.clone(),
-                    devcontainer_config.clone(),
-                    name.clone(),
-                    limits.request(),
-                    deny_egress.clone(),
-                    idle_timeout.map(|d| d.as_secs()),
-                )
+                .up(hearth_api::CreateWorkspace {
+                    source: source.clone(),
+                    image: image.clone(),
+                    name: name.clone(),
+                    limits: limits.request(),
+                    egress: (!deny_egress.is_empty()).then(|| hearth_api::Egress {
+                        deny: deny_egress.clone(),
+                    }),
+                    idle_timeout: idle_timeout.map(|d| d.as_secs()),
+                    devcontainer_config: devcontainer_config.clone(),
+                })
                 .await?;
             Ok(0)
         }
