@@ -255,6 +255,25 @@ fn config_errors_point_into_the_file_and_the_default_image_is_the_servers() {
     );
     assert!(srv.workspace_names().is_empty());
 
+    // The file is read as an unprivileged uid, never as the server: a repository only
+    // root can read is refused before anything is made, like its clone would be.
+    let private = repo_with(
+        src.path(),
+        "private",
+        &[(".devcontainer.json", r#"{"image": "busybox"}"#)],
+    );
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let e = srv.fails(&["up", private.to_str().unwrap()]);
+    assert!(
+        e.contains("cannot read the devcontainer configuration of"),
+        "{e}"
+    );
+    assert!(srv.workspace_names().is_empty());
+
     // A repository without one needs no --image either: the server's default.
     let plain = common::git_repo(src.path(), "plain");
     srv.ok(&["up", plain.to_str().unwrap()]);
