@@ -4,6 +4,7 @@
 //! writes a forked child into [`Cgroups::procs_files`] before exec so the container and
 //! everything it forks inherit the groups.
 
+mod counters;
 mod layout;
 mod memory;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use hearth_types::WorkspaceId;
 
+pub use counters::CpuCounters;
 pub use layout::{Layout, V1Layout};
 pub use memory::{memory_high, MemoryStats};
 

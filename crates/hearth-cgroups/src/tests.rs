@@ -381,3 +381,49 @@ fn kernel_memcg_paths_map_to_workspaces_under_the_parent_only() {
     assert_eq!(cg.workspace_of("hearth-t/ws/ab12"), None);
     assert_eq!(cg.workspace_of("/"), None);
 }
+
+#[test]
+fn cpu_counters_read_throttling_and_pressure_in_microseconds() {
+    let id = WorkspaceId::new("a51").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v1(t), "hearth").unwrap();
+    assert_eq!(cg.cpu_counters(&id).unwrap(), CpuCounters::default());
+    cg.create(&id, &Limits::default()).unwrap();
+    fs::write(
+        t.join("cpu,cpuacct/hearth/a51/cpu.stat"),
+        "nr_periods 10\nnr_throttled 4\nthrottled_time 2500000\nnr_bursts 0\nburst_time 0\n",
+    )
+    .unwrap();
+    fs::write(
+        t.join("unified/hearth/a51/cpu.pressure"),
+        "some avg10=1.00 avg60=0.50 avg300=0.10 total=777\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cg.cpu_counters(&id).unwrap(),
+        CpuCounters {
+            throttled_periods: Some(4),
+            throttled_us: Some(2500),
+            pressure_some_us: Some(777),
+        }
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let cg = Cgroups::open_with(fake_v2(t, "cpu memory pids", "hearth"), "hearth").unwrap();
+    cg.create(&id, &Limits::default()).unwrap();
+    fs::write(
+        t.join("hearth/a51/cpu.stat"),
+        "usage_usec 9\nnr_periods 3\nnr_throttled 2\nthrottled_usec 1234\n",
+    )
+    .unwrap();
+    assert_eq!(
+        cg.cpu_counters(&id).unwrap(),
+        CpuCounters {
+            throttled_periods: Some(2),
+            throttled_us: Some(1234),
+            pressure_some_us: None,
+        }
+    );
+}

@@ -202,6 +202,17 @@ pub struct WorkspaceDetails {
     pub oom_kills: Vec<OomKill>,
 }
 
+/// One running workspace's counters for `/metrics`; `None` where the host lacks the
+/// controller or file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkspaceMetrics {
+    /// CPU time used since start, nanoseconds.
+    pub cpu_usage_ns: Option<u64>,
+    pub cpu: hearth_cgroups::CpuCounters,
+    pub memory: hearth_cgroups::MemoryStats,
+    pub pids: Option<u64>,
+}
+
 /// A process of a workspace the kernel's OOM killer killed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OomKill {
@@ -528,6 +539,11 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;
     /// Host resources and current usage; takes a short CPU sample while running.
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<WorkspaceDetails, NodeError>;
+    /// Counters of those of `specs` that run here (no sampling wait), for `/metrics`.
+    async fn metrics(&self, specs: &[WorkspaceSpec]) -> Vec<(WorkspaceId, WorkspaceMetrics)> {
+        let _ = specs;
+        Vec::new()
+    }
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError>;

@@ -58,7 +58,7 @@ impl Modify for BearerAuth {
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user,
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
-        crate::ssh_keys::ssh_info
+        crate::ssh_keys::ssh_info, crate::metrics::scrape
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/workspaces/{name}/limits", patch(set_limits))
         .route("/v1/workspaces/{name}/exec", get(exec_workspace))
+        .route("/metrics", get(crate::metrics::scrape))
         .merge(crate::snapshots::routes())
         .merge(crate::ports::routes())
         .merge(crate::users::routes())
@@ -125,6 +126,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

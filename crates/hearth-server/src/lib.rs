@@ -13,6 +13,7 @@ pub mod convert;
 pub mod db;
 pub mod error;
 pub mod manager;
+pub mod metrics;
 pub mod names;
 pub mod ndjson;
 pub mod ports;
@@ -206,6 +207,7 @@ impl Server {
                 max: cfg.upload_max,
             },
             ssh: Arc::new(ssh_info),
+            metrics: Default::default(),
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {

@@ -24,6 +24,8 @@ pub struct AppState {
     pub uploads: crate::uploads::Uploads,
     /// What `GET /v1/ssh` answers.
     pub ssh: Arc<hearth_api::SshInfo>,
+    /// Request latencies for `/metrics`.
+    pub metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 /// A workspace name from the path, checked before any state is touched: nothing is

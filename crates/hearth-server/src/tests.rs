@@ -344,6 +344,7 @@ async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harn
             max: 1 << 20,
         },
         ssh: Default::default(),
+        metrics: Default::default(),
     });
     Harness {
         _dir: dir,

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::{internal, Inner};
 use crate::{
-    EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceSpec,
-    ID_RANGE,
+    EgressDetails, NetworkDetails, NodeError, RunState, Usage, WorkspaceDetails, WorkspaceId,
+    WorkspaceMetrics, WorkspaceSpec, ID_RANGE,
 };
 
 /// CPU use is measured over at least this long.
@@ -117,4 +117,28 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         paused: inner.paused_reason(&spec.id),
         oom_kills: inner.ooms.kills(&spec.id),
     })
+}
+
+/// [`crate::NodeApi::metrics`]: a few small reads per workspace whose cgroup exists; a
+/// workspace whose files cannot be read is left out (and logged), not the scrape.
+pub(super) fn metrics(inner: &Inner, ids: &[WorkspaceId]) -> Vec<(WorkspaceId, WorkspaceMetrics)> {
+    let one = |id: &WorkspaceId| -> Result<WorkspaceMetrics, NodeError> {
+        let s = inner.cgroups.stats(id)?;
+        Ok(WorkspaceMetrics {
+            cpu_usage_ns: s.cpu_usage_ns,
+            cpu: inner.cgroups.cpu_counters(id)?,
+            memory: inner.cgroups.memory(id)?,
+            pids: Some(s.pids),
+        })
+    };
+    ids.iter()
+        .filter(|id| !inner.cgroups.procs_files(id).is_empty())
+        .filter_map(|id| match one(id) {
+            Ok(m) => Some((id.clone(), m)),
+            Err(e) => {
+                tracing::warn!(%id, "metrics: {e}");
+                None
+            }
+        })
+        .collect()
 }

@@ -499,6 +499,16 @@ impl NodeApi for LocalNode {
         self.blocking(move |i| inspect::inspect(i, &spec)).await
     }
 
+    async fn metrics(
+        &self,
+        specs: &[WorkspaceSpec],
+    ) -> Vec<(WorkspaceId, crate::WorkspaceMetrics)> {
+        let ids: Vec<WorkspaceId> = specs.iter().map(|s| s.id.clone()).collect();
+        self.blocking(move |i| Ok(inspect::metrics(i, &ids)))
+            .await
+            .unwrap_or_default()
+    }
+
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError> {
         if req.argv.is_empty() {
             return Err(NodeError::Invalid("no command given".into()));
