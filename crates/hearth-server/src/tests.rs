@@ -543,6 +543,7 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/ssh-keys"),
         ("delete", "/v1/ssh-keys/{key}"),
         ("get", "/v1/ssh"),
+        ("get", "/metrics"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
