@@ -4,8 +4,10 @@
 //! is looked at once, when it starts its program.
 //!
 //! The connector only answers in the initial user and network namespace, which is where
-//! the node runs. Since Linux 6.6 the subscription asks the kernel for exec events only;
-//! older kernels send every fork and exit too, which are dropped here unread.
+//! the node runs. Since Linux 6.6 the subscription asks the kernel for exec and rename
+//! (comm) events only; older kernels send every fork and exit too, dropped here unread.
+//! Renames count because busybox starts its applets as `/proc/self/exe` and names them
+//! after exec.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -24,9 +26,13 @@ const EVENT: usize = NLMSG_HDR + CN_MSG;
 /// Offsets in `struct proc_event`: `what`, then `exec.process_tgid` after the 16-byte head.
 const WHAT: usize = EVENT;
 const EXEC_TGID: usize = EVENT + 20;
+/// `comm.process_pid`, `comm.process_tgid`, `comm.comm[16]` after the same head.
+const COMM_PID: usize = EVENT + 16;
+const COMM_NAME: usize = EVENT + 24;
 const NLMSG_DONE: u16 = 3;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_EXEC: u32 = 2;
+const PROC_EVENT_COMM: u32 = 0x200;
 /// Bursts of thousands of execs a second must fit while the thread is descheduled.
 const RECV_BUFFER: usize = 4 << 20;
 /// How often the thread looks whether its node is gone.
@@ -120,7 +126,7 @@ fn subscribe() -> io::Result<OwnedFd> {
     let filtered = kernel_at_least(6, 6);
     // struct proc_input { mcast_op; event_type } since 6.6, the bare op before.
     let data: &[u32] = if filtered {
-        &[PROC_CN_MCAST_LISTEN, PROC_EVENT_EXEC]
+        &[PROC_CN_MCAST_LISTEN, PROC_EVENT_EXEC | PROC_EVENT_COMM]
     } else {
         &[PROC_CN_MCAST_LISTEN]
     };
@@ -172,9 +178,12 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             match rustix::net::recv(sock, &mut msg[..], RecvFlags::empty()) {
                 Ok((n, _)) => {
-                    for tgid in exec_events(&msg[..n]) {
+                    for ev in events(&msg[..n]) {
                         self.counters.events.fetch_add(1, Ordering::Relaxed);
-                        self.classify(tgid);
+                        match ev {
+                            Event::Exec(tgid) => self.classify(tgid),
+                            Event::Comm(tgid, comm) => self.renamed(tgid, &comm),
+                        }
                     }
                 }
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
@@ -244,13 +253,31 @@ impl Worker {
                 }
             }
         };
+        self.apply(tgid, class);
+    }
+
+    /// A process that names itself after exec: busybox runs its applets by exec'ing
+    /// `/proc/self/exe` (comm `exe`) and then sets comm to the applet's name.
+    fn renamed(&mut self, tgid: i32, comm: &[u8]) {
+        if let Some((_, class)) = self.rules.for_comm(comm) {
+            self.apply(tgid, class);
+        }
+    }
+
+    /// Sets the class if the process is in one of our workspaces.
+    fn apply(&mut self, tgid: i32, class: super::rules::Class) {
         if !self.read(tgid, "cgroup") || !contains(&self.buf, &self.needle) {
             return;
         }
         match super::apply::set_class(tgid, class) {
             Ok(()) => {
                 self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(pid = tgid, exe = %exe.display(), nice = class.nice, policy = class.policy.name(), "priority class set");
+                tracing::trace!(
+                    pid = tgid,
+                    nice = class.nice,
+                    policy = class.policy.name(),
+                    "priority class set"
+                );
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(e) => tracing::warn!(pid = tgid, "set priority class: {e}"),
@@ -271,8 +298,16 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     std::str::from_utf8(hay).is_ok_and(|h| h.contains(needle))
 }
 
-/// The tgids of the exec events in one datagram (other events are skipped).
-fn exec_events(mut d: &[u8]) -> impl Iterator<Item = i32> + '_ {
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// A process (tgid) started a program.
+    Exec(i32),
+    /// A process's main thread changed its name (threads naming themselves are skipped).
+    Comm(i32, Vec<u8>),
+}
+
+/// The exec and process-rename events in one datagram (other events are skipped).
+fn events(mut d: &[u8]) -> impl Iterator<Item = Event> + '_ {
     std::iter::from_fn(move || loop {
         let len = u32_at(d, 0)? as usize;
         if len < NLMSG_HDR || len > d.len() {
@@ -283,12 +318,29 @@ fn exec_events(mut d: &[u8]) -> impl Iterator<Item = i32> + '_ {
         d = rest.get((4 - len % 4) % 4..).unwrap_or(&[]);
         if u32_at(m, NLMSG_HDR) != Some(libc::CN_IDX_PROC)
             || u32_at(m, NLMSG_HDR + 4) != Some(libc::CN_VAL_PROC)
-            || u32_at(m, WHAT) != Some(PROC_EVENT_EXEC)
         {
             continue;
         }
-        if let Some(tgid) = u32_at(m, EXEC_TGID) {
-            return Some(tgid as i32);
+        match u32_at(m, WHAT) {
+            Some(PROC_EVENT_EXEC) => {
+                if let Some(tgid) = u32_at(m, EXEC_TGID) {
+                    return Some(Event::Exec(tgid as i32));
+                }
+            }
+            Some(PROC_EVENT_COMM) => {
+                let (Some(pid), Some(tgid), Some(name)) = (
+                    u32_at(m, COMM_PID),
+                    u32_at(m, COMM_PID + 4),
+                    m.get(COMM_NAME..COMM_NAME + 16),
+                ) else {
+                    continue;
+                };
+                if pid == tgid {
+                    let len = name.iter().position(|b| *b == 0).unwrap_or(16);
+                    return Some(Event::Comm(tgid as i32, name[..len].to_vec()));
+                }
+            }
+            _ => {}
         }
     })
 }
@@ -303,33 +355,45 @@ fn u32_at(d: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn event(what: u32, tgid: u32) -> Vec<u8> {
+    fn event(what: u32, pid: u32, tgid: u32, comm: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
-        let len = (EVENT + 24) as u32;
+        let len = (EVENT + 40) as u32;
         m.extend_from_slice(&len.to_ne_bytes());
         m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
         m.extend_from_slice(&[0; 10]);
         m.extend_from_slice(&libc::CN_IDX_PROC.to_ne_bytes());
         m.extend_from_slice(&libc::CN_VAL_PROC.to_ne_bytes());
         m.extend_from_slice(&[0; 8]);
-        m.extend_from_slice(&24u16.to_ne_bytes());
+        m.extend_from_slice(&40u16.to_ne_bytes());
         m.extend_from_slice(&[0; 2]);
         m.extend_from_slice(&what.to_ne_bytes());
         m.extend_from_slice(&[0; 12]); // cpu, timestamp
-        m.extend_from_slice(&(tgid + 1).to_ne_bytes()); // pid (the exec'ing thread)
+        m.extend_from_slice(&pid.to_ne_bytes());
         m.extend_from_slice(&tgid.to_ne_bytes());
+        let mut name = [0u8; 16];
+        name[..comm.len()].copy_from_slice(comm);
+        m.extend_from_slice(&name);
         m
     }
 
     #[test]
-    fn parses_exec_events_and_skips_the_rest() {
-        let mut d = event(PROC_EVENT_EXEC, 42);
-        d.extend(event(1, 7)); // fork
-        d.extend(event(PROC_EVENT_EXEC, 43));
-        assert_eq!(exec_events(&d).collect::<Vec<_>>(), vec![42, 43]);
+    fn parses_exec_and_rename_events_and_skips_the_rest() {
+        let mut d = event(PROC_EVENT_EXEC, 42, 42, b"");
+        d.extend(event(1, 7, 7, b"")); // fork
+        d.extend(event(PROC_EVENT_COMM, 44, 44, b"sleep"));
+        d.extend(event(PROC_EVENT_COMM, 46, 45, b"worker")); // a thread
+        d.extend(event(PROC_EVENT_EXEC, 43, 43, b""));
+        assert_eq!(
+            events(&d).collect::<Vec<_>>(),
+            vec![
+                Event::Exec(42),
+                Event::Comm(44, b"sleep".to_vec()),
+                Event::Exec(43)
+            ]
+        );
         // Truncated or garbage input ends the walk without a panic.
-        assert_eq!(exec_events(&d[..d.len() - 3]).collect::<Vec<_>>(), vec![42]);
-        assert_eq!(exec_events(&[0xff; 7]).count(), 0);
-        assert_eq!(exec_events(&[0; 64]).count(), 0);
+        assert_eq!(events(&d[..d.len() - 3]).count(), 2);
+        assert_eq!(events(&[0xff; 7]).count(), 0);
+        assert_eq!(events(&[0; 64]).count(), 0);
     }
 }
