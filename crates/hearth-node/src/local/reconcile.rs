@@ -51,7 +51,7 @@ impl Inner {
         if st.state == RunState::Running {
             // The agent keeps its class across our restarts; this repairs one reset by hand.
             if let Some(pid) = st.pid {
-                self.prioritize_agent(&spec.id, pid);
+                self.reprioritize_agent(&spec.id, pid);
             }
             // A crash mid-snapshot leaves the workspace frozen; nothing else thaws it.
             // (The disk guard freezes it again if it grows while under the reserve.)
