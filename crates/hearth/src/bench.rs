@@ -13,8 +13,10 @@ use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, Workspace
 use hearth_proto::Event;
 
 mod access;
+mod cpu;
 mod scale;
 pub use access::{run as run_access, AccessArgs};
+pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode};
 pub use scale::{run as run_scale, ScaleArgs};
 
 pub struct BenchArgs {

@@ -150,7 +150,10 @@ enum Cmd {
     Shell { name: String },
     /// Measure create/start/stop/exec latency on this host beside the OCI runtime floor
     /// (needs root; uses its own data dir, bridge and cgroups, not the server's).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchCmd>,
         /// Workspaces to cycle through (create, start, stop, start, 5 execs, remove).
         #[arg(long, default_value_t = 20)]
         runs: usize,
@@ -243,6 +246,35 @@ enum Cmd {
     Admin {
         #[command(subcommand)]
         cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// CPU sharing between and inside workspaces under each CPU policy, side by side:
+    /// burst from idle, a neighbour's probe latency under a hog / fork bomb / memory
+    /// bomb, a probe beside an in-workspace build, fairness of two hogs (several minutes
+    /// per mode; --quick for a smoke run).
+    Cpu {
+        /// Image to run (busybox is enough; the tools are hidden hearth-agent commands).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
+        image: PathBuf,
+        /// CPU policies to compare, each on a node of its own.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "off,static,gitpod,hearth"
+        )]
+        modes: Vec<String>,
+        /// Shorter loads and fairness run (a smoke run; the numbers are rougher).
+        #[arg(long)]
+        quick: bool,
+        /// OCI runtime: crun, runc or a path (default: crun if installed).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The static hearth-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent: Option<PathBuf>,
     },
 }
 
@@ -577,6 +609,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Ssh { name, command } => client()?.ssh(name, command).await,
         Cmd::ConfigSsh => client()?.config_ssh().await.map(|()| 0),
         Cmd::Bench {
+            what:
+                Some(BenchCmd::Cpu {
+                    image,
+                    modes,
+                    quick,
+                    runtime,
+                    agent,
+                }),
+            ..
+        } => {
+            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
+                Some(a) => a,
+                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
+            };
+            bench::run_cpu(bench::CpuArgs {
+                image: image.clone(),
+                agent,
+                runtime: runtime.clone(),
+                modes: modes
+                    .iter()
+                    .map(|m| bench::CpuMode::parse(m))
+                    .collect::<anyhow::Result<_>>()?,
+                quick: *quick,
+            })
+            .await
+            .map(|()| 0)
+        }
+        Cmd::Bench {
+            what: None,
             runs,
             image,
             runtime,

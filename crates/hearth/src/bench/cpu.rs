@@ -1,0 +1,705 @@
+//! `hearth bench cpu`: how the node shares CPU between and inside workspaces, one node
+//! per CPU policy, side by side in one table with the targets of issue 11.
+//!
+//! Every mode runs the same script on a fresh node of its own (own data dir, bridge,
+//! cgroup parent) with two busybox workspaces A and B. The load and probe tools are hidden
+//! `hearth-agent` subcommands (`/.hearth/agent` is in every workspace):
+//!
+//! - burst: A, idle for 5 s, runs `spin --threads 2`; CPU-ms by 100 and 500 ms of wall
+//!   time, from the threads' own CPU clocks. Once on a quiet node, once after B has spun
+//!   on both cores for 30 s.
+//! - neighbour: `probe` in A (500 x {sleep 10 ms, 1 ms of CPU}; latency from the intended
+//!   wake-up to done) with B quiet, then while B runs a 2-thread hog, a fork bomb (busybox
+//!   sh, held at B's pids limit) and a memory bomb (two `membomb` loops past B's memory
+//!   limit, OOM-killed and restarted). Each load runs [`Durations::lead`] before the
+//!   probe starts. B is stopped and started between loads, so each starts from scratch.
+//! - inside: the probe from an exec session with a PTY in A, quiet and while A runs a
+//!   build-like load: two lanes starting a copy of the agent named `cc1` (classified
+//!   as batch by the default priority rules) again and again for 200 ms of CPU each.
+//! - fairness: A and B freshly started; A spins on 2 threads, B joins 5 s later; over
+//!   the next 60 s, 1 s windows of both shares. Converged = from that window on, every
+//!   window has both shares within 10 % of equal (0.45..0.55); Jain's index of the two
+//!   totals over the 60 s.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, WorkspaceSpec};
+use hearth_proto::Event;
+
+use super::Series;
+
+/// Where the agent binary is inside every workspace.
+const AGENT: &str = "/.hearth/agent";
+/// Threads of the burst and the hogs (the machine the targets were set on has 2 cores).
+const THREADS: usize = 2;
+const PROBE_ITERATIONS: usize = 500;
+/// How long A is idle before a burst.
+const IDLE_BEFORE_BURST: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fixed weights, no control loop (what the node did before the controller).
+    Off,
+    /// A CFS quota per workspace, as Kubernetes limits do.
+    Static,
+    /// A 15 s loop with budgets counted from first seen, like Gitpod's ws-daemon.
+    Gitpod,
+    /// Hearth's controller.
+    Hearth,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        Ok(match s {
+            "off" => Mode::Off,
+            "static" => Mode::Static,
+            "gitpod" => Mode::Gitpod,
+            "hearth" => Mode::Hearth,
+            _ => bail!("unknown CPU mode {s:?}: use off, static, gitpod or hearth"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Static => "static",
+            Mode::Gitpod => "gitpod",
+            Mode::Hearth => "hearth",
+        }
+    }
+}
+
+pub struct CpuArgs {
+    pub image: PathBuf,
+    pub agent: PathBuf,
+    pub runtime: Option<String>,
+    pub modes: Vec<Mode>,
+    /// Shorter loads and fairness run, for a smoke run.
+    pub quick: bool,
+}
+
+/// How long the loads run; `--quick` shortens them all.
+struct Durations {
+    /// B's load runs this long before A's probe starts.
+    lead: Duration,
+    /// B spins this long before A's burst.
+    hog_before_burst: Duration,
+    /// The build-like load runs this long before the in-workspace probe starts.
+    build_lead: Duration,
+    /// B joins A's hog this much later.
+    fair_lag: Duration,
+    /// Fairness is measured over this long after B joins.
+    fair_run: Duration,
+}
+
+impl Durations {
+    fn new(quick: bool) -> Durations {
+        let s = Duration::from_secs;
+        if quick {
+            Durations {
+                lead: s(3),
+                hog_before_burst: s(10),
+                build_lead: s(2),
+                fair_lag: s(2),
+                fair_run: s(15),
+            }
+        } else {
+            Durations {
+                lead: s(10),
+                hog_before_burst: s(30),
+                build_lead: s(5),
+                fair_lag: s(5),
+                fair_run: s(60),
+            }
+        }
+    }
+}
+
+/// What one mode measured.
+#[derive(Default)]
+struct Outcome {
+    burst_alone: (f64, f64),
+    burst_hogged: (f64, f64),
+    quiet: Series,
+    hog: Series,
+    fork: Series,
+    mem: Series,
+    quiet_tty: Series,
+    build: Series,
+    /// Seconds after B joined until the shares converged; `None`: never in the run.
+    converged: Option<f64>,
+    jain: f64,
+    load_before: String,
+    load_after: String,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Series::new("", None)
+    }
+}
+
+pub async fn run(args: CpuArgs) -> Result<()> {
+    if args.modes.is_empty() {
+        bail!("--modes wants at least one of off, static, gitpod, hearth");
+    }
+    for m in &args.modes {
+        if *m != Mode::Off {
+            bail!(
+                "CPU mode {} is not built into this hearth yet; run with --modes off",
+                m.name()
+            );
+        }
+    }
+    let d = Durations::new(args.quick);
+    let mut results = Vec::new();
+    for &mode in &args.modes {
+        eprintln!("== mode {}", mode.name());
+        results.push((mode, one_mode(mode, &args, &d).await?));
+    }
+    print_table(&args, &d, &results);
+    Ok(())
+}
+
+async fn one_mode(mode: Mode, args: &CpuArgs, d: &Durations) -> Result<Outcome> {
+    let sb = super::Sandbox::new(
+        "hearth-bench-cpu",
+        "hbcpu",
+        |tag| format!("10.79.{}.0/24", tag % 250),
+        &args.agent,
+        args.runtime.clone(),
+    )?;
+    let node = LocalNode::open(sb.cfg.clone()).await?;
+    let res = scenarios(&node, sb.path(), args, d).await;
+    super::teardown(&node, "cpu bench").await;
+    res.with_context(|| format!("cpu bench, mode {}", mode.name()))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
+async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) -> Result<Outcome> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let image = node
+        .load_image(args.image.clone(), None, tx.clone())
+        .await
+        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
+        .id;
+    let repo = super::git_repo(tmp)?;
+    let spec = |id: &str, name: &str, slot: u32, limits: Limits| WorkspaceSpec {
+        id: hearth_node::WorkspaceId::new(id).expect("hex id"),
+        name: name.into(),
+        image: image.clone(),
+        source: repo.display().to_string(),
+        slot,
+        limits,
+        egress: Default::default(),
+    };
+    let small = Limits {
+        disk_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let a = spec("cb00000000aa", "a", 0, small);
+    // B's bombs end at its limits: 1 GiB of memory, 1024 tasks.
+    let b = spec(
+        "cb00000000bb",
+        "b",
+        1,
+        Limits {
+            memory_bytes: 1 << 30,
+            pids: 1024,
+            ..small
+        },
+    );
+    for s in [&a, &b] {
+        node.create(s, tx.clone()).await?;
+        node.start(s).await?;
+    }
+    let mut o = Outcome {
+        load_before: loadavg(),
+        ..Default::default()
+    };
+
+    eprintln!("burst from idle, quiet node...");
+    tokio::time::sleep(IDLE_BEFORE_BURST).await;
+    o.burst_alone = burst(node, &a).await?;
+
+    eprintln!("probe in A, B quiet...");
+    o.quiet = probe(node, &a, false).await?;
+    let spin_forever = format!("exec {AGENT} spin --threads {THREADS} --ms 0");
+    let bombs = [
+        ("2-thread hog", spin_forever.clone()),
+        ("fork bomb", "b() { while :; do b & done; }; b".to_string()),
+        (
+            "memory bomb",
+            format!("for i in 1 2; do (while :; do {AGENT} membomb --mb 2048; done) & done; wait"),
+        ),
+    ];
+    for (what, script) in bombs {
+        eprintln!(
+            "probe in A while B runs a {what} ({} s ahead)...",
+            d.lead.as_secs()
+        );
+        let load = Load::start(node, &b, &script).await?;
+        tokio::time::sleep(d.lead).await;
+        let p = probe(node, &a, false).await;
+        load.stop().await;
+        // A fresh B for the next load (and the only sure end of a fork bomb).
+        node.stop(&b).await?;
+        node.start(&b).await?;
+        let p = p?;
+        match what {
+            "2-thread hog" => o.hog = p,
+            "fork bomb" => o.fork = p,
+            _ => o.mem = p,
+        }
+    }
+
+    eprintln!(
+        "burst from idle after B has spun on both cores for {} s...",
+        d.hog_before_burst.as_secs()
+    );
+    let load = Load::start(node, &b, &spin_forever).await?;
+    tokio::time::sleep(d.hog_before_burst).await;
+    let r = burst(node, &a).await;
+    load.stop().await;
+    o.burst_hogged = r?;
+
+    eprintln!("probe from a tty in A, quiet...");
+    o.quiet_tty = probe(node, &a, true).await?;
+    eprintln!("probe from a tty in A while A runs a 2-lane build of `cc1`s...");
+    let build = format!(
+        "cp {AGENT} /tmp/cc1 && for lane in 1 2; do \
+         (while :; do /tmp/cc1 spin --threads 1 --ms 200 >/dev/null; done) & done; wait"
+    );
+    let load = Load::start(node, &a, &build).await?;
+    tokio::time::sleep(d.build_lead).await;
+    let p = probe(node, &a, true).await;
+    load.stop().await;
+    o.build = p?;
+
+    eprintln!(
+        "fairness: A spins, B joins {} s later, {} s measured...",
+        d.fair_lag.as_secs(),
+        d.fair_run.as_secs()
+    );
+    for s in [&a, &b] {
+        node.stop(s).await?;
+        node.start(s).await?;
+    }
+    let (conv, jain) = fairness(node, &a, &b, d).await?;
+    o.converged = conv;
+    o.jain = jain;
+    o.load_after = loadavg();
+    Ok(o)
+}
+
+/// A command running in a workspace until stopped (SIGKILL to its process group).
+struct Load {
+    writer: hearth_proto::client::ExecWriter,
+    task: tokio::task::JoinHandle<Result<(i32, String)>>,
+}
+
+impl Load {
+    async fn start(node: &LocalNode, ws: &WorkspaceSpec, script: &str) -> Result<Load> {
+        let s = node
+            .exec(
+                ws,
+                ExecRequest {
+                    argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (writer, reader) = s.split();
+        let task = tokio::spawn(collect(reader));
+        Ok(Load { writer, task })
+    }
+
+    /// Kills it and returns what it printed; a failure to end is printed, not returned.
+    async fn stop(mut self) -> String {
+        let _ = self.writer.signal(libc::SIGKILL).await;
+        match tokio::time::timeout(Duration::from_secs(20), self.task).await {
+            Ok(Ok(Ok((_, out)))) => out,
+            Ok(Ok(Err(e))) => {
+                eprintln!("cpu bench: load session: {e}");
+                String::new()
+            }
+            Ok(Err(e)) => {
+                eprintln!("cpu bench: load session: {e}");
+                String::new()
+            }
+            Err(_) => {
+                eprintln!("cpu bench: a load did not end 20 s after SIGKILL");
+                String::new()
+            }
+        }
+    }
+}
+
+/// Everything a session prints (stdout and stderr) and its exit code.
+async fn collect(mut r: hearth_proto::client::ExecReader) -> Result<(i32, String)> {
+    let mut out = Vec::new();
+    loop {
+        match r.next_event().await? {
+            Event::Stdout(b) | Event::Stderr(b) => out.extend(b),
+            Event::Exit(c) => return Ok((c, String::from_utf8_lossy(&out).into_owned())),
+        }
+    }
+}
+
+/// Runs `argv` in `ws` to the end; fails unless it exits 0.
+async fn run_tool(
+    node: &LocalNode,
+    ws: &WorkspaceSpec,
+    argv: &[String],
+    tty: bool,
+) -> Result<String> {
+    let s = node
+        .exec(
+            ws,
+            ExecRequest {
+                argv: argv.to_vec(),
+                tty,
+                rows: 24,
+                cols: 80,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (mut w, r) = s.split();
+    if !tty {
+        w.close_stdin().await?;
+    }
+    let (code, out) = collect(r).await?;
+    if code != 0 {
+        bail!("{} exited {code}: {}", argv.join(" "), out.trim());
+    }
+    Ok(out)
+}
+
+fn agent_argv(args: &str) -> Vec<String> {
+    std::iter::once(AGENT.to_string())
+        .chain(args.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// The 2-thread spinner's CPU-ms by 100 and 500 ms.
+async fn burst(node: &LocalNode, ws: &WorkspaceSpec) -> Result<(f64, f64)> {
+    let out = run_tool(
+        node,
+        ws,
+        &agent_argv(&format!(
+            "spin --threads {THREADS} --ms 500 --marks 100,500"
+        )),
+        false,
+    )
+    .await?;
+    let mark = |m: &str| -> Result<f64> {
+        out.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("mark {m} "))
+                    .map(str::to_string)
+            })
+            .context(format!("spin printed no mark {m}: {out}"))?
+            .parse()
+            .context("spin mark")
+    };
+    Ok((mark("100")?, mark("500")?))
+}
+
+async fn probe(node: &LocalNode, ws: &WorkspaceSpec, tty: bool) -> Result<Series> {
+    let out = run_tool(
+        node,
+        ws,
+        &agent_argv(&format!(
+            "probe --iterations {PROBE_ITERATIONS} --sleep-ms 10 --work-us 1000"
+        )),
+        tty,
+    )
+    .await?;
+    let mut s = Series::new("probe", None);
+    for l in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let us: u64 = l.parse().with_context(|| format!("probe printed {l:?}"))?;
+        s.samples.push(Duration::from_micros(us));
+    }
+    if s.samples.len() != PROBE_ITERATIONS {
+        bail!(
+            "probe printed {} latencies, not {PROBE_ITERATIONS}",
+            s.samples.len()
+        );
+    }
+    Ok(s)
+}
+
+/// (CLOCK_MONOTONIC ms, CPU ms) points a spinner printed with `--every-ms`.
+fn cpu_series(out: &str) -> Vec<(f64, f64)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().strip_prefix("at ")?.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU ms at monotonic time `t` (ms), linear between points; `None` outside them.
+fn cpu_at(series: &[(f64, f64)], t: f64) -> Option<f64> {
+    let i = series.iter().position(|&(x, _)| x >= t)?;
+    if i == 0 {
+        return (series[0].0 == t).then_some(series[0].1);
+    }
+    let ((x0, y0), (x1, y1)) = (series[i - 1], series[i]);
+    Some(y0 + (y1 - y0) * (t - x0) / (x1 - x0))
+}
+
+/// CLOCK_MONOTONIC in ms, the clock the spinners in the workspaces report on (they
+/// share it: workspaces get no time namespace).
+fn mono_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec passed.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+async fn fairness(
+    node: &LocalNode,
+    a: &WorkspaceSpec,
+    b: &WorkspaceSpec,
+    d: &Durations,
+) -> Result<(Option<f64>, f64)> {
+    let total_ms = (d.fair_lag + d.fair_run).as_millis() + 500;
+    let hog = |ms: u128| format!("exec {AGENT} spin --threads {THREADS} --ms {ms} --every-ms 100");
+    let la = Load::start(node, a, &hog(total_ms)).await?;
+    tokio::time::sleep(d.fair_lag).await;
+    let joined = mono_ms();
+    let lb = Load::start(node, b, &hog(d.fair_run.as_millis() + 500)).await?;
+    tokio::time::sleep(d.fair_run + Duration::from_secs(1)).await;
+    let (oa, ob) = (la.stop().await, lb.stop().await);
+    let (sa, sb) = (cpu_series(&oa), cpu_series(&ob));
+    let windows = fairness_windows(&sa, &sb, joined, d.fair_run.as_secs() as usize);
+    if windows.len() < d.fair_run.as_secs() as usize / 2 {
+        bail!(
+            "fairness: the hogs reported too little ({} windows)\nA: {}\nB: {}",
+            windows.len(),
+            oa.lines().last().unwrap_or(""),
+            ob.lines().last().unwrap_or("")
+        );
+    }
+    Ok(converged(&windows))
+}
+
+/// Each 1 s window's CPU ms of A and B, from `start` (monotonic ms).
+fn fairness_windows(sa: &[(f64, f64)], sb: &[(f64, f64)], start: f64, n: usize) -> Vec<(f64, f64)> {
+    let mut w = Vec::new();
+    for k in 0..n {
+        let (t0, t1) = (start + k as f64 * 1e3, start + (k + 1) as f64 * 1e3);
+        let d = |s: &[(f64, f64)]| Some(cpu_at(s, t1)? - cpu_at(s, t0).unwrap_or(0.0));
+        // B's series starts a little after `start` (its exec): before it, B had nothing.
+        match (d(sa), d(sb)) {
+            (Some(x), Some(y)) => w.push((x, y)),
+            _ => break,
+        }
+    }
+    w
+}
+
+/// Seconds until both shares stay within 10 % of equal (every later window too), and
+/// Jain's index over the windows' totals.
+fn converged(windows: &[(f64, f64)]) -> (Option<f64>, f64) {
+    let fair = |&(x, y): &(f64, f64)| {
+        let s = x + y;
+        s > 0.0 && (x / s - 0.5).abs() <= 0.05
+    };
+    let mut first = None;
+    for k in (0..windows.len()).rev() {
+        if fair(&windows[k]) {
+            first = Some(k);
+        } else {
+            break;
+        }
+    }
+    let (ta, tb) = windows
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+    let jain = if ta + tb > 0.0 {
+        (ta + tb).powi(2) / (2.0 * (ta * ta + tb * tb))
+    } else {
+        f64::NAN
+    };
+    (first.map(|k| k as f64), jain)
+}
+
+fn print_table(args: &CpuArgs, d: &Durations, results: &[(Mode, Outcome)]) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let node_ms = |ms: f64| cores.min(THREADS) as f64 * ms;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nhearth bench cpu{}   {cores} cores   probe: {PROBE_ITERATIONS} x (sleep 10 ms, 1 ms CPU), \
+         ms from intended wake-up to done   B's load runs {} s before the probe",
+        if args.quick { " --quick" } else { "" },
+        d.lead.as_secs()
+    );
+    let w = 17;
+    let _ = write!(out, "{:<40}", "scenario");
+    for (m, _) in results {
+        let _ = write!(out, " {:>w$}", m.name());
+    }
+    let _ = writeln!(out, "  target");
+    let row = |out: &mut String, name: &str, cells: Vec<String>, target: &str| {
+        let _ = write!(out, "{name:<40}");
+        for c in cells {
+            let _ = write!(out, " {c:>w$}");
+        }
+        let _ = writeln!(out, "  {target}");
+    };
+    let ok = |pass: bool| if pass { "ok" } else { "MISS" };
+    let burst_row =
+        |out: &mut String, name: &str, f: &dyn Fn(&Outcome) -> f64, want: f64, pct: u32| {
+            let cells = results
+                .iter()
+                .map(|(_, o)| format!("{:.0} {}", f(o), ok(f(o) >= want)))
+                .collect();
+            row(
+                out,
+                name,
+                cells,
+                &format!(">= {want:.0} ({pct}% of {cores}x100 ms)"),
+            );
+        };
+    let info_row = |out: &mut String, name: &str, f: &dyn Fn(&Outcome) -> String| {
+        row(out, name, results.iter().map(|(_, o)| f(o)).collect(), "");
+    };
+    burst_row(
+        &mut out,
+        "burst alone: CPU-ms in first 100 ms",
+        &|o| o.burst_alone.0,
+        0.9 * node_ms(100.0),
+        90,
+    );
+    info_row(&mut out, "burst alone: CPU-ms in first 500 ms", &|o| {
+        format!("{:.0}", o.burst_alone.1)
+    });
+    burst_row(
+        &mut out,
+        &format!(
+            "burst, B hogged {} s: first 100 ms",
+            d.hog_before_burst.as_secs()
+        ),
+        &|o| o.burst_hogged.0,
+        0.75 * node_ms(100.0),
+        75,
+    );
+    info_row(
+        &mut out,
+        &format!(
+            "burst, B hogged {} s: first 500 ms",
+            d.hog_before_burst.as_secs()
+        ),
+        &|o| format!("{:.0}", o.burst_hogged.1),
+    );
+    let pp = |s: &Series| format!("{:.2}/{:.2}", s.pct(50.0), s.pct(99.0));
+    let probe_row = |out: &mut String,
+                     name: &str,
+                     f: &dyn Fn(&Outcome) -> &Series,
+                     base: &dyn Fn(&Outcome) -> &Series| {
+        let cells = results
+            .iter()
+            .map(|(_, o)| {
+                let (s, b) = (f(o), base(o));
+                format!("{} {}", pp(s), ok(s.pct(99.0) <= 1.5 * b.pct(99.0)))
+            })
+            .collect();
+        row(out, name, cells, "p99 <= 1.5x quiet p99");
+    };
+    info_row(&mut out, "probe in A, B quiet: p50/p99 ms", &|o| {
+        pp(&o.quiet)
+    });
+    probe_row(&mut out, "  B runs a 2-thread hog", &|o| &o.hog, &|o| {
+        &o.quiet
+    });
+    probe_row(&mut out, "  B runs a fork bomb", &|o| &o.fork, &|o| {
+        &o.quiet
+    });
+    probe_row(&mut out, "  B runs a memory bomb", &|o| &o.mem, &|o| {
+        &o.quiet
+    });
+    info_row(&mut out, "probe in A's tty, A quiet: p50/p99 ms", &|o| {
+        pp(&o.quiet_tty)
+    });
+    probe_row(
+        &mut out,
+        "  A runs a 2-lane cc1 build",
+        &|o| &o.build,
+        &|o| &o.quiet_tty,
+    );
+    let cells = results
+        .iter()
+        .map(|(_, o)| match o.converged {
+            Some(s) => format!("{s:.0} s {}", ok(s <= 10.0)),
+            None => "never MISS".into(),
+        })
+        .collect();
+    row(
+        &mut out,
+        &format!("fairness: shares converge ({} s run)", d.fair_run.as_secs()),
+        cells,
+        "<= 10 s",
+    );
+    info_row(&mut out, "fairness: Jain's index", &|o| {
+        format!("{:.3}", o.jain)
+    });
+    info_row(&mut out, "load average at start", &|o| {
+        o.load_before.clone()
+    });
+    info_row(&mut out, "load average at end", &|o| o.load_after.clone());
+    print!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_converge_when_they_stay_fair() {
+        let w = [
+            (900.0, 100.0),
+            (600.0, 400.0),
+            (500.0, 500.0),
+            (480.0, 520.0),
+            (510.0, 490.0),
+        ];
+        let (conv, jain) = converged(&w);
+        assert_eq!(conv, Some(2.0));
+        assert!(jain > 0.9 && jain < 1.0, "{jain}");
+        // A fair window followed by an unfair one does not count.
+        let w = [(500.0, 500.0), (900.0, 100.0)];
+        assert_eq!(converged(&w).0, None);
+        assert!((converged(&[(500.0, 500.0)]).1 - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_is_interpolated_between_reports() {
+        let s = [(1000.0, 0.0), (1100.0, 200.0), (1200.0, 300.0)];
+        assert_eq!(cpu_at(&s, 1050.0), Some(100.0));
+        assert_eq!(cpu_at(&s, 1200.0), Some(300.0));
+        assert_eq!(cpu_at(&s, 1300.0), None);
+        assert_eq!(cpu_at(&s, 900.0), None);
+        let w = fairness_windows(&s, &s, 1000.0, 5);
+        assert!(
+            w.is_empty(),
+            "a window past the reports is not counted: {w:?}"
+        );
+    }
+}
