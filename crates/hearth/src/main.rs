@@ -159,8 +159,9 @@ enum Cmd {
         runs: usize,
         /// Image to run: an image archive or OCI layout, as `hearth image load` takes
         /// (scripts/make-image.sh busybox busybox.tar makes a small one).
-        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
-        image: PathBuf,
+        /// Required unless a subcommand is given (the derive cannot require it only then).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE", required = true)]
+        image: Option<PathBuf>,
         /// OCI runtime: crun, runc or a path (default: crun if installed).
         #[arg(long)]
         runtime: Option<String>,
@@ -651,6 +652,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(a) => a,
                 None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
             };
+            let image = image.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("hearth bench needs --image IMAGE (or HEARTH_BENCH_IMAGE)")
+            })?;
             if *ssh || *proxy {
                 return bench::run_access(bench::AccessArgs {
                     image: image.clone(),
@@ -688,6 +692,47 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_cpu_is_a_subcommand_with_its_own_image() {
+        let cli = Cli::try_parse_from([
+            "hearth",
+            "bench",
+            "cpu",
+            "--image",
+            "bb.tar",
+            "--modes",
+            "off,hearth",
+            "--quick",
+        ])
+        .unwrap();
+        let Cmd::Bench {
+            what:
+                Some(BenchCmd::Cpu {
+                    image,
+                    modes,
+                    quick,
+                    ..
+                }),
+            ..
+        } = cli.cmd
+        else {
+            panic!("not bench cpu")
+        };
+        assert_eq!(image, PathBuf::from("bb.tar"));
+        assert_eq!(modes, vec!["off", "hearth"]);
+        assert!(quick);
+        // The plain bench still parses its own flags.
+        let cli = Cli::try_parse_from(["hearth", "bench", "--image", "bb.tar", "--runs", "3"]);
+        assert!(matches!(
+            cli.unwrap().cmd,
+            Cmd::Bench {
+                what: None,
+                runs: 3,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn exec_takes_the_command_after_options() {
