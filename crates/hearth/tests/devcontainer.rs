@@ -48,7 +48,7 @@ const LIFECYCLE: &str = r#"// the whole lifecycle, each form
 {
   "image": "busybox",
   "frobnicate": true,
-  "containerEnv": {"GREETING": "hi ${localWorkspaceFolderBasename}"},
+  "containerEnv": {"GREETING": "hi ${localWorkspaceFolderBasename}", "ID": "${devcontainerId}"},
   "remoteEnv": {"REMOTE": "${containerEnv:GREETING}-remote"},
   "onCreateCommand": "echo oncreate $GREETING; echo oncreate >> order",
   "updateContentCommand": ["sh", "-c", "echo update >> order; echo update-out"],
@@ -117,6 +117,12 @@ fn up_runs_the_lifecycle_in_order_and_applies_the_environment() {
     assert_eq!(
         srv.exec("proj", &["sh", "-c", "echo $GREETING/$REMOTE; pwd"]),
         "hi proj/hi proj-remote\n/workspace/proj\n"
+    );
+    // ${devcontainerId} as the reference CLI computes it for this folder and file (its
+    // devcontainerIdForLabels, run under node for these two labels).
+    assert_eq!(
+        srv.exec("proj", &["sh", "-c", "echo $ID"]),
+        "0mjsvpce2e3p31nqj7qj7ma7b78gjpsugvr32g0da5l7b3df0tjp\n"
     );
     // What the request sets wins.
     assert_eq!(

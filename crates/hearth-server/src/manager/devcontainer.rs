@@ -110,7 +110,16 @@ impl Manager {
         };
         let loaded = hearth_devcontainer::load(&file, Some(&folder), &folder, &|_| None)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let config = loaded.config;
+        // The CLI's second pass, with the labels it would give the container: the local
+        // folder and the config file's path in it.
+        let config_path = format!("{folder}/{}", file.path);
+        let id = hearth_devcontainer::vars::devcontainer_id(&hearth_devcontainer::vars::id_labels(
+            &folder,
+            &config_path,
+        ));
+        let value = hearth_devcontainer::vars::substitute_devcontainer_id(&loaded.value, &id);
+        let config = hearth_devcontainer::Config::from_value(&loaded.doc, &value)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         let f = &config.file;
         if config.compose {
             return Err(ApiError::invalid(format!(
