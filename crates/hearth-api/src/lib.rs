@@ -231,6 +231,11 @@ pub struct LimitsRequest {
     #[serde(default)]
     #[schema(minimum = 268435456, maximum = 70368744177664_f64)]
     pub disk_bytes: Option<u64>,
+    /// Class limit in thousandths of a core (1500 = 1.5 cores; 10..=1000000), held over
+    /// the long run; 0 removes it.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub cpus_milli: Option<u64>,
 }
 
 /// Body of `POST /v1/images/load`.
@@ -288,6 +293,9 @@ pub struct WorkspaceLimits {
     pub pids: u64,
     pub cpu_weight: u64,
     pub disk_bytes: u64,
+    /// Class limit in thousandths of a core; 0 = none.
+    #[serde(default)]
+    pub cpus_milli: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -361,6 +369,9 @@ pub struct WorkspaceInspect {
     /// newest last (the last 16; `usage.oom_kill_count` counts all since its start).
     #[serde(default)]
     pub oom_kills: Vec<OomKillInfo>,
+    /// The node CPU controller's view, while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuInfo>,
 }
 
 /// One process killed for lack of memory.
@@ -377,6 +388,43 @@ pub struct OomKillInfo {
     /// The memory limit that was reached, usually the workspace's; null when the whole
     /// host ran out of memory.
     pub limit_bytes: Option<u64>,
+}
+
+/// What the node's CPU controller made of a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuClass {
+    /// Light lately: its weight, no quota; a burst gets the node's free CPU at once.
+    Interactive,
+    /// Saturated cores until its budget ran out: runs on CPU nobody else wants
+    /// (`cpu.idle`), held to its `cpus_milli` if set; recovers while quiet.
+    Batch,
+    /// A fixed quota from a baseline policy (`--cpu-control static|gitpod`).
+    Limited,
+    /// The controller is off (`--cpu-control off`): the fixed weight.
+    Unmanaged,
+}
+
+/// The node CPU controller's current view of a running workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CpuInfo {
+    pub class: CpuClass,
+    /// CPU weight in force (cgroup v2 scale).
+    pub weight: u64,
+    /// CFS quota in force, thousandths of a core; absent = no quota.
+    pub quota_millicores: Option<u64>,
+    /// Whether the workspace runs only on CPU nobody else wants (`cpu.idle`).
+    pub idle: bool,
+    /// CPU use over about the last second, thousandths of a core.
+    pub usage_millicores: u64,
+    /// CPU-ms left before demotion (interactive), or recovered so far (batch).
+    pub budget_ms: u64,
+    /// Time throttled by the quota since start, microseconds.
+    pub throttled_us_total: u64,
+    /// Percent of the last ~10 s in which some task waited for a CPU; absent without PSI.
+    pub pressure_some_avg10: Option<f64>,
+    /// RFC 3339 time of the last class change.
+    pub since: String,
 }
 
 /// The outbound policy in force: the workspace's rules, the node's, and the limits.

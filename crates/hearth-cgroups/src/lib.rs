@@ -5,6 +5,7 @@
 //! everything it forks inherit the groups.
 
 mod counters;
+mod cpu;
 mod layout;
 mod memory;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use hearth_types::WorkspaceId;
 
 pub use counters::CpuCounters;
+pub use cpu::{CpuGroup, CpuKnobs, CpuSample, NodePressure, SampleWhat, DEFAULT_PERIOD_US};
 pub use layout::{Layout, V1Layout};
 pub use memory::{memory_high, MemoryStats};
 
@@ -189,10 +191,13 @@ impl Cgroups {
                 }
                 if let Some(c) = &v1.cpu {
                     let dir = c.join(&self.parent).join(id);
-                    write(
-                        &dir.join("cpu.shares"),
-                        &weight_to_shares(limits.cpu_weight).to_string(),
-                    )?;
+                    // The CPU controller owns an idle group's weight (a write is EINVAL).
+                    if !cpu::is_idle(&dir) {
+                        write(
+                            &dir.join("cpu.shares"),
+                            &weight_to_shares(limits.cpu_weight).to_string(),
+                        )?;
+                    }
                 }
             }
             Layout::V2 { root } => {
@@ -203,7 +208,7 @@ impl Cgroups {
                 if self.v2_controllers.contains(&"pids") {
                     write(&dir.join("pids.max"), &unlimited_or(limits.pids, "max"))?;
                 }
-                if self.v2_controllers.contains(&"cpu") {
+                if self.v2_controllers.contains(&"cpu") && !cpu::is_idle(&dir) {
                     write(&dir.join("cpu.weight"), &limits.cpu_weight.to_string())?;
                 }
             }

@@ -89,6 +89,11 @@ pub struct Limits {
     /// included). Fixed at create.
     #[serde(default = "default_disk_bytes")]
     pub disk_bytes: u64,
+    /// Class limit in thousandths of a core (1500 = 1.5 cores) that holds over the long
+    /// run (a CFS quota once the CPU controller demotes the workspace, or always under
+    /// [`CpuControl::Static`]); 0 = none. Absent in records older than it.
+    #[serde(default)]
+    pub cpus_milli: u64,
 }
 
 pub const DEFAULT_DISK_BYTES: u64 = 20 << 30;
@@ -106,6 +111,7 @@ impl Default for Limits {
             pids: 4096,
             cpu_weight: 100,
             disk_bytes: DEFAULT_DISK_BYTES,
+            cpus_milli: 0,
         }
     }
 }
@@ -200,6 +206,9 @@ pub struct WorkspaceDetails {
     /// (at most 16).
     #[serde(default)]
     pub oom_kills: Vec<OomKill>,
+    /// The CPU controller's view, while running and controlled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuView>,
 }
 
 /// One running workspace's counters for `/metrics`; `None` where the host lacks the
@@ -228,6 +237,126 @@ pub struct OomKill {
     /// The memory limit that was hit (a cgroup's, usually the workspace's own); `None`
     /// when the whole host ran out of memory.
     pub limit_bytes: Option<u64>,
+}
+
+/// How the node manages the CPU of workspaces (`hearth server --cpu-control`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuControl {
+    /// The control loop: light workspaces get free CPU at once, long hogs are demoted.
+    #[default]
+    Hearth,
+    /// Every workspace keeps its fixed weight (what Hearth did before the controller).
+    Off,
+    /// Baseline for `hearth bench cpu`: a CFS quota of `--cpus` (or one core) for every
+    /// workspace, always, as Kubernetes CPU limits do.
+    Static,
+    /// Baseline for `hearth bench cpu`: Gitpod ws-daemon's 15 s loop of CPU-time budgets
+    /// counted from when the workspace was first seen, applied as CFS quota.
+    Gitpod,
+}
+
+impl CpuControl {
+    pub const ALL: [CpuControl; 4] = [
+        CpuControl::Hearth,
+        CpuControl::Off,
+        CpuControl::Static,
+        CpuControl::Gitpod,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuControl::Hearth => "hearth",
+            CpuControl::Off => "off",
+            CpuControl::Static => "static",
+            CpuControl::Gitpod => "gitpod",
+        }
+    }
+}
+
+impl std::fmt::Display for CpuControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CpuControl {
+    type Err = NodeError;
+    fn from_str(s: &str) -> Result<Self, NodeError> {
+        CpuControl::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                NodeError::Invalid(format!(
+                    "unknown cpu control {s:?}: pick hearth, off, static or gitpod"
+                ))
+            })
+    }
+}
+
+/// What the CPU controller made of a workspace.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuClass {
+    /// Light or idle lately: its weight, no quota, not idle; a burst gets free CPU at once.
+    Interactive,
+    /// Saturated cores until its budget ran out: `cpu.idle` (runs on CPU nobody else
+    /// wants), plus its `--cpus` quota if it has one. Recovers while quiet.
+    Batch,
+    /// A fixed quota from a baseline policy (static, gitpod).
+    Limited,
+    /// The controller is off: the fixed weight.
+    Unmanaged,
+}
+
+impl CpuClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuClass::Interactive => "interactive",
+            CpuClass::Batch => "batch",
+            CpuClass::Limited => "limited",
+            CpuClass::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+/// The CPU controller's current view of one running workspace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuView {
+    pub class: CpuClass,
+    /// cgroup v2 weight in force (v1: shares / 10.24).
+    pub weight: u64,
+    /// The CFS quota in force, thousandths of a core; `None` = no quota.
+    pub quota_millicores: Option<u64>,
+    /// Whether the group is SCHED_IDLE (`cpu.idle=1`).
+    pub idle: bool,
+    /// Recent CPU use (about the last second), thousandths of a core.
+    pub usage_millicores: u64,
+    /// CPU-ms the workspace may still use above the light rate before it is demoted
+    /// (or, demoted, how far it has recovered).
+    pub budget_ms: u64,
+    /// Time spent throttled by the quota, since the workspace started.
+    pub throttled_us_total: u64,
+    /// Share of the last ~10 s in which some task of the workspace waited for a CPU,
+    /// percent; `None` where the kernel has no PSI for the group.
+    pub pressure_some_avg10: Option<f64>,
+    /// RFC 3339 time of the last class change (or of registration).
+    pub since: String,
+}
+
+/// The controller's own cost and activity, for `hearth bench cpu` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuControllerStats {
+    pub policy: CpuControl,
+    /// Time between ticks.
+    pub interval_ms: u64,
+    pub ticks: u64,
+    /// CPU time the loop thread used (user + system) since it started.
+    pub cpu_ns: u64,
+    /// Workspaces under control now.
+    pub workspaces: usize,
+    /// cgroup files written since start (the loop writes only what changed).
+    pub writes: u64,
 }
 
 /// The egress policy in force for a workspace, as the node applies it.
@@ -304,7 +433,15 @@ pub struct NodeConfig {
     pub console: crate::ConsoleLimits,
     /// Process priority classes inside workspaces (`--priority-rules`).
     pub priority: crate::PriorityRules,
+    /// Which CPU policy runs over the workspaces.
+    pub cpu_control: CpuControl,
+    /// Time between CPU controller ticks (100 ms by default; Gitpod's loop uses 15 s
+    /// whatever this says).
+    pub cpu_interval: std::time::Duration,
 }
+
+/// The CPU controller's default tick: 10 Hz.
+pub const DEFAULT_CPU_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A node failure. The first four carry a message the node wrote for the user; the rest
 /// keep the failing library's error as their source. Callers decide by [`NodeError::kind`]
@@ -543,6 +680,14 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn metrics(&self, specs: &[WorkspaceSpec]) -> Vec<(WorkspaceId, WorkspaceMetrics)> {
         let _ = specs;
         Vec::new()
+    }
+    /// The CPU controller's view of every workspace it controls (for `/metrics`).
+    fn cpu_views(&self) -> Vec<(WorkspaceId, CpuView)> {
+        Vec::new()
+    }
+    /// The CPU controller's own cost; `None` where there is no controller.
+    fn cpu_controller_stats(&self) -> Option<CpuControllerStats> {
+        None
     }
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.

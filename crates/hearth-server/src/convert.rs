@@ -24,6 +24,28 @@ pub fn limits(l: Limits) -> WorkspaceLimits {
         pids: l.pids,
         cpu_weight: l.cpu_weight,
         disk_bytes: l.disk_bytes,
+        cpus_milli: l.cpus_milli,
+    }
+}
+
+pub fn cpu(v: hearth_node::CpuView) -> hearth_api::CpuInfo {
+    use hearth_api::CpuClass as A;
+    use hearth_node::CpuClass as N;
+    hearth_api::CpuInfo {
+        class: match v.class {
+            N::Interactive => A::Interactive,
+            N::Batch => A::Batch,
+            N::Limited => A::Limited,
+            N::Unmanaged => A::Unmanaged,
+        },
+        weight: v.weight,
+        quota_millicores: v.quota_millicores,
+        idle: v.idle,
+        usage_millicores: v.usage_millicores,
+        budget_ms: v.budget_ms,
+        throttled_us_total: v.throttled_us_total,
+        pressure_some_avg10: v.pressure_some_avg10,
+        since: v.since,
     }
 }
 
@@ -103,6 +125,7 @@ pub fn inspect(
                 limit_bytes: k.limit_bytes,
             })
             .collect(),
+        cpu: d.cpu.map(cpu),
     }
 }
 
@@ -136,6 +159,11 @@ pub fn apply_limits(req: &LimitsRequest, current: Limits) -> Result<Limits, Stri
             hearth_node::MAX_DISK_BYTES,
             d.disk_bytes,
         )?,
+        // 10 millicores is the smallest CFS quota (1 ms per 100 ms period).
+        cpus_milli: match req.cpus_milli {
+            Some(0) => 0,
+            v => check("cpus_milli", v, 10, 1_000_000, d.cpus_milli)?,
+        },
     })
 }
 

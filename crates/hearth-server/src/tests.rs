@@ -250,6 +250,7 @@ impl NodeApi for FakeNode {
             },
             paused: None,
             oom_kills: Vec::new(),
+            cpu: None,
         })
     }
     async fn exec(

@@ -139,6 +139,8 @@ impl Sandbox {
             disk_reserve: None,
             console: Default::default(),
             priority: Default::default(),
+            cpu_control: Default::default(),
+            cpu_interval: hearth_node::DEFAULT_CPU_INTERVAL,
         };
         Ok(Sandbox { dir, cfg })
     }

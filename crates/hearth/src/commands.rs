@@ -451,12 +451,49 @@ connections: {} new/s (burst {}), {} at once
 }
 
 fn render_limits(l: &WorkspaceLimits) -> String {
+    let cpus = match l.cpus_milli {
+        0 => String::new(),
+        m => format!(", cpus {}", cores(m)),
+    };
     format!(
-        "memory {}, disk {}, pids {}, cpu weight {}",
+        "memory {}, disk {}, pids {}, cpu weight {}{cpus}",
         human_size(l.memory_bytes),
         human_size(l.disk_bytes),
         l.pids,
         l.cpu_weight
+    )
+}
+
+/// Thousandths of a core as cores: 1500 -> `1.5`, 2000 -> `2`.
+fn cores(milli: u64) -> String {
+    let s = format!("{}.{:03}", milli / 1000, milli % 1000);
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// One line of the CPU controller's view: class, knobs in force, recent use and budget.
+fn render_cpu(c: &hearth_api::CpuInfo) -> String {
+    let class = match c.class {
+        hearth_api::CpuClass::Interactive => "interactive",
+        hearth_api::CpuClass::Batch => "batch",
+        hearth_api::CpuClass::Limited => "limited",
+        hearth_api::CpuClass::Unmanaged => "unmanaged",
+    };
+    let quota = match c.quota_millicores {
+        Some(q) => format!("quota {} cores", cores(q)),
+        None => "no quota".into(),
+    };
+    let pressure = match c.pressure_some_avg10 {
+        Some(p) => format!(", waiting {p:.1}%"),
+        None => String::new(),
+    };
+    format!(
+        "{class}{} since {}: weight {}, {quota}; using {} cores{pressure}, budget {:.1}s, throttled {:.1}s",
+        if c.idle { " (idle)" } else { "" },
+        c.since,
+        c.weight,
+        cores(c.usage_millicores),
+        c.budget_ms as f64 / 1000.0,
+        c.throttled_us_total as f64 / 1e6,
     )
 }
 
@@ -532,6 +569,9 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
             _ => "-".into(),
         },
     ));
+    if let Some(c) = &i.cpu {
+        rows.push(("cpu control", render_cpu(c)));
+    }
     rows.push((
         "memory",
         match (u.memory_bytes, u.memory_high_bytes) {

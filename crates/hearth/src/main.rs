@@ -807,6 +807,11 @@ struct LimitFlags {
     /// CPU weight against other workspaces, 1..10000 (default 100).
     #[arg(long)]
     cpu_weight: Option<u64>,
+    /// Cores the workspace may use over the long run, e.g. 1.5 (0: no limit, the
+    /// default). Short bursts may use more; a workspace that keeps saturating cores is
+    /// held to this.
+    #[arg(long, value_name = "CORES", value_parser = parse_cpus)]
+    cpus: Option<u64>,
 }
 
 impl LimitFlags {
@@ -816,8 +821,34 @@ impl LimitFlags {
             pids: self.pids,
             cpu_weight: self.cpu_weight,
             disk_bytes: self.disk,
+            cpus_milli: self.cpus,
         }
     }
+}
+
+/// Cores as a decimal (`1.5`, `0.25`, `2`) to thousandths of a core.
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a number of cores (e.g. 0.5, 2)");
+    let t = s.trim();
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if frac.len() > 3 {
+        return Err(format!("{s:?}: at most 3 decimals (thousandths of a core)"));
+    }
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let frac: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+    int.checked_mul(1000)
+        .and_then(|m| m.checked_add(frac))
+        .ok_or_else(bad)
 }
 
 /// A byte size: a number with an optional binary unit (K, M, G, T; `B`/`iB` allowed).
@@ -857,6 +888,19 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod size_tests {
+    #[test]
+    fn cpus_parse_to_millicores() {
+        use super::parse_cpus;
+        assert_eq!(parse_cpus("1.5"), Ok(1500));
+        assert_eq!(parse_cpus("0.25"), Ok(250));
+        assert_eq!(parse_cpus(".5"), Ok(500));
+        assert_eq!(parse_cpus("2"), Ok(2000));
+        assert_eq!(parse_cpus("0"), Ok(0));
+        for bad in ["", ".", "-1", "1.2345", "one", "1e3", "1.5.2"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn durations_parse_with_units_or_as_seconds() {
         use super::parse_duration;

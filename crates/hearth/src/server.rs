@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_node::{
-    Cidr, ConnLimits, ConsoleLimits, EgressConfig, LocalNode, NodeApi, NodeConfig, Retention,
+    Cidr, ConnLimits, ConsoleLimits, CpuControl, EgressConfig, LocalNode, NodeApi, NodeConfig,
+    Retention,
 };
 use hearth_server::ratelimit::RateLimit;
 use hearth_server::{DataDirLock, Server, ServerConfig};
@@ -134,6 +135,16 @@ pub struct ServerArgs {
     /// when they start (default: compilers, build tools and test runners are batch).
     #[arg(long, value_name = "FILE")]
     priority_rules: Option<PathBuf>,
+    /// How the node shares CPU among workspaces. hearth: a 10 Hz loop gives light
+    /// workspaces free CPU at once and demotes long hogs (cpu.idle, then their --cpus);
+    /// off: fixed weights only. static (every workspace held to its --cpus, or 1 core, as
+    /// Kubernetes limits do) and gitpod (Gitpod's 15 s budget loop) exist as baselines
+    /// for `hearth bench cpu`.
+    #[arg(long, value_name = "POLICY", default_value = "hearth")]
+    cpu_control: CpuControl,
+    /// Time between CPU controller ticks.
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "100ms", hide = true)]
+    cpu_interval: std::time::Duration,
 }
 
 /// `--ssh-listen`: an address, or `off`.
@@ -284,6 +295,9 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
             .map(|(max_bytes, files)| ConsoleLimits { max_bytes, files })
             .unwrap_or_default(),
         priority: Default::default(),
+        // Teardown runs no controller; `serve` sets what it was asked for.
+        cpu_control: CpuControl::Off,
+        cpu_interval: hearth_node::DEFAULT_CPU_INTERVAL,
     })
 }
 
@@ -363,7 +377,12 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     let path = data_dir.join(NODE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&settings)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    if args.cpu_interval.is_zero() {
+        bail!("--cpu-interval must be more than 0");
+    }
     let mut node_cfg = node_config(data_dir, &settings, agent)?;
+    node_cfg.cpu_control = args.cpu_control;
+    node_cfg.cpu_interval = args.cpu_interval;
     node_cfg.priority = priority;
     let node = LocalNode::open(node_cfg)
         .await

@@ -116,6 +116,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         usage,
         paused: inner.paused_reason(&spec.id),
         oom_kills: inner.ooms.kills(&spec.id),
+        cpu: None,
     })
 }
 

@@ -211,6 +211,8 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         disk_reserve: Some(0),
         console: Default::default(),
         priority: Default::default(),
+        cpu_control: Default::default(),
+        cpu_interval: crate::DEFAULT_CPU_INTERVAL,
     };
     let net = Network::new(NetConfig {
         bridge: cfg.bridge.clone(),
@@ -258,6 +260,7 @@ fn spec(id: &str) -> WorkspaceSpec {
             pids: 100,
             cpu_weight: 100,
             disk_bytes: 1 << 30,
+            cpus_milli: 0,
         },
         egress: Default::default(),
     }

@@ -77,6 +77,8 @@ pub async fn env_config(runtime: Option<String>, tweak: impl FnOnce(&mut NodeCon
         disk_reserve: Some(256 << 20),
         console: Default::default(),
         priority: Default::default(),
+        cpu_control: Default::default(),
+        cpu_interval: hearth_node::DEFAULT_CPU_INTERVAL,
     };
     tweak(&mut cfg);
     let node = LocalNode::open(cfg.clone()).await.expect("open node");

@@ -1,0 +1,564 @@
+//! CPU knobs and a cheap sampler for the node's CPU controller.
+//!
+//! The controller runs at 10 Hz over every workspace, so reads go through files that stay
+//! open ([`CpuGroup`]) and are re-read with `pread`: one syscall per counter instead of
+//! open + read + close. Writes happen only for the knobs that changed since the last
+//! write through the same handle.
+//!
+//! Kernel rules the write order follows (the same on v1 and v2, one scheduler underneath):
+//! - a group with `cpu.idle=1` refuses a shares/weight write (EINVAL), and leaving idle
+//!   resets the weight to the default, so weight is written before going idle and again
+//!   after leaving it;
+//! - the burst must not exceed the quota (EINVAL), so a shrinking quota takes its new burst
+//!   first and a growing one its quota first.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{io_err, CgroupError, Cgroups, Layout, WorkspaceId};
+
+/// The CFS period the kernel uses by default, and ours.
+pub const DEFAULT_PERIOD_US: u64 = 100_000;
+
+/// What the controller decides for one workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuKnobs {
+    /// v2 semantics, 1..=10000 (100 = default); `cpu.shares` on v1 (x 10.24).
+    pub weight: u64,
+    /// CPU time per period; `None` = no quota.
+    pub quota_us: Option<u64>,
+    pub period_us: u64,
+    /// Unused quota that may carry over into later periods (at most the quota).
+    pub burst_us: u64,
+    /// SCHED_IDLE for the whole group: it runs only when nobody else wants the CPU.
+    pub idle: bool,
+}
+
+impl Default for CpuKnobs {
+    fn default() -> Self {
+        CpuKnobs {
+            weight: 100,
+            quota_us: None,
+            period_us: DEFAULT_PERIOD_US,
+            burst_us: 0,
+            idle: false,
+        }
+    }
+}
+
+impl CpuKnobs {
+    fn check(&self, id: &str) -> Result<(), CgroupError> {
+        let bad = |reason: String| {
+            Err(CgroupError::InvalidLimits {
+                id: id.to_owned(),
+                reason,
+            })
+        };
+        if !(1..=10000).contains(&self.weight) {
+            return bad(format!("cpu weight {} outside 1..=10000", self.weight));
+        }
+        if !(1000..=1_000_000).contains(&self.period_us) {
+            return bad(format!(
+                "cpu period {} us outside 1000..=1000000",
+                self.period_us
+            ));
+        }
+        if let Some(q) = self.quota_us {
+            if q < 1000 {
+                return bad(format!("cpu quota {q} us below 1000"));
+            }
+            if self.burst_us > q {
+                return bad(format!(
+                    "cpu burst {} us above the quota {q} us",
+                    self.burst_us
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cumulative counters of one group; deltas between two samples give rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    /// CPU time used by the group since it was made.
+    pub usage_ns: u64,
+    /// Periods in which the quota ran out.
+    pub nr_throttled: u64,
+    /// Time the group spent throttled.
+    pub throttled_us: u64,
+    /// PSI `some` total: time at least one task of the group waited for a CPU. `None`
+    /// where the kernel has no PSI for the group (or was not asked).
+    pub pressure_some_us: Option<u64>,
+}
+
+/// Which counters a [`CpuGroup::sample`] reads; each is one `pread`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleWhat {
+    pub throttling: bool,
+    pub pressure: bool,
+}
+
+/// One workspace's CPU files, kept open, plus the knobs last written through it.
+#[derive(Debug)]
+pub struct CpuGroup {
+    id: String,
+    version: crate::Version,
+    /// v1: `cpu` hierarchy group; v2: the group.
+    cpu_dir: PathBuf,
+    /// v1: `cpuacct.usage`; v2: `cpu.stat` (usage, throttling in one file).
+    usage: Option<File>,
+    /// v1 only: `cpu.stat` of the cpu hierarchy.
+    stat: Option<File>,
+    /// `cpu.pressure` (v2 group, or the hybrid cgroup2 group on v1).
+    pressure: Option<File>,
+    last: Option<CpuKnobs>,
+    buf: Vec<u8>,
+}
+
+impl Cgroups {
+    /// Opens the CPU files of an existing workspace group. Missing counters (no cpuacct,
+    /// no PSI) are `None` in the samples rather than errors.
+    pub fn cpu_group(&self, id: &WorkspaceId) -> Result<CpuGroup, CgroupError> {
+        self.cpu_group_at(&self.parent.join(id.as_str()), id.as_str())
+    }
+
+    /// The parent group of all workspaces, for its usage: while it barely moves, no
+    /// workspace needs a closer look.
+    pub fn cpu_parent_group(&self) -> Result<CpuGroup, CgroupError> {
+        let name = self.parent.to_string_lossy().into_owned();
+        self.cpu_group_at(&self.parent.clone(), &name)
+    }
+
+    fn cpu_group_at(&self, rel: &Path, name: &str) -> Result<CpuGroup, CgroupError> {
+        let open = |p: PathBuf| match File::open(&p) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_err("open", &p, source)),
+        };
+        let (cpu_dir, usage, stat, pressure) = match &self.layout {
+            Layout::V1(v1) => {
+                let Some(cpu) = &v1.cpu else {
+                    return Err(CgroupError::NotMounted {
+                        path: PathBuf::from("cpu"),
+                    });
+                };
+                let cpu_dir = cpu.join(rel);
+                if !cpu_dir.is_dir() {
+                    return Err(io_err(
+                        "open",
+                        &cpu_dir,
+                        io::Error::from(io::ErrorKind::NotFound),
+                    ));
+                }
+                let usage = match &v1.cpuacct {
+                    Some(a) => open(a.join(rel).join("cpuacct.usage"))?,
+                    None => None,
+                };
+                let pressure = match &v1.unified {
+                    Some(u) => open(u.join(rel).join("cpu.pressure"))?,
+                    None => None,
+                };
+                let stat = open(cpu_dir.join("cpu.stat"))?;
+                (cpu_dir, usage, stat, pressure)
+            }
+            Layout::V2 { root } => {
+                let dir = root.join(rel);
+                let usage = Some(
+                    File::open(dir.join("cpu.stat"))
+                        .map_err(|source| io_err("open", &dir.join("cpu.stat"), source))?,
+                );
+                let pressure = open(dir.join("cpu.pressure"))?;
+                (dir, usage, None, pressure)
+            }
+        };
+        Ok(CpuGroup {
+            id: name.to_owned(),
+            version: self.version(),
+            cpu_dir,
+            usage,
+            stat,
+            pressure,
+            last: None,
+            buf: Vec::with_capacity(512),
+        })
+    }
+
+    /// Writes every CPU knob of a group (no memory of earlier writes); see
+    /// [`CpuGroup::apply`] for the incremental form.
+    pub fn set_cpu(&self, id: &WorkspaceId, knobs: &CpuKnobs) -> Result<(), CgroupError> {
+        self.cpu_group(id)?.apply(knobs).map(drop)
+    }
+
+    /// Reads the knobs back from the group's files (inspect, tests).
+    pub fn cpu_knobs(&self, id: &WorkspaceId) -> Result<CpuKnobs, CgroupError> {
+        let g = self.cpu_group(id)?;
+        let read = |name: &str| crate::read(&g.cpu_dir.join(name));
+        let parse = |name: &str, text: &str| {
+            text.trim().parse::<i64>().map_err(|_| CgroupError::Parse {
+                path: g.cpu_dir.join(name),
+                content: text.to_owned(),
+            })
+        };
+        let idle = match read("cpu.idle") {
+            Ok(t) => parse("cpu.idle", &t)? == 1,
+            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let burst_of = |name: &str| match read(name) {
+            Ok(t) => parse(name, &t).map(|v| v.max(0) as u64),
+            Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        };
+        match g.version {
+            crate::Version::V1 => {
+                let shares = parse("cpu.shares", &read("cpu.shares")?)?.max(2) as u64;
+                let quota = parse("cpu.cfs_quota_us", &read("cpu.cfs_quota_us")?)?;
+                Ok(CpuKnobs {
+                    weight: shares_to_weight(shares),
+                    quota_us: u64::try_from(quota).ok(),
+                    period_us: parse("cpu.cfs_period_us", &read("cpu.cfs_period_us")?)? as u64,
+                    burst_us: burst_of("cpu.cfs_burst_us")?,
+                    idle,
+                })
+            }
+            crate::Version::V2 => {
+                let weight = parse("cpu.weight", &read("cpu.weight")?)? as u64;
+                let max = read("cpu.max")?;
+                let (quota, period) = parse_cpu_max(&g.cpu_dir.join("cpu.max"), &max)?;
+                Ok(CpuKnobs {
+                    weight,
+                    quota_us: quota,
+                    period_us: period,
+                    burst_us: burst_of("cpu.max.burst")?,
+                    idle,
+                })
+            }
+        }
+    }
+}
+
+impl CpuGroup {
+    /// Writes the knobs that differ from what this handle wrote last (all of them the
+    /// first time). Returns how many files were written.
+    pub fn apply(&mut self, want: &CpuKnobs) -> Result<usize, CgroupError> {
+        want.check(&self.id)?;
+        let last = self.last;
+        // Forget what we wrote if a write fails half way: the next apply writes everything.
+        self.last = None;
+        let mut writes = 0;
+        let mut w = |name: &str, value: &str| -> Result<(), CgroupError> {
+            writes += 1;
+            write_existing(&self.cpu_dir.join(name), value)
+        };
+        let changed = |f: fn(&CpuKnobs) -> u64| last.is_none_or(|l| f(&l) != f(want));
+        let was_idle = last.map(|l| l.idle);
+        // Weight: not while idle (EINVAL); leaving idle resets it, so rewrite then.
+        let leaving_idle = was_idle != Some(false) && !want.idle;
+        let weight = |w: &mut dyn FnMut(&str, &str) -> Result<(), CgroupError>| match self.version {
+            crate::Version::V1 => w(
+                "cpu.shares",
+                &crate::weight_to_shares(want.weight).to_string(),
+            ),
+            crate::Version::V2 => w("cpu.weight", &want.weight.to_string()),
+        };
+        if want.idle {
+            if was_idle != Some(true) {
+                if was_idle.is_none() {
+                    // Unknown state: the group may be idle already, where this fails.
+                    let _ = w("cpu.idle", "0");
+                }
+                weight(&mut w)?;
+                w("cpu.idle", "1")?;
+            }
+        } else {
+            if was_idle != Some(false) {
+                w("cpu.idle", "0")?;
+            }
+            if leaving_idle || changed(|k| k.weight) {
+                weight(&mut w)?;
+            }
+        }
+        let bandwidth_changed = changed(|k| k.quota_us.map_or(u64::MAX, |q| q))
+            || changed(|k| k.period_us)
+            || changed(|k| k.burst_us);
+        if bandwidth_changed {
+            let old_limit = last.and_then(|l| l.quota_us).unwrap_or(u64::MAX);
+            // Burst first when it fits under the old quota, else after the new quota.
+            let burst_first = want.burst_us <= old_limit || last.is_none();
+            match self.version {
+                crate::Version::V1 => {
+                    let burst = || want.burst_us.to_string();
+                    if burst_first {
+                        if last.is_none() {
+                            // The old quota is unknown: lift it so any burst fits.
+                            w("cpu.cfs_quota_us", "-1")?;
+                        }
+                        w_burst(&mut w, "cpu.cfs_burst_us", &burst())?;
+                    }
+                    if changed(|k| k.period_us) {
+                        w("cpu.cfs_period_us", &want.period_us.to_string())?;
+                    }
+                    let quota = want.quota_us.map_or("-1".to_owned(), |q| q.to_string());
+                    w("cpu.cfs_quota_us", &quota)?;
+                    if !burst_first {
+                        w_burst(&mut w, "cpu.cfs_burst_us", &burst())?;
+                    }
+                }
+                crate::Version::V2 => {
+                    let burst = want.burst_us.to_string();
+                    if burst_first {
+                        if last.is_none() {
+                            w("cpu.max", &format!("max {}", want.period_us))?;
+                        }
+                        w_burst(&mut w, "cpu.max.burst", &burst)?;
+                    }
+                    let max = match want.quota_us {
+                        Some(q) => format!("{q} {}", want.period_us),
+                        None => format!("max {}", want.period_us),
+                    };
+                    w("cpu.max", &max)?;
+                    if !burst_first {
+                        w_burst(&mut w, "cpu.max.burst", &burst)?;
+                    }
+                }
+            }
+        }
+        self.last = Some(*want);
+        Ok(writes)
+    }
+
+    /// The knobs last written through this handle.
+    pub fn last(&self) -> Option<CpuKnobs> {
+        self.last
+    }
+
+    /// Re-reads the counters asked for (usage always) with `pread` on the open files.
+    pub fn sample(&mut self, what: SampleWhat) -> Result<CpuSample, CgroupError> {
+        let mut s = CpuSample::default();
+        match self.version {
+            crate::Version::V1 => {
+                if let Some(f) = &self.usage {
+                    let text = pread_all(f, &mut self.buf)
+                        .map_err(|e| io_err("read", &self.cpu_dir.join("cpuacct.usage"), e))?;
+                    s.usage_ns = parse_num(text).ok_or_else(|| parse_err(&self.cpu_dir, text))?;
+                }
+                if what.throttling {
+                    if let Some(f) = &self.stat {
+                        let text = pread_all(f, &mut self.buf)
+                            .map_err(|e| io_err("read", &self.cpu_dir.join("cpu.stat"), e))?;
+                        for line in text.split(|&b| b == b'\n') {
+                            if let Some(v) = line.strip_prefix(b"nr_throttled ") {
+                                s.nr_throttled = parse_num(v).unwrap_or(0);
+                            } else if let Some(v) = line.strip_prefix(b"throttled_time ") {
+                                s.throttled_us = parse_num(v).unwrap_or(0) / 1000;
+                            }
+                        }
+                    }
+                }
+            }
+            crate::Version::V2 => {
+                if let Some(f) = &self.usage {
+                    let text = pread_all(f, &mut self.buf)
+                        .map_err(|e| io_err("read", &self.cpu_dir.join("cpu.stat"), e))?;
+                    for line in text.split(|&b| b == b'\n') {
+                        if let Some(v) = line.strip_prefix(b"usage_usec ") {
+                            s.usage_ns = parse_num(v).unwrap_or(0).saturating_mul(1000);
+                        } else if let Some(v) = line.strip_prefix(b"nr_throttled ") {
+                            s.nr_throttled = parse_num(v).unwrap_or(0);
+                        } else if let Some(v) = line.strip_prefix(b"throttled_usec ") {
+                            s.throttled_us = parse_num(v).unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        if what.pressure {
+            if let Some(f) = &self.pressure {
+                // A group whose PSI is off (`cgroup.pressure` 0) reads EOPNOTSUPP.
+                if let Ok(text) = pread_all(f, &mut self.buf) {
+                    s.pressure_some_us = parse_pressure_some_total(text);
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The node-wide `/proc/pressure/cpu`, kept open.
+#[derive(Debug)]
+pub struct NodePressure {
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl NodePressure {
+    /// `None` when the kernel has no PSI.
+    pub fn open() -> Option<NodePressure> {
+        File::open("/proc/pressure/cpu")
+            .ok()
+            .map(|file| NodePressure {
+                file,
+                buf: Vec::with_capacity(256),
+            })
+    }
+
+    /// PSI `some` total (µs): time at least one runnable task waited for a CPU.
+    pub fn some_total_us(&mut self) -> Option<u64> {
+        pread_all(&self.file, &mut self.buf)
+            .ok()
+            .and_then(parse_pressure_some_total)
+    }
+}
+
+/// Whether the group in `dir` is SCHED_IDLE (`cpu.idle` reads 1); false where the file
+/// is missing (kernels before 5.15) or unreadable.
+pub(crate) fn is_idle(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cpu.idle")).is_ok_and(|s| s.trim() == "1")
+}
+
+/// Burst files are missing on kernels before 5.14; there is nothing to write then.
+fn w_burst(
+    w: &mut dyn FnMut(&str, &str) -> Result<(), CgroupError>,
+    name: &str,
+    value: &str,
+) -> Result<(), CgroupError> {
+    match w(name, value) {
+        Err(CgroupError::Io { source, .. })
+            if source.kind() == io::ErrorKind::NotFound && value == "0" =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// A write to a control file that must exist (no create, unlike `fs::write`).
+fn write_existing(path: &Path, value: &str) -> Result<(), CgroupError> {
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|f| f.write_at(value.as_bytes(), 0).map(drop))
+        .map_err(|source| io_err("write", path, source))
+}
+
+fn pread_all<'a>(f: &File, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    buf.clear();
+    let mut cap = buf.capacity().max(256);
+    loop {
+        buf.resize(cap, 0);
+        let n = f.read_at(buf, 0)?;
+        if n < cap {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        // Filled the buffer: the file may be longer, read it again whole.
+        cap *= 2;
+    }
+}
+
+fn parse_num(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.trim().parse().ok()
+}
+
+fn parse_err(dir: &Path, text: &[u8]) -> CgroupError {
+    CgroupError::Parse {
+        path: dir.to_owned(),
+        content: String::from_utf8_lossy(text).into_owned(),
+    }
+}
+
+/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=123` -> 123.
+fn parse_pressure_some_total(text: &[u8]) -> Option<u64> {
+    let line = text
+        .split(|&b| b == b'\n')
+        .find(|l| l.starts_with(b"some "))?;
+    let at = line.windows(6).position(|w| w == b"total=")?;
+    parse_num(&line[at + 6..])
+}
+
+fn parse_cpu_max(path: &Path, text: &str) -> Result<(Option<u64>, u64), CgroupError> {
+    let err = || CgroupError::Parse {
+        path: path.to_owned(),
+        content: text.to_owned(),
+    };
+    let mut it = text.split_whitespace();
+    let quota = match it.next().ok_or_else(err)? {
+        "max" => None,
+        q => Some(q.parse().map_err(|_| err())?),
+    };
+    let period = it
+        .next()
+        .map_or(Ok(DEFAULT_PERIOD_US), |p| p.parse().map_err(|_| err()))?;
+    Ok((quota, period))
+}
+
+/// Inverse of `weight_to_shares` (rounded), for reading v1 groups back.
+fn shares_to_weight(shares: u64) -> u64 {
+    ((shares * 100 + 512) / 1024).clamp(1, 10000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_total_is_read_from_the_some_line() {
+        let text = b"some avg10=1.00 avg60=0.50 avg300=0.10 total=98765\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
+        assert_eq!(parse_pressure_some_total(text), Some(98765));
+        assert_eq!(parse_pressure_some_total(b"full total=5\n"), None);
+    }
+
+    #[test]
+    fn cpu_max_parses_both_forms() {
+        let p = Path::new("cpu.max");
+        assert_eq!(parse_cpu_max(p, "max 100000\n").unwrap(), (None, 100000));
+        assert_eq!(
+            parse_cpu_max(p, "50000 100000\n").unwrap(),
+            (Some(50000), 100000)
+        );
+        assert!(parse_cpu_max(p, "lots 1").is_err());
+    }
+
+    #[test]
+    fn shares_round_trip_through_weights() {
+        for w in [1, 50, 100, 150, 1000, 10000] {
+            assert_eq!(shares_to_weight(crate::weight_to_shares(w)), w, "{w}");
+        }
+    }
+
+    #[test]
+    fn knobs_are_checked() {
+        let ok = CpuKnobs {
+            quota_us: Some(50_000),
+            burst_us: 50_000,
+            ..CpuKnobs::default()
+        };
+        assert!(ok.check("a").is_ok());
+        for bad in [
+            CpuKnobs {
+                burst_us: 60_000,
+                ..ok
+            },
+            CpuKnobs { weight: 0, ..ok },
+            CpuKnobs {
+                quota_us: Some(10),
+                burst_us: 0,
+                ..ok
+            },
+            CpuKnobs {
+                period_us: 10,
+                ..ok
+            },
+        ] {
+            assert!(bad.check("a").is_err(), "{bad:?}");
+        }
+    }
+}
