@@ -192,7 +192,8 @@ impl Cgroups {
         self.cpu_group(id)?.apply(knobs).map(drop)
     }
 
-    /// Reads the knobs back from the group's files (inspect, tests).
+    /// Reads the knobs back from the group's files (tests). An idle group reads weight 1:
+    /// the kernel shows its idle weight until the group leaves idle.
     pub fn cpu_knobs(&self, id: &WorkspaceId) -> Result<CpuKnobs, CgroupError> {
         let g = self.cpu_group(id)?;
         let read = |name: &str| crate::read(&g.cpu_dir.join(name));

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use hearth_cgroups::{Cgroups, Layout, Limits, V1Layout, Version, WorkspaceId};
@@ -294,4 +294,91 @@ fn v1_freezer_kill_path() {
     let parent = unique("hearth-test-v1");
     let cg = Cgroups::open_with(Layout::V1(v1), &parent).unwrap();
     check_lifecycle(cg, roots.len());
+}
+
+/// The CPU knobs on the host's real hierarchy (v1 here: shares, cfs quota/burst, idle;
+/// PSI from the hybrid cgroup2 group): the kernel's ordering rules (no weight write while
+/// idle, burst never above the quota) hold through every transition, only changed knobs
+/// are written, and the counters move for a busy group.
+#[test]
+fn cpu_knobs_and_counters_on_the_real_hierarchy() {
+    use hearth_cgroups::{CpuKnobs, SampleWhat};
+    let parent = unique("hearth-cputest");
+    let cg = Cgroups::open(&parent).unwrap();
+    let id = WorkspaceId::new("c0c0c0c0c0c0").unwrap();
+    let mut guard = Guard {
+        cg,
+        id: id.clone(),
+        child: None,
+        remove_parent: true,
+    };
+    guard.cg.create(&id, &Limits::default()).unwrap();
+    let mut g = guard.cg.cpu_group(&id).unwrap();
+    let interactive = CpuKnobs {
+        weight: 200,
+        ..CpuKnobs::default()
+    };
+    let batch = CpuKnobs {
+        idle: true,
+        quota_us: Some(50_000),
+        burst_us: 50_000,
+        ..interactive
+    };
+    let wide = CpuKnobs {
+        quota_us: Some(200_000),
+        burst_us: 150_000,
+        ..batch
+    };
+    for want in [interactive, batch, wide, batch, interactive] {
+        g.apply(&want).unwrap();
+        let got = guard.cg.cpu_knobs(&id).unwrap();
+        // An idle group shows the kernel's idle weight; it gets ours back on leaving.
+        let expect = if want.idle {
+            CpuKnobs { weight: 1, ..want }
+        } else {
+            want
+        };
+        assert_eq!(got, expect);
+    }
+    assert_eq!(g.apply(&interactive).unwrap(), 0, "nothing changed, nothing written");
+    // A limits rewrite (hearth limits) on an idle group leaves the weight to the controller.
+    g.apply(&batch).unwrap();
+    guard.cg.set_limits(&id, &Limits::default()).unwrap();
+    assert!(guard.cg.cpu_knobs(&id).unwrap().idle);
+    g.apply(&interactive).unwrap();
+
+    // A busy loop in the group: usage grows between two samples.
+    let procs = guard.cg.procs_files(&id);
+    let paths: Vec<CString> = procs
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "while :; do :; done"]);
+    // SAFETY: as in spawn_in.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            Ok(())
+        })
+    };
+    guard.child = Some(cmd.spawn().unwrap());
+    let what = SampleWhat {
+        throttling: true,
+        pressure: true,
+    };
+    let first = g.sample(what).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = g.sample(what).unwrap();
+    assert!(second.usage_ns > first.usage_ns, "{first:?} {second:?}");
+    if guard.cg.version() == Version::V1 && Path::new("/sys/fs/cgroup/unified").is_dir() {
+        assert!(second.pressure_some_us.is_some(), "hybrid host: PSI from cgroup2");
+    }
 }

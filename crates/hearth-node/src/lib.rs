@@ -7,6 +7,7 @@
 mod api;
 mod clone;
 mod console;
+mod cpu;
 mod kmsg;
 mod local;
 mod priority;

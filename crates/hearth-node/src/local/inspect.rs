@@ -116,7 +116,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         usage,
         paused: inner.paused_reason(&spec.id),
         oom_kills: inner.ooms.kills(&spec.id),
-        cpu: None,
+        cpu: inner.cpu.as_ref().and_then(|c| c.view(&spec.id)),
     })
 }
 

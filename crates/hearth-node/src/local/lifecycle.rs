@@ -230,6 +230,9 @@ impl Inner {
         match self.host.container_state(&spec.id)? {
             Some(st) if st.is_running() => {
                 self.track_live(&spec.id, st.pid);
+                if let Some(cpu) = &self.cpu {
+                    cpu.register(&spec.id, &spec.limits);
+                }
                 if let Some(pid) = st.pid {
                     super::oom::protect_agent(&spec.id, pid);
                     self.prioritize_agent(&spec.id, pid);
@@ -445,6 +448,9 @@ impl Inner {
     /// remove and stray cleanup drop them too.
     pub(super) fn cleanup_runtime(&self, id: &WorkspaceId, keep: bool) -> Result<(), NodeError> {
         self.live.forget(id);
+        if let Some(cpu) = &self.cpu {
+            cpu.unregister(id);
+        }
         let p = self.paths(id);
         let mut errors = Vec::new();
         let host = &*self.host;

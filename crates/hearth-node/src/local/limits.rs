@@ -15,6 +15,9 @@ impl Inner {
         let p = self.paths(&spec.id);
         if self.status(spec)?.state == RunState::Running {
             self.set_cgroup_limits(spec)?;
+            if let Some(cpu) = &self.cpu {
+                cpu.register(&spec.id, &spec.limits);
+            }
         }
         let len = match std::fs::metadata(&p.image) {
             Ok(m) => m.len(),

@@ -92,6 +92,8 @@ struct Inner {
     consoles: crate::console::Consoles,
     /// Pidfds of running workspaces' inits: a listing's liveness check.
     live: live::Liveness,
+    /// The CPU control loop; `None` with `--cpu-control off`.
+    cpu: Option<crate::cpu::CpuController>,
     /// OOM kills read from the kernel log, per workspace.
     ooms: oom::OomLog,
     /// Gives programs their priority class when they start; `None` without exec rules
@@ -223,6 +225,8 @@ impl LocalNode {
             net: net.clone(),
             runtime,
         });
+        let (cpu_control, cpu_interval) = (cfg.cpu_control, cfg.cpu_interval);
+        let cgroups_for_cpu = cgroups.clone();
         let inner = Arc::new(Inner {
             cfg,
             images,
@@ -243,6 +247,7 @@ impl LocalNode {
             live: Default::default(),
             ooms: Default::default(),
             exec_listener,
+            cpu: crate::cpu::CpuController::start(cgroups_for_cpu, cpu_control, cpu_interval),
         });
         guard::spawn(Arc::downgrade(&inner));
         oom::spawn(Arc::downgrade(&inner));
@@ -252,6 +257,11 @@ impl LocalNode {
     /// How long the last snapshot of workspace `id` kept it frozen.
     pub fn last_snapshot_pause(&self, id: &str) -> Option<Duration> {
         self.inner.snap.pauses.lock().ok()?.get(id).copied()
+    }
+
+    /// The CPU controller's own cost so far; `None` with `--cpu-control off`.
+    pub fn cpu_stats(&self) -> Option<crate::CpuControllerStats> {
+        self.inner.cpu.as_ref().map(|c| c.stats())
     }
 
     /// What the exec listener did so far; `None` when it does not run.
@@ -492,6 +502,14 @@ impl NodeApi for LocalNode {
     async fn set_limits(&self, spec: &WorkspaceSpec) -> Result<(), NodeError> {
         let spec = spec.clone();
         self.blocking(move |i| i.set_limits(&spec)).await
+    }
+
+    fn cpu_views(&self) -> Vec<(WorkspaceId, crate::CpuView)> {
+        self.inner.cpu.as_ref().map(|c| c.views()).unwrap_or_default()
+    }
+
+    fn cpu_controller_stats(&self) -> Option<crate::CpuControllerStats> {
+        self.cpu_stats()
     }
 
     async fn inspect(&self, spec: &WorkspaceSpec) -> Result<crate::WorkspaceDetails, NodeError> {

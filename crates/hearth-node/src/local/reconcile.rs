@@ -49,6 +49,9 @@ impl Inner {
             self.drop_stale_views(&p);
         }
         if st.state == RunState::Running {
+            if let Some(cpu) = &self.cpu {
+                cpu.register(&spec.id, &spec.limits);
+            }
             // The agent keeps its class across our restarts; this repairs one reset by hand.
             if let Some(pid) = st.pid {
                 self.reprioritize_agent(&spec.id, pid);

@@ -243,6 +243,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         live: Default::default(),
         ooms: Default::default(),
         exec_listener: None,
+        cpu: None,
         cfg,
     };
     (tmp, inner, host)
