@@ -264,7 +264,7 @@ impl Shared {
             let what = SampleWhat {
                 throttling: e.knobs.quota_us.is_some() || e.st.throttled_us > 0,
                 pressure: node_waited
-                    && (e.st.class == CpuClass::Batch || ticks % u64::from(MAX_SKIP) == 0),
+                    && (e.st.class == CpuClass::Batch || ticks.is_multiple_of(u64::from(MAX_SKIP))),
             };
             let sample = match group.sample(what) {
                 Ok(s) => s,
