@@ -340,7 +340,11 @@ fn cpu_knobs_and_counters_on_the_real_hierarchy() {
         };
         assert_eq!(got, expect);
     }
-    assert_eq!(g.apply(&interactive).unwrap(), 0, "nothing changed, nothing written");
+    assert_eq!(
+        g.apply(&interactive).unwrap(),
+        0,
+        "nothing changed, nothing written"
+    );
     // A limits rewrite (hearth limits) on an idle group leaves the weight to the controller.
     g.apply(&batch).unwrap();
     guard.cg.set_limits(&id, &Limits::default()).unwrap();
@@ -379,6 +383,9 @@ fn cpu_knobs_and_counters_on_the_real_hierarchy() {
     let second = g.sample(what).unwrap();
     assert!(second.usage_ns > first.usage_ns, "{first:?} {second:?}");
     if guard.cg.version() == Version::V1 && Path::new("/sys/fs/cgroup/unified").is_dir() {
-        assert!(second.pressure_some_us.is_some(), "hybrid host: PSI from cgroup2");
+        assert!(
+            second.pressure_some_us.is_some(),
+            "hybrid host: PSI from cgroup2"
+        );
     }
 }

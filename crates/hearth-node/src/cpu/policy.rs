@@ -225,9 +225,7 @@ impl Policy {
             CpuControl::Off => CpuClass::Unmanaged,
             CpuControl::Static | CpuControl::Gitpod => CpuClass::Limited,
             CpuControl::Hearth => match st.class {
-                CpuClass::Batch if st.budget_ns >= self.params.promote_ns => {
-                    CpuClass::Interactive
-                }
+                CpuClass::Batch if st.budget_ns >= self.params.promote_ns => CpuClass::Interactive,
                 CpuClass::Batch => CpuClass::Batch,
                 _ if st.budget_ns == 0 => CpuClass::Batch,
                 _ => CpuClass::Interactive,
@@ -422,7 +420,12 @@ mod tests {
         assert_eq!(s.knobs.quota_us, None);
         s.ticks_until(CpuClass::Batch, 1000, 2000, 0);
         assert_eq!(
-            (s.knobs.quota_us, s.knobs.period_us, s.knobs.burst_us, s.knobs.idle),
+            (
+                s.knobs.quota_us,
+                s.knobs.period_us,
+                s.knobs.burst_us,
+                s.knobs.idle
+            ),
             (Some(50_000), 100_000, 50_000, true)
         );
     }
@@ -498,7 +501,11 @@ mod tests {
     fn gitpod_steps_down_by_cpu_time_since_first_seen() {
         assert_eq!(
             gitpod_buckets(2),
-            [(2000, 600_000_000_000), (1333, 399_900_000_000), (666, u64::MAX)]
+            [
+                (2000, 600_000_000_000),
+                (1333, 399_900_000_000),
+                (666, u64::MAX)
+            ]
         );
         let mut s = Sim::new(CpuControl::Gitpod, LIMITS);
         assert_eq!(s.knobs.quota_us, Some(200_000));

@@ -505,7 +505,11 @@ impl NodeApi for LocalNode {
     }
 
     fn cpu_views(&self) -> Vec<(WorkspaceId, crate::CpuView)> {
-        self.inner.cpu.as_ref().map(|c| c.views()).unwrap_or_default()
+        self.inner
+            .cpu
+            .as_ref()
+            .map(|c| c.views())
+            .unwrap_or_default()
     }
 
     fn cpu_controller_stats(&self) -> Option<crate::CpuControllerStats> {
