@@ -270,6 +270,10 @@ enum BenchCmd {
         /// Shorter loads and fairness run (a smoke run; the numbers are rougher).
         #[arg(long)]
         quick: bool,
+        /// Also measure the hearth controller's own CPU with N running (idle) busybox
+        /// workspaces, quiet and with one spinning (each needs a loop device, 64 MiB).
+        #[arg(long, value_name = "N")]
+        loop_cost: Option<usize>,
         /// OCI runtime: crun, runc or a path (default: crun if installed).
         #[arg(long)]
         runtime: Option<String>,
@@ -615,6 +619,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     image,
                     modes,
                     quick,
+                    loop_cost,
                     runtime,
                     agent,
                 }),
@@ -633,6 +638,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(|m| bench::CpuMode::parse(m))
                     .collect::<anyhow::Result<_>>()?,
                 quick: *quick,
+                loop_cost: *loop_cost,
             })
             .await
             .map(|()| 0)

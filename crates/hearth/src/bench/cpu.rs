@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, WorkspaceSpec};
+use hearth_node::{CpuControl, ExecRequest, Limits, LocalNode, NodeApi, WorkspaceSpec};
 use hearth_proto::Event;
 
 use super::Series;
@@ -62,6 +62,15 @@ impl Mode {
         })
     }
 
+    fn control(self) -> CpuControl {
+        match self {
+            Mode::Off => CpuControl::Off,
+            Mode::Static => CpuControl::Static,
+            Mode::Gitpod => CpuControl::Gitpod,
+            Mode::Hearth => CpuControl::Hearth,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
@@ -79,6 +88,8 @@ pub struct CpuArgs {
     pub modes: Vec<Mode>,
     /// Shorter loads and fairness run, for a smoke run.
     pub quick: bool,
+    /// Also measure the controller's own cost with this many idle workspaces.
+    pub loop_cost: Option<usize>,
 }
 
 /// How long the loads run; `--quick` shortens them all.
@@ -134,6 +145,8 @@ struct Outcome {
     jain: f64,
     load_before: String,
     load_after: String,
+    /// The controller's CPU over the mode's run, % of one core; `None` without one.
+    ctl_cost: Option<f64>,
 }
 
 impl Default for Series {
@@ -146,14 +159,6 @@ pub async fn run(args: CpuArgs) -> Result<()> {
     if args.modes.is_empty() {
         bail!("--modes wants at least one of off, static, gitpod, hearth");
     }
-    for m in &args.modes {
-        if *m != Mode::Off {
-            bail!(
-                "CPU mode {} is not built into this hearth yet; run with --modes off",
-                m.name()
-            );
-        }
-    }
     let d = Durations::new(args.quick);
     let mut results = Vec::new();
     for &mode in &args.modes {
@@ -161,6 +166,9 @@ pub async fn run(args: CpuArgs) -> Result<()> {
         results.push((mode, one_mode(mode, &args, &d).await?));
     }
     print_table(&args, &d, &results);
+    if let Some(n) = args.loop_cost {
+        loop_cost(&args, n).await?;
+    }
     Ok(())
 }
 
@@ -172,7 +180,9 @@ async fn one_mode(mode: Mode, args: &CpuArgs, d: &Durations) -> Result<Outcome> 
         &args.agent,
         args.runtime.clone(),
     )?;
-    let node = LocalNode::open(sb.cfg.clone()).await?;
+    let mut cfg = sb.cfg.clone();
+    cfg.cpu_control = mode.control();
+    let node = LocalNode::open(cfg).await?;
     let res = scenarios(&node, sb.path(), args, d).await;
     super::teardown(&node, "cpu bench").await;
     res.with_context(|| format!("cpu bench, mode {}", mode.name()))
@@ -226,6 +236,7 @@ async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) 
         load_before: loadavg(),
         ..Default::default()
     };
+    let cost = ControllerCost::start(node);
 
     eprintln!("burst from idle, quiet node...");
     tokio::time::sleep(IDLE_BEFORE_BURST).await;
@@ -298,7 +309,128 @@ async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) 
     o.converged = conv;
     o.jain = jain;
     o.load_after = loadavg();
+    o.ctl_cost = cost.percent(node);
     Ok(o)
+}
+
+/// The controller's own CPU between two points, from its stats.
+struct ControllerCost {
+    cpu_ns: Option<u64>,
+    at: std::time::Instant,
+}
+
+impl ControllerCost {
+    fn start(node: &LocalNode) -> ControllerCost {
+        ControllerCost {
+            cpu_ns: node.cpu_controller_stats().map(|s| s.cpu_ns),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// % of one core since `start`; `None` when the node runs no controller.
+    fn percent(&self, node: &LocalNode) -> Option<f64> {
+        let now = node.cpu_controller_stats()?.cpu_ns;
+        let used = now.saturating_sub(self.cpu_ns?);
+        Some(used as f64 / self.at.elapsed().as_nanos().max(1) as f64 * 100.0)
+    }
+}
+
+/// `--loop-cost N`: the hearth controller's CPU with N running busybox workspaces (full
+/// workspaces: 64 MiB, smallest disk), quiet and while one of them spins on 2 threads
+/// (then the loop reads every workspace on every tick).
+async fn loop_cost(args: &CpuArgs, n: usize) -> Result<()> {
+    let mut sb = super::Sandbox::new(
+        "hearth-bench-cpucost",
+        "hbcost",
+        // A /20 for up to 4094 workspaces, clear of the test suites' /24s.
+        |tag| format!("10.{}.{}.0/20", 150 + tag % 50, (tag / 50 % 16) * 16),
+        &args.agent,
+        args.runtime.clone(),
+    )?;
+    sb.cfg.disk_reserve = Some(0);
+    sb.cfg.cpu_control = CpuControl::Hearth;
+    let node = LocalNode::open(sb.cfg.clone()).await?;
+    let res = loop_cost_on(&node, sb.path(), args, n).await;
+    eprintln!("removing the {n} workspaces...");
+    super::teardown(&node, "cpu loop-cost bench").await;
+    res
+}
+
+async fn loop_cost_on(node: &LocalNode, tmp: &Path, args: &CpuArgs, n: usize) -> Result<()> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let image = node
+        .load_image(args.image.clone(), None, tx.clone())
+        .await
+        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
+        .id;
+    let repo = super::git_repo(tmp)?;
+    let specs: Vec<WorkspaceSpec> = (0..n)
+        .map(|i| WorkspaceSpec {
+            id: hearth_node::WorkspaceId::new(format!("{:012x}", 0xcc_0000_0000u64 + i as u64))
+                .expect("hex id"),
+            name: format!("cost{i}"),
+            image: image.clone(),
+            source: repo.display().to_string(),
+            slot: i as u32,
+            limits: Limits {
+                memory_bytes: 64 << 20,
+                disk_bytes: hearth_node::MIN_DISK_BYTES,
+                ..Limits::default()
+            },
+            egress: Default::default(),
+        })
+        .collect();
+    eprintln!("starting {n} workspaces for --loop-cost...");
+    for chunk in specs.chunks(4) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in chunk {
+            let (node, s, tx) = (node.clone(), s.clone(), tx.clone());
+            tasks.spawn(async move {
+                node.create(&s, tx).await?;
+                node.start(&s).await?;
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+    }
+    let window = Duration::from_secs(20);
+    let registered = node.cpu_controller_stats().map_or(0, |s| s.workspaces);
+    eprintln!(
+        "measuring the controller, quiet ({} s)...",
+        window.as_secs()
+    );
+    let c = ControllerCost::start(node);
+    tokio::time::sleep(window).await;
+    let quiet = c.percent(node);
+    eprintln!(
+        "measuring the controller, one workspace spinning ({} s)...",
+        window.as_secs()
+    );
+    let load = Load::start(
+        node,
+        &specs[0],
+        &format!("exec {AGENT} spin --threads {THREADS} --ms 0"),
+    )
+    .await?;
+    let c = ControllerCost::start(node);
+    tokio::time::sleep(window).await;
+    let busy = c.percent(node);
+    load.stop().await;
+    let cell = |p: Option<f64>| match p {
+        Some(p) => format!("{p:.2}% {}", if p < 1.0 { "ok" } else { "MISS" }),
+        None => "no controller".into(),
+    };
+    println!(
+        "\ncontroller cost at {n} running workspaces ({registered} registered; full busybox \
+         workspaces), % of one core over {} s; target < 1%   load {}",
+        window.as_secs(),
+        loadavg()
+    );
+    println!("  {:<40} {:>14}", "all quiet", cell(quiet));
+    println!("  {:<40} {:>14}", "one spinning on 2 threads", cell(busy));
+    Ok(())
 }
 
 /// A command running in a workspace until stopped (SIGKILL to its process group).
@@ -660,6 +792,19 @@ fn print_table(args: &CpuArgs, d: &Durations, results: &[(Mode, Outcome)]) {
     info_row(&mut out, "fairness: Jain's index", &|o| {
         format!("{:.3}", o.jain)
     });
+    let cells = results
+        .iter()
+        .map(|(_, o)| match o.ctl_cost {
+            Some(p) => format!("{p:.2}% {}", ok(p < 1.0)),
+            None => "-".into(),
+        })
+        .collect();
+    row(
+        &mut out,
+        "controller CPU, % of a core (this run)",
+        cells,
+        "< 1%",
+    );
     info_row(&mut out, "load average at start", &|o| {
         o.load_before.clone()
     });
