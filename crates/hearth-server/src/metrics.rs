@@ -23,6 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
 use crate::auth::Admin;
+use crate::db::WorkspaceRecord;
 use crate::error::ApiError;
 use crate::state::AppState;
 use hearth_api::WorkspaceState;
@@ -117,6 +118,100 @@ impl Scrape {
             None => self.registry.register(name, help, f.clone()),
         }
         f
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    workspace: String,
+    id: String,
+    owner: String,
+    class: String,
+}
+
+/// The CPU controller's decisions per workspace and its own cost (`NodeApi::cpu_views`,
+/// `cpu_controller_stats`).
+fn controller(
+    s: &mut Scrape,
+    running: &[WorkspaceRecord],
+    views: Vec<(hearth_node::WorkspaceId, hearth_node::CpuView)>,
+    stats: Option<hearth_node::CpuControllerStats>,
+) {
+    let class = Family::<ClassLabels, Gauge>::default();
+    s.registry.register(
+        "workspace_cpu_class",
+        "The CPU controller's class for the workspace (1 for the current one)",
+        class.clone(),
+    );
+    let weight = s.gauge(
+        "workspace_cpu_weight",
+        "CPU weight in force (cgroup v2 scale; v1 shares / 10.24)",
+        None,
+    );
+    let quota = s.gauge(
+        "workspace_cpu_quota_cores",
+        "CFS quota in force, cores (absent: none)",
+        None,
+    );
+    let idle = s.gauge(
+        "workspace_cpu_idle",
+        "1 while the workspace runs as SCHED_IDLE (cpu.idle)",
+        None,
+    );
+    let budget = s.gauge(
+        "workspace_cpu_budget",
+        "CPU time the workspace may still use above the light rate before it is demoted",
+        Some(Unit::Seconds),
+    );
+    let recent = s.gauge(
+        "workspace_cpu_recent_cores",
+        "CPU use over about the last second, cores",
+        None,
+    );
+    for (id, v) in views {
+        let Some(rec) = running.iter().find(|r| r.spec.id == id) else {
+            continue;
+        };
+        let l = WorkspaceLabels {
+            workspace: rec.spec.name.clone(),
+            id: id.to_string(),
+            owner: rec.owner.clone(),
+        };
+        class
+            .get_or_create(&ClassLabels {
+                workspace: l.workspace.clone(),
+                id: l.id.clone(),
+                owner: l.owner.clone(),
+                class: v.class.as_str().to_string(),
+            })
+            .set(1);
+        weight.get_or_create(&l).set(v.weight as f64);
+        if let Some(q) = v.quota_millicores {
+            quota.get_or_create(&l).set(q as f64 / 1000.0);
+        }
+        idle.get_or_create(&l).set(if v.idle { 1.0 } else { 0.0 });
+        budget.get_or_create(&l).set(v.budget_ms as f64 / 1000.0);
+        recent
+            .get_or_create(&l)
+            .set(v.usage_millicores as f64 / 1000.0);
+    }
+    if let Some(c) = stats {
+        let cost = FloatCounter::default();
+        cost.inc_by(c.cpu_ns as f64 / 1e9);
+        s.registry.register_with_unit(
+            "cpu_controller_cpu",
+            "CPU time the node's CPU controller loop used since it started",
+            Unit::Seconds,
+            cost,
+        );
+        let ticks = Counter::<u64>::default();
+        ticks.inc_by(c.ticks);
+        s.registry
+            .register("cpu_controller_ticks", "Control loop iterations", ticks);
+        let n = Gauge::<i64>::default();
+        n.set(c.workspaces as i64);
+        s.registry
+            .register("cpu_controller_workspaces", "Workspaces under control", n);
     }
 }
 
@@ -220,6 +315,14 @@ pub async fn scrape(State(st): State<AppState>, _admin: Admin) -> Result<Respons
         set(&pids, m.pids);
     }
 
+    let node = st.manager.node();
+    controller(
+        &mut s,
+        &running,
+        node.cpu_views(),
+        node.cpu_controller_stats(),
+    );
+
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &s.registry)
         .map_err(|e| ApiError::internal(format!("cannot encode metrics: {e}")))?;
@@ -231,4 +334,76 @@ pub async fn scrape(State(st): State<AppState>, _admin: Admin) -> Result<Respons
         out,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The controller's decisions come out under the workspace's labels, in the text
+    /// format, with the units converted.
+    #[test]
+    fn controller_decisions_and_cost_are_series() {
+        let spec: hearth_node::WorkspaceSpec = serde_json::from_value(serde_json::json!({
+            "id": "ab12", "name": "web", "image": "sha256:00", "source": "/r", "slot": 0,
+            "limits": {"memory_bytes": 1, "pids": 1, "cpu_weight": 100}
+        }))
+        .unwrap();
+        let rec = WorkspaceRecord {
+            spec: spec.clone(),
+            state: WorkspaceState::Running,
+            error: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            last_snapshot: None,
+            snapshot_error: None,
+            owner: "alice".into(),
+            idle: Default::default(),
+        };
+        let view = hearth_node::CpuView {
+            class: hearth_node::CpuClass::Batch,
+            weight: 100,
+            quota_millicores: Some(1500),
+            idle: true,
+            usage_millicores: 2000,
+            budget_ms: 2500,
+            throttled_us_total: 0,
+            pressure_some_avg10: None,
+            since: String::new(),
+        };
+        let stats = hearth_node::CpuControllerStats {
+            ticks: 42,
+            cpu_ns: 3_000_000_000,
+            workspaces: 1,
+            ..Default::default()
+        };
+        let mut s = Scrape {
+            registry: Registry::with_prefix("hearth"),
+        };
+        let other = hearth_node::WorkspaceId::new("cd34").unwrap();
+        controller(
+            &mut s,
+            &[rec],
+            vec![(spec.id.clone(), view.clone()), (other, view)],
+            Some(stats),
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &s.registry).unwrap();
+        let l = r#"workspace="web",id="ab12",owner="alice""#;
+        for want in [
+            format!("hearth_workspace_cpu_class{{{l},class=\"batch\"}} 1"),
+            format!("hearth_workspace_cpu_weight{{{l}}} 100.0"),
+            format!("hearth_workspace_cpu_quota_cores{{{l}}} 1.5"),
+            format!("hearth_workspace_cpu_idle{{{l}}} 1.0"),
+            format!("hearth_workspace_cpu_budget_seconds{{{l}}} 2.5"),
+            format!("hearth_workspace_cpu_recent_cores{{{l}}} 2.0"),
+            "hearth_cpu_controller_cpu_seconds_total 3.0".into(),
+            "hearth_cpu_controller_ticks_total 42".into(),
+            "hearth_cpu_controller_workspaces 1".into(),
+        ] {
+            assert!(out.lines().any(|x| x == want), "no {want:?} in:\n{out}");
+        }
+        // A view of a workspace the server does not know as running is left out.
+        assert!(!out.contains("cd34"), "{out}");
+    }
 }
