@@ -610,12 +610,13 @@ async fn fairness(
     b: &WorkspaceSpec,
     d: &Durations,
 ) -> Result<(Option<f64>, f64)> {
-    let total_ms = (d.fair_lag + d.fair_run).as_millis() + 500;
-    let hog = |ms: u128| format!("exec {AGENT} spin --threads {THREADS} --ms {ms} --every-ms 100");
-    let la = Load::start(node, a, &hog(total_ms)).await?;
+    // Both spin until killed after the last window: an exec that starts late under load
+    // must not leave a short last window that looks unfair.
+    let hog = format!("exec {AGENT} spin --threads {THREADS} --ms 0 --every-ms 100");
+    let la = Load::start(node, a, &hog).await?;
     tokio::time::sleep(d.fair_lag).await;
     let joined = mono_ms();
-    let lb = Load::start(node, b, &hog(d.fair_run.as_millis() + 500)).await?;
+    let lb = Load::start(node, b, &hog).await?;
     tokio::time::sleep(d.fair_run + Duration::from_secs(1)).await;
     let (oa, ob) = (la.stop().await, lb.stop().await);
     let (sa, sb) = (cpu_series(&oa), cpu_series(&ob));
