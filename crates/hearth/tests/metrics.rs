@@ -148,6 +148,11 @@ fn admins_scrape_workspace_and_request_metrics() {
     let cpu1 = value(&m1, "hearth_workspace_cpu_usage_seconds_total", &ws).unwrap();
     assert!(cpu1 >= cpu0 + 0.5, "cpu {cpu0} -> {cpu1}");
 
+    // The CPU controller (on by default) shows its decision and its own cost.
+    assert_eq!(value(&m1, "hearth_workspace_cpu_class", &ws), Some(1.0));
+    assert!(value(&m1, "hearth_workspace_cpu_weight", &ws).unwrap() >= 1.0);
+    assert!(value(&m1, "hearth_cpu_controller_ticks_total", &[]).unwrap() > 0.0);
+
     let h = "hearth_http_request_duration_seconds";
     let inspects = value(
         &m1,
