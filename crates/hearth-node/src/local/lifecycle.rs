@@ -234,7 +234,7 @@ impl Inner {
                     cpu.register(&spec.id, &spec.limits);
                 }
                 if let Some(pid) = st.pid {
-                    super::oom::protect_agent(&spec.id, pid);
+                    super::oom::protect_agent(self.host.as_ref(), &spec.id, pid);
                     self.prioritize_agent(&spec.id, pid);
                 }
                 Ok(self.running_status(spec, st.pid))

@@ -225,10 +225,15 @@ fn record(inner: &Inner, id: &WorkspaceId, host_pid: u32, process: String, limit
 /// themselves to without privilege, so every workspace process could then make itself
 /// unkillable, and a host short of memory would kill host services instead. The legacy
 /// file leaves that floor at 0.
-pub(super) fn protect_agent(id: &WorkspaceId, pid: u32) {
+pub(super) fn shield_from_oom(pid: u32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/oom_adj"), "-17")
+}
+
+/// [`shield_from_oom`] through the node's host seam (the fake host of the unit tests has
+/// made-up pids), warning once when the node lacks the privilege.
+pub(super) fn protect_agent(host: &dyn super::ops::HostOps, id: &WorkspaceId, pid: u32) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let path = format!("/proc/{pid}/oom_adj");
-    match std::fs::write(&path, "-17") {
+    match host.shield_from_oom(pid) {
         Ok(()) => tracing::debug!(%id, pid, "agent shielded from the OOM killer"),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {

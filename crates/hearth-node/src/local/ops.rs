@@ -103,6 +103,8 @@ pub(super) trait HostOps: Send + Sync {
     // Processes
     /// Gives every thread of host process `pid` a priority class.
     fn set_priority(&self, pid: u32, class: crate::priority::Class) -> std::io::Result<()>;
+    /// Keeps the OOM killer off host process `pid` (a workspace's agent).
+    fn shield_from_oom(&self, pid: u32) -> std::io::Result<()>;
 }
 
 /// The host itself.
@@ -259,5 +261,9 @@ impl HostOps for RealHost {
     fn set_priority(&self, pid: u32, class: crate::priority::Class) -> std::io::Result<()> {
         let pid = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
         crate::priority::set_class(pid, class)
+    }
+
+    fn shield_from_oom(&self, pid: u32) -> std::io::Result<()> {
+        super::oom::shield_from_oom(pid)
     }
 }

@@ -183,6 +183,10 @@ impl HostOps for FakeHost {
     fn set_priority(&self, _pid: u32, _class: crate::priority::Class) -> std::io::Result<()> {
         Ok(())
     }
+
+    fn shield_from_oom(&self, _pid: u32) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A node on a tempdir with `FakeHost` as its host (cgroups for freezing on a fake v2
