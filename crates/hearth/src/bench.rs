@@ -54,6 +54,14 @@ impl Series {
     }
 }
 
+/// Loads the bench image into `node`.
+async fn load_image(node: &LocalNode, path: &Path) -> Result<hearth_node::ImageSummary> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    node.load_image(path.to_path_buf(), None, tx)
+        .await
+        .with_context(|| format!("cannot load bench image {}", path.display()))
+}
+
 fn git_repo(dir: &Path) -> Result<PathBuf> {
     let repo = dir.join("bench-repo");
     std::fs::create_dir_all(repo.join("src"))?;
@@ -174,10 +182,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
 async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = node
-        .load_image(args.image.clone(), None, tx.clone())
-        .await
-        .with_context(|| format!("cannot load bench image {}", args.image.display()))?;
+    let img = load_image(node, &args.image).await?;
     let repo = git_repo(tmp)?;
 
     let mut create = Series::new("create (cached image, small repo)", Some(150.0));

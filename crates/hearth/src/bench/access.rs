@@ -336,12 +336,7 @@ async fn bench(
     tmp: &Path,
     args: &AccessArgs,
 ) -> Result<()> {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let image = node
-        .load_image(args.image.clone(), None, tx)
-        .await
-        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
-        .id;
+    let image = super::load_image(node, &args.image).await?.id;
     let repo = super::git_repo(tmp)?;
     let api = Client::new(&cfg.data_dir, Some(url), None)?;
     eprintln!("creating a workspace...");

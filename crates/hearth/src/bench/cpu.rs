@@ -197,11 +197,7 @@ fn loadavg() -> String {
 
 async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) -> Result<Outcome> {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let image = node
-        .load_image(args.image.clone(), None, tx.clone())
-        .await
-        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
-        .id;
+    let image = super::load_image(node, &args.image).await?.id;
     let repo = super::git_repo(tmp)?;
     let spec = |id: &str, name: &str, slot: u32, limits: Limits| WorkspaceSpec {
         id: hearth_node::WorkspaceId::new(id).expect("hex id"),
@@ -358,11 +354,7 @@ async fn loop_cost(args: &CpuArgs, n: usize) -> Result<()> {
 
 async fn loop_cost_on(node: &LocalNode, tmp: &Path, args: &CpuArgs, n: usize) -> Result<()> {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let image = node
-        .load_image(args.image.clone(), None, tx.clone())
-        .await
-        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
-        .id;
+    let image = super::load_image(node, &args.image).await?.id;
     let repo = super::git_repo(tmp)?;
     let specs: Vec<WorkspaceSpec> = (0..n)
         .map(|i| WorkspaceSpec {

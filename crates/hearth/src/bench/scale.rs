@@ -171,12 +171,7 @@ async fn scale(
     let Some((node, server)) = state.as_ref() else {
         bail!("no server");
     };
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let image = node
-        .load_image(args.image.clone(), None, tx)
-        .await
-        .with_context(|| format!("cannot load bench image {}", args.image.display()))?
-        .id;
+    let image = super::load_image(node, &args.image).await?.id;
     let repo = super::git_repo(tmp)?;
     let client = |url: &str| Client::new(&cfg.data_dir, Some(url), None);
     let mut api = client(&server.url)?;
