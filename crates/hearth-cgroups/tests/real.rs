@@ -38,15 +38,15 @@ impl Drop for Guard {
     }
 }
 
-/// Spawns a shell with two background sleeps, moved into the groups before exec the way
-/// the node does it, so the forks inherit the groups.
-fn spawn_in(procs: &[PathBuf]) -> Child {
+/// Spawns `sh -c script`, moved into the groups before exec the way the node does it, so
+/// its forks inherit the groups.
+fn spawn_in(procs: &[PathBuf], script: &str) -> Child {
     let paths: Vec<CString> = procs
         .iter()
         .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
         .collect();
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "sleep 600 & sleep 600 & wait"]);
+    cmd.args(["-c", script]);
     // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on
     // memory allocated before fork.
     unsafe {
@@ -103,7 +103,7 @@ fn check_lifecycle(cg: Cgroups, expected_procs: usize) {
     assert_eq!(procs.len(), expected_procs, "{procs:?}");
     assert_eq!(cg.list().unwrap(), vec![id.clone()]);
 
-    let child = spawn_in(&procs);
+    let child = spawn_in(&procs, "sleep 600 & sleep 600 & wait");
     let child_pid = child.id();
     guard.child = Some(child);
     let cg = &guard.cg;
@@ -353,27 +353,7 @@ fn cpu_knobs_and_counters_on_the_real_hierarchy() {
 
     // A busy loop in the group: usage grows between two samples.
     let procs = guard.cg.procs_files(&id);
-    let paths: Vec<CString> = procs
-        .iter()
-        .map(|p| CString::new(p.as_os_str().as_bytes()).unwrap())
-        .collect();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "while :; do :; done"]);
-    // SAFETY: as in spawn_in.
-    unsafe {
-        cmd.pre_exec(move || {
-            for p in &paths {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
-            Ok(())
-        })
-    };
-    guard.child = Some(cmd.spawn().unwrap());
+    guard.child = Some(spawn_in(&procs, "while :; do :; done"));
     let what = SampleWhat {
         throttling: true,
         pressure: true,
