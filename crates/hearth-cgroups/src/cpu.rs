@@ -250,89 +250,20 @@ impl CpuGroup {
     /// first time). Returns how many files were written.
     pub fn apply(&mut self, want: &CpuKnobs) -> Result<usize, CgroupError> {
         want.check(&self.id)?;
-        let last = self.last;
+        let plan = plan_writes(self.version, self.last, want);
         // Forget what we wrote if a write fails half way: the next apply writes everything.
         self.last = None;
-        let mut writes = 0;
-        let mut w = |name: &str, value: &str| -> Result<(), CgroupError> {
-            writes += 1;
-            write_existing(&self.cpu_dir.join(name), value)
-        };
-        let changed = |f: fn(&CpuKnobs) -> u64| last.is_none_or(|l| f(&l) != f(want));
-        let was_idle = last.map(|l| l.idle);
-        // Weight: not while idle (EINVAL); leaving idle resets it, so rewrite then.
-        let leaving_idle = was_idle != Some(false) && !want.idle;
-        let weight = |w: &mut dyn FnMut(&str, &str) -> Result<(), CgroupError>| match self.version {
-            crate::Version::V1 => w(
-                "cpu.shares",
-                &crate::weight_to_shares(want.weight).to_string(),
-            ),
-            crate::Version::V2 => w("cpu.weight", &want.weight.to_string()),
-        };
-        if want.idle {
-            if was_idle != Some(true) {
-                if was_idle.is_none() {
-                    // Unknown state: the group may be idle already, where this fails.
-                    let _ = w("cpu.idle", "0");
-                }
-                weight(&mut w)?;
-                w("cpu.idle", "1")?;
-            }
-        } else {
-            if was_idle != Some(false) {
-                w("cpu.idle", "0")?;
-            }
-            if leaving_idle || changed(|k| k.weight) {
-                weight(&mut w)?;
-            }
-        }
-        let bandwidth_changed = changed(|k| k.quota_us.map_or(u64::MAX, |q| q))
-            || changed(|k| k.period_us)
-            || changed(|k| k.burst_us);
-        if bandwidth_changed {
-            let old_limit = last.and_then(|l| l.quota_us).unwrap_or(u64::MAX);
-            // Burst first when it fits under the old quota, else after the new quota.
-            let burst_first = want.burst_us <= old_limit || last.is_none();
-            match self.version {
-                crate::Version::V1 => {
-                    let burst = || want.burst_us.to_string();
-                    if burst_first {
-                        if last.is_none() {
-                            // The old quota is unknown: lift it so any burst fits.
-                            w("cpu.cfs_quota_us", "-1")?;
-                        }
-                        w_burst(&mut w, "cpu.cfs_burst_us", &burst())?;
-                    }
-                    if changed(|k| k.period_us) {
-                        w("cpu.cfs_period_us", &want.period_us.to_string())?;
-                    }
-                    let quota = want.quota_us.map_or("-1".to_owned(), |q| q.to_string());
-                    w("cpu.cfs_quota_us", &quota)?;
-                    if !burst_first {
-                        w_burst(&mut w, "cpu.cfs_burst_us", &burst())?;
-                    }
-                }
-                crate::Version::V2 => {
-                    let burst = want.burst_us.to_string();
-                    if burst_first {
-                        if last.is_none() {
-                            w("cpu.max", &format!("max {}", want.period_us))?;
-                        }
-                        w_burst(&mut w, "cpu.max.burst", &burst)?;
-                    }
-                    let max = match want.quota_us {
-                        Some(q) => format!("{q} {}", want.period_us),
-                        None => format!("max {}", want.period_us),
-                    };
-                    w("cpu.max", &max)?;
-                    if !burst_first {
-                        w_burst(&mut w, "cpu.max.burst", &burst)?;
-                    }
-                }
+        for w in &plan {
+            let path = self.cpu_dir.join(w.file);
+            match (write_existing(&path, &w.value), w.unless) {
+                (Ok(()), _) | (Err(_), Unless::Fails) => {}
+                (Err(CgroupError::Io { source, .. }), Unless::Missing)
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                (Err(e), _) => return Err(e),
             }
         }
         self.last = Some(*want);
-        Ok(writes)
+        Ok(plan.len())
     }
 
     /// The knobs last written through this handle.
@@ -418,26 +349,124 @@ impl NodePressure {
     }
 }
 
+/// One control-file write of [`CpuGroup::apply`], in the order the kernel needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnobWrite {
+    file: &'static str,
+    value: String,
+    /// A failure of this write that is not one.
+    unless: Unless,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unless {
+    /// Every failure counts.
+    Never,
+    /// Best effort: the group's state is unknown and the write may be refused.
+    Fails,
+    /// The file may be missing when the write turns its feature off: there is nothing to
+    /// turn off then (`cpu.idle` came in Linux 5.15, the burst files in 5.14).
+    Missing,
+}
+
+/// The writes that take a group from `last` (what this handle wrote; `None`: unknown,
+/// write everything) to `want`, following the order rules in the module docs.
+fn plan_writes(version: crate::Version, last: Option<CpuKnobs>, want: &CpuKnobs) -> Vec<KnobWrite> {
+    let mut out = Vec::new();
+    let mut w = |file: &'static str, value: String, unless: Unless| {
+        out.push(KnobWrite {
+            file,
+            value,
+            unless,
+        })
+    };
+    let (weight_file, weight) = match version {
+        crate::Version::V1 => ("cpu.shares", crate::weight_to_shares(want.weight)),
+        crate::Version::V2 => ("cpu.weight", want.weight),
+    };
+    let changed = |f: fn(&CpuKnobs) -> u64| last.is_none_or(|l| f(&l) != f(want));
+    let was_idle = last.map(|l| l.idle);
+    if want.idle {
+        if was_idle != Some(true) {
+            if was_idle.is_none() {
+                // Unknown state: the group may be idle already, where a weight write fails.
+                w("cpu.idle", "0".into(), Unless::Fails);
+            }
+            // Written before going idle, so leaving idle later finds it (see below).
+            w(weight_file, weight.to_string(), Unless::Never);
+            w("cpu.idle", "1".into(), Unless::Never);
+        }
+    } else {
+        if was_idle != Some(false) {
+            w("cpu.idle", "0".into(), Unless::Missing);
+        }
+        // Leaving idle resets the weight to the default, so it is rewritten then.
+        if was_idle != Some(false) || changed(|k| k.weight) {
+            w(weight_file, weight.to_string(), Unless::Never);
+        }
+    }
+    let bandwidth_changed = changed(|k| k.quota_us.unwrap_or(u64::MAX))
+        || changed(|k| k.period_us)
+        || changed(|k| k.burst_us);
+    if !bandwidth_changed {
+        return out;
+    }
+    let old_limit = last.and_then(|l| l.quota_us).unwrap_or(u64::MAX);
+    // Burst first when it fits under the old quota, else after the new quota. An unknown
+    // old quota is lifted first so any burst fits.
+    let burst_first = want.burst_us <= old_limit || last.is_none();
+    let burst = want.burst_us.to_string();
+    let (burst_file, quota_file, quota) = match version {
+        crate::Version::V1 => (
+            "cpu.cfs_burst_us",
+            "cpu.cfs_quota_us",
+            want.quota_us.map_or("-1".to_owned(), |q| q.to_string()),
+        ),
+        crate::Version::V2 => (
+            "cpu.max.burst",
+            "cpu.max",
+            match want.quota_us {
+                Some(q) => format!("{q} {}", want.period_us),
+                None => format!("max {}", want.period_us),
+            },
+        ),
+    };
+    let burst_unless = if want.burst_us == 0 {
+        Unless::Missing
+    } else {
+        Unless::Never
+    };
+    // An unchanged burst fits under the new quota: `want` passed `check`.
+    let burst_changed = changed(|k| k.burst_us);
+    if burst_first && burst_changed {
+        if last.is_none() {
+            let lifted = match version {
+                crate::Version::V1 => "-1".to_owned(),
+                crate::Version::V2 => format!("max {}", want.period_us),
+            };
+            w(quota_file, lifted, Unless::Never);
+        }
+        w(burst_file, burst.clone(), burst_unless);
+    }
+    // v2 sets the period with the quota; v1 has a file of its own.
+    if version == crate::Version::V1 && changed(|k| k.period_us) {
+        w(
+            "cpu.cfs_period_us",
+            want.period_us.to_string(),
+            Unless::Never,
+        );
+    }
+    w(quota_file, quota, Unless::Never);
+    if !burst_first && burst_changed {
+        w(burst_file, burst, burst_unless);
+    }
+    out
+}
+
 /// Whether the group in `dir` is SCHED_IDLE (`cpu.idle` reads 1); false where the file
 /// is missing (kernels before 5.15) or unreadable.
 pub(crate) fn is_idle(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cpu.idle")).is_ok_and(|s| s.trim() == "1")
-}
-
-/// Burst files are missing on kernels before 5.14; there is nothing to write then.
-fn w_burst(
-    w: &mut dyn FnMut(&str, &str) -> Result<(), CgroupError>,
-    name: &str,
-    value: &str,
-) -> Result<(), CgroupError> {
-    match w(name, value) {
-        Err(CgroupError::Io { source, .. })
-            if source.kind() == io::ErrorKind::NotFound && value == "0" =>
-        {
-            Ok(())
-        }
-        r => r,
-    }
 }
 
 /// A write to a control file that must exist (no create, unlike `fs::write`).
@@ -533,6 +562,309 @@ mod tests {
         for w in [1, 50, 100, 150, 1000, 10000] {
             assert_eq!(shares_to_weight(crate::weight_to_shares(w)), w, "{w}");
         }
+    }
+
+    /// The kernel's side of the CPU files as far as the order rules go
+    /// (`kernel/sched/core.c`: `tg_set_cfs_bandwidth`, `sched_group_set_idle`,
+    /// `sched_group_set_shares`): what `plan_writes` has to get right on both versions.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Kernel {
+        version: crate::Version,
+        /// `cpu.shares` on v1, `cpu.weight` on v2.
+        weight: u64,
+        idle: bool,
+        quota: Option<u64>,
+        period: u64,
+        burst: u64,
+        /// Linux before 5.14/5.15: no burst files, no `cpu.idle`.
+        old: bool,
+    }
+
+    const ENOENT: &str = "ENOENT";
+
+    impl Kernel {
+        fn new(version: crate::Version, k: &CpuKnobs, old: bool) -> Kernel {
+            let mut kernel = Kernel {
+                version,
+                weight: 0,
+                idle: k.idle,
+                quota: k.quota_us,
+                period: k.period_us,
+                burst: k.burst_us,
+                old,
+            };
+            kernel.weight = kernel.weight_of(k.weight);
+            kernel
+        }
+
+        fn default_weight(&self) -> u64 {
+            self.weight_of(100)
+        }
+
+        fn weight_of(&self, w: u64) -> u64 {
+            match self.version {
+                crate::Version::V1 => crate::weight_to_shares(w),
+                crate::Version::V2 => w,
+            }
+        }
+
+        /// What the group runs with; an idle group's own weight does not matter (it is
+        /// reset when it leaves idle).
+        fn knobs(&self) -> CpuKnobs {
+            let weight = match self.version {
+                crate::Version::V1 => shares_to_weight(self.weight),
+                crate::Version::V2 => self.weight,
+            };
+            CpuKnobs {
+                weight: if self.idle { 0 } else { weight },
+                quota_us: self.quota,
+                period_us: self.period,
+                burst_us: self.burst,
+                idle: self.idle,
+            }
+        }
+
+        fn bandwidth(
+            &mut self,
+            quota: Option<u64>,
+            period: u64,
+            burst: u64,
+        ) -> Result<(), &'static str> {
+            if quota.is_some_and(|q| q < 1000 || burst > q) || !(1000..=1_000_000).contains(&period)
+            {
+                return Err("EINVAL");
+            }
+            (self.quota, self.period, self.burst) = (quota, period, burst);
+            Ok(())
+        }
+
+        fn write(&mut self, file: &str, value: &str) -> Result<(), &'static str> {
+            let num = |v: &str| v.parse::<i64>().map_err(|_| "EINVAL");
+            let v1 = self.version == crate::Version::V1;
+            match file {
+                "cpu.idle" if !self.old => {
+                    let idle = num(value)? == 1;
+                    if idle != self.idle {
+                        self.idle = idle;
+                        if !idle {
+                            self.weight = self.default_weight();
+                        }
+                    }
+                    Ok(())
+                }
+                "cpu.shares" if v1 => self.set_weight(num(value)? as u64),
+                "cpu.weight" if !v1 => self.set_weight(num(value)? as u64),
+                "cpu.cfs_quota_us" if v1 => {
+                    let q = u64::try_from(num(value)?).ok();
+                    self.bandwidth(q, self.period, self.burst)
+                }
+                "cpu.cfs_period_us" if v1 => {
+                    self.bandwidth(self.quota, num(value)? as u64, self.burst)
+                }
+                "cpu.max" if !v1 => {
+                    let (q, p) = parse_cpu_max(Path::new(file), value).map_err(|_| "EINVAL")?;
+                    self.bandwidth(q, p, self.burst)
+                }
+                "cpu.cfs_burst_us" if v1 && !self.old => {
+                    self.bandwidth(self.quota, self.period, num(value)? as u64)
+                }
+                "cpu.max.burst" if !v1 && !self.old => {
+                    self.bandwidth(self.quota, self.period, num(value)? as u64)
+                }
+                _ => Err(ENOENT),
+            }
+        }
+
+        fn set_weight(&mut self, w: u64) -> Result<(), &'static str> {
+            if self.idle {
+                return Err("EINVAL");
+            }
+            self.weight = w;
+            Ok(())
+        }
+
+        /// Runs a plan the way `apply` does; panics where `apply` would fail.
+        fn run(&mut self, plan: &[KnobWrite]) {
+            for (i, w) in plan.iter().enumerate() {
+                match (self.write(w.file, &w.value), w.unless) {
+                    (Ok(()), _) | (Err(_), Unless::Fails) | (Err(ENOENT), Unless::Missing) => {}
+                    (Err(e), _) => panic!("step {i} of {plan:#?} on {self:?}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Knob sets the controller moves between, and a few more.
+    fn states() -> Vec<CpuKnobs> {
+        let d = CpuKnobs::default();
+        let batch = CpuKnobs {
+            idle: true,
+            quota_us: Some(50_000),
+            burst_us: 50_000,
+            ..d
+        };
+        vec![
+            d,
+            CpuKnobs { weight: 250, ..d },
+            CpuKnobs { idle: true, ..d },
+            // Leaves idle to its own weight, not the default the kernel resets it to.
+            CpuKnobs {
+                weight: 250,
+                idle: true,
+                ..d
+            },
+            batch,
+            CpuKnobs {
+                weight: 40,
+                ..batch
+            },
+            CpuKnobs {
+                quota_us: Some(200_000),
+                burst_us: 150_000,
+                idle: false,
+                ..batch
+            },
+            CpuKnobs {
+                quota_us: Some(20_000),
+                period_us: 50_000,
+                ..d
+            },
+            CpuKnobs {
+                quota_us: Some(1000),
+                burst_us: 1000,
+                period_us: 1_000_000,
+                ..batch
+            },
+            CpuKnobs {
+                burst_us: 30_000,
+                ..d
+            },
+        ]
+    }
+
+    fn masked(k: &CpuKnobs) -> CpuKnobs {
+        CpuKnobs {
+            weight: if k.idle { 0 } else { k.weight },
+            ..*k
+        }
+    }
+
+    #[test]
+    fn every_transition_follows_the_kernels_order_rules() {
+        for version in [crate::Version::V1, crate::Version::V2] {
+            for from in states() {
+                for to in states() {
+                    // Known state: this handle wrote `from`.
+                    let mut k = Kernel::new(version, &from, false);
+                    let plan = plan_writes(version, Some(from), &to);
+                    k.run(&plan);
+                    assert_eq!(
+                        k.knobs(),
+                        masked(&to),
+                        "{version:?} {from:?} -> {to:?}: {plan:#?}"
+                    );
+                    if from == to {
+                        assert!(plan.is_empty(), "{plan:?}");
+                    }
+                    // Unknown state (a new handle on a group somebody set before).
+                    let mut k = Kernel::new(version, &from, false);
+                    let plan = plan_writes(version, None, &to);
+                    k.run(&plan);
+                    assert_eq!(
+                        k.knobs(),
+                        masked(&to),
+                        "{version:?} ? ({from:?}) -> {to:?}: {plan:#?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_without_idle_or_burst_files_take_what_they_have() {
+        let plain = CpuKnobs {
+            weight: 300,
+            quota_us: Some(80_000),
+            ..CpuKnobs::default()
+        };
+        for version in [crate::Version::V1, crate::Version::V2] {
+            for to in [CpuKnobs::default(), plain] {
+                let mut k = Kernel::new(version, &CpuKnobs::default(), true);
+                k.run(&plan_writes(version, None, &to));
+                assert_eq!(k.knobs(), to, "{version:?}");
+                k.run(&plan_writes(version, Some(to), &CpuKnobs::default()));
+                assert_eq!(k.knobs(), CpuKnobs::default(), "{version:?}");
+            }
+            // Asking for what the kernel lacks fails rather than passing silently.
+            let idle = plan_writes(
+                version,
+                None,
+                &CpuKnobs {
+                    idle: true,
+                    ..plain
+                },
+            );
+            let mut k = Kernel::new(version, &CpuKnobs::default(), true);
+            let missing: Vec<_> = idle
+                .iter()
+                .filter(|w| k.write(w.file, &w.value) == Err(ENOENT) && w.unless == Unless::Never)
+                .map(|w| w.file)
+                .collect();
+            assert_eq!(missing, ["cpu.idle"], "{version:?}");
+        }
+    }
+
+    #[test]
+    fn only_changed_knobs_are_written() {
+        let d = CpuKnobs::default();
+        let files = |v, from, to: CpuKnobs| -> Vec<&str> {
+            plan_writes(v, Some(from), &to)
+                .iter()
+                .map(|w| w.file)
+                .collect()
+        };
+        let v1 = crate::Version::V1;
+        let v2 = crate::Version::V2;
+        assert_eq!(files(v1, d, CpuKnobs { weight: 7, ..d }), ["cpu.shares"]);
+        assert_eq!(files(v2, d, CpuKnobs { weight: 7, ..d }), ["cpu.weight"]);
+        let q = CpuKnobs {
+            quota_us: Some(30_000),
+            ..d
+        };
+        assert_eq!(files(v1, d, q), ["cpu.cfs_quota_us"]);
+        assert_eq!(files(v2, d, q), ["cpu.max"]);
+        let qb = CpuKnobs {
+            burst_us: 30_000,
+            ..q
+        };
+        // A burst above the old quota waits for the new one; one below goes first.
+        assert_eq!(files(v1, d, qb), ["cpu.cfs_burst_us", "cpu.cfs_quota_us"]);
+        let wide = CpuKnobs {
+            quota_us: Some(60_000),
+            burst_us: 50_000,
+            ..d
+        };
+        assert_eq!(files(v1, q, wide), ["cpu.cfs_quota_us", "cpu.cfs_burst_us"]);
+        assert_eq!(files(v2, wide, q), ["cpu.max.burst", "cpu.max"]);
+        // Going idle writes the weight first; a weight change while idle waits for the
+        // way out.
+        let idle = CpuKnobs { idle: true, ..d };
+        assert_eq!(files(v2, d, idle), ["cpu.weight", "cpu.idle"]);
+        assert!(files(v2, idle, CpuKnobs { weight: 9, ..idle }).is_empty());
+        assert_eq!(files(v2, idle, d), ["cpu.idle", "cpu.weight"]);
+        assert_eq!(
+            plan_writes(v2, None, &d)
+                .iter()
+                .map(|w| (w.file, w.value.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("cpu.idle", "0"),
+                ("cpu.weight", "100"),
+                ("cpu.max", "max 100000"),
+                ("cpu.max.burst", "0"),
+                ("cpu.max", "max 100000"),
+            ]
+        );
     }
 
     #[test]

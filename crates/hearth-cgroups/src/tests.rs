@@ -427,3 +427,152 @@ fn cpu_counters_read_throttling_and_pressure_in_microseconds() {
         }
     );
 }
+
+/// The CPU files a v2 kernel makes in a new group, at their defaults.
+fn fake_v2_cpu_files(dir: &Path) {
+    for (file, text) in [
+        ("cpu.weight", "100\n"),
+        ("cpu.max", "max 100000\n"),
+        ("cpu.max.burst", "0\n"),
+        ("cpu.idle", "0\n"),
+        ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+    ] {
+        fs::write(dir.join(file), text).unwrap();
+    }
+}
+
+#[test]
+fn v2_cpu_knobs_are_written_to_their_files_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let id = WorkspaceId::new("c2").unwrap();
+    let cg = Cgroups::open_with(fake_v2(t, "cpu memory pids", "hearth"), "hearth").unwrap();
+    assert!(cg.cpu_group(&id).is_err(), "no group yet");
+    cg.create(
+        &id,
+        &Limits {
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let dir = t.join("hearth/c2");
+    assert_eq!(read_trim(&dir.join("memory.high")), "60395520");
+    fake_v2_cpu_files(&dir);
+    let mut g = cg.cpu_group(&id).unwrap();
+    let batch = CpuKnobs {
+        weight: 150,
+        quota_us: Some(50_000),
+        period_us: 100_000,
+        burst_us: 50_000,
+        idle: true,
+    };
+    g.apply(&batch).unwrap();
+    let file = |f: &str| read_trim(&dir.join(f));
+    assert_eq!(
+        ["cpu.weight", "cpu.max", "cpu.max.burst", "cpu.idle"].map(file),
+        ["150", "50000 100000", "50000", "1"]
+    );
+    assert_eq!(cg.cpu_knobs(&id).unwrap(), batch);
+    assert_eq!(g.apply(&batch).unwrap(), 0, "nothing changed");
+    let interactive = CpuKnobs {
+        weight: 200,
+        ..CpuKnobs::default()
+    };
+    assert_eq!(g.apply(&interactive).unwrap(), 4);
+    assert_eq!(
+        ["cpu.weight", "cpu.max", "cpu.max.burst", "cpu.idle"].map(file),
+        ["200", "max 100000", "0", "0"]
+    );
+    assert_eq!(cg.cpu_knobs(&id).unwrap(), interactive);
+    // A limits rewrite leaves an idle group's weight to the controller.
+    g.apply(&batch).unwrap();
+    cg.set_limits(&id, &Limits::default()).unwrap();
+    assert_eq!(file("cpu.weight"), "150");
+    g.apply(&interactive).unwrap();
+    cg.set_limits(&id, &Limits::default()).unwrap();
+    assert_eq!(file("cpu.weight"), "100");
+
+    // A kernel without cpu.idle and burst files (before 5.14): plain knobs still apply,
+    // asking for idle fails and the next apply writes everything again.
+    fs::remove_file(dir.join("cpu.idle")).unwrap();
+    fs::remove_file(dir.join("cpu.max.burst")).unwrap();
+    let mut g = cg.cpu_group(&id).unwrap();
+    g.apply(&interactive).unwrap();
+    let err = g.apply(&batch).unwrap_err();
+    assert!(err.to_string().contains("cpu.idle"), "{err}");
+    assert_eq!(g.last(), None);
+    assert!(
+        !dir.join("cpu.idle").exists(),
+        "control files are never created"
+    );
+    assert_eq!(g.apply(&interactive).unwrap(), 5);
+}
+
+#[test]
+fn v2_cpu_samples_parse_stat_and_pressure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let id = WorkspaceId::new("c2").unwrap();
+    let cg = Cgroups::open_with(fake_v2(t, "cpu memory pids", "hearth"), "hearth").unwrap();
+    cg.create(&id, &Limits::default()).unwrap();
+    let dir = t.join("hearth/c2");
+    fake_v2_cpu_files(&dir);
+    fs::write(t.join("hearth/cpu.stat"), "usage_usec 42\n").unwrap();
+    let mut g = cg.cpu_group(&id).unwrap();
+    let all = SampleWhat {
+        throttling: true,
+        pressure: true,
+    };
+    // No PSI in this kernel: no pressure, no error.
+    assert_eq!(g.sample(all).unwrap(), CpuSample::default());
+
+    let stat = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\n\
+                nr_throttled 3\nthrottled_usec 777\nnr_bursts 1\nburst_usec 20\n";
+    fs::write(dir.join("cpu.stat"), stat).unwrap();
+    fs::write(
+        dir.join("cpu.pressure"),
+        "some avg10=2.50 avg60=1.00 avg300=0.20 total=4242\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=9\n",
+    )
+    .unwrap();
+    // Opened after PSI appeared, so the handle has it.
+    let mut g = cg.cpu_group(&id).unwrap();
+    let want = CpuSample {
+        usage_ns: 1_500_000,
+        nr_throttled: 3,
+        throttled_us: 777,
+        pressure_some_us: Some(4242),
+    };
+    assert_eq!(g.sample(all).unwrap(), want);
+    // `/metrics` reads the same files its own way.
+    assert_eq!(
+        cg.cpu_counters(&id).unwrap(),
+        CpuCounters {
+            throttled_periods: Some(3),
+            throttled_us: Some(777),
+            pressure_some_us: Some(4242),
+        }
+    );
+    let usage_only = SampleWhat {
+        throttling: false,
+        pressure: false,
+    };
+    // v2 keeps usage and throttling in one file: both come with it; PSI only when asked.
+    assert_eq!(
+        g.sample(usage_only).unwrap(),
+        CpuSample {
+            pressure_some_us: None,
+            ..want
+        }
+    );
+    // The files stay open: a rewrite is seen, however long (past the first buffer).
+    let long = format!("{}usage_usec 99\n", "padding_usec 0\n".repeat(100));
+    fs::write(dir.join("cpu.stat"), long).unwrap();
+    assert_eq!(g.sample(usage_only).unwrap().usage_ns, 99_000);
+    // A group whose PSI is switched off reads no pressure rather than failing.
+    fs::write(dir.join("cpu.pressure"), "").unwrap();
+    assert_eq!(g.sample(all).unwrap().pressure_some_us, None);
+
+    let mut parent = cg.cpu_parent_group().unwrap();
+    assert_eq!(parent.sample(usage_only).unwrap().usage_ns, 42_000);
+}
