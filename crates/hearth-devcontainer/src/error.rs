@@ -39,6 +39,9 @@ pub enum Error {
     },
     #[error("git {op}: {message}")]
     Git { op: String, message: String },
+    /// A feature that cannot be fetched, read or installed; `feature` is its reference.
+    #[error("feature {feature}: {message}")]
+    Feature { feature: String, message: String },
 }
 
 fn no_such_config(name: &str, available: &[String]) -> String {

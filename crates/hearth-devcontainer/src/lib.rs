@@ -8,6 +8,7 @@
 //! in the tree), so a hostile config never makes the reader leave the repository.
 
 mod error;
+pub mod features;
 mod find;
 mod model;
 mod parse;

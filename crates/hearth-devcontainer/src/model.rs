@@ -146,6 +146,9 @@ pub struct Config {
     pub build: Option<Build>,
     /// Feature id -> options, as written.
     pub features: BTreeMap<String, Value>,
+    /// `overrideFeatureInstallOrder`: feature ids (no version) to install first, in order.
+    #[serde(default)]
+    pub override_feature_install_order: Vec<String>,
     /// Docker Compose (`dockerComposeFile`) configurations are recognised, not run.
     pub compose: bool,
     pub container_env: BTreeMap<String, String>,
@@ -183,10 +186,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     (
         "userEnvProbe",
         "the environment is the image's, containerEnv and remoteEnv",
-    ),
-    (
-        "overrideFeatureInstallOrder",
-        "features are not supported yet",
     ),
     (
         "workspaceMount",
@@ -279,7 +278,22 @@ impl Config {
                 "build" => c.build = Some(build(&mut cx, v, p, config_dir)?),
                 "features" => {
                     for (id, opts) in cx.object(v, p, key)? {
+                        let fp = format!("{p}/{}", escape(id));
+                        crate::features::check_value(opts)
+                            .map_err(|m| cx.err(&fp, format!("feature {id}: {m}")))?;
                         c.features.insert(id.clone(), opts.clone());
+                    }
+                }
+                "overrideFeatureInstallOrder" => {
+                    let arr = v
+                        .as_array()
+                        .ok_or_else(|| cx.err(p, "overrideFeatureInstallOrder must be an array"))?;
+                    for (i, e) in arr.iter().enumerate() {
+                        c.override_feature_install_order.push(cx.string(
+                            e,
+                            &format!("{p}/{i}"),
+                            "an overrideFeatureInstallOrder entry",
+                        )?);
                     }
                 }
                 "dockerComposeFile" => {

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use pull::{
-    resolve_pull, BlobProgress, BlobState, Credentials, PullProgress, Reference, ResolvedPull,
+    fetch_artifact, resolve_pull, Artifact, ArtifactLayer, BlobProgress, BlobState, Credentials,
+    PullProgress, Reference, ResolvedPull,
 };
 pub use source::open_user_file;
 pub use store::ImageStore;

@@ -638,6 +638,118 @@ pub fn resolve_pull(
     })
 }
 
+/// An OCI artifact that is not an image (a devcontainer feature, say): its manifest and
+/// every layer, held in memory and verified against their digests.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The reference as parsed, e.g. `ghcr.io/devcontainers/features/go:1`.
+    pub reference: Reference,
+    /// `sha256:<hex>` of the manifest.
+    pub manifest_digest: String,
+    /// The manifest's config media type (`application/vnd.devcontainers` for features).
+    pub config_media_type: String,
+    pub annotations: HashMap<String, String>,
+    pub layers: Vec<ArtifactLayer>,
+}
+
+/// One layer of an [`Artifact`].
+#[derive(Debug, Clone)]
+pub struct ArtifactLayer {
+    pub media_type: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub data: Vec<u8>,
+}
+
+/// Fetches the artifact `reference` names (a tag or digest of a single manifest, not an
+/// index) with all its layers, refusing one whose layers together exceed `max_bytes`
+/// before downloading them. Nothing is written to disk: artifacts are small, and their
+/// consumer decides what, if anything, to unpack.
+pub fn fetch_artifact(
+    reference: &str,
+    auth: Option<&Credentials>,
+    max_bytes: u64,
+) -> Result<Artifact, ImageError> {
+    let parsed = Reference::parse(reference)?;
+    let client = Client::new(&parsed, auth);
+    let origin = PathBuf::from(parsed.repo_url());
+    let first = parsed
+        .digest
+        .clone()
+        .or_else(|| parsed.tag.clone())
+        .unwrap_or_else(|| "latest".to_string());
+    let expected = parsed
+        .digest
+        .as_deref()
+        .and_then(sha256_hex)
+        .map(|h| (h, None));
+    let (hex, bytes, media_type) = client.manifest(&first, expected)?;
+    if !is_manifest_media_type(&media_type) {
+        return Err(ImageError::invalid(
+            &origin,
+            format!("{reference} is a {media_type:?}, not a single OCI manifest"),
+        ));
+    }
+    let manifest: ImageManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| ImageError::invalid(&origin, format!("manifest sha256:{hex}: {e}")))?;
+    let total: u64 = manifest
+        .layers()
+        .iter()
+        .fold(0u64, |a, l| a.saturating_add(l.size()));
+    if total > max_bytes {
+        return Err(ImageError::invalid(
+            &origin,
+            format!("{reference} has {total} bytes of layers, more than the {max_bytes} allowed"),
+        ));
+    }
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for desc in manifest.layers() {
+        let digest = desc.digest().to_string();
+        let want = sha256_hex(&digest)
+            .ok_or_else(|| ImageError::invalid(&origin, format!("unsupported digest {digest}")))?;
+        let url = client.url(&format!("blobs/{digest}"));
+        let mut data = Vec::new();
+        client
+            .get(&url, &[])?
+            .into_reader()
+            .take(desc.size() + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| ImageError::Registry {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        if data.len() as u64 != desc.size() {
+            return Err(ImageError::SizeMismatch {
+                path: PathBuf::from(&url),
+                what: "layer".to_string(),
+                expected: desc.size(),
+                actual: data.len() as u64,
+            });
+        }
+        let actual = hex::encode(Sha256::digest(&data));
+        if actual != want {
+            return Err(ImageError::DigestMismatch {
+                path: PathBuf::from(&url),
+                what: "layer".to_string(),
+                expected: digest,
+                actual: format!("sha256:{actual}"),
+            });
+        }
+        layers.push(ArtifactLayer {
+            media_type: desc.media_type().to_string(),
+            digest,
+            data,
+        });
+    }
+    Ok(Artifact {
+        config_media_type: manifest.config().media_type().to_string(),
+        annotations: manifest.annotations().clone().unwrap_or_default(),
+        manifest_digest: format!("sha256:{hex}"),
+        reference: parsed,
+        layers,
+    })
+}
+
 /// Marks a digest as being downloaded in this process; waiters block until it is dropped.
 struct Inflight<'a> {
     store: &'a ImageStore,

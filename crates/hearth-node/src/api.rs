@@ -611,6 +611,18 @@ pub trait NodeApi: Send + Sync + 'static {
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError>;
+    /// Fetches devcontainer features (and what they depend on) from their registries,
+    /// orders them, and makes the build context installing them on `req.base_image`
+    /// (see [`crate::features`]). Nothing is written to disk; the build runs elsewhere.
+    async fn feature_context(
+        &self,
+        req: crate::features::FeatureRequest,
+    ) -> Result<crate::features::FeaturePlan, NodeError> {
+        let _ = req;
+        Err(NodeError::Invalid(
+            "this node cannot install devcontainer features".into(),
+        ))
+    }
 
     /// What a `load_image` of `path` can be refused for before it starts: the path is a
     /// regular file or a directory (opened without blocking), the name is valid, the disk

@@ -8,6 +8,7 @@ mod api;
 mod clone;
 mod console;
 mod cpu;
+pub mod features;
 mod kmsg;
 mod local;
 mod priority;

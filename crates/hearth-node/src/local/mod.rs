@@ -424,6 +424,21 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn feature_context(
+        &self,
+        req: crate::features::FeatureRequest,
+    ) -> Result<crate::features::FeaturePlan, NodeError> {
+        self.blocking(move |i| {
+            let base = i.images.get(&req.base_image).map_err(image_err)?;
+            crate::features::plan(
+                &req,
+                base.config.user.as_deref(),
+                &mut crate::features::RegistrySource,
+            )
+        })
+        .await
+    }
+
     async fn resolve_image(&self, reference: &str) -> Result<ImageSummary, NodeError> {
         let r = reference.to_string();
         self.blocking(move |i| i.images.get(&r).map(|x| summary(&x)).map_err(image_err))

@@ -53,6 +53,11 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `localhost:PORT`: the name the reference devcontainer CLI reaches over plain http.
+    pub fn localhost(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
     /// Pushes the image named `ref_name` in the OCI layout `layout` as `dest` (`repo:tag`).
     pub fn push(&self, layout: &Path, ref_name: &str, dest: &str) {
         let out = Command::new("skopeo")
