@@ -102,7 +102,8 @@ impl BuildContext {
         for (i, install) in installs.iter().enumerate() {
             let label = install.oci.pull_reference();
             let dir = format!("{}_{}", install.oci.id, i + 1);
-            let (env, odd) = install.meta.env(&label, &install.options)?;
+            let super::OptionEnv { env, notes: odd } =
+                install.meta.env(&label, &install.options)?;
             notes.push(format!(
                 "feature {label} ({}){}",
                 install.manifest_digest,

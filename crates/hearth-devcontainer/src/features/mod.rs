@@ -198,11 +198,7 @@ impl FeatureMeta {
     /// spec says. A value the feature's `enum` does not allow, a non-boolean for a
     /// boolean option or a value that is neither string nor boolean is an error;
     /// undeclared options are passed on, as the reference CLI does, and reported.
-    pub fn env(
-        &self,
-        feature: &str,
-        value: &Value,
-    ) -> Result<(Vec<(String, String)>, Vec<String>), Error> {
+    pub fn env(&self, feature: &str, value: &Value) -> Result<OptionEnv, Error> {
         let err = |message: String| Error::Feature {
             feature: feature.to_string(),
             message,
@@ -256,8 +252,17 @@ impl FeatureMeta {
             }
             out.push((env_name(k), text));
         }
-        Ok((out, notes))
+        Ok(OptionEnv { env: out, notes })
     }
+}
+
+/// A feature's options as [`FeatureMeta::env`] resolved them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionEnv {
+    /// (variable, value), sorted by option name.
+    pub env: Vec<(String, String)>,
+    /// Warnings for the user (options the feature does not declare).
+    pub notes: Vec<String>,
 }
 
 fn option_spec(v: &Value) -> Result<OptionSpec, String> {

@@ -55,14 +55,17 @@ struct Node {
     priority: usize,
 }
 
+/// A fetched feature: manifest digest, metadata, files.
+type Entry = (String, Arc<FeatureMeta>, Arc<Vec<File>>);
+
 /// Fetches each reference once.
 struct Cache<'a> {
     source: &'a mut dyn FeatureSource,
-    seen: HashMap<String, (String, Arc<FeatureMeta>, Arc<Vec<File>>)>,
+    seen: HashMap<String, Entry>,
 }
 
 impl Cache<'_> {
-    fn get(&mut self, r: &OciRef) -> Result<(String, Arc<FeatureMeta>, Arc<Vec<File>>), Error> {
+    fn get(&mut self, r: &OciRef) -> Result<Entry, Error> {
         let key = r.pull_reference();
         if let Some(hit) = self.seen.get(&key) {
             return Ok(hit.clone());

@@ -42,7 +42,6 @@ pub fn unpack(feature: &str, tarball: &[u8]) -> Result<Vec<File>, Error> {
     let mut archive =
         tar::Archive::new(reader.take(MAX_UNPACKED_BYTES + (MAX_ENTRIES as u64 + 2) * 1024));
     let mut files: BTreeMap<String, File> = BTreeMap::new();
-    let mut dirs = 0usize;
     let mut total = 0u64;
     let entries = archive
         .entries()
@@ -60,7 +59,6 @@ pub fn unpack(feature: &str, tarball: &[u8]) -> Result<Vec<File>, Error> {
         let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Directory => {
-                dirs += 1;
                 if path.is_empty() {
                     continue;
                 }
@@ -133,7 +131,6 @@ pub fn unpack(feature: &str, tarball: &[u8]) -> Result<Vec<File>, Error> {
             p = parent;
         }
     }
-    let _ = dirs;
     if !files.contains_key("devcontainer-feature.json") {
         return Err(err(
             "its tarball has no devcontainer-feature.json at the top".into(),
