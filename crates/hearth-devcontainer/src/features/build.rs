@@ -326,3 +326,118 @@ mod tests {
         assert_eq!(quote("it's $(x)"), "'it'\\''s $(x)'");
     }
 }
+
+#[cfg(test)]
+mod context_tests {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::features::{FeatureMeta, OciRef};
+
+    fn install(id: &str, meta: serde_json::Value, options: serde_json::Value) -> Install {
+        let oci = OciRef::parse(&format!("r.io/n/{id}:1")).unwrap();
+        Install {
+            user_id: oci.to_string(),
+            meta: Arc::new(FeatureMeta::parse(id, &meta.to_string()).unwrap()),
+            files: Arc::new(vec![
+                File {
+                    path: "install.sh".into(),
+                    executable: true,
+                    data: b"#!/bin/sh\n".to_vec(),
+                },
+                // A feature's own copy of a generated file is replaced, not kept.
+                File {
+                    path: "devcontainer-features.env".into(),
+                    executable: false,
+                    data: b"EVIL=1\n".to_vec(),
+                },
+            ]),
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            oci,
+            options,
+        }
+    }
+
+    fn files(tar: &[u8]) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for e in tar::Archive::new(tar).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut s = String::new();
+            e.read_to_string(&mut s).unwrap();
+            out.insert(path, s);
+        }
+        out
+    }
+
+    #[test]
+    fn one_copy_and_run_per_feature_after_its_env() {
+        let a = install(
+            "a",
+            json!({"id": "a", "options": {"v": {"type": "string", "default": "1"}},
+                   "containerEnv": {"A_HOME": "/opt/\"a\"", "PATH": "/opt/a/bin:${PATH}"}}),
+            json!({"v": "it's"}),
+        );
+        let b = install(
+            "b",
+            json!({"id": "b", "postStartCommand": "echo hi"}),
+            json!({}),
+        );
+        let ctx = BuildContext::new("busybox:latest", &[a, b], "root", "dev", "1000:1000").unwrap();
+        let df = &ctx.dockerfile;
+        assert!(df.starts_with("FROM busybox:latest\nUSER root\n"), "{df}");
+        assert!(df.ends_with("USER 1000:1000\n"), "{df}");
+        let env = df
+            .find("ENV A_HOME=\"/opt/\\\"a\\\"\"\nENV PATH=\"/opt/a/bin:${PATH}\"\n")
+            .unwrap();
+        let run_a = df
+            .find("RUN chmod -R 0755 /tmp/dev-container-features/a_1 &&")
+            .unwrap();
+        let run_b = df
+            .find("RUN chmod -R 0755 /tmp/dev-container-features/b_2 &&")
+            .unwrap();
+        assert!(env < run_a && run_a < run_b, "{df}");
+        let f = files(&ctx.tar);
+        assert_eq!(f["Dockerfile"], *df);
+        assert_eq!(f["a_1/devcontainer-features.env"], "V='it'\\''s'\n");
+        assert_eq!(f["b_2/devcontainer-features.env"], "\n");
+        assert_eq!(
+            f["devcontainer-features.builtin.env"],
+            "_CONTAINER_USER='root'\n_REMOTE_USER='dev'\n"
+        );
+        assert!(
+            f["a_1/devcontainer-features-install.sh"].contains(". ./devcontainer-features.env\n")
+        );
+        assert_eq!(ctx.container_env["A_HOME"], "/opt/\"a\"");
+        assert_eq!(ctx.lifecycle.len(), 1);
+        assert_eq!(ctx.lifecycle[0].0, "feature b");
+    }
+
+    #[test]
+    fn refuses_what_would_break_the_dockerfile() {
+        let ok = || install("a", json!({"id": "a"}), json!({}));
+        for (base, user, says) in [
+            ("busybox\nRUN x", "root", "cannot be named"),
+            ("busybox", "ro ot", "not a user name"),
+            ("busybox", "-r", "not a user name"),
+        ] {
+            let e = BuildContext::new(base, &[ok()], user, user, "root")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{base:?} {user:?}: {e}");
+        }
+        for (env, says) in [
+            (json!({"A\nRUN x": "1"}), "not a variable name"),
+            (json!({"A": "1\nRUN x"}), "line break"),
+        ] {
+            let bad = install("a", json!({"id": "a", "containerEnv": env}), json!({}));
+            let e = BuildContext::new("busybox", &[bad], "root", "root", "root")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+}

@@ -346,3 +346,84 @@ fn command(v: &Value) -> Result<Option<Command>, String> {
         other => one(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn meta(v: Value) -> Result<FeatureMeta, Error> {
+        FeatureMeta::parse("r.io/n/x:1", &v.to_string())
+    }
+
+    #[test]
+    fn options_default_validate_and_convert() {
+        let m = meta(json!({"id": "x", "options": {
+            "version": {"type": "string", "enum": ["1", "2"], "default": "2"},
+            "install-tools": {"type": "boolean", "default": true},
+            "free": {"type": "string", "proposals": ["a"]},
+        }}))
+        .unwrap();
+        let env = |v: Value| m.env("f", &v);
+        assert_eq!(
+            env(json!({})).unwrap().env,
+            [
+                ("INSTALL_TOOLS".to_string(), "true".to_string()),
+                ("VERSION".into(), "2".into())
+            ]
+        );
+        // The string shorthand is the version; booleans may be written as strings.
+        let r = env(json!("1")).unwrap();
+        assert!(r.env.contains(&("VERSION".into(), "1".into())));
+        let r = env(json!({"install-tools": "false", "free": "zz", "extra": "x"})).unwrap();
+        assert!(r.env.contains(&("INSTALL_TOOLS".into(), "false".into())));
+        assert!(r.env.contains(&("FREE".into(), "zz".into())));
+        assert!(r.env.contains(&("EXTRA".into(), "x".into())));
+        assert_eq!(r.notes.len(), 1);
+        assert!(
+            r.notes[0].contains("option extra is not one it declares"),
+            "{:?}",
+            r.notes
+        );
+        for (v, says) in [
+            (json!({"version": "3"}), "must be one of 1, 2"),
+            (json!({"install-tools": "yes"}), "is a boolean"),
+            (json!({"free": 3}), "must be a string or a boolean"),
+            (json!([1]), "must be an object"),
+        ] {
+            let e = env(v.clone()).unwrap_err().to_string();
+            assert!(e.starts_with("feature f: ") && e.contains(says), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_would_weaken_the_workspace() {
+        for (prop, v) in [
+            ("privileged", json!(true)),
+            ("capAdd", json!(["SYS_ADMIN"])),
+            ("securityOpt", json!(["seccomp=unconfined"])),
+            (
+                "mounts",
+                json!([{"source": "x", "target": "/y", "type": "volume"}]),
+            ),
+            ("init", json!(true)),
+            ("entrypoint", json!("/usr/local/share/start.sh")),
+        ] {
+            let mut m = json!({"id": "x"});
+            m[prop] = v;
+            let e = meta(m).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "feature r.io/n/x:1: it sets {prop}, which hearth refuses"
+                )),
+                "{e}"
+            );
+        }
+        // Unset, false or empty is no request.
+        let m = meta(json!({"id": "x", "privileged": false, "capAdd": [], "mounts": []})).unwrap();
+        assert_eq!(m.id, "x");
+        let e = meta(json!({"name": "no id"})).unwrap_err().to_string();
+        assert!(e.contains("it has no id"), "{e}");
+    }
+}
