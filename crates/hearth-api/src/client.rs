@@ -4,6 +4,7 @@
 //! hands back the two halves of the session.
 
 mod ports;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 

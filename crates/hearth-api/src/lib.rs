@@ -19,11 +19,13 @@ use utoipa::ToSchema;
 #[cfg(feature = "client")]
 pub mod client;
 mod ports;
+mod secrets;
 mod snapshots;
 mod ssh;
 mod users;
 
 pub use ports::*;
+pub use secrets::*;
 pub use snapshots::*;
 pub use ssh::*;
 pub use users::*;

@@ -649,6 +649,21 @@ pub trait NodeApi: Send + Sync + 'static {
         let _ = (source, name);
         Ok(None)
     }
+    /// The user's dotfiles repository `url` for the running workspace `spec`, cloned by the
+    /// node as the workspace's root uid (no git needed in the image) and handed back as a
+    /// tar archive (owners and times left out) that the server unpacks inside as the
+    /// workspace's user. At most 64 MiB.
+    async fn dotfiles_archive(
+        &self,
+        spec: &WorkspaceSpec,
+        url: &str,
+    ) -> Result<Vec<u8>, NodeError> {
+        let _ = url;
+        Err(NodeError::Invalid(format!(
+            "workspace {}: this node cannot clone dotfiles",
+            spec.name
+        )))
+    }
     /// Likewise for `pull_image`: the reference parses, there is room, and the registry
     /// has the image (its manifest is fetched, so a missing image or refused credentials
     /// are a not-found or invalid error here, not in the middle of the pull).

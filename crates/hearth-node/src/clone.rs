@@ -230,6 +230,63 @@ pub fn read_devcontainer(
     }))
 }
 
+/// Largest dotfiles clone (`.git` included) handed to a workspace, as a tar archive.
+pub const MAX_DOTFILES_BYTES: usize = 64 << 20;
+
+/// A `Vec` that refuses to grow past a limit, so a huge repository fails the archive
+/// instead of the node's memory.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_DOTFILES_BYTES {
+            return Err(std::io::Error::other("too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A dotfiles repository as a tar archive of its clone (see
+/// [`crate::NodeApi::dotfiles_archive`]): cloned as `uid` (the workspace's root) with the
+/// clone's transport rules into a fresh directory under `tmp_parent` (on the workspace's
+/// own disk, so its size counts there), archived without following symlinks (a link to a
+/// host file stays a link) and with owners and times left out, then deleted.
+pub fn dotfiles_archive(
+    url: &str,
+    uid: u32,
+    gitconfig: &Path,
+    tmp_parent: &Path,
+) -> Result<Vec<u8>, NodeError> {
+    validate_source(url)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".dotfiles-")
+        .tempdir_in(tmp_parent)
+        .map_err(NodeError::io("mkdir", tmp_parent))?;
+    std::os::unix::fs::chown(tmp.path(), Some(uid), Some(uid))
+        .map_err(NodeError::io("chown", tmp.path()))?;
+    let dest = tmp.path().join("dotfiles");
+    // Nobody reads git's progress here; the install's own lines say what happens.
+    let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
+    clone(url, &dest, uid, uid, gitconfig, &progress)?;
+    let mut tar = tar::Builder::new(Bounded(Vec::new()));
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let too_big = || {
+        NodeError::Invalid(format!(
+            "dotfiles repository {url} is larger than {} MiB",
+            MAX_DOTFILES_BYTES >> 20
+        ))
+    };
+    tar.append_dir_all(".", &dest).map_err(|_| too_big())?;
+    let out = tar.into_inner().map_err(|_| too_big())?;
+    Ok(out.0)
+}
+
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
     upper.join("workspace").join(repo_name(source))
 }

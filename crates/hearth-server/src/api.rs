@@ -58,7 +58,9 @@ impl Modify for BearerAuth {
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user,
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
-        crate::ssh_keys::ssh_info, crate::metrics::scrape
+        crate::ssh_keys::ssh_info, crate::metrics::scrape,
+        crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
+        crate::secrets::get_dotfiles, crate::secrets::set_dotfiles
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ports::routes())
         .merge(crate::users::routes())
         .merge(crate::ssh_keys::routes())
+        .merge(crate::secrets::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),

@@ -385,6 +385,7 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(query_err(id))?;
+        self.forget_workspace_dotfiles(id).await?;
         self.forget_devcontainer(id).await
     }
 

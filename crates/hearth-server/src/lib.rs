@@ -3,7 +3,8 @@
 //! It talks to the node only through [`hearth_node::NodeApi`]. Files in the data dir:
 //! `hearth.db` (SQLite; users with token hashes), `token` (the first-start admin's API
 //! token, 0600, for the CLI on the same machine), `server.json` (where the running server
-//! listens, for that CLI) and `server.lock` (one server per dir).
+//! listens, for that CLI), `server.lock` (one server per dir) and `secrets.key` (0600, the
+//! key users' secrets are encrypted with, see [`secrets`]).
 
 pub mod activity;
 pub mod api;
@@ -19,6 +20,7 @@ pub mod ndjson;
 pub mod ports;
 pub mod proxy;
 pub mod ratelimit;
+pub mod secrets;
 pub mod snapshots;
 pub mod ssh;
 pub mod ssh_keys;
@@ -153,6 +155,10 @@ impl Server {
         let token = ensure_token(&cfg.data_dir)?;
         let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
         let manager = Arc::new(Manager::new(store.clone(), node));
+        manager.set_secret_box(
+            secrets::SecretBox::open_or_create(&cfg.data_dir)
+                .context("cannot open the secrets key")?,
+        );
         manager
             .ensure_first_admin(&token)
             .await

@@ -26,6 +26,7 @@ pub mod devcontainer;
 pub mod idle;
 mod locks;
 pub mod ports;
+mod secrets;
 mod snapshots;
 mod trash;
 mod users;
@@ -77,6 +78,8 @@ pub struct Manager {
     idle: idle::IdleState,
     /// See [`Manager::set_default_image`].
     default_image: std::sync::RwLock<String>,
+    /// Seals users' secrets (see [`crate::secrets`]); set once at server start.
+    secret_box: std::sync::OnceLock<crate::secrets::SecretBox>,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -161,6 +164,7 @@ impl Manager {
             port_urls: Default::default(),
             idle: Default::default(),
             default_image: std::sync::RwLock::new(DEFAULT_IMAGE.to_string()),
+            secret_box: Default::default(),
         }
     }
 
@@ -649,6 +653,11 @@ impl Manager {
                 .set_idle_timeout(&rec.spec.id, idle_timeout)
                 .await?;
         }
+        if let Some(url) = self.store.user_dotfiles(&owner.id).await? {
+            self.store
+                .set_workspace_dotfiles(&rec.spec.id, &url)
+                .await?;
+        }
         if let Some(dc) = &devcontainer {
             let json = serde_json::to_string(dc)
                 .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
@@ -944,6 +953,9 @@ impl Manager {
         if req.argv.is_empty() {
             return Err(ApiError::invalid("exec needs a command"));
         }
+        // The user's secrets under what the request sets, over the devcontainer's env.
+        let secrets = self.secrets_for(spec).await?;
+        req.env = secrets::overlay(secrets, std::mem::take(&mut req.env));
         self.apply_devcontainer(spec, &mut req).await?;
         self.node
             .exec(spec, req)

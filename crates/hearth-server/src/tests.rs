@@ -545,6 +545,11 @@ async fn openapi_lists_every_route() {
         ("delete", "/v1/ssh-keys/{key}"),
         ("get", "/v1/ssh"),
         ("get", "/metrics"),
+        ("get", "/v1/secrets"),
+        ("put", "/v1/secrets/{key}"),
+        ("delete", "/v1/secrets/{key}"),
+        ("get", "/v1/me/dotfiles"),
+        ("put", "/v1/me/dotfiles"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;

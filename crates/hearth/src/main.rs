@@ -238,10 +238,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
-    /// Manage users and their API tokens (admins only).
+    /// Manage users and their API tokens (admins only), and your dotfiles.
     User {
         #[command(subcommand)]
         cmd: UserCmd,
+    },
+    /// Your secrets: environment variables of your workspaces, stored encrypted.
+    Secret {
+        #[command(subcommand)]
+        cmd: SecretCmd,
     },
     /// Offline maintenance.
     Admin {
@@ -364,6 +369,37 @@ enum UserCmd {
         /// is not removed).
         #[arg(long, value_name = "USER")]
         reassign_to: Option<String>,
+    },
+    /// Show, set or unset your dotfiles repository: new workspaces clone it to
+    /// ~/dotfiles and run its install script (else link its dotfiles into ~).
+    Dotfiles {
+        /// Git URL or local repository path.
+        #[arg(value_name = "URL")]
+        repo: Option<String>,
+        #[arg(long, conflicts_with = "repo")]
+        unset: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretCmd {
+    /// Set KEY to the value read from stdin (one trailing newline dropped).
+    Set {
+        key: String,
+        /// Only for workspaces of this repository (git URL or local path).
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// List your secrets (never their values).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret (the one of --repo when given).
+    Rm {
+        key: String,
+        #[arg(long)]
+        repo: Option<String>,
     },
 }
 
@@ -579,6 +615,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 UserCmd::Rm { name, reassign_to } => {
                     c.user_remove(name, reassign_to.as_deref()).await?
                 }
+                UserCmd::Dotfiles { repo, unset } => c.dotfiles(repo.as_deref(), *unset).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Secret { cmd } => {
+            let c = client()?;
+            match cmd {
+                SecretCmd::Set { key, repo } => c.secret_set(key, repo.as_deref()).await?,
+                SecretCmd::Ls { json } => c.secret_list(*json).await?,
+                SecretCmd::Rm { key, repo } => c.secret_remove(key, repo.as_deref()).await?,
             }
             Ok(0)
         }

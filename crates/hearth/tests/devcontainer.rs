@@ -5,33 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use common::TestServer;
-
-/// A git repository `parent/name` with `files` (path, text) committed.
-fn repo_with(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let repo = common::git_repo(parent, name);
-    for (path, text) in files {
-        let p = repo.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "devcontainer"]);
-    repo
-}
+use common::{repo_with, TestServer};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -39,6 +39,18 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 include-path = "/v1/store/gc"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 
+# a dotfiles repository must be a git URL or an existing repository on the server host
+[[operations]]
+include-path = "/v1/me/dotfiles"
+include-method = "PUT"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+
+# a user holds at most 64 secrets
+[[operations]]
+include-path = "/v1/secrets/{key}"
+include-method = "PUT"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409"]
+
 # egress rules with host bits set or a backwards port range match the syntax pattern
 [[operations]]
 include-path = "/v1/workspaces/{name}/egress"

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{git_repo, TestServer, HEARTH};
+use common::{git_repo, repo_with, TestServer, HEARTH};
 
 /// The server's base URL (`http://127.0.0.1:PORT`) from its server.json.
 fn base_url(s: &TestServer) -> String {
@@ -95,6 +95,27 @@ fn remote(url: &str, token: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run hearth")
+}
+
+/// [`remote`] with `input` on stdin.
+fn remote_input(url: &str, token: &str, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(HEARTH)
+        .args(args)
+        .env("HEARTH_DATA_DIR", "/nonexistent/hearth-data-dir")
+        .env("HEARTH_URL", url)
+        .env("HEARTH_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hearth");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn remote_ok(url: &str, token: &str, args: &[&str]) -> String {
@@ -461,4 +482,417 @@ fn data_dir_from_before_users_keeps_its_token_and_workspaces() {
     // A new user does not see it.
     let carol = s.ok(&["user", "add", "carol"]).trim().to_string();
     assert!(names(&url, &carol).is_empty());
+}
+
+/// Sets a secret through the CLI, the value on stdin.
+fn set_secret(url: &str, token: &str, key: &str, repo: Option<&str>, value: &str) {
+    let mut args = vec!["secret", "set", key];
+    if let Some(r) = repo {
+        args.extend(["--repo", r]);
+    }
+    let out = remote_input(url, token, &args, value);
+    assert!(
+        out.status.success(),
+        "secret set {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a CLI verb that must succeed; its stdout and stderr (progress) together.
+fn up_text(url: &str, token: &str, args: &[&str]) -> String {
+    let out = remote(url, token, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "hearth {args:?}: {text}");
+    text
+}
+
+/// `$KEY` in a workspace as `token`'s user: the value, or `None` when unset.
+fn printenv(url: &str, token: &str, ws: &str, key: &str) -> Option<String> {
+    let script = format!("echo \"${{{key}-<unset>}}\"");
+    let out = remote_ok(url, token, &["exec", ws, "--", "sh", "-c", &script]);
+    let value = out.strip_suffix('\n').unwrap_or(&out);
+    (value != "<unset>").then(|| value.to_string())
+}
+
+#[test]
+fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
+    let s = TestServer::start();
+    s.load_busybox();
+    let url = base_url(&s);
+    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
+    let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    let src = tempfile::tempdir().unwrap();
+    // A lifecycle command sees the secrets too (it writes one where we can look).
+    let proj = repo_with(
+        src.path(),
+        "proj",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "busybox", "containerEnv": {"TOKEN": "from-devcontainer", "KEEP": "dc"},
+                "postCreateCommand": "echo \"$TOKEN\" > /tmp/lifecycle-token"}"#,
+        )],
+    );
+    let proj = proj.to_str().unwrap();
+    let other = git_repo(src.path(), "other");
+    let other = other.to_str().unwrap();
+
+    // Values with a trailing newline (as `echo` gives) and blanks inside.
+    set_secret(&url, &alice, "TOKEN", None, "alice-all-7f3\n");
+    set_secret(
+        &url,
+        &alice,
+        "TOKEN",
+        Some(format!("{proj}.git/").as_str()),
+        "alice-proj-9c1",
+    );
+    set_secret(&url, &alice, "ONLY_ALICE", None, "a b  c");
+    set_secret(&url, &bob, "TOKEN", None, "bob-all-42e");
+    let err = remote_input(&url, &alice, &["secret", "set", "NOT-A-NAME"], "x");
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("invalid secret name"),
+        "{err:?}"
+    );
+
+    remote_ok(&url, &alice, &["up", proj, "--name", "wa"]);
+    remote_ok(
+        &url,
+        &alice,
+        &["up", other, "--image", "busybox", "--name", "wa2"],
+    );
+    remote_ok(&url, &bob, &["up", proj, "--name", "wb"]);
+
+    // The repository's own secret over the user-wide one, over the devcontainer's env;
+    // a request's own variable over all of them.
+    assert_eq!(
+        printenv(&url, &alice, "wa", "TOKEN").as_deref(),
+        Some("alice-proj-9c1")
+    );
+    assert_eq!(printenv(&url, &alice, "wa", "KEEP").as_deref(), Some("dc"));
+    assert_eq!(
+        printenv(&url, &alice, "wa2", "TOKEN").as_deref(),
+        Some("alice-all-7f3")
+    );
+    assert_eq!(
+        printenv(&url, &alice, "wa2", "ONLY_ALICE").as_deref(),
+        Some("a b  c")
+    );
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &[
+                "exec",
+                "-e",
+                "TOKEN=mine",
+                "wa",
+                "--",
+                "sh",
+                "-c",
+                "echo $TOKEN"
+            ]
+        ),
+        "mine\n"
+    );
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &["exec", "wa", "--", "cat", "/tmp/lifecycle-token"]
+        ),
+        "alice-proj-9c1\n"
+    );
+    // Bob's workspace of the same repository gets his, and none of Alice's.
+    assert_eq!(
+        printenv(&url, &bob, "wb", "TOKEN").as_deref(),
+        Some("bob-all-42e")
+    );
+    assert_eq!(printenv(&url, &bob, "wb", "ONLY_ALICE"), None);
+
+    // Listings name secrets, never values; each user sees only their own.
+    let listed = remote_ok(&url, &alice, &["secret", "ls", "--json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let keys: Vec<(&str, Option<&str>)> = v
+        .iter()
+        .map(|s| (s["key"].as_str().unwrap(), s["repo"].as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("ONLY_ALICE", None), ("TOKEN", None), ("TOKEN", Some(proj))],
+        "{listed}"
+    );
+    let bobs = http(&url, "GET", "/v1/secrets", Some(&bob), None, false).1;
+    assert!(!bobs.contains("ONLY_ALICE"), "{bobs}");
+    // Bob cannot remove Alice's secret: to him it does not exist.
+    let (st, b) = http(
+        &url,
+        "DELETE",
+        "/v1/secrets/ONLY_ALICE",
+        Some(&bob),
+        None,
+        false,
+    );
+    assert_eq!(st, 404, "{b}");
+    assert_eq!(
+        printenv(&url, &alice, "wa", "ONLY_ALICE").as_deref(),
+        Some("a b  c")
+    );
+
+    // Nowhere else: not in the API's answers, inspect, logs, the server log or the
+    // database file (encrypted at rest, under a key file only root reads).
+    let mut shown = vec![
+        listed,
+        bobs,
+        http(&url, "GET", "/v1/workspaces/wa", Some(&alice), None, false).1,
+        remote_ok(&url, &alice, &["inspect", "wa", "--json"]),
+        remote_ok(&url, &alice, &["logs", "wa"]),
+        remote_ok(&url, &bob, &["logs", "wb"]),
+        s.server_log(),
+    ];
+    for f in ["hearth.db", "hearth.db-wal"] {
+        if let Ok(b) = std::fs::read(s.data_dir().join(f)) {
+            shown.push(String::from_utf8_lossy(&b).into_owned());
+        }
+    }
+    for text in &shown {
+        for value in ["alice-all-7f3", "alice-proj-9c1", "a b  c", "bob-all-42e"] {
+            assert!(!text.contains(value), "{value} shown in {text}");
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(s.data_dir().join("secrets.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    // Removing the repository's secret brings back the user-wide one (new sessions).
+    remote_ok(&url, &alice, &["secret", "rm", "TOKEN", "--repo", proj]);
+    assert_eq!(
+        printenv(&url, &alice, "wa", "TOKEN").as_deref(),
+        Some("alice-all-7f3")
+    );
+    let err = remote_err(&url, &alice, &["secret", "rm", "TOKEN", "--repo", proj]);
+    assert!(err.contains("no secret TOKEN for"), "{err}");
+
+    // A removed user's secrets go with them: their workspace, handed to Alice, now gets
+    // hers, and the rows are gone.
+    s.ok(&["user", "rm", "bob", "--reassign-to", "alice"]);
+    assert_eq!(
+        printenv(&url, &alice, "wb", "TOKEN").as_deref(),
+        Some("alice-all-7f3")
+    );
+    let db = s.data_dir().join("hearth.db");
+    assert_eq!(
+        sqlite(&db, "SELECT COUNT(*) FROM secrets WHERE user_name = 'bob'").trim(),
+        "0"
+    );
+}
+
+#[test]
+fn dotfiles_are_installed_or_linked_in_new_workspaces() {
+    let s = TestServer::start();
+    s.load_busybox();
+    let url = base_url(&s);
+    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
+    let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    let src = tempfile::tempdir().unwrap();
+    let proj = git_repo(src.path(), "proj");
+    let proj = proj.to_str().unwrap();
+    // install.sh is not executable in git: it is made so, as the reference CLI does.
+    let with_script = repo_with(
+        src.path(),
+        "dots",
+        &[
+            (
+                "install.sh",
+                "echo install ran\necho \"$MARK\" > \"$HOME/.installed\"\n",
+            ),
+            (".bashrc", "# not linked: install.sh decides\n"),
+        ],
+    );
+    let plain = repo_with(
+        src.path(),
+        "plain-dots",
+        &[
+            (".vimrc", "set nocompatible\n"),
+            (".profile-extra", "x=1\n"),
+        ],
+    );
+    let failing = repo_with(
+        src.path(),
+        "bad-dots",
+        &[("setup.sh", "echo about to fail\nexit 3\n")],
+    );
+    set_secret(&url, &alice, "MARK", None, "seen-by-install");
+
+    // Set, show, and a repository the server cannot use.
+    let out = remote_ok(
+        &url,
+        &alice,
+        &["user", "dotfiles", with_script.to_str().unwrap()],
+    );
+    assert!(out.contains(with_script.to_str().unwrap()), "{out}");
+    let shown = remote_ok(&url, &alice, &["user", "dotfiles"]);
+    assert_eq!(shown, out);
+    for bad in [
+        r#"{"url":"ext::sh -c touch% /tmp/pwned"}"#,
+        r#"{"url":"/nonexistent/dots"}"#,
+    ] {
+        let (st, b) = http(
+            &url,
+            "PUT",
+            "/v1/me/dotfiles",
+            Some(&alice),
+            Some(bad),
+            false,
+        );
+        assert_eq!(st, 400, "{bad}: {b}");
+    }
+    assert_eq!(remote_ok(&url, &alice, &["user", "dotfiles"]), out);
+
+    let up = up_text(
+        &url,
+        &alice,
+        &["up", proj, "--image", "busybox", "--name", "wa"],
+    );
+    assert!(up.contains("installing dotfiles from"), "{up}");
+    assert!(up.contains("dotfiles: install ran"), "{up}");
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &["exec", "wa", "--", "cat", "/root/.installed"]
+        ),
+        "seen-by-install\n"
+    );
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &["exec", "wa", "--", "cat", "/root/dotfiles/.bashrc"]
+        ),
+        "# not linked: install.sh decides\n"
+    );
+    // A clone, owned by root inside (the workspace's user), history included.
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &[
+                "exec",
+                "wa",
+                "--",
+                "stat",
+                "-c",
+                "%u %a",
+                "/root/dotfiles/install.sh",
+                "/root/dotfiles/.git"
+            ]
+        ),
+        "0 755\n0 755\n"
+    );
+    let logs = remote_ok(&url, &alice, &["logs", "wa"]);
+    assert!(logs.contains("dotfiles: install ran"), "{logs}");
+    assert!(logs.contains("running ~/dotfiles/install.sh"), "{logs}");
+
+    // Without a script, its dotfiles (not .git) are linked into the home directory.
+    remote_ok(&url, &alice, &["user", "dotfiles", plain.to_str().unwrap()]);
+    remote_ok(
+        &url,
+        &alice,
+        &["up", proj, "--image", "busybox", "--name", "wa2"],
+    );
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &[
+                "exec",
+                "wa2",
+                "--",
+                "sh",
+                "-c",
+                "readlink /root/.vimrc; readlink /root/.profile-extra"
+            ]
+        ),
+        "/root/dotfiles/.vimrc\n/root/dotfiles/.profile-extra\n"
+    );
+    assert_eq!(
+        remote_ok(&url, &alice, &["exec", "wa2", "--", "cat", "/root/.vimrc"]),
+        "set nocompatible\n"
+    );
+    assert!(
+        remote(
+            &url,
+            &alice,
+            &["exec", "wa2", "--", "test", "-e", "/root/.git"]
+        )
+        .status
+        .code()
+            == Some(1)
+    );
+    // The earlier workspace is left alone.
+    assert_eq!(
+        remote(
+            &url,
+            &alice,
+            &["exec", "wa", "--", "test", "-e", "/root/.vimrc"]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+
+    // A failing install warns; the workspace is up and running.
+    remote_ok(
+        &url,
+        &alice,
+        &["user", "dotfiles", failing.to_str().unwrap()],
+    );
+    let text = up_text(
+        &url,
+        &alice,
+        &["up", proj, "--image", "busybox", "--name", "wa3"],
+    );
+    assert!(text.contains("dotfiles: about to fail"), "{text}");
+    assert!(
+        text.contains("warning: dotfiles not installed: exit code 3: running ~/dotfiles/setup.sh / about to fail"),
+        "{text}"
+    );
+    let logs = remote_ok(&url, &alice, &["logs", "wa3"]);
+    assert!(
+        logs.contains("warning: dotfiles not installed: exit code 3"),
+        "{logs}"
+    );
+    let ws: serde_json::Value =
+        serde_json::from_str(&http(&url, "GET", "/v1/workspaces/wa3", Some(&alice), None, false).1)
+            .unwrap();
+    assert_eq!(ws["state"], "running", "{ws}");
+    // It is not retried at the next start.
+    remote_ok(&url, &alice, &["stop", "wa3"]);
+    remote_ok(&url, &alice, &["start", "wa3"]);
+    let logs = remote_ok(&url, &alice, &["logs", "wa3"]);
+    assert_eq!(logs.matches("about to fail").count(), 2, "{logs}");
+
+    // Bob has none: his workspace gets none. Unset stops them for Alice's next ones.
+    remote_ok(
+        &url,
+        &bob,
+        &["up", proj, "--image", "busybox", "--name", "wb"],
+    );
+    assert_eq!(
+        remote(
+            &url,
+            &bob,
+            &["exec", "wb", "--", "test", "-e", "/root/dotfiles"]
+        )
+        .status
+        .code(),
+        Some(1)
+    );
+    assert_eq!(
+        remote_ok(&url, &alice, &["user", "dotfiles", "--unset"]),
+        "dotfiles: none\n"
+    );
 }

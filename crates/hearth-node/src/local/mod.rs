@@ -359,6 +359,19 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn dotfiles_archive(
+        &self,
+        spec: &WorkspaceSpec,
+        url: &str,
+    ) -> Result<Vec<u8>, NodeError> {
+        let (id, uid, url) = (spec.id.clone(), spec.uid_base(), url.to_string());
+        self.blocking(move |i| {
+            let p = i.paths(&id);
+            crate::clone::dotfiles_archive(&url, uid, &i.gitconfig, &p.disk)
+        })
+        .await
+    }
+
     async fn check_pull(
         &self,
         reference: &str,

@@ -137,12 +137,15 @@ impl Store {
                 return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
             }
         }
-        // Their SSH keys go with them (ssh_keys.rs), or a key would outlive its user.
-        sqlx::query("DELETE FROM ssh_keys WHERE user_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::Users)?;
+        // Their SSH keys (ssh_keys.rs) and secrets go with them, or they would outlive
+        // their user (and a later user of the same name would get them).
+        for table in ["ssh_keys", "secrets"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_name = $1"))
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Users)?;
+        }
         sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

@@ -35,7 +35,7 @@ pub struct Devcontainer {
 impl Devcontainer {
     /// `containerEnv` then `remoteEnv` (an unset `remoteEnv` entry drops the variable), as
     /// every session and lifecycle command gets them under what the request sets.
-    fn env(&self) -> Vec<(String, String)> {
+    pub(super) fn env(&self) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = self.config.container_env.clone();
         for (k, v) in &self.config.remote_env {
             match v {
@@ -208,7 +208,7 @@ impl Manager {
         attach: bool,
     ) -> Result<(), ApiError> {
         let Some((dc, done)) = self.devcontainer(spec).await? else {
-            return Ok(());
+            return self.install_dotfiles(spec, None, progress).await;
         };
         let dc = self.container_env_pass(spec, dc).await?;
         let mut steps: Vec<LifecycleStep> = CREATE_STEPS
@@ -220,6 +220,11 @@ impl Manager {
             steps.push(LifecycleStep::PostAttach);
         }
         for step in steps {
+            if step == LifecycleStep::PostStart {
+                // The owner's dotfiles, once: after the create-time steps, as the
+                // reference CLI does.
+                self.install_dotfiles(spec, Some(&dc), progress).await?;
+            }
             if let Some(cmd) = dc.config.lifecycle.get(step) {
                 self.run_step(spec, &dc, step, cmd, progress).await?;
             }
@@ -291,9 +296,10 @@ impl Manager {
         progress: Option<&Progress>,
     ) -> Result<(), ApiError> {
         let prop = step.property();
+        let env = super::secrets::overlay(dc.env(), self.secrets_for(spec).await?);
         let request = |argv: Vec<String>| ExecRequest {
             argv,
-            env: dc.env(),
+            env: env.clone(),
             cwd: Some(dc.workspace_folder.clone()),
             user: dc.config.exec_user().map(str::to_string),
             tty: false,
@@ -346,6 +352,20 @@ impl Manager {
         progress: Option<&Progress>,
         label: &str,
     ) -> Result<(i32, Vec<String>), ApiError> {
+        self.run_capture_input(spec, req, progress, label, &[])
+            .await
+    }
+
+    /// [`Manager::run_capture`] with `input` on the command's stdin (then end of file),
+    /// written while its output is read.
+    pub(super) async fn run_capture_input(
+        &self,
+        spec: &WorkspaceSpec,
+        req: ExecRequest,
+        progress: Option<&Progress>,
+        label: &str,
+        input: &[u8],
+    ) -> Result<(i32, Vec<String>), ApiError> {
         let argv0 = req.argv.first().cloned().unwrap_or_default();
         let session = self
             .node
@@ -353,35 +373,58 @@ impl Manager {
             .await
             .map_err(|e| node_err("exec", &spec.name, e))?;
         let (mut w, mut r) = session.split();
-        let _ = w.close_stdin().await;
-        let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-        let mut tail: std::collections::VecDeque<String> = Default::default();
-        let mut all = Vec::new();
-        loop {
-            let ev = r.next_event().await.map_err(|e| {
-                ApiError::conflict(format!("{label} ({argv0}) did not finish: {e}"))
-            })?;
-            let (i, data) = match ev {
-                hearth_proto::Event::Stdout(d) => (0, d),
-                hearth_proto::Event::Stderr(d) => (1, d),
-                hearth_proto::Event::Exit(code) => {
-                    for buf in &mut partial {
-                        if !buf.is_empty() {
-                            let line = clean(buf);
-                            buf.clear();
-                            self.line(spec, progress, label, &line, &mut tail, &mut all)
-                                .await;
-                        }
-                    }
-                    return Ok((code, if label.is_empty() { all } else { tail.into() }));
+        let feed = async move {
+            for chunk in input.chunks(64 << 10) {
+                // The command may exit without reading it all; its exit code says why.
+                if w.write_stdin(chunk).await.is_err() {
+                    break;
                 }
-            };
-            partial[i].extend_from_slice(&data);
-            while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = partial[i].drain(..=nl).collect();
-                let line = clean(&line[..line.len() - 1]);
-                self.line(spec, progress, label, &line, &mut tail, &mut all)
-                    .await;
+            }
+            let _ = w.close_stdin().await;
+        };
+        let read = async {
+            let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            let mut tail: std::collections::VecDeque<String> = Default::default();
+            let mut all = Vec::new();
+            loop {
+                let ev = r.next_event().await.map_err(|e| {
+                    ApiError::conflict(format!("{label} ({argv0}) did not finish: {e}"))
+                })?;
+                let (i, data) = match ev {
+                    hearth_proto::Event::Stdout(d) => (0, d),
+                    hearth_proto::Event::Stderr(d) => (1, d),
+                    hearth_proto::Event::Exit(code) => {
+                        for buf in &mut partial {
+                            if !buf.is_empty() {
+                                let line = clean(buf);
+                                buf.clear();
+                                self.line(spec, progress, label, &line, &mut tail, &mut all)
+                                    .await;
+                            }
+                        }
+                        return Ok::<_, ApiError>((
+                            code,
+                            if label.is_empty() { all } else { tail.into() },
+                        ));
+                    }
+                };
+                partial[i].extend_from_slice(&data);
+                while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial[i].drain(..=nl).collect();
+                    let line = clean(&line[..line.len() - 1]);
+                    self.line(spec, progress, label, &line, &mut tail, &mut all)
+                        .await;
+                }
+            }
+        };
+        // Output decides the end: a command that exits without reading all its input
+        // leaves the rest unwritten.
+        let (mut feed, mut read) = (std::pin::pin!(feed), std::pin::pin!(read));
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                () = &mut feed, if !fed => fed = true,
+                res = &mut read => break res,
             }
         }
     }
@@ -410,7 +453,7 @@ impl Manager {
     }
 
     /// A line for `hearth up`'s progress (when streaming) and the console log.
-    async fn note(&self, spec: &WorkspaceSpec, progress: Option<&Progress>, line: &str) {
+    pub(super) async fn note(&self, spec: &WorkspaceSpec, progress: Option<&Progress>, line: &str) {
         if let Some(p) = progress {
             say(p, line);
         }

@@ -308,6 +308,29 @@ pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
     repo
 }
 
+/// A git repository `parent/name` with `files` (path, text) committed.
+pub fn repo_with(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let repo = git_repo(parent, name);
+    for (path, text) in files {
+        let p = repo.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "devcontainer"]);
+    repo
+}
+
 /// The host uid that root inside maps to (second field of uid_map's first line).
 pub fn uid_base(uid_map: &str) -> u64 {
     uid_map
