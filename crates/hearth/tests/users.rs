@@ -85,16 +85,9 @@ fn http(
 }
 
 /// `hearth` as a user on another machine: only HEARTH_URL and HEARTH_TOKEN, and a data
-/// dir that does not exist.
+/// dir that does not exist; stdin is empty.
 fn remote(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(HEARTH)
-        .args(args)
-        .env("HEARTH_DATA_DIR", "/nonexistent/hearth-data-dir")
-        .env("HEARTH_URL", url)
-        .env("HEARTH_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hearth")
+    remote_input(url, token, args, "")
 }
 
 /// [`remote`] with `input` on stdin.
@@ -109,12 +102,9 @@ fn remote_input(url: &str, token: &str, args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run hearth");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     child.wait_with_output().unwrap()
 }
 
@@ -518,13 +508,19 @@ fn printenv(url: &str, token: &str, ws: &str, key: &str) -> Option<String> {
     (value != "<unset>").then(|| value.to_string())
 }
 
-#[test]
-fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
+/// A server with busybox loaded, its URL and the tokens of users alice and bob.
+fn busybox_and_two_users() -> (TestServer, String, String, String) {
     let s = TestServer::start();
     s.load_busybox();
     let url = base_url(&s);
     let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
     let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    (s, url, alice, bob)
+}
+
+#[test]
+fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
+    let (s, url, alice, bob) = busybox_and_two_users();
     let src = tempfile::tempdir().unwrap();
     // A lifecycle command sees the secrets too (it writes one where we can look).
     let proj = repo_with(
@@ -691,11 +687,7 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
 
 #[test]
 fn dotfiles_are_installed_or_linked_in_new_workspaces() {
-    let s = TestServer::start();
-    s.load_busybox();
-    let url = base_url(&s);
-    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
-    let bob = s.ok(&["user", "add", "bob"]).trim().to_string();
+    let (s, url, alice, bob) = busybox_and_two_users();
     let src = tempfile::tempdir().unwrap();
     let proj = git_repo(src.path(), "proj");
     let proj = proj.to_str().unwrap();
