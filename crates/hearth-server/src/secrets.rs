@@ -459,7 +459,9 @@ pub(crate) async fn set_secret(
 
 /// Removes one of the caller's secrets (the one of `repo` when given).
 #[utoipa::path(delete, path = "/v1/secrets/{key}", params(SecretKeyPath, SecretRepoQuery),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204),
+        (status = 400, description = "the name or repository can never be a secret's", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub(crate) async fn remove_secret(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
