@@ -687,7 +687,7 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
 
 #[test]
 fn dotfiles_are_installed_or_linked_in_new_workspaces() {
-    let (s, url, alice, bob) = busybox_and_two_users();
+    let (_server, url, alice, bob) = busybox_and_two_users();
     let src = tempfile::tempdir().unwrap();
     let proj = git_repo(src.path(), "proj");
     let proj = proj.to_str().unwrap();
