@@ -321,6 +321,17 @@ fn keys_exec_pty_env_and_refusals() {
     // Env requests.
     let out = sh(&mut c.ssh(&ws, &["-o", "SetEnv=HEARTH_T=hello", "echo $HEARTH_T"]));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n", "{out:?}");
+    // The owner's secrets are in SSH sessions too, under what the client sets.
+    let set = srv.hearth_stdin(&["secret", "set", "SSH_SECRET"], b"from-secret\n");
+    assert!(set.status.success(), "{set:?}");
+    let out = sh(&mut c.ssh(&ws, &["echo $SSH_SECRET"]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-secret\n",
+        "{out:?}"
+    );
+    let out = sh(&mut c.ssh(&ws, &["-o", "SetEnv=SSH_SECRET=mine", "echo $SSH_SECRET"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mine\n", "{out:?}");
 
     // A PTY of the client's size, then a window change, then the shell's exit status.
     let mut cmd = c.ssh(&ws, &["-tt"]);

@@ -703,6 +703,12 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
             (".bashrc", "# not linked: install.sh decides\n"),
         ],
     );
+    // A link to a file of the server's host stays a link: inside it points into the
+    // workspace, where that file does not exist. (Made before the commit repo_with does.)
+    let host_file = src.path().join("host-only-file");
+    std::fs::write(&host_file, "host secret\n").unwrap();
+    std::fs::create_dir(src.path().join("plain-dots")).unwrap();
+    std::os::unix::fs::symlink(&host_file, src.path().join("plain-dots/.hostlink")).unwrap();
     let plain = repo_with(
         src.path(),
         "plain-dots",
@@ -814,6 +820,22 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         remote_ok(&url, &alice, &["exec", "wa2", "--", "cat", "/root/.vimrc"]),
         "set nocompatible\n"
     );
+    let host_path = host_file.to_str().unwrap();
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &["exec", "wa2", "--", "readlink", "/root/dotfiles/.hostlink"]
+        ),
+        format!("{host_path}\n")
+    );
+    let out = remote(
+        &url,
+        &alice,
+        &["exec", "wa2", "--", "cat", "/root/.hostlink"],
+    );
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("host secret"));
     assert!(
         remote(
             &url,
