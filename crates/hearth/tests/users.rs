@@ -576,6 +576,8 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
         printenv(&url, &alice, "wa2", "ONLY_ALICE").as_deref(),
         Some("a b  c")
     );
+    let env = remote_ok(&url, &alice, &["exec", "wa2", "--", "env"]);
+    assert!(env.lines().any(|l| l == "ONLY_ALICE=a b  c"), "{env}");
     assert_eq!(
         remote_ok(
             &url,
@@ -687,7 +689,7 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
 
 #[test]
 fn dotfiles_are_installed_or_linked_in_new_workspaces() {
-    let (_server, url, alice, bob) = busybox_and_two_users();
+    let (s, url, alice, bob) = busybox_and_two_users();
     let src = tempfile::tempdir().unwrap();
     let proj = git_repo(src.path(), "proj");
     let proj = proj.to_str().unwrap();
@@ -856,6 +858,47 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         .status
         .code(),
         Some(1)
+    );
+
+    // The workspace's user is devcontainer.json's remoteUser: a non-root one gets them
+    // in its own home, owned by it (the busybox test image has user dev, uid 1000).
+    let image = std::env::var("HEARTH_TEST_BUSYBOX").expect(
+        "HEARTH_TEST_BUSYBOX must name the busybox test image with user dev \
+         (scripts/test.sh builds it)",
+    );
+    s.ok(&["image", "load", &image, "--name", "busybox-dev"]);
+    let devproj = repo_with(
+        src.path(),
+        "devproj",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "busybox-dev", "remoteUser": "dev"}"#,
+        )],
+    );
+    remote_ok(
+        &url,
+        &alice,
+        &["user", "dotfiles", with_script.to_str().unwrap()],
+    );
+    remote_ok(
+        &url,
+        &alice,
+        &["up", devproj.to_str().unwrap(), "--name", "wdev"],
+    );
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &[
+                "exec",
+                "wdev",
+                "--",
+                "sh",
+                "-c",
+                "stat -c %u /home/dev/dotfiles/install.sh /home/dev/.installed; cat /home/dev/.installed"
+            ]
+        ),
+        "1000\n1000\nseen-by-install\n"
     );
 
     // A failing install warns; the workspace is up and running.
