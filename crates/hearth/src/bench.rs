@@ -16,7 +16,7 @@ mod access;
 mod cpu;
 mod scale;
 pub use access::{run as run_access, AccessArgs};
-pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode};
+pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode, Scenario as CpuScenario};
 pub use scale::{run as run_scale, ScaleArgs};
 
 pub struct BenchArgs {

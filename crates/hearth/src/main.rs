@@ -272,6 +272,9 @@ enum BenchCmd {
             default_value = "off,static,gitpod,hearth"
         )]
         modes: Vec<String>,
+        /// Scenarios to run (default all): burst, hog, forkbomb, membomb, inside, fairness.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
         /// Shorter loads and fairness run (a smoke run; the numbers are rougher).
         #[arg(long)]
         quick: bool,
@@ -664,6 +667,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(BenchCmd::Cpu {
                     image,
                     modes,
+                    scenarios,
                     quick,
                     loop_cost,
                     runtime,
@@ -682,6 +686,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 modes: modes
                     .iter()
                     .map(|m| bench::CpuMode::parse(m))
+                    .collect::<anyhow::Result<_>>()?,
+                scenarios: scenarios
+                    .iter()
+                    .map(|s| bench::CpuScenario::parse(s))
                     .collect::<anyhow::Result<_>>()?,
                 quick: *quick,
                 loop_cost: *loop_cost,
@@ -756,6 +764,8 @@ mod tests {
             "--modes",
             "off,hearth",
             "--quick",
+            "--scenarios",
+            "fairness,membomb",
         ])
         .unwrap();
         let Cmd::Bench {
@@ -763,6 +773,7 @@ mod tests {
                 Some(BenchCmd::Cpu {
                     image,
                     modes,
+                    scenarios,
                     quick,
                     ..
                 }),
@@ -773,6 +784,14 @@ mod tests {
         };
         assert_eq!(image, PathBuf::from("bb.tar"));
         assert_eq!(modes, vec!["off", "hearth"]);
+        assert_eq!(
+            scenarios
+                .iter()
+                .map(|s| bench::CpuScenario::parse(s).unwrap())
+                .collect::<Vec<_>>(),
+            [bench::CpuScenario::Fairness, bench::CpuScenario::MemBomb]
+        );
+        assert!(bench::CpuScenario::parse("bombs").is_err());
         assert!(quick);
         // The plain bench still parses its own flags.
         let cli = Cli::try_parse_from(["hearth", "bench", "--image", "bb.tar", "--runs", "3"]);

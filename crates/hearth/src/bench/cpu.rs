@@ -81,11 +81,62 @@ impl Mode {
     }
 }
 
+/// The parts of the script; `--scenarios` runs a subset (all by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Burst from idle, alone and after B hogged.
+    Burst,
+    /// A's probe while B runs a 2-thread hog (with the quiet probe as its baseline).
+    Hog,
+    /// ... while B runs a fork bomb.
+    ForkBomb,
+    /// ... while B runs a memory bomb.
+    MemBomb,
+    /// The probe from a tty in A beside A's own build.
+    Inside,
+    /// Two hogs of equal class.
+    Fairness,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Burst,
+        Scenario::Hog,
+        Scenario::ForkBomb,
+        Scenario::MemBomb,
+        Scenario::Inside,
+        Scenario::Fairness,
+    ];
+
+    pub fn parse(s: &str) -> Result<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .with_context(|| {
+                let names: Vec<_> = Scenario::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown CPU bench scenario {s:?}: use {}", names.join(", "))
+            })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Burst => "burst",
+            Scenario::Hog => "hog",
+            Scenario::ForkBomb => "forkbomb",
+            Scenario::MemBomb => "membomb",
+            Scenario::Inside => "inside",
+            Scenario::Fairness => "fairness",
+        }
+    }
+}
+
 pub struct CpuArgs {
     pub image: PathBuf,
     pub agent: PathBuf,
     pub runtime: Option<String>,
     pub modes: Vec<Mode>,
+    /// What to run (every scenario when empty).
+    pub scenarios: Vec<Scenario>,
     /// Shorter loads and fairness run, for a smoke run.
     pub quick: bool,
     /// Also measure the controller's own cost with this many idle workspaces.
@@ -129,30 +180,32 @@ impl Durations {
     }
 }
 
-/// What one mode measured.
+/// What one mode measured; `None` for a scenario not run.
 #[derive(Default)]
 struct Outcome {
-    burst_alone: (f64, f64),
-    burst_hogged: (f64, f64),
-    quiet: Series,
-    hog: Series,
-    fork: Series,
-    mem: Series,
-    quiet_tty: Series,
-    build: Series,
-    /// Seconds after B joined until the shares converged; `None`: never in the run.
-    converged: Option<f64>,
-    jain: f64,
+    burst_alone: Option<(f64, f64)>,
+    burst_hogged: Option<(f64, f64)>,
+    quiet: Option<Series>,
+    hog: Option<Series>,
+    fork: Option<Series>,
+    mem: Option<Series>,
+    quiet_tty: Option<Series>,
+    build: Option<Series>,
+    fairness: Option<Fairness>,
     load_before: String,
     load_after: String,
     /// The controller's CPU over the mode's run, % of one core; `None` without one.
     ctl_cost: Option<f64>,
 }
 
-impl Default for Series {
-    fn default() -> Self {
-        Series::new("", None)
-    }
+/// Two hogs of equal class, B joining A late.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fairness {
+    /// Seconds after B joined from which every 5 s average of the shares is within
+    /// 0.45..0.55; `None`: not in the run.
+    converged: Option<f64>,
+    /// Jain's index of the two totals over the run.
+    jain: f64,
 }
 
 pub async fn run(args: CpuArgs) -> Result<()> {
@@ -165,7 +218,8 @@ pub async fn run(args: CpuArgs) -> Result<()> {
         eprintln!("== mode {}", mode.name());
         results.push((mode, one_mode(mode, &args, &d).await?));
     }
-    print_table(&args, &d, &results);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    print!("{}", table(args.quick, &d, cores, &results));
     if let Some(n) = args.loop_cost {
         loop_cost(&args, n).await?;
     }
@@ -188,11 +242,20 @@ async fn one_mode(mode: Mode, args: &CpuArgs, d: &Durations) -> Result<Outcome> 
     res.with_context(|| format!("cpu bench, mode {}", mode.name()))
 }
 
+/// The 1, 5 and 15 min load averages as one cell (`0.52/0.30/0.21`): joined with spaces
+/// they read as three columns of the table.
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg_cell(&text)
+}
+
+fn loadavg_cell(proc_loadavg: &str) -> String {
+    let v: Vec<&str> = proc_loadavg.split_whitespace().take(3).collect();
+    if v.len() == 3 {
+        v.join("/")
+    } else {
+        "?".into()
+    }
 }
 
 async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) -> Result<Outcome> {
@@ -233,23 +296,36 @@ async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) 
         ..Default::default()
     };
     let cost = ControllerCost::start(node);
+    let runs = |c: Scenario| args.scenarios.is_empty() || args.scenarios.contains(&c);
 
-    eprintln!("burst from idle, quiet node...");
-    tokio::time::sleep(IDLE_BEFORE_BURST).await;
-    o.burst_alone = burst(node, &a).await?;
+    if runs(Scenario::Burst) {
+        eprintln!("burst from idle, quiet node...");
+        tokio::time::sleep(IDLE_BEFORE_BURST).await;
+        o.burst_alone = Some(burst(node, &a).await?);
+    }
 
-    eprintln!("probe in A, B quiet...");
-    o.quiet = probe(node, &a, false).await?;
     let spin_forever = format!("exec {AGENT} spin --threads {THREADS} --ms 0");
     let bombs = [
-        ("2-thread hog", spin_forever.clone()),
-        ("fork bomb", "b() { while :; do b & done; }; b".to_string()),
+        (Scenario::Hog, "2-thread hog", spin_forever.clone()),
         (
+            Scenario::ForkBomb,
+            "fork bomb",
+            "b() { while :; do b & done; }; b".to_string(),
+        ),
+        (
+            Scenario::MemBomb,
             "memory bomb",
             format!("for i in 1 2; do (while :; do {AGENT} membomb --mb 2048; done) & done; wait"),
         ),
     ];
-    for (what, script) in bombs {
+    if bombs.iter().any(|(c, ..)| runs(*c)) {
+        eprintln!("probe in A, B quiet...");
+        o.quiet = Some(probe(node, &a, false).await?);
+    }
+    for (scenario, what, script) in bombs {
+        if !runs(scenario) {
+            continue;
+        }
         eprintln!(
             "probe in A while B runs a {what} ({} s ahead)...",
             d.lead.as_secs()
@@ -261,49 +337,53 @@ async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) 
         // A fresh B for the next load (and the only sure end of a fork bomb).
         node.stop(&b).await?;
         node.start(&b).await?;
-        let p = p?;
-        match what {
-            "2-thread hog" => o.hog = p,
-            "fork bomb" => o.fork = p,
+        let p = Some(p?);
+        match scenario {
+            Scenario::Hog => o.hog = p,
+            Scenario::ForkBomb => o.fork = p,
             _ => o.mem = p,
         }
     }
 
-    eprintln!(
-        "burst from idle after B has spun on both cores for {} s...",
-        d.hog_before_burst.as_secs()
-    );
-    let load = Load::start(node, &b, &spin_forever).await?;
-    tokio::time::sleep(d.hog_before_burst).await;
-    let r = burst(node, &a).await;
-    load.stop().await;
-    o.burst_hogged = r?;
-
-    eprintln!("probe from a tty in A, quiet...");
-    o.quiet_tty = probe(node, &a, true).await?;
-    eprintln!("probe from a tty in A while A runs a 2-lane build of `cc1`s...");
-    let build = format!(
-        "cp {AGENT} /tmp/cc1 && for lane in 1 2; do \
-         (while :; do /tmp/cc1 spin --threads 1 --ms 200 >/dev/null; done) & done; wait"
-    );
-    let load = Load::start(node, &a, &build).await?;
-    tokio::time::sleep(d.build_lead).await;
-    let p = probe(node, &a, true).await;
-    load.stop().await;
-    o.build = p?;
-
-    eprintln!(
-        "fairness: A spins, B joins {} s later, {} s measured...",
-        d.fair_lag.as_secs(),
-        d.fair_run.as_secs()
-    );
-    for s in [&a, &b] {
-        node.stop(s).await?;
-        node.start(s).await?;
+    if runs(Scenario::Burst) {
+        eprintln!(
+            "burst from idle after B has spun on both cores for {} s...",
+            d.hog_before_burst.as_secs()
+        );
+        let load = Load::start(node, &b, &spin_forever).await?;
+        tokio::time::sleep(d.hog_before_burst).await;
+        let r = burst(node, &a).await;
+        load.stop().await;
+        o.burst_hogged = Some(r?);
     }
-    let (conv, jain) = fairness(node, &a, &b, d).await?;
-    o.converged = conv;
-    o.jain = jain;
+
+    if runs(Scenario::Inside) {
+        eprintln!("probe from a tty in A, quiet...");
+        o.quiet_tty = Some(probe(node, &a, true).await?);
+        eprintln!("probe from a tty in A while A runs a 2-lane build of `cc1`s...");
+        let build = format!(
+            "cp {AGENT} /tmp/cc1 && for lane in 1 2; do \
+             (while :; do /tmp/cc1 spin --threads 1 --ms 200 >/dev/null; done) & done; wait"
+        );
+        let load = Load::start(node, &a, &build).await?;
+        tokio::time::sleep(d.build_lead).await;
+        let p = probe(node, &a, true).await;
+        load.stop().await;
+        o.build = Some(p?);
+    }
+
+    if runs(Scenario::Fairness) {
+        eprintln!(
+            "fairness: A spins, B joins {} s later, {} s measured...",
+            d.fair_lag.as_secs(),
+            d.fair_run.as_secs()
+        );
+        for s in [&a, &b] {
+            node.stop(s).await?;
+            node.start(s).await?;
+        }
+        o.fairness = Some(fairness(node, &a, &b, d).await?);
+    }
     o.load_after = loadavg();
     o.ctl_cost = cost.percent(node);
     Ok(o)
@@ -416,7 +496,7 @@ async fn loop_cost_on(node: &LocalNode, tmp: &Path, args: &CpuArgs, n: usize) ->
     };
     println!(
         "\ncontroller cost at {n} running workspaces ({registered} registered; full busybox \
-         workspaces), % of one core over {} s; target < 1%   load {}",
+         workspaces), % of one core over {} s; target < 1%   load 1/5/15 min {}",
         window.as_secs(),
         loadavg()
     );
@@ -601,7 +681,7 @@ async fn fairness(
     a: &WorkspaceSpec,
     b: &WorkspaceSpec,
     d: &Durations,
-) -> Result<(Option<f64>, f64)> {
+) -> Result<Fairness> {
     // Both spin until killed after the last window: an exec that starts late under load
     // must not leave a short last window that looks unfair.
     let hog = format!("exec {AGENT} spin --threads {THREADS} --ms 0 --every-ms 100");
@@ -639,21 +719,29 @@ fn fairness_windows(sa: &[(f64, f64)], sb: &[(f64, f64)], start: f64, n: usize) 
     w
 }
 
-/// Seconds until both shares stay within 10 % of equal (every later window too), and
-/// Jain's index over the windows' totals.
-fn converged(windows: &[(f64, f64)]) -> (Option<f64>, f64) {
-    let fair = |&(x, y): &(f64, f64)| {
-        let s = x + y;
-        s > 0.0 && (x / s - 0.5).abs() <= 0.05
+/// Windows (1 s each) the shares are averaged over to judge convergence: single 1 s
+/// windows of two SCHED_IDLE groups wander by more than 5 % without either being favoured.
+const FAIR_AVG_WINDOWS: usize = 5;
+
+/// When the shares converged: the first 1 s window from which every later
+/// [`FAIR_AVG_WINDOWS`]-window average of A's share is within 0.45..0.55 (A's and B's
+/// CPU summed over the span, so a quiet second weighs less). `None` if that never
+/// holds or the run is shorter than one average. Also Jain's index over the totals.
+fn converged(windows: &[(f64, f64)]) -> Fairness {
+    let fair = |span: &[(f64, f64)]| {
+        let (x, y) = span
+            .iter()
+            .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+        x + y > 0.0 && (x / (x + y) - 0.5).abs() <= 0.05
     };
-    let mut first = None;
-    for k in (0..windows.len()).rev() {
-        if fair(&windows[k]) {
-            first = Some(k);
-        } else {
-            break;
-        }
-    }
+    let spans: Vec<bool> = windows.windows(FAIR_AVG_WINDOWS).map(fair).collect();
+    let unfair_after = spans.iter().rposition(|&f| !f);
+    let converged = match unfair_after {
+        _ if spans.is_empty() => None,
+        None => Some(0.0),
+        Some(k) if k + 1 < spans.len() => Some((k + 1) as f64),
+        Some(_) => None,
+    };
     let (ta, tb) = windows
         .iter()
         .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
@@ -662,18 +750,19 @@ fn converged(windows: &[(f64, f64)]) -> (Option<f64>, f64) {
     } else {
         f64::NAN
     };
-    (first.map(|k| k as f64), jain)
+    Fairness { converged, jain }
 }
 
-fn print_table(args: &CpuArgs, d: &Durations, results: &[(Mode, Outcome)]) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// The results table: a column per mode, the target last; rows of scenarios not run
+/// are left out, a cell of a scenario a mode did not run reads `-`.
+fn table(quick: bool, d: &Durations, cores: usize, results: &[(Mode, Outcome)]) -> String {
     let node_ms = |ms: f64| cores.min(THREADS) as f64 * ms;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "\nhearth bench cpu{}   {cores} cores   probe: {PROBE_ITERATIONS} x (sleep 10 ms, 1 ms CPU), \
          ms from intended wake-up to done   B's load runs {} s before the probe",
-        if args.quick { " --quick" } else { "" },
+        if quick { " --quick" } else { "" },
         d.lead.as_secs()
     );
     let w = 17;
@@ -682,127 +771,155 @@ fn print_table(args: &CpuArgs, d: &Durations, results: &[(Mode, Outcome)]) {
         let _ = write!(out, " {:>w$}", m.name());
     }
     let _ = writeln!(out, "  target");
-    let row = |out: &mut String, name: &str, cells: Vec<String>, target: &str| {
-        let _ = write!(out, "{name:<40}");
-        for c in cells {
-            let _ = write!(out, " {c:>w$}");
-        }
-        let _ = writeln!(out, "  {target}");
-    };
+    // One row: `cell` of every mode, unless no mode has one.
+    let row =
+        |out: &mut String, name: &str, cell: &dyn Fn(&Outcome) -> Option<String>, target: &str| {
+            let cells: Vec<Option<String>> = results.iter().map(|(_, o)| cell(o)).collect();
+            if cells.iter().all(Option::is_none) {
+                return;
+            }
+            let _ = write!(out, "{name:<40}");
+            for c in cells {
+                let _ = write!(out, " {:>w$}", c.as_deref().unwrap_or("-"));
+            }
+            let _ = writeln!(out, "  {target}");
+        };
     let ok = |pass: bool| if pass { "ok" } else { "MISS" };
     let burst_row =
-        |out: &mut String, name: &str, f: &dyn Fn(&Outcome) -> f64, want: f64, pct: u32| {
-            let cells = results
-                .iter()
-                .map(|(_, o)| format!("{:.0} {}", f(o), ok(f(o) >= want)))
-                .collect();
+        |out: &mut String, name: &str, f: &dyn Fn(&Outcome) -> Option<f64>, want: f64, pct: u32| {
             row(
                 out,
                 name,
-                cells,
+                &|o| f(o).map(|v| format!("{v:.0} {}", ok(v >= want))),
                 &format!(">= {want:.0} ({pct}% of {cores}x100 ms)"),
             );
         };
-    let info_row = |out: &mut String, name: &str, f: &dyn Fn(&Outcome) -> String| {
-        row(out, name, results.iter().map(|(_, o)| f(o)).collect(), "");
-    };
     burst_row(
         &mut out,
         "burst alone: CPU-ms in first 100 ms",
-        &|o| o.burst_alone.0,
+        &|o| o.burst_alone.map(|b| b.0),
         0.9 * node_ms(100.0),
         90,
     );
-    info_row(&mut out, "burst alone: CPU-ms in first 500 ms", &|o| {
-        format!("{:.0}", o.burst_alone.1)
-    });
+    row(
+        &mut out,
+        "burst alone: CPU-ms in first 500 ms",
+        &|o| o.burst_alone.map(|b| format!("{:.0}", b.1)),
+        "",
+    );
+    let hogged = d.hog_before_burst.as_secs();
     burst_row(
         &mut out,
-        &format!(
-            "burst, B hogged {} s: first 100 ms",
-            d.hog_before_burst.as_secs()
-        ),
-        &|o| o.burst_hogged.0,
+        &format!("burst, B hogged {hogged} s: first 100 ms"),
+        &|o| o.burst_hogged.map(|b| b.0),
         0.75 * node_ms(100.0),
         75,
     );
-    info_row(
+    row(
         &mut out,
-        &format!(
-            "burst, B hogged {} s: first 500 ms",
-            d.hog_before_burst.as_secs()
-        ),
-        &|o| format!("{:.0}", o.burst_hogged.1),
+        &format!("burst, B hogged {hogged} s: first 500 ms"),
+        &|o| o.burst_hogged.map(|b| format!("{:.0}", b.1)),
+        "",
     );
     let pp = |s: &Series| format!("{:.2}/{:.2}", s.pct(50.0), s.pct(99.0));
     let probe_row = |out: &mut String,
                      name: &str,
-                     f: &dyn Fn(&Outcome) -> &Series,
-                     base: &dyn Fn(&Outcome) -> &Series| {
-        let cells = results
-            .iter()
-            .map(|(_, o)| {
-                let (s, b) = (f(o), base(o));
-                format!("{} {}", pp(s), ok(s.pct(99.0) <= 1.5 * b.pct(99.0)))
-            })
-            .collect();
-        row(out, name, cells, "p99 <= 1.5x quiet p99");
+                     f: &dyn Fn(&Outcome) -> Option<&Series>,
+                     base: &dyn Fn(&Outcome) -> Option<&Series>| {
+        row(
+            out,
+            name,
+            &|o| {
+                let (s, b) = (f(o)?, base(o)?);
+                Some(format!(
+                    "{} {}",
+                    pp(s),
+                    ok(s.pct(99.0) <= 1.5 * b.pct(99.0))
+                ))
+            },
+            "p99 <= 1.5x quiet p99",
+        );
     };
-    info_row(&mut out, "probe in A, B quiet: p50/p99 ms", &|o| {
-        pp(&o.quiet)
-    });
-    probe_row(&mut out, "  B runs a 2-thread hog", &|o| &o.hog, &|o| {
-        &o.quiet
-    });
-    probe_row(&mut out, "  B runs a fork bomb", &|o| &o.fork, &|o| {
-        &o.quiet
-    });
-    probe_row(&mut out, "  B runs a memory bomb", &|o| &o.mem, &|o| {
-        &o.quiet
-    });
-    info_row(&mut out, "probe in A's tty, A quiet: p50/p99 ms", &|o| {
-        pp(&o.quiet_tty)
-    });
+    row(
+        &mut out,
+        "probe in A, B quiet: p50/p99 ms",
+        &|o| o.quiet.as_ref().map(pp),
+        "",
+    );
+    probe_row(
+        &mut out,
+        "  B runs a 2-thread hog",
+        &|o| o.hog.as_ref(),
+        &|o| o.quiet.as_ref(),
+    );
+    probe_row(
+        &mut out,
+        "  B runs a fork bomb",
+        &|o| o.fork.as_ref(),
+        &|o| o.quiet.as_ref(),
+    );
+    probe_row(
+        &mut out,
+        "  B runs a memory bomb",
+        &|o| o.mem.as_ref(),
+        &|o| o.quiet.as_ref(),
+    );
+    row(
+        &mut out,
+        "probe in A's tty, A quiet: p50/p99 ms",
+        &|o| o.quiet_tty.as_ref().map(pp),
+        "",
+    );
     probe_row(
         &mut out,
         "  A runs a 2-lane cc1 build",
-        &|o| &o.build,
-        &|o| &o.quiet_tty,
+        &|o| o.build.as_ref(),
+        &|o| o.quiet_tty.as_ref(),
     );
-    let cells = results
-        .iter()
-        .map(|(_, o)| match o.converged {
-            Some(s) => format!("{s:.0} s {}", ok(s <= 10.0)),
-            None => "never MISS".into(),
-        })
-        .collect();
     row(
         &mut out,
-        &format!("fairness: shares converge ({} s run)", d.fair_run.as_secs()),
-        cells,
+        &format!(
+            "fairness: converged ({} s run, {FAIR_AVG_WINDOWS} s avg)",
+            d.fair_run.as_secs()
+        ),
+        &|o| {
+            o.fairness.map(|f| match f.converged {
+                Some(s) => format!("{s:.0} s {}", ok(s <= 10.0)),
+                None => "never MISS".into(),
+            })
+        },
         "<= 10 s",
     );
-    info_row(&mut out, "fairness: Jain's index", &|o| {
-        format!("{:.3}", o.jain)
-    });
-    let cells = results
-        .iter()
-        .map(|(_, o)| match o.ctl_cost {
-            Some(p) => format!("{p:.2}% {}", ok(p < 1.0)),
-            None => "-".into(),
-        })
-        .collect();
+    row(
+        &mut out,
+        "fairness: Jain's index",
+        &|o| o.fairness.map(|f| format!("{:.3}", f.jain)),
+        "",
+    );
     row(
         &mut out,
         "controller CPU, % of a core (this run)",
-        cells,
+        &|o| {
+            Some(
+                o.ctl_cost
+                    .map_or("-".into(), |p| format!("{p:.2}% {}", ok(p < 1.0))),
+            )
+        },
         "< 1%",
     );
-    info_row(&mut out, "load average at start", &|o| {
-        o.load_before.clone()
-    });
-    info_row(&mut out, "load average at end", &|o| o.load_after.clone());
-    print!("{out}");
+    row(
+        &mut out,
+        "load average 1/5/15 min at start",
+        &|o| Some(o.load_before.clone()),
+        "",
+    );
+    row(
+        &mut out,
+        "load average 1/5/15 min at end",
+        &|o| Some(o.load_after.clone()),
+        "",
+    );
+    out
 }
 
 #[cfg(test)]
@@ -810,21 +927,104 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_converge_when_they_stay_fair() {
-        let w = [
-            (900.0, 100.0),
-            (600.0, 400.0),
-            (500.0, 500.0),
-            (480.0, 520.0),
-            (510.0, 490.0),
-        ];
-        let (conv, jain) = converged(&w);
-        assert_eq!(conv, Some(2.0));
-        assert!(jain > 0.9 && jain < 1.0, "{jain}");
-        // A fair window followed by an unfair one does not count.
-        let w = [(500.0, 500.0), (900.0, 100.0)];
-        assert_eq!(converged(&w).0, None);
-        assert!((converged(&[(500.0, 500.0)]).1 - 1.0).abs() < 1e-9);
+    fn shares_converge_when_their_5s_average_stays_fair() {
+        let unfair = (900.0, 100.0);
+        let mut w = vec![unfair; 3];
+        w.extend([(500.0, 500.0); 10]);
+        let f = converged(&w);
+        // The first average that is all fair windows starts at window 3.
+        assert_eq!(f.converged, Some(3.0));
+        assert!(f.jain > 0.9 && f.jain < 1.0, "{}", f.jain);
+        // Seconds that wander past 0.45..0.55 either way but even out are fair.
+        let noisy: Vec<_> = (0..12)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (560.0, 440.0)
+                } else {
+                    (440.0, 560.0)
+                }
+            })
+            .collect();
+        assert_eq!(converged(&noisy).converged, Some(0.0));
+        // Fair, then unfair at the end: not converged.
+        let mut w = vec![(500.0, 500.0); 10];
+        w.extend([unfair; 5]);
+        assert_eq!(converged(&w).converged, None);
+        // Shorter than one average: cannot tell.
+        let f = converged(&[(500.0, 500.0); 4]);
+        assert_eq!(f.converged, None);
+        assert!((f.jain - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_table_keeps_its_columns() {
+        let quiet = || {
+            let mut s = Series::new("probe", None);
+            s.samples = vec![Duration::from_micros(1200); 10];
+            s
+        };
+        let full = Outcome {
+            burst_alone: Some((190.0, 960.0)),
+            quiet: Some(quiet()),
+            hog: Some(quiet()),
+            fairness: Some(Fairness {
+                converged: Some(4.0),
+                jain: 0.99,
+            }),
+            load_before: loadavg_cell("10.52 10.30 10.21 3/411 999\n"),
+            load_after: loadavg_cell(""),
+            ctl_cost: Some(0.31),
+            ..Outcome::default()
+        };
+        let off = Outcome {
+            burst_alone: Some((195.0, 980.0)),
+            load_before: "0.10/0.20/0.30".into(),
+            ..Outcome::default()
+        };
+        let results = [(Mode::Hearth, full), (Mode::Off, off)];
+        let text = table(false, &Durations::new(false), 2, &results);
+        let lines: Vec<&str> = text.lines().skip(2).collect();
+        let cells = |line: &str| -> Vec<String> {
+            assert!(line.len() >= 40 + 2 * 18, "{line:?}");
+            assert_eq!(&line[39..40], " ", "the name runs into the cells: {line:?}");
+            (0..2)
+                .map(|k| {
+                    let c = &line[40 + k * 18..40 + (k + 1) * 18];
+                    assert!(c.starts_with(' '), "cell {k} overflows: {line:?}");
+                    c.trim().to_owned()
+                })
+                .collect()
+        };
+        let row = |name: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name:?} in\n{text}"));
+            cells(line)
+        };
+        for line in &lines {
+            cells(line);
+        }
+        assert_eq!(
+            row("burst alone: CPU-ms in first 100 ms"),
+            ["190 ok", "195 ok"]
+        );
+        assert_eq!(row("  B runs a 2-thread hog"), ["1.20/1.20 ok", "-"]);
+        assert_eq!(row("fairness: converged"), ["4 s ok", "-"]);
+        assert_eq!(row("controller CPU"), ["0.31% ok", "-"]);
+        assert_eq!(
+            row("load average 1/5/15 min at start"),
+            ["10.52/10.30/10.21", "0.10/0.20/0.30"]
+        );
+        assert_eq!(row("load average 1/5/15 min at end"), ["?", ""]);
+        // Scenarios nobody ran have no rows.
+        for gone in [
+            "  B runs a fork bomb",
+            "burst, B hogged",
+            "probe in A's tty",
+        ] {
+            assert!(!text.contains(gone), "{gone:?} in\n{text}");
+        }
     }
 
     #[test]
