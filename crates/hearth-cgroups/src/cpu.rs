@@ -479,18 +479,20 @@ fn write_existing(path: &Path, value: &str) -> Result<(), CgroupError> {
         .map_err(|source| io_err("write", path, source))
 }
 
+/// Reads the whole file from offset 0 into `buf`, which keeps its length between calls
+/// (no zeroing per read: the loop reads hundreds of files a second).
 fn pread_all<'a>(f: &File, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
-    buf.clear();
-    let mut cap = buf.capacity().max(256);
+    if buf.len() < 256 {
+        buf.resize(buf.capacity().max(256), 0);
+    }
     loop {
-        buf.resize(cap, 0);
         let n = f.read_at(buf, 0)?;
-        if n < cap {
-            buf.truncate(n);
-            return Ok(buf);
+        if n < buf.len() {
+            return Ok(&buf[..n]);
         }
         // Filled the buffer: the file may be longer, read it again whole.
-        cap *= 2;
+        let len = buf.len() * 2;
+        buf.resize(len, 0);
     }
 }
 

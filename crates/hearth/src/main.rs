@@ -265,7 +265,7 @@ enum BenchCmd {
         /// Image to run (busybox is enough; the tools are hidden hearth-agent commands).
         #[arg(long, env = "HEARTH_BENCH_IMAGE")]
         image: PathBuf,
-        /// CPU policies to compare, each on a node of its own.
+        /// CPU policies to compare, each on a node of its own ('' with --loop-cost: none).
         #[arg(
             long,
             value_delimiter = ',',
@@ -685,6 +685,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 runtime: runtime.clone(),
                 modes: modes
                     .iter()
+                    .filter(|m| !m.is_empty())
                     .map(|m| bench::CpuMode::parse(m))
                     .collect::<anyhow::Result<_>>()?,
                 scenarios: scenarios

@@ -280,6 +280,33 @@ impl Policy {
     }
 }
 
+/// Longest time the loop leaves a workspace unsampled: how stale its recent use may be
+/// in `hearth inspect` and `/metrics`.
+pub const MAX_GAP: Duration = Duration::from_secs(1);
+
+impl Policy {
+    /// How long the loop may leave the workspace unsampled without its demotion coming
+    /// later than with a sample every tick: an interactive workspace cannot use up its
+    /// budget faster than with every core busy. A batch one is sampled every tick: a
+    /// sample spanning its last busy ticks and its first quiet ones would not refill for
+    /// the quiet part, so its promotion would come late. Other policies' knobs change only
+    /// with the limits (the loop samples at once then), gitpod's on its own 15 s tick.
+    pub fn sample_gap(&self, st: &WsState) -> Duration {
+        let p = &self.params;
+        let ns = match (self.control, st.class) {
+            (CpuControl::Hearth, CpuClass::Batch) | (CpuControl::Gitpod, _) => 0,
+            (CpuControl::Hearth, _) => {
+                let drain = (u64::from(self.cores) * 1000)
+                    .saturating_sub(p.light_milli)
+                    .max(1);
+                u128::from(st.budget_ns) * 1000 / u128::from(drain)
+            }
+            (CpuControl::Off | CpuControl::Static, _) => u128::MAX,
+        };
+        Duration::from_nanos(ns.min(MAX_GAP.as_nanos()) as u64)
+    }
+}
+
 /// Quota for `milli` thousandths of a core per `period_us` (at least the kernel's 1 ms).
 pub fn quota_us(milli: u64, period_us: u64) -> u64 {
     (milli * period_us / 1000).max(1000)
@@ -459,6 +486,71 @@ mod tests {
         dense.policy.observe(&mut sparse, obs);
         assert_eq!(sparse.class, dense.st.class);
         assert_eq!(sparse.budget_ns, dense.st.budget_ns);
+    }
+
+    /// Runs `ticks` ticks of `milli` CPU (no waiting) but observes only when
+    /// [`Policy::sample_gap`] says so, as the loop does; returns the tick of each class
+    /// change.
+    fn gapped(s: &mut Sim, ticks: u32, milli: u64, changes: &mut Vec<(u32, CpuClass)>) {
+        let mut due = s.now;
+        for _ in 0..ticks {
+            s.now += TICK;
+            s.usage_ns += milli * TICK.as_nanos() as u64 / 1000;
+            if s.now + TICK / 2 < due {
+                continue;
+            }
+            let before = s.st.class;
+            s.knobs = s.policy.observe(
+                &mut s.st,
+                Observation {
+                    at: s.now,
+                    usage_ns: s.usage_ns,
+                    pressure_us: Some(0),
+                    ..Observation::default()
+                },
+            );
+            due = s.now + s.policy.sample_gap(&s.st);
+            if s.st.class != before {
+                let n = (s.now.as_millis() / TICK.as_millis()) as u32;
+                changes.push((n, s.st.class));
+            }
+        }
+    }
+
+    #[test]
+    fn sampling_by_the_gap_changes_class_on_the_same_tick_as_every_tick() {
+        let mut dense = Sim::new(CpuControl::Hearth, LIMITS);
+        let demoted = dense.ticks_until(CpuClass::Batch, 1000, 2000, 0);
+        dense.run(100, 2000, 0);
+        let promoted = dense.ticks_until(CpuClass::Interactive, 1000, 0, 0);
+
+        let mut sparse = Sim::new(CpuControl::Hearth, LIMITS);
+        let mut changes = Vec::new();
+        gapped(&mut sparse, demoted + 100, 2000, &mut changes);
+        gapped(&mut sparse, promoted + 20, 0, &mut changes);
+        assert_eq!(
+            changes,
+            [
+                (demoted, CpuClass::Batch),
+                (demoted + 100 + promoted, CpuClass::Interactive)
+            ]
+        );
+        // Far from a change it is read once a second, close to one every tick, and
+        // every tick while batch.
+        assert_eq!(sparse.policy.sample_gap(&sparse.st), MAX_GAP);
+        sparse.st.budget_ns = 100_000_000;
+        assert_eq!(
+            sparse.policy.sample_gap(&sparse.st),
+            Duration::from_nanos(100_000_000 * 1000 / 1750)
+        );
+        sparse.st.class = CpuClass::Batch;
+        assert_eq!(sparse.policy.sample_gap(&sparse.st), Duration::ZERO);
+        for control in [CpuControl::Off, CpuControl::Static] {
+            let s = Sim::new(control, LIMITS);
+            assert_eq!(s.policy.sample_gap(&s.st), MAX_GAP);
+        }
+        let g = Sim::new(CpuControl::Gitpod, LIMITS);
+        assert_eq!(g.policy.sample_gap(&g.st), Duration::ZERO);
     }
 
     #[test]

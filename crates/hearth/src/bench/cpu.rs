@@ -209,8 +209,8 @@ struct Fairness {
 }
 
 pub async fn run(args: CpuArgs) -> Result<()> {
-    if args.modes.is_empty() {
-        bail!("--modes wants at least one of off, static, gitpod, hearth");
+    if args.modes.is_empty() && args.loop_cost.is_none() {
+        bail!("--modes wants at least one of off, static, gitpod, hearth (none: only --loop-cost)");
     }
     let d = Durations::new(args.quick);
     let mut results = Vec::new();
@@ -218,8 +218,10 @@ pub async fn run(args: CpuArgs) -> Result<()> {
         eprintln!("== mode {}", mode.name());
         results.push((mode, one_mode(mode, &args, &d).await?));
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    print!("{}", table(args.quick, &d, cores, &results));
+    if !results.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        print!("{}", table(args.quick, &d, cores, &results));
+    }
     if let Some(n) = args.loop_cost {
         loop_cost(&args, n).await?;
     }
