@@ -94,6 +94,47 @@ async fn a_spinner_is_demoted_then_promoted_and_its_cpus_hold_as_quota() {
     assert_eq!(node.cpu_stats().unwrap().workspaces, 0);
 }
 
+/// A memory bomb at its limit (OOM-killed and restarted) is held to a tenth of a core:
+/// the kernel-log watcher tells the controller of each kill. Released when the kills stop.
+#[tokio::test]
+async fn oom_kills_in_a_row_hold_the_workspace_to_a_tenth_of_a_core() {
+    let mut e = env_config(std::env::var("HEARTH_RUNTIME").ok(), |_| {}).await;
+    let ws = busybox_workspaces(&mut e, &[("c9a000000003", "thrasher", 63)]).await;
+    let mut spec = ws[0].0.clone();
+    spec.limits.memory_bytes = 64 << 20;
+    let dir = cpu_dir(&e, &spec);
+    let node = e.node.clone();
+    node.set_limits(&spec).await.unwrap();
+    assert_eq!(read(&dir, "cpu.cfs_quota_us"), "-1");
+    let (code, _, err) = run(
+        &node,
+        &spec,
+        "(while :; do /.hearth/agent membomb --mb 128; done) >/dev/null 2>&1 & echo $! > /tmp/bomb",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let n = within_ticks(&node, "held", || {
+        read(&dir, "cpu.cfs_quota_us") == "10000" && read(&dir, "cpu.idle") == "1"
+    })
+    .await;
+    eprintln!("held after {n} ticks");
+    let view = node.inspect(&spec).await.unwrap().cpu.unwrap();
+    assert_eq!(
+        (view.class, view.quota_millicores),
+        (CpuClass::Batch, Some(100))
+    );
+    assert!(node.inspect(&spec).await.unwrap().oom_kills.len() >= 2);
+
+    let (code, _, err) = run(&node, &spec, "kill $(cat /tmp/bomb)").await;
+    assert_eq!(code, 0, "{err}");
+    let n = within_ticks(&node, "released", || read(&dir, "cpu.cfs_quota_us") == "-1").await;
+    eprintln!("released after {n} ticks");
+    assert!(
+        n >= 50,
+        "held for THRASH_HOLD after the last kill: {n} ticks"
+    );
+}
+
 #[tokio::test]
 async fn off_leaves_the_knobs_alone() {
     let mut e = env_config(std::env::var("HEARTH_RUNTIME").ok(), |c| {

@@ -135,6 +135,15 @@ impl CpuController {
         }
     }
 
+    /// An OOM kill happened in the workspace (the node's kernel-log watcher saw it).
+    pub(crate) fn oom_killed(&self, id: &WorkspaceId) {
+        let s = &self.shared;
+        if let Some(e) = lock(&s.ws).get_mut(id) {
+            s.policy.oom_killed(&mut e.st, s.now());
+            e.due = Duration::ZERO;
+        }
+    }
+
     /// Forgets a workspace (stopped or removed); its open files are closed.
     pub(crate) fn unregister(&self, id: &WorkspaceId) {
         lock(&self.shared.ws).remove(id);

@@ -15,7 +15,14 @@
 //!   of burst: the class limit over the long run;
 //! - it is promoted back when the budget has refilled to `promote_at`. Refill needs quiet,
 //!   not merely low use: a batch workspace starved by busy neighbours uses little CPU but
-//!   waits (PSI, throttling), and must not bounce back and forth.
+//!   waits (PSI, throttling), and must not bounce back and forth;
+//! - a workspace thrashing at its memory limit (OOM kills in a row, [`THRASH_KILLS`] within
+//!   [`THRASH_HOLD`] of each other) is batch with at most [`THRASH_MILLI`] of a core until
+//!   [`THRASH_HOLD`] passes without a kill. Every OOM kill stalls a CPU in the kernel (on
+//!   hosts with a serial console, its `Killed process` line alone takes ~4 ms with the
+//!   CPU's interrupts off), and a memory bomb restarting at its limit causes 20 kills a
+//!   second; held to a tenth of a core it causes about 2. The slowdown is what v2's
+//!   `memory.high` does to a group above it, for v1 too.
 
 use std::time::Duration;
 
@@ -96,6 +103,14 @@ pub fn gitpod_buckets(cores: u32) -> [(u64, u64); 3] {
     ]
 }
 
+/// OOM kills in a row, each within [`THRASH_HOLD`] of the last, that make a workspace
+/// thrashing: one kill (a compiler too big for the limit) is not.
+pub const THRASH_KILLS: u32 = 2;
+/// How long a thrashing workspace stays held after its last OOM kill.
+pub const THRASH_HOLD: Duration = Duration::from_secs(10);
+/// The CPU a thrashing workspace is held to, thousandths of a core.
+pub const THRASH_MILLI: u64 = 100;
+
 /// Gitpod's control period.
 pub const GITPOD_PERIOD: Duration = Duration::from_secs(15);
 
@@ -116,6 +131,11 @@ pub struct WsState {
     pub throttled_us: u64,
     /// CPU used since first seen (Gitpod's budget counter).
     pub used_ns: u64,
+    /// OOM kills in the current run of kills (see [`THRASH_KILLS`]) and when the last was.
+    oom_streak: u32,
+    last_oom: Option<Duration>,
+    /// Held to [`THRASH_MILLI`] for OOM kills in a row.
+    pub thrashing: bool,
     /// When the class last changed (monotonic).
     pub since: Duration,
 }
@@ -137,6 +157,9 @@ impl WsState {
             wait_share: 0.0,
             throttled_us: 0,
             used_ns: 0,
+            oom_streak: 0,
+            last_oom: None,
+            thrashing: false,
             since: at,
         }
     }
@@ -173,12 +196,27 @@ impl Policy {
             st.last_pressure = Some((obs.at, total));
         }
         st.throttled_us = obs.throttled_us;
+        st.thrashing = self.control == CpuControl::Hearth
+            && st.oom_streak >= THRASH_KILLS
+            && st
+                .last_oom
+                .is_some_and(|t| obs.at.saturating_sub(t) < THRASH_HOLD);
         let class = self.classify(st);
         if class != st.class {
             st.class = class;
             st.since = obs.at;
         }
         self.knobs(st)
+    }
+
+    /// Notes an OOM kill in the workspace at `at` (the loop's clock); the next sample
+    /// decides what it means.
+    pub fn oom_killed(&self, st: &mut WsState, at: Duration) {
+        st.oom_streak = match st.last_oom {
+            Some(t) if at.saturating_sub(t) < THRASH_HOLD => st.oom_streak.saturating_add(1),
+            _ => 1,
+        };
+        st.last_oom = Some(at);
     }
 
     fn account(&self, st: &mut WsState, last: &Observation, obs: &Observation, dt: Duration) {
@@ -225,6 +263,7 @@ impl Policy {
             CpuControl::Off => CpuClass::Unmanaged,
             CpuControl::Static | CpuControl::Gitpod => CpuClass::Limited,
             CpuControl::Hearth => match st.class {
+                _ if st.thrashing => CpuClass::Batch,
                 CpuClass::Batch if st.budget_ns >= self.params.promote_ns => CpuClass::Interactive,
                 CpuClass::Batch => CpuClass::Batch,
                 _ if st.budget_ns == 0 => CpuClass::Batch,
@@ -244,7 +283,12 @@ impl Policy {
             CpuControl::Off => base,
             CpuControl::Hearth => match st.class {
                 CpuClass::Batch => {
-                    let q = (st.limits.cpus_milli > 0).then(|| quota(st.limits.cpus_milli));
+                    let limit = match (st.limits.cpus_milli, st.thrashing) {
+                        (0, true) => THRASH_MILLI,
+                        (m, true) => m.min(THRASH_MILLI),
+                        (m, false) => m,
+                    };
+                    let q = (limit > 0).then(|| quota(limit));
                     CpuKnobs {
                         idle: true,
                         quota_us: q,
@@ -551,6 +595,64 @@ mod tests {
         }
         let g = Sim::new(CpuControl::Gitpod, LIMITS);
         assert_eq!(g.policy.sample_gap(&g.st), Duration::ZERO);
+    }
+
+    #[test]
+    fn oom_kills_in_a_row_hold_a_workspace_to_a_tenth_of_a_core_until_they_stop() {
+        let mut s = Sim::new(CpuControl::Hearth, LIMITS);
+        s.run(10, 300, 0);
+        // One kill (a compiler too big for the limit) changes nothing.
+        s.policy.oom_killed(&mut s.st, s.now);
+        s.run(1, 300, 0);
+        assert_eq!((s.st.class, s.st.thrashing), (CpuClass::Interactive, false));
+        // A second within THRASH_HOLD: held at once, whatever its budget.
+        s.run(50, 300, 0);
+        s.policy.oom_killed(&mut s.st, s.now);
+        s.run(1, 300, 0);
+        assert!(s.st.thrashing);
+        assert_eq!(s.st.class, CpuClass::Batch);
+        assert_eq!(
+            (s.knobs.quota_us, s.knobs.burst_us, s.knobs.idle),
+            (Some(10_000), 10_000, true)
+        );
+        // Kills keep coming: still held; then none for THRASH_HOLD: released, and with its
+        // budget whole it is interactive again.
+        let hold = (THRASH_HOLD.as_millis() / TICK.as_millis()) as u32;
+        for _ in 0..3 {
+            s.run(hold / 2, 100, 0);
+            s.policy.oom_killed(&mut s.st, s.now);
+        }
+        s.run(hold - 1, 100, 0);
+        assert!(s.st.thrashing);
+        s.run(1, 100, 0);
+        assert!(!s.st.thrashing);
+        assert_eq!(s.st.class, CpuClass::Interactive);
+        assert_eq!(s.knobs, CpuKnobs::default());
+        // A later single kill starts a new run.
+        s.policy.oom_killed(&mut s.st, s.now);
+        s.run(1, 100, 0);
+        assert!(!s.st.thrashing);
+
+        // A smaller class limit stays; the baselines ignore kills.
+        let mut s = Sim::new(
+            CpuControl::Hearth,
+            WsLimits {
+                weight: 100,
+                cpus_milli: 50,
+            },
+        );
+        s.policy.oom_killed(&mut s.st, s.now);
+        s.policy.oom_killed(&mut s.st, s.now);
+        s.run(1, 0, 0);
+        assert_eq!(s.knobs.quota_us, Some(5000));
+        for control in [CpuControl::Off, CpuControl::Static, CpuControl::Gitpod] {
+            let mut s = Sim::new(control, LIMITS);
+            let before = s.knobs;
+            s.policy.oom_killed(&mut s.st, s.now);
+            s.policy.oom_killed(&mut s.st, s.now);
+            s.run(1, 0, 0);
+            assert_eq!((s.knobs, s.st.thrashing), (before, false), "{control:?}");
+        }
     }
 
     #[test]

@@ -202,6 +202,9 @@ fn record(inner: &Inner, id: &WorkspaceId, host_pid: u32, process: String, limit
         limit_bytes: limit,
     };
     tracing::warn!(%id, host_pid, pid = ?kill.pid, process = kill.process.as_str(), limit_bytes = ?limit, "OOM kill in workspace");
+    if let Some(cpu) = &inner.cpu {
+        cpu.oom_killed(id);
+    }
     let p = inner.paths(id);
     if let Err(e) = inner.consoles.note(
         id,
