@@ -16,11 +16,11 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
-    ClientFrame, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit, ErrorBody, ErrorInfo,
-    ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage, NewUser, PullImage,
-    RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
-    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE,
-    TOKEN_FILE,
+    ClientFrame, CreatePrebuild, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit,
+    ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage,
+    NewUser, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck,
+    StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace, WorkspaceInspect,
+    WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -293,6 +293,20 @@ impl Client {
         progress: impl FnMut(&str),
     ) -> Result<Workspace> {
         self.stream("/v1/workspaces", req, progress).await
+    }
+
+    /// Builds a prebuild of a repository (`hearth prebuild`).
+    pub async fn prebuild(
+        &self,
+        req: &CreatePrebuild,
+        progress: impl FnMut(&str),
+    ) -> Result<Prebuild> {
+        self.stream("/v1/prebuilds", req, progress).await
+    }
+
+    /// The prebuilds the caller's `up` may start from, newest first.
+    pub async fn prebuilds(&self) -> Result<Vec<Prebuild>> {
+        self.get("/v1/prebuilds").await
     }
 
     pub async fn workspaces(&self) -> Result<Vec<Workspace>> {

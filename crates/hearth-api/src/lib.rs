@@ -19,12 +19,14 @@ use utoipa::ToSchema;
 #[cfg(feature = "client")]
 pub mod client;
 mod ports;
+mod prebuilds;
 mod secrets;
 mod snapshots;
 mod ssh;
 mod users;
 
 pub use ports::*;
+pub use prebuilds::*;
 pub use secrets::*;
 pub use snapshots::*;
 pub use ssh::*;

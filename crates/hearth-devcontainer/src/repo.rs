@@ -214,6 +214,17 @@ impl GitRepo {
     /// exist): bare, depth 1, blobs fetched only when read. The repository's own
     /// transport rules (allowed protocols, credentials) are the `git` command's.
     pub fn clone_tip(source: &str, dest: &Path, git: GitCommand) -> Result<GitRepo, Error> {
+        GitRepo::clone_branch(source, None, dest, git)
+    }
+
+    /// [`GitRepo::clone_tip`] of `branch` (the default branch when `None`); the caller
+    /// has checked the name (it is passed after `--branch`, never as an option).
+    pub fn clone_branch(
+        source: &str,
+        branch: Option<&str>,
+        dest: &Path,
+        git: GitCommand,
+    ) -> Result<GitRepo, Error> {
         let mut cmd = git();
         cmd.args([
             "clone",
@@ -224,10 +235,11 @@ impl GitRepo {
             "1",
             "--filter=blob:none",
             "--single-branch",
-            "--",
-        ])
-        .arg(source)
-        .arg(dest);
+        ]);
+        if let Some(b) = branch {
+            cmd.arg(format!("--branch={b}"));
+        }
+        cmd.arg("--").arg(source).arg(dest);
         run(cmd, "clone", 1 << 16)?;
         let repo = GitRepo::new(dest.to_path_buf(), "HEAD".into(), git);
         let commit = repo.git(&["rev-parse", "--verify", "HEAD^{commit}"], 1 << 10)?;

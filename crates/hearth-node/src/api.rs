@@ -136,6 +136,16 @@ pub struct WorkspaceStatus {
     pub paused: Option<String>,
 }
 
+/// Which revision of its source a workspace's clone checks out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    /// The branch cloned and checked out; the source's default branch when `None`.
+    pub branch: Option<String>,
+    /// The commit that branch is reset to in the clone (the one its devcontainer.json was
+    /// read from); the branch's tip when `None`.
+    pub commit: Option<String>,
+}
+
 /// A repository's devcontainer.json, as [`NodeApi::devcontainer_config`] read it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RepoConfig {
@@ -637,16 +647,33 @@ pub trait NodeApi: Send + Sync + 'static {
         let _ = (source, limits);
         Ok(())
     }
-    /// The devcontainer.json of `source`'s default branch tip, `name` choosing
-    /// `.devcontainer/<name>/devcontainer.json`; `None` when it has none. Read from git
-    /// objects as an unprivileged uid, never from a checkout on this host, so a source
-    /// gives the control plane nothing the workspace's own clone could not read.
+    /// The devcontainer.json of the tip of `source`'s `branch` (the default branch when
+    /// `None`), `name` choosing `.devcontainer/<name>/devcontainer.json`; `None` when it
+    /// has none. Read from git objects as an unprivileged uid, never from a checkout on
+    /// this host, so a source gives the control plane nothing the workspace's own clone
+    /// could not read.
     async fn devcontainer_config(
         &self,
         source: &str,
+        branch: Option<&str>,
         name: Option<&str>,
     ) -> Result<Option<RepoConfig>, NodeError> {
-        let _ = (source, name);
+        let _ = (source, branch, name);
+        Ok(None)
+    }
+    /// The newest of `bases` (commits, newest first) that is an ancestor of `commit` on
+    /// `source`'s `branch`, with a git bundle of what `commit` adds to it (its tip under
+    /// `refs/heads/hearth-update`), for bringing a prebuild's clone up to date inside the
+    /// workspace; `None` when no base is an ancestor or the bundle is over `max` bytes.
+    async fn update_bundle(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        bases: &[String],
+        max: u64,
+    ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+        let _ = (source, branch, commit, bases, max);
         Ok(None)
     }
     /// The user's dotfiles repository `url` for the running workspace `spec`, cloned by the
@@ -681,6 +708,17 @@ pub trait NodeApi: Send + Sync + 'static {
 
     /// Prepares local storage and clones the source; on error leaves nothing behind.
     async fn create(&self, spec: &WorkspaceSpec, progress: Progress) -> Result<(), NodeError>;
+    /// [`NodeApi::create`] with the clone at `rev` (a branch, and the commit the control
+    /// plane read the devcontainer.json from).
+    async fn create_at(
+        &self,
+        spec: &WorkspaceSpec,
+        rev: &Revision,
+        progress: Progress,
+    ) -> Result<(), NodeError> {
+        let _ = rev;
+        self.create(spec, progress).await
+    }
     /// Starts the workspace and returns once its agent answers.
     async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError>;
     async fn stop(&self, spec: &WorkspaceSpec) -> Result<(), NodeError>;

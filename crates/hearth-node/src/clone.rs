@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{NodeError, Progress};
+use crate::{NodeError, Progress, Revision};
 
 /// Transports a source may use; `ext::` and friends run arbitrary commands.
 const ALLOWED_PROTOCOLS: &str = "file:git:http:https:ssh";
@@ -83,23 +83,12 @@ pub fn validate_source(source: &str) -> Result<(), NodeError> {
     )))
 }
 
-/// Clones `source` into `dest` (which must not exist) as `uid`/`gid`.
-pub fn clone(
-    source: &str,
-    dest: &Path,
-    uid: u32,
-    gid: u32,
-    gitconfig: &Path,
-    progress: &Progress,
-) -> Result<(), NodeError> {
-    let parent = dest.parent().ok_or_else(|| {
-        NodeError::Internal(format!("clone target {} has no parent", dest.display()))
-    })?;
-    let mut child = Command::new("git")
-        .args(["clone", "--progress", "--no-hardlinks", "--"])
-        .arg(source)
-        .arg(dest)
-        .current_dir(parent)
+/// A `git` command as `uid`/`gid` with the node's transport rules: an empty environment
+/// but `PATH`, no system or user config but the node's `gitconfig`, allowed protocols
+/// only, never a prompt.
+fn git(gitconfig: &Path, uid: u32, gid: u32) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir("/")
         .env_clear()
         .env(
             "PATH",
@@ -114,11 +103,85 @@ pub fn clone(
             "GIT_SSH_COMMAND",
             "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
         )
+        .uid(uid)
+        .gid(gid);
+    c
+}
+
+/// Checks a branch name before it reaches git (as `--branch=NAME`, never as an option of
+/// its own): git's ref rules that matter here, and no leading `-`.
+pub fn validate_branch(branch: &str) -> Result<(), NodeError> {
+    let bad = branch.is_empty()
+        || branch.len() > 255
+        || branch.starts_with(['-', '/', '.'])
+        || branch.ends_with(['/', '.'])
+        || branch.ends_with(".lock")
+        || branch.contains("..")
+        || branch.contains("//")
+        || branch.contains("@{")
+        || branch
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'));
+    if bad {
+        return Err(NodeError::Invalid(format!(
+            "invalid branch name {branch:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub fn validate_commit(commit: &str) -> Result<(), NodeError> {
+    if matches!(commit.len(), 40 | 64)
+        && commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(NodeError::Invalid(format!("invalid commit id {commit:?}")))
+    }
+}
+
+/// Clones `source` into `dest` (which must not exist) as `uid`/`gid`: `rev.branch` (the
+/// default branch when `None`), reset to `rev.commit` when given, so the files are those
+/// of the commit the control plane read the devcontainer.json from even if the branch
+/// moved meanwhile.
+pub fn clone(
+    source: &str,
+    rev: &Revision,
+    dest: &Path,
+    uid: u32,
+    gid: u32,
+    gitconfig: &Path,
+    progress: &Progress,
+) -> Result<(), NodeError> {
+    let parent = dest.parent().ok_or_else(|| {
+        NodeError::Internal(format!("clone target {} has no parent", dest.display()))
+    })?;
+    if let Some(b) = &rev.branch {
+        validate_branch(b)?;
+    }
+    if let Some(c) = &rev.commit {
+        validate_commit(c)?;
+    }
+    let mut cmd = git(gitconfig, uid, gid);
+    cmd.args(["clone", "--progress", "--no-hardlinks"]);
+    if let Some(b) = &rev.branch {
+        cmd.arg(format!("--branch={b}"));
+    }
+    if rev.commit.is_some() {
+        // Checked out once, at the commit, below.
+        cmd.arg("--no-checkout");
+    }
+    let mut child = cmd
+        .arg("--")
+        .arg(source)
+        .arg(dest)
+        .current_dir(parent)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .uid(uid)
-        .gid(gid)
         .spawn()
         .map_err(|e| NodeError::Internal(format!("cannot run git: {e} (apt-get install git)")))?;
     let mut stderr = child
@@ -152,7 +215,26 @@ pub fn clone(
         .wait()
         .map_err(|e| NodeError::Internal(format!("waiting for git: {e}")))?;
     if status.success() {
-        return Ok(());
+        let Some(commit) = &rev.commit else {
+            return Ok(());
+        };
+        // The branch stays checked out, at the commit (`git status` then says how far
+        // behind its remote it is).
+        let out = git(gitconfig, uid, gid)
+            .arg("-C")
+            .arg(dest)
+            .args(["reset", "--hard", "--quiet", commit, "--"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NodeError::Internal(format!("cannot run git: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        return Err(NodeError::Conflict(format!(
+            "{source} no longer has commit {commit}, which its devcontainer.json was read \
+             from (force-pushed?); try again: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let text = String::from_utf8_lossy(&all);
     let reason: Vec<&str> = text
@@ -174,17 +256,21 @@ pub fn clone(
 /// only what any unprivileged user can (as the clone, which runs as the workspace's uid).
 pub const PROBE_UID: u32 = crate::ID_BASE - 1;
 
-/// The devcontainer.json of `source`'s default branch tip (see
+/// The devcontainer.json of the tip of `source`'s `branch` (default branch: `None`; see
 /// [`crate::NodeApi::devcontainer_config`]): a bare, depth-1, blobless clone into a
 /// temporary directory under `tmp_parent`, made and read as [`PROBE_UID`] with the
 /// clone's transport rules; symlinks in the tree are followed only inside it.
 pub fn read_devcontainer(
     source: &str,
+    branch: Option<&str>,
     name: Option<&str>,
     gitconfig: &Path,
     tmp_parent: &Path,
 ) -> Result<Option<crate::RepoConfig>, NodeError> {
     validate_source(source)?;
+    if let Some(b) = branch {
+        validate_branch(b)?;
+    }
     let tmp = tempfile::Builder::new()
         .prefix(".devcontainer-probe-")
         .tempdir_in(tmp_parent)
@@ -192,27 +278,8 @@ pub fn read_devcontainer(
     std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
         .map_err(NodeError::io("chown", tmp.path()))?;
     let gitconfig = gitconfig.to_path_buf();
-    let git: hearth_devcontainer::GitCommand = Box::new(move || {
-        let mut c = Command::new("git");
-        c.current_dir("/")
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", "/nonexistent")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", &gitconfig)
-            .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env(
-                "GIT_SSH_COMMAND",
-                "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
-            )
-            .uid(PROBE_UID)
-            .gid(PROBE_UID);
-        c
-    });
+    let git: hearth_devcontainer::GitCommand =
+        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID));
     let err = |e: hearth_devcontainer::Error| match e {
         hearth_devcontainer::Error::Io { .. } => NodeError::Internal(e.to_string()),
         hearth_devcontainer::Error::Git { message, .. } => NodeError::Invalid(format!(
@@ -220,8 +287,13 @@ pub fn read_devcontainer(
         )),
         other => NodeError::Invalid(other.to_string()),
     };
-    let repo = hearth_devcontainer::GitRepo::clone_tip(source, &tmp.path().join("repo.git"), git)
-        .map_err(err)?;
+    let repo = hearth_devcontainer::GitRepo::clone_branch(
+        source,
+        branch,
+        &tmp.path().join("repo.git"),
+        git,
+    )
+    .map_err(err)?;
     let found = hearth_devcontainer::find(&repo, name).map_err(err)?;
     Ok(found.map(|f| crate::RepoConfig {
         path: f.path,
@@ -272,7 +344,15 @@ pub fn dotfiles_archive(
     let dest = tmp.path().join("dotfiles");
     // Nobody reads git's progress here; the install's own lines say what happens.
     let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
-    clone(url, &dest, uid, uid, gitconfig, &progress)?;
+    clone(
+        url,
+        &Revision::default(),
+        &dest,
+        uid,
+        uid,
+        gitconfig,
+        &progress,
+    )?;
     let mut tar = tar::Builder::new(Bounded(Vec::new()));
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -285,6 +365,123 @@ pub fn dotfiles_archive(
     tar.append_dir_all(".", &dest).map_err(|_| too_big())?;
     let out = tar.into_inner().map_err(|_| too_big())?;
     Ok(out.0)
+}
+
+/// Ref a [`update_bundle`] bundle carries its commit under.
+pub const UPDATE_REF: &str = "refs/heads/hearth-update";
+
+/// The newest of `bases` (commits, newest first) that is an ancestor of `commit` on
+/// `source`'s `branch` (default: `None`), and a git bundle of what `commit` adds to it
+/// (its tip under [`UPDATE_REF`]); `None` when no base is an ancestor, or the bundle is
+/// over `max` bytes. A bare clone into a temporary directory under `tmp_parent`, made
+/// as [`PROBE_UID`] with the clone's transport rules.
+pub fn update_bundle(
+    source: &str,
+    branch: Option<&str>,
+    commit: &str,
+    bases: &[String],
+    max: u64,
+    gitconfig: &Path,
+    tmp_parent: &Path,
+) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+    validate_source(source)?;
+    if let Some(b) = branch {
+        validate_branch(b)?;
+    }
+    validate_commit(commit)?;
+    for b in bases {
+        validate_commit(b)?;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".prebuild-update-")
+        .tempdir_in(tmp_parent)
+        .map_err(NodeError::io("mkdir", tmp_parent))?;
+    std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
+        .map_err(NodeError::io("chown", tmp.path()))?;
+    let repo = tmp.path().join("repo.git");
+    let run = |args: &[&std::ffi::OsStr]| -> Result<std::process::Output, NodeError> {
+        git(gitconfig, PROBE_UID, PROBE_UID)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NodeError::Internal(format!("cannot run git: {e}")))
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let mut clone = vec![
+        os("clone"),
+        os("--quiet"),
+        os("--bare"),
+        os("--no-local"),
+        os("--single-branch"),
+    ];
+    if let Some(b) = branch {
+        clone.push(os(&format!("--branch={b}")));
+    }
+    clone.extend([os("--"), os(source), repo.clone().into_os_string()]);
+    let refs: Vec<&std::ffi::OsStr> = clone.iter().map(|s| s.as_os_str()).collect();
+    let out = run(&refs)?;
+    if !out.status.success() {
+        return Err(NodeError::Invalid(format!(
+            "git clone of {source} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let in_repo = |args: &[&str]| {
+        let mut all = vec![os("--git-dir"), repo.clone().into_os_string()];
+        all.extend(args.iter().map(|a| os(a)));
+        let refs: Vec<&std::ffi::OsStr> = all.iter().map(|s| s.as_os_str()).collect();
+        run(&refs)
+    };
+    let mut found = None;
+    for b in bases {
+        if b != commit
+            && in_repo(&["merge-base", "--is-ancestor", b, commit])?
+                .status
+                .success()
+        {
+            found = Some(b.clone());
+            break;
+        }
+    }
+    let Some(base) = found else {
+        return Ok(None);
+    };
+    let bundle = tmp.path().join("update.bundle");
+    let steps: [&[&str]; 2] = [
+        &["update-ref", UPDATE_REF, commit],
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            &bundle.to_string_lossy(),
+            UPDATE_REF,
+            &format!("^{base}"),
+        ],
+    ];
+    for args in steps {
+        let out = in_repo(args)?;
+        if !out.status.success() {
+            return Err(NodeError::Internal(format!(
+                "git {} in a clone of {source} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    let size = std::fs::metadata(&bundle)
+        .map_err(NodeError::io("stat", &bundle))?
+        .len();
+    if size > max {
+        tracing::info!(
+            source,
+            size,
+            max,
+            "update from the prebuild too large; cloning instead"
+        );
+        return Ok(None);
+    }
+    let data = std::fs::read(&bundle).map_err(NodeError::io("read", &bundle))?;
+    Ok(Some((base, data)))
 }
 
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
@@ -302,6 +499,33 @@ mod tests {
         assert_eq!(repo_name("/srv/repos/my repo/"), "my-repo");
         assert_eq!(repo_name("/"), "repo");
         assert_eq!(repo_name("host:.."), "repo");
+    }
+
+    #[test]
+    fn branches_and_commits() {
+        for ok in ["main", "feature/x", "release-1.2", "a_b"] {
+            assert!(validate_branch(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-b",
+            "--upload-pack=x",
+            "a..b",
+            "a b",
+            "x.lock",
+            "/x",
+            "x/",
+            "a@{1}",
+            "a:b",
+            "a\nb",
+        ] {
+            assert!(validate_branch(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_commit(&"a".repeat(40)).is_ok());
+        assert!(validate_commit(&"0".repeat(64)).is_ok());
+        for bad in ["HEAD", "abc", &"A".repeat(40), &"g".repeat(40), "--all"] {
+            assert!(validate_commit(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -293,3 +293,108 @@ async fn an_older_snapshot_store_is_kept_aside_and_replaced() {
         "the old store is kept, untouched"
     );
 }
+
+/// A clone is of the branch asked for, reset to the commit asked for (the one the control
+/// plane read the devcontainer.json from), not to the branch's tip; the devcontainer.json
+/// of a branch is read from that branch's tip.
+#[tokio::test(flavor = "multi_thread")]
+async fn clone_is_at_the_branch_and_commit_asked_for() {
+    let mut e = env().await;
+    let repo = git_repo(e.dir.path());
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["checkout", "-qb", "feature"]);
+    std::fs::write(repo.join("v"), "1\n").unwrap();
+    std::fs::write(repo.join(".devcontainer.json"), r#"{"image": "busybox"}"#).unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "one"]);
+    let one = git(&["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("v"), "2\n").unwrap();
+    git(&["commit", "-qam", "two"]);
+    let two = git(&["rev-parse", "HEAD"]);
+    git(&["checkout", "-q", "-"]);
+
+    let source = repo.display().to_string();
+    let found = e
+        .node
+        .devcontainer_config(&source, Some("feature"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.path.as_str(), found.commit.as_str()),
+        (".devcontainer.json", two.as_str())
+    );
+    assert!(e
+        .node
+        .devcontainer_config(&source, None, None)
+        .await
+        .unwrap()
+        .is_none());
+    let bad = e
+        .node
+        .devcontainer_config(&source, Some("--upload-pack=touch /tmp/x"), None)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("invalid branch name"), "{bad}");
+
+    let img_dir = e.dir.path().join("img");
+    hearth_image::testutil::write_oci_layout(
+        &img_dir,
+        "busybox:latest",
+        &[hearth_image::testutil::busybox_rootfs_layer().unwrap()],
+        &Default::default(),
+    )
+    .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
+    let spec = WorkspaceSpec {
+        id: hearth_node::WorkspaceId::new("cccccccccc61").unwrap(),
+        name: "pinned".into(),
+        image: img.id.clone(),
+        source: source.clone(),
+        slot: 11,
+        limits: Limits::default(),
+        egress: Default::default(),
+    };
+    e.specs.push(spec.clone());
+
+    // A commit the branch does not have: refused, nothing left behind.
+    let missing = hearth_node::Revision {
+        branch: Some("feature".into()),
+        commit: Some("0".repeat(40)),
+    };
+    let err = e
+        .node
+        .create_at(&spec, &missing, tx.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer has commit"), "{err}");
+    assert_eq!(e.node.status(&spec).await.unwrap().state, RunState::Missing);
+
+    let rev = hearth_node::Revision {
+        branch: Some("feature".into()),
+        commit: Some(one.clone()),
+    };
+    e.node.create_at(&spec, &rev, tx).await.unwrap();
+    e.node.start(&spec).await.unwrap();
+    let (code, out, err) = run(&e.node, &spec, "cd /workspace/myrepo && cat v .git/HEAD").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["1", "ref: refs/heads/feature"], "{out}");
+    let (code, out, _) = run(
+        &e.node,
+        &spec,
+        "cat /workspace/myrepo/.git/refs/heads/feature",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, one.as_str()));
+}

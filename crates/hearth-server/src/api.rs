@@ -60,7 +60,9 @@ impl Modify for BearerAuth {
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
         crate::ssh_keys::ssh_info, crate::metrics::scrape,
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
-        crate::secrets::get_dotfiles, crate::secrets::set_dotfiles
+        crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
+        crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
+        crate::prebuilds::webhook
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -71,7 +73,7 @@ pub struct ApiDoc;
 /// Shape of one ndjson line: exactly one of the three fields is present.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
-struct StreamLineDoc {
+pub(crate) struct StreamLineDoc {
     progress: Option<String>,
     result: Option<serde_json::Value>,
     error: Option<ErrorInfo>,
@@ -110,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::users::routes())
         .merge(crate::ssh_keys::routes())
         .merge(crate::secrets::routes())
+        .merge(crate::prebuilds::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),
@@ -119,6 +122,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_json))
+        .merge(crate::prebuilds::public_routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

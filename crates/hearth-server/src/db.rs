@@ -11,8 +11,10 @@ use sqlx::{Row, SqlitePool};
 use hearth_api::WorkspaceState;
 
 mod ports;
+mod prebuilds;
 mod users;
 
+pub use prebuilds::PrebuildRecord;
 pub use users::{Removal, UserRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod ndjson;
 pub mod ports;
+pub mod prebuilds;
 pub mod proxy;
 pub mod ratelimit;
 pub mod secrets;
@@ -154,7 +155,7 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let token = ensure_token(&cfg.data_dir)?;
         let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
-        let manager = Arc::new(Manager::new(store.clone(), node));
+        let manager = Manager::shared(store.clone(), node);
         manager.set_secret_box(
             secrets::SecretBox::open_or_create(&cfg.data_dir)
                 .context("cannot open the secrets key")?,
@@ -255,6 +256,11 @@ impl Server {
     /// (zero: `rm` forgets them at once).
     pub fn set_deleted_retention(&self, keep: std::time::Duration) {
         self.manager.set_deleted_retention(keep);
+    }
+
+    /// The secret push webhooks (`/v1/hooks/{forge}`) must carry; `None`: they are off.
+    pub fn set_webhook_secret(&self, secret: Option<Vec<u8>>) {
+        self.manager.set_webhook_secret(secret);
     }
 
     /// The image `up` uses when neither the request nor a devcontainer.json names one.

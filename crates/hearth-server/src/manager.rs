@@ -26,12 +26,14 @@ pub mod devcontainer;
 pub mod idle;
 mod locks;
 pub mod ports;
+mod prebuilds;
 mod secrets;
 mod snapshots;
 mod trash;
 mod users;
 
 use locks::{NameGuard, NameLocks};
+pub use prebuilds::PrebuildPlan;
 
 /// A create that passed every check that can be made before it streams; it holds the
 /// name's lock until it is run.
@@ -46,6 +48,22 @@ pub struct CreatePlan {
     idle_timeout: Option<u64>,
     /// The repository's devcontainer.json, when it has one.
     devcontainer: Option<devcontainer::Devcontainer>,
+    /// What the clone checks out: the commit the devcontainer.json was read from.
+    rev: hearth_node::Revision,
+    /// The workspace id to use (a prebuild's series); a fresh one when `None`.
+    id: Option<WorkspaceId>,
+    /// A prebuild run: create-time steps through [`prebuilds::PREBUILD_UNTIL`] only.
+    prebuild: bool,
+    /// The prebuild `up` starts from instead of a clone.
+    from: Option<prebuilds::PrebuildUse>,
+}
+
+/// How a create differs from `up`'s (a prebuild's).
+#[derive(Default)]
+struct CreateOpts {
+    branch: Option<String>,
+    id: Option<WorkspaceId>,
+    prebuild: bool,
 }
 
 enum PlannedImage {
@@ -80,6 +98,11 @@ pub struct Manager {
     default_image: std::sync::RwLock<String>,
     /// Seals users' secrets (see [`crate::secrets`]); set once at server start.
     secret_box: std::sync::OnceLock<crate::secrets::SecretBox>,
+    /// The secret push webhooks must carry (`None`: webhooks are off).
+    webhook_secret: std::sync::RwLock<Option<Arc<[u8]>>>,
+    /// This manager, for work that outlives a request (lifecycle steps after `waitFor`,
+    /// `postAttachCommand`); empty unless made by [`Manager::shared`].
+    me: std::sync::Weak<Manager>,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -165,7 +188,17 @@ impl Manager {
             idle: Default::default(),
             default_image: std::sync::RwLock::new(DEFAULT_IMAGE.to_string()),
             secret_box: Default::default(),
+            webhook_secret: Default::default(),
+            me: std::sync::Weak::new(),
         }
+    }
+
+    /// A manager that can run work past a request's end (what `new` makes runs it in line).
+    pub fn shared(store: Store, node: Arc<dyn NodeApi>) -> Arc<Manager> {
+        Arc::new_cyclic(|me| Manager {
+            me: me.clone(),
+            ..Manager::new(store, node)
+        })
     }
 
     pub fn activity(&self) -> &Arc<crate::activity::Activity> {
@@ -521,6 +554,16 @@ impl Manager {
         caller: &Caller,
         req: CreateWorkspace,
     ) -> Result<CreatePlan, ApiError> {
+        self.plan_create_with(caller, req, CreateOpts::default())
+            .await
+    }
+
+    async fn plan_create_with(
+        &self,
+        caller: &Caller,
+        req: CreateWorkspace,
+        opts: CreateOpts,
+    ) -> Result<CreatePlan, ApiError> {
         let source = req.source.trim().to_string();
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
@@ -549,6 +592,7 @@ impl Manager {
             .plan_devcontainer(
                 &name,
                 &source,
+                opts.branch.as_deref(),
                 req.devcontainer_config.as_deref(),
                 req.image.is_some(),
                 &limits,
@@ -592,6 +636,16 @@ impl Manager {
                 })?)
             }
         };
+        let rev = hearth_node::Revision {
+            branch: opts.branch,
+            commit: devcontainer.as_ref().map(|d| d.commit.clone()),
+        };
+        let from = match (&devcontainer, &image) {
+            (Some(dc), PlannedImage::Loaded(img)) if !opts.prebuild => {
+                self.find_prebuild(caller, &source, dc, &img.id).await?
+            }
+            _ => None,
+        };
         Ok(CreatePlan {
             _guard: guard,
             owner: caller.clone(),
@@ -602,6 +656,10 @@ impl Manager {
             image,
             idle_timeout,
             devcontainer,
+            rev,
+            id: opts.id,
+            prebuild: opts.prebuild,
+            from,
         })
     }
 
@@ -621,6 +679,10 @@ impl Manager {
             image,
             idle_timeout,
             devcontainer,
+            rev,
+            id,
+            prebuild,
+            from,
         } = plan;
         if let Some(dc) = &devcontainer {
             say(
@@ -646,7 +708,7 @@ impl Manager {
         };
 
         let rec = self
-            .insert_creating(&owner, &name, image.id.clone(), source, limits, egress)
+            .insert_creating_as(id, &owner, &name, image.id.clone(), source, limits, egress)
             .await?;
         if idle_timeout.is_some() {
             self.store
@@ -659,11 +721,7 @@ impl Manager {
                 .await?;
         }
         if let Some(dc) = &devcontainer {
-            let json = serde_json::to_string(dc)
-                .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
-            self.store
-                .set_devcontainer(rec.spec.id.as_str(), &json)
-                .await?;
+            self.record_devcontainer(&rec.spec, dc).await?;
         }
         tracing::info!(
             workspace = name,
@@ -675,8 +733,32 @@ impl Manager {
         say(&progress, format!("creating workspace {name}"));
 
         let result = async {
+            if let Some(p) = &from {
+                match self.start_from_prebuild(&rec, p, &progress).await {
+                    Ok(st) => return Ok(st),
+                    Err(e) => {
+                        // The prebuild is an optimisation: the clone still works.
+                        say(
+                            &progress,
+                            format!(
+                                "cannot start from the prebuild ({}): cloning instead",
+                                e.message
+                            ),
+                        );
+                        self.node
+                            .remove(&rec.spec)
+                            .await
+                            .map_err(|e| node_err("remove", &name, e))?;
+                        self.set(&rec, WorkspaceState::Creating, None).await?;
+                        if let Some(dc) = &devcontainer {
+                            // From the start: the clone runs every step.
+                            self.record_devcontainer(&rec.spec, dc).await?;
+                        }
+                    }
+                }
+            }
             self.node
-                .create(&rec.spec, progress.clone())
+                .create_at(&rec.spec, &rev, progress.clone())
                 .await
                 .map_err(|e| node_err("create", &name, e))?;
             self.set(&rec, WorkspaceState::Starting, None).await?;
@@ -693,10 +775,11 @@ impl Manager {
                 tracing::info!(workspace = name, "running");
                 // A failed command leaves the workspace (and its console log) for a look:
                 // failed, and the next start runs the steps not done yet.
-                if let Err(e) = self.run_lifecycle(&rec.spec, Some(&progress), true).await {
-                    self.set(&rec, WorkspaceState::Failed, Some(&e.message))
+                if prebuild {
+                    self.run_until(&rec.spec, &progress, prebuilds::PREBUILD_UNTIL)
                         .await?;
-                    return Err(e);
+                } else {
+                    self.up_lifecycle(&rec, &progress, _guard).await?;
                 }
                 // What the start answered, with the image already resolved: no more
                 // node round trips.
@@ -957,10 +1040,17 @@ impl Manager {
         let secrets = self.secrets_for(spec).await?;
         req.env = secrets::overlay(secrets, std::mem::take(&mut req.env));
         self.apply_devcontainer(spec, &mut req).await?;
-        self.node
+        let attach = req.tty;
+        let session = self
+            .node
             .exec(spec, req)
             .await
-            .map_err(|e| node_err("exec", &spec.name, e))
+            .map_err(|e| node_err("exec", &spec.name, e))?;
+        if attach {
+            // A terminal session (`hearth shell`, SSH with a pty) is an attach.
+            self.attached(spec);
+        }
+        Ok(session)
     }
 
     /// Resolves every transitional row left by a crash, using what the node reports.
@@ -975,12 +1065,28 @@ impl Manager {
         limits: Limits,
         egress: EgressPolicy,
     ) -> Result<WorkspaceRecord, ApiError> {
+        self.insert_creating_as(None, owner, name, image, source, limits, egress)
+            .await
+    }
+
+    /// [`Manager::insert_creating`] under a given id (a prebuild's series), else a new one.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_creating_as(
+        &self,
+        id: Option<WorkspaceId>,
+        owner: &Caller,
+        name: &str,
+        image: String,
+        source: String,
+        limits: Limits,
+        egress: EgressPolicy,
+    ) -> Result<WorkspaceRecord, ApiError> {
         let _alloc = self.alloc.lock().await;
         let slot = lowest_free_slot(&self.store.used_slots().await?);
         let t = now();
         let rec = WorkspaceRecord {
             spec: WorkspaceSpec {
-                id: new_id(),
+                id: id.unwrap_or_else(new_id),
                 name: name.to_string(),
                 image,
                 source,

@@ -550,6 +550,9 @@ async fn openapi_lists_every_route() {
         ("delete", "/v1/secrets/{key}"),
         ("get", "/v1/me/dotfiles"),
         ("put", "/v1/me/dotfiles"),
+        ("get", "/v1/prebuilds"),
+        ("post", "/v1/prebuilds"),
+        ("post", "/v1/hooks/{forge}"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -572,7 +575,8 @@ async fn openapi_lists_every_route() {
         let uri = p
             .replace("{reference}", "nope")
             .replace("{name}", "nope")
-            .replace("{user}", "nope");
+            .replace("{user}", "nope")
+            .replace("{forge}", "github");
         let (_, body) = h.call(method, &uri, Some(TOKEN), Some("{}".into())).await;
         assert!(
             !String::from_utf8_lossy(&body).contains("no such route"),

@@ -14,9 +14,11 @@ use hearth_proto::Event;
 
 mod access;
 mod cpu;
+mod prebuild;
 mod scale;
 pub use access::{run as run_access, AccessArgs};
 pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode, Scenario as CpuScenario};
+pub use prebuild::{run as run_prebuild, PrebuildArgs};
 pub use scale::{run as run_scale, ScaleArgs};
 
 pub struct BenchArgs {

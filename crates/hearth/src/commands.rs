@@ -11,6 +11,7 @@ use hearth_api::{
 };
 
 mod ports;
+mod prebuilds;
 mod secrets;
 mod snapshots;
 mod ssh;

@@ -185,6 +185,23 @@ enum Cmd {
         #[arg(long, conflicts_with = "scale")]
         proxy: bool,
     },
+    /// Prebuild a repository: a workspace from its devcontainer.json through
+    /// updateContentCommand, kept as a snapshot that `hearth up` of it starts from.
+    Prebuild {
+        /// Git URL or local repository path.
+        source: String,
+        /// Branch to prebuild (default: the repository's default branch, which `up` uses).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Use the repository's `.devcontainer/NAME/devcontainer.json` (when it has several).
+        #[arg(long = "config", value_name = "NAME")]
+        devcontainer_config: Option<String>,
+    },
+    /// List the prebuilds your `hearth up` may start from, newest first.
+    Prebuilds {
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshot a workspace's files now.
     Snapshot { name: String },
     /// List a workspace's snapshots, oldest first, and what they hold in the store.
@@ -282,6 +299,25 @@ enum BenchCmd {
         /// workspaces, quiet and with one spinning (each needs a loop device, 64 MiB).
         #[arg(long, value_name = "N")]
         loop_cost: Option<usize>,
+        /// OCI runtime: crun, runc or a path (default: crun if installed).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The static hearth-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+    /// `hearth up` of a repository whose onCreateCommand takes long, without a prebuild
+    /// and from one, until the repository's files read back in the running workspace.
+    Prebuild {
+        /// Image the repository's devcontainer.json names (busybox is enough).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
+        image: PathBuf,
+        /// Seconds its onCreateCommand sleeps.
+        #[arg(long, default_value_t = 60)]
+        on_create: u64,
+        /// Timed ups from the prebuild.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
         /// OCI runtime: crun, runc or a path (default: crun if installed).
         #[arg(long)]
         runtime: Option<String>,
@@ -570,6 +606,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             name, port, public, ..
         } => client()?.set_port(name, *port, *public).await.map(|()| 0),
         Cmd::PortForward { name, ports } => client()?.port_forward(name, ports).await.map(|()| 0),
+        Cmd::Prebuild {
+            source,
+            branch,
+            devcontainer_config,
+        } => client()?
+            .prebuild(hearth_api::CreatePrebuild {
+                source: source.clone(),
+                branch: branch.clone(),
+                devcontainer_config: devcontainer_config.clone(),
+            })
+            .await
+            .map(|()| 0),
+        Cmd::Prebuilds { json } => client()?.prebuilds(*json).await.map(|()| 0),
         Cmd::Snapshot { name } => client()?.snapshot(name).await.map(|()| 0),
         Cmd::Snapshots {
             name,
@@ -699,6 +748,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0)
         }
         Cmd::Bench {
+            what:
+                Some(BenchCmd::Prebuild {
+                    image,
+                    on_create,
+                    runs,
+                    runtime,
+                    agent,
+                }),
+            ..
+        } => bench::run_prebuild(bench::PrebuildArgs {
+            image: image.clone(),
+            agent: bench_agent(agent)?,
+            runtime: runtime.clone(),
+            on_create: *on_create,
+            runs: *runs,
+        })
+        .await
+        .map(|()| 0),
+        Cmd::Bench {
             what: None,
             runs,
             image,
@@ -748,6 +816,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0)
         }
     }
+}
+
+/// `--agent`, else the hearth-agent next to this executable.
+fn bench_agent(agent: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    agent
+        .clone()
+        .or_else(server::agent_next_to_exe)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "hearth-agent not found next to the hearth binary: build it with \
+             scripts/build.sh or pass --agent PATH"
+            )
+        })
 }
 
 #[cfg(test)]

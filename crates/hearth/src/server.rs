@@ -127,6 +127,11 @@ pub struct ServerArgs {
     /// names one (an image name or id, loaded or pulled beforehand).
     #[arg(long, value_name = "REF", default_value = hearth_server::manager::DEFAULT_IMAGE)]
     default_image: String,
+    /// File holding the secret of push webhooks (`/v1/hooks/github|gitlab|gitea`), which
+    /// refresh existing prebuilds; give the forge the same secret. Without it webhooks
+    /// are off.
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
@@ -401,6 +406,18 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     let mut server = Server::bind_locked(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
     server.set_default_image(args.default_image.clone());
+    if let Some(f) = &args.webhook_secret_file {
+        let secret = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read --webhook-secret-file {}", f.display()))?;
+        let secret = secret.trim();
+        if secret.len() < 16 {
+            bail!(
+                "--webhook-secret-file {}: the secret must be at least 16 characters",
+                f.display()
+            );
+        }
+        server.set_webhook_secret(Some(secret.as_bytes().to_vec()));
+    }
     bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));

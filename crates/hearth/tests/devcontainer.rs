@@ -262,3 +262,376 @@ fn config_errors_point_into_the_file_and_the_default_image_is_the_servers() {
         "hello from the repo\n"
     );
 }
+
+/// Polls `hearth logs NAME` until `needle` shows `count` times (the background steps
+/// and postAttachCommand write there after the call that started them returned).
+fn wait_in_logs(srv: &TestServer, name: &str, needle: &str, count: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let logs = srv.ok(&["logs", name]);
+        if logs.matches(needle).count() >= count {
+            return logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not {count} times in the logs of {name}:\n{logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn wait_for_returns_early_and_attaching_runs_post_attach() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(
+        src.path(),
+        "early",
+        &[(
+            ".devcontainer.json",
+            r#"{
+              "image": "busybox",
+              "waitFor": "onCreateCommand",
+              "onCreateCommand": "echo first; echo oncreate >> order",
+              "updateContentCommand": "echo update-out; echo update >> order",
+              "postCreateCommand": "sleep 1; echo postcreate-out; echo postcreate >> order",
+              "postStartCommand": "echo poststart-out; echo poststart >> order",
+              "postAttachCommand": "echo attached-out",
+            }"#,
+        )],
+    );
+    let out = srv.hearth(&["up", repo.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, "onCreateCommand: first");
+    line_of(
+        &err,
+        "waitFor reached: updateContentCommand, postCreateCommand, postStartCommand, \
+         postAttachCommand go on in the background (hearth logs early)",
+    );
+    // `up` did not wait for them: none of their output is in its own.
+    for later in [
+        "update-out",
+        "postcreate-out",
+        "poststart-out",
+        "attached-out",
+    ] {
+        assert!(!err.contains(later), "{later} in up's output:\n{err}");
+    }
+    // They hold the workspace's lock while they run: a stop waits for them, and they all
+    // ran, in the spec's order, with their output in the console log.
+    srv.ok(&["stop", "early"]);
+    let logs = srv.ok(&["logs", "early"]);
+    let at: Vec<usize> = [
+        "onCreateCommand: first",
+        "updateContentCommand: update-out",
+        "postCreateCommand: postcreate-out",
+        "postStartCommand: poststart-out",
+        "postAttachCommand: attached-out",
+    ]
+    .iter()
+    .map(|s| line_of(&logs, s))
+    .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}\n{logs}");
+    srv.ok(&["start", "early"]);
+    assert_eq!(
+        srv.exec("early", &["cat", "/workspace/early/order"]),
+        "oncreate\nupdate\npostcreate\npoststart\npoststart\n"
+    );
+
+    // A terminal session is an attach: postAttachCommand runs again (beside it); a
+    // session without a terminal is not.
+    srv.ok(&["exec", "early", "--", "true"]);
+    let out = srv.hearth(&["exec", "-t", "early", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_in_logs(&srv, "early", "postAttachCommand: attached-out", 2);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let logs = srv.ok(&["logs", "early"]);
+    assert_eq!(
+        logs.matches("postAttachCommand: attached-out").count(),
+        2,
+        "{logs}"
+    );
+}
+
+/// `git -C repo ARGS` with a committer; returns stdout, trimmed.
+fn git_in(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+const PREBUILT: &str = r#"{
+  "image": "busybox",
+  "onCreateCommand": "echo oncreate-ran; mkdir -p /opt && echo tool > /opt/tool; echo oncreate >> order",
+  "updateContentCommand": "echo update-ran; echo update >> order",
+  "postCreateCommand": "echo postcreate >> order",
+  "postStartCommand": "echo poststart >> order",
+}"#;
+
+#[test]
+fn up_starts_from_a_matching_prebuild() {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(src.path(), "pb", &[(".devcontainer.json", PREBUILT)]);
+    let r = repo.to_str().unwrap();
+    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+
+    // The prebuild runs onCreate and updateContent only, and leaves no workspace.
+    let out = srv.hearth(&["prebuild", r]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, "onCreateCommand: oncreate-ran");
+    line_of(&err, "updateContentCommand: update-ran");
+    assert!(!err.contains("postCreateCommand"), "{err}");
+    assert!(srv.workspace_names().is_empty());
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["commit"], head.as_str());
+    assert_eq!(list[0]["branch"], serde_json::Value::Null);
+    assert_eq!(list[0]["config_file"], ".devcontainer.json");
+    let snap = list[0]["snapshot"].as_str().unwrap().to_string();
+    assert!(srv.ok(&["prebuilds"]).contains(&snap));
+
+    // `up` restores it instead of cloning and running those steps, then goes on.
+    let out = srv.hearth(&["up", r]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, &format!("starting from prebuild {snap}"));
+    for not in ["cloning", "oncreate-ran", "update-ran"] {
+        assert!(!err.contains(not), "{not} in:\n{err}");
+    }
+    assert_eq!(
+        srv.exec("pb", &["cat", "/workspace/pb/order", "/opt/tool"]),
+        "oncreate\nupdate\npostcreate\npoststart\ntool\n"
+    );
+    // The files are the workspace's own (owners mapped into its range), the clone works.
+    assert_eq!(
+        srv.exec(
+            "pb",
+            &[
+                "stat",
+                "-c",
+                "%u:%g",
+                "/opt/tool",
+                "/workspace/pb/.git/HEAD"
+            ]
+        ),
+        "0:0\n0:0\n"
+    );
+
+    // A newer commit with the same config: the prebuild is an ancestor, but bringing it up
+    // to date needs git in the image, which busybox lacks: `up` says so and clones.
+    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
+    git_in(&repo, &["add", "NEWS"]);
+    git_in(&repo, &["commit", "-qm", "news"]);
+    let out = srv.hearth(&["up", r, "--name", "pb1"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, &format!("starting from prebuild {snap}"));
+    line_of(&err, "does the image have git?");
+    line_of(&err, "cloning instead");
+    line_of(&err, "onCreateCommand: oncreate-ran");
+    assert_eq!(
+        srv.exec("pb1", &["cat", "/workspace/pb/NEWS", "/workspace/pb/order"]),
+        "news\noncreate\nupdate\npostcreate\npoststart\n"
+    );
+
+    // A config that differs (another image setting, here a new env) does not match: cloned.
+    std::fs::write(
+        repo.join(".devcontainer.json"),
+        PREBUILT.replace("\"image\"", "\"containerEnv\": {\"A\": \"1\"}, \"image\""),
+    )
+    .unwrap();
+    git_in(&repo, &["commit", "-qam", "env"]);
+    let out = srv.hearth(&["up", r, "--name", "pb2"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("starting from prebuild"), "{err}");
+    line_of(&err, "onCreateCommand: oncreate-ran");
+
+    // Refused before anything runs: a branch name git would take as an option, a
+    // repository without a devcontainer.json.
+    let e = srv.fails(&["prebuild", r, "--branch=--upload-pack=touch /tmp/x"]);
+    assert!(e.contains("invalid branch name"), "{e}");
+    let plain = common::git_repo(src.path(), "plain");
+    let e = srv.fails(&["prebuild", plain.to_str().unwrap()]);
+    assert!(e.contains("has no devcontainer.json"), "{e}");
+    assert_eq!(srv.workspace_names(), ["pb", "pb1", "pb2"]);
+}
+
+/// `up` of a commit newer than the prebuild's: the commits since come in as a bundle,
+/// are merged in the workspace by its own git, and `updateContentCommand` runs again.
+#[test]
+fn up_brings_an_older_prebuild_up_to_date() {
+    let srv = TestServer::start();
+    let debian = std::env::var("HEARTH_TEST_DEBIAN")
+        .expect("HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)");
+    srv.ok(&["image", "load", &debian, "--name", "debian"]);
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(
+        src.path(),
+        "deb",
+        &[(".devcontainer.json", &PREBUILT.replace("busybox", "debian"))],
+    );
+    let r = repo.to_str().unwrap();
+    srv.ok(&["prebuild", r]);
+    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
+    git_in(&repo, &["add", "NEWS"]);
+    git_in(&repo, &["commit", "-qm", "news"]);
+    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+
+    let out = srv.hearth(&["up", r]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, "starting from prebuild");
+    line_of(&err, "fetching the commits since the prebuild");
+    line_of(&err, "updateContentCommand: update-ran");
+    assert!(!err.contains("oncreate-ran"), "{err}");
+    assert!(!err.contains("cloning"), "{err}");
+    assert_eq!(
+        srv.exec(
+            "deb",
+            &["sh", "-c", "cd /workspace/deb && cat NEWS order && git rev-parse HEAD && git status --porcelain"]
+        ),
+        format!("news\noncreate\nupdate\nupdate\npostcreate\npoststart\n{head}\n?? order\n")
+    );
+}
+
+/// HMAC-SHA256 of `body` with `key`, hex, as openssl computes it.
+fn hmac_hex(key: &str, body: &str) -> String {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "printf %s \"$1\" | openssl dgst -sha256 -hmac \"$2\"",
+            "sh",
+            body,
+            key,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim().rsplit(' ').next().unwrap().to_string()
+}
+
+/// POSTs `body` to the server's `path` with `headers`; returns (status, body).
+fn post(srv: &TestServer, path: &str, headers: &[String], body: &str) -> (u16, String) {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(srv.data_dir().join("server.json")).unwrap())
+            .unwrap();
+    let url = format!("{}{path}", info["url"].as_str().unwrap());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        "POST",
+        "-w",
+        "\n%{http_code}",
+        "--data-binary",
+        body,
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    assert!(out.status.success(), "curl: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn a_signed_push_webhook_refreshes_the_prebuild() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "a-webhook-secret-for-tests";
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let srv = TestServer::start_with(&["--webhook-secret-file", secret_file.to_str().unwrap()]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(src.path(), "hooked", &[(".devcontainer.json", PREBUILT)]);
+    let r = repo.to_str().unwrap();
+    srv.ok(&["prebuild", r]);
+    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
+    git_in(&repo, &["add", "NEWS"]);
+    git_in(&repo, &["commit", "-qm", "news"]);
+    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+    let branch = git_in(&repo, &["symbolic-ref", "--short", "HEAD"]);
+    let body = serde_json::json!({
+        "ref": format!("refs/heads/{branch}"),
+        "after": head,
+        "repository": {"clone_url": r, "default_branch": branch},
+    })
+    .to_string();
+    let sig = hmac_hex(secret, &body);
+    let event = "X-GitHub-Event: push".to_string();
+
+    // A wrong signature, or none: refused, nothing starts.
+    let (code, text) = post(
+        &srv,
+        "/v1/hooks/github",
+        &[
+            event.clone(),
+            format!("X-Hub-Signature-256: sha256={}", "0".repeat(64)),
+        ],
+        &body,
+    );
+    assert_eq!(code, 401, "{text}");
+    let (code, _) = post(
+        &srv,
+        "/v1/hooks/github",
+        std::slice::from_ref(&event),
+        &body,
+    );
+    assert_eq!(code, 401);
+    // A push to a repository nobody prebuilt starts nothing.
+    let other = body.replace(r, "/nowhere/else");
+    // Signed correctly, so only the URL differs.
+    let other_sig = hmac_hex(secret, &other);
+    let (code, text) = post(
+        &srv,
+        "/v1/hooks/github",
+        &[
+            event.clone(),
+            format!("X-Hub-Signature-256: sha256={other_sig}"),
+        ],
+        &other,
+    );
+    assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
+
+    // Signed: the prebuild of that branch is made again, at the pushed commit.
+    let (code, text) = post(
+        &srv,
+        "/v1/hooks/github",
+        &[event, format!("X-Hub-Signature-256: sha256={sig}")],
+        &body,
+    );
+    assert_eq!(code, 202, "{text}");
+    let started: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(started["started"], serde_json::json!([r]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
+        if list.first().is_some_and(|p| p["commit"] == head.as_str()) {
+            assert_eq!(list.len(), 2, "{list:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prebuild at {head}: {list:?}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

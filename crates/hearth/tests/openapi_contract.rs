@@ -20,7 +20,7 @@ fn schemathesis() -> String {
 const CONFIG: &str = r#"
 # source/path must name an existing git repository / image on the server host
 [[operations]]
-include-path-regex = "^/v1/(workspaces|images/load)$"
+include-path-regex = "^/v1/(workspaces|images/load|prebuilds)$"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 

@@ -13,8 +13,8 @@ use super::host::resolv_conf;
 use super::ops::HostOps;
 use super::{image_err, internal, mkdir, Inner, Paths, LEGACY_UPPER};
 use crate::{
-    clone, Limits, NodeError, Progress, RunState, WorkspaceId, WorkspaceSpec, WorkspaceStatus,
-    ID_RANGE,
+    clone, Limits, NodeError, Progress, Revision, RunState, WorkspaceId, WorkspaceSpec,
+    WorkspaceStatus, ID_RANGE,
 };
 
 /// How long PID 1 gets to end its processes on stop before everything is killed.
@@ -125,6 +125,7 @@ impl Inner {
     pub(super) fn create(
         &self,
         spec: &WorkspaceSpec,
+        rev: &Revision,
         progress: &Progress,
     ) -> Result<(), NodeError> {
         self.check_create(&spec.source, &spec.limits)?;
@@ -143,7 +144,7 @@ impl Inner {
                 self.host
                     .ensure_network(&spec.id, spec.slot, &spec.egress.deny)
             });
-            let res = self.create_files(spec, &p, progress);
+            let res = self.create_files(spec, rev, &p, progress);
             let net = net
                 .join()
                 .unwrap_or_else(|_| Err(internal("network setup panicked")));
@@ -168,6 +169,7 @@ impl Inner {
     fn create_files(
         &self,
         spec: &WorkspaceSpec,
+        rev: &Revision,
         p: &Paths,
         progress: &Progress,
     ) -> Result<(), NodeError> {
@@ -189,6 +191,7 @@ impl Inner {
         let _ = progress.send(format!("cloning {}", spec.source));
         clone::clone(
             &spec.source,
+            rev,
             &clone::dest_for(&p.upper, &spec.source),
             base,
             base,

@@ -350,11 +350,43 @@ impl NodeApi for LocalNode {
     async fn devcontainer_config(
         &self,
         source: &str,
+        branch: Option<&str>,
         name: Option<&str>,
     ) -> Result<Option<crate::RepoConfig>, NodeError> {
         let (source, name) = (source.to_string(), name.map(str::to_string));
+        let branch = branch.map(str::to_string);
         self.blocking(move |i| {
-            crate::clone::read_devcontainer(&source, name.as_deref(), &i.gitconfig, &i.cfg.data_dir)
+            crate::clone::read_devcontainer(
+                &source,
+                branch.as_deref(),
+                name.as_deref(),
+                &i.gitconfig,
+                &i.cfg.data_dir,
+            )
+        })
+        .await
+    }
+
+    async fn update_bundle(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        bases: &[String],
+        max: u64,
+    ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+        let (source, branch) = (source.to_string(), branch.map(str::to_string));
+        let (commit, bases) = (commit.to_string(), bases.to_vec());
+        self.blocking(move |i| {
+            crate::clone::update_bundle(
+                &source,
+                branch.as_deref(),
+                &commit,
+                &bases,
+                max,
+                &i.gitconfig,
+                &i.cfg.data_dir,
+            )
         })
         .await
     }
@@ -474,8 +506,19 @@ impl NodeApi for LocalNode {
     }
 
     async fn create(&self, spec: &WorkspaceSpec, progress: Progress) -> Result<(), NodeError> {
-        let spec = spec.clone();
-        self.blocking(move |i| i.create(&spec, &progress)).await
+        self.create_at(spec, &crate::Revision::default(), progress)
+            .await
+    }
+
+    async fn create_at(
+        &self,
+        spec: &WorkspaceSpec,
+        rev: &crate::Revision,
+        progress: Progress,
+    ) -> Result<(), NodeError> {
+        let (spec, rev) = (spec.clone(), rev.clone());
+        self.blocking(move |i| i.create(&spec, &rev, &progress))
+            .await
     }
 
     async fn start(&self, spec: &WorkspaceSpec) -> Result<WorkspaceStatus, NodeError> {

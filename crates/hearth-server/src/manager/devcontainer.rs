@@ -15,8 +15,10 @@ use hearth_devcontainer::{Command, Config, LifecycleStep};
 use hearth_node::{ExecRequest, Limits, Progress, WorkspaceSpec};
 use serde::{Deserialize, Serialize};
 
-use super::{node_err, say, Manager};
+use super::{node_err, say, Manager, NameGuard};
+use crate::db::WorkspaceRecord;
 use crate::error::ApiError;
+use hearth_api::WorkspaceState;
 
 /// Output lines of a failed command quoted in its error.
 const TAIL_LINES: usize = 20;
@@ -86,13 +88,14 @@ impl Manager {
         &self,
         name: &str,
         source: &str,
+        branch: Option<&str>,
         config_name: Option<&str>,
         image_given: bool,
         limits: &Limits,
     ) -> Result<Option<Devcontainer>, ApiError> {
         let Some(found) = self
             .node
-            .devcontainer_config(source, config_name)
+            .devcontainer_config(source, branch, config_name)
             .await
             .map_err(|e| node_err("devcontainer", name, e))?
         else {
@@ -156,6 +159,18 @@ impl Manager {
         }))
     }
 
+    /// Records the settings a workspace is made from, no lifecycle step done yet.
+    pub(super) async fn record_devcontainer(
+        &self,
+        spec: &WorkspaceSpec,
+        dc: &Devcontainer,
+    ) -> Result<(), ApiError> {
+        let json = serde_json::to_string(dc)
+            .map_err(|e| ApiError::internal(format!("devcontainer settings: {e}")))?;
+        self.store.set_devcontainer(spec.id.as_str(), &json).await?;
+        Ok(())
+    }
+
     /// The workspace's devcontainer settings, if it was made from one.
     pub(super) async fn devcontainer(
         &self,
@@ -197,18 +212,16 @@ impl Manager {
         Ok(())
     }
 
-    /// Runs the lifecycle commands due at a start: the create-time ones not done yet,
-    /// then `postStartCommand`, then (`attach`) `postAttachCommand`. Output goes to the
-    /// console log (`hearth logs`) and to `progress` when given; the first failure stops
-    /// the run with the command's exit code and last lines.
-    pub(super) async fn run_lifecycle(
+    /// The lifecycle commands due at a start, in order: the create-time ones not done
+    /// yet, then `postStartCommand`, then (`attach`) `postAttachCommand`; with the
+    /// settings after the `${containerEnv:X}` pass.
+    async fn due_steps(
         &self,
         spec: &WorkspaceSpec,
-        progress: Option<&Progress>,
         attach: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<(Devcontainer, Vec<LifecycleStep>)>, ApiError> {
         let Some((dc, done)) = self.devcontainer(spec).await? else {
-            return self.install_dotfiles(spec, None, progress).await;
+            return Ok(None);
         };
         let dc = self.container_env_pass(spec, dc).await?;
         let mut steps: Vec<LifecycleStep> = CREATE_STEPS
@@ -219,14 +232,154 @@ impl Manager {
         if attach {
             steps.push(LifecycleStep::PostAttach);
         }
-        for step in steps {
+        Ok(Some((dc, steps)))
+    }
+
+    /// Runs the lifecycle commands due at a start (see [`Manager::due_steps`]). Output
+    /// goes to the console log (`hearth logs`) and to `progress` when given; the first
+    /// failure stops the run with the command's exit code and last lines.
+    pub(super) async fn run_lifecycle(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: Option<&Progress>,
+        attach: bool,
+    ) -> Result<(), ApiError> {
+        let Some((dc, steps)) = self.due_steps(spec, attach).await? else {
+            return self.install_dotfiles(spec, None, progress).await;
+        };
+        self.run_steps(spec, &dc, &steps, progress).await
+    }
+
+    /// A prebuild's lifecycle: the due create-time steps through `until`, output in
+    /// `progress`; the first failure is the answer.
+    pub(super) async fn run_until(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: &Progress,
+        until: LifecycleStep,
+    ) -> Result<(), ApiError> {
+        let Some((dc, mut steps)) = self.due_steps(spec, false).await? else {
+            return Ok(());
+        };
+        steps.retain(|s| *s <= until);
+        self.run_steps(spec, &dc, &steps, Some(progress)).await
+    }
+
+    /// `up`'s lifecycle (postAttachCommand included, as the reference CLI's `up` runs it):
+    /// the steps through `waitFor` in `progress`, when the file sets it; the rest go on
+    /// in the background holding the name's lock (so a stop waits for them), their
+    /// output in the console log. Without `waitFor`, `up` waits for every step, as
+    /// `devcontainer up` does. A failure marks the workspace failed (kept for a look;
+    /// the next start runs the steps not done yet).
+    pub(super) async fn up_lifecycle(
+        &self,
+        rec: &WorkspaceRecord,
+        progress: &Progress,
+        guard: NameGuard,
+    ) -> Result<(), ApiError> {
+        let spec = &rec.spec;
+        let res = async {
+            let Some((dc, steps)) = self.due_steps(spec, true).await? else {
+                self.install_dotfiles(spec, None, Some(progress)).await?;
+                return Ok(None);
+            };
+            let now = match dc.config.lifecycle.wait_for {
+                Some(w) => steps.iter().take_while(|s| **s <= w).count(),
+                None => steps.len(),
+            };
+            self.run_steps(spec, &dc, &steps[..now], Some(progress))
+                .await?;
+            Ok::<_, ApiError>(Some((dc, steps[now..].to_vec())))
+        }
+        .await;
+        let (dc, later) = match res {
+            Ok(Some((dc, later))) if !later.is_empty() => (dc, later),
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                self.set(rec, WorkspaceState::Failed, Some(&e.message))
+                    .await?;
+                return Err(e);
+            }
+        };
+        let Some(me) = self.me.upgrade() else {
+            let res = self.run_steps(spec, &dc, &later, Some(progress)).await;
+            if let Err(e) = &res {
+                self.set(rec, WorkspaceState::Failed, Some(&e.message))
+                    .await?;
+            }
+            return res;
+        };
+        let names: Vec<&str> = later.iter().map(|s| s.property()).collect();
+        say(
+            progress,
+            format!(
+                "waitFor reached: {} go on in the background (hearth logs {})",
+                names.join(", "),
+                spec.name
+            ),
+        );
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = me.run_steps(&rec.spec, &dc, &later, None).await {
+                if let Err(se) = me.set(&rec, WorkspaceState::Failed, Some(&e.message)).await {
+                    tracing::error!(workspace = rec.spec.name, error = %se.message, "cannot record a failed lifecycle step");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A terminal session attached (`hearth shell`, SSH with a pty): `postAttachCommand`
+    /// runs beside it, its output in the console log; a failure is logged there, the
+    /// session goes on.
+    pub(super) fn attached(&self, spec: &WorkspaceSpec) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            let dc = match me.devcontainer(&spec).await {
+                Ok(Some((dc, _)))
+                    if dc.config.lifecycle.get(LifecycleStep::PostAttach).is_some() =>
+                {
+                    dc
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(workspace = spec.name, error = %e.message, "postAttachCommand: cannot read the settings");
+                    return;
+                }
+            };
+            let res = match me.container_env_pass(&spec, dc).await {
+                Ok(dc) => {
+                    me.run_steps(&spec, &dc, &[LifecycleStep::PostAttach], None)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::info!(workspace = spec.name, error = %e.message, "postAttachCommand failed");
+            }
+        });
+    }
+
+    /// Runs `steps` in order, recording each create-time one as done.
+    async fn run_steps(
+        &self,
+        spec: &WorkspaceSpec,
+        dc: &Devcontainer,
+        steps: &[LifecycleStep],
+        progress: Option<&Progress>,
+    ) -> Result<(), ApiError> {
+        for &step in steps {
             if step == LifecycleStep::PostStart {
                 // The owner's dotfiles, once: after the create-time steps, as the
                 // reference CLI does.
-                self.install_dotfiles(spec, Some(&dc), progress).await?;
+                self.install_dotfiles(spec, Some(dc), progress).await?;
             }
             if let Some(cmd) = dc.config.lifecycle.get(step) {
-                self.run_step(spec, &dc, step, cmd, progress).await?;
+                self.run_step(spec, dc, step, cmd, progress).await?;
             }
             if CREATE_STEPS.contains(&step) {
                 self.store
@@ -296,7 +449,12 @@ impl Manager {
         progress: Option<&Progress>,
     ) -> Result<(), ApiError> {
         let prop = step.property();
-        let env = super::secrets::overlay(dc.env(), self.secrets_for(spec).await?);
+        // A prebuild is shared beyond its maker's sessions: no user's secrets go into it.
+        let secrets = match super::prebuilds::is_prebuild(spec) {
+            true => Vec::new(),
+            false => self.secrets_for(spec).await?,
+        };
+        let env = super::secrets::overlay(dc.env(), secrets);
         let request = |argv: Vec<String>| ExecRequest {
             argv,
             env: env.clone(),

@@ -35,13 +35,13 @@ const MEMORY: u64 = 64 << 20;
 const DISK: u64 = 256 << 20;
 
 /// A server running in this process.
-struct Running {
-    url: String,
+pub(super) struct Running {
+    pub url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
-async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
+pub(super) async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
     let node = LocalNode::open(cfg.clone()).await?;
     let server = Server::bind(
         ServerConfig {
@@ -68,7 +68,7 @@ async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
 }
 
 impl Running {
-    async fn shutdown(self) -> Result<()> {
+    pub(super) async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await?
     }

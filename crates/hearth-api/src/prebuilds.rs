@@ -1,0 +1,55 @@
+//! Prebuild types: `hearth prebuild`, `hearth prebuilds`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Body of `POST /v1/prebuilds`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrebuild {
+    /// Git URL or absolute path of a local repository (as `hearth up` takes).
+    #[schema(min_length = 1, pattern = "^(?!-)(?!.*::)(/|[^/:]+:)")]
+    pub source: String,
+    /// Branch to prebuild; the repository's default branch when absent (the one `hearth
+    /// up` uses).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^-]")]
+    pub branch: Option<String>,
+    /// Which `.devcontainer/<NAME>/devcontainer.json` to use (as `hearth up --config`).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^/]+$")]
+    pub devcontainer_config: Option<String>,
+}
+
+/// A prebuild: a repository's workspace after `onCreateCommand` and
+/// `updateContentCommand`, kept as a snapshot that `hearth up` starts from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Prebuild {
+    /// The snapshot holding its files.
+    pub snapshot: String,
+    pub source: String,
+    /// `None`: the default branch.
+    pub branch: Option<String>,
+    /// The commit it was built from.
+    pub commit: String,
+    /// Its devcontainer.json, repository-relative.
+    pub config_file: String,
+    /// SHA-256 of the devcontainer settings and image id; `up` uses a prebuild only when
+    /// its own match.
+    pub config_hash: String,
+    /// Image id it ran on.
+    pub image: String,
+    pub owner: String,
+    /// Made by an admin: every user's `up` may start from it (else only its owner's).
+    pub shared: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// What a push webhook started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookResult {
+    /// `SOURCE` or `SOURCE@BRANCH` of each prebuild started in the background (an empty
+    /// list: the push matched no prebuild, or was no branch push).
+    pub started: Vec<String>,
+}

@@ -1,0 +1,519 @@
+//! Prebuilds: a repository's workspace made ahead of time. `hearth prebuild` (or a push
+//! webhook) creates a workspace from the repository's devcontainer.json like `up` does,
+//! runs `onCreateCommand` and `updateContentCommand`, stops it (its final snapshot is the
+//! prebuild), removes it and records (repository, branch, commit, config hash, snapshot).
+//! `up` of that repository then restores the newest matching snapshot instead of cloning
+//! and running those steps, and goes on with `postCreateCommand`.
+//!
+//! Every prebuild of one (owner, source, branch) runs under the same workspace id (the
+//! series, 32 hex digits, so never a workspace's 12): its snapshots chain in the store
+//! (incremental), the store's retention applies across them, and two prebuilds of the
+//! same series cannot run at once (the node refuses the second create).
+//!
+//! Who may start from one: its owner, or everyone when an admin made it. A prebuild
+//! holds what its commands wrote; a user's prebuild never reaches another user.
+
+use sha2::{Digest, Sha256};
+
+use super::devcontainer::Devcontainer;
+use super::*;
+use crate::db::PrebuildRecord;
+use hearth_api::{CreatePrebuild, Prebuild};
+use hearth_devcontainer::LifecycleStep;
+
+/// The last create-time step a prebuild runs (`up` from it runs the ones after).
+pub(super) const PREBUILD_UNTIL: LifecycleStep = LifecycleStep::UpdateContent;
+
+/// A prebuild that passed its checks; holds its workspace name's lock until run.
+pub struct PrebuildPlan {
+    create: CreatePlan,
+    branch: Option<String>,
+}
+
+/// Largest update (a git bundle of the commits since a prebuild's) `up` carries into a
+/// restored prebuild; a bigger one clones instead.
+const MAX_UPDATE: u64 = 256 << 20;
+
+/// What `up` starts from instead of a clone.
+pub(super) struct PrebuildUse {
+    pub snapshot: String,
+    /// The prebuild's commit.
+    pub commit: String,
+    /// Commits from `commit` to the one `up` reads, when they differ (a git bundle).
+    pub update: Option<Vec<u8>>,
+}
+
+/// What decides whether a prebuild fits a workspace: the devcontainer settings after the
+/// first substitution pass (which names the workspace folder and config file) and the
+/// image id. The commit is matched apart (an older prebuild is brought up to date).
+pub(super) fn config_hash(dc: &Devcontainer, image: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&dc.config).unwrap_or_default());
+    h.update(b"\0");
+    h.update(image.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The workspace id of (owner, source, branch)'s prebuilds.
+fn series_id(owner: &str, source: &str, branch: Option<&str>) -> WorkspaceId {
+    let mut h = Sha256::new();
+    for part in ["prebuild", owner, source, branch.unwrap_or("")] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    let hex = hex::encode(h.finalize());
+    WorkspaceId::new(&hex[..32]).expect("32 hex digits are a valid workspace id")
+}
+
+/// Whether `spec` is a prebuild's workspace (its id is a series', never a workspace's).
+pub(super) fn is_prebuild(spec: &WorkspaceSpec) -> bool {
+    spec.id.as_str().len() == 32
+}
+
+/// A spec that names a series' snapshots (listing them needs only its id).
+fn series_spec(p: &PrebuildRecord) -> Result<WorkspaceSpec, ApiError> {
+    Ok(WorkspaceSpec {
+        id: WorkspaceId::new(&p.series).map_err(|e| {
+            ApiError::internal(format!("prebuild {} has a bad series id: {e}", p.snapshot))
+        })?,
+        name: format!("prebuild of {}", p.source),
+        image: p.image.clone(),
+        source: p.source.clone(),
+        slot: 0,
+        limits: Limits::default(),
+        egress: Default::default(),
+    })
+}
+
+fn view(p: PrebuildRecord) -> Prebuild {
+    Prebuild {
+        snapshot: p.snapshot,
+        source: p.source,
+        branch: p.branch,
+        commit: p.commit,
+        config_file: p.config_file,
+        config_hash: p.config_hash,
+        image: p.image,
+        owner: p.owner,
+        shared: p.shared,
+        created_at: p.created_at,
+    }
+}
+
+impl Manager {
+    /// Checks a prebuild before it streams: the source, branch and devcontainer.json (it
+    /// must have one), the image, the series' name free.
+    pub async fn plan_prebuild(
+        &self,
+        caller: &Caller,
+        req: CreatePrebuild,
+    ) -> Result<PrebuildPlan, ApiError> {
+        let source = req.source.trim().to_string();
+        let branch = req.branch.filter(|b| !b.is_empty());
+        if let Some(b) = &branch {
+            hearth_node::validate_branch(b).map_err(ApiError::from)?;
+        }
+        let series = series_id(&caller.id, &source, branch.as_deref());
+        let name = format!("prebuild-{}", &series.as_str()[..12]);
+        let create = CreateWorkspace {
+            source: source.clone(),
+            image: None,
+            name: Some(name),
+            limits: Default::default(),
+            egress: None,
+            idle_timeout: Some(0),
+            devcontainer_config: req.devcontainer_config,
+        };
+        let opts = CreateOpts {
+            branch: branch.clone(),
+            id: Some(series),
+            prebuild: true,
+        };
+        let create = self.plan_create_with(caller, create, opts).await?;
+        if create.devcontainer.is_none() {
+            return Err(ApiError::invalid(format!(
+                "{source} has no devcontainer.json: a prebuild runs its onCreateCommand and \
+                 updateContentCommand, so there is nothing to prebuild"
+            )));
+        }
+        Ok(PrebuildPlan { create, branch })
+    }
+
+    /// Runs a planned prebuild: the workspace through [`PREBUILD_UNTIL`], its final
+    /// snapshot, its removal (the snapshot stays), the record. A failed step fails the
+    /// prebuild with its output, and the workspace goes too.
+    pub async fn run_prebuild(
+        &self,
+        plan: PrebuildPlan,
+        progress: Progress,
+    ) -> Result<Prebuild, ApiError> {
+        let PrebuildPlan { create, branch } = plan;
+        let (owner, name) = (create.owner.clone(), create.name.clone());
+        let Some(dc) = create.devcontainer.clone() else {
+            return Err(ApiError::internal("prebuild planned without devcontainer"));
+        };
+        let res = self.run_create(create, progress.clone()).await;
+        let _guard = self.lock(&name).await;
+        let Some(rec) = self.store.get(&name).await? else {
+            // The create cleaned up after itself.
+            return Err(res.err().unwrap_or_else(|| {
+                ApiError::conflict(format!("prebuild workspace {name} went away"))
+            }));
+        };
+        let out = async {
+            res?;
+            say(
+                &progress,
+                "stopping the prebuild workspace for its snapshot",
+            );
+            self.stop_locked(&rec, "prebuild done: its snapshot is the prebuild")
+                .await?;
+            let done = self.store.get(&name).await?;
+            match done.map(|r| (r.last_snapshot, r.snapshot_error)) {
+                Some((Some(s), None)) => Ok(s),
+                Some((_, Some(e))) => Err(ApiError::conflict(format!(
+                    "the prebuild's snapshot failed: {e}"
+                ))),
+                _ => Err(ApiError::internal(
+                    "the prebuild's snapshot is not recorded",
+                )),
+            }
+        }
+        .await;
+        // The workspace goes either way; the series' snapshots stay.
+        if let Err(e) = self.node.remove(&rec.spec).await {
+            tracing::warn!(workspace = name, error = %e, "cannot remove a prebuild workspace");
+        }
+        self.store.delete(&rec.spec.id).await?;
+        self.forget_activity(rec.spec.id.as_str());
+        let snapshot = out?;
+        let record = PrebuildRecord {
+            snapshot,
+            series: rec.spec.id.to_string(),
+            owner: owner.id.to_string(),
+            shared: owner.admin,
+            source: rec.spec.source.clone(),
+            branch,
+            commit: dc.commit.clone(),
+            config_hash: config_hash(&dc, &rec.spec.image),
+            image: rec.spec.image.clone(),
+            config_file: dc.config.file.clone(),
+            created_at: crate::db::now(),
+        };
+        self.store.insert_prebuild(&record).await?;
+        self.prune_prebuilds(&record).await;
+        say(
+            &progress,
+            format!(
+                "prebuild {} of {} at {}",
+                record.snapshot,
+                record.source,
+                &record.commit[..record.commit.len().min(12)]
+            ),
+        );
+        tracing::info!(
+            source = record.source,
+            snapshot = record.snapshot,
+            commit = record.commit,
+            "prebuild recorded"
+        );
+        Ok(view(record))
+    }
+
+    /// Forgets the rows of `p`'s series whose snapshots the store's retention dropped.
+    async fn prune_prebuilds(&self, p: &PrebuildRecord) {
+        let Ok(spec) = series_spec(p) else { return };
+        let have = match self.node.snapshots(&spec).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(source = p.source, error = %e, "cannot list a prebuild series");
+                return;
+            }
+        };
+        let gone: Vec<String> = match self.store.prebuilds(Some(&p.source)).await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|r| r.series == p.series && !have.iter().any(|s| s.id == r.snapshot))
+                .map(|r| r.snapshot)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list prebuilds");
+                return;
+            }
+        };
+        if let Err(e) = self.store.forget_prebuilds(&gone).await {
+            tracing::warn!(error = %e, "cannot forget expired prebuilds");
+        }
+    }
+
+    /// The prebuilds `caller`'s `up` may start from, newest first.
+    pub async fn prebuilds(&self, caller: &Caller) -> Result<Vec<Prebuild>, ApiError> {
+        Ok(self
+            .store
+            .prebuilds(None)
+            .await?
+            .into_iter()
+            .filter(|p| p.shared || caller.may_use(&p.owner))
+            .map(view)
+            .collect())
+    }
+
+    /// The newest prebuild `up` of `source` (default branch) can start from: one that
+    /// `caller` may use, whose config hash matches, still in the store, and whose commit
+    /// is the one `up` reads or (with the commits since as a bundle) an ancestor of it.
+    pub(super) async fn find_prebuild(
+        &self,
+        caller: &Caller,
+        source: &str,
+        dc: &Devcontainer,
+        image: &str,
+    ) -> Result<Option<PrebuildUse>, ApiError> {
+        let hash = config_hash(dc, image);
+        let mut fits: Vec<PrebuildRecord> = Vec::new();
+        let mut kept: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for p in self.store.prebuilds(Some(source)).await? {
+            if p.config_hash != hash
+                || p.branch.is_some()
+                || !(p.shared || caller.may_use(&p.owner))
+            {
+                continue;
+            }
+            if !kept.contains_key(&p.series) {
+                match self.node.snapshots(&series_spec(&p)?).await {
+                    Ok(v) => {
+                        kept.insert(p.series.clone(), v.into_iter().map(|s| s.id).collect());
+                    }
+                    Err(e) => {
+                        tracing::warn!(source, error = %e, "cannot list a prebuild series; cloning instead");
+                        return Ok(None);
+                    }
+                }
+            }
+            if kept.get(&p.series).is_some_and(|v| v.contains(&p.snapshot)) {
+                fits.push(p);
+            } else {
+                // Forgotten by retention or a store gc since.
+                self.store
+                    .forget_prebuilds(std::slice::from_ref(&p.snapshot))
+                    .await?;
+            }
+        }
+        if let Some(p) = fits.iter().find(|p| p.commit == dc.commit) {
+            return Ok(Some(PrebuildUse {
+                snapshot: p.snapshot.clone(),
+                commit: p.commit.clone(),
+                update: None,
+            }));
+        }
+        if fits.is_empty() {
+            return Ok(None);
+        }
+        let mut bases: Vec<String> = Vec::new();
+        for p in &fits {
+            if !bases.contains(&p.commit) {
+                bases.push(p.commit.clone());
+            }
+        }
+        let found = match self
+            .node
+            .update_bundle(source, None, &dc.commit, &bases, MAX_UPDATE)
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(source, error = %e, "cannot compare prebuild commits; cloning instead");
+                return Ok(None);
+            }
+        };
+        Ok(found.and_then(|(base, bundle)| {
+            fits.into_iter()
+                .find(|p| p.commit == base)
+                .map(|p| PrebuildUse {
+                    snapshot: p.snapshot,
+                    commit: p.commit,
+                    update: Some(bundle),
+                })
+        }))
+    }
+
+    /// Makes `rec`'s workspace from prebuild `p` and starts it: restore, then (when the
+    /// prebuild's commit is older) the commits since fetched from a bundle and merged
+    /// fast-forward in the workspace (by its own git, as root inside, never by the host's
+    /// over files the prebuild's commands could have changed), and `updateContentCommand`
+    /// due again.
+    pub(super) async fn start_from_prebuild(
+        &self,
+        rec: &WorkspaceRecord,
+        p: &PrebuildUse,
+        progress: &Progress,
+    ) -> Result<WorkspaceStatus, ApiError> {
+        let name = &rec.spec.name;
+        say(
+            progress,
+            format!(
+                "starting from prebuild {} (commit {})",
+                p.snapshot,
+                &p.commit[..p.commit.len().min(12)]
+            ),
+        );
+        self.node
+            .restore(&rec.spec, &p.snapshot)
+            .await
+            .map_err(|e| node_err("restore", name, e))?;
+        let done = match p.update {
+            Some(_) => LifecycleStep::OnCreate,
+            None => PREBUILD_UNTIL,
+        };
+        self.store
+            .set_devcontainer_done(&rec.spec.id, done.property())
+            .await?;
+        self.set(rec, WorkspaceState::Starting, None).await?;
+        say(progress, format!("starting workspace {name}"));
+        let st = self
+            .node
+            .start(&rec.spec)
+            .await
+            .map_err(|e| node_err("start", name, e))?;
+        if let Some(bundle) = &p.update {
+            say(progress, "fetching the commits since the prebuild");
+            let folder = super::devcontainer::clone_folder(&rec.spec.source);
+            let script = "set -e; b=$(mktemp); trap 'rm -f \"$b\"' EXIT; cat > \"$b\"; \
+                          git -C \"$1\" fetch -q \"$b\" \"$2\"; git -C \"$1\" merge -q --ff-only FETCH_HEAD";
+            let req = ExecRequest {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    script.into(),
+                    "sh".into(),
+                    folder,
+                    hearth_node::UPDATE_REF.into(),
+                ],
+                env: Vec::new(),
+                cwd: None,
+                user: None,
+                tty: false,
+                rows: 0,
+                cols: 0,
+            };
+            let (code, tail) = self
+                .run_capture_input(&rec.spec, req, Some(progress), "update", bundle)
+                .await?;
+            if code != 0 {
+                return Err(ApiError::conflict(format!(
+                    "bringing the prebuild's clone to the new commit failed with exit code \
+                     {code} (does the image have git?): {}",
+                    tail.join(" / ")
+                )));
+            }
+        }
+        Ok(st)
+    }
+}
+
+impl Manager {
+    /// Sets the secret push webhooks must carry; `None` turns them off.
+    pub fn set_webhook_secret(&self, secret: Option<Vec<u8>>) {
+        *self
+            .webhook_secret
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = secret.map(Into::into);
+    }
+
+    pub fn webhook_secret(&self) -> Option<Arc<[u8]>> {
+        self.webhook_secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Starts, in the background, a new prebuild of every series of the pushed
+    /// repository and branch (the default branch's series when the push is to it), as
+    /// the series' owner. Returns what was started.
+    pub async fn prebuild_push(
+        &self,
+        push: &crate::prebuilds::Push,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut series: Vec<PrebuildRecord> = Vec::new();
+        for p in self.store.prebuilds(None).await? {
+            let branch_matches = match &p.branch {
+                Some(b) => *b == push.branch,
+                None => push.default_branch.as_deref() == Some(push.branch.as_str()),
+            };
+            if branch_matches
+                && push.urls.contains(&p.source)
+                && !series
+                    .iter()
+                    .any(|s| s.series == p.series && s.config_file == p.config_file)
+            {
+                series.push(p);
+            }
+        }
+        let Some(me) = self.me.upgrade() else {
+            return Err(ApiError::internal(
+                "prebuilds from webhooks need a shared manager",
+            ));
+        };
+        let mut started = Vec::new();
+        for p in series {
+            let what = match &p.branch {
+                Some(b) => format!("{}@{b}", p.source),
+                None => p.source.clone(),
+            };
+            // `.devcontainer/NAME/devcontainer.json` was chosen with --config NAME.
+            let parts: Vec<&str> = p.config_file.split('/').collect();
+            let config = match parts.as_slice() {
+                [".devcontainer", name, "devcontainer.json"] => Some(name.to_string()),
+                _ => None,
+            };
+            let caller = Caller {
+                id: p.owner.as_str().into(),
+                admin: p.shared,
+            };
+            let req = CreatePrebuild {
+                source: p.source.clone(),
+                branch: p.branch.clone(),
+                devcontainer_config: config,
+            };
+            let me = me.clone();
+            let what2 = what.clone();
+            tokio::spawn(async move {
+                // Nobody reads the progress: the outcome goes to the server log.
+                let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
+                let res = match me.plan_prebuild(&caller, req).await {
+                    Ok(plan) => me.run_prebuild(plan, progress).await,
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(p) => tracing::info!(
+                        source = what2,
+                        snapshot = p.snapshot,
+                        "webhook prebuild done"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(source = what2, error = %e.message, "webhook prebuild failed")
+                    }
+                }
+            });
+            started.push(what);
+        }
+        Ok(started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_ids_are_per_owner_source_and_branch_and_never_a_workspace_id() {
+        let a = series_id("alice", "/r", None);
+        assert_eq!(a.as_str().len(), 32);
+        assert_eq!(a, series_id("alice", "/r", None));
+        assert_ne!(a, series_id("bob", "/r", None));
+        assert_ne!(a, series_id("alice", "/r", Some("dev")));
+        assert_ne!(a, series_id("alice", "/r2", None));
+        // The separator keeps parts from running together.
+        assert_ne!(series_id("a", "b/r", None), series_id("ab", "/r", None));
+        assert_ne!(a.as_str().len(), new_id().as_str().len());
+    }
+}

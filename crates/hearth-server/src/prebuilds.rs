@@ -1,0 +1,330 @@
+//! Prebuild routes: build one (`hearth prebuild`), list them (`hearth prebuilds`), and
+//! the forges' push webhooks that refresh them.
+
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hearth_api::{CreatePrebuild, ErrorBody, Prebuild, WebhookResult};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::api::StreamLineDoc;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::ndjson;
+use crate::state::{ApiJson, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/v1/prebuilds", get(list_prebuilds).post(create_prebuild))
+}
+
+/// The webhook route: outside the token check (the forge has no token; the secret is
+/// checked instead).
+pub(crate) fn public_routes() -> Router<AppState> {
+    Router::new().route("/v1/hooks/{forge}", axum::routing::post(webhook))
+}
+
+/// Builds a prebuild of a repository: a workspace from its devcontainer.json through
+/// `updateContentCommand`, snapshotted and removed. Checked like a create before the
+/// ndjson stream starts (400, 404, 409); a failing command ends the stream with its
+/// output.
+#[utoipa::path(post, path = "/v1/prebuilds", request_body = CreatePrebuild,
+    responses((status = 200, description = "ndjson progress lines, then the Prebuild or an error",
+        content_type = "application/x-ndjson", body = StreamLineDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn create_prebuild(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<CreatePrebuild>,
+) -> Response {
+    let plan = match st.manager.plan_prebuild(&caller, req).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    ndjson::stream(move |p| async move { st.manager.run_prebuild(plan, p).await })
+}
+
+/// The prebuilds the caller's `up` may start from (their own and admins'), newest first.
+#[utoipa::path(get, path = "/v1/prebuilds",
+    responses((status = 200, body = Vec<Prebuild>), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_prebuilds(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<Prebuild>>, ApiError> {
+    Ok(Json(st.manager.prebuilds(&caller).await?))
+}
+
+/// A forge whose push webhooks start prebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    GitHub,
+    GitLab,
+    Gitea,
+}
+
+impl std::str::FromStr for Forge {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Forge, ApiError> {
+        match s {
+            "github" => Ok(Forge::GitHub),
+            "gitlab" => Ok(Forge::GitLab),
+            "gitea" => Ok(Forge::Gitea),
+            _ => Err(ApiError::not_found(format!(
+                "no webhook for {s:?}: use /v1/hooks/github, /v1/hooks/gitlab or /v1/hooks/gitea"
+            ))),
+        }
+    }
+}
+
+/// A push as a forge's webhook describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The repository's clone URLs (https and ssh), as the forge knows them.
+    pub urls: Vec<String>,
+    /// The pushed branch (`refs/heads/` stripped).
+    pub branch: String,
+    pub default_branch: Option<String>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks that `body` comes from someone who knows `secret`: GitHub and Gitea sign it
+/// (HMAC-SHA256, hex; GitHub prefixes `sha256=`), GitLab sends the secret as a token.
+/// Compared in constant time.
+pub fn verify(
+    forge: Forge,
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let refused = |why: &str| ApiError::unauthorized(format!("webhook refused: {why}"));
+    match forge {
+        Forge::GitHub | Forge::Gitea => {
+            let (name, prefix) = match forge {
+                Forge::GitHub => ("x-hub-signature-256", "sha256="),
+                _ => ("x-gitea-signature", ""),
+            };
+            let sig = header(headers, name)
+                .and_then(|v| v.strip_prefix(prefix))
+                .ok_or_else(|| refused(&format!("no {name} header")))?;
+            let sig = hex::decode(sig.trim()).map_err(|_| refused("the signature is not hex"))?;
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("hmac takes a key of any length");
+            mac.update(body);
+            mac.verify_slice(&sig)
+                .map_err(|_| refused("the signature does not match the secret"))
+        }
+        Forge::GitLab => {
+            let token = header(headers, "x-gitlab-token")
+                .ok_or_else(|| refused("no X-Gitlab-Token header"))?;
+            // Equal hashes, compared as MACs of them: no early exit on the secret's bytes.
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("hmac takes a key of any length");
+            mac.update(&Sha256::digest(token.as_bytes()));
+            let mut want =
+                Hmac::<Sha256>::new_from_slice(secret).expect("hmac takes a key of any length");
+            want.update(&Sha256::digest(secret));
+            mac.verify_slice(&want.finalize().into_bytes())
+                .map_err(|_| refused("the token does not match the secret"))
+        }
+    }
+}
+
+/// The push a verified webhook body describes; `None` for other events (a ping, a tag,
+/// a deleted branch).
+pub fn parse_push(
+    forge: Forge,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Push>, ApiError> {
+    let event = match forge {
+        Forge::GitHub => header(headers, "x-github-event"),
+        Forge::Gitea => header(headers, "x-gitea-event"),
+        Forge::GitLab => header(headers, "x-gitlab-event"),
+    };
+    if !matches!(event, Some("push" | "Push Hook")) {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("webhook body is not JSON: {e}")))?;
+    let Some(branch) = v["ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("refs/heads/"))
+    else {
+        return Ok(None);
+    };
+    if v["deleted"].as_bool() == Some(true)
+        || v["after"]
+            .as_str()
+            .is_some_and(|a| a.bytes().all(|b| b == b'0'))
+    {
+        return Ok(None);
+    }
+    let repo = match forge {
+        Forge::GitLab => &v["project"],
+        _ => &v["repository"],
+    };
+    let keys: &[&str] = match forge {
+        Forge::GitLab => &["git_http_url", "git_ssh_url", "http_url", "ssh_url"],
+        _ => &["clone_url", "ssh_url", "html_url"],
+    };
+    let urls: Vec<String> = keys
+        .iter()
+        .filter_map(|k| repo[*k].as_str())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(ApiError::invalid("webhook body names no repository URL"));
+    }
+    Ok(Some(Push {
+        urls,
+        branch: branch.to_string(),
+        default_branch: repo["default_branch"].as_str().map(str::to_string),
+    }))
+}
+
+/// A push webhook from GitHub, GitLab or Gitea (`forge`): refreshes the prebuilds of the
+/// pushed repository and branch that exist already (made by `hearth prebuild`, as their
+/// owner), in the background. Needs no token; the request must carry the server's
+/// webhook secret (`hearth server --webhook-secret-file`): GitHub and Gitea sign the body
+/// with it, GitLab sends it. Nothing else is built: a webhook never names a new source.
+#[utoipa::path(post, path = "/v1/hooks/{forge}", security(()),
+    params(("forge" = String, Path, description = "github, gitlab or gitea")),
+    request_body(content = serde_json::Value, description = "the forge's push event"),
+    responses((status = 202, body = WebhookResult), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+pub(crate) async fn webhook(
+    State(st): State<AppState>,
+    Path(forge): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<WebhookResult>), ApiError> {
+    let forge: Forge = forge.parse()?;
+    let Some(secret) = st.manager.webhook_secret() else {
+        return Err(ApiError::not_found(
+            "webhooks are off: start the server with --webhook-secret-file",
+        ));
+    };
+    verify(forge, &secret, &headers, &body)?;
+    let started = match parse_push(forge, &headers, &body)? {
+        Some(push) => st.manager.prebuild_push(&push).await?,
+        None => Vec::new(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(WebhookResult { started })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signatures_and_tokens_are_checked() {
+        let (secret, body) = (
+            b"s3cret".as_slice(),
+            br#"{"ref":"refs/heads/main"}"#.as_slice(),
+        );
+        let good = sign(secret, body);
+        let gh = headers(&[("x-hub-signature-256", &format!("sha256={good}"))]);
+        assert!(verify(Forge::GitHub, secret, &gh, body).is_ok());
+        assert!(verify(Forge::GitHub, b"other", &gh, body).is_err());
+        assert!(verify(Forge::GitHub, secret, &gh, b"{}").is_err());
+        // Gitea: the same HMAC without a prefix, in its own header.
+        assert!(verify(
+            Forge::Gitea,
+            secret,
+            &headers(&[("x-gitea-signature", &good)]),
+            body
+        )
+        .is_ok());
+        assert!(verify(Forge::Gitea, secret, &gh, body).is_err());
+        let e = verify(Forge::GitHub, secret, &HeaderMap::new(), body).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        // GitLab: the secret itself.
+        assert!(verify(
+            Forge::GitLab,
+            secret,
+            &headers(&[("x-gitlab-token", "s3cret")]),
+            body
+        )
+        .is_ok());
+        assert!(verify(
+            Forge::GitLab,
+            secret,
+            &headers(&[("x-gitlab-token", "s3cre")]),
+            body
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pushes_are_read_per_forge() {
+        let gh = br#"{"ref":"refs/heads/dev","after":"1111111111111111111111111111111111111111",
+            "repository":{"clone_url":"https://g.example/a/b.git","ssh_url":"git@g.example:a/b.git",
+            "default_branch":"main"}}"#;
+        let push = parse_push(Forge::GitHub, &headers(&[("x-github-event", "push")]), gh)
+            .unwrap()
+            .unwrap();
+        assert_eq!(push.branch, "dev");
+        assert_eq!(push.default_branch.as_deref(), Some("main"));
+        assert_eq!(
+            push.urls[..2],
+            ["https://g.example/a/b.git", "git@g.example:a/b.git"]
+        );
+        // Other events, tags and deletions start nothing.
+        assert_eq!(
+            parse_push(Forge::GitHub, &headers(&[("x-github-event", "ping")]), gh).unwrap(),
+            None
+        );
+        let tag = br#"{"ref":"refs/tags/v1","repository":{"clone_url":"x"}}"#;
+        assert_eq!(
+            parse_push(Forge::Gitea, &headers(&[("x-gitea-event", "push")]), tag).unwrap(),
+            None
+        );
+        let gone = br#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","project":{"git_http_url":"x"}}"#;
+        assert_eq!(
+            parse_push(
+                Forge::GitLab,
+                &headers(&[("x-gitlab-event", "Push Hook")]),
+                gone
+            )
+            .unwrap(),
+            None
+        );
+        let gl = br#"{"ref":"refs/heads/main","after":"2222222222222222222222222222222222222222",
+            "project":{"git_http_url":"https://l.example/a/b.git","default_branch":"main"}}"#;
+        let push = parse_push(
+            Forge::GitLab,
+            &headers(&[("x-gitlab-event", "Push Hook")]),
+            gl,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(push.urls, ["https://l.example/a/b.git"]);
+        assert!(parse_push(
+            Forge::GitHub,
+            &headers(&[("x-github-event", "push")]),
+            b"nope"
+        )
+        .is_err());
+    }
+}
