@@ -29,6 +29,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 include-path = "/v1/images/upload"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "413"]
 
+# webhooks are off without --webhook-secret-file (404); with it only a signed body is taken
+[[operations]]
+include-path = "/v1/hooks/{forge}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "413"]
+
 # username and password go together
 [[operations]]
 include-path = "/v1/images/pull"
