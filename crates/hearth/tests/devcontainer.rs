@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
+
 use common::{repo_with, TestServer};
 
 fn stderr(out: &std::process::Output) -> String {
