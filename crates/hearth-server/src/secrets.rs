@@ -33,7 +33,12 @@ use crate::state::{ApiJson, AppState};
 pub const KEY_FILE: &str = "secrets.key";
 /// Secrets per user (all repositories): their values together fit one agent request.
 pub const MAX_SECRETS_PER_USER: usize = 64;
+/// Bytes of all of a user's values together: even escaped six-fold in the JSON of an exec
+/// request they stay under the agent's 1 MiB frame.
+pub const MAX_SECRET_BYTES_PER_USER: i64 = 128 << 10;
 const NONCE_LEN: usize = 24;
+/// What sealing adds to a value: the nonce and Poly1305's tag.
+const SEAL_OVERHEAD: i64 = NONCE_LEN as i64 + 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretKeyError {
@@ -255,7 +260,8 @@ impl Store {
         rows.iter().map(listed).collect()
     }
 
-    /// Inserts or replaces; `None` when the user has [`MAX_SECRETS_PER_USER`] others.
+    /// Inserts or replaces; `None` when the user's other secrets leave no room (count or
+    /// bytes).
     async fn put_secret(
         &self,
         user: &str,
@@ -264,8 +270,9 @@ impl Store {
         sealed: &[u8],
     ) -> Result<Option<Secret>, StoreError> {
         let mut tx = self.pool().begin().await.map_err(q)?;
-        let others: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM secrets WHERE user_name = $1 AND NOT (repo = $2 AND key = $3)",
+        let (others, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM secrets \
+             WHERE user_name = $1 AND NOT (repo = $2 AND key = $3)",
         )
         .bind(user)
         .bind(repo)
@@ -273,7 +280,10 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(q)?;
-        if usize::try_from(others).unwrap_or(usize::MAX) >= MAX_SECRETS_PER_USER {
+        let total = bytes - others * SEAL_OVERHEAD + sealed.len() as i64 - SEAL_OVERHEAD;
+        if usize::try_from(others).unwrap_or(usize::MAX) >= MAX_SECRETS_PER_USER
+            || total > MAX_SECRET_BYTES_PER_USER
+        {
             return Ok(None);
         }
         let t = now();
@@ -451,8 +461,10 @@ pub(crate) async fn set_secret(
             Ok(Json(s))
         }
         None => Err(ApiError::conflict(format!(
-            "user {} has {MAX_SECRETS_PER_USER} secrets already (hearth secret rm removes one)",
-            caller.id
+            "user {} has no room for this secret: at most {MAX_SECRETS_PER_USER} secrets of \
+             {} KiB together (hearth secret rm removes one)",
+            caller.id,
+            MAX_SECRET_BYTES_PER_USER >> 10
         ))),
     }
 }
@@ -591,6 +603,51 @@ mod tests {
         std::fs::write(&path, "abcd\n").unwrap();
         let err = SecretBox::open_or_create(dir.path()).err().unwrap();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn room_per_user_and_repository_secrets_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).await.unwrap();
+        let b = SecretBox::from_key(&[1; 32]);
+        let put = |user: &'static str, repo: &'static str, key: String, value: String| {
+            let (store, b) = (&store, &b);
+            async move {
+                let sealed = b.seal(&place(user, repo, &key), &value).unwrap();
+                store
+                    .put_secret(user, repo, &key, &sealed)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        // 32 values of 4 KiB fill a user's 128 KiB; replacing one needs no more room.
+        let big = "x".repeat(MAX_SECRET_VALUE);
+        for i in 0..32 {
+            assert!(put("u", "", format!("K{i}"), big.clone()).await, "K{i}");
+        }
+        assert!(!put("u", "", "ONE_MORE".into(), "x".into()).await);
+        assert!(put("u", "", "K0".into(), big.clone()).await);
+        // Another user has their own room, up to 64 secrets.
+        for i in 0..MAX_SECRETS_PER_USER {
+            assert!(put("v", "", format!("K{i}"), "x".into()).await, "K{i}");
+        }
+        assert!(!put("v", "/r", "K0".into(), "x".into()).await);
+        // A repository's own secret wins for its workspaces only.
+        assert!(put("p", "", "K1".into(), "all".into()).await);
+        assert!(put("p", "", "K2".into(), "two".into()).await);
+        assert!(put("p", "/r", "K1".into(), "mine".into()).await);
+        let env = secret_env(&store, &b, "p", "/r.git/").await.unwrap();
+        assert_eq!(
+            env,
+            [("K1".into(), "mine".into()), ("K2".into(), "two".into())]
+        );
+        let env = secret_env(&store, &b, "p", "/other").await.unwrap();
+        assert_eq!(
+            env,
+            [("K1".into(), "all".into()), ("K2".into(), "two".into())]
+        );
+        assert!(secret_env(&store, &b, "w", "/r").await.unwrap().is_empty());
     }
 
     #[test]

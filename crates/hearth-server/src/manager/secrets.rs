@@ -50,6 +50,19 @@ else
 fi
 "#;
 
+/// `url` with the user and password of a `scheme://user:password@host/...` URL replaced
+/// by `***`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[authority.len()..]),
+        None => url.to_string(),
+    }
+}
+
 /// `base` with `over`'s variables added or replacing those of the same name.
 pub(super) fn overlay(
     mut base: Vec<(String, String)>,
@@ -105,9 +118,12 @@ impl Manager {
         let Some(url) = self.store.workspace_dotfiles(spec.id.as_str()).await? else {
             return Ok(());
         };
-        self.note(spec, progress, &format!("installing dotfiles from {url}"))
+        // Credentials in the URL (https://user:token@host/...) stay out of the console.
+        let shown = redact_userinfo(&url);
+        self.note(spec, progress, &format!("installing dotfiles from {shown}"))
             .await;
         if let Err(why) = self.unpack_dotfiles(spec, dc, &url, progress).await {
+            let why = why.replace(&url, &shown);
             self.note(
                 spec,
                 progress,
@@ -214,6 +230,18 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn credentials_in_urls_are_not_shown() {
+        assert_eq!(
+            redact_userinfo("https://me:tok@git.example.com/me/dots.git"),
+            "https://***@git.example.com/me/dots.git"
+        );
+        assert_eq!(redact_userinfo("ssh://git@h:22/x"), "ssh://***@h:22/x");
+        for same in ["https://h/a@b", "/srv/dots", "git@h:me/dots.git"] {
+            assert_eq!(redact_userinfo(same), same);
+        }
     }
 
     #[test]
