@@ -872,7 +872,8 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         "devproj",
         &[(
             ".devcontainer.json",
-            r#"{"image": "busybox-dev", "remoteUser": "dev"}"#,
+            r#"{"image": "busybox-dev", "remoteUser": "dev",
+                "postCreateCommand": "echo post-create", "postStartCommand": "echo post-start"}"#,
         )],
     );
     remote_ok(
@@ -880,10 +881,23 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         &alice,
         &["user", "dotfiles", with_script.to_str().unwrap()],
     );
-    remote_ok(
+    // Between the create-time commands and postStartCommand, as the reference CLI does.
+    let up = up_text(
         &url,
         &alice,
         &["up", devproj.to_str().unwrap(), "--name", "wdev"],
+    );
+    let at = |needle: &str| {
+        up.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in {up}"))
+    };
+    assert!(
+        at("postCreateCommand: post-create") < at("installing dotfiles"),
+        "{up}"
+    );
+    assert!(
+        at("dotfiles: install ran") < at("postStartCommand: post-start"),
+        "{up}"
     );
     assert_eq!(
         remote_ok(
