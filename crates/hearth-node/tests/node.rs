@@ -346,16 +346,8 @@ async fn clone_is_at_the_branch_and_commit_asked_for() {
         .unwrap_err();
     assert!(bad.to_string().contains("invalid branch name"), "{bad}");
 
-    let img_dir = e.dir.path().join("img");
-    hearth_image::testutil::write_oci_layout(
-        &img_dir,
-        "busybox:latest",
-        &[hearth_image::testutil::busybox_rootfs_layer().unwrap()],
-        &Default::default(),
-    )
-    .unwrap();
+    let img = common::busybox_image(&e).await;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
     let spec = WorkspaceSpec {
         id: hearth_node::WorkspaceId::new("cccccccccc61").unwrap(),
         name: "pinned".into(),

@@ -78,17 +78,23 @@ fn git_repo(dir: &Path) -> Result<PathBuf> {
         &["add", "."],
         &["commit", "-qm", "bench"],
     ] {
-        let st = Command::new("git")
-            .args(["-c", "user.email=bench@hearth", "-c", "user.name=bench"])
-            .args(args)
-            .current_dir(&repo)
-            .status()
-            .context("running git")?;
-        if !st.success() {
-            bail!("git {args:?} failed");
-        }
+        git(&repo, args)?;
     }
     Ok(repo)
+}
+
+/// `git ARGS` in `repo`, with a committer.
+fn git(repo: &Path, args: &[&str]) -> Result<()> {
+    let st = Command::new("git")
+        .args(["-c", "user.email=bench@hearth", "-c", "user.name=bench"])
+        .args(args)
+        .current_dir(repo)
+        .status()
+        .context("running git")?;
+    if !st.success() {
+        bail!("git {args:?} failed");
+    }
+    Ok(())
 }
 
 async fn exec_true(node: &LocalNode, spec: &WorkspaceSpec) -> Result<()> {

@@ -14,6 +14,16 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A server with busybox loaded and a repository `name` whose `.devcontainer.json` is
+/// `config` (the temporary directory holds the repository).
+fn busybox_repo(name: &str, config: &str) -> (TestServer, tempfile::TempDir, std::path::PathBuf) {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(src.path(), name, &[(".devcontainer.json", config)]);
+    (srv, src, repo)
+}
+
 /// Position of the first line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
@@ -285,15 +295,9 @@ fn wait_in_logs(srv: &TestServer, name: &str, needle: &str, count: usize) -> Str
 
 #[test]
 fn wait_for_returns_early_and_attaching_runs_post_attach() {
-    let srv = TestServer::start();
-    srv.load_busybox();
-    let src = tempfile::tempdir().unwrap();
-    let repo = repo_with(
-        src.path(),
+    let (srv, _src, repo) = busybox_repo(
         "early",
-        &[(
-            ".devcontainer.json",
-            r#"{
+        r#"{
               "image": "busybox",
               "waitFor": "onCreateCommand",
               "onCreateCommand": "echo first; echo oncreate >> order",
@@ -302,7 +306,6 @@ fn wait_for_returns_early_and_attaching_runs_post_attach() {
               "postStartCommand": "echo poststart-out; echo poststart >> order",
               "postAttachCommand": "echo attached-out",
             }"#,
-        )],
     );
     let out = srv.hearth(&["up", repo.to_str().unwrap()]);
     let err = stderr(&out);
@@ -371,6 +374,14 @@ fn git_in(repo: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Commits a new file `NEWS` (the devcontainer.json unchanged); returns the commit.
+fn news_commit(repo: &Path) -> String {
+    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
+    git_in(repo, &["add", "NEWS"]);
+    git_in(repo, &["commit", "-qm", "news"]);
+    git_in(repo, &["rev-parse", "HEAD"])
+}
+
 const PREBUILT: &str = r#"{
   "image": "busybox",
   "onCreateCommand": "echo oncreate-ran; mkdir -p /opt && echo tool > /opt/tool; echo oncreate >> order",
@@ -381,10 +392,7 @@ const PREBUILT: &str = r#"{
 
 #[test]
 fn up_starts_from_a_matching_prebuild() {
-    let srv = TestServer::start();
-    srv.load_busybox();
-    let src = tempfile::tempdir().unwrap();
-    let repo = repo_with(src.path(), "pb", &[(".devcontainer.json", PREBUILT)]);
+    let (srv, src, repo) = busybox_repo("pb", PREBUILT);
     let r = repo.to_str().unwrap();
     let head = git_in(&repo, &["rev-parse", "HEAD"]);
 
@@ -434,9 +442,7 @@ fn up_starts_from_a_matching_prebuild() {
 
     // A newer commit with the same config: the prebuild is an ancestor, but bringing it up
     // to date needs git in the image, which busybox lacks: `up` says so and clones.
-    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
-    git_in(&repo, &["add", "NEWS"]);
-    git_in(&repo, &["commit", "-qm", "news"]);
+    news_commit(&repo);
     let out = srv.hearth(&["up", r, "--name", "pb1"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}\n{}", srv.server_log());
@@ -488,10 +494,7 @@ fn up_brings_an_older_prebuild_up_to_date() {
     );
     let r = repo.to_str().unwrap();
     srv.ok(&["prebuild", r]);
-    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
-    git_in(&repo, &["add", "NEWS"]);
-    git_in(&repo, &["commit", "-qm", "news"]);
-    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+    let head = news_commit(&repo);
 
     let out = srv.hearth(&["up", r]);
     let err = stderr(&out);
@@ -565,10 +568,7 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     let repo = repo_with(src.path(), "hooked", &[(".devcontainer.json", PREBUILT)]);
     let r = repo.to_str().unwrap();
     srv.ok(&["prebuild", r]);
-    std::fs::write(repo.join("NEWS"), "news\n").unwrap();
-    git_in(&repo, &["add", "NEWS"]);
-    git_in(&repo, &["commit", "-qm", "news"]);
-    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+    let head = news_commit(&repo);
     let branch = git_in(&repo, &["symbolic-ref", "--short", "HEAD"]);
     let body = serde_json::json!({
         "ref": format!("refs/heads/{branch}"),

@@ -164,12 +164,8 @@ pub fn host_ipv4_addrs() -> Vec<String> {
         .collect()
 }
 
-/// Loads the busybox test image into `e`'s node, then creates and starts one workspace
-/// per `(id, name, slot)` from a fresh git repo; they are removed when `e` drops.
-pub async fn busybox_workspaces(
-    e: &mut Env,
-    ws: &[(&str, &str, u32)],
-) -> Vec<(WorkspaceSpec, hearth_node::WorkspaceStatus)> {
+/// Builds the busybox test image and loads it into `e`'s node.
+pub async fn busybox_image(e: &Env) -> hearth_node::ImageSummary {
     let img_dir = e.dir.path().join("img");
     hearth_image::testutil::write_oci_layout(
         &img_dir,
@@ -179,7 +175,17 @@ pub async fn busybox_workspaces(
     )
     .unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let img = e.node.load_image(img_dir, None, tx.clone()).await.unwrap();
+    e.node.load_image(img_dir, None, tx).await.unwrap()
+}
+
+/// Loads the busybox test image into `e`'s node, then creates and starts one workspace
+/// per `(id, name, slot)` from a fresh git repo; they are removed when `e` drops.
+pub async fn busybox_workspaces(
+    e: &mut Env,
+    ws: &[(&str, &str, u32)],
+) -> Vec<(WorkspaceSpec, hearth_node::WorkspaceStatus)> {
+    let img = busybox_image(e).await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let repo = git_repo(e.dir.path());
     let mut out = Vec::new();
     for (id, name, slot) in ws {

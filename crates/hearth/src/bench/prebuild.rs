@@ -5,7 +5,6 @@
 //! process on a sandboxed node, like `--scale`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -62,17 +61,8 @@ fn repo(tmp: &Path, image: &str, on_create: u64) -> Result<PathBuf> {
         "postCreateCommand": "echo ready",
     });
     std::fs::write(repo.join(".devcontainer.json"), config.to_string())?;
-    for args in [&["add", "."][..], &["commit", "-qm", "devcontainer"]] {
-        let st = Command::new("git")
-            .args(["-c", "user.email=bench@hearth", "-c", "user.name=bench"])
-            .args(args)
-            .current_dir(&repo)
-            .status()
-            .context("running git")?;
-        if !st.success() {
-            bail!("git {args:?} failed");
-        }
-    }
+    super::git(&repo, &["add", "."])?;
+    super::git(&repo, &["commit", "-qm", "devcontainer"])?;
     Ok(repo)
 }
 
