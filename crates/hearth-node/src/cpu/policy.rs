@@ -512,6 +512,51 @@ mod tests {
         assert_eq!(a.knobs, b.knobs);
     }
 
+    /// Two 2-thread hogs on a 2-core node, B joining `lag` ticks after A, with the
+    /// kernel's split as the classes make it: equal classes share evenly (and their
+    /// tasks wait), SCHED_IDLE (batch) yields all but a trickle to the other class. Returns
+    /// B's share of each second after it joined, and both final classes.
+    fn late_joiner(lag: u32, secs: u32) -> (Vec<f64>, CpuClass, CpuClass) {
+        let mut a = Sim::new(CpuControl::Hearth, LIMITS);
+        let mut b = Sim::new(CpuControl::Hearth, LIMITS);
+        a.run(lag, 2000, 0);
+        b.run(lag, 0, 0);
+        let mut shares = Vec::new();
+        for _ in 0..secs {
+            let (mut ua, mut ub) = (0, 0);
+            for _ in 0..10 {
+                let (ma, mb, wa, wb) = match (a.st.class, b.st.class) {
+                    (x, y) if x == y => (1000, 1000, 100, 100),
+                    (CpuClass::Batch, _) => (5, 1995, 100, 0),
+                    _ => (1995, 5, 0, 100),
+                };
+                a.run(1, ma, wa);
+                b.run(1, mb, wb);
+                (ua, ub) = (ua + ma, ub + mb);
+            }
+            shares.push(ub as f64 / (ua + ub) as f64);
+        }
+        (shares, a.st.class, b.st.class)
+    }
+
+    #[test]
+    fn a_late_joiner_and_an_old_hog_share_evenly_once_its_burst_budget_is_spent() {
+        // A demoted before B joins (the bench's 5 s lag), and still interactive (2 s).
+        for (lag, within) in [(50, 4), (20, 6)] {
+            let (shares, ca, cb) = late_joiner(lag, 60);
+            let fair_from = shares
+                .iter()
+                .rposition(|s| (s - 0.5).abs() > 0.05)
+                .map_or(0, |k| k + 1);
+            assert!(
+                fair_from <= within,
+                "lag {lag}: fair only from second {fair_from}: {shares:.2?}"
+            );
+            // Neither starved side bounces back: both stay batch to the end.
+            assert_eq!((ca, cb), (CpuClass::Batch, CpuClass::Batch), "lag {lag}");
+        }
+    }
+
     #[test]
     fn sparse_samples_account_the_same_as_dense_ones() {
         // The loop skips reading workspaces while the node is quiet; a later sample
