@@ -114,6 +114,8 @@ pub struct CpuGroup {
     stat: Option<File>,
     /// `cpu.pressure` (v2 group, or the hybrid cgroup2 group on v1).
     pressure: Option<File>,
+    /// `pids.events` (the v1 pids hierarchy's group, or the v2 group).
+    pids_events: Option<File>,
     last: Option<CpuKnobs>,
     buf: Vec<u8>,
 }
@@ -138,7 +140,7 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(io_err("open", &p, source)),
         };
-        let (cpu_dir, usage, stat, pressure) = match &self.layout {
+        let (cpu_dir, usage, stat, pressure, pids_events) = match &self.layout {
             Layout::V1(v1) => {
                 let Some(cpu) = &v1.cpu else {
                     return Err(CgroupError::NotMounted {
@@ -162,7 +164,11 @@ impl Cgroups {
                     None => None,
                 };
                 let stat = open(cpu_dir.join("cpu.stat"))?;
-                (cpu_dir, usage, stat, pressure)
+                let pids_events = match &v1.pids {
+                    Some(p) => open(p.join(rel).join("pids.events"))?,
+                    None => None,
+                };
+                (cpu_dir, usage, stat, pressure, pids_events)
             }
             Layout::V2 { root } => {
                 let dir = root.join(rel);
@@ -171,7 +177,8 @@ impl Cgroups {
                         .map_err(|source| io_err("open", &dir.join("cpu.stat"), source))?,
                 );
                 let pressure = open(dir.join("cpu.pressure"))?;
-                (dir, usage, None, pressure)
+                let pids_events = open(dir.join("pids.events"))?;
+                (dir, usage, None, pressure, pids_events)
             }
         };
         Ok(CpuGroup {
@@ -181,6 +188,7 @@ impl Cgroups {
             usage,
             stat,
             pressure,
+            pids_events,
             last: None,
             buf: Vec::with_capacity(512),
         })
@@ -320,6 +328,22 @@ impl CpuGroup {
             }
         }
         Ok(s)
+    }
+}
+
+impl CpuGroup {
+    /// Forks the group's pids limit refused since the group was made (`max` in
+    /// `pids.events`); `None` without the file (no pids controller).
+    pub fn pids_refused(&mut self) -> Result<Option<u64>, CgroupError> {
+        let Some(f) = &self.pids_events else {
+            return Ok(None);
+        };
+        let text = pread_all(f, &mut self.buf)
+            .map_err(|e| io_err("read", &self.cpu_dir.join("pids.events"), e))?;
+        Ok(text
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(b"max "))
+            .and_then(parse_num))
     }
 }
 

@@ -575,4 +575,16 @@ fn v2_cpu_samples_parse_stat_and_pressure() {
 
     let mut parent = cg.cpu_parent_group().unwrap();
     assert_eq!(parent.sample(usage_only).unwrap().usage_ns, 42_000);
+
+    // Forks refused at the pids limit: `max` of pids.events (v2 adds `max.imposed`).
+    assert_eq!(
+        g.pids_refused().unwrap(),
+        None,
+        "opened before the file existed"
+    );
+    fs::write(dir.join("pids.events"), "max 17\nmax.imposed 17\n").unwrap();
+    let mut g = cg.cpu_group(&id).unwrap();
+    assert_eq!(g.pids_refused().unwrap(), Some(17));
+    fs::write(dir.join("pids.events"), "max 20\n").unwrap();
+    assert_eq!(g.pids_refused().unwrap(), Some(20));
 }

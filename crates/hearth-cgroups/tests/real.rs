@@ -362,6 +362,7 @@ fn cpu_knobs_and_counters_on_the_real_hierarchy() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let second = g.sample(what).unwrap();
     assert!(second.usage_ns > first.usage_ns, "{first:?} {second:?}");
+    assert_eq!(g.pids_refused().unwrap(), Some(0), "no fork refused yet");
     if guard.cg.version() == Version::V1 && Path::new("/sys/fs/cgroup/unified").is_dir() {
         assert!(
             second.pressure_some_us.is_some(),

@@ -1,7 +1,8 @@
 //! The CPU controller on real workspaces, asserted on the cgroup files from the host:
 //! a spinning workspace is demoted (cpu.idle) within a bounded number of ticks and
-//! promoted after it goes quiet, a `--cpus 0.5` one gets quota 50000/100000, `off` leaves
-//! the knobs alone, and a stopped workspace is forgotten.
+//! promoted after it goes quiet, a `--cpus 0.5` one gets quota 50000/100000, a memory
+//! bomb or a fork bomb at its limit is held to a tenth of a core, `off` leaves the knobs
+//! alone, and a stopped workspace is forgotten.
 
 mod common;
 
@@ -133,6 +134,34 @@ async fn oom_kills_in_a_row_hold_the_workspace_to_a_tenth_of_a_core() {
         n >= 50,
         "held for THRASH_HOLD after the last kill: {n} ticks"
     );
+}
+
+/// A fork bomb at its pids limit is demoted (it burns CPU) and then held to a tenth of a
+/// core, since forks keep being refused.
+#[tokio::test]
+async fn a_fork_bomb_at_its_pids_limit_is_held_to_a_tenth_of_a_core() {
+    let mut e = env_config(std::env::var("HEARTH_RUNTIME").ok(), |_| {}).await;
+    let ws = busybox_workspaces(&mut e, &[("c9a000000004", "forker", 64)]).await;
+    let mut spec = ws[0].0.clone();
+    spec.limits.pids = 128;
+    let dir = cpu_dir(&e, &spec);
+    let node = e.node.clone();
+    node.set_limits(&spec).await.unwrap();
+    let (code, _, err) = run(
+        &node,
+        &spec,
+        // A bomb whose every task failed to fork has died out (ash exits on a failed
+        // fork): the outer loop starts it again.
+        "(while :; do (b() { while :; do b & done; }; b); done) >/dev/null 2>&1 &",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let n = within_ticks(&node, "held", || read(&dir, "cpu.cfs_quota_us") == "10000").await;
+    eprintln!("held after {n} ticks");
+    assert_eq!(read(&dir, "cpu.idle"), "1");
+    // Stopped (the only sure end of a fork bomb): forgotten.
+    node.stop(&spec).await.unwrap();
+    assert!(node.cpu_views().is_empty());
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ impl CpuController {
     pub(crate) fn oom_killed(&self, id: &WorkspaceId) {
         let s = &self.shared;
         if let Some(e) = lock(&s.ws).get_mut(id) {
-            s.policy.oom_killed(&mut e.st, s.now());
+            s.policy.hit_limit(&mut e.st, s.now());
             e.due = Duration::ZERO;
         }
     }
@@ -304,6 +304,13 @@ impl Shared {
                     continue;
                 }
             };
+            // A batch workspace may be a fork bomb at its pids limit (one more read, for
+            // the few that are batch).
+            let pids_refused = if e.st.class == CpuClass::Batch {
+                group.pids_refused().unwrap_or(None)
+            } else {
+                None
+            };
             let obs = Observation {
                 at: now,
                 usage_ns: sample.usage_ns,
@@ -314,6 +321,7 @@ impl Shared {
                 },
                 pressure_us: sample.pressure_some_us,
                 nobody_waited: !node_waited,
+                pids_refused,
             };
             if sample.pressure_some_us.is_some() {
                 e.pressure_at = Some(now);

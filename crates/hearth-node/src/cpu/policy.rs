@@ -16,9 +16,11 @@
 //! - it is promoted back when the budget has refilled to `promote_at`. Refill needs quiet,
 //!   not merely low use: a batch workspace starved by busy neighbours uses little CPU but
 //!   waits (PSI, throttling), and must not bounce back and forth;
-//! - a workspace thrashing at its memory limit (OOM kills in a row, [`THRASH_KILLS`] within
-//!   [`THRASH_HOLD`] of each other) is batch with at most [`THRASH_MILLI`] of a core until
-//!   [`THRASH_HOLD`] passes without a kill. Every OOM kill stalls a CPU in the kernel (on
+//! - a workspace thrashing at its memory or pids limit (OOM kills or refused forks in a
+//!   row, [`THRASH_KILLS`] within [`THRASH_HOLD`] of each other) is batch with at most
+//!   [`THRASH_MILLI`] of a core until [`THRASH_HOLD`] passes without one. A fork bomb
+//!   at its pids limit spends its CPU in the kernel's fork and exit paths, which this
+//!   kernel (PREEMPT_NONE) does not preempt for a neighbour's wake-up; every OOM kill stalls a CPU in the kernel (on
 //!   hosts with a serial console, its `Killed process` line alone takes ~4 ms with the
 //!   CPU's interrupts off), and a memory bomb restarting at its limit causes 20 kills a
 //!   second; held to a tenth of a core it causes about 2. The slowdown is what v2's
@@ -42,6 +44,8 @@ pub struct Observation {
     pub pressure_us: Option<u64>,
     /// The node's PSI did not move since the last sample: no task anywhere waited.
     pub nobody_waited: bool,
+    /// Forks the pids limit refused so far; `None` when not read this time.
+    pub pids_refused: Option<u64>,
 }
 
 /// The limits of a workspace the policy works within.
@@ -103,8 +107,9 @@ pub fn gitpod_buckets(cores: u32) -> [(u64, u64); 3] {
     ]
 }
 
-/// OOM kills in a row, each within [`THRASH_HOLD`] of the last, that make a workspace
-/// thrashing: one kill (a compiler too big for the limit) is not.
+/// Limit hits in a row (an OOM kill, a sample with forks refused), each within
+/// [`THRASH_HOLD`] of the last, that make a workspace thrashing: one kill (a compiler
+/// too big for the limit) is not.
 pub const THRASH_KILLS: u32 = 2;
 /// How long a thrashing workspace stays held after its last OOM kill.
 pub const THRASH_HOLD: Duration = Duration::from_secs(10);
@@ -131,10 +136,12 @@ pub struct WsState {
     pub throttled_us: u64,
     /// CPU used since first seen (Gitpod's budget counter).
     pub used_ns: u64,
-    /// OOM kills in the current run of kills (see [`THRASH_KILLS`]) and when the last was.
-    oom_streak: u32,
-    last_oom: Option<Duration>,
-    /// Held to [`THRASH_MILLI`] for OOM kills in a row.
+    /// Limit hits in the current run (see [`THRASH_KILLS`]) and when the last was.
+    limit_streak: u32,
+    last_hit: Option<Duration>,
+    /// The last reading of forks refused at the pids limit.
+    pids_refused: Option<u64>,
+    /// Held to [`THRASH_MILLI`] for limit hits in a row.
     pub thrashing: bool,
     /// When the class last changed (monotonic).
     pub since: Duration,
@@ -157,8 +164,9 @@ impl WsState {
             wait_share: 0.0,
             throttled_us: 0,
             used_ns: 0,
-            oom_streak: 0,
-            last_oom: None,
+            limit_streak: 0,
+            last_hit: None,
+            pids_refused: None,
             thrashing: false,
             since: at,
         }
@@ -196,10 +204,16 @@ impl Policy {
             st.last_pressure = Some((obs.at, total));
         }
         st.throttled_us = obs.throttled_us;
+        if let Some(n) = obs.pids_refused {
+            if st.pids_refused.is_some_and(|before| n > before) {
+                self.hit_limit(st, obs.at);
+            }
+            st.pids_refused = Some(n);
+        }
         st.thrashing = self.control == CpuControl::Hearth
-            && st.oom_streak >= THRASH_KILLS
+            && st.limit_streak >= THRASH_KILLS
             && st
-                .last_oom
+                .last_hit
                 .is_some_and(|t| obs.at.saturating_sub(t) < THRASH_HOLD);
         let class = self.classify(st);
         if class != st.class {
@@ -209,14 +223,15 @@ impl Policy {
         self.knobs(st)
     }
 
-    /// Notes an OOM kill in the workspace at `at` (the loop's clock); the next sample
-    /// decides what it means.
-    pub fn oom_killed(&self, st: &mut WsState, at: Duration) {
-        st.oom_streak = match st.last_oom {
-            Some(t) if at.saturating_sub(t) < THRASH_HOLD => st.oom_streak.saturating_add(1),
+    /// Notes that the workspace hit its memory or pids limit at `at` (the loop's clock):
+    /// an OOM kill, or forks refused since the last sample. The next sample decides what
+    /// it means.
+    pub fn hit_limit(&self, st: &mut WsState, at: Duration) {
+        st.limit_streak = match st.last_hit {
+            Some(t) if at.saturating_sub(t) < THRASH_HOLD => st.limit_streak.saturating_add(1),
             _ => 1,
         };
-        st.last_oom = Some(at);
+        st.last_hit = Some(at);
     }
 
     fn account(&self, st: &mut WsState, last: &Observation, obs: &Observation, dt: Duration) {
@@ -375,6 +390,7 @@ mod tests {
         usage_ns: u64,
         pressure_us: u64,
         throttled_us: u64,
+        pids_refused: Option<u64>,
         knobs: CpuKnobs,
     }
 
@@ -390,6 +406,7 @@ mod tests {
                 usage_ns: 0,
                 pressure_us: 0,
                 throttled_us: 0,
+                pids_refused: None,
                 knobs,
             }
         }
@@ -408,6 +425,7 @@ mod tests {
                         throttled_us: self.throttled_us,
                         pressure_us: Some(self.pressure_us),
                         nobody_waited: false,
+                        pids_refused: self.pids_refused,
                     },
                 );
             }
@@ -571,6 +589,7 @@ mod tests {
             throttled_us: 0,
             pressure_us: Some(dense.pressure_us),
             nobody_waited: false,
+            pids_refused: None,
         };
         dense.policy.observe(&mut sparse, obs);
         assert_eq!(sparse.class, dense.st.class);
@@ -647,12 +666,12 @@ mod tests {
         let mut s = Sim::new(CpuControl::Hearth, LIMITS);
         s.run(10, 300, 0);
         // One kill (a compiler too big for the limit) changes nothing.
-        s.policy.oom_killed(&mut s.st, s.now);
+        s.policy.hit_limit(&mut s.st, s.now);
         s.run(1, 300, 0);
         assert_eq!((s.st.class, s.st.thrashing), (CpuClass::Interactive, false));
         // A second within THRASH_HOLD: held at once, whatever its budget.
         s.run(50, 300, 0);
-        s.policy.oom_killed(&mut s.st, s.now);
+        s.policy.hit_limit(&mut s.st, s.now);
         s.run(1, 300, 0);
         assert!(s.st.thrashing);
         assert_eq!(s.st.class, CpuClass::Batch);
@@ -665,7 +684,7 @@ mod tests {
         let hold = (THRASH_HOLD.as_millis() / TICK.as_millis()) as u32;
         for _ in 0..3 {
             s.run(hold / 2, 100, 0);
-            s.policy.oom_killed(&mut s.st, s.now);
+            s.policy.hit_limit(&mut s.st, s.now);
         }
         s.run(hold - 1, 100, 0);
         assert!(s.st.thrashing);
@@ -674,8 +693,27 @@ mod tests {
         assert_eq!(s.st.class, CpuClass::Interactive);
         assert_eq!(s.knobs, CpuKnobs::default());
         // A later single kill starts a new run.
-        s.policy.oom_killed(&mut s.st, s.now);
+        s.policy.hit_limit(&mut s.st, s.now);
         s.run(1, 100, 0);
+        assert!(!s.st.thrashing);
+
+        // A fork bomb at its pids limit: refused forks in two samples in a row hold it
+        // too; a sample without new ones is no hit.
+        let mut s = Sim::new(CpuControl::Hearth, LIMITS);
+        s.pids_refused = Some(0);
+        s.run(10, 300, 0);
+        s.pids_refused = Some(40);
+        s.run(1, 300, 0);
+        assert!(!s.st.thrashing, "one hit");
+        s.run(5, 300, 0);
+        assert!(!s.st.thrashing, "no new refusals");
+        s.pids_refused = Some(90);
+        s.run(1, 300, 0);
+        assert!(s.st.thrashing);
+        assert_eq!(s.knobs.quota_us, Some(10_000));
+        // Not read for a while (None) is no hit either; released after THRASH_HOLD.
+        s.pids_refused = None;
+        s.run(hold, 300, 0);
         assert!(!s.st.thrashing);
 
         // A smaller class limit stays; the baselines ignore kills.
@@ -686,15 +724,15 @@ mod tests {
                 cpus_milli: 50,
             },
         );
-        s.policy.oom_killed(&mut s.st, s.now);
-        s.policy.oom_killed(&mut s.st, s.now);
+        s.policy.hit_limit(&mut s.st, s.now);
+        s.policy.hit_limit(&mut s.st, s.now);
         s.run(1, 0, 0);
         assert_eq!(s.knobs.quota_us, Some(5000));
         for control in [CpuControl::Off, CpuControl::Static, CpuControl::Gitpod] {
             let mut s = Sim::new(control, LIMITS);
             let before = s.knobs;
-            s.policy.oom_killed(&mut s.st, s.now);
-            s.policy.oom_killed(&mut s.st, s.now);
+            s.policy.hit_limit(&mut s.st, s.now);
+            s.policy.hit_limit(&mut s.st, s.now);
             s.run(1, 0, 0);
             assert_eq!((s.knobs, s.st.thrashing), (before, false), "{control:?}");
         }
