@@ -156,8 +156,12 @@ impl Server {
         let token = ensure_token(&cfg.data_dir)?;
         let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
         let manager = Manager::shared(store.clone(), node);
+        let sealed = store
+            .secret_count()
+            .await
+            .context("cannot count the stored secrets")?;
         manager.set_secret_box(
-            secrets::SecretBox::open_or_create(&cfg.data_dir)
+            secrets::SecretBox::open_or_create(&cfg.data_dir, sealed)
                 .context("cannot open the secrets key")?,
         );
         manager

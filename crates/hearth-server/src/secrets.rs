@@ -63,8 +63,10 @@ impl SecretBox {
     }
 
     /// Reads `<data_dir>/secrets.key`, writing a new random key there first if there is
-    /// none. A key file others may read, or that is not a regular file, is refused.
-    pub fn open_or_create(data_dir: &Path) -> Result<SecretBox, SecretKeyError> {
+    /// none and the database holds no secret (`sealed`: how many it holds; a new key
+    /// would make them unreadable for good). A key file others may read, or that is not a
+    /// regular file, is refused.
+    pub fn open_or_create(data_dir: &Path, sealed: u64) -> Result<SecretBox, SecretKeyError> {
         let path = data_dir.join(KEY_FILE);
         let io = |source| SecretKeyError::Io {
             path: path.clone(),
@@ -76,6 +78,13 @@ impl SecretBox {
         };
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sealed > 0 => {
+                return Err(bad(format!(
+                    "missing, but the database holds {sealed} secret(s) sealed with it: \
+                     restore the file from a backup, or delete them (sqlite3 hearth.db \
+                     'DELETE FROM secrets') to start over"
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(&XChaCha20Poly1305::generate_key(&mut OsRng));
@@ -248,6 +257,15 @@ fn listed(row: &sqlx::sqlite::SqliteRow) -> Result<Secret, StoreError> {
 }
 
 impl Store {
+    /// How many secrets (of all users) the database holds.
+    pub async fn secret_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secrets")
+            .fetch_one(self.pool())
+            .await
+            .map_err(q)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub async fn secrets(&self, user: &str) -> Result<Vec<Secret>, StoreError> {
         let rows = sqlx::query(
             "SELECT key, repo, created_at, updated_at FROM secrets WHERE user_name = $1 \
@@ -584,7 +602,7 @@ mod tests {
     #[test]
     fn key_file_is_made_private_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let a = SecretBox::open_or_create(dir.path()).unwrap();
+        let a = SecretBox::open_or_create(dir.path(), 0).unwrap();
         let path = dir.path().join(KEY_FILE);
         assert_eq!(
             std::fs::metadata(&path).unwrap().mode() & 0o777,
@@ -593,16 +611,21 @@ mod tests {
         );
         let p = place("u", "", "K");
         let sealed = a.seal(&p, "v").unwrap();
-        let b = SecretBox::open_or_create(dir.path()).unwrap();
+        let b = SecretBox::open_or_create(dir.path(), 1).unwrap();
         assert_eq!(b.open(&p, &sealed).unwrap(), "v");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = SecretBox::open_or_create(dir.path()).err().unwrap();
+        let err = SecretBox::open_or_create(dir.path(), 1).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "abcd\n").unwrap();
-        let err = SecretBox::open_or_create(dir.path()).err().unwrap();
+        let err = SecretBox::open_or_create(dir.path(), 1).err().unwrap();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+        // Lost while secrets sealed with it remain: no new key that could open none.
+        std::fs::remove_file(&path).unwrap();
+        let err = SecretBox::open_or_create(dir.path(), 3).err().unwrap();
+        assert!(err.to_string().contains("holds 3 secret(s)"), "{err}");
+        assert!(!path.exists());
     }
 
     #[tokio::test]
