@@ -3,6 +3,8 @@
 #   scripts/make-image.sh busybox OUT.tar            busybox rootfs from Debian's busybox-static
 #   scripts/make-image.sh debian  OUT.tar            Debian 12 minbase via debootstrap (slow: cached)
 #   scripts/make-image.sh debian-containers OUT.tar  the same plus podman and docker.io (cached)
+#   scripts/make-image.sh builder OUT.tar            debian-containers as hearth-builder:latest,
+#                                                    the image of Dockerfile builder workspaces
 #   scripts/make-image.sh rootfs DIR NAME OUT.tar    any root filesystem directory
 set -euo pipefail
 
@@ -102,9 +104,21 @@ case "${1:-}" in
     install -D -m 0755 "$here/nested/hearth-dockerd" "$tmp/files/usr/local/bin/hearth-dockerd"
     extend "$cache/debian-containers-bookworm.tar" "$tmp/files" debian-containers:bookworm "$out"
     ;;
+  builder)
+    # What `hearth image build` and devcontainer builds run in (podman build), named as
+    # `hearth server --builder-image` expects by default.
+    out=${2:?usage: make-image.sh builder OUT.tar}
+    debian_cached debian-containers-bookworm debian-containers:bookworm \
+      procps,iproute2,ca-certificates,podman,netavark,aardvark-dns,slirp4netns,fuse-overlayfs,catatonit,uidmap,iptables,docker.io,containerd,runc,tini
+    here=$(cd "$(dirname "$0")" && pwd)
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    install -D -m 0644 "$here/nested/containers.conf" "$tmp/files/etc/containers/containers.conf"
+    install -D -m 0644 "$here/nested/builder-registries.conf" "$tmp/files/etc/containers/registries.conf.d/50-hearth-builder.conf"
+    extend "$cache/debian-containers-bookworm.tar" "$tmp/files" hearth-builder:latest "$out"
+    ;;
   rootfs)
     archive "${2:?dir}" "${3:?name}" "${4:?out}"
     ;;
   *)
-    echo "usage: make-image.sh busybox|debian|debian-containers OUT.tar | rootfs DIR NAME OUT.tar" >&2; exit 2;;
+    echo "usage: make-image.sh busybox|debian|debian-containers|builder OUT.tar | rootfs DIR NAME OUT.tar" >&2; exit 2;;
 esac

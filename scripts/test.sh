@@ -16,8 +16,9 @@ mkdir -p "$imgs"
 scripts/make-image.sh busybox "$imgs/busybox.tar" >/dev/null
 scripts/make-image.sh debian "$imgs/debian.tar"
 scripts/make-image.sh debian-containers "$imgs/debian-containers.tar"
+scripts/make-image.sh builder "$imgs/builder.tar"
 export HEARTH_TEST_BUSYBOX="$imgs/busybox.tar" HEARTH_TEST_DEBIAN="$imgs/debian.tar"
-export HEARTH_TEST_DEBIAN_CONTAINERS="$imgs/debian-containers.tar"
+export HEARTH_TEST_DEBIAN_CONTAINERS="$imgs/debian-containers.tar" HEARTH_TEST_BUILDER="$imgs/builder.tar"
 # Not target/debug/hearth-agent: `cargo test --workspace` rebuilds that one dynamically.
 export HEARTH_AGENT="$PWD/target/x86_64-unknown-linux-gnu/agent/hearth-agent"
 cargo test --workspace --no-fail-fast -- --test-threads="${HEARTH_TEST_THREADS:-2}"

@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
-    ClientFrame, CreatePrebuild, CreateUser, CreateWorkspace, DeletedWorkspace, EgressEdit,
-    ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest, LoadImage,
-    NewUser, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck,
-    StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace, WorkspaceInspect,
+    BuildImage, ClientFrame, CreatePrebuild, CreateUser, CreateWorkspace, DeletedWorkspace,
+    EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest,
+    LoadImage, NewUser, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo, Snapshot,
+    StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace, WorkspaceInspect,
     WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
@@ -208,6 +208,15 @@ impl Client {
         mut progress: impl FnMut(&str),
     ) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
+        self.lines(resp, &mut progress).await
+    }
+
+    /// The ndjson lines of a streamed answer: progress to `progress`, then the result.
+    async fn lines<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<T> {
         let mut chunks = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -249,29 +258,36 @@ impl Client {
         len: u64,
         name: Option<&str>,
     ) -> Result<Image> {
-        use tokio::io::AsyncReadExt;
-        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
-            let mut f = file?;
-            let mut buf = vec![0u8; 1 << 20];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(buf), Some(f)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        });
         let mut req = self
             .http
             .post(self.url("/v1/images/upload"))
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(chunks));
+            .body(file_body(file));
         if let Some(n) = name {
             req = req.query(&[("name", n)]);
         }
         Self::json(self.send(req).await?).await
+    }
+
+    /// Sends a build context (a tar of `len` bytes read from `file`) to be built in the
+    /// caller's builder workspace; the build's output goes to `progress`.
+    pub async fn build_image(
+        &self,
+        file: tokio::fs::File,
+        len: u64,
+        req: &BuildImage,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Image> {
+        let http = self
+            .http
+            .post(self.url("/v1/images/build"))
+            .query(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(file_body(file));
+        let resp = self.send(http).await?;
+        self.lines(resp, &mut progress).await
     }
 
     pub async fn pull_image(&self, req: &PullImage, progress: impl FnMut(&str)) -> Result<Image> {
@@ -558,6 +574,24 @@ impl ExecOutput {
             return Some(ServerFrame::decode(&data).map_err(ClientError::from));
         }
     }
+}
+
+/// A request body streamed from `file` in 1 MiB chunks.
+fn file_body(file: tokio::fs::File) -> reqwest::Body {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut f = file?;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    reqwest::Body::wrap_stream(chunks)
 }
 
 #[cfg(test)]

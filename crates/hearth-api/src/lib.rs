@@ -255,6 +255,25 @@ pub struct LoadImage {
     pub name: Option<String>,
 }
 
+/// Query of `POST /v1/images/build` (the body is the build context as a tar).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImage {
+    /// Name the built image gets, e.g. `team/app:1`.
+    #[schema(min_length = 1)]
+    #[param(min_length = 1)]
+    pub name: String,
+    /// The Dockerfile's path in the context (default `Dockerfile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// The stage to build (`--target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Build args as a JSON object of strings, e.g. `{"VERSION":"1"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<String>,
+}
+
 /// Body of `POST /v1/images/pull`.
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

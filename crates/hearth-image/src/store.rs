@@ -842,3 +842,213 @@ impl ImageStore {
             .collect()
     }
 }
+
+/// Media type of an uncompressed layer in an export.
+const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Largest blob looked at as a possible manifest when an export needs one.
+const MANIFEST_MAX: u64 = 4 << 20;
+
+impl ImageStore {
+    /// Writes `reference` as an oci-archive (an OCI layout in a tar, what `podman load`
+    /// takes) to `out`, from the blobs the load or pull kept: the config as it was, each
+    /// layer as stored (a manifest the image came with gives its compressed blobs), a new
+    /// manifest, and `index.json` naming it after the image's first name. Used to hand a
+    /// stored image to a builder (`FROM` it) without a registry.
+    ///
+    /// `name` (default: the image's first name) is the `org.opencontainers.image.ref.name`
+    /// podman names it by. A config whose `history` does not list one non-empty entry per
+    /// layer (images made by hand, e.g. `scripts/make-image.sh`) gets one entry per layer
+    /// instead, since buildah refuses to build on such a base: the export then has a config
+    /// (and an id) of its own.
+    pub fn export_oci_archive(
+        &self,
+        reference: &str,
+        name: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<Image, ImageError> {
+        let _guard = self.lock()?;
+        let image = self.get(reference)?;
+        let config_hex = sha256_hex(&image.id)
+            .ok_or_else(|| ImageError::NotFound(reference.to_string()))?
+            .to_string();
+        // Each layer's blob: kept as a plain tar under its diff_id, or named by a manifest
+        // kept by this image or another one that shares the layer.
+        let records = self.records()?;
+        let mut manifests: BTreeMap<String, Vec<(String, u64, String)>> = BTreeMap::new();
+        let mut layers = Vec::with_capacity(image.diff_ids.len());
+        for (i, diff_id) in image.diff_ids.iter().enumerate() {
+            let diff_hex = sha256_hex(diff_id).ok_or_else(|| ImageError::Metadata {
+                path: self.record_path(&config_hex),
+                source: serde::de::Error::custom(format!("bad diff_id {diff_id:?}")),
+            })?;
+            if let Ok(meta) = fs::metadata(self.blob_path(diff_hex)) {
+                layers.push((diff_hex.to_string(), meta.len(), LAYER_TAR.to_string()));
+                continue;
+            }
+            let found = records.iter().find_map(|r| {
+                let at = r.image.diff_ids.iter().position(|d| d == diff_id)?;
+                let m = manifests.entry(r.image.id.clone()).or_insert_with(|| {
+                    self.kept_manifest_layers(r, &r.image.id)
+                        .unwrap_or_default()
+                });
+                m.get(at)
+                    .filter(|l| self.blob_path(&l.0).is_file())
+                    .cloned()
+            });
+            match found {
+                Some(l) => layers.push(l),
+                None => {
+                    return Err(ImageError::invalid(
+                        &self.root,
+                        format!(
+                            "image {reference} cannot be exported: the blob of layer {} is not \
+                             kept (load or pull the image again)",
+                            i + 1
+                        ),
+                    ))
+                }
+            }
+        }
+        let config_path = self.blob_path(&config_hex);
+        let mut config = Vec::new();
+        File::open(&config_path)
+            .and_then(|f| f.take(MAX_JSON).read_to_end(&mut config))
+            .map_err(ImageError::io(&config_path))?;
+        let config = with_layer_history(config, image.diff_ids.len());
+        let export_hex = hex::encode(Sha256::digest(&config));
+        let config_size = config.len();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": format!("sha256:{export_hex}"),
+                "size": config_size,
+            },
+            "layers": layers.iter().map(|(hex, size, mt)| serde_json::json!({
+                "mediaType": mt, "digest": format!("sha256:{hex}"), "size": size,
+            })).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).map_err(|source| ImageError::Metadata {
+            path: self.record_path(&config_hex),
+            source,
+        })?;
+        let manifest_hex = hex::encode(Sha256::digest(&manifest));
+        let mut desc = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_hex}"),
+            "size": manifest.len(),
+        });
+        if let Some(name) = name.or(image.names.first().map(String::as_str)) {
+            desc["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": name });
+        }
+        let index = serde_json::json!({ "schemaVersion": 2, "manifests": [desc] });
+        let index = serde_json::to_vec(&index).map_err(|source| ImageError::Metadata {
+            path: self.record_path(&config_hex),
+            source,
+        })?;
+
+        let err = |e: io::Error| ImageError::Io {
+            path: PathBuf::from("<export>"),
+            source: e,
+        };
+        let mut tar = tar::Builder::new(out);
+        let bytes = |tar: &mut tar::Builder<&mut dyn Write>, name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, name, data).map_err(err)
+        };
+        bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        bytes(&mut tar, &format!("blobs/sha256/{manifest_hex}"), &manifest)?;
+        bytes(&mut tar, &format!("blobs/sha256/{export_hex}"), &config)?;
+        let mut blob_hexes: Vec<String> = layers.iter().map(|l| l.0.clone()).collect();
+        blob_hexes.sort();
+        blob_hexes.dedup();
+        for hex in &blob_hexes {
+            let path = self.blob_path(hex);
+            let mut f = File::open(&path).map_err(ImageError::io(&path))?;
+            let len = f.metadata().map_err(ImageError::io(&path))?.len();
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(len);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, format!("blobs/sha256/{hex}"), (&mut f).take(len))
+                .map_err(err)?;
+        }
+        bytes(&mut tar, "index.json", &index)?;
+        tar.into_inner().map_err(err)?.flush().map_err(err)?;
+        Ok(image)
+    }
+
+    /// Layers (blob hex, size, media type) of a manifest among `record`'s blobs whose
+    /// config is `id`.
+    fn kept_manifest_layers(
+        &self,
+        record: &Record,
+        id: &str,
+    ) -> Option<Vec<(String, u64, String)>> {
+        for hex in &record.blobs {
+            let path = self.blob_path(hex);
+            if fs::metadata(&path).map_or(true, |m| m.len() > MANIFEST_MAX) {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(m) = serde_json::from_slice::<oci_spec::image::ImageManifest>(&bytes) else {
+                continue;
+            };
+            if m.config().digest().to_string() != id {
+                continue;
+            }
+            return m
+                .layers()
+                .iter()
+                .map(|d| {
+                    let mt = match media_type_compression(d.media_type().as_ref()) {
+                        Some(source::Compression::Gzip) => {
+                            "application/vnd.oci.image.layer.v1.tar+gzip"
+                        }
+                        Some(source::Compression::Zstd) => {
+                            "application/vnd.oci.image.layer.v1.tar+zstd"
+                        }
+                        _ => LAYER_TAR,
+                    };
+                    sha256_hex(d.digest().as_ref())
+                        .map(|h| (h.to_string(), d.size(), mt.to_string()))
+                })
+                .collect();
+        }
+        None
+    }
+}
+
+/// `config` with one non-empty `history` entry per layer when it does not have exactly
+/// that (see [`ImageStore::export_oci_archive`]); unchanged (same bytes) otherwise or when
+/// it is not a JSON object.
+fn with_layer_history(config: Vec<u8>, layers: usize) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&config) else {
+        return config;
+    };
+    let non_empty = v
+        .get("history")
+        .and_then(|h| h.as_array())
+        .map(|h| {
+            h.iter()
+                .filter(|e| e.get("empty_layer").and_then(|b| b.as_bool()) != Some(true))
+                .count()
+        })
+        .unwrap_or(0);
+    if non_empty == layers {
+        return config;
+    }
+    let Some(obj) = v.as_object_mut() else {
+        return config;
+    };
+    let history: Vec<serde_json::Value> = (1..=layers)
+        .map(|i| serde_json::json!({ "created_by": format!("layer {i} (history filled in by hearth)") }))
+        .collect();
+    obj.insert("history".into(), serde_json::Value::Array(history));
+    serde_json::to_vec(&v).unwrap_or(config)
+}

@@ -713,3 +713,55 @@ fn errors_never_quote_the_file() {
     assert_not_echoed(&err, b"TOPSECRET", 6);
     assert!(f.contents().is_empty(), "{:?}", f.contents());
 }
+
+/// An export is an oci-archive another store loads as the same image (same layers, same
+/// settings), whether the layers were stored gzip-compressed (an OCI layout, a pull) or as
+/// plain tars (a docker archive). A config without a history entry per layer (which
+/// buildah refuses to build on) gets one, so its id changes once; one that has it keeps it.
+#[test]
+fn exported_images_load_elsewhere_as_the_same_image() {
+    let f = Fixture::new();
+    let oci = f.work.join("oci");
+    write_oci_layout(&oci, "a:1", &[base_layer(), upper_layer()], &config()).unwrap();
+    let docker = f.work.join("docker.tar");
+    let mut other = config();
+    other.cmd = vec!["other".into()];
+    write_docker_archive(&docker, &["b:1"], &[base_layer()], &other);
+    let (a, _) = f.load(&oci, None).unwrap();
+    let (b, _) = f.load(&docker, None).unwrap();
+
+    let export = |from: &Fixture, reference: &str, name: Option<&str>, to: &Fixture| {
+        let out = from.work.join(format!("{reference}.export.tar"));
+        let mut file = fs::File::create(&out).unwrap();
+        from.store
+            .export_oci_archive(reference, name, &mut file)
+            .unwrap();
+        to.load(&out, None).unwrap().0
+    };
+    let g = Fixture::new();
+    for (image, name) in [(&a, "a:1"), (&b, "b:1")] {
+        let again = export(&f, name, None, &g);
+        assert_ne!(again.id, image.id, "{name}: history added");
+        assert_eq!(
+            again.names,
+            vec![name.to_string()],
+            "the name travels with it"
+        );
+        assert_eq!(again.diff_ids, image.diff_ids);
+        assert_eq!(again.config, image.config);
+        let h = Fixture::new();
+        let third = export(&g, name, Some("given:2"), &h);
+        assert_eq!(
+            third.id, again.id,
+            "{name}: a full history is kept as it is"
+        );
+        assert_eq!(third.names, vec!["given:2".to_string()]);
+    }
+    let a_again = g.store.get("a:1").unwrap();
+    let top = &g.store.layer_dirs(&a_again)[0];
+    assert_eq!(fs::read(top.join("etc/hello")).unwrap(), b"hello world\n");
+    assert!(matches!(
+        f.store.export_oci_archive("missing", None, &mut Vec::new()),
+        Err(ImageError::NotFound(_))
+    ));
+}

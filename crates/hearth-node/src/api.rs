@@ -691,6 +691,25 @@ pub trait NodeApi: Send + Sync + 'static {
             spec.name
         )))
     }
+
+    /// `commit` of `source` as a tar of its files (`git archive`, fetched as an unprivileged
+    /// uid like [`NodeApi::devcontainer_config`]): a build context that never was a
+    /// checkout on this host.
+    async fn repo_archive(&self, source: &str, commit: &str) -> Result<std::fs::File, NodeError> {
+        let _ = commit;
+        Err(NodeError::Invalid(format!(
+            "this node cannot archive {source}"
+        )))
+    }
+    /// A stored image as an oci-archive (see `hearth_image::ImageStore::export_oci_archive`)
+    /// named `name` in it, in an unlinked temporary file read from the start: how a builder
+    /// gets its base images.
+    async fn export_image(&self, reference: &str, name: &str) -> Result<std::fs::File, NodeError> {
+        let _ = name;
+        Err(NodeError::Invalid(format!(
+            "this node cannot export image {reference}"
+        )))
+    }
     /// Likewise for `pull_image`: the reference parses, there is room, and the registry
     /// has the image (its manifest is fetched, so a missing image or refused credentials
     /// are a not-found or invalid error here, not in the middle of the pull).
@@ -867,6 +886,13 @@ fn no_snapshots(spec: &WorkspaceSpec) -> NodeError {
         "workspace {}: this node has no snapshot store",
         spec.name
     ))
+}
+
+/// Checks an image name (`busybox`, `team/app:1`) as the store will take it.
+pub fn check_image_name(name: &str) -> Result<(), NodeError> {
+    hearth_image::normalize_name(name)
+        .map(drop)
+        .map_err(NodeError::from)
 }
 
 /// Whether an image reference names a registry (`host.tld/...`, `host:port/...`,

@@ -484,6 +484,84 @@ pub fn update_bundle(
     Ok(Some((base, data)))
 }
 
+/// Runs a probe `git` to its end; its stderr's last lines are the error.
+fn run_probe(mut cmd: Command, what: &str, source: &str) -> Result<(), NodeError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| NodeError::Internal(format!("cannot run git: {e} (apt-get install git)")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let reason: Vec<&str> = text.lines().rev().take(3).collect();
+    Err(NodeError::Invalid(format!(
+        "git {what} of {source} failed: {}",
+        reason.into_iter().rev().collect::<Vec<_>>().join("; ")
+    )))
+}
+
+/// `commit` of `source` as a tar of its tree (`git archive`), in an unlinked temporary
+/// file: the build context of a repository's Dockerfile. Fetched like
+/// [`read_devcontainer`] (bare, depth 1, as [`PROBE_UID`]), the commit itself asked for
+/// when the tip moved on; `export-ignore` attributes apply as `git archive` has them.
+pub fn archive(
+    source: &str,
+    commit: &str,
+    gitconfig: &Path,
+    tmp_parent: &Path,
+) -> Result<std::fs::File, NodeError> {
+    validate_source(source)?;
+    validate_commit(commit)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".archive-")
+        .tempdir_in(tmp_parent)
+        .map_err(NodeError::io("mkdir", tmp_parent))?;
+    std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
+        .map_err(NodeError::io("chown", tmp.path()))?;
+    let dest = tmp.path().join("repo.git");
+    let mut clone = git(gitconfig, PROBE_UID, PROBE_UID);
+    clone
+        .args([
+            "clone",
+            "--quiet",
+            "--bare",
+            "--no-local",
+            "--depth",
+            "1",
+            "--single-branch",
+            "--",
+        ])
+        .arg(source)
+        .arg(&dest);
+    run_probe(clone, "clone", source)?;
+    let in_repo = |args: &[&str]| {
+        let mut c = git(gitconfig, PROBE_UID, PROBE_UID);
+        c.arg("--git-dir").arg(&dest).args(args);
+        c
+    };
+    let has = in_repo(&["cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        run_probe(
+            in_repo(&["fetch", "--quiet", "--depth", "1", "origin", commit]),
+            "fetch",
+            source,
+        )?;
+    }
+    let mut out = tempfile::tempfile_in(tmp_parent).map_err(NodeError::io("create", tmp_parent))?;
+    let mut cmd = in_repo(&["archive", "--format=tar", commit]);
+    cmd.stdout(out.try_clone().map_err(NodeError::io("dup", tmp_parent))?);
+    run_probe(cmd, "archive", source)?;
+    use std::io::Seek;
+    out.rewind().map_err(NodeError::io("seek", tmp_parent))?;
+    Ok(out)
+}
+
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
     upper.join("workspace").join(repo_name(source))
 }

@@ -47,7 +47,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Hearth", description = "Self-hosted development workspaces."),
     paths(
-        health, openapi_json, list_images, load_image, upload_image, pull_image, remove_image, list_workspaces,
+        health, openapi_json, list_images, load_image, upload_image, build_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, update_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
         crate::ports::list_ports, crate::ports::set_port, crate::ports::forward_port,
@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images", get(list_images))
         .route("/v1/images/load", post(load_image))
         .route("/v1/images/upload", post(upload_image))
+        .route("/v1/images/build", post(build_image))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/{reference}", delete(remove_image))
         .route(
@@ -231,6 +232,68 @@ async fn upload_image(
     let tmp = crate::uploads::receive(&st.uploads.dir, body, max, too_large).await?;
     let image = st.manager.load_upload(&tmp, q.name).await?;
     Ok(Json(image))
+}
+
+/// Builds an image from a Dockerfile in the caller's builder workspace (podman, never on
+/// the host) and loads it. The body is the build context as a tar (at most the server's
+/// `--upload-max`), received before the ndjson stream of the build's output starts.
+#[utoipa::path(post, path = "/v1/images/build", params(BuildImage),
+    request_body(content = Vec<u8>, content_type = "application/x-tar",
+        description = "the build context as a tar"),
+    responses((status = 200, description = "ndjson progress lines, then the Image or an error",
+        content_type = "application/x-ndjson", body = StreamLineDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn build_image(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<BuildImage>, QueryRejection>,
+    body: axum::body::Body,
+) -> Response {
+    let plan = async {
+        let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+        let args: std::collections::BTreeMap<String, String> = match &q.args {
+            Some(a) => serde_json::from_str(a).map_err(|e| {
+                ApiError::invalid(format!("args must be a JSON object of strings: {e}"))
+            })?,
+            None => Default::default(),
+        };
+        let check = crate::manager::build::BuildRequest {
+            context: crate::manager::build::BuildContext::Tar(Vec::new()),
+            dockerfile: q.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into()),
+            context_dir: ".".into(),
+            args,
+            target: q.target.clone(),
+            name: q.name.clone(),
+        };
+        st.manager.check_build(&caller, &check).await?;
+        let max = st.uploads.max;
+        let too_large = || {
+            ApiError::too_large(format!(
+                "build context is larger than the server's limit of {max} bytes"
+            ))
+        };
+        let tmp = crate::uploads::receive(&st.uploads.dir, body, max, too_large).await?;
+        let file = std::fs::File::open(&tmp)
+            .map_err(|e| ApiError::internal(format!("cannot read the build context: {e}")))?;
+        Ok::<_, ApiError>((
+            tmp,
+            crate::manager::build::BuildRequest {
+                context: crate::manager::build::BuildContext::File(file),
+                ..check
+            },
+        ))
+    }
+    .await;
+    let (tmp, req) = match plan {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    ndjson::stream(move |p| async move {
+        let res = st.manager.build_image(&caller, req, &p).await;
+        drop(tmp);
+        res.map(crate::convert::image)
+    })
 }
 
 /// Pulls an image from an OCI registry, streaming per-layer progress. The reference, the

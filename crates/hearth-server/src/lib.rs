@@ -164,6 +164,7 @@ impl Server {
             secrets::SecretBox::open_or_create(&cfg.data_dir, sealed)
                 .context("cannot open the secrets key")?,
         );
+        manager.set_build_scratch(cfg.data_dir.join("uploads"), cfg.upload_max);
         manager
             .ensure_first_admin(&token)
             .await
@@ -270,6 +271,11 @@ impl Server {
     /// The image `up` uses when neither the request nor a devcontainer.json names one.
     pub fn set_default_image(&self, image: String) {
         self.manager.set_default_image(image);
+    }
+
+    /// The image builder workspaces are made from (`manager::build`).
+    pub fn set_builder_image(&self, image: String) {
+        self.manager.set_builder_image(image);
     }
 
     /// Deletes store chunks that no snapshot needs any more every `every`: retention and

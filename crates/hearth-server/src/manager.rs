@@ -22,6 +22,7 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceState,
 };
 
+pub mod build;
 pub mod devcontainer;
 pub mod idle;
 mod locks;
@@ -71,6 +72,8 @@ enum PlannedImage {
     /// A registry image that is not here yet (its registry has it): pulled as the
     /// create's first step.
     Pull(PullPlan),
+    /// The repository's Dockerfile (devcontainer.json `build`), built as the first step.
+    Build(Box<build::BuildRequest>),
 }
 
 /// Image used when `up` names none and the repository has no devcontainer.json
@@ -103,6 +106,8 @@ pub struct Manager {
     /// This manager, for work that outlives a request (lifecycle steps after `waitFor`,
     /// `postAttachCommand`); empty unless made by [`Manager::shared`].
     me: std::sync::Weak<Manager>,
+    /// Dockerfile build settings (`manager/build.rs`).
+    builds: build::Builds,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -190,6 +195,7 @@ impl Manager {
             secret_box: Default::default(),
             webhook_secret: Default::default(),
             me: std::sync::Weak::new(),
+            builds: Default::default(),
         }
     }
 
@@ -337,7 +343,8 @@ impl Manager {
     pub async fn list(&self, caller: &Caller) -> Result<Vec<Workspace>, ApiError> {
         let (images, recs) = tokio::join!(self.images_or_empty(), self.store.list());
         let mut recs = recs?;
-        recs.retain(|r| caller.may_use(&r.owner));
+        // Builder workspaces are reached by name (logs, rm), not listed.
+        recs.retain(|r| caller.may_use(&r.owner) && !build::is_builder_name(&r.spec.name));
         let running: Vec<WorkspaceSpec> = recs
             .iter()
             .filter(|r| r.state == WorkspaceState::Running)
@@ -576,6 +583,7 @@ impl Manager {
         if !names::is_valid_name(&name) {
             return Err(ApiError::invalid(names::invalid_name_message(&name)));
         }
+        build::check_not_builder_name(&name)?;
         let egress = egress_policy(req.egress.unwrap_or_default())?;
         let idle_timeout = req.idle_timeout.map(idle::check_timeout).transpose()?;
         self.node
@@ -602,38 +610,47 @@ impl Manager {
             .image
             .clone()
             .or_else(|| devcontainer.as_ref().and_then(|d| d.config.image.clone()));
-        let image = match image_ref.as_deref() {
-            Some(r) => match self.node.resolve_image(r).await {
-                Ok(i) => PlannedImage::Loaded(i),
-                Err(e)
-                    if e.kind() == ErrorKind::NotFound && hearth_node::is_registry_reference(r) =>
-                {
-                    PlannedImage::Pull(
-                        self.node
-                            .check_pull(r, None)
-                            .await
-                            .map_err(|e| node_err("pull_image", &name, e))?,
-                    )
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(ApiError::not_found(format!(
-                        "image {r} not found (hearth image ls lists loaded images)"
-                    )))
-                }
-                Err(other) => return Err(node_err("resolve_image", &name, other)),
-            },
-            None => {
-                let default = self.default_image();
-                PlannedImage::Loaded(self.node.resolve_image(&default).await.map_err(|e| {
-                    match e.kind() {
-                        ErrorKind::NotFound => ApiError::invalid(format!(
-                            "no image given, the repository has no devcontainer.json, and the \
+        let build = devcontainer
+            .as_ref()
+            .filter(|_| req.image.is_none())
+            .and_then(|d| d.build_request(&source, &name));
+        let image = if let Some(b) = build {
+            PlannedImage::Build(Box::new(b))
+        } else {
+            match image_ref.as_deref() {
+                Some(r) => match self.node.resolve_image(r).await {
+                    Ok(i) => PlannedImage::Loaded(i),
+                    Err(e)
+                        if e.kind() == ErrorKind::NotFound
+                            && hearth_node::is_registry_reference(r) =>
+                    {
+                        PlannedImage::Pull(
+                            self.node
+                                .check_pull(r, None)
+                                .await
+                                .map_err(|e| node_err("pull_image", &name, e))?,
+                        )
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        return Err(ApiError::not_found(format!(
+                            "image {r} not found (hearth image ls lists loaded images)"
+                        )))
+                    }
+                    Err(other) => return Err(node_err("resolve_image", &name, other)),
+                },
+                None => {
+                    let default = self.default_image();
+                    PlannedImage::Loaded(self.node.resolve_image(&default).await.map_err(|e| {
+                        match e.kind() {
+                            ErrorKind::NotFound => ApiError::invalid(format!(
+                                "no image given, the repository has no devcontainer.json, and the \
                              default image {default} is not loaded: pass --image (hearth image \
                              ls lists loaded images)"
-                        )),
-                        _ => node_err("resolve_image", &name, e),
-                    }
-                })?)
+                            )),
+                            _ => node_err("resolve_image", &name, e),
+                        }
+                    })?)
+                }
             }
         };
         let rev = hearth_node::Revision {
@@ -705,6 +722,8 @@ impl Manager {
                 .pull_image(plan, progress.clone())
                 .await
                 .map_err(|e| node_err("pull_image", &name, e))?,
+            // Likewise a build.
+            PlannedImage::Build(req) => self.build_image(&owner, *req, &progress).await?,
         };
 
         let rec = self

@@ -13,10 +13,12 @@ use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, Workspace
 use hearth_proto::Event;
 
 mod access;
+mod build;
 mod cpu;
 mod prebuild;
 mod scale;
 pub use access::{run as run_access, AccessArgs};
+pub use build::{run as run_build, BuildArgs};
 pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode, Scenario as CpuScenario};
 pub use prebuild::{run as run_prebuild, PrebuildArgs};
 pub use scale::{run as run_scale, ScaleArgs};

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use hearth_api::client::Client;
 use hearth_api::{
-    CreateWorkspace, EgressEdit, EgressInfo, LimitsRequest, LoadImage, PullImage, WorkspaceInspect,
-    WorkspaceLimits,
+    BuildImage, CreateWorkspace, EgressEdit, EgressInfo, LimitsRequest, LoadImage, PullImage,
+    WorkspaceInspect, WorkspaceLimits,
 };
 
 mod ports;
@@ -77,6 +77,65 @@ impl Commands {
         };
         let mut view = ProgressView::new(std::io::stderr().is_terminal());
         let res = self.api.load_image(&req, view.printer()).await;
+        view.done();
+        let img = res?;
+        println!("{}", img.id);
+        Ok(())
+    }
+
+    /// Tars `dir` (symlinks as links, nothing outside it) into a temporary file and sends it
+    /// to be built.
+    pub async fn build_image(
+        &self,
+        dir: &Path,
+        file: Option<&Path>,
+        name: &str,
+        build_args: &[String],
+        target: Option<String>,
+    ) -> anyhow::Result<()> {
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+        let dockerfile = match file {
+            None => "Dockerfile".to_string(),
+            Some(f) => {
+                let abs_dir = std::fs::canonicalize(dir)
+                    .with_context(|| format!("cannot resolve {}", dir.display()))?;
+                let abs = std::fs::canonicalize(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                let rel = abs.strip_prefix(&abs_dir).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} is not inside {}: the Dockerfile must be part of the context",
+                        f.display(),
+                        dir.display()
+                    )
+                })?;
+                rel.to_string_lossy().into_owned()
+            }
+        };
+        let mut args = std::collections::BTreeMap::new();
+        for a in build_args {
+            let (k, v) = a
+                .split_once('=')
+                .with_context(|| format!("--build-arg {a}: use KEY=VALUE"))?;
+            args.insert(k.to_string(), v.to_string());
+        }
+        let tmp = tar_dir(dir).await?;
+        let len = tmp.metadata()?.len();
+        eprintln!("sending {} ({})", dir.display(), human_size(len));
+        let req = BuildImage {
+            name: name.to_string(),
+            dockerfile: Some(dockerfile),
+            target,
+            args: (!args.is_empty())
+                .then(|| serde_json::to_string(&args))
+                .transpose()?,
+        };
+        let mut view = ProgressView::new(std::io::stderr().is_terminal());
+        let res = self
+            .api
+            .build_image(tokio::fs::File::from_std(tmp), len, &req, view.printer())
+            .await;
         view.done();
         let img = res?;
         println!("{}", img.id);
@@ -708,4 +767,22 @@ mod tests {
         assert_eq!(blob_key(a1), Some("layer 1/2 sha256:aaaa"));
         assert_eq!(blob_key("cloning /x"), None);
     }
+}
+
+/// `dir` as a tar (symlinks as links, nothing outside it) in an unlinked temporary file,
+/// read from its start: a build context to send.
+pub(crate) async fn tar_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let tmp = tempfile::tempfile().context("cannot create a temporary file")?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let mut b = tar::Builder::new(std::io::BufWriter::new(tmp));
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        let mut f = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+        use std::io::Seek;
+        f.rewind()?;
+        Ok(f)
+    })
+    .await?
 }

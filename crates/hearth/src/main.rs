@@ -274,6 +274,25 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// Dockerfile builds: a first build and rebuilds after a one-line change through
+    /// Hearth's builder workspace, beside `podman build` on the host.
+    Build {
+        /// Base image archive the bench Dockerfile builds on (e.g. the Debian test image).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
+        image: PathBuf,
+        /// Builder image archive (scripts/make-image.sh builder).
+        #[arg(long, env = "HEARTH_TEST_BUILDER")]
+        builder: PathBuf,
+        /// Rebuilds after a one-line change.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// OCI runtime: crun, runc or a path (default: crun if installed).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The static hearth-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     /// CPU sharing between and inside workspaces under each CPU policy, side by side:
     /// burst from idle, a neighbour's probe latency under a hog / fork bomb / memory
     /// bomb, a probe beside an in-workspace build, fairness of two hogs (several minutes
@@ -358,6 +377,24 @@ enum ImageCmd {
         /// Read the password from stdin (first line).
         #[arg(long, requires = "username")]
         password_stdin: bool,
+    },
+    /// Build an image from a Dockerfile: DIR is sent as the build context and built with
+    /// podman in your builder workspace on the server (never on its host); the image is
+    /// loaded under --name.
+    Build {
+        dir: PathBuf,
+        /// The Dockerfile, a path inside DIR (default DIR/Dockerfile).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Name the image gets, e.g. team/app:1.
+        #[arg(long)]
+        name: String,
+        /// A build arg, KEY=VALUE (repeatable).
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_args: Vec<String>,
+        /// The stage to build.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// List loaded images.
     Ls {
@@ -535,6 +572,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     };
                     c.pull_image(reference, username.clone(), password).await?
                 }
+                ImageCmd::Build {
+                    dir,
+                    file,
+                    name,
+                    build_args,
+                    target,
+                } => {
+                    c.build_image(dir, file.as_deref(), name, build_args, target.clone())
+                        .await?
+                }
                 ImageCmd::Ls { json } => c.list_images(*json).await?,
                 ImageCmd::Rm { reference } => c.remove_image(reference).await?,
             }
@@ -711,6 +758,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Ssh { name, command } => client()?.ssh(name, command).await,
         Cmd::ConfigSsh => client()?.config_ssh().await.map(|()| 0),
+        Cmd::Bench {
+            what:
+                Some(BenchCmd::Build {
+                    image,
+                    builder,
+                    runs,
+                    runtime,
+                    agent,
+                }),
+            ..
+        } => {
+            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
+                Some(a) => a,
+                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
+            };
+            bench::run_build(bench::BuildArgs {
+                base: image.clone(),
+                builder: builder.clone(),
+                runs: *runs,
+                agent,
+                runtime: runtime.clone(),
+            })
+            .await
+            .map(|()| 0)
+        }
         Cmd::Bench {
             what:
                 Some(BenchCmd::Cpu {

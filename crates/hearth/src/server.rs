@@ -132,6 +132,10 @@ pub struct ServerArgs {
     /// are off.
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// Image of the builder workspaces Dockerfile builds run in (`scripts/make-image.sh
+    /// builder`, loaded beforehand).
+    #[arg(long, value_name = "REF", default_value = hearth_server::manager::build::DEFAULT_BUILDER_IMAGE)]
+    builder_image: String,
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
@@ -418,6 +422,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         }
         server.set_webhook_secret(Some(secret.as_bytes().to_vec()));
     }
+    server.set_builder_image(args.builder_image.clone());
     bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));

@@ -34,6 +34,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 include-path = "/v1/hooks/{forge}"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "413"]
 
+# the builder image must be loaded, the name must be an image name, the body a tar
+[[operations]]
+include-path = "/v1/images/build"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "413"]
+
 # username and password go together
 [[operations]]
 include-path = "/v1/images/pull"

@@ -116,8 +116,11 @@ pub(super) fn cgroup_limits(spec: &WorkspaceSpec) -> hearth_cgroups::Limits {
 
 impl Inner {
     /// What a create can be refused for before it starts (see [`NodeApi::check_create`]).
+    /// An empty source is a workspace without a repository (a builder).
     pub(super) fn check_create(&self, source: &str, limits: &Limits) -> Result<(), NodeError> {
-        clone::validate_source(source)?;
+        if !source.is_empty() {
+            clone::validate_source(source)?;
+        }
         self.check_disk_size(limits.disk_bytes)?;
         self.check_reserve("create a workspace")
     }
@@ -188,6 +191,9 @@ impl Inner {
         let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
         let spec_file = p.dir.join("spec.json");
         std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
+        if spec.source.is_empty() {
+            return Ok(());
+        }
         let _ = progress.send(format!("cloning {}", spec.source));
         clone::clone(
             &spec.source,

@@ -404,6 +404,32 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn repo_archive(&self, source: &str, commit: &str) -> Result<std::fs::File, NodeError> {
+        let (source, commit) = (source.to_string(), commit.to_string());
+        self.blocking(move |i| {
+            crate::clone::archive(&source, &commit, &i.gitconfig, &i.cfg.data_dir)
+        })
+        .await
+    }
+
+    async fn export_image(&self, reference: &str, name: &str) -> Result<std::fs::File, NodeError> {
+        let (reference, name) = (reference.to_string(), name.to_string());
+        self.blocking(move |i| {
+            let dir = &i.cfg.data_dir;
+            let mut f = tempfile::tempfile_in(dir).map_err(NodeError::io("create", dir))?;
+            let mut w = std::io::BufWriter::new(&mut f);
+            i.images
+                .export_oci_archive(&reference, Some(&name), &mut w)
+                .map_err(image_err)?;
+            w.into_inner()
+                .map_err(|e| NodeError::io("write", dir)(e.into_error()))?;
+            use std::io::Seek;
+            f.rewind().map_err(NodeError::io("seek", dir))?;
+            Ok(f)
+        })
+        .await
+    }
+
     async fn check_pull(
         &self,
         reference: &str,

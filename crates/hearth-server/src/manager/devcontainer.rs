@@ -35,6 +35,30 @@ pub struct Devcontainer {
 }
 
 impl Devcontainer {
+    /// The build of `build.dockerfile` from the commit the file was read from, named
+    /// `devcontainer/<workspace>:<commit>`; `None` without `build`.
+    pub(super) fn build_request(
+        &self,
+        source: &str,
+        workspace: &str,
+    ) -> Option<super::build::BuildRequest> {
+        let b = self.config.build.as_ref()?;
+        Some(super::build::BuildRequest {
+            context: super::build::BuildContext::Repo {
+                source: source.to_string(),
+                commit: self.commit.clone(),
+            },
+            dockerfile: b.dockerfile.clone(),
+            context_dir: b.context.clone(),
+            args: b.args.clone(),
+            target: b.target.clone(),
+            name: format!(
+                "devcontainer/{workspace}:{}",
+                &self.commit[..self.commit.len().min(12)]
+            ),
+        })
+    }
+
     /// `containerEnv` then `remoteEnv` (an unset `remoteEnv` entry drops the variable), as
     /// every session and lifecycle command gets them under what the request sets.
     pub(super) fn env(&self) -> Vec<(String, String)> {
@@ -130,18 +154,10 @@ impl Manager {
                  give an image in it, or pass --image"
             )));
         }
-        if !image_given {
-            if config.build.is_some() {
-                return Err(ApiError::invalid(format!(
-                    "{f} builds its image (build.dockerfile), which hearth does not support yet: \
-                     pass --image to use a loaded image instead"
-                )));
-            }
-            if config.image.is_none() {
-                return Err(ApiError::invalid(format!(
-                    "{f} names no image: add \"image\" to it, or pass --image"
-                )));
-            }
+        if !image_given && config.image.is_none() && config.build.is_none() {
+            return Err(ApiError::invalid(format!(
+                "{f} names no image: add \"image\" (or \"build\") to it, or pass --image"
+            )));
         }
         if !config.features.is_empty() {
             let ids: Vec<&str> = config.features.keys().map(String::as_str).collect();
@@ -622,7 +638,7 @@ impl Manager {
 }
 
 /// A line of command output as text, without control characters (it reaches terminals).
-fn clean(bytes: &[u8]) -> String {
+pub(super) fn clean(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim_end_matches('\r')
         .chars()

@@ -201,6 +201,7 @@ impl Manager {
         if !names::is_valid_name(&new) {
             return Err(ApiError::invalid(names::invalid_name_message(&new)));
         }
+        super::build::check_not_builder_name(&new)?;
         let src = self.owned(caller, name).await?;
         let snaps = self
             .node

@@ -119,6 +119,7 @@ impl Manager {
         if !names::is_valid_name(&new) {
             return Err(ApiError::invalid(names::invalid_name_message(&new)));
         }
+        super::build::check_not_builder_name(&new)?;
         let not_found = || {
             ApiError::not_found(format!(
                 "no removed workspace {name} (hearth snapshots --deleted lists them)"

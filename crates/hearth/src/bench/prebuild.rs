@@ -36,7 +36,7 @@ pub async fn run(args: PrebuildArgs) -> Result<()> {
         args.runtime.clone(),
     )?;
     sb.cfg.disk_reserve = Some(0);
-    let (node, server) = super::scale::open(&sb.cfg).await?;
+    let (node, server) = super::scale::open(&sb.cfg, 0).await?;
     let res = async {
         let image = super::load_image(&node, &args.image).await?.id;
         let repo = repo(sb.path(), &image, args.on_create)?;

@@ -41,7 +41,8 @@ pub(super) struct Running {
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
-pub(super) async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
+/// A node and a server on it, in this process; `upload_max` bounds uploads (0: none).
+pub(super) async fn open(cfg: &NodeConfig, upload_max: u64) -> Result<(LocalNode, Running)> {
     let node = LocalNode::open(cfg.clone()).await?;
     let server = Server::bind(
         ServerConfig {
@@ -52,8 +53,7 @@ pub(super) async fn open(cfg: &NodeConfig) -> Result<(LocalNode, Running)> {
                 per_second: 0,
                 burst: 0,
             },
-            // Nothing is uploaded.
-            upload_max: 0,
+            upload_max,
             ssh_listen: None,
         },
         Arc::new(node.clone()) as Arc<dyn NodeApi>,
@@ -142,7 +142,7 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
     )?;
     sb.cfg.disk_reserve = Some(0);
     let cfg = sb.cfg.clone();
-    let (node, server) = open(&cfg).await?;
+    let (node, server) = open(&cfg, 0).await?;
     let mut state = Some((node, server));
     let res = scale(&cfg, sb.path(), &tiers, &args, &mut state).await;
     let node = match state.take() {
@@ -230,7 +230,7 @@ async fn scale(
             server.shutdown().await?;
             drop(node);
             let t = Instant::now();
-            let (node, server) = open(cfg).await?;
+            let (node, server) = open(cfg, 0).await?;
             api = client(&server.url)?;
             *state = Some((node, server));
             let running = running(&api).await?;

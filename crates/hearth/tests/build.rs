@@ -1,0 +1,243 @@
+//! Dockerfile builds: `hearth up` of a repository whose devcontainer.json has `build`
+//! (multi-stage, build args, target), `hearth image build` with podman's cache between
+//! builds, a failing `RUN` failing `up` with its exit code and log, and `RUN` steps that
+//! reach for the host finding only the builder workspace. Real server, real builder
+//! workspace (podman inside it), real git repositories.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestServer;
+
+/// The builder image tar: `HEARTH_TEST_BUILDER`, else scripts/test.sh's cache. A missing
+/// one fails the test, saying how to make it.
+fn builder_tar() -> PathBuf {
+    let path = std::env::var_os("HEARTH_TEST_BUILDER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hearth-images/test/builder.tar"));
+    assert!(
+        path.is_file(),
+        "builder image {} missing: run scripts/test.sh, or scripts/make-image.sh builder FILE \
+         and set HEARTH_TEST_BUILDER",
+        path.display()
+    );
+    path
+}
+
+/// A server with busybox (the bases below) and the builder image loaded.
+fn server() -> TestServer {
+    let srv = TestServer::start();
+    srv.load_busybox();
+    srv.ok(&[
+        "image",
+        "load",
+        builder_tar().to_str().unwrap(),
+        "--name",
+        "hearth-builder",
+    ]);
+    srv
+}
+
+/// Writes `files` (path, text) into `dir` and, when it is a git repository, commits them.
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    if !dir.join(".git").exists() {
+        return;
+    }
+    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "change"][..]] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const MULTI_STAGE: &str = r#"ARG BASE=busybox
+FROM ${BASE} AS base
+ARG GREETING=unset
+RUN echo "$GREETING from the build" > /etc/greeting
+
+FROM base AS final
+COPY README.md /opt/readme
+RUN echo final > /etc/stage
+
+FROM base AS later
+RUN echo later > /etc/stage && exit 9
+"#;
+
+#[test]
+fn a_devcontainer_dockerfile_builds_and_a_failing_run_fails_up() {
+    let srv = server();
+    let src = tempfile::tempdir().unwrap();
+    let repo = common::git_repo(src.path(), "proj");
+    write(
+        &repo,
+        &[
+            (
+                ".devcontainer/devcontainer.json",
+                r#"{
+  // Relative to this file: the Dockerfile beside it, the context the repository root.
+  "build": {"dockerfile": "Dockerfile", "context": "..", "args": {"GREETING": "hello"}, "target": "final"},
+  "postCreateCommand": "cat /etc/greeting"
+}"#,
+            ),
+            (".devcontainer/Dockerfile", MULTI_STAGE),
+        ],
+    );
+    let out = srv.hearth(&["up", repo.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "up failed: {err}\n{}",
+        srv.server_log()
+    );
+    // The build's own output streamed to up, then the lifecycle ran on its image.
+    assert!(err.contains("build: "), "{err}");
+    assert!(
+        err.contains("postCreateCommand: hello from the build"),
+        "{err}"
+    );
+    // The target stage, with the build arg and the context's file; the later stage (which
+    // would fail) was not built.
+    assert_eq!(
+        srv.exec(
+            "proj",
+            &["cat", "/etc/greeting", "/etc/stage", "/opt/readme"]
+        ),
+        "hello from the build\nfinal\nhello from the repo\n"
+    );
+    let images = srv.ok(&["image", "ls"]);
+    assert!(images.contains("devcontainer/proj:"), "{images}");
+    // The builder is a workspace of its own, out of the listing, with the build in its log.
+    assert_eq!(srv.workspace_names(), vec!["proj"]);
+    let logs = srv.ok(&["logs", "builder-admin"]);
+    assert!(logs.contains("from the build"), "{logs}");
+    // Its name is not for users to take.
+    let e = srv.fails(&["up", repo.to_str().unwrap(), "--name", "builder-x"]);
+    assert!(e.contains("reserved for builder workspaces"), "{e}");
+
+    // A RUN that fails: up fails with its exit code and output, and leaves no workspace.
+    let broken = common::git_repo(src.path(), "broken");
+    write(
+        &broken,
+        &[
+            (
+                ".devcontainer.json",
+                r#"{"build": {"dockerfile": "Dockerfile"}}"#,
+            ),
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN echo about to fail && exit 3\n",
+            ),
+        ],
+    );
+    let out = srv.hearth(&["up", broken.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the build failed with exit code 3"),
+        "{err}"
+    );
+    assert!(last.contains("about to fail"), "{err}");
+    assert_eq!(srv.workspace_names(), vec!["proj"]);
+    let logs = srv.ok(&["logs", "builder-admin"]);
+    assert!(logs.contains("about to fail"), "{logs}");
+}
+
+#[test]
+fn image_build_reuses_the_cache_and_run_steps_never_reach_the_host() {
+    let srv = server();
+    let ctx = tempfile::tempdir().unwrap();
+    let df = "FROM busybox\nRUN echo step-one-ran && echo one > /one\nRUN echo two > /two\n";
+    write(ctx.path(), &[("Dockerfile", df)]);
+    let dir = ctx.path().to_str().unwrap();
+    let out = srv.hearth(&["image", "build", dir, "--name", "app:1"]);
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "build failed: {err}\n{}",
+        srv.server_log()
+    );
+    assert!(err.lines().any(|l| l == "build: step-one-ran"), "{err}");
+
+    // One line changed: the steps before it come from podman's cache and do not run.
+    write(
+        ctx.path(),
+        &[("Dockerfile", &df.replace("echo two", "echo TWO"))],
+    );
+    let out = srv.hearth(&["image", "build", dir, "--name", "app:2"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "rebuild failed: {err}");
+    assert!(
+        !err.lines().any(|l| l == "build: step-one-ran"),
+        "the cached step ran again: {err}"
+    );
+    let cached = err.lines().filter(|l| l.contains("Using cache")).count();
+    assert!(cached >= 1, "no cached step reported: {err}");
+    let src = tempfile::tempdir().unwrap();
+    let repo = common::git_repo(src.path(), "app");
+    srv.ok(&["up", repo.to_str().unwrap(), "--image", "app:2"]);
+    assert_eq!(srv.exec("app", &["cat", "/one", "/two"]), "one\nTWO\n");
+
+    // RUN steps that reach for the host: they run as the builder's unprivileged ids and
+    // what they write lands in the image, never on the host.
+    let marker = format!("hearth-hostile-{}", std::process::id());
+    let hostile = format!(
+        "FROM busybox\n\
+         RUN echo \"uidmap: $(cat /proc/self/uid_map)\"; echo pwned > /tmp/{marker}; \
+         echo pwned > /{marker}; echo pwned > /proc/1/root/tmp/{marker}\n"
+    );
+    write(ctx.path(), &[("Dockerfile.hostile", &hostile)]);
+    let out = srv.hearth(&[
+        "image",
+        "build",
+        dir,
+        "-f",
+        ctx.path().join("Dockerfile.hostile").to_str().unwrap(),
+        "--name",
+        "hostile",
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "hostile build failed: {err}");
+    for path in [format!("/tmp/{marker}"), format!("/{marker}")] {
+        assert!(!Path::new(&path).exists(), "{path} written on the host");
+    }
+    assert_eq!(srv.ok(&["image", "ls"]).matches("hostile").count(), 1);
+    let map = err
+        .lines()
+        .find_map(|l| l.strip_prefix("build: uidmap: "))
+        .unwrap_or_else(|| panic!("no uid map in {err}"));
+    let host_root: u64 = common::uid_base(map);
+    assert!(
+        host_root >= 1 << 20,
+        "root in the build is host uid {host_root}: {err}"
+    );
+    // Paths outside the context are refused before anything runs.
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), &[("Dockerfile", "FROM busybox\n")]);
+    let e = srv.fails(&[
+        "image",
+        "build",
+        dir,
+        "-f",
+        outside.path().join("Dockerfile").to_str().unwrap(),
+        "--name",
+        "x",
+    ]);
+    assert!(e.contains("is not inside"), "{e}");
+}
