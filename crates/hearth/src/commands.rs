@@ -717,6 +717,24 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// `dir` as a tar (symlinks as links, nothing outside it) in an unlinked temporary file,
+/// read from its start: a build context to send.
+pub(crate) async fn tar_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let tmp = tempfile::tempfile().context("cannot create a temporary file")?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let mut b = tar::Builder::new(std::io::BufWriter::new(tmp));
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        let mut f = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+        use std::io::Seek;
+        f.rewind()?;
+        Ok(f)
+    })
+    .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,22 +785,4 @@ mod tests {
         assert_eq!(blob_key(a1), Some("layer 1/2 sha256:aaaa"));
         assert_eq!(blob_key("cloning /x"), None);
     }
-}
-
-/// `dir` as a tar (symlinks as links, nothing outside it) in an unlinked temporary file,
-/// read from its start: a build context to send.
-pub(crate) async fn tar_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
-    let tmp = tempfile::tempfile().context("cannot create a temporary file")?;
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
-        let mut b = tar::Builder::new(std::io::BufWriter::new(tmp));
-        b.follow_symlinks(false);
-        b.append_dir_all(".", &dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?;
-        let mut f = b.into_inner()?.into_inner().map_err(|e| e.into_error())?;
-        use std::io::Seek;
-        f.rewind()?;
-        Ok(f)
-    })
-    .await?
 }
