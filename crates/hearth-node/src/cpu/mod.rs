@@ -4,7 +4,8 @@
 //!
 //! Cost: counters are re-read with `pread` on files kept open; a workspace's throttling
 //! counter is read only while it has a quota and its PSI only when the node's PSI moved
-//! (nobody waited otherwise) and it is batch (or once a second, for the view). A
+//! (nobody waited otherwise): every tick while batch, once a second while its budget
+//! refills, else every 10 s for the view. A
 //! workspace is sampled only as often as its class could change ([`Policy::sample_gap`]:
 //! a batch one or one near the end of its budget every tick, one with budget to spare
 //! once a second), so with one busy workspace among 200 a tick reads ~21 groups, not 200.
@@ -24,6 +25,10 @@ use hearth_cgroups::{Cgroups, CpuGroup, CpuKnobs, NodePressure, SampleWhat};
 
 use crate::{CpuClass, CpuControl, CpuControllerStats, CpuView, Limits, WorkspaceId};
 use policy::{Observation, Policy, WsLimits, WsState};
+
+/// How often the PSI of a workspace with its budget whole is read, for `hearth inspect`
+/// (each read costs several times a usage read).
+const VIEW_PRESSURE_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest run of ticks that skip reading workspaces on a quiet node.
 const MAX_SKIP: u32 = 10;
@@ -287,13 +292,18 @@ impl Shared {
             // Did anybody on the node wait for a CPU since this workspace's last sample?
             let node_waited = pressure_total.is_none() || pressure_total != e.node_pressure;
             e.node_pressure = pressure_total;
+            // PSI decides a batch workspace's promotion and an interactive one's refill
+            // (waiting is not quiet); with its budget whole it is only for the view.
+            let pressure_every = match e.st.class {
+                CpuClass::Batch => Duration::ZERO,
+                _ if e.st.budget_ns < self.policy.params.budget_ns => policy::MAX_GAP,
+                _ => VIEW_PRESSURE_EVERY,
+            };
             let what = SampleWhat {
                 throttling: e.knobs.quota_us.is_some() || e.st.throttled_us > 0,
-                // Batch: whether it starves; others: for the view, at most once per gap.
                 pressure: node_waited
-                    && (e.st.class == CpuClass::Batch
-                        || e.pressure_at
-                            .is_none_or(|at| now.saturating_sub(at) >= policy::MAX_GAP)),
+                    && e.pressure_at
+                        .is_none_or(|at| now.saturating_sub(at) >= pressure_every),
             };
             let sample = match group.sample(what) {
                 Ok(s) => s,
