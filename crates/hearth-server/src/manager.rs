@@ -24,6 +24,7 @@ use hearth_api::{
 
 pub mod build;
 pub mod devcontainer;
+mod features;
 pub mod idle;
 mod locks;
 pub mod ports;
@@ -724,6 +725,17 @@ impl Manager {
                 .map_err(|e| node_err("pull_image", &name, e))?,
             // Likewise a build.
             PlannedImage::Build(req) => self.build_image(&owner, *req, &progress).await?,
+        };
+        // Features go on whatever image the workspace gets, built before its record
+        // exists (like a pull): a failure leaves nothing behind.
+        let (image, devcontainer) = match devcontainer {
+            Some(mut dc) if !dc.config.features.is_empty() => {
+                let img = self
+                    .install_features(&owner, &name, &mut dc, image, &progress)
+                    .await?;
+                (img, Some(dc))
+            }
+            other => (image, other),
         };
 
         let rec = self

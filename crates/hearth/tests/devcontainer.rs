@@ -225,12 +225,12 @@ fn config_errors_point_into_the_file_and_the_default_image_is_the_servers() {
         "feat",
         &[(
             ".devcontainer.json",
-            r#"{"image": "busybox", "features": {"ghcr.io/devcontainers/features/go:1": {}}}"#,
+            r#"{"image": "busybox", "features": {"./go": {}}}"#,
         )],
     );
     let e = srv.fails(&["up", repo.to_str().unwrap()]);
     assert!(
-        e.contains("features (ghcr.io/devcontainers/features/go:1)"),
+        e.contains(".devcontainer.json: feature ./go: local features"),
         "{e}"
     );
     let repo = repo_with(

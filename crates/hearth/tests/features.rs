@@ -241,7 +241,8 @@ fn catalogue(reg: &Registry) -> Vec<(&'static str, Value, &'static str)> {
         (
             "b",
             json!({"id": "b", "version": "2.1.0", "name": "B",
-                   "dependsOn": {format!("{r}/hearth/a:1"): {"greeting": "from-b"}}}),
+                   "dependsOn": {format!("{r}/hearth/a:1"): {"greeting": "from-b"}},
+                   "postCreateCommand": "echo b-postcreate $A_HOME >> /features.log"}),
             "#!/bin/sh\necho b >> /features.log\n",
         ),
         (
@@ -429,4 +430,116 @@ fn hostile_and_refused_features_fail_with_their_name() {
         assert!(e.contains(&format!("feature {feature}")), "{feature}: {e}");
     }
     assert!(!Path::new("/tmp/hearth-feature-escape").exists());
+}
+
+/// A git repository `parent/name` holding a devcontainer.json with `config`.
+fn repo(parent: &Path, name: &str, config: &Value) -> std::path::PathBuf {
+    let repo = common::git_repo(parent, name);
+    std::fs::create_dir_all(repo.join(".devcontainer")).unwrap();
+    std::fs::write(
+        repo.join(".devcontainer/devcontainer.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
+    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "features"][..]] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+    repo
+}
+
+#[test]
+fn up_installs_features_in_dependency_order_and_runs_their_commands() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    publish(&reg, dir.path(), &catalogue(&reg));
+    let srv = common::TestServer::start();
+    srv.load_busybox();
+    srv.load_builder();
+    let r = reg.localhost();
+    // b depends on a (with an option); the user asks only for b and d.
+    let config = json!({
+        "image": "busybox",
+        "features": {format!("{r}/hearth/b:2"): {}, format!("{r}/hearth/d:1"): {"version": "1.2"}},
+        "postCreateCommand": "echo user-postcreate >> /features.log",
+    });
+    let src = tempfile::tempdir().unwrap();
+    let proj = repo(src.path(), "proj", &config);
+    let out = srv.hearth(&["up", proj.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "up failed: {err}\n{}",
+        srv.server_log()
+    );
+    assert!(err.contains("installing 3 feature(s) on busybox"), "{err}");
+    assert!(err.contains("GREETING=from-b"), "{err}");
+    // Installed in rounds: a and d (sorted by name), then b, which depends on a; then
+    // the feature's postCreateCommand before the configuration's.
+    assert_eq!(
+        srv.exec("proj", &["cat", "/features.log"]),
+        "a from-b false\nd 1.2 lts\nb\nb-postcreate /opt/a\nuser-postcreate\n"
+    );
+    // containerEnv is the image's environment, ${PATH} expanded by the builder.
+    let env = srv.exec("proj", &["env"]);
+    assert!(env.lines().any(|l| l == "A_HOME=/opt/a"), "{env}");
+    assert!(
+        env.lines().any(|l| l.starts_with("PATH=/opt/a/bin:/")),
+        "{env}"
+    );
+
+    // The same features on the same image: built once.
+    let out = srv.hearth(&["up", proj.to_str().unwrap(), "--name", "again"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "second up failed: {err}");
+    assert!(err.contains("features already built on busybox"), "{err}");
+    assert_eq!(
+        srv.exec("again", &["cat", "/features.log"]),
+        "a from-b false\nd 1.2 lts\nb\nb-postcreate /opt/a\nuser-postcreate\n"
+    );
+}
+
+#[test]
+fn up_refuses_a_feature_it_cannot_install_before_making_anything() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    publish(
+        &reg,
+        dir.path(),
+        &[(
+            "dind",
+            json!({"id": "dind", "version": "1.0.0", "name": "DinD", "capAdd": ["SYS_ADMIN"]}),
+            "#!/bin/sh\n",
+        )],
+    );
+    let srv = common::TestServer::start();
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    for (name, feature, says) in [
+        ("local", "./my-feature".to_string(), "local features"),
+        (
+            "dind",
+            format!("{}/hearth/dind:1", reg.localhost()),
+            "sets capAdd, which hearth refuses",
+        ),
+    ] {
+        let proj = repo(
+            src.path(),
+            name,
+            &json!({"image": "busybox", "features": {feature.clone(): {}}}),
+        );
+        let out = srv.hearth(&["up", proj.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{name}: up succeeded");
+        assert!(err.contains(says), "{name}: {err}");
+        assert!(err.contains(&format!("feature {feature}")), "{name}: {err}");
+        let ls = srv.ok(&["ls"]);
+        assert!(!ls.contains(name), "{name} left a workspace: {ls}");
+    }
 }

@@ -92,7 +92,7 @@ impl BuildContext {
         );
         let builtin_path = format!("{FEATURES_DIR}/devcontainer-features.builtin.env");
         let mut df = format!(
-            "FROM {base}\nUSER root\nCOPY devcontainer-features.builtin.env {FEATURES_DIR}/\nRUN echo \"_CONTAINER_USER_HOME=$({})\" >> {builtin_path} && \\\n    echo \"_REMOTE_USER_HOME=$({})\" >> {builtin_path}\n",
+            "FROM {base}\nUSER root\nCOPY devcontainer-features.builtin.env {FEATURES_DIR}/\nRUN echo \"_CONTAINER_USER_HOME=$( {})\" >> {builtin_path} && \\\n    echo \"_REMOTE_USER_HOME=$( {})\" >> {builtin_path}\n",
             home_of(container_user),
             home_of(remote_user),
         );
@@ -246,7 +246,8 @@ fn env_key(k: &str) -> bool {
 }
 
 /// A shell pipeline printing the home directory of `user` (a name or uid) in the image,
-/// with or without `getent`.
+/// with or without `getent`. It starts with `(`: inside `$( ... )` keep a space before it,
+/// or the shell reads `$((` as arithmetic.
 fn home_of(user: &str) -> String {
     let re = user.replace('.', "\\.");
     format!(
@@ -390,6 +391,11 @@ mod context_tests {
         let df = &ctx.dockerfile;
         assert!(df.starts_with("FROM busybox:latest\nUSER root\n"), "{df}");
         assert!(df.ends_with("USER 1000:1000\n"), "{df}");
+        // `$( (` is a command substitution; `$((` would be arithmetic.
+        assert!(
+            df.contains("_REMOTE_USER_HOME=$( (getent passwd dev "),
+            "{df}"
+        );
         let env = df
             .find("ENV A_HOME=\"/opt/\\\"a\\\"\"\nENV PATH=\"/opt/a/bin:${PATH}\"\n")
             .unwrap();

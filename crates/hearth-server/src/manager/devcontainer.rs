@@ -32,6 +32,10 @@ pub struct Devcontainer {
     pub commit: String,
     /// `${containerWorkspaceFolder}`: the working directory of sessions and commands.
     pub workspace_folder: String,
+    /// Lifecycle commands of its features (labelled, in installation order): each step
+    /// runs these before the configuration's own, as the spec says.
+    #[serde(default)]
+    pub feature_lifecycle: Vec<(String, hearth_devcontainer::Lifecycle)>,
 }
 
 impl Devcontainer {
@@ -159,20 +163,15 @@ impl Manager {
                 "{f} names no image: add \"image\" (or \"build\") to it, or pass --image"
             )));
         }
-        if !config.features.is_empty() {
-            let ids: Vec<&str> = config.features.keys().map(String::as_str).collect();
-            return Err(ApiError::invalid(format!(
-                "{f} asks for features ({}), which hearth does not support yet: remove them \
-                 or install those tools in the image",
-                ids.join(", ")
-            )));
-        }
         check_host_requirements(&config, limits)?;
-        Ok(Some(Devcontainer {
+        let dc = Devcontainer {
             config,
             commit: found.commit,
             workspace_folder: loaded.container_workspace_folder,
-        }))
+            feature_lifecycle: Vec::new(),
+        };
+        super::features::check_features(&dc)?;
+        Ok(Some(dc))
     }
 
     /// Records the settings a workspace is made from, no lifecycle step done yet.
@@ -357,7 +356,11 @@ impl Manager {
         tokio::spawn(async move {
             let dc = match me.devcontainer(&spec).await {
                 Ok(Some((dc, _)))
-                    if dc.config.lifecycle.get(LifecycleStep::PostAttach).is_some() =>
+                    if dc.config.lifecycle.get(LifecycleStep::PostAttach).is_some()
+                        || dc
+                            .feature_lifecycle
+                            .iter()
+                            .any(|(_, l)| l.get(LifecycleStep::PostAttach).is_some()) =>
                 {
                     dc
                 }
@@ -394,8 +397,15 @@ impl Manager {
                 // reference CLI does.
                 self.install_dotfiles(spec, Some(dc), progress).await?;
             }
+            for (feature, lifecycle) in &dc.feature_lifecycle {
+                if let Some(cmd) = lifecycle.get(step) {
+                    let label = format!("{} ({feature})", step.property());
+                    self.run_step(spec, dc, &label, cmd, progress).await?;
+                }
+            }
             if let Some(cmd) = dc.config.lifecycle.get(step) {
-                self.run_step(spec, dc, step, cmd, progress).await?;
+                self.run_step(spec, dc, step.property(), cmd, progress)
+                    .await?;
             }
             if CREATE_STEPS.contains(&step) {
                 self.store
@@ -460,11 +470,10 @@ impl Manager {
         &self,
         spec: &WorkspaceSpec,
         dc: &Devcontainer,
-        step: LifecycleStep,
+        prop: &str,
         cmd: &Command,
         progress: Option<&Progress>,
     ) -> Result<(), ApiError> {
-        let prop = step.property();
         // A prebuild is shared beyond its maker's sessions: no user's secrets go into it.
         let secrets = match super::prebuilds::is_prebuild(spec) {
             true => Vec::new(),

@@ -253,6 +253,27 @@ impl TestServer {
         self.ok(&["image", "load", img.to_str().unwrap(), "--name", "busybox"]);
     }
 
+    /// Loads the builder image (`HEARTH_TEST_BUILDER`, else scripts/test.sh's cache) as
+    /// `hearth-builder`, the server's default; a missing one fails, saying how to make it.
+    pub fn load_builder(&self) {
+        let path = std::env::var_os("HEARTH_TEST_BUILDER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/hearth-images/test/builder.tar"));
+        assert!(
+            path.is_file(),
+            "builder image {} missing: run scripts/test.sh, or scripts/make-image.sh builder \
+             FILE and set HEARTH_TEST_BUILDER",
+            path.display()
+        );
+        self.ok(&[
+            "image",
+            "load",
+            path.to_str().unwrap(),
+            "--name",
+            "hearth-builder",
+        ]);
+    }
+
     /// Workspaces as `hearth ls --json` reports them.
     pub fn workspaces(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
