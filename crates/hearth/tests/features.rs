@@ -543,3 +543,63 @@ fn up_refuses_a_feature_it_cannot_install_before_making_anything() {
         assert!(!ls.contains(name), "{name} left a workspace: {ls}");
     }
 }
+
+#[test]
+fn up_installs_features_on_a_dockerfile_built_image_with_every_lifecycle_command() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    publish(&reg, dir.path(), &catalogue(&reg));
+    let srv = common::TestServer::start();
+    srv.load_busybox();
+    srv.load_builder();
+    let src = tempfile::tempdir().unwrap();
+    let log = |step: &str| format!("echo {step} >> /features.log");
+    let proj = repo(
+        src.path(),
+        "built",
+        &json!({
+            "build": {"dockerfile": "Dockerfile"},
+            "features": {format!("{}/hearth/b:2", reg.localhost()): {}},
+            "onCreateCommand": log("oncreate"),
+            "updateContentCommand": log("update"),
+            "postCreateCommand": log("postcreate"),
+            "postStartCommand": log("poststart"),
+            "postAttachCommand": log("postattach"),
+        }),
+    );
+    std::fs::write(
+        proj.join(".devcontainer/Dockerfile"),
+        "FROM busybox\nRUN echo built > /etc/built\n",
+    )
+    .unwrap();
+    for args in [
+        &["add", "-A"][..],
+        &["commit", "-q", "-m", "dockerfile"][..],
+    ] {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&proj)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+    let out = srv.hearth(&["up", proj.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "up failed: {err}\n{}",
+        srv.server_log()
+    );
+    // The features went on the image the Dockerfile built.
+    assert!(
+        err.contains("installing 2 feature(s) on devcontainer/built:"),
+        "{err}"
+    );
+    assert_eq!(srv.exec("built", &["cat", "/etc/built"]), "built\n");
+    assert_eq!(
+        srv.exec("built", &["cat", "/features.log"]),
+        "a from-b false\nb\noncreate\nupdate\nb-postcreate /opt/a\npostcreate\npoststart\npostattach\n"
+    );
+}
