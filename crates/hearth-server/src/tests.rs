@@ -333,9 +333,25 @@ async fn harness(node: FakeNode) -> Harness {
 }
 
 async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harness {
+    harness_of(node, rate, |store, node| {
+        Arc::new(Manager::new(store, node))
+    })
+    .await
+}
+
+/// A harness whose manager can run work past a request (webhook prebuilds).
+async fn shared_harness(node: FakeNode) -> Harness {
+    harness_of(node, Default::default(), Manager::shared).await
+}
+
+async fn harness_of(
+    node: FakeNode,
+    rate: crate::ratelimit::RateLimit,
+    make: impl FnOnce(Store, Arc<dyn NodeApi>) -> Arc<Manager>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
-    let manager = Arc::new(Manager::new(store, Arc::new(node.clone())));
+    let manager = make(store, Arc::new(node.clone()));
     manager.ensure_first_admin(TOKEN).await.unwrap();
     let app = router(AppState {
         manager: manager.clone(),
@@ -1589,4 +1605,5 @@ async fn refusals_outside_handlers_are_json_and_documented() {
     );
 }
 
+mod prebuilds;
 mod users;

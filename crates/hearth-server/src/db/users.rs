@@ -137,10 +137,15 @@ impl Store {
                 return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
             }
         }
-        // Their SSH keys (ssh_keys.rs) and secrets go with them, or they would outlive
-        // their user (and a later user of the same name would get them).
-        for table in ["ssh_keys", "secrets"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE user_name = $1"))
+        // Their SSH keys (ssh_keys.rs), secrets and prebuilds (whose snapshots hold what
+        // their commands wrote) go with them, or they would outlive their user (and a
+        // later user of the same name would get them).
+        for (table, column) in [
+            ("ssh_keys", "user_name"),
+            ("secrets", "user_name"),
+            ("prebuilds", "owner"),
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
                 .bind(name)
                 .execute(&mut *tx)
                 .await

@@ -16,6 +16,7 @@
 use sha2::{Digest, Sha256};
 
 use super::devcontainer::Devcontainer;
+use super::secrets::redact_userinfo;
 use super::*;
 use crate::db::PrebuildRecord;
 use hearth_api::{CreatePrebuild, Prebuild};
@@ -85,10 +86,16 @@ fn series_spec(p: &PrebuildRecord) -> Result<WorkspaceSpec, ApiError> {
     })
 }
 
-fn view(p: PrebuildRecord) -> Prebuild {
+/// `p` as `caller` sees it: credentials in the source URL (`https://user:token@...`) are
+/// its maker's, shown to nobody else.
+fn view(caller: &Caller, p: PrebuildRecord) -> Prebuild {
+    let source = match caller.may_use(&p.owner) {
+        true => p.source,
+        false => redact_userinfo(&p.source),
+    };
     Prebuild {
         snapshot: p.snapshot,
-        source: p.source,
+        source,
         branch: p.branch,
         commit: p.commit,
         config_file: p.config_file,
@@ -217,7 +224,7 @@ impl Manager {
             commit = record.commit,
             "prebuild recorded"
         );
-        Ok(view(record))
+        Ok(view(&owner, record))
     }
 
     /// Forgets the rows of `p`'s series whose snapshots the store's retention dropped.
@@ -254,7 +261,7 @@ impl Manager {
             .await?
             .into_iter()
             .filter(|p| p.shared || caller.may_use(&p.owner))
-            .map(view)
+            .map(|p| view(caller, p))
             .collect())
     }
 
@@ -455,9 +462,20 @@ impl Manager {
         };
         let mut started = Vec::new();
         for p in series {
+            // As the owner is now: a removed user's series stop, a demoted admin's are
+            // rebuilt as the user they are.
+            let Some(owner) = self.store.user(&p.owner).await? else {
+                tracing::info!(
+                    source = p.source,
+                    owner = p.owner,
+                    "webhook: the prebuild's owner is gone"
+                );
+                continue;
+            };
+            // The answer goes to the forge (its delivery log): no credentials in it.
             let what = match &p.branch {
-                Some(b) => format!("{}@{b}", p.source),
-                None => p.source.clone(),
+                Some(b) => format!("{}@{b}", redact_userinfo(&p.source)),
+                None => redact_userinfo(&p.source),
             };
             // `.devcontainer/NAME/devcontainer.json` was chosen with --config NAME.
             let parts: Vec<&str> = p.config_file.split('/').collect();
@@ -466,8 +484,8 @@ impl Manager {
                 _ => None,
             };
             let caller = Caller {
-                id: p.owner.as_str().into(),
-                admin: p.shared,
+                id: owner.name.as_str().into(),
+                admin: owner.admin,
             };
             let req = CreatePrebuild {
                 source: p.source.clone(),

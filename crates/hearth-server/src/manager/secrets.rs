@@ -52,7 +52,7 @@ fi
 
 /// `url` with the user and password of a `scheme://user:password@host/...` URL replaced
 /// by `***`.
-fn redact_userinfo(url: &str) -> String {
+pub(super) fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Adds a user through the API with the admin token; returns its token.
-async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
+pub(super) async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
     let body = serde_json::json!({ "name": name, "admin": admin }).to_string();
     let (s, b) = h
         .call(Method::POST, "/v1/users", Some(TOKEN), Some(body))

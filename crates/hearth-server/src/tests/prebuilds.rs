@@ -1,0 +1,117 @@
+//! Prebuild records across users, against the in-memory node: what a listing shows to
+//! users other than a prebuild's maker, and what goes when its maker is removed.
+
+use super::users::add_user;
+use super::*;
+use crate::db::PrebuildRecord;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+fn prebuild(snapshot: &str, owner: &str, shared: bool, source: &str) -> PrebuildRecord {
+    PrebuildRecord {
+        snapshot: snapshot.into(),
+        series: "0123456789abcdef0123456789abcdef".into(),
+        owner: owner.into(),
+        shared,
+        source: source.into(),
+        branch: None,
+        commit: "a".repeat(40),
+        config_hash: "h".into(),
+        image: "sha256:abc".into(),
+        config_file: ".devcontainer/devcontainer.json".into(),
+        created_at: now(),
+    }
+}
+
+async fn prebuilds_as(h: &Harness, token: &str) -> Vec<Prebuild> {
+    let (s, b) = h
+        .call(Method::GET, "/v1/prebuilds", Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    serde_json::from_slice(&b).unwrap()
+}
+
+/// A GitHub push of `source`'s `main`, signed with `secret`; the sources it started.
+async fn push(h: &Harness, secret: &[u8], source: &str) -> Vec<String> {
+    let body = serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": "b".repeat(40),
+        "repository": {"clone_url": source, "default_branch": "main"},
+    })
+    .to_string();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body.as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/hooks/github")
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", format!("sha256={sig}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let r: WebhookResult = serde_json::from_slice(&b).unwrap();
+    r.started
+}
+
+#[tokio::test]
+async fn a_shared_prebuild_does_not_show_its_makers_credentials() {
+    let h = shared_harness(FakeNode::default()).await;
+    let bob = add_user(&h, "bob", false).await;
+    let source = "https://admin:s3cr3t-token@git.example.com/team/app.git";
+    h.manager
+        .store()
+        .insert_prebuild(&prebuild("s1", "admin", true, source))
+        .await
+        .unwrap();
+    // Bob may start from it, but the token in its URL is the admin's.
+    let seen = prebuilds_as(&h, &bob).await;
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].source.contains("s3cr3t"), "{}", seen[0].source);
+    assert_eq!(seen[0].source, "https://***@git.example.com/team/app.git");
+    // Its maker sees the source as given.
+    assert_eq!(prebuilds_as(&h, TOKEN).await[0].source, source);
+    // Nor does a webhook's answer (the forge shows it in its delivery log).
+    let secret = b"0123456789abcdef-webhook";
+    h.manager.set_webhook_secret(Some(secret.to_vec()));
+    let started = push(&h, secret, source).await;
+    assert_eq!(started, ["https://***@git.example.com/team/app.git"]);
+}
+
+#[tokio::test]
+async fn a_removed_users_prebuilds_go_with_them() {
+    let h = shared_harness(FakeNode::default()).await;
+    add_user(&h, "bob", false).await;
+    h.manager
+        .store()
+        .insert_prebuild(&prebuild(
+            "s1",
+            "bob",
+            false,
+            "https://git.example.com/bob/private",
+        ))
+        .await
+        .unwrap();
+    let (s, b) = h
+        .call(Method::DELETE, "/v1/users/bob", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    // Nothing is rebuilt for a user who is gone.
+    let secret = b"0123456789abcdef-webhook";
+    h.manager.set_webhook_secret(Some(secret.to_vec()));
+    assert!(push(&h, secret, "https://git.example.com/bob/private")
+        .await
+        .is_empty());
+    // A new user of the same name does not start from the old one's files.
+    let bob2 = add_user(&h, "bob", false).await;
+    assert!(prebuilds_as(&h, &bob2).await.is_empty());
+}
