@@ -162,6 +162,11 @@ pub struct CreateWorkspace {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, pattern = "^[^/]+$")]
     pub devcontainer_config: Option<String>,
+    /// Branch to clone and check out (its devcontainer.json is read from its tip, and
+    /// prebuilds of it apply); the repository's default branch when absent.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^-]")]
+    pub branch: Option<String>,
 }
 
 /// Longest idle timeout (366 days); 0 turns idle auto-stop off instead.

@@ -562,16 +562,23 @@ impl Manager {
         caller: &Caller,
         req: CreateWorkspace,
     ) -> Result<CreatePlan, ApiError> {
-        self.plan_create_with(caller, req, CreateOpts::default())
-            .await
+        let opts = CreateOpts {
+            branch: req.branch.clone(),
+            ..Default::default()
+        };
+        self.plan_create_with(caller, req, opts).await
     }
 
     async fn plan_create_with(
         &self,
         caller: &Caller,
         req: CreateWorkspace,
-        opts: CreateOpts,
+        mut opts: CreateOpts,
     ) -> Result<CreatePlan, ApiError> {
+        opts.branch = opts.branch.filter(|b| !b.is_empty());
+        if let Some(b) = &opts.branch {
+            hearth_node::validate_branch(b).map_err(ApiError::from)?;
+        }
         let source = req.source.trim().to_string();
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
@@ -655,12 +662,13 @@ impl Manager {
             }
         };
         let rev = hearth_node::Revision {
-            branch: opts.branch,
+            branch: opts.branch.clone(),
             commit: devcontainer.as_ref().map(|d| d.commit.clone()),
         };
         let from = match (&devcontainer, &image) {
             (Some(dc), PlannedImage::Loaded(img)) if !opts.prebuild => {
-                self.find_prebuild(caller, &source, dc, &img.id).await?
+                self.find_prebuild(caller, &source, opts.branch.as_deref(), dc, &img.id)
+                    .await?
             }
             _ => None,
         };

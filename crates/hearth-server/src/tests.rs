@@ -1272,6 +1272,7 @@ async fn exec_over_websocket() {
             egress: None,
             idle_timeout: None,
             devcontainer_config: None,
+            branch: None,
         };
         mgr.create(&crate::auth::Caller::admin(), req, ptx)
             .await

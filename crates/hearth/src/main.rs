@@ -54,6 +54,9 @@ enum Cmd {
         /// Use the repository's `.devcontainer/NAME/devcontainer.json` (when it has several).
         #[arg(long = "config", value_name = "NAME")]
         devcontainer_config: Option<String>,
+        /// Branch to check out (default: the repository's default branch).
+        #[arg(long)]
+        branch: Option<String>,
         /// Workspace name (default: the repository's name).
         #[arg(long)]
         name: Option<String>,
@@ -591,6 +594,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             source,
             image,
             devcontainer_config,
+            branch,
             name,
             limits,
             deny_egress,
@@ -607,6 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     }),
                     idle_timeout: idle_timeout.map(|d| d.as_secs()),
                     devcontainer_config: devcontainer_config.clone(),
+                    branch: branch.clone(),
                 })
                 .await?;
             Ok(0)

@@ -468,6 +468,34 @@ fn up_starts_from_a_matching_prebuild() {
     assert!(!err.contains("starting from prebuild"), "{err}");
     line_of(&err, "onCreateCommand: oncreate-ran");
 
+    // A branch's prebuild serves `up --branch` of that branch, and the clone is on it.
+    git_in(&repo, &["checkout", "-qb", "dev"]);
+    std::fs::write(repo.join("DEV"), "dev\n").unwrap();
+    git_in(&repo, &["add", "DEV"]);
+    git_in(&repo, &["commit", "-qm", "dev"]);
+    git_in(&repo, &["checkout", "-q", "main"]);
+    srv.ok(&["prebuild", r, "--branch", "dev"]);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
+    assert_eq!(list[0]["branch"], "dev", "{list:?}");
+    let out = srv.hearth(&["up", r, "--branch", "dev", "--name", "pbdev"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    line_of(
+        &err,
+        &format!(
+            "starting from prebuild {}",
+            list[0]["snapshot"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(
+        srv.exec(
+            "pbdev",
+            &["cat", "/workspace/pb/DEV", "/workspace/pb/.git/HEAD"]
+        ),
+        "dev\nref: refs/heads/dev\n"
+    );
+
     // Refused before anything runs: a branch name git would take as an option, a
     // repository without a devcontainer.json.
     let e = srv.fails(&["prebuild", r, "--branch=--upload-pack=touch /tmp/x"]);
@@ -475,7 +503,7 @@ fn up_starts_from_a_matching_prebuild() {
     let plain = common::git_repo(src.path(), "plain");
     let e = srv.fails(&["prebuild", plain.to_str().unwrap()]);
     assert!(e.contains("has no devcontainer.json"), "{e}");
-    assert_eq!(srv.workspace_names(), ["pb", "pb1", "pb2"]);
+    assert_eq!(srv.workspace_names(), ["pb", "pb1", "pb2", "pbdev"]);
 }
 
 /// `up` of a commit newer than the prebuild's: the commits since come in as a bundle,

@@ -130,6 +130,7 @@ impl Manager {
             egress: None,
             idle_timeout: Some(0),
             devcontainer_config: req.devcontainer_config,
+            branch: branch.clone(),
         };
         let opts = CreateOpts {
             branch: branch.clone(),
@@ -265,13 +266,14 @@ impl Manager {
             .collect())
     }
 
-    /// The newest prebuild `up` of `source` (default branch) can start from: one that
+    /// The newest prebuild `up` of `source`'s `branch` (default: `None`) can start from: one that
     /// `caller` may use, whose config hash matches, still in the store, and whose commit
     /// is the one `up` reads or (with the commits since as a bundle) an ancestor of it.
     pub(super) async fn find_prebuild(
         &self,
         caller: &Caller,
         source: &str,
+        branch: Option<&str>,
         dc: &Devcontainer,
         image: &str,
     ) -> Result<Option<PrebuildUse>, ApiError> {
@@ -280,7 +282,7 @@ impl Manager {
         let mut kept: std::collections::HashMap<String, Vec<String>> = Default::default();
         for p in self.store.prebuilds(Some(source)).await? {
             if p.config_hash != hash
-                || p.branch.is_some()
+                || p.branch.as_deref() != branch
                 || !(p.shared || caller.may_use(&p.owner))
             {
                 continue;
@@ -323,7 +325,7 @@ impl Manager {
         }
         let found = match self
             .node
-            .update_bundle(source, None, &dc.commit, &bases, MAX_UPDATE)
+            .update_bundle(source, branch, &dc.commit, &bases, MAX_UPDATE)
             .await
         {
             Ok(f) => f,

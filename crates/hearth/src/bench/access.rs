@@ -350,6 +350,7 @@ async fn bench(
             // Direct HTTP is not activity: never stop it as idle mid-run.
             idle_timeout: Some(0),
             devcontainer_config: None,
+            branch: None,
         },
         |_| {},
     )

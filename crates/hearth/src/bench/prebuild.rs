@@ -78,6 +78,7 @@ async fn up(api: &Client, repo: &Path, name: &str) -> Result<Duration> {
         egress: None,
         idle_timeout: None,
         devcontainer_config: None,
+        branch: None,
     };
     api.create(&req, |_| {})
         .await

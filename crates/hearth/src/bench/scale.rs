@@ -88,6 +88,7 @@ async fn create_one(api: &Client, name: &str, repo: &Path, image: &str) -> Resul
         egress: None,
         idle_timeout: None,
         devcontainer_config: None,
+        branch: None,
     };
     api.create(&req, |_| {})
         .await
