@@ -432,26 +432,12 @@ fn hostile_and_refused_features_fail_with_their_name() {
     assert!(!Path::new("/tmp/hearth-feature-escape").exists());
 }
 
-/// A git repository `parent/name` holding a devcontainer.json with `config`.
-fn repo(parent: &Path, name: &str, config: &Value) -> std::path::PathBuf {
-    let repo = common::git_repo(parent, name);
-    std::fs::create_dir_all(repo.join(".devcontainer")).unwrap();
-    std::fs::write(
-        repo.join(".devcontainer/devcontainer.json"),
-        serde_json::to_string_pretty(config).unwrap(),
-    )
-    .unwrap();
-    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "features"][..]] {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&repo)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    }
-    repo
+/// A git repository `parent/name` holding a devcontainer.json with `config` and `files`.
+fn repo(parent: &Path, name: &str, config: &Value, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let json = serde_json::to_string_pretty(config).unwrap();
+    let mut all = vec![(".devcontainer/devcontainer.json", json.as_str())];
+    all.extend_from_slice(files);
+    common::repo_with(parent, name, &all)
 }
 
 #[test]
@@ -470,7 +456,7 @@ fn up_installs_features_in_dependency_order_and_runs_their_commands() {
         "postCreateCommand": "echo user-postcreate >> /features.log",
     });
     let src = tempfile::tempdir().unwrap();
-    let proj = repo(src.path(), "proj", &config);
+    let proj = repo(src.path(), "proj", &config, &[]);
     let out = srv.hearth(&["up", proj.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -533,6 +519,7 @@ fn up_refuses_a_feature_it_cannot_install_before_making_anything() {
             src.path(),
             name,
             &json!({"image": "busybox", "features": {feature.clone(): {}}}),
+            &[],
         );
         let out = srv.hearth(&["up", proj.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -566,25 +553,11 @@ fn up_installs_features_on_a_dockerfile_built_image_with_every_lifecycle_command
             "postStartCommand": log("poststart"),
             "postAttachCommand": log("postattach"),
         }),
+        &[(
+            ".devcontainer/Dockerfile",
+            "FROM busybox\nRUN echo built > /etc/built\n",
+        )],
     );
-    std::fs::write(
-        proj.join(".devcontainer/Dockerfile"),
-        "FROM busybox\nRUN echo built > /etc/built\n",
-    )
-    .unwrap();
-    for args in [
-        &["add", "-A"][..],
-        &["commit", "-q", "-m", "dockerfile"][..],
-    ] {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&proj)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    }
     let out = srv.hearth(&["up", proj.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
