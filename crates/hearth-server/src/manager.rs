@@ -592,6 +592,9 @@ impl Manager {
             return Err(ApiError::invalid(names::invalid_name_message(&name)));
         }
         build::check_not_builder_name(&name)?;
+        if !opts.prebuild {
+            prebuilds::check_not_prebuild_name(&name)?;
+        }
         let egress = egress_policy(req.egress.unwrap_or_default())?;
         let idle_timeout = req.idle_timeout.map(idle::check_timeout).transpose()?;
         self.node

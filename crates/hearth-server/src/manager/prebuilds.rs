@@ -66,6 +66,29 @@ fn series_id(owner: &str, source: &str, branch: Option<&str>) -> WorkspaceId {
     WorkspaceId::new(&hex[..32]).expect("32 hex digits are a valid workspace id")
 }
 
+/// The name of a series' prebuild workspace.
+fn prebuild_name(series: &WorkspaceId) -> String {
+    format!("{PREBUILD_PREFIX}{}", &series.as_str()[..12])
+}
+
+const PREBUILD_PREFIX: &str = "prebuild-";
+
+/// Refuses a user-chosen workspace name a prebuild would take (`prebuild-` and 12 hex
+/// digits): a series' name follows from its owner and repository, so anyone could
+/// otherwise hold it and make that user's prebuilds fail.
+pub fn check_not_prebuild_name(name: &str) -> Result<(), ApiError> {
+    let taken = name
+        .strip_prefix(PREBUILD_PREFIX)
+        .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+    if taken {
+        return Err(ApiError::invalid(format!(
+            "workspace names of the form {PREBUILD_PREFIX}<12 hex digits> are reserved for \
+             prebuilds: pick another name for {name}"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `spec` is a prebuild's workspace (its id is a series', never a workspace's).
 pub(super) fn is_prebuild(spec: &WorkspaceSpec) -> bool {
     spec.id.as_str().len() == 32
@@ -121,7 +144,7 @@ impl Manager {
             hearth_node::validate_branch(b).map_err(ApiError::from)?;
         }
         let series = series_id(&caller.id, &source, branch.as_deref());
-        let name = format!("prebuild-{}", &series.as_str()[..12]);
+        let name = prebuild_name(&series);
         let create = CreateWorkspace {
             source: source.clone(),
             image: None,

@@ -202,6 +202,7 @@ impl Manager {
             return Err(ApiError::invalid(names::invalid_name_message(&new)));
         }
         super::build::check_not_builder_name(&new)?;
+        super::prebuilds::check_not_prebuild_name(&new)?;
         let src = self.owned(caller, name).await?;
         let snaps = self
             .node

@@ -120,6 +120,7 @@ impl Manager {
             return Err(ApiError::invalid(names::invalid_name_message(&new)));
         }
         super::build::check_not_builder_name(&new)?;
+        super::prebuilds::check_not_prebuild_name(&new)?;
         let not_found = || {
             ApiError::not_found(format!(
                 "no removed workspace {name} (hearth snapshots --deleted lists them)"

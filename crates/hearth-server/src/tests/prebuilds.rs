@@ -115,3 +115,40 @@ async fn a_removed_users_prebuilds_go_with_them() {
     let bob2 = add_user(&h, "bob", false).await;
     assert!(prebuilds_as(&h, &bob2).await.is_empty());
 }
+
+#[tokio::test]
+async fn nobody_takes_a_prebuilds_workspace_name() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    let bob = add_user(&h, "bob", false).await;
+    // Alice's series name is computable from her repository: Bob's workspace of that name
+    // would make each of her prebuilds (and webhook refreshes) fail as a conflict.
+    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": "prebuild-0123456789ab"});
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces",
+            Some(&bob),
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let e: ErrorBody = serde_json::from_slice(&b).unwrap();
+    assert!(e.error.message.contains("reserved for prebuilds"), "{e:?}");
+    // A repository merely named like one still gets its own name.
+    let body =
+        serde_json::json!({"source": "/src/x", "image": "busybox", "name": "prebuild-tools"});
+    let (s, b) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces",
+            Some(&bob),
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
