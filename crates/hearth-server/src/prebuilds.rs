@@ -87,6 +87,8 @@ pub struct Push {
     /// The pushed branch (`refs/heads/` stripped).
     pub branch: String,
     pub default_branch: Option<String>,
+    /// The commit the branch now points at, when the event says.
+    pub after: Option<String>,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -185,6 +187,7 @@ pub fn parse_push(
         urls,
         branch: branch.to_string(),
         default_branch: repo["default_branch"].as_str().map(str::to_string),
+        after: v["after"].as_str().map(str::to_string),
     }))
 }
 

@@ -465,19 +465,28 @@ impl Manager {
         &self,
         push: &crate::prebuilds::Push,
     ) -> Result<Vec<String>, ApiError> {
+        let all = self.store.prebuilds(None).await?;
+        // Series prebuilt at the pushed commit already: a delivery sent again (or replayed
+        // by someone who saw it) starts nothing.
+        let built: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|p| push.after.as_deref() == Some(p.commit.as_str()))
+            .map(|p| (p.series.as_str(), p.config_file.as_str()))
+            .collect();
         let mut series: Vec<PrebuildRecord> = Vec::new();
-        for p in self.store.prebuilds(None).await? {
+        for p in all.iter() {
             let branch_matches = match &p.branch {
                 Some(b) => *b == push.branch,
                 None => push.default_branch.as_deref() == Some(push.branch.as_str()),
             };
             if branch_matches
                 && push.urls.contains(&p.source)
+                && !built.contains(&(p.series.as_str(), p.config_file.as_str()))
                 && !series
                     .iter()
                     .any(|s| s.series == p.series && s.config_file == p.config_file)
             {
-                series.push(p);
+                series.push(p.clone());
             }
         }
         let Some(me) = self.me.upgrade() else {

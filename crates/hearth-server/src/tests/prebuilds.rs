@@ -31,11 +31,16 @@ async fn prebuilds_as(h: &Harness, token: &str) -> Vec<Prebuild> {
     serde_json::from_slice(&b).unwrap()
 }
 
-/// A GitHub push of `source`'s `main`, signed with `secret`; the sources it started.
+/// A GitHub push of `source`'s `main` (to commit `b...`), signed with `secret`; the
+/// sources it started.
 async fn push(h: &Harness, secret: &[u8], source: &str) -> Vec<String> {
+    push_to(h, secret, source, &"b".repeat(40)).await
+}
+
+async fn push_to(h: &Harness, secret: &[u8], source: &str, after: &str) -> Vec<String> {
     let body = serde_json::json!({
         "ref": "refs/heads/main",
-        "after": "b".repeat(40),
+        "after": after,
         "repository": {"clone_url": source, "default_branch": "main"},
     })
     .to_string();
@@ -151,4 +156,24 @@ async fn nobody_takes_a_prebuilds_workspace_name() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
+
+#[tokio::test]
+async fn a_replayed_push_builds_nothing_new() {
+    let h = shared_harness(FakeNode::default()).await;
+    let source = "https://git.example.com/team/app.git";
+    // The series' prebuild is at commit a...
+    h.manager
+        .store()
+        .insert_prebuild(&prebuild("s1", "admin", true, source))
+        .await
+        .unwrap();
+    let secret = b"0123456789abcdef-webhook";
+    h.manager.set_webhook_secret(Some(secret.to_vec()));
+    // ... so a delivery of the push to a... (sent again, or replayed by whoever saw it)
+    // starts nothing; a push to another commit does.
+    assert!(push_to(&h, secret, source, &"a".repeat(40))
+        .await
+        .is_empty());
+    assert_eq!(push(&h, secret, source).await, [source]);
 }
