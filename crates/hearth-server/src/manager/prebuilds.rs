@@ -161,10 +161,20 @@ impl Manager {
             prebuild: true,
         };
         let create = self.plan_create_with(caller, create, opts).await?;
-        if create.devcontainer.is_none() {
+        let Some(dc) = &create.devcontainer else {
             return Err(ApiError::invalid(format!(
                 "{source} has no devcontainer.json: a prebuild runs its onCreateCommand and \
                  updateContentCommand, so there is nothing to prebuild"
+            )));
+        };
+        // `up` matches a prebuild by the image it would start from, which a Dockerfile
+        // build or features make only during the create: such a prebuild would never be
+        // used, so none is made.
+        if dc.config.build.is_some() || !dc.config.features.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "{} builds its image (build.dockerfile or features): prebuilds support \
+                 image-based configurations only, for now",
+                dc.config.file
             )));
         }
         Ok(PrebuildPlan { create, branch })
