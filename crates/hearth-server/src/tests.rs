@@ -35,6 +35,8 @@ struct FakeState {
     /// id -> the limits last applied by `set_limits`.
     limits: HashMap<String, Limits>,
     fail_limits: bool,
+    /// Every exec request, as the node got it.
+    execs: Vec<hearth_node::ExecRequest>,
 }
 
 #[derive(Default, Clone)]
@@ -258,6 +260,7 @@ impl NodeApi for FakeNode {
         _: &WorkspaceSpec,
         req: hearth_node::ExecRequest,
     ) -> Result<ExecSession, NodeError> {
+        self.st().execs.push(req.clone());
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         tokio::spawn(fake_agent(theirs));
         hearth_proto::client::exec_on(ours, &req)

@@ -88,7 +88,8 @@ impl Manager {
     }
 
     /// The workspace owner's secrets for its repository (none without a key, which only
-    /// servers without secrets lack).
+    /// servers without secrets lack, and none in a prebuild's workspace, whose snapshot
+    /// other users' workspaces may start from: not even in its owner's sessions).
     pub(super) async fn secrets_for(
         &self,
         spec: &WorkspaceSpec,
@@ -96,6 +97,9 @@ impl Manager {
         let Some(sealer) = self.secret_box.get() else {
             return Ok(Vec::new());
         };
+        if super::prebuilds::is_prebuild(spec) {
+            return Ok(Vec::new());
+        }
         let Some(rec) = self
             .store
             .get(&spec.name)

@@ -177,3 +177,66 @@ async fn a_replayed_push_builds_nothing_new() {
         .is_empty());
     assert_eq!(push(&h, secret, source).await, [source]);
 }
+
+#[tokio::test]
+async fn a_prebuilds_sessions_get_no_secrets() {
+    let node = FakeNode::default();
+    let h = harness(node.clone()).await;
+    h.manager
+        .set_secret_box(crate::secrets::SecretBox::from_key(&[7; 32]));
+    let (s, b) = h
+        .call(
+            Method::PUT,
+            "/v1/secrets/TOKEN",
+            Some(TOKEN),
+            Some(r#"{"value":"hunter2"}"#.into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let mk = |id: &str, name: &str, slot| WorkspaceRecord {
+        spec: WorkspaceSpec {
+            id: WorkspaceId::new(id).unwrap(),
+            name: name.into(),
+            image: "sha256:x".into(),
+            source: "/s".into(),
+            slot,
+            limits: Limits::default(),
+            egress: EgressPolicy::default(),
+        },
+        state: WorkspaceState::Running,
+        error: None,
+        created_at: now(),
+        updated_at: now(),
+        last_snapshot: None,
+        snapshot_error: None,
+        owner: "admin".into(),
+        idle: Default::default(),
+    };
+    // An ordinary workspace's session has the owner's secret; one in a prebuild's (whose
+    // snapshot every user may start from) has none, as its lifecycle commands have none.
+    let ws = mk("000000000001", "ws", 1);
+    let pre = mk(&"0".repeat(32), "prebuild-000000000000", 2);
+    for rec in [&ws, &pre] {
+        h.manager.store().insert(rec).await.unwrap();
+        let req = hearth_node::ExecRequest {
+            argv: vec!["env".into()],
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            tty: false,
+            rows: 0,
+            cols: 0,
+        };
+        drop(h.manager.exec(&rec.spec, req).await.unwrap());
+    }
+    let execs = node.st().execs.clone();
+    let has = |i: usize| {
+        execs[i]
+            .env
+            .iter()
+            .any(|(k, v)| k == "TOKEN" && v == "hunter2")
+    };
+    assert_eq!(execs.len(), 2);
+    assert!(has(0), "{:?}", execs[0].env);
+    assert!(!has(1), "{:?}", execs[1].env);
+}
