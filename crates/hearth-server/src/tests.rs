@@ -841,12 +841,9 @@ async fn create_errors_leave_nothing_behind() {
     assert_eq!(st.removed.len(), 2);
 }
 
-#[tokio::test]
-async fn reconcile_resolves_transitional_states() {
-    let node = FakeNode::with_image("busybox");
-    let h = harness(node.clone()).await;
-    let store = h.manager.store();
-    let mk = |id: &str, name: &str, slot, state| WorkspaceRecord {
+/// A workspace row of user admin (source `/s`), for tests that put rows in the store.
+fn record(id: &str, name: &str, slot: u32, state: WorkspaceState) -> WorkspaceRecord {
+    WorkspaceRecord {
         spec: WorkspaceSpec {
             id: WorkspaceId::new(id).unwrap(),
             name: name.into(),
@@ -864,13 +861,20 @@ async fn reconcile_resolves_transitional_states() {
         snapshot_error: None,
         owner: "admin".into(),
         idle: Default::default(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn reconcile_resolves_transitional_states() {
+    let node = FakeNode::with_image("busybox");
+    let h = harness(node.clone()).await;
+    let store = h.manager.store();
     let rows = [
-        mk("000000000001", "creating", 1, WorkspaceState::Creating),
-        mk("000000000002", "starting", 2, WorkspaceState::Starting),
-        mk("000000000003", "stopping", 3, WorkspaceState::Stopping),
-        mk("000000000004", "removing", 4, WorkspaceState::Removing),
-        mk("000000000005", "gone", 5, WorkspaceState::Running),
+        record("000000000001", "creating", 1, WorkspaceState::Creating),
+        record("000000000002", "starting", 2, WorkspaceState::Starting),
+        record("000000000003", "stopping", 3, WorkspaceState::Stopping),
+        record("000000000004", "removing", 4, WorkspaceState::Removing),
+        record("000000000005", "gone", 5, WorkspaceState::Running),
     ];
     for r in &rows {
         store.insert(r).await.unwrap();

@@ -1,7 +1,7 @@
 //! Prebuild records across users, against the in-memory node: what a listing shows to
 //! users other than a prebuild's maker, and what goes when its maker is removed.
 
-use super::users::add_user;
+use super::users::{add_user, create_as, post_workspace};
 use super::*;
 use crate::db::PrebuildRecord;
 use hmac::{Hmac, Mac};
@@ -127,15 +127,7 @@ async fn nobody_takes_a_prebuilds_workspace_name() {
     let bob = add_user(&h, "bob", false).await;
     // Alice's series name is computable from her repository: Bob's workspace of that name
     // would make each of her prebuilds (and webhook refreshes) fail as a conflict.
-    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": "prebuild-0123456789ab"});
-    let (s, b) = h
-        .call(
-            Method::POST,
-            "/v1/workspaces",
-            Some(&bob),
-            Some(body.to_string()),
-        )
-        .await;
+    let (s, b) = post_workspace(&h, &bob, "prebuild-0123456789ab").await;
     assert_eq!(
         s,
         StatusCode::BAD_REQUEST,
@@ -145,17 +137,7 @@ async fn nobody_takes_a_prebuilds_workspace_name() {
     let e: ErrorBody = serde_json::from_slice(&b).unwrap();
     assert!(e.error.message.contains("reserved for prebuilds"), "{e:?}");
     // A repository merely named like one still gets its own name.
-    let body =
-        serde_json::json!({"source": "/src/x", "image": "busybox", "name": "prebuild-tools"});
-    let (s, b) = h
-        .call(
-            Method::POST,
-            "/v1/workspaces",
-            Some(&bob),
-            Some(body.to_string()),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    create_as(&h, &bob, "prebuild-tools").await;
 }
 
 #[tokio::test]
@@ -193,39 +175,20 @@ async fn a_prebuilds_sessions_get_no_secrets() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let mk = |id: &str, name: &str, slot| WorkspaceRecord {
-        spec: WorkspaceSpec {
-            id: WorkspaceId::new(id).unwrap(),
-            name: name.into(),
-            image: "sha256:x".into(),
-            source: "/s".into(),
-            slot,
-            limits: Limits::default(),
-            egress: EgressPolicy::default(),
-        },
-        state: WorkspaceState::Running,
-        error: None,
-        created_at: now(),
-        updated_at: now(),
-        last_snapshot: None,
-        snapshot_error: None,
-        owner: "admin".into(),
-        idle: Default::default(),
-    };
     // An ordinary workspace's session has the owner's secret; one in a prebuild's (whose
     // snapshot every user may start from) has none, as its lifecycle commands have none.
-    let ws = mk("000000000001", "ws", 1);
-    let pre = mk(&"0".repeat(32), "prebuild-000000000000", 2);
+    let ws = record("000000000001", "ws", 1, WorkspaceState::Running);
+    let pre = record(
+        &"0".repeat(32),
+        "prebuild-000000000000",
+        2,
+        WorkspaceState::Running,
+    );
     for rec in [&ws, &pre] {
         h.manager.store().insert(rec).await.unwrap();
         let req = hearth_node::ExecRequest {
             argv: vec!["env".into()],
-            env: Vec::new(),
-            cwd: None,
-            user: None,
-            tty: false,
-            rows: 0,
-            cols: 0,
+            ..Default::default()
         };
         drop(h.manager.exec(&rec.spec, req).await.unwrap());
     }

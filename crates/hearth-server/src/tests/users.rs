@@ -15,17 +15,21 @@ pub(super) async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
     u.token
 }
 
-/// Creates workspace `name` as the holder of `token`.
-async fn create_as(h: &Harness, token: &str, name: &str) {
+/// Asks for workspace `name` (busybox, source `/src/x`) as the holder of `token`.
+pub(super) async fn post_workspace(h: &Harness, token: &str, name: &str) -> (StatusCode, Vec<u8>) {
     let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": name});
-    let (s, b) = h
-        .call(
-            Method::POST,
-            "/v1/workspaces",
-            Some(token),
-            Some(body.to_string()),
-        )
-        .await;
+    h.call(
+        Method::POST,
+        "/v1/workspaces",
+        Some(token),
+        Some(body.to_string()),
+    )
+    .await
+}
+
+/// Creates workspace `name` as the holder of `token`.
+pub(super) async fn create_as(h: &Harness, token: &str, name: &str) {
+    let (s, b) = post_workspace(h, token, name).await;
     assert_eq!(s, StatusCode::OK);
     let last = b.split(|c| *c == b'\n').rfind(|l| !l.is_empty()).unwrap();
     let line: StreamLine<Workspace> = serde_json::from_slice(last).unwrap();
@@ -174,15 +178,7 @@ async fn someone_elses_workspace_is_a_missing_one() {
         }
     }
     // Names are global.
-    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": "wa"});
-    let (s, _) = h
-        .call(
-            Method::POST,
-            "/v1/workspaces",
-            Some(&bob),
-            Some(body.to_string()),
-        )
-        .await;
+    let (s, _) = post_workspace(&h, &bob, "wa").await;
     assert_eq!(s, StatusCode::CONFLICT);
 }
 
