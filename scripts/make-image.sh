@@ -89,11 +89,13 @@ case "${1:-}" in
     debian_cached debian-bookworm debian:bookworm git,procps
     cp "$cache/debian-bookworm.tar" "$out"
     ;;
-  debian-containers)
+  debian-containers|builder)
     # Container engines for nested containers (README "Containers inside a workspace").
     # debootstrap follows Depends only: the Recommends podman needs without a systemd
     # (netavark, slirp4netns, fuse-overlayfs, catatonit, uidmap) are listed by hand.
-    out=${2:?usage: make-image.sh debian-containers OUT.tar}
+    # `builder` is the same image as hearth-builder:latest, what `hearth image build` and
+    # devcontainer builds run in (podman build; `hearth server --builder-image`).
+    out=${2:?usage: make-image.sh $1 OUT.tar}
     debian_cached debian-containers-bookworm debian-containers:bookworm \
       procps,iproute2,ca-certificates,podman,netavark,aardvark-dns,slirp4netns,fuse-overlayfs,catatonit,uidmap,iptables,docker.io,containerd,runc,tini
     # Hearth-specific settings on top, in a layer of their own so that changing them does
@@ -101,20 +103,14 @@ case "${1:-}" in
     here=$(cd "$(dirname "$0")" && pwd)
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     install -D -m 0644 "$here/nested/containers.conf" "$tmp/files/etc/containers/containers.conf"
-    install -D -m 0755 "$here/nested/hearth-dockerd" "$tmp/files/usr/local/bin/hearth-dockerd"
-    extend "$cache/debian-containers-bookworm.tar" "$tmp/files" debian-containers:bookworm "$out"
-    ;;
-  builder)
-    # What `hearth image build` and devcontainer builds run in (podman build), named as
-    # `hearth server --builder-image` expects by default.
-    out=${2:?usage: make-image.sh builder OUT.tar}
-    debian_cached debian-containers-bookworm debian-containers:bookworm \
-      procps,iproute2,ca-certificates,podman,netavark,aardvark-dns,slirp4netns,fuse-overlayfs,catatonit,uidmap,iptables,docker.io,containerd,runc,tini
-    here=$(cd "$(dirname "$0")" && pwd)
-    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    install -D -m 0644 "$here/nested/containers.conf" "$tmp/files/etc/containers/containers.conf"
-    install -D -m 0644 "$here/nested/builder-registries.conf" "$tmp/files/etc/containers/registries.conf.d/50-hearth-builder.conf"
-    extend "$cache/debian-containers-bookworm.tar" "$tmp/files" hearth-builder:latest "$out"
+    if [[ $1 == builder ]]; then
+      install -D -m 0644 "$here/nested/builder-registries.conf" "$tmp/files/etc/containers/registries.conf.d/50-hearth-builder.conf"
+      name=hearth-builder:latest
+    else
+      install -D -m 0755 "$here/nested/hearth-dockerd" "$tmp/files/usr/local/bin/hearth-dockerd"
+      name=debian-containers:bookworm
+    fi
+    extend "$cache/debian-containers-bookworm.tar" "$tmp/files" "$name" "$out"
     ;;
   rootfs)
     archive "${2:?dir}" "${3:?name}" "${4:?out}"

@@ -774,10 +774,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }),
             ..
         } => {
-            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
-                Some(a) => a,
-                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
-            };
+            let agent = bench_agent(agent)?;
             bench::run_build(bench::BuildArgs {
                 base: image.clone(),
                 builder: builder.clone(),
@@ -801,10 +798,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }),
             ..
         } => {
-            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
-                Some(a) => a,
-                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
-            };
+            let agent = bench_agent(agent)?;
             bench::run_cpu(bench::CpuArgs {
                 image: image.clone(),
                 agent,
@@ -854,10 +848,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ssh,
             proxy,
         } => {
-            let agent = match agent.clone().or_else(server::agent_next_to_exe) {
-                Some(a) => a,
-                None => anyhow::bail!("hearth-agent not found next to the hearth binary: build it with scripts/build.sh or pass --agent PATH"),
-            };
+            let agent = bench_agent(agent)?;
             let image = image.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("hearth bench needs --image IMAGE (or HEARTH_BENCH_IMAGE)")
             })?;

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::TestServer;
 
@@ -40,25 +39,12 @@ fn server() -> TestServer {
     srv
 }
 
-/// Writes `files` (path, text) into `dir` and, when it is a git repository, commits them.
+/// Writes `files` (path, text) into `dir`.
 fn write(dir: &Path, files: &[(&str, &str)]) {
     for (path, text) in files {
         let p = dir.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
-    }
-    if !dir.join(".git").exists() {
-        return;
-    }
-    for args in [&["add", "-A"][..], &["commit", "-q", "-m", "change"][..]] {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
     }
 }
 
@@ -83,9 +69,9 @@ RUN echo later > /etc/stage && exit 9
 fn a_devcontainer_dockerfile_builds_and_a_failing_run_fails_up() {
     let srv = server();
     let src = tempfile::tempdir().unwrap();
-    let repo = common::git_repo(src.path(), "proj");
-    write(
-        &repo,
+    let repo = common::repo_with(
+        src.path(),
+        "proj",
         &[
             (
                 ".devcontainer/devcontainer.json",
@@ -131,9 +117,9 @@ fn a_devcontainer_dockerfile_builds_and_a_failing_run_fails_up() {
     assert!(e.contains("reserved for builder workspaces"), "{e}");
 
     // A RUN that fails: up fails with its exit code and output, and leaves no workspace.
-    let broken = common::git_repo(src.path(), "broken");
-    write(
-        &broken,
+    let broken = common::repo_with(
+        src.path(),
+        "broken",
         &[
             (
                 ".devcontainer.json",
