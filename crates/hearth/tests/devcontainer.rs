@@ -660,12 +660,13 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     let (code, text) = post(
         &srv,
         "/v1/hooks/github",
-        &[event, format!("X-Hub-Signature-256: sha256={sig}")],
+        &[event.clone(), format!("X-Hub-Signature-256: sha256={sig}")],
         &body,
     );
     assert_eq!(code, 202, "{text}");
     let started: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(started["started"], serde_json::json!([r]));
+    let signed = [event, format!("X-Hub-Signature-256: sha256={sig}")];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let list: Vec<serde_json::Value> =
@@ -681,4 +682,8 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // The same delivery again (a forge's redelivery, or a replay by someone who saw it):
+    // that commit is prebuilt, nothing starts.
+    let (code, text) = post(&srv, "/v1/hooks/github", &signed, &body);
+    assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
 }
