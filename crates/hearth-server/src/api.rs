@@ -238,8 +238,8 @@ async fn upload_image(
 /// the host) and loads it. The body is the build context as a tar (at most the server's
 /// `--upload-max`), received before the ndjson stream of the build's output starts.
 #[utoipa::path(post, path = "/v1/images/build", params(BuildImage),
-    request_body(content = Vec<u8>, content_type = "application/x-tar",
-        description = "the build context as a tar"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "the build context as a tar (any content type is accepted)"),
     responses((status = 200, description = "ndjson progress lines, then the Image or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
