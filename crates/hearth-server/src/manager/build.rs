@@ -13,7 +13,7 @@ use hearth_node::{ExecRequest, ImageSummary, Limits, Progress, WorkspaceSpec};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::devcontainer::clean;
+use super::devcontainer::{clean, complete_lines};
 use super::{node_err, say, Manager};
 use crate::auth::Caller;
 use crate::db::WorkspaceRecord;
@@ -767,10 +767,7 @@ impl Manager {
                         }
                     }
                 }
-                partial[i].extend_from_slice(&data);
-                while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = partial[i].drain(..=nl).collect();
-                    let line = clean(&line[..line.len() - 1]);
+                for line in complete_lines(&mut partial[i], &data) {
                     self.build_line(builder, progress, label, &line, &mut ran.tail)
                         .await;
                 }

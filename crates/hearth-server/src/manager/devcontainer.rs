@@ -591,10 +591,7 @@ impl Manager {
                         ));
                     }
                 };
-                partial[i].extend_from_slice(&data);
-                while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = partial[i].drain(..=nl).collect();
-                    let line = clean(&line[..line.len() - 1]);
+                for line in complete_lines(&mut partial[i], &data) {
                     self.line(spec, progress, label, &line, &mut tail, &mut all)
                         .await;
                 }
@@ -644,6 +641,17 @@ impl Manager {
             tracing::warn!(workspace = spec.name.as_str(), error = %e, "cannot write a lifecycle line to the console log");
         }
     }
+}
+
+/// Appends `data` to `buf` and takes the complete lines out of it, as [`clean`] text.
+pub(super) fn complete_lines(buf: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
+    buf.extend_from_slice(data);
+    let mut out = Vec::new();
+    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        out.push(clean(&line[..line.len() - 1]));
+    }
+    out
 }
 
 /// A line of command output as text, without control characters (it reaches terminals).
