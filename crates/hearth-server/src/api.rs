@@ -207,15 +207,17 @@ pub struct UploadQuery {
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "the archive (any content type is accepted; the bytes are sniffed)"),
     responses((status = 200, body = Image), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn upload_image(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<UploadQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Image>, ApiError> {
     let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    crate::manager::check_own_image_name(&caller, q.name.as_deref())?;
     let max = st.uploads.max;
     let too_large = || {
         ApiError::too_large(format!(
@@ -243,7 +245,7 @@ async fn upload_image(
     responses((status = 200, description = "ndjson progress lines, then the Image or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn build_image(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -252,6 +254,7 @@ async fn build_image(
 ) -> Response {
     let plan = async {
         let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+        crate::manager::check_own_image_name(&caller, Some(&q.name))?;
         let args: std::collections::BTreeMap<String, String> = match &q.args {
             Some(a) => serde_json::from_str(a).map_err(|e| {
                 ApiError::invalid(format!("args must be a JSON object of strings: {e}"))

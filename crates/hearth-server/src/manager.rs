@@ -180,6 +180,29 @@ pub fn reconciled_state(
     }
 }
 
+/// Names a non-admin's upload or build may give an image: only under their own name
+/// (`alice/tools:1`). The store points a name at whatever was loaded last, so a name
+/// outside it could replace an image other users' workspaces and builds start from (the
+/// default or builder image, a registry name before anyone pulls it, a built features
+/// image) and run theirs with those users' secrets.
+pub fn check_own_image_name(caller: &Caller, name: Option<&str>) -> Result<(), ApiError> {
+    if caller.admin {
+        return Ok(());
+    }
+    let own = format!("{}/", caller.id);
+    match name {
+        Some(n) if n.starts_with(&own) && n.len() > own.len() => Ok(()),
+        Some(n) => Err(ApiError::forbidden(format!(
+            "image name {n}: only admins name images outside their own; use {own}{}",
+            n.rsplit('/').next().unwrap_or(n)
+        ))),
+        None => Err(ApiError::forbidden(format!(
+            "only admins load images under the names in the archive: give it a name of \
+             your own ({own}NAME[:TAG])"
+        ))),
+    }
+}
+
 impl Manager {
     pub fn new(store: Store, node: Arc<dyn NodeApi>) -> Manager {
         Manager {

@@ -349,6 +349,12 @@ fn users_see_and_touch_only_their_own_workspaces() {
         ("POST", "/v1/store/fsck", None),
         ("DELETE", "/v1/images/busybox", None),
         ("POST", "/v1/images/load", Some(r#"{"path":"/etc"}"#)),
+        // Images are shared: a non-admin's upload or build names only its own images, so
+        // it cannot replace one other users' workspaces start from.
+        ("POST", "/v1/images/upload?name=busybox", Some("x")),
+        ("POST", "/v1/images/upload?name=alice/busybox", Some("x")),
+        ("POST", "/v1/images/upload", Some("x")),
+        ("POST", "/v1/images/build?name=busybox", Some("x")),
     ] {
         let (st, b) = http(&url, method, path, Some(&bob), body, false);
         assert_eq!(st, 403, "{method} {path}: {b}");
@@ -356,7 +362,17 @@ fn users_see_and_touch_only_their_own_workspaces() {
     }
     let err = remote_err(&url, &bob, &["user", "add", "eve"]);
     assert!(err.contains("needs an admin token"), "{err}");
-    assert!(s.ok(&["image", "ls"]).contains("busybox"));
+    let image =
+        std::env::var("HEARTH_TEST_BUSYBOX").expect("HEARTH_TEST_BUSYBOX: the busybox test image");
+    let err = remote_err(&url, &bob, &["image", "load", &image, "--name", "busybox"]);
+    assert!(err.contains("use bob/busybox"), "{err}");
+    remote_ok(
+        &url,
+        &bob,
+        &["image", "load", &image, "--name", "bob/busybox"],
+    );
+    let images = s.ok(&["image", "ls"]);
+    assert!(images.contains("bob/busybox:latest"), "{images}");
     assert!(!s.ok(&["user", "ls"]).contains("eve"));
 
     // Only hashes are stored: no token appears anywhere in the database files.
