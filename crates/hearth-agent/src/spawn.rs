@@ -329,11 +329,20 @@ unsafe fn child_main(ctx: &ChildCtx) -> ! {
     // SAFETY: every call below is a raw syscall or async-signal-safe libc function on
     // memory prepared before fork.
     unsafe {
-        // The agent blocks signals for sigwait and Rust ignores SIGPIPE: undo both.
+        // The agent blocks signals for sigwait, Rust ignores SIGPIPE, and whatever started
+        // the agent may have ignored more (nohup: SIGHUP, which would make a hang-up
+        // leave the session running): every process starts with the default for all.
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // 64: Linux's last signal. EINVAL for the few libc keeps for itself.
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
 
         if libc::setsid() < 0 {
             child_fail(ctx, STAGE_STDIO, errno());
