@@ -13,7 +13,7 @@ use hearth_node::{ExecRequest, ImageSummary, Limits, Progress, WorkspaceSpec};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::devcontainer::{clean, complete_lines};
+use super::devcontainer::OutputLines;
 use super::{node_err, say, Manager};
 use crate::auth::Caller;
 use crate::db::WorkspaceRecord;
@@ -724,7 +724,7 @@ impl Manager {
             tail: Default::default(),
         };
         let read = async {
-            let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            let mut lines = OutputLines::default();
             let mut written = 0u64;
             loop {
                 let ev = r.next_event().await.map_err(|e| {
@@ -734,12 +734,9 @@ impl Manager {
                     hearth_proto::Event::Stdout(d) => (0, d),
                     hearth_proto::Event::Stderr(d) => (1, d),
                     hearth_proto::Event::Exit(code) => {
-                        for buf in &mut partial {
-                            if !buf.is_empty() {
-                                let line = clean(buf);
-                                self.build_line(builder, progress, label, &line, &mut ran.tail)
-                                    .await;
-                            }
+                        for line in lines.finish() {
+                            self.build_line(builder, progress, label, &line, &mut ran.tail)
+                                .await;
                         }
                         ran.code = code;
                         return Ok::<(), ApiError>(());
@@ -767,7 +764,7 @@ impl Manager {
                         }
                     }
                 }
-                for line in complete_lines(&mut partial[i], &data) {
+                for line in lines.push(i, &data) {
                     self.build_line(builder, progress, label, &line, &mut ran.tail)
                         .await;
                 }

@@ -566,7 +566,7 @@ impl Manager {
             let _ = w.close_stdin().await;
         };
         let read = async {
-            let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            let mut lines = OutputLines::default();
             let mut tail: std::collections::VecDeque<String> = Default::default();
             let mut all = Vec::new();
             loop {
@@ -577,13 +577,9 @@ impl Manager {
                     hearth_proto::Event::Stdout(d) => (0, d),
                     hearth_proto::Event::Stderr(d) => (1, d),
                     hearth_proto::Event::Exit(code) => {
-                        for buf in &mut partial {
-                            if !buf.is_empty() {
-                                let line = clean(buf);
-                                buf.clear();
-                                self.line(spec, progress, label, &line, &mut tail, &mut all)
-                                    .await;
-                            }
+                        for line in lines.finish() {
+                            self.line(spec, progress, label, &line, &mut tail, &mut all)
+                                .await;
                         }
                         return Ok::<_, ApiError>((
                             code,
@@ -591,7 +587,7 @@ impl Manager {
                         ));
                     }
                 };
-                for line in complete_lines(&mut partial[i], &data) {
+                for line in lines.push(i, &data) {
                     self.line(spec, progress, label, &line, &mut tail, &mut all)
                         .await;
                 }
@@ -643,15 +639,34 @@ impl Manager {
     }
 }
 
-/// Appends `data` to `buf` and takes the complete lines out of it, as [`clean`] text.
-pub(super) fn complete_lines(buf: &mut Vec<u8>, data: &[u8]) -> Vec<String> {
-    buf.extend_from_slice(data);
-    let mut out = Vec::new();
-    while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=nl).collect();
-        out.push(clean(&line[..line.len() - 1]));
+/// A session's stdout and stderr as [`clean`] lines, each stream split on its own (a line
+/// may arrive in several chunks).
+#[derive(Default)]
+pub(super) struct OutputLines {
+    partial: [Vec<u8>; 2],
+}
+
+impl OutputLines {
+    /// Appends `data` to stream `i` (0 stdout, 1 stderr); returns the lines it completed.
+    pub(super) fn push(&mut self, i: usize, data: &[u8]) -> Vec<String> {
+        let buf = &mut self.partial[i];
+        buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            out.push(clean(&line[..line.len() - 1]));
+        }
+        out
     }
-    out
+
+    /// The unterminated last lines, once the process has exited.
+    pub(super) fn finish(&mut self) -> Vec<String> {
+        self.partial
+            .iter_mut()
+            .filter(|b| !b.is_empty())
+            .map(|b| clean(&std::mem::take(b)))
+            .collect()
+    }
 }
 
 /// A line of command output as text, without control characters (it reaches terminals).
@@ -698,4 +713,19 @@ fn check_host_requirements(config: &Config, limits: &Limits) -> Result<(), ApiEr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputLines;
+
+    #[test]
+    fn output_lines_split_each_stream_on_its_own() {
+        let mut l = OutputLines::default();
+        assert_eq!(l.push(0, b"one\r\ntw"), ["one"]);
+        assert_eq!(l.push(1, b"err\x1b[0m"), Vec::<String>::new());
+        assert_eq!(l.push(0, b"o\nthree"), ["two"]);
+        assert_eq!(l.finish(), ["three", "err [0m"]);
+        assert_eq!(l.finish(), Vec::<String>::new());
+    }
 }
