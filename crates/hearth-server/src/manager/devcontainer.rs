@@ -679,7 +679,7 @@ pub(super) fn clean(bytes: &[u8]) -> String {
 }
 
 /// `hostRequirements` against what the workspace gets: memory and disk are its limits,
-/// CPUs the host's cores (workspaces have no CPU cap yet).
+/// CPUs the host's cores (`--cpus` only bounds long-run use; a burst gets the host's).
 fn check_host_requirements(config: &Config, limits: &Limits) -> Result<(), ApiError> {
     let h = &config.host_requirements;
     let f = &config.file;
