@@ -34,6 +34,13 @@ pub struct WorkspaceSpec {
     /// Outbound policy; absent in records and `spec.json` files older than it.
     #[serde(default)]
     pub egress: EgressPolicy,
+    /// Placement generation: the control plane bumps it each time it places the
+    /// workspace on a node (create, move, recovery from a lost node). A node never writes
+    /// a snapshot for a generation older than the store's newest one of the workspace, so
+    /// a node that was cut off and comes back cannot overwrite the newer history. 0 in
+    /// records and `spec.json` files older than it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// A workspace's outbound policy: everything is allowed except `deny`. The node's own
@@ -418,6 +425,25 @@ pub struct Usage {
     pub disk_size: u64,
 }
 
+/// What a node has room for, as it reports it to the scheduler (`hearth node ls`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeCapacity {
+    /// CPUs this process may run on.
+    pub cpus: u32,
+    pub memory_total: u64,
+    /// The kernel's estimate of memory available without swapping (`MemAvailable`).
+    pub memory_available: u64,
+    /// Size of the data dir's filesystem.
+    pub disk_total: u64,
+    /// What an unprivileged writer could still allocate there.
+    pub disk_free: u64,
+    /// Free space the node keeps (creates and starts are refused below it); 0 = none.
+    pub disk_reserve: u64,
+    /// Workspaces with local data here, and how many of them run.
+    pub workspaces: u32,
+    pub running: u32,
+}
+
 /// Node configuration; `hearth server` fills it from flags.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -621,6 +647,9 @@ pub trait NodeApi: Send + Sync + 'static {
         progress: Progress,
     ) -> Result<ImageSummary, NodeError>;
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError>;
+    /// CPUs, memory and disk of the host, and the workspaces it holds now: what the
+    /// control plane places new workspaces by.
+    async fn capacity(&self) -> Result<NodeCapacity, NodeError>;
     /// Fetches devcontainer features (and what they depend on) from their registries,
     /// orders them, and makes the build context installing them on `req.base_image`
     /// (see [`crate::features`]). Nothing is written to disk; the build runs elsewhere.

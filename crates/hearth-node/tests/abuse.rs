@@ -88,6 +88,7 @@ async fn abuse_stays_inside_its_workspace() {
         slot,
         limits,
         egress: Default::default(),
+        generation: 0,
     };
     let abuser = spec(
         "ab1aaaaaaaaa",

@@ -331,6 +331,7 @@ async fn root_inside_cannot_escape() {
         slot,
         limits,
         egress: Default::default(),
+        generation: 0,
     };
     // Host veth names keep 11 characters of the id: the ids must differ early.
     let a = mk("e1eeeeeeeeee", "a", 21);

@@ -33,6 +33,7 @@ async fn podman_and_dockerd_run_containers_inside() {
             ..Limits::default()
         },
         egress: Default::default(),
+        generation: 0,
     };
     e.specs.push(ws.clone());
     e.node.create(&ws, tx.clone()).await.unwrap();

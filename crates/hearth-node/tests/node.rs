@@ -86,6 +86,7 @@ async fn debian_image_from_docker_archive() {
         slot: 3,
         limits: Limits::default(),
         egress: Default::default(),
+        generation: 0,
     };
     e.specs = vec![spec.clone()];
     e.node.create(&spec, tx).await.unwrap();
@@ -356,6 +357,7 @@ async fn clone_is_at_the_branch_and_commit_asked_for() {
         slot: 11,
         limits: Limits::default(),
         egress: Default::default(),
+        generation: 0,
     };
     e.specs.push(spec.clone());
 

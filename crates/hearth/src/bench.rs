@@ -216,6 +216,7 @@ async fn bench(node: &LocalNode, tmp: &Path, args: &BenchArgs) -> Result<()> {
             slot: i as u32,
             limits: Limits::default(),
             egress: Default::default(),
+            generation: 0,
         };
         let r = async {
             let t = Instant::now();
@@ -465,6 +466,7 @@ async fn snapshot_pauses(
         slot: 0,
         limits: Limits::default(),
         egress: Default::default(),
+        generation: 0,
     };
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     eprintln!("taking {runs} snapshots of a running workspace while it writes...");

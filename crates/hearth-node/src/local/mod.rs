@@ -18,6 +18,7 @@ use hearth_net::{NetConfig, Network};
 use hearth_runtime::oci::OciRuntime;
 
 mod agent;
+mod capacity;
 mod disk;
 mod floor;
 mod guard;
@@ -481,6 +482,10 @@ impl NodeApi for LocalNode {
         progress: Progress,
     ) -> Result<ImageSummary, NodeError> {
         self.blocking(move |i| pull::pull(i, plan, &progress)).await
+    }
+
+    async fn capacity(&self) -> Result<crate::NodeCapacity, NodeError> {
+        self.blocking(|i| i.capacity()).await
     }
 
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {

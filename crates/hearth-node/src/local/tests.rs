@@ -268,6 +268,7 @@ fn spec(id: &str) -> WorkspaceSpec {
             cpus_milli: 0,
         },
         egress: Default::default(),
+        generation: 0,
     }
 }
 

@@ -197,6 +197,7 @@ pub async fn busybox_workspaces(
             slot: *slot,
             limits: hearth_node::Limits::default(),
             egress: Default::default(),
+            generation: 0,
         };
         e.specs.push(spec.clone());
         e.node.create(&spec, tx.clone()).await.unwrap();

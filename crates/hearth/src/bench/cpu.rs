@@ -275,6 +275,7 @@ async fn scenarios(node: &LocalNode, tmp: &Path, args: &CpuArgs, d: &Durations) 
         slot,
         limits,
         egress: Default::default(),
+        generation: 0,
     };
     let small = Limits {
         disk_bytes: 1 << 30,
@@ -455,6 +456,7 @@ async fn loop_cost_on(node: &LocalNode, tmp: &Path, args: &CpuArgs, n: usize) ->
                 ..Limits::default()
             },
             egress: Default::default(),
+            generation: 0,
         })
         .collect();
     eprintln!("starting {n} workspaces for --loop-cost...");
