@@ -17,10 +17,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
     BuildImage, ClientFrame, CreatePrebuild, CreateUser, CreateWorkspace, DeletedWorkspace,
-    EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image, LimitsRequest,
-    LoadImage, NewUser, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo, Snapshot,
-    StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace, WorkspaceInspect,
-    WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image,
+    LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node, NodeLabels, Prebuild, PullImage,
+    RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
+    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE,
+    TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -472,6 +473,43 @@ impl Client {
         }
         self.send(req).await?;
         Ok(())
+    }
+
+    /// Every node of the fleet (admins only).
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        self.get("/v1/nodes").await
+    }
+
+    /// Marks a node draining and moves its workspaces elsewhere.
+    pub async fn drain_node(&self, name: &str) -> Result<DrainReport> {
+        self.post(&format!("/v1/nodes/{}/drain", enc(name)), &())
+            .await
+    }
+
+    /// Lets new workspaces go to a drained node again.
+    pub async fn undrain_node(&self, name: &str) -> Result<Node> {
+        self.post(&format!("/v1/nodes/{}/undrain", enc(name)), &())
+            .await
+    }
+
+    /// Replaces a node's labels.
+    pub async fn set_node_labels(&self, name: &str, labels: &NodeLabels) -> Result<Node> {
+        let url = self.url(&format!("/v1/nodes/{}/labels", enc(name)));
+        Self::json(self.send(self.http.put(url).json(labels)).await?).await
+    }
+
+    /// Forgets a node that holds no workspace.
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/v1/nodes/{}", enc(name))).await
+    }
+
+    /// Moves a workspace to `node` (or where the scheduler puts it).
+    pub async fn move_workspace(&self, name: &str, node: Option<&str>) -> Result<Workspace> {
+        let req = MoveWorkspace {
+            node: node.map(str::to_string),
+        };
+        self.post(&format!("/v1/workspaces/{}/move", enc(name)), &req)
+            .await
     }
 
     /// `ws://` URL of a path on the server.

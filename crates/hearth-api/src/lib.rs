@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 #[cfg(feature = "client")]
 pub mod client;
+mod nodes;
 mod ports;
 mod prebuilds;
 mod secrets;
@@ -25,6 +26,7 @@ mod snapshots;
 mod ssh;
 mod users;
 
+pub use nodes::*;
 pub use ports::*;
 pub use prebuilds::*;
 pub use secrets::*;
@@ -64,10 +66,13 @@ pub enum WorkspaceState {
     Stopped,
     Removing,
     Failed,
+    /// Its node stopped answering (no heartbeat for the server's --node-lost-after); shown,
+    /// never stored. `start` brings it up on another node from its last snapshot.
+    Lost,
 }
 
 impl WorkspaceState {
-    pub const ALL: [WorkspaceState; 7] = [
+    pub const ALL: [WorkspaceState; 8] = [
         WorkspaceState::Creating,
         WorkspaceState::Starting,
         WorkspaceState::Running,
@@ -75,6 +80,7 @@ impl WorkspaceState {
         WorkspaceState::Stopped,
         WorkspaceState::Removing,
         WorkspaceState::Failed,
+        WorkspaceState::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +92,7 @@ impl WorkspaceState {
             WorkspaceState::Stopped => "stopped",
             WorkspaceState::Removing => "removing",
             WorkspaceState::Failed => "failed",
+            WorkspaceState::Lost => "lost",
         }
     }
 
@@ -167,6 +174,10 @@ pub struct CreateWorkspace {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, pattern = "^[^-]")]
     pub branch: Option<String>,
+    /// Labels the node it runs on must carry (`hearth node label`), e.g.
+    /// `{"gpu":"true"}`; kept for moves and recoveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Longest idle timeout (366 days); 0 turns idle auto-stop off instead.
@@ -358,6 +369,12 @@ pub struct Workspace {
     /// Why the last snapshot attempt failed; cleared by the next success.
     #[serde(default)]
     pub snapshot_error: Option<String>,
+    /// RFC 3339 time of `last_snapshot`: what a `lost` workspace comes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_at: Option<String>,
+    /// The node it is placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Seconds without a session (SSH, exec, shell, port-forward) or proxied request after
     /// which the server stops it (0: never).
     #[serde(default)]

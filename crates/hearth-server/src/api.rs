@@ -57,6 +57,8 @@ impl Modify for BearerAuth {
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user,
+        crate::nodes::list_nodes, crate::nodes::drain_node, crate::nodes::undrain_node,
+        crate::nodes::set_labels, crate::nodes::remove_node, crate::nodes::move_workspace,
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
         crate::ssh_keys::ssh_info, crate::metrics::scrape,
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
@@ -111,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::snapshots::routes())
         .merge(crate::ports::routes())
         .merge(crate::users::routes())
+        .merge(crate::nodes::routes())
         .merge(crate::ssh_keys::routes())
         .merge(crate::secrets::routes())
         .merge(crate::prebuilds::routes())

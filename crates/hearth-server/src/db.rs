@@ -10,10 +10,12 @@ use sqlx::{Row, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
+mod nodes;
 mod ports;
 mod prebuilds;
 mod users;
 
+pub use nodes::NodeRecord;
 pub use prebuilds::PrebuildRecord;
 pub use users::{Removal, UserRecord};
 
@@ -62,6 +64,12 @@ pub struct WorkspaceRecord {
     pub snapshot_error: Option<String>,
     /// Name of the user the workspace belongs to.
     pub owner: String,
+    /// The node its calls go to: where its local copy is (or is being made).
+    pub node: String,
+    /// Labels a node must carry to take it (`hearth up --node-selector`); empty: any.
+    pub node_selector: crate::fleet::Labels,
+    /// When `last_snapshot` was taken.
+    pub last_snapshot_at: Option<String>,
     /// Idle auto-stop (see [`crate::manager::idle`]): seconds (0 never; `None` the
     /// server's default), the last activity flushed here, why it last stopped.
     pub idle: IdleRecord,
@@ -97,7 +105,7 @@ fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
 
 const COLUMNS: &str =
     "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress, \
-     last_snapshot, snapshot_error, owner";
+     last_snapshot, snapshot_error, owner, node, generation, node_selector, last_snapshot_at";
 /// Read with [`COLUMNS`]; written by their own updates (a create sets the timeout after
 /// its insert).
 const IDLE_COLUMNS: &str = "idle_timeout, last_active, stop_reason";
@@ -117,6 +125,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
     let state: String = row.try_get("state").map_err(get_err)?;
     let egress: String = row.try_get("egress").map_err(get_err)?;
     let idle_timeout: Option<i64> = row.try_get("idle_timeout").map_err(get_err)?;
+    let generation: i64 = row.try_get("generation").map_err(get_err)?;
+    let selector: Option<String> = row.try_get("node_selector").map_err(get_err)?;
     Ok(WorkspaceRecord {
         spec: WorkspaceSpec {
             id: WorkspaceId::new(id.as_str()).map_err(|e| corrupt(e.to_string()))?,
@@ -128,6 +138,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
                 .map_err(|e| corrupt(format!("limits: {e}")))?,
             egress: serde_json::from_str::<EgressPolicy>(&egress)
                 .map_err(|e| corrupt(format!("egress: {e}")))?,
+            generation: u64::try_from(generation)
+                .map_err(|_| corrupt(format!("generation {generation}")))?,
         },
         state: WorkspaceState::parse(&state).ok_or_else(|| corrupt(format!("state {state:?}")))?,
         error: row.try_get("error").map_err(get_err)?,
@@ -136,6 +148,12 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
         last_snapshot: row.try_get("last_snapshot").map_err(get_err)?,
         snapshot_error: row.try_get("snapshot_error").map_err(get_err)?,
         owner: row.try_get("owner").map_err(get_err)?,
+        node: row.try_get("node").map_err(get_err)?,
+        node_selector: selector
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(format!("node selector: {e}"))))
+            .transpose()?
+            .unwrap_or_default(),
+        last_snapshot_at: row.try_get("last_snapshot_at").map_err(get_err)?,
         idle: IdleRecord {
             timeout: idle_timeout
                 .map(|t| u64::try_from(t).map_err(|_| corrupt(format!("idle timeout {t}"))))
@@ -243,7 +261,7 @@ impl Store {
         let egress = egress_json(s)?;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ))
         .bind(s.id.as_str())
         .bind(&s.name)
@@ -259,6 +277,13 @@ impl Store {
         .bind(&rec.last_snapshot)
         .bind(&rec.snapshot_error)
         .bind(&rec.owner)
+        .bind(&rec.node)
+        .bind(i64::try_from(s.generation).unwrap_or(i64::MAX))
+        .bind(
+            (!rec.node_selector.is_empty())
+                .then(|| serde_json::to_string(&rec.node_selector).unwrap_or_default()),
+        )
+        .bind(&rec.last_snapshot_at)
         .execute(&mut **tx)
         .await
         .map_err(|e| match &e {
@@ -291,22 +316,29 @@ impl Store {
     }
 
     /// Records a snapshot attempt: a success sets the last snapshot and clears the error,
-    /// a failure keeps the last snapshot and sets the error.
+    /// a failure keeps the last snapshot and sets the error. Only for the placement
+    /// `generation` (an attempt on an older copy changes nothing).
     pub async fn set_snapshot_result(
         &self,
         id: &str,
+        generation: u64,
         res: Result<&str, &str>,
     ) -> Result<(), StoreError> {
+        let generation = i64::try_from(generation).unwrap_or(i64::MAX);
         let q = match res {
             Ok(snap) => sqlx::query(
-                "UPDATE workspaces SET last_snapshot = $1, snapshot_error = NULL WHERE id = $2",
+                "UPDATE workspaces SET last_snapshot = $1, last_snapshot_at = $2, \
+                 snapshot_error = NULL WHERE id = $3 AND generation = $4",
             )
-            .bind(snap),
-            Err(e) => {
-                sqlx::query("UPDATE workspaces SET snapshot_error = $1 WHERE id = $2").bind(e)
-            }
+            .bind(snap)
+            .bind(now()),
+            Err(e) => sqlx::query(
+                "UPDATE workspaces SET snapshot_error = $1 WHERE id = $2 AND generation = $3",
+            )
+            .bind(e),
         };
         q.bind(id)
+            .bind(generation)
             .execute(&self.pool)
             .await
             .map_err(query_err(id))?;
@@ -601,6 +633,7 @@ mod tests {
                 slot,
                 limits: Limits::default(),
                 egress: EgressPolicy::default(),
+                generation: 0,
             },
             state: WorkspaceState::Creating,
             error: None,
@@ -609,6 +642,9 @@ mod tests {
             last_snapshot: None,
             snapshot_error: None,
             owner: "admin".into(),
+            node: "local".into(),
+            node_selector: Default::default(),
+            last_snapshot_at: None,
             idle: IdleRecord::default(),
         }
     }
@@ -726,11 +762,11 @@ mod tests {
         );
         // Snapshot outcomes: a failure keeps the last good id, a success clears the error.
         store
-            .set_snapshot_result("cccccccccccc", Ok("s1"))
+            .set_snapshot_result("cccccccccccc", 0, Ok("s1"))
             .await
             .unwrap();
         store
-            .set_snapshot_result("cccccccccccc", Err("store unreachable"))
+            .set_snapshot_result("cccccccccccc", 0, Err("store unreachable"))
             .await
             .unwrap();
         let c = store.get("c").await.unwrap().unwrap();

@@ -13,14 +13,17 @@ pub mod contract;
 pub mod convert;
 pub mod db;
 pub mod error;
+pub mod fleet;
 pub mod manager;
 pub mod metrics;
 pub mod names;
 pub mod ndjson;
+pub mod nodes;
 pub mod ports;
 pub mod prebuilds;
 pub mod proxy;
 pub mod ratelimit;
+pub mod scheduler;
 pub mod secrets;
 pub mod snapshots;
 pub mod ssh;
@@ -173,6 +176,11 @@ impl Server {
             .reconcile()
             .await
             .context("cannot reconcile workspaces with the node")?;
+        if let Some(local) = manager.fleet().local_name() {
+            if let Ok(api) = manager.fleet().api(local) {
+                manager.fleet().pump(local, api);
+            }
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;

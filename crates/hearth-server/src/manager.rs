@@ -25,6 +25,7 @@ use hearth_api::{
 pub mod build;
 pub mod devcontainer;
 mod features;
+mod fleet;
 pub mod idle;
 mod locks;
 pub mod ports;
@@ -58,6 +59,8 @@ pub struct CreatePlan {
     prebuild: bool,
     /// The prebuild `up` starts from instead of a clone.
     from: Option<prebuilds::PrebuildUse>,
+    /// Labels its node must carry.
+    node_selector: crate::fleet::Labels,
 }
 
 /// How a create differs from `up`'s (a prebuild's).
@@ -83,7 +86,11 @@ pub const DEFAULT_IMAGE: &str = "debian";
 
 pub struct Manager {
     store: Store,
+    /// The fleet as one node ([`crate::fleet::Router`]): a workspace's calls go to the node
+    /// in its record, the others to the embedded node (or any connected one).
     node: Arc<dyn NodeApi>,
+    /// Every node, the embedded one included (see [`crate::fleet`]).
+    fleet: Arc<crate::fleet::Fleet>,
     /// One async lock per workspace name so start/stop/rm of one workspace never interleave.
     locks: NameLocks,
     /// Serializes slot allocation and insertion.
@@ -204,10 +211,19 @@ pub fn check_own_image_name(caller: &Caller, name: Option<&str>) -> Result<(), A
 }
 
 impl Manager {
+    /// A manager whose fleet is the embedded node `node`, named `local`.
     pub fn new(store: Store, node: Arc<dyn NodeApi>) -> Manager {
+        let local = (crate::fleet::DEFAULT_LOCAL_NODE.to_string(), node);
+        let fleet = Arc::new(crate::fleet::Fleet::new(store.clone(), Some(local)));
+        Manager::with_fleet(store, fleet)
+    }
+
+    /// A manager over `fleet` (its embedded node, if any, and the nodes that attach).
+    pub fn with_fleet(store: Store, fleet: Arc<crate::fleet::Fleet>) -> Manager {
         Manager {
+            node: Arc::new(crate::fleet::Router::new(fleet.clone())),
+            fleet,
             store,
-            node,
             locks: NameLocks::default(),
             alloc: tokio::sync::Mutex::new(()),
             tokens: Default::default(),
@@ -225,9 +241,20 @@ impl Manager {
 
     /// A manager that can run work past a request's end (what `new` makes runs it in line).
     pub fn shared(store: Store, node: Arc<dyn NodeApi>) -> Arc<Manager> {
-        Arc::new_cyclic(|me| Manager {
-            me: me.clone(),
-            ..Manager::new(store, node)
+        let local = (crate::fleet::DEFAULT_LOCAL_NODE.to_string(), node);
+        let fleet = Arc::new(crate::fleet::Fleet::new(store.clone(), Some(local)));
+        Manager::shared_fleet(store, fleet)
+    }
+
+    /// [`Manager::shared`] over a fleet.
+    pub fn shared_fleet(store: Store, fleet: Arc<crate::fleet::Fleet>) -> Arc<Manager> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Manager>| {
+            let hook: std::sync::Weak<dyn crate::fleet::AttachHook> = me.clone();
+            fleet.set_hook(hook);
+            Manager {
+                me: me.clone(),
+                ..Manager::with_fleet(store, fleet)
+            }
         })
     }
 
@@ -235,8 +262,14 @@ impl Manager {
         &self.activity
     }
 
+    /// The fleet as one node (see [`crate::fleet::Router`]).
     pub fn node(&self) -> &Arc<dyn NodeApi> {
         &self.node
+    }
+
+    /// The node registry: remote nodes' connections attach, heartbeat and detach here.
+    pub fn fleet(&self) -> &Arc<crate::fleet::Fleet> {
+        &self.fleet
     }
 
     pub fn store(&self) -> &Store {
@@ -311,6 +344,11 @@ impl Manager {
             .and_then(|i| i.names.first().cloned());
         let idle_timeout = self.idle_timeout_of(&rec);
         let last_active = self.last_active_of(&rec);
+        let state = if !rec.state.is_transitional() && self.on_lost_node(&rec) {
+            WorkspaceState::Lost
+        } else {
+            rec.state
+        };
         Workspace {
             idle_timeout,
             last_active,
@@ -318,6 +356,8 @@ impl Manager {
             owner: rec.owner,
             last_snapshot: rec.last_snapshot,
             snapshot_error: rec.snapshot_error,
+            last_snapshot_at: rec.last_snapshot_at,
+            node: Some(rec.node),
             uid_base: rec.spec.uid_base(),
             id: rec.spec.id.to_string(),
             name: rec.spec.name,
@@ -325,7 +365,7 @@ impl Manager {
             image_name,
             source: rec.spec.source,
             slot: rec.spec.slot,
-            state: rec.state,
+            state,
             error: rec.error,
             ip,
             paused,
@@ -371,7 +411,7 @@ impl Manager {
         recs.retain(|r| caller.may_use(&r.owner) && !build::is_builder_name(&r.spec.name));
         let running: Vec<WorkspaceSpec> = recs
             .iter()
-            .filter(|r| r.state == WorkspaceState::Running)
+            .filter(|r| r.state == WorkspaceState::Running && !self.on_lost_node(r))
             .map(|r| r.spec.clone())
             .collect();
         let mut statuses: std::collections::HashMap<WorkspaceId, WorkspaceStatus> =
@@ -620,6 +660,10 @@ impl Manager {
         }
         let egress = egress_policy(req.egress.unwrap_or_default())?;
         let idle_timeout = req.idle_timeout.map(idle::check_timeout).transpose()?;
+        let node_selector = req.node_selector.clone().unwrap_or_default();
+        for (k, v) in &node_selector {
+            crate::fleet::parse_label(&format!("{k}={v}"))?;
+        }
         self.node
             .check_create(&source, &limits)
             .await
@@ -712,6 +756,7 @@ impl Manager {
             id: opts.id,
             prebuild: opts.prebuild,
             from,
+            node_selector,
         })
     }
 
@@ -735,6 +780,7 @@ impl Manager {
             id,
             prebuild,
             from,
+            node_selector,
         } = plan;
         if let Some(dc) = &devcontainer {
             say(
@@ -773,7 +819,16 @@ impl Manager {
         };
 
         let rec = self
-            .insert_creating_as(id, &owner, &name, image.id.clone(), source, limits, egress)
+            .insert_creating_as(
+                id,
+                &owner,
+                &name,
+                image.id.clone(),
+                source,
+                limits,
+                egress,
+                &node_selector,
+            )
             .await?;
         if idle_timeout.is_some() {
             self.store
@@ -867,6 +922,12 @@ impl Manager {
     pub async fn start(&self, caller: &Caller, name: &str) -> Result<Workspace, ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.owned(caller, name).await?;
+        if !rec.state.is_transitional() && self.on_lost_node(&rec) {
+            self.recover_lost(&rec).await?;
+            let rec = self.owned(caller, name).await?;
+            self.run_lifecycle(&rec.spec, None, false).await?;
+            return self.get(caller, name).await;
+        }
         let mut started = None;
         if let Some(st) = plan_start(rec.state).map_err(ApiError::conflict)? {
             self.set(&rec, st, None).await?;
@@ -915,6 +976,14 @@ impl Manager {
     /// its record; the final snapshot follows as for every stop.
     async fn stop_locked(&self, rec: &WorkspaceRecord, reason: &str) -> Result<(), ApiError> {
         let name = &rec.spec.name;
+        if self.on_lost_node(rec) {
+            return Err(ApiError::conflict(format!(
+                "workspace {name} is on lost node {}: hearth start {name} brings it up on \
+                 another node from its last snapshot ({}), hearth rm {name} removes it",
+                rec.node,
+                rec.last_snapshot_at.as_deref().unwrap_or("none")
+            )));
+        }
         if let Some(st) = plan_stop(rec.state).map_err(ApiError::conflict)? {
             if rec.state == WorkspaceState::Running {
                 // Before the stop, while its console is drained: the line lands in order.
@@ -965,7 +1034,14 @@ impl Manager {
                 .map_err(|e| node_err("forget_snapshots", name, e))?;
         }
         self.set(&rec, st, None).await?;
-        match self.node.remove(&rec.spec).await {
+        // A lost node drops its copy when it attaches again.
+        let removed = if self.on_lost_node(&rec) {
+            self.store.add_eviction(&rec.node, &rec.spec).await?;
+            Ok(())
+        } else {
+            self.node.remove(&rec.spec).await
+        };
+        match removed {
             Ok(()) => {
                 // Nothing to keep without snapshots (a store that cannot say keeps).
                 if purge || !self.has_snapshots(&rec.spec).await {
@@ -1130,11 +1206,14 @@ impl Manager {
         limits: Limits,
         egress: EgressPolicy,
     ) -> Result<WorkspaceRecord, ApiError> {
-        self.insert_creating_as(None, owner, name, image, source, limits, egress)
+        let any = crate::fleet::Labels::new();
+        self.insert_creating_as(None, owner, name, image, source, limits, egress, &any)
             .await
     }
 
-    /// [`Manager::insert_creating`] under a given id (a prebuild's series), else a new one.
+    /// [`Manager::insert_creating`] under a given id (a prebuild's series), else a new one,
+    /// on the node the scheduler picks for `limits` and `selector` (which gets the image
+    /// first if it lacks it).
     #[allow(clippy::too_many_arguments)]
     async fn insert_creating_as(
         &self,
@@ -1145,12 +1224,25 @@ impl Manager {
         source: String,
         limits: Limits,
         egress: EgressPolicy,
+        selector: &crate::fleet::Labels,
     ) -> Result<WorkspaceRecord, ApiError> {
+        let node = self.choose_node(&limits, selector, None).await?;
+        if self.fleet.only().is_none() {
+            let api = self.fleet.api(&node)?;
+            self.ensure_image(&node, &api, &image).await?;
+        }
         let _alloc = self.alloc.lock().await;
         let slot = lowest_free_slot(&self.store.used_slots().await?);
         let t = now();
+        // A record under an id used before (a prebuild series) starts above any
+        // generation an earlier one reached, so the store's fence never refuses it.
+        let generation = match &id {
+            Some(_) => time::OffsetDateTime::now_utc().unix_timestamp().max(1) as u64,
+            None => 1,
+        };
         let rec = WorkspaceRecord {
             spec: WorkspaceSpec {
+                generation,
                 id: id.unwrap_or_else(new_id),
                 name: name.to_string(),
                 image,
@@ -1166,6 +1258,9 @@ impl Manager {
             last_snapshot: None,
             snapshot_error: None,
             owner: owner.id.to_string(),
+            node,
+            node_selector: selector.clone(),
+            last_snapshot_at: None,
             idle: Default::default(),
         };
         self.store.insert(&rec).await?;
@@ -1175,7 +1270,20 @@ impl Manager {
     }
 
     pub async fn reconcile(&self) -> anyhow::Result<()> {
-        let recs = self.store.list().await?;
+        self.fleet.load().await?;
+        for n in self.fleet.nodes() {
+            if let Ok(api) = self.fleet.api(&n.name) {
+                if let Err(e) = self.drop_evicted(&n.name, &api).await {
+                    tracing::warn!(node = n.name, error = %e, "cannot drop copies of moved workspaces yet");
+                }
+            }
+        }
+        let mut recs = self.store.list().await?;
+        // A node that is not connected is reconciled when it attaches: until then
+        // nothing is known about its workspaces.
+        if self.fleet.only().is_none() {
+            recs.retain(|r| self.fleet.api(&r.node).is_ok());
+        }
         let specs: Vec<WorkspaceSpec> = recs.iter().map(|r| r.spec.clone()).collect();
         let statuses = self.node.reconcile(&specs).await?;
         let status_of = |spec: &WorkspaceSpec| -> Option<WorkspaceStatus> {

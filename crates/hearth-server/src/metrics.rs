@@ -358,6 +358,9 @@ mod tests {
             last_snapshot: None,
             snapshot_error: None,
             owner: "alice".into(),
+            node: "local".into(),
+            node_selector: Default::default(),
+            last_snapshot_at: None,
             idle: Default::default(),
         };
         let view = hearth_node::CpuView {

@@ -117,6 +117,19 @@ impl NodeApi for FakeNode {
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
         Ok(self.st().images.clone())
     }
+    async fn capacity(&self) -> Result<hearth_node::NodeCapacity, NodeError> {
+        let n = u32::try_from(self.st().workspaces.len()).unwrap_or(u32::MAX);
+        Ok(hearth_node::NodeCapacity {
+            cpus: 4,
+            memory_total: 16 << 30,
+            memory_available: 8 << 30,
+            disk_total: 100 << 30,
+            disk_free: 50 << 30,
+            disk_reserve: 0,
+            workspaces: n,
+            running: 0,
+        })
+    }
     async fn resolve_image(&self, r: &str) -> Result<ImageSummary, NodeError> {
         self.st()
             .images
@@ -573,6 +586,12 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/prebuilds"),
         ("post", "/v1/hooks/{forge}"),
         ("post", "/v1/images/build"),
+        ("get", "/v1/nodes"),
+        ("delete", "/v1/nodes/{node}"),
+        ("post", "/v1/nodes/{node}/drain"),
+        ("post", "/v1/nodes/{node}/undrain"),
+        ("put", "/v1/nodes/{node}/labels"),
+        ("post", "/v1/workspaces/{name}/move"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -852,6 +871,7 @@ fn record(id: &str, name: &str, slot: u32, state: WorkspaceState) -> WorkspaceRe
             slot,
             limits: Limits::default(),
             egress: EgressPolicy::default(),
+            generation: 0,
         },
         state,
         error: None,
@@ -860,6 +880,9 @@ fn record(id: &str, name: &str, slot: u32, state: WorkspaceState) -> WorkspaceRe
         last_snapshot: None,
         snapshot_error: None,
         owner: "admin".into(),
+        node: "local".into(),
+        node_selector: Default::default(),
+        last_snapshot_at: None,
         idle: Default::default(),
     }
 }
@@ -1280,6 +1303,7 @@ async fn exec_over_websocket() {
             idle_timeout: None,
             devcontainer_config: None,
             branch: None,
+            node_selector: None,
         };
         mgr.create(&crate::auth::Caller::admin(), req, ptx)
             .await

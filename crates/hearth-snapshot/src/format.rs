@@ -51,6 +51,8 @@ pub(crate) enum Kind {
     Lease = 4,
     /// A list of (chunk -> pack, offset, length); see `pack.rs`.
     Index = 5,
+    /// A workspace's newest placement generation; see `fence.rs`.
+    Fence = 6,
 }
 
 impl Kind {

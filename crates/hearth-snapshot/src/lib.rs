@@ -12,6 +12,7 @@
 //! `spawn_blocking`).
 
 mod backend;
+mod fence;
 mod format;
 mod maint;
 mod pack;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3Config};
+pub use fence::{drop_fence, fence, raise_fence};
 pub use format::{ChunkId, Key};
 pub use maint::{
     forget, fsck, gc, list, retention, usage, FsckProblem, FsckReport, GcReport, Retention, Usage,

@@ -10,12 +10,15 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceLimits,
 };
 
+mod nodes;
 mod ports;
 mod prebuilds;
 mod secrets;
 mod snapshots;
 mod ssh;
 mod users;
+
+pub use nodes::parse_labels;
 
 /// The verbs that talk to a server.
 pub struct Commands {

@@ -71,6 +71,9 @@ enum Cmd {
         /// --idle-timeout).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         idle_timeout: Option<std::time::Duration>,
+        /// Run only on a node with label KEY=VALUE (repeatable; `hearth node label`).
+        #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+        node_selector: Vec<String>,
     },
     /// Change a workspace's limits or idle timeout; the ones not given stay.
     ///
@@ -263,6 +266,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The nodes workspaces run on (admins only).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Move a workspace to another node (admins only): it stops, is snapshotted, restored
+    /// there and started again if it ran; the old copy goes once the new one is in place.
+    Move {
+        name: String,
+        /// The node to move it to (default: the scheduler picks one).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Your secrets: environment variables of your workspaces, stored encrypted.
     Secret {
         #[command(subcommand)]
@@ -424,6 +440,27 @@ enum StoreCmd {
         #[arg(long)]
         keep_daily: Option<usize>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List nodes with their state, labels, capacity and workspaces.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Place nothing new on a node and move its workspaces elsewhere.
+    Drain { name: String },
+    /// Let new workspaces go to a drained node again.
+    Undrain { name: String },
+    /// Replace a node's labels (what `hearth up --node-selector` matches).
+    Label {
+        name: String,
+        /// KEY=VALUE (repeatable; none clears them).
+        labels: Vec<String>,
+    },
+    /// Forget a node; refused while workspaces are on it.
+    Rm { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -599,7 +636,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limits,
             deny_egress,
             idle_timeout,
+            node_selector,
         } => {
+            let node_selector = commands::parse_labels(node_selector)?;
             client()?
                 .up(hearth_api::CreateWorkspace {
                     source: source.clone(),
@@ -612,6 +651,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     idle_timeout: idle_timeout.map(|d| d.as_secs()),
                     devcontainer_config: devcontainer_config.clone(),
                     branch: branch.clone(),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
                 })
                 .await?;
             Ok(0)
@@ -721,6 +761,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 UserCmd::Dotfiles { repo, unset } => c.dotfiles(repo.as_deref(), *unset).await?,
             }
+            Ok(0)
+        }
+        Cmd::Node { cmd } => {
+            let c = client()?;
+            match cmd {
+                NodeCmd::Ls { json } => c.node_list(*json).await?,
+                NodeCmd::Drain { name } => return c.node_drain(name).await,
+                NodeCmd::Undrain { name } => c.node_undrain(name).await?,
+                NodeCmd::Label { name, labels } => c.node_label(name, labels).await?,
+                NodeCmd::Rm { name } => c.node_remove(name).await?,
+            }
+            Ok(0)
+        }
+        Cmd::Move { name, node } => {
+            client()?.move_workspace(name, node.as_deref()).await?;
             Ok(0)
         }
         Cmd::Secret { cmd } => {

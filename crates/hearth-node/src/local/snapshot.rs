@@ -175,6 +175,7 @@ impl Inner {
         }
         self.open_disk(&p)?;
         let store = self.snap_store()?;
+        check_fence(&store, spec)?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
         let running = self
             .host
@@ -222,6 +223,13 @@ impl Inner {
             "workspace {}: snapshot failed",
             spec.name
         )))?;
+        // Placed elsewhere while it was taken: it must not join the newer history.
+        if let Err(e) = check_fence(&store, spec) {
+            if let Err(fe) = hearth_snapshot::forget(&store, std::slice::from_ref(&info.id)) {
+                tracing::error!(id = %spec.id, snapshot = %info.id, error = %fe, "cannot forget a fenced snapshot");
+            }
+            return Err(e);
+        }
         if let Ok(mut m) = self.snap.markers.lock() {
             m.insert(spec.id.to_string(), marker);
         }
@@ -307,6 +315,12 @@ impl Inner {
             )));
         }
         let store = self.snap_store()?;
+        // From here on a node holding an older placement of it writes no snapshot of it.
+        if spec.generation > 0 {
+            hearth_snapshot::raise_fence(&store, &spec.id, spec.generation).map_err(snap_err(
+                format!("workspace {}: cannot fence older copies", spec.name),
+            ))?;
+        }
         // Its files must fit beside the reserve; a bad id fails in the restore below.
         let need = store.get_record(id).map(|i| i.size).unwrap_or(0);
         self.check_reserve_for("restore a snapshot", need)?;
@@ -556,4 +570,21 @@ mod tests {
         assert_eq!(b.entries, 2);
         assert!(b.max_ctime_ns >= a.max_ctime_ns);
     }
+}
+
+/// Refuses to snapshot a copy placed under an older generation than the store's fence:
+/// the workspace was placed on another node since (see `hearth_snapshot::fence`).
+fn check_fence(store: &Store, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+    let fence = hearth_snapshot::fence(store, &spec.id).map_err(snap_err(format!(
+        "workspace {}: cannot read its fence",
+        spec.name
+    )))?;
+    if spec.generation < fence {
+        return Err(NodeError::Conflict(format!(
+            "workspace {}: this copy (generation {}) was placed elsewhere since \
+             (generation {fence}); its snapshots are refused",
+            spec.name, spec.generation
+        )));
+    }
+    Ok(())
 }

@@ -264,6 +264,15 @@ impl Manager {
         let _ = self.builds.scratch.set((dir, max));
     }
 
+    /// Where large temporary files go (builds, images copied between nodes): the data
+    /// dir's uploads, else the system's temporary dir.
+    pub(super) fn scratch_dir(&self) -> PathBuf {
+        self.builds
+            .scratch
+            .get()
+            .map_or_else(std::env::temp_dir, |(d, _)| d.clone())
+    }
+
     fn builder_image(&self) -> String {
         self.builds
             .image

@@ -106,6 +106,7 @@ fn series_spec(p: &PrebuildRecord) -> Result<WorkspaceSpec, ApiError> {
         slot: 0,
         limits: Limits::default(),
         egress: Default::default(),
+        generation: 0,
     })
 }
 
@@ -154,6 +155,7 @@ impl Manager {
             idle_timeout: Some(0),
             devcontainer_config: req.devcontainer_config,
             branch: branch.clone(),
+            node_selector: None,
         };
         let opts = CreateOpts {
             branch: branch.clone(),

@@ -10,9 +10,15 @@ use hearth_api::{ForkWorkspace, Snapshot, StoreCheck, StoreGc, StoreGcReport, St
 const RETRIES: u32 = 5;
 
 /// Records the outcome of a snapshot attempt with the workspace, where `hearth ls` shows
-/// it and a restarted server finds a failure to retry. A database error here only loses
+/// it and a restarted server finds a failure to retry; not if the workspace was placed
+/// anew meanwhile (the attempt was of an older copy). A database error here only loses
 /// the bookkeeping, never a snapshot, so it is logged.
-async fn note(store: &crate::db::Store, id: &str, res: &Result<SnapshotSummary, NodeError>) {
+pub(super) async fn note(
+    store: &crate::db::Store,
+    spec: &WorkspaceSpec,
+    res: &Result<SnapshotSummary, NodeError>,
+) {
+    let id = spec.id.as_str();
     let msg;
     let r = match res {
         Ok(s) => Ok(s.id.as_str()),
@@ -21,7 +27,7 @@ async fn note(store: &crate::db::Store, id: &str, res: &Result<SnapshotSummary, 
             Err(msg.as_str())
         }
     };
-    if let Err(e) = store.set_snapshot_result(id, r).await {
+    if let Err(e) = store.set_snapshot_result(id, spec.generation, r).await {
         tracing::error!(id, error = ?e.to_string(), "recording the snapshot result failed");
     }
 }
@@ -63,7 +69,7 @@ impl Manager {
             )));
         }
         let res = self.node.snapshot(&rec.spec).await;
-        note(&self.store, &rec.spec.id, &res).await;
+        note(&self.store, &rec.spec, &res).await;
         Ok(convert::snapshot(
             res.map_err(|e| node_err("snapshot", name, e))?,
         ))
@@ -94,7 +100,7 @@ impl Manager {
     /// stop) and is retried in the background with backoff.
     pub(super) async fn final_snapshot(&self, rec: &WorkspaceRecord) {
         let res = self.node.snapshot(&rec.spec).await;
-        note(&self.store, &rec.spec.id, &res).await;
+        note(&self.store, &rec.spec, &res).await;
         let Err(e) = res else { return };
         tracing::warn!(workspace = rec.spec.name, error = ?e.to_string(), "final snapshot failed; retrying in the background");
         self.retry_final_snapshot(rec);
@@ -115,7 +121,7 @@ impl Manager {
                     _ => return,
                 }
                 let res = node.snapshot(&spec).await;
-                note(&store, &spec.id, &res).await;
+                note(&store, &spec, &res).await;
                 match res {
                     Ok(s) => {
                         tracing::info!(
@@ -155,7 +161,7 @@ impl Manager {
                     _ => continue,
                 }
                 let res = self.node.snapshot(&rec.spec).await;
-                note(&self.store, &rec.spec.id, &res).await;
+                note(&self.store, &rec.spec, &res).await;
                 match res {
                     Ok(s) => tracing::info!(
                         workspace = rec.spec.name,
@@ -168,7 +174,9 @@ impl Manager {
                 }
                 continue;
             }
-            if rec.state != WorkspaceState::Running {
+            // A node that is not connected takes no snapshots (its last one is what a
+            // lost workspace comes back to).
+            if rec.state != WorkspaceState::Running || self.fleet.api(&rec.node).is_err() {
                 continue;
             }
             let name = rec.spec.name.clone();
@@ -180,10 +188,10 @@ impl Manager {
             }
             match self.node.snapshot_if_changed(&rec.spec).await {
                 Ok(None) => tracing::debug!(workspace = name, "unchanged, no snapshot"),
-                Ok(Some(s)) => note(&self.store, &rec.spec.id, &Ok(s)).await,
+                Ok(Some(s)) => note(&self.store, &rec.spec, &Ok(s)).await,
                 Err(e) => {
                     tracing::warn!(workspace = name, error = ?e.to_string(), "periodic snapshot failed");
-                    note(&self.store, &rec.spec.id, &Err(e)).await;
+                    note(&self.store, &rec.spec, &Err(e)).await;
                 }
             }
         }

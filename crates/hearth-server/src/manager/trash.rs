@@ -187,6 +187,15 @@ impl Manager {
             let mut spec = d.spec.clone();
             spec.name = new.clone();
             spec.slot = lowest_free_slot(&self.store.used_slots().await?);
+            // A placement like any other: the removed copy's node is fenced off.
+            spec.generation += 1;
+            let node = self
+                .choose_node(&spec.limits, &Default::default(), None)
+                .await?;
+            if self.fleet.only().is_none() {
+                let api = self.fleet.api(&node)?;
+                self.ensure_image(&node, &api, &spec.image).await?;
+            }
             let rec = WorkspaceRecord {
                 spec,
                 state: WorkspaceState::Creating,
@@ -196,6 +205,9 @@ impl Manager {
                 last_snapshot: Some(snapshot.clone()),
                 snapshot_error: None,
                 owner: d.owner.clone(),
+                node,
+                node_selector: Default::default(),
+                last_snapshot_at: None,
                 idle: Default::default(),
             };
             self.store.revive(&rec).await?;

@@ -70,6 +70,7 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
         (Method::GET, u("/snapshots"), None),
         (Method::POST, u("/snapshots"), None),
         (Method::GET, u("/store-usage"), None),
+        (Method::POST, u("/move"), Some("{}".into())),
         (Method::GET, u("/ports"), None),
         (
             Method::PUT,
@@ -163,7 +164,11 @@ async fn someone_elses_workspace_is_a_missing_one() {
     // snapshot store, so those routes answer 400 after it).
     for token in [alice.as_str(), TOKEN] {
         for (m, uri, body) in workspace_routes("wa") {
-            if m == Method::DELETE || uri.ends_with("/fork") || uri.ends_with("/restore") {
+            if m == Method::DELETE
+                || uri.ends_with("/fork")
+                || uri.ends_with("/restore")
+                || uri.ends_with("/move")
+            {
                 continue;
             }
             let (s, b) = h.call(m.clone(), &uri, Some(token), body).await;
@@ -177,6 +182,23 @@ async fn someone_elses_workspace_is_a_missing_one() {
             }
         }
     }
+    // Moves are for admins, even of one's own workspace; with one node there is
+    // nowhere to go.
+    let mv = |token: String| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/v1/workspaces/wa/move",
+                Some(&token),
+                Some("{}".into()),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(mv(alice.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(mv(TOKEN.to_string()).await, StatusCode::CONFLICT);
     // Names are global.
     let (s, _) = post_workspace(&h, &bob, "wa").await;
     assert_eq!(s, StatusCode::CONFLICT);

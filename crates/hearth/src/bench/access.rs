@@ -351,6 +351,7 @@ async fn bench(
             idle_timeout: Some(0),
             devcontainer_config: None,
             branch: None,
+            node_selector: None,
         },
         |_| {},
     )

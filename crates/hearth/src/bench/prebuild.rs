@@ -79,6 +79,7 @@ async fn up(api: &Client, repo: &Path, name: &str) -> Result<Duration> {
         idle_timeout: None,
         devcontainer_config: None,
         branch: None,
+        node_selector: None,
     };
     api.create(&req, |_| {})
         .await

@@ -89,6 +89,7 @@ async fn create_one(api: &Client, name: &str, repo: &Path, image: &str) -> Resul
         idle_timeout: None,
         devcontainer_config: None,
         branch: None,
+        node_selector: None,
     };
     api.create(&req, |_| {})
         .await
