@@ -867,6 +867,27 @@ impl ImageStore {
         name: Option<&str>,
         out: &mut dyn Write,
     ) -> Result<Image, ImageError> {
+        self.export_oci(reference, name, out, true)
+    }
+
+    /// [`ImageStore::export_oci_archive`] with the config exactly as stored, so loading the
+    /// archive elsewhere gives the same image id: how an image follows a workspace to
+    /// another node.
+    pub fn export_oci_archive_exact(
+        &self,
+        reference: &str,
+        out: &mut dyn Write,
+    ) -> Result<Image, ImageError> {
+        self.export_oci(reference, None, out, false)
+    }
+
+    fn export_oci(
+        &self,
+        reference: &str,
+        name: Option<&str>,
+        out: &mut dyn Write,
+        for_builder: bool,
+    ) -> Result<Image, ImageError> {
         let _guard = self.lock()?;
         let image = self.get(reference)?;
         let config_hex = sha256_hex(&image.id)
@@ -915,7 +936,11 @@ impl ImageStore {
         File::open(&config_path)
             .and_then(|f| f.take(MAX_JSON).read_to_end(&mut config))
             .map_err(ImageError::io(&config_path))?;
-        let config = with_layer_history(config, image.diff_ids.len());
+        let config = if for_builder {
+            with_layer_history(config, image.diff_ids.len())
+        } else {
+            config
+        };
         let export_hex = hex::encode(Sha256::digest(&config));
         let config_size = config.len();
         let manifest = serde_json::json!({

@@ -732,7 +732,9 @@ pub trait NodeApi: Send + Sync + 'static {
     }
     /// A stored image as an oci-archive (see `hearth_image::ImageStore::export_oci_archive`)
     /// named `name` in it, in an unlinked temporary file read from the start: how a builder
-    /// gets its base images.
+    /// gets its base images. An empty `name` exports the config exactly as stored
+    /// (`export_oci_archive_exact`), so a load elsewhere gives the same image id: how an
+    /// image follows a workspace to another node.
     async fn export_image(&self, reference: &str, name: &str) -> Result<std::fs::File, NodeError> {
         let _ = name;
         Err(NodeError::Invalid(format!(

@@ -178,7 +178,7 @@ impl Server {
             .context("cannot reconcile workspaces with the node")?;
         if let Some(local) = manager.fleet().local_name() {
             if let Ok(api) = manager.fleet().api(local) {
-                manager.fleet().pump(local, api);
+                manager.fleet().pump(local, api, fleet::HEARTBEAT_EVERY);
             }
         }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -269,6 +269,11 @@ impl Server {
     /// (zero: `rm` forgets them at once).
     pub fn set_deleted_retention(&self, keep: std::time::Duration) {
         self.manager.set_deleted_retention(keep);
+    }
+
+    /// How long a node may go without a heartbeat before it is lost.
+    pub fn set_node_lost_after(&self, d: std::time::Duration) {
+        self.manager.fleet().set_lost_after(d);
     }
 
     /// The secret push webhooks (`/v1/hooks/{forge}`) must carry; `None`: they are off.

@@ -2,11 +2,13 @@
 //! control plane has already put on them, and what the workspace asks for.
 //!
 //! Hard rules filter: the node is ready (connected, not draining, not lost), carries every
-//! label of the selector, could ever hold the workspace (its memory and CPU limit fit the
-//! host, its disk is above the reserve). Among the rest the one with the most room left in
-//! its tightest resource wins (spread): memory counts the limits of running workspaces
-//! placed there and what the host really has available, CPU the running workspaces' CPU
-//! limits (a core for one without), disk the free space above the reserve. Ties go to the
+//! label of the selector, could hold the workspace at all (its memory and CPU limits fit
+//! the host, its disk is above the reserve) and is not out of memory now (at least
+//! [`MIN_AVAILABLE`] or the limit available). Among the rest the least allocated wins
+//! (spread), as Kubernetes' default scoring: the average of the free shares of memory
+//! (limits of the running workspaces placed there), CPU (their CPU limits, a core for one
+//! without) and disk (free space above the reserve). Scoring on what the control plane
+//! placed, not on measured use, keeps decisions stable between heartbeats. Ties go to the
 //! node with fewer workspaces, then by name, so a decision is reproducible.
 
 use hearth_node::{Limits, NodeCapacity};
@@ -15,6 +17,9 @@ use crate::fleet::Labels;
 
 /// What a running workspace without a CPU limit counts for, thousandths of a core.
 const UNLIMITED_CPU_MILLI: u64 = 1000;
+
+/// Memory a node must have available now to take a workspace (or its limit, if smaller).
+pub const MIN_AVAILABLE: u64 = 256 << 20;
 
 /// One node as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -97,20 +102,24 @@ fn refusal(c: &Candidate<'_>, limits: &Limits, selector: &Labels) -> Option<Stri
     if cap.disk_free <= cap.disk_reserve {
         return Some("disk under its reserve".into());
     }
+    if cap.memory_available < limits.memory_bytes.min(MIN_AVAILABLE) {
+        return Some(format!(
+            "only {} MiB of memory available",
+            cap.memory_available >> 20
+        ));
+    }
     None
 }
 
-/// Room left in the tightest resource once `limits` runs there, as a share of the node
-/// (negative when overcommitted).
+/// The average free share of memory, CPU and disk once `limits` runs there (a share is
+/// negative when overcommitted).
 fn room(cap: &NodeCapacity, placed: &Placed, limits: &Limits) -> f64 {
     let total_mem = cap.memory_total.max(1) as f64;
-    let want_mem = limits.memory_bytes as f64;
-    let mem_committed = 1.0 - (placed.memory_bytes as f64 + want_mem) / total_mem;
-    let mem_real = (cap.memory_available as f64 - want_mem) / total_mem;
+    let mem = 1.0 - (placed.memory_bytes as f64 + limits.memory_bytes as f64) / total_mem;
     let cores = (u64::from(cap.cpus).max(1) * 1000) as f64;
     let cpu = 1.0 - (placed.cpus_milli + cpu_of(limits)) as f64 / cores;
     let disk = cap.disk_free.saturating_sub(cap.disk_reserve) as f64 / cap.disk_total.max(1) as f64;
-    mem_committed.min(mem_real).min(cpu).min(disk)
+    (mem + cpu + disk) / 3.0
 }
 
 /// The node to place a workspace with `limits` and `selector` on, never `exclude` (the
@@ -221,20 +230,24 @@ mod tests {
     }
 
     #[test]
-    fn the_tightest_resource_decides() {
+    fn the_least_allocated_wins_and_memory_must_be_there() {
         let none = Labels::new();
-        // Lots of memory but almost no disk above the reserve, against a balanced node.
-        let full_disk = cap(256, 250, 64, 12);
+        // Lots of memory but almost no disk above the reserve, against a balanced node
+        // with more disk and some memory placed.
+        let full_disk = cap(64, 60, 16, 12);
         let balanced = cap(64, 50, 16, 500);
-        let nodes = [
+        let mut nodes = [
             node("big", &none, &full_disk),
             node("mid", &none, &balanced),
         ];
+        nodes[1].placed.add(&limits(8), true);
         assert_eq!(place(&nodes, &limits(4), &none, None), Ok("mid"));
-        // Memory the host really lacks counts even when few limits are placed.
-        let starved = cap(64, 2, 16, 900);
+        // A host out of memory now takes nothing, however little is placed there.
+        let starved = cap(64, 0, 16, 900);
         let nodes = [node("a", &none, &starved), node("b", &none, &balanced)];
         assert_eq!(place(&nodes, &limits(4), &none, None), Ok("b"));
+        let e = place(&nodes[..1], &limits(4), &none, None).unwrap_err();
+        assert_eq!(e.reasons, ["a: only 0 MiB of memory available"]);
     }
 
     #[test]

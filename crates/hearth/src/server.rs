@@ -118,6 +118,10 @@ pub struct ServerArgs {
     /// 12h, 30m; 0 forgets them at once); the store gc collects them after that.
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "7d")]
     deleted_retention: std::time::Duration,
+    /// A node without a heartbeat for this long is lost: its workspaces show `lost` and
+    /// `hearth start` brings one up on another node from its last snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s")]
+    node_lost_after: std::time::Duration,
     /// Stop a running workspace after this long without a session (SSH, exec, shell,
     /// port-forward) or proxied request, e.g. 30m or 2h; 0 never. A workspace's own
     /// (hearth up/update --idle-timeout) wins.
@@ -409,6 +413,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     };
     let mut server = Server::bind_locked(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
+    server.set_node_lost_after(args.node_lost_after);
     server.set_default_image(args.default_image.clone());
     if let Some(f) = &args.webhook_secret_file {
         let secret = std::fs::read_to_string(f)

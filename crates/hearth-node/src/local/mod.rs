@@ -419,9 +419,15 @@ impl NodeApi for LocalNode {
             let dir = &i.cfg.data_dir;
             let mut f = tempfile::tempfile_in(dir).map_err(NodeError::io("create", dir))?;
             let mut w = std::io::BufWriter::new(&mut f);
-            i.images
-                .export_oci_archive(&reference, Some(&name), &mut w)
-                .map_err(image_err)?;
+            if name.is_empty() {
+                i.images
+                    .export_oci_archive_exact(&reference, &mut w)
+                    .map_err(image_err)?;
+            } else {
+                i.images
+                    .export_oci_archive(&reference, Some(&name), &mut w)
+                    .map_err(image_err)?;
+            }
             w.into_inner()
                 .map_err(|e| NodeError::io("write", dir)(e.into_error()))?;
             use std::io::Seek;

@@ -487,9 +487,9 @@ impl Fleet {
     }
 
     /// Keeps an in-process node's capacity fresh (the embedded node, or nodes a test runs
-    /// in its own process): a heartbeat every [`HEARTBEAT_EVERY`] while `api` is still
-    /// the node's connection and the fleet exists.
-    pub fn pump(self: &Arc<Self>, name: &str, api: Arc<dyn NodeApi>) {
+    /// in its own process): a heartbeat every `every` ([`HEARTBEAT_EVERY`] in the server)
+    /// while `api` is still the node's connection and the fleet exists.
+    pub fn pump(self: &Arc<Self>, name: &str, api: Arc<dyn NodeApi>, every: Duration) {
         let (fleet, name) = (Arc::downgrade(self), name.to_string());
         tokio::spawn(async move {
             loop {
@@ -508,7 +508,7 @@ impl Fleet {
                     Err(e) => tracing::warn!(node = name, error = %e, "node capacity unknown"),
                 }
                 drop(f);
-                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                tokio::time::sleep(every).await;
             }
         });
     }

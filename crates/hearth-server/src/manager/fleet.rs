@@ -363,10 +363,10 @@ impl Manager {
             )));
         };
         let label = img.names.first().cloned();
-        let archive_name = label.clone().unwrap_or_else(|| "hearth/moved".to_string());
         tracing::info!(image = id, node = target, "copying image");
+        // An empty name: the config as stored, so the id stays the same.
         let mut file = src
-            .export_image(id, &archive_name)
+            .export_image(id, "")
             .await
             .map_err(|e| node_err("export_image", id, e))?;
         let dir = self.scratch_dir();
