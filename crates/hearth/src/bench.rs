@@ -17,11 +17,13 @@ mod build;
 mod cpu;
 mod prebuild;
 mod scale;
+mod scheduler;
 pub use access::{run as run_access, AccessArgs};
 pub use build::{run as run_build, BuildArgs};
 pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode, Scenario as CpuScenario};
 pub use prebuild::{run as run_prebuild, PrebuildArgs};
 pub use scale::{run as run_scale, ScaleArgs};
+pub use scheduler::run as run_scheduler;
 
 pub struct BenchArgs {
     pub runs: usize,

@@ -344,6 +344,13 @@ enum BenchCmd {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// One scheduler placement decision over simulated fleets of 10 to 1000 nodes (the
+    /// pure function; target <= 1 ms).
+    Scheduler {
+        /// Decisions timed per fleet size.
+        #[arg(long, default_value_t = 2000)]
+        decisions: usize,
+    },
     /// `hearth up` of a repository whose onCreateCommand takes long, without a prebuild
     /// and from one, until the repository's files read back in the running workspace.
     Prebuild {
@@ -872,6 +879,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await
             .map(|()| 0)
+        }
+        Cmd::Bench {
+            what: Some(BenchCmd::Scheduler { decisions }),
+            ..
+        } => {
+            bench::run_scheduler(&[10, 100, 300, 1000], *decisions);
+            Ok(0)
         }
         Cmd::Bench {
             what:

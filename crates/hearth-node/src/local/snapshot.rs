@@ -534,6 +534,23 @@ fn note(m: &mut Marker, md: &std::fs::Metadata) {
     m.max_ctime_ns = m.max_ctime_ns.max(ns);
 }
 
+/// Refuses to snapshot a copy placed under an older generation than the store's fence:
+/// the workspace was placed on another node since (see `hearth_snapshot::fence`).
+fn check_fence(store: &Store, spec: &WorkspaceSpec) -> Result<(), NodeError> {
+    let fence = hearth_snapshot::fence(store, &spec.id).map_err(snap_err(format!(
+        "workspace {}: cannot read its fence",
+        spec.name
+    )))?;
+    if spec.generation < fence {
+        return Err(NodeError::Conflict(format!(
+            "workspace {}: this copy (generation {}) was placed elsewhere since \
+             (generation {fence}); its snapshots are refused",
+            spec.name, spec.generation
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,21 +587,4 @@ mod tests {
         assert_eq!(b.entries, 2);
         assert!(b.max_ctime_ns >= a.max_ctime_ns);
     }
-}
-
-/// Refuses to snapshot a copy placed under an older generation than the store's fence:
-/// the workspace was placed on another node since (see `hearth_snapshot::fence`).
-fn check_fence(store: &Store, spec: &WorkspaceSpec) -> Result<(), NodeError> {
-    let fence = hearth_snapshot::fence(store, &spec.id).map_err(snap_err(format!(
-        "workspace {}: cannot read its fence",
-        spec.name
-    )))?;
-    if spec.generation < fence {
-        return Err(NodeError::Conflict(format!(
-            "workspace {}: this copy (generation {}) was placed elsewhere since \
-             (generation {fence}); its snapshots are refused",
-            spec.name, spec.generation
-        )));
-    }
-    Ok(())
 }
