@@ -417,6 +417,27 @@ pub struct WorkspaceInspect {
     /// The node CPU controller's view, while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuInfo>,
+    /// Large files of a restore (restore, fork, a move) still being fetched from the
+    /// snapshot; absent once all are there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<HydrationInfo>,
+}
+
+/// A restored workspace runs while its large files are fetched: opening one not fetched
+/// yet waits for it, and snapshots wait for all of them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HydrationInfo {
+    /// The snapshot being restored.
+    pub snapshot: String,
+    /// Whether the node is fetching now (false: it resumes when the workspace starts).
+    pub active: bool,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Fetches that failed; each is retried.
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// One process killed for lack of memory.

@@ -226,6 +226,26 @@ pub struct WorkspaceDetails {
     /// The CPU controller's view, while running and controlled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuView>,
+    /// Large files of a restore still being fetched from its snapshot, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<HydrationStatus>,
+}
+
+/// A restored workspace's files still being fetched: it runs meanwhile, and opening a
+/// file not fetched yet waits until it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HydrationStatus {
+    /// The snapshot being restored.
+    pub snapshot: String,
+    /// Whether the node is fetching now (else it resumes at the next start).
+    pub active: bool,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    /// Fetches that failed (each is retried).
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// One running workspace's counters for `/metrics`; `None` where the host lacks the

@@ -12,6 +12,9 @@ pub struct SnapshotSettings {
     pub encrypt: bool,
     /// Applied to a workspace's snapshots after each new one; `None` keeps them all.
     pub retention: Option<Retention>,
+    /// Restore every file before a restored workspace may start, instead of starting it
+    /// at once and filling large files on first open and in the background.
+    pub eager_restore: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

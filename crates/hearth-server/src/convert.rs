@@ -126,6 +126,16 @@ pub fn inspect(
             })
             .collect(),
         cpu: d.cpu.map(cpu),
+        hydration: d.hydration.map(|h| hearth_api::HydrationInfo {
+            snapshot: h.snapshot,
+            active: h.active,
+            files_total: h.files_total,
+            files_done: h.files_done,
+            bytes_total: h.bytes_total,
+            bytes_done: h.bytes_done,
+            failures: h.failures,
+            last_error: h.last_error,
+        }),
     }
 }
 

@@ -266,6 +266,7 @@ impl NodeApi for FakeNode {
             paused: None,
             oom_kills: Vec::new(),
             cpu: None,
+            hydration: None,
         })
     }
     async fn exec(

@@ -36,7 +36,7 @@ pub use format::{ChunkId, Key};
 pub use maint::{
     forget, fsck, gc, list, retention, usage, FsckProblem, FsckReport, GcReport, Retention, Usage,
 };
-pub use restore::restore;
+pub use restore::{pending, restore, restore_lazy, Lazy, Placeholder, LAZY_MIN, PENDING_XATTR};
 pub use snap::snapshot;
 
 use format::{Config, Keys};

@@ -33,7 +33,214 @@ pub fn restore(
     uid_base: u32,
     progress: Option<&Progress>,
 ) -> Result<(), SnapshotError> {
-    let started = std::time::Instant::now();
+    let (tree, index) = load(store, id)?;
+    restore_tree(store, id, &tree, &index, target, uid_base, progress, None)
+}
+
+/// Files of at least this size are restored as placeholders by [`restore_lazy`]: such a
+/// file owns its chunks (smaller ones share bundles), so filling one never fetches another
+/// file's bytes, and the small files that make up most entries but few bytes come eagerly.
+pub const LAZY_MIN: u64 = 256 * 1024;
+
+/// Marks a placeholder: its value is the decimal index of its tree entry. Removed (after
+/// the content is on disk) by [`Lazy::fill`]; snapshots never copy it.
+pub const PENDING_XATTR: &str = "trusted.hearth.pending";
+
+/// A snapshot's tree, loaded to fill the placeholders [`restore_lazy`] made.
+pub struct Lazy {
+    id: String,
+    entries: Vec<Entry>,
+    index: Index,
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy").field("id", &self.id).finish()
+    }
+}
+
+/// A placeholder found by [`pending`].
+#[derive(Debug, Clone)]
+pub struct Placeholder {
+    /// Relative to the restore target.
+    pub path: PathBuf,
+    pub ino: u64,
+    pub entry: usize,
+}
+
+/// Like [`restore`], but every regular file of at least [`LAZY_MIN`] bytes is created at its
+/// final size, owner, mode and times with no content, marked with [`PENDING_XATTR`]; the
+/// caller must keep them from being read until [`Lazy::fill`] filled them.
+pub fn restore_lazy(
+    store: &Store,
+    id: &str,
+    target: &Path,
+    uid_base: u32,
+) -> Result<Lazy, SnapshotError> {
+    let (tree, index) = load(store, id)?;
+    restore_tree(
+        store,
+        id,
+        &tree,
+        &index,
+        target,
+        uid_base,
+        None,
+        Some(LAZY_MIN),
+    )?;
+    Ok(Lazy {
+        id: id.to_string(),
+        entries: tree.entries,
+        index,
+    })
+}
+
+/// The placeholders left below `target` (after a crash, or to resume), without opening any
+/// file: reads the marker with `lgetxattr`.
+pub fn pending(target: &Path) -> Result<Vec<Placeholder>, SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = target.join(&rel);
+        for ent in std::fs::read_dir(&dir).map_err(crate::io_err(&dir))? {
+            let ent = ent.map_err(crate::io_err(&dir))?;
+            let ft = ent.file_type().map_err(crate::io_err(ent.path()))?;
+            let r = rel.join(ent.file_name());
+            if ft.is_dir() {
+                dirs.push(r);
+            } else if ft.is_file() {
+                let mut buf = [0u8; 24];
+                let path = ent.path();
+                match rustix::fs::lgetxattr(&path, PENDING_XATTR, &mut buf[..]) {
+                    Ok(n) => {
+                        let entry = std::str::from_utf8(&buf[..n])
+                            .ok()
+                            .and_then(|s| s.parse().ok());
+                        let Some(entry) = entry else {
+                            return Err(SnapshotError::Corrupt {
+                                key: path.display().to_string(),
+                                reason: format!("bad {PENDING_XATTR} value"),
+                            });
+                        };
+                        let md = ent.metadata().map_err(crate::io_err(&path))?;
+                        out.push(Placeholder {
+                            path: r,
+                            ino: md.ino(),
+                            entry,
+                        });
+                    }
+                    Err(rustix::io::Errno::NODATA) => {}
+                    Err(e) => return Err(rio_err(path)(e)),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Lazy {
+    /// Loads snapshot `id`'s tree again (to resume after a restart).
+    pub fn open(store: &Store, id: &str) -> Result<Lazy, SnapshotError> {
+        let (tree, index) = load(store, id)?;
+        Ok(Lazy {
+            id: id.to_string(),
+            entries: tree.entries,
+            index,
+        })
+    }
+
+    pub fn snapshot(&self) -> &str {
+        &self.id
+    }
+
+    /// The size entry `i` has in the snapshot (`None` if it is no regular file).
+    pub fn size(&self, i: usize) -> Option<u64> {
+        match self.entries.get(i).map(|e| &e.kind) {
+            Some(Kind::File { size, .. }) => Some(*size),
+            _ => None,
+        }
+    }
+
+    /// Writes entry `i`'s content into the placeholder `file` (opened for writing), puts
+    /// back the times, set-id bits and file capabilities a write clears, syncs, and only
+    /// then removes the marker, so a crash at any point leaves a placeholder, never a
+    /// half-filled file that looks done. A file truncated meanwhile (a path `truncate`,
+    /// which opens nothing) gets the snapshot's bytes up to its new size, as if the
+    /// truncate had come after the content. Returns the bytes written.
+    pub fn fill(&self, store: &Store, i: usize, file: &File) -> Result<u64, SnapshotError> {
+        let shown = |e: &Entry| PathBuf::from(tree::display(&e.path));
+        let e = self.entries.get(i).ok_or_else(|| SnapshotError::Invalid {
+            id: self.id.clone(),
+            reason: format!("placeholder names entry {i}, which the tree does not have"),
+        })?;
+        let Kind::File {
+            size,
+            chunks,
+            start,
+        } = &e.kind
+        else {
+            return Err(SnapshotError::Invalid {
+                id: self.id.clone(),
+                reason: format!("placeholder names entry {i}, which is no regular file"),
+            });
+        };
+        let st = rustix::fs::fstat(file).map_err(rio_err(shown(e)))?;
+        let now_len = u64::try_from(st.st_size).unwrap_or(0);
+        let r = Restorer {
+            store,
+            index: &self.index,
+            root: file.as_fd(),
+            target: Path::new(""),
+            base: 0,
+            progress: None,
+            plain_umask: None,
+        };
+        let mut cache = HashMap::new();
+        r.prefetch(&[i], &self.entries, &mut cache, None);
+        let (lo, hi) = (u64::from(*start), u64::from(*start) + (*size).min(now_len));
+        let mut pos = 0u64;
+        let mut written = 0u64;
+        for c in chunks {
+            if pos >= hi {
+                break;
+            }
+            let data = r.chunk(c, &self.entries, &cache)?;
+            let (a, b) = (lo.max(pos), hi.min(pos + data.len() as u64));
+            if a < b {
+                let part = &data[(a - pos) as usize..(b - pos) as usize];
+                write_sparse(file, part, a - lo).map_err(crate::io_err(shown(e)))?;
+                written += part.len() as u64;
+            }
+            pos += data.len() as u64;
+        }
+        // A write clears set-id bits and security.capability, and moves the mtime.
+        if st.st_mode & 0o6000 != 0 {
+            rustix::fs::fchmod(file, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(rio_err(shown(e)))?;
+        }
+        for (n, v) in e.xattrs.iter().filter(|(n, _)| n == b"security.capability") {
+            rustix::fs::fsetxattr(file, n.as_slice(), v, XattrFlags::empty())
+                .map_err(rio_err(shown(e)))?;
+        }
+        let ts = |s: i64, ns: i64| Timespec {
+            tv_sec: s,
+            tv_nsec: ns as _,
+        };
+        let times = Timestamps {
+            last_access: ts(st.st_atime, st.st_atime_nsec as i64),
+            last_modification: ts(st.st_mtime, st.st_mtime_nsec as i64),
+        };
+        rustix::fs::futimens(file, &times).map_err(rio_err(shown(e)))?;
+        file.sync_data().map_err(crate::io_err(shown(e)))?;
+        match rustix::fs::fremovexattr(file, PENDING_XATTR) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(written),
+            Err(err) => Err(rio_err(shown(e))(err)),
+        }
+    }
+}
+
+fn load(store: &Store, id: &str) -> Result<(tree::Tree, Index), SnapshotError> {
     let info = store.get_record(id)?;
     let (index, bad) = Index::load(store)?;
     for (key, e) in bad {
@@ -44,6 +251,21 @@ pub fn restore(
         id: id.to_string(),
         reason,
     })?;
+    Ok((tree, index))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_tree(
+    store: &Store,
+    id: &str,
+    tree: &tree::Tree,
+    index: &Index,
+    target: &Path,
+    uid_base: u32,
+    progress: Option<&Progress>,
+    lazy_min: Option<u64>,
+) -> Result<(), SnapshotError> {
+    let started = std::time::Instant::now();
     if uid_base.checked_add(tree::ID_RANGE).is_none() {
         return Err(SnapshotError::Invalid {
             id: id.to_string(),
@@ -75,7 +297,7 @@ pub fn restore(
     }
     let r = Restorer {
         store,
-        index: &index,
+        index,
         root: root.as_fd(),
         target,
         base: uid_base,
@@ -104,9 +326,11 @@ pub fn restore(
     // packs, so each unit reads its packs in a few large ranged reads).
     tracing::debug!(elapsed = ?started.elapsed(), "directories made");
     let units = units(&tree.entries);
-    store
-        .pool()
-        .install(|| units.par_iter().try_for_each(|u| r.unit(u, &tree.entries)))?;
+    store.pool().install(|| {
+        units
+            .par_iter()
+            .try_for_each(|u| r.unit(u, &tree.entries, lazy_min))
+    })?;
     tracing::debug!(elapsed = ?started.elapsed(), "files written");
     // 3. everything else; hardlinks point at files made in step 2.
     store.pool().install(|| {
@@ -230,14 +454,19 @@ impl Restorer<'_> {
     /// Restores the files `ix`: prefetches the chunks of small files with coalesced pack
     /// reads, then writes each file. Chunks that fail to prefetch are fetched again one by one
     /// (trying every copy), which yields the error naming the files.
-    fn unit(&self, ix: &[usize], all: &[Entry]) -> Result<(), SnapshotError> {
+    fn unit(
+        &self,
+        ix: &[usize],
+        all: &[Entry],
+        lazy_min: Option<u64>,
+    ) -> Result<(), SnapshotError> {
         let mut cache: HashMap<ChunkId, Arc<Vec<u8>>> = HashMap::new();
         let small = ix.len() > 1
             || ix.first().is_some_and(
                 |&i| matches!(all[i].kind, Kind::File { size, .. } if size <= UNIT_BYTES),
             );
         if small {
-            self.prefetch(ix, all, &mut cache);
+            self.prefetch(ix, all, &mut cache, lazy_min);
         }
         let mut parent: Option<(Vec<u8>, Option<OwnedFd>)> = None;
         for &i in ix {
@@ -251,16 +480,31 @@ impl Restorer<'_> {
                 .as_ref()
                 .and_then(|(_, fd)| fd.as_ref().map(|f| f.as_fd()))
                 .unwrap_or(self.root);
-            self.file_in(pfd, e, all, &cache)?;
+            match (&e.kind, lazy_min) {
+                (Kind::File { size, .. }, Some(min)) if *size >= min => {
+                    self.placeholder_in(pfd, e, i)?
+                }
+                _ => self.file_in(pfd, e, all, &cache)?,
+            }
         }
         Ok(())
     }
 
-    fn prefetch(&self, ix: &[usize], all: &[Entry], cache: &mut HashMap<ChunkId, Arc<Vec<u8>>>) {
+    /// Fetches the chunks of files `ix` (those below `lazy_min`, when given).
+    fn prefetch(
+        &self,
+        ix: &[usize],
+        all: &[Entry],
+        cache: &mut HashMap<ChunkId, Arc<Vec<u8>>>,
+        lazy_min: Option<u64>,
+    ) {
         let mut want: Vec<(Loc, ChunkRef)> = Vec::new();
         let mut seen = HashSet::new();
         for &i in ix {
-            if let Kind::File { chunks, .. } = &all[i].kind {
+            if let Kind::File { chunks, size, .. } = &all[i].kind {
+                if lazy_min.is_some_and(|m| *size >= m) {
+                    continue;
+                }
                 for c in chunks {
                     if seen.insert(c.id) {
                         if let Some(l) = self.index.get(&c.id) {
@@ -380,6 +624,41 @@ impl Restorer<'_> {
         }
         if let Some(p) = self.progress {
             p.files.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// A placeholder: final size (sparse), owner, mode, xattrs and times, no content.
+    fn placeholder_in(
+        &self,
+        pfd: BorrowedFd<'_>,
+        e: &Entry,
+        i: usize,
+    ) -> Result<(), SnapshotError> {
+        let Kind::File { size, .. } = &e.kind else {
+            return Ok(());
+        };
+        let (_, name) = tree::split_parent(&e.path);
+        let fd = rustix::fs::openat(
+            pfd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(rio_err(self.shown(&e.path)))?;
+        let res = (|| {
+            rustix::fs::ftruncate(&fd, *size).map_err(rio_err(self.shown(&e.path)))?;
+            rustix::fs::fsetxattr(
+                &fd,
+                PENDING_XATTR,
+                i.to_string().as_bytes(),
+                XattrFlags::empty(),
+            )
+            .map_err(rio_err(self.shown(&e.path)))?;
+            self.meta_fd(fd.as_fd(), e, true)
+        })();
+        if res.is_err() {
+            let _ = rustix::fs::unlinkat(pfd, name, AtFlags::empty());
         }
         res
     }
@@ -537,7 +816,7 @@ impl<'a> Restorer<'a> {
         }
     }
     pub(crate) fn file_for_test(&self, e: &Entry) -> Result<(), SnapshotError> {
-        self.unit(&[0], std::slice::from_ref(e))
+        self.unit(&[0], std::slice::from_ref(e), None)
     }
     pub(crate) fn mkdir_for_test(&self, e: &Entry) -> Result<(), SnapshotError> {
         self.mkdir(e)

@@ -552,7 +552,12 @@ fn read_xattrs(
     }
     let mut out = Vec::new();
     let mut val = vec![0u8; 65536];
-    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
+    // A restore's placeholder marker is the node's bookkeeping, never the user's data.
+    let ours = crate::PENDING_XATTR.as_bytes();
+    for name in names
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty() && *s != ours)
+    {
         match get(name, &mut val[..]) {
             Ok(len) => out.push((name.to_vec(), val[..len].to_vec())),
             Err(Errno::NODATA | Errno::NOENT) => {}

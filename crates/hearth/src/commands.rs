@@ -589,6 +589,21 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
     if let Some(p) = &i.paused {
         rows.push(("paused", p.clone()));
     }
+    if let Some(h) = &i.hydration {
+        let mut v = format!(
+            "{}/{} files, {}/{} from snapshot {}{}",
+            h.files_done,
+            h.files_total,
+            human_size(h.bytes_done),
+            human_size(h.bytes_total),
+            h.snapshot,
+            if h.active { "" } else { " (resumes at start)" }
+        );
+        if let Some(e) = &h.last_error {
+            v.push_str(&format!("; {} failed fetches, last: {e}", h.failures));
+        }
+        rows.push(("hydrating", v));
+    }
     match &i.network {
         Some(n) => {
             rows.push(("ip", format!("{}/{}", n.ip, n.prefix_len)));

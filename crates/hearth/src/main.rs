@@ -370,6 +370,23 @@ enum BenchCmd {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// Time to a shell after a restore on a node without a local copy (a move, a start
+    /// elsewhere, restore, fork): eager restore beside the default lazy one.
+    Move {
+        /// Image the workspaces run (busybox is enough).
+        #[arg(long, env = "HEARTH_BENCH_IMAGE")]
+        image: PathBuf,
+        /// Workspace sizes in GB, comma separated (needs about 3x the largest free in
+        /// /var/tmp).
+        #[arg(long, value_delimiter = ',', default_value = "1,5")]
+        sizes: Vec<u64>,
+        /// OCI runtime: crun, runc or a path (default: crun if installed).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// The static hearth-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -903,6 +920,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime: runtime.clone(),
             on_create: *on_create,
             runs: *runs,
+        })
+        .await
+        .map(|()| 0),
+        Cmd::Bench {
+            what:
+                Some(BenchCmd::Move {
+                    image,
+                    sizes,
+                    runtime,
+                    agent,
+                }),
+            ..
+        } => bench::run_move(bench::MoveArgs {
+            image: image.clone(),
+            agent: bench_agent(agent)?,
+            runtime: runtime.clone(),
+            sizes: sizes.clone(),
         })
         .await
         .map(|()| 0),

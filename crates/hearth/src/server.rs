@@ -62,6 +62,11 @@ pub struct ServerArgs {
     /// Encrypt snapshots with the key in <data-dir>/snapshot.key (created on first use).
     #[arg(long)]
     snapshot_encrypt: bool,
+    /// Restore every file of a snapshot before the workspace starts (restore, fork, a
+    /// start elsewhere). By default large files are fetched after it starts: opening one
+    /// not fetched yet waits for it.
+    #[arg(long)]
+    eager_restore: bool,
     /// Seconds between snapshots of running workspaces (0 turns them off); unchanged
     /// workspaces are skipped.
     #[arg(long, default_value_t = 300)]
@@ -225,6 +230,8 @@ struct NodeSettings {
     snapshot_s3: Option<String>,
     #[serde(default)]
     snapshot_encrypt: bool,
+    #[serde(default)]
+    eager_restore: bool,
     /// Node-wide egress denials (CIDR strings) and connection limits.
     #[serde(default)]
     egress_deny: Vec<String>,
@@ -253,6 +260,7 @@ impl Default for NodeSettings {
             agent: None,
             snapshot_s3: None,
             snapshot_encrypt: false,
+            eager_restore: false,
             egress_deny: Vec::new(),
             egress_rate: None,
             egress_burst: None,
@@ -297,6 +305,7 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
                 keep_last,
                 keep_daily,
             }),
+            eager_restore: s.eager_restore,
         },
         egress: EgressConfig {
             always_deny,
@@ -372,6 +381,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         agent: Some(agent.clone()),
         snapshot_s3: args.snapshot_s3.clone(),
         snapshot_encrypt: args.snapshot_encrypt,
+        eager_restore: args.eager_restore,
         egress_deny: args.egress_deny.iter().map(ToString::to_string).collect(),
         egress_rate: Some(args.egress_rate),
         egress_burst: Some(args.egress_burst),

@@ -122,6 +122,8 @@ impl Inner {
         // Stopped workspaces keep their disk mounted and their network; both go.
         if let Ok(rd) = std::fs::read_dir(&self.ws_root) {
             for e in rd.flatten() {
+                self.hydrations.stop(&e.file_name().to_string_lossy());
+                super::hydrate::release_keeper(&e.path().join(super::hydrate::KEEPER_FILE));
                 if let Err(e) = self.unmount_all(&e.path()) {
                     errors.push(e.to_string());
                 }

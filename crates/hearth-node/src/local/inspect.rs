@@ -117,6 +117,7 @@ pub(super) fn inspect(inner: &Inner, spec: &WorkspaceSpec) -> Result<WorkspaceDe
         paused: inner.paused_reason(&spec.id),
         oom_kills: inner.ooms.kills(&spec.id),
         cpu: inner.cpu.as_ref().and_then(|c| c.view(&spec.id)),
+        hydration: inner.hydration_status(spec),
     })
 }
 

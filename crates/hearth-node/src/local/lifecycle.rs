@@ -227,6 +227,8 @@ impl Inner {
             )));
         }
         self.open_disk(&p)?;
+        // Before anything in the workspace can open a placeholder.
+        self.ensure_hydration(spec)?;
         // An update recorded but cut short by a crash: finish growing the disk.
         if std::fs::metadata(&p.image).is_ok_and(|m| m.len() < spec.limits.disk_bytes) {
             hearth_disk::grow(&p.image, &p.disk, spec.limits.disk_bytes)?;
@@ -463,6 +465,11 @@ impl Inner {
         let p = self.paths(id);
         let mut errors = Vec::new();
         let host = &*self.host;
+        if !keep {
+            // The disk goes: nothing is left to fill (nor for a dead node's keeper).
+            self.hydrations.stop(id);
+            super::hydrate::release_keeper(&p.dir.join(super::hydrate::KEEPER_FILE));
+        }
         if let Err(e) = host.delete_container(id) {
             errors.push(e.to_string());
         }

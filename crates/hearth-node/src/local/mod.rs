@@ -23,6 +23,7 @@ mod disk;
 mod floor;
 mod guard;
 mod host;
+mod hydrate;
 mod inspect;
 mod lifecycle;
 mod limits;
@@ -84,6 +85,8 @@ struct Inner {
     /// Per-phase durations of each workspace's last start (for `hearth bench`).
     phases: std::sync::Mutex<std::collections::HashMap<String, Vec<(&'static str, Duration)>>>,
     snap: snapshot::SnapState,
+    /// Restored workspaces whose large files are still being fetched.
+    hydrations: hydrate::Hydrations,
     /// Why workspaces are frozen (snapshot, disk reserve).
     freezes: guard::Freezes,
     guard: guard::DiskGuard,
@@ -241,6 +244,7 @@ impl LocalNode {
             nofile_hard,
             phases: Default::default(),
             snap: Default::default(),
+            hydrations: Default::default(),
             freezes: Default::default(),
             guard,
             max_file,

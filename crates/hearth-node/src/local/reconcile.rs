@@ -47,6 +47,12 @@ impl Inner {
         let p = self.paths(&spec.id);
         if st.state != RunState::Missing && self.open_disk(&p).is_ok() {
             self.drop_stale_views(&p);
+            // A running workspace's fills go on at once (opens of what is left wait).
+            if st.state == RunState::Running {
+                if let Err(e) = self.ensure_hydration(spec) {
+                    tracing::error!(id = %spec.id, "resuming its hydration: {e}");
+                }
+            }
         }
         if st.state == RunState::Running {
             if let Some(cpu) = &self.cpu {

@@ -83,7 +83,7 @@ fn ordered(mut v: Vec<SnapshotInfo>) -> Vec<SnapshotInfo> {
 }
 
 impl Inner {
-    fn snap_store(&self) -> Result<Arc<Store>, NodeError> {
+    pub(super) fn snap_store(&self) -> Result<Arc<Store>, NodeError> {
         let mut g = self.snap.store.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
@@ -174,6 +174,8 @@ impl Inner {
             )));
         }
         self.open_disk(&p)?;
+        // A placeholder must never be stored as if it were the file.
+        self.wait_hydrated(spec)?;
         let store = self.snap_store()?;
         check_fence(&store, spec)?;
         let parent = self.snap_list(spec)?.pop().map(|s| s.id);
@@ -332,12 +334,18 @@ impl Inner {
         let res = (|| {
             mkdir(&tmp, 0o711)?;
             self.make_disk(&tp, spec.limits.disk_bytes)?;
-            hearth_snapshot::restore(&store, id, &tp.upper, spec.uid_base(), None).map_err(
-                snap_err(format!(
-                    "workspace {}: cannot restore snapshot {id}",
-                    spec.name
-                )),
-            )?;
+            let context = || format!("workspace {}: cannot restore snapshot {id}", spec.name);
+            if self.cfg.snapshots.eager_restore {
+                hearth_snapshot::restore(&store, id, &tp.upper, spec.uid_base(), None)
+                    .map_err(snap_err(context()))?;
+            } else {
+                // Large files are placeholders, filled once the workspace's disk is
+                // mounted for good (see hydrate.rs); the state file says so.
+                let lazy = hearth_snapshot::restore_lazy(&store, id, &tp.upper, spec.uid_base())
+                    .map_err(snap_err(context()))?;
+                super::hydrate::write_state(&tmp, id)?;
+                self.hydrations.keep_fresh(&spec.id, lazy);
+            }
             sync_fs(&tp.upper)?;
             // Renaming the dir with the disk mounted below it would work, but a clean
             // unmount first means a crash from here on leaves only unmounted files.
