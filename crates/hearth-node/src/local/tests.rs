@@ -240,6 +240,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         nofile_hard: 1024,
         phases: Default::default(),
         snap: Default::default(),
+        hydrations: Default::default(),
         freezes: Default::default(),
         guard: guard::DiskGuard::new(&data, Some(0)).unwrap(),
         max_file: u64::MAX,

@@ -99,6 +99,7 @@ async fn one_size(sb: &Sandbox, args: &MoveArgs, gb: u64) -> Result<Row> {
             slot,
             limits,
             egress: Default::default(),
+            generation: 0,
         })
     };
     let src = spec(&format!("{:08x}", 0xb0_0000 + gb), 1)?;
