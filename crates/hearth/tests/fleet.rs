@@ -1,8 +1,9 @@
 //! A fleet of three real nodes in one process, each with its own data dir, bridge, subnet
 //! and cgroup parent, sharing one snapshot store (a local dir every node's `snapshots`
-//! points at): placement spreads, a selector pins, images follow workspaces, a move keeps
-//! the files, drain empties a node, and a lost node's workspace comes back elsewhere from
-//! its last snapshot while the node, attaching again, drops its copy and adds no snapshot.
+//! points at, or a bucket of the S3 test server, moto): placement spreads, a selector pins,
+//! images follow workspaces, a move keeps the files, drain empties a node, and a lost
+//! node's workspace comes back elsewhere from its last snapshot while the node, attaching
+//! again, drops its copy and adds no snapshot.
 
 mod common;
 
@@ -20,7 +21,65 @@ use hearth_server::manager::Manager;
 
 const PUMP: Duration = Duration::from_millis(200);
 
+/// The S3 test server: `HEARTH_TEST_S3=http://IP:PORT`, else a `moto_server` this test
+/// starts (and kills when dropped). Fails, never skips, when neither works.
+struct Moto(Option<std::process::Child>, String);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn reachable(endpoint: &str) -> bool {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
+}
+
+/// A fresh bucket on the S3 test server, as the node's `--snapshot-s3` URL.
+fn s3_bucket() -> (Moto, String) {
+    use std::io::{Read, Write};
+    let moto = match std::env::var("HEARTH_TEST_S3") {
+        Ok(ep) => Moto(None, ep),
+        Err(_) => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("HEARTH_TEST_S3 is unset and moto_server could not be started ({e}): scripts/install-deps.sh --test installs it"));
+            Moto(Some(child), format!("http://127.0.0.1:{port}"))
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !reachable(&moto.1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no S3 server on {}",
+            moto.1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bucket = format!("hearth-fleet-{:08x}", rand::random::<u32>());
+    let mut s = std::net::TcpStream::connect(moto.1.trim_start_matches("http://")).unwrap();
+    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+    let url = format!("{}/{bucket}", moto.1);
+    (moto, url)
+}
+
 struct TestFleet {
+    _moto: Option<Moto>,
     dir: tempfile::TempDir,
     nodes: Vec<(String, LocalNode)>,
     fleet: Arc<Fleet>,
@@ -58,11 +117,13 @@ impl Drop for TestFleet {
     }
 }
 
-async fn node_in(root: &Path, name: &str, store: &Path) -> LocalNode {
+async fn node_in(root: &Path, name: &str, store: &Path, s3: Option<&str>) -> LocalNode {
     let data = root.join(name).join("data");
     std::fs::create_dir_all(&data).unwrap();
     // Every node's local store is the shared one.
-    std::os::unix::fs::symlink(store, data.join("snapshots")).unwrap();
+    if s3.is_none() {
+        std::os::unix::fs::symlink(store, data.join("snapshots")).unwrap();
+    }
     let tag: u32 = rand::random::<u32>() % 100_000;
     let cfg = NodeConfig {
         data_dir: data,
@@ -71,7 +132,10 @@ async fn node_in(root: &Path, name: &str, store: &Path) -> LocalNode {
         cgroup_parent: format!("hearth-fleettest-{tag}"),
         runtime: std::env::var("HEARTH_RUNTIME").ok(),
         agent_binary: common::agent_binary(),
-        snapshots: Default::default(),
+        snapshots: hearth_node::SnapshotSettings {
+            s3: s3.map(str::to_string),
+            ..Default::default()
+        },
         egress: Default::default(),
         disk_reserve: Some(256 << 20),
         console: Default::default(),
@@ -82,8 +146,19 @@ async fn node_in(root: &Path, name: &str, store: &Path) -> LocalNode {
     LocalNode::open(cfg).await.expect("open node")
 }
 
-/// Three nodes `a`, `b`, `c` (`c` labelled zone=x), busybox loaded on `a` only.
-async fn fleet() -> TestFleet {
+/// Three nodes `a`, `b`, `c` (`c` labelled zone=x), busybox loaded on `a` only, sharing a
+/// local dir store, or an S3 bucket with `s3`.
+async fn fleet(s3: bool) -> TestFleet {
+    let (moto, url) = match s3 {
+        true => {
+            // moto takes any credentials; the node reads them from the environment.
+            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+            let (m, u) = s3_bucket();
+            (Some(m), Some(u))
+        }
+        false => (None, None),
+    };
     let dir = tempfile::Builder::new()
         .prefix("hearth-fleet-")
         .tempdir_in("/var/tmp")
@@ -96,9 +171,13 @@ async fn fleet() -> TestFleet {
     manager.set_build_scratch(dir.path().join("scratch"), 1 << 30);
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
-        nodes.push((name.to_string(), node_in(dir.path(), name, &shared).await));
+        nodes.push((
+            name.to_string(),
+            node_in(dir.path(), name, &shared, url.as_deref()).await,
+        ));
     }
     let t = TestFleet {
+        _moto: moto,
         repo: common::git_repo(dir.path(), "repo"),
         dir,
         nodes,
@@ -218,7 +297,7 @@ impl TestFleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_move_and_drain() {
-    let t = fleet().await;
+    let t = fleet(false).await;
     // Spread: equal nodes take one workspace each; the selector pins to c.
     let w1 = t.up("w1", None).await;
     let w2 = t.up("w2", None).await;
@@ -279,8 +358,8 @@ async fn placement_move_and_drain() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lost_node_is_fenced_when_it_returns() {
-    let t = fleet().await;
+async fn a_lost_node_is_fenced_when_it_returns_over_s3() {
+    let t = fleet(true).await;
     t.fleet.set_lost_after(Duration::from_secs(1));
     let w = t.up("w", Some([("zone".into(), "x".into())].into())).await;
     assert_eq!(w.node.as_deref(), Some("c"));
