@@ -336,8 +336,24 @@ async fn placement_move_and_drain() {
         .unwrap_err();
     assert!(e.message.contains("no label zone=x"), "{}", e.message);
 
-    // Drain: everything leaves the node, nothing new goes there, rm then works.
-    let target = to;
+    // Drain: everything leaves the node, nothing new goes there, rm then works. The
+    // node drained is one holding a workspace other than c (whose w3 is pinned there).
+    let _ = to;
+    let holding = |views: &[hearth_api::Workspace]| {
+        views
+            .iter()
+            .filter_map(|w| w.node.clone())
+            .find(|n| n != "c")
+    };
+    let mut target = holding(&t.manager.list(&Caller::admin()).await.unwrap());
+    if target.is_none() {
+        t.manager
+            .move_workspace(&Caller::admin(), "w1", Some("b"))
+            .await
+            .unwrap();
+        target = Some("b".to_string());
+    }
+    let target = target.unwrap();
     let report = t.manager.drain_node(&target).await.unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(!report.moved.is_empty());
