@@ -255,6 +255,23 @@ impl GitRepo {
         &self.rev
     }
 
+    /// The object id of the directory `path` (symlinks followed inside the tree; "" or
+    /// "." is the root): a digest of everything under it, read without fetching a blob.
+    /// `None` when no directory is there.
+    pub fn tree_id(&self, path: &str) -> Result<Option<String>, Error> {
+        if normalize("", path)?.is_empty() {
+            let out = self.git(
+                &["rev-parse", "--verify", &format!("{}^{{tree}}", self.rev)],
+                1 << 10,
+            )?;
+            return Ok(Some(String::from_utf8_lossy(&out).trim().to_string()));
+        }
+        Ok(match self.resolve(path)? {
+            Some((_, e)) if e.kind == "tree" => Some(e.oid),
+            _ => None,
+        })
+    }
+
     fn git(&self, args: &[&str], max: usize) -> Result<Vec<u8>, Error> {
         let mut cmd = (self.git)();
         cmd.arg("--git-dir")

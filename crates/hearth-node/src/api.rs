@@ -163,6 +163,17 @@ pub struct RepoConfig {
     pub commit: String,
 }
 
+/// What a Dockerfile build reads from a repository at a commit, as
+/// [`NodeApi::build_inputs`] found it: enough to tell whether an earlier build of it
+/// would come out the same, without building.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildInputs {
+    /// The Dockerfile's text (its base images are named there).
+    pub dockerfile: String,
+    /// The git tree id of the build context directory: changes with any file in it.
+    pub context_tree: String,
+}
+
 /// A TCP socket listening inside a workspace.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ListeningPort {
@@ -724,6 +735,23 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
         let _ = (source, branch, commit, bases, max);
         Ok(None)
+    }
+    /// What building `dockerfile` with context directory `context` (repository-relative)
+    /// at `commit` of `source`'s `branch` reads from the repository; fetched from git
+    /// objects as an unprivileged uid like [`NodeApi::devcontainer_config`], no blob but
+    /// the Dockerfile's.
+    async fn build_inputs(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        dockerfile: &str,
+        context: &str,
+    ) -> Result<BuildInputs, NodeError> {
+        let _ = (branch, commit, dockerfile, context);
+        Err(NodeError::Invalid(format!(
+            "this node cannot read the build inputs of {source}"
+        )))
     }
     /// The user's dotfiles repository `url` for the running workspace `spec`, cloned by the
     /// node as the workspace's root uid (no git needed in the image) and handed back as a

@@ -562,6 +562,78 @@ pub fn archive(
     Ok(out)
 }
 
+/// Largest Dockerfile [`build_inputs`] reads.
+const MAX_DOCKERFILE: u64 = 1 << 20;
+
+/// What a build of `dockerfile` in `context` at `commit` of `source` reads from the
+/// repository (see [`crate::NodeApi::build_inputs`]). Cloned like [`read_devcontainer`]
+/// (bare, depth 1, no blobs but the Dockerfile's, as [`PROBE_UID`]); the commit itself is
+/// fetched when `branch`'s tip moved on since.
+pub fn build_inputs(
+    source: &str,
+    branch: Option<&str>,
+    commit: &str,
+    dockerfile: &str,
+    context: &str,
+    gitconfig: &Path,
+    tmp_parent: &Path,
+) -> Result<crate::BuildInputs, NodeError> {
+    validate_source(source)?;
+    if let Some(b) = branch {
+        validate_branch(b)?;
+    }
+    validate_commit(commit)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".build-inputs-")
+        .tempdir_in(tmp_parent)
+        .map_err(NodeError::io("mkdir", tmp_parent))?;
+    std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
+        .map_err(NodeError::io("chown", tmp.path()))?;
+    let probe = || -> hearth_devcontainer::GitCommand {
+        let gitconfig = gitconfig.to_path_buf();
+        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID))
+    };
+    let err = |e: hearth_devcontainer::Error| match e {
+        hearth_devcontainer::Error::Io { .. } => NodeError::Internal(e.to_string()),
+        other => NodeError::Invalid(format!("cannot read the build of {source}: {other}")),
+    };
+    let dest = tmp.path().join("repo.git");
+    let tip =
+        hearth_devcontainer::GitRepo::clone_branch(source, branch, &dest, probe()).map_err(err)?;
+    if tip.commit() != commit {
+        let mut fetch = git(gitconfig, PROBE_UID, PROBE_UID);
+        fetch.arg("--git-dir").arg(&dest).args([
+            "fetch",
+            "--quiet",
+            "--depth",
+            "1",
+            "--filter=blob:none",
+            "origin",
+            commit,
+        ]);
+        run_probe(fetch, "fetch", source)?;
+    }
+    let repo = hearth_devcontainer::GitRepo::new(dest.clone(), commit.to_string(), probe());
+    use hearth_devcontainer::Repo;
+    let text = repo
+        .read(dockerfile, MAX_DOCKERFILE)
+        .map_err(err)?
+        .ok_or_else(|| {
+            NodeError::Invalid(format!(
+                "{source} has no Dockerfile {dockerfile} at commit {commit}"
+            ))
+        })?;
+    let context_tree = repo.tree_id(context).map_err(err)?.ok_or_else(|| {
+        NodeError::Invalid(format!(
+            "{source} has no build context directory {context} at commit {commit}"
+        ))
+    })?;
+    Ok(crate::BuildInputs {
+        dockerfile: String::from_utf8_lossy(&text).into_owned(),
+        context_tree,
+    })
+}
+
 pub fn dest_for(upper: &Path, source: &str) -> PathBuf {
     upper.join("workspace").join(repo_name(source))
 }

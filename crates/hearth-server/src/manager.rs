@@ -61,6 +61,18 @@ pub struct CreatePlan {
     from: Option<prebuilds::PrebuildUse>,
     /// Labels its node must carry.
     node_selector: crate::fleet::Labels,
+    /// A Dockerfile build's key for prebuilds ([`Manager::base_key`]), when one was
+    /// looked for or is made.
+    base_key: Option<String>,
+}
+
+/// What a create made besides the workspace: what a prebuild of it records.
+pub(super) struct Made {
+    /// What its image was made from ([`Manager::base_key`]; for an image named by
+    /// reference, its id before features).
+    base_key: Option<String>,
+    /// Its features' lifecycle commands.
+    feature_lifecycle: prebuilds::FeatureLifecycle,
 }
 
 /// How a create differs from `up`'s (a prebuild's).
@@ -597,6 +609,21 @@ impl Manager {
                     holders.join(", ")
                 )));
             }
+            // `up` starts from a prebuild on the very image it ran on.
+            let prebuilds: Vec<String> = self
+                .prebuild_images()
+                .await?
+                .into_iter()
+                .filter(|(id, _)| *id == img.id)
+                .map(|(_, p)| format!("{} ({})", p.snapshot, secrets::redact_userinfo(&p.source)))
+                .collect();
+            if !prebuilds.is_empty() && !in_use.contains(&img.id) {
+                return Err(ApiError::conflict(format!(
+                    "image {reference} is kept for prebuild(s) {} until the snapshot retention \
+                     drops them (hearth prebuilds lists them)",
+                    prebuilds.join(", ")
+                )));
+            }
         }
         self.node
             .remove_image(reference, &in_use)
@@ -735,12 +762,41 @@ impl Manager {
             branch: opts.branch.clone(),
             commit: devcontainer.as_ref().map(|d| d.commit.clone()),
         };
-        let from = match (&devcontainer, &image) {
-            (Some(dc), PlannedImage::Loaded(img)) if !opts.prebuild => {
-                self.find_prebuild(caller, &source, opts.branch.as_deref(), dc, &img.id)
-                    .await?
+        let branch = opts.branch.as_deref();
+        // A build's key costs a look at the repository: only for a prebuild, or when
+        // there is a prebuild of the source to match.
+        let base_key = match (&devcontainer, &image) {
+            (Some(dc), PlannedImage::Build(b)) if opts.prebuild => {
+                Some(self.base_key(&source, branch, dc, b).await?)
+            }
+            (Some(dc), PlannedImage::Build(b))
+                if !self.store.prebuilds(Some(&source)).await?.is_empty() =>
+            {
+                match self.base_key(&source, branch, dc, b).await {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(source, error = %e.message, "cannot read the build's inputs; building");
+                        None
+                    }
+                }
             }
             _ => None,
+        };
+        let from = match (&devcontainer, &image, &base_key) {
+            (Some(_), _, _) if opts.prebuild => None,
+            (Some(dc), PlannedImage::Loaded(img), _) => {
+                self.find_prebuild(caller, &source, branch, dc, &img.id)
+                    .await?
+            }
+            (Some(dc), PlannedImage::Build(_), Some(key)) => {
+                self.find_prebuild(caller, &source, branch, dc, key).await?
+            }
+            _ => None,
+        };
+        // The prebuild's image is the one its files were made on: no build, no features.
+        let image = match &from {
+            Some(p) => PlannedImage::Loaded(p.image.clone()),
+            None => image,
         };
         Ok(CreatePlan {
             _guard: guard,
@@ -757,6 +813,7 @@ impl Manager {
             prebuild: opts.prebuild,
             from,
             node_selector,
+            base_key,
         })
     }
 
@@ -766,6 +823,15 @@ impl Manager {
         plan: CreatePlan,
         progress: Progress,
     ) -> Result<Workspace, ApiError> {
+        self.run_create_made(plan, progress).await.map(|(w, _)| w)
+    }
+
+    /// [`Manager::run_create`], with what a prebuild records of it.
+    async fn run_create_made(
+        &self,
+        plan: CreatePlan,
+        progress: Progress,
+    ) -> Result<(Workspace, Made), ApiError> {
         let CreatePlan {
             _guard,
             owner,
@@ -781,6 +847,7 @@ impl Manager {
             prebuild,
             from,
             node_selector,
+            base_key,
         } = plan;
         if let Some(dc) = &devcontainer {
             say(
@@ -795,27 +862,57 @@ impl Manager {
                 say(&progress, format!("warning: {w}"));
             }
         }
-        let image = match image {
-            PlannedImage::Loaded(i) => i,
+        let (image, base_key) = match image {
+            PlannedImage::Loaded(i) => {
+                let id = i.id.clone();
+                (i, Some(id))
+            }
             // Pulled before the record exists: a failed pull leaves nothing behind.
-            PlannedImage::Pull(plan) => self
-                .node
-                .pull_image(plan, progress.clone())
-                .await
-                .map_err(|e| node_err("pull_image", &name, e))?,
+            PlannedImage::Pull(plan) => {
+                let i = self
+                    .node
+                    .pull_image(plan, progress.clone())
+                    .await
+                    .map_err(|e| node_err("pull_image", &name, e))?;
+                let id = i.id.clone();
+                (i, Some(id))
+            }
             // Likewise a build.
-            PlannedImage::Build(req) => self.build_image(&owner, *req, &progress).await?,
+            PlannedImage::Build(req) => {
+                (self.build_image(&owner, *req, &progress).await?, base_key)
+            }
         };
         // Features go on whatever image the workspace gets, built before its record
-        // exists (like a pull): a failure leaves nothing behind.
-        let (image, devcontainer) = match devcontainer {
-            Some(mut dc) if !dc.config.features.is_empty() => {
+        // exists (like a pull): a failure leaves nothing behind. A prebuild's image has
+        // them already.
+        let (image, devcontainer) = match (devcontainer, &from) {
+            (Some(mut dc), Some(p)) => {
+                if dc.config.build.is_some() || !dc.config.features.is_empty() {
+                    say(
+                        &progress,
+                        format!(
+                            "using the prebuild's image {} (nothing to build)",
+                            image.names.first().unwrap_or(&image.id)
+                        ),
+                    );
+                }
+                dc.feature_lifecycle = p.feature_lifecycle.clone();
+                (image, Some(dc))
+            }
+            (Some(mut dc), None) if !dc.config.features.is_empty() => {
                 let img = self
                     .install_features(&owner, &name, &mut dc, image, &progress)
                     .await?;
                 (img, Some(dc))
             }
-            other => (image, other),
+            (other, _) => (image, other),
+        };
+        let made = Made {
+            base_key,
+            feature_lifecycle: devcontainer
+                .as_ref()
+                .map(|d| d.feature_lifecycle.clone())
+                .unwrap_or_default(),
         };
 
         let rec = self
@@ -904,7 +1001,7 @@ impl Manager {
                 // What the start answered, with the image already resolved: no more
                 // node round trips.
                 let rec = self.owned(&owner, &name).await?;
-                Ok(self.view(rec, &[convert::image(image)], Some(&st)))
+                Ok((self.view(rec, &[convert::image(image)], Some(&st)), made))
             }
             Err(e) => {
                 say(&progress, format!("cleaning up workspace {name}"));

@@ -503,22 +503,6 @@ fn up_starts_from_a_matching_prebuild() {
     let plain = common::git_repo(src.path(), "plain");
     let e = srv.fails(&["prebuild", plain.to_str().unwrap()]);
     assert!(e.contains("has no devcontainer.json"), "{e}");
-    let built = repo_with(
-        src.path(),
-        "built",
-        &[
-            (
-                ".devcontainer.json",
-                r#"{"build": {"dockerfile": "Dockerfile"}}"#,
-            ),
-            ("Dockerfile", "FROM busybox\n"),
-        ],
-    );
-    let e = srv.fails(&["prebuild", built.to_str().unwrap()]);
-    assert!(
-        e.contains("prebuilds support image-based configurations only"),
-        "{e}"
-    );
     assert_eq!(srv.workspace_names(), ["pb", "pb1", "pb2", "pbdev"]);
 }
 

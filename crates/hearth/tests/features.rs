@@ -576,3 +576,103 @@ fn up_installs_features_on_a_dockerfile_built_image_with_every_lifecycle_command
         "a from-b false\nb\noncreate\nupdate\nb-postcreate /opt/a\npostcreate\npoststart\npostattach\n"
     );
 }
+
+/// A prebuild of a configuration with a Dockerfile and a feature: `up` starts on the
+/// prebuild's image (no build, no feature install) with the feature's lifecycle commands;
+/// a commit that changes the Dockerfile does not match, and `up` builds again.
+#[test]
+fn up_starts_from_a_prebuild_of_a_dockerfile_and_feature_config() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    publish(
+        &reg,
+        dir.path(),
+        &[(
+            "tool",
+            json!({"id": "tool", "version": "1.0.0", "name": "Tool",
+                   "postCreateCommand": "echo tool-postcreate >> /features.log"}),
+            "#!/bin/sh\necho tool >> /features.log\n",
+        )],
+    );
+    let srv = common::TestServer::start();
+    srv.load_busybox();
+    srv.load_builder();
+    let src = tempfile::tempdir().unwrap();
+    let log = |step: &str| format!("echo {step}-ran; echo {step} >> /features.log");
+    let proj = repo(
+        src.path(),
+        "pbuilt",
+        &json!({
+            "build": {"dockerfile": "Dockerfile"},
+            "features": {format!("{}/hearth/tool:1", reg.localhost()): {}},
+            "onCreateCommand": log("oncreate"),
+            "updateContentCommand": log("update"),
+            "postCreateCommand": log("postcreate"),
+        }),
+        &[(
+            ".devcontainer/Dockerfile",
+            "FROM busybox\nRUN echo v1 > /etc/built\n",
+        )],
+    );
+    let r = proj.to_str().unwrap();
+
+    let out = srv.hearth(&["prebuild", r]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    assert!(err.contains("building devcontainer/prebuild-"), "{err}");
+    assert!(err.contains("installing 1 feature(s)"), "{err}");
+    assert!(err.contains("onCreateCommand: oncreate-ran"), "{err}");
+    let list: Vec<Value> = serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let snap = list[0]["snapshot"].as_str().unwrap().to_string();
+    let image = list[0]["image"].as_str().unwrap().to_string();
+
+    // From the prebuild: nothing built or installed, the prebuild's files and image, the
+    // feature's postCreateCommand before the configuration's.
+    let out = srv.hearth(&["up", r]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    assert!(
+        err.contains(&format!("starting from prebuild {snap}")),
+        "{err}"
+    );
+    assert!(err.contains("using the prebuild's image"), "{err}");
+    for not in [
+        "building ",
+        "feature(s)",
+        "oncreate-ran",
+        "update-ran",
+        "cloning",
+    ] {
+        assert!(!err.contains(not), "{not} in:\n{err}");
+    }
+    assert_eq!(srv.exec("pbuilt", &["cat", "/etc/built"]), "v1\n");
+    assert_eq!(
+        srv.exec("pbuilt", &["cat", "/features.log"]),
+        "tool\noncreate\nupdate\ntool-postcreate\npostcreate\n"
+    );
+    let ws: Value = serde_json::from_str(&srv.ok(&["inspect", "pbuilt", "--json"])).unwrap();
+    assert_eq!(ws["workspace"]["image"], image.as_str(), "{ws}");
+    // The prebuild keeps its image.
+    let e = srv.fails(&["image", "rm", &image]);
+    assert!(e.contains("is used by a workspace"), "{e}");
+    srv.ok(&["rm", "pbuilt"]);
+    let e = srv.fails(&["image", "rm", &image]);
+    assert!(e.contains(&format!("kept for prebuild(s) {snap}")), "{e}");
+
+    // A changed Dockerfile: no match, built again.
+    common::commit_files(
+        &proj,
+        &[(
+            ".devcontainer/Dockerfile",
+            "FROM busybox\nRUN echo v2 > /etc/built\n",
+        )],
+    );
+    let out = srv.hearth(&["up", r, "--name", "changed"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    assert!(!err.contains("starting from prebuild"), "{err}");
+    assert!(err.contains("building devcontainer/changed:"), "{err}");
+    assert!(err.contains("onCreateCommand: oncreate-ran"), "{err}");
+    assert_eq!(srv.exec("changed", &["cat", "/etc/built"]), "v2\n");
+}

@@ -396,6 +396,34 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn build_inputs(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        dockerfile: &str,
+        context: &str,
+    ) -> Result<crate::BuildInputs, NodeError> {
+        let (source, branch) = (source.to_string(), branch.map(str::to_string));
+        let (commit, dockerfile, context) = (
+            commit.to_string(),
+            dockerfile.to_string(),
+            context.to_string(),
+        );
+        self.blocking(move |i| {
+            crate::clone::build_inputs(
+                &source,
+                branch.as_deref(),
+                &commit,
+                &dockerfile,
+                &context,
+                &i.gitconfig,
+                &i.cfg.data_dir,
+            )
+        })
+        .await
+    }
+
     async fn dotfiles_archive(
         &self,
         spec: &WorkspaceSpec,

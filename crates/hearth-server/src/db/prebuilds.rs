@@ -22,10 +22,13 @@ pub struct PrebuildRecord {
     /// Repository-relative path of its devcontainer.json.
     pub config_file: String,
     pub created_at: String,
+    /// Its features' lifecycle commands (JSON, see `manager/prebuilds.rs`); `None` when
+    /// it installed none.
+    pub feature_lifecycle: Option<String>,
 }
 
 const COLUMNS: &str = "snapshot, series, owner, shared, source, branch, commit_id, config_hash, \
-                       image, config_file, created_at";
+                       image, config_file, created_at, feature_lifecycle";
 
 fn record(r: &sqlx::sqlite::SqliteRow) -> Result<PrebuildRecord, sqlx::Error> {
     Ok(PrebuildRecord {
@@ -40,13 +43,14 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<PrebuildRecord, sqlx::Error> {
         image: r.try_get("image")?,
         config_file: r.try_get("config_file")?,
         created_at: r.try_get("created_at")?,
+        feature_lifecycle: r.try_get("feature_lifecycle")?,
     })
 }
 
 impl Store {
     pub async fn insert_prebuild(&self, p: &PrebuildRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO prebuilds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO prebuilds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&p.snapshot)
         .bind(&p.series)
@@ -59,6 +63,7 @@ impl Store {
         .bind(&p.image)
         .bind(&p.config_file)
         .bind(&p.created_at)
+        .bind(&p.feature_lifecycle)
         .execute(&self.pool)
         .await
         .map_err(query_err(&p.snapshot))?;

@@ -155,6 +155,18 @@ impl NodeApi for Router {
             .update_bundle(source, branch, commit, bases, max)
             .await
     }
+    async fn build_inputs(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        dockerfile: &str,
+        context: &str,
+    ) -> Result<hearth_node::BuildInputs, NodeError> {
+        self.any()?
+            .build_inputs(source, branch, commit, dockerfile, context)
+            .await
+    }
     async fn dotfiles_archive(
         &self,
         spec: &WorkspaceSpec,

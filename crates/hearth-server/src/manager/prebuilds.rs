@@ -12,6 +12,13 @@
 //!
 //! Who may start from one: its owner, or everyone when an admin made it. A prebuild
 //! holds what its commands wrote; a user's prebuild never reaches another user.
+//!
+//! A configuration that builds its image (`build.dockerfile`, `features`) is matched by
+//! what `up` can learn before building ([`Manager::base_key`]): the build's inputs (the
+//! Dockerfile, the context directory's git tree, the stored base images) or, for features
+//! on a named image, that image's id; the features and their options are in the settings.
+//! `up` then runs on the prebuild's image with its features' lifecycle commands, and
+//! builds nothing. The row keeps that image from removal (see [`Manager::remove_image`]).
 
 use sha2::{Digest, Sha256};
 
@@ -42,17 +49,43 @@ pub(super) struct PrebuildUse {
     pub commit: String,
     /// Commits from `commit` to the one `up` reads, when they differ (a git bundle).
     pub update: Option<Vec<u8>>,
+    /// The image it ran on (built, features installed): the workspace's, no build.
+    pub image: hearth_node::ImageSummary,
+    /// Its features' lifecycle commands, run before the configuration's own.
+    pub feature_lifecycle: FeatureLifecycle,
 }
 
+/// Features' lifecycle commands, labelled, in installation order.
+pub(super) type FeatureLifecycle = Vec<(String, hearth_devcontainer::Lifecycle)>;
+
 /// What decides whether a prebuild fits a workspace: the devcontainer settings after the
-/// first substitution pass (which names the workspace folder and config file) and the
-/// image id. The commit is matched apart (an older prebuild is brought up to date).
-pub(super) fn config_hash(dc: &Devcontainer, image: &str) -> String {
+/// first substitution pass (which names the workspace folder, config file and features
+/// with their options) and `base`, what the image is made from ([`Manager::base_key`]).
+/// The commit is matched apart (an older prebuild is brought up to date).
+pub(super) fn config_hash(dc: &Devcontainer, base: &str) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(&dc.config).unwrap_or_default());
     h.update(b"\0");
-    h.update(image.as_bytes());
+    h.update(base.as_bytes());
     hex::encode(h.finalize())
+}
+
+/// A Dockerfile build's key: its text, its context's tree, and the id of each base image
+/// it names that the store has (those are handed to the builder; others it pulls itself,
+/// named by reference as their `FROM` line says). Build args and target are in the settings.
+fn build_key(inputs: &hearth_node::BuildInputs, bases: &[(String, Option<String>)]) -> String {
+    let mut h = Sha256::new();
+    for part in ["dockerfile-build", &inputs.dockerfile, &inputs.context_tree] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    for (name, id) in bases {
+        h.update(name.as_bytes());
+        h.update(b"=");
+        h.update(id.as_deref().unwrap_or("-").as_bytes());
+        h.update(b"\0");
+    }
+    format!("build:{}", hex::encode(h.finalize()))
 }
 
 /// The workspace id of (owner, source, branch)'s prebuilds.
@@ -163,20 +196,10 @@ impl Manager {
             prebuild: true,
         };
         let create = self.plan_create_with(caller, create, opts).await?;
-        let Some(dc) = &create.devcontainer else {
+        if create.devcontainer.is_none() {
             return Err(ApiError::invalid(format!(
                 "{source} has no devcontainer.json: a prebuild runs its onCreateCommand and \
                  updateContentCommand, so there is nothing to prebuild"
-            )));
-        };
-        // `up` matches a prebuild by the image it would start from, which a Dockerfile
-        // build or features make only during the create: such a prebuild would never be
-        // used, so none is made.
-        if dc.config.build.is_some() || !dc.config.features.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "{} builds its image (build.dockerfile or features): prebuilds support \
-                 image-based configurations only, for now",
-                dc.config.file
             )));
         }
         Ok(PrebuildPlan { create, branch })
@@ -195,7 +218,7 @@ impl Manager {
         let Some(dc) = create.devcontainer.clone() else {
             return Err(ApiError::internal("prebuild planned without devcontainer"));
         };
-        let res = self.run_create(create, progress.clone()).await;
+        let res = self.run_create_made(create, progress.clone()).await;
         let _guard = self.lock(&name).await;
         let Some(rec) = self.store.get(&name).await? else {
             // The create cleaned up after itself.
@@ -204,7 +227,7 @@ impl Manager {
             }));
         };
         let out = async {
-            res?;
+            let (_, made) = res?;
             say(
                 &progress,
                 "stopping the prebuild workspace for its snapshot",
@@ -213,7 +236,7 @@ impl Manager {
                 .await?;
             let done = self.store.get(&name).await?;
             match done.map(|r| (r.last_snapshot, r.snapshot_error)) {
-                Some((Some(s), None)) => Ok(s),
+                Some((Some(s), None)) => Ok((s, made)),
                 Some((_, Some(e))) => Err(ApiError::conflict(format!(
                     "the prebuild's snapshot failed: {e}"
                 ))),
@@ -229,7 +252,17 @@ impl Manager {
         }
         self.store.delete(&rec.spec.id).await?;
         self.forget_activity(rec.spec.id.as_str());
-        let snapshot = out?;
+        let (snapshot, made) = out?;
+        let Some(base) = made.base_key else {
+            return Err(ApiError::internal("the prebuild's image has no key"));
+        };
+        let feature_lifecycle =
+            match made.feature_lifecycle.is_empty() {
+                true => None,
+                false => Some(serde_json::to_string(&made.feature_lifecycle).map_err(|e| {
+                    ApiError::internal(format!("features' lifecycle commands: {e}"))
+                })?),
+            };
         let record = PrebuildRecord {
             snapshot,
             series: rec.spec.id.to_string(),
@@ -238,10 +271,11 @@ impl Manager {
             source: rec.spec.source.clone(),
             branch,
             commit: dc.commit.clone(),
-            config_hash: config_hash(&dc, &rec.spec.image),
+            config_hash: config_hash(&dc, &base),
             image: rec.spec.image.clone(),
             config_file: dc.config.file.clone(),
             created_at: crate::db::now(),
+            feature_lifecycle,
         };
         self.store.insert_prebuild(&record).await?;
         self.prune_prebuilds(&record).await;
@@ -310,50 +344,64 @@ impl Manager {
         source: &str,
         branch: Option<&str>,
         dc: &Devcontainer,
-        image: &str,
+        base: &str,
     ) -> Result<Option<PrebuildUse>, ApiError> {
-        let hash = config_hash(dc, image);
-        let mut fits: Vec<PrebuildRecord> = Vec::new();
-        let mut kept: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for p in self.store.prebuilds(Some(source)).await? {
-            if p.config_hash != hash
-                || p.branch.as_deref() != branch
-                || !(p.shared || caller.may_use(&p.owner))
-            {
-                continue;
+        let hash = config_hash(dc, base);
+        let rows: Vec<PrebuildRecord> = self
+            .store
+            .prebuilds(Some(source))
+            .await?
+            .into_iter()
+            .filter(|p| {
+                p.config_hash == hash
+                    && p.branch.as_deref() == branch
+                    && (p.shared || caller.may_use(&p.owner))
+            })
+            .collect();
+        let rows = match self.live_prebuilds(rows).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(source, error = %e.message, "cannot list a prebuild series; cloning instead");
+                return Ok(None);
             }
-            if !kept.contains_key(&p.series) {
-                match self.node.snapshots(&series_spec(&p)?).await {
-                    Ok(v) => {
-                        kept.insert(p.series.clone(), v.into_iter().map(|s| s.id).collect());
-                    }
-                    Err(e) => {
-                        tracing::warn!(source, error = %e, "cannot list a prebuild series; cloning instead");
-                        return Ok(None);
-                    }
+        };
+        // Each with the image it ran on, which must still be here.
+        let mut fits: Vec<(PrebuildRecord, hearth_node::ImageSummary)> = Vec::new();
+        for p in rows {
+            match self.node.resolve_image(&p.image).await {
+                Ok(img) => fits.push((p, img)),
+                Err(e) => {
+                    tracing::info!(source, snapshot = p.snapshot, error = %e, "a prebuild's image is gone; not using it")
                 }
             }
-            if kept.get(&p.series).is_some_and(|v| v.contains(&p.snapshot)) {
-                fits.push(p);
-            } else {
-                // Forgotten by retention or a store gc since.
-                self.store
-                    .forget_prebuilds(std::slice::from_ref(&p.snapshot))
-                    .await?;
-            }
         }
-        if let Some(p) = fits.iter().find(|p| p.commit == dc.commit) {
-            return Ok(Some(PrebuildUse {
-                snapshot: p.snapshot.clone(),
-                commit: p.commit.clone(),
-                update: None,
-            }));
+        let use_of = |p: PrebuildRecord, image, update| -> Result<PrebuildUse, ApiError> {
+            let feature_lifecycle = match &p.feature_lifecycle {
+                None => Vec::new(),
+                Some(json) => serde_json::from_str(json).map_err(|e| {
+                    ApiError::internal(format!(
+                        "prebuild {}: unreadable features' lifecycle commands: {e}",
+                        p.snapshot
+                    ))
+                })?,
+            };
+            Ok(PrebuildUse {
+                snapshot: p.snapshot,
+                commit: p.commit,
+                update,
+                image,
+                feature_lifecycle,
+            })
+        };
+        if let Some(i) = fits.iter().position(|(p, _)| p.commit == dc.commit) {
+            let (p, img) = fits.swap_remove(i);
+            return use_of(p, img, None).map(Some);
         }
         if fits.is_empty() {
             return Ok(None);
         }
         let mut bases: Vec<String> = Vec::new();
-        for p in &fits {
+        for (p, _) in &fits {
             if !bases.contains(&p.commit) {
                 bases.push(p.commit.clone());
             }
@@ -369,15 +417,79 @@ impl Manager {
                 return Ok(None);
             }
         };
-        Ok(found.and_then(|(base, bundle)| {
-            fits.into_iter()
-                .find(|p| p.commit == base)
-                .map(|p| PrebuildUse {
-                    snapshot: p.snapshot,
-                    commit: p.commit,
-                    update: Some(bundle),
-                })
-        }))
+        let Some((base, bundle)) = found else {
+            return Ok(None);
+        };
+        match fits.into_iter().find(|(p, _)| p.commit == base) {
+            Some((p, img)) => use_of(p, img, Some(bundle)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `rows` whose snapshots the store still has; the others (dropped by retention or
+    /// a store gc since) are forgotten.
+    async fn live_prebuilds(
+        &self,
+        rows: Vec<PrebuildRecord>,
+    ) -> Result<Vec<PrebuildRecord>, ApiError> {
+        let mut kept: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut live = Vec::new();
+        for p in rows {
+            if !kept.contains_key(&p.series) {
+                let have = self
+                    .node
+                    .snapshots(&series_spec(&p)?)
+                    .await
+                    .map_err(|e| node_err("snapshots", &p.series, e))?;
+                kept.insert(p.series.clone(), have.into_iter().map(|s| s.id).collect());
+            }
+            if kept.get(&p.series).is_some_and(|v| v.contains(&p.snapshot)) {
+                live.push(p);
+            } else {
+                self.store
+                    .forget_prebuilds(std::slice::from_ref(&p.snapshot))
+                    .await?;
+            }
+        }
+        Ok(live)
+    }
+
+    /// The images live prebuilds ran on, each with a prebuild of it: kept from removal,
+    /// since `up` starts from the prebuild on that very image.
+    pub(crate) async fn prebuild_images(&self) -> Result<Vec<(String, PrebuildRecord)>, ApiError> {
+        let rows = self
+            .live_prebuilds(self.store.prebuilds(None).await?)
+            .await?;
+        Ok(rows.into_iter().map(|p| (p.image.clone(), p)).collect())
+    }
+
+    /// What `up` can learn of the image of `dc` before making it: for a Dockerfile build,
+    /// its inputs at the commit ([`build_key`]); else the id of the image it names (the
+    /// features, if any, go on that one).
+    pub(super) async fn base_key(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        dc: &Devcontainer,
+        build: &super::build::BuildRequest,
+    ) -> Result<String, ApiError> {
+        let inputs = self
+            .node
+            .build_inputs(
+                source,
+                branch,
+                &dc.commit,
+                &build.dockerfile,
+                &build.context_dir,
+            )
+            .await
+            .map_err(|e| node_err("build_inputs", source, e))?;
+        let mut bases = Vec::new();
+        for name in super::build::base_images(&inputs.dockerfile, &build.args) {
+            let id = self.node.resolve_image(&name).await.ok().map(|i| i.id);
+            bases.push((name, id));
+        }
+        Ok(build_key(&inputs, &bases))
     }
 
     /// Makes `rec`'s workspace from prebuild `p` and starts it: restore, then (when the
@@ -579,5 +691,36 @@ mod tests {
         // The separator keeps parts from running together.
         assert_ne!(series_id("a", "b/r", None), series_id("ab", "/r", None));
         assert_ne!(a.as_str().len(), new_id().as_str().len());
+    }
+
+    #[test]
+    fn build_keys_change_with_each_input_of_the_build() {
+        let inputs = |df: &str, tree: &str| hearth_node::BuildInputs {
+            dockerfile: df.into(),
+            context_tree: tree.into(),
+        };
+        let base = |id: Option<&str>| vec![("busybox".to_string(), id.map(str::to_string))];
+        let k = build_key(&inputs("FROM busybox\n", "t1"), &base(Some("sha256:a")));
+        assert!(k.starts_with("build:"), "{k}");
+        assert_eq!(
+            k,
+            build_key(&inputs("FROM busybox\n", "t1"), &base(Some("sha256:a")))
+        );
+        for other in [
+            build_key(
+                &inputs("FROM busybox\nRUN x\n", "t1"),
+                &base(Some("sha256:a")),
+            ),
+            build_key(&inputs("FROM busybox\n", "t2"), &base(Some("sha256:a"))),
+            build_key(&inputs("FROM busybox\n", "t1"), &base(Some("sha256:b"))),
+            build_key(&inputs("FROM busybox\n", "t1"), &base(None)),
+        ] {
+            assert_ne!(k, other);
+        }
+        // Parts cannot run together.
+        assert_ne!(
+            build_key(&inputs("ab", "c"), &[]),
+            build_key(&inputs("a", "bc"), &[])
+        );
     }
 }

@@ -20,6 +20,7 @@ fn prebuild(snapshot: &str, owner: &str, shared: bool, source: &str) -> Prebuild
         image: "sha256:abc".into(),
         config_file: ".devcontainer/devcontainer.json".into(),
         created_at: now(),
+        feature_lifecycle: None,
     }
 }
 

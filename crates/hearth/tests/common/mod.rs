@@ -332,6 +332,12 @@ pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
 /// A git repository `parent/name` with `files` (path, text) committed.
 pub fn repo_with(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let repo = git_repo(parent, name);
+    commit_files(&repo, files);
+    repo
+}
+
+/// Writes `files` (path, text) into `repo` and commits them; returns the commit.
+pub fn commit_files(repo: &Path, files: &[(&str, &str)]) -> String {
     for (path, text) in files {
         let p = repo.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -340,16 +346,17 @@ pub fn repo_with(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let git = |args: &[&str]| {
         let out = Command::new("git")
             .arg("-C")
-            .arg(&repo)
+            .arg(repo)
             .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
             .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "devcontainer"]);
-    repo
+    git(&["rev-parse", "HEAD"])
 }
 
 /// The host uid that root inside maps to (second field of uid_map's first line).
