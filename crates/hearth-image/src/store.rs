@@ -833,6 +833,12 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Whether the layer `diff_id` (`sha256:<hex>`) is unpacked here: a load of an image
+    /// with it needs neither its blob nor an unpack.
+    pub fn has_layer(&self, diff_id: &str) -> bool {
+        sha256_hex(diff_id).is_some_and(|hex| self.layer_path(hex).is_dir())
+    }
+
     /// Unpacked layer directories, bottom first (overlay wants top first: the caller reverses).
     pub fn layer_dirs(&self, image: &Image) -> Vec<PathBuf> {
         image

@@ -681,6 +681,12 @@ pub trait NodeApi: Send + Sync + 'static {
     /// CPUs, memory and disk of the host, and the workspaces it holds now: what the
     /// control plane places new workspaces by.
     async fn capacity(&self) -> Result<NodeCapacity, NodeError>;
+    /// Which of `diff_ids` (`sha256:<hex>`) the image store holds unpacked: a build sends
+    /// only the other layers of its result. The default knows none, so everything is sent.
+    async fn known_layers(&self, diff_ids: &[String]) -> Result<Vec<String>, NodeError> {
+        let _ = diff_ids;
+        Ok(Vec::new())
+    }
     /// Fetches devcontainer features (and what they depend on) from their registries,
     /// orders them, and makes the build context installing them on `req.base_image`
     /// (see [`crate::features`]). Nothing is written to disk; the build runs elsewhere.

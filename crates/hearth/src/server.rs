@@ -115,8 +115,8 @@ pub struct ServerArgs {
     /// ... and the newest snapshot of each of its last N days with snapshots.
     #[arg(long, value_name = "N", default_value_t = 7)]
     snapshot_keep_daily: usize,
-    /// Seconds between deletions of store chunks no snapshot needs any more (0: only by
-    /// `hearth store gc`).
+    /// Seconds between deletions of store chunks no snapshot needs any more and of unused
+    /// `devcontainer/...` build images (0: chunks only by `hearth store gc`).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     store_gc_interval: u64,
     /// How long `hearth rm` keeps a workspace's snapshots for `hearth restore` (e.g. 7d,

@@ -160,6 +160,8 @@ fn image_build_reuses_the_cache_and_run_steps_never_reach_the_host() {
         srv.server_log()
     );
     assert!(err.lines().any(|l| l == "build: step-one-ran"), "{err}");
+    // busybox's layers are in the store already: only the two new ones come over.
+    assert!(err.contains("\nsending 2 of "), "{err}");
 
     // One line changed: the steps before it come from podman's cache and do not run.
     write(
@@ -175,6 +177,9 @@ fn image_build_reuses_the_cache_and_run_steps_never_reach_the_host() {
     );
     let cached = err.lines().filter(|l| l.contains("Using cache")).count();
     assert!(cached >= 1, "no cached step reported: {err}");
+    // Only the changed step's layer is sent and unpacked; the store had the others.
+    assert!(err.contains("\nsending 1 of "), "{err}");
+    assert_eq!(err.matches(" unpacked (").count(), 1, "{err}");
     let src = tempfile::tempdir().unwrap();
     let repo = common::git_repo(src.path(), "app");
     srv.ok(&["up", repo.to_str().unwrap(), "--image", "app:2"]);
@@ -226,4 +231,89 @@ fn image_build_reuses_the_cache_and_run_steps_never_reach_the_host() {
         "x",
     ]);
     assert!(e.contains("is not inside"), "{e}");
+}
+
+/// Blob, layer and image files of the server's image store.
+fn store_files(srv: &TestServer) -> Vec<String> {
+    let root = srv.data_dir().join("images");
+    let mut out = Vec::new();
+    for sub in ["blobs/sha256", "layers", "images"] {
+        for e in std::fs::read_dir(root.join(sub)).unwrap() {
+            out.push(format!(
+                "{sub}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.push(std::fs::read_to_string(root.join("names.json")).unwrap());
+    out.sort();
+    out
+}
+
+/// Stands in for a builder whose root a `RUN` step took over: `podman save` still runs,
+/// then the layout it wrote is tampered with as /etc/hostile says.
+const HOSTILE_PODMAN: &str = r#"#!/bin/sh
+/usr/bin/podman.real "$@" || exit
+[ "$1" = save ] || exit 0
+L=/var/lib/hearth-build/layout
+m=$(sed 's/.*"digest":"sha256:\([0-9a-f]*\)".*/\1/' $L/index.json)
+last=$(sed 's/.*"digest":"sha256:\([0-9a-f]*\)","size":[0-9]*}\].*/\1/' $L/blobs/sha256/$m)
+case $(cat /etc/hostile) in
+digest) printf X | dd of=$L/blobs/sha256/$last bs=1 seek=600 conv=notrunc 2>/dev/null ;;
+size)
+  sed 's/"size":[0-9]*}\]/"size":99999999999999}]/' $L/blobs/sha256/$m > /tmp/m
+  h=$(sha256sum /tmp/m | cut -c1-64); n=$(wc -c < /tmp/m); mv /tmp/m $L/blobs/sha256/$h
+  sed -i "s/$m/$h/; s/\"size\":[0-9]*/\"size\":$n/" $L/index.json ;;
+esac
+"#;
+
+#[test]
+fn a_builder_sending_a_bad_layer_is_refused_and_the_store_is_unchanged() {
+    let srv = server();
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path().to_str().unwrap();
+    write(
+        ctx.path(),
+        &[("Dockerfile", "FROM busybox\nRUN echo 1 > /rev\n")],
+    );
+    srv.ok(&["image", "build", dir, "--name", "good:1"]);
+    srv.exec(
+        "builder-admin",
+        &["mv", "/usr/bin/podman", "/usr/bin/podman.real"],
+    );
+    let out = srv.hearth_stdin(
+        &[
+            "exec",
+            "builder-admin",
+            "--",
+            "sh",
+            "-c",
+            "cat > /usr/bin/podman && chmod 755 /usr/bin/podman",
+        ],
+        HOSTILE_PODMAN.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = store_files(&srv);
+    let images = srv.ok(&["image", "ls"]);
+
+    for (rev, mode, want) in [
+        (2, "digest", "digest mismatch"),
+        (3, "size", "--upload-max"),
+    ] {
+        srv.exec(
+            "builder-admin",
+            &["sh", "-c", &format!("echo {mode} > /etc/hostile")],
+        );
+        write(
+            ctx.path(),
+            &[(
+                "Dockerfile",
+                &format!("FROM busybox\nRUN echo {rev} > /rev\n"),
+            )],
+        );
+        let e = srv.fails(&["image", "build", dir, "--name", "bad:1"]);
+        assert!(e.contains(want), "{mode}: {e}");
+        assert_eq!(store_files(&srv), before, "{mode}: the store changed");
+        assert_eq!(srv.ok(&["image", "ls"]), images, "{mode}");
+    }
 }

@@ -538,6 +538,17 @@ impl NodeApi for LocalNode {
         .await
     }
 
+    async fn known_layers(&self, diff_ids: &[String]) -> Result<Vec<String>, NodeError> {
+        let diff_ids = diff_ids.to_vec();
+        self.blocking(move |i| {
+            Ok(diff_ids
+                .into_iter()
+                .filter(|d| i.images.has_layer(d))
+                .collect())
+        })
+        .await
+    }
+
     async fn feature_context(
         &self,
         req: crate::features::FeatureRequest,

@@ -8,9 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use hearth_node::{ExecRequest, ImageSummary, Limits, Progress, WorkspaceSpec};
 use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::devcontainer::OutputLines;
@@ -30,6 +33,20 @@ pub const DEFAULT_BUILDER_IMAGE: &str = "hearth-builder";
 
 /// Where build contexts are unpacked inside a builder.
 const JOBS: &str = "/var/lib/hearth-build";
+
+/// Names of images builds make on their own (devcontainer builds and features), which
+/// [`Manager::gc_build_images`] removes once unused.
+pub const BUILD_IMAGE_PREFIX: &str = "devcontainer/";
+
+/// How long an unused build image is kept.
+pub const BUILD_IMAGE_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The OCI layout podman writes results to in a builder. It stays between builds, so
+/// `podman save` rewrites only layers it does not hold yet.
+const LAYOUT: &str = "/var/lib/hearth-build/layout";
+
+/// Largest index, manifest or config read from a builder.
+const MAX_DOC: usize = 4 << 20;
 
 /// Largest Dockerfile read (to find its base images).
 const MAX_DOCKERFILE: usize = 1 << 20;
@@ -239,7 +256,7 @@ enum Stdout<'a> {
     Lines,
     /// Captured (at most this many bytes), shown nowhere.
     Capture(usize),
-    /// Into a file, at most this many bytes.
+    /// Into a file, at most this many bytes (more is an error).
     File(&'a mut tokio::fs::File, u64),
 }
 
@@ -340,9 +357,13 @@ impl Manager {
                 req.name
             ),
         );
+        let before = self.node.resolve_image(&req.name).await.ok();
         let res = self
             .build_in(&builder, &dir, &dockerfile, &context_dir, req, progress)
             .await;
+        if let (Some(old), Ok(new)) = (&before, &res) {
+            self.drop_replaced(old, new).await;
+        }
         // The context and the archive go; podman's cache stays.
         let rm = vec!["rm".into(), "-rf".into(), "--".into(), dir.clone()];
         if let Err(e) = self
@@ -368,6 +389,7 @@ impl Manager {
             v.extend(args.iter().map(|s| s.to_string()));
             v
         };
+        let t0 = Instant::now();
         // The context, as a tar on stdin.
         say(progress, "sending the build context");
         let input = match req.context {
@@ -380,44 +402,33 @@ impl Manager {
                     .map_err(|e| node_err("repo_archive", &source, e))?,
             )),
         };
+        // Unpacked, then the Dockerfile read back (to find its bases) in the same session.
+        let df = format!("{dir}/ctx/{dockerfile}");
+        let max_df = MAX_DOCKERFILE.to_string();
         let ran = self
             .builder_exec(
                 builder,
                 sh(
-                    "mkdir -p \"$1/ctx\" && tar -x --no-same-owner -C \"$1/ctx\" -f -",
-                    &[dir],
+                    "mkdir -p \"$1/ctx\" && tar -x --no-same-owner -C \"$1/ctx\" -f - || exit; \
+                     [ -f \"$2\" ] || exit 100; head -c \"$3\" -- \"$2\"",
+                    &[dir, &df, &max_df],
                 ),
                 Some(input),
-                Stdout::Lines,
+                Stdout::Capture(MAX_DOCKERFILE),
                 Some(progress),
                 "context",
             )
             .await?;
-        if ran.code != 0 {
-            return Err(failed("unpacking the build context", &ran));
+        match ran.code {
+            0 => {}
+            100 => {
+                return Err(ApiError::invalid(format!(
+                    "the build context has no Dockerfile {dockerfile}"
+                )))
+            }
+            _ => return Err(failed("unpacking the build context", &ran)),
         }
-        let df = format!("{dir}/ctx/{dockerfile}");
-        let ran = self
-            .builder_exec(
-                builder,
-                vec![
-                    "head".into(),
-                    "-c".into(),
-                    MAX_DOCKERFILE.to_string(),
-                    "--".into(),
-                    df.clone(),
-                ],
-                None,
-                Stdout::Capture(MAX_DOCKERFILE),
-                None,
-                "",
-            )
-            .await?;
-        if ran.code != 0 {
-            return Err(ApiError::invalid(format!(
-                "the build context has no Dockerfile {dockerfile}"
-            )));
-        }
+        let context_sent = Instant::now();
         let text = String::from_utf8_lossy(&ran.out).into_owned();
         for base in base_images(&text, &req.args) {
             self.hand_base(builder, &base, progress).await?;
@@ -464,7 +475,40 @@ impl Manager {
             return Err(failed("the build", &ran));
         }
 
-        // The result, as an oci-archive on stdout, into the store's load.
+        let built = Instant::now();
+        let (image, sent) = self.export(builder, &tag, &req.name, progress).await?;
+        let done = Instant::now();
+        say(
+            progress,
+            format!(
+                "built {} ({}) in {:.2} s: context {:.2} s, podman build {:.2} s, \
+                 export and load {:.2} s ({} sent)",
+                req.name,
+                image.id,
+                (done - t0).as_secs_f64(),
+                (context_sent - t0).as_secs_f64(),
+                (built - context_sent).as_secs_f64(),
+                (done - built).as_secs_f64(),
+                human_bytes(sent),
+            ),
+        );
+        Ok(image)
+    }
+
+    /// Loads the image podman tagged `tag` into the store under `name`, sending only the
+    /// layers the store lacks: podman writes it as an OCI layout that stays in the builder
+    /// between builds (so it rewrites only new layers), the manifest and config come over
+    /// first, and then the blobs of the layers the store has no unpack of. The store loads
+    /// the partial layout with its usual checks (every digest and size, hostile-tar-safe
+    /// unpack); what the builder says is only trusted to pick what to send. Returns the
+    /// image and the bytes sent.
+    async fn export(
+        &self,
+        builder: &WorkspaceSpec,
+        tag: &str,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<(ImageSummary, u64), ApiError> {
         let (scratch, max) = self
             .builds
             .scratch
@@ -473,45 +517,287 @@ impl Manager {
             .ok_or_else(|| ApiError::internal("builds have no scratch directory"))?;
         std::fs::create_dir_all(&scratch)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", scratch.display())))?;
-        let tmp = tempfile::Builder::new()
-            .prefix("build-")
-            .tempfile_in(&scratch)
-            .map_err(|e| ApiError::internal(format!("cannot create a scratch file: {e}")))?;
-        let (file, path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        say(progress, "saving the image");
+        say(progress, "exporting the image");
+        // index.json goes first so that it names this image alone; the blobs stay for
+        // podman to reuse.
         let ran = self
             .builder_exec(
                 builder,
-                sh(
-                    "podman save --format oci-archive -o \"$1/out.tar\" \"$2\" >&2 && \
-                     cat \"$1/out.tar\"",
-                    &[dir, &tag],
-                ),
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "mkdir -p \"$1\" && rm -f \"$1/index.json\" && \
+                     podman save -q --uncompressed --format oci-dir -o \"$1\" \"$2\" >&2 && \
+                     cat \"$1/index.json\""
+                        .into(),
+                    "sh".into(),
+                    LAYOUT.into(),
+                    tag.into(),
+                ],
                 None,
-                Stdout::File(&mut file, max),
-                None,
+                Stdout::Capture(MAX_DOC),
+                Some(progress),
                 "save",
             )
             .await?;
         if ran.code != 0 {
             return Err(failed("saving the built image", &ran));
         }
-        file.flush()
+        let index: Index = parse_doc("index.json", &ran.out)?;
+        let [desc] = index.manifests.as_slice() else {
+            return Err(hostile(format!(
+                "index.json lists {} images, not one",
+                index.manifests.len()
+            )));
+        };
+        let manifest_bytes = self.fetch_doc(builder, desc, "the manifest").await?;
+        let manifest: Manifest = parse_doc("the manifest", &manifest_bytes)?;
+        let config_bytes = self
+            .fetch_doc(builder, &manifest.config, "the image config")
+            .await?;
+        let config: Config = parse_doc("the image config", &config_bytes)?;
+        let diff_ids = config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(hostile(format!(
+                "the config lists {} layers, the manifest {}",
+                diff_ids.len(),
+                manifest.layers.len()
+            )));
+        }
+        let known = self
+            .node
+            .known_layers(&diff_ids)
             .await
-            .map_err(|e| ApiError::internal(format!("cannot write the built image: {e}")))?;
-        drop(file);
+            .map_err(|e| node_err("known_layers", name, e))?;
+        let missing: Vec<&Descriptor> = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .filter(|(_, d)| !known.contains(d))
+            .map(|(l, _)| l)
+            .collect();
+        let docs = (manifest_bytes.len() + config_bytes.len()) as u64;
+        let total = missing
+            .iter()
+            .try_fold(docs, |sum, l| sum.checked_add(l.size))
+            .filter(|t| *t <= max)
+            .ok_or_else(|| {
+                ApiError::too_large(format!(
+                    "the built image's new layers are larger than the server's limit of {max} \
+                     bytes (--upload-max)"
+                ))
+            })?;
+        say(
+            progress,
+            format!(
+                "sending {} of {} layer(s) ({}); {} already in the image store",
+                missing.len(),
+                diff_ids.len(),
+                human_bytes(total - docs),
+                diff_ids.len() - missing.len()
+            ),
+        );
+
+        // The partial layout, in the server's scratch dir, removed whatever happens.
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&scratch)
+            .map_err(|e| ApiError::internal(format!("cannot create a scratch dir: {e}")))?;
+        let blobs = dir.path().join("blobs/sha256");
+        let write = |path: PathBuf, bytes: &[u8]| {
+            std::fs::write(&path, bytes)
+                .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))
+        };
+        std::fs::create_dir_all(&blobs)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", blobs.display())))?;
+        write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": desc.media_type,
+                "digest": desc.digest,
+                "size": desc.size,
+            }],
+        });
+        write(dir.path().join("index.json"), index.to_string().as_bytes())?;
+        write(blobs.join(blob_hex(desc)?), &manifest_bytes)?;
+        write(blobs.join(blob_hex(&manifest.config)?), &config_bytes)?;
+        for layer in &missing {
+            let hex = blob_hex(layer)?;
+            let path = blobs.join(hex);
+            if path.exists() {
+                continue;
+            }
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+            let ran = self
+                .builder_exec(
+                    builder,
+                    vec![
+                        "cat".into(),
+                        "--".into(),
+                        format!("{LAYOUT}/blobs/sha256/{hex}"),
+                    ],
+                    None,
+                    Stdout::File(&mut file, layer.size),
+                    Some(progress),
+                    "save",
+                )
+                .await?;
+            if ran.code != 0 {
+                return Err(failed("sending a layer of the built image", &ran));
+            }
+            file.flush()
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", path.display())))?;
+        }
+        let path = dir.path().to_path_buf();
         self.node
-            .check_load(&path, Some(&req.name))
+            .check_load(&path, Some(name))
             .await
-            .map_err(|e| node_err("load_image", &req.name, e))?;
+            .map_err(|e| node_err("load_image", name, e))?;
         let image = self
             .node
-            .load_image(path.to_path_buf(), Some(req.name.clone()), progress.clone())
+            .load_image(path, Some(name.to_string()), progress.clone())
             .await
-            .map_err(|e| node_err("load_image", &req.name, e))?;
-        say(progress, format!("built {} ({})", req.name, image.id));
-        Ok(image)
+            .map_err(|e| node_err("load_image", name, e))?;
+        // The layout keeps this image's blobs only: older layers would pile up.
+        let mut keep: Vec<String> =
+            vec![blob_hex(desc)?.into(), blob_hex(&manifest.config)?.into()];
+        for l in &manifest.layers {
+            keep.push(blob_hex(l)?.into());
+        }
+        let mut prune = vec![
+            "sh".to_string(),
+            "-c".into(),
+            "cd \"$1/blobs/sha256\" && shift && for f in *; do \
+             case \" $* \" in *\" $f \"*) ;; *) rm -f -- \"$f\" ;; esac; done"
+                .into(),
+            "sh".into(),
+            LAYOUT.into(),
+        ];
+        prune.extend(keep);
+        if let Err(e) = self
+            .builder_exec(builder, prune, None, Stdout::Capture(0), None, "")
+            .await
+        {
+            tracing::warn!(builder = builder.name, error = %e.message, "cannot prune the builder's layout");
+        }
+        Ok((image, total))
+    }
+
+    /// A small document blob of the builder's layout, checked against its descriptor.
+    async fn fetch_doc(
+        &self,
+        builder: &WorkspaceSpec,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<Vec<u8>, ApiError> {
+        let hex = blob_hex(desc)?;
+        if desc.size > MAX_DOC as u64 {
+            return Err(hostile(format!(
+                "{what} is {} bytes, over the limit of {MAX_DOC}",
+                desc.size
+            )));
+        }
+        let ran = self
+            .builder_exec(
+                builder,
+                vec![
+                    "cat".into(),
+                    "--".into(),
+                    format!("{LAYOUT}/blobs/sha256/{hex}"),
+                ],
+                None,
+                Stdout::Capture(MAX_DOC + 1),
+                None,
+                "save",
+            )
+            .await?;
+        if ran.code != 0 {
+            return Err(failed(&format!("reading {what} of the built image"), &ran));
+        }
+        let actual = hex::encode(Sha256::digest(&ran.out));
+        if ran.out.len() as u64 != desc.size || actual != hex {
+            return Err(hostile(format!(
+                "{what} is not the {}-byte blob {} its descriptor names",
+                desc.size, desc.digest
+            )));
+        }
+        Ok(ran.out)
+    }
+
+    /// Removes the image a build's name pointed at before when the build moved the name
+    /// away and nothing else names or uses it: each rebuild would otherwise leave one
+    /// nameless image behind.
+    async fn drop_replaced(&self, old: &ImageSummary, new: &ImageSummary) {
+        if old.id == new.id {
+            return;
+        }
+        match self.node.resolve_image(&old.id).await {
+            Ok(now) if now.names.is_empty() => {}
+            _ => return,
+        }
+        match self.remove_image(&old.id).await {
+            Ok(()) => tracing::info!(image = old.id, "removed the image a build replaced"),
+            // In use by a workspace (or kept for a removed one): it stays.
+            Err(e) => tracing::debug!(image = old.id, error = %e.message, "replaced image kept"),
+        }
+    }
+
+    /// One round of build image gc: images named only by builds (`devcontainer/...`:
+    /// a devcontainer.json's Dockerfile per commit, features per base and feature set)
+    /// that no workspace, removed workspace in its grace period or prebuild uses, loaded
+    /// at least [`BUILD_IMAGE_MIN_AGE`] ago (a create that just built one has not recorded
+    /// it yet), are removed. They are remade (from the builder's cache) when needed again.
+    pub async fn gc_build_images(&self) {
+        let images = match self.node.images().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "build image gc cannot list images");
+                return;
+            }
+        };
+        let mut used: std::collections::HashSet<String> = Default::default();
+        let listed = async {
+            for r in self.store.list().await? {
+                used.insert(r.spec.image);
+            }
+            for d in self.store.deleted().await? {
+                used.insert(d.spec.image);
+            }
+            for p in self.store.prebuilds(None).await? {
+                used.insert(p.image);
+            }
+            Ok::<(), crate::db::StoreError>(())
+        };
+        if let Err(e) = listed.await {
+            tracing::warn!(error = %e, "build image gc cannot list what uses images");
+            return;
+        }
+        let cutoff = time::OffsetDateTime::now_utc() - BUILD_IMAGE_MIN_AGE;
+        for img in images {
+            let made_by_build = !img.names.is_empty()
+                && img.names.iter().all(|n| n.starts_with(BUILD_IMAGE_PREFIX));
+            let old = time::OffsetDateTime::parse(
+                &img.loaded_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|t| t < cutoff);
+            if !made_by_build || !old || used.contains(&img.id) {
+                continue;
+            }
+            match self.remove_image(&img.id).await {
+                Ok(()) => {
+                    tracing::info!(image = img.id, names = ?img.names, "removed unused build image")
+                }
+                Err(e) => tracing::info!(image = img.id, error = %e.message, "build image kept"),
+            }
+        }
     }
 
     /// Makes `base` available to podman in the builder when the store has it: loaded
@@ -533,47 +819,46 @@ impl Manager {
         let hex = img.id.trim_start_matches("sha256:").to_string();
         // The store's image under a name of its own in podman: loaded once per builder.
         let own = format!("localhost/hearth-base:{hex}");
-        let exists = self
+        // Tagged at once when podman has it (one session per base on a rebuild).
+        let tagged = self
             .builder_exec(
                 builder,
                 vec![
-                    "podman".into(),
-                    "image".into(),
-                    "exists".into(),
+                    "sh".into(),
+                    "-c".into(),
+                    "podman image exists \"$1\" || exit 100; podman tag \"$1\" \"$2\"".into(),
+                    "sh".into(),
                     own.clone(),
+                    base.to_string(),
                 ],
                 None,
                 Stdout::Capture(0),
-                None,
-                "",
+                Some(progress),
+                "load",
             )
             .await?;
-        let input = if exists.code == 0 {
-            None
-        } else {
-            say(
-                progress,
-                format!(
-                    "handing {base} ({}) to the builder",
-                    &hex[..12.min(hex.len())]
-                ),
-            );
-            let file = self
-                .node
-                .export_image(&img.id, &own)
-                .await
-                .map_err(|e| node_err("export_image", base, e))?;
-            Some(Input::File(tokio::fs::File::from_std(file)))
-        };
-        let script = if input.is_some() {
-            "podman load -q >/dev/null && podman tag \"$1\" \"$2\""
-        } else {
-            "podman tag \"$1\" \"$2\""
-        };
+        match tagged.code {
+            0 => return Ok(()),
+            100 => {}
+            _ => return Err(failed(&format!("handing {base} to the builder"), &tagged)),
+        }
+        say(
+            progress,
+            format!(
+                "handing {base} ({}) to the builder",
+                &hex[..12.min(hex.len())]
+            ),
+        );
+        let file = self
+            .node
+            .export_image(&img.id, &own)
+            .await
+            .map_err(|e| node_err("export_image", base, e))?;
+        let input = Some(Input::File(tokio::fs::File::from_std(file)));
         let load = vec![
             "sh".into(),
             "-c".into(),
-            script.into(),
+            "podman load -q >/dev/null && podman tag \"$1\" \"$2\"".into(),
             "sh".into(),
             own,
             base.to_string(),
@@ -762,8 +1047,8 @@ impl Manager {
                         Stdout::File(f, max) => {
                             written += data.len() as u64;
                             if written > *max {
-                                return Err(ApiError::too_large(format!(
-                                    "the built image is larger than the server's limit of {max} bytes (--upload-max)"
+                                return Err(hostile(format!(
+                                    "a layer is longer than the {max} bytes its descriptor says"
                                 )));
                             }
                             f.write_all(&data).await.map_err(|e| {
@@ -805,6 +1090,77 @@ impl Manager {
                 .await;
         }
     }
+}
+
+/// An OCI descriptor, as far as a build's export reads one.
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default = "manifest_media_type")]
+    media_type: String,
+    digest: String,
+    size: u64,
+}
+
+fn manifest_media_type() -> String {
+    "application/vnd.oci.image.manifest.v1+json".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Config {
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// An error about what a builder sent: its root is the build's, so it is untrusted.
+fn hostile(reason: String) -> ApiError {
+    ApiError::conflict(format!(
+        "the builder workspace sent a malformed image ({reason}); remove the builder \
+         workspace (an admin: hearth rm builder-USER) and build again"
+    ))
+}
+
+fn parse_doc<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| hostile(format!("{what}: {e}")))
+}
+
+/// The hex of a descriptor's sha256 digest: the only digests a blob path is made from.
+fn blob_hex(d: &Descriptor) -> Result<&str, ApiError> {
+    d.digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .ok_or_else(|| hostile(format!("unsupported digest {:?}", d.digest)))
+}
+
+/// "12.3 MB"-style sizes.
+fn human_bytes(n: u64) -> String {
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in ["kB", "MB", "GB", "TB"] {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
 }
 
 /// What goes to an exec's stdin.

@@ -92,6 +92,33 @@ impl Manager {
         })
     }
 
+    /// Removes `name`'s builder workspace (their podman cache) ahead of removing them, when
+    /// the removal can go on: it is no workspace of theirs to keep or hand to an heir.
+    async fn remove_builder_of(&self, name: &str, reassigning: bool) -> Result<(), ApiError> {
+        let builder = format!("{}{name}", build::BUILDER_PREFIX);
+        let recs = self.store.list().await?;
+        let owns = |r: &&WorkspaceRecord| *r.owner == *name;
+        if !recs.iter().filter(owns).any(|r| r.spec.name == builder) {
+            return Ok(());
+        }
+        let others = recs
+            .iter()
+            .filter(owns)
+            .filter(|r| r.spec.name != builder)
+            .count();
+        if others > 0 && !reassigning {
+            // The removal is refused for those; the builder stays with them.
+            return Ok(());
+        }
+        let owner = Caller {
+            id: name.into(),
+            admin: false,
+        };
+        self.remove(&owner, &builder, true).await?;
+        tracing::info!(user = name, builder, "removed the user's builder workspace");
+        Ok(())
+    }
+
     /// Removes a user, whose token stops working at once. While it owns workspaces it is
     /// refused (409) unless `reassign_to` names the user to hand them to. Callers cannot
     /// remove themselves, nor the first-start admin (the token file's user), so an admin
@@ -123,6 +150,7 @@ impl Manager {
                 "cannot hand user {name}'s workspaces to {name} itself: name another user"
             )));
         }
+        self.remove_builder_of(name, reassign_to.is_some()).await?;
         let res = self.store.delete_user(name, reassign_to).await;
         // Emptied whatever happened: a removed user's token must not live on in it.
         self.tokens.invalidate();

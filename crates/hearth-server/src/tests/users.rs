@@ -365,3 +365,50 @@ async fn rate_limit_is_per_user() {
     let (s, _) = h.call(Method::GET, "/v1/me", Some(&alice), None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn removing_a_user_removes_their_builder_workspace() {
+    let h = harness(FakeNode::with_image("busybox")).await;
+    let dave = add_user(&h, "dave", false).await;
+    create_as(&h, &dave, "wd").await;
+    let mut builder = record("0000000000bd", "builder-dave", 900, WorkspaceState::Stopped);
+    builder.owner = "dave".into();
+    h.manager.store().insert(&builder).await.unwrap();
+
+    // Refused for the workspace dave still owns: the builder stays with it.
+    let (s, _) = h
+        .call(Method::DELETE, "/v1/users/dave", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(h
+        .manager
+        .store()
+        .get("builder-dave")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Handed over: the workspace goes to the heir, the builder (a cache) is removed, not
+    // handed over, so a later user dave gets a builder of their own.
+    let (s, b) = h
+        .call(
+            Method::DELETE,
+            "/v1/users/dave?reassign_to=admin",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&b));
+    assert!(h
+        .manager
+        .store()
+        .get("builder-dave")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        h.manager.store().get("wd").await.unwrap().unwrap().owner,
+        "admin"
+    );
+    assert!(h.manager.store().deleted().await.unwrap().is_empty());
+}

@@ -84,8 +84,13 @@ async fn upload(api: &Client, path: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// One `hearth image build` of `ctx`, timed from the tar to the image in the store.
-async fn hearth_build(api: &Client, ctx: &Path, name: &str) -> Result<std::time::Duration> {
+/// One `hearth image build` of `ctx`, timed from the tar to the image in the store, with
+/// the server's split of it (its last progress line, "built NAME (ID) in ...").
+async fn hearth_build(
+    api: &Client,
+    ctx: &Path,
+    name: &str,
+) -> Result<(std::time::Duration, String)> {
     let t0 = Instant::now();
     let tar = crate::commands::tar_dir(ctx).await?;
     let len = tar.metadata()?.len();
@@ -102,7 +107,13 @@ async fn hearth_build(api: &Client, ctx: &Path, name: &str) -> Result<std::time:
     if let Err(e) = res {
         bail!("hearth build {name}: {e}\n{}", last.join("\n"));
     }
-    Ok(t0.elapsed())
+    let took = t0.elapsed();
+    let split = last
+        .iter()
+        .rev()
+        .find_map(|l| l.split_once(") in ").map(|(_, s)| s.to_string()))
+        .unwrap_or_default();
+    Ok((took, split))
 }
 
 /// `podman` with the bench's own storage.
@@ -152,15 +163,17 @@ async fn bench(
 
     let mut h_first = Series::new("first build (new builder, no cache)", None);
     let mut h_re = Series::new("rebuild, last line changed", None);
+    let mut splits = Vec::new();
     eprintln!("hearth: first build...");
-    h_first
-        .samples
-        .push(hearth_build(&api, &ctx, "bench:0").await?);
+    let (took, split) = hearth_build(&api, &ctx, "bench:0").await?;
+    h_first.samples.push(took);
+    splits.push(format!("first build: {split}"));
     for i in 1..=args.runs {
         eprintln!("hearth: rebuild {i}/{}...", args.runs);
         std::fs::write(ctx.join("Dockerfile"), dockerfile(i))?;
-        h_re.samples
-            .push(hearth_build(&api, &ctx, &format!("bench:{i}")).await?);
+        let (took, split) = hearth_build(&api, &ctx, &format!("bench:{i}")).await?;
+        h_re.samples.push(took);
+        splits.push(format!("rebuild {i}: {split}"));
     }
 
     let mut p_first = Series::new("first build", None);
@@ -188,6 +201,10 @@ async fn bench(
         ),
     }
     print_table(args, &h_first, &h_re, &p_first, &p_re);
+    println!("hearth's split (server side, from its last progress line):");
+    for s in &splits {
+        println!("  {s}");
+    }
     Ok(())
 }
 
