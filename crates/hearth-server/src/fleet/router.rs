@@ -120,6 +120,9 @@ impl NodeApi for Router {
     async fn images(&self) -> Result<Vec<ImageSummary>, NodeError> {
         self.any()?.images().await
     }
+    async fn known_layers(&self, diff_ids: &[String]) -> Result<Vec<String>, NodeError> {
+        self.any()?.known_layers(diff_ids).await
+    }
     async fn capacity(&self) -> Result<NodeCapacity, NodeError> {
         self.any()?.capacity().await
     }

@@ -114,7 +114,9 @@ impl Manager {
             id: name.into(),
             admin: false,
         };
-        self.remove(&owner, &builder, true).await?;
+        // Not purged: a node without a snapshot store refuses that, and a builder with
+        // snapshots (periodic ones) keeps them only for the grace period.
+        self.remove(&owner, &builder, false).await?;
         tracing::info!(user = name, builder, "removed the user's builder workspace");
         Ok(())
     }
