@@ -3,14 +3,15 @@
 # toolchain and, when no `cargo` is found, Rust through rustup.
 #   scripts/install-deps.sh           what `hearth server` and the build need
 #   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
-#                                     moto, schemathesis, the devcontainer reference CLI)
+#                                     PostgreSQL, moto, schemathesis, the devcontainer reference CLI)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`, sshd for `--ssh`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
 pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git
   ca-certificates curl gcc libc6-dev)
 case "${1:-}" in
-  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client) ;;
+  # postgresql: the tests start private servers with its initdb/pg_ctl (db/scratch.rs).
+  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client postgresql) ;;
   --bench) pkgs+=(podman skopeo uidmap openssh-server) ;;
   "") ;;
   *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;

@@ -1,18 +1,46 @@
-//! Workspace records in SQLite, through sqlx with plain SQL so PostgreSQL can follow.
+//! State in SQLite (the default: `hearth.db` in the data dir) or PostgreSQL (several
+//! servers, one database), through sqlx with plain SQL.
+//!
+//! One schema, one set of migrations and one text per query for both: each query is written
+//! once inside [`with_pool!`], which compiles it for each backend's own driver (so SQLite
+//! keeps its file options and PostgreSQL its native types). Rows are read through
+//! [`DbRow`]; the few things the two dialects say differently (row locks, byte-order
+//! sorting, a write transaction's start) come from [`Dialect`]. Queries use what both
+//! accept: `$N` placeholders, `ON CONFLICT`, `RETURNING`; never `rowid`, `INSERT OR
+//! REPLACE`, or an `INTEGER` column read as `i64` (PostgreSQL's is 32 bits: `BIGINT`).
+//! Migrations follow the same rule except for SQLite's type name `BLOB`, which
+//! PostgreSQL runs as `BYTEA` (see [`postgres_migrator`]).
+//!
+//! ```ignore
+//! pub async fn owner(&self, id: &str) -> Result<Option<String>, StoreError> {
+//!     with_pool!(self, p => {
+//!         let row = sqlx::query("SELECT owner FROM workspaces WHERE id = $1")
+//!             .bind(id)
+//!             .fetch_optional(p)
+//!             .await
+//!             .map_err(query_err(id))?;
+//!         row.map(|r| r.try_get("owner").map_err(query_err(id))).transpose()
+//!     })
+//! }
+//! ```
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use hearth_node::{EgressPolicy, Limits, WorkspaceId, WorkspaceSpec};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Postgres, Sqlite, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
 mod nodes;
 mod ports;
 mod prebuilds;
+pub mod scratch;
 mod users;
 
 pub use nodes::NodeRecord;
@@ -21,22 +49,99 @@ pub use users::{Removal, UserRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Connections per server to PostgreSQL (SQLite has its own, smaller, pool).
+const PG_CONNECTIONS: u32 = 16;
+
+/// Where the state lives: `hearth server --database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://user:password@host:port/db`; `?host=/run/postgresql`
+    /// for a unix socket); the database must exist, its tables are made here.
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://...` or `postgresql://...`, `sqlite://PATH` or `sqlite:PATH`.
+    pub fn parse(s: &str) -> Result<Database, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            // Checked now, so a typo fails at the command line, not at first use.
+            PgConnectOptions::from_str(s).map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+            Ok(Database::Postgres(s.to_string()))
+        } else if let Some(path) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(
+                    "sqlite: needs a file path (sqlite:///var/lib/hearth/hearth.db)".into(),
+                );
+            }
+            Ok(Database::Sqlite(PathBuf::from(path)))
+        } else {
+            Err(format!(
+                "unknown database {:?}: use postgres://USER@HOST/DB or sqlite:PATH",
+                redact(s)
+            ))
+        }
+    }
+
+    /// How logs and errors name it: never with a password.
+    pub fn display(&self) -> String {
+        match self {
+            Database::Sqlite(p) => p.display().to_string(),
+            Database::Postgres(url) => redact(url),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+}
+
+/// A PostgreSQL URL as user@host:port/db (no password, whatever the URL held); anything
+/// else as it is.
+fn redact(url: &str) -> String {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return url.to_string();
+    }
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => {
+            let host = match o.get_socket() {
+                Some(dir) => dir.display().to_string(),
+                None => o.get_host().to_string(),
+            };
+            format!(
+                "postgres://{}@{host}:{}/{}",
+                o.get_username(),
+                o.get_port(),
+                o.get_database().unwrap_or("")
+            )
+        }
+        Err(_) => "postgres://(invalid URL)".into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {db}: {source}")]
     Open {
-        path: PathBuf,
+        db: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("cannot migrate database {path}: {source}")]
+    #[error("cannot migrate database {db}: {source}")]
     Migrate {
-        path: PathBuf,
+        db: String,
         #[source]
         source: sqlx::migrate::MigrateError,
     },
     #[error("workspace {0} already exists")]
     NameTaken(String),
+    /// Another server's create took the slot between our read and our insert.
+    #[error("slot {0} is taken")]
+    SlotTaken(u32),
     #[error("user {0} already exists")]
     UserTaken(String),
     #[error("database error on users: {0}")]
@@ -49,6 +154,158 @@ pub enum StoreError {
     },
     #[error("corrupt record for workspace {id}: {message}")]
     Corrupt { id: String, message: String },
+}
+
+/// The pool of whichever backend the store was opened on.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the store's pool (`&SqlitePool` or `&PgPool`): the body
+/// is compiled once per backend, so a query is written once and runs on both. `?` and
+/// `return` in the body act on the enclosing function.
+macro_rules! with_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store.pool() {
+            $crate::db::Pool::Sqlite($p) => $body,
+            $crate::db::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// A value both backends decode (text, integers, booleans, bytes, and options of them).
+pub(crate) trait DbValue:
+    for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+{
+}
+
+impl<T> DbValue for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+{
+}
+
+/// A row of either backend, so one function decodes a table's rows for both.
+pub(crate) trait DbRow {
+    fn try_get<T: DbValue>(&self, column: &str) -> Result<T, sqlx::Error>;
+}
+
+impl DbRow for SqliteRow {
+    fn try_get<T: DbValue>(&self, column: &str) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
+    }
+}
+
+impl DbRow for PgRow {
+    fn try_get<T: DbValue>(&self, column: &str) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
+    }
+}
+
+/// What the two backends spell differently, asked of the pool inside [`with_pool!`].
+pub(crate) trait Dialect {
+    type Db: sqlx::Database;
+    /// Appended to a `SELECT` whose rows the transaction goes on to change on the strength
+    /// of what it read. SQLite has no row locks and needs none: its write transactions
+    /// hold the database's write lock from their start ([`Dialect::begin_write`]).
+    fn for_update(&self) -> &'static str;
+    /// As [`Dialect::for_update`] for rows that must not change or go away meanwhile.
+    fn for_share(&self) -> &'static str;
+    /// Appended to a text `ORDER BY` column: byte order on both (SQLite's default;
+    /// PostgreSQL's default follows the database's locale).
+    fn bytewise(&self) -> &'static str;
+    /// A transaction that will write: SQLite's `BEGIN IMMEDIATE` takes the write lock up
+    /// front, so two such transactions queue instead of failing to upgrade a read lock.
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl Dialect for SqlitePool {
+    type Db = Sqlite;
+    fn for_update(&self) -> &'static str {
+        ""
+    }
+    fn for_share(&self) -> &'static str {
+        ""
+    }
+    fn bytewise(&self) -> &'static str {
+        ""
+    }
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error>> + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl Dialect for PgPool {
+    type Db = Postgres;
+    fn for_update(&self) -> &'static str {
+        " FOR UPDATE"
+    }
+    fn for_share(&self) -> &'static str {
+        " FOR SHARE"
+    }
+    fn bytewise(&self) -> &'static str {
+        " COLLATE \"C\""
+    }
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Postgres>, sqlx::Error>> + Send
+    {
+        self.begin()
+    }
+}
+
+/// The migrations as PostgreSQL runs them: the same files, with SQLite's `BLOB` type (a
+/// whole word, in migrations only ever a column type) as `BYTEA`, PostgreSQL's name for
+/// it. Each keeps its file's checksum, so the rule may grow without failing the check of
+/// databases migrated before.
+fn postgres_migrator() -> sqlx::migrate::Migrator {
+    let migrations = MIGRATOR
+        .iter()
+        .map(|m| {
+            let mut pg = m.clone();
+            pg.sql = Cow::Owned(postgres_sql(&m.sql));
+            pg
+        })
+        .collect::<Vec<_>>();
+    sqlx::migrate::Migrator {
+        migrations: Cow::Owned(migrations),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+fn postgres_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(if word.eq_ignore_ascii_case("BLOB") {
+            "BYTEA"
+        } else {
+            word
+        });
+        word.clear();
+    };
+    for c in sql.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// One row of `workspaces`.
@@ -85,7 +342,7 @@ pub struct IdleRecord {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 /// RFC 3339 UTC time, second precision.
@@ -96,11 +353,16 @@ pub fn now() -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+pub(crate) fn query_err(id: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Query {
         id: id.to_string(),
         source,
     }
+}
+
+/// Whether `e` is a unique (or primary key) violation, on either backend.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 const COLUMNS: &str =
@@ -110,7 +372,7 @@ const COLUMNS: &str =
 /// its insert).
 const IDLE_COLUMNS: &str = "idle_timeout, last_active, stop_reason";
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> {
+fn record(row: &impl DbRow) -> Result<WorkspaceRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
     let get_err = |source| StoreError::Query {
         id: id.clone(),
@@ -164,101 +426,11 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<WorkspaceRecord, StoreError> 
     })
 }
 
-impl Store {
-    /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let opts = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(open_err)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(open_err)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Store { pool })
-    }
-
-    /// For queries kept next to their feature (`ssh_keys.rs`).
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("*"))?;
-        rows.iter().map(record).collect()
-    }
-
-    pub async fn get(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_err(name))?;
-        row.as_ref().map(record).transpose()
-    }
-
-    /// Slots in use, ascending.
-    pub async fn used_slots(&self) -> Result<Vec<u32>, StoreError> {
-        let rows = sqlx::query("SELECT slot FROM workspaces ORDER BY slot")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("*"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let slot: i64 = row.try_get("slot").map_err(query_err("*"))?;
-            if let Ok(s) = u32::try_from(slot) {
-                out.push(s);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Inserts a new workspace; a taken name is [`StoreError::NameTaken`].
-    pub async fn insert(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
-        if self.get(&rec.spec.name).await?.is_some() {
-            return Err(StoreError::NameTaken(rec.spec.name.clone()));
-        }
-        let mut tx = self.pool.begin().await.map_err(query_err("*"))?;
-        Self::insert_in(&mut tx, rec).await?;
-        tx.commit().await.map_err(query_err(&rec.spec.id))
-    }
-
-    async fn insert_in(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        rec: &WorkspaceRecord,
-    ) -> Result<(), StoreError> {
-        let s = &rec.spec;
-        let limits = serde_json::to_string(&s.limits).map_err(|e| StoreError::Corrupt {
-            id: s.id.to_string(),
-            message: format!("limits: {e}"),
-        })?;
-        let egress = egress_json(s)?;
+/// Inserts workspace row `$rec` (a `&WorkspaceRecord`) on connection `$conn` (within a
+/// transaction), as `Result<_, sqlx::Error>`.
+macro_rules! insert_workspace_row {
+    ($conn:expr, $rec:expr, $limits:expr, $egress:expr) => {{
+        let s = &$rec.spec;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
@@ -268,34 +440,191 @@ impl Store {
         .bind(&s.image)
         .bind(&s.source)
         .bind(i64::from(s.slot))
-        .bind(limits)
-        .bind(rec.state.as_str())
-        .bind(&rec.error)
-        .bind(&rec.created_at)
-        .bind(&rec.updated_at)
-        .bind(egress)
-        .bind(&rec.last_snapshot)
-        .bind(&rec.snapshot_error)
-        .bind(&rec.owner)
-        .bind(&rec.node)
+        .bind($limits)
+        .bind($rec.state.as_str())
+        .bind(&$rec.error)
+        .bind(&$rec.created_at)
+        .bind(&$rec.updated_at)
+        .bind($egress)
+        .bind(&$rec.last_snapshot)
+        .bind(&$rec.snapshot_error)
+        .bind(&$rec.owner)
+        .bind(&$rec.node)
         .bind(i64::try_from(s.generation).unwrap_or(i64::MAX))
         .bind(
-            (!rec.node_selector.is_empty())
-                .then(|| serde_json::to_string(&rec.node_selector).unwrap_or_default()),
+            (!$rec.node_selector.is_empty())
+                .then(|| serde_json::to_string(&$rec.node_selector).unwrap_or_default()),
         )
-        .bind(&rec.last_snapshot_at)
-        .execute(&mut **tx)
+        .bind(&$rec.last_snapshot_at)
+        .execute($conn)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::NameTaken(s.name.clone())
+    }};
+}
+
+impl Store {
+    /// Opens (creating if needed) a SQLite database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::connect(&Database::Sqlite(path.to_path_buf())).await
+    }
+
+    /// Opens `db` and brings its schema up to date. Servers sharing one PostgreSQL
+    /// database may start together: sqlx migrates under a PostgreSQL advisory lock.
+    pub async fn connect(db: &Database) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            db: db.display(),
+            source,
+        };
+        let migrate_err = |source| StoreError::Migrate {
+            db: db.display(),
+            source,
+        };
+        let pool = match db {
+            Database::Sqlite(path) => {
+                let opts = SqliteConnectOptions::from_str("sqlite:")
+                    .map_err(open_err)?
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await
+                    .map_err(open_err)?;
+                MIGRATOR.run(&pool).await.map_err(migrate_err)?;
+                Pool::Sqlite(pool)
             }
-            _ => StoreError::Query {
-                id: s.id.to_string(),
-                source: e,
-            },
+            Database::Postgres(url) => {
+                let opts = PgConnectOptions::from_str(url).map_err(open_err)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(PG_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await
+                    .map_err(open_err)?;
+                postgres_migrator().run(&pool).await.map_err(migrate_err)?;
+                Pool::Postgres(pool)
+            }
+        };
+        Ok(Store { pool })
+    }
+
+    /// For queries kept next to their feature, through [`with_pool!`].
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether this store is on PostgreSQL (several servers may share it).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces ORDER BY name{}",
+                p.bytewise()
+            ))
+            .fetch_all(p)
+            .await
+            .map_err(query_err("*"))?;
+            rows.iter().map(record).collect()
+        })
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        with_pool!(self, p => {
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces WHERE name = $1"
+            ))
+            .bind(name)
+            .fetch_optional(p)
+            .await
+            .map_err(query_err(name))?;
+            row.as_ref().map(record).transpose()
+        })
+    }
+
+    /// Slots in use, ascending.
+    pub async fn used_slots(&self) -> Result<Vec<u32>, StoreError> {
+        let slots: Vec<i64> = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT slot FROM workspaces ORDER BY slot")
+                .fetch_all(p)
+                .await
+                .map_err(query_err("*"))?
+        });
+        Ok(slots
+            .into_iter()
+            .filter_map(|s| u32::try_from(s).ok())
+            .collect())
+    }
+
+    /// Inserts a new workspace; a taken name is [`StoreError::NameTaken`], a taken slot
+    /// [`StoreError::SlotTaken`] (another server's create got there first).
+    pub async fn insert(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
+        self.insert_or_revive(rec, false).await
+    }
+
+    /// The row of a new or revived (`revive`: taken out of `deleted_workspaces` in the same
+    /// transaction) workspace.
+    async fn insert_or_revive(
+        &self,
+        rec: &WorkspaceRecord,
+        revive: bool,
+    ) -> Result<(), StoreError> {
+        let s = &rec.spec;
+        let id = s.id.as_str();
+        let limits = serde_json::to_string(&s.limits).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            message: format!("limits: {e}"),
         })?;
-        Ok(())
+        let egress = egress_json(s)?;
+        let inserted = with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(query_err(id))?;
+            // The owner stays while its new workspace goes in (users::delete_user).
+            sqlx::query(&format!(
+                "SELECT name FROM users WHERE name = $1{}",
+                p.for_share()
+            ))
+            .bind(&rec.owner)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err(id))?;
+            if revive {
+                sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err(id))?;
+            }
+            match insert_workspace_row!(&mut *tx, rec, limits, egress) {
+                Ok(_) => tx.commit().await.map(|_| true).map_err(query_err(id))?,
+                Err(e) if is_unique_violation(&e) => false,
+                Err(e) => return Err(query_err(id)(e)),
+            }
+        });
+        if inserted {
+            return Ok(());
+        }
+        // Which one: the transaction is over, so look as anyone would.
+        if self.get(&s.name).await?.is_some() {
+            Err(StoreError::NameTaken(s.name.clone()))
+        } else if self.used_slots().await?.contains(&s.slot) {
+            Err(StoreError::SlotTaken(s.slot))
+        } else {
+            Err(StoreError::Corrupt {
+                id: id.to_string(),
+                message: "id already in use".into(),
+            })
+        }
     }
 
     pub async fn set_state(
@@ -304,14 +633,18 @@ impl Store {
         state: WorkspaceState,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET state = $1, error = $2, updated_at = $3 WHERE id = $4")
+        with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workspaces SET state = $1, error = $2, updated_at = $3 WHERE id = $4",
+            )
             .bind(state.as_str())
             .bind(error)
             .bind(now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(p)
             .await
             .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
@@ -325,23 +658,25 @@ impl Store {
         res: Result<&str, &str>,
     ) -> Result<(), StoreError> {
         let generation = i64::try_from(generation).unwrap_or(i64::MAX);
-        let q = match res {
-            Ok(snap) => sqlx::query(
-                "UPDATE workspaces SET last_snapshot = $1, last_snapshot_at = $2, \
-                 snapshot_error = NULL WHERE id = $3 AND generation = $4",
-            )
-            .bind(snap)
-            .bind(now()),
-            Err(e) => sqlx::query(
-                "UPDATE workspaces SET snapshot_error = $1 WHERE id = $2 AND generation = $3",
-            )
-            .bind(e),
-        };
-        q.bind(id)
+        with_pool!(self, p => {
+            match res {
+                Ok(snap) => sqlx::query(
+                    "UPDATE workspaces SET last_snapshot = $1, last_snapshot_at = $2, \
+                     snapshot_error = NULL WHERE id = $3 AND generation = $4",
+                )
+                .bind(snap)
+                .bind(now()),
+                Err(e) => sqlx::query(
+                    "UPDATE workspaces SET snapshot_error = $1 WHERE id = $2 AND generation = $3",
+                )
+                .bind(e),
+            }
+            .bind(id)
             .bind(generation)
-            .execute(&self.pool)
+            .execute(p)
             .await
             .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
@@ -366,74 +701,85 @@ impl Store {
         column: &'static str,
         json: String,
     ) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "UPDATE workspaces SET {column} = $1, updated_at = $2 WHERE id = $3"
-        ))
-        .bind(json)
-        .bind(now())
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err(id))?;
+        let sql = format!("UPDATE workspaces SET {column} = $1, updated_at = $2 WHERE id = $3");
+        with_pool!(self, p => {
+            sqlx::query(&sql)
+                .bind(&json)
+                .bind(now())
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     /// Sets a workspace's idle timeout (`None`: the server's default).
     pub async fn set_idle_timeout(&self, id: &str, secs: Option<u64>) -> Result<(), StoreError> {
         let secs = secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-        sqlx::query("UPDATE workspaces SET idle_timeout = $1, updated_at = $2 WHERE id = $3")
-            .bind(secs)
-            .bind(now())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE workspaces SET idle_timeout = $1, updated_at = $2 WHERE id = $3")
+                .bind(secs)
+                .bind(now())
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     /// Records when workspace `id` was last active (RFC 3339).
     pub async fn set_last_active(&self, id: &str, at: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET last_active = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE workspaces SET last_active = $1 WHERE id = $2")
+                .bind(at)
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     /// Records why workspace `id` stopped (`None` clears it, at a start).
     pub async fn set_stop_reason(&self, id: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspaces SET stop_reason = $1 WHERE id = $2")
-            .bind(reason)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE workspaces SET stop_reason = $1 WHERE id = $2")
+                .bind(reason)
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM workspaces WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("DELETE FROM workspaces WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         self.forget_workspace_dotfiles(id).await?;
         self.forget_devcontainer(id).await
     }
 
     /// Records the devcontainer settings (JSON) a workspace was made from.
     pub async fn set_devcontainer(&self, id: &str, config: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workspace_devcontainers (id, config) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET config = excluded.config, done = NULL",
-        )
-        .bind(id)
-        .bind(config)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO workspace_devcontainers (id, config) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET config = excluded.config, done = NULL",
+            )
+            .bind(id)
+            .bind(config)
+            .execute(p)
+            .await
+            .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
@@ -442,47 +788,48 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let row = sqlx::query("SELECT config, done FROM workspace_devcontainers WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err(id))?;
-        row.map(|r| {
-            Ok((
-                r.try_get("config").map_err(query_err(id))?,
-                r.try_get("done").map_err(query_err(id))?,
-            ))
+        with_pool!(self, p => {
+            sqlx::query_as("SELECT config, done FROM workspace_devcontainers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(query_err(id))
         })
-        .transpose()
     }
 
     /// Replaces the settings, keeping how far the lifecycle got.
     pub async fn update_devcontainer(&self, id: &str, config: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspace_devcontainers SET config = $2 WHERE id = $1")
-            .bind(id)
-            .bind(config)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE workspace_devcontainers SET config = $2 WHERE id = $1")
+                .bind(id)
+                .bind(config)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     pub async fn set_devcontainer_done(&self, id: &str, step: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspace_devcontainers SET done = $2 WHERE id = $1")
-            .bind(id)
-            .bind(step)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE workspace_devcontainers SET done = $2 WHERE id = $1")
+                .bind(id)
+                .bind(step)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 
     async fn forget_devcontainer(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM workspace_devcontainers WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("DELETE FROM workspace_devcontainers WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 }
@@ -498,7 +845,7 @@ pub struct DeletedRecord {
     pub expires_at: String,
 }
 
-fn deleted_record(row: &sqlx::sqlite::SqliteRow) -> Result<DeletedRecord, StoreError> {
+fn deleted_record(row: &impl DbRow) -> Result<DeletedRecord, StoreError> {
     let id: String = row.try_get("id").map_err(query_err("?"))?;
     let get_err = |source| StoreError::Query {
         id: id.clone(),
@@ -537,65 +884,62 @@ impl Store {
             id: id.to_string(),
             message: format!("spec: {e}"),
         })?;
-        let mut tx = self.pool.begin().await.map_err(query_err(id))?;
-        sqlx::query(
-            "INSERT INTO deleted_workspaces (id, name, owner, spec, deleted_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
-        )
-        .bind(id)
-        .bind(&rec.spec.name)
-        .bind(&rec.owner)
-        .bind(spec)
-        .bind(deleted_at)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err(id))?;
-        sqlx::query("DELETE FROM workspaces WHERE id = $1")
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(query_err(id))?;
+            sqlx::query(
+                "INSERT INTO deleted_workspaces (id, name, owner, spec, deleted_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+            )
             .bind(id)
+            .bind(&rec.spec.name)
+            .bind(&rec.owner)
+            .bind(&spec)
+            .bind(deleted_at)
+            .bind(expires_at)
             .execute(&mut *tx)
             .await
             .map_err(query_err(id))?;
-        tx.commit().await.map_err(query_err(id))
+            sqlx::query("DELETE FROM workspaces WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err(id))?;
+            tx.commit().await.map_err(query_err(id))
+        })
     }
 
     /// Removed workspaces, most recently removed first.
     pub async fn deleted(&self) -> Result<Vec<DeletedRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, owner, spec, deleted_at, expires_at FROM deleted_workspaces \
-             ORDER BY deleted_at DESC, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("*"))?;
-        rows.iter().map(deleted_record).collect()
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT id, name, owner, spec, deleted_at, expires_at FROM deleted_workspaces \
+                 ORDER BY deleted_at{0} DESC, id{0}",
+                p.bytewise()
+            ))
+            .fetch_all(p)
+            .await
+            .map_err(query_err("*"))?;
+            rows.iter().map(deleted_record).collect()
+        })
     }
 
     pub async fn forget_deleted(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         self.forget_devcontainer(id).await
     }
 
     /// Brings a removed workspace back as `rec` (same id, so its snapshots are its own
-    /// again), in one transaction; a taken name is [`StoreError::NameTaken`].
+    /// again), in one transaction; a taken name is [`StoreError::NameTaken`], a taken slot
+    /// [`StoreError::SlotTaken`].
     pub async fn revive(&self, rec: &WorkspaceRecord) -> Result<(), StoreError> {
-        if self.get(&rec.spec.name).await?.is_some() {
-            return Err(StoreError::NameTaken(rec.spec.name.clone()));
-        }
-        let id = rec.spec.id.as_str();
-        let mut tx = self.pool.begin().await.map_err(query_err(id))?;
-        sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err(id))?;
-        Self::insert_in(&mut tx, rec).await?;
-        tx.commit().await.map_err(query_err(id))
+        self.insert_or_revive(rec, true).await
     }
 }
 
@@ -619,9 +963,76 @@ pub fn lowest_free_slot(used: &[u32]) -> u32 {
     want
 }
 
+/// The same tests on both backends: `on_both_backends!(t)` turns `async fn t(b: Backend)`
+/// into tests `t::sqlite` and `t::postgres`; [`testdb::TestDb`] gives each its database.
+#[cfg(test)]
+pub(crate) mod testdb {
+    use super::{scratch::ScratchDb, Database, Store};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Backend {
+        Sqlite,
+        Postgres,
+    }
+
+    /// A fresh database of one backend, removed on drop.
+    pub(crate) struct TestDb {
+        /// The SQLite file's directory (also handy as a data dir).
+        pub(crate) dir: tempfile::TempDir,
+        pub(crate) database: Database,
+        _pg: Option<ScratchDb>,
+    }
+
+    impl TestDb {
+        pub(crate) fn new(b: Backend) -> TestDb {
+            let dir = tempfile::tempdir().unwrap();
+            let (database, pg) = match b {
+                Backend::Sqlite => (Database::Sqlite(dir.path().join("hearth.db")), None),
+                Backend::Postgres => {
+                    let db = ScratchDb::new().unwrap();
+                    (db.database(), Some(db))
+                }
+            };
+            TestDb {
+                dir,
+                database,
+                _pg: pg,
+            }
+        }
+
+        pub(crate) async fn store(&self) -> Store {
+            Store::connect(&self.database).await.unwrap()
+        }
+    }
+
+    macro_rules! on_both_backends {
+        ($($test:ident),* $(,)?) => {$(
+            mod $test {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$test($crate::db::testdb::Backend::Sqlite).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$test($crate::db::testdb::Backend::Postgres).await
+                }
+            }
+        )*};
+    }
+    pub(crate) use on_both_backends;
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testdb::{on_both_backends, Backend, TestDb};
     use super::*;
+
+    on_both_backends!(
+        removed_rows_keep_their_id_and_come_back_under_it,
+        store_round_trips_and_enforces_unique_names,
+        concurrent_creates_get_distinct_slots_and_lose_nothing,
+        text_sorts_bytewise,
+    );
 
     fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
         WorkspaceRecord {
@@ -649,10 +1060,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn removed_rows_keep_their_id_and_come_back_under_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
+    async fn removed_rows_keep_their_id_and_come_back_under_it(b: Backend) {
+        let db = TestDb::new(b);
+        let store = db.store().await;
         let mut a = rec("aaaaaaaaaaaa", "a", 0);
         a.owner = "alice".into();
         store.insert(&a).await.unwrap();
@@ -682,6 +1092,11 @@ mod tests {
             "a refused revive kept it"
         );
         back.spec.name = "a2".into();
+        assert!(
+            matches!(store.revive(&back).await, Err(StoreError::SlotTaken(0))),
+            "slot 0 is b's"
+        );
+        assert_eq!(store.deleted().await.unwrap().len(), 1);
         back.spec.slot = 1;
         store.revive(&back).await.unwrap();
         assert!(store.deleted().await.unwrap().is_empty());
@@ -724,6 +1139,94 @@ mod tests {
         assert_eq!(old.spec.egress, EgressPolicy::default());
     }
 
+    /// A database written before PostgreSQL support (migrations 1 to 14, as
+    /// `testdata/hearth-0014.sql` dumps it: users, a workspace, a secret, a port, a
+    /// removed workspace, a prebuild) opens unchanged: the migrations' checksums still
+    /// match and its rows read back.
+    #[tokio::test]
+    async fn sqlite_database_from_before_postgres_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        {
+            let opts = SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            sqlx::raw_sql(include_str!("../testdata/hearth-0014.sql"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let names: Vec<String> = store
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["admin", "alice"]);
+        let ws = store.get("old-one").await.unwrap().unwrap();
+        assert_eq!((ws.owner.as_str(), ws.spec.slot), ("alice", 3));
+        assert_eq!(
+            store.ports(ws.spec.id.as_str()).await.unwrap(),
+            [(8080, true)]
+        );
+        assert_eq!(store.secret_count().await.unwrap(), 1);
+        assert_eq!(store.deleted().await.unwrap().len(), 1);
+        assert_eq!(store.prebuilds(None).await.unwrap().len(), 1);
+        // And it is still written to.
+        store.insert(&rec("bbbbbbbbbbbb", "new", 0)).await.unwrap();
+        assert_eq!(store.used_slots().await.unwrap(), [0, 3]);
+    }
+
+    #[test]
+    fn postgres_runs_blob_as_bytea_and_keeps_the_checksums() {
+        let pg = postgres_migrator();
+        assert_eq!(pg.migrations.len(), MIGRATOR.migrations.len());
+        for (p, s) in pg.iter().zip(MIGRATOR.iter()) {
+            assert_eq!(p.checksum, s.checksum, "migration {}", s.version);
+            assert_eq!(
+                p.sql.replace("BYTEA", "BLOB"),
+                s.sql,
+                "migration {}",
+                s.version
+            );
+        }
+        assert_eq!(
+            postgres_sql("value BLOB NOT NULL, blobs TEXT, x_blob TEXT, b blob"),
+            "value BYTEA NOT NULL, blobs TEXT, x_blob TEXT, b BYTEA"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            Database::parse("sqlite:///var/lib/h.db").unwrap(),
+            Database::Sqlite("/var/lib/h.db".into())
+        );
+        assert_eq!(
+            Database::parse("sqlite:rel.db").unwrap(),
+            Database::Sqlite("rel.db".into())
+        );
+        let pg = Database::parse("postgres://hearth:s3cret@db.example:5433/hearth").unwrap();
+        assert!(pg.is_postgres());
+        assert_eq!(pg.display(), "postgres://hearth@db.example:5433/hearth");
+        let sock = Database::parse("postgresql://u@localhost/d?host=/run/postgresql").unwrap();
+        assert_eq!(sock.display(), "postgres://u@/run/postgresql:5432/d");
+        for bad in [
+            "mysql://x/y",
+            "sqlite:",
+            "/var/lib/h.db",
+            "postgres://u:p@h:notaport/d",
+        ] {
+            let e = Database::parse(bad).unwrap_err();
+            assert!(!e.contains("p@"), "{e}");
+        }
+    }
+
     #[test]
     fn lowest_free_slot_fills_gaps() {
         assert_eq!(lowest_free_slot(&[]), 0);
@@ -732,17 +1235,20 @@ mod tests {
         assert_eq!(lowest_free_slot(&[0, 2, 3]), 1);
     }
 
-    #[tokio::test]
-    async fn store_round_trips_and_enforces_unique_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hearth.db");
-        let store = Store::open(&path).await.unwrap();
-        let a = rec("aaaaaaaaaaaa", "a", 0);
+    async fn store_round_trips_and_enforces_unique_names(b: Backend) {
+        let db = TestDb::new(b);
+        let store = db.store().await;
+        let mut a = rec("aaaaaaaaaaaa", "a", 0);
+        a.idle.timeout = None;
         store.insert(&a).await.unwrap();
         assert_eq!(store.get("a").await.unwrap().unwrap(), a);
         assert!(matches!(
             store.insert(&rec("bbbbbbbbbbbb", "a", 1)).await,
             Err(StoreError::NameTaken(n)) if n == "a"
+        ));
+        assert!(matches!(
+            store.insert(&rec("bbbbbbbbbbbb", "b", 0)).await,
+            Err(StoreError::SlotTaken(0))
         ));
         store.insert(&rec("cccccccccccc", "c", 2)).await.unwrap();
         assert_eq!(store.used_slots().await.unwrap(), vec![0, 2]);
@@ -760,6 +1266,66 @@ mod tests {
             store.get("a").await.unwrap().unwrap().spec.egress,
             with_policy.egress
         );
+        store
+            .set_idle_timeout("aaaaaaaaaaaa", Some(u64::MAX))
+            .await
+            .unwrap();
+        store
+            .set_last_active("aaaaaaaaaaaa", "2026-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        store
+            .set_stop_reason("aaaaaaaaaaaa", Some("idle"))
+            .await
+            .unwrap();
+        let idle = store.get("a").await.unwrap().unwrap().idle;
+        assert_eq!(
+            idle,
+            IdleRecord {
+                timeout: Some(i64::MAX as u64),
+                last_active: Some("2026-01-01T00:00:00Z".into()),
+                stop_reason: Some("idle".into()),
+            }
+        );
+        // Ports: private is no row; rows go with their workspace.
+        store
+            .set_port_public("aaaaaaaaaaaa", 8080, true)
+            .await
+            .unwrap();
+        store
+            .set_port_public("aaaaaaaaaaaa", 8080, true)
+            .await
+            .unwrap();
+        store
+            .set_port_public("aaaaaaaaaaaa", 22, true)
+            .await
+            .unwrap();
+        store
+            .set_port_public("aaaaaaaaaaaa", 22, false)
+            .await
+            .unwrap();
+        assert_eq!(store.ports("aaaaaaaaaaaa").await.unwrap(), [(8080, true)]);
+        assert!(store.port_public("aaaaaaaaaaaa", 8080).await.unwrap());
+        assert!(!store.port_public("aaaaaaaaaaaa", 22).await.unwrap());
+        // Devcontainer settings: replaced, then the step done kept by an update.
+        store.set_devcontainer("aaaaaaaaaaaa", "{}").await.unwrap();
+        store
+            .set_devcontainer_done("aaaaaaaaaaaa", "onCreate")
+            .await
+            .unwrap();
+        store
+            .update_devcontainer("aaaaaaaaaaaa", "{\"x\":1}")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.devcontainer("aaaaaaaaaaaa").await.unwrap(),
+            Some(("{\"x\":1}".into(), Some("onCreate".into())))
+        );
+        store.set_devcontainer("aaaaaaaaaaaa", "{}").await.unwrap();
+        assert_eq!(
+            store.devcontainer("aaaaaaaaaaaa").await.unwrap(),
+            Some(("{}".into(), None))
+        );
         // Snapshot outcomes: a failure keeps the last good id, a success clears the error.
         store
             .set_snapshot_result("cccccccccccc", 0, Ok("s1"))
@@ -774,9 +1340,11 @@ mod tests {
         assert_eq!(c.snapshot_error.as_deref(), Some("store unreachable"));
         store.delete("aaaaaaaaaaaa").await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
+        assert!(store.ports("aaaaaaaaaaaa").await.unwrap().is_empty());
+        assert_eq!(store.devcontainer("aaaaaaaaaaaa").await.unwrap(), None);
         store.close().await;
         // Reopening keeps data (migrations are not re-applied destructively).
-        let store = Store::open(&path).await.unwrap();
+        let store = db.store().await;
         let names: Vec<_> = store
             .list()
             .await
@@ -787,5 +1355,75 @@ mod tests {
         assert_eq!(names, vec!["c"]);
         let c = store.get("c").await.unwrap().unwrap();
         assert_eq!(c.snapshot_error.as_deref(), Some("store unreachable"));
+    }
+
+    /// Creates from many servers at once (a store each, as separate processes would have):
+    /// every name gets exactly one row, slots never collide, nothing is lost.
+    async fn concurrent_creates_get_distinct_slots_and_lose_nothing(b: Backend) {
+        const SERVERS: usize = 4;
+        const EACH: usize = 6;
+        let db = TestDb::new(b);
+        let mut stores = Vec::new();
+        for _ in 0..SERVERS {
+            stores.push(db.store().await);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (s, store) in stores.iter().enumerate() {
+            for i in 0..EACH {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    // Each name twice (by two servers): one wins, the other is told so.
+                    let name = format!("w{i}-{}", s / 2);
+                    let id = format!("{s:02}{i:02}aaaaaaaa");
+                    loop {
+                        let slot = lowest_free_slot(&store.used_slots().await.unwrap());
+                        match store.insert(&rec(&id, &name, slot)).await {
+                            Err(StoreError::SlotTaken(_)) => continue,
+                            other => return (name, other.map_err(|e| e.to_string())),
+                        }
+                    }
+                });
+            }
+        }
+        let mut won = std::collections::BTreeMap::<String, usize>::new();
+        while let Some(res) = tasks.join_next().await {
+            let (name, res) = res.unwrap();
+            match res {
+                Ok(()) => *won.entry(name).or_default() += 1,
+                Err(e) => assert!(e.contains("already exists"), "{name}: {e}"),
+            }
+        }
+        assert_eq!(won.len(), SERVERS / 2 * EACH, "{won:?}");
+        assert!(won.values().all(|n| *n == 1), "{won:?}");
+        let rows = stores[0].list().await.unwrap();
+        assert_eq!(rows.len(), SERVERS / 2 * EACH);
+        let mut slots: Vec<u32> = rows.iter().map(|r| r.spec.slot).collect();
+        slots.sort();
+        assert_eq!(
+            slots,
+            (0..rows.len() as u32).collect::<Vec<_>>(),
+            "no gaps, no twins"
+        );
+    }
+
+    /// Listings sort names byte by byte on both (upper case first, `_` between), whatever
+    /// the PostgreSQL database's locale (the scratch server's is ICU's en-US).
+    async fn text_sorts_bytewise(b: Backend) {
+        let db = TestDb::new(b);
+        let store = db.store().await;
+        for (i, name) in ["ab", "a_b", "B", "a"].iter().enumerate() {
+            store
+                .insert(&rec(&format!("{i:012}"), name, i as u32))
+                .await
+                .unwrap();
+        }
+        let names: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.spec.name)
+            .collect();
+        assert_eq!(names, ["B", "a", "a_b", "ab"]);
     }
 }

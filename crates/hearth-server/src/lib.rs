@@ -1,7 +1,7 @@
 //! The Hearth control plane: workspace records, lifecycle and the REST/WebSocket API.
 //!
 //! It talks to the node only through [`hearth_node::NodeApi`]. Files in the data dir:
-//! `hearth.db` (SQLite; users with token hashes), `token` (the first-start admin's API
+//! `hearth.db` (SQLite, unless `--database` names PostgreSQL; see [`db`]), `token` (the first-start admin's API
 //! token, 0600, for the CLI on the same machine), `server.json` (where the running server
 //! listens, for that CLI), `server.lock` (one server per dir) and `secrets.key` (0600, the
 //! key users' secrets are encrypted with, see [`secrets`]).
@@ -60,6 +60,17 @@ pub struct ServerConfig {
     pub upload_max: u64,
     /// Where the SSH gateway listens; `None` runs without one.
     pub ssh_listen: Option<SocketAddr>,
+    /// Where the state lives; `None`: `hearth.db` (SQLite) in the data dir.
+    pub database: Option<db::Database>,
+}
+
+impl ServerConfig {
+    /// The database this configuration names.
+    pub fn database(&self) -> db::Database {
+        self.database
+            .clone()
+            .unwrap_or_else(|| db::Database::Sqlite(self.data_dir.join(DB_FILE)))
+    }
 }
 
 /// Exclusive hold on a data dir; released when dropped (the kernel drops it if we die).
@@ -157,7 +168,9 @@ impl Server {
         node: Arc<dyn NodeApi>,
     ) -> anyhow::Result<Server> {
         let token = ensure_token(&cfg.data_dir)?;
-        let store = Store::open(&cfg.data_dir.join(DB_FILE)).await?;
+        let database = cfg.database();
+        let store = Store::connect(&database).await?;
+        tracing::info!(database = database.display(), "database open");
         let manager = Manager::shared(store.clone(), node);
         let sealed = store
             .secret_count()
@@ -367,12 +380,25 @@ pub async fn run(
 /// workspace the database knows (live or removed) and collects their chunks, and deletes
 /// the database.
 ///
-/// Takes `lock` so it cannot run under a live server.
-pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> anyhow::Result<()> {
-    let db_path = lock.dir().join(DB_FILE);
+/// Takes `lock` so it cannot run under a live server. `database`: the server's
+/// `--database` (`None`: the data dir's SQLite file); a purge leaves a PostgreSQL database
+/// itself in place (only its rows go).
+pub async fn teardown(
+    lock: &DataDirLock,
+    database: Option<&db::Database>,
+    node: &dyn NodeApi,
+    purge: bool,
+) -> anyhow::Result<()> {
+    let database = database
+        .cloned()
+        .unwrap_or_else(|| db::Database::Sqlite(lock.dir().join(DB_FILE)));
+    let sqlite_file = match &database {
+        db::Database::Sqlite(path) => Some(path.clone()),
+        db::Database::Postgres(_) => None,
+    };
     let mut failures = Vec::new();
-    if db_path.exists() {
-        let store = Store::open(&db_path).await?;
+    if sqlite_file.as_ref().is_none_or(|p| p.exists()) {
+        let store = Store::connect(&database).await?;
         let mut forgot = false;
         for rec in store.list().await? {
             let name = rec.spec.name.clone();
@@ -426,9 +452,11 @@ pub async fn teardown(lock: &DataDirLock, node: &dyn NodeApi, purge: bool) -> an
     if !failures.is_empty() {
         anyhow::bail!("teardown incomplete: {}", failures.join("; "));
     }
-    if purge {
+    if let (true, Some(file)) = (purge, sqlite_file) {
         for suffix in ["", "-wal", "-shm"] {
-            let p = lock.dir().join(format!("{DB_FILE}{suffix}"));
+            let mut p = file.clone().into_os_string();
+            p.push(suffix);
+            let p = PathBuf::from(p);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

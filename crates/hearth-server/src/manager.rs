@@ -1329,7 +1329,6 @@ impl Manager {
             self.ensure_image(&node, &api, &image).await?;
         }
         let _alloc = self.alloc.lock().await;
-        let slot = lowest_free_slot(&self.store.used_slots().await?);
         let t = now();
         // A record under an id used before (a prebuild series) starts above any
         // generation an earlier one reached, so the store's fence never refuses it.
@@ -1337,14 +1336,14 @@ impl Manager {
             Some(_) => time::OffsetDateTime::now_utc().unix_timestamp().max(1) as u64,
             None => 1,
         };
-        let rec = WorkspaceRecord {
+        let mut rec = WorkspaceRecord {
             spec: WorkspaceSpec {
                 generation,
                 id: id.unwrap_or_else(new_id),
                 name: name.to_string(),
                 image,
                 source,
-                slot,
+                slot: 0,
                 limits,
                 egress,
             },
@@ -1360,10 +1359,36 @@ impl Manager {
             last_snapshot_at: None,
             idle: Default::default(),
         };
-        self.store.insert(&rec).await?;
+        self.insert_at_free_slot(&mut rec, false).await?;
         // Making a workspace is using it: its idle time starts now.
         self.activity.touch(rec.spec.id.as_str());
         Ok(rec)
+    }
+
+    /// Records `rec` (new, or `revive`d from `deleted_workspaces`) at the lowest free slot.
+    /// The caller holds the allocation lock, so only another server sharing the database
+    /// (PostgreSQL) can take that slot first: then the next free one is tried.
+    pub(crate) async fn insert_at_free_slot(
+        &self,
+        rec: &mut WorkspaceRecord,
+        revive: bool,
+    ) -> Result<(), crate::db::StoreError> {
+        let mut tries = 0;
+        loop {
+            rec.spec.slot = lowest_free_slot(&self.store.used_slots().await?);
+            let res = if revive {
+                self.store.revive(rec).await
+            } else {
+                self.store.insert(rec).await
+            };
+            match res {
+                Err(crate::db::StoreError::SlotTaken(slot)) if tries < 100 => {
+                    tracing::debug!(slot, workspace = rec.spec.name, "slot taken meanwhile");
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn reconcile(&self) -> anyhow::Result<()> {

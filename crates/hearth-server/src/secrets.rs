@@ -22,10 +22,9 @@ use hearth_api::{
     Dotfiles, ErrorBody, Secret, SetSecret, MAX_REPO_URL, MAX_SECRET_KEY, MAX_SECRET_VALUE,
     SECRET_KEY_PATTERN,
 };
-use sqlx::Row;
 
 use crate::auth::Caller;
-use crate::db::{now, Store, StoreError};
+use crate::db::{now, with_pool, DbRow, Dialect, Store, StoreError};
 use crate::error::ApiError;
 use crate::state::{ApiJson, AppState};
 
@@ -246,7 +245,7 @@ fn q(source: sqlx::Error) -> StoreError {
     }
 }
 
-fn listed(row: &sqlx::sqlite::SqliteRow) -> Result<Secret, StoreError> {
+fn listed(row: &impl DbRow) -> Result<Secret, StoreError> {
     let repo: String = row.try_get("repo").map_err(q)?;
     Ok(Secret {
         key: row.try_get("key").map_err(q)?,
@@ -259,27 +258,33 @@ fn listed(row: &sqlx::sqlite::SqliteRow) -> Result<Secret, StoreError> {
 impl Store {
     /// How many secrets (of all users) the database holds.
     pub async fn secret_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secrets")
-            .fetch_one(self.pool())
-            .await
-            .map_err(q)?;
+        let n: i64 = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM secrets")
+                .fetch_one(p)
+                .await
+                .map_err(q)?
+        });
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     pub async fn secrets(&self, user: &str) -> Result<Vec<Secret>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key, repo, created_at, updated_at FROM secrets WHERE user_name = $1 \
-             ORDER BY key, repo",
-        )
-        .bind(user)
-        .fetch_all(self.pool())
-        .await
-        .map_err(q)?;
-        rows.iter().map(listed).collect()
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT key, repo, created_at, updated_at FROM secrets WHERE user_name = $1 \
+                 ORDER BY key{0}, repo{0}",
+                p.bytewise()
+            ))
+            .bind(user)
+            .fetch_all(p)
+            .await
+            .map_err(q)?;
+            rows.iter().map(listed).collect()
+        })
     }
 
     /// Inserts or replaces; `None` when the user's other secrets leave no room (count or
-    /// bytes).
+    /// bytes). The user's row is locked meanwhile, so two at once cannot both fit in the
+    /// room of one.
     async fn put_secret(
         &self,
         user: &str,
@@ -287,52 +292,61 @@ impl Store {
         key: &str,
         sealed: &[u8],
     ) -> Result<Option<Secret>, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(q)?;
-        let (others, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM secrets \
-             WHERE user_name = $1 AND NOT (repo = $2 AND key = $3)",
-        )
-        .bind(user)
-        .bind(repo)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q)?;
-        let total = bytes - others * SEAL_OVERHEAD + sealed.len() as i64 - SEAL_OVERHEAD;
-        if usize::try_from(others).unwrap_or(usize::MAX) >= MAX_SECRETS_PER_USER
-            || total > MAX_SECRET_BYTES_PER_USER
-        {
-            return Ok(None);
-        }
-        let t = now();
-        let row = sqlx::query(
-            "INSERT INTO secrets (user_name, repo, key, value, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (user_name, repo, key) \
-             DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
-             RETURNING key, repo, created_at, updated_at",
-        )
-        .bind(user)
-        .bind(repo)
-        .bind(key)
-        .bind(sealed)
-        .bind(&t)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q)?;
-        tx.commit().await.map_err(q)?;
-        listed(&row).map(Some)
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(q)?;
+            sqlx::query(&format!("SELECT name FROM users WHERE name = $1{}", p.for_update()))
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q)?;
+            let (others, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM secrets \
+                 WHERE user_name = $1 AND NOT (repo = $2 AND key = $3)",
+            )
+            .bind(user)
+            .bind(repo)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q)?;
+            let total = bytes - others * SEAL_OVERHEAD + sealed.len() as i64 - SEAL_OVERHEAD;
+            if usize::try_from(others).unwrap_or(usize::MAX) >= MAX_SECRETS_PER_USER
+                || total > MAX_SECRET_BYTES_PER_USER
+            {
+                return Ok(None);
+            }
+            let t = now();
+            let row = sqlx::query(
+                "INSERT INTO secrets (user_name, repo, key, value, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (user_name, repo, key) \
+                 DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+                 RETURNING key, repo, created_at, updated_at",
+            )
+            .bind(user)
+            .bind(repo)
+            .bind(key)
+            .bind(sealed)
+            .bind(&t)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q)?;
+            tx.commit().await.map_err(q)?;
+            listed(&row).map(Some)
+        })
     }
 
     async fn delete_secret(&self, user: &str, repo: &str, key: &str) -> Result<bool, StoreError> {
-        let res =
+        let res = with_pool!(self, p => {
             sqlx::query("DELETE FROM secrets WHERE user_name = $1 AND repo = $2 AND key = $3")
                 .bind(user)
                 .bind(repo)
                 .bind(key)
-                .execute(self.pool())
+                .execute(p)
                 .await
-                .map_err(q)?;
-        Ok(res.rows_affected() > 0)
+                .map_err(q)?
+                .rows_affected()
+        });
+        Ok(res > 0)
     }
 
     /// `(repo, key, sealed value)` of the user's secrets for `repo` and for every
@@ -342,42 +356,39 @@ impl Store {
         user: &str,
         repo: &str,
     ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT repo, key, value FROM secrets WHERE user_name = $1 AND (repo = '' OR repo = $2)",
-        )
-        .bind(user)
-        .bind(repo)
-        .fetch_all(self.pool())
-        .await
-        .map_err(q)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("repo").map_err(q)?,
-                    r.try_get("key").map_err(q)?,
-                    r.try_get("value").map_err(q)?,
-                ))
-            })
-            .collect()
+        with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT repo, key, value FROM secrets \
+                 WHERE user_name = $1 AND (repo = '' OR repo = $2)",
+            )
+            .bind(user)
+            .bind(repo)
+            .fetch_all(p)
+            .await
+            .map_err(q)
+        })
     }
 
     pub async fn user_dotfiles(&self, user: &str) -> Result<Option<String>, StoreError> {
-        let url: Option<Option<String>> =
+        let url: Option<Option<String>> = with_pool!(self, p => {
             sqlx::query_scalar("SELECT dotfiles FROM users WHERE name = $1")
                 .bind(user)
-                .fetch_optional(self.pool())
+                .fetch_optional(p)
                 .await
-                .map_err(StoreError::Users)?;
+                .map_err(StoreError::Users)?
+        });
         Ok(url.flatten())
     }
 
     async fn set_user_dotfiles(&self, user: &str, url: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET dotfiles = $2 WHERE name = $1")
-            .bind(user)
-            .bind(url)
-            .execute(self.pool())
-            .await
-            .map_err(StoreError::Users)?;
+        with_pool!(self, p => {
+            sqlx::query("UPDATE users SET dotfiles = $2 WHERE name = $1")
+                .bind(user)
+                .bind(url)
+                .execute(p)
+                .await
+                .map_err(StoreError::Users)?;
+        });
         Ok(())
     }
 }
@@ -628,10 +639,11 @@ mod tests {
         assert!(!path.exists());
     }
 
-    #[tokio::test]
-    async fn room_per_user_and_repository_secrets_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).await.unwrap();
+    crate::db::testdb::on_both_backends!(room_per_user_and_repository_secrets_first);
+
+    async fn room_per_user_and_repository_secrets_first(b: crate::db::testdb::Backend) {
+        let db = crate::db::testdb::TestDb::new(b);
+        let store = db.store().await;
         let b = SecretBox::from_key(&[1; 32]);
         let put = |user: &'static str, repo: &'static str, key: String, value: String| {
             let (store, b) = (&store, &b);

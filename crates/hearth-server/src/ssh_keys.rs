@@ -7,10 +7,9 @@ use axum::{Json, Router};
 use hearth_api::{AddSshKey, ErrorBody, SshInfo, SshKey};
 use rand::RngCore;
 use russh::keys::{Algorithm, HashAlg, PublicKey};
-use sqlx::Row;
 
 use crate::auth::Caller;
-use crate::db::{now, Store, StoreError};
+use crate::db::{now, with_pool, DbRow, Dialect, Store, StoreError};
 use crate::error::ApiError;
 use crate::state::{ApiJson, AppState};
 
@@ -101,9 +100,9 @@ fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn row_key(row: &sqlx::sqlite::SqliteRow) -> Result<SshKey, StoreError> {
+fn row_key(row: &impl DbRow) -> Result<SshKey, StoreError> {
     let get = |c: &str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(c)
+        row.try_get::<String>(c)
             .map_err(|source| StoreError::Query {
                 id: "ssh_keys".into(),
                 source,
@@ -130,33 +129,31 @@ const KEY_COLUMNS: &str = "id, user_name, algorithm, fingerprint, comment, creat
 
 impl Store {
     pub async fn ssh_keys(&self, user: &str) -> Result<Vec<SshKey>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM ssh_keys WHERE user_name = $1 ORDER BY created_at, id"
-        ))
-        .bind(user)
-        .fetch_all(self.pool())
-        .await
-        .map_err(q)?;
-        rows.iter().map(row_key).collect()
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {KEY_COLUMNS} FROM ssh_keys WHERE user_name = $1 ORDER BY created_at, id"
+            ))
+            .bind(user)
+            .fetch_all(p)
+            .await
+            .map_err(q)?;
+            rows.iter().map(row_key).collect()
+        })
     }
 
     /// The owner of the key with this fingerprint and the key as stored.
     pub async fn ssh_key_owner(&self, fp: &str) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query("SELECT user_name, public_key FROM ssh_keys WHERE fingerprint = $1")
-            .bind(fp)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(q)?;
-        row.map(|r| {
-            Ok((
-                r.try_get("user_name").map_err(q)?,
-                r.try_get("public_key").map_err(q)?,
-            ))
+        with_pool!(self, p => {
+            sqlx::query_as("SELECT user_name, public_key FROM ssh_keys WHERE fingerprint = $1")
+                .bind(fp)
+                .fetch_optional(p)
+                .await
+                .map_err(q)
         })
-        .transpose()
     }
 
-    /// Inserts unless the fingerprint is known (`Ok(None)`).
+    /// Inserts unless the fingerprint is known (`Ok(None)`). The user's row is locked
+    /// shared meanwhile, so a key never outlives a user removed at the same time.
     async fn insert_ssh_key(
         &self,
         user: &str,
@@ -170,34 +167,56 @@ impl Store {
             comment: k.comment.clone(),
             created_at: now(),
         };
-        let res = sqlx::query(
-            "INSERT INTO ssh_keys (id, user_name, algorithm, fingerprint, public_key, comment, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fingerprint) DO NOTHING",
-        )
-        .bind(&rec.id)
-        .bind(user)
-        .bind(&rec.algorithm)
-        .bind(&rec.fingerprint)
-        .bind(&k.openssh)
-        .bind(&rec.comment)
-        .bind(&rec.created_at)
-        .execute(self.pool())
-        .await
-        .map_err(q)?;
-        Ok((res.rows_affected() == 1).then_some(rec))
+        let inserted = with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(q)?;
+            let exists = sqlx::query(&format!(
+                "SELECT name FROM users WHERE name = $1{}",
+                p.for_share()
+            ))
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q)?
+            .is_some();
+            if !exists {
+                return Err(StoreError::Users(sqlx::Error::RowNotFound));
+            }
+            let n = sqlx::query(
+                "INSERT INTO ssh_keys \
+                 (id, user_name, algorithm, fingerprint, public_key, comment, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&rec.id)
+            .bind(user)
+            .bind(&rec.algorithm)
+            .bind(&rec.fingerprint)
+            .bind(&k.openssh)
+            .bind(&rec.comment)
+            .bind(&rec.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q)?
+            .rows_affected();
+            tx.commit().await.map_err(q)?;
+            n == 1
+        });
+        Ok(inserted.then_some(rec))
     }
 
     /// Deletes the user's key with this id or fingerprint; whether one was deleted.
     async fn delete_ssh_key(&self, user: &str, key: &str) -> Result<bool, StoreError> {
-        let res = sqlx::query(
-            "DELETE FROM ssh_keys WHERE user_name = $1 AND (id = $2 OR fingerprint = $2)",
-        )
-        .bind(user)
-        .bind(key)
-        .execute(self.pool())
-        .await
-        .map_err(q)?;
-        Ok(res.rows_affected() > 0)
+        let n = with_pool!(self, p => {
+            sqlx::query(
+                "DELETE FROM ssh_keys WHERE user_name = $1 AND (id = $2 OR fingerprint = $2)",
+            )
+            .bind(user)
+            .bind(key)
+            .execute(p)
+            .await
+            .map_err(q)?
+            .rows_affected()
+        });
+        Ok(n > 0)
     }
 }
 

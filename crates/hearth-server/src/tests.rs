@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use crate::api::router;
+use crate::db::testdb::{on_both_backends, Backend, TestDb};
 use crate::db::{now, Store, WorkspaceRecord};
 use crate::manager::Manager;
 use crate::state::{AppState, BODY_LIMIT};
@@ -338,50 +339,68 @@ async fn fake_agent(stream: tokio::net::UnixStream) {
     }
 }
 
+on_both_backends!(
+    routes_require_the_token,
+    workspace_lifecycle,
+    create_errors_leave_nothing_behind,
+    reconcile_resolves_transitional_states,
+    egress_policy_is_validated_persisted_and_applied,
+    server_binds_writes_server_json_and_stops,
+    failed_final_snapshot_keeps_the_workspace_stopped_and_says_why,
+    limits_change_in_place_and_disks_only_grow,
+    unknown_names_leave_no_state_behind,
+);
+
 struct Harness {
-    _dir: tempfile::TempDir,
+    _db: TestDb,
     node: FakeNode,
     manager: Arc<Manager>,
     app: axum::Router,
 }
 
+/// A harness on SQLite, for tests of what the database does not see.
 async fn harness(node: FakeNode) -> Harness {
-    harness_with(node, crate::ratelimit::RateLimit::default()).await
+    harness_on(Backend::Sqlite, node).await
 }
 
-async fn harness_with(node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harness {
-    harness_of(node, rate, |store, node| {
+async fn harness_on(b: Backend, node: FakeNode) -> Harness {
+    harness_with(b, node, crate::ratelimit::RateLimit::default()).await
+}
+
+async fn harness_with(b: Backend, node: FakeNode, rate: crate::ratelimit::RateLimit) -> Harness {
+    harness_of(b, node, rate, |store, node| {
         Arc::new(Manager::new(store, node))
     })
     .await
 }
 
 /// A harness whose manager can run work past a request (webhook prebuilds).
-async fn shared_harness(node: FakeNode) -> Harness {
-    harness_of(node, Default::default(), Manager::shared).await
+async fn shared_harness(b: Backend, node: FakeNode) -> Harness {
+    harness_of(b, node, Default::default(), Manager::shared).await
 }
 
 async fn harness_of(
+    b: Backend,
     node: FakeNode,
     rate: crate::ratelimit::RateLimit,
     make: impl FnOnce(Store, Arc<dyn NodeApi>) -> Arc<Manager>,
 ) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("hearth.db")).await.unwrap();
+    let db = TestDb::new(b);
+    let store = db.store().await;
     let manager = make(store, Arc::new(node.clone()));
     manager.ensure_first_admin(TOKEN).await.unwrap();
     let app = router(AppState {
         manager: manager.clone(),
         rate,
         uploads: crate::uploads::Uploads {
-            dir: dir.path().join("uploads"),
+            dir: db.dir.path().join("uploads"),
             max: 1 << 20,
         },
         ssh: Default::default(),
         metrics: Default::default(),
     });
     Harness {
-        _dir: dir,
+        _db: db,
         node,
         manager,
         app,
@@ -503,9 +522,8 @@ fn error_of(line: StreamLine<serde_json::Value>) -> ErrorInfo {
     }
 }
 
-#[tokio::test]
-async fn routes_require_the_token() {
-    let h = harness(FakeNode::default()).await;
+async fn routes_require_the_token(b: Backend) {
+    let h = harness_on(b, FakeNode::default()).await;
     for (m, uri) in [
         (Method::GET, "/v1/workspaces"),
         (Method::GET, "/v1/images"),
@@ -677,9 +695,8 @@ async fn bodies_are_objects_and_integral_floats_are_integers() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&b));
 }
 
-#[tokio::test]
-async fn workspace_lifecycle() {
-    let h = harness(FakeNode::with_image("debian")).await;
+async fn workspace_lifecycle(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
     let (progress, last) = h
         .stream(
             "/v1/workspaces",
@@ -766,9 +783,8 @@ async fn workspace_lifecycle() {
     );
 }
 
-#[tokio::test]
-async fn create_errors_leave_nothing_behind() {
-    let h = harness(FakeNode::with_image("busybox")).await;
+async fn create_errors_leave_nothing_behind(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("busybox")).await;
     // Everything that can be known up front is a status, not a 200 with an error line.
     // No default image loaded.
     let (s, e) = h
@@ -888,10 +904,9 @@ fn record(id: &str, name: &str, slot: u32, state: WorkspaceState) -> WorkspaceRe
     }
 }
 
-#[tokio::test]
-async fn reconcile_resolves_transitional_states() {
+async fn reconcile_resolves_transitional_states(b: Backend) {
     let node = FakeNode::with_image("busybox");
-    let h = harness(node.clone()).await;
+    let h = harness_on(b, node.clone()).await;
     let store = h.manager.store();
     let rows = [
         record("000000000001", "creating", 1, WorkspaceState::Creating),
@@ -1088,9 +1103,8 @@ async fn inspect_reports_node_details() {
     }
 }
 
-#[tokio::test]
-async fn egress_policy_is_validated_persisted_and_applied() {
-    let h = harness(FakeNode::with_image("debian")).await;
+async fn egress_policy_is_validated_persisted_and_applied(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
     // Bad input at create leaves nothing behind.
     for (deny, why) in [
         (serde_json::json!(["10.0.0.1/8"]), "did you mean 10.0.0.0/8"),
@@ -1232,9 +1246,9 @@ async fn data_dir_lock_and_token() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[tokio::test]
-async fn server_binds_writes_server_json_and_stops() {
-    let dir = tempfile::tempdir().unwrap();
+async fn server_binds_writes_server_json_and_stops(b: Backend) {
+    let db = TestDb::new(b);
+    let dir = &db.dir;
     let node: Arc<dyn NodeApi> = Arc::new(FakeNode::default());
     let server = crate::Server::bind(
         crate::ServerConfig {
@@ -1243,6 +1257,7 @@ async fn server_binds_writes_server_json_and_stops() {
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
+            database: Some(db.database.clone()),
         },
         node.clone(),
     )
@@ -1260,6 +1275,7 @@ async fn server_binds_writes_server_json_and_stops() {
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
+            database: Some(db.database.clone()),
         },
         node,
     )
@@ -1318,6 +1334,7 @@ async fn exec_over_websocket() {
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
+            database: None,
         },
         Arc::new(node.clone()),
     )
@@ -1404,10 +1421,9 @@ async fn exec_over_websocket() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn failed_final_snapshot_keeps_the_workspace_stopped_and_says_why() {
+async fn failed_final_snapshot_keeps_the_workspace_stopped_and_says_why(b: Backend) {
     // FakeNode has no snapshot store, so every snapshot fails.
-    let h = harness(FakeNode::with_image("debian")).await;
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
     let (_, last) = h
         .stream(
             "/v1/workspaces",
@@ -1438,9 +1454,8 @@ async fn failed_final_snapshot_keeps_the_workspace_stopped_and_says_why() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
-#[tokio::test]
-async fn limits_change_in_place_and_disks_only_grow() {
-    let h = harness(FakeNode::with_image("debian")).await;
+async fn limits_change_in_place_and_disks_only_grow(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
     let (_, last) = h
         .stream(
             "/v1/workspaces",
@@ -1498,13 +1513,12 @@ async fn limits_change_in_place_and_disks_only_grow() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn unknown_names_leave_no_state_behind() {
+async fn unknown_names_leave_no_state_behind(b: Backend) {
     let unlimited = crate::ratelimit::RateLimit {
         per_second: 0,
         burst: 0,
     };
-    let h = harness_with(FakeNode::with_image("busybox"), unlimited).await;
+    let h = harness_with(b, FakeNode::with_image("busybox"), unlimited).await;
     // Valid names that do not exist: answered 404, and no per-name lock outlives its request.
     for i in 0..1000 {
         let name = format!("ghost-{i}");
@@ -1569,7 +1583,7 @@ async fn request_rate_is_limited_per_token() {
         per_second: 1,
         burst: 5,
     };
-    let h = harness_with(FakeNode::default(), rate).await;
+    let h = harness_with(Backend::Sqlite, FakeNode::default(), rate).await;
     for i in 0..5 {
         let (s, _) = h
             .call(Method::GET, "/v1/workspaces", Some(TOKEN), None)
@@ -1639,4 +1653,5 @@ async fn refusals_outside_handlers_are_json_and_documented() {
 }
 
 mod prebuilds;
+mod state;
 mod users;

@@ -550,6 +550,10 @@ enum AdminCmd {
         /// Also remove every workspace and delete the database.
         #[arg(long)]
         purge: bool,
+        /// The server's `--database`, when it kept its state in PostgreSQL.
+        #[arg(long, value_name = "URL", env = "HEARTH_DATABASE_URL", hide_env_values = true,
+              value_parser = server::parse_database)]
+        database: Option<hearth_server::db::Database>,
     },
 }
 
@@ -618,8 +622,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.cmd {
         Cmd::Server(args) => server::serve(&cli.data_dir, args).await.map(|()| 0),
         Cmd::Admin {
-            cmd: AdminCmd::Teardown { purge },
-        } => server::teardown(&cli.data_dir, *purge).await.map(|()| 0),
+            cmd: AdminCmd::Teardown { purge, database },
+        } => server::teardown(&cli.data_dir, database.as_ref(), *purge)
+            .await
+            .map(|()| 0),
         Cmd::Image { cmd } => {
             let c = client()?;
             match cmd {

@@ -9,6 +9,7 @@ use hearth_node::{
     Cidr, ConnLimits, ConsoleLimits, CpuControl, EgressConfig, LocalNode, NodeApi, NodeConfig,
     Retention,
 };
+use hearth_server::db::Database;
 use hearth_server::ratelimit::RateLimit;
 use hearth_server::{DataDirLock, Server, ServerConfig};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,12 @@ const NODE_FILE: &str = "node.json";
 pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: std::net::SocketAddr,
+    /// Where the server keeps its state: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (an
+    /// existing database; several servers may share it), or `sqlite:PATH`. Default: the
+    /// data dir's hearth.db. $HEARTH_DATABASE_URL keeps a password out of `ps`.
+    #[arg(long, value_name = "URL", env = "HEARTH_DATABASE_URL", hide_env_values = true,
+          value_parser = parse_database)]
+    database: Option<Database>,
     /// Address of the SSH gateway (`ssh -p PORT WORKSPACE@HOST`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = hearth_server::ssh::DEFAULT_LISTEN)]
     ssh_listen: SshListen,
@@ -248,6 +255,10 @@ struct NodeSettings {
     /// keep-last, keep-daily; `None` keeps every snapshot.
     #[serde(default)]
     retention: Option<(usize, usize)>,
+    /// The server's `--database` as logs show it (no password), when it was PostgreSQL:
+    /// teardown then needs it given again.
+    #[serde(default)]
+    postgres: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -268,8 +279,13 @@ impl Default for NodeSettings {
             disk_reserve: None,
             console: None,
             retention: None,
+            postgres: None,
         }
     }
+}
+
+pub fn parse_database(s: &str) -> Result<Database, String> {
+    Database::parse(s)
 }
 
 pub fn agent_next_to_exe() -> Option<PathBuf> {
@@ -390,6 +406,11 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         console: Some((args.console_max_size, args.console_files)),
         retention: (args.snapshot_keep_last > 0 || args.snapshot_keep_daily > 0)
             .then_some((args.snapshot_keep_last, args.snapshot_keep_daily)),
+        postgres: args
+            .database
+            .as_ref()
+            .filter(|d| d.is_postgres())
+            .map(Database::display),
     };
     ConsoleLimits {
         max_bytes: args.console_max_size,
@@ -420,6 +441,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         },
         upload_max: args.upload_max,
         ssh_listen: args.ssh_listen.0,
+        database: args.database.clone(),
     };
     let mut server = Server::bind_locked(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
@@ -452,7 +474,11 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     server.serve(shutdown_signal()).await
 }
 
-pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
+pub async fn teardown(
+    data_dir: &Path,
+    database: Option<&Database>,
+    purge: bool,
+) -> anyhow::Result<()> {
     init_tracing("warn");
     if !data_dir.exists() {
         bail!("data dir {} does not exist", data_dir.display());
@@ -466,6 +492,9 @@ pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeSettings::default(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    if let (Some(pg), None) = (&settings.postgres, database) {
+        bail!("the server kept its state in PostgreSQL ({pg}): pass --database URL");
+    }
     // Opening the node installs the agent, so find the one the server used, or the copy
     // the node keeps in its data dir.
     let agent = settings
@@ -477,7 +506,7 @@ pub async fn teardown(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
     let node = LocalNode::open(node_config(data_dir, &settings, agent)?)
         .await
         .context("cannot open the node")?;
-    hearth_server::teardown(&lock, &node, purge).await?;
+    hearth_server::teardown(&lock, database, &node, purge).await?;
     eprintln!(
         "{} {}",
         if purge { "purged" } else { "tore down" },

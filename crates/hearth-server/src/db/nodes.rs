@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::Row;
-
-use super::{now, query_err, Store, StoreError};
+use super::{now, query_err, with_pool, DbRow, Dialect, Store, StoreError};
 
 /// A node as the database keeps it across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,31 +27,34 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "{}".into())
 }
 
+fn node_record(r: &impl DbRow) -> Result<NodeRecord, StoreError> {
+    let name: String = r.try_get("name").map_err(node_err("*"))?;
+    let labels: String = r.try_get("labels").map_err(node_err(&name))?;
+    let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+        id: format!("node {name}"),
+        message: format!("labels: {e}"),
+    })?;
+    Ok(NodeRecord {
+        labels,
+        state: r.try_get("state").map_err(node_err(&name))?,
+        created_at: r.try_get("created_at").map_err(node_err(&name))?,
+        last_seen: r.try_get("last_seen").map_err(node_err(&name))?,
+        name,
+    })
+}
+
 impl Store {
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, labels, state, created_at, last_seen FROM nodes ORDER BY name",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(node_err("*"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let name: String = r.try_get("name").map_err(node_err("*"))?;
-            let labels: String = r.try_get("labels").map_err(node_err(&name))?;
-            let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
-                id: format!("node {name}"),
-                message: format!("labels: {e}"),
-            })?;
-            out.push(NodeRecord {
-                labels,
-                state: r.try_get("state").map_err(node_err(&name))?,
-                created_at: r.try_get("created_at").map_err(node_err(&name))?,
-                last_seen: r.try_get("last_seen").map_err(node_err(&name))?,
-                name,
-            });
-        }
-        Ok(out)
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT name, labels, state, created_at, last_seen FROM nodes ORDER BY name{}",
+                p.bytewise()
+            ))
+            .fetch_all(p)
+            .await
+            .map_err(node_err("*"))?;
+            rows.iter().map(node_record).collect()
+        })
     }
 
     /// Records an attach: a new node is `ready`; a known one keeps its state (a drained
@@ -64,38 +65,29 @@ impl Store {
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
         let t = now();
-        sqlx::query(
-            "INSERT INTO nodes (name, labels, state, created_at, last_seen) \
-             VALUES ($1, $2, 'ready', $3, $3) \
-             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, last_seen = excluded.last_seen",
-        )
-        .bind(name)
-        .bind(labels_json(labels))
-        .bind(t)
-        .execute(self.pool())
-        .await
-        .map_err(node_err(name))?;
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO nodes (name, labels, state, created_at, last_seen) \
+                 VALUES ($1, $2, 'ready', $3, $3) \
+                 ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
+                 last_seen = excluded.last_seen",
+            )
+            .bind(name)
+            .bind(labels_json(labels))
+            .bind(&t)
+            .execute(p)
+            .await
+            .map_err(node_err(name))?;
+        });
         Ok(())
     }
 
     pub async fn set_node_seen(&self, name: &str, at: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET last_seen = $1 WHERE name = $2")
-            .bind(at)
-            .bind(name)
-            .execute(self.pool())
-            .await
-            .map_err(node_err(name))?;
-        Ok(())
+        self.set_node_column(name, "last_seen", at).await
     }
 
     pub async fn set_node_state(&self, name: &str, state: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET state = $1 WHERE name = $2")
-            .bind(state)
-            .bind(name)
-            .execute(self.pool())
-            .await
-            .map_err(node_err(name))?;
-        Ok(())
+        self.set_node_column(name, "state", state).await
     }
 
     pub async fn set_node_labels(
@@ -103,12 +95,26 @@ impl Store {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET labels = $1 WHERE name = $2")
-            .bind(labels_json(labels))
-            .bind(name)
-            .execute(self.pool())
+        self.set_node_column(name, "labels", &labels_json(labels))
             .await
-            .map_err(node_err(name))?;
+    }
+
+    /// Sets text column `column` (one of ours, never input) of node `name`.
+    async fn set_node_column(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!("UPDATE nodes SET {column} = $1 WHERE name = $2");
+        with_pool!(self, p => {
+            sqlx::query(&sql)
+                .bind(value)
+                .bind(name)
+                .execute(p)
+                .await
+                .map_err(node_err(name))?;
+        });
         Ok(())
     }
 
@@ -116,33 +122,42 @@ impl Store {
     /// statement, so a placement racing the removal is never orphaned). False if it
     /// still holds workspaces.
     pub async fn delete_node(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM nodes WHERE name = $1 \
-             AND NOT EXISTS (SELECT 1 FROM workspaces WHERE node = $1)",
-        )
-        .bind(name)
-        .execute(self.pool())
-        .await
-        .map_err(node_err(name))?;
-        if done.rows_affected() > 0 {
-            // Copies it should drop are gone with it.
-            sqlx::query("DELETE FROM node_evictions WHERE node = $1")
-                .bind(name)
-                .execute(self.pool())
-                .await
-                .map_err(node_err(name))?;
+        let deleted = with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(node_err(name))?;
+            let n = sqlx::query(
+                "DELETE FROM nodes WHERE name = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM workspaces WHERE node = $1)",
+            )
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(node_err(name))?
+            .rows_affected();
+            if n > 0 {
+                // Copies it should drop are gone with it.
+                sqlx::query("DELETE FROM node_evictions WHERE node = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(node_err(name))?;
+            }
+            tx.commit().await.map_err(node_err(name))?;
+            n > 0
+        });
+        if deleted {
             return Ok(true);
         }
         Ok(!self.node_has_workspaces(name).await?)
     }
 
     async fn node_has_workspaces(&self, name: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM workspaces WHERE node = $1")
-            .bind(name)
-            .fetch_one(self.pool())
-            .await
-            .map_err(node_err(name))?;
-        let n: i64 = row.try_get("n").map_err(node_err(name))?;
+        let n: i64 = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT COUNT(*) AS n FROM workspaces WHERE node = $1")
+                .bind(name)
+                .fetch_one(p)
+                .await
+                .map_err(node_err(name))?
+        });
         Ok(n > 0)
     }
 
@@ -150,17 +165,18 @@ impl Store {
     /// from here on its calls go there and the previous node's copy is fenced off.
     /// Returns the new generation.
     pub async fn place(&self, id: &str, node: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "UPDATE workspaces SET node = $1, generation = generation + 1, updated_at = $2 \
-             WHERE id = $3 RETURNING generation",
-        )
-        .bind(node)
-        .bind(now())
-        .bind(id)
-        .fetch_one(self.pool())
-        .await
-        .map_err(query_err(id))?;
-        let g: i64 = row.try_get("generation").map_err(query_err(id))?;
+        let g: i64 = with_pool!(self, p => {
+            sqlx::query_scalar(
+                "UPDATE workspaces SET node = $1, generation = generation + 1, updated_at = $2 \
+                 WHERE id = $3 RETURNING generation",
+            )
+            .bind(node)
+            .bind(now())
+            .bind(id)
+            .fetch_one(p)
+            .await
+            .map_err(query_err(id))?
+        });
         u64::try_from(g).map_err(|_| StoreError::Corrupt {
             id: id.to_string(),
             message: format!("generation {g}"),
@@ -171,31 +187,26 @@ impl Store {
 impl Store {
     /// The node workspace `id` is placed on; `None` without a row.
     pub async fn node_of(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT node FROM workspaces WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(query_err(id))?;
-        row.map(|r| r.try_get("node").map_err(query_err(id)))
-            .transpose()
+        with_pool!(self, p => {
+            sqlx::query_scalar("SELECT node FROM workspaces WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(query_err(id))
+        })
     }
 
     /// Every workspace's node, by id.
     pub async fn placements(
         &self,
     ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let rows = sqlx::query("SELECT id, node FROM workspaces")
-            .fetch_all(self.pool())
-            .await
-            .map_err(query_err("*"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("id").map_err(query_err("*"))?,
-                    r.try_get("node").map_err(query_err("*"))?,
-                ))
-            })
-            .collect()
+        let rows: Vec<(String, String)> = with_pool!(self, p => {
+            sqlx::query_as("SELECT id, node FROM workspaces")
+                .fetch_all(p)
+                .await
+                .map_err(query_err("*"))?
+        });
+        Ok(rows.into_iter().collect())
     }
 }
 
@@ -210,17 +221,20 @@ impl Store {
             id: spec.id.to_string(),
             message: format!("spec: {e}"),
         })?;
-        sqlx::query(
-            "INSERT INTO node_evictions (node, workspace, spec, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (node, workspace) DO UPDATE SET spec = excluded.spec",
-        )
-        .bind(node)
-        .bind(spec.id.as_str())
-        .bind(json)
-        .bind(now())
-        .execute(self.pool())
-        .await
-        .map_err(query_err(&spec.id))?;
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO node_evictions (node, workspace, spec, created_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (node, workspace) DO UPDATE SET spec = excluded.spec",
+            )
+            .bind(node)
+            .bind(spec.id.as_str())
+            .bind(&json)
+            .bind(now())
+            .execute(p)
+            .await
+            .map_err(query_err(&spec.id))?;
+        });
         Ok(())
     }
 
@@ -229,15 +243,15 @@ impl Store {
         &self,
         node: &str,
     ) -> Result<Vec<hearth_node::WorkspaceSpec>, StoreError> {
-        let rows = sqlx::query("SELECT workspace, spec FROM node_evictions WHERE node = $1")
-            .bind(node)
-            .fetch_all(self.pool())
-            .await
-            .map_err(node_err(node))?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("workspace").map_err(node_err(node))?;
-                let spec: String = r.try_get("spec").map_err(node_err(node))?;
+        let rows: Vec<(String, String)> = with_pool!(self, p => {
+            sqlx::query_as("SELECT workspace, spec FROM node_evictions WHERE node = $1")
+                .bind(node)
+                .fetch_all(p)
+                .await
+                .map_err(node_err(node))?
+        });
+        rows.into_iter()
+            .map(|(id, spec)| {
                 serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
                     id,
                     message: format!("eviction spec: {e}"),
@@ -247,12 +261,14 @@ impl Store {
     }
 
     pub async fn remove_eviction(&self, node: &str, workspace: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM node_evictions WHERE node = $1 AND workspace = $2")
-            .bind(node)
-            .bind(workspace)
-            .execute(self.pool())
-            .await
-            .map_err(node_err(node))?;
+        with_pool!(self, p => {
+            sqlx::query("DELETE FROM node_evictions WHERE node = $1 AND workspace = $2")
+                .bind(node)
+                .bind(workspace)
+                .execute(p)
+                .await
+                .map_err(node_err(node))?;
+        });
         Ok(())
     }
 }

@@ -1,22 +1,19 @@
 //! The `ports` table: which ports of a workspace are public (no row: private).
 
-use sqlx::Row;
-
-use super::{query_err, Store, StoreError};
+use super::{query_err, with_pool, Store, StoreError};
 
 impl Store {
     /// Ports of workspace `id` with a recorded visibility: `(port, public)`, ascending.
     pub async fn ports(&self, id: &str) -> Result<Vec<(u16, bool)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT port, public FROM ports WHERE workspace_id = $1 ORDER BY port")
+        let rows: Vec<(i32, bool)> = with_pool!(self, p => {
+            sqlx::query_as("SELECT port, public FROM ports WHERE workspace_id = $1 ORDER BY port")
                 .bind(id)
-                .fetch_all(&self.pool)
+                .fetch_all(p)
                 .await
-                .map_err(query_err(id))?;
-        rows.iter()
-            .map(|r| {
-                let port: i64 = r.try_get("port").map_err(query_err(id))?;
-                let public: bool = r.try_get("public").map_err(query_err(id))?;
+                .map_err(query_err(id))?
+        });
+        rows.into_iter()
+            .map(|(port, public)| {
                 let port = u16::try_from(port).map_err(|_| StoreError::Corrupt {
                     id: id.to_string(),
                     message: format!("port {port} out of range"),
@@ -28,16 +25,15 @@ impl Store {
 
     /// Whether `port` of workspace `id` is public.
     pub async fn port_public(&self, id: &str, port: u16) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT public FROM ports WHERE workspace_id = $1 AND port = $2")
-            .bind(id)
-            .bind(i64::from(port))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(query_err(id))?;
-        match row {
-            Some(r) => r.try_get("public").map_err(query_err(id)),
-            None => Ok(false),
-        }
+        let public: Option<bool> = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT public FROM ports WHERE workspace_id = $1 AND port = $2")
+                .bind(id)
+                .bind(i32::from(port))
+                .fetch_optional(p)
+                .await
+                .map_err(query_err(id))?
+        });
+        Ok(public.unwrap_or(false))
     }
 
     /// Records the visibility of `port`; private is stored as no row.
@@ -53,12 +49,14 @@ impl Store {
         } else {
             "DELETE FROM ports WHERE workspace_id = $1 AND port = $2"
         };
-        sqlx::query(q)
-            .bind(id)
-            .bind(i64::from(port))
-            .execute(&self.pool)
-            .await
-            .map_err(query_err(id))?;
+        with_pool!(self, p => {
+            sqlx::query(q)
+                .bind(id)
+                .bind(i32::from(port))
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
         Ok(())
     }
 }

@@ -1,8 +1,6 @@
 //! The `prebuilds` table: one row per prebuild snapshot (see `manager/prebuilds.rs`).
 
-use sqlx::Row;
-
-use super::{query_err, Store, StoreError};
+use super::{query_err, with_pool, DbRow, Dialect, Store, StoreError};
 
 /// A recorded prebuild.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +28,7 @@ pub struct PrebuildRecord {
 const COLUMNS: &str = "snapshot, series, owner, shared, source, branch, commit_id, config_hash, \
                        image, config_file, created_at, feature_lifecycle";
 
-fn record(r: &sqlx::sqlite::SqliteRow) -> Result<PrebuildRecord, sqlx::Error> {
+fn record(r: &impl DbRow) -> Result<PrebuildRecord, sqlx::Error> {
     Ok(PrebuildRecord {
         snapshot: r.try_get("snapshot")?,
         series: r.try_get("series")?,
@@ -49,51 +47,59 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<PrebuildRecord, sqlx::Error> {
 
 impl Store {
     pub async fn insert_prebuild(&self, p: &PrebuildRecord) -> Result<(), StoreError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO prebuilds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&p.snapshot)
-        .bind(&p.series)
-        .bind(&p.owner)
-        .bind(p.shared)
-        .bind(&p.source)
-        .bind(&p.branch)
-        .bind(&p.commit)
-        .bind(&p.config_hash)
-        .bind(&p.image)
-        .bind(&p.config_file)
-        .bind(&p.created_at)
-        .bind(&p.feature_lifecycle)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err(&p.snapshot))?;
+        );
+        with_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(&p.snapshot)
+                .bind(&p.series)
+                .bind(&p.owner)
+                .bind(p.shared)
+                .bind(&p.source)
+                .bind(&p.branch)
+                .bind(&p.commit)
+                .bind(&p.config_hash)
+                .bind(&p.image)
+                .bind(&p.config_file)
+                .bind(&p.created_at)
+                .bind(&p.feature_lifecycle)
+                .execute(pool)
+                .await
+                .map_err(query_err(&p.snapshot))?;
+        });
         Ok(())
     }
 
-    /// Every prebuild, or those of `source`; newest first.
+    /// Every prebuild, or those of `source`; newest first (those of the same second by
+    /// snapshot id, an order both backends keep).
     pub async fn prebuilds(&self, source: Option<&str>) -> Result<Vec<PrebuildRecord>, StoreError> {
-        let q = format!(
-            "SELECT {COLUMNS} FROM prebuilds WHERE $1 IS NULL OR source = $1 \
-             ORDER BY created_at DESC, rowid DESC"
-        );
-        let rows = sqlx::query(&q)
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM prebuilds WHERE $1 IS NULL OR source = $1 \
+                 ORDER BY created_at{0} DESC, snapshot{0} DESC",
+                p.bytewise()
+            ))
             .bind(source)
-            .fetch_all(&self.pool)
+            .fetch_all(p)
             .await
             .map_err(query_err("prebuilds"))?;
-        rows.iter()
-            .map(|r| record(r).map_err(query_err("prebuilds")))
-            .collect()
+            rows.iter()
+                .map(|r| record(r).map_err(query_err("prebuilds")))
+                .collect()
+        })
     }
 
     /// Forgets the rows of snapshots the store no longer has.
     pub async fn forget_prebuilds(&self, snapshots: &[String]) -> Result<(), StoreError> {
         for s in snapshots {
-            sqlx::query("DELETE FROM prebuilds WHERE snapshot = $1")
-                .bind(s)
-                .execute(&self.pool)
-                .await
-                .map_err(query_err(s))?;
+            with_pool!(self, p => {
+                sqlx::query("DELETE FROM prebuilds WHERE snapshot = $1")
+                    .bind(s)
+                    .execute(p)
+                    .await
+                    .map_err(query_err(s))?;
+            });
         }
         Ok(())
     }

@@ -1,8 +1,6 @@
 //! The `users` table: names, admin flags and token hashes (never tokens).
 
-use sqlx::Row;
-
-use super::{now, Store, StoreError};
+use super::{is_unique_violation, now, with_pool, DbRow, Dialect, Store, StoreError};
 
 /// One row of `users`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +10,7 @@ pub struct UserRecord {
     pub created_at: String,
 }
 
-fn user(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError> {
+fn user(row: &impl DbRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: row.try_get("name").map_err(StoreError::Users)?,
         admin: row.try_get("admin").map_err(StoreError::Users)?,
@@ -26,29 +24,39 @@ impl Store {
         &self,
         token_hash: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, admin, created_at FROM users WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::Users)?;
-        row.as_ref().map(user).transpose()
+        with_pool!(self, p => {
+            let row =
+                sqlx::query("SELECT name, admin, created_at FROM users WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(StoreError::Users)?;
+            row.as_ref().map(user).transpose()
+        })
     }
 
     pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, admin, created_at FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::Users)?;
-        row.as_ref().map(user).transpose()
+        with_pool!(self, p => {
+            let row = sqlx::query("SELECT name, admin, created_at FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await
+                .map_err(StoreError::Users)?;
+            row.as_ref().map(user).transpose()
+        })
     }
 
     pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query("SELECT name, admin, created_at FROM users ORDER BY name")
-            .fetch_all(&self.pool)
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT name, admin, created_at FROM users ORDER BY name{}",
+                p.bytewise()
+            ))
+            .fetch_all(p)
             .await
             .map_err(StoreError::Users)?;
-        rows.iter().map(user).collect()
+            rows.iter().map(user).collect()
+        })
     }
 
     /// Adds a user; a taken name is [`StoreError::UserTaken`].
@@ -63,100 +71,119 @@ impl Store {
             admin,
             created_at: now(),
         };
-        sqlx::query(
-            "INSERT INTO users (name, admin, token_hash, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&rec.name)
-        .bind(rec.admin)
-        .bind(token_hash)
-        .bind(&rec.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::UserTaken(name.to_string())
-            }
-            _ => StoreError::Users(e),
-        })?;
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO users (name, admin, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&rec.name)
+            .bind(rec.admin)
+            .bind(token_hash)
+            .bind(&rec.created_at)
+            .execute(p)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::UserTaken(name.to_string())
+                } else {
+                    StoreError::Users(e)
+                }
+            })?;
+        });
         Ok(rec)
     }
 
     /// Makes `name` an admin whose token hashes to `token_hash`, creating the user if
     /// needed (the first-start admin, whose token is the data dir's token file).
     pub async fn upsert_admin(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (name, admin, token_hash, created_at) VALUES ($1, TRUE, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET admin = TRUE, token_hash = excluded.token_hash",
-        )
-        .bind(name)
-        .bind(token_hash)
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::Users)?;
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO users (name, admin, token_hash, created_at) \
+                 VALUES ($1, TRUE, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET admin = TRUE, token_hash = excluded.token_hash",
+            )
+            .bind(name)
+            .bind(token_hash)
+            .bind(now())
+            .execute(p)
+            .await
+            .map_err(StoreError::Users)?;
+        });
         Ok(())
     }
 
     /// Deletes user `name`, first handing its workspaces to `heir` if given, in one
     /// transaction; while it owns workspaces and no heir is given, deletes nothing.
+    ///
+    /// The user's row is locked first, and everything that adds a row owned by a user
+    /// (workspaces, SSH keys, secrets) locks it shared, so none is added meanwhile that
+    /// would outlive its user.
     pub async fn delete_user(&self, name: &str, heir: Option<&str>) -> Result<Removal, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::Users)?;
-        let exists = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await.map_err(StoreError::Users)?;
+            let exists = sqlx::query(&format!(
+                "SELECT name FROM users WHERE name = $1{}",
+                p.for_update()
+            ))
             .bind(name)
             .fetch_optional(&mut *tx)
             .await
             .map_err(StoreError::Users)?
             .is_some();
-        if !exists {
-            return Ok(Removal::NoSuchUser);
-        }
-        if let Some(heir) = heir {
-            let heir_exists = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+            if !exists {
+                return Ok(Removal::NoSuchUser);
+            }
+            if let Some(heir) = heir {
+                let heir_exists = sqlx::query(&format!(
+                    "SELECT name FROM users WHERE name = $1{}",
+                    p.for_share()
+                ))
                 .bind(heir)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::Users)?
                 .is_some();
-            if !heir_exists {
-                return Ok(Removal::NoSuchHeir);
+                if !heir_exists {
+                    return Ok(Removal::NoSuchHeir);
+                }
+                sqlx::query("UPDATE workspaces SET owner = $1, updated_at = $2 WHERE owner = $3")
+                    .bind(heir)
+                    .bind(now())
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::Users)?;
+            } else {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE owner = $1")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StoreError::Users)?;
+                if n > 0 {
+                    return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
+                }
             }
-            sqlx::query("UPDATE workspaces SET owner = $1, updated_at = $2 WHERE owner = $3")
-                .bind(heir)
-                .bind(now())
+            // Their SSH keys (ssh_keys.rs), secrets and prebuilds (whose snapshots hold what
+            // their commands wrote) go with them, or they would outlive their user (and a
+            // later user of the same name would get them).
+            for (table, column) in [
+                ("ssh_keys", "user_name"),
+                ("secrets", "user_name"),
+                ("prebuilds", "owner"),
+            ] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::Users)?;
+            }
+            sqlx::query("DELETE FROM users WHERE name = $1")
                 .bind(name)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::Users)?;
-        } else {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE owner = $1")
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::Users)?;
-            if n > 0 {
-                return Ok(Removal::Owns(u64::try_from(n).unwrap_or(0)));
-            }
-        }
-        // Their SSH keys (ssh_keys.rs), secrets and prebuilds (whose snapshots hold what
-        // their commands wrote) go with them, or they would outlive their user (and a
-        // later user of the same name would get them).
-        for (table, column) in [
-            ("ssh_keys", "user_name"),
-            ("secrets", "user_name"),
-            ("prebuilds", "owner"),
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::Users)?;
-        }
-        sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::Users)?;
-        tx.commit().await.map_err(StoreError::Users)?;
+            tx.commit().await.map_err(StoreError::Users)?;
+        });
         Ok(Removal::Removed)
     }
 }

@@ -188,12 +188,17 @@ impl crate::db::Store {
         id: &hearth_node::WorkspaceId,
         url: &str,
     ) -> Result<(), crate::db::StoreError> {
-        sqlx::query("INSERT OR REPLACE INTO workspace_dotfiles (id, url) VALUES ($1, $2)")
+        crate::db::with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO workspace_dotfiles (id, url) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url",
+            )
             .bind(id.as_str())
             .bind(url)
-            .execute(self.pool())
+            .execute(p)
             .await
             .map_err(dotfiles_err(id.as_str()))?;
+        });
         Ok(())
     }
 
@@ -201,19 +206,23 @@ impl crate::db::Store {
         &self,
         id: &str,
     ) -> Result<Option<String>, crate::db::StoreError> {
-        sqlx::query_scalar("SELECT url FROM workspace_dotfiles WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(dotfiles_err(id))
+        crate::db::with_pool!(self, p => {
+            sqlx::query_scalar("SELECT url FROM workspace_dotfiles WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(dotfiles_err(id))
+        })
     }
 
     pub async fn forget_workspace_dotfiles(&self, id: &str) -> Result<(), crate::db::StoreError> {
-        sqlx::query("DELETE FROM workspace_dotfiles WHERE id = $1")
-            .bind(id)
-            .execute(self.pool())
-            .await
-            .map_err(dotfiles_err(id))?;
+        crate::db::with_pool!(self, p => {
+            sqlx::query("DELETE FROM workspace_dotfiles WHERE id = $1")
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(dotfiles_err(id))?;
+        });
         Ok(())
     }
 }

@@ -186,7 +186,6 @@ impl Manager {
             let t = now();
             let mut spec = d.spec.clone();
             spec.name = new.clone();
-            spec.slot = lowest_free_slot(&self.store.used_slots().await?);
             // A placement like any other: the removed copy's node is fenced off.
             spec.generation += 1;
             let node = self
@@ -196,7 +195,7 @@ impl Manager {
                 let api = self.fleet.api(&node)?;
                 self.ensure_image(&node, &api, &spec.image).await?;
             }
-            let rec = WorkspaceRecord {
+            let mut rec = WorkspaceRecord {
                 spec,
                 state: WorkspaceState::Creating,
                 error: None,
@@ -210,7 +209,7 @@ impl Manager {
                 last_snapshot_at: None,
                 idle: Default::default(),
             };
-            self.store.revive(&rec).await?;
+            self.insert_at_free_slot(&mut rec, true).await?;
             rec
         };
         tracing::info!(workspace = new, from = name, id = %rec.spec.id, snapshot, "restoring");

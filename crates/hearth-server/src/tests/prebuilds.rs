@@ -3,6 +3,14 @@
 
 use super::users::{add_user, create_as, post_workspace};
 use super::*;
+
+on_both_backends!(
+    a_shared_prebuild_does_not_show_its_makers_credentials,
+    a_removed_users_prebuilds_go_with_them,
+    nobody_takes_a_prebuilds_workspace_name,
+    a_replayed_push_builds_nothing_new,
+    a_prebuilds_sessions_get_no_secrets,
+);
 use crate::db::PrebuildRecord;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -69,9 +77,8 @@ async fn push_to(h: &Harness, secret: &[u8], source: &str, after: &str) -> Vec<S
     r.started
 }
 
-#[tokio::test]
-async fn a_shared_prebuild_does_not_show_its_makers_credentials() {
-    let h = shared_harness(FakeNode::default()).await;
+async fn a_shared_prebuild_does_not_show_its_makers_credentials(b: Backend) {
+    let h = shared_harness(b, FakeNode::default()).await;
     let bob = add_user(&h, "bob", false).await;
     let source = "https://admin:s3cr3t-token@git.example.com/team/app.git";
     h.manager
@@ -93,9 +100,8 @@ async fn a_shared_prebuild_does_not_show_its_makers_credentials() {
     assert_eq!(started, ["https://***@git.example.com/team/app.git"]);
 }
 
-#[tokio::test]
-async fn a_removed_users_prebuilds_go_with_them() {
-    let h = shared_harness(FakeNode::default()).await;
+async fn a_removed_users_prebuilds_go_with_them(b: Backend) {
+    let h = shared_harness(b, FakeNode::default()).await;
     add_user(&h, "bob", false).await;
     h.manager
         .store()
@@ -122,9 +128,8 @@ async fn a_removed_users_prebuilds_go_with_them() {
     assert!(prebuilds_as(&h, &bob2).await.is_empty());
 }
 
-#[tokio::test]
-async fn nobody_takes_a_prebuilds_workspace_name() {
-    let h = harness(FakeNode::with_image("busybox")).await;
+async fn nobody_takes_a_prebuilds_workspace_name(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("busybox")).await;
     let bob = add_user(&h, "bob", false).await;
     // Alice's series name is computable from her repository: Bob's workspace of that name
     // would make each of her prebuilds (and webhook refreshes) fail as a conflict.
@@ -141,9 +146,8 @@ async fn nobody_takes_a_prebuilds_workspace_name() {
     create_as(&h, &bob, "prebuild-tools").await;
 }
 
-#[tokio::test]
-async fn a_replayed_push_builds_nothing_new() {
-    let h = shared_harness(FakeNode::default()).await;
+async fn a_replayed_push_builds_nothing_new(b: Backend) {
+    let h = shared_harness(b, FakeNode::default()).await;
     let source = "https://git.example.com/team/app.git";
     // The series' prebuild is at commit a...
     h.manager
@@ -161,10 +165,9 @@ async fn a_replayed_push_builds_nothing_new() {
     assert_eq!(push(&h, secret, source).await, [source]);
 }
 
-#[tokio::test]
-async fn a_prebuilds_sessions_get_no_secrets() {
+async fn a_prebuilds_sessions_get_no_secrets(b: Backend) {
     let node = FakeNode::default();
-    let h = harness(node.clone()).await;
+    let h = harness_on(b, node.clone()).await;
     h.manager
         .set_secret_box(crate::secrets::SecretBox::from_key(&[7; 32]));
     let (s, b) = h

@@ -3,6 +3,13 @@
 
 use super::*;
 
+on_both_backends!(
+    someone_elses_workspace_is_a_missing_one,
+    tokens_admin_routes_and_user_removal,
+    the_token_file_token_is_admins_at_every_start,
+    rate_limit_is_per_user,
+);
+
 /// Adds a user through the API with the admin token; returns its token.
 pub(super) async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
     let body = serde_json::json!({ "name": name, "admin": admin }).to_string();
@@ -92,9 +99,8 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
     ]
 }
 
-#[tokio::test]
-async fn someone_elses_workspace_is_a_missing_one() {
-    let h = harness(FakeNode::with_image("busybox")).await;
+async fn someone_elses_workspace_is_a_missing_one(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("busybox")).await;
     let alice = add_user(&h, "alice", false).await;
     let bob = add_user(&h, "bob", false).await;
     create_as(&h, &alice, "wa").await;
@@ -204,9 +210,8 @@ async fn someone_elses_workspace_is_a_missing_one() {
     assert_eq!(s, StatusCode::CONFLICT);
 }
 
-#[tokio::test]
-async fn tokens_admin_routes_and_user_removal() {
-    let h = harness(FakeNode::with_image("busybox")).await;
+async fn tokens_admin_routes_and_user_removal(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("busybox")).await;
     let alice = add_user(&h, "alice", false).await;
     let carol = add_user(&h, "carol", true).await;
 
@@ -322,9 +327,8 @@ async fn tokens_admin_routes_and_user_removal() {
     assert_eq!(h.manager.caller("alice").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn the_token_file_token_is_admins_at_every_start() {
-    let h = harness(FakeNode::default()).await;
+async fn the_token_file_token_is_admins_at_every_start(b: Backend) {
+    let h = harness_on(b, FakeNode::default()).await;
     let (s, _) = h.call(Method::GET, "/v1/me", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::OK);
     // A rotated token file: the old token stops working (though it was just used, so
@@ -338,13 +342,12 @@ async fn the_token_file_token_is_admins_at_every_start() {
     assert_eq!((me.name.as_str(), me.admin), ("admin", true));
 }
 
-#[tokio::test]
-async fn rate_limit_is_per_user() {
+async fn rate_limit_is_per_user(b: Backend) {
     let rate = crate::ratelimit::RateLimit {
         per_second: 1,
         burst: 3,
     };
-    let h = harness_with(FakeNode::default(), rate).await;
+    let h = harness_with(b, FakeNode::default(), rate).await;
     let alice = h
         .manager
         .create_user(CreateUser {

@@ -55,6 +55,7 @@ pub(super) async fn open(cfg: &NodeConfig, upload_max: u64) -> Result<(LocalNode
             },
             upload_max,
             ssh_listen: None,
+            database: None,
         },
         Arc::new(node.clone()) as Arc<dyn NodeApi>,
     )
