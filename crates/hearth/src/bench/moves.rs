@@ -127,10 +127,8 @@ async fn one_size(sb: &Sandbox, args: &MoveArgs, gb: u64) -> Result<Row> {
     let mut times = Vec::new();
     for eager in [true, false] {
         let node = LocalNode::open(config(sb, eager)).await?;
-        let dst = spec(
-            &format!("move-{}-{gb}", if eager { "eager" } else { "lazy" }),
-            2,
-        )?;
+        // Workspace ids are hex.
+        let dst = spec(&format!("{:08x}", 0xb1_0000 + gb * 2 + u64::from(eager)), 2)?;
         eprintln!("{gb} GB: {} restore", if eager { "eager" } else { "lazy" });
         let t0 = Instant::now();
         node.restore(&dst, &snap.id).await?;
