@@ -50,9 +50,10 @@ pub async fn run(args: MoveArgs) -> Result<()> {
         &args.agent,
         args.runtime.clone(),
     )?;
+    let repo = git_repo(sb.path())?;
     let mut rows = Vec::new();
     for &gb in &args.sizes {
-        rows.push(one_size(&sb, &args, gb).await?);
+        rows.push(one_size(&sb, &args, &repo, gb).await?);
     }
     println!(
         "\ntime to a shell after a restore from the node's local store (target <= {:.1} s for 5 GB)",
@@ -81,7 +82,7 @@ fn config(sb: &Sandbox, eager: bool) -> NodeConfig {
     cfg
 }
 
-async fn one_size(sb: &Sandbox, args: &MoveArgs, gb: u64) -> Result<Row> {
+async fn one_size(sb: &Sandbox, args: &MoveArgs, repo: &std::path::Path, gb: u64) -> Result<Row> {
     let bytes = gb << 30;
     let limits = Limits {
         disk_bytes: bytes * 2 + (2 << 30),
@@ -89,7 +90,6 @@ async fn one_size(sb: &Sandbox, args: &MoveArgs, gb: u64) -> Result<Row> {
     };
     let node = LocalNode::open(config(sb, false)).await?;
     let img = load_image(&node, &args.image).await?;
-    let repo = git_repo(sb.path())?;
     let spec = |id: &str, slot: u32| -> Result<WorkspaceSpec> {
         Ok(WorkspaceSpec {
             id: WorkspaceId::new(id)?,
