@@ -88,63 +88,61 @@ async fn one_size(sb: &Sandbox, args: &MoveArgs, repo: &std::path::Path, gb: u64
         disk_bytes: bytes * 2 + (2 << 30),
         ..Limits::default()
     };
-    let node = LocalNode::open(config(sb, false)).await?;
-    let img = load_image(&node, &args.image).await?;
-    let spec = |id: &str, slot: u32| -> Result<WorkspaceSpec> {
-        Ok(WorkspaceSpec {
-            id: WorkspaceId::new(id)?,
-            name: id.into(),
-            image: img.id.clone(),
-            source: repo.display().to_string(),
-            slot,
-            limits,
-            egress: Default::default(),
-            generation: 0,
-        })
-    };
-    let src = spec(&format!("{:08x}", 0xb0_0000 + gb), 1)?;
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    eprintln!("{gb} GB: filling a workspace");
-    node.create(&src, tx).await?;
-    node.start(&src).await?;
     let small = bytes / 100 / SMALL_FILES;
     let big_files = (gb * 4).max(4);
     let big = (bytes - small * SMALL_FILES) / big_files;
-    let fill = format!(
-        "set -e; mkdir -p /root/small /root/big; i=0; while [ $i -lt {SMALL_FILES} ]; do \
-         head -c {small} /dev/urandom > /root/small/f$i; i=$((i + 1)); done; i=0; \
-         while [ $i -lt {big_files} ]; do head -c {big} /dev/urandom > /root/big/f$i; \
-         i=$((i + 1)); done; sync"
-    );
-    sh(&node, &src, &fill).await?;
-    eprintln!("{gb} GB: snapshot");
-    let snap = node.snapshot(&src).await?;
-    node.stop(&src).await?;
-    node.remove(&src).await?;
+    let node = LocalNode::open(config(sb, false)).await?;
+    // Every node is torn down, failed or not (teardown removes what the node set up).
+    let made = async {
+        let img = load_image(&node, &args.image).await?;
+        let src = spec(&img.id, repo, limits, &format!("{:08x}", 0xb0_0000 + gb))?;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        eprintln!("{gb} GB: filling a workspace");
+        node.create(&src, tx).await?;
+        node.start(&src).await?;
+        let fill = format!(
+            "set -e; mkdir -p /root/small /root/big; i=0; while [ $i -lt {SMALL_FILES} ]; do \
+             head -c {small} /dev/urandom > /root/small/f$i; i=$((i + 1)); done; i=0; \
+             while [ $i -lt {big_files} ]; do head -c {big} /dev/urandom > /root/big/f$i; \
+             i=$((i + 1)); done; sync"
+        );
+        sh(&node, &src, &fill).await?;
+        eprintln!("{gb} GB: snapshot");
+        let snap = node.snapshot(&src).await?;
+        node.stop(&src).await?;
+        node.remove(&src).await?;
+        anyhow::Ok((img.id, snap.id))
+    }
+    .await;
     teardown(&node, "bench move").await;
     drop(node);
+    let (image, snap) = made?;
 
     let mut times = Vec::new();
     for eager in [true, false] {
         let node = LocalNode::open(config(sb, eager)).await?;
-        // Workspace ids are hex.
-        let dst = spec(&format!("{:08x}", 0xb1_0000 + gb * 2 + u64::from(eager)), 2)?;
-        eprintln!("{gb} GB: {} restore", if eager { "eager" } else { "lazy" });
-        let t0 = Instant::now();
-        node.restore(&dst, &snap.id).await?;
-        node.start(&dst).await?;
-        exec_true(&node, &dst).await?;
-        let shell = t0.elapsed();
-        let mut all = shell;
-        if !eager {
-            while node.inspect(&dst).await?.hydration.is_some() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let timed = async {
+            let id = format!("{:08x}", 0xb1_0000 + gb * 2 + u64::from(eager));
+            let dst = spec(&image, repo, limits, &id)?;
+            eprintln!("{gb} GB: {} restore", if eager { "eager" } else { "lazy" });
+            let t0 = Instant::now();
+            node.restore(&dst, &snap).await?;
+            node.start(&dst).await?;
+            exec_true(&node, &dst).await?;
+            let shell = t0.elapsed();
+            let mut all = shell;
+            if !eager {
+                while node.inspect(&dst).await?.hydration.is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                all = t0.elapsed();
             }
-            all = t0.elapsed();
+            node.remove(&dst).await?;
+            anyhow::Ok((shell, all))
         }
-        times.push((shell, all));
-        node.remove(&dst).await?;
+        .await;
         teardown(&node, "bench move").await;
+        times.push(timed?);
     }
     // The store goes with the size's data, so the next size starts from an empty disk.
     let store = sb.cfg.data_dir.join("snapshots");
@@ -155,6 +153,20 @@ async fn one_size(sb: &Sandbox, args: &MoveArgs, repo: &std::path::Path, gb: u64
         eager: times[0].0,
         lazy: times[1].0,
         hydrated: times[1].1,
+    })
+}
+
+/// A workspace `id` (hex) of the bench repository; slot 1 (one runs at a time per node).
+fn spec(image: &str, repo: &std::path::Path, limits: Limits, id: &str) -> Result<WorkspaceSpec> {
+    Ok(WorkspaceSpec {
+        id: WorkspaceId::new(id)?,
+        name: id.into(),
+        image: image.to_string(),
+        source: repo.display().to_string(),
+        slot: 1,
+        limits,
+        egress: Default::default(),
+        generation: 0,
     })
 }
 
