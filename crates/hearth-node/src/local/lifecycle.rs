@@ -297,7 +297,12 @@ impl Inner {
         let resolv = share.join("resolv.conf");
         std::fs::write(&resolv, resolv_conf()).map_err(NodeError::io("write", &resolv))?;
 
-        let repo_dir = format!("/workspace/{}", clone::repo_name(&spec.source));
+        // A workspace without a repository (a builder) has only `/workspace` to start in.
+        let repo_dir = if spec.source.is_empty() {
+            "/workspace".to_string()
+        } else {
+            format!("/workspace/{}", clone::repo_name(&spec.source))
+        };
         let cwd = image
             .config
             .working_dir

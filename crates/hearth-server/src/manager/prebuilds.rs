@@ -274,7 +274,7 @@ impl Manager {
             config_hash: config_hash(&dc, &base),
             image: rec.spec.image.clone(),
             config_file: dc.config.file.clone(),
-            created_at: crate::db::now(),
+            created_at: crate::db::now_precise(),
             feature_lifecycle,
         };
         self.store.insert_prebuild(&record).await?;
