@@ -4,37 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{git_repo, TestServer};
-
-fn workspace(srv: &TestServer, name: &str) -> serde_json::Value {
-    srv.workspaces()
-        .into_iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("no workspace {name}"))
-}
-
-fn ws_dir(srv: &TestServer, name: &str) -> PathBuf {
-    let id = workspace(srv, name)["id"].as_str().unwrap().to_string();
-    srv.data_dir().join("workspaces").join(id)
-}
+use common::{git_repo, largest_pack, TestServer};
 
 fn inspect(srv: &TestServer, name: &str) -> serde_json::Value {
     serde_json::from_str(&srv.ok(&["inspect", name, "--json"])).unwrap()
-}
-
-/// The largest pack: the incompressible content of the big file.
-fn largest_pack(store: &Path) -> PathBuf {
-    let mut best: Option<(u64, PathBuf)> = None;
-    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
-        let len = f.metadata().unwrap().len();
-        if best.as_ref().is_none_or(|(l, _)| len > *l) {
-            best = Some((len, f.path()));
-        }
-    }
-    best.unwrap().1
 }
 
 #[test]
@@ -63,7 +38,7 @@ fn server_killed_mid_hydration_loses_nothing() {
     let want = srv.exec("lazy", &["sha256sum", "/root/big"]);
     // Stop takes the final snapshot; then the local copy is lost (a move to a new node).
     srv.ok(&["stop", "lazy"]);
-    let dir = ws_dir(&srv, "lazy");
+    let dir = srv.ws_dir("lazy");
     common::lose_local_data(&dir);
     let pack = largest_pack(&srv.data_dir().join("snapshots"));
     let aside = srv.data_dir().join("pack-aside");

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{git_repo, TestServer};
+use common::{git_repo, largest_pack, TestServer};
 
 /// Files in the places users keep work: home, /usr/local, a symlink and a hard link.
 const WRITE: &str = "set -e; mkdir -p /root/d /usr/local/share/x; echo secret > /root/d/a; \
@@ -20,31 +20,6 @@ const DIGEST: &str =
 
 fn snapshots(srv: &TestServer, name: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&srv.ok(&["snapshots", name, "--json"])).unwrap()
-}
-
-fn workspace(srv: &TestServer, name: &str) -> serde_json::Value {
-    srv.workspaces()
-        .into_iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("no workspace {name}"))
-}
-
-fn ws_dir(srv: &TestServer, name: &str) -> PathBuf {
-    let id = workspace(srv, name)["id"].as_str().unwrap().to_string();
-    srv.data_dir().join("workspaces").join(id)
-}
-
-/// The largest pack: mostly the incompressible content of `big`, so a byte flipped in its
-/// middle corrupts that file's chunk.
-fn largest_pack(store: &Path) -> PathBuf {
-    let mut best: Option<(u64, PathBuf)> = None;
-    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
-        let len = f.metadata().unwrap().len();
-        if best.as_ref().is_none_or(|(l, _)| len > *l) {
-            best = Some((len, f.path()));
-        }
-    }
-    best.unwrap().1
 }
 
 #[test]
@@ -86,12 +61,12 @@ fn snapshot_restore_fork_and_corruption() {
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!(list[1]["parent"], list[0]["id"]);
     let last = list[1]["id"].as_str().unwrap().to_string();
-    let w = workspace(&srv, "snapme");
+    let w = srv.workspace("snapme");
     assert_eq!(w["last_snapshot"], last.as_str(), "{w}");
     assert!(w["snapshot_error"].is_null(), "{w}");
 
     // Local data lost: start restores the latest snapshot.
-    common::lose_local_data(&ws_dir(&srv, "snapme"));
+    common::lose_local_data(&srv.ws_dir("snapme"));
     srv.ok(&["start", "snapme"]);
     assert_eq!(srv.exec("snapme", &["sh", "-c", DIGEST]), before);
 
@@ -104,9 +79,11 @@ fn snapshot_restore_fork_and_corruption() {
         "0"
     );
     assert_eq!(srv.exec("forked", &["sh", "-c", DIGEST]), before);
-    let (a, b) = (workspace(&srv, "snapme"), workspace(&srv, "forked"));
+    let (a, b) = (srv.workspace("snapme"), srv.workspace("forked"));
     assert_ne!(a["uid_base"], b["uid_base"]);
-    let forked_file = ws_dir(&srv, "forked").join("disk/data/upper/usr/local/share/x/big");
+    let forked_file = srv
+        .ws_dir("forked")
+        .join("disk/data/upper/usr/local/share/x/big");
     let host_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&forked_file).unwrap());
     assert_eq!(u64::from(host_uid), b["uid_base"].as_u64().unwrap() + 1000);
     let err = srv.fails(&[
@@ -129,7 +106,7 @@ fn snapshot_restore_fork_and_corruption() {
     srv.server_args.push("--eager-restore".into());
     srv.spawn();
     srv.ok(&["stop", "snapme"]);
-    let dir = ws_dir(&srv, "snapme");
+    let dir = srv.ws_dir("snapme");
     common::lose_local_data(&dir);
     let store = srv.data_dir().join("snapshots");
     let chunk = largest_pack(&store);
@@ -189,7 +166,7 @@ fn failed_final_snapshot_survives_a_restart_and_is_retried() {
     );
     assert!(table.contains("FAILED"), "{table}");
     assert!(err.contains("retry: last snapshot failed"), "{err}");
-    let w = workspace(&srv, "retry");
+    let w = srv.workspace("retry");
     assert_eq!(w["state"], "stopped");
     assert!(w["snapshot_error"].is_string(), "{w}");
     assert!(w["last_snapshot"].is_null(), "{w}");
@@ -199,10 +176,10 @@ fn failed_final_snapshot_survives_a_restart_and_is_retried() {
     srv.kill();
     std::fs::remove_file(&store).unwrap();
     srv.spawn();
-    assert!(workspace(&srv, "retry")["snapshot_error"].is_string());
+    assert!(srv.workspace("retry")["snapshot_error"].is_string());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     let w = loop {
-        let w = workspace(&srv, "retry");
+        let w = srv.workspace("retry");
         if w["snapshot_error"].is_null() || std::time::Instant::now() > deadline {
             break w;
         }
@@ -250,7 +227,7 @@ fn periodic_snapshots_follow_changes_only() {
     assert_eq!(list.len(), settled + 1, "a change was not snapshotted");
     assert!(list.last().unwrap()["new_bytes"].as_u64().unwrap() > 0);
     assert_eq!(
-        workspace(&srv, "tick")["last_snapshot"],
+        srv.workspace("tick")["last_snapshot"],
         list.last().unwrap()["id"]
     );
 
@@ -264,21 +241,21 @@ fn periodic_snapshots_follow_changes_only() {
     let out = srv.hearth(&["stop", "tick"]);
     assert!(out.status.success());
     std::thread::sleep(std::time::Duration::from_secs(38));
-    assert!(workspace(&srv, "tick")["snapshot_error"].is_string());
+    assert!(srv.workspace("tick")["snapshot_error"].is_string());
     std::fs::remove_file(&store).unwrap();
     std::fs::rename(&away, &store).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while workspace(&srv, "tick")["snapshot_error"].is_string() {
+    while srv.workspace("tick")["snapshot_error"].is_string() {
         assert!(
             std::time::Instant::now() < deadline,
             "never retried: {}",
-            workspace(&srv, "tick")
+            srv.workspace("tick")
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let list = snapshots(&srv, "tick");
     assert_eq!(
-        workspace(&srv, "tick")["last_snapshot"],
+        srv.workspace("tick")["last_snapshot"],
         list.last().unwrap()["id"]
     );
 }

@@ -279,6 +279,20 @@ impl TestServer {
         serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
     }
 
+    /// Workspace `name`'s row in `hearth ls --json`.
+    pub fn workspace(&self, name: &str) -> serde_json::Value {
+        self.workspaces()
+            .into_iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("no workspace {name}"))
+    }
+
+    /// Workspace `name`'s directory on the node (`<data>/workspaces/<id>`).
+    pub fn ws_dir(&self, name: &str) -> PathBuf {
+        let id = self.workspace(name)["id"].as_str().unwrap().to_string();
+        self.data_dir().join("workspaces").join(id)
+    }
+
     pub fn workspace_names(&self) -> Vec<String> {
         self.workspaces()
             .iter()
@@ -378,4 +392,17 @@ pub fn lose_local_data(ws_dir: &Path) {
         assert!(st.success(), "umount {}", disk.display());
     }
     std::fs::remove_dir_all(ws_dir).unwrap();
+}
+
+/// The largest pack in a local snapshot store: mostly the incompressible content of the
+/// big file a test wrote, so moving or corrupting it reaches that file's chunks.
+pub fn largest_pack(store: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
+        let len = f.metadata().unwrap().len();
+        if best.as_ref().is_none_or(|(l, _)| len > *l) {
+            best = Some((len, f.path()));
+        }
+    }
+    best.unwrap().1
 }
