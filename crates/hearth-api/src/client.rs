@@ -16,12 +16,12 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::{
-    BuildImage, ClientFrame, CreatePrebuild, CreateUser, CreateWorkspace, DeletedWorkspace,
-    DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace, FrameError, Image,
-    LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node, NodeLabels, Prebuild, PullImage,
-    RestoreWorkspace, ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport,
-    StoreUse, StreamLine, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE,
-    TOKEN_FILE,
+    BuildImage, ClientFrame, CreateJoinToken, CreatePrebuild, CreateUser, CreateWorkspace,
+    DeletedWorkspace, DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
+    FrameError, Image, JoinNode, JoinToken, LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node,
+    NodeCredential, NodeLabels, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo,
+    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace,
+    WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -449,6 +449,16 @@ impl Client {
     }
 
     /// The user this client's token belongs to.
+    /// Makes a join token for a node on another host (admins).
+    pub async fn create_join_token(&self, req: &CreateJoinToken) -> Result<JoinToken> {
+        self.post("/v1/nodes/join-tokens", req).await
+    }
+
+    /// Exchanges a join token for the node's credential (no API token needed).
+    pub async fn join_node(&self, req: &JoinNode) -> Result<NodeCredential> {
+        self.post("/v1/nodes/join", req).await
+    }
+
     pub async fn me(&self) -> Result<User> {
         self.get("/v1/me").await
     }

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 #[cfg(feature = "client")]
 pub mod client;
+mod join;
 mod nodes;
 mod ports;
 mod prebuilds;
@@ -26,6 +27,7 @@ mod snapshots;
 mod ssh;
 mod users;
 
+pub use join::*;
 pub use nodes::*;
 pub use ports::*;
 pub use prebuilds::*;

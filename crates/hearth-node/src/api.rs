@@ -510,7 +510,7 @@ pub struct NodeConfig {
 /// The CPU controller's default tick: 10 Hz.
 pub const DEFAULT_CPU_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// A node failure. The first four carry a message the node wrote for the user; the rest
+/// A node failure. The first five carry a message the node wrote for the user; the rest
 /// keep the failing library's error as their source. Callers decide by [`NodeError::kind`]
 /// (the server maps it to an HTTP status); `Display` is the one-line message users see.
 #[derive(Debug, thiserror::Error)]
@@ -523,6 +523,10 @@ pub enum NodeError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// The node cannot be reached (a remote node's connection is down or did not answer
+    /// in time); the call may or may not have run there.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Runtime(#[from] hearth_runtime::RuntimeError),
     #[error(transparent)]
@@ -574,6 +578,8 @@ pub enum ErrorKind {
     Conflict,
     /// The node or host failed.
     Internal,
+    /// The node is not reachable now; the same call may succeed once it is back.
+    Unavailable,
 }
 
 impl NodeError {
@@ -586,6 +592,7 @@ impl NodeError {
             NodeError::NotFound(_) => ErrorKind::NotFound,
             NodeError::Invalid(_) => ErrorKind::Invalid,
             NodeError::Conflict(_) | NodeError::Connect { .. } => ErrorKind::Conflict,
+            NodeError::Unavailable(_) => ErrorKind::Unavailable,
             NodeError::Internal(_)
             | NodeError::Runtime(_)
             | NodeError::Cgroups(_)

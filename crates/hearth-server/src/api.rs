@@ -64,7 +64,7 @@ impl Modify for BearerAuth {
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
-        crate::prebuilds::webhook
+        crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ssh_keys::routes())
         .merge(crate::secrets::routes())
         .merge(crate::prebuilds::routes())
+        .merge(crate::links::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_json))
         .merge(crate::prebuilds::public_routes())
+        .merge(crate::links::public_routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

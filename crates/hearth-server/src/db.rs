@@ -37,12 +37,14 @@ use sqlx::{Postgres, Sqlite, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
+mod links;
 mod nodes;
 mod ports;
 mod prebuilds;
 pub mod scratch;
 mod users;
 
+pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
 pub use prebuilds::PrebuildRecord;
 pub use users::{Removal, UserRecord};
@@ -146,6 +148,8 @@ pub enum StoreError {
     UserTaken(String),
     #[error("database error on users: {0}")]
     Users(#[source] sqlx::Error),
+    #[error("database error on nodes: {0}")]
+    Nodes(#[source] sqlx::Error),
     #[error("database error on workspace {id}: {source}")]
     Query {
         id: String,

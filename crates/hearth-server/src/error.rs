@@ -47,6 +47,9 @@ impl ApiError {
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
     }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+    }
 
     pub fn info(&self) -> ErrorInfo {
         ErrorInfo {
@@ -65,6 +68,7 @@ impl From<NodeError> for ApiError {
             ErrorKind::Invalid => ApiError::invalid(m),
             ErrorKind::Conflict => ApiError::conflict(m),
             ErrorKind::Internal => ApiError::internal(m),
+            ErrorKind::Unavailable => ApiError::unavailable(m),
         }
     }
 }

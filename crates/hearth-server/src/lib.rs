@@ -14,6 +14,7 @@ pub mod convert;
 pub mod db;
 pub mod error;
 pub mod fleet;
+pub mod links;
 pub mod manager;
 pub mod metrics;
 pub mod names;
@@ -232,6 +233,7 @@ impl Server {
         let path = cfg.data_dir.join(SERVER_FILE);
         std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        let links = Arc::new(links::Links::new(cfg.data_dir.join("uploads")));
         let app = api::router(state::AppState {
             manager: manager.clone(),
             rate: cfg.rate,
@@ -241,6 +243,7 @@ impl Server {
             },
             ssh: Arc::new(ssh_info),
             metrics: Default::default(),
+            links: links.clone(),
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {

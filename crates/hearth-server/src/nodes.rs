@@ -80,6 +80,9 @@ pub(crate) async fn remove_node(
     Path(node): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     st.manager.remove_node(&node).await?;
+    // A remote node's credential goes with it: it must join again.
+    st.manager.store().delete_node_credential(&node).await?;
+    st.links.disconnect(&node);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -26,6 +26,8 @@ pub struct AppState {
     pub ssh: Arc<hearth_api::SshInfo>,
     /// Request latencies for `/metrics`.
     pub metrics: Arc<crate::metrics::HttpMetrics>,
+    /// Nodes on other hosts connected now.
+    pub links: Arc<crate::links::Links>,
 }
 
 /// A workspace name from the path, checked before any state is touched: nothing is

@@ -398,6 +398,7 @@ async fn harness_of(
         },
         ssh: Default::default(),
         metrics: Default::default(),
+        links: Arc::new(crate::links::Links::new(dir.path().join("uploads"))),
     });
     Harness {
         _db: db,

@@ -10,6 +10,7 @@ use hearth_api::{
     WorkspaceInspect, WorkspaceLimits,
 };
 
+mod join;
 mod nodes;
 mod ports;
 mod prebuilds;

@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod exec;
+mod node;
 mod server;
 
 use std::path::PathBuf;
@@ -37,6 +38,15 @@ struct Cli {
 enum Cmd {
     /// Run the control plane and the local node.
     Server(Box<server::ServerArgs>),
+    /// Run a node on this host for a control plane elsewhere (`--server URL`), or manage
+    /// the nodes workspaces run on (admins only).
+    #[command(args_conflicts_with_subcommands = true)]
+    Node {
+        #[command(subcommand)]
+        cmd: Option<NodeCmd>,
+        #[command(flatten)]
+        daemon: Box<node::NodeDaemonArgs>,
+    },
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -266,11 +276,6 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
-    /// The nodes workspaces run on (admins only).
-    Node {
-        #[command(subcommand)]
-        cmd: NodeCmd,
-    },
     /// Move a workspace to another node (admins only): it stops, is snapshotted, restored
     /// there and started again if it ran; the old copy goes once the new one is in place.
     Move {
@@ -483,8 +488,20 @@ enum NodeCmd {
         /// KEY=VALUE (repeatable; none clears them).
         labels: Vec<String>,
     },
-    /// Forget a node; refused while workspaces are on it.
+    /// Forget a node; refused while workspaces are on it. A remote node's credential
+    /// goes too: it must join again.
     Rm { name: String },
+    /// Make a join token (admins): `hearth node --server URL --join-token T` on another
+    /// host exchanges it once for that node's credential.
+    Token {
+        /// How long the token can be used, e.g. 10m, 1h (at most 7d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+        ttl: std::time::Duration,
+        /// Only the node of this name may join with it, replacing its credential if it
+        /// joined before (a node whose data dir was lost).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -621,6 +638,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = || Commands::new(&cli.data_dir, cli.url.as_deref(), cli.token.as_deref());
     match &cli.cmd {
         Cmd::Server(args) => server::serve(&cli.data_dir, args).await.map(|()| 0),
+        Cmd::Node { cmd: None, daemon } => node::run(&cli.data_dir, daemon).await.map(|()| 0),
         Cmd::Admin {
             cmd: AdminCmd::Teardown { purge, database },
         } => server::teardown(&cli.data_dir, database.as_ref(), *purge)
@@ -793,7 +811,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Node { cmd } => {
+        Cmd::Node { cmd: Some(cmd), .. } => {
             let c = client()?;
             match cmd {
                 NodeCmd::Ls { json } => c.node_list(*json).await?,
@@ -801,6 +819,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 NodeCmd::Undrain { name } => c.node_undrain(name).await?,
                 NodeCmd::Label { name, labels } => c.node_label(name, labels).await?,
                 NodeCmd::Rm { name } => c.node_remove(name).await?,
+                NodeCmd::Token { ttl, node } => c.node_token(*ttl, node.clone()).await?,
             }
             Ok(0)
         }

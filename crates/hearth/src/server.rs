@@ -48,55 +48,10 @@ pub struct ServerArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Bridge name (also the prefix of firewall chains).
-    #[arg(long, default_value = "hearth0")]
-    bridge: String,
-    #[arg(long, default_value = "10.88.0.0/16")]
-    subnet: String,
-    /// Parent cgroup of all workspaces.
-    #[arg(long, default_value = "hearth")]
-    cgroup_parent: String,
-    /// OCI runtime: crun, runc or a path (default: crun if it works).
-    #[arg(long)]
-    runtime: Option<String>,
-    /// The static hearth-agent binary (default: next to this executable).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Keep snapshots in S3 at http://host:port/bucket[/prefix] (credentials from
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead of <data-dir>/snapshots.
-    #[arg(long, value_name = "URL")]
-    snapshot_s3: Option<String>,
-    /// Encrypt snapshots with the key in <data-dir>/snapshot.key (created on first use).
-    #[arg(long)]
-    snapshot_encrypt: bool,
-    /// Restore every file of a snapshot before the workspace starts (restore, fork, a
-    /// start elsewhere). By default large files are fetched after it starts: opening one
-    /// not fetched yet waits for it.
-    #[arg(long)]
-    eager_restore: bool,
     /// Seconds between snapshots of running workspaces (0 turns them off); unchanged
     /// workspaces are skipped.
     #[arg(long, default_value_t = 300)]
     snapshot_interval: u64,
-    /// Deny every workspace outbound traffic to CIDR, on top of the node's own addresses,
-    /// loopback and link-local (repeatable), e.g. the LAN or a remote control plane.
-    #[arg(long, value_name = "CIDR")]
-    egress_deny: Vec<Cidr>,
-    /// New outbound connections per second per workspace; more are dropped.
-    #[arg(long, default_value_t = ConnLimits::default().rate)]
-    egress_rate: u32,
-    /// New connections per workspace allowed at once above --egress-rate.
-    #[arg(long, default_value_t = ConnLimits::default().burst)]
-    egress_burst: u32,
-    /// Concurrently tracked outbound connections per workspace; more are dropped.
-    #[arg(long, default_value_t = ConnLimits::default().max_conns)]
-    egress_max_conns: u32,
-    /// Free space to keep on the data dir's filesystem (e.g. 10G; 0 turns it off): below
-    /// it workspaces are not created, started or restored, and running ones whose disk
-    /// grows are frozen until space is freed, so a full host never costs a workspace its
-    /// files. Default: 5% of that filesystem, within 1..20 GiB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, overrides_with = "disk_reserve")]
-    disk_reserve: Option<u64>,
     /// API requests per second per client token, sustained (0 turns the limit off); more
     /// are answered 429 with Retry-After.
     #[arg(long, default_value_t = RateLimit::default().per_second)]
@@ -108,22 +63,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size,
         default_value_t = hearth_server::uploads::DEFAULT_UPLOAD_MAX)]
     upload_max: u64,
-    /// Size at which a workspace's console log (PID 1's output, kept on its own disk) is
-    /// rotated; at least 64K.
-    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, default_value = "10M")]
-    console_max_size: u64,
-    /// Console log files kept per workspace (the current one included), 1..100.
-    #[arg(long, value_name = "N", default_value_t = ConsoleLimits::default().files)]
-    console_files: u32,
-    /// After each snapshot, keep the workspace's newest N snapshots (plus --snapshot-keep-daily);
-    /// both 0 keeps every snapshot.
-    #[arg(long, value_name = "N", default_value_t = 12)]
-    snapshot_keep_last: usize,
-    /// ... and the newest snapshot of each of its last N days with snapshots.
-    #[arg(long, value_name = "N", default_value_t = 7)]
-    snapshot_keep_daily: usize,
-    /// Seconds between deletions of store chunks no snapshot needs any more and of unused
-    /// `devcontainer/...` build images (0: chunks only by `hearth store gc`).
+    /// Seconds between deletions of store chunks no snapshot needs any more (0: only by
+    /// `hearth store gc`).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     store_gc_interval: u64,
     /// How long `hearth rm` keeps a workspace's snapshots for `hearth restore` (e.g. 7d,
@@ -155,21 +96,82 @@ pub struct ServerArgs {
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+/// How the node runs workspaces: `hearth server` and `hearth node` take the same flags.
+#[derive(Args, Debug)]
+pub struct NodeFlags {
+    /// Bridge name (also the prefix of firewall chains).
+    #[arg(long, default_value = "hearth0")]
+    pub bridge: String,
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pub subnet: String,
+    /// Parent cgroup of all workspaces.
+    #[arg(long, default_value = "hearth")]
+    pub cgroup_parent: String,
+    /// OCI runtime: crun, runc or a path (default: crun if it works).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// The static hearth-agent binary (default: next to this executable).
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// Keep snapshots in S3 at http://host:port/bucket[/prefix] (credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead of <data-dir>/snapshots.
+    #[arg(long, value_name = "URL")]
+    pub snapshot_s3: Option<String>,
+    /// Encrypt snapshots with the key in <data-dir>/snapshot.key (created on first use).
+    #[arg(long)]
+    pub snapshot_encrypt: bool,
+    /// Deny every workspace outbound traffic to CIDR, on top of the node's own addresses,
+    /// loopback and link-local (repeatable), e.g. the LAN or a remote control plane.
+    #[arg(long, value_name = "CIDR")]
+    pub egress_deny: Vec<Cidr>,
+    /// New outbound connections per second per workspace; more are dropped.
+    #[arg(long, default_value_t = ConnLimits::default().rate)]
+    pub egress_rate: u32,
+    /// New connections per workspace allowed at once above --egress-rate.
+    #[arg(long, default_value_t = ConnLimits::default().burst)]
+    pub egress_burst: u32,
+    /// Concurrently tracked outbound connections per workspace; more are dropped.
+    #[arg(long, default_value_t = ConnLimits::default().max_conns)]
+    pub egress_max_conns: u32,
+    /// Free space to keep on the data dir's filesystem (e.g. 10G; 0 turns it off): below
+    /// it workspaces are not created, started or restored, and running ones whose disk
+    /// grows are frozen until space is freed, so a full host never costs a workspace its
+    /// files. Default: 5% of that filesystem, within 1..20 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, overrides_with = "disk_reserve")]
+    pub disk_reserve: Option<u64>,
+    /// Size at which a workspace's console log (PID 1's output, kept on its own disk) is
+    /// rotated; at least 64K.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, default_value = "10M")]
+    pub console_max_size: u64,
+    /// Console log files kept per workspace (the current one included), 1..100.
+    #[arg(long, value_name = "N", default_value_t = ConsoleLimits::default().files)]
+    pub console_files: u32,
+    /// After each snapshot, keep the workspace's newest N snapshots (plus --snapshot-keep-daily);
+    /// both 0 keeps every snapshot.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub snapshot_keep_last: usize,
+    /// ... and the newest snapshot of each of its last N days with snapshots.
+    #[arg(long, value_name = "N", default_value_t = 7)]
+    pub snapshot_keep_daily: usize,
     /// JSON file of process priority rules inside workspaces: classes (nice, policy), the
     /// class of exec sessions with and without a terminal, and executables that get a class
     /// when they start (default: compilers, build tools and test runners are batch).
     #[arg(long, value_name = "FILE")]
-    priority_rules: Option<PathBuf>,
+    pub priority_rules: Option<PathBuf>,
     /// How the node shares CPU among workspaces. hearth: a 10 Hz loop gives light
     /// workspaces free CPU at once and demotes long hogs (cpu.idle, then their --cpus);
     /// off: fixed weights only. static (every workspace held to its --cpus, or 1 core, as
     /// Kubernetes limits do) and gitpod (Gitpod's 15 s budget loop) exist as baselines
     /// for `hearth bench cpu`.
     #[arg(long, value_name = "POLICY", default_value = "hearth")]
-    cpu_control: CpuControl,
+    pub cpu_control: CpuControl,
     /// Time between CPU controller ticks.
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "100ms", hide = true)]
-    cpu_interval: std::time::Duration,
+    pub cpu_interval: std::time::Duration,
 }
 
 /// `--ssh-listen`: an address, or `off`.
@@ -342,7 +344,7 @@ fn node_config(data_dir: &Path, s: &NodeSettings, agent: PathBuf) -> anyhow::Res
 /// Logs to stderr, filtered by RUST_LOG, else at `default` level; colours only on a
 /// terminal, so a log file holds no escape sequences (request data in fields is escaped
 /// by Debug formatting, so none can be injected either).
-fn init_tracing(default: &str) {
+pub fn init_tracing(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -353,7 +355,7 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -370,11 +372,12 @@ async fn shutdown_signal() {
             std::future::pending::<()>().await;
         }
     }
-    tracing::info!("shutting down the API; workspaces keep running");
+    tracing::info!("shutting down; workspaces keep running");
 }
 
-pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
-    init_tracing("info");
+/// Opens the node `flags` describe on `data_dir` (whose lock the caller holds), and
+/// records its settings for `hearth admin teardown`.
+pub async fn open_node(data_dir: &Path, args: &NodeFlags) -> anyhow::Result<LocalNode> {
     let agent = match &args.agent {
         Some(p) if p.is_file() => std::path::absolute(p)
             .with_context(|| format!("cannot make {} absolute", p.display()))?,
@@ -388,7 +391,6 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         Some(p) => hearth_node::PriorityRules::load(p)?,
         None => Default::default(),
     };
-    let lock = DataDirLock::acquire(data_dir)?;
     let settings = NodeSettings {
         bridge: args.bridge.clone(),
         subnet: args.subnet.clone(),
@@ -428,10 +430,15 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     node_cfg.cpu_control = args.cpu_control;
     node_cfg.cpu_interval = args.cpu_interval;
     node_cfg.priority = priority;
-    let node = LocalNode::open(node_cfg)
+    LocalNode::open(node_cfg)
         .await
-        .context("cannot open the node")?;
-    let node: Arc<dyn NodeApi> = Arc::new(node);
+        .context("cannot open the node")
+}
+
+pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
+    init_tracing("info");
+    let lock = DataDirLock::acquire(data_dir)?;
+    let node: Arc<dyn NodeApi> = Arc::new(open_node(data_dir, &args.node).await?);
     let cfg = ServerConfig {
         data_dir: data_dir.to_path_buf(),
         listen: args.listen,

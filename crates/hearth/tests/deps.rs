@@ -12,7 +12,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The binary: CLI verbs over the API crate, `hearth server` links the server and node.
     (
         "hearth",
-        &["hearth-api", "hearth-server", "hearth-node", "hearth-proto"],
+        &[
+            "hearth-api",
+            "hearth-server",
+            "hearth-node",
+            "hearth-link",
+            "hearth-proto",
+        ],
     ),
     // The control plane: HTTP, the database, the API's wire types; nodes through NodeApi.
     (
@@ -20,12 +26,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "hearth-api",
             "hearth-node",
+            "hearth-link",
             "hearth-proto",
             "hearth-devcontainer",
         ],
     ),
     // Wire types and the HTTP client: what the CLI (and later other clients) build on.
     ("hearth-api", &["hearth-proto"]),
+    // The control plane <-> node wire: NodeApi over one connection the node dials.
+    ("hearth-link", &["hearth-node", "hearth-proto"]),
     // The node: the only crate that puts the host crates together.
     (
         "hearth-node",

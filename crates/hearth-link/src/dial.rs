@@ -1,0 +1,217 @@
+//! The node dials the control plane, and dials again whenever the connection ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hearth_node::NodeApi;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
+use crate::{Limits, CONNECT_PATH, LABELS_HEADER, NODE_HEADER, UPGRADE};
+
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("server URL {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot reach the server at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the server refused the node: {0}")]
+    Refused(Refusal),
+}
+
+/// The server's answer to a refused connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.message, self.status)
+    }
+}
+
+impl Refusal {
+    /// A wrong or revoked credential: dialling again cannot help. Other refusals (the
+    /// name is still connected, the server is busy) can pass.
+    pub fn is_final(&self) -> bool {
+        matches!(self.status, 400 | 401 | 403 | 404)
+    }
+}
+
+/// `http://host[:port]` split for a TCP connect and a Host header.
+fn parse_url(url: &str) -> Result<(String, u16, String), DialError> {
+    let bad = |reason: &str| DialError::Url {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("must start with http:// (the API's own scheme)"));
+    }
+    let auth = uri.authority().ok_or_else(|| bad("has no host"))?;
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    Ok((
+        host.to_string(),
+        auth.port_u16().unwrap_or(80),
+        auth.as_str().to_string(),
+    ))
+}
+
+/// Connects to the control plane at `url` as node `name` with its credential and returns
+/// the upgraded connection, ready for [`crate::serve`].
+pub async fn dial(
+    url: &str,
+    name: &str,
+    labels: &[String],
+    credential: &str,
+) -> Result<TokioIo<Upgraded>, DialError> {
+    let (host, port, authority) = parse_url(url)?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|source| DialError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let http = |source| DialError::Http {
+        url: url.to_string(),
+        source,
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .map_err(http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "node dial connection ended");
+        }
+    });
+    let req = hyper::Request::get(CONNECT_PATH)
+        .header(header::HOST, authority)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, UPGRADE)
+        .header(header::AUTHORIZATION, format!("Bearer {credential}"))
+        .header(NODE_HEADER, name)
+        .header(LABELS_HEADER, labels.join(","))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| DialError::Url {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    let resp = send.send_request(req).await.map_err(http)?;
+    if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let up = hyper::upgrade::on(resp).await.map_err(http)?;
+        return Ok(TokioIo::new(up));
+    }
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Err(DialError::Refused(Refusal {
+        status,
+        message: error_message(&body),
+    }))
+}
+
+/// The message of the API's `{"error":{"code","message"}}`, else the body as text.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
+}
+
+/// Serves `node` to the control plane at `url` for as long as the process runs: dials,
+/// answers calls until the connection ends, dials again after a backoff (1 s doubling
+/// to 30 s; back to 1 s after a connection that lasted a minute). Returns only when the
+/// server refuses the node for good (a wrong or revoked credential).
+pub async fn run_node(
+    url: &str,
+    name: &str,
+    labels: &[String],
+    credential: &str,
+    node: Arc<dyn NodeApi>,
+    limits: Limits,
+) -> Result<(), DialError> {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    let mut backoff = FIRST;
+    loop {
+        match dial(url, name, labels, credential).await {
+            Ok(io) => {
+                tracing::info!(server = url, node = name, "connected to the control plane");
+                let since = Instant::now();
+                match crate::serve(io, node.clone(), limits.clone()).await {
+                    Ok(()) => tracing::warn!(server = url, "control plane closed the connection"),
+                    Err(e) => {
+                        tracing::warn!(server = url, error = %e, "connection to the control plane lost")
+                    }
+                }
+                if since.elapsed() > Duration::from_secs(60) {
+                    backoff = FIRST;
+                }
+            }
+            Err(DialError::Refused(r)) if r.is_final() => return Err(DialError::Refused(r)),
+            Err(e) => {
+                tracing::warn!(server = url, error = %e, retry_in = ?backoff, "cannot connect to the control plane")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_are_http_with_a_host() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:7070").unwrap(),
+            ("127.0.0.1".into(), 7070, "127.0.0.1:7070".into())
+        );
+        assert_eq!(
+            parse_url("http://[::1]:7").unwrap(),
+            ("::1".into(), 7, "[::1]:7".into())
+        );
+        assert_eq!(parse_url("http://cp.example").unwrap().1, 80);
+        for bad in ["https://x", "127.0.0.1:7070", "http://", "ftp://x"] {
+            let e = parse_url(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("server URL {bad}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn refusal_messages_come_from_the_api_error_body() {
+        let body = br#"{"error":{"code":"unauthorized","message":"unknown node credential"}}"#;
+        assert_eq!(error_message(body), "unknown node credential");
+        assert_eq!(error_message(b" plain text\n"), "plain text");
+        let r = Refusal {
+            status: 409,
+            message: "node a is already connected".into(),
+        };
+        assert!(!r.is_final());
+        assert!(Refusal { status: 401, ..r }.is_final());
+    }
+}

@@ -1,0 +1,249 @@
+//! Nodes on other hosts, as processes on this one: a `hearth server` and `hearth node`
+//! processes, each with its own data dir, bridge, subnet and cgroup parent, joining
+//! over loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{agent_binary, TestServer, HEARTH};
+use rand::Rng;
+
+/// A `hearth node` process and its data dir; killed and torn down on drop.
+struct TestNode {
+    dir: tempfile::TempDir,
+    name: String,
+    bridge: String,
+    subnet: String,
+    cgroup_parent: String,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    fn new(name: &str) -> TestNode {
+        let mut rng = rand::thread_rng();
+        let tag: String = (0..8)
+            .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
+            .collect();
+        TestNode {
+            dir: tempfile::Builder::new()
+                .prefix("hearth-node-")
+                .tempdir()
+                .unwrap(),
+            name: name.to_string(),
+            bridge: format!("hn{tag}"),
+            subnet: format!(
+                "10.{}.{}.0/24",
+                rng.gen_range(100..=250),
+                rng.gen_range(0..=255)
+            ),
+            cgroup_parent: format!("hearth-node-test-{tag}"),
+            child: None,
+        }
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("node.log")).unwrap_or_default()
+    }
+
+    fn credential_file(&self) -> PathBuf {
+        self.data_dir().join("node-credential.json")
+    }
+
+    /// Starts `hearth node` against `server` (with `token` if given).
+    fn spawn(&mut self, server: &TestServer, token: Option<&str>) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir().join("node.log"))
+            .unwrap();
+        let mut cmd = Command::new(HEARTH);
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args([
+                "node",
+                "--server",
+                &server_url(server),
+                "--name",
+                &self.name,
+            ])
+            .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
+            .args(["--cgroup-parent", &self.cgroup_parent])
+            .arg("--agent")
+            .arg(agent_binary())
+            .args(["--disk-reserve", "256M"])
+            .env("RUST_LOG", "info")
+            .env_remove("HEARTH_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn hearth node"));
+    }
+
+    /// Waits for the node process to exit by itself; returns its log.
+    fn exits(&mut self) -> String {
+        let mut c = self.child.take().expect("node not running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert!(!st.success(), "node exited with success:\n{}", self.log());
+                return self.log();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("node did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+        let out = Command::new(HEARTH)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["admin", "teardown", "--purge"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "teardown of node {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn server_url(server: &TestServer) -> String {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("server.json")).unwrap())
+            .unwrap();
+    info["url"].as_str().unwrap().to_string()
+}
+
+/// How many times the server logged `what` for node `name`.
+fn logged(server: &TestServer, what: &str, name: &str) -> usize {
+    server
+        .server_log()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains(&format!("node=\"{name}\"")))
+        .count()
+}
+
+/// Waits until the server logged `what` for node `name` `n` times.
+fn wait_logged(server: &TestServer, node: &TestNode, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while logged(server, what, &node.name) < n {
+        assert!(
+            Instant::now() < deadline,
+            "server did not log {what:?} {n} times for node {}:\nserver:\n{}\nnode:\n{}",
+            node.name,
+            server.server_log(),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn token(server: &TestServer, args: &[&str]) -> String {
+    let mut a = vec!["node", "token"];
+    a.extend_from_slice(args);
+    server.ok(&a).trim().to_string()
+}
+
+#[test]
+fn nodes_join_once_and_come_back_after_a_kill() {
+    let server = TestServer::start();
+    let t = token(&server, &[]);
+    assert_eq!(t.len(), 64, "{t}");
+
+    let mut a = TestNode::new("node-a");
+    a.spawn(&server, Some(&t));
+    wait_logged(&server, &a, "node connected", 1);
+    let meta = std::fs::metadata(a.credential_file()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let kept = std::fs::read_to_string(a.credential_file()).unwrap();
+    assert!(!kept.contains(&t), "the join token is kept on the node");
+
+    // A used token, an expired one, one made for another name: refused, clearly.
+    let mut b = TestNode::new("node-b");
+    b.spawn(&server, Some(&t));
+    let log = b.exits();
+    assert!(
+        log.contains("join token is unknown, used or expired"),
+        "{log}"
+    );
+    assert!(!b.credential_file().exists());
+    let short = token(&server, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    b.spawn(&server, Some(&short));
+    let log = b.exits();
+    assert!(
+        log.contains("join token is unknown, used or expired"),
+        "{log}"
+    );
+    let other = token(&server, &["--node", "node-c"]);
+    b.spawn(&server, Some(&other));
+    let log = b.exits();
+    assert!(
+        log.contains("this join token is for node node-c, not node-b"),
+        "{log}"
+    );
+    // A second node of a joined name is refused even with a fresh token.
+    let fresh = token(&server, &[]);
+    let mut a2 = TestNode::new("node-a");
+    a2.spawn(&server, Some(&fresh));
+    let log = a2.exits();
+    assert!(log.contains("node node-a has joined already"), "{log}");
+
+    // A wrong credential, and a credential of another name, are refused at connect.
+    std::fs::write(
+        a2.credential_file(),
+        r#"{"name":"node-a","credential":"0000000000000000000000000000000000000000000000000000000000000000"}"#,
+    )
+    .unwrap();
+    a2.spawn(&server, None);
+    let log = a2.exits();
+    assert!(log.contains("wrong credential for node node-a"), "{log}");
+    // The right credential while node-a is connected: refused, and it keeps trying.
+    std::fs::copy(a.credential_file(), a2.credential_file()).unwrap();
+    a2.spawn(&server, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a2.log().contains("node node-a is already connected") {
+        assert!(Instant::now() < deadline, "{}", a2.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a2.kill();
+    assert_eq!(logged(&server, "node connected", "node-a"), 1);
+
+    // kill -9: the server sees the connection go; restarted, the node dials again with
+    // the credential it kept.
+    a.kill();
+    wait_logged(&server, &a, "node disconnected", 1);
+    a.spawn(&server, None);
+    wait_logged(&server, &a, "node connected", 2);
+}
