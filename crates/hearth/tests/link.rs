@@ -18,6 +18,7 @@ struct TestNode {
     bridge: String,
     subnet: String,
     cgroup_parent: String,
+    labels: Vec<String>,
     child: Option<Child>,
 }
 
@@ -40,6 +41,7 @@ impl TestNode {
                 rng.gen_range(0..=255)
             ),
             cgroup_parent: format!("hearth-node-test-{tag}"),
+            labels: Vec::new(),
             child: None,
         }
     }
@@ -84,6 +86,9 @@ impl TestNode {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        for l in &self.labels {
+            cmd.args(["--label", l]);
+        }
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
         }
@@ -246,4 +251,150 @@ fn nodes_join_once_and_come_back_after_a_kill() {
     wait_logged(&server, &a, "node disconnected", 1);
     a.spawn(&server, None);
     wait_logged(&server, &a, "node connected", 2);
+}
+
+/// Node `name` as `hearth node ls --json` shows it.
+fn node_row(server: &TestServer, name: &str) -> Option<serde_json::Value> {
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&server.ok(&["node", "ls", "--json"])).unwrap();
+    rows.into_iter().find(|r| r["name"] == name)
+}
+
+fn wait_ready(server: &TestServer, node: &TestNode) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = node_row(server, &node.name) {
+            if r["connected"] == true && r["state"] == "ready" && !r["capacity"].is_null() {
+                return r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} not ready:\nserver:\n{}\nnode:\n{}",
+            node.name,
+            server.server_log(),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// curl through the port proxy with the admin's token: (status, body).
+fn proxy_get(server: &TestServer, host: &str) -> (u16, String) {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("server.json")).unwrap())
+            .unwrap();
+    let port: u16 = info["proxy"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = std::fs::read_to_string(server.data_dir().join("token")).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .arg(format!("http://{host}:{port}/"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn a_workspace_lives_on_a_remote_node() {
+    let server = TestServer::start();
+    server.load_busybox();
+    let mut far = TestNode::new("far");
+    far.labels = vec!["pool=far".into()];
+    far.spawn(&server, Some(&token(&server, &[])));
+    let row = wait_ready(&server, &far);
+    assert_eq!(row["embedded"], false, "{row}");
+    assert_eq!(row["labels"]["pool"], "far", "{row}");
+
+    // Placed on the remote node by its label; the image follows it there over the wire.
+    let repo = common::git_repo(server.data_dir(), "proj");
+    server.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "rw",
+        "--node-selector",
+        "pool=far",
+    ]);
+    let ws = server.workspaces();
+    let rw = ws.iter().find(|w| w["name"] == "rw").unwrap();
+    assert_eq!(rw["node"], "far", "{rw}");
+    assert!(
+        std::fs::read_dir(far.data_dir().join("workspaces"))
+            .unwrap()
+            .count()
+            == 1,
+        "the workspace's files are not in the remote node's data dir"
+    );
+
+    // Exec: output and exit code cross both hops.
+    let out = server.hearth(&[
+        "exec",
+        "rw",
+        "--",
+        "sh",
+        "-c",
+        "cat /workspace/proj/README.md; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello from the repo"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("err"),
+        "{out:?}"
+    );
+
+    // A port inside, through the port proxy and the node's connect.
+    server.exec(
+        "rw",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo far-away > /www/index.html && httpd -p 8080 -h /www",
+        ],
+    );
+    let (status, body) = proxy_get(&server, "8080-rw.localhost");
+    assert_eq!((status, body.trim()), (200, "far-away"));
+
+    server.ok(&["stop", "rw"]);
+    server.ok(&["start", "rw"]);
+    assert_eq!(
+        server.exec("rw", &["cat", "/www/index.html"]).trim(),
+        "far-away"
+    );
+
+    // The node dies: its workspace's calls fail as unavailable; it comes back on restart.
+    far.kill();
+    wait_logged(&server, &far, "node disconnected", 1);
+    let err = server.fails(&["exec", "rw", "--", "true"]);
+    assert!(err.contains("far"), "{err}");
+    far.spawn(&server, None);
+    wait_ready(&server, &far);
+    assert_eq!(
+        server.exec("rw", &["cat", "/www/index.html"]).trim(),
+        "far-away"
+    );
+
+    server.ok(&["rm", "rw"]);
+    assert_eq!(
+        std::fs::read_dir(far.data_dir().join("workspaces"))
+            .unwrap()
+            .count(),
+        0,
+        "rm left the workspace on the node"
+    );
 }
