@@ -264,7 +264,7 @@ pub(crate) async fn connect(State(st): State<AppState>, mut req: Request) -> Res
         tracing::info!(node = name, "node connected");
         let api: Arc<dyn hearth_node::NodeApi> = node.clone();
         match fleet.attach(&name, labels, api.clone()).await {
-            Ok(()) => fleet.pump(&name, api.clone()),
+            Ok(()) => fleet.pump(&name, api.clone(), crate::fleet::HEARTBEAT_EVERY),
             Err(e) => {
                 tracing::warn!(node = name, error = %e, "node not attached");
                 node.disconnect();

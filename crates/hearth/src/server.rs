@@ -103,6 +103,11 @@ pub struct ServerArgs {
 /// How the node runs workspaces: `hearth server` and `hearth node` take the same flags.
 #[derive(Args, Debug)]
 pub struct NodeFlags {
+    /// Restore every file of a snapshot before the workspace starts (restore, fork, a
+    /// start elsewhere). By default large files are fetched after it starts: opening one
+    /// not fetched yet waits for it.
+    #[arg(long)]
+    pub eager_restore: bool,
     /// Bridge name (also the prefix of firewall chains).
     #[arg(long, default_value = "hearth0")]
     pub bridge: String,
