@@ -65,6 +65,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409"]
 [[operations]]
 include-path = "/v1/workspaces/{name}/egress"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+
+# a join token that fits the schema is still one the server never made
+[[operations]]
+include-path = "/v1/nodes/join"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409"]
 "#;
 
 #[test]
