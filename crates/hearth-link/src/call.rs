@@ -38,6 +38,13 @@ pub(crate) enum Call {
         branch: Option<String>,
         name: Option<String>,
     },
+    BuildInputs {
+        source: String,
+        branch: Option<String>,
+        commit: String,
+        dockerfile: String,
+        context: String,
+    },
     UpdateBundle {
         source: String,
         branch: Option<String>,
@@ -160,6 +167,7 @@ impl Call {
             Call::FeatureContext { .. } => "feature_context",
             Call::CheckCreate { .. } => "check_create",
             Call::DevcontainerConfig { .. } => "devcontainer_config",
+            Call::BuildInputs { .. } => "build_inputs",
             Call::UpdateBundle { .. } => "update_bundle",
             Call::DotfilesArchive { .. } => "dotfiles_archive",
             Call::RepoArchive { .. } => "repo_archive",

@@ -483,6 +483,24 @@ impl NodeApi for RemoteNode {
         self.long(call, None).await
     }
 
+    async fn build_inputs(
+        &self,
+        source: &str,
+        branch: Option<&str>,
+        commit: &str,
+        dockerfile: &str,
+        context: &str,
+    ) -> Result<hearth_node::BuildInputs, NodeError> {
+        let call = Call::BuildInputs {
+            source: source.into(),
+            branch: branch.map(Into::into),
+            commit: commit.into(),
+            dockerfile: dockerfile.into(),
+            context: context.into(),
+        };
+        self.long(call, None).await
+    }
+
     async fn update_bundle(
         &self,
         source: &str,

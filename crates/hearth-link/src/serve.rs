@@ -153,6 +153,18 @@ async fn run(
                 .await?;
             ok(tx, &c).await
         }
+        Call::BuildInputs {
+            source,
+            branch,
+            commit,
+            dockerfile,
+            context,
+        } => {
+            let i = node
+                .build_inputs(&source, branch.as_deref(), &commit, &dockerfile, &context)
+                .await?;
+            ok(tx, &i).await
+        }
         Call::UpdateBundle {
             source,
             branch,
