@@ -398,7 +398,7 @@ async fn harness_of(
         },
         ssh: Default::default(),
         metrics: Default::default(),
-        links: Arc::new(crate::links::Links::new(dir.path().join("uploads"))),
+        links: Arc::new(crate::links::Links::new(db.dir.path().join("uploads"))),
     });
     Harness {
         _db: db,
@@ -612,6 +612,8 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/nodes/{node}/undrain"),
         ("put", "/v1/nodes/{node}/labels"),
         ("post", "/v1/workspaces/{name}/move"),
+        ("post", "/v1/nodes/join-tokens"),
+        ("post", "/v1/nodes/join"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
