@@ -171,7 +171,7 @@ pub async fn run(data_dir: &Path, args: &NodeDaemonArgs) -> anyhow::Result<()> {
     // One process per data dir, server or node.
     let _lock = DataDirLock::acquire(data_dir)?;
     let credential = credential(data_dir, url, &name, args.join_token.as_deref()).await?;
-    let node: Arc<dyn NodeApi> = Arc::new(open_node(data_dir, &args.node).await?);
+    let node: Arc<dyn NodeApi> = Arc::new(open_node(data_dir, &args.node, None).await?);
     let limits = hearth_link::Limits::new(scratch(data_dir)?);
     tokio::select! {
         r = hearth_link::run_node(url, &name, &args.labels, &credential, node, limits) => {

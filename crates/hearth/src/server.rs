@@ -381,8 +381,13 @@ pub async fn shutdown_signal() {
 }
 
 /// Opens the node `flags` describe on `data_dir` (whose lock the caller holds), and
-/// records its settings for `hearth admin teardown`.
-pub async fn open_node(data_dir: &Path, args: &NodeFlags) -> anyhow::Result<LocalNode> {
+/// records its settings for `hearth admin teardown` (with the server's `database` when
+/// the node is embedded in a server: teardown then needs it too).
+pub async fn open_node(
+    data_dir: &Path,
+    args: &NodeFlags,
+    database: Option<&Database>,
+) -> anyhow::Result<LocalNode> {
     let agent = match &args.agent {
         Some(p) if p.is_file() => std::path::absolute(p)
             .with_context(|| format!("cannot make {} absolute", p.display()))?,
@@ -413,11 +418,7 @@ pub async fn open_node(data_dir: &Path, args: &NodeFlags) -> anyhow::Result<Loca
         console: Some((args.console_max_size, args.console_files)),
         retention: (args.snapshot_keep_last > 0 || args.snapshot_keep_daily > 0)
             .then_some((args.snapshot_keep_last, args.snapshot_keep_daily)),
-        postgres: args
-            .database
-            .as_ref()
-            .filter(|d| d.is_postgres())
-            .map(Database::display),
+        postgres: database.filter(|d| d.is_postgres()).map(Database::display),
     };
     ConsoleLimits {
         max_bytes: args.console_max_size,
@@ -443,7 +444,8 @@ pub async fn open_node(data_dir: &Path, args: &NodeFlags) -> anyhow::Result<Loca
 pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     init_tracing("info");
     let lock = DataDirLock::acquire(data_dir)?;
-    let node: Arc<dyn NodeApi> = Arc::new(open_node(data_dir, &args.node).await?);
+    let node: Arc<dyn NodeApi> =
+        Arc::new(open_node(data_dir, &args.node, args.database.as_ref()).await?);
     let cfg = ServerConfig {
         data_dir: data_dir.to_path_buf(),
         listen: args.listen,
