@@ -33,3 +33,38 @@ pub struct NewUser {
     pub user: User,
     pub token: String,
 }
+
+/// Body of `POST /v1/session`: signing in to the dashboard with an API token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    #[schema(min_length = 1, max_length = 256)]
+    pub token: String,
+}
+
+/// A browser session, as `POST /v1/session` and `GET /v1/session` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    pub user: User,
+    /// Send it back in the `X-CSRF-Token` header of every request that changes anything
+    /// (every method but GET, HEAD and OPTIONS) made with the session cookie.
+    pub csrf_token: String,
+    /// When the session ends (RFC 3339); sign in again after that.
+    pub expires_at: String,
+}
+
+/// How a browser can sign in, as `GET /v1/auth` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuthMethods {
+    /// `POST /v1/session` with an API token is accepted.
+    pub token: bool,
+    /// Where a browser goes to sign in through the identity provider (`/auth/login`),
+    /// when the server has one.
+    pub oidc_login: Option<String>,
+}
+
+/// Answer of `POST /v1/me/token`: the caller's new API token, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewToken {
+    pub token: String,
+}

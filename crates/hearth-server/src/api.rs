@@ -57,6 +57,8 @@ impl Modify for BearerAuth {
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::users::remove_user,
+        crate::sessions::auth_methods, crate::sessions::create_session,
+        crate::sessions::get_session, crate::sessions::logout, crate::sessions::new_token,
         crate::nodes::list_nodes, crate::nodes::drain_node, crate::nodes::undrain_node,
         crate::nodes::set_labels, crate::nodes::remove_node, crate::nodes::move_workspace,
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
@@ -118,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::secrets::routes())
         .merge(crate::prebuilds::routes())
         .merge(crate::links::routes())
+        .merge(crate::sessions::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),
@@ -129,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi_json))
         .merge(crate::prebuilds::public_routes())
         .merge(crate::links::public_routes())
+        .merge(crate::sessions::public_routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

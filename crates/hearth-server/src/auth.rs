@@ -1,13 +1,21 @@
 //! Who is calling, and what they may do: callers are users, found by the SHA-256 of the
-//! bearer token they present (only hashes are stored). Which workspaces a caller may see
-//! is decided by [`crate::manager::Manager::owned`].
+//! bearer token they present, or of the session cookie a browser presents (only hashes
+//! are stored). Which workspaces a caller may see is decided by
+//! [`crate::manager::Manager::owned`].
+//!
+//! Cookie rules: the session cookie is `HttpOnly`, `SameSite=Lax`, `Path=/`, host-only,
+//! and `Secure` when the server's public URL is https or the request came through a proxy
+//! that says `X-Forwarded-Proto: https`. A request authenticated by it that changes
+//! anything (any method but GET, HEAD, OPTIONS) must carry the session's CSRF token in
+//! `X-CSRF-Token`; a WebSocket handshake (a GET, but it runs commands) must come from the
+//! server's own origin. Bearer-token requests need neither: browsers never add them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
@@ -110,9 +118,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            ApiError::unauthorized("missing Authorization: Bearer <token> header")
-        })?;
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized(MISSING_CREDENTIALS))?;
         caller.require_admin("this operation")?;
         Ok(Admin(caller))
     }
@@ -149,7 +159,145 @@ pub fn invalid_user_name_message(name: &str) -> String {
     )
 }
 
-/// Finds the caller by the bearer token's hash; 401 for a missing or unknown token.
+/// What a request without any credential is told.
+const MISSING_CREDENTIALS: &str =
+    "missing Authorization: Bearer <token> header (or a session cookie: sign in at /)";
+
+/// The browser session's cookie.
+pub const SESSION_COOKIE: &str = "hearth_session";
+
+/// The header a session's mutating requests carry its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// How long a session lasts unless `hearth server --session-ttl` says otherwise.
+pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How browsers sign in: shared by the auth check and the session and OIDC routes.
+#[derive(Debug)]
+pub struct AuthState {
+    settings: std::sync::RwLock<SessionSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// How long a session lasts from sign-in.
+    pub ttl: std::time::Duration,
+    /// Whether the server is reached over https (its public URL), so cookies are `Secure`.
+    pub https: bool,
+    /// Whether `POST /v1/session` takes an API token: always without OIDC, and with it
+    /// only if `--token-login` says so.
+    pub token_login: bool,
+}
+
+impl Default for AuthState {
+    fn default() -> Self {
+        AuthState {
+            settings: std::sync::RwLock::new(SessionSettings {
+                ttl: DEFAULT_SESSION_TTL,
+                https: false,
+                token_login: true,
+            }),
+        }
+    }
+}
+
+impl AuthState {
+    pub fn settings(&self) -> SessionSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_settings(&self, s: SessionSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Whether cookies set in answer to a request with `headers` are `Secure`.
+    pub fn secure(&self, headers: &HeaderMap) -> bool {
+        self.settings().https
+            || headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+    }
+
+    /// The `Set-Cookie` value that starts a session (`Some(id)`) or ends one (`None`).
+    pub fn session_cookie(&self, id: Option<&str>, headers: &HeaderMap) -> HeaderValue {
+        let secure = if self.secure(headers) { "; Secure" } else { "" };
+        let v = match id {
+            Some(id) => format!(
+                "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+                self.settings().ttl.as_secs()
+            ),
+            None => format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+        };
+        // Only hex ids and fixed text: always a valid header value.
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, if any.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether two secrets are equal, in time that says nothing about where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
+}
+
+/// Whether the request's `Origin` is the server's own (the origin of its `Host`).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let (Some(origin), Some(host)) = (origin, host) else {
+        return false;
+    };
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    rest.eq_ignore_ascii_case(host)
+}
+
+/// Refuses a session's request that could have been forged by another site.
+fn check_csrf(req: &Request, session: &crate::manager::sessions::Session) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade && !same_origin(headers) {
+        return Err(ApiError::forbidden(
+            "a WebSocket opened with a session cookie must come from this server's own pages \
+             (its Origin must match its Host)",
+        ));
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    match headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(given) if same_secret(given.trim(), &session.csrf_token) => Ok(()),
+        Some(_) => Err(ApiError::forbidden(
+            "wrong X-CSRF-Token header: use the csrf_token of GET /v1/session",
+        )),
+        None => Err(ApiError::forbidden(
+            "missing X-CSRF-Token header: a request made with the session cookie that \
+             changes anything must carry the csrf_token of GET /v1/session",
+        )),
+    }
+}
+
+/// Finds the caller by the bearer token's hash, else by the session cookie's (checking
+/// its CSRF token); 401 for a missing or unknown credential. A bearer token wins over a
+/// cookie: a client that sends one means it.
 pub async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
@@ -157,8 +305,7 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = given else {
-        return ApiError::unauthorized("missing Authorization: Bearer <token> header")
-            .into_response();
+        return require_session(st, req, next).await;
     };
     // Looked up by hash: the time a lookup takes depends on the hash, which tells an
     // attacker nothing about any stored token.
@@ -171,6 +318,34 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
         Err(e) => {
             tracing::error!(error = ?e.to_string(), "token lookup failed");
             ApiError::internal("cannot check the token").into_response()
+        }
+    }
+}
+
+async fn require_session(st: AppState, mut req: Request, next: Next) -> Response {
+    let Some(id) = cookie(req.headers(), SESSION_COOKIE).map(str::to_string) else {
+        return ApiError::unauthorized(MISSING_CREDENTIALS).into_response();
+    };
+    match st.manager.session(&id).await {
+        Ok(Some((caller, session))) => {
+            if let Err(e) = check_csrf(&req, &session) {
+                return e.into_response();
+            }
+            req.extensions_mut().insert(caller);
+            req.extensions_mut().insert(session);
+            next.run(req).await
+        }
+        Ok(None) => {
+            // Expired, ended or its user removed: the browser may as well forget it.
+            let mut resp =
+                ApiError::unauthorized("session expired or ended: sign in again").into_response();
+            let clear = st.auth.session_cookie(None, req.headers());
+            resp.headers_mut().insert(header::SET_COOKIE, clear);
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = ?e.to_string(), "session lookup failed");
+            ApiError::internal("cannot check the session").into_response()
         }
     }
 }

@@ -42,11 +42,13 @@ mod nodes;
 mod ports;
 mod prebuilds;
 pub mod scratch;
+mod sessions;
 mod users;
 
 pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
 pub use prebuilds::PrebuildRecord;
+pub use sessions::{OidcLogin, SessionRecord};
 pub use users::{Removal, UserRecord};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

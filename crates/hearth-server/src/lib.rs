@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod secrets;
+pub mod sessions;
 pub mod snapshots;
 pub mod ssh;
 pub mod ssh_keys;
@@ -151,6 +152,7 @@ pub struct Server {
     ssh: Option<ssh::Gateway>,
     info: ServerInfo,
     proxy: Option<proxy::Proxy>,
+    auth: Arc<auth::AuthState>,
 }
 
 impl Server {
@@ -234,6 +236,7 @@ impl Server {
         std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let links = Arc::new(links::Links::new(cfg.data_dir.join("uploads")));
+        let auth = Arc::new(auth::AuthState::default());
         let app = api::router(state::AppState {
             manager: manager.clone(),
             rate: cfg.rate,
@@ -244,6 +247,7 @@ impl Server {
             ssh: Arc::new(ssh_info),
             metrics: Default::default(),
             links: links.clone(),
+            auth: auth.clone(),
         });
         tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
         Ok(Server {
@@ -256,6 +260,7 @@ impl Server {
             ssh,
             info,
             proxy: None,
+            auth,
         })
     }
 
@@ -290,6 +295,11 @@ impl Server {
     /// How long a node may go without a heartbeat before it is lost.
     pub fn set_node_lost_after(&self, d: std::time::Duration) {
         self.manager.fleet().set_lost_after(d);
+    }
+
+    /// How browser sessions behave (see [`auth`]).
+    pub fn set_session_settings(&self, s: auth::SessionSettings) {
+        self.auth.set_settings(s);
     }
 
     /// The secret push webhooks (`/v1/hooks/{forge}`) must carry; `None`: they are off.

@@ -31,6 +31,7 @@ mod locks;
 pub mod ports;
 mod prebuilds;
 mod secrets;
+pub mod sessions;
 mod snapshots;
 mod trash;
 mod users;

@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::HttpMetrics>,
     /// Nodes on other hosts connected now.
     pub links: Arc<crate::links::Links>,
+    /// Browser sessions and the identity provider (see [`crate::auth`]).
+    pub auth: Arc<crate::auth::AuthState>,
 }
 
 /// A workspace name from the path, checked before any state is touched: nothing is

@@ -356,6 +356,7 @@ struct Harness {
     node: FakeNode,
     manager: Arc<Manager>,
     app: axum::Router,
+    auth: Arc<crate::auth::AuthState>,
 }
 
 /// A harness on SQLite, for tests of what the database does not see.
@@ -389,6 +390,7 @@ async fn harness_of(
     let store = db.store().await;
     let manager = make(store, Arc::new(node.clone()));
     manager.ensure_first_admin(TOKEN).await.unwrap();
+    let auth = Arc::new(crate::auth::AuthState::default());
     let app = router(AppState {
         manager: manager.clone(),
         rate,
@@ -399,12 +401,14 @@ async fn harness_of(
         ssh: Default::default(),
         metrics: Default::default(),
         links: Arc::new(crate::links::Links::new(db.dir.path().join("uploads"))),
+        auth: auth.clone(),
     });
     Harness {
         _db: db,
         node,
         manager,
         app,
+        auth,
     }
 }
 
@@ -614,6 +618,11 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/workspaces/{name}/move"),
         ("post", "/v1/nodes/join-tokens"),
         ("post", "/v1/nodes/join"),
+        ("get", "/v1/auth"),
+        ("post", "/v1/session"),
+        ("get", "/v1/session"),
+        ("post", "/v1/session/logout"),
+        ("post", "/v1/me/token"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut count = 0;
@@ -1656,5 +1665,6 @@ async fn refusals_outside_handlers_are_json_and_documented() {
 }
 
 mod prebuilds;
+mod sessions;
 mod state;
 mod users;

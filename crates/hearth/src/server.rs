@@ -96,6 +96,14 @@ pub struct ServerArgs {
     /// How often idle workspaces are looked for (and last activity is recorded).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "30s", hide = true)]
     idle_check_interval: std::time::Duration,
+    /// The URL browsers reach this server's API and dashboard at (e.g.
+    /// https://hearth.example.com behind a TLS proxy): an https URL makes session cookies
+    /// `Secure`; OIDC sign-ins come back to URL/auth/callback. Default: http://LISTEN.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// How long a browser session lasts from sign-in (e.g. 12h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "7d")]
+    session_ttl: std::time::Duration,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -474,6 +482,12 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         server.set_webhook_secret(Some(secret.as_bytes().to_vec()));
     }
     server.set_builder_image(args.builder_image.clone());
+    let public_url = public_url(args)?;
+    server.set_session_settings(hearth_server::auth::SessionSettings {
+        ttl: args.session_ttl,
+        https: public_url.starts_with("https://"),
+        token_login: true,
+    });
     bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
@@ -486,6 +500,21 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         server.spawn_store_gc(std::time::Duration::from_secs(args.store_gc_interval));
     }
     server.serve(shutdown_signal()).await
+}
+
+/// `--public-url` without a trailing slash, checked; default: http://LISTEN.
+fn public_url(args: &ServerArgs) -> anyhow::Result<String> {
+    let Some(url) = &args.public_url else {
+        return Ok(format!("http://{}", args.listen));
+    };
+    let url = url.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['/', '?', '#']) => Ok(url.to_string()),
+        _ => bail!("--public-url {url}: use http(s)://HOST[:PORT], without a path"),
+    }
 }
 
 pub async fn teardown(

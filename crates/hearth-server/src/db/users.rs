@@ -10,7 +10,7 @@ pub struct UserRecord {
     pub created_at: String,
 }
 
-fn user(row: &impl DbRow) -> Result<UserRecord, StoreError> {
+pub(super) fn user(row: &impl DbRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: row.try_get("name").map_err(StoreError::Users)?,
         admin: row.try_get("admin").map_err(StoreError::Users)?,
@@ -165,11 +165,14 @@ impl Store {
             }
             // Their SSH keys (ssh_keys.rs), secrets and prebuilds (whose snapshots hold what
             // their commands wrote) go with them, or they would outlive their user (and a
-            // later user of the same name would get them).
+            // later user of the same name would get them); so do their browser sessions
+            // and the identity-provider subjects that signed in as them.
             for (table, column) in [
                 ("ssh_keys", "user_name"),
                 ("secrets", "user_name"),
                 ("prebuilds", "owner"),
+                ("sessions", "user_name"),
+                ("oidc_identities", "user_name"),
             ] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
                     .bind(name)
