@@ -46,8 +46,31 @@ pub struct NodeCapacity {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeLabels {
-    /// Each key and value 1-63 of a-z, A-Z, 0-9, '.', '_', '-'.
+    /// Each key and value 1-63 of a-z, A-Z, 0-9, '.', '_', '-'; at most
+    /// [`MAX_NODE_LABELS`].
+    #[schema(schema_with = label_map)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Labels one node may carry: selectors match a handful; more is a mistake or abuse.
+pub const MAX_NODE_LABELS: usize = 64;
+
+/// A label key or value, as the server's parser takes it.
+const LABEL_PATTERN: &str = "^[A-Za-z0-9._-]{1,63}$";
+
+fn label_map() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let part = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(LABEL_PATTERN))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(part().build()))
+        .additional_properties(Some(part()))
+        .max_properties(Some(MAX_NODE_LABELS))
+        .build()
 }
 
 /// Body of `POST /v1/workspaces/{name}/move`.

@@ -16,12 +16,18 @@ fn schemathesis() -> String {
 
 /// Where a schema-valid request can still be refused with 400 for a reason no JSON Schema
 /// can state, positive-data acceptance also expects 400 (each operation says why). Every
-/// other operation must accept whatever its schema allows.
+/// other operation must accept whatever its schema allows. One filter key per entry:
+/// schemathesis ORs an entry's filters, so `include-path` beside `include-method` would
+/// match every operation of that method (`include-name` is "METHOD /path").
 const CONFIG: &str = r#"
+# a join token that fits the schema is still one the server never made (401), or one made
+# for another node name (403)
+[[operations]]
+include-name = "POST /v1/nodes/join"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409"]
 # source/path must name an existing git repository / image on the server host
 [[operations]]
-include-path-regex = "^/v1/(workspaces|images/load|prebuilds)$"
-include-method = "POST"
+include-name-regex = "^POST /v1/(workspaces|images/load|prebuilds)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 
 # the body is any bytes; only a real archive loads
@@ -51,14 +57,17 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404",
 
 # a dotfiles repository must be a git URL or an existing repository on the server host
 [[operations]]
-include-path = "/v1/me/dotfiles"
-include-method = "PUT"
+include-name = "PUT /v1/me/dotfiles"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+
+# the key must parse as an OpenSSH public key (base64 of a well-formed key blob)
+[[operations]]
+include-name = "POST /v1/ssh-keys"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "409"]
 
 # a user holds at most 64 secrets
 [[operations]]
-include-path = "/v1/secrets/{key}"
-include-method = "PUT"
+include-name = "PUT /v1/secrets/{key}"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409"]
 
 # egress rules with host bits set or a backwards port range match the syntax pattern
@@ -66,10 +75,6 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409"]
 include-path = "/v1/workspaces/{name}/egress"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 
-# a join token that fits the schema is still one the server never made
-[[operations]]
-include-path = "/v1/nodes/join"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409"]
 "#;
 
 #[test]

@@ -99,6 +99,13 @@ impl Manager {
 
     /// Replaces a node's labels.
     pub async fn set_node_labels(&self, name: &str, labels: Labels) -> Result<Node, ApiError> {
+        if labels.len() > hearth_api::MAX_NODE_LABELS {
+            return Err(ApiError::invalid(format!(
+                "{} labels: a node carries at most {}",
+                labels.len(),
+                hearth_api::MAX_NODE_LABELS
+            )));
+        }
         for (k, v) in &labels {
             crate::fleet::parse_label(&format!("{k}={v}"))?;
         }
