@@ -3,15 +3,20 @@
 # toolchain and, when no `cargo` is found, Rust through rustup.
 #   scripts/install-deps.sh           what `hearth server` and the build need
 #   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
-#                                     PostgreSQL, moto, schemathesis, the devcontainer reference CLI)
+#                                     PostgreSQL, moto, schemathesis, the devcontainer reference CLI,
+#                                     headless Chromium and chromedriver)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`, sshd for `--ssh`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
 pkgs=(crun runc busybox-static debootstrap iproute2 iptables nftables btrfs-progs git
   ca-certificates curl gcc libc6-dev)
+# node and npm build the web dashboard (scripts/build.sh); a newer node (NodeSource) counts.
+command -v npm >/dev/null || pkgs+=(nodejs npm)
 case "${1:-}" in
   # postgresql: the tests start private servers with its initdb/pg_ctl (db/scratch.rs).
-  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client postgresql) ;;
+  # chromium, chromium-driver: tests/web.rs drives the dashboard in headless Chromium.
+  --test) pkgs+=(docker-registry skopeo apache2-utils python3-venv openssh-client postgresql
+    chromium chromium-driver fonts-dejavu-core) ;;
   --bench) pkgs+=(podman skopeo uidmap openssh-server) ;;
   "") ;;
   *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;

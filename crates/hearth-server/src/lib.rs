@@ -33,6 +33,7 @@ pub mod ssh_keys;
 pub mod state;
 pub mod uploads;
 pub mod users;
+pub mod web;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::future::Future;

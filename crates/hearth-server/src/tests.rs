@@ -1668,3 +1668,67 @@ mod prebuilds;
 mod sessions;
 mod state;
 mod users;
+
+#[tokio::test]
+async fn dashboard_is_served_with_its_headers() {
+    let h = harness(FakeNode::default()).await;
+    let get = |uri: &str, etag: Option<&str>| {
+        let mut b = Request::builder().method(Method::GET).uri(uri);
+        if let Some(t) = etag {
+            b = b.header(header::IF_NONE_MATCH, t);
+        }
+        h.app.clone().oneshot(b.body(Body::empty()).unwrap())
+    };
+    // No token needed: the page signs in itself.
+    let r = get("/", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let hd = r.headers().clone();
+    assert_eq!(hd[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(hd[header::CACHE_CONTROL], "no-cache");
+    assert_eq!(hd[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    let csp = hd[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert!(std::str::from_utf8(&body).unwrap().contains("<html"));
+    // Revalidation: the same ETag is a 304 without a body.
+    let etag = hd[header::ETAG].to_str().unwrap().to_string();
+    let r = get("/", Some(&etag)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
+    let r = get("/", Some("\"other\"")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Only what the build embedded exists: no path reaches the filesystem.
+    for uri in [
+        "/assets/nope.js",
+        "/assets/../Cargo.toml",
+        "/assets/%2e%2e/%2e%2e/Cargo.toml",
+        "/assets//etc/passwd",
+        "/index.html/x",
+    ] {
+        let r = get(uri, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{uri}");
+    }
+    // Hashed assets of a built dashboard are immutable, with their own content type.
+    if crate::web::BUILT {
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        let js = html
+            .split('"')
+            .find(|p| p.starts_with("/assets/") && p.ends_with(".js"))
+            .expect("index.html names its script");
+        let r = get(js, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ct.ends_with("javascript; charset=utf-8"), "{ct}");
+        assert_eq!(
+            r.headers()[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+import { useState } from "preact/hooks";
+import * as api from "./api";
+import { ago, bytes, StatusLine, useAction, usePoll } from "./util";
+
+export function AdminUsers({ me }: { me: api.User }) {
+  const users = usePoll(() => api.get<api.User[]>("/v1/users"), 10000);
+  const { p, run, busy } = useAction();
+  const [name, setName] = useState("");
+  const [admin, setAdmin] = useState(false);
+  const [token, setToken] = useState<{ user: string; token: string } | undefined>(undefined);
+  return (
+    <>
+      <h1>Users</h1>
+      {users.error && <p role="alert" class="status error">Cannot list the users: {users.error}</p>}
+      {users.data && (
+        <div class="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Role</th>
+                <th scope="col">Added</th>
+                <th scope="col">
+                  <span class="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {users.data.map((u) => (
+                <tr key={u.name}>
+                  <th scope="row" data-label="Name">{u.name}</th>
+                  <td data-label="Role">{u.admin ? "admin" : "user"}</td>
+                  <td data-label="Added">{ago(u.created_at)}</td>
+                  <td>
+                    {u.name !== me.name && (
+                      <button
+                        type="button"
+                        class="small danger"
+                        disabled={busy}
+                        aria-label={`Remove user ${u.name}`}
+                        onClick={async () => {
+                          if (!confirm(`Remove user ${u.name} and their workspaces?`)) return;
+                          await run(`Removing ${u.name}…`, `${u.name} was removed`, () => api.call("DELETE", `/v1/users/${api.enc(u.name)}`));
+                          users.reload();
+                        }}
+                      >
+                        Remove
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <h2>Add a user</h2>
+      <form
+        class="inline"
+        onSubmit={async (e) => {
+          e.preventDefault();
+          setToken(undefined);
+          await run(`Adding ${name}…`, `${name} was added`, async () => {
+            const r = await api.call<{ user: api.User; token: string }>("POST", "/v1/users", { name: name.trim(), admin });
+            if (r) setToken({ user: r.user.name, token: r.token });
+          });
+          setName("");
+          users.reload();
+        }}
+      >
+        <label for="user-name">Name</label>
+        <input id="user-name" value={name} required pattern="[a-z0-9]([a-z0-9-]*[a-z0-9])?" onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+        <span class="check">
+          <input id="user-admin" type="checkbox" checked={admin} onChange={(e) => setAdmin((e.target as HTMLInputElement).checked)} />
+          <label for="user-admin">Admin</label>
+        </span>
+        <button type="submit" disabled={busy}>
+          Add user
+        </button>
+      </form>
+      <StatusLine p={p} />
+      {token && (
+        <div class="card">
+          <p>
+            {token.user}'s API token (shown once; give it to them for the CLI and the dashboard's sign-in):
+          </p>
+          <pre class="cmd">{token.token}</pre>
+        </div>
+      )}
+    </>
+  );
+}
+
+export function AdminImages() {
+  const images = usePoll(() => api.get<api.Image[]>("/v1/images"), 10000);
+  const { p, run, busy } = useAction();
+  const [ref, setRef] = useState("");
+  const [log, setLog] = useState<string[]>([]);
+  return (
+    <>
+      <h1>Images</h1>
+      {images.error && <p role="alert" class="status error">Cannot list the images: {images.error}</p>}
+      {images.data && (
+        <div class="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Id</th>
+                <th scope="col">Size</th>
+                <th scope="col">Layers</th>
+                <th scope="col">Loaded</th>
+                <th scope="col">
+                  <span class="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {images.data.map((i) => (
+                <tr key={i.id}>
+                  <th scope="row" data-label="Name">{i.names.join(", ") || "(unnamed)"}</th>
+                  <td data-label="Id"><code>{i.id.slice(0, 12)}</code></td>
+                  <td data-label="Size">{bytes(i.size)}</td>
+                  <td data-label="Layers">{i.layers}</td>
+                  <td data-label="Loaded">{ago(i.loaded_at)}</td>
+                  <td>
+                    <button
+                      type="button"
+                      class="small danger"
+                      disabled={busy}
+                      aria-label={`Remove image ${i.names[0] ?? i.id.slice(0, 12)}`}
+                      onClick={async () => {
+                        if (!confirm(`Remove image ${i.names[0] ?? i.id}?`)) return;
+                        await run("Removing the image…", "Image removed", () => api.call("DELETE", `/v1/images/${api.enc(i.names[0] ?? i.id)}`));
+                        images.reload();
+                      }}
+                    >
+                      Remove
+                    </button>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <h2>Pull an image</h2>
+      <form
+        class="inline"
+        onSubmit={async (e) => {
+          e.preventDefault();
+          setLog([]);
+          await run(`Pulling ${ref}…`, `${ref} pulled`, () =>
+            api.stream("POST", "/v1/images/pull", { reference: ref.trim() }, (l) => setLog((x) => [...x.slice(-200), l])),
+          );
+          images.reload();
+        }}
+      >
+        <label for="pull-ref">Reference</label>
+        <input id="pull-ref" value={ref} required placeholder="docker.io/library/debian:12" onInput={(e) => setRef((e.target as HTMLInputElement).value)} />
+        <button type="submit" disabled={busy}>
+          Pull
+        </button>
+      </form>
+      <StatusLine p={p} />
+      {log.length > 0 && <pre class="log">{log.join("\n")}</pre>}
+    </>
+  );
+}
