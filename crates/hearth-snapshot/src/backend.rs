@@ -375,8 +375,19 @@ impl S3Config {
 #[derive(Debug)]
 pub struct S3Backend {
     store: Arc<AmazonS3>,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
     cfg: S3Config,
+}
+
+impl Drop for S3Backend {
+    /// The last owner may be an async task (a node dropping its repository): a runtime
+    /// dropped there panics, because a normal drop waits for its blocking threads.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl S3Backend {
@@ -425,9 +436,16 @@ impl S3Backend {
             })?;
         Ok(S3Backend {
             store: Arc::new(store),
-            rt,
+            rt: Some(rt),
             cfg,
         })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.rt {
+            Some(rt) => rt.handle(),
+            None => unreachable!("the runtime is taken only in drop"),
+        }
     }
 
     fn obj_path(&self, key: &str) -> Result<ObjPath, BackendError> {
@@ -468,7 +486,7 @@ impl Backend for S3Backend {
 
     fn get(&self, key: &str, limit: u64) -> Result<Bytes, BackendError> {
         let path = self.obj_path(key)?;
-        self.rt.handle().block_on(async {
+        self.handle().block_on(async {
             let res = self.store.get(&path).await.map_err(|e| self.err(key, e))?;
             if res.meta.size > limit {
                 return Err(BackendError::TooLarge {
@@ -484,7 +502,7 @@ impl Backend for S3Backend {
 
     fn put(&self, key: &str, data: Bytes) -> Result<(), BackendError> {
         let path = self.obj_path(key)?;
-        self.rt.handle().block_on(async {
+        self.handle().block_on(async {
             if data.len() >= self.cfg.multipart_threshold {
                 let mut upload = self
                     .store
@@ -523,7 +541,7 @@ impl Backend for S3Backend {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
         let path = self.obj_path(key)?;
         let end = offset.saturating_add(len);
-        let got = self.rt.handle().block_on(async {
+        let got = self.handle().block_on(async {
             self.store
                 .get_range(&path, offset..end)
                 .await
@@ -552,7 +570,7 @@ impl Backend for S3Backend {
 
     fn exists(&self, key: &str) -> Result<bool, BackendError> {
         let path = self.obj_path(key)?;
-        self.rt.handle().block_on(async {
+        self.handle().block_on(async {
             match self.store.head(&path).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -569,7 +587,7 @@ impl Backend for S3Backend {
         } else {
             format!("{}/", self.cfg.prefix.trim_matches('/'))
         };
-        self.rt.handle().block_on(async {
+        self.handle().block_on(async {
             let metas: Vec<object_store::ObjectMeta> = self
                 .store
                 .list(Some(&path))
@@ -593,7 +611,7 @@ impl Backend for S3Backend {
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
         let path = self.obj_path(key)?;
-        self.rt.handle().block_on(async {
+        self.handle().block_on(async {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(self.err(key, e)),
