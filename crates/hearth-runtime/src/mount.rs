@@ -113,6 +113,85 @@ pub fn mount_overlay(
     Ok(())
 }
 
+/// Bind-mounts the directory `src` at `dest` (components below `root`, e.g. `["var",
+/// "lib", "containers"]`) inside the mounted overlay `root`, creating missing components
+/// owned by `owner` (the workspace's root). The path inside belongs to the workspace, so
+/// it is walked one component at a time refusing symlinks and `..`
+/// (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`), and the mount is attached to the
+/// directory fd that walk returned: a link the workspace planted never moves the mount
+/// out of its root. `src` is the node's own path.
+pub fn bind_beneath(src: &Path, root: &Path, dest: &[&str], owner: u32) -> Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let open = |dir: &OwnedFd, name: &str| {
+        rustix::fs::openat2(
+            dir,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let mut at = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| RuntimeError::io("open", root, e.into()))?;
+    let mut path = root.to_path_buf();
+    for name in dest {
+        if name.is_empty() || *name == "." || *name == ".." || name.contains('/') {
+            return Err(RuntimeError::Bundle(format!(
+                "bad mount path component {name:?}"
+            )));
+        }
+        path.push(name);
+        let next = match open(&at, name) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                // A directory fd opened with O_PATH cannot create entries: reopen it.
+                let parent = rustix::fs::openat(
+                    &at,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| RuntimeError::io("open", &path, e.into()))?;
+                match rustix::fs::mkdirat(&parent, *name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(RuntimeError::io("mkdir", &path, e.into())),
+                }
+                let fd = open(&at, name).map_err(|e| RuntimeError::io("open", &path, e.into()))?;
+                rustix::fs::chownat(
+                    &fd,
+                    "",
+                    Some(rustix::fs::Uid::from_raw(owner)),
+                    Some(rustix::fs::Gid::from_raw(owner)),
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                )
+                .map_err(|e| RuntimeError::io("chown", &path, e.into()))?;
+                fd
+            }
+            Err(e) => return Err(RuntimeError::io("open (no symlinks)", &path, e.into())),
+        };
+        at = next;
+    }
+    let tree = open_tree(
+        rustix::fs::CWD,
+        src,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| RuntimeError::io("open_tree", src, e.into()))?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &at,
+        "",
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+            | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| RuntimeError::io("move_mount", &path, e.into()))
+}
+
 /// Detaches whatever is mounted at `target`; not mounted is fine.
 pub fn unmount(target: &Path) -> Result<()> {
     match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -280,5 +359,54 @@ mod tests {
         assert!(!layer.join("new").exists(), "shared layer untouched");
         drop(guard);
         assert!(!is_mounted(&t.path().join("ws0/rootfs")).unwrap());
+    }
+
+    /// The bind lands at the path inside the root, with missing directories made for
+    /// the given owner; a symlink anywhere on the path (the workspace's doing) fails the
+    /// mount instead of following it out of the root.
+    #[test]
+    fn bind_beneath_stays_in_the_root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (bind mounts, chown): run the tests as root, as scripts/test.sh does"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let (src, root) = (t.path().join("src"), t.path().join("root"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("marker"), b"cache").unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = unmount(&self.0);
+            }
+        }
+        let dest = root.join("var/lib/containers");
+        let guard = Unmount(dest.clone());
+        bind_beneath(&src, &root, &["var", "lib", "containers"], 4242).unwrap();
+        assert!(is_mounted(&dest).unwrap());
+        assert_eq!(std::fs::read(dest.join("marker")).unwrap(), b"cache");
+        drop(guard);
+        assert!(!is_mounted(&dest).unwrap());
+        // Made by the bind (var existed): the workspace's root owns them.
+        for made in [root.join("var/lib"), dest.clone()] {
+            assert_eq!(std::fs::metadata(&made).unwrap().uid(), 4242);
+        }
+        assert_eq!(std::fs::metadata(root.join("var")).unwrap().uid(), 0);
+
+        // var/lib replaced by a link to the host's /var/lib (or a relative escape).
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(outside.join("containers")).unwrap();
+        std::fs::remove_dir_all(root.join("var/lib")).unwrap();
+        for link in [outside.clone(), PathBuf::from("../../outside")] {
+            let _ = std::fs::remove_file(root.join("var/lib"));
+            std::os::unix::fs::symlink(&link, root.join("var/lib")).unwrap();
+            let _guard = Unmount(outside.join("containers"));
+            let e = bind_beneath(&src, &root, &["var", "lib", "containers"], 4242);
+            assert!(e.is_err(), "followed {}", link.display());
+            assert!(!is_mounted(&outside.join("containers")).unwrap());
+            assert!(!outside.join("containers/marker").exists());
+        }
+        assert!(bind_beneath(&src, &root, &["var", "..", "x"], 0).is_err());
     }
 }

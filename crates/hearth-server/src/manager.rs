@@ -863,6 +863,20 @@ impl Manager {
                 say(&progress, format!("warning: {w}"));
             }
         }
+        // A build's (and features') output goes to the workspace's log too, once the
+        // workspace runs; `up` streams it meanwhile.
+        let builds = matches!(image, PlannedImage::Build(_))
+            || (from.is_none()
+                && devcontainer
+                    .as_ref()
+                    .is_some_and(|dc| !dc.config.features.is_empty()));
+        let (build_progress, build_log) = match builds {
+            true => {
+                let (p, log) = build::BuildLog::tee(&progress);
+                (p, Some(log))
+            }
+            false => (progress.clone(), None),
+        };
         let (image, base_key) = match image {
             PlannedImage::Loaded(i) => {
                 let id = i.id.clone();
@@ -879,9 +893,10 @@ impl Manager {
                 (i, Some(id))
             }
             // Likewise a build.
-            PlannedImage::Build(req) => {
-                (self.build_image(&owner, *req, &progress).await?, base_key)
-            }
+            PlannedImage::Build(req) => (
+                self.build_image(&owner, *req, &build_progress).await?,
+                base_key,
+            ),
         };
         // Features go on whatever image the workspace gets, built before its record
         // exists (like a pull): a failure leaves nothing behind. A prebuild's image has
@@ -902,12 +917,13 @@ impl Manager {
             }
             (Some(mut dc), None) if !dc.config.features.is_empty() => {
                 let img = self
-                    .install_features(&owner, &name, &mut dc, image, &progress)
+                    .install_features(&owner, &name, &mut dc, image, &build_progress)
                     .await?;
                 (img, Some(dc))
             }
             (other, _) => (image, other),
         };
+        drop(build_progress);
         let made = Made {
             base_key,
             feature_lifecycle: devcontainer
@@ -991,6 +1007,9 @@ impl Manager {
             Ok(st) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
                 tracing::info!(workspace = name, "running");
+                if let Some(log) = build_log {
+                    self.replay_build_log(&rec.spec, log).await;
+                }
                 // A failed command leaves the workspace (and its console log) for a look:
                 // failed, and the next start runs the steps not done yet.
                 if prebuild {

@@ -112,6 +112,17 @@ fn a_devcontainer_dockerfile_builds_and_a_failing_run_fails_up() {
     assert_eq!(srv.workspace_names(), vec!["proj"]);
     let logs = srv.ok(&["logs", "builder-admin"]);
     assert!(logs.contains("from the build"), "{logs}");
+    // The workspace's own log has how its image was made, too.
+    let logs = srv.ok(&["logs", "proj"]);
+    assert!(
+        logs.contains("how this workspace's image was made"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("build: [1/2] STEP 1/3: FROM busybox AS base"),
+        "{logs}"
+    );
+    assert!(logs.contains("end of the image's build log"), "{logs}");
     // Its name is not for users to take.
     let e = srv.fails(&["up", repo.to_str().unwrap(), "--name", "builder-x"]);
     assert!(e.contains("reserved for builder workspaces"), "{e}");
@@ -160,6 +171,14 @@ fn image_build_reuses_the_cache_and_run_steps_never_reach_the_host() {
         srv.server_log()
     );
     assert!(err.lines().any(|l| l == "build: step-one-ran"), "{err}");
+    // podman's storage in the builder is a directory of the builder's disk, not its
+    // overlay root: native overlayfs, whose diff of a layer reads only what it changed.
+    let status = srv.exec(
+        "builder-admin",
+        &["podman", "info", "--format", "{{.Store.GraphStatus}}"],
+    );
+    assert!(status.contains("Native Overlay Diff:true"), "{status}");
+    assert!(status.contains("Backing Filesystem:btrfs"), "{status}");
     // busybox's layers are in the store already: only the two new ones come over.
     assert!(err.contains("\nsending 2 of "), "{err}");
 

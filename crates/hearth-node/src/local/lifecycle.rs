@@ -288,7 +288,29 @@ impl Inner {
         ph.mark("network");
         if !host.is_mounted(&p.rootfs)? {
             let layers = self.images.layer_dirs(image);
-            host.mount_rootfs(&layers, spec.uid_base(), &p.upper, &p.work, &p.rootfs)?;
+            // A workspace without a repository is a builder (the control plane makes no
+            // other): its nested container storage gets a directory of its own.
+            let containers = match spec.source.is_empty() {
+                true => {
+                    mkdir(&p.containers, 0o700)?;
+                    std::os::unix::fs::chown(
+                        &p.containers,
+                        Some(spec.uid_base()),
+                        Some(spec.uid_base()),
+                    )
+                    .map_err(NodeError::io("chown", &p.containers))?;
+                    Some(p.containers.as_path())
+                }
+                false => None,
+            };
+            host.mount_rootfs(
+                &layers,
+                spec.uid_base(),
+                &p.upper,
+                &p.work,
+                &p.rootfs,
+                containers,
+            )?;
             undo.push(Step::Rootfs(p.rootfs.clone()));
         }
         ph.mark("rootfs");

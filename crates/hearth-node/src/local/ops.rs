@@ -86,7 +86,8 @@ pub(super) trait HostOps: Send + Sync {
     // Mounts and disks.
     fn is_mounted(&self, path: &Path) -> Result<bool, NodeError>;
     /// Mounts the workspace's overlay root: the image's layers shown through the
-    /// workspace's id mapping, `upper`/`work` as its writable layer.
+    /// workspace's id mapping, `upper`/`work` as its writable layer, and `containers` (a
+    /// builder's, see `Paths::containers`) bound over its `/var/lib/containers`.
     fn mount_rootfs(
         &self,
         layers: &[PathBuf],
@@ -94,6 +95,7 @@ pub(super) trait HostOps: Send + Sync {
         upper: &Path,
         work: &Path,
         rootfs: &Path,
+        containers: Option<&Path>,
     ) -> Result<(), NodeError>;
     /// Mounts the disk image at `dir` unless it is mounted.
     fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError>;
@@ -106,6 +108,10 @@ pub(super) trait HostOps: Send + Sync {
     /// Keeps the OOM killer off host process `pid` (a workspace's agent).
     fn shield_from_oom(&self, pid: u32) -> std::io::Result<()>;
 }
+
+/// Where a builder's nested container storage is bound inside (podman's graph root's
+/// parent, so its default storage.conf applies).
+pub(super) const CONTAINERS_DEST: [&str; 3] = ["var", "lib", "containers"];
 
 /// The host itself.
 pub(super) struct RealHost {
@@ -235,9 +241,18 @@ impl HostOps for RealHost {
         upper: &Path,
         work: &Path,
         rootfs: &Path,
+        containers: Option<&Path>,
     ) -> Result<(), NodeError> {
         let ns = hearth_runtime::userns::userns_fd(uid_base, ID_RANGE)?;
-        mount::mount_overlay(layers, &ns, upper, work, rootfs).map_err(NodeError::from)
+        mount::mount_overlay(layers, &ns, upper, work, rootfs)?;
+        if let Some(dir) = containers {
+            let bound = mount::bind_beneath(dir, rootfs, &CONTAINERS_DEST, uid_base);
+            if let Err(e) = bound {
+                let _ = mount::unmount(rootfs);
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     fn open_disk(&self, image: &Path, dir: &Path) -> Result<(), NodeError> {

@@ -16,6 +16,12 @@ pub(super) struct Paths {
     /// The overlay's upper dir (`/workspace` included).
     pub(super) upper: PathBuf,
     pub(super) work: PathBuf,
+    /// A builder's nested container storage (podman's layers and cache), bound at its
+    /// `/var/lib/containers`: on the disk but outside the overlay, so podman's overlay
+    /// driver runs natively (overlayfs refuses an overlayfs upper dir; fuse-overlayfs
+    /// and its whole-tree diff of every layer made a cached rebuild ~5x slower), and
+    /// outside what snapshots copy (a cache, remade by the next build).
+    pub(super) containers: PathBuf,
     pub(super) rootfs: PathBuf,
     pub(super) bundle: PathBuf,
     pub(super) socket: PathBuf,
@@ -42,6 +48,7 @@ impl Inner {
             vol: dir.join("disk/data"),
             upper: dir.join("disk/data/upper"),
             work: dir.join("disk/data/work"),
+            containers: dir.join("disk/containers"),
             rootfs: dir.join("rootfs"),
             bundle: dir.join("bundle"),
             socket: dir.join("agent.sock"),

@@ -154,6 +154,7 @@ impl HostOps for FakeHost {
         _: &Path,
         _: &Path,
         rootfs: &Path,
+        _: Option<&Path>,
     ) -> Result<(), NodeError> {
         self.op("mount_rootfs", &self.rel(rootfs), |w| {
             w.mounts.insert(rootfs.into());

@@ -103,13 +103,23 @@ pub struct Builds {
     image: std::sync::RwLock<String>,
     /// Where results land before the store loads them, and their largest size.
     scratch: std::sync::OnceLock<(PathBuf, u64)>,
+    /// When each builder's old images were last pruned (see [`PRUNE_EVERY`]).
+    pruned: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How often a builder's podman storage is pruned (after a build).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Untagged images (build results, the cache of steps no build has used since) older
+/// than this go at a prune: `podman image prune --filter until=`.
+const CACHE_KEEP: &str = "168h";
 
 impl Default for Builds {
     fn default() -> Self {
         Builds {
             image: std::sync::RwLock::new(DEFAULT_BUILDER_IMAGE.to_string()),
             scratch: Default::default(),
+            pruned: Default::default(),
         }
     }
 }
@@ -364,8 +374,30 @@ impl Manager {
         if let (Some(old), Ok(new)) = (&before, &res) {
             self.drop_replaced(old, new).await;
         }
-        // The context and the archive go; podman's cache stays.
-        let rm = vec!["rm".into(), "-rf".into(), "--".into(), dir.clone()];
+        // The context and the archive go; podman's cache stays, but for what a daily
+        // prune drops: untagged images older than CACHE_KEEP and the per-name tags
+        // builders of before kept.
+        let prune = {
+            let mut last = self.builds.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.get(&name).is_none_or(|t| t.elapsed() >= PRUNE_EVERY);
+            if due {
+                last.insert(name.clone(), Instant::now());
+            }
+            due
+        };
+        let rm = vec![
+            "sh".into(),
+            "-c".into(),
+            "rm -rf -- \"$1\"; [ \"$2\" = prune ] || exit 0; \
+             for t in $(podman images --format '{{.Repository}}:{{.Tag}}' \
+               --filter reference='localhost/hearth-build:*'); do podman untag \"$t\" \"$t\"; done; \
+             podman image prune -f --filter until=\"$3\" >/dev/null"
+                .into(),
+            "sh".into(),
+            dir.clone(),
+            if prune { "prune" } else { "keep" }.into(),
+            CACHE_KEEP.into(),
+        ];
         if let Err(e) = self
             .builder_exec(&builder, rm, None, Stdout::Lines, None, "")
             .await
@@ -434,30 +466,22 @@ impl Manager {
             self.hand_base(builder, &base, progress).await?;
         }
 
-        // One tag per image name: a rebuild moves it, and what it pointed to stays in
-        // podman's cache as the intermediate images do (removing an image would take its
-        // untagged parents, the cache, with it).
-        let tag: String = req
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(100)
-            .collect();
-        let tag = format!("localhost/hearth-build:{tag}");
+        // The result is left untagged (its id in a file): podman keeps it, like the
+        // intermediate images, as cache for the next build, and no tag per image name
+        // piles up in the builder ([`Manager::prune_builder`] drops old untagged ones).
+        let iid = format!("{dir}/iid");
         let mut argv: Vec<String> = vec![
             "podman".into(),
             "build".into(),
             "--layers".into(),
+            // RUN steps share the builder's own network namespace (its egress rules
+            // apply; it is the host's, so nothing in it can be reconfigured from inside)
+            // rather than a slirp4netns stack set up for each step.
+            "--network=host".into(),
             "-f".into(),
             df,
-            "-t".into(),
-            tag.clone(),
+            "--iidfile".into(),
+            iid.clone(),
         ];
         for (k, v) in &req.args {
             argv.push("--build-arg".into());
@@ -476,7 +500,7 @@ impl Manager {
         }
 
         let built = Instant::now();
-        let (image, sent) = self.export(builder, &tag, &req.name, progress).await?;
+        let (image, sent) = self.export(builder, &iid, &req.name, progress).await?;
         let done = Instant::now();
         say(
             progress,
@@ -495,7 +519,7 @@ impl Manager {
         Ok(image)
     }
 
-    /// Loads the image podman tagged `tag` into the store under `name`, sending only the
+    /// Loads the image whose id podman wrote to `iid` into the store under `name`, sending only the
     /// layers the store lacks: podman writes it as an OCI layout that stays in the builder
     /// between builds (so it rewrites only new layers), the manifest and config come over
     /// first, and then the blobs of the layers the store has no unpack of. The store loads
@@ -505,7 +529,7 @@ impl Manager {
     async fn export(
         &self,
         builder: &WorkspaceSpec,
-        tag: &str,
+        iid: &str,
         name: &str,
         progress: &Progress,
     ) -> Result<(ImageSummary, u64), ApiError> {
@@ -526,13 +550,13 @@ impl Manager {
                 vec![
                     "sh".into(),
                     "-c".into(),
-                    "mkdir -p \"$1\" && rm -f \"$1/index.json\" && \
-                     podman save -q --uncompressed --format oci-dir -o \"$1\" \"$2\" >&2 && \
-                     cat \"$1/index.json\""
+                    "id=$(cat \"$2\") && mkdir -p \"$1\" && rm -f \"$1/index.json\" && \
+                     podman save -q --uncompressed --format oci-dir -o \"$1\" \"${id#sha256:}\" \
+                     >&2 && cat \"$1/index.json\""
                         .into(),
                     "sh".into(),
                     LAYOUT.into(),
-                    tag.into(),
+                    iid.into(),
                 ],
                 None,
                 Stdout::Capture(MAX_DOC),
@@ -819,14 +843,16 @@ impl Manager {
         let hex = img.id.trim_start_matches("sha256:").to_string();
         // The store's image under a name of its own in podman: loaded once per builder.
         let own = format!("localhost/hearth-base:{hex}");
-        // Tagged at once when podman has it (one session per base on a rebuild).
+        // Tagged at once when podman has it (one session, one podman run per base on a
+        // rebuild).
         let tagged = self
             .builder_exec(
                 builder,
                 vec![
                     "sh".into(),
                     "-c".into(),
-                    "podman image exists \"$1\" || exit 100; podman tag \"$1\" \"$2\"".into(),
+                    // One podman run: tagging fails when it lacks the image.
+                    "podman tag \"$1\" \"$2\" 2>/dev/null || exit 100".into(),
                     "sh".into(),
                     own.clone(),
                     base.to_string(),
@@ -1161,6 +1187,94 @@ fn human_bytes(n: u64) -> String {
         unit = u;
     }
     format!("{v:.1} {unit}")
+}
+
+/// Lines of a workspace's image build (Dockerfile build, features) kept in memory
+/// while they stream: the build runs before the workspace exists, so they are written
+/// to its console log (`hearth logs NAME`) once it runs ([`Manager::replay_build_log`]).
+pub(super) struct BuildLog {
+    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+/// Most build lines a workspace's console log gets (the last ones).
+const BUILD_LOG_LINES: usize = 2000;
+
+impl BuildLog {
+    /// A progress sender that forwards every line to `progress` and keeps the last
+    /// [`BUILD_LOG_LINES`].
+    pub(super) fn tee(progress: &Progress) -> (Progress, BuildLog) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>> =
+            Default::default();
+        let dropped: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (keep, gone, out) = (lines.clone(), dropped.clone(), progress.clone());
+        let forward = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                {
+                    let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
+                    if k.len() == BUILD_LOG_LINES {
+                        k.pop_front();
+                        gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    k.push_back(line.clone());
+                }
+                let _ = out.send(line);
+            }
+        });
+        (
+            tx,
+            BuildLog {
+                lines,
+                dropped,
+                forward,
+            },
+        )
+    }
+
+    /// The lines kept, once every sender is gone (or after a second: a sender a task
+    /// still holds does not hold up the create).
+    pub(super) async fn finish(self) -> (Vec<String>, usize) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.forward).await;
+        let lines = self
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        (
+            lines,
+            self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+impl Manager {
+    /// Writes the lines of `spec`'s image build to its console log, between a header
+    /// and a footer that say what they are.
+    pub(super) async fn replay_build_log(&self, spec: &WorkspaceSpec, log: BuildLog) {
+        let (lines, dropped) = log.finish().await;
+        if lines.is_empty() {
+            return;
+        }
+        let head = match dropped {
+            0 => format!(
+                "how this workspace's image was made ({} lines):",
+                lines.len()
+            ),
+            n => format!(
+                "how this workspace's image was made (the last {} lines; {n} before them \
+                 are in hearth logs {BUILDER_PREFIX}<user>):",
+                lines.len()
+            ),
+        };
+        self.note(spec, None, &head).await;
+        for line in &lines {
+            self.note(spec, None, &format!("  {line}")).await;
+        }
+        self.note(spec, None, "end of the image's build log").await;
+    }
 }
 
 /// What goes to an exec's stdin.
