@@ -326,6 +326,12 @@ impl Client {
         self.get("/v1/prebuilds").await
     }
 
+    /// Removes a prebuild by its snapshot id (`hearth prebuild rm`).
+    pub async fn remove_prebuild(&self, snapshot: &str) -> Result<()> {
+        self.delete(&format!("/v1/prebuilds/{}", enc(snapshot)))
+            .await
+    }
+
     pub async fn workspaces(&self) -> Result<Vec<Workspace>> {
         self.get("/v1/workspaces").await
     }

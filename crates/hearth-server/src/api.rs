@@ -66,6 +66,7 @@ impl Modify for BearerAuth {
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
+        crate::prebuilds::remove_prebuild,
         crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join
     ),
     components(schemas(StreamLineDoc)),

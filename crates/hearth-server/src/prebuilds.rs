@@ -17,7 +17,21 @@ use crate::ndjson;
 use crate::state::{ApiJson, AppState};
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/v1/prebuilds", get(list_prebuilds).post(create_prebuild))
+    Router::new()
+        .route("/v1/prebuilds", get(list_prebuilds).post(create_prebuild))
+        .route(
+            "/v1/prebuilds/{snapshot}",
+            axum::routing::delete(remove_prebuild),
+        )
+}
+
+/// A prebuild's snapshot id in the path.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PrebuildPath {
+    /// The prebuild's snapshot id, as `hearth prebuilds` lists it.
+    #[param(pattern = "^[0-9a-f]{32}$", min_length = 32, max_length = 32)]
+    pub snapshot: String,
 }
 
 /// The webhook route: outside the token check (the forge has no token; the secret is
@@ -55,6 +69,24 @@ pub(crate) async fn list_prebuilds(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<Prebuild>>, ApiError> {
     Ok(Json(st.manager.prebuilds(&caller).await?))
+}
+
+/// Removes a prebuild (its owner's or, for an admin, anyone's): `up` no longer starts
+/// from it, and the image it ran on is no longer held for it. A series left with no
+/// prebuild has its snapshots forgotten (their chunks go at the next store gc) and is
+/// no longer refreshed by webhooks; otherwise the snapshot stays for the retention to
+/// drop with the series' others.
+#[utoipa::path(delete, path = "/v1/prebuilds/{snapshot}", params(PrebuildPath),
+    responses((status = 204), (status = 401, body = ErrorBody),
+        (status = 403, description = "another user's (shared) prebuild", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_prebuild(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(snapshot): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.manager.remove_prebuild(&caller, &snapshot).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A forge whose push webhooks start prebuilds.

@@ -608,6 +608,7 @@ async fn openapi_lists_every_route() {
         ("put", "/v1/me/dotfiles"),
         ("get", "/v1/prebuilds"),
         ("post", "/v1/prebuilds"),
+        ("delete", "/v1/prebuilds/{snapshot}"),
         ("post", "/v1/hooks/{forge}"),
         ("post", "/v1/images/build"),
         ("get", "/v1/nodes"),

@@ -203,9 +203,14 @@ enum Cmd {
     },
     /// Prebuild a repository: a workspace from its devcontainer.json through
     /// updateContentCommand, kept as a snapshot that `hearth up` of it starts from.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Prebuild {
+        #[command(subcommand)]
+        cmd: Option<PrebuildCmd>,
         /// Git URL or local repository path.
-        source: String,
+        /// Required unless a subcommand is given (the derive cannot require it only then).
+        #[arg(required = true)]
+        source: Option<String>,
         /// Branch to prebuild (default: the repository's default branch, which `up` uses).
         #[arg(long)]
         branch: Option<String>,
@@ -293,6 +298,17 @@ enum Cmd {
     Admin {
         #[command(subcommand)]
         cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PrebuildCmd {
+    /// Remove a prebuild (yours, or any as an admin): `up` no longer starts from it. The
+    /// last one of a repository and branch takes its snapshots along and ends webhook
+    /// refreshes of it.
+    Rm {
+        /// Its snapshot id, as `hearth prebuilds` lists it.
+        snapshot: String,
     },
 }
 
@@ -747,12 +763,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => client()?.set_port(name, *port, *public).await.map(|()| 0),
         Cmd::PortForward { name, ports } => client()?.port_forward(name, ports).await.map(|()| 0),
         Cmd::Prebuild {
+            cmd: Some(PrebuildCmd::Rm { snapshot }),
+            ..
+        } => client()?.prebuild_remove(snapshot).await.map(|()| 0),
+        Cmd::Prebuild {
             source,
             branch,
             devcontainer_config,
+            ..
         } => client()?
             .prebuild(hearth_api::CreatePrebuild {
-                source: source.clone(),
+                source: source.clone().unwrap_or_default(),
                 branch: branch.clone(),
                 devcontainer_config: devcontainer_config.clone(),
             })

@@ -504,6 +504,34 @@ fn up_starts_from_a_matching_prebuild() {
     let e = srv.fails(&["prebuild", plain.to_str().unwrap()]);
     assert!(e.contains("has no devcontainer.json"), "{e}");
     assert_eq!(srv.workspace_names(), ["pb", "pb1", "pb2", "pbdev"]);
+
+    // `prebuild rm`: only its owner or an admin; then `up` no longer starts from it.
+    let dev = list[0]["snapshot"].as_str().unwrap().to_string();
+    let bob = srv.ok(&["user", "add", "bob"]).trim().to_string();
+    let e = srv.fails(&["--token", &bob, "prebuild", "rm", &dev]);
+    assert!(e.contains("only they or an admin may remove it"), "{e}");
+    let e = srv.fails(&["prebuild", "rm", &"0".repeat(32)]);
+    assert!(e.contains("no prebuild 00000000"), "{e}");
+    assert_eq!(
+        srv.ok(&["prebuild", "rm", &dev]).trim(),
+        format!("prebuild {dev} removed")
+    );
+    let left: Vec<serde_json::Value> =
+        serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
+    assert!(
+        left.iter().all(|p| p["snapshot"] != dev.as_str()),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(|p| p["snapshot"] == snap.as_str()),
+        "{left:?}"
+    );
+    let out = srv.hearth(&["up", r, "--branch", "dev", "--name", "pbdev2"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("starting from prebuild"), "{err}");
+    let e = srv.fails(&["prebuild", "rm", &dev]);
+    assert!(e.contains("no prebuild"), "{e}");
 }
 
 /// `up` of a commit newer than the prebuild's: the commits since come in as a bundle,

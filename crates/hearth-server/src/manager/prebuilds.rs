@@ -335,6 +335,58 @@ impl Manager {
             .collect())
     }
 
+    /// Removes the prebuild with snapshot `snapshot`: its owner may, or an admin. When
+    /// it was its series' last, the series' snapshots are forgotten too (unless a
+    /// prebuild of the series is running: its snapshot is to come).
+    pub async fn remove_prebuild(&self, caller: &Caller, snapshot: &str) -> Result<(), ApiError> {
+        let rows = self.store.prebuilds(None).await?;
+        let Some(p) = rows
+            .iter()
+            .find(|p| p.snapshot == snapshot && (p.shared || caller.may_use(&p.owner)))
+        else {
+            return Err(ApiError::not_found(format!(
+                "no prebuild {snapshot} (hearth prebuilds lists them)"
+            )));
+        };
+        if !caller.may_use(&p.owner) {
+            return Err(ApiError::forbidden(format!(
+                "prebuild {snapshot} is {}'s: only they or an admin may remove it",
+                p.owner
+            )));
+        }
+        // One series at a time: a prebuild of it holds this lock while it runs.
+        let spec = series_spec(p)?;
+        let name = prebuild_name(&spec.id);
+        let _guard = self.lock(&name).await;
+        self.store
+            .forget_prebuilds(std::slice::from_ref(&p.snapshot))
+            .await?;
+        tracing::info!(source = p.source, snapshot, by = %caller.id, "prebuild removed");
+        let others = self
+            .store
+            .prebuilds(Some(&p.source))
+            .await?
+            .into_iter()
+            .any(|r| r.series == p.series);
+        if others || self.store.get(&name).await?.is_some() {
+            return Ok(());
+        }
+        match self.node.forget_snapshots(&spec, None).await {
+            Ok(ids) => {
+                tracing::info!(
+                    source = p.source,
+                    forgotten = ids.len(),
+                    "prebuild series forgotten"
+                )
+            }
+            // The row is gone either way; the store gc's retention still applies.
+            Err(e) => {
+                tracing::warn!(source = p.source, error = %e, "cannot forget a prebuild series' snapshots")
+            }
+        }
+        Ok(())
+    }
+
     /// The newest prebuild `up` of `source`'s `branch` (default: `None`) can start from: one that
     /// `caller` may use, whose config hash matches, still in the store, and whose commit
     /// is the one `up` reads or (with the commits since as a bundle) an ancestor of it.

@@ -1,4 +1,4 @@
-//! `hearth prebuild` and `hearth prebuilds`.
+//! `hearth prebuild`, `hearth prebuild rm` and `hearth prebuilds`.
 
 use std::io::IsTerminal;
 
@@ -20,6 +20,12 @@ impl Commands {
             p.source,
             &p.commit[..p.commit.len().min(12)]
         );
+        Ok(())
+    }
+
+    pub async fn prebuild_remove(&self, snapshot: &str) -> anyhow::Result<()> {
+        self.api.remove_prebuild(snapshot).await?;
+        println!("prebuild {snapshot} removed");
         Ok(())
     }
 
