@@ -19,6 +19,8 @@ struct TestNode {
     subnet: String,
     cgroup_parent: String,
     labels: Vec<String>,
+    /// More `hearth node` flags.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -42,6 +44,7 @@ impl TestNode {
             ),
             cgroup_parent: format!("hearth-node-test-{tag}"),
             labels: Vec::new(),
+            extra: Vec::new(),
             child: None,
         }
     }
@@ -89,6 +92,7 @@ impl TestNode {
         for l in &self.labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(&self.extra);
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
         }
@@ -397,4 +401,118 @@ fn a_workspace_lives_on_a_remote_node() {
         0,
         "rm left the workspace on the node"
     );
+}
+
+/// Waits until `what` holds (the server's view changes within a few heartbeats).
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn workspace(server: &TestServer, name: &str) -> serde_json::Value {
+    server
+        .workspaces()
+        .into_iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no workspace {name}"))
+}
+
+fn snapshot_count(server: &TestServer, name: &str) -> usize {
+    let v: serde_json::Value =
+        serde_json::from_str(&server.ok(&["snapshots", name, "--json"])).unwrap();
+    v.as_array().expect("a list of snapshots").len()
+}
+
+/// kill -9 of a node process: its workspace shows `lost` with its last snapshot, starts
+/// on another node from that snapshot (what was written after it is lost, nothing else),
+/// and the node, restarted, learns the workspace moved and drops its copy without
+/// writing a snapshot over the newer history.
+#[test]
+fn a_killed_node_is_fenced_when_it_comes_back() {
+    // moto takes any credentials; server and nodes read them from the environment.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let (_moto, s3) = common::s3::bucket();
+    let server = TestServer::start_with(&["--snapshot-s3", &s3, "--node-lost-after", "3s"]);
+    server.load_busybox();
+    let mut a = TestNode::new("node-a");
+    a.labels = vec!["pool=a".into()];
+    a.extra = vec!["--snapshot-s3".into(), s3.clone()];
+    a.spawn(&server, Some(&token(&server, &[])));
+    wait_ready(&server, &a);
+
+    let repo = common::git_repo(server.data_dir(), "proj");
+    server.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "w",
+        "--node-selector",
+        "pool=a",
+    ]);
+    assert_eq!(workspace(&server, "w")["node"], "node-a");
+    server.exec("w", &["sh", "-c", "echo before > /workspace/f && sync"]);
+    server.ok(&["snapshot", "w"]);
+    server.exec("w", &["sh", "-c", "echo after > /workspace/f && sync"]);
+    let snaps = snapshot_count(&server, "w");
+    assert!(snaps >= 1, "no snapshot listed");
+
+    a.kill();
+    wait_until("w shows lost", || {
+        workspace(&server, "w")["state"] == "lost"
+    });
+    let lost = workspace(&server, "w");
+    assert!(lost["last_snapshot_at"].is_string(), "{lost}");
+
+    // Only node-a carries pool=a: give the embedded node the label so w can go there.
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&server.ok(&["node", "ls", "--json"])).unwrap();
+    let local = nodes
+        .iter()
+        .find(|n| n["embedded"] == true)
+        .and_then(|n| n["name"].as_str())
+        .expect("the embedded node")
+        .to_string();
+    server.ok(&["node", "label", &local, "pool=a"]);
+    server.ok(&["start", "w"]);
+    let w = workspace(&server, "w");
+    assert_eq!(
+        (&w["state"], &w["node"]),
+        (&"running".into(), &local.clone().into())
+    );
+    assert_eq!(server.exec("w", &["cat", "/workspace/f"]).trim(), "before");
+    let snaps = snapshot_count(&server, "w");
+
+    // node-a comes back with its stale copy: it drops it, and writes no snapshot.
+    assert_eq!(
+        std::fs::read_dir(a.data_dir().join("workspaces"))
+            .unwrap()
+            .count(),
+        1,
+        "node-a lost its copy before it came back"
+    );
+    a.spawn(&server, None);
+    wait_ready(&server, &a);
+    wait_until("node-a dropped its copy of w", || {
+        std::fs::read_dir(a.data_dir().join("workspaces"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(false)
+    });
+    assert_eq!(
+        snapshot_count(&server, "w"),
+        snaps,
+        "node-a wrote a snapshot"
+    );
+    let w = workspace(&server, "w");
+    assert_eq!(
+        (&w["state"], &w["node"]),
+        (&"running".into(), &local.into())
+    );
+    assert_eq!(server.exec("w", &["cat", "/workspace/f"]).trim(), "before");
+    server.ok(&["rm", "w"]);
 }

@@ -5,6 +5,7 @@
 
 pub mod images;
 pub mod registry;
+pub mod s3;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
