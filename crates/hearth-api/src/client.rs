@@ -336,6 +336,16 @@ impl Client {
         self.get("/v1/workspaces").await
     }
 
+    /// One page of [`Client::workspaces`]: at most `limit` names after `after`.
+    pub async fn workspaces_page(&self, after: Option<&str>, limit: u32) -> Result<Vec<Workspace>> {
+        let mut path = format!("/v1/workspaces?limit={limit}");
+        if let Some(a) = after {
+            path.push_str("&after=");
+            path.push_str(&enc(a));
+        }
+        self.get(&path).await
+    }
+
     pub async fn workspace(&self, name: &str) -> Result<Workspace> {
         self.get(&format!("/v1/workspaces/{}", enc(name))).await
     }

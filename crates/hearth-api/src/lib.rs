@@ -135,6 +135,22 @@ fn egress_rules() -> utoipa::openapi::schema::Array {
         .build()
 }
 
+/// `GET /v1/workspaces` paging: without `limit` the whole list (what older clients ask).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListWorkspaces {
+    /// At most this many workspaces, 1 to [`MAX_PAGE`]; a shorter page is the last.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only names after this one (byte order, as the list is sorted): the last name of
+    /// the previous page.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Largest `limit` of [`ListWorkspaces`].
+pub const MAX_PAGE: u32 = 1000;
+
 /// Body of `POST /v1/workspaces`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

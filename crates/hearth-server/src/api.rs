@@ -341,14 +341,30 @@ async fn remove_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The caller's workspaces; every workspace for an admin.
-#[utoipa::path(get, path = "/v1/workspaces",
-    responses((status = 200, body = Vec<Workspace>), (status = 401, body = ErrorBody)))]
+/// The caller's workspaces, by name; every workspace for an admin. With `limit`, one
+/// page: pass the last name as `after` for the next.
+#[utoipa::path(get, path = "/v1/workspaces", params(ListWorkspaces),
+    responses((status = 200, body = Vec<Workspace>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
 async fn list_workspaces(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
+    query: Result<Query<ListWorkspaces>, QueryRejection>,
 ) -> Result<Json<Vec<Workspace>>, ApiError> {
-    Ok(Json(st.manager.list(&caller).await?))
+    let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    let page = match q.limit {
+        Some(limit @ 1..=MAX_PAGE) => Some((q.after, limit)),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "limit {other}: ask for 1 to {MAX_PAGE} workspaces a page"
+            )))
+        }
+        None if q.after.is_some() => {
+            return Err(ApiError::invalid("after needs a limit"));
+        }
+        None => None,
+    };
+    Ok(Json(st.manager.list(&caller, page).await?))
 }
 
 /// Creates and starts a workspace. The request, name, image, disk size and free space are

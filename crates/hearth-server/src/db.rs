@@ -274,7 +274,8 @@ impl Dialect for PgPool {
 
 /// The migrations as PostgreSQL runs them: the same files, with SQLite's `BLOB` type (a
 /// whole word, in migrations only ever a column type) as `BYTEA`, PostgreSQL's name for
-/// it. Each keeps its file's checksum, so the rule may grow without failing the check of
+/// it, and SQLite's byte-order collation `BINARY` (only ever after `COLLATE`) as `"C"`.
+/// Each keeps its file's checksum, so the rule may grow without failing the check of
 /// databases migrated before.
 fn postgres_migrator() -> sqlx::migrate::Migrator {
     let migrations = MIGRATOR
@@ -297,6 +298,8 @@ fn postgres_sql(sql: &str) -> String {
     let flush = |word: &mut String, out: &mut String| {
         out.push_str(if word.eq_ignore_ascii_case("BLOB") {
             "BYTEA"
+        } else if word.eq_ignore_ascii_case("BINARY") {
+            "\"C\""
         } else {
             word
         });
@@ -589,6 +592,56 @@ impl Store {
             .into_iter()
             .filter_map(|s| u32::try_from(s).ok())
             .collect())
+    }
+
+    /// The lowest slot no workspace holds ([`lowest_free_slot`] of [`Store::used_slots`]),
+    /// found through the slot index instead of reading every row.
+    pub async fn free_slot(&self) -> Result<u32, StoreError> {
+        let slot: Option<i64> = with_pool!(self, p => {
+            sqlx::query_scalar(
+                "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM workspaces WHERE slot = 0) THEN 0 \
+                 ELSE (SELECT MIN(w.slot) + 1 FROM workspaces w WHERE NOT EXISTS \
+                 (SELECT 1 FROM workspaces x WHERE x.slot = w.slot + 1)) END",
+            )
+            .fetch_one(p)
+            .await
+            .map_err(query_err("*"))?
+        });
+        let slot = slot.unwrap_or(0);
+        u32::try_from(slot).map_err(|_| StoreError::Corrupt {
+            id: "*".into(),
+            message: format!("free slot {slot} out of range"),
+        })
+    }
+
+    /// One page of [`Store::list`]: names after `after` (bytewise), at most `limit`, only
+    /// `owner`'s when given, builder workspaces (names under `hide_prefix`) left out, so a
+    /// page is short only at the end.
+    pub async fn list_page(
+        &self,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+        hide_prefix: &str,
+    ) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS}, {IDLE_COLUMNS} FROM workspaces \
+                 WHERE ($1 IS NULL OR owner = $1) AND ($2 IS NULL OR name{c} > $2) \
+                 AND substr(name, 1, $3) <> $4 \
+                 ORDER BY name{c} LIMIT $5",
+                c = p.bytewise()
+            ))
+            .bind(owner)
+            .bind(after)
+            .bind(i32::try_from(hide_prefix.len()).unwrap_or(i32::MAX))
+            .bind(hide_prefix)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await
+            .map_err(query_err("*"))?;
+            rows.iter().map(record).collect()
+        })
     }
 
     /// Inserts a new workspace; a taken name is [`StoreError::NameTaken`], a taken slot
@@ -1056,7 +1109,72 @@ mod tests {
         store_round_trips_and_enforces_unique_names,
         concurrent_creates_get_distinct_slots_and_lose_nothing,
         text_sorts_bytewise,
+        free_slot_is_the_lowest_gap,
+        pages_cover_the_list_once_in_order,
     );
+
+    async fn free_slot_is_the_lowest_gap(b: Backend) {
+        let db = TestDb::new(b);
+        let store = db.store().await;
+        assert_eq!(store.free_slot().await.unwrap(), 0);
+        for (i, slot) in [1u32, 2, 4].into_iter().enumerate() {
+            store
+                .insert(&rec(&format!("aaaaaaaaaa{i:02}"), &format!("w{i}"), slot))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.free_slot().await.unwrap(), 0);
+        store.insert(&rec("bbbbbbbbbbbb", "z", 0)).await.unwrap();
+        assert_eq!(store.free_slot().await.unwrap(), 3);
+        store.insert(&rec("cccccccccccc", "y", 3)).await.unwrap();
+        assert_eq!(store.free_slot().await.unwrap(), 5);
+        assert_eq!(
+            store.free_slot().await.unwrap(),
+            lowest_free_slot(&store.used_slots().await.unwrap())
+        );
+    }
+
+    async fn pages_cover_the_list_once_in_order(b: Backend) {
+        let db = TestDb::new(b);
+        let store = db.store().await;
+        let names = ["b", "a", "B", "builder-x", "c-1", "c", "d"];
+        for (i, n) in names.iter().enumerate() {
+            let mut r = rec(&format!("dddddddddd{i:02}"), n, i as u32);
+            if *n == "d" {
+                r.owner = "alice".into();
+            }
+            store.insert(&r).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_page(None, after.as_deref(), 2, "builder-")
+                .await
+                .unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(last.spec.name.clone());
+            seen.extend(page.into_iter().map(|r| r.spec.name));
+        }
+        // Bytewise, as the full list, without the builder.
+        let all: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.spec.name)
+            .filter(|n| !n.starts_with("builder-"))
+            .collect();
+        assert_eq!(seen, all);
+        assert_eq!(seen, ["B", "a", "b", "c", "c-1", "d"]);
+        let alice = store
+            .list_page(Some("alice"), None, 10, "builder-")
+            .await
+            .unwrap();
+        assert_eq!(alice.len(), 1);
+        assert_eq!(alice[0].spec.name, "d");
+    }
 
     fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
         WorkspaceRecord {
@@ -1213,7 +1331,7 @@ mod tests {
         for (p, s) in pg.iter().zip(MIGRATOR.iter()) {
             assert_eq!(p.checksum, s.checksum, "migration {}", s.version);
             assert_eq!(
-                p.sql.replace("BYTEA", "BLOB"),
+                p.sql.replace("BYTEA", "BLOB").replace("\"C\"", "BINARY"),
                 s.sql,
                 "migration {}",
                 s.version
@@ -1222,6 +1340,10 @@ mod tests {
         assert_eq!(
             postgres_sql("value BLOB NOT NULL, blobs TEXT, x_blob TEXT, b blob"),
             "value BYTEA NOT NULL, blobs TEXT, x_blob TEXT, b BYTEA"
+        );
+        assert_eq!(
+            postgres_sql("ON t (name COLLATE BINARY)"),
+            "ON t (name COLLATE \"C\")"
         );
     }
 

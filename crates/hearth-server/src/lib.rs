@@ -355,6 +355,12 @@ impl Server {
         self.addr
     }
 
+    /// The manager behind the API (`hearth bench api` attaches simulated nodes to its
+    /// fleet and times its placement).
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
+    }
+
     /// Serves until `shutdown` resolves; workspaces keep running afterwards.
     pub async fn serve(
         self,

@@ -14,7 +14,7 @@ use rand::RngCore;
 
 use crate::auth::Caller;
 use crate::convert;
-use crate::db::{lowest_free_slot, now, Store, WorkspaceRecord};
+use crate::db::{now, Store, WorkspaceRecord};
 use crate::error::ApiError;
 use crate::names;
 use hearth_api::{
@@ -129,6 +129,8 @@ pub struct Manager {
     me: std::sync::Weak<Manager>,
     /// Dockerfile build settings (`manager/build.rs`).
     builds: build::Builds,
+    /// What the scheduler reads of each node's placed workspaces (`manager/fleet.rs`).
+    placement: fleet::PlacementView,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -249,6 +251,7 @@ impl Manager {
             webhook_secret: Default::default(),
             me: std::sync::Weak::new(),
             builds: Default::default(),
+            placement: Default::default(),
         }
     }
 
@@ -416,9 +419,25 @@ impl Manager {
     }
 
     /// The workspaces `caller` may use (their own, or all for an admin): records plus one
-    /// batched liveness check of the running ones (no process per workspace).
-    pub async fn list(&self, caller: &Caller) -> Result<Vec<Workspace>, ApiError> {
-        let (images, recs) = tokio::join!(self.images_or_empty(), self.store.list());
+    /// batched liveness check of the running ones (no process per workspace). `page`: at
+    /// most that many names after the one given.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page: Option<(Option<String>, u32)>,
+    ) -> Result<Vec<Workspace>, ApiError> {
+        let recs = async {
+            match &page {
+                None => self.store.list().await,
+                Some((after, limit)) => {
+                    let owner = (!caller.admin).then_some(&*caller.id);
+                    self.store
+                        .list_page(owner, after.as_deref(), *limit, build::BUILDER_PREFIX)
+                        .await
+                }
+            }
+        };
+        let (images, recs) = tokio::join!(self.images_or_empty(), recs);
         let mut recs = recs?;
         // Builder workspaces are reached by name (logs, rm), not listed.
         recs.retain(|r| caller.may_use(&r.owner) && !build::is_builder_name(&r.spec.name));
@@ -1395,7 +1414,7 @@ impl Manager {
     ) -> Result<(), crate::db::StoreError> {
         let mut tries = 0;
         loop {
-            rec.spec.slot = lowest_free_slot(&self.store.used_slots().await?);
+            rec.spec.slot = self.store.free_slot().await?;
             let res = if revive {
                 self.store.revive(rec).await
             } else {

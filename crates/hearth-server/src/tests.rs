@@ -349,7 +349,63 @@ on_both_backends!(
     failed_final_snapshot_keeps_the_workspace_stopped_and_says_why,
     limits_change_in_place_and_disks_only_grow,
     unknown_names_leave_no_state_behind,
+    list_pages_by_name,
 );
+
+
+/// `GET /v1/workspaces?limit=N&after=NAME` pages through the same list as without, a
+/// non-admin's pages hold only theirs, and bad paging is a 400.
+async fn list_pages_by_name(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
+    for n in ["c", "a", "d", "b", "e"] {
+        let (_, last) = h
+            .stream(
+                "/v1/workspaces",
+                serde_json::json!({"source": "/src/x", "name": n}),
+            )
+            .await;
+        assert!(matches!(last, StreamLine::Result(_)), "{last:?}");
+    }
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, all) = h.json(Method::GET, "/v1/workspaces", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(names(&all), ["a", "b", "c", "d", "e"]);
+    let (s, p1) = h.json(Method::GET, "/v1/workspaces?limit=2", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(names(&p1), ["a", "b"]);
+    assert_eq!(p1[0]["state"], "running");
+    let (_, p2) = h
+        .json(Method::GET, "/v1/workspaces?limit=2&after=b", None)
+        .await;
+    assert_eq!(names(&p2), ["c", "d"]);
+    let (_, p3) = h
+        .json(Method::GET, "/v1/workspaces?limit=2&after=d", None)
+        .await;
+    assert_eq!(names(&p3), ["e"]);
+    let (_, p4) = h
+        .json(Method::GET, "/v1/workspaces?limit=2&after=e", None)
+        .await;
+    assert_eq!(names(&p4), Vec::<String>::new());
+    for bad in ["limit=0", "limit=1001", "after=a", "limit=x"] {
+        let (s, v) = h
+            .json(Method::GET, &format!("/v1/workspaces?{bad}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let bob = users::add_user(&h, "bob", false).await;
+    let (s, body) = h
+        .call(Method::GET, "/v1/workspaces?limit=10", Some(&bob), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(names(&v), Vec::<String>::new());
+}
 
 struct Harness {
     _db: TestDb,

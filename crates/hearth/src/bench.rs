@@ -13,6 +13,7 @@ use hearth_node::{ExecRequest, Limits, LocalNode, NodeApi, NodeConfig, Workspace
 use hearth_proto::Event;
 
 mod access;
+mod api;
 mod build;
 mod cpu;
 mod moves;
@@ -20,6 +21,7 @@ mod prebuild;
 mod scale;
 mod scheduler;
 pub use access::{run as run_access, AccessArgs};
+pub use api::{run as run_api, ApiArgs};
 pub use build::{run as run_build, BuildArgs};
 pub use cpu::{run as run_cpu, CpuArgs, Mode as CpuMode, Scenario as CpuScenario};
 pub use moves::{run as run_move, MoveArgs};

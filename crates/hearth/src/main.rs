@@ -365,6 +365,24 @@ enum BenchCmd {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// The control plane's API with thousands of workspaces on simulated nodes: list,
+    /// create, start, stop, inspect and the scheduler's decision, p50/p99 on SQLite and
+    /// PostgreSQL side by side (targets: API p99 <= 50 ms, scheduler <= 1 ms).
+    Api {
+        /// Workspaces recorded before timing (half of them running).
+        #[arg(long, default_value_t = 10_000)]
+        workspaces: usize,
+        /// Simulated nodes they spread over.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Timed requests per operation.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Backends to measure (PostgreSQL: a scratch server the bench starts, from
+        /// Debian's postgresql package).
+        #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+        backends: Vec<String>,
+    },
     /// One scheduler placement decision over simulated fleets of 10 to 1000 nodes (the
     /// pure function; target <= 1 ms).
     Scheduler {
@@ -943,6 +961,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0)
         }
+        Cmd::Bench {
+            what:
+                Some(BenchCmd::Api {
+                    workspaces,
+                    nodes,
+                    samples,
+                    backends,
+                }),
+            ..
+        } => bench::run_api(bench::ApiArgs {
+            workspaces: *workspaces,
+            nodes: *nodes,
+            samples: *samples,
+            backends: backends.clone(),
+        })
+        .await
+        .map(|()| 0),
         Cmd::Bench {
             what: Some(BenchCmd::Scheduler { decisions }),
             ..

@@ -290,7 +290,7 @@ async fn placement_move_and_drain() {
             .filter_map(|w| w.node.clone())
             .find(|n| n != "c")
     };
-    let mut target = holding(&t.manager.list(&Caller::admin()).await.unwrap());
+    let mut target = holding(&t.manager.list(&Caller::admin(), None).await.unwrap());
     if target.is_none() {
         t.manager
             .move_workspace(&Caller::admin(), "w1", Some("b"))
@@ -302,7 +302,7 @@ async fn placement_move_and_drain() {
     let report = t.manager.drain_node(&target).await.unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(!report.moved.is_empty());
-    let views = t.manager.list(&Caller::admin()).await.unwrap();
+    let views = t.manager.list(&Caller::admin(), None).await.unwrap();
     assert!(views
         .iter()
         .all(|w| w.node.as_deref() != Some(target.as_str())));

@@ -196,6 +196,40 @@ impl Store {
         })
     }
 
+    /// Node, state and limits (JSON) of every workspace: what the scheduler sums, without
+    /// reading and decoding whole rows.
+    pub async fn placement_rows(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        with_pool!(self, p => {
+            sqlx::query_as("SELECT node, state, limits FROM workspaces")
+                .fetch_all(p)
+                .await
+                .map_err(query_err("*"))
+        })
+    }
+
+    /// The nodes of the workspaces `ids` (those that have a row), by id.
+    pub async fn placements_of(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, node FROM workspaces WHERE id IN ({})",
+            marks.join(", ")
+        );
+        let rows: Vec<(String, String)> = with_pool!(self, p => {
+            let mut q = sqlx::query_as(&sql);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(p).await.map_err(query_err("*"))?
+        });
+        Ok(rows.into_iter().collect())
+    }
+
     /// Every workspace's node, by id.
     pub async fn placements(
         &self,

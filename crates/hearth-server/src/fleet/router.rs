@@ -16,6 +16,10 @@ use hearth_node::{
 
 use super::{Fleet, FleetError};
 
+/// Most workspaces whose nodes are looked up by id (bound parameters, well under both
+/// backends' limits); more read every row's node.
+const MAX_PLACEMENTS_OF: usize = 500;
+
 pub struct Router {
     fleet: Arc<Fleet>,
 }
@@ -73,7 +77,14 @@ impl Router {
         if let Some(only) = self.fleet.only() {
             return vec![(Ok(only), (0..specs.len()).collect())];
         }
-        let placements = match self.fleet.store.placements().await {
+        // A page of workspaces asks for its own rows; a whole list reads the table once.
+        let placements = if specs.len() <= MAX_PLACEMENTS_OF {
+            let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+            self.fleet.store.placements_of(&ids).await
+        } else {
+            self.fleet.store.placements().await
+        };
+        let placements = match placements {
             Ok(p) => p,
             Err(e) => {
                 let e = e.to_string();

@@ -28,20 +28,91 @@ fn capacity_view(c: &hearth_node::NodeCapacity) -> hearth_api::NodeCapacity {
     }
 }
 
+/// How old the scheduler's view of what is placed where may get before it is read again
+/// from the database (in the background: decisions meanwhile use the older view).
+pub const PLACEMENT_VIEW_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The scheduler's view of what the control plane has put on each node, so a decision
+/// does not read every workspace row (at 10,000 workspaces that read alone is several
+/// milliseconds). It is this server's own placements added at once over a database read
+/// at most [`PLACEMENT_VIEW_MAX_AGE`] old: other servers' placements and state changes
+/// show up within that, and the node's own checks at create still guard its capacity.
+#[derive(Default)]
+pub(super) struct PlacementView {
+    /// When read, and the sums.
+    view: std::sync::Mutex<Option<(std::time::Instant, HashMap<String, Placed>)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+impl PlacementView {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, HashMap<String, Placed>)>> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Manager {
-    /// What the control plane has put on each node.
+    /// What the control plane has put on each node, read from the database now.
     async fn placed(&self) -> Result<HashMap<String, Placed>, ApiError> {
         let mut out: HashMap<String, Placed> = HashMap::new();
-        for r in self.store.list().await? {
-            let running = matches!(r.state, WorkspaceState::Running | WorkspaceState::Starting);
-            out.entry(r.node).or_default().add(&r.spec.limits, running);
+        for (node, state, limits) in self.store.placement_rows().await? {
+            // A row whose limits do not parse is reported by every other read of it.
+            let limits: Limits = serde_json::from_str(&limits).unwrap_or_default();
+            let running = matches!(
+                WorkspaceState::parse(&state),
+                Some(WorkspaceState::Running | WorkspaceState::Starting)
+            );
+            out.entry(node).or_default().add(&limits, running);
         }
         Ok(out)
     }
 
+    /// [`Manager::placed`] through the [`PlacementView`]: a view too old is read again
+    /// in the background (in line only when there is none yet, or no shared manager).
+    async fn placed_view(&self) -> Result<HashMap<String, Placed>, ApiError> {
+        use std::sync::atomic::Ordering;
+        let (have, stale) = match &*self.placement.lock() {
+            Some((at, v)) => (Some(v.clone()), at.elapsed() > PLACEMENT_VIEW_MAX_AGE),
+            None => (None, true),
+        };
+        let me = self.me.upgrade();
+        match (have, me) {
+            (Some(v), Some(me)) => {
+                if stale && !self.placement.refreshing.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(async move {
+                        match me.placed().await {
+                            Ok(fresh) => {
+                                *me.placement.lock() = Some((std::time::Instant::now(), fresh))
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e.message, "cannot read placements")
+                            }
+                        }
+                        me.placement.refreshing.store(false, Ordering::Release);
+                    });
+                }
+                Ok(v)
+            }
+            (Some(v), None) if !stale => Ok(v),
+            _ => {
+                let fresh = self.placed().await?;
+                *self.placement.lock() = Some((std::time::Instant::now(), fresh.clone()));
+                Ok(fresh)
+            }
+        }
+    }
+
+    /// Counts a workspace this server just placed on `node` in the view at once.
+    fn assume_placed(&self, node: &str, limits: &Limits) {
+        if let Some((_, v)) = &mut *self.placement.lock() {
+            v.entry(node.to_string()).or_default().add(limits, true);
+        }
+    }
+
     /// The node a workspace with `limits` and `selector` goes to, never `exclude`. A fleet
     /// of one node (the all-in-one server) places there without asking.
-    pub(super) async fn choose_node(
+    pub async fn choose_node(
         &self,
         limits: &Limits,
         selector: &Labels,
@@ -53,7 +124,7 @@ impl Manager {
             }
         }
         let nodes = self.fleet.nodes();
-        let placed = self.placed().await?;
+        let placed = self.placed_view().await?;
         let candidates: Vec<Candidate<'_>> = nodes
             .iter()
             .map(|n| Candidate {
@@ -64,9 +135,11 @@ impl Manager {
                 placed: placed.get(&n.name).copied().unwrap_or_default(),
             })
             .collect();
-        scheduler::place(&candidates, limits, selector, exclude)
+        let chosen = scheduler::place(&candidates, limits, selector, exclude)
             .map(str::to_string)
-            .map_err(|e| ApiError::conflict(e.to_string()))
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        self.assume_placed(&chosen, limits);
+        Ok(chosen)
     }
 
     /// Every node (admins only: `hearth node ls`).
