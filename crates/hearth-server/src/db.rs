@@ -42,12 +42,14 @@ mod nodes;
 mod ports;
 mod prebuilds;
 pub mod scratch;
+mod servers;
 mod sessions;
 mod users;
 
 pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
 pub use prebuilds::PrebuildRecord;
+pub use servers::ServerRow;
 pub use sessions::{OidcLogin, SessionRecord};
 pub use users::{Removal, UserRecord};
 

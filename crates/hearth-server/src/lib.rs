@@ -14,6 +14,7 @@ pub mod convert;
 pub mod db;
 pub mod error;
 pub mod fleet;
+pub mod leader;
 pub mod links;
 pub mod manager;
 pub mod metrics;
@@ -154,6 +155,10 @@ pub struct Server {
     info: ServerInfo,
     proxy: Option<proxy::Proxy>,
     auth: Arc<auth::AuthState>,
+    /// This server's registration in the database and its hold on the background jobs.
+    leader: Arc<leader::Leadership>,
+    /// Heartbeats, renews the lease and syncs the fleet; stopped with the server.
+    renewer: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -171,11 +176,56 @@ impl Server {
         cfg: ServerConfig,
         node: Arc<dyn NodeApi>,
     ) -> anyhow::Result<Server> {
+        Server::bind_fleet(lock, cfg, Some(node)).await
+    }
+
+    /// Like [`Server::bind_locked`]; `node`: the embedded node, if the server runs one
+    /// (servers sharing a PostgreSQL database run none: their nodes join over the wire).
+    pub async fn bind_fleet(
+        lock: DataDirLock,
+        cfg: ServerConfig,
+        node: Option<Arc<dyn NodeApi>>,
+    ) -> anyhow::Result<Server> {
         let token = ensure_token(&cfg.data_dir)?;
         let database = cfg.database();
         let store = Store::connect(&database).await?;
         tracing::info!(database = database.display(), "database open");
-        let manager = Manager::shared(store.clone(), node);
+        // Bound before anything else is done, so the registration names where it serves.
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("cannot read address bound for {}", cfg.listen))?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        let info = ServerInfo {
+            url: format!("http://{host}:{}", addr.port()),
+            proxy: None,
+        };
+        let embedded = node.as_ref().map(|_| fleet::DEFAULT_LOCAL_NODE);
+        let leader = Arc::new(
+            leader::Leadership::join(
+                store.clone(),
+                &leader::server_id(&cfg.data_dir)?,
+                &info.url,
+                embedded,
+            )
+            .await
+            .context("cannot register the server")?,
+        );
+        let manager = match node {
+            Some(node) => Manager::shared(store.clone(), node),
+            None => Manager::shared_fleet(
+                store.clone(),
+                Arc::new(fleet::Fleet::new(store.clone(), None)),
+            ),
+        };
         let sealed = store
             .secret_count()
             .await
@@ -198,22 +248,29 @@ impl Server {
                 manager.fleet().pump(local, api, fleet::HEARTBEAT_EVERY);
             }
         }
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let addr = listener
-            .local_addr()
-            .with_context(|| format!("cannot read address bound for {}", cfg.listen))?;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else if addr.is_ipv6() {
-            format!("[{}]", addr.ip())
-        } else {
-            addr.ip().to_string()
-        };
-        let info = ServerInfo {
-            url: format!("http://{host}:{}", addr.port()),
-            proxy: None,
+        let renewer = {
+            // Weak: a server dropped without serving (a failed start) stops it too.
+            let (leader, fleet, shared) = (
+                Arc::downgrade(&leader),
+                Arc::downgrade(manager.fleet()),
+                store.is_postgres(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(leader::RENEW_EVERY).await;
+                    let Some(leader) = leader.upgrade() else {
+                        return;
+                    };
+                    leader.renew().await;
+                    drop(leader);
+                    let Some(fleet) = fleet.upgrade() else { return };
+                    if shared {
+                        if let Err(e) = fleet.sync().await {
+                            tracing::warn!(error = %e, "cannot read the nodes other servers see");
+                        }
+                    }
+                }
+            })
         };
         let (ssh, ssh_info) = match cfg.ssh_listen {
             Some(listen) => {
@@ -262,6 +319,8 @@ impl Server {
             info,
             proxy: None,
             auth,
+            leader,
+            renewer,
         })
     }
 
@@ -339,20 +398,28 @@ impl Server {
         F: Fn(Arc<Manager>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
-        let manager = self.manager.clone();
+        let (manager, leader) = (self.manager.clone(), self.leader.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                job(manager.clone()).await;
+                // Servers sharing a database: only the lease holder (see [`leader`]).
+                if leader.is_leader() {
+                    job(manager.clone()).await;
+                }
             }
         });
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This server's registration and lease (see [`leader`]).
+    pub fn leadership(&self) -> &Arc<leader::Leadership> {
+        &self.leader
     }
 
     /// The manager behind the API (`hearth bench api` attaches simulated nodes to its
@@ -379,6 +446,8 @@ impl Server {
             p.abort();
         }
         self.manager.flush_activity().await;
+        self.renewer.abort();
+        self.leader.leave().await;
         let _ = std::fs::remove_file(self.lock.dir().join(SERVER_FILE));
         self.store.close().await;
         tracing::info!("hearth server stopped");

@@ -350,8 +350,50 @@ on_both_backends!(
     limits_change_in_place_and_disks_only_grow,
     unknown_names_leave_no_state_behind,
     list_pages_by_name,
+    servers_sharing_a_database_elect_one_leader,
 );
 
+/// Servers sharing a database: exactly one holds the leader lease (the background jobs),
+/// a server with an embedded node is refused beside a live one, and a clean stop hands
+/// the lease to the other at its next renewal.
+async fn servers_sharing_a_database_elect_one_leader(b: Backend) {
+    let db = TestDb::new(b);
+    let bind = |sub: &str, node: Option<Arc<dyn NodeApi>>| {
+        let data_dir = db.dir.path().join(sub);
+        let cfg = crate::ServerConfig {
+            data_dir: data_dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rate: Default::default(),
+            upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
+            ssh_listen: None,
+            database: Some(db.database.clone()),
+        };
+        async move {
+            let lock = crate::DataDirLock::acquire(&data_dir).unwrap();
+            crate::Server::bind_fleet(lock, cfg, node).await
+        }
+    };
+    let sa = bind("a", None).await.unwrap();
+    let sb = bind("b", None).await.unwrap();
+    assert!(sa.leadership().is_leader());
+    assert!(!sb.leadership().is_leader());
+    assert!(!sb.leadership().renew().await);
+    assert!(sa.leadership().renew().await);
+    assert_ne!(sa.leadership().id(), sb.leadership().id());
+    let err = match bind("c", Some(Arc::new(FakeNode::default()))).await {
+        Ok(_) => panic!("an embedded node beside live servers was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("--no-local-node"), "{err}");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sa.serve(async move {
+        let _ = rx.await;
+    }));
+    tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(sb.leadership().renew().await);
+    assert!(sb.leadership().is_leader());
+}
 
 /// `GET /v1/workspaces?limit=N&after=NAME` pages through the same list as without, a
 /// non-admin's pages hold only theirs, and bad paging is a 400.

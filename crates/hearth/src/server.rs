@@ -104,6 +104,11 @@ pub struct ServerArgs {
     /// How long a browser session lasts from sign-in (e.g. 12h, 7d).
     #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "7d")]
     session_ttl: std::time::Duration,
+    /// Run no embedded node: workspaces go to nodes that join (`hearth node --server`).
+    /// Servers sharing one PostgreSQL database must run this way (a local node belongs
+    /// to one host); the node flags are then unused.
+    #[arg(long)]
+    no_local_node: bool,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -452,8 +457,13 @@ pub async fn open_node(
 pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     init_tracing("info");
     let lock = DataDirLock::acquire(data_dir)?;
-    let node: Arc<dyn NodeApi> =
-        Arc::new(open_node(data_dir, &args.node, args.database.as_ref()).await?);
+    let node: Option<Arc<dyn NodeApi>> = if args.no_local_node {
+        None
+    } else {
+        Some(Arc::new(
+            open_node(data_dir, &args.node, args.database.as_ref()).await?,
+        ))
+    };
     let cfg = ServerConfig {
         data_dir: data_dir.to_path_buf(),
         listen: args.listen,
@@ -465,7 +475,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         ssh_listen: args.ssh_listen.0,
         database: args.database.clone(),
     };
-    let mut server = Server::bind_locked(lock, cfg, node).await?;
+    let mut server = Server::bind_fleet(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
     server.set_node_lost_after(args.node_lost_after);
     server.set_default_image(args.default_image.clone());

@@ -280,6 +280,42 @@ impl Fleet {
         Ok(())
     }
 
+    /// Takes what other servers sharing the database recorded of the nodes connected to
+    /// them (PostgreSQL): nodes that joined there, admin state and labels, and last seen,
+    /// so a node alive on another server is not lost here. Nodes connected to this server
+    /// keep this process's own view.
+    pub async fn sync(&self) -> Result<(), FleetError> {
+        let rows = self.store.nodes().await?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut nodes = self.write();
+        for r in rows {
+            let age = r
+                .last_seen
+                .as_deref()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(|t| Duration::try_from(now - t).unwrap_or(Duration::ZERO));
+            let e = nodes.entry(r.name).or_insert_with(|| Entry {
+                api: None,
+                labels: Labels::new(),
+                admin: AdminState::Ready,
+                capacity: None,
+                seen: None,
+                last_seen: None,
+                embedded: false,
+            });
+            e.admin = AdminState::parse(&r.state);
+            e.labels = r.labels;
+            if e.api.is_none() && !e.embedded {
+                e.seen = age.and_then(|a| Instant::now().checked_sub(a));
+                e.last_seen = r.last_seen;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets what runs at each attach (the manager does, once).
     pub fn set_hook(&self, hook: std::sync::Weak<dyn AttachHook>) {
         let _ = self.hook.set(hook);
