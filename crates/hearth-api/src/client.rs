@@ -4,6 +4,8 @@
 //! hands back the two halves of the session.
 
 mod ports;
+mod quotas;
+pub use quotas::AuditFilter;
 mod secrets;
 
 use std::path::{Path, PathBuf};

@@ -56,9 +56,10 @@ impl Modify for BearerAuth {
         crate::snapshots::restore_deleted,
         crate::snapshots::fork_workspace, crate::snapshots::store_fsck, crate::snapshots::store_gc,
         crate::users::me, crate::users::list_users, crate::users::create_user,
-        crate::users::remove_user,
         crate::sessions::auth_methods, crate::sessions::create_session,
         crate::sessions::get_session, crate::sessions::logout, crate::sessions::new_token,
+        crate::users::remove_user, crate::users::user_quota, crate::users::set_user_quota,
+        crate::users::reset_user_quota, crate::users::list_quotas, crate::users::set_default_quota,
         crate::nodes::list_nodes, crate::nodes::drain_node, crate::nodes::undrain_node,
         crate::nodes::set_labels, crate::nodes::remove_node, crate::nodes::move_workspace,
         crate::ssh_keys::list_keys, crate::ssh_keys::add_key, crate::ssh_keys::remove_key,
@@ -67,7 +68,8 @@ impl Modify for BearerAuth {
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
         crate::prebuilds::remove_prebuild,
-        crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join
+        crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join,
+        crate::audit::list_audit
     ),
     components(schemas(StreamLineDoc)),
     modifiers(&BearerAuth, &Contract),
@@ -122,11 +124,13 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::prebuilds::routes())
         .merge(crate::links::routes())
         .merge(crate::sessions::routes())
+        .merge(crate::audit::routes())
         // Layers run outside in: the token check first, then the caller's rate.
         .route_layer(middleware::from_fn_with_state(
             Limiter::new(state.rate),
             ratelimit::limit,
         ))
+        .route_layer(middleware::from_fn(crate::audit::note_caller))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/health", get(health))
@@ -144,6 +148,12 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        // Around each route (and outside the token check, so refused tokens are
+        // recorded too).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -374,17 +384,33 @@ async fn list_workspaces(
     responses((status = 200, description = "ndjson progress lines, then the Workspace or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_workspace(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateWorkspace>,
 ) -> Response {
+    // The name, for the audit log: given, or made from the source by the plan.
+    let given = Some(
+        req.name
+            .clone()
+            .unwrap_or_else(|| crate::names::default_name(req.source.trim())),
+    );
     let plan = match st.manager.plan_create(&caller, req).await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let mut resp = e.into_response();
+            if let Some(n) = given {
+                resp.extensions_mut().insert(crate::audit::AuditTarget(n));
+            }
+            return resp;
+        }
     };
-    ndjson::stream(move |p| async move { st.manager.run_create(plan, p).await })
+    let name = crate::audit::AuditTarget(plan.name().to_string());
+    let mut resp = ndjson::stream(move |p| async move { st.manager.run_create(plan, p).await });
+    resp.extensions_mut().insert(name);
+    resp
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{name}", params(("name" = String, Path)),
@@ -424,6 +450,7 @@ async fn inspect_workspace(
 
 #[utoipa::path(post, path = "/v1/workspaces/{name}/start", params(("name" = String, Path)),
     responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn start_workspace(
     State(st): State<AppState>,
@@ -496,6 +523,7 @@ async fn edit_egress(
 #[utoipa::path(patch, path = "/v1/workspaces/{name}/limits", params(("name" = String, Path)),
     request_body = LimitsRequest,
     responses((status = 200, body = Workspace), (status = 400, body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_limits(
     State(st): State<AppState>,

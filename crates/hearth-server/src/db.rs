@@ -37,10 +37,12 @@ use sqlx::{Postgres, Sqlite, SqlitePool};
 
 use hearth_api::WorkspaceState;
 
+pub mod audit;
 mod links;
 mod nodes;
 mod ports;
 mod prebuilds;
+pub mod quotas;
 pub mod scratch;
 mod servers;
 mod sessions;
@@ -49,6 +51,7 @@ mod users;
 pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
 pub use prebuilds::PrebuildRecord;
+pub use quotas::{QuotaExceeded, QuotaLimits, QuotaUsage};
 pub use servers::ServerRow;
 pub use sessions::{OidcLogin, SessionRecord};
 pub use users::{Removal, UserRecord};
@@ -152,6 +155,8 @@ pub enum StoreError {
     UserTaken(String),
     #[error("database error on users: {0}")]
     Users(#[source] sqlx::Error),
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
     #[error("database error on nodes: {0}")]
     Nodes(#[source] sqlx::Error),
     #[error("database error on workspace {id}: {source}")]
@@ -668,15 +673,25 @@ impl Store {
         let egress = egress_json(s)?;
         let inserted = with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(query_err(id))?;
-            // The owner stays while its new workspace goes in (users::delete_user).
-            sqlx::query(&format!(
-                "SELECT name FROM users WHERE name = $1{}",
-                p.for_share()
-            ))
-            .bind(&rec.owner)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err(id))?;
+            if quotas::is_counted(&s.name) {
+                // Locks the owner's row too: two creates cannot both take the last slot.
+                quotas::charge_quota!(
+                    p,
+                    tx,
+                    rec.owner.as_str(),
+                    QuotaUsage::new_workspace(&s.limits)
+                )?;
+            } else {
+                // The owner stays while its new workspace goes in (users::delete_user).
+                sqlx::query(&format!(
+                    "SELECT name FROM users WHERE name = $1{}",
+                    p.for_share()
+                ))
+                .bind(&rec.owner)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err(id))?;
+            }
             if revive {
                 sqlx::query("DELETE FROM deleted_workspaces WHERE id = $1")
                     .bind(id)

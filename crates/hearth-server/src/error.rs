@@ -44,6 +44,10 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
     }
+    /// A change that would take its owner past their quota (`hearth user quota`).
+    pub fn quota(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "quota_exceeded", m)
+    }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
     }
@@ -79,6 +83,7 @@ impl From<crate::db::StoreError> for ApiError {
             crate::db::StoreError::NameTaken(name) => ApiError::conflict(format!(
                 "workspace {name} already exists (hearth ls lists workspaces)"
             )),
+            crate::db::StoreError::Quota(q) => ApiError::quota(q.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -87,6 +92,9 @@ impl From<crate::db::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.info() };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::audit::AuditError(self.message));
+        resp
     }
 }

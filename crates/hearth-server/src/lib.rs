@@ -8,6 +8,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod contract;
 pub mod convert;
@@ -352,6 +353,16 @@ impl Server {
         self.manager.set_deleted_retention(keep);
     }
 
+    /// How long audit log entries are kept (zero: forever); the background gc prunes.
+    pub fn set_audit_retention(&self, keep: std::time::Duration) {
+        self.manager.audit_settings().set_retention(keep);
+    }
+
+    /// Proxies whose `X-Forwarded-For` names the client in the audit log.
+    pub fn set_trusted_proxies(&self, nets: Vec<ipnet::IpNet>) {
+        self.manager.audit_settings().set_trusted_proxies(nets);
+    }
+
     /// How long a node may go without a heartbeat before it is lost.
     pub fn set_node_lost_after(&self, d: std::time::Duration) {
         self.manager.fleet().set_lost_after(d);
@@ -435,7 +446,8 @@ impl Server {
     ) -> anyhow::Result<()> {
         let gateway = self.ssh.map(|gw| tokio::spawn(gw.serve()));
         let proxy = self.proxy.map(|p| tokio::spawn(p.serve()));
-        let res = axum::serve(self.listener, self.app)
+        let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
+        let res = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("http server failed");

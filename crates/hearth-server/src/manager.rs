@@ -30,6 +30,8 @@ pub mod idle;
 mod locks;
 pub mod ports;
 mod prebuilds;
+pub(crate) use prebuilds::PREBUILD_PREFIX;
+mod quotas;
 mod secrets;
 pub mod sessions;
 mod snapshots;
@@ -65,6 +67,13 @@ pub struct CreatePlan {
     /// A Dockerfile build's key for prebuilds ([`Manager::base_key`]), when one was
     /// looked for or is made.
     base_key: Option<String>,
+}
+
+impl CreatePlan {
+    /// The workspace's name (given, or made from the source).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// What a create made besides the workspace: what a prebuild of it records.
@@ -131,6 +140,8 @@ pub struct Manager {
     builds: build::Builds,
     /// What the scheduler reads of each node's placed workspaces (`manager/fleet.rs`).
     placement: fleet::PlacementView,
+    /// Trusted proxies and retention of the audit log ([`crate::audit`]).
+    audit: crate::audit::AuditSettings,
 }
 
 /// A fresh workspace id: 12 random hex digits. Ids enter here (and are checked again
@@ -252,6 +263,7 @@ impl Manager {
             me: std::sync::Weak::new(),
             builds: Default::default(),
             placement: Default::default(),
+            audit: Default::default(),
         }
     }
 
@@ -290,6 +302,10 @@ impl Manager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn audit_settings(&self) -> &crate::audit::AuditSettings {
+        &self.audit
     }
 
     async fn lock(&self, name: &str) -> NameGuard {
@@ -721,6 +737,10 @@ impl Manager {
                 "workspace {name} already exists (pick another with --name, or hearth rm {name})"
             )));
         }
+        if !opts.prebuild {
+            self.precheck_quota(&caller.id, &crate::db::QuotaUsage::new_workspace(&limits))
+                .await?;
+        }
         let devcontainer = self
             .plan_devcontainer(
                 &name,
@@ -1066,7 +1086,7 @@ impl Manager {
         }
         let mut started = None;
         if let Some(st) = plan_start(rec.state).map_err(ApiError::conflict)? {
-            self.set(&rec, st, None).await?;
+            self.set_starting(&rec, st).await?;
             match self.node.start(&rec.spec).await {
                 Ok(status) => {
                     self.set(&rec, WorkspaceState::Running, None).await?;
@@ -1270,7 +1290,7 @@ impl Manager {
         spec.limits = limits;
         // Recorded first: if we crash before the node is done, its next start finishes
         // growing the disk. A refused change puts the old limits back.
-        self.store.set_limits(&spec).await?;
+        self.record_limits(&rec, &spec).await?;
         if let Err(e) = self.node.set_limits(&spec).await {
             if let Err(re) = self.store.set_limits(&rec.spec).await {
                 tracing::error!(workspace = name, error = ?re.to_string(), "restoring the old limits failed");

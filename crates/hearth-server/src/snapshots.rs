@@ -81,6 +81,7 @@ pub(crate) async fn list_deleted(
     request_body = RestoreWorkspace,
     responses((status = 200, description = "the restored, running workspace", body = Workspace),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(crate) async fn restore_deleted(
     State(st): State<AppState>,
@@ -94,6 +95,7 @@ pub(crate) async fn restore_deleted(
 #[utoipa::path(post, path = "/v1/workspaces/{name}/fork", params(("name" = String, Path)),
     request_body = ForkWorkspace,
     responses((status = 200, description = "the new, running workspace", body = Workspace), (status = 400, body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn fork_workspace(
     State(st): State<AppState>,

@@ -694,6 +694,12 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/users"),
         ("post", "/v1/users"),
         ("delete", "/v1/users/{user}"),
+        ("get", "/v1/users/{user}/quota"),
+        ("put", "/v1/users/{user}/quota"),
+        ("delete", "/v1/users/{user}/quota"),
+        ("get", "/v1/quotas"),
+        ("put", "/v1/quotas/default"),
+        ("get", "/v1/audit"),
         ("get", "/v1/ssh-keys"),
         ("post", "/v1/ssh-keys"),
         ("delete", "/v1/ssh-keys/{key}"),
@@ -1830,4 +1836,409 @@ async fn dashboard_is_served_with_its_headers() {
             "public, max-age=31536000, immutable"
         );
     }
+}
+
+on_both_backends!(
+    quotas_refuse_growth_past_them,
+    concurrent_creates_cannot_both_take_the_last_slot,
+    audit_records_mutations_and_users_see_their_own,
+);
+
+/// Adds user `name` through the API; its token.
+async fn add_user(h: &Harness, name: &str) -> String {
+    let (s, v) = h
+        .json(
+            Method::POST,
+            "/v1/users",
+            Some(serde_json::json!({ "name": name })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// A JSON call with `token`.
+async fn json_as(
+    h: &Harness,
+    app: &axum::Router,
+    token: &str,
+    method: Method,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let req = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            b.body(Body::from(v.to_string())).unwrap()
+        }
+        None => b.body(Body::empty()).unwrap(),
+    };
+    let _ = h;
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let s = resp.status();
+    let streamed = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(NDJSON.as_bytes()));
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    if streamed {
+        // The stream's last line: `{"result": ...}` or `{"error": ...}`.
+        let last = bytes
+            .split(|c| *c == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap();
+        return (s, serde_json::from_slice(last).unwrap());
+    }
+    let v = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (s, v)
+}
+
+async fn quotas_refuse_growth_past_them(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
+    let create = |name: &'static str| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/v1/workspaces",
+                Some(TOKEN),
+                Some(serde_json::json!({"source": "/src/x", "name": name}).to_string()),
+            )
+            .await
+        }
+    };
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/quotas/default",
+            Some(serde_json::json!({"max_running": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(create("w1").await.0, StatusCode::OK);
+    // Refused before the stream starts: a plain 403 that says which quota and by how much.
+    let (s, body) = create("w2").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let e: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e.error.code, "quota_exceeded");
+    assert!(
+        e.error.message.starts_with(
+            "running workspace quota of user admin exceeded: 1 in use + 1 requested > 1"
+        ),
+        "{}",
+        e.error.message
+    );
+    assert!(h.manager.store().get("w2").await.unwrap().is_none());
+    h.json(Method::POST, "/v1/workspaces/w1/stop", None).await;
+    assert_eq!(create("w2").await.0, StatusCode::OK);
+    let (s, v) = h.json(Method::POST, "/v1/workspaces/w1/start", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(
+        h.manager.store().get("w1").await.unwrap().unwrap().state,
+        WorkspaceState::Stopped
+    );
+    let (s, v) = h.json(Method::GET, "/v1/users/admin/quota", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["source"], "default");
+    assert_eq!(v["usage"]["workspaces"], 2);
+    assert_eq!(v["usage"]["running"], 1);
+    assert_eq!(v["usage"]["memory_bytes"], Limits::default().memory_bytes);
+
+    // A user's own quota replaces the default; memory counts on resize of a running one.
+    let mem = Limits::default().memory_bytes;
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/users/admin/quota",
+            Some(serde_json::json!({"memory_bytes": mem + (1 << 30)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["source"], "user");
+    assert!(v["quota"]["max_running"].is_null());
+    let (s, v) = h
+        .json(
+            Method::PATCH,
+            "/v1/workspaces/w2/limits",
+            Some(serde_json::json!({"memory_bytes": mem + (2 << 30)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with(
+            "memory quota of user admin exceeded: 4 GiB in use + 2 GiB requested > 5 GiB"
+        ),
+        "{v}"
+    );
+    let rec = h.manager.store().get("w2").await.unwrap().unwrap();
+    assert_eq!(rec.spec.limits.memory_bytes, mem);
+    let (s, _) = h
+        .json(
+            Method::PATCH,
+            "/v1/workspaces/w2/limits",
+            Some(serde_json::json!({"memory_bytes": mem + (1 << 30)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Over the limit now (lowered): what does not grow still goes through.
+    h.json(
+        Method::PUT,
+        "/v1/users/admin/quota",
+        Some(serde_json::json!({"memory_bytes": 1u64 << 30})),
+    )
+    .await;
+    let (s, _) = h.json(Method::POST, "/v1/workspaces/w2/stop", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = h.json(Method::DELETE, "/v1/users/admin/quota", None).await;
+    assert_eq!((s, &v["source"]), (StatusCode::OK, &"default".into()));
+
+    // Users read their own quota only; only admins set quotas.
+    let bob = add_user(&h, "bob").await;
+    let (s, v) = json_as(&h, &h.app, &bob, Method::GET, "/v1/users/bob/quota", None).await;
+    assert_eq!((s, &v["quota"]["max_running"]), (StatusCode::OK, &1.into()));
+    let (s, _) = json_as(&h, &h.app, &bob, Method::GET, "/v1/users/admin/quota", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = json_as(
+        &h,
+        &h.app,
+        &bob,
+        Method::PUT,
+        "/v1/users/bob/quota",
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = json_as(&h, &h.app, &bob, Method::GET, "/v1/quotas", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = h.json(Method::GET, "/v1/quotas", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["default"]["max_running"], 1);
+    assert_eq!(v["users"].as_array().unwrap().len(), 2);
+    for (uri, body) in [
+        ("/v1/users/nobody/quota", serde_json::json!({})),
+        (
+            "/v1/users/bob/quota",
+            serde_json::json!({"disk_bytes": u64::MAX}),
+        ),
+        ("/v1/users/bob/quota", serde_json::json!({"disk": 1})),
+    ] {
+        let (s, v) = h.json(Method::PUT, uri, Some(body)).await;
+        assert!(
+            s == StatusCode::NOT_FOUND || s == StatusCode::BAD_REQUEST,
+            "{uri} {v}"
+        );
+    }
+    // A removed user's quota goes with them.
+    h.json(
+        Method::PUT,
+        "/v1/users/bob/quota",
+        Some(serde_json::json!({"max_workspaces": 1})),
+    )
+    .await;
+    let (s, _) = h.json(Method::DELETE, "/v1/users/bob", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let left = h.manager.store().quotas().await.unwrap();
+    assert!(left.iter().all(|(u, _)| u != "bob"), "{left:?}");
+}
+
+/// Creates from two servers on one database, at once: no more than the quota get in,
+/// the others are refused as over it.
+async fn concurrent_creates_cannot_both_take_the_last_slot(b: Backend) {
+    let h = harness_on(b, FakeNode::with_image("debian")).await;
+    let carol = add_user(&h, "carol").await;
+    let (s, v) = h
+        .json(
+            Method::PUT,
+            "/v1/users/carol/quota",
+            Some(serde_json::json!({"max_workspaces": 3})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A second server: its own pool and manager (and creation lock) on the same database.
+    let other = Arc::new(Manager::new(h._db.store().await, Arc::new(h.node.clone())));
+    let app2 = router(AppState {
+        manager: other,
+        rate: Default::default(),
+        uploads: crate::uploads::Uploads {
+            dir: h._db.dir.path().join("uploads"),
+            max: 1 << 20,
+        },
+        ssh: Default::default(),
+        metrics: Default::default(),
+        links: Arc::new(crate::links::Links::new(h._db.dir.path().join("uploads"))),
+        auth: Default::default(),
+    });
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let app = if i % 2 == 0 { &h.app } else { &app2 };
+        let body = serde_json::json!({"source": "/src/x", "name": format!("c{i}")});
+        tasks.push(json_as(
+            &h,
+            app,
+            &carol,
+            Method::POST,
+            "/v1/workspaces",
+            Some(body),
+        ));
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    let mut made = 0;
+    for (s, v) in &results {
+        if *s == StatusCode::OK && v.get("result").is_some() {
+            made += 1;
+            continue;
+        }
+        // Refused up front (403) or, when the check under the lock caught it, as the
+        // stream's last line.
+        let code = v["error"]["code"].as_str().unwrap_or_default();
+        assert_eq!(code, "quota_exceeded", "{s} {v}");
+    }
+    assert_eq!(made, 3, "{results:?}");
+    let usage = h.manager.store().usage("carol").await.unwrap();
+    assert_eq!(usage.workspaces, 3);
+}
+
+/// Polls the audit log (streamed calls are written once their body is gone).
+async fn audit_until(
+    h: &Harness,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    for _ in 0..500 {
+        let (s, v) = h.json(Method::GET, "/v1/audit?limit=1000", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let all = v.as_array().unwrap().clone();
+        if pred(&all) {
+            return all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the audit log never showed what was expected");
+}
+
+async fn audit_records_mutations_and_users_see_their_own(b: Backend) {
+    let node = FakeNode::with_image("debian");
+    let h = harness_on(b, node.clone()).await;
+    let bob = add_user(&h, "bob").await;
+    let (s, _) = h.json(Method::POST, "/v1/workspaces/nope/stop", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/workspaces/nope/stop",
+            Some("wrong"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    h.json(Method::GET, "/v1/workspaces", None).await;
+    let (s, v) = json_as(
+        &h,
+        &h.app,
+        &bob,
+        Method::POST,
+        "/v1/workspaces",
+        Some(serde_json::json!({"source": "/src/bobs"})),
+    )
+    .await;
+    assert!(s == StatusCode::OK && v.get("result").is_some(), "{v}");
+    node.st().fail_create = true;
+    let (_, v) = json_as(
+        &h,
+        &h.app,
+        &bob,
+        Method::POST,
+        "/v1/workspaces",
+        Some(serde_json::json!({"source": "/src/broken", "name": "broken"})),
+    )
+    .await;
+    assert!(v.get("error").is_some(), "{v}");
+
+    let all = audit_until(&h, |all| {
+        all.iter()
+            .any(|e| e["target"] == "broken" && e["ok"] == false)
+    })
+    .await;
+    let one = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        all.iter()
+            .find(|e| pred(e))
+            .unwrap_or_else(|| panic!("{all:#?}"))
+            .clone()
+    };
+    let e = one(&|e| e["status"] == 404);
+    assert_eq!(e["user"], "admin");
+    assert_eq!(e["action"], "POST /v1/workspaces/{name}/stop");
+    assert_eq!(e["target"], "nope");
+    assert_eq!(e["ok"], false);
+    assert!(e["error"].as_str().unwrap().contains("not found"), "{e}");
+    let e = one(&|e| e["status"] == 401);
+    assert!(e["user"].is_null(), "{e}");
+    let e = one(&|e| e["action"] == "POST /v1/users");
+    assert_eq!((&e["target"], &e["ok"]), (&"bob".into(), &true.into()));
+    let e = one(&|e| e["target"] == "bobs");
+    assert_eq!((&e["user"], &e["ok"]), (&"bob".into(), &true.into()));
+    let e = one(&|e| e["target"] == "broken");
+    assert_eq!(e["user"], "bob");
+    assert!(e["error"].as_str().unwrap().contains("cannot clone"), "{e}");
+    assert!(all.iter().all(|e| e["action"] != "GET /v1/workspaces"));
+    // Newest first.
+    let ids: Vec<&str> = all.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    // No token in any entry.
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains(&bob) && !text.contains(TOKEN));
+
+    // Bob sees his own only; filters and paging.
+    let (s, v) = json_as(&h, &h.app, &bob, Method::GET, "/v1/audit", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mine = v.as_array().unwrap();
+    assert_eq!(mine.len(), 2, "{v}");
+    assert!(mine.iter().all(|e| e["user"] == "bob"));
+    let (s, _) = json_as(&h, &h.app, &bob, Method::GET, "/v1/audit?user=admin", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = h
+        .json(Method::GET, "/v1/audit?user=bob&limit=1", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let page = v.as_array().unwrap();
+    assert_eq!(page.len(), 1);
+    let before = page[0]["id"].as_str().unwrap();
+    let (_, v) = h
+        .json(
+            Method::GET,
+            &format!("/v1/audit?user=bob&before={before}"),
+            None,
+        )
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    for bad in [
+        "since=yesterday",
+        "limit=0",
+        "limit=1001",
+        "user=Bob",
+        "what=1",
+    ] {
+        let (s, _) = h.json(Method::GET, &format!("/v1/audit?{bad}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (_, v) = h
+        .json(Method::GET, "/v1/audit?since=2999-01-01T00:00:00Z", None)
+        .await;
+    assert_eq!(v, serde_json::json!([]));
+    // Retention: entries older than it go at the gc.
+    assert_eq!(
+        h.manager
+            .store()
+            .prune_audit("2999-01-01T00:00:00Z")
+            .await
+            .unwrap() as usize,
+        all.len()
+    );
 }

@@ -3,10 +3,11 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use hearth_api::{CreateUser, ErrorBody, NewUser, User};
+use hearth_api::{CreateUser, ErrorBody, NewUser, Quota, Quotas, User, UserQuota};
 
+use crate::audit::AuditTarget;
 use crate::auth::{Admin, Caller};
 use crate::error::ApiError;
 use crate::state::{ApiJson, AppState};
@@ -16,6 +17,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/me", get(me))
         .route("/v1/users", get(list_users).post(create_user))
         .route("/v1/users/{user}", delete(remove_user))
+        .route(
+            "/v1/users/{user}/quota",
+            get(user_quota).put(set_user_quota).delete(reset_user_quota),
+        )
+        .route("/v1/quotas", get(list_quotas))
+        .route("/v1/quotas/default", put(set_default_quota))
 }
 
 /// The user the token belongs to.
@@ -46,9 +53,11 @@ pub(crate) async fn create_user(
     State(st): State<AppState>,
     _: Admin,
     ApiJson(req): ApiJson<CreateUser>,
-) -> Result<(StatusCode, Json<NewUser>), ApiError> {
+) -> Result<(StatusCode, Extension<AuditTarget>, Json<NewUser>), ApiError> {
+    let name = AuditTarget(req.name.clone());
     Ok((
         StatusCode::CREATED,
+        Extension(name),
         Json(st.manager.create_user(req).await?),
     ))
 }
@@ -88,4 +97,67 @@ pub(crate) async fn remove_user(
         .remove_user(&caller, &user, q.reassign_to.as_deref())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user's quota in force and their usage: admins ask of anyone, a user of themselves.
+#[utoipa::path(get, path = "/v1/users/{user}/quota", params(("user" = String, Path)),
+    responses((status = 200, body = UserQuota), (status = 400, body = ErrorBody),
+        (status = 404, description = "no such user (or not the caller, for a non-admin)",
+            body = ErrorBody)))]
+pub(crate) async fn user_quota(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> Result<Json<UserQuota>, ApiError> {
+    Ok(Json(st.manager.user_quota(&caller, &user).await?))
+}
+
+/// Replaces a user's own quota (admins only); null or missing fields: no limit. Usage
+/// already above a new limit stays: only what would grow it is refused (403
+/// `quota_exceeded` on create, start, fork, restore and resize).
+#[utoipa::path(put, path = "/v1/users/{user}/quota", params(("user" = String, Path)),
+    request_body = Quota,
+    responses((status = 200, body = UserQuota), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn set_user_quota(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<Quota>,
+) -> Result<Json<UserQuota>, ApiError> {
+    Ok(Json(st.manager.set_user_quota(&user, &req).await?))
+}
+
+/// Drops a user's own quota, so the default applies to them again (admins only).
+#[utoipa::path(delete, path = "/v1/users/{user}/quota", params(("user" = String, Path)),
+    responses((status = 200, body = UserQuota), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn reset_user_quota(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(user): Path<String>,
+) -> Result<Json<UserQuota>, ApiError> {
+    Ok(Json(st.manager.reset_user_quota(&user).await?))
+}
+
+/// The default quota and every user's quota and usage (admins only).
+#[utoipa::path(get, path = "/v1/quotas",
+    responses((status = 200, body = Quotas), (status = 403, body = ErrorBody)))]
+pub(crate) async fn list_quotas(
+    State(st): State<AppState>,
+    _: Admin,
+) -> Result<Json<Quotas>, ApiError> {
+    Ok(Json(st.manager.quotas().await?))
+}
+
+/// Replaces the default quota, for users without one of their own (admins only).
+#[utoipa::path(put, path = "/v1/quotas/default", request_body = Quota,
+    responses((status = 200, body = Quota), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub(crate) async fn set_default_quota(
+    State(st): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<Quota>,
+) -> Result<Json<Quota>, ApiError> {
+    Ok(Json(st.manager.set_default_quota(&req).await?))
 }

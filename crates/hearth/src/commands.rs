@@ -14,12 +14,14 @@ mod join;
 mod nodes;
 mod ports;
 mod prebuilds;
+mod quotas;
 mod secrets;
 mod snapshots;
 mod ssh;
 mod users;
 
 pub use nodes::parse_labels;
+pub use quotas::{QuotaChange, QuotaValue};
 
 /// The verbs that talk to a server.
 pub struct Commands {

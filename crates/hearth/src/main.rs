@@ -294,6 +294,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SecretCmd,
     },
+    /// Show the audit log, newest first: API changes, SSH logins, port visibility
+    /// (admins see everyone's entries, users their own).
+    Audit {
+        /// Only this user's entries.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries since then: an RFC 3339 time or a duration ago (1h, 7d).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_since)]
+        since: Option<String>,
+        /// How many entries (1..=1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Entries before this entry id (the next page).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Offline maintenance.
     Admin {
         #[command(subcommand)]
@@ -560,6 +578,32 @@ enum UserCmd {
         /// is not removed).
         #[arg(long, value_name = "USER")]
         reassign_to: Option<String>,
+    },
+    /// Show or set a user's quota (admins; anyone may see their own): workspaces,
+    /// running ones, total memory of running ones and total disk. A limit of `none`
+    /// lifts it; limits not given keep their value.
+    Quota {
+        /// The user (default: you).
+        #[arg(conflicts_with = "default")]
+        user: Option<String>,
+        /// The default quota, for users without one of their own.
+        #[arg(long)]
+        default: bool,
+        #[arg(long, value_name = "N|none", value_parser = parse_quota_count)]
+        max_workspaces: Option<commands::QuotaValue>,
+        #[arg(long, value_name = "N|none", value_parser = parse_quota_count)]
+        max_running: Option<commands::QuotaValue>,
+        /// Total memory limit of the user's running workspaces (e.g. 8G).
+        #[arg(long, value_name = "SIZE|none", value_parser = parse_quota_size)]
+        memory: Option<commands::QuotaValue>,
+        /// Total disk size of all the user's workspaces (e.g. 100G).
+        #[arg(long, value_name = "SIZE|none", value_parser = parse_quota_size)]
+        disk: Option<commands::QuotaValue>,
+        /// Drop the user's own quota: the default applies to them again.
+        #[arg(long, conflicts_with_all = ["default", "max_workspaces", "max_running", "memory", "disk"])]
+        reset: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Show, set or unset your dotfiles repository: new workspaces clone it to
     /// ~/dotfiles and run its install script (else link its dotfiles into ~).
@@ -847,7 +891,45 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     c.user_remove(name, reassign_to.as_deref()).await?
                 }
                 UserCmd::Dotfiles { repo, unset } => c.dotfiles(repo.as_deref(), *unset).await?,
+                UserCmd::Quota {
+                    user,
+                    default,
+                    max_workspaces,
+                    max_running,
+                    memory,
+                    disk,
+                    reset,
+                    json,
+                } => {
+                    let change = commands::QuotaChange {
+                        max_workspaces: *max_workspaces,
+                        max_running: *max_running,
+                        memory: *memory,
+                        disk: *disk,
+                    };
+                    if *default {
+                        c.default_quota(change, *json).await?
+                    } else {
+                        c.user_quota(user.as_deref(), change, *reset, *json).await?
+                    }
+                }
             }
+            Ok(0)
+        }
+        Cmd::Audit {
+            user,
+            since,
+            limit,
+            before,
+            json,
+        } => {
+            let filter = hearth_api::client::AuditFilter {
+                user: user.clone(),
+                since: since.clone(),
+                before: before.clone(),
+                limit: Some(*limit),
+            };
+            client()?.audit(&filter, *json).await?;
             Ok(0)
         }
         Cmd::Node { cmd: Some(cmd), .. } => {
@@ -1279,6 +1361,40 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A quota count, or `none` (no limit).
+fn parse_quota_count(s: &str) -> Result<commands::QuotaValue, String> {
+    match s.trim() {
+        "none" | "unlimited" => Ok(commands::QuotaValue(None)),
+        t => t
+            .parse()
+            .map(|n| commands::QuotaValue(Some(n)))
+            .map_err(|_| format!("{s:?} is not a count or none")),
+    }
+}
+
+/// A quota size (`8G`), or `none` (no limit).
+fn parse_quota_size(s: &str) -> Result<commands::QuotaValue, String> {
+    match s.trim() {
+        "none" | "unlimited" => Ok(commands::QuotaValue(None)),
+        t => parse_size(t).map(|n| commands::QuotaValue(Some(n))),
+    }
+}
+
+/// `--since`: an RFC 3339 time as it is, or a duration ago as one.
+fn parse_since(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    if time::OffsetDateTime::parse(t, rfc3339).is_ok() {
+        return Ok(t.to_string());
+    }
+    let ago = humantime::parse_duration(t).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration (1h, 7d)")
+    })?;
+    let at = time::OffsetDateTime::now_utc()
+        - time::Duration::try_from(ago).map_err(|_| format!("{s:?} is too long ago"))?;
+    at.format(rfc3339).map_err(|e| e.to_string())
 }
 
 /// A duration: `30m`, `2h 30m`, `45s` (humantime units), or bare seconds (`90`, `0`).

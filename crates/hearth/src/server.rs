@@ -89,6 +89,14 @@ pub struct ServerArgs {
     /// are off.
     #[arg(long, value_name = "FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// How long the audit log (`hearth audit`) keeps entries (e.g. 90d, 12h; 0 keeps
+    /// them forever); the background store gc prunes older ones.
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "90d")]
+    audit_retention: std::time::Duration,
+    /// A reverse proxy (address or CIDR; repeatable) whose `X-Forwarded-For` header names
+    /// the client in the audit log. From anyone else the header is ignored.
+    #[arg(long, value_name = "ADDR", value_parser = parse_net)]
+    trusted_proxy: Vec<ipnet::IpNet>,
     /// Image of the builder workspaces Dockerfile builds run in (`scripts/make-image.sh
     /// builder`, loaded beforehand).
     #[arg(long, value_name = "REF", default_value = hearth_server::manager::build::DEFAULT_BUILDER_IMAGE)]
@@ -477,6 +485,8 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     };
     let mut server = Server::bind_fleet(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
+    server.set_audit_retention(args.audit_retention);
+    server.set_trusted_proxies(args.trusted_proxy.clone());
     server.set_node_lost_after(args.node_lost_after);
     server.set_default_image(args.default_image.clone());
     if let Some(f) = &args.webhook_secret_file {
@@ -566,4 +576,15 @@ pub async fn teardown(
         data_dir.display()
     );
     Ok(())
+}
+
+/// An address (`10.0.0.5`) or a network (`10.0.0.0/8`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<ipnet::IpNet>() {
+        return Ok(n.trunc());
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not an address or CIDR network (10.0.0.5, 10.0.0.0/8)"))
 }

@@ -25,10 +25,17 @@ const CONFIG: &str = r#"
 [[operations]]
 include-name = "POST /v1/nodes/join"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409"]
-# source/path must name an existing git repository / image on the server host
+# source/path must name an existing git repository / image on the server host; a create
+# is refused (403) past the quota the fuzzer may have set with PUT /v1/quotas/default
 [[operations]]
 include-name-regex = "^POST /v1/(workspaces|images/load|prebuilds)$"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+
+# since must be a time the server can read (RFC 3339); not every generator honours the
+# date-time format
+[[operations]]
+include-name = "GET /v1/audit"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403"]
 
 # the body is any bytes; only a real archive loads
 [[operations]]

@@ -173,6 +173,7 @@ impl Store {
                 ("prebuilds", "owner"),
                 ("sessions", "user_name"),
                 ("oidc_identities", "user_name"),
+                ("quotas", "user_name"),
             ] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
                     .bind(name)

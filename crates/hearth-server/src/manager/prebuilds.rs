@@ -104,7 +104,7 @@ fn prebuild_name(series: &WorkspaceId) -> String {
     format!("{PREBUILD_PREFIX}{}", &series.as_str()[..12])
 }
 
-const PREBUILD_PREFIX: &str = "prebuild-";
+pub(crate) const PREBUILD_PREFIX: &str = "prebuild-";
 
 /// Refuses a user-chosen workspace name a prebuild would take (`prebuild-` and 12 hex
 /// digits): a series' name follows from its owner and repository, so anyone could

@@ -268,6 +268,7 @@ impl Manager {
     /// for nothing and then be refused): this round is skipped, the next one runs.
     pub async fn background_gc(&self) {
         self.expire_deleted().await;
+        self.prune_audit().await;
         self.gc_build_images().await;
         match self.node.store_gc(None).await {
             Ok(r) => tracing::info!(

@@ -44,6 +44,8 @@ pub struct Conn {
     peer: SocketAddr,
     /// Workspace and user, once a key was verified.
     login: Option<(String, Caller)>,
+    /// A refused login of this connection is in the audit log already.
+    refusal_audited: bool,
     ctx: Option<Arc<Ctx>>,
     /// `-R` listeners by (address, port) as the client named them.
     forwards: HashMap<(String, u32), JoinHandle<()>>,
@@ -58,10 +60,32 @@ impl Conn {
             manager,
             peer,
             login: None,
+            refusal_audited: false,
             ctx: None,
             forwards: HashMap::new(),
             in_use: None,
         }
+    }
+
+    /// Records a login to workspace `workspace` in the audit log: `caller` when it was
+    /// accepted, else a refusal (whose key's owner, if any, is not told apart).
+    async fn audit_login(&self, workspace: &str, caller: Option<&Caller>) {
+        let mut e = crate::db::audit::AuditRecord::new("ssh.login");
+        e.user = caller.map(|c| c.id.to_string());
+        // What the client sent as its user name; kept short and printable.
+        e.target = Some(
+            workspace
+                .chars()
+                .take(64)
+                .filter(|c| !c.is_control())
+                .collect(),
+        );
+        e.peer = Some(self.peer.ip().to_string());
+        e.ok = caller.is_some();
+        if caller.is_none() {
+            e.error = Some("no key of a user who may use this workspace".into());
+        }
+        self.manager.audit(e).await;
     }
 
     /// The user the key belongs to, if that user may use workspace `user` (the same
@@ -196,7 +220,14 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         Ok(match self.authorize(user, offer.public_key).await {
             Some(_) => Auth::Accept,
-            None => Auth::reject(),
+            None => {
+                // A client offers its keys in turn: one entry per connection, not per key.
+                if !self.refusal_audited {
+                    self.refusal_audited = true;
+                    self.audit_login(user, None).await;
+                }
+                Auth::reject()
+            }
         })
     }
 
@@ -208,11 +239,16 @@ impl russh::server::Handler for Conn {
         match self.authorize(user, key.public_key).await {
             Some(caller) => {
                 tracing::info!(peer = %self.peer, workspace = user, user = %caller.id, "ssh login");
+                self.audit_login(user, Some(&caller)).await;
                 self.login = Some((user.to_string(), caller));
                 Ok(Auth::Accept)
             }
             None => {
                 tracing::info!(peer = %self.peer, workspace = user, "ssh login refused");
+                if !self.refusal_audited {
+                    self.refusal_audited = true;
+                    self.audit_login(user, None).await;
+                }
                 Ok(Auth::reject())
             }
         }

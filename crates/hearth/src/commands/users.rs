@@ -1,7 +1,8 @@
-//! `hearth user add|ls|rm`.
+//! `hearth user add|ls|rm` (`hearth user quota` is in quotas.rs).
 
 use hearth_api::CreateUser;
 
+use super::quotas::{quota_columns, QUOTA_HEADER};
 use super::{print_table, Commands};
 
 impl Commands {
@@ -30,17 +31,26 @@ impl Commands {
             println!("{}", serde_json::to_string_pretty(&users)?);
             return Ok(());
         }
+        let quotas = self.api.quotas().await?.users;
         let rows: Vec<Vec<String>> = users
             .iter()
             .map(|u| {
-                vec![
+                let mut row = vec![
                     u.name.clone(),
                     if u.admin { "yes" } else { "no" }.to_string(),
                     u.created_at.clone(),
-                ]
+                ];
+                match quotas.iter().find(|q| q.user == u.name) {
+                    Some(q) => row.extend(quota_columns(q)),
+                    // Added since the first call.
+                    None => row.extend(std::iter::repeat_n("?".to_string(), QUOTA_HEADER.len())),
+                }
+                row
             })
             .collect();
-        print_table(&["NAME", "ADMIN", "CREATED"], &rows);
+        let mut header = vec!["NAME", "ADMIN", "CREATED"];
+        header.extend(QUOTA_HEADER);
+        print_table(&header, &rows);
         Ok(())
     }
 
