@@ -1,6 +1,67 @@
 import { useState } from "preact/hooks";
 import * as api from "./api";
+import { QuotaForm, quotaText, type Quota, type UserQuota } from "./audit";
 import { ago, bytes, StatusLine, useAction, usePoll } from "./util";
+
+/** Quotas: the default and each user's, with their use (GET /v1/quotas). */
+function Quotas() {
+  const quotas = usePoll(() => api.get<{ default: Quota; users: UserQuota[] }>("/v1/quotas"), 10000);
+  const { p, run, busy } = useAction();
+  const [editing, setEditing] = useState<string | undefined>(undefined);
+  const save = async (what: string, f: () => Promise<unknown>) => {
+    const ok = await run(`Saving ${what}…`, `${what} saved`, f);
+    if (ok) setEditing(undefined);
+    quotas.reload();
+  };
+  return (
+    <section aria-labelledby="quotas-h">
+      <h2 id="quotas-h">Quotas</h2>
+      {quotas.error && <p role="alert" class="status error">Cannot read the quotas: {quotas.error}</p>}
+      {quotas.data && (
+        <>
+          <h3>Default (users without their own; empty: no limit)</h3>
+          <QuotaForm
+            id="q-default"
+            label="Default quota"
+            initial={quotas.data.default}
+            busy={busy}
+            onSave={(q) => save("The default quota", () => api.call("PUT", "/v1/quotas/default", q))}
+          />
+          <ul class="ports">
+            {quotas.data.users.map((u) => (
+              <li key={u.user}>
+                <strong>{u.user}</strong> ({u.source === "user" ? "own quota" : "default"}): {quotaText(u)}{" "}
+                <button type="button" class="small secondary" disabled={busy} onClick={() => setEditing(editing === u.user ? undefined : u.user)}>
+                  Edit {u.user}'s quota
+                </button>
+                {u.source === "user" && (
+                  <button
+                    type="button"
+                    class="small secondary"
+                    disabled={busy}
+                    onClick={() => save(`${u.user}'s quota`, () => api.call("DELETE", `/v1/users/${api.enc(u.user)}/quota`))}
+                  >
+                    Use the default for {u.user}
+                  </button>
+                )}
+                {editing === u.user && (
+                  <QuotaForm
+                    id={`q-${u.user}`}
+                    label={`${u.user}'s quota`}
+                    initial={u.quota}
+                    busy={busy}
+                    onSave={(q) => save(`${u.user}'s quota`, () => api.call("PUT", `/v1/users/${api.enc(u.user)}/quota`, q))}
+                  />
+                )}
+              </li>
+            ))}
+          </ul>
+        </>
+      )}
+      <StatusLine p={p} />
+    </section>
+  );
+}
 
 export function AdminUsers({ me }: { me: api.User }) {
   const users = usePoll(() => api.get<api.User[]>("/v1/users"), 10000);
@@ -79,6 +140,7 @@ export function AdminUsers({ me }: { me: api.User }) {
         </button>
       </form>
       <StatusLine p={p} />
+      <Quotas />
       {token && (
         <div class="card">
           <p>

@@ -1,5 +1,5 @@
 // The Hearth dashboard: a single page over the REST API, routed by the URL's hash
-// (#/, #/new, #/w/NAME, #/w/NAME/terminal, #/account, #/admin/users, #/admin/images).
+// (#/, #/new, #/w/NAME, #/w/NAME/terminal, #/account, #/audit, #/admin/users, #/admin/images).
 
 import "@xterm/xterm/css/xterm.css";
 import "./style.css";
@@ -10,6 +10,7 @@ import * as api from "./api";
 import * as auth from "./auth";
 import { Account } from "./account";
 import { AdminImages, AdminUsers } from "./admin";
+import { AuditLog } from "./audit";
 import { NewWorkspace } from "./create";
 import { SignIn } from "./signin";
 import { TerminalPage } from "./terminal-page";
@@ -81,6 +82,7 @@ function App() {
   else if (page === "w" && a && b === "terminal") body = <TerminalPage name={a} />;
   else if (page === "w" && a) body = <WorkspacePage name={a} me={me} />;
   else if (page === "account") body = <Account me={me} />;
+  else if (page === "audit") body = <AuditLog me={me} />;
   else if (page === "admin" && a === "users" && me.admin) body = <AdminUsers me={me} />;
   else if (page === "admin" && a === "images" && me.admin) body = <AdminImages />;
   else if (page && page !== "workspaces") body = <p role="alert">No such page: {location.hash}. <a href="#/">Back to your workspaces</a>.</p>;
@@ -99,6 +101,7 @@ function App() {
           <a href="#/new" aria-current={current("#/new")}>New workspace</a>
           {me.admin && <a href="#/admin/users" aria-current={current("#/admin/users")}>Users</a>}
           {me.admin && <a href="#/admin/images" aria-current={current("#/admin/images")}>Images</a>}
+          {me.admin && <a href="#/audit" aria-current={current("#/audit")}>Audit log</a>}
         </nav>
         <div class="who">
           <a href="#/account" aria-current={current("#/account")}>

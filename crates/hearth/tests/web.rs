@@ -376,6 +376,20 @@ async fn dashboard_in_headless_chromium() {
     p.goto("#/admin/users").await;
     p.text_appears("alice in the user list", "alice").await;
     p.check("admin-users").await;
+    // Quotas: alice gets one of her own, saved through the form.
+    p.click_button("Edit alice's quota").await;
+    p.fill("#q-alice-ws", "3").await;
+    p.fill("#q-alice-mem", "2").await;
+    p.click("form[aria-label=\"alice's quota\"] button[type=submit]")
+        .await;
+    p.text_appears("the quota saved", "alice's quota saved")
+        .await;
+    p.text_appears("alice's own quota", "alice (own quota)")
+        .await;
+    let q: Value = serde_json::from_str(&s.ok(&["user", "quota", "alice", "--json"])).unwrap();
+    assert_eq!(q["quota"]["max_workspaces"], 3, "{q}");
+    assert_eq!(q["quota"]["memory_bytes"], 2u64 << 30, "{q}");
+    p.check("admin-users-quota").await;
     p.goto("#/admin/images").await;
     p.text_appears("the busybox image", "busybox").await;
     p.check("admin-images").await;
@@ -576,6 +590,19 @@ async fn dashboard_in_headless_chromium() {
         !s.workspace_names().contains(&"webws".to_string()),
         "webws is still there"
     );
+
+    // The audit log names what alice did from the browser, and where from.
+    sign_out(&p).await;
+    sign_in(&p, admin_token.trim(), "admin").await;
+    p.goto("#/audit").await;
+    p.fill("#audit-user", "alice").await;
+    p.click_button("Filter").await;
+    p.until(
+        "alice's removal in the audit log",
+        "Array.from(document.querySelectorAll('tbody tr')).some(r => r.innerText.includes('DELETE') && r.innerText.includes('webws') && r.innerText.includes('127.0.0.1'))",
+    )
+    .await;
+    p.check("audit").await;
 
     p.c.clone().close().await.unwrap();
 }
