@@ -143,9 +143,10 @@ fn egress_rules() -> utoipa::openapi::schema::Array {
 pub struct ListWorkspaces {
     /// At most this many workspaces, 1 to [`MAX_PAGE`]; a shorter page is the last.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Only names after this one (byte order, as the list is sorted): the last name of
-    /// the previous page.
+    /// the previous page. Without `limit`, the page is [`MAX_PAGE`] long.
     #[serde(default)]
     pub after: Option<String>,
 }

@@ -369,9 +369,7 @@ async fn list_workspaces(
                 "limit {other}: ask for 1 to {MAX_PAGE} workspaces a page"
             )))
         }
-        None if q.after.is_some() => {
-            return Err(ApiError::invalid("after needs a limit"));
-        }
+        None if q.after.is_some() => Some((q.after, MAX_PAGE)),
         None => None,
     };
     Ok(Json(st.manager.list(&caller, page).await?))

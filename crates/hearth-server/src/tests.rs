@@ -434,7 +434,10 @@ async fn list_pages_by_name(b: Backend) {
         .json(Method::GET, "/v1/workspaces?limit=2&after=e", None)
         .await;
     assert_eq!(names(&p4), Vec::<String>::new());
-    for bad in ["limit=0", "limit=1001", "after=a", "limit=x"] {
+    // `after` alone is a page of the largest size.
+    let (_, p5) = h.json(Method::GET, "/v1/workspaces?after=c", None).await;
+    assert_eq!(names(&p5), ["d", "e"]);
+    for bad in ["limit=0", "limit=1001", "limit=x"] {
         let (s, v) = h
             .json(Method::GET, &format!("/v1/workspaces?{bad}"), None)
             .await;
