@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh           what `hearth server` and the build need
 #   scripts/install-deps.sh --test    plus what the tests use (registry, skopeo, OpenSSH client,
 #                                     PostgreSQL, moto, schemathesis, the devcontainer reference CLI,
-#                                     headless Chromium and chromedriver)
+#                                     headless Chromium and chromedriver, the oidc-provider
+#                                     OpenID provider)
 #   scripts/install-deps.sh --bench   plus podman for `hearth bench --podman`, sshd for `--ssh`
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "error: installing packages needs root: sudo $0${*:+ $*}" >&2; exit 1; }
@@ -61,4 +62,17 @@ if [[ "${1:-}" == --test ]] && [[ "$(devcontainer --version 2>/dev/null)" != "$d
   ((node_major >= 20)) || { echo "error: @devcontainers/cli needs node >= 20 (found ${node_major}): install nodejs 20 (NodeSource) and rerun" >&2; exit 1; }
   echo "installing @devcontainers/cli@$devcontainer_cli (npm)"
   npm install -g -q "@devcontainers/cli@$devcontainer_cli" >/dev/null
+fi
+# A real OpenID provider for crates/hearth/tests/oidc.rs (npm's oidc-provider, at the
+# versions the vendored lockfile pins), installed outside the repository; the test links
+# its node_modules beside a copy of the provider script.
+oidc_src="$(cd "$(dirname "$0")/.." && pwd)/crates/hearth/tests/data/oidc-provider"
+oidc_dir=/opt/hearth-test-oidc
+if [[ "${1:-}" == --test ]] && ! cmp -s "$oidc_src/package-lock.json" "$oidc_dir/package-lock.json"; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  ((node_major >= 20)) || { echo "error: oidc-provider needs node >= 20 (found ${node_major}): install nodejs 20 (NodeSource) and rerun" >&2; exit 1; }
+  echo "installing oidc-provider (npm) into $oidc_dir"
+  mkdir -p "$oidc_dir"
+  cp "$oidc_src/package.json" "$oidc_src/package-lock.json" "$oidc_dir/"
+  (cd "$oidc_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -139,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::links::public_routes())
         .merge(crate::sessions::public_routes())
         .merge(crate::web::routes())
+        .merge(crate::oidc::routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

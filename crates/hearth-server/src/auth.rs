@@ -176,6 +176,7 @@ pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_s
 #[derive(Debug)]
 pub struct AuthState {
     settings: std::sync::RwLock<SessionSettings>,
+    oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +198,7 @@ impl Default for AuthState {
                 https: false,
                 token_login: true,
             }),
+            oidc: Default::default(),
         }
     }
 }
@@ -211,6 +213,15 @@ impl AuthState {
 
     pub fn set_settings(&self, s: SessionSettings) {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// The identity provider, once configured (at server start).
+    pub fn oidc(&self) -> Option<&Arc<crate::oidc::Oidc>> {
+        self.oidc.get()
+    }
+
+    pub fn set_oidc(&self, oidc: Arc<crate::oidc::Oidc>) {
+        let _ = self.oidc.set(oidc);
     }
 
     /// Whether cookies set in answer to a request with `headers` are `Secure`.

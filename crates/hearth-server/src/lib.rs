@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod ndjson;
 pub mod nodes;
+pub mod oidc;
 pub mod ports;
 pub mod prebuilds;
 pub mod proxy;
@@ -366,6 +367,17 @@ impl Server {
     /// How long a node may go without a heartbeat before it is lost.
     pub fn set_node_lost_after(&self, d: std::time::Duration) {
         self.manager.fleet().set_lost_after(d);
+    }
+
+    /// Signs browsers in through the OpenID Connect provider `cfg` names: discovers it
+    /// now (failing if it cannot be reached) and serves `/auth/login` and `/auth/callback`.
+    pub async fn set_oidc(&self, cfg: oidc::OidcConfig) -> anyhow::Result<()> {
+        let issuer = cfg.issuer.clone();
+        let provider = oidc::Oidc::discover(cfg)
+            .await
+            .with_context(|| format!("cannot use the identity provider {issuer}"))?;
+        self.auth.set_oidc(Arc::new(provider));
+        Ok(())
     }
 
     /// How browser sessions behave (see [`auth`]).

@@ -34,7 +34,7 @@ pub(crate) fn routes() -> Router<AppState> {
 pub(crate) async fn auth_methods(State(st): State<AppState>) -> Json<AuthMethods> {
     Json(AuthMethods {
         token: st.auth.settings().token_login,
-        oidc_login: None,
+        oidc_login: st.auth.oidc().map(|_| crate::oidc::LOGIN_PATH.to_string()),
     })
 }
 
@@ -53,9 +53,10 @@ pub(crate) async fn create_session(
     ApiJson(req): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
     if !st.auth.settings().token_login {
-        return Err(ApiError::forbidden(
-            "this server signs browsers in through its identity provider: go to /auth/login",
-        ));
+        return Err(ApiError::forbidden(format!(
+            "this server signs browsers in through its identity provider: go to {}",
+            crate::oidc::LOGIN_PATH
+        )));
     }
     let Some(caller) = st.manager.authenticate(&req.token).await? else {
         return Err(ApiError::unauthorized("invalid token"));

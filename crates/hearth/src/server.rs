@@ -20,7 +20,7 @@ const NODE_FILE: &str = "node.json";
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    #[arg(long, default_value = "127.0.0.1:7070", overrides_with = "listen")]
     listen: std::net::SocketAddr,
     /// Where the server keeps its state: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (an
     /// existing database; several servers may share it), or `sqlite:PATH`. Default: the
@@ -117,6 +117,36 @@ pub struct ServerArgs {
     /// to one host); the node flags are then unused.
     #[arg(long)]
     no_local_node: bool,
+    /// Sign browsers in through this OpenID Connect provider (its issuer URL, e.g.
+    /// https://accounts.google.com); register PUBLIC_URL/auth/callback as its redirect URI.
+    #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "oidc_client_secret_file"])]
+    oidc_issuer: Option<String>,
+    /// The client id the provider gave this server.
+    #[arg(long, value_name = "ID", requires = "oidc_issuer")]
+    oidc_client_id: Option<String>,
+    /// File holding the client secret (kept out of `ps` and shell history).
+    #[arg(long, value_name = "FILE", requires = "oidc_issuer")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// Only emails of these domains may sign in (comma-separated, e.g. a.com,b.com).
+    #[arg(
+        long,
+        value_name = "DOMAINS",
+        value_delimiter = ',',
+        requires = "oidc_issuer"
+    )]
+    oidc_allowed_domains: Vec<String>,
+    /// Only members of one of these groups (the ID token's `groups` claim) may sign in.
+    #[arg(
+        long,
+        value_name = "GROUPS",
+        value_delimiter = ',',
+        requires = "oidc_issuer"
+    )]
+    oidc_allowed_groups: Vec<String>,
+    /// With --oidc-issuer, let browsers sign in with an API token too (`POST /v1/session`);
+    /// without an identity provider they always can.
+    #[arg(long, requires = "oidc_issuer")]
+    token_login: bool,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -506,8 +536,11 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
     server.set_session_settings(hearth_server::auth::SessionSettings {
         ttl: args.session_ttl,
         https: public_url.starts_with("https://"),
-        token_login: true,
+        token_login: args.oidc_issuer.is_none() || args.token_login,
     });
+    if let Some(cfg) = oidc_config(args, &public_url)? {
+        server.set_oidc(cfg).await?;
+    }
     bind_proxy(&mut server, args).await?;
     if args.snapshot_interval > 0 {
         server.spawn_periodic_snapshots(std::time::Duration::from_secs(args.snapshot_interval));
@@ -520,6 +553,54 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         server.spawn_store_gc(std::time::Duration::from_secs(args.store_gc_interval));
     }
     server.serve(shutdown_signal()).await
+}
+
+/// The `--oidc-*` flags, checked; `None` without --oidc-issuer.
+fn oidc_config(
+    args: &ServerArgs,
+    public_url: &str,
+) -> anyhow::Result<Option<hearth_server::oidc::OidcConfig>> {
+    let Some(issuer) = &args.oidc_issuer else {
+        return Ok(None);
+    };
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        bail!("--oidc-issuer {issuer}: use the provider's https:// issuer URL");
+    }
+    let (Some(client_id), Some(secret_file)) =
+        (&args.oidc_client_id, &args.oidc_client_secret_file)
+    else {
+        bail!("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file");
+    };
+    let secret = std::fs::read_to_string(secret_file).with_context(|| {
+        format!(
+            "cannot read --oidc-client-secret-file {}",
+            secret_file.display()
+        )
+    })?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        bail!(
+            "--oidc-client-secret-file {} is empty",
+            secret_file.display()
+        );
+    }
+    let list = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    Ok(Some(hearth_server::oidc::OidcConfig {
+        issuer: issuer.clone(),
+        client_id: client_id.clone(),
+        client_secret: secret.to_string(),
+        redirect_url: format!("{public_url}{}", hearth_server::oidc::CALLBACK_PATH),
+        allowed_domains: list(&args.oidc_allowed_domains)
+            .into_iter()
+            .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+            .collect(),
+        allowed_groups: list(&args.oidc_allowed_groups),
+    }))
 }
 
 /// `--public-url` without a trailing slash, checked; default: http://LISTEN.

@@ -82,6 +82,25 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409"]
 include-path = "/v1/workspaces/{name}/egress"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 
+# a token that fits the schema is still one the server never made (a browser sign-in)
+[[operations]]
+include-name = "POST /v1/session"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401"]
+
+# the fuzzer calls with a bearer token, which has no browser session to show or end
+[[operations]]
+include-name = "GET /v1/session"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404"]
+
+[[operations]]
+include-name = "POST /v1/session/logout"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404"]
+
+# the fuzzer is admin, whose token is the token file's and is not replaced through the API
+[[operations]]
+include-name = "POST /v1/me/token"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409"]
+
 "#;
 
 #[test]
