@@ -1265,17 +1265,23 @@ mod tests {
         assert!(store.deleted().await.unwrap().is_empty());
     }
 
+    /// A plain pool on a new database file, without the store's migrations: what an
+    /// older server left behind is written through it.
+    async fn raw_sqlite(path: &std::path::Path) -> sqlx::SqlitePool {
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(path)
+            .create_if_missing(true);
+        SqlitePoolOptions::new().connect_with(opts).await.unwrap()
+    }
+
     #[tokio::test]
     async fn rows_from_before_egress_allow_all() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hearth.db");
         // A database at migration 1, with a row, as an older server left it.
         {
-            let opts = SqliteConnectOptions::from_str("sqlite:")
-                .unwrap()
-                .filename(&path)
-                .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            let pool = raw_sqlite(&path).await;
             let m = sqlx::migrate::Migrator {
                 migrations: std::borrow::Cow::Owned(
                     MIGRATOR.migrations.iter().take(1).cloned().collect(),
@@ -1307,11 +1313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hearth.db");
         {
-            let opts = SqliteConnectOptions::from_str("sqlite:")
-                .unwrap()
-                .filename(&path)
-                .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            let pool = raw_sqlite(&path).await;
             sqlx::raw_sql(include_str!("../testdata/hearth-0014.sql"))
                 .execute(&pool)
                 .await

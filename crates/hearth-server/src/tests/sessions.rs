@@ -19,6 +19,11 @@ struct Answer {
 }
 
 /// Sends a request with optional session cookie, CSRF token and more headers.
+/// POST `uri` with no body as the session `cookie`, with `csrf` as its CSRF header.
+async fn post_with(h: &Harness, uri: &str, cookie: &str, csrf: Option<&str>) -> Answer {
+    send(h, Method::POST, uri, Some(cookie), csrf, &[], None).await
+}
+
 async fn send(
     h: &Harness,
     method: Method,
@@ -304,25 +309,14 @@ async fn logout_ends_the_session_and_clears_the_cookie(b: Backend) {
     let h = harness_on(b, FakeNode::default()).await;
     let (cookie, info) = sign_in(&h, TOKEN).await;
     let (other, _) = sign_in(&h, TOKEN).await;
-    let out = |csrf: Option<String>| {
-        let cookie = cookie.clone();
-        let h = &h;
-        async move {
-            send(
-                h,
-                Method::POST,
-                "/v1/session/logout",
-                Some(&cookie),
-                csrf.as_deref(),
-                &[],
-                None,
-            )
-            .await
-        }
-    };
     // Logging out is a change too: a forged logout is refused.
-    assert_eq!(out(None).await.status, StatusCode::FORBIDDEN);
-    let a = out(Some(info.csrf_token.clone())).await;
+    assert_eq!(
+        post_with(&h, "/v1/session/logout", &cookie, None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let a = post_with(&h, "/v1/session/logout", &cookie, Some(&info.csrf_token)).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let c = set_cookie(&a);
     assert!(
@@ -382,24 +376,11 @@ async fn tokens_for_the_cli_are_made_from_a_session(b: Backend) {
     let h = harness_on(b, FakeNode::default()).await;
     let old = add_user(&h, "dana", false).await;
     let (cookie, info) = sign_in(&h, &old).await;
-    let mk = |csrf: Option<String>| {
-        let cookie = cookie.clone();
-        let h = &h;
-        async move {
-            send(
-                h,
-                Method::POST,
-                "/v1/me/token",
-                Some(&cookie),
-                csrf.as_deref(),
-                &[],
-                None,
-            )
-            .await
-        }
-    };
-    assert_eq!(mk(None).await.status, StatusCode::FORBIDDEN);
-    let a = mk(Some(info.csrf_token.clone())).await;
+    assert_eq!(
+        post_with(&h, "/v1/me/token", &cookie, None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let a = post_with(&h, "/v1/me/token", &cookie, Some(&info.csrf_token)).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     let new: NewToken = serde_json::from_value(a.body).unwrap();
     let (s, b) = h.call(Method::GET, "/v1/me", Some(&new.token), None).await;
