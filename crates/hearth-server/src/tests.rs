@@ -367,6 +367,7 @@ async fn servers_sharing_a_database_elect_one_leader(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         };
         async move {
             let lock = crate::DataDirLock::acquire(&data_dir).unwrap();
@@ -1378,6 +1379,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         },
         node.clone(),
     )
@@ -1396,6 +1398,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         },
         node,
     )
@@ -1455,6 +1458,7 @@ async fn exec_over_websocket() {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: None,
+            node_url: None,
         },
         Arc::new(node.clone()),
     )

@@ -1,6 +1,8 @@
 //! `servers` and `leases`: the control-plane servers sharing the database and the work
 //! exactly one of them does (see [`crate::leader`]).
 
+use hearth_api::WorkspaceState;
+
 use super::{now, query_err, with_pool, Store, StoreError};
 
 /// A server as its row says.
@@ -125,6 +127,88 @@ impl Store {
                 .await
                 .map_err(query_err(name))
         })
+    }
+}
+
+/// Operations (transitional states) and the servers running them: `workspaces.op_server`.
+impl Store {
+    /// Workspaces in a transitional state whose operation names a server: (name, server).
+    /// `''` is an operation whose server restarted (see [`Store::orphan_own`]).
+    pub async fn operations(&self) -> Result<Vec<(String, String)>, StoreError> {
+        with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT name, op_server FROM workspaces WHERE op_server IS NOT NULL \
+                 AND state IN ('creating', 'starting', 'stopping', 'removing') ORDER BY name",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(query_err("*"))
+        })
+    }
+
+    /// Moves workspace `id` from `from` to transitional `to` for this server, if it is
+    /// still `from`: of servers racing to operate on one workspace, one wins.
+    pub async fn claim(
+        &self,
+        id: &str,
+        from: WorkspaceState,
+        to: WorkspaceState,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workspaces SET state = $1, error = NULL, updated_at = $2, op_server = $3 \
+                 WHERE id = $4 AND state = $5",
+            )
+            .bind(to.as_str())
+            .bind(now())
+            .bind(self.op_for(to))
+            .bind(id)
+            .bind(from.as_str())
+            .execute(p)
+            .await
+            .map_err(query_err(id))?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Takes over workspace `id`'s operation from server `old` (gone), if it is still
+    /// `state` and `old`'s: of servers racing for it, one wins.
+    pub async fn adopt(
+        &self,
+        id: &str,
+        state: WorkspaceState,
+        old: &str,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workspaces SET op_server = $1 WHERE id = $2 AND state = $3 \
+                 AND op_server = $4",
+            )
+            .bind(self.operator())
+            .bind(id)
+            .bind(state.as_str())
+            .bind(old)
+            .execute(p)
+            .await
+            .map_err(query_err(id))?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Marks operations of server `me`'s previous run as orphaned (`''`): called at its
+    /// start, before it runs any. How many there were.
+    pub async fn orphan_own(&self, me: &str) -> Result<u64, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query("UPDATE workspaces SET op_server = '' WHERE op_server = $1")
+                .bind(me)
+                .execute(p)
+                .await
+                .map_err(query_err(me))?
+                .rows_affected()
+        });
+        Ok(n)
     }
 }
 
