@@ -47,11 +47,19 @@ impl TestServer {
 
     /// A server started with more `hearth server` flags.
     pub fn start_with(server_args: &[&str]) -> TestServer {
+        let mut s = Self::prepare(server_args);
+        s.spawn();
+        s
+    }
+
+    /// A server with more `hearth server` flags, its data dir made but not started yet
+    /// ([`TestServer::spawn`] starts it).
+    pub fn prepare(server_args: &[&str]) -> TestServer {
         let mut rng = rand::thread_rng();
         let tag: String = (0..8)
             .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
             .collect();
-        let mut s = TestServer {
+        TestServer {
             dir: tempfile::Builder::new()
                 .prefix("hearth-e2e-")
                 .tempdir()
@@ -65,9 +73,7 @@ impl TestServer {
             cgroup_parent: format!("hearth-test-{tag}"),
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
             child: None,
-        };
-        s.spawn();
-        s
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -126,7 +132,13 @@ impl TestServer {
                 self.child = None;
                 panic!("hearth server exited with {st}:\n{}", self.server_log());
             }
-            if info.exists() && self.hearth(&["image", "ls"]).status.success() {
+            // Without a node of its own, image calls wait for a node to join.
+            let probe: &[&str] = if self.server_args.iter().any(|a| a == "--no-local-node") {
+                &["node", "ls"]
+            } else {
+                &["image", "ls"]
+            };
+            if info.exists() && self.hearth(probe).status.success() {
                 return;
             }
             assert!(
@@ -305,6 +317,10 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        // Without an embedded node there is nothing on this host to tear down.
+        if self.server_args.iter().any(|a| a == "--no-local-node") {
+            return;
+        }
         let out = self.hearth(&["admin", "teardown", "--purge"]);
         if !out.status.success() {
             eprintln!(
