@@ -1223,7 +1223,7 @@ mod tests {
         assert_eq!(alice[0].spec.name, "d");
     }
 
-    fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
+    pub(super) fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
         WorkspaceRecord {
             spec: WorkspaceSpec {
                 id: WorkspaceId::new(id).unwrap(),

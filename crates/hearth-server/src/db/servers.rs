@@ -216,7 +216,73 @@ impl Store {
 mod tests {
     use crate::db::testdb::{on_both_backends, Backend, TestDb};
 
-    on_both_backends!(one_holder_per_lease_until_it_expires, servers_come_and_go);
+    on_both_backends!(
+        one_holder_per_lease_until_it_expires,
+        servers_come_and_go,
+        operations_are_claimed_once_and_taken_over_once,
+    );
+
+    /// Two servers race to start an operation on one workspace: one wins. The other takes
+    /// it over only from its server and only once; a restarted server's operations are
+    /// marked orphaned; settling clears the operation.
+    async fn operations_are_claimed_once_and_taken_over_once(b: Backend) {
+        use hearth_api::WorkspaceState::{Running, Starting, Stopped, Stopping};
+        let db = TestDb::new(b);
+        let (sa, sb) = (db.store().await, db.store().await);
+        sa.set_operator("a");
+        sb.set_operator("b");
+        let mut w = crate::db::tests::rec("aaaaaaaaaaaa", "w", 0);
+        w.state = Stopped;
+        sa.insert(&w).await.unwrap();
+        assert!(sa.operations().await.unwrap().is_empty());
+        let id = w.spec.id.as_str();
+
+        let (x, y) = tokio::join!(
+            sa.claim(id, Stopped, Stopping),
+            sb.claim(id, Stopped, Stopping)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x != y, "exactly one claim wins: {x} {y}");
+        let (winner, other, won, lost) = if x {
+            (&sa, &sb, "a", "b")
+        } else {
+            (&sb, &sa, "b", "a")
+        };
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("w".to_string(), won.to_string())]
+        );
+        // The winner is gone: taken over from it, in its state, once.
+        assert!(!other.adopt(id, Running, won).await.unwrap());
+        assert!(!other.adopt(id, Stopping, lost).await.unwrap());
+        assert!(other.adopt(id, Stopping, won).await.unwrap());
+        assert!(!winner.adopt(id, Stopping, won).await.unwrap());
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("w".to_string(), lost.to_string())]
+        );
+        other.set_state(id, Stopped, None).await.unwrap();
+        assert!(sa.operations().await.unwrap().is_empty());
+
+        // A restart: its unfinished operations become nobody's.
+        assert!(sa.claim(id, Stopped, Starting).await.unwrap());
+        assert_eq!(sa.orphan_own("a").await.unwrap(), 1);
+        assert_eq!(
+            sb.operations().await.unwrap(),
+            [("w".to_string(), String::new())]
+        );
+        assert!(sb.adopt(id, Starting, "").await.unwrap());
+        sb.set_state(id, Running, None).await.unwrap();
+
+        // A create's row names its server from the insert on.
+        sb.insert(&crate::db::tests::rec("bbbbbbbbbbbb", "c", 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("c".to_string(), "b".to_string())]
+        );
+    }
 
     /// Of many stores racing for a free lease exactly one wins; the holder renews, the
     /// others cannot take it until it expires, then one can.
