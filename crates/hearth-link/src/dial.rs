@@ -169,12 +169,15 @@ struct Link {
     limits: Limits,
 }
 
-/// How the link to the `--server` URL fares: whether it was tried yet, and the id of the
-/// server it last reached (that server needs no second link).
+/// How the link to the `--server` URL fares: whether it was tried yet, the id of the
+/// server it last reached, and whether it is connected now (that server then needs no
+/// second link; while it is not, the server is linked at the URL it advertises, which
+/// may have changed).
 #[derive(Debug, Clone, Default)]
 struct Primary {
     tried: bool,
     server: Option<String>,
+    connected: bool,
 }
 
 /// Dials `url`, answers calls until the connection ends, dials again after a backoff (1 s
@@ -193,8 +196,11 @@ async fn link_loop(
         if let Some(p) = &primary {
             p.send_modify(|p| {
                 p.tried = true;
-                if let Ok((_, Some(id))) = &dialled {
-                    p.server = Some(id.clone());
+                if let Ok((_, id)) = &dialled {
+                    p.connected = true;
+                    if id.is_some() {
+                        p.server = id.clone();
+                    }
                 }
             });
         }
@@ -212,6 +218,9 @@ async fn link_loop(
                     Err(e) => {
                         tracing::warn!(server = url, error = %e, "connection to the control plane lost")
                     }
+                }
+                if let Some(p) = &primary {
+                    p.send_modify(|p| p.connected = false);
                 }
                 if since.elapsed() > Duration::from_secs(60) {
                     backoff = FIRST;
@@ -289,10 +298,11 @@ pub async fn run_node(
                     kept = Some(servers.clone());
                 }
             }
-            // Until the `url` server was tried, it may be one of the list: wait.
+            // Until the `url` server was tried, it may be one of the list: wait. While the
+            // `url` link is up, its server needs no other (a second would be refused).
             let want: HashMap<String, String> = servers
                 .into_iter()
-                .filter(|s| p.tried && p.server.as_ref() != Some(&s.id))
+                .filter(|s| p.tried && !(p.connected && p.server.as_ref() == Some(&s.id)))
                 .filter(|s| is_server_id(&s.id) && parse_url(&s.url).is_ok())
                 .map(|s| (s.id, s.url))
                 .collect();

@@ -537,7 +537,8 @@ fn workspace_dirs(node: &TestNode) -> usize {
 /// workspace A created (exec, port proxy). A is killed with SIGKILL in the middle of a
 /// stop: B takes the leader lease, takes the stop over once A's heartbeat is stale,
 /// finishes it with its final snapshot, and runs the periodic snapshots from then on;
-/// the workspace has one copy, on its node, and starts again through B.
+/// the workspace has one copy, on its node, and starts again through B. A, restarted,
+/// serves it again without taking anything over.
 #[test]
 fn two_servers_serve_one_fleet_and_survive_a_kill() {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -673,6 +674,18 @@ fn two_servers_serve_one_fleet_and_survive_a_kill() {
     wait_until("B takes a periodic snapshot", || {
         snapshot_count(&b, "w") > before
     });
+
+    // A comes back: the node links to it again and it serves w, while B keeps the lease
+    // and A's start changes nothing of B's.
+    a.spawn();
+    wait_ready(&a, &n);
+    assert_eq!(a.exec("w", &["cat", "/workspace/g"]).trim(), "later");
+    assert_eq!(a.workspace("w")["state"], "running");
+    assert_eq!(
+        log_count(&a, "leader: running the background jobs"),
+        1,
+        "A took the lease back from B"
+    );
     b.ok(&["rm", "w"]);
     assert_eq!(workspace_dirs(&n), 0, "rm left the workspace on the node");
 }
