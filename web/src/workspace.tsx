@@ -202,7 +202,10 @@ function Ports({ name, running }: { name: string; running: boolean }) {
           Share
         </button>
       </form>
-      <p class="help">Private ports open only for you (signed in to the port proxy); public ones for anyone.</p>
+      <p class="help">
+        Private ports open only for you: their page asks once for an API token (make one on <a href="#/account">your account page</a>).
+        Public ones open for anyone.
+      </p>
       <StatusLine p={p} />
     </Card>
   );

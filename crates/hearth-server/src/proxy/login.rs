@@ -218,18 +218,22 @@ pub fn login_page(workspace: &str, port: u16, next: &str, message: Option<&str>)
         .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
         .unwrap_or_default();
     format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Hearth: log in</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Hearth: log in</title>\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <style>body{{font-family:sans-serif;max-width:32em;margin:4em auto}}\
-         input{{width:100%;padding:.4em}}.err{{color:#a00}}</style></head><body>\
+         <style>body{{font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em}}\
+         input{{width:100%;padding:.4em}}label{{font-weight:bold}}.err{{color:#a00}}</style>\
+         </head><body><main>\
          <h1>Port {port} of workspace {ws} is private</h1>{message}\
-         <p>Log in with your Hearth API token (<code>hearth user add</code> printed it; the \
-         first admin's is in the server's data dir).</p>\
+         <p>Log in with your Hearth API token: make one on the dashboard's account page \
+         (or <code>hearth user add</code> printed it; the first admin's is in the server's \
+         data dir).</p>\
          <form method=\"post\" action=\"/_hearth/login\">\
          <input type=\"hidden\" name=\"next\" value=\"{next}\">\
-         <p><input type=\"password\" name=\"token\" autocomplete=\"current-password\" \
-         placeholder=\"API token\" autofocus required></p>\
-         <p><button type=\"submit\">Log in</button></p></form></body></html>\n",
+         <p><label for=\"token\">API token</label>\
+         <input type=\"password\" id=\"token\" name=\"token\" \
+         autocomplete=\"current-password\" autofocus required></p>\
+         <p><button type=\"submit\">Log in</button></p></form></main></body></html>\n",
         ws = esc(workspace),
         next = esc(next),
     )

@@ -307,9 +307,11 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
             .replace('>', "&gt;")
     };
     let body = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{t}</h1><p>{m}</p><p><small>Hearth port proxy</small></p></body></html>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto;padding:0 1em\">\
+         <main><h1>{t}</h1><p>{m}</p><p><small>Hearth port proxy</small></p></main>\
+         </body></html>\n",
         t = esc(title),
         m = esc(text)
     );
