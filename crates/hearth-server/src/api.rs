@@ -58,7 +58,7 @@ impl Modify for BearerAuth {
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::sessions::auth_methods, crate::sessions::create_session,
         crate::sessions::get_session, crate::sessions::logout, crate::sessions::new_token,
-        crate::users::remove_user, crate::users::user_quota, crate::users::set_user_quota,
+        crate::users::remove_user, crate::users::update_user, crate::users::user_quota, crate::users::set_user_quota,
         crate::users::reset_user_quota, crate::users::list_quotas, crate::users::set_default_quota,
         crate::nodes::list_nodes, crate::nodes::drain_node, crate::nodes::undrain_node,
         crate::nodes::set_labels, crate::nodes::remove_node, crate::nodes::move_workspace,

@@ -697,6 +697,7 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/users"),
         ("post", "/v1/users"),
         ("delete", "/v1/users/{user}"),
+        ("patch", "/v1/users/{user}"),
         ("get", "/v1/users/{user}/quota"),
         ("put", "/v1/users/{user}/quota"),
         ("delete", "/v1/users/{user}/quota"),

@@ -8,10 +8,10 @@
 //! repository, types `echo hello` into the browser terminal and reads it back, resizes it,
 //! toggles a port public and private, opens the private port's URL (the proxy's login, then
 //! the app) while another user in another browser is refused, takes a snapshot and forks
-//! it, stops, starts and removes the workspace; the admin sees the users, quotas, images
-//! and audit log pages. Every page is checked with axe-core (no serious or critical
-//! violations) and saved as a screenshot under `target/web-screenshots/` (the paths are
-//! printed).
+//! it, stops, starts and removes the workspace; the admin makes the new user an admin and
+//! sees the users, quotas, images and audit log pages. Every page is checked with
+//! axe-core (no serious or critical violations) and saved as a screenshot under
+//! `target/web-screenshots/` (the paths are printed).
 //!
 //! Needs the dashboard built into the binary (`scripts/build.sh` runs npm), `chromium`,
 //! `chromium-driver` and the oidc-provider modules (`scripts/install-deps.sh --test`).
@@ -904,6 +904,25 @@ async fn dashboard_in_headless_chromium() {
     p.goto("#/admin/users").await;
     p.text_appears("jane in the user list", "jane").await;
     p.check("admin-users").await;
+    // Signed in through the provider, jane started as a plain user: the admin makes her
+    // one of them.
+    p.click_button("Make jane an admin").await;
+    p.text_appears("the role changed", "jane is now an admin")
+        .await;
+    p.until(
+        "jane's new role in the list",
+        "Array.from(document.querySelectorAll('tbody tr')).some(r => r.innerText.includes('jane') && r.querySelector('td[data-label=Role]').innerText === 'admin')",
+    )
+    .await;
+    let users: Value = serde_json::from_str(&s.ok(&["user", "ls", "--json"])).unwrap();
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "jane" && u["admin"] == true),
+        "{users}"
+    );
     // Quotas: alice gets one of her own, saved through the form.
     p.click_button("Edit alice's quota").await;
     p.fill("#q-alice-ws", "3").await;
