@@ -690,6 +690,7 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/deleted-workspaces/{name}/restore"),
         ("get", "/v1/workspaces/{name}/ports"),
         ("put", "/v1/workspaces/{name}/ports/{port}"),
+        ("post", "/v1/workspaces/{name}/ports/{port}/login"),
         ("get", "/v1/workspaces/{name}/ports/{port}/forward"),
         ("post", "/v1/store/fsck"),
         ("post", "/v1/store/gc"),

@@ -6,12 +6,12 @@
 //! A new user signs in through the provider's own login form in the browser (someone from
 //! a domain that is not allowed is refused), makes a CLI token, creates a workspace from a
 //! repository, types `echo hello` into the browser terminal and reads it back, resizes it,
-//! toggles a port public and private, opens the private port's URL (the proxy's login, then
-//! the app) while another user in another browser is refused, takes a snapshot and forks
-//! it, stops, starts and removes the workspace; the admin makes the new user an admin and
-//! sees the users, quotas, images and audit log pages. Every page is checked with
-//! axe-core (no serious or critical violations) and saved as a screenshot under
-//! `target/web-screenshots/` (the paths are printed).
+//! toggles a port public and private, opens the private port from the dashboard (logged in
+//! to it by a login link) while another user in another browser is refused, takes a
+//! snapshot and forks it, stops, starts and removes the workspace; the admin makes the new
+//! user an admin and sees the users, quotas, images and audit log pages. Every page is
+//! checked with axe-core (no serious or critical violations) and saved as a screenshot
+//! under `target/web-screenshots/` (the paths are printed).
 //!
 //! Needs the dashboard built into the binary (`scripts/build.sh` runs npm), `chromium`,
 //! `chromium-driver` and the oidc-provider modules (`scripts/install-deps.sh --test`).
@@ -748,27 +748,50 @@ async fn dashboard_in_headless_chromium() {
         "{port_url}"
     );
 
-    // The owner opens the private port: the proxy asks who she is (her CLI token), then
-    // shows the app.
-    p.c.goto(&port_url).await.unwrap();
-    p.text_appears(
-        "the proxy's login page",
-        "Port 8080 of workspace webws is private",
-    )
-    .await;
-    assert_eq!(p.status().await, 401);
-    p.check("port-login").await;
-    p.fill("#token", &token).await;
-    p.click("button[type=submit]").await;
+    // The owner opens the private port from the dashboard: a new tab, logged in to the
+    // port by the server's one-minute link (she is asked for no token), shows the app.
+    let dashboard = p.c.window().await.unwrap();
+    let before = p.c.windows().await.unwrap();
+    p.c.find(Locator::XPath(
+        "//ul[contains(@class,'ports')]//a[normalize-space(.)='8080']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    p.text_appears("the port opened", "Port 8080 opened in a new tab")
+        .await;
+    let deadline = Instant::now() + STEP;
+    let tab = loop {
+        let now = p.c.windows().await.unwrap();
+        if let Some(w) = now.into_iter().find(|w| !before.contains(w)) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no new tab for the port");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    p.c.switch_to_window(tab).await.unwrap();
     p.text_appears("the app's page", "Hello from webws").await;
     assert_eq!(p.status().await, 200);
+    assert_eq!(
+        p.url().await,
+        port_url,
+        "the login link went on to the app's /"
+    );
+    let opener = p.js("return window.opener === null").await;
+    assert_eq!(opener, json!(true), "the app can reach the dashboard's tab");
     p.check("port-owner").await;
+    p.c.close_window().await.unwrap();
+    p.c.switch_to_window(dashboard).await.unwrap();
+    // Outside a browser: no credentials 401, her token 200, bob's 404.
     assert_eq!(status_of(&port_url, None), 401);
     assert_eq!(status_of(&port_url, Some(&token)), 200);
-
-    // Another user, in another browser, is refused: the same answer as for a port that
-    // does not exist.
     assert_eq!(status_of(&port_url, Some(&bob_token)), 404);
+
+    // Another user, in another browser: the proxy asks who he is (a forged or stale
+    // login link does not do), and refuses him with the same answer as for a port that
+    // does not exist.
     let driver2 = Driver::start();
     let bob = Page {
         c: driver2.browser().await,
@@ -778,8 +801,20 @@ async fn dashboard_in_headless_chromium() {
         axe,
     };
     bob.c.goto(&port_url).await.unwrap();
-    bob.text_appears("the proxy's login page", "is private")
+    bob.text_appears(
+        "the proxy's login page",
+        "Port 8080 of workspace webws is private",
+    )
+    .await;
+    assert_eq!(bob.status().await, 401);
+    bob.check("port-login").await;
+    bob.c
+        .goto(&format!("{port_url}_hearth/ticket?t=t1.jane.1.00"))
+        .await
+        .unwrap();
+    bob.text_appears("the stale link refused", "That link has expired")
         .await;
+    assert_eq!(bob.status().await, 401);
     bob.fill("#token", &bob_token).await;
     bob.click("button[type=submit]").await;
     bob.text_appears("the refusal", "Not found").await;

@@ -85,6 +85,7 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
             u("/ports/8080"),
             Some(r#"{"visibility":"public"}"#.into()),
         ),
+        (Method::POST, u("/ports/8080/login"), None),
         (
             Method::POST,
             u("/fork"),
@@ -168,7 +169,17 @@ async fn someone_elses_workspace_is_a_missing_one(b: Backend) {
     assert_eq!(h.manager.lock_count(), 0);
 
     // Its owner and an admin get past the rule on every route (the fake node has no
-    // snapshot store, so those routes answer 400 after it).
+    // snapshot store, so those routes answer 400 after it). Port login links need the
+    // port proxy's URLs and key, as a server with a proxy has them.
+    let key_dir = tempfile::tempdir().unwrap();
+    h.manager.set_port_urls(
+        crate::manager::ports::PortUrls {
+            https: false,
+            domain: "localhost".into(),
+            port: 7080,
+        },
+        crate::proxy::login::CookieKey::load(key_dir.path()).unwrap(),
+    );
     for token in [alice.as_str(), TOKEN] {
         for (m, uri, body) in workspace_routes("wa") {
             if m == Method::DELETE
