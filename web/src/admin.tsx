@@ -116,7 +116,7 @@ export function AdminUsers({ me }: { me: api.User }) {
                         disabled={busy}
                         aria-label={`Remove user ${u.name}`}
                         onClick={async () => {
-                          if (!confirm(`Remove user ${u.name} and their workspaces?`)) return;
+                          if (!confirm(`Remove user ${u.name}? Their token and sessions stop working at once. While they own workspaces the server refuses (hearth user rm --reassign-to hands them over).`)) return;
                           await run(`Removing ${u.name}…`, `${u.name} was removed`, () => api.call("DELETE", `/v1/users/${api.enc(u.name)}`));
                           users.reload();
                         }}

@@ -983,6 +983,26 @@ async fn dashboard_in_headless_chromium() {
         "Array.from(document.querySelectorAll('tbody tr')).some(r => r.innerText.includes('DELETE') && r.innerText.includes('webws') && r.innerText.includes('127.0.0.1'))",
     )
     .await;
+    // Her port visibility changes and the port login link are there too.
+    let rows = p
+        .js("return Array.from(document.querySelectorAll('tbody tr')).map(r => r.innerText)")
+        .await;
+    let rows: Vec<String> = serde_json::from_value(rows).unwrap();
+    let has = |what: &str| {
+        rows.iter()
+            .filter(|r| r.contains(what) && r.contains("webws/8080"))
+            .count()
+    };
+    assert_eq!(
+        has("PUT /v1/workspaces/{name}/ports/{port}"),
+        2,
+        "{rows:#?}"
+    );
+    assert_eq!(
+        has("POST /v1/workspaces/{name}/ports/{port}/login"),
+        1,
+        "{rows:#?}"
+    );
     p.check("audit").await;
 
     p.c.clone().close().await.unwrap();
