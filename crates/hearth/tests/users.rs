@@ -366,6 +366,29 @@ fn users_see_and_touch_only_their_own_workspaces() {
         std::env::var("HEARTH_TEST_BUSYBOX").expect("HEARTH_TEST_BUSYBOX: the busybox test image");
     let err = remote_err(&url, &bob, &["image", "load", &image, "--name", "busybox"]);
     assert!(err.contains("use bob/busybox"), "{err}");
+    // Refused before a byte was read, and still the reason arrives, not a broken pipe
+    // (the server reads the rest of the upload first): 40 MiB is far beyond what socket
+    // buffers hold.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    big.as_file().set_len(40 << 20).unwrap();
+    let big = big.path().to_str().unwrap();
+    let err = remote_err(&url, &bob, &["image", "load", big, "--name", "busybox"]);
+    assert!(err.contains("use bob/busybox"), "{err}");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::copy(big, ctx.path().join("filler")).unwrap();
+    let err = remote_err(
+        &url,
+        &bob,
+        &[
+            "image",
+            "build",
+            ctx.path().to_str().unwrap(),
+            "--name",
+            "busybox",
+        ],
+    );
+    assert!(err.contains("use bob/busybox"), "{err}");
     remote_ok(
         &url,
         &bob,
