@@ -338,7 +338,7 @@ impl Server {
         std::fs::write(&path, serde_json::to_vec_pretty(&self.info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         tracing::info!(listen = %addr, domain = urls.domain, https = urls.https, "port proxy listening");
-        self.manager.set_port_urls(urls);
+        self.manager.set_port_urls(urls, p.cookie_key().clone());
         self.proxy = Some(p);
         Ok(addr)
     }

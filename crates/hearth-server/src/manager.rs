@@ -125,6 +125,8 @@ pub struct Manager {
     activity: Arc<crate::activity::Activity>,
     /// How port URLs look, once the port proxy listens.
     port_urls: std::sync::OnceLock<ports::PortUrls>,
+    /// The port proxy's cookie key, which signs the dashboard's login tickets too.
+    port_key: std::sync::OnceLock<crate::proxy::login::CookieKey>,
     /// Idle auto-stop's settings and what was last written to the database.
     idle: idle::IdleState,
     /// See [`Manager::set_default_image`].
@@ -256,6 +258,7 @@ impl Manager {
             deleted_retention: trash::DEFAULT_RETENTION.as_secs().into(),
             activity: Default::default(),
             port_urls: Default::default(),
+            port_key: Default::default(),
             idle: Default::default(),
             default_image: std::sync::RwLock::new(DEFAULT_IMAGE.to_string()),
             secret_box: Default::default(),

@@ -398,6 +398,22 @@ fn users_see_and_touch_only_their_own_workspaces() {
     assert!(images.contains("bob/busybox:latest"), "{images}");
     assert!(!s.ok(&["user", "ls"]).contains("eve"));
 
+    // Roles: bob made an admin may list users at once (though his token was just used,
+    // so cached), and made a plain user again may not.
+    assert_eq!(
+        s.ok(&["user", "admin", "bob"]).trim(),
+        "user bob is an admin"
+    );
+    assert!(remote_ok(&url, &bob, &["user", "ls"]).contains("alice"));
+    assert_eq!(
+        s.ok(&["user", "admin", "bob", "--revoke"]).trim(),
+        "user bob is a plain user"
+    );
+    let err = remote_err(&url, &bob, &["user", "ls"]);
+    assert!(err.contains("needs an admin token"), "{err}");
+    let err = s.fails(&["user", "admin", "admin", "--revoke"]);
+    assert!(err.contains("it is you"), "{err}");
+
     // Only hashes are stored: no token appears anywhere in the database files.
     for f in ["hearth.db", "hearth.db-wal"] {
         let p = s.data_dir().join(f);

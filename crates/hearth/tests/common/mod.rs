@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod oidc;
 pub mod registry;
 pub mod s3;
 
