@@ -414,6 +414,42 @@ pub fn lose_local_data(ws_dir: &Path) {
 
 /// The largest pack in a local snapshot store: mostly the incompressible content of the
 /// big file a test wrote, so moving or corrupting it reaches that file's chunks.
+/// The largest pack in `store` (unencrypted) whose every object is a stored-raw chunk
+/// of `data`'s bytes: moving it aside holds back part of `data` and nothing else (no tree,
+/// no small files). Panics when there is none, naming what was found.
+///
+/// An object is `HSNP`, version, kind, flags, 0, plain length and body length (u32 LE
+/// each), the body, a 32-byte checksum (see hearth-snapshot's format.rs); incompressible
+/// data is stored raw (flags 0), so its body is a slice of `data`.
+pub fn pack_holding_only(store: &Path, data: &[u8]) -> PathBuf {
+    let finder = |body: &[u8]| memchr::memmem::find(data, body).is_some();
+    let mut best: Option<(usize, PathBuf)> = None;
+    let mut seen = Vec::new();
+    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
+        let pack = std::fs::read(f.path()).unwrap();
+        let (mut at, mut pure) = (0usize, true);
+        while pure && at < pack.len() {
+            let head = &pack[at..(at + 16).min(pack.len())];
+            pure = head.len() == 16 && &head[..4] == b"HSNP" && head[5] == 1 && head[6] == 0;
+            if !pure {
+                break;
+            }
+            let body_len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
+            let body = &pack[(at + 16).min(pack.len())..(at + 16 + body_len).min(pack.len())];
+            pure = body.len() == body_len && finder(body);
+            at += 16 + body_len + 32;
+        }
+        seen.push((pack.len(), pure));
+        if pure && best.as_ref().is_none_or(|(l, _)| pack.len() > *l) {
+            best = Some((pack.len(), f.path()));
+        }
+    }
+    match best {
+        Some((_, p)) => p,
+        None => panic!("no pack holds only the data's chunks (pack sizes, pure): {seen:?}"),
+    }
+}
+
 pub fn largest_pack(store: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
     for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
