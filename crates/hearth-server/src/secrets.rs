@@ -561,6 +561,7 @@ pub(crate) async fn set_dotfiles(
     req.url.as_deref().map(check_repo).transpose()?;
     let url = req.url.as_deref().map(str::trim);
     if let Some(u) = url {
+        caller.check_source("dotfiles repository", u)?;
         hearth_node::validate_source(u).map_err(|e| {
             ApiError::invalid(format!(
                 "dotfiles: {}",
