@@ -66,7 +66,9 @@ impl Caller {
             return Ok(());
         }
         Err(ApiError::forbidden(format!(
-            "{what} {source:?} is a path on the server, and only admins may have the server              read its own files (user {} is not an admin): push the repository to a git              server and give its https, ssh or git URL, or ask an admin",
+            "{what} {source:?} is a path on the server, and only admins may have the server \
+             read its own files (user {} is not an admin): push the repository to a git \
+             server and give its https, ssh or git URL, or ask an admin",
             self.id
         )))
     }

@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::gitserver::GitServer;
 use common::{git_repo, TestServer};
 
 /// A temporary client side: HOME, one registered key, and known_hosts.
@@ -677,8 +678,10 @@ fn each_user_reaches_only_their_own_workspaces() {
         all.extend_from_slice(args);
         srv.ok(&all)
     };
-    let repo = git_repo(src.path(), "bobs");
-    as_bob(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    // Bob is no admin: his source is a git server's URL.
+    let git = GitServer::start(src.path());
+    let repo = git.url(&git_repo(src.path(), "bobs"));
+    as_bob(&["up", &repo, "--image", "busybox"]);
     let bob_home = tempfile::tempdir().unwrap();
     let bob_key = keygen(bob_home.path(), "bob");
     let out = as_bob(&[

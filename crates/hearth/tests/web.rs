@@ -1,6 +1,6 @@
 //! The web dashboard in a real browser: headless Chromium (Debian's `chromium`) driven
 //! through `chromedriver` by a WebDriver client, against a real `hearth server` running
-//! real workspaces. A user signs in (a session), makes a CLI token, creates a workspace from a local repository, types
+//! real workspaces. A user signs in (a session), makes a CLI token, creates a workspace from a git server, types
 //! `echo hello` into the browser terminal and reads it back, resizes it, stops, starts and
 //! removes the workspace; an admin sees the users and images pages. Every page is checked
 //! with axe-core (no serious or critical violations) and saved as a screenshot under
@@ -21,6 +21,7 @@ use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
+use common::gitserver::GitServer;
 use common::{git_repo, TestServer, HEARTH};
 
 /// How long a step may take before the test fails (creating a workspace is the slowest).
@@ -351,7 +352,9 @@ async fn dashboard_in_headless_chromium() {
     let admin_token = std::fs::read_to_string(s.data_dir().join("token")).unwrap();
     let alice_token = s.ok(&["user", "add", "alice"]).trim().to_string();
     let repo_parent = tempfile::tempdir().unwrap();
-    let repo = git_repo(repo_parent.path(), "webproj");
+    // Alice is no admin: her source is a git server's URL, never a path on the server.
+    let git = GitServer::start(repo_parent.path());
+    let repo = git.url(&git_repo(repo_parent.path(), "webproj"));
 
     let driver = Driver::start();
     let p = Page {
@@ -441,14 +444,14 @@ async fn dashboard_in_headless_chromium() {
     let (status, body) = me(&alice_token);
     assert_eq!(status, 401, "the replaced token still works: {body}");
 
-    // She creates a workspace from a local repository with an image.
+    // She creates a workspace from a repository on a git server, with an image.
     p.goto("#/").await;
     p.text_appears("the empty list", "No workspaces yet").await;
     p.check("workspaces-empty").await;
     p.goto("#/new").await;
     p.until("the create form", "document.getElementById('source')")
         .await;
-    p.fill("#source", repo.to_str().unwrap()).await;
+    p.fill("#source", &repo).await;
     p.fill("#name", "webws").await;
     p.click("#env-image").await;
     p.until(
