@@ -347,10 +347,20 @@ pub fn clone(
         )));
     }
     let text = String::from_utf8_lossy(&all);
-    let reason: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("remote:"))
-        .collect();
+    // git's error lines, and the line after one that ends in ':' (where `unable to
+    // connect to HOST:` puts its errno).
+    let mut reason: Vec<&str> = Vec::new();
+    let mut continued = false;
+    for l in text.lines() {
+        if continued
+            || l.starts_with("fatal:")
+            || l.starts_with("error:")
+            || l.starts_with("remote:")
+        {
+            reason.push(l);
+            continued = !continued && l.ends_with(':');
+        }
+    }
     let reason = if reason.is_empty() {
         text.lines().last().unwrap_or("no output").to_string()
     } else {
