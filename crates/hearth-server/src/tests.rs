@@ -2159,7 +2159,7 @@ async fn audit_records_mutations_and_users_see_their_own(b: Backend) {
         &bob,
         Method::POST,
         "/v1/workspaces",
-        Some(serde_json::json!({"source": "/src/broken", "name": "broken"})),
+        Some(serde_json::json!({"source": "https://git.example/broken", "name": "broken"})),
     )
     .await;
     assert!(v.get("error").is_some(), "{v}");
