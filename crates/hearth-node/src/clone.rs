@@ -816,6 +816,44 @@ mod tests {
         assert!(validate_source(t.path().to_str().unwrap()).is_err());
     }
 
+    /// A jailed child runs in the netns (only its loopback there), with the given
+    /// resolv.conf in a mount namespace of its own (the host's is untouched), as the uid.
+    /// Needs root, as the whole suite does.
+    #[test]
+    fn a_jailed_child_has_the_netns_resolv_conf_and_uid() {
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let ns = Ns(format!("hearth-jail-test-{}", std::process::id()));
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add (root needed)");
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
+        let jail = NetJail::open(&Path::new("/run/netns").join(&ns.0), Some(&resolv)).unwrap();
+        let mut c = Command::new("sh");
+        // /proc/net is the reader's netns (sysfs would show the mounter's).
+        c.args([
+            "-c",
+            "cat /etc/resolv.conf; sed -n '3,$s/:.*//p' /proc/net/dev | tr -d ' '; id -u; id -g",
+        ]);
+        confine(&mut c, &jail, 65534, 65533);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "nameserver 192.0.2.53\nlo\n65534\n65533\n"
+        );
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        assert!(!host.contains("192.0.2.53"), "{host}");
+    }
+
     #[test]
     fn local_sources() {
         for local in [
