@@ -321,8 +321,15 @@ impl Outside {
     /// `git daemon` serving the repositories under `base` on every address of the netns
     /// (`git://<ip>/<path under base>`); stopped when the guard drops.
     pub fn git_daemon(&self, base: &Path) -> GitDaemon {
+        // `git-daemon` itself: `git daemon` would run it as a child, which killing `git`
+        // leaves running (`ip netns exec` execs, so the child we hold is the daemon).
+        let out = Command::new("git").arg("--exec-path").output().unwrap();
+        assert!(out.status.success(), "git --exec-path");
+        let daemon = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "git", "daemon", "--export-all"])
+            .args(["netns", "exec", &self.ns])
+            .arg(daemon)
+            .arg("--export-all")
             .args(["--reuseaddr", "--informative-errors"])
             .arg(format!("--base-path={}", base.display()))
             .arg(base)

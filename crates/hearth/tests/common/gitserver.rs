@@ -28,6 +28,17 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// `git-daemon` itself: `git daemon` would run it as a child, which killing `git` leaves
+/// running (`ip netns exec` execs, so the child we hold is the daemon).
+pub fn git_daemon() -> PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git --exec-path");
+    Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
+}
+
 impl GitServer {
     /// Serves every repository under `base` (`git://IP/<path under base>`).
     pub fn start(base: &Path) -> GitServer {
@@ -69,7 +80,8 @@ impl GitServer {
         let listen = format!("--listen={}", s.ip);
         s.daemon = Some(
             Command::new("ip")
-                .args(["netns", "exec", &s.ns, "git", "daemon"])
+                .args(["netns", "exec", &s.ns])
+                .arg(git_daemon())
                 .args([
                     "--export-all",
                     "--reuseaddr",
