@@ -92,7 +92,23 @@ export function AdminUsers({ me }: { me: api.User }) {
                   <th scope="row" data-label="Name">{u.name}</th>
                   <td data-label="Role">{u.admin ? "admin" : "user"}</td>
                   <td data-label="Added">{ago(u.created_at)}</td>
-                  <td>
+                  <td class="row-actions">
+                    {u.name !== me.name && u.name !== "admin" && (
+                      <button
+                        type="button"
+                        class="small secondary"
+                        disabled={busy}
+                        onClick={async () => {
+                          const role = u.admin ? "a plain user" : "an admin";
+                          await run(`Making ${u.name} ${role}…`, `${u.name} is now ${role}`, () =>
+                            api.call("PATCH", `/v1/users/${api.enc(u.name)}`, { admin: !u.admin }),
+                          );
+                          users.reload();
+                        }}
+                      >
+                        {u.admin ? `Make ${u.name} a plain user` : `Make ${u.name} an admin`}
+                      </button>
+                    )}{" "}
                     {u.name !== me.name && (
                       <button
                         type="button"
@@ -100,7 +116,7 @@ export function AdminUsers({ me }: { me: api.User }) {
                         disabled={busy}
                         aria-label={`Remove user ${u.name}`}
                         onClick={async () => {
-                          if (!confirm(`Remove user ${u.name} and their workspaces?`)) return;
+                          if (!confirm(`Remove user ${u.name}? Their token and sessions stop working at once. While they own workspaces the server refuses (hearth user rm --reassign-to hands them over).`)) return;
                           await run(`Removing ${u.name}…`, `${u.name} was removed`, () => api.call("DELETE", `/v1/users/${api.enc(u.name)}`));
                           users.reload();
                         }}

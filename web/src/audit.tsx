@@ -115,17 +115,18 @@ export interface UserQuota {
 
 const GiB = 1024 * 1024 * 1024;
 
-function limit(n: number | null | undefined, fmt: (n: number) => string = String): string {
-  return n === null || n === undefined ? "no limit" : fmt(n);
+/** "2 of 5 workspaces", or "2 workspaces (no limit)" when there is none. */
+function use(used: string, max: number | null | undefined, what: string, fmt: (n: number) => string = String): string {
+  return max === null || max === undefined ? `${used} ${what} (no limit)` : `${used} of ${fmt(max)} ${what}`;
 }
 
-/** "2 of 5 workspaces, 1 of 2 running, 1 GiB of 4 GiB memory, ..." */
+/** "2 of 5 workspaces, 1 running (no limit), 1 GiB of 4 GiB memory, ..." */
 export function quotaText(q: UserQuota): string {
   return [
-    `${q.usage.workspaces} of ${limit(q.quota.max_workspaces)} workspaces`,
-    `${q.usage.running} of ${limit(q.quota.max_running)} running`,
-    `${bytes(q.usage.memory_bytes)} of ${limit(q.quota.memory_bytes, bytes)} memory`,
-    `${bytes(q.usage.disk_bytes)} of ${limit(q.quota.disk_bytes, bytes)} disk`,
+    use(String(q.usage.workspaces), q.quota.max_workspaces, "workspaces"),
+    use(String(q.usage.running), q.quota.max_running, "running"),
+    use(bytes(q.usage.memory_bytes), q.quota.memory_bytes, "memory", bytes),
+    use(bytes(q.usage.disk_bytes), q.quota.disk_bytes, "disk", bytes),
   ].join(", ");
 }
 

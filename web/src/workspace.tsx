@@ -146,6 +146,23 @@ function Ports({ name, running }: { name: string; running: boolean }) {
   const ports = usePoll(() => api.get<api.Port[]>(path), 5000, [name]);
   const { p, run, busy } = useAction();
   const [newPort, setNewPort] = useState("");
+  // A private port's URL asks for an API token; signed in here, the server gives a
+  // one-minute login link instead. The tab is opened at the click (popup blockers allow
+  // that), then sent on, with no way back to this page (the app is the workspace's).
+  const openPrivate = async (port: number) => {
+    const tab = window.open("about:blank", "_blank");
+    const ok = await run(`Opening port ${port}…`, `Port ${port} opened in a new tab`, async () => {
+      const r = await api.call<{ url: string }>("POST", `${path}/${port}/login`);
+      if (!r?.url) throw new Error("the server sent no link");
+      if (tab) {
+        tab.opener = null;
+        tab.location.href = r.url;
+      } else {
+        location.href = r.url;
+      }
+    });
+    if (!ok) tab?.close();
+  };
   const setVisibility = async (port: number, visibility: string) => {
     await run(`Making port ${port} ${visibility}…`, `Port ${port} is ${visibility}`, () =>
       api.call("PUT", `${path}/${port}`, { visibility }),
@@ -162,7 +179,16 @@ function Ports({ name, running }: { name: string; running: boolean }) {
             <li key={pt.port}>
               <span class="port">
                 {pt.url ? (
-                  <a href={pt.url} target="_blank" rel="noopener noreferrer">
+                  <a
+                    href={pt.url}
+                    target="_blank"
+                    rel="noopener noreferrer"
+                    onClick={(e) => {
+                      if (pt.visibility !== "private") return;
+                      e.preventDefault();
+                      openPrivate(pt.port);
+                    }}
+                  >
                     {pt.port}
                   </a>
                 ) : (
@@ -202,7 +228,10 @@ function Ports({ name, running }: { name: string; running: boolean }) {
           Share
         </button>
       </form>
-      <p class="help">Private ports open only for you (signed in to the port proxy); public ones for anyone.</p>
+      <p class="help">
+        Private ports open only for you (from here you are logged in to them; elsewhere their page asks for an API token, made on{" "}
+        <a href="#/account">your account page</a>). Public ones open for anyone.
+      </p>
       <StatusLine p={p} />
     </Card>
   );

@@ -22,8 +22,8 @@ use crate::{
     DeletedWorkspace, DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
     FrameError, Image, JoinNode, JoinToken, LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node,
     NodeCredential, NodeLabels, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo,
-    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, User, Workspace,
-    WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, UpdateUser, User,
+    Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -501,6 +501,12 @@ impl Client {
         }
         self.send(req).await?;
         Ok(())
+    }
+
+    /// Makes a user an admin or a plain user (admins only).
+    pub async fn set_user_admin(&self, name: &str, admin: bool) -> Result<User> {
+        self.patch(&format!("/v1/users/{}", enc(name)), &UpdateUser { admin })
+            .await
     }
 
     /// Every node of the fleet (admins only).

@@ -30,6 +30,13 @@ impl std::fmt::Display for PortVisibility {
     }
 }
 
+/// Answer of `POST /v1/workspaces/{name}/ports/{port}/login`: a link that logs the
+/// browser opening it in to the port's URL (within a minute) and goes on to the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PortLogin {
+    pub url: String,
+}
+
 /// A port of a workspace: listening inside now, or given a visibility, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Port {

@@ -26,6 +26,14 @@ pub struct CreateUser {
     pub admin: bool,
 }
 
+/// Body of `PATCH /v1/users/{user}`: the user's role.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// An admin (true) or a plain user (false).
+    pub admin: bool,
+}
+
 /// Answer of `POST /v1/users`: the new user and its API token, shown this once (the
 /// server keeps only a hash).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

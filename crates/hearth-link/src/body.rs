@@ -183,8 +183,9 @@ fn truncated() -> io::Error {
 }
 
 /// Copies between a local socket and one h2 stream (its reader and sender) in both
-/// directions, with half-closes passed on, until both directions are done; an error on
-/// either side drops the socket whole, so its user sees the connection fail.
+/// directions, with half-closes passed on, until both directions are done. The peer
+/// refusing more bytes ends only the upward copy; an error coming down drops the socket
+/// whole, so its user sees the connection fail.
 pub(crate) async fn pump<S, B>(sock: S, mut reader: Reader<B>, tx: Sender)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
@@ -221,7 +222,11 @@ where
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
         tokio::select! {
-            r = &mut up, if !up_done => { if r.is_err() { return } up_done = true }
+            // The peer no longer taking our bytes ends only this direction: what it already
+            // sent (an exec's last output and exit code, a response's tail) must still
+            // arrive, and the peer stops reading exactly when it has said its last word.
+            _ = &mut up, if !up_done => up_done = true,
+            // Our socket is gone: nobody is left to read what comes down.
             r = &mut down, if !down_done => { if r.is_err() { return } down_done = true }
         }
     }
@@ -285,5 +290,27 @@ mod tests {
         let mut r = Reader::new(body);
         assert_eq!(r.data().await.unwrap(), Some(Bytes::from("part")));
         assert!(r.data().await.is_err());
+    }
+
+    /// The race behind a lost exit code: the node finishes a session and stops reading
+    /// its input while the client still writes (stdin EOF). What the node sent last must
+    /// still reach the local socket.
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_still_delivers_what_it_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (up_tx, up_body) = channel();
+        drop(up_body);
+        let (down_tx, down_body) = channel();
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        ours.write_all(b"stdin eof").await.unwrap();
+        let pump = tokio::spawn(pump(theirs, Reader::new(down_body), up_tx));
+        // Sent after the upward copy has certainly failed.
+        tokio::task::yield_now().await;
+        down_tx.data(Bytes::from_static(b"exit 0")).await.unwrap();
+        drop(down_tx);
+        let mut got = Vec::new();
+        ours.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"exit 0");
+        pump.await.unwrap();
     }
 }

@@ -154,6 +154,11 @@ pub(crate) enum Call {
     StoreUsage {
         spec: WorkspaceSpec,
     },
+    /// The control-plane servers sharing the database now (the caller included): the
+    /// node keeps a link to each (answered by the link itself, not the node's API).
+    Servers {
+        servers: Vec<crate::ServerAddr>,
+    },
 }
 
 impl Call {
@@ -200,6 +205,7 @@ impl Call {
             Call::StoreGc { .. } => "store_gc",
             Call::ForgetSnapshots { .. } => "forget_snapshots",
             Call::StoreUsage { .. } => "store_usage",
+            Call::Servers { .. } => "servers",
         }
     }
 }

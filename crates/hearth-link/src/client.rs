@@ -109,6 +109,15 @@ impl RemoteNode {
         unavailable(&self.name, what)
     }
 
+    /// Tells the node which servers share the database now, so it links to each (see
+    /// [`crate::run_node`]). A node too old to know the call answers `Invalid`.
+    pub async fn tell_servers(&self, servers: &[crate::ServerAddr]) -> Result<(), NodeError> {
+        self.call(Call::Servers {
+            servers: servers.to_vec(),
+        })
+        .await
+    }
+
     /// Opens a call's stream: its arguments sent, the response's head not read yet.
     /// `stream` keeps the request body open for data after the arguments.
     async fn open(

@@ -9,6 +9,11 @@
 //! exec sessions and port connections then flow raw on the same stream, under h2's flow
 //! control, never whole in memory.
 //!
+//! Several servers sharing one database serve the same fleet: each tells its nodes which
+//! servers are live ([`ServerAddr`], a `servers` call on the link) and a node keeps one
+//! link to each ([`run_node`]), so any server reaches every node directly and the loss
+//! of one server leaves the others' links standing.
+//!
 //! What a node sends is hostile input to the server: every frame is bounded before it is
 //! buffered, announced sizes are checked against what arrives, and nothing a node says
 //! names a path the server opens.
@@ -38,6 +43,22 @@ pub const NODE_HEADER: &str = "hearth-node";
 /// `hearth up --node-selector` matches; they replace the node's labels at each connect).
 pub const LABELS_HEADER: &str = "hearth-node-labels";
 
+/// The header a server names itself in (its id in the `servers` table) when it accepts a
+/// node's connection, so the node links to each server once.
+pub const SERVER_ID_HEADER: &str = "hearth-server-id";
+
+/// Most servers a node keeps links to (a longer list from a server is cut).
+pub const MAX_SERVERS: usize = 32;
+
+/// A control-plane server as its peers advertise it to nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerAddr {
+    /// Its id in the `servers` table.
+    pub id: String,
+    /// Where nodes reach its API (`hearth server --node-url`).
+    pub url: String,
+}
+
 /// Largest dotfiles archive taken from a node (the node's own cap is 64 MiB).
 pub const MAX_DOTFILES: u64 = 65 << 20;
 /// Largest console log taken from a node in one `logs` answer.
@@ -61,6 +82,9 @@ pub struct Limits {
     pub max_args: usize,
     /// Largest file (an exported image, a repository archive) taken from a node.
     pub max_file: u64,
+    /// On a node: where server lists that arrive over a link go (see [`run_node`]);
+    /// `None` answers them without effect.
+    pub servers: Option<std::sync::Arc<tokio::sync::watch::Sender<Vec<ServerAddr>>>>,
 }
 
 impl Limits {
@@ -73,6 +97,7 @@ impl Limits {
             max_head: 32 << 20,
             max_args: 16 << 20,
             max_file: 256 << 30,
+            servers: None,
         }
     }
 }

@@ -258,6 +258,17 @@ async fn run(
             ok(tx, &node.forget_snapshots(&spec, keep).await?).await
         }
         Call::StoreUsage { spec } => ok(tx, &node.store_usage(&spec).await?).await,
+        Call::Servers { mut servers } => {
+            servers.truncate(crate::MAX_SERVERS);
+            if let Some(w) = &limits.servers {
+                w.send_if_modified(|v| {
+                    let changed = *v != servers;
+                    *v = servers;
+                    changed
+                });
+            }
+            ok(tx, &()).await
+        }
     }
 }
 

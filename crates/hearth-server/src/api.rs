@@ -50,7 +50,8 @@ impl Modify for BearerAuth {
         health, openapi_json, list_images, load_image, upload_image, build_image, pull_image, remove_image, list_workspaces,
         create_workspace, get_workspace, update_workspace, inspect_workspace, start_workspace, stop_workspace,
         remove_workspace, workspace_logs, exec_workspace, set_egress, edit_egress, set_limits,
-        crate::ports::list_ports, crate::ports::set_port, crate::ports::forward_port,
+        crate::ports::list_ports, crate::ports::set_port, crate::ports::port_login,
+        crate::ports::forward_port,
         crate::snapshots::take_snapshot, crate::snapshots::list_snapshots,
         crate::snapshots::store_usage, crate::snapshots::list_deleted,
         crate::snapshots::restore_deleted,
@@ -58,7 +59,7 @@ impl Modify for BearerAuth {
         crate::users::me, crate::users::list_users, crate::users::create_user,
         crate::sessions::auth_methods, crate::sessions::create_session,
         crate::sessions::get_session, crate::sessions::logout, crate::sessions::new_token,
-        crate::users::remove_user, crate::users::user_quota, crate::users::set_user_quota,
+        crate::users::remove_user, crate::users::update_user, crate::users::user_quota, crate::users::set_user_quota,
         crate::users::reset_user_quota, crate::users::list_quotas, crate::users::set_default_quota,
         crate::nodes::list_nodes, crate::nodes::drain_node, crate::nodes::undrain_node,
         crate::nodes::set_labels, crate::nodes::remove_node, crate::nodes::move_workspace,
@@ -238,18 +239,23 @@ async fn upload_image(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Image>, ApiError> {
-    let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
-    crate::manager::check_own_image_name(&caller, q.name.as_deref())?;
+    let declared = crate::uploads::declared_length(&headers);
+    let checked = query
+        .map_err(|rej| ApiError::invalid(rej.body_text()))
+        .and_then(|Query(q)| {
+            crate::manager::check_own_image_name(&caller, q.name.as_deref())?;
+            Ok(q)
+        });
+    let q = match checked {
+        Ok(q) => q,
+        Err(e) => return Err(crate::uploads::refuse(body, declared, e).await),
+    };
     let max = st.uploads.max;
     let too_large = || {
         ApiError::too_large(format!(
             "upload is larger than the server's limit of {max} bytes"
         ))
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
@@ -272,26 +278,38 @@ async fn build_image(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<BuildImage>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     let plan = async {
-        let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
-        crate::manager::check_own_image_name(&caller, Some(&q.name))?;
-        let args: std::collections::BTreeMap<String, String> = match &q.args {
-            Some(a) => serde_json::from_str(a).map_err(|e| {
-                ApiError::invalid(format!("args must be a JSON object of strings: {e}"))
-            })?,
-            None => Default::default(),
+        let checked = async {
+            let Query(q) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+            crate::manager::check_own_image_name(&caller, Some(&q.name))?;
+            let args: std::collections::BTreeMap<String, String> = match &q.args {
+                Some(a) => serde_json::from_str(a).map_err(|e| {
+                    ApiError::invalid(format!("args must be a JSON object of strings: {e}"))
+                })?,
+                None => Default::default(),
+            };
+            let check = crate::manager::build::BuildRequest {
+                context: crate::manager::build::BuildContext::Tar(Vec::new()),
+                dockerfile: q.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into()),
+                context_dir: ".".into(),
+                args,
+                target: q.target.clone(),
+                name: q.name.clone(),
+            };
+            st.manager.check_build(&caller, &check).await?;
+            Ok::<_, ApiError>(check)
+        }
+        .await;
+        let check = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                let declared = crate::uploads::declared_length(&headers);
+                return Err(crate::uploads::refuse(body, declared, e).await);
+            }
         };
-        let check = crate::manager::build::BuildRequest {
-            context: crate::manager::build::BuildContext::Tar(Vec::new()),
-            dockerfile: q.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into()),
-            context_dir: ".".into(),
-            args,
-            target: q.target.clone(),
-            name: q.name.clone(),
-        };
-        st.manager.check_build(&caller, &check).await?;
         let max = st.uploads.max;
         let too_large = || {
             ApiError::too_large(format!(

@@ -28,6 +28,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_node::{EgressPolicy, Limits, WorkspaceId, WorkspaceSpec};
@@ -359,6 +360,9 @@ pub struct IdleRecord {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// This server's id ([`Store::set_operator`]), recorded in `op_server` with every
+    /// transitional state it writes; shared by clones.
+    operator: Arc<std::sync::OnceLock<String>>,
 }
 
 /// RFC 3339 UTC time, second precision.
@@ -401,7 +405,8 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 const COLUMNS: &str =
     "id, name, image, source, slot, limits, state, error, created_at, updated_at, egress, \
-     last_snapshot, snapshot_error, owner, node, generation, node_selector, last_snapshot_at";
+     last_snapshot, snapshot_error, owner, node, generation, node_selector, last_snapshot_at, \
+     op_server";
 /// Read with [`COLUMNS`]; written by their own updates (a create sets the timeout after
 /// its insert).
 const IDLE_COLUMNS: &str = "idle_timeout, last_active, stop_reason";
@@ -463,11 +468,11 @@ fn record(row: &impl DbRow) -> Result<WorkspaceRecord, StoreError> {
 /// Inserts workspace row `$rec` (a `&WorkspaceRecord`) on connection `$conn` (within a
 /// transaction), as `Result<_, sqlx::Error>`.
 macro_rules! insert_workspace_row {
-    ($conn:expr, $rec:expr, $limits:expr, $egress:expr) => {{
+    ($conn:expr, $rec:expr, $limits:expr, $egress:expr, $op:expr) => {{
         let s = &$rec.spec;
         sqlx::query(&format!(
             "INSERT INTO workspaces ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ))
         .bind(s.id.as_str())
         .bind(&s.name)
@@ -490,6 +495,7 @@ macro_rules! insert_workspace_row {
                 .then(|| serde_json::to_string(&$rec.node_selector).unwrap_or_default()),
         )
         .bind(&$rec.last_snapshot_at)
+        .bind($op)
         .execute($conn)
         .await
     }};
@@ -541,7 +547,10 @@ impl Store {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            operator: Default::default(),
+        })
     }
 
     /// For queries kept next to their feature, through [`with_pool!`].
@@ -699,7 +708,8 @@ impl Store {
                     .await
                     .map_err(query_err(id))?;
             }
-            match insert_workspace_row!(&mut *tx, rec, limits, egress) {
+            let op = self.op_for(rec.state);
+            match insert_workspace_row!(&mut *tx, rec, limits, egress, op) {
                 Ok(_) => tx.commit().await.map(|_| true).map_err(query_err(id))?,
                 Err(e) if is_unique_violation(&e) => false,
                 Err(e) => return Err(query_err(id)(e)),
@@ -721,6 +731,24 @@ impl Store {
         }
     }
 
+    /// Sets this store's server id: the operator recorded with transitional states.
+    pub fn set_operator(&self, id: &str) {
+        let _ = self.operator.set(id.to_string());
+    }
+
+    /// This server's id, if set.
+    pub fn operator(&self) -> Option<&str> {
+        self.operator.get().map(String::as_str)
+    }
+
+    /// What `op_server` says with `state`: this server while an operation is under way.
+    pub(crate) fn op_for(&self, state: WorkspaceState) -> Option<String> {
+        state
+            .is_transitional()
+            .then(|| self.operator().map(str::to_string))
+            .flatten()
+    }
+
     pub async fn set_state(
         &self,
         id: &str,
@@ -729,12 +757,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         with_pool!(self, p => {
             sqlx::query(
-                "UPDATE workspaces SET state = $1, error = $2, updated_at = $3 WHERE id = $4",
+                "UPDATE workspaces SET state = $1, error = $2, updated_at = $3, op_server = $5 \
+                 WHERE id = $4",
             )
             .bind(state.as_str())
             .bind(error)
             .bind(now())
             .bind(id)
+            .bind(self.op_for(state))
             .execute(p)
             .await
             .map_err(query_err(id))?;
@@ -1193,7 +1223,7 @@ mod tests {
         assert_eq!(alice[0].spec.name, "d");
     }
 
-    fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
+    pub(super) fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
         WorkspaceRecord {
             spec: WorkspaceSpec {
                 id: WorkspaceId::new(id).unwrap(),

@@ -12,6 +12,11 @@
 //! end; what jobs do is safe to repeat (a snapshot of an unchanged workspace is skipped,
 //! an idle stop of a stopped workspace is a no-op), and node calls are fenced by
 //! generation numbers. On SQLite a server is alone and always leader.
+//!
+//! Besides the periodic jobs, the leader takes over operations whose server is gone
+//! (`manager/takeover.rs`). Everything else that runs at a server's start is safe on any
+//! number of servers: the startup reconcile leaves operations of other live servers alone
+//! and is idempotent, and each server fences a node when the node links to it.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -48,6 +53,13 @@ pub enum LeaderError {
 fn unix_ms() -> i64 {
     let t = time::OffsetDateTime::now_utc();
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Servers seen since this time (unix ms) are live: they heartbeat every [`RENEW_EVERY`],
+/// and one silent for [`LEASE_TTL`] is gone (its leases expire, its operations are
+/// taken over, nodes drop their links to it).
+pub(crate) fn live_since() -> i64 {
+    unix_ms() - i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// File in the data dir holding the server's id in `servers` and `leases`.

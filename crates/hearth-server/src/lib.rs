@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub ssh_listen: Option<SocketAddr>,
     /// Where the state lives; `None`: `hearth.db` (SQLite) in the data dir.
     pub database: Option<db::Database>,
+    /// The URL nodes reach this server's API at, as it tells them and the other servers
+    /// (`hearth server --node-url`); `None`: the bound address's.
+    pub node_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -211,16 +214,27 @@ impl Server {
             proxy: None,
         };
         let embedded = node.as_ref().map(|_| fleet::DEFAULT_LOCAL_NODE);
+        let id = leader::server_id(&cfg.data_dir)?;
+        // What nodes dial to link to this server (servers tell their nodes of each other).
+        let node_url = cfg.node_url.clone().unwrap_or_else(|| info.url.clone());
         let leader = Arc::new(
-            leader::Leadership::join(
-                store.clone(),
-                &leader::server_id(&cfg.data_dir)?,
-                &info.url,
-                embedded,
-            )
-            .await
-            .context("cannot register the server")?,
+            leader::Leadership::join(store.clone(), &id, &node_url, embedded)
+                .await
+                .context("cannot register the server")?,
         );
+        store.set_operator(&id);
+        // Operations this server ran before a restart are nobody's now: the reconcile
+        // below, or the leader's takeover once their node attaches, settles them.
+        let orphaned = store
+            .orphan_own(&id)
+            .await
+            .context("cannot read this server's unfinished operations")?;
+        if orphaned > 0 {
+            tracing::info!(
+                operations = orphaned,
+                "unfinished operations from before the restart"
+            );
+        }
         let manager = match node {
             Some(node) => Manager::shared(store.clone(), node),
             None => Manager::shared_fleet(
@@ -309,8 +323,8 @@ impl Server {
             links: links.clone(),
             auth: auth.clone(),
         });
-        tracing::info!(url = info.url, data_dir = %cfg.data_dir.display(), "hearth server listening");
-        Ok(Server {
+        tracing::info!(url = info.url, id, data_dir = %cfg.data_dir.display(), "hearth server listening");
+        let server = Server {
             listener,
             addr,
             app,
@@ -323,7 +337,11 @@ impl Server {
             auth,
             leader,
             renewer,
-        })
+        };
+        server.spawn_every(leader::RENEW_EVERY, |m| async move {
+            m.take_over_orphans().await
+        });
+        Ok(server)
     }
 
     /// Binds the port proxy (see [`proxy`]); port listings carry its URLs from now on and
@@ -338,7 +356,7 @@ impl Server {
         std::fs::write(&path, serde_json::to_vec_pretty(&self.info)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         tracing::info!(listen = %addr, domain = urls.domain, https = urls.https, "port proxy listening");
-        self.manager.set_port_urls(urls);
+        self.manager.set_port_urls(urls, p.cookie_key().clone());
         self.proxy = Some(p);
         Ok(addr)
     }

@@ -245,6 +245,7 @@ pub(crate) async fn connect(State(st): State<AppState>, mut req: Request) -> Res
     let upgrade = hyper::upgrade::on(&mut req);
     let links = st.links.clone();
     let fleet = st.manager.fleet().clone();
+    let store = st.manager.store().clone();
     tokio::spawn(async move {
         let linked = async {
             let io = upgrade.await.map_err(|e| e.to_string())?;
@@ -270,7 +271,10 @@ pub(crate) async fn connect(State(st): State<AppState>, mut req: Request) -> Res
                 node.disconnect();
             }
         }
-        node.closed().await;
+        tokio::select! {
+            () = node.closed() => {}
+            () = tell_servers(&store, &node) => {}
+        }
         links.release(&name, id);
         if fleet.api(&name).is_ok_and(|a| Arc::ptr_eq(&a, &api)) {
             fleet.detach(&name);
@@ -284,7 +288,49 @@ pub(crate) async fn connect(State(st): State<AppState>, mut req: Request) -> Res
         header::UPGRADE,
         HeaderValue::from_static(hearth_link::UPGRADE),
     );
+    if let Some(id) = st
+        .manager
+        .server_id()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        h.insert(hearth_link::SERVER_ID_HEADER, id);
+    }
     resp
+}
+
+/// Tells `node` which servers share the database, at once and whenever that changes
+/// (checked every lease renewal), so it keeps a link to each: any server then reaches
+/// every node itself, and a server's death cuts none of the others' links. Runs until
+/// the connection ends (or for good, after a node too old to know the call).
+async fn tell_servers(store: &crate::db::Store, node: &RemoteNode) {
+    let mut told: Option<Vec<hearth_link::ServerAddr>> = None;
+    loop {
+        match store.live_servers(crate::leader::live_since()).await {
+            Ok(rows) => {
+                let list: Vec<hearth_link::ServerAddr> = rows
+                    .into_iter()
+                    .map(|r| hearth_link::ServerAddr {
+                        id: r.id,
+                        url: r.url,
+                    })
+                    .collect();
+                if told.as_ref() != Some(&list) {
+                    match node.tell_servers(&list).await {
+                        Ok(()) => told = Some(list),
+                        Err(e) if e.kind() == hearth_node::ErrorKind::Invalid => {
+                            tracing::info!(node = node.name(), error = %e, "node cannot link to other servers");
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(node = node.name(), error = %e, "server list not told")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the live servers"),
+        }
+        tokio::time::sleep(crate::leader::RENEW_EVERY).await;
+    }
 }
 
 /// Checks a connecting node and holds its name: the upgrade it asks for, its name, its

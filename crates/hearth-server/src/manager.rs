@@ -35,6 +35,7 @@ mod quotas;
 mod secrets;
 pub mod sessions;
 mod snapshots;
+mod takeover;
 mod trash;
 mod users;
 
@@ -125,6 +126,8 @@ pub struct Manager {
     activity: Arc<crate::activity::Activity>,
     /// How port URLs look, once the port proxy listens.
     port_urls: std::sync::OnceLock<ports::PortUrls>,
+    /// The port proxy's cookie key, which signs the dashboard's login tickets too.
+    port_key: std::sync::OnceLock<crate::proxy::login::CookieKey>,
     /// Idle auto-stop's settings and what was last written to the database.
     idle: idle::IdleState,
     /// See [`Manager::set_default_image`].
@@ -162,6 +165,13 @@ fn say(progress: &Progress, line: impl Into<String>) {
 fn node_err(op: &str, name: &str, e: NodeError) -> ApiError {
     tracing::warn!(workspace = name, op, error = ?e.to_string(), "node call failed");
     ApiError::from(e)
+}
+
+/// Another server started an operation on workspace `name` since it was read.
+fn changed_meanwhile(name: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "workspace {name} changed meanwhile (another server is operating on it); try again"
+    ))
 }
 
 /// Validates a requested policy: a bad rule or too many is an `invalid` error.
@@ -256,6 +266,7 @@ impl Manager {
             deleted_retention: trash::DEFAULT_RETENTION.as_secs().into(),
             activity: Default::default(),
             port_urls: Default::default(),
+            port_key: Default::default(),
             idle: Default::default(),
             default_image: std::sync::RwLock::new(DEFAULT_IMAGE.to_string()),
             secret_box: Default::default(),
@@ -355,6 +366,16 @@ impl Manager {
         error: Option<&str>,
     ) -> Result<(), ApiError> {
         self.store.set_state(&rec.spec.id, state, error).await?;
+        Ok(())
+    }
+
+    /// Starts an operation: `rec` goes to transitional `state` for this server, if no
+    /// other server changed it since it was read (name locks hold within one process
+    /// only; this is the one that holds across servers sharing a database).
+    async fn claim(&self, rec: &WorkspaceRecord, state: WorkspaceState) -> Result<(), ApiError> {
+        if !self.store.claim(&rec.spec.id, rec.state, state).await? {
+            return Err(changed_meanwhile(&rec.spec.name));
+        }
         Ok(())
     }
 
@@ -1158,7 +1179,7 @@ impl Manager {
                     tracing::warn!(workspace = name, error = %e, "cannot note the stop in the console log");
                 }
             }
-            self.set(rec, st, None).await?;
+            self.claim(rec, st).await?;
             match self.node.stop(&rec.spec).await {
                 Ok(()) => {
                     self.set(rec, WorkspaceState::Stopped, None).await?;
@@ -1200,7 +1221,7 @@ impl Manager {
                 .await
                 .map_err(|e| node_err("forget_snapshots", name, e))?;
         }
-        self.set(&rec, st, None).await?;
+        self.claim(&rec, st).await?;
         // A lost node drops its copy when it attaches again.
         let removed = if self.on_lost_node(&rec) {
             self.store.add_eviction(&rec.node, &rec.spec).await?;
@@ -1461,6 +1482,11 @@ impl Manager {
         }
     }
 
+    /// Brings the rows of workspaces on connected nodes in line with what the nodes
+    /// report (at server start). Idempotent, and it leaves alone operations another live
+    /// server is running (servers sharing a database start while others work): those
+    /// are theirs to finish, and a server's own operations from before a restart are
+    /// finished here or, on nodes not connected yet, by the leader's takeover job.
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         self.fleet.load().await?;
         for n in self.fleet.nodes() {
@@ -1476,6 +1502,8 @@ impl Manager {
         if self.fleet.only().is_none() {
             recs.retain(|r| self.fleet.api(&r.node).is_ok());
         }
+        let busy = self.operations_elsewhere().await?;
+        recs.retain(|r| !busy.contains(&r.spec.name));
         let specs: Vec<WorkspaceSpec> = recs.iter().map(|r| r.spec.clone()).collect();
         let statuses = self.node.reconcile(&specs).await?;
         let status_of = |spec: &WorkspaceSpec| -> Option<WorkspaceStatus> {
@@ -1485,53 +1513,61 @@ impl Manager {
                 .map(|(_, s)| s.clone())
         };
         for rec in recs {
-            let name = &rec.spec.name;
             let actual = status_of(&rec.spec).map(|s| s.state);
-            match reconciled_state(rec.state, actual) {
-                None => {
-                    tracing::info!(workspace = name, state = %rec.state, "finishing interrupted removal");
-                    match self.node.remove(&rec.spec).await {
-                        // A removal keeps the snapshots for the grace period (it may have
-                        // been a purge; keeping is the side that loses nothing).
-                        // So may a restore (a create with snapshots) cut short.
-                        Ok(())
-                            if rec.state == WorkspaceState::Removing
-                                || self.has_snapshots(&rec.spec).await =>
-                        {
-                            self.retire(&rec).await?
-                        }
-                        Ok(()) => self.store.delete(&rec.spec.id).await?,
-                        Err(e) => {
-                            // Keep the row so `hearth rm` can retry; never leave it transitional.
-                            tracing::error!(workspace = name, error = ?e.to_string(), "remove failed");
-                            let msg = format!("interrupted operation could not be undone: {e}");
-                            self.store
-                                .set_state(&rec.spec.id, WorkspaceState::Failed, Some(&msg))
-                                .await?;
-                        }
+            self.settle(&rec, actual).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles `rec` (its operation interrupted, or its row behind its node) from what
+    /// its node reports: a create or removal cut short is removed, the rest take the
+    /// state the node reports.
+    async fn settle(&self, rec: &WorkspaceRecord, actual: Option<RunState>) -> anyhow::Result<()> {
+        let name = &rec.spec.name;
+        match reconciled_state(rec.state, actual) {
+            None => {
+                tracing::info!(workspace = name, state = %rec.state, "finishing interrupted removal");
+                match self.node.remove(&rec.spec).await {
+                    // A removal keeps the snapshots for the grace period (it may have
+                    // been a purge; keeping is the side that loses nothing).
+                    // So may a restore (a create with snapshots) cut short.
+                    Ok(())
+                        if rec.state == WorkspaceState::Removing
+                            || self.has_snapshots(&rec.spec).await =>
+                    {
+                        self.retire(rec).await?
                     }
-                }
-                Some(state) => {
-                    let error = match (state, actual) {
-                        (WorkspaceState::Failed, Some(RunState::Missing) | None) => {
-                            Some("the node has no data for this workspace".to_string())
-                        }
-                        (WorkspaceState::Failed, _) => rec.error.clone(),
-                        _ => None,
-                    };
-                    if state != rec.state || error != rec.error {
-                        tracing::info!(workspace = name, from = %rec.state, to = %state, "reconciled");
+                    Ok(()) => self.store.delete(&rec.spec.id).await?,
+                    Err(e) => {
+                        // Keep the row so `hearth rm` can retry; never leave it transitional.
+                        tracing::error!(workspace = name, error = ?e.to_string(), "remove failed");
+                        let msg = format!("interrupted operation could not be undone: {e}");
                         self.store
-                            .set_state(&rec.spec.id, state, error.as_deref())
+                            .set_state(&rec.spec.id, WorkspaceState::Failed, Some(&msg))
                             .await?;
                     }
-                    if state == WorkspaceState::Stopped && rec.snapshot_error.is_some() {
-                        tracing::info!(
-                            workspace = name,
-                            "resuming retries of a failed final snapshot"
-                        );
-                        self.retry_final_snapshot(&rec);
+                }
+            }
+            Some(state) => {
+                let error = match (state, actual) {
+                    (WorkspaceState::Failed, Some(RunState::Missing) | None) => {
+                        Some("the node has no data for this workspace".to_string())
                     }
+                    (WorkspaceState::Failed, _) => rec.error.clone(),
+                    _ => None,
+                };
+                if state != rec.state || error != rec.error {
+                    tracing::info!(workspace = name, from = %rec.state, to = %state, "reconciled");
+                    self.store
+                        .set_state(&rec.spec.id, state, error.as_deref())
+                        .await?;
+                }
+                if state == WorkspaceState::Stopped && rec.snapshot_error.is_some() {
+                    tracing::info!(
+                        workspace = name,
+                        "resuming retries of a failed final snapshot"
+                    );
+                    self.retry_final_snapshot(rec);
                 }
             }
         }

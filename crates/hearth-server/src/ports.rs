@@ -4,10 +4,10 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, State};
 use axum::response::Response;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use hearth_api::{ErrorBody, Port, SetPort};
+use hearth_api::{ErrorBody, Port, PortLogin, SetPort};
 use hearth_node::NodeError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,6 +21,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/workspaces/{name}/ports", get(list_ports))
         .route("/v1/workspaces/{name}/ports/{port}", put(set_port))
+        .route("/v1/workspaces/{name}/ports/{port}/login", post(port_login))
         .route(
             "/v1/workspaces/{name}/ports/{port}/forward",
             get(forward_port),
@@ -66,6 +67,22 @@ pub(crate) async fn set_port(
             .set_port(&caller, &name, port, req.visibility)
             .await?,
     ))
+}
+
+/// A link that logs the browser opening it in to the port's URL, good for a minute: how
+/// the dashboard opens a private port for people who have no API token at hand.
+#[utoipa::path(post, path = "/v1/workspaces/{name}/ports/{port}/login",
+    params(("name" = String, Path), ("port" = u16, Path, minimum = 1, maximum = 65535)),
+    responses((status = 200, body = PortLogin), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the server runs no port proxy", body = ErrorBody)))]
+pub(crate) async fn port_login(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<PortLogin>, ApiError> {
+    let (name, port) = name_port(path.map_err(|r| ApiError::invalid(r.body_text()))?)?;
+    Ok(Json(st.manager.port_login(&caller, &name, port).await?))
 }
 
 /// Forwards one TCP connection to `port` inside the workspace over a WebSocket (see

@@ -351,6 +351,7 @@ on_both_backends!(
     unknown_names_leave_no_state_behind,
     list_pages_by_name,
     servers_sharing_a_database_elect_one_leader,
+    operations_of_gone_servers_are_taken_over,
 );
 
 /// Servers sharing a database: exactly one holds the leader lease (the background jobs),
@@ -367,6 +368,7 @@ async fn servers_sharing_a_database_elect_one_leader(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         };
         async move {
             let lock = crate::DataDirLock::acquire(&data_dir).unwrap();
@@ -690,6 +692,7 @@ async fn openapi_lists_every_route() {
         ("post", "/v1/deleted-workspaces/{name}/restore"),
         ("get", "/v1/workspaces/{name}/ports"),
         ("put", "/v1/workspaces/{name}/ports/{port}"),
+        ("post", "/v1/workspaces/{name}/ports/{port}/login"),
         ("get", "/v1/workspaces/{name}/ports/{port}/forward"),
         ("post", "/v1/store/fsck"),
         ("post", "/v1/store/gc"),
@@ -697,6 +700,7 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/users"),
         ("post", "/v1/users"),
         ("delete", "/v1/users/{user}"),
+        ("patch", "/v1/users/{user}"),
         ("get", "/v1/users/{user}/quota"),
         ("put", "/v1/users/{user}/quota"),
         ("delete", "/v1/users/{user}/quota"),
@@ -1022,6 +1026,91 @@ fn record(id: &str, name: &str, slot: u32, state: WorkspaceState) -> WorkspaceRe
         last_snapshot_at: None,
         idle: Default::default(),
     }
+}
+
+/// The leader's takeover: operations whose server is gone (this one before a restart,
+/// another that stopped heartbeating) are settled, a stop finished and a create cut
+/// short removed; operations of live servers are left to them, by the takeover and by a
+/// starting server's reconcile.
+async fn operations_of_gone_servers_are_taken_over(b: Backend) {
+    use WorkspaceState::{Creating, Running, Stopped, Stopping};
+    let node = FakeNode::with_image("busybox");
+    let h = harness_on(b, node.clone()).await;
+    let store = h.manager.store();
+    store.set_operator("aaaa");
+    let (other, gone) = (h._db.store().await, h._db.store().await);
+    other.set_operator("bbbb");
+    gone.set_operator("cccc");
+    let ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    store
+        .register_server("aaaa", "http://a", None, ms)
+        .await
+        .unwrap();
+    other
+        .register_server("bbbb", "http://b", None, ms)
+        .await
+        .unwrap();
+    // A stop and a create this server ran before it restarted.
+    store
+        .insert(&record("000000000001", "stopping", 1, Running))
+        .await
+        .unwrap();
+    node.st().workspaces.insert("000000000001".into(), true);
+    assert!(store
+        .claim("000000000001", Running, Stopping)
+        .await
+        .unwrap());
+    store
+        .insert(&record("000000000002", "creating", 2, Creating))
+        .await
+        .unwrap();
+    node.st().workspaces.insert("000000000002".into(), false);
+    assert_eq!(store.orphan_own("aaaa").await.unwrap(), 2);
+    // In flight on this server and on live bbbb; a start of cccc, which is gone.
+    store
+        .insert(&record("000000000003", "mine", 3, Creating))
+        .await
+        .unwrap();
+    other
+        .insert(&record("000000000004", "theirs", 4, Creating))
+        .await
+        .unwrap();
+    gone.insert(&record("000000000005", "starting", 5, Stopped))
+        .await
+        .unwrap();
+    assert!(gone
+        .claim("000000000005", Stopped, WorkspaceState::Starting)
+        .await
+        .unwrap());
+    node.st().workspaces.insert("000000000005".into(), true);
+
+    h.manager.take_over_orphans().await;
+    let after: HashMap<String, WorkspaceRecord> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.spec.name.clone(), r))
+        .collect();
+    assert_eq!(after["stopping"].state, Stopped);
+    assert_eq!(node.st().workspaces.get("000000000001"), Some(&false));
+    assert!(!after.contains_key("creating"), "{after:?}");
+    assert!(!node.st().workspaces.contains_key("000000000002"));
+    assert_eq!(after["starting"].state, Running);
+    assert_eq!(after["mine"].state, Creating);
+    assert_eq!(after["theirs"].state, Creating);
+    let ops = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        store.operations().await.unwrap(),
+        ops(&[("mine", "aaaa"), ("theirs", "bbbb")])
+    );
+    // A starting server's reconcile leaves bbbb's operation alone.
+    h.manager.reconcile().await.unwrap();
+    assert_eq!(store.get("theirs").await.unwrap().unwrap().state, Creating);
 }
 
 async fn reconcile_resolves_transitional_states(b: Backend) {
@@ -1378,6 +1467,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         },
         node.clone(),
     )
@@ -1396,6 +1486,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: Some(db.database.clone()),
+            node_url: None,
         },
         node,
     )
@@ -1455,6 +1546,7 @@ async fn exec_over_websocket() {
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
             database: None,
+            node_url: None,
         },
         Arc::new(node.clone()),
     )

@@ -18,6 +18,41 @@ pub struct Uploads {
     pub max: u64,
 }
 
+/// Most of a refused upload read and thrown away before the refusal is sent.
+const DRAIN_MAX: u64 = 64 << 20;
+/// How long a refused upload may take to arrive before the refusal goes out anyway.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers a refusal decided before the upload was read, after reading the rest of it
+/// (up to [`DRAIN_MAX`] bytes or [`DRAIN_TIME`]). HTTP/1 clients such as the CLI send the
+/// whole body before they read any answer; closing on them mid-body makes them report a
+/// broken pipe instead of the reason (a wrong image name, a missing permission).
+pub async fn refuse(body: axum::body::Body, declared: Option<u64>, err: ApiError) -> ApiError {
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
+        return err;
+    }
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        let mut total = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            total = total.saturating_add(chunk.len() as u64);
+            if total > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    err
+}
+
+/// The request's declared `Content-Length`, if it has a valid one.
+pub fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Writes `body` to a new file in `dir`; the file is deleted when the returned path drops.
 pub async fn receive(
     dir: &Path,

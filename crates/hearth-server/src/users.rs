@@ -5,7 +5,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use hearth_api::{CreateUser, ErrorBody, NewUser, Quota, Quotas, User, UserQuota};
+use hearth_api::{CreateUser, ErrorBody, NewUser, Quota, Quotas, UpdateUser, User, UserQuota};
 
 use crate::audit::AuditTarget;
 use crate::auth::{Admin, Caller};
@@ -16,7 +16,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/me", get(me))
         .route("/v1/users", get(list_users).post(create_user))
-        .route("/v1/users/{user}", delete(remove_user))
+        .route("/v1/users/{user}", delete(remove_user).patch(update_user))
         .route(
             "/v1/users/{user}/quota",
             get(user_quota).put(set_user_quota).delete(reset_user_quota),
@@ -97,6 +97,22 @@ pub(crate) async fn remove_user(
         .remove_user(&caller, &user, q.reassign_to.as_deref())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes a user an admin or a plain user (admins only). Refused (409) for the caller
+/// itself and for the first-start admin `admin`, so an admin always remains.
+#[utoipa::path(patch, path = "/v1/users/{user}", params(("user" = String, Path)),
+    request_body = UpdateUser,
+    responses((status = 200, body = User), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the user is the caller or is admin", body = ErrorBody)))]
+pub(crate) async fn update_user(
+    State(st): State<AppState>,
+    Admin(caller): Admin,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<UpdateUser>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(st.manager.set_admin(&caller, &user, req.admin).await?))
 }
 
 /// A user's quota in force and their usage: admins ask of anyone, a user of themselves.

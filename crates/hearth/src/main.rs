@@ -571,6 +571,13 @@ enum UserCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make a user an admin (users an identity provider signs in start as plain users).
+    Admin {
+        name: String,
+        /// Make the user a plain user again.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Remove a user; its token stops working at once.
     Rm {
         name: String,
@@ -887,6 +894,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             match cmd {
                 UserCmd::Add { name, admin } => c.user_add(name, *admin).await?,
                 UserCmd::Ls { json } => c.user_list(*json).await?,
+                UserCmd::Admin { name, revoke } => c.user_admin(name, !*revoke).await?,
                 UserCmd::Rm { name, reassign_to } => {
                     c.user_remove(name, reassign_to.as_deref()).await?
                 }

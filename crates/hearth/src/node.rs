@@ -18,6 +18,9 @@ use crate::server::{init_tracing, open_node, shutdown_signal, NodeFlags};
 pub const CREDENTIAL_FILE: &str = "node-credential.json";
 /// Where archives the control plane sends wait while they load.
 const SCRATCH_DIR: &str = "link-scratch";
+/// The control-plane servers this node last heard of (it links to each; see
+/// `hearth_link::run_node`).
+const SERVERS_FILE: &str = "servers.json";
 
 #[derive(Args, Debug)]
 pub struct NodeDaemonArgs {
@@ -173,8 +176,9 @@ pub async fn run(data_dir: &Path, args: &NodeDaemonArgs) -> anyhow::Result<()> {
     let credential = credential(data_dir, url, &name, args.join_token.as_deref()).await?;
     let node: Arc<dyn NodeApi> = Arc::new(open_node(data_dir, &args.node, None).await?);
     let limits = hearth_link::Limits::new(scratch(data_dir)?);
+    let known = data_dir.join(SERVERS_FILE);
     tokio::select! {
-        r = hearth_link::run_node(url, &name, &args.labels, &credential, node, limits) => {
+        r = hearth_link::run_node(url, &name, &args.labels, &credential, node, limits, Some(&known)) => {
             r.with_context(|| format!("node {name} cannot serve {url}"))?;
             bail!("node {name} stopped serving {url}")
         }

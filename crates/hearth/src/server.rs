@@ -117,6 +117,11 @@ pub struct ServerArgs {
     /// to one host); the node flags are then unused.
     #[arg(long)]
     no_local_node: bool,
+    /// The URL nodes reach this server's API at (http://HOST:PORT). Servers sharing a
+    /// database tell their nodes each other's, and every node links to every server, so
+    /// any server reaches every node. Default: http://LISTEN (127.0.0.1 for 0.0.0.0).
+    #[arg(long, value_name = "URL")]
+    node_url: Option<String>,
     /// Sign browsers in through this OpenID Connect provider (its issuer URL, e.g.
     /// https://accounts.google.com); register PUBLIC_URL/auth/callback as its redirect URI.
     #[arg(long, value_name = "URL", requires_all = ["oidc_client_id", "oidc_client_secret_file"])]
@@ -512,6 +517,7 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         upload_max: args.upload_max,
         ssh_listen: args.ssh_listen.0,
         database: args.database.clone(),
+        node_url: node_url(args)?,
     };
     let mut server = Server::bind_fleet(lock, cfg, node).await?;
     server.set_deleted_retention(args.deleted_retention);
@@ -553,6 +559,21 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         server.spawn_store_gc(std::time::Duration::from_secs(args.store_gc_interval));
     }
     server.serve(shutdown_signal()).await
+}
+
+/// `--node-url`, checked: nodes dial plain http (the link is HTTP/2 over an upgrade).
+fn node_url(args: &ServerArgs) -> anyhow::Result<Option<String>> {
+    let Some(url) = &args.node_url else {
+        return Ok(None);
+    };
+    let url = url.trim_end_matches('/');
+    let ok = url
+        .strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+    if !ok {
+        bail!("--node-url {url}: use http://HOST:PORT (what nodes dial)");
+    }
+    Ok(Some(url.to_string()))
 }
 
 /// The `--oidc-*` flags, checked; `None` without --oidc-issuer.

@@ -516,3 +516,176 @@ fn a_killed_node_is_fenced_when_it_comes_back() {
     assert_eq!(server.exec("w", &["cat", "/workspace/f"]).trim(), "before");
     server.ok(&["rm", "w"]);
 }
+
+/// Lines of `server`'s log containing `what`.
+fn log_count(server: &TestServer, what: &str) -> usize {
+    server
+        .server_log()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+fn workspace_dirs(node: &TestNode) -> usize {
+    std::fs::read_dir(node.data_dir().join("workspaces"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Two `hearth server` processes on one PostgreSQL database serve one fleet: a node that
+/// joined through server A links to B too (A tells it of B), so B answers for the
+/// workspace A created (exec, port proxy). A is killed with SIGKILL in the middle of a
+/// stop: B takes the leader lease, takes the stop over once A's heartbeat is stale,
+/// finishes it with its final snapshot, and runs the periodic snapshots from then on;
+/// the workspace has one copy, on its node, and starts again through B. A, restarted,
+/// serves it again without taking anything over.
+#[test]
+fn two_servers_serve_one_fleet_and_survive_a_kill() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let (_moto, s3) = common::s3::bucket();
+    let db = hearth_server::db::scratch::ScratchDb::new()
+        .expect("a scratch PostgreSQL server (scripts/install-deps.sh --test installs it)");
+    let url = db.url();
+    let shared = [
+        "--database",
+        url.as_str(),
+        "--no-local-node",
+        "--snapshot-interval",
+        "3",
+    ];
+    let mut a = TestServer::prepare(&shared);
+    a.spawn();
+    // One admin token for both (each server records its data dir's token as admin's).
+    let mut b = TestServer::prepare(&shared);
+    std::fs::copy(a.data_dir().join("token"), b.data_dir().join("token")).unwrap();
+    b.spawn();
+    wait_until("A holds the leader lease", || {
+        log_count(&a, "leader: running the background jobs") == 1
+    });
+
+    let mut n = TestNode::new("n1");
+    n.extra = vec!["--snapshot-s3".into(), s3.clone()];
+    n.spawn(&a, Some(&token(&a, &[])));
+    wait_ready(&a, &n);
+    // A told the node of B; the node linked to B with its credential.
+    wait_ready(&b, &n);
+    assert!(
+        n.log()
+            .contains("linking to another server of the control plane"),
+        "{}",
+        n.log()
+    );
+
+    // Created through A, used through B: exec and the port proxy go over B's own link.
+    // (A remote node loads archives: the image directory goes as a tar.)
+    let image = common::images::busybox_image(a.data_dir());
+    let tar = a.data_dir().join("busybox.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&image)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar {}", image.display());
+    a.ok(&["image", "load", tar.to_str().unwrap(), "--name", "busybox"]);
+    let repo = common::git_repo(a.data_dir(), "proj");
+    a.ok(&[
+        "up",
+        repo.to_str().unwrap(),
+        "--image",
+        "busybox",
+        "--name",
+        "w",
+    ]);
+    assert!(
+        b.exec("w", &["cat", "/workspace/proj/README.md"])
+            .contains("hello from the repo"),
+        "B does not reach the workspace A made"
+    );
+    b.exec(
+        "w",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo from-b > /www/index.html && httpd -p 8080 -h /www",
+        ],
+    );
+    let (status, body) = proxy_get(&b, "8080-w.localhost");
+    assert_eq!((status, body.trim()), (200, "from-b"));
+
+    // A process that ignores TERM holds the stop for the node's grace period, so A can be
+    // killed while the workspace is `stopping`.
+    b.exec("w", &["sh", "-c", "echo kept > /workspace/f && sync"]);
+    b.exec(
+        "w",
+        &[
+            "sh",
+            "-c",
+            "(trap '' TERM; while true; do sleep 1; done) </dev/null >/dev/null 2>&1 &",
+        ],
+    );
+    let mut stop = a.spawn_cli(&["stop", "w"]);
+    wait_until("w is stopping", || b.workspace("w")["state"] == "stopping");
+    let killed = Instant::now();
+    a.kill();
+    let _ = stop.kill();
+    let _ = stop.wait();
+
+    // B takes the lease (A's expires), then A's stop (A's heartbeat is stale).
+    wait_until("B holds the leader lease", || {
+        log_count(&b, "leader: running the background jobs") == 1
+    });
+    let leader_after = killed.elapsed();
+    wait_until("the stop is taken over and finished", || {
+        b.workspace("w")["state"] == "stopped"
+    });
+    let settled_after = killed.elapsed();
+    println!(
+        "takeover after SIGKILL of server A: B leader after {:.1} s, A's stop finished by B \
+         after {:.1} s",
+        leader_after.as_secs_f64(),
+        settled_after.as_secs_f64()
+    );
+    assert_eq!(
+        log_count(&b, "taking over an operation whose server is gone"),
+        1,
+        "{}",
+        b.server_log()
+    );
+    // Its final snapshot follows, as after any stop.
+    wait_until("the final snapshot is recorded", || {
+        b.workspace("w")["last_snapshot_at"].is_string()
+    });
+    let w = b.workspace("w");
+    assert!(w["error"].is_null(), "{w}");
+    assert!(w["snapshot_error"].is_null(), "{w}");
+    assert_eq!(workspace_dirs(&n), 1, "one copy of w on its node");
+    assert_eq!(b.workspace_names(), ["w"]);
+
+    // Nothing lost: it starts again through B with its files; B runs the periodic
+    // snapshots now (nobody asks for this one).
+    b.ok(&["start", "w"]);
+    assert_eq!(b.exec("w", &["cat", "/workspace/f"]).trim(), "kept");
+    let before = snapshot_count(&b, "w");
+    b.exec("w", &["sh", "-c", "echo later > /workspace/g && sync"]);
+    wait_until("B takes a periodic snapshot", || {
+        snapshot_count(&b, "w") > before
+    });
+
+    // A comes back: the node links to it again and it serves w, while B keeps the lease
+    // and A's start changes nothing of B's.
+    a.spawn();
+    wait_ready(&a, &n);
+    assert_eq!(a.exec("w", &["cat", "/workspace/g"]).trim(), "later");
+    assert_eq!(a.workspace("w")["state"], "running");
+    assert_eq!(
+        log_count(&a, "leader: running the background jobs"),
+        1,
+        "A took the lease back from B"
+    );
+    b.ok(&["rm", "w"]);
+    assert_eq!(workspace_dirs(&n), 0, "rm left the workspace on the node");
+}

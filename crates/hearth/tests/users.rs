@@ -368,6 +368,29 @@ fn users_see_and_touch_only_their_own_workspaces() {
         std::env::var("HEARTH_TEST_BUSYBOX").expect("HEARTH_TEST_BUSYBOX: the busybox test image");
     let err = remote_err(&url, &bob, &["image", "load", &image, "--name", "busybox"]);
     assert!(err.contains("use bob/busybox"), "{err}");
+    // Refused before a byte was read, and still the reason arrives, not a broken pipe
+    // (the server reads the rest of the upload first): 40 MiB is far beyond what socket
+    // buffers hold.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    big.as_file().set_len(40 << 20).unwrap();
+    let big = big.path().to_str().unwrap();
+    let err = remote_err(&url, &bob, &["image", "load", big, "--name", "busybox"]);
+    assert!(err.contains("use bob/busybox"), "{err}");
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::copy(big, ctx.path().join("filler")).unwrap();
+    let err = remote_err(
+        &url,
+        &bob,
+        &[
+            "image",
+            "build",
+            ctx.path().to_str().unwrap(),
+            "--name",
+            "busybox",
+        ],
+    );
+    assert!(err.contains("use bob/busybox"), "{err}");
     remote_ok(
         &url,
         &bob,
@@ -376,6 +399,22 @@ fn users_see_and_touch_only_their_own_workspaces() {
     let images = s.ok(&["image", "ls"]);
     assert!(images.contains("bob/busybox:latest"), "{images}");
     assert!(!s.ok(&["user", "ls"]).contains("eve"));
+
+    // Roles: bob made an admin may list users at once (though his token was just used,
+    // so cached), and made a plain user again may not.
+    assert_eq!(
+        s.ok(&["user", "admin", "bob"]).trim(),
+        "user bob is an admin"
+    );
+    assert!(remote_ok(&url, &bob, &["user", "ls"]).contains("alice"));
+    assert_eq!(
+        s.ok(&["user", "admin", "bob", "--revoke"]).trim(),
+        "user bob is a plain user"
+    );
+    let err = remote_err(&url, &bob, &["user", "ls"]);
+    assert!(err.contains("needs an admin token"), "{err}");
+    let err = s.fails(&["user", "admin", "admin", "--revoke"]);
+    assert!(err.contains("it is you"), "{err}");
 
     // Only hashes are stored: no token appears anywhere in the database files.
     for f in ["hearth.db", "hearth.db-wal"] {

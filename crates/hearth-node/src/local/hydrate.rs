@@ -531,7 +531,7 @@ impl Hydration {
                     }
                 }
             };
-            self.settle(ino, done);
+            self.settle(ino, done, false);
         }
     }
 
@@ -584,7 +584,7 @@ impl Hydration {
                 },
             });
             let failed = res.is_err();
-            self.settle(ino, res);
+            self.settle(ino, res, true);
             if failed {
                 self.nap(pause);
                 pause = (pause * 2).min(Duration::from_secs(30));
@@ -630,8 +630,10 @@ impl Hydration {
     }
 
     /// Ends a fill: answers the opens waiting for it (allowed once filled, denied if it
-    /// failed, so nobody reads a placeholder) and records the outcome.
-    fn settle(&self, ino: u64, res: Result<(), String>) {
+    /// failed, so nobody reads a placeholder) and records the outcome. A failed background
+    /// fill that opens joined while it ran hands them to an open worker instead, so they
+    /// get the same patience (`OPEN_PATIENCE`) as an open that started the fill itself.
+    fn settle(&self, ino: u64, res: Result<(), String>, from_background: bool) {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let Some(FileState::Filling {
             entry,
@@ -640,6 +642,26 @@ impl Hydration {
         }) = files.by_ino.remove(&ino)
         else {
             return;
+        };
+        let (entry, path, waiters) = match (&res, from_background, waiters.is_empty()) {
+            (Err(e), true, false) => {
+                let tx = self.jobs.lock().ok().and_then(|j| j.clone());
+                // Sent under the lock, so the worker finds the state in place.
+                if tx.is_some_and(|tx| tx.send(ino).is_ok()) {
+                    self.failed(&path.display().to_string(), e);
+                    files.by_ino.insert(
+                        ino,
+                        FileState::Filling {
+                            entry,
+                            path,
+                            waiters,
+                        },
+                    );
+                    return;
+                }
+                (entry, path, waiters)
+            }
+            _ => (entry, path, waiters),
         };
         match &res {
             Ok(()) => {

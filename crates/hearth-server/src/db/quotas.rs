@@ -410,30 +410,39 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Sets workspace `id` (owned by `owner`) to `state` if `charge` fits `owner`'s quota,
-    /// in one transaction (a start).
+    /// Sets workspace `id` (owned by `owner`) from `from` to `state` if `charge` fits
+    /// `owner`'s quota, in one transaction (a start). `false` (nothing changed) when the
+    /// workspace is no longer `from` (another server operates on it).
     pub async fn set_state_charged(
         &self,
         id: &str,
         owner: &str,
+        from: WorkspaceState,
         state: WorkspaceState,
         charge: &QuotaUsage,
-    ) -> Result<(), StoreError> {
-        with_pool!(self, p => {
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => {
             let mut tx = p.begin_write().await.map_err(StoreError::Users)?;
             charge_quota!(p, tx, owner, *charge)?;
-            sqlx::query(
-                "UPDATE workspaces SET state = $1, error = NULL, updated_at = $2 WHERE id = $3",
+            let n = sqlx::query(
+                "UPDATE workspaces SET state = $1, error = NULL, updated_at = $2, op_server = $4 \
+                 WHERE id = $3 AND state = $5",
             )
             .bind(state.as_str())
             .bind(now())
             .bind(id)
+            .bind(self.op_for(state))
+            .bind(from.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::Users)?;
-            tx.commit().await.map_err(StoreError::Users)?;
+            .map_err(StoreError::Users)?
+            .rows_affected();
+            if n == 1 {
+                tx.commit().await.map_err(StoreError::Users)?;
+            }
+            n
         });
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Replaces workspace `id`'s limits with `limits` (JSON) if `charge` fits `owner`'s

@@ -1,6 +1,8 @@
 //! `servers` and `leases`: the control-plane servers sharing the database and the work
 //! exactly one of them does (see [`crate::leader`]).
 
+use hearth_api::WorkspaceState;
+
 use super::{now, query_err, with_pool, Store, StoreError};
 
 /// A server as its row says.
@@ -128,11 +130,159 @@ impl Store {
     }
 }
 
+/// Operations (transitional states) and the servers running them: `workspaces.op_server`.
+impl Store {
+    /// Workspaces in a transitional state whose operation names a server: (name, server).
+    /// `''` is an operation whose server restarted (see [`Store::orphan_own`]).
+    pub async fn operations(&self) -> Result<Vec<(String, String)>, StoreError> {
+        with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT name, op_server FROM workspaces WHERE op_server IS NOT NULL \
+                 AND state IN ('creating', 'starting', 'stopping', 'removing') ORDER BY name",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(query_err("*"))
+        })
+    }
+
+    /// Moves workspace `id` from `from` to transitional `to` for this server, if it is
+    /// still `from`: of servers racing to operate on one workspace, one wins.
+    pub async fn claim(
+        &self,
+        id: &str,
+        from: WorkspaceState,
+        to: WorkspaceState,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workspaces SET state = $1, error = NULL, updated_at = $2, op_server = $3 \
+                 WHERE id = $4 AND state = $5",
+            )
+            .bind(to.as_str())
+            .bind(now())
+            .bind(self.op_for(to))
+            .bind(id)
+            .bind(from.as_str())
+            .execute(p)
+            .await
+            .map_err(query_err(id))?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Takes over workspace `id`'s operation from server `old` (gone), if it is still
+    /// `state` and `old`'s: of servers racing for it, one wins.
+    pub async fn adopt(
+        &self,
+        id: &str,
+        state: WorkspaceState,
+        old: &str,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workspaces SET op_server = $1 WHERE id = $2 AND state = $3 \
+                 AND op_server = $4",
+            )
+            .bind(self.operator())
+            .bind(id)
+            .bind(state.as_str())
+            .bind(old)
+            .execute(p)
+            .await
+            .map_err(query_err(id))?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Marks operations of server `me`'s previous run as orphaned (`''`): called at its
+    /// start, before it runs any. How many there were.
+    pub async fn orphan_own(&self, me: &str) -> Result<u64, StoreError> {
+        let n = with_pool!(self, p => {
+            sqlx::query("UPDATE workspaces SET op_server = '' WHERE op_server = $1")
+                .bind(me)
+                .execute(p)
+                .await
+                .map_err(query_err(me))?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::db::testdb::{on_both_backends, Backend, TestDb};
 
-    on_both_backends!(one_holder_per_lease_until_it_expires, servers_come_and_go);
+    on_both_backends!(
+        one_holder_per_lease_until_it_expires,
+        servers_come_and_go,
+        operations_are_claimed_once_and_taken_over_once,
+    );
+
+    /// Two servers race to start an operation on one workspace: one wins. The other takes
+    /// it over only from its server and only once; a restarted server's operations are
+    /// marked orphaned; settling clears the operation.
+    async fn operations_are_claimed_once_and_taken_over_once(b: Backend) {
+        use hearth_api::WorkspaceState::{Running, Starting, Stopped, Stopping};
+        let db = TestDb::new(b);
+        let (sa, sb) = (db.store().await, db.store().await);
+        sa.set_operator("a");
+        sb.set_operator("b");
+        let mut w = crate::db::tests::rec("aaaaaaaaaaaa", "w", 0);
+        w.state = Stopped;
+        sa.insert(&w).await.unwrap();
+        assert!(sa.operations().await.unwrap().is_empty());
+        let id = w.spec.id.as_str();
+
+        let (x, y) = tokio::join!(
+            sa.claim(id, Stopped, Stopping),
+            sb.claim(id, Stopped, Stopping)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x != y, "exactly one claim wins: {x} {y}");
+        let (winner, other, won, lost) = if x {
+            (&sa, &sb, "a", "b")
+        } else {
+            (&sb, &sa, "b", "a")
+        };
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("w".to_string(), won.to_string())]
+        );
+        // The winner is gone: taken over from it, in its state, once.
+        assert!(!other.adopt(id, Running, won).await.unwrap());
+        assert!(!other.adopt(id, Stopping, lost).await.unwrap());
+        assert!(other.adopt(id, Stopping, won).await.unwrap());
+        assert!(!winner.adopt(id, Stopping, won).await.unwrap());
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("w".to_string(), lost.to_string())]
+        );
+        other.set_state(id, Stopped, None).await.unwrap();
+        assert!(sa.operations().await.unwrap().is_empty());
+
+        // A restart: its unfinished operations become nobody's.
+        assert!(sa.claim(id, Stopped, Starting).await.unwrap());
+        assert_eq!(sa.orphan_own("a").await.unwrap(), 1);
+        assert_eq!(
+            sb.operations().await.unwrap(),
+            [("w".to_string(), String::new())]
+        );
+        assert!(sb.adopt(id, Starting, "").await.unwrap());
+        sb.set_state(id, Running, None).await.unwrap();
+
+        // A create's row names its server from the insert on.
+        sb.insert(&crate::db::tests::rec("bbbbbbbbbbbb", "c", 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            sa.operations().await.unwrap(),
+            [("c".to_string(), "b".to_string())]
+        );
+    }
 
     /// Of many stores racing for a free lease exactly one wins; the holder renews, the
     /// others cannot take it until it expires, then one can.

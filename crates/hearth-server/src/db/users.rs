@@ -92,6 +92,23 @@ impl Store {
         Ok(rec)
     }
 
+    /// Makes `name` an admin or a plain user; `None` when there is no such user.
+    pub async fn set_user_admin(
+        &self,
+        name: &str,
+        admin: bool,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        with_pool!(self, p => {
+            sqlx::query("UPDATE users SET admin = $1 WHERE name = $2")
+                .bind(admin)
+                .bind(name)
+                .execute(p)
+                .await
+                .map_err(StoreError::Users)?;
+        });
+        self.user(name).await
+    }
+
     /// Makes `name` an admin whose token hashes to `token_hash`, creating the user if
     /// needed (the first-start admin, whose token is the data dir's token file).
     pub async fn upsert_admin(&self, name: &str, token_hash: &str) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use hearth_api::{Port, PortVisibility, WorkspaceState};
+use hearth_api::{Port, PortLogin, PortVisibility, WorkspaceState};
 use hearth_node::{NodeError, WorkspaceSpec};
 
 use super::{node_err, Manager};
@@ -58,9 +58,32 @@ pub fn parse_port(s: &str) -> Result<u16, ApiError> {
 }
 
 impl Manager {
-    /// Called once the port proxy listens, so listings carry URLs.
-    pub fn set_port_urls(&self, urls: PortUrls) {
+    /// Called once the port proxy listens, so listings carry URLs and browsers can be
+    /// given login links.
+    pub fn set_port_urls(&self, urls: PortUrls, key: crate::proxy::login::CookieKey) {
         let _ = self.port_urls.set(urls);
+        let _ = self.port_key.set(key);
+    }
+
+    /// A link that logs the browser that opens it in to `port` of `name` as `caller`
+    /// (good for a minute; see [`crate::proxy::login`]), for the dashboard: its users may
+    /// have no API token to give the proxy's login form.
+    pub async fn port_login(
+        &self,
+        caller: &Caller,
+        name: &str,
+        port: u16,
+    ) -> Result<PortLogin, ApiError> {
+        self.owned(caller, name).await?;
+        let (Some(urls), Some(key)) = (self.port_urls(), self.port_key.get()) else {
+            return Err(ApiError::conflict(
+                "this server runs no port proxy (hearth server --proxy-listen)",
+            ));
+        };
+        let ticket = key.ticket(&urls.host(name, port), &caller.id);
+        Ok(PortLogin {
+            url: format!("{}_hearth/ticket?t={ticket}", urls.url(name, port)),
+        })
     }
 
     pub fn port_urls(&self) -> Option<&PortUrls> {

@@ -163,16 +163,21 @@ impl Manager {
         state: WorkspaceState,
     ) -> Result<(), ApiError> {
         if !q::is_counted(&rec.spec.name) {
-            return self.set(rec, state, None).await;
+            return self.claim(rec, state).await;
         }
-        self.store
+        let claimed = self
+            .store
             .set_state_charged(
                 rec.spec.id.as_str(),
                 &rec.owner,
+                rec.state,
                 state,
                 &QuotaUsage::start(&rec.spec.limits),
             )
             .await?;
+        if !claimed {
+            return Err(super::changed_meanwhile(&rec.spec.name));
+        }
         Ok(())
     }
 

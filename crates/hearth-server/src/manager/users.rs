@@ -92,6 +92,40 @@ impl Manager {
         })
     }
 
+    /// Makes `name` an admin or a plain user (with an identity provider, users are made
+    /// plain at their first sign-in: this is how one becomes an admin). Callers cannot
+    /// change their own role, nor the first-start admin's, so an admin always remains.
+    pub async fn set_admin(
+        &self,
+        caller: &Caller,
+        name: &str,
+        admin: bool,
+    ) -> Result<User, ApiError> {
+        if !auth::is_valid_user_name(name) {
+            return Err(ApiError::invalid(auth::invalid_user_name_message(name)));
+        }
+        if *caller.id == *name {
+            return Err(ApiError::conflict(format!(
+                "cannot change the role of user {name}: it is you (ask another admin)"
+            )));
+        }
+        if name == FIRST_ADMIN {
+            return Err(ApiError::conflict(format!(
+                "user {FIRST_ADMIN} is always an admin: its token is the server's token file"
+            )));
+        }
+        let res = self.store.set_user_admin(name, admin).await;
+        // Cached callers carry the admin flag: they must not keep the old one.
+        self.tokens.invalidate();
+        let Some(rec) = res? else {
+            return Err(ApiError::not_found(format!(
+                "user {name} not found (hearth user ls lists users)"
+            )));
+        };
+        tracing::info!(user = name, admin, "user's role changed");
+        Ok(user(rec))
+    }
+
     /// Removes `name`'s builder workspace (their podman cache) ahead of removing them, when
     /// the removal can go on: it is no workspace of theirs to keep or hand to an heir.
     async fn remove_builder_of(&self, name: &str, reassigning: bool) -> Result<(), ApiError> {

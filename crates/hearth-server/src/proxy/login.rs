@@ -8,6 +8,11 @@
 //! under TLS, so it is sent to that one port URL and readable by no page script. The
 //! user is looked up again on every request, so removing a user ends their cookies too.
 //! The login form is refused when posted from another origin (login CSRF).
+//!
+//! A browser signed in to the dashboard logs in without a token: the API answers its
+//! `POST .../ports/{port}/login` with a link to `/_hearth/ticket?t=TICKET` on the port's
+//! host, the ticket signed like a cookie (another kind, so neither passes for the other)
+//! for that host and user, good for [`TICKET_TTL`].
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +31,8 @@ use crate::manager::Manager;
 pub const COOKIE: &str = "hearth_port";
 /// How long a login lasts.
 pub const COOKIE_TTL: Duration = Duration::from_secs(12 * 3600);
+/// How long a login link from the dashboard may take to be opened.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
 const KEY_FILE: &str = "proxy.key";
 
 /// Signs and checks login cookies.
@@ -64,32 +71,53 @@ impl CookieKey {
         Ok(CookieKey(k))
     }
 
-    fn mac(&self, host: &str, user: &str, expires: u64) -> Hmac<Sha256> {
+    /// The MAC of a `kind` (`v1`: a cookie, `t1`: a ticket) for `user` on `host`.
+    fn mac(&self, kind: &str, host: &str, user: &str, expires: u64) -> Hmac<Sha256> {
         let mut m =
             Hmac::<Sha256>::new_from_slice(&self.0).expect("hmac takes a key of any length");
-        m.update(format!("v1\n{host}\n{user}\n{expires}").as_bytes());
+        m.update(format!("{kind}\n{host}\n{user}\n{expires}").as_bytes());
         m
     }
 
-    /// A cookie value for `user` on `host`, valid for [`COOKIE_TTL`].
-    pub fn issue(&self, host: &str, user: &str) -> String {
-        let expires = unix_now() + COOKIE_TTL.as_secs();
-        let sig = hex::encode(self.mac(host, user, expires).finalize().into_bytes());
-        format!("v1.{user}.{expires}.{sig}")
+    fn sign(&self, kind: &str, host: &str, user: &str, ttl: Duration) -> String {
+        let expires = unix_now() + ttl.as_secs();
+        let sig = hex::encode(self.mac(kind, host, user, expires).finalize().into_bytes());
+        format!("{kind}.{user}.{expires}.{sig}")
     }
 
-    /// The user a cookie value was issued to for `host`, if it is genuine and unexpired.
-    pub fn verify(&self, host: &str, value: &str) -> Option<String> {
+    fn check(&self, kind: &str, host: &str, value: &str) -> Option<String> {
         let mut parts = value.split('.');
         let (v, user, expires, sig) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if v != "v1" || parts.next().is_some() {
+        if v != kind || parts.next().is_some() {
             return None;
         }
         let expires: u64 = expires.parse().ok()?;
         let sig = hex::decode(sig).ok()?;
         // verify_slice compares in constant time.
-        self.mac(host, user, expires).verify_slice(&sig).ok()?;
+        self.mac(kind, host, user, expires)
+            .verify_slice(&sig)
+            .ok()?;
         (expires > unix_now()).then(|| user.to_string())
+    }
+
+    /// A cookie value for `user` on `host`, valid for [`COOKIE_TTL`].
+    pub fn issue(&self, host: &str, user: &str) -> String {
+        self.sign("v1", host, user, COOKIE_TTL)
+    }
+
+    /// The user a cookie value was issued to for `host`, if it is genuine and unexpired.
+    pub fn verify(&self, host: &str, value: &str) -> Option<String> {
+        self.check("v1", host, value)
+    }
+
+    /// A login ticket for `user` on `host`, valid for [`TICKET_TTL`].
+    pub fn ticket(&self, host: &str, user: &str) -> String {
+        self.sign("t1", host, user, TICKET_TTL)
+    }
+
+    /// The user a ticket was issued to for `host`, if it is genuine and unexpired.
+    pub fn verify_ticket(&self, host: &str, value: &str) -> Option<String> {
+        self.check("t1", host, value)
     }
 }
 
@@ -218,18 +246,22 @@ pub fn login_page(workspace: &str, port: u16, next: &str, message: Option<&str>)
         .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
         .unwrap_or_default();
     format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Hearth: log in</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>Hearth: log in</title>\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <style>body{{font-family:sans-serif;max-width:32em;margin:4em auto}}\
-         input{{width:100%;padding:.4em}}.err{{color:#a00}}</style></head><body>\
+         <style>body{{font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em}}\
+         input{{width:100%;padding:.4em}}label{{font-weight:bold}}.err{{color:#a00}}</style>\
+         </head><body><main>\
          <h1>Port {port} of workspace {ws} is private</h1>{message}\
-         <p>Log in with your Hearth API token (<code>hearth user add</code> printed it; the \
-         first admin's is in the server's data dir).</p>\
+         <p>Log in with your Hearth API token: make one on the dashboard's account page \
+         (or <code>hearth user add</code> printed it; the first admin's is in the server's \
+         data dir).</p>\
          <form method=\"post\" action=\"/_hearth/login\">\
          <input type=\"hidden\" name=\"next\" value=\"{next}\">\
-         <p><input type=\"password\" name=\"token\" autocomplete=\"current-password\" \
-         placeholder=\"API token\" autofocus required></p>\
-         <p><button type=\"submit\">Log in</button></p></form></body></html>\n",
+         <p><label for=\"token\">API token</label>\
+         <input type=\"password\" id=\"token\" name=\"token\" \
+         autocomplete=\"current-password\" autofocus required></p>\
+         <p><button type=\"submit\">Log in</button></p></form></main></body></html>\n",
         ws = esc(workspace),
         next = esc(next),
     )
@@ -256,8 +288,19 @@ mod tests {
         let other = CookieKey::load(tempfile::tempdir().unwrap().path()).unwrap();
         assert_eq!(other.verify("8080-web.localhost", &v), None, "other key");
         // An expired one, signed properly.
-        let sig = hex::encode(k.mac("h", "alice", 1).finalize().into_bytes());
+        let sig = hex::encode(k.mac("v1", "h", "alice", 1).finalize().into_bytes());
         assert_eq!(k.verify("h", &format!("v1.alice.1.{sig}")), None);
+        // Tickets: bound to the host, and no ticket is a cookie nor the other way round.
+        let t = k.ticket("8080-web.localhost", "alice");
+        assert_eq!(
+            k.verify_ticket("8080-web.localhost", &t).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(k.verify_ticket("8081-web.localhost", &t), None);
+        assert_eq!(k.verify("8080-web.localhost", &t), None);
+        assert_eq!(k.verify_ticket("8080-web.localhost", &v), None);
+        let sig = hex::encode(k.mac("t1", "h", "alice", 1).finalize().into_bytes());
+        assert_eq!(k.verify_ticket("h", &format!("t1.alice.1.{sig}")), None);
         for junk in [
             "",
             "v1",

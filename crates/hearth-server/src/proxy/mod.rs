@@ -35,6 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::activity::Session;
+use crate::auth::Caller;
 use crate::manager::ports::PortUrls;
 use crate::manager::Manager;
 use crate::names;
@@ -140,6 +141,11 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The key its login cookies and the dashboard's login tickets are signed with.
+    pub fn cookie_key(&self) -> &CookieKey {
+        &self.state.key
     }
 
     pub fn urls(&self) -> &PortUrls {
@@ -307,9 +313,11 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
             .replace('>', "&gt;")
     };
     let body = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{t}</h1><p>{m}</p><p><small>Hearth port proxy</small></p></body></html>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto;padding:0 1em\">\
+         <main><h1>{t}</h1><p>{m}</p><p><small>Hearth port proxy</small></p></main>\
+         </body></html>\n",
         t = esc(title),
         m = esc(text)
     );
@@ -426,6 +434,9 @@ impl ProxyState {
         let name = name.to_string();
         match req.uri().path() {
             "/_hearth/login" => return self.login(req, &host, &name, port, https).await,
+            "/_hearth/ticket" if req.method() == Method::GET => {
+                return self.ticket(req, &host, &name, port, https).await
+            }
             "/_hearth/logout" if req.method() == Method::POST => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::SEE_OTHER;
@@ -689,14 +700,67 @@ impl ProxyState {
                 login::login_page(name, port, &next, Some("That token is not valid.")),
             );
         };
+        self.logged_in(host, name, &caller, &next, https).await
+    }
+
+    /// `GET /_hearth/ticket?t=TICKET`: the dashboard's login link (see [`login`]); logs
+    /// the browser in as the ticket's user and goes to the app's `/`.
+    async fn ticket(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        name: &str,
+        port: u16,
+        https: bool,
+    ) -> Response<Body> {
+        let ticket = req
+            .uri()
+            .query()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+            .and_then(|q| q.into_iter().find(|(k, _)| k == "t").map(|(_, v)| v));
+        let user = ticket.and_then(|t| self.key.verify_ticket(host, &t));
+        let caller = match user {
+            Some(u) => self.manager.caller(&u).await.ok().flatten(),
+            None => None,
+        };
+        let Some(caller) = caller else {
+            return html(
+                StatusCode::UNAUTHORIZED,
+                login::login_page(
+                    name,
+                    port,
+                    "/",
+                    Some(
+                        "That link has expired or is not for this port: open the port again \
+                         from the dashboard, or log in with your API token.",
+                    ),
+                ),
+            );
+        };
+        let mut r = self.logged_in(host, name, &caller, "/", https).await;
+        // The ticket is in this URL: not to be passed on.
+        r.headers_mut()
+            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        r
+    }
+
+    /// The answer to a login as `caller`: the cookie and a redirect to `next`.
+    async fn logged_in(
+        &self,
+        host: &str,
+        name: &str,
+        caller: &Caller,
+        next: &str,
+        https: bool,
+    ) -> Response<Body> {
         // The cookie is only worth having for a workspace the user may open; else the
         // answer is the same 404 as for a workspace that does not exist.
-        if self.manager.owned(&caller, name).await.is_err() {
+        if self.manager.owned(caller, name).await.is_err() {
             return not_found();
         }
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::SEE_OTHER;
-        if let Ok(v) = HeaderValue::from_str(&next) {
+        if let Ok(v) = HeaderValue::from_str(next) {
             r.headers_mut().insert(header::LOCATION, v);
         }
         let cookie = login::set_cookie(Some(&self.key.issue(host, &caller.id)), https);

@@ -8,6 +8,7 @@ on_both_backends!(
     tokens_admin_routes_and_user_removal,
     the_token_file_token_is_admins_at_every_start,
     rate_limit_is_per_user,
+    an_admin_makes_a_user_an_admin_and_back,
 );
 
 /// Adds a user through the API with the admin token; returns its token.
@@ -86,6 +87,7 @@ fn workspace_routes(name: &str) -> Vec<(Method, String, Option<String>)> {
             u("/ports/8080"),
             Some(r#"{"visibility":"public"}"#.into()),
         ),
+        (Method::POST, u("/ports/8080/login"), None),
         (
             Method::POST,
             u("/fork"),
@@ -169,7 +171,17 @@ async fn someone_elses_workspace_is_a_missing_one(b: Backend) {
     assert_eq!(h.manager.lock_count(), 0);
 
     // Its owner and an admin get past the rule on every route (the fake node has no
-    // snapshot store, so those routes answer 400 after it).
+    // snapshot store, so those routes answer 400 after it). Port login links need the
+    // port proxy's URLs and key, as a server with a proxy has them.
+    let key_dir = tempfile::tempdir().unwrap();
+    h.manager.set_port_urls(
+        crate::manager::ports::PortUrls {
+            https: false,
+            domain: "localhost".into(),
+            port: 7080,
+        },
+        crate::proxy::login::CookieKey::load(key_dir.path()).unwrap(),
+    );
     for token in [alice.as_str(), TOKEN] {
         for (m, uri, body) in workspace_routes("wa") {
             if m == Method::DELETE
@@ -327,6 +339,62 @@ async fn tokens_admin_routes_and_user_removal(b: Backend) {
     };
     assert_eq!(h.manager.caller("carol").await.unwrap(), Some(carol_caller));
     assert_eq!(h.manager.caller("alice").await.unwrap(), None);
+}
+
+async fn an_admin_makes_a_user_an_admin_and_back(b: Backend) {
+    let h = harness_on(b, FakeNode::default()).await;
+    let alice = add_user(&h, "alice", false).await;
+    let carol = add_user(&h, "carol", true).await;
+    let set = |uri: &'static str, token: String, admin: bool| {
+        let h = &h;
+        async move {
+            let body = serde_json::json!({ "admin": admin }).to_string();
+            h.call(Method::PATCH, uri, Some(&token), Some(body)).await
+        }
+    };
+    // The status of an admin-only route for the holder of `token`.
+    let admin_route = |token: String| {
+        let h = &h;
+        async move { h.call(Method::GET, "/v1/users", Some(&token), None).await.0 }
+    };
+    // alice's token is in the token cache as a plain user's: 403 on an admin route.
+    assert_eq!(admin_route(alice.clone()).await, StatusCode::FORBIDDEN);
+    // Only admins change roles.
+    let (s, _) = set("/v1/users/carol", alice.clone(), false).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = set("/v1/users/alice", carol.clone(), true).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let u: User = serde_json::from_slice(&b).unwrap();
+    assert_eq!((u.name.as_str(), u.admin), ("alice", true));
+    // At once, though her token was cached.
+    assert_eq!(admin_route(alice.clone()).await, StatusCode::OK);
+    // Not oneself, not the token file's admin, not a missing user, not a bad body.
+    for (uri, token, want) in [
+        ("/v1/users/carol", carol.clone(), StatusCode::CONFLICT),
+        ("/v1/users/admin", carol.clone(), StatusCode::CONFLICT),
+        ("/v1/users/nobody", carol.clone(), StatusCode::NOT_FOUND),
+        ("/v1/users/Bad", carol.clone(), StatusCode::BAD_REQUEST),
+    ] {
+        let (s, b) = set(uri, token, false).await;
+        assert_eq!(s, want, "{uri}: {}", String::from_utf8_lossy(&b));
+    }
+    let (s, _) = h
+        .call(
+            Method::PATCH,
+            "/v1/users/alice",
+            Some(TOKEN),
+            Some(r#"{"admin":true,"name":"x"}"#.into()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // And back: alice makes carol a plain user, carol loses the admin routes.
+    let (s, _) = set("/v1/users/carol", alice.clone(), false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(admin_route(carol.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.manager.caller("carol").await.unwrap().map(|c| c.admin),
+        Some(false)
+    );
 }
 
 async fn the_token_file_token_is_admins_at_every_start(b: Backend) {

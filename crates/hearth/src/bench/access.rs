@@ -288,6 +288,7 @@ pub async fn run(args: AccessArgs) -> Result<()> {
             upload_max: 0,
             ssh_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             database: None,
+            node_url: None,
         },
         Arc::new(node.clone()) as Arc<dyn NodeApi>,
     )

@@ -310,6 +310,7 @@ async fn measure(
             upload_max: 0,
             ssh_listen: None,
             database,
+            node_url: None,
         },
         local.clone() as Arc<dyn NodeApi>,
     )

@@ -56,6 +56,7 @@ pub(super) async fn open(cfg: &NodeConfig, upload_max: u64) -> Result<(LocalNode
             upload_max,
             ssh_listen: None,
             database: None,
+            node_url: None,
         },
         Arc::new(node.clone()) as Arc<dyn NodeApi>,
     )

@@ -54,6 +54,16 @@ impl Commands {
         Ok(())
     }
 
+    pub async fn user_admin(&self, name: &str, admin: bool) -> anyhow::Result<()> {
+        let u = self.api.set_user_admin(name, admin).await?;
+        if u.admin {
+            println!("user {} is an admin", u.name);
+        } else {
+            println!("user {} is a plain user", u.name);
+        }
+        Ok(())
+    }
+
     pub async fn user_remove(&self, name: &str, reassign_to: Option<&str>) -> anyhow::Result<()> {
         self.api.remove_user(name, reassign_to).await?;
         match reassign_to {

@@ -5,6 +5,7 @@
 
 pub mod gitserver;
 pub mod images;
+pub mod oidc;
 pub mod registry;
 pub mod s3;
 
@@ -48,11 +49,19 @@ impl TestServer {
 
     /// A server started with more `hearth server` flags.
     pub fn start_with(server_args: &[&str]) -> TestServer {
+        let mut s = Self::prepare(server_args);
+        s.spawn();
+        s
+    }
+
+    /// A server with more `hearth server` flags, its data dir made but not started yet
+    /// ([`TestServer::spawn`] starts it).
+    pub fn prepare(server_args: &[&str]) -> TestServer {
         let mut rng = rand::thread_rng();
         let tag: String = (0..8)
             .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap())
             .collect();
-        let mut s = TestServer {
+        TestServer {
             dir: tempfile::Builder::new()
                 .prefix("hearth-e2e-")
                 .tempdir()
@@ -66,9 +75,7 @@ impl TestServer {
             cgroup_parent: format!("hearth-test-{tag}"),
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
             child: None,
-        };
-        s.spawn();
-        s
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -127,7 +134,13 @@ impl TestServer {
                 self.child = None;
                 panic!("hearth server exited with {st}:\n{}", self.server_log());
             }
-            if info.exists() && self.hearth(&["image", "ls"]).status.success() {
+            // Without a node of its own, image calls wait for a node to join.
+            let probe: &[&str] = if self.server_args.iter().any(|a| a == "--no-local-node") {
+                &["node", "ls"]
+            } else {
+                &["image", "ls"]
+            };
+            if info.exists() && self.hearth(probe).status.success() {
                 return;
             }
             assert!(
@@ -306,6 +319,10 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        // Without an embedded node there is nothing on this host to tear down.
+        if self.server_args.iter().any(|a| a == "--no-local-node") {
+            return;
+        }
         let out = self.hearth(&["admin", "teardown", "--purge"]);
         if !out.status.success() {
             eprintln!(
@@ -398,6 +415,42 @@ pub fn lose_local_data(ws_dir: &Path) {
 
 /// The largest pack in a local snapshot store: mostly the incompressible content of the
 /// big file a test wrote, so moving or corrupting it reaches that file's chunks.
+/// The largest pack in `store` (unencrypted) whose every object is a stored-raw chunk
+/// of `data`'s bytes: moving it aside holds back part of `data` and nothing else (no tree,
+/// no small files). Panics when there is none, naming what was found.
+///
+/// An object is `HSNP`, version, kind, flags, 0, plain length and body length (u32 LE
+/// each), the body, a 32-byte checksum (see hearth-snapshot's format.rs); incompressible
+/// data is stored raw (flags 0), so its body is a slice of `data`.
+pub fn pack_holding_only(store: &Path, data: &[u8]) -> PathBuf {
+    let finder = |body: &[u8]| memchr::memmem::find(data, body).is_some();
+    let mut best: Option<(usize, PathBuf)> = None;
+    let mut seen = Vec::new();
+    for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
+        let pack = std::fs::read(f.path()).unwrap();
+        let (mut at, mut pure) = (0usize, true);
+        while pure && at < pack.len() {
+            let head = &pack[at..(at + 16).min(pack.len())];
+            pure = head.len() == 16 && &head[..4] == b"HSNP" && head[5] == 1 && head[6] == 0;
+            if !pure {
+                break;
+            }
+            let body_len = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
+            let body = &pack[(at + 16).min(pack.len())..(at + 16 + body_len).min(pack.len())];
+            pure = body.len() == body_len && finder(body);
+            at += 16 + body_len + 32;
+        }
+        seen.push((pack.len(), pure));
+        if pure && best.as_ref().is_none_or(|(l, _)| pack.len() > *l) {
+            best = Some((pack.len(), f.path()));
+        }
+    }
+    match best {
+        Some((_, p)) => p,
+        None => panic!("no pack holds only the data's chunks (pack sizes, pure): {seen:?}"),
+    }
+}
+
 pub fn largest_pack(store: &Path) -> PathBuf {
     let mut best: Option<(u64, PathBuf)> = None;
     for f in std::fs::read_dir(store.join("packs")).unwrap().flatten() {
