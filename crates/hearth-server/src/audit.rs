@@ -20,6 +20,7 @@ use ipnet::IpNet;
 
 use crate::auth::Caller;
 use crate::db::audit::AuditRecord;
+use crate::db::fixed_time;
 use crate::manager::Manager;
 use crate::state::AppState;
 
@@ -265,22 +266,6 @@ impl Manager {
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
     }
-}
-
-/// The fixed-width form entries' times have (`db::now_precise`).
-pub fn fixed_time(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let (d, c) = (t.date(), t.time());
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        c.hour(),
-        c.minute(),
-        c.second(),
-        c.nanosecond()
-    )
 }
 
 #[cfg(test)]

@@ -365,12 +365,16 @@ pub struct Store {
     operator: Arc<std::sync::OnceLock<String>>,
 }
 
-/// RFC 3339 UTC time, second precision.
 /// RFC 3339 with a fixed 9-digit fraction, for rows ordered by time where two can fall in
 /// one second (prebuilds of one series made back to back): fixed width keeps the text
 /// order the time order.
 pub fn now_precise() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    fixed_time(time::OffsetDateTime::now_utc())
+}
+
+/// `t` in [`now_precise`]'s fixed-width form (cutoffs compared with such times as text).
+pub fn fixed_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     let (d, c) = (t.date(), t.time());
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
@@ -384,6 +388,7 @@ pub fn now_precise() -> String {
     )
 }
 
+/// RFC 3339 UTC time, second precision.
 pub fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
     let t = t.replace_nanosecond(0).unwrap_or(t);

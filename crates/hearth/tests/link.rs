@@ -284,6 +284,21 @@ fn wait_ready(server: &TestServer, node: &TestNode) -> serde_json::Value {
 }
 
 /// curl through the port proxy with the admin's token: (status, body).
+/// Serves `text` with busybox httpd on port 8080 in workspace `ws` and reads it back
+/// through `srv`'s port proxy (and so through the node's connect).
+fn serve_page(srv: &TestServer, ws: &str, text: &str) {
+    srv.exec(
+        ws,
+        &[
+            "sh",
+            "-c",
+            &format!("mkdir -p /www && echo {text} > /www/index.html && httpd -p 8080 -h /www"),
+        ],
+    );
+    let (status, body) = proxy_get(srv, &format!("8080-{ws}.localhost"));
+    assert_eq!((status, body.trim()), (200, text));
+}
+
 fn proxy_get(server: &TestServer, host: &str) -> (u16, String) {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(server.data_dir().join("server.json")).unwrap())
@@ -363,16 +378,7 @@ fn a_workspace_lives_on_a_remote_node() {
     );
 
     // A port inside, through the port proxy and the node's connect.
-    server.exec(
-        "rw",
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo far-away > /www/index.html && httpd -p 8080 -h /www",
-        ],
-    );
-    let (status, body) = proxy_get(&server, "8080-rw.localhost");
-    assert_eq!((status, body.trim()), (200, "far-away"));
+    serve_page(&server, "rw", "far-away");
 
     server.ok(&["stop", "rw"]);
     server.ok(&["start", "rw"]);
@@ -605,16 +611,7 @@ fn two_servers_serve_one_fleet_and_survive_a_kill() {
             .contains("hello from the repo"),
         "B does not reach the workspace A made"
     );
-    b.exec(
-        "w",
-        &[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo from-b > /www/index.html && httpd -p 8080 -h /www",
-        ],
-    );
-    let (status, body) = proxy_get(&b, "8080-w.localhost");
-    assert_eq!((status, body.trim()), (200, "from-b"));
+    serve_page(&b, "w", "from-b");
 
     // A process that ignores TERM holds the stop for the node's grace period, so A can be
     // killed while the workspace is `stopping`.

@@ -7,12 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::gitserver::GitServer;
 use common::{git_repo, TestServer};
+use common::{keygen, sh};
 
 fn base_addr(s: &TestServer) -> String {
     let info = std::fs::read_to_string(s.data_dir().join("server.json")).unwrap();
@@ -39,19 +40,6 @@ fn raw_request(s: &TestServer, method: &str, path: &str, token: &str, extra: &st
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     out[9..12].parse().unwrap()
-}
-
-fn sh(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run command")
-}
-
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let key = dir.join(name);
-    let out = sh(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key));
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
-    key
 }
 
 /// `ssh` with only `key`, a throwaway HOME and known_hosts.

@@ -16,25 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::gitserver::GitServer;
 use common::{git_repo, TestServer};
+use common::{keygen, sh};
 
 /// A temporary client side: HOME, one registered key, and known_hosts.
 struct Client {
     home: tempfile::TempDir,
     key: PathBuf,
     port: u16,
-}
-
-fn sh(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("run command")
-}
-
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let key = dir.join(name);
-    let out = sh(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key));
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
-    key
 }
 
 /// `GET path` on the API with the server's token: status and body.

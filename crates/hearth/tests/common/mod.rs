@@ -334,6 +334,21 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `cmd` with no stdin, collecting its output.
+pub fn sh(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+/// A new passphrase-less ed25519 key `dir/name` (and `.pub`), made by OpenSSH's ssh-keygen.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let out = sh(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key));
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    key
+}
+
 /// A git repository with one commit holding `README.md`, in `parent/name`.
 pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
     let repo = parent.join(name);
