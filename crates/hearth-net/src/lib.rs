@@ -134,7 +134,7 @@ impl Network {
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
-        // parse_subnet refuses prefixes over 30, so there are always two hosts.
+        // parse_subnet refuses prefixes over 29, so there are always six hosts.
         self.net.hosts().next().unwrap_or(self.net.network())
     }
 
