@@ -21,9 +21,9 @@ use crate::{
     BuildImage, ClientFrame, CreateJoinToken, CreatePrebuild, CreateUser, CreateWorkspace,
     DeletedWorkspace, DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
     FrameError, Image, JoinNode, JoinToken, LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node,
-    NodeCredential, NodeLabels, Prebuild, PrebuildRun, PrebuildRunLog, PullImage, RestoreWorkspace, ServerFrame, ServerInfo,
-    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, UpdateUser, User,
-    Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    NodeCredential, NodeLabels, Prebuild, PrebuildRun, PrebuildRunLog, PullImage, RestoreWorkspace,
+    ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine,
+    UpdateUser, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.

@@ -72,11 +72,9 @@ pub(crate) async fn create_prebuild(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    ndjson::stream(move |p| async move {
-        st.manager
-            .run_prebuild(plan, p, PrebuildTrigger::Cli)
-            .await
-    })
+    ndjson::stream(
+        move |p| async move { st.manager.run_prebuild(plan, p, PrebuildTrigger::Cli).await },
+    )
 }
 
 /// The caller's prebuild runs (an admin's: everyone's), newest first: those under way,

@@ -737,7 +737,11 @@ fn refused_unless_signed(srv: &TestServer, forge: Forge, repo: &Path) {
         assert_eq!(code, 401, "{forge:?}: {text}");
     }
     std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_eq!(run_list(srv), runs, "{forge:?}: a refused webhook started a run");
+    assert_eq!(
+        run_list(srv),
+        runs,
+        "{forge:?}: a refused webhook started a run"
+    );
     assert_eq!(prebuild_list(srv), prebuilds);
     assert!(srv.workspace_names().is_empty());
 }
@@ -794,7 +798,12 @@ fn gitea_and_gitlab_push_webhooks_refresh_the_prebuild() {
         let started: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(started["started"], serde_json::json!([r]), "{forge:?}");
         let run = wait_for_run(&srv, &head);
-        assert_eq!(run["state"], "ready", "{forge:?}: {run}\n{}", srv.server_log());
+        assert_eq!(
+            run["state"],
+            "ready",
+            "{forge:?}: {run}\n{}",
+            srv.server_log()
+        );
         assert_eq!(run["trigger"], "webhook");
         let list = prebuild_list(&srv);
         assert_eq!(list[0]["commit"], head.as_str(), "{forge:?}: {list:?}");
@@ -832,7 +841,8 @@ fn a_failing_webhook_prebuild_shows_in_prebuilds() {
     assert_eq!(run["trigger"], "webhook");
     let error = run["error"].as_str().unwrap();
     assert!(
-        error.contains("onCreateCommand failed with exit code 3") && error.contains("about-to-break"),
+        error.contains("onCreateCommand failed with exit code 3")
+            && error.contains("about-to-break"),
         "{error}"
     );
     assert_eq!(run["finished_at"].is_string(), true, "{run}");
@@ -844,7 +854,13 @@ fn a_failing_webhook_prebuild_shows_in_prebuilds() {
         .lines()
         .find(|l| l.starts_with(id))
         .unwrap_or_else(|| panic!("no run {id} in:\n{shown}"));
-    for want in ["webhook", "failed", "exit code 3", "about-to-break", &bad[..12]] {
+    for want in [
+        "webhook",
+        "failed",
+        "exit code 3",
+        "about-to-break",
+        &bad[..12],
+    ] {
         assert!(line.contains(want), "{want} not in {line}");
     }
     assert_eq!(prebuild_list(&srv).len(), 1);
@@ -883,7 +899,9 @@ fn a_failing_webhook_prebuild_shows_in_prebuilds() {
     // The failure stays in the runs' history.
     let all = run_list(&srv);
     assert_eq!(
-        all.iter().map(|r| r["state"].as_str().unwrap()).collect::<Vec<_>>(),
+        all.iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["ready", "failed", "ready"],
         "{all:?}"
     );
@@ -909,7 +927,10 @@ fn old_prebuilds_follow_the_snapshot_retention() {
     git_in(&repo, &["commit", "-qam", "big file"]);
 
     srv.ok(&["prebuild", r]);
-    let first = prebuild_list(&srv)[0]["snapshot"].as_str().unwrap().to_string();
+    let first = prebuild_list(&srv)[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // In use: a workspace started from the first prebuild.
     let out = srv.hearth(&["up", r, "--name", "user1"]);
     let err = stderr(&out);
@@ -922,15 +943,26 @@ fn old_prebuilds_follow_the_snapshot_retention() {
         git_in(&repo, &["add", "NEWS"]);
         git_in(&repo, &["commit", "-qm", "news"]);
         srv.ok(&["prebuild", r]);
-        made.push(prebuild_list(&srv)[0]["snapshot"].as_str().unwrap().to_string());
+        made.push(
+            prebuild_list(&srv)[0]["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // The two newest are kept, newest first; the older rows are gone.
     let list = prebuild_list(&srv);
-    let kept: Vec<&str> = list.iter().map(|p| p["snapshot"].as_str().unwrap()).collect();
+    let kept: Vec<&str> = list
+        .iter()
+        .map(|p| p["snapshot"].as_str().unwrap())
+        .collect();
     assert_eq!(kept, [made[3].as_str(), made[2].as_str()], "{list:?}");
     let shown = srv.ok(&["prebuilds"]);
     for old in &made[..2] {
-        assert!(!shown.contains(&format!(" {old} ")), "{old} still listed:\n{shown}");
+        assert!(
+            !shown.contains(&format!(" {old} ")),
+            "{old} still listed:\n{shown}"
+        );
     }
     // `up` of the head starts from the newest.
     let out = srv.hearth(&["up", r, "--name", "user2"]);
@@ -941,7 +973,14 @@ fn old_prebuilds_follow_the_snapshot_retention() {
     // large one whole, after a store gc that deletes the dropped snapshots' chunks.
     srv.ok(&["store", "gc"]);
     assert_eq!(
-        srv.exec("user1", &["sh", "-c", "md5sum -c /opt/big.md5 && cat /workspace/kept/order"]),
+        srv.exec(
+            "user1",
+            &[
+                "sh",
+                "-c",
+                "md5sum -c /opt/big.md5 && cat /workspace/kept/order"
+            ]
+        ),
         "/opt/big: OK\noncreate\nupdate\npostcreate\npoststart\n"
     );
 }

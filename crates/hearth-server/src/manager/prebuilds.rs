@@ -305,7 +305,12 @@ impl Manager {
         let dc = plan.create.devcontainer.as_ref();
         let run = PrebuildRunRecord {
             id: new_id().to_string(),
-            series: plan.create.id.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+            series: plan
+                .create
+                .id
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
             owner: plan.create.owner.id.to_string(),
             source: plan.create.source.clone(),
             branch: plan.branch.clone(),
@@ -391,7 +396,11 @@ impl Manager {
     }
 
     /// Prebuild run `id` with its log, if `caller` may see it.
-    pub async fn prebuild_run(&self, caller: &Caller, id: &str) -> Result<PrebuildRunLog, ApiError> {
+    pub async fn prebuild_run(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<PrebuildRunLog, ApiError> {
         match self.store.prebuild_run(id).await? {
             Some(r) if caller.may_use(&r.owner) => {
                 let log = r
@@ -940,7 +949,10 @@ impl Manager {
                 let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
                 // Nobody reads the progress: the run's record keeps the outcome and log.
                 let res = match me.plan_prebuild(&caller, req.clone()).await {
-                    Ok(plan) => me.run_prebuild(plan, progress, PrebuildTrigger::Webhook).await,
+                    Ok(plan) => {
+                        me.run_prebuild(plan, progress, PrebuildTrigger::Webhook)
+                            .await
+                    }
                     Err(e) => {
                         me.record_failed_run(&caller.id, &req, after.as_deref(), &e.message)
                             .await;

@@ -279,14 +279,22 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
         .collect();
     let want: Vec<String> = (4..=23u32).rev().map(|i| format!("{i:012x}")).collect();
     assert_eq!(of_s1, want, "the newest 20, newest first");
-    assert!(all.iter().any(|r| r.id == "00000000eeee"), "a running run went");
+    assert!(
+        all.iter().any(|r| r.id == "00000000eeee"),
+        "a running run went"
+    );
     assert!(all.iter().any(|r| r.id == "00000000ffff"));
 
     // Through the API: its owner (and admins) see it with its log and reason.
     let seen = runs_as(&h, TOKEN).await;
     assert_eq!(seen.len(), 22);
     let (s, body) = h
-        .call(Method::GET, &format!("/v1/prebuild-runs/{:012x}", 22), Some(TOKEN), None)
+        .call(
+            Method::GET,
+            &format!("/v1/prebuild-runs/{:012x}", 22),
+            Some(TOKEN),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let one: PrebuildRunLog = serde_json::from_slice(&body).unwrap();
@@ -298,11 +306,21 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
     // Nobody else's.
     assert!(runs_as(&h, &bob).await.is_empty());
     let (s, _) = h
-        .call(Method::GET, &format!("/v1/prebuild-runs/{:012x}", 22), Some(&bob), None)
+        .call(
+            Method::GET,
+            &format!("/v1/prebuild-runs/{:012x}", 22),
+            Some(&bob),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = h
-        .call(Method::GET, "/v1/prebuild-runs/..%2F..%2Fetc", Some(TOKEN), None)
+        .call(
+            Method::GET,
+            "/v1/prebuild-runs/..%2F..%2Fetc",
+            Some(TOKEN),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
@@ -316,7 +334,10 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
     );
     let r = store.prebuild_run("00000000eeee").await.unwrap().unwrap();
     assert_eq!(r.state, "failed");
-    assert_eq!(r.error.as_deref(), Some("the server restarted while it ran"));
+    assert_eq!(
+        r.error.as_deref(),
+        Some("the server restarted while it ran")
+    );
     assert!(store.prebuild_run_servers().await.unwrap().is_empty());
 
     // A webhook prebuild refused before it runs (here: the node finds no
@@ -341,11 +362,17 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
     assert_eq!(failed.trigger, PrebuildTrigger::Webhook);
     assert_eq!(failed.commit.as_deref(), Some("b".repeat(40).as_str()));
     assert!(
-        failed.error.as_deref().unwrap().contains("has no devcontainer.json"),
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("has no devcontainer.json"),
         "{failed:?}"
     );
     // A removed user's runs go with them.
-    let (s, _) = h.call(Method::DELETE, "/v1/users/bob", Some(TOKEN), None).await;
+    let (s, _) = h
+        .call(Method::DELETE, "/v1/users/bob", Some(TOKEN), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(store.prebuild_run(&failed.id).await.unwrap().is_none());
 }
