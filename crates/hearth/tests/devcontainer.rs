@@ -845,7 +845,7 @@ fn a_failing_webhook_prebuild_shows_in_prebuilds() {
             && error.contains("about-to-break"),
         "{error}"
     );
-    assert_eq!(run["finished_at"].is_string(), true, "{run}");
+    assert!(run["finished_at"].is_string(), "{run}");
     // `hearth prebuilds`: the prebuild of before is still the one `up` uses, and the
     // latest run of the repository says it failed, and why.
     let shown = srv.ok(&["prebuilds"]);
