@@ -69,6 +69,11 @@ export interface Port {
   port: number;
   visibility: "private" | "public";
   listening: boolean;
+  /** Named by the devcontainer.json's forwardPorts (listed while nothing listens). */
+  forwarded?: boolean;
+  /** Its portsAttributes label. */
+  label?: string;
+  protocol?: "http" | "https";
   addresses: string[];
   url?: string;
 }

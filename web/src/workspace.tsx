@@ -195,6 +195,8 @@ function Ports({ name, running }: { name: string; running: boolean }) {
                   pt.port
                 )}
               </span>{" "}
+              {pt.label && <span class="port-label">{pt.label}</span>}{" "}
+              {pt.protocol === "https" && <span class="badge">https</span>}{" "}
               <span class="help">{pt.listening ? `listening on ${pt.addresses.join(", ")}` : "not listening"}</span>{" "}
               <span class={`badge vis-${pt.visibility}`}>{pt.visibility}</span>{" "}
               <button

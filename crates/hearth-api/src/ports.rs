@@ -37,7 +37,21 @@ pub struct PortLogin {
     pub url: String,
 }
 
-/// A port of a workspace: listening inside now, or given a visibility, or both.
+/// What the port proxy speaks to a workspace port (devcontainer.json `portsAttributes`
+/// `protocol`); browsers reach the proxy the same way either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Http,
+    /// TLS to the port (its certificate is not checked: the connection never leaves the
+    /// workspace's own network namespace).
+    Https,
+}
+
+/// A port of a workspace: listening inside now, named by the workspace's devcontainer.json
+/// `forwardPorts`, or given a visibility (a port its `portsAttributes` say to ignore is
+/// left out unless `forwardPorts` names it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Port {
     #[schema(minimum = 1, maximum = 65535)]
@@ -45,6 +59,14 @@ pub struct Port {
     pub visibility: PortVisibility,
     /// Whether something listens on it inside the workspace now.
     pub listening: bool,
+    /// Named by the devcontainer.json's `forwardPorts`: listed even while nothing listens.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Its `portsAttributes` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub protocol: PortProtocol,
     /// Addresses it is bound to inside (`127.0.0.1`, `0.0.0.0`, `::`, ...).
     pub addresses: Vec<String>,
     /// Its URL through the port proxy; absent when the server runs no proxy.

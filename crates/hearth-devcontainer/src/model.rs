@@ -113,9 +113,61 @@ pub enum ForwardPort {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortAttributes {
     pub label: Option<String>,
+    /// `http` or `https`: what the port proxy speaks to the port.
     pub protocol: Option<String>,
+    /// `notify`, `openBrowser`, `openBrowserOnce`, `openPreview`, `silent` or `ignore`.
     pub on_auto_forward: Option<String>,
 }
+
+impl PortAttributes {
+    /// `self`'s values, and `other`'s where `self` has none.
+    fn or(&self, other: &PortAttributes) -> PortAttributes {
+        PortAttributes {
+            label: self.label.clone().or_else(|| other.label.clone()),
+            protocol: self.protocol.clone().or_else(|| other.protocol.clone()),
+            on_auto_forward: self
+                .on_auto_forward
+                .clone()
+                .or_else(|| other.on_auto_forward.clone()),
+        }
+    }
+
+    /// `onAutoForward: ignore`: a port that is neither listed nor proxied.
+    pub fn ignored(&self) -> bool {
+        self.on_auto_forward.as_deref() == Some("ignore")
+    }
+
+    /// `protocol: https`: the workspace's port speaks TLS.
+    pub fn https(&self) -> bool {
+        self.protocol.as_deref() == Some("https")
+    }
+}
+
+/// A `portsAttributes` key: a port, or an inclusive range `"FROM-TO"`; `None` for
+/// anything else (VS Code matches those as patterns against process command lines).
+fn port_key(key: &str) -> Option<(u16, u16)> {
+    let num = |s: &str| {
+        (!s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u16>().ok())
+            .flatten()
+    };
+    let key = key.strip_prefix("localhost:").unwrap_or(key);
+    match key.split_once('-') {
+        Some((a, b)) => Some((num(a)?, num(b)?)).filter(|(a, b)| a <= b),
+        None => num(key).map(|p| (p, p)),
+    }
+}
+
+/// The values `protocol` and `onAutoForward` may take (the spec's enums).
+const PROTOCOLS: &[&str] = &["http", "https"];
+const ON_AUTO_FORWARD: &[&str] = &[
+    "notify",
+    "openBrowser",
+    "openBrowserOnce",
+    "openPreview",
+    "silent",
+    "ignore",
+];
 
 /// One `mounts` entry, as a Docker `--mount` string or its object form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,13 +386,26 @@ impl Config {
                         .as_array()
                         .ok_or_else(|| cx.err(p, "forwardPorts must be an array"))?;
                     for (i, e) in arr.iter().enumerate() {
-                        c.forward_ports
-                            .push(forward_port(&cx, e, &format!("{p}/{i}"))?);
+                        let ep = format!("{p}/{i}");
+                        let f = forward_port(&cx, e, &ep)?;
+                        if let ForwardPort::Remote { host, port } = &f {
+                            cx.warn(
+                                &ep,
+                                format!("forwardPorts \"{host}:{port}\" is not forwarded: the port proxy reaches only ports of the workspace itself (connect to {host}:{port} from inside it)"),
+                            );
+                        }
+                        c.forward_ports.push(f);
                     }
                 }
                 "portsAttributes" => {
                     for (port, a) in cx.object(v, p, key)? {
                         let ap = format!("{p}/{}", escape(port));
+                        if port_key(port).is_none() {
+                            cx.warn(
+                                &ap,
+                                format!("portsAttributes {port:?} is ignored: hearth matches ports (\"3000\") and ranges (\"3000-3010\"), not patterns on process command lines"),
+                            );
+                        }
                         c.ports_attributes
                             .insert(port.clone(), attributes(&mut cx, a, &ap)?);
                     }
@@ -414,6 +479,41 @@ impl Config {
         }
         c.warnings = cx.warnings;
         Ok(c)
+    }
+
+    /// The attributes of `port`: an exact key's first, then each range containing it (in
+    /// key order) for what is still unset, else `otherPortsAttributes`.
+    pub fn port_attributes(&self, port: u16) -> PortAttributes {
+        let mut exact = None;
+        let mut ranges = Vec::new();
+        for (key, a) in &self.ports_attributes {
+            match port_key(key) {
+                Some((from, to)) if from == to && from == port => exact = Some(a),
+                Some((from, to)) if from <= port && port <= to => ranges.push(a),
+                _ => {}
+            }
+        }
+        if exact.is_none() && ranges.is_empty() {
+            return self.other_ports_attributes.clone().unwrap_or_default();
+        }
+        exact
+            .into_iter()
+            .chain(ranges)
+            .fold(PortAttributes::default(), |acc, a| acc.or(a))
+    }
+
+    /// The ports `forwardPorts` names in the workspace itself (other hosts' are not
+    /// forwarded; parsing warned about them), in the file's order without repeats.
+    pub fn forwarded_ports(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = Vec::new();
+        for f in &self.forward_ports {
+            if let ForwardPort::Port(p) = f {
+                if !out.contains(p) {
+                    out.push(*p);
+                }
+            }
+        }
+        out
     }
 
     /// The default user of exec sessions: `remoteUser`, else `containerUser`.
@@ -499,13 +599,31 @@ fn attributes(cx: &mut Ctx, v: &Value, p: &str) -> Result<PortAttributes, Error>
         let kp = format!("{p}/{}", escape(k));
         match k.as_str() {
             "label" => a.label = Some(cx.string(e, &kp, k)?),
-            "protocol" => a.protocol = Some(cx.string(e, &kp, k)?),
-            "onAutoForward" => a.on_auto_forward = Some(cx.string(e, &kp, k)?),
-            "requireLocalPort" | "elevateIfNeeded" => {}
+            "protocol" => a.protocol = Some(one_of(cx, e, &kp, k, PROTOCOLS)?),
+            "onAutoForward" => a.on_auto_forward = Some(one_of(cx, e, &kp, k, ON_AUTO_FORWARD)?),
+            "requireLocalPort" | "elevateIfNeeded" => {
+                cx.bool(e, &kp, k)?;
+                cx.warn(
+                    &kp,
+                    format!("{k} has no effect: ports are reached through the port proxy's URLs, not a local port on your machine"),
+                );
+            }
             other => cx.warn(&kp, format!("unknown port attribute {other} is ignored")),
         }
     }
     Ok(a)
+}
+
+/// A string that must be one of `allowed`.
+fn one_of(cx: &Ctx, v: &Value, p: &str, what: &str, allowed: &[&str]) -> Result<String, Error> {
+    let s = cx.string(v, p, what)?;
+    if allowed.contains(&s.as_str()) {
+        return Ok(s);
+    }
+    Err(cx.err(
+        p,
+        format!("{what} {s:?} must be one of {}", allowed.join(", ")),
+    ))
 }
 
 fn mount(cx: &Ctx, v: &Value, p: &str) -> Result<Mount, Error> {

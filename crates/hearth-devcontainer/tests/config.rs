@@ -43,7 +43,96 @@ fn jsonc_comments_and_trailing_commas() {
             }
         ]
     );
-    assert!(l.config.warnings.is_empty(), "{:?}", l.config.warnings);
+    // Another host's port cannot be proxied: kept in the model, warned about.
+    let w: Vec<String> = l.config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            ".devcontainer/devcontainer.json:4:26: forwardPorts \"db:5432\" is not forwarded"
+        ),
+        "{w:?}"
+    );
+    assert_eq!(l.config.forwarded_ports(), vec![3000]);
+}
+
+#[test]
+fn ports_attributes_match_ports_and_ranges() {
+    let l = load_text(
+        r#"{
+  "image": "x",
+  "forwardPorts": [3000, "localhost:8080", 3000],
+  "portsAttributes": {
+    "3000": {"label": "web", "protocol": "https"},
+    "3000-3010": {"label": "range", "onAutoForward": "ignore", "requireLocalPort": true},
+    "localhost:5000": {"label": "five"},
+    "9000-9001": {"onAutoForward": "silent", "elevateIfNeeded": false},
+    ".+node.+": {"label": "pattern"}
+  },
+  "otherPortsAttributes": {"onAutoForward": "ignore", "label": "other"}
+}"#,
+    )
+    .unwrap();
+    let c = &l.config;
+    assert_eq!(c.forwarded_ports(), vec![3000, 8080]);
+    // The exact key first, a range for what it leaves unset.
+    let a = c.port_attributes(3000);
+    assert_eq!(
+        (
+            a.label.as_deref(),
+            a.protocol.as_deref(),
+            a.ignored(),
+            a.https()
+        ),
+        (Some("web"), Some("https"), true, true)
+    );
+    let a = c.port_attributes(3005);
+    assert_eq!(
+        (a.label.as_deref(), a.ignored(), a.https()),
+        (Some("range"), true, false)
+    );
+    assert_eq!(c.port_attributes(5000).label.as_deref(), Some("five"));
+    assert_eq!(
+        c.port_attributes(9001).on_auto_forward.as_deref(),
+        Some("silent")
+    );
+    // Matched by nothing: otherPortsAttributes.
+    let a = c.port_attributes(4000);
+    assert_eq!((a.label.as_deref(), a.ignored()), (Some("other"), true));
+    let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    for needle in [
+        ":6:64: requireLocalPort has no effect",
+        ":8:46: elevateIfNeeded has no effect",
+        ":9:5: portsAttributes \".+node.+\" is ignored",
+    ] {
+        assert!(
+            w.iter().any(|m| m.contains(needle)),
+            "{needle} not in {w:?}"
+        );
+    }
+    assert_eq!(w.len(), 3, "{w:?}");
+
+    // Values outside the spec's enums are errors that point at them.
+    let e =
+        load_text(r#"{"image": "x", "portsAttributes": {"1": {"protocol": "ftp"}}}"#).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("protocol \"ftp\" must be one of http, https"),
+        "{e}"
+    );
+    let e = load_text(r#"{"image": "x", "otherPortsAttributes": {"onAutoForward": "loud"}}"#)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("onAutoForward \"loud\" must be one of notify, openBrowser"),
+        "{e}"
+    );
+    let e = load_text(r#"{"image": "x", "portsAttributes": {"1": {"requireLocalPort": "yes"}}}"#)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("requireLocalPort must be true or false"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -48,6 +48,8 @@ const FIXTURES: &[(&str, &str, &str)] = &[
   },
   "remoteEnv": {"PATH": "${containerEnv:PATH}:${containerWorkspaceFolder}/bin", "UNSET": null},
   "forwardPorts": [3000, "db:${localEnv:HEARTH_T_MISSING:5432}"],
+  "portsAttributes": {"3000": {"label": "${localWorkspaceFolderBasename} web", "protocol": "https", "onAutoForward": "ignore"}, "9000-9009": {"label": "${localEnv:HEARTH_T_NAME}"}},
+  "otherPortsAttributes": {"label": "other ${containerWorkspaceFolderBasename}", "onAutoForward": "silent"},
   "customizations": {"vscode": {"extensions": ["a.${localEnv:HEARTH_T_NAME}"], "n": [1, true, null, {"deep": "${localWorkspaceFolderBasename}"}]}},
 }
 "#,

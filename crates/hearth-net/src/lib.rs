@@ -135,6 +135,12 @@ impl Network {
         self.net.hosts().next().unwrap_or(self.net.network())
     }
 
+    /// The bridge's fixed MAC, derived like a workspace's from its address (the gateway's
+    /// is no workspace's), so it never changes while the node runs.
+    pub fn gateway_mac(&self) -> String {
+        firewall::mac_for(self.gateway())
+    }
+
     pub fn prefix_len(&self) -> u8 {
         self.net.prefix_len()
     }

@@ -436,3 +436,64 @@ fn new_connections_are_rate_limited_per_workspace() {
     assert!(tracked >= burst as usize / 2, "only {tracked} got through");
     assert!(reaches(&b.netns_path, SocketAddr::from((out.ip(2), port))));
 }
+
+/// The gateway's MAC must not follow the bridge's ports: a bridge without a set address
+/// takes its lowest port's, and when that port's workspace goes, every other workspace
+/// holds a gateway MAC nobody has until its ARP entry fails (a minute or two of lost
+/// packets). B's port gets the lowest MAC there is, so the old code fails here.
+#[test]
+fn the_gateway_keeps_its_mac_when_workspaces_come_and_go() {
+    let third = 106;
+    let net = network(third, EgressConfig::default());
+    let id = |s: &str| WorkspaceId::new(s).unwrap();
+    let (a_id, b_id) = (&id("a1e1a1e1a1e1"), &id("b1e1b1e1b1e1"));
+    let _guard = Guard {
+        net: &net,
+        ids: vec![a_id.clone(), b_id.clone()],
+    };
+    net.ensure_host().unwrap();
+    let out = Outside::new(third);
+    let (_l, port) = out.listen();
+    let to = SocketAddr::from((out.ip(2), port));
+    let bridge_mac = || {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", net.bridge()))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(bridge_mac(), net.gateway_mac());
+
+    let b = net.setup(b_id, 1).unwrap();
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &b.host_veth,
+        "address",
+        "02:00:00:00:00:01",
+    ]);
+    let a = net.setup(a_id, 0).unwrap();
+    net.apply_egress(a_id, 0, &[]).unwrap();
+    // A learns the gateway's MAC now, with B's port on the bridge.
+    assert!(reaches(&a.netns_path, to), "control: A reaches the outside");
+    net.teardown(b_id).unwrap();
+    assert_eq!(bridge_mac(), net.gateway_mac());
+    for i in 0..3 {
+        if let Err((e, t)) = connect_from(&a.netns_path, to) {
+            panic!("connection {i} from A after B went: {e} after {t:?}");
+        }
+    }
+    // A bridge left by an older node (address inherited from a port) gets the fixed one.
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        net.bridge(),
+        "address",
+        "02:00:00:00:00:02",
+    ]);
+    net.ensure_host().unwrap();
+    assert_eq!(bridge_mac(), net.gateway_mac());
+}

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{git_repo, TestServer};
+use common::{git_repo, repo_with, TestServer};
 
 const UPSTREAM: &[u8] = include_bytes!("data/upstream.pl");
 
@@ -535,4 +535,162 @@ fn port_urls_over_tls_with_a_wildcard_certificate() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// `hearth ports --json` of `name`, by port.
+fn ports_by_number(
+    s: &TestServer,
+    name: &str,
+) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&s.ok(&["ports", name, "--json"])).unwrap();
+    listed
+        .into_iter()
+        .map(|p| (p["port"].as_u64().unwrap(), p))
+        .collect()
+}
+
+const PORTS_CONFIG: &str = r#"{
+  "image": "debian",
+  "forwardPorts": [8080, 9090, "db:5432"],
+  "portsAttributes": {
+    "8080": {"label": "App", "requireLocalPort": true},
+    "9090": {"label": "Later"},
+    "7000-7999": {"onAutoForward": "ignore"},
+    "8443": {"label": "TLS app", "protocol": "https"}
+  }
+}"#;
+
+/// devcontainer.json's forwardPorts and portsAttributes: forwarded ports are listed (with
+/// their labels) before anything listens, an ignored port is neither listed nor proxied,
+/// `protocol: https` makes the proxy speak TLS to the port (a real `openssl s_server`
+/// with a self-signed certificate), another host's port and client-side attributes are
+/// warned about.
+#[test]
+fn devcontainer_ports_are_listed_labelled_ignored_and_spoken_to_over_tls() {
+    let s = TestServer::start();
+    load_debian(&s);
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(src.path(), "app", &[(".devcontainer.json", PORTS_CONFIG)]);
+    let out = s.hearth(&["up", repo.to_str().unwrap(), "--name", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}\n{}", s.server_log());
+    assert!(
+        err.contains("forwardPorts \"db:5432\" is not forwarded"),
+        "{err}"
+    );
+    assert!(err.contains("requireLocalPort has no effect"), "{err}");
+
+    // Forwarded ports show before anything listens, with their labels.
+    let ports = ports_by_number(&s, "web");
+    for (port, label) in [(8080, "App"), (9090, "Later")] {
+        let p = &ports[&port];
+        assert_eq!(p["forwarded"], true, "{p}");
+        assert_eq!(p["listening"], false, "{p}");
+        assert_eq!(p["label"], label, "{p}");
+        assert_eq!(p["protocol"], "http", "{p}");
+    }
+    assert!(!ports.contains_key(&5432), "{ports:?}");
+    let table = s.ok(&["ports", "web"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("9090"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("Later") && row.contains("not listening"),
+        "{table}"
+    );
+
+    // Listening: the forwarded port turns listening; an ignored one stays out.
+    run_upstream(&s, "web", 8080);
+    run_upstream(&s, "web", 7070);
+    let ports = ports_by_number(&s, "web");
+    assert_eq!(ports[&8080]["listening"], true, "{ports:?}");
+    assert_eq!(ports[&8080]["label"], "App");
+    assert!(!ports.contains_key(&7070), "{ports:?}");
+    let p = proxy_port(&s);
+    let bearer = format!("Authorization: Bearer {}", admin_token(&s));
+    let (st, _, _) = curl(p, "8080-web.localhost", "/headers", &["-H", &bearer]);
+    assert_eq!(st, 200);
+    // The ignored port is refused through the proxy, even to its owner, and cannot be
+    // made public; a port-forward (an explicit request) still reaches it.
+    let (st, _, _) = curl(p, "7070-web.localhost", "/headers", &["-H", &bearer]);
+    assert_eq!(st, 404);
+    let e = s.fails(&["port", "web", "7070", "--public"]);
+    assert!(e.contains("ignored by its devcontainer.json"), "{e}");
+
+    // protocol https: a TLS server inside with a self-signed certificate (the host's
+    // openssl; the image has its libraries), reached through the plain-HTTP proxy.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=inside"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{out:?}");
+    for (from, to) in [
+        (std::path::PathBuf::from("/usr/bin/openssl"), "/tmp/openssl"),
+        (cert, "/tmp/cert.pem"),
+        (key, "/tmp/key.pem"),
+    ] {
+        let out = s.hearth_stdin(
+            &[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                &format!("cat > {to} && chmod 700 {to}"),
+            ],
+            &std::fs::read(from).unwrap(),
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    s.exec(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "setsid -f /tmp/openssl s_server -accept 8443 -cert /tmp/cert.pem \
+             -key /tmp/key.pem -www >/tmp/s_server.log 2>&1 </dev/null",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ports = ports_by_number(&s, "web");
+        if ports.get(&8443).is_some_and(|p| p["listening"] == true) {
+            assert_eq!(ports[&8443]["protocol"], "https");
+            assert_eq!(ports[&8443]["label"], "TLS app");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server never listened: {}",
+            s.exec("web", &["cat", "/tmp/s_server.log"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (st, head, body) = curl(p, "8443-web.localhost", "/", &["-H", &bearer]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 200, "{head}{body}");
+    // `-www` answers with its TLS session: proof the proxy spoke TLS to it.
+    assert!(
+        body.contains("Ciphers supported in s_server binary"),
+        "{body}"
+    );
+    // Making an ignored port private is refused too (it is not listed to toggle).
+    let e = s.fails(&["port", "web", "7070", "--private"]);
+    assert!(e.contains("ignored"), "{e}");
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use hearth_api::{Port, PortLogin, PortVisibility, WorkspaceState};
+use hearth_api::{Port, PortLogin, PortProtocol, PortVisibility, WorkspaceState};
+use hearth_devcontainer::{Config, PortAttributes};
 use hearth_node::{NodeError, WorkspaceSpec};
 
 use super::{node_err, Manager};
@@ -57,7 +58,61 @@ pub fn parse_port(s: &str) -> Result<u16, ApiError> {
     }
 }
 
+/// What a workspace's devcontainer.json says about its ports (`forwardPorts`,
+/// `portsAttributes`, `otherPortsAttributes`); nothing for a workspace made without one.
+#[derive(Debug, Default)]
+pub struct PortPolicy {
+    config: Option<Config>,
+}
+
+impl PortPolicy {
+    pub fn attributes(&self, port: u16) -> PortAttributes {
+        self.config
+            .as_ref()
+            .map(|c| c.port_attributes(port))
+            .unwrap_or_default()
+    }
+
+    /// `forwardPorts` of the workspace itself.
+    pub fn forwarded(&self) -> Vec<u16> {
+        self.config
+            .as_ref()
+            .map(Config::forwarded_ports)
+            .unwrap_or_default()
+    }
+
+    /// `onAutoForward: ignore` and not in `forwardPorts`: left out of listings, and the
+    /// port proxy answers 404 for it (as Codespaces neither shows nor forwards it; an
+    /// explicit `hearth port-forward` still reaches it, like a manual forward there).
+    pub fn hidden(&self, port: u16) -> bool {
+        self.attributes(port).ignored() && !self.forwarded().contains(&port)
+    }
+
+    /// `protocol: https`: the proxy speaks TLS to the port.
+    pub fn https(&self, port: u16) -> bool {
+        self.attributes(port).https()
+    }
+
+    /// Fills in `p`'s label and protocol.
+    fn describe(&self, p: &mut Port) {
+        let a = self.attributes(p.port);
+        p.protocol = if a.https() {
+            PortProtocol::Https
+        } else {
+            PortProtocol::Http
+        };
+        p.label = a.label;
+    }
+}
+
 impl Manager {
+    /// The port settings of the devcontainer.json workspace `spec` was made from.
+    pub async fn port_policy(&self, spec: &WorkspaceSpec) -> Result<PortPolicy, ApiError> {
+        Ok(PortPolicy {
+            config: self.devcontainer(spec).await?.map(|(dc, _)| dc.config),
+        })
+    }
+
     /// Called once the port proxy listens, so listings carry URLs and browsers can be
     /// given login links.
     pub fn set_port_urls(&self, urls: PortUrls, key: crate::proxy::login::CookieKey) {
@@ -90,23 +145,37 @@ impl Manager {
         self.port_urls.get()
     }
 
-    /// Ports listening inside `name` now, plus ports given a visibility.
-    pub async fn ports(&self, caller: &Caller, name: &str) -> Result<Vec<Port>, ApiError> {
-        let rec = self.owned(caller, name).await?;
-        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
-        let entry = |port: u16| Port {
+    /// A port entry with nothing known about it yet.
+    fn port_entry(&self, name: &str, port: u16) -> Port {
+        Port {
             port,
             visibility: PortVisibility::Private,
             listening: false,
+            forwarded: false,
+            label: None,
+            protocol: PortProtocol::Http,
             addresses: Vec::new(),
             url: self.port_urls().map(|u| u.url(name, port)),
-        };
-        for (port, public) in self.store.ports(&rec.spec.id).await? {
+        }
+    }
+
+    /// Ports listening inside `name` now, ports its devcontainer.json forwards, and
+    /// ports given a visibility; without those its `portsAttributes` ignore.
+    pub async fn ports(&self, caller: &Caller, name: &str) -> Result<Vec<Port>, ApiError> {
+        let rec = self.owned(caller, name).await?;
+        let policy = self.port_policy(&rec.spec).await?;
+        let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
+        let entry = |port: u16| self.port_entry(name, port);
+        for port in policy.forwarded() {
             let mut p = entry(port);
+            p.forwarded = true;
+            ports.insert(port, p);
+        }
+        for (port, public) in self.store.ports(&rec.spec.id).await? {
+            let p = ports.entry(port).or_insert_with(|| entry(port));
             if public {
                 p.visibility = PortVisibility::Public;
             }
-            ports.insert(port, p);
         }
         if rec.state == WorkspaceState::Running {
             let listening = self
@@ -119,6 +188,10 @@ impl Manager {
                 p.listening = true;
                 p.addresses.push(l.address.to_string());
             }
+        }
+        ports.retain(|port, _| !policy.hidden(*port));
+        for p in ports.values_mut() {
+            policy.describe(p);
         }
         Ok(ports.into_values().collect())
     }
@@ -133,6 +206,13 @@ impl Manager {
     ) -> Result<Port, ApiError> {
         let _guard = self.lock(name).await;
         let rec = self.owned(caller, name).await?;
+        let policy = self.port_policy(&rec.spec).await?;
+        if policy.hidden(port) {
+            return Err(ApiError::invalid(format!(
+                "port {port} of {name} is ignored by its devcontainer.json \
+                 (portsAttributes onAutoForward \"ignore\"): it is not listed or proxied"
+            )));
+        }
         let public = visibility == PortVisibility::Public;
         self.store
             .set_port_public(&rec.spec.id, port, public)
@@ -149,13 +229,13 @@ impl Manager {
             .filter(|l| l.port == port)
             .map(|l| l.address.to_string())
             .collect();
-        Ok(Port {
-            port,
-            visibility,
-            listening: !addresses.is_empty(),
-            addresses,
-            url: self.port_urls().map(|u| u.url(name, port)),
-        })
+        let mut p = self.port_entry(name, port);
+        p.visibility = visibility;
+        p.listening = !addresses.is_empty();
+        p.addresses = addresses;
+        p.forwarded = policy.forwarded().contains(&port);
+        policy.describe(&mut p);
+        Ok(p)
     }
 
     /// Opens a TCP connection to `port` inside the running workspace `rec`: its IPv4

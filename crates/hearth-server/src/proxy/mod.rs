@@ -11,6 +11,10 @@
 //! 503 for everyone else; a port nothing listens on is 502. Each request is activity on
 //! the workspace, and an upgraded connection or a streaming response is an open session
 //! until it ends.
+//!
+//! The workspace's devcontainer.json has its say per port: `onAutoForward: ignore` (unless
+//! `forwardPorts` names the port) is 404 like an unknown host, and `protocol: https`
+//! makes the proxy speak TLS to the port (see [`Upstream`]).
 
 pub mod login;
 
@@ -123,6 +127,7 @@ impl Proxy {
             .build(Connector {
                 manager: manager.clone(),
                 targets: targets.clone(),
+                tls: upstream_tls()?,
             });
         let state = Arc::new(ProxyState {
             key: CookieKey::load(data_dir)?,
@@ -250,10 +255,136 @@ fn tls_acceptor(
 struct Connector {
     manager: Arc<Manager>,
     targets: Arc<Mutex<std::collections::HashMap<String, WorkspaceSpec>>>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// A connection to a workspace port: plain, or TLS for a port whose `portsAttributes`
+/// say `protocol: https` (the pool asks for `https://` URIs then, so the two never mix).
+enum Upstream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for Upstream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+/// Accepts any certificate of a workspace port (dev servers' are self-signed): the
+/// connection is made inside the workspace's own network namespace to its loopback, so
+/// where it goes is already certain and a certificate could add nothing. Handshake
+/// signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client for `protocol: https` ports: HTTP/1.1 only, as the proxy forwards.
+fn upstream_tls() -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS to workspace ports")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<tokio::net::TcpStream>;
+    type Response = TokioIo<Upstream>;
     type Error = NodeError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, NodeError>> + Send>>;
@@ -275,7 +406,29 @@ impl tower_service::Service<Uri> for Connector {
                 .cloned()
                 .ok_or_else(|| NodeError::Internal(format!("no proxy target {id}")))?;
             let stream = this.manager.connect_port(&spec, port).await?;
-            Ok(TokioIo::new(stream))
+            if uri.scheme_str() != Some("https") {
+                return Ok(TokioIo::new(Upstream::Plain(stream)));
+            }
+            // The name is only for SNI: the certificate is not checked (`AnyCertificate`).
+            let name = rustls_pki_types::ServerName::try_from("localhost")
+                .map_err(|e| NodeError::Internal(format!("tls name: {e}")))?;
+            let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, this.tls.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    NodeError::Internal(format!(
+                        "port {port} of workspace {} did not finish a TLS handshake \
+                         (portsAttributes says protocol https)",
+                        spec.name
+                    ))
+                })?
+                .map_err(|e| {
+                    NodeError::Internal(format!(
+                        "TLS to port {port} of workspace {} failed (portsAttributes says \
+                         protocol https): {e}",
+                        spec.name
+                    ))
+                })?;
+            Ok(TokioIo::new(Upstream::Tls(Box::new(tls))))
         })
     }
 }
@@ -481,6 +634,20 @@ impl ProxyState {
         let Some(mut rec) = rec else {
             return not_found();
         };
+        let policy = match self.manager.port_policy(&rec.spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(workspace = name, error = %e.message, "port proxy: devcontainer settings");
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error",
+                    "cannot read the workspace's port settings",
+                );
+            }
+        };
+        if policy.hidden(port) {
+            return not_found();
+        }
         if rec.state != WorkspaceState::Running {
             let stopped = matches!(rec.state, WorkspaceState::Stopped | WorkspaceState::Failed);
             match &creds.caller {
@@ -560,7 +727,8 @@ impl ProxyState {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        parts.uri = match format!("http://{id}:{port}{path}").parse() {
+        let scheme = if policy.https(port) { "https" } else { "http" };
+        parts.uri = match format!("{scheme}://{id}:{port}{path}").parse() {
             Ok(u) => u,
             Err(_) => {
                 return page(

@@ -1,7 +1,7 @@
 //! `hearth ports`, `hearth port` and `hearth port-forward`.
 
 use anyhow::{bail, Context};
-use hearth_api::PortVisibility;
+use hearth_api::{PortProtocol, PortVisibility};
 
 use super::{print_table, Commands};
 
@@ -32,19 +32,24 @@ impl Commands {
         let rows: Vec<Vec<String>> = ports
             .iter()
             .map(|p| {
+                let mut port = p.port.to_string();
+                if p.protocol == PortProtocol::Https {
+                    port.push_str(" (https)");
+                }
                 vec![
-                    p.port.to_string(),
+                    port,
+                    p.label.clone().unwrap_or_else(|| "-".into()),
                     p.visibility.to_string(),
                     if p.listening {
                         p.addresses.join(",")
                     } else {
-                        "-".into()
+                        "not listening".into()
                     },
                     p.url.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        print_table(&["PORT", "VISIBILITY", "LISTENING", "URL"], &rows);
+        print_table(&["PORT", "LABEL", "VISIBILITY", "LISTENING", "URL"], &rows);
         Ok(())
     }
 
