@@ -7,7 +7,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrebuild {
-    /// Git URL or absolute path of a local repository (as `hearth up` takes).
+    /// Git URL, or (admins only) absolute path of a repository on the server host (as
+    /// `hearth up` takes).
     #[schema(min_length = 1, pattern = "^(?!-)(?!.*::)(/|[^/:]+:)")]
     pub source: String,
     /// Branch to prebuild; the repository's default branch when absent (the one `hearth

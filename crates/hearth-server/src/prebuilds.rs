@@ -62,6 +62,7 @@ pub(crate) fn public_routes() -> Router<AppState> {
     responses((status = 200, description = "ndjson progress lines, then the Prebuild or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "a non-admin's source is a path on the server", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_prebuild(
     State(st): State<AppState>,
