@@ -230,7 +230,7 @@ fn config_errors_point_into_the_file_and_the_default_image_is_the_servers() {
     );
     let e = srv.fails(&["up", repo.to_str().unwrap()]);
     assert!(
-        e.contains(".devcontainer.json: feature ./go: local features"),
+        e.contains(".devcontainer.json:1:35: feature ./go: local features"),
         "{e}"
     );
     let repo = repo_with(
@@ -243,10 +243,43 @@ fn config_errors_point_into_the_file_and_the_default_image_is_the_servers() {
     );
     let e = srv.fails(&["up", repo.to_str().unwrap(), "--memory", "1G"]);
     assert!(
-        e.contains("needs 64.0 GiB of memory (hostRequirements.memory)"),
+        e.contains(".devcontainer.json:1:53: needs 64.0 GiB of memory (hostRequirements.memory)"),
+        "{e}"
+    );
+    // CPUs: against the workspace's --cpus, else the node's cores (not the server's).
+    let cpus = repo_with(
+        src.path(),
+        "cpus",
+        &[(
+            ".devcontainer.json",
+            "{\"image\": \"busybox\",\n \"hostRequirements\": {\"cpus\": 2}}",
+        )],
+    );
+    let e = srv.fails(&["up", cpus.to_str().unwrap(), "--cpus", "1.5"]);
+    assert!(
+        e.contains(".devcontainer.json:2:31: needs 2 CPUs (hostRequirements.cpus) but the workspace would get 1.5 (--cpus): pass --cpus 2"),
+        "{e}"
+    );
+    let many = repo_with(
+        src.path(),
+        "many",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "busybox", "hostRequirements": {"cpus": 4096}}"#,
+        )],
+    );
+    let e = srv.fails(&["up", many.to_str().unwrap()]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        e.contains(&format!(
+            "needs 4096 CPUs (hostRequirements.cpus) but the node has {cores} CPUs"
+        )),
         "{e}"
     );
     assert!(srv.workspace_names().is_empty());
+    // Enough with its --cpus: made.
+    srv.ok(&["up", cpus.to_str().unwrap(), "--cpus", "2"]);
+    srv.ok(&["rm", "cpus"]);
 
     // The file is read as an unprivileged uid, never as the server: a repository only
     // root can read is refused before anything is made, like its clone would be.
