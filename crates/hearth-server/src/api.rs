@@ -68,7 +68,8 @@ impl Modify for BearerAuth {
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
-        crate::prebuilds::remove_prebuild,
+        crate::prebuilds::remove_prebuild, crate::prebuilds::list_prebuild_runs,
+        crate::prebuilds::get_prebuild_run,
         crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join,
         crate::audit::list_audit
     ),
