@@ -40,7 +40,7 @@ export function NewWorkspace() {
     setLog([]);
     setCreated(undefined);
     await run("Creating the workspace…", "Workspace created and running", async () => {
-      if (!source.trim()) throw new Error("give a repository: a git URL or a path on the server");
+      if (!source.trim()) throw new Error("give a repository: a git URL (or, for admins, a path on the server)");
       const mem = num(memory, "Memory");
       const cpu = num(cpus, "CPUs");
       const dsk = num(disk, "Disk");
@@ -87,7 +87,7 @@ export function NewWorkspace() {
     <>
       <h1>New workspace</h1>
       <form class="create" onSubmit={submit}>
-        {field("source", "Repository", source, setSource, "A git URL (https://…, git@…) or the absolute path of a repository on the server.", { required: true, spellcheck: false })}
+        {field("source", "Repository", source, setSource, "A git URL (https://…, git@…); admins may also give the absolute path of a repository on the server.", { required: true, spellcheck: false })}
         {field("name", "Name (optional)", name, setName, "Lowercase letters, digits and '-'; the repository's name when empty.", { pattern: "[a-z0-9]([a-z0-9-]*[a-z0-9])?", spellcheck: false })}
         {field("branch", "Branch (optional)", branch, setBranch, "The repository's default branch when empty.")}
         <fieldset>

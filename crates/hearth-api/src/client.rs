@@ -21,9 +21,9 @@ use crate::{
     BuildImage, ClientFrame, CreateJoinToken, CreatePrebuild, CreateUser, CreateWorkspace,
     DeletedWorkspace, DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
     FrameError, Image, JoinNode, JoinToken, LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node,
-    NodeCredential, NodeLabels, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo,
-    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, UpdateUser, User,
-    Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    NodeCredential, NodeLabels, Prebuild, PrebuildRun, PrebuildRunLog, PullImage, RestoreWorkspace,
+    ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine,
+    UpdateUser, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -326,6 +326,16 @@ impl Client {
     /// The prebuilds the caller's `up` may start from, newest first.
     pub async fn prebuilds(&self) -> Result<Vec<Prebuild>> {
         self.get("/v1/prebuilds").await
+    }
+
+    /// Prebuild runs, newest first (with their outcome).
+    pub async fn prebuild_runs(&self) -> Result<Vec<PrebuildRun>> {
+        self.get("/v1/prebuild-runs").await
+    }
+
+    /// One prebuild run with its log (`hearth prebuild logs`).
+    pub async fn prebuild_run(&self, id: &str) -> Result<PrebuildRunLog> {
+        self.get(&format!("/v1/prebuild-runs/{}", enc(id))).await
     }
 
     /// Removes a prebuild by its snapshot id (`hearth prebuild rm`).

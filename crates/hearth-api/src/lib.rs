@@ -158,7 +158,7 @@ pub const MAX_PAGE: u32 = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
-    /// Git URL or absolute path of a local repository.
+    /// Git URL, or (admins only) absolute path of a repository on the server host.
     #[schema(min_length = 1, pattern = "^(?!-)(?!.*::)(/|[^/:]+:)")]
     pub source: String,
     /// Image name or id; when absent, the repository's devcontainer.json `image`, else the

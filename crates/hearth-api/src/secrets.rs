@@ -43,7 +43,8 @@ pub struct SetSecret {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dotfiles {
-    /// Git URL or absolute path of a repository on the server host; `null`: none. New
+    /// Git URL, or (admins only) absolute path of a repository on the server host; `null`:
+    /// none. New
     /// workspaces clone it to `~/dotfiles` and run its install script.
     #[schema(
         min_length = 1,

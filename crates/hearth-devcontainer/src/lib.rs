@@ -59,6 +59,7 @@ pub fn load(
         )),
         env,
         file: &found.path,
+        doc: Some(&doc),
     };
     let value = vars::substitute_local(&doc.value, &ctx)?;
     let config = Config::from_value(&doc, &value)?;

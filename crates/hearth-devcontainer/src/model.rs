@@ -331,6 +331,8 @@ impl Config {
                 "features" => {
                     for (id, opts) in cx.object(v, p, key)? {
                         let fp = format!("{p}/{}", escape(id));
+                        crate::features::OciRef::parse(id)
+                            .map_err(|e| cx.doc.invalid_name(&fp, e.to_string()))?;
                         crate::features::check_value(opts)
                             .map_err(|m| cx.err(&fp, format!("feature {id}: {m}")))?;
                         c.features.insert(id.clone(), opts.clone());
@@ -370,15 +372,12 @@ impl Config {
                 "containerUser" => c.container_user = Some(cx.string(v, p, key)?),
                 "updateRemoteUserUID" => {
                     c.update_remote_user_uid = Some(cx.bool(v, p, key)?);
-                    cx.warn(p, "updateRemoteUserUID has no effect: the repository is cloned inside the workspace, so no host uid needs matching");
+                    cx.warn(p, "updateRemoteUserUID has no effect: there is no local user whose uid to copy; hearth hands the repository to the remote user inside the workspace, and its user namespace maps workspace uids to the host");
                 }
                 "workspaceFolder" => {
                     let f = cx.string(v, p, key)?;
-                    if !f.starts_with('/') {
-                        return Err(
-                            cx.err(p, format!("workspaceFolder {f:?} must be an absolute path"))
-                        );
-                    }
+                    let f = workspace_folder(&f)
+                        .map_err(|m| cx.err(p, format!("workspaceFolder {f:?} {m}")))?;
                     c.workspace_folder = Some(f);
                 }
                 "forwardPorts" => {
@@ -428,7 +427,7 @@ impl Config {
                     }
                 }
                 "hostRequirements" => c.host_requirements = host_requirements(&mut cx, v, p)?,
-                "customizations" => c.customizations = cx.object(v, p, key)?.clone(),
+                "customizations" => c.customizations = customizations(&mut cx, v, p)?,
                 "waitFor" => {
                     let s = cx.string(v, p, key)?;
                     c.lifecycle.wait_for = Some(match s.as_str() {
@@ -481,6 +480,28 @@ impl Config {
         Ok(c)
     }
 
+    /// `customizations.vscode.extensions`: extension ids for an editor to install.
+    pub fn vscode_extensions(&self) -> Vec<String> {
+        self.customizations
+            .get("vscode")
+            .and_then(|v| v.get("extensions"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `customizations.vscode.settings`: settings for an editor to apply.
+    pub fn vscode_settings(&self) -> Option<&Map<String, Value>> {
+        self.customizations
+            .get("vscode")
+            .and_then(|v| v.get("settings"))
+            .and_then(Value::as_object)
+    }
+
     /// The attributes of `port`: an exact key's first, then each range containing it (in
     /// key order) for what is still unset, else `otherPortsAttributes`.
     pub fn port_attributes(&self, port: u16) -> PortAttributes {
@@ -522,6 +543,109 @@ impl Config {
             .as_deref()
             .or(self.container_user.as_deref())
     }
+}
+
+/// Top-level directories a workspace folder may not be in (the system's own trees).
+const SYSTEM_TREES: &[&str] = &[
+    "proc", "sys", "dev", "etc", "boot", "run", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+
+/// Directories a workspace folder may not be (it would replace them), though it may be
+/// below them.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/libexec",
+    "/usr/include",
+    "/usr/share",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/lib",
+    "/usr/src",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+    "/tmp",
+    "/root",
+    "/home",
+    "/opt",
+    "/srv",
+    "/mnt",
+    "/media",
+];
+
+/// `workspaceFolder` checked and normalised (no trailing or doubled `/`): the repository
+/// appears there, so it must be an absolute path of its own, not a system directory;
+/// `Err` completes "workspaceFolder \"...\" ...".
+fn workspace_folder(f: &str) -> Result<String, String> {
+    if !f.starts_with('/') {
+        return Err("must be an absolute path".into());
+    }
+    if f.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    let parts: Vec<&str> = f.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err("must not contain . or .. components".into());
+    }
+    let norm = format!("/{}", parts.join("/"));
+    let system = match parts.first() {
+        None => true,
+        Some(top) => SYSTEM_TREES.contains(top) || SYSTEM_DIRS.contains(&norm.as_str()),
+    };
+    if system {
+        return Err("is a system directory: the repository appears at the workspace folder, so it must be a directory of its own (like /workspaces/NAME or /src/NAME)".into());
+    }
+    if norm == "/workspace" {
+        return Err("holds hearth's clone of the repository (/workspace/<repo>): name that folder, a folder in it, or another folder of its own".into());
+    }
+    Ok(norm)
+}
+
+/// `customizations`, kept whole; `vscode.extensions` and `vscode.settings` are checked
+/// (an editor integration reads them through the API), every tool's entry gets a warning
+/// saying what becomes of it.
+fn customizations(cx: &mut Ctx, v: &Value, p: &str) -> Result<Map<String, Value>, Error> {
+    let all = cx.object(v, p, "customizations")?.clone();
+    for (tool, e) in &all {
+        let tp = format!("{p}/{}", escape(tool));
+        if tool != "vscode" {
+            cx.warn(
+                &tp,
+                format!("customizations.{tool} is not used by hearth and is ignored"),
+            );
+            continue;
+        }
+        let vscode = cx.object(e, &tp, "customizations.vscode")?;
+        if let Some(ext) = vscode.get("extensions") {
+            let ep = format!("{tp}/extensions");
+            let ok = ext
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string));
+            if !ok {
+                return Err(cx.err(
+                    &ep,
+                    "customizations.vscode.extensions must be an array of extension ids",
+                ));
+            }
+        }
+        if let Some(settings) = vscode.get("settings") {
+            cx.object(
+                settings,
+                &format!("{tp}/settings"),
+                "customizations.vscode.settings",
+            )?;
+        }
+        cx.warn(
+            &tp,
+            "customizations.vscode: hearth installs no editor extensions itself; extensions and settings are shown by hearth inspect and the API for an editor to apply, the rest is ignored",
+        );
+    }
+    Ok(all)
 }
 
 fn build(cx: &mut Ctx, v: &Value, p: &str, config_dir: &str) -> Result<Build, Error> {

@@ -157,6 +157,17 @@ impl Document {
         }
     }
 
+    /// An error about the property name at `ptr` (a feature id, a key that is wrong).
+    pub fn invalid_name(&self, ptr: &str, message: impl Into<String>) -> Error {
+        let (line, column) = self.name_position(ptr);
+        Error::Invalid {
+            file: self.file.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
     /// A warning about the property at `ptr`.
     pub fn warning(&self, ptr: &str, message: impl Into<String>) -> crate::Warning {
         let (line, column) = self.name_position(ptr);

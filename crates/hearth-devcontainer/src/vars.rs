@@ -20,6 +20,9 @@ pub struct Local<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// The configuration file's name, for messages.
     pub file: &'a str,
+    /// The parsed file, so an error points at the string it is in (line 1, column 1
+    /// without it).
+    pub doc: Option<&'a crate::Document>,
 }
 
 /// `${containerWorkspaceFolder}` as the CLI takes it: the raw `workspaceFolder` string
@@ -39,12 +42,21 @@ pub fn substitute_local(value: &Value, ctx: &Local) -> Result<Value, Error> {
     let raw_folder = ctx.container_workspace_folder.clone();
     let first =
         |m: &str, name: &str, args: &[&str]| local(ctx, raw_folder.as_deref(), m, name, args);
+    let locate = |ptr: &str, message: String| match ctx.doc {
+        Some(doc) => doc.invalid(ptr, message),
+        None => Error::Invalid {
+            file: ctx.file.to_string(),
+            line: 1,
+            column: 1,
+            message,
+        },
+    };
     let folder = match &raw_folder {
-        Some(f) => Some(string(f, &first)?),
+        Some(f) => Some(string(f, &first).map_err(|m| locate("/workspaceFolder", m))?),
         None => None,
     };
     let replace = |m: &str, name: &str, args: &[&str]| local(ctx, folder.as_deref(), m, name, args);
-    walk(value, &replace)
+    walk(value, &replace, &mut String::new(), &locate)
 }
 
 fn local(
@@ -53,9 +65,11 @@ fn local(
     matched: &str,
     name: &str,
     args: &[&str],
-) -> Result<String, Error> {
+) -> Result<String, String> {
     Ok(match name {
-        "env" | "localEnv" => lookup(ctx.env, args, matched, ctx.file)?,
+        "env" | "localEnv" => lookup(ctx.env, args, matched)?,
+        // Known only once the workspace runs, but a missing name is wrong already.
+        "containerEnv" if args.is_empty() => return lookup(ctx.env, args, matched),
         "localWorkspaceFolder" => ctx.local_workspace_folder.unwrap_or(matched).to_string(),
         "localWorkspaceFolderBasename" => match ctx.local_workspace_folder {
             Some(f) => basename(f).to_string(),
@@ -80,10 +94,19 @@ pub fn substitute_devcontainer_id(value: &Value, id: &str) -> Value {
         })
     };
     // This pass cannot fail: it raises no errors of its own.
-    walk(value, &replace).unwrap_or_else(|_| value.clone())
+    walk(value, &replace, &mut String::new(), &|_, m| {
+        Error::Invalid {
+            file: String::new(),
+            line: 1,
+            column: 1,
+            message: m,
+        }
+    })
+    .unwrap_or_else(|_| value.clone())
 }
 
 /// Third pass, once the container runs: `${containerEnv:NAME}` from its environment.
+/// (A reference without a name was refused with its position by the first pass.)
 pub fn substitute_container_env(
     value: &Value,
     env: &dyn Fn(&str) -> Option<String>,
@@ -91,12 +114,19 @@ pub fn substitute_container_env(
 ) -> Result<Value, Error> {
     let replace = |m: &str, name: &str, args: &[&str]| {
         if name == "containerEnv" {
-            lookup(env, args, m, file)
+            lookup(env, args, m)
         } else {
             Ok(m.to_string())
         }
     };
-    walk(value, &replace)
+    walk(value, &replace, &mut String::new(), &|ptr, message| {
+        Error::Invalid {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message: format!("{message} (at {ptr})"),
+        }
+    })
 }
 
 /// The CLI's `devcontainerIdForLabels`: SHA-256 of the labels as JSON with sorted keys,
@@ -137,21 +167,16 @@ pub fn id_labels<'a>(local_folder: &'a str, config_file: &'a str) -> [(&'a str, 
     ]
 }
 
+/// The CLI's message when a name is missing, as an error of the string it is in.
 fn lookup(
     env: &dyn Fn(&str) -> Option<String>,
     args: &[&str],
     matched: &str,
-    file: &str,
-) -> Result<String, Error> {
+) -> Result<String, String> {
     match args {
-        [] => Err(Error::Invalid {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-            message: format!(
-                "'{matched}' can not be resolved because no environment variable name is given"
-            ),
-        }),
+        [] => Err(format!(
+            "'{matched}' can not be resolved because no environment variable name is given"
+        )),
         [name, rest @ ..] => Ok(match env(name) {
             Some(v) => v,
             None => rest.first().map(|d| d.to_string()).unwrap_or_default(),
@@ -168,20 +193,32 @@ fn basename(p: &str) -> &str {
     t.rsplit('/').next().unwrap_or(t)
 }
 
-type Replace<'a> = dyn Fn(&str, &str, &[&str]) -> Result<String, Error> + 'a;
+type Replace<'a> = dyn Fn(&str, &str, &[&str]) -> Result<String, String> + 'a;
 
-fn walk(v: &Value, replace: &Replace) -> Result<Value, Error> {
+/// Turns a variable's error message into an [`Error`] at the JSON pointer of its string.
+type Locate<'a> = dyn Fn(&str, String) -> Error + 'a;
+
+fn walk(v: &Value, replace: &Replace, ptr: &mut String, locate: &Locate) -> Result<Value, Error> {
     Ok(match v {
-        Value::String(s) => Value::String(string(s, replace)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|e| walk(e, replace))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::String(s) => Value::String(string(s, replace).map_err(|m| locate(ptr, m))?),
+        Value::Array(a) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (i, e) in a.iter().enumerate() {
+                let len = ptr.len();
+                ptr.push_str(&format!("/{i}"));
+                out.push(walk(e, replace, ptr, locate)?);
+                ptr.truncate(len);
+            }
+            Value::Array(out)
+        }
         Value::Object(o) => {
             let mut out = serde_json::Map::new();
             for (k, e) in o {
-                out.insert(k.clone(), walk(e, replace)?);
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&crate::parse::escape(k));
+                out.insert(k.clone(), walk(e, replace, ptr, locate)?);
+                ptr.truncate(len);
             }
             Value::Object(out)
         }
@@ -190,7 +227,7 @@ fn walk(v: &Value, replace: &Replace) -> Result<Value, Error> {
 }
 
 /// JavaScript's `s.replace(/\$\{(.*?)\}/g, ...)`: `.` stops at line breaks.
-fn string(s: &str, replace: &Replace) -> Result<String, Error> {
+fn string(s: &str, replace: &Replace) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("${") {
@@ -230,6 +267,7 @@ mod tests {
             container_workspace_folder: Some("/workspace/proj".into()),
             env: &env,
             file: "devcontainer.json",
+            doc: None,
         };
         match substitute_local(&Value::String(s.into()), &ctx).unwrap() {
             Value::String(s) => s,
@@ -263,12 +301,51 @@ mod tests {
             container_workspace_folder: None,
             env: &env,
             file: "f",
+            doc: None,
         };
         let e = substitute_local(&Value::String("${localEnv}".into()), &ctx).unwrap_err();
         assert!(
             e.to_string().contains("no environment variable name"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_missing_name_is_an_error_at_its_string() {
+        let text = "{\n  \"image\": \"x\",\n  \"containerEnv\": {\"A\": \"1\", \"B\": \"${localEnv}\"},\n  \"remoteEnv\": {\"C\": \"${containerEnv}\"}\n}";
+        let doc = crate::Document::parse(".devcontainer.json", text).unwrap();
+        let env = |_: &str| None;
+        let ctx = Local {
+            local_workspace_folder: None,
+            container_workspace_folder: None,
+            env: &env,
+            file: ".devcontainer.json",
+            doc: Some(&doc),
+        };
+        let e = substitute_local(&doc.value, &ctx).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            ".devcontainer.json:3:35: '${localEnv}' can not be resolved because no environment variable name is given"
+        );
+        let only_container = serde_json::json!({"remoteEnv": doc.value["remoteEnv"].clone()});
+        let e = substitute_local(&only_container, &ctx)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(".devcontainer.json:4:22: '${containerEnv}'"),
+            "{e}"
+        );
+        // In the folder, whose raw value is substituted first.
+        let text = "{\"image\": \"x\",\n \"workspaceFolder\": \"/w/${env}\"}";
+        let doc = crate::Document::parse("d.json", text).unwrap();
+        let ctx = Local {
+            container_workspace_folder: Some(container_workspace_folder(&doc.value, "/x")),
+            doc: Some(&doc),
+            file: "d.json",
+            ..ctx
+        };
+        let e = substitute_local(&doc.value, &ctx).unwrap_err().to_string();
+        assert!(e.starts_with("d.json:2:21: '${env}'"), "{e}");
     }
 
     #[test]
@@ -279,6 +356,7 @@ mod tests {
             container_workspace_folder: None,
             env: &env,
             file: "f",
+            doc: None,
         };
         let v = serde_json::json!({"${localEnv:A}": "${localEnv:A}", "n": 1});
         assert_eq!(

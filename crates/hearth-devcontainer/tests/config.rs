@@ -203,6 +203,93 @@ fn unknown_and_unsupported_properties_are_warned_about() {
 }
 
 #[test]
+fn workspace_folder_is_checked_and_normalised() {
+    let folder = |f: &str| {
+        load_text(&format!(
+            "{{\n  \"image\": \"x\",\n  \"workspaceFolder\": {f:?}\n}}"
+        ))
+        .map(|l| l.container_workspace_folder)
+        .map_err(|e| e.to_string())
+    };
+    assert_eq!(folder("/src/app/").unwrap(), "/src/app");
+    assert_eq!(folder("//src//app").unwrap(), "/src/app");
+    assert_eq!(folder("/usr/src/app").unwrap(), "/usr/src/app");
+    assert_eq!(
+        folder("/workspace/proj/sub").unwrap(),
+        "/workspace/proj/sub"
+    );
+    for (bad, why) in [
+        ("src/app", "must be an absolute path"),
+        ("/", "is a system directory"),
+        ("/proc/self", "is a system directory"),
+        ("/etc", "is a system directory"),
+        ("/dev/shm/x", "is a system directory"),
+        ("/sys", "is a system directory"),
+        ("/usr", "is a system directory"),
+        ("/home/", "is a system directory"),
+        ("/src/../etc", "must not contain . or .."),
+        ("/workspace", "holds hearth's clone"),
+    ] {
+        let e = folder(bad).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                ".devcontainer/devcontainer.json:3:22: workspaceFolder {bad:?} {why}"
+            )),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn customizations_are_kept_and_warned_about() {
+    let l = load_text(
+        "{\n \"image\": \"x\",\n \"customizations\": {\n  \"vscode\": {\"extensions\": [\"rust-lang.rust-analyzer\"], \"settings\": {\"editor.tabSize\": 2}},\n  \"jetbrains\": {\"backend\": \"IntelliJ\"}\n }\n}",
+    )
+    .unwrap();
+    assert_eq!(l.config.vscode_extensions(), ["rust-lang.rust-analyzer"]);
+    assert_eq!(
+        l.config.vscode_settings().unwrap()["editor.tabSize"],
+        serde_json::json!(2)
+    );
+    let w: Vec<String> = l.config.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.contains(&".devcontainer/devcontainer.json:5:3: customizations.jetbrains is not used by hearth and is ignored".to_string()),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|m| m.starts_with(".devcontainer/devcontainer.json:4:3: customizations.vscode: hearth installs no editor extensions itself; extensions and settings are shown by hearth inspect")),
+        "{w:?}"
+    );
+    let e = load_text("{\"customizations\": {\"vscode\": {\"extensions\": \"a.b\"}}}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        ".devcontainer/devcontainer.json:1:46: customizations.vscode.extensions must be an array of extension ids"
+    );
+}
+
+#[test]
+fn feature_references_and_variables_name_their_position() {
+    let e =
+        load_text("{\n \"image\": \"x\",\n \"features\": {\n  \"./local\": {}\n }\n}").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(".devcontainer/devcontainer.json:4:3: feature ./local: local features"),
+        "{e}"
+    );
+    let e = load_text("{\n \"image\": \"x\",\n \"features\": {\"ghcr.io/x\": {}}\n}").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(".devcontainer/devcontainer.json:3:15: feature ghcr.io/x: expected"),
+        "{e}"
+    );
+    let e = load_text("{\n \"image\": \"x\",\n \"name\": \"${localEnv}\"\n}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        ".devcontainer/devcontainer.json:3:10: '${localEnv}' can not be resolved because no environment variable name is given"
+    );
+}
+
+#[test]
 fn hostile_sizes_and_nesting_are_refused() {
     let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
     let e = load_text(&deep).unwrap_err();

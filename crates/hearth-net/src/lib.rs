@@ -106,6 +106,8 @@ pub struct Network {
     /// a ~50 ms start); like the bridge pins, a host-wide `nft flush ruleset` while the
     /// node runs is repaired at the node's next start, not here.
     applied: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Held while the probe netns is checked or made, so concurrent clones make it once.
+    probe: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Network {
@@ -118,6 +120,7 @@ impl Network {
             net,
             egress: cfg.egress,
             applied: Default::default(),
+            probe: Default::default(),
         })
     }
 
@@ -131,7 +134,7 @@ impl Network {
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
-        // parse_subnet refuses prefixes over 30, so there are always two hosts.
+        // parse_subnet refuses prefixes over 29, so there are always six hosts.
         self.net.hosts().next().unwrap_or(self.net.network())
     }
 
@@ -145,17 +148,26 @@ impl Network {
         self.net.prefix_len()
     }
 
+    /// The probe netns' address (see [`Network::ensure_probe`]): the subnet's last host
+    /// address, which [`Network::address`] gives no slot.
+    pub fn probe_address(&self) -> Ipv4Addr {
+        // parse_subnet refuses prefixes over 29, so the broadcast address is above it.
+        Ipv4Addr::from(u32::from(self.net.broadcast()).saturating_sub(1))
+    }
+
     /// The subnet in CIDR notation.
     pub fn subnet(&self) -> String {
         self.net.to_string()
     }
 
-    /// Address for a slot: the gateway plus one plus the slot.
+    /// Address for a slot: the gateway plus one plus the slot. The subnet's last host
+    /// address is no slot's: it is the probe netns' ([`Network::probe_address`]).
     pub fn address(&self, slot: u32) -> Result<Ipv4Addr, NetError> {
         // Host 0 is the gateway; `hosts` leaves out the broadcast address.
         usize::try_from(slot)
             .ok()
             .and_then(|s| self.net.hosts().nth(s.checked_add(1)?))
+            .filter(|ip| *ip != self.probe_address())
             .ok_or_else(|| NetError::SlotOutOfRange {
                 slot,
                 subnet: self.subnet(),
@@ -198,8 +210,9 @@ fn parse_subnet(subnet: &str) -> Result<Ipv4Net, NetError> {
         .ok_or_else(|| err("expected address/prefix"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| err("bad IPv4 address"))?;
     let prefix: u8 = prefix.parse().map_err(|_| err("bad prefix length"))?;
-    if !(8..=30).contains(&prefix) {
-        return Err(err("prefix length must be 8..=30"));
+    // At least the gateway, one workspace and the probe netns.
+    if !(8..=29).contains(&prefix) {
+        return Err(err("prefix length must be 8..=29"));
     }
     let net = Ipv4Net::new(addr, prefix).map_err(|_| err("bad prefix length"))?;
     if net.trunc() != net {
@@ -240,17 +253,20 @@ pub(crate) mod tests {
         assert_eq!(n.address(0).unwrap(), Ipv4Addr::new(10, 88, 0, 2));
         assert_eq!(n.address(300).unwrap(), Ipv4Addr::new(10, 88, 1, 46));
         assert_eq!(n.address(65531).unwrap(), Ipv4Addr::new(10, 88, 255, 253));
-        assert_eq!(n.address(65532).unwrap(), Ipv4Addr::new(10, 88, 255, 254));
+        // The last host address is the probe netns', no slot's.
+        assert_eq!(n.probe_address(), Ipv4Addr::new(10, 88, 255, 254));
         assert!(matches!(
-            n.address(65533),
-            Err(NetError::SlotOutOfRange { slot: 65533, .. })
+            n.address(65532),
+            Err(NetError::SlotOutOfRange { slot: 65532, .. })
         ));
         assert!(n.address(u32::MAX).is_err());
 
-        let small = net("b", "192.168.5.0/30");
+        let small = net("b", "192.168.5.0/29");
         assert_eq!(small.address(0).unwrap(), Ipv4Addr::new(192, 168, 5, 2));
-        assert!(small.address(1).is_err());
-        assert_eq!(small.subnet(), "192.168.5.0/30");
+        assert_eq!(small.address(3).unwrap(), Ipv4Addr::new(192, 168, 5, 5));
+        assert_eq!(small.probe_address(), Ipv4Addr::new(192, 168, 5, 6));
+        assert!(small.address(4).is_err());
+        assert_eq!(small.subnet(), "192.168.5.0/29");
     }
 
     #[test]
@@ -283,6 +299,7 @@ pub(crate) mod tests {
             "10.0.0.0",
             "10.0.0.1/24",
             "10.0.0.0/31",
+            "10.0.0.0/30",
             "10.0.0.0/4",
             "x/24",
             "10.0.0.0/x",

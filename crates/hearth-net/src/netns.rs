@@ -17,6 +17,9 @@ const NETNS_DIR: &str = "/run/netns";
 /// Host-side veth names are `hv` + this many characters of the id: 15 is the kernel's limit,
 /// and 13 keeps the control plane's 12-hex ids whole so no two workspaces share a veth.
 const VETH_ID_CHARS: usize = 13;
+/// Suffix of the probe netns' name (`<bridge>-probe`): not hex, so never a workspace id,
+/// and [`Network::list`] (hence reconcile) leaves it alone.
+const PROBE: &str = "probe";
 
 impl Network {
     /// Whether workspace `id` has a network (netns) to apply a policy to.
@@ -163,6 +166,70 @@ impl Network {
             run("ip", &["netns", "del", &ns])?;
         }
         Ok(())
+    }
+
+    /// The probe netns: a port on the bridge that belongs to no workspace, where the node
+    /// runs network fetches made for users before (or without) a workspace, such as the
+    /// devcontainer.json read of a create. Its traffic crosses the bridge's firewall and
+    /// egress table like a workspace's (no loopback, no link-local, no node address, no
+    /// denied CIDR), so it reaches what every workspace may reach and nothing more.
+    /// Made on first use and kept; replaced if half of it is missing.
+    pub fn ensure_probe(&self) -> Result<PathBuf, NetError> {
+        let _made_once = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let path = Path::new(NETNS_DIR).join(self.netns_name(PROBE));
+        let hv = self.probe_veth();
+        let master = std::fs::read_link(Path::new(SYS_NET).join(&hv).join("master"));
+        if master.is_ok_and(|m| m.file_name().is_some_and(|n| n == self.bridge.as_str()))
+            && path.exists()
+        {
+            return Ok(path);
+        }
+        self.remove_probe_links()?;
+        let net = WorkspaceNet {
+            netns_path: path.clone(),
+            ip: self.probe_address(),
+            prefix_len: self.prefix_len(),
+            gateway: self.gateway(),
+            host_veth: hv,
+        };
+        if let Err(e) = self.setup_steps(PROBE, &net, None) {
+            if let Err(cleanup) = self.remove_probe() {
+                tracing::warn!(error = %cleanup, "cleanup after failed probe netns setup");
+            }
+            return Err(e);
+        }
+        tracing::info!(ip = %net.ip, "probe netns ready");
+        Ok(path)
+    }
+
+    /// Removes the probe netns, its veth and its port pin; whatever is gone is fine.
+    pub fn remove_probe(&self) -> Result<(), NetError> {
+        self.remove_probe_links()?;
+        self.unpin_port(&self.probe_veth())
+    }
+
+    fn remove_probe_links(&self) -> Result<(), NetError> {
+        let hv = self.probe_veth();
+        if link_exists(&hv) {
+            if let Err(e) = run("ip", &["link", "del", "dev", &hv]) {
+                if link_exists(&hv) {
+                    return Err(e);
+                }
+            }
+        }
+        let ns = self.netns_name(PROBE);
+        if Path::new(NETNS_DIR).join(&ns).exists() {
+            run("ip", &["netns", "del", &ns])?;
+        }
+        Ok(())
+    }
+
+    /// The probe's host veth: `hp` and the bridge's name (cut to the kernel's 15), so
+    /// nodes on one host with different bridges have their own, and no workspace's `hv`
+    /// port is ever taken for it.
+    fn probe_veth(&self) -> String {
+        let n = self.bridge.len().min(13);
+        format!("hp{}", &self.bridge[..n])
     }
 
     pub fn netns_path(&self, id: &WorkspaceId) -> PathBuf {

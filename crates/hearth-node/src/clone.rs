@@ -3,16 +3,115 @@
 //! The clone runs as the workspace's own root uid on the host (the base of its id range),
 //! straight into the writable layer, so files arrive owned by root-inside and a hostile
 //! repository (hooks, crafted paths) can do nothing host root could.
+//!
+//! Every fetch of a network source runs in a network namespace on the bridge ([`NetJail`]:
+//! the workspace's own, or the node's probe netns before a workspace exists), so it
+//! reaches exactly what a workspace may: not the node's loopback, its addresses, link-local
+//! metadata endpoints or denied CIDRs. Local paths and `file://` are read on the host;
+//! the control plane lets only admins name them ([`is_local_source`]).
 
+use std::ffi::CString;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use crate::{NodeError, Progress, Revision};
 
-/// Transports a source may use; `ext::` and friends run arbitrary commands.
+/// Transports a local source may use; `ext::` and friends run arbitrary commands.
 const ALLOWED_PROTOCOLS: &str = "file:git:http:https:ssh";
+/// Transports a network source may use: not `file`, so nothing it names (a submodule, a
+/// redirect) can make git read the host's files.
+const NETWORK_PROTOCOLS: &str = "git:http:https:ssh";
+
+/// Whether git would read `source` from the node's own filesystem: an absolute path or a
+/// `file:` URL. Only admins may name one (the control plane checks the caller); every
+/// other source is fetched over the network from inside a [`NetJail`].
+pub fn is_local_source(source: &str) -> bool {
+    let s = source.trim();
+    s.starts_with('/')
+        || s.get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("file:"))
+}
+
+/// The network namespace a fetch runs in, entered by the `git` child before it drops to
+/// its uid (`setns` needs host root), plus a resolv.conf bound over `/etc/resolv.conf` in
+/// a private mount namespace when the host's names a loopback resolver, which does not
+/// answer inside the netns.
+#[derive(Debug)]
+pub struct NetJail {
+    netns: std::fs::File,
+    resolv: Option<CString>,
+}
+
+impl NetJail {
+    pub fn open(netns: &Path, resolv: Option<&Path>) -> Result<Arc<NetJail>, NodeError> {
+        let file = std::fs::File::open(netns).map_err(NodeError::io("open", netns))?;
+        let resolv = resolv
+            .map(|r| {
+                CString::new(r.as_os_str().as_encoded_bytes())
+                    .map_err(|_| NodeError::Internal(format!("bad path {}", r.display())))
+            })
+            .transpose()?;
+        Ok(Arc::new(NetJail {
+            netns: file,
+            resolv,
+        }))
+    }
+}
+
+/// How the node runs git: its `gitconfig`, and the network a fetch runs in (`None`: the
+/// host's, for a local source).
+#[derive(Debug, Clone, Copy)]
+pub struct GitEnv<'a> {
+    pub gitconfig: &'a Path,
+    pub jail: Option<&'a Arc<NetJail>>,
+}
+
+/// Makes `cmd` enter `jail` and then become `uid`/`gid`, in the child before exec: only
+/// raw syscalls there (async-signal-safe), on memory made before the fork.
+fn confine(cmd: &mut Command, jail: &Arc<NetJail>, uid: u32, gid: u32) {
+    let jail = jail.clone();
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: the closure only makes raw syscalls on values owned by `jail`, which the
+    // closure (hence the Command) keeps alive; nothing allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(jail.netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return fail();
+            }
+            if let Some(resolv) = &jail.resolv {
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        resolv.as_ptr(),
+                        c"/etc/resolv.conf".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return fail();
+                }
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Directory name for a source: last path component without `.git`, made safe.
 pub fn repo_name(source: &str) -> String {
@@ -85,8 +184,8 @@ pub fn validate_source(source: &str) -> Result<(), NodeError> {
 
 /// A `git` command as `uid`/`gid` with the node's transport rules: an empty environment
 /// but `PATH`, no system or user config but the node's `gitconfig`, allowed protocols
-/// only, never a prompt.
-fn git(gitconfig: &Path, uid: u32, gid: u32) -> Command {
+/// only, never a prompt; in `jail`'s network (and without `file`) when given.
+fn git(gitconfig: &Path, uid: u32, gid: u32, jail: Option<&Arc<NetJail>>) -> Command {
     let mut c = Command::new("git");
     c.current_dir("/")
         .env_clear()
@@ -97,14 +196,24 @@ fn git(gitconfig: &Path, uid: u32, gid: u32) -> Command {
         .env("HOME", "/nonexistent")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", gitconfig)
-        .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
+        .env(
+            "GIT_ALLOW_PROTOCOL",
+            match jail {
+                Some(_) => NETWORK_PROTOCOLS,
+                None => ALLOWED_PROTOCOLS,
+            },
+        )
         .env("GIT_TERMINAL_PROMPT", "0")
         .env(
             "GIT_SSH_COMMAND",
             "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
-        )
-        .uid(uid)
-        .gid(gid);
+        );
+    match jail {
+        Some(jail) => confine(&mut c, jail, uid, gid),
+        None => {
+            c.uid(uid).gid(gid);
+        }
+    }
     c
 }
 
@@ -153,9 +262,10 @@ pub fn clone(
     dest: &Path,
     uid: u32,
     gid: u32,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     progress: &Progress,
 ) -> Result<(), NodeError> {
+    let GitEnv { gitconfig, jail } = *git_env;
     let parent = dest.parent().ok_or_else(|| {
         NodeError::Internal(format!("clone target {} has no parent", dest.display()))
     })?;
@@ -165,7 +275,7 @@ pub fn clone(
     if let Some(c) = &rev.commit {
         validate_commit(c)?;
     }
-    let mut cmd = git(gitconfig, uid, gid);
+    let mut cmd = git(gitconfig, uid, gid, jail);
     cmd.args(["clone", "--progress", "--no-hardlinks"]);
     if let Some(b) = &rev.branch {
         cmd.arg(format!("--branch={b}"));
@@ -220,7 +330,7 @@ pub fn clone(
         };
         // The branch stays checked out, at the commit (`git status` then says how far
         // behind its remote it is).
-        let out = git(gitconfig, uid, gid)
+        let out = git(gitconfig, uid, gid, jail)
             .arg("-C")
             .arg(dest)
             .args(["reset", "--hard", "--quiet", commit, "--"])
@@ -237,10 +347,20 @@ pub fn clone(
         )));
     }
     let text = String::from_utf8_lossy(&all);
-    let reason: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("fatal:") || l.starts_with("error:") || l.starts_with("remote:"))
-        .collect();
+    // git's error lines, and the line after one that ends in ':' (where `unable to
+    // connect to HOST:` puts its errno).
+    let mut reason: Vec<&str> = Vec::new();
+    let mut continued = false;
+    for l in text.lines() {
+        if continued
+            || l.starts_with("fatal:")
+            || l.starts_with("error:")
+            || l.starts_with("remote:")
+        {
+            reason.push(l);
+            continued = !continued && l.ends_with(':');
+        }
+    }
     let reason = if reason.is_empty() {
         text.lines().last().unwrap_or("no output").to_string()
     } else {
@@ -264,9 +384,10 @@ pub fn read_devcontainer(
     source: &str,
     branch: Option<&str>,
     name: Option<&str>,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     tmp_parent: &Path,
 ) -> Result<Option<crate::RepoConfig>, NodeError> {
+    let GitEnv { gitconfig, jail } = *git_env;
     validate_source(source)?;
     if let Some(b) = branch {
         validate_branch(b)?;
@@ -278,8 +399,9 @@ pub fn read_devcontainer(
     std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
         .map_err(NodeError::io("chown", tmp.path()))?;
     let gitconfig = gitconfig.to_path_buf();
+    let jail = jail.cloned();
     let git: hearth_devcontainer::GitCommand =
-        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID));
+        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID, jail.as_ref()));
     let err = |e: hearth_devcontainer::Error| match e {
         hearth_devcontainer::Error::Io { .. } => NodeError::Internal(e.to_string()),
         hearth_devcontainer::Error::Git { message, .. } => NodeError::Invalid(format!(
@@ -331,7 +453,7 @@ impl std::io::Write for Bounded {
 pub fn dotfiles_archive(
     url: &str,
     uid: u32,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     tmp_parent: &Path,
 ) -> Result<Vec<u8>, NodeError> {
     validate_source(url)?;
@@ -350,7 +472,7 @@ pub fn dotfiles_archive(
         &dest,
         uid,
         uid,
-        gitconfig,
+        git_env,
         &progress,
     )?;
     let mut tar = tar::Builder::new(Bounded(Vec::new()));
@@ -381,9 +503,10 @@ pub fn update_bundle(
     commit: &str,
     bases: &[String],
     max: u64,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     tmp_parent: &Path,
 ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+    let GitEnv { gitconfig, jail } = *git_env;
     validate_source(source)?;
     if let Some(b) = branch {
         validate_branch(b)?;
@@ -400,7 +523,7 @@ pub fn update_bundle(
         .map_err(NodeError::io("chown", tmp.path()))?;
     let repo = tmp.path().join("repo.git");
     let run = |args: &[&std::ffi::OsStr]| -> Result<std::process::Output, NodeError> {
-        git(gitconfig, PROBE_UID, PROBE_UID)
+        git(gitconfig, PROBE_UID, PROBE_UID, jail)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -509,9 +632,10 @@ fn run_probe(mut cmd: Command, what: &str, source: &str) -> Result<(), NodeError
 pub fn archive(
     source: &str,
     commit: &str,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     tmp_parent: &Path,
 ) -> Result<std::fs::File, NodeError> {
+    let GitEnv { gitconfig, jail } = *git_env;
     validate_source(source)?;
     validate_commit(commit)?;
     let tmp = tempfile::Builder::new()
@@ -521,7 +645,7 @@ pub fn archive(
     std::os::unix::fs::chown(tmp.path(), Some(PROBE_UID), Some(PROBE_UID))
         .map_err(NodeError::io("chown", tmp.path()))?;
     let dest = tmp.path().join("repo.git");
-    let mut clone = git(gitconfig, PROBE_UID, PROBE_UID);
+    let mut clone = git(gitconfig, PROBE_UID, PROBE_UID, jail);
     clone
         .args([
             "clone",
@@ -537,7 +661,7 @@ pub fn archive(
         .arg(&dest);
     run_probe(clone, "clone", source)?;
     let in_repo = |args: &[&str]| {
-        let mut c = git(gitconfig, PROBE_UID, PROBE_UID);
+        let mut c = git(gitconfig, PROBE_UID, PROBE_UID, jail);
         c.arg("--git-dir").arg(&dest).args(args);
         c
     };
@@ -575,9 +699,10 @@ pub fn build_inputs(
     commit: &str,
     dockerfile: &str,
     context: &str,
-    gitconfig: &Path,
+    git_env: &GitEnv,
     tmp_parent: &Path,
 ) -> Result<crate::BuildInputs, NodeError> {
+    let GitEnv { gitconfig, jail } = *git_env;
     validate_source(source)?;
     if let Some(b) = branch {
         validate_branch(b)?;
@@ -591,7 +716,8 @@ pub fn build_inputs(
         .map_err(NodeError::io("chown", tmp.path()))?;
     let probe = || -> hearth_devcontainer::GitCommand {
         let gitconfig = gitconfig.to_path_buf();
-        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID))
+        let jail = jail.cloned();
+        Box::new(move || git(&gitconfig, PROBE_UID, PROBE_UID, jail.as_ref()))
     };
     let err = |e: hearth_devcontainer::Error| match e {
         hearth_devcontainer::Error::Io { .. } => NodeError::Internal(e.to_string()),
@@ -601,7 +727,7 @@ pub fn build_inputs(
     let tip =
         hearth_devcontainer::GitRepo::clone_branch(source, branch, &dest, probe()).map_err(err)?;
     if tip.commit() != commit {
-        let mut fetch = git(gitconfig, PROBE_UID, PROBE_UID);
+        let mut fetch = git(gitconfig, PROBE_UID, PROBE_UID, jail);
         fetch.arg("--git-dir").arg(&dest).args([
             "fetch",
             "--quiet",
@@ -688,5 +814,65 @@ mod tests {
         assert!(validate_source("/nonexistent/repo").is_err());
         let t = tempfile::tempdir().unwrap();
         assert!(validate_source(t.path().to_str().unwrap()).is_err());
+    }
+
+    /// A jailed child runs in the netns (only its loopback there), with the given
+    /// resolv.conf in a mount namespace of its own (the host's is untouched), as the uid.
+    /// Needs root, as the whole suite does.
+    #[test]
+    fn a_jailed_child_has_the_netns_resolv_conf_and_uid() {
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let ns = Ns(format!("hearth-jail-test-{}", std::process::id()));
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add (root needed)");
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
+        let jail = NetJail::open(&Path::new("/run/netns").join(&ns.0), Some(&resolv)).unwrap();
+        let mut c = Command::new("sh");
+        // /proc/net is the reader's netns (sysfs would show the mounter's).
+        c.args([
+            "-c",
+            "cat /etc/resolv.conf; sed -n '3,$s/:.*//p' /proc/net/dev | tr -d ' '; id -u; id -g",
+        ]);
+        confine(&mut c, &jail, 65534, 65533);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "nameserver 192.0.2.53\nlo\n65534\n65533\n"
+        );
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        assert!(!host.contains("192.0.2.53"), "{host}");
+    }
+
+    #[test]
+    fn local_sources() {
+        for local in [
+            "/srv/repo",
+            " /srv/repo",
+            "file:///etc",
+            "FILE:///etc",
+            "file:/etc",
+        ] {
+            assert!(is_local_source(local), "{local}");
+        }
+        for remote in [
+            "https://example.com/x.git",
+            "git://10.0.0.1/x",
+            "ssh://h/srv/repo",
+            "git@h:/srv/repo",
+            "fil",
+        ] {
+            assert!(!is_local_source(remote), "{remote}");
+        }
     }
 }

@@ -15,7 +15,7 @@ mod priority;
 mod snap;
 
 pub use api::*;
-pub use clone::{repo_name, validate_branch, validate_source, UPDATE_REF};
+pub use clone::{is_local_source, repo_name, validate_branch, validate_source, UPDATE_REF};
 pub use console::{kept_bytes as console_bytes, ConsoleLimits};
 pub use local::LocalNode;
 pub use priority::{Class as PriorityClass, PriorityRules, PriorityStats, RulesError, SchedPolicy};

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{busybox_workspaces, conntrack_entries, env_config, host_ipv4_addrs, run, Outside};
+use common::{
+    busybox_image, busybox_workspaces, conntrack_entries, env_config, git_repo, host_ipv4_addrs,
+    run, Outside,
+};
 use hearth_node::{Cidr, ConnLimits, EgressPolicy, NodeApi, WorkspaceSpec};
 
 /// How a TCP connect from inside `ws` ends: [`CONNECTED`] (the listener closes at once),
@@ -192,4 +195,88 @@ async fn egress_policy_on_running_and_restarted_workspaces() {
         flooder_blocked,
         "the flooder opened a connection over its cap"
     );
+}
+
+/// The node's own fetches for users run in the bridge's network, never the host's: a
+/// devcontainer read (the probe netns), a workspace's clone (its netns, under its policy)
+/// and a dotfiles clone reach a git server outside, and neither the host's loopback (a
+/// listener there must see no connection) nor an address the workspace's policy denies.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetches_reach_only_what_the_workspace_may() {
+    let third = (rand::random::<u32>() % 250) as u8;
+    let out = Outside::new(third);
+    let mut e = env_config(std::env::var("HEARTH_RUNTIME").ok(), |_| {}).await;
+    let img = busybox_image(&e).await;
+    let served = e.dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    git_repo(&served);
+    let _daemon = out.git_daemon(&served);
+    let url = |n: u8| format!("git://{}/myrepo", out.ip(n));
+    let watch = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    watch.set_nonblocking(true).unwrap();
+    let lo = format!(
+        "git://127.0.0.1:{}/myrepo",
+        watch.local_addr().unwrap().port()
+    );
+    // git's own words (a devcontainer read reports only its first line); that nothing
+    // reached the host's loopback is the listener's to show, at the end.
+    let refused = |what: &str, err: &str| {
+        assert!(
+            err.contains("Connection refused") || err.contains("unable to connect to 127.0.0.1"),
+            "{what}: {err}"
+        );
+    };
+
+    // Before a workspace exists: the probe netns.
+    let none = e.node.devcontainer_config(&url(2), None, None).await;
+    assert!(matches!(none, Ok(None)), "control: {none:?}");
+    let err = e
+        .node
+        .devcontainer_config(&lo, None, None)
+        .await
+        .unwrap_err();
+    refused("devcontainer read of the host's loopback", &err.to_string());
+
+    // A workspace's clone: its own network and egress policy (.3 denied).
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = |id: &str, slot: u32, source: String| WorkspaceSpec {
+        id: hearth_node::WorkspaceId::new(id).unwrap(),
+        name: format!("f{slot}"),
+        image: img.id.clone(),
+        source,
+        slot,
+        limits: hearth_node::Limits::default(),
+        egress: policy(&[format!("{}/32", out.ip(3))]),
+        generation: 0,
+    };
+    let ok = spec("fefefefefe01", 51, url(2));
+    e.specs.push(ok.clone());
+    e.node.create(&ok, tx.clone()).await.unwrap();
+    e.node.start(&ok).await.unwrap();
+    let (code, text, err) = run(&e.node, &ok, "cat /workspace/myrepo/README").await;
+    assert_eq!((code, text.as_str()), (0, "hello from git\n"), "{err}");
+    for (id, slot, source, why) in [
+        ("fefefefefe02", 52, url(3), "an address its policy denies"),
+        ("fefefefefe03", 53, lo.clone(), "the host's loopback"),
+    ] {
+        let s = spec(id, slot, source);
+        e.specs.push(s.clone());
+        let err = e.node.create(&s, tx.clone()).await.unwrap_err().to_string();
+        if slot == 52 {
+            assert!(err.contains(REJECTED), "clone of {why}: {err}");
+        } else {
+            refused(why, &err);
+        }
+    }
+
+    // Dotfiles: cloned in the workspace's network too.
+    let tar = e.node.dotfiles_archive(&ok, &url(2)).await.unwrap();
+    assert!(!tar.is_empty());
+    let err = e.node.dotfiles_archive(&ok, &lo).await.unwrap_err();
+    refused("dotfiles from the host's loopback", &err.to_string());
+
+    match watch.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a fetch reached the host's loopback: {other:?}"),
+    }
 }

@@ -68,7 +68,8 @@ impl Modify for BearerAuth {
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
-        crate::prebuilds::remove_prebuild,
+        crate::prebuilds::remove_prebuild, crate::prebuilds::list_prebuild_runs,
+        crate::prebuilds::get_prebuild_run,
         crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join,
         crate::audit::list_audit
     ),
@@ -401,7 +402,8 @@ async fn list_workspaces(
     responses((status = 200, description = "ndjson progress lines, then the Workspace or an error",
         content_type = "application/x-ndjson", body = StreamLineDoc),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "over the owner's quota (quota_exceeded)", body = ErrorBody),
+        (status = 403, description = "over the owner's quota (quota_exceeded), or a non-admin's \
+            source is a path on the server (forbidden)", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_workspace(
     State(st): State<AppState>,

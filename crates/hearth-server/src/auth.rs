@@ -57,6 +57,22 @@ impl Caller {
         self.admin
     }
 
+    /// Refuses a repository `source` (a workspace's, a prebuild's, a dotfiles URL) that
+    /// git would read from the server's own disk (a path, `file:`) unless the caller is an
+    /// admin, with 403 before anything looks at the path, so the refusal tells nothing of
+    /// what is there. Other sources are fetched from inside a workspace network.
+    pub fn check_source(&self, what: &str, source: &str) -> Result<(), ApiError> {
+        if self.may_read_server_paths() || !hearth_node::is_local_source(source) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{what} {source:?} is a path on the server, and only admins may have the server \
+             read its own files (user {} is not an admin): push the repository to a git \
+             server and give its https, ssh or git URL, or ask an admin",
+            self.id
+        )))
+    }
+
     /// Refuses a non-admin with 403.
     pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
         if self.admin {

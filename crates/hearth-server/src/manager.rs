@@ -744,6 +744,7 @@ impl Manager {
         if source.is_empty() {
             return Err(ApiError::invalid("source must not be empty"));
         }
+        caller.check_source("source", &source)?;
         let limits = convert::resolve_limits(&req.limits).map_err(ApiError::invalid)?;
         let name = match req.name {
             Some(n) => n,
@@ -1023,10 +1024,20 @@ impl Manager {
                 .set_idle_timeout(&rec.spec.id, idle_timeout)
                 .await?;
         }
+        // A local dotfiles path set while the owner was an admin is not read once they
+        // are not.
         if let Some(url) = self.store.user_dotfiles(&owner.id).await? {
-            self.store
-                .set_workspace_dotfiles(&rec.spec.id, &url)
-                .await?;
+            match owner.check_source("dotfiles repository", &url) {
+                Ok(()) => {
+                    self.store
+                        .set_workspace_dotfiles(&rec.spec.id, &url)
+                        .await?
+                }
+                Err(e) => say(
+                    &progress,
+                    format!("warning: dotfiles not installed: {}", e.message),
+                ),
+            }
         }
         if let Some(dc) = &devcontainer {
             self.record_devcontainer(&rec.spec, dc).await?;

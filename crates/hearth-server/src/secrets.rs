@@ -552,7 +552,8 @@ pub(crate) async fn get_dotfiles(
 /// makes from now on clone it to `~/dotfiles` and run its install script (or link its
 /// dotfiles into the home directory); existing ones are left alone.
 #[utoipa::path(put, path = "/v1/me/dotfiles", request_body = Dotfiles,
-    responses((status = 200, body = Dotfiles)))]
+    responses((status = 200, body = Dotfiles), (status = 400, body = ErrorBody),
+        (status = 403, description = "a non-admin named a path on the server", body = ErrorBody)))]
 pub(crate) async fn set_dotfiles(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -561,6 +562,7 @@ pub(crate) async fn set_dotfiles(
     req.url.as_deref().map(check_repo).transpose()?;
     let url = req.url.as_deref().map(str::trim);
     if let Some(u) = url {
+        caller.check_source("dotfiles repository", u)?;
         hearth_node::validate_source(u).map_err(|e| {
             ApiError::invalid(format!(
                 "dotfiles: {}",

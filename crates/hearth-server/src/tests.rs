@@ -720,6 +720,8 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/prebuilds"),
         ("post", "/v1/prebuilds"),
         ("delete", "/v1/prebuilds/{snapshot}"),
+        ("get", "/v1/prebuild-runs"),
+        ("get", "/v1/prebuild-runs/{id}"),
         ("post", "/v1/hooks/{forge}"),
         ("post", "/v1/images/build"),
         ("get", "/v1/nodes"),
@@ -2174,7 +2176,7 @@ async fn concurrent_creates_cannot_both_take_the_last_slot(b: Backend) {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let app = if i % 2 == 0 { &h.app } else { &app2 };
-        let body = serde_json::json!({"source": "/src/x", "name": format!("c{i}")});
+        let body = serde_json::json!({"source": "https://git.example/x", "name": format!("c{i}")});
         tasks.push(json_as(
             &h,
             app,
@@ -2240,7 +2242,7 @@ async fn audit_records_mutations_and_users_see_their_own(b: Backend) {
         &bob,
         Method::POST,
         "/v1/workspaces",
-        Some(serde_json::json!({"source": "/src/bobs"})),
+        Some(serde_json::json!({"source": "https://git.example/bobs"})),
     )
     .await;
     assert!(s == StatusCode::OK && v.get("result").is_some(), "{v}");
@@ -2251,7 +2253,7 @@ async fn audit_records_mutations_and_users_see_their_own(b: Backend) {
         &bob,
         Method::POST,
         "/v1/workspaces",
-        Some(serde_json::json!({"source": "/src/broken", "name": "broken"})),
+        Some(serde_json::json!({"source": "https://git.example/broken", "name": "broken"})),
     )
     .await;
     assert!(v.get("error").is_some(), "{v}");

@@ -224,7 +224,8 @@ enum Cmd {
         #[arg(long = "config", value_name = "NAME")]
         devcontainer_config: Option<String>,
     },
-    /// List the prebuilds your `hearth up` may start from, newest first.
+    /// List the prebuilds your `hearth up` may start from, newest first, then the latest
+    /// run of each repository and branch (running, ready, or failed and why).
     Prebuilds {
         #[arg(long)]
         json: bool,
@@ -333,6 +334,20 @@ enum PrebuildCmd {
     Rm {
         /// Its snapshot id, as `hearth prebuilds` lists it.
         snapshot: String,
+    },
+    /// List prebuild runs (`hearth prebuild` and webhooks'), newest first, with their
+    /// outcome: running, ready, or failed and why.
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a prebuild run and the last lines of its output (a webhook's prebuild that
+    /// failed says why here).
+    Logs {
+        /// The run's id, as `hearth prebuilds` and `hearth prebuild runs` list it.
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -841,6 +856,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd: Some(PrebuildCmd::Rm { snapshot }),
             ..
         } => client()?.prebuild_remove(snapshot).await.map(|()| 0),
+        Cmd::Prebuild {
+            cmd: Some(PrebuildCmd::Runs { json }),
+            ..
+        } => client()?.prebuild_runs(*json).await.map(|()| 0),
+        Cmd::Prebuild {
+            cmd: Some(PrebuildCmd::Logs { id, json }),
+            ..
+        } => client()?.prebuild_logs(id, *json).await.map(|()| 0),
         Cmd::Prebuild {
             source,
             branch,

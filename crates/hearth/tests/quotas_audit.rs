@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::gitserver::GitServer;
 use common::{git_repo, TestServer};
 use common::{keygen, sh};
 
@@ -127,30 +128,18 @@ fn quotas_refuse_growth_and_every_change_is_audited() {
     // Fields not given kept what held before.
     assert_eq!(q["quota"]["max_workspaces"], 1);
 
-    let one = git_repo(src.path(), "one");
-    let two = git_repo(src.path(), "two");
-    let memory_err = fail_bob(&[
-        "up",
-        one.to_str().unwrap(),
-        "--image",
-        "busybox",
-        "--memory",
-        "2G",
-    ]);
+    // Bob is no admin: his sources are a git server's URLs.
+    let git = GitServer::start(src.path());
+    let one = git.url(&git_repo(src.path(), "one"));
+    let two = git.url(&git_repo(src.path(), "two"));
+    let memory_err = fail_bob(&["up", one.as_str(), "--image", "busybox", "--memory", "2G"]);
     assert!(
         memory_err
             .contains("memory quota of user bob exceeded: 0 GiB in use + 2 GiB requested > 1 GiB"),
         "{memory_err}"
     );
-    run_bob(&[
-        "up",
-        one.to_str().unwrap(),
-        "--image",
-        "busybox",
-        "--memory",
-        "512M",
-    ]);
-    let e = fail_bob(&["up", two.to_str().unwrap(), "--image", "busybox"]);
+    run_bob(&["up", one.as_str(), "--image", "busybox", "--memory", "512M"]);
+    let e = fail_bob(&["up", two.as_str(), "--image", "busybox"]);
     assert!(
         e.contains("workspace quota of user bob exceeded: 1 in use + 1 requested > 1"),
         "{e}"

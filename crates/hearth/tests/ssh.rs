@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::gitserver::GitServer;
 use common::{git_repo, TestServer};
 use common::{keygen, sh};
 
@@ -665,8 +666,10 @@ fn each_user_reaches_only_their_own_workspaces() {
         all.extend_from_slice(args);
         srv.ok(&all)
     };
-    let repo = git_repo(src.path(), "bobs");
-    as_bob(&["up", repo.to_str().unwrap(), "--image", "busybox"]);
+    // Bob is no admin: his source is a git server's URL.
+    let git = GitServer::start(src.path());
+    let repo = git.url(&git_repo(src.path(), "bobs"));
+    as_bob(&["up", &repo, "--image", "busybox"]);
     let bob_home = tempfile::tempdir().unwrap();
     let bob_key = keygen(bob_home.path(), "bob");
     let out = as_bob(&[
@@ -803,12 +806,13 @@ fn state_of(srv: &TestServer, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no workspace {name}"))
 }
 
-/// Waits (bounded, never timed) until `name` is stopped.
+/// Waits (bounded, never timed) until `name` is stopped and its stop reason recorded (the
+/// reason is written just after the state, so a poll in between sees a stop without one).
 fn wait_stopped(srv: &TestServer, name: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let w = state_of(srv, name);
-        if w["state"] == "stopped" {
+        if w["state"] == "stopped" && !w["stop_reason"].is_null() {
             return w;
         }
         assert!(

@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::gitserver::GitServer;
 use common::{git_repo, repo_with, TestServer, HEARTH};
 
 /// The server's base URL (`http://127.0.0.1:PORT`) from its server.json.
@@ -198,10 +199,11 @@ fn users_see_and_touch_only_their_own_workspaces() {
         (Some("alice"), Some(false))
     );
 
-    // Each makes a workspace with the CLI on "another machine".
+    // Each makes a workspace with the CLI on "another machine", from a git server.
     let src = tempfile::tempdir().unwrap();
-    let repo = git_repo(src.path(), "proj");
-    let repo = repo.to_str().unwrap();
+    let git = GitServer::start(src.path());
+    let repo = git.url(&git_repo(src.path(), "proj"));
+    let repo = repo.as_str();
     remote_ok(
         &url,
         &alice,
@@ -587,9 +589,11 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
                 "postCreateCommand": "echo \"$TOKEN\" > /tmp/lifecycle-token"}"#,
         )],
     );
-    let proj = proj.to_str().unwrap();
-    let other = git_repo(src.path(), "other");
-    let other = other.to_str().unwrap();
+    let git = GitServer::start(src.path());
+    let proj = git.url(&proj);
+    let proj = proj.as_str();
+    let other = git.url(&git_repo(src.path(), "other"));
+    let other = other.as_str();
 
     // Values with a trailing newline (as `echo` gives) and blanks inside.
     set_secret(&url, &alice, "TOKEN", None, "alice-all-7f3\n");
@@ -746,8 +750,9 @@ fn secrets_reach_only_their_owners_workspaces_and_are_never_shown() {
 fn dotfiles_are_installed_or_linked_in_new_workspaces() {
     let (s, url, alice, bob) = busybox_and_two_users();
     let src = tempfile::tempdir().unwrap();
-    let proj = git_repo(src.path(), "proj");
-    let proj = proj.to_str().unwrap();
+    let git = GitServer::start(src.path());
+    let proj = git.url(&git_repo(src.path(), "proj"));
+    let proj = proj.as_str();
     // install.sh is not executable in git: it is made so, as the reference CLI does.
     let with_script = repo_with(
         src.path(),
@@ -779,20 +784,18 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         "bad-dots",
         &[("setup.sh", "echo about to fail\nexit 3\n")],
     );
+    let (with_script, plain, failing) = (git.url(&with_script), git.url(&plain), git.url(&failing));
     set_secret(&url, &alice, "MARK", None, "seen-by-install");
 
     // Set, show, and a repository the server cannot use.
-    let out = remote_ok(
-        &url,
-        &alice,
-        &["user", "dotfiles", with_script.to_str().unwrap()],
-    );
-    assert!(out.contains(with_script.to_str().unwrap()), "{out}");
+    let out = remote_ok(&url, &alice, &["user", "dotfiles", with_script.as_str()]);
+    assert!(out.contains(&with_script), "{out}");
     let shown = remote_ok(&url, &alice, &["user", "dotfiles"]);
     assert_eq!(shown, out);
-    for bad in [
-        r#"{"url":"ext::sh -c touch% /tmp/pwned"}"#,
-        r#"{"url":"/nonexistent/dots"}"#,
+    for (bad, status) in [
+        (r#"{"url":"ext::sh -c touch% /tmp/pwned"}"#, 400),
+        // A path on the server is an admin's to name, whether or not it exists.
+        (r#"{"url":"/nonexistent/dots"}"#, 403),
     ] {
         let (st, b) = http(
             &url,
@@ -802,7 +805,7 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
             Some(bad),
             false,
         );
-        assert_eq!(st, 400, "{bad}: {b}");
+        assert_eq!(st, status, "{bad}: {b}");
     }
     assert_eq!(remote_ok(&url, &alice, &["user", "dotfiles"]), out);
 
@@ -852,7 +855,7 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
     assert!(logs.contains("running ~/dotfiles/install.sh"), "{logs}");
 
     // Without a script, its dotfiles (not .git) are linked into the home directory.
-    remote_ok(&url, &alice, &["user", "dotfiles", plain.to_str().unwrap()]);
+    remote_ok(&url, &alice, &["user", "dotfiles", plain.as_str()]);
     remote_ok(
         &url,
         &alice,
@@ -931,17 +934,9 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
                 "postCreateCommand": "echo post-create", "postStartCommand": "echo post-start"}"#,
         )],
     );
-    remote_ok(
-        &url,
-        &alice,
-        &["user", "dotfiles", with_script.to_str().unwrap()],
-    );
+    remote_ok(&url, &alice, &["user", "dotfiles", &with_script]);
     // Between the create-time commands and postStartCommand, as the reference CLI does.
-    let up = up_text(
-        &url,
-        &alice,
-        &["up", devproj.to_str().unwrap(), "--name", "wdev"],
-    );
+    let up = up_text(&url, &alice, &["up", &git.url(&devproj), "--name", "wdev"]);
     let at = |needle: &str| {
         up.find(needle)
             .unwrap_or_else(|| panic!("{needle} not in {up}"))
@@ -971,11 +966,7 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
     );
 
     // A failing install warns; the workspace is up and running.
-    remote_ok(
-        &url,
-        &alice,
-        &["user", "dotfiles", failing.to_str().unwrap()],
-    );
+    remote_ok(&url, &alice, &["user", "dotfiles", failing.as_str()]);
     let text = up_text(
         &url,
         &alice,
@@ -1021,4 +1012,138 @@ fn dotfiles_are_installed_or_linked_in_new_workspaces() {
         remote_ok(&url, &alice, &["user", "dotfiles", "--unset"]),
         "dotfiles: none\n"
     );
+}
+
+/// Nothing a non-admin names makes the server read its own files or reach its own
+/// loopback: paths and `file:` URLs are refused (403, the same words whether or not the
+/// path exists: no oracle) before anything looks at them, for workspaces, prebuilds and
+/// dotfiles alike; a network source is fetched from inside the bridge's network, where
+/// 127.0.0.1 is not the host's. A git server of its own is the control.
+#[test]
+fn non_admin_sources_never_reach_the_servers_files_or_loopback() {
+    let (s, url, alice, _bob) = busybox_and_two_users();
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo(src.path(), "proj");
+    let repo = repo.to_str().unwrap();
+    let file_url = format!("file://{repo}");
+    let refused = |source: &str, err: &str| {
+        assert!(
+            err.contains("is a path on the server")
+                && err.contains("only admins")
+                && err.contains("push the repository to a git server"),
+            "{source}: {err}"
+        );
+    };
+    for source in [
+        "/etc",
+        repo,
+        "/nonexistent/repo",
+        file_url.as_str(),
+        "FILE:///etc",
+    ] {
+        let err = remote_err(
+            &url,
+            &alice,
+            &["up", source, "--image", "busybox", "--name", "evil"],
+        );
+        refused(source, &err);
+        let body = serde_json::json!({ "source": source, "image": "busybox" }).to_string();
+        let (st, b) = http(
+            &url,
+            "POST",
+            "/v1/workspaces",
+            Some(&alice),
+            Some(&body),
+            false,
+        );
+        assert_eq!(st, 403, "{source}: {b}");
+        let body = serde_json::json!({ "source": source }).to_string();
+        let (st, b) = http(
+            &url,
+            "POST",
+            "/v1/prebuilds",
+            Some(&alice),
+            Some(&body),
+            false,
+        );
+        assert_eq!(st, 403, "{source}: {b}");
+        refused(source, &b);
+        let body = serde_json::json!({ "url": source }).to_string();
+        let (st, b) = http(
+            &url,
+            "PUT",
+            "/v1/me/dotfiles",
+            Some(&alice),
+            Some(&body),
+            false,
+        );
+        assert_eq!(st, 403, "{source}: {b}");
+        refused(source, &b);
+    }
+    assert_eq!(
+        remote_ok(&url, &alice, &["user", "dotfiles"]),
+        "dotfiles: none\n"
+    );
+
+    // The host's loopback: the server's own port, and a listener that must never see a
+    // connection (the host's git would make one; the bridge's network has its own lo).
+    let watch = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    watch.set_nonblocking(true).unwrap();
+    let server_port = url.rsplit(':').next().unwrap();
+    let watched = format!(
+        "http://127.0.0.1:{}/x.git",
+        watch.local_addr().unwrap().port()
+    );
+    for source in [format!("http://127.0.0.1:{server_port}/"), watched.clone()] {
+        let err = remote_err(
+            &url,
+            &alice,
+            &["up", &source, "--image", "busybox", "--name", "evil"],
+        );
+        assert!(
+            err.contains("Failed to connect") || err.contains("Couldn't connect"),
+            "{source}: {err}"
+        );
+    }
+    let (st, b) = http(
+        &url,
+        "PUT",
+        "/v1/me/dotfiles",
+        Some(&alice),
+        Some(&serde_json::json!({ "url": watched }).to_string()),
+        false,
+    );
+    assert_eq!(st, 200, "{b}");
+    // Only the clone in the workspace's network reads it; the workspace is made, with a
+    // warning.
+    let git = GitServer::start(src.path());
+    let up = up_text(
+        &url,
+        &alice,
+        &[
+            "up",
+            &git.url(Path::new(repo)),
+            "--image",
+            "busybox",
+            "--name",
+            "wa",
+        ],
+    );
+    assert!(up.contains("warning: dotfiles not installed"), "{up}");
+    match watch.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a fetch reached the host's loopback: {other:?}"),
+    }
+    assert_eq!(names(&url, &alice), ["wa"]);
+    assert_eq!(
+        remote_ok(
+            &url,
+            &alice,
+            &["exec", "wa", "--", "cat", "/workspace/proj/README.md"]
+        ),
+        "hello from the repo\n"
+    );
+
+    // An admin keeps local paths.
+    s.ok(&["up", repo, "--image", "busybox", "--name", "mine"]);
 }

@@ -28,6 +28,7 @@ use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
+use common::gitserver::GitServer;
 use common::oidc::OidcServer;
 use common::{git_repo, TestServer, HEARTH};
 
@@ -337,10 +338,13 @@ fn server_url(s: &TestServer) -> String {
     info["url"].as_str().unwrap().to_string()
 }
 
-/// The repository a workspace is created from, as the create form takes it. Kept in one
-/// place: non-admin users may come to need a git server's URL instead of a local path.
-fn repo_source(parent: &Path) -> String {
-    git_repo(parent, "webproj").to_str().unwrap().to_string()
+/// The repository a workspace is created from, as the create form takes it: jane is no
+/// admin, so a git server's URL, never a path on the server. The server lives as long as
+/// the returned handle.
+fn repo_source(parent: &Path) -> (GitServer, String) {
+    let git = GitServer::start(parent);
+    let url = git.url(&git_repo(parent, "webproj"));
+    (git, url)
 }
 
 async fn sign_in(p: &Page, token: &str, who: &str) {
@@ -522,7 +526,7 @@ async fn dashboard_in_headless_chromium() {
     s.ok(&["user", "add", "alice"]);
     let bob_token = s.ok(&["user", "add", "bob"]).trim().to_string();
     let repo_parent = tempfile::tempdir().unwrap();
-    let source = repo_source(repo_parent.path());
+    let (_git, source) = repo_source(repo_parent.path());
 
     let driver = Driver::start();
     let p = Page {

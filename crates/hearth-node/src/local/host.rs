@@ -98,6 +98,27 @@ pub(super) fn resolv_conf() -> String {
     "nameserver 1.1.1.1\n".into()
 }
 
+/// resolv.conf for fetches run in a netns (see [`crate::clone::NetJail`]): `None` when
+/// the host's `/etc/resolv.conf` works there as it is (no loopback nameserver, which
+/// would be the netns' own loopback), else [`resolv_conf`] written to the data dir.
+pub(super) fn fetch_resolv(data: &Path) -> Result<Option<std::path::PathBuf>, NodeError> {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<&str> = host
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("nameserver"))
+        .map(str::trim)
+        .collect();
+    let loopback = |s: &&str| s.starts_with("127.") || *s == "::1";
+    if !servers.is_empty() && !servers.iter().any(loopback) {
+        return Ok(None);
+    }
+    let path = data.join("fetch-resolv.conf");
+    std::fs::write(&path, resolv_conf()).map_err(NodeError::io("write", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .map_err(NodeError::io("chmod", &path))?;
+    Ok(Some(path))
+}
+
 /// Global config for clones: they run as a different uid than the source's owner, and
 /// must never use command-running transports.
 pub(super) fn write_gitconfig(path: &Path) -> Result<(), NodeError> {
@@ -133,6 +154,9 @@ impl Inner {
             if let Err(e) = self.host.remove_network(&id) {
                 errors.push(e.to_string());
             }
+        }
+        if let Err(e) = self.net.remove_probe() {
+            errors.push(e.to_string());
         }
         if let Err(e) = self.net.teardown_host() {
             errors.push(e.to_string());

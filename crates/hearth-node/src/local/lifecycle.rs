@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hearth_image::Image;
@@ -140,20 +140,24 @@ impl Inner {
                 spec.id
             )));
         }
-        // The network is made now, beside the disk and the clone (it is mostly waiting on
-        // `ip` and `nft`), so the first start finds it in place as every later one does.
+        // The network is made now, beside the disk (it is mostly waiting on `ip` and
+        // `nft`), so the first start finds it in place as every later one does; the clone
+        // waits for it, since a network source is fetched from inside it.
         let (res, net) = std::thread::scope(|s| {
             let net = s.spawn(|| {
                 self.host
                     .ensure_network(&spec.id, spec.slot, &spec.egress.deny)
             });
-            let res = self.create_files(spec, rev, &p, progress);
+            let res = self.create_files(spec, &p);
             let net = net
                 .join()
                 .unwrap_or_else(|_| Err(internal("network setup panicked")));
             (res, net)
         });
-        if let Err(e) = res.and(net.map(drop)) {
+        let res = res
+            .and(net)
+            .and_then(|netns| self.clone_source(spec, rev, &p, &netns, progress));
+        if let Err(e) = res {
             if let Err(e2) = self.host.remove_network(&spec.id) {
                 tracing::error!(id = %spec.id, "network cleanup after failed create: {e2}");
             }
@@ -168,14 +172,8 @@ impl Inner {
         Ok(())
     }
 
-    /// The workspace's dir, disk, spec and clone.
-    fn create_files(
-        &self,
-        spec: &WorkspaceSpec,
-        rev: &Revision,
-        p: &Paths,
-        progress: &Progress,
-    ) -> Result<(), NodeError> {
+    /// The workspace's dir, disk and spec.
+    fn create_files(&self, spec: &WorkspaceSpec, p: &Paths) -> Result<(), NodeError> {
         mkdir(&p.dir, 0o711)?;
         let base = spec.uid_base();
         self.make_disk(p, spec.limits.disk_bytes)?;
@@ -191,17 +189,34 @@ impl Inner {
         let json = serde_json::to_vec_pretty(spec).map_err(internal)?;
         let spec_file = p.dir.join("spec.json");
         std::fs::write(&spec_file, json).map_err(NodeError::io("write", &spec_file))?;
+        Ok(())
+    }
+
+    /// The workspace's clone, fetched from inside its network `netns` (its egress policy
+    /// and the node's denials apply) unless the source is local.
+    fn clone_source(
+        &self,
+        spec: &WorkspaceSpec,
+        rev: &Revision,
+        p: &Paths,
+        netns: &Path,
+        progress: &Progress,
+    ) -> Result<(), NodeError> {
         if spec.source.is_empty() {
             return Ok(());
         }
+        let jail = self.fetch_jail(&spec.source, Some(netns))?;
         let _ = progress.send(format!("cloning {}", spec.source));
         clone::clone(
             &spec.source,
             rev,
             &clone::dest_for(&p.upper, &spec.source),
-            base,
-            base,
-            &self.gitconfig,
+            spec.uid_base(),
+            spec.uid_base(),
+            &crate::clone::GitEnv {
+                gitconfig: &self.gitconfig,
+                jail: jail.as_ref(),
+            },
             progress,
         )
     }

@@ -80,6 +80,8 @@ struct Inner {
     share: PathBuf,
     agent: PathBuf,
     gitconfig: PathBuf,
+    /// resolv.conf for fetches in a netns, when the host's names a loopback resolver.
+    fetch_resolv: Option<PathBuf>,
     /// Hard RLIMIT_NOFILE of workspaces.
     nofile_hard: u64,
     /// Per-phase durations of each workspace's last start (for `hearth bench`).
@@ -111,6 +113,27 @@ fn internal(e: impl std::fmt::Display) -> NodeError {
 }
 
 impl Inner {
+    /// Where a fetch of `source` runs: on the host for a local path (only an admin's gets
+    /// past the control plane), else in `netns` (a workspace's) or the probe netns.
+    fn fetch_jail(
+        &self,
+        source: &str,
+        netns: Option<&Path>,
+    ) -> Result<Option<Arc<crate::clone::NetJail>>, NodeError> {
+        if crate::clone::is_local_source(source) {
+            return Ok(None);
+        }
+        let probe;
+        let netns = match netns {
+            Some(p) => p,
+            None => {
+                probe = self.net.ensure_probe()?;
+                &probe
+            }
+        };
+        crate::clone::NetJail::open(netns, self.fetch_resolv.as_deref()).map(Some)
+    }
+
     /// Refuses a disk the data dir's filesystem cannot hold, before anything is made: the
     /// sparse file would fail with EFBIG half way through.
     fn check_disk_size(&self, bytes: u64) -> Result<(), NodeError> {
@@ -222,6 +245,7 @@ impl LocalNode {
         net.ensure_host()?;
         let gitconfig = data.join("gitconfig");
         host::write_gitconfig(&gitconfig)?;
+        let fetch_resolv = host::fetch_resolv(data)?;
         tracing::info!(runtime = %runtime.binary().display(), cgroups = ?cgroups.version(), disk_reserve = guard.reserve, "node ready");
         let (cgroups, net) = (Arc::new(cgroups), Arc::new(net));
         let host = Box::new(ops::RealHost {
@@ -241,6 +265,7 @@ impl LocalNode {
             share,
             agent,
             gitconfig,
+            fetch_resolv,
             nofile_hard,
             phases: Default::default(),
             snap: Default::default(),
@@ -361,11 +386,15 @@ impl NodeApi for LocalNode {
         let (source, name) = (source.to_string(), name.map(str::to_string));
         let branch = branch.map(str::to_string);
         self.blocking(move |i| {
+            crate::clone::validate_source(&source)?;
             crate::clone::read_devcontainer(
                 &source,
                 branch.as_deref(),
                 name.as_deref(),
-                &i.gitconfig,
+                &crate::clone::GitEnv {
+                    gitconfig: &i.gitconfig,
+                    jail: i.fetch_jail(&source, None)?.as_ref(),
+                },
                 &i.cfg.data_dir,
             )
         })
@@ -383,13 +412,17 @@ impl NodeApi for LocalNode {
         let (source, branch) = (source.to_string(), branch.map(str::to_string));
         let (commit, bases) = (commit.to_string(), bases.to_vec());
         self.blocking(move |i| {
+            crate::clone::validate_source(&source)?;
             crate::clone::update_bundle(
                 &source,
                 branch.as_deref(),
                 &commit,
                 &bases,
                 max,
-                &i.gitconfig,
+                &crate::clone::GitEnv {
+                    gitconfig: &i.gitconfig,
+                    jail: i.fetch_jail(&source, None)?.as_ref(),
+                },
                 &i.cfg.data_dir,
             )
         })
@@ -411,13 +444,17 @@ impl NodeApi for LocalNode {
             context.to_string(),
         );
         self.blocking(move |i| {
+            crate::clone::validate_source(&source)?;
             crate::clone::build_inputs(
                 &source,
                 branch.as_deref(),
                 &commit,
                 &dockerfile,
                 &context,
-                &i.gitconfig,
+                &crate::clone::GitEnv {
+                    gitconfig: &i.gitconfig,
+                    jail: i.fetch_jail(&source, None)?.as_ref(),
+                },
                 &i.cfg.data_dir,
             )
         })
@@ -432,7 +469,14 @@ impl NodeApi for LocalNode {
         let (id, uid, url) = (spec.id.clone(), spec.uid_base(), url.to_string());
         self.blocking(move |i| {
             let p = i.paths(&id);
-            crate::clone::dotfiles_archive(&url, uid, &i.gitconfig, &p.disk)
+            crate::clone::validate_source(&url)?;
+            // The workspace's own network: its egress policy applies too.
+            let jail = i.fetch_jail(&url, Some(&i.net.netns_path(&id)))?;
+            let git_env = crate::clone::GitEnv {
+                gitconfig: &i.gitconfig,
+                jail: jail.as_ref(),
+            };
+            crate::clone::dotfiles_archive(&url, uid, &git_env, &p.disk)
         })
         .await
     }
@@ -440,7 +484,17 @@ impl NodeApi for LocalNode {
     async fn repo_archive(&self, source: &str, commit: &str) -> Result<std::fs::File, NodeError> {
         let (source, commit) = (source.to_string(), commit.to_string());
         self.blocking(move |i| {
-            crate::clone::archive(&source, &commit, &i.gitconfig, &i.cfg.data_dir)
+            crate::clone::validate_source(&source)?;
+            let jail = i.fetch_jail(&source, None)?;
+            crate::clone::archive(
+                &source,
+                &commit,
+                &crate::clone::GitEnv {
+                    gitconfig: &i.gitconfig,
+                    jail: jail.as_ref(),
+                },
+                &i.cfg.data_dir,
+            )
         })
         .await
     }

@@ -238,6 +238,7 @@ fn node() -> (tempfile::TempDir, Inner, FakeHost) {
         share: data.join("share"),
         agent: data.join("agent"),
         gitconfig: data.join("gitconfig"),
+        fetch_resolv: None,
         nofile_hard: 1024,
         phases: Default::default(),
         snap: Default::default(),

@@ -317,6 +317,53 @@ impl Outside {
     }
 }
 
+impl Outside {
+    /// `git daemon` serving the repositories under `base` on every address of the netns
+    /// (`git://<ip>/<path under base>`); stopped when the guard drops.
+    pub fn git_daemon(&self, base: &Path) -> GitDaemon {
+        // `git-daemon` itself: `git daemon` would run it as a child, which killing `git`
+        // leaves running (`ip netns exec` execs, so the child we hold is the daemon).
+        let out = Command::new("git").arg("--exec-path").output().unwrap();
+        assert!(out.status.success(), "git --exec-path");
+        let daemon = Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(daemon)
+            .arg("--export-all")
+            .args(["--reuseaddr", "--informative-errors"])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = GitDaemon(child);
+        let addr = std::net::SocketAddr::from((self.ip(2), 9418));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon on {addr} did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        guard
+    }
+}
+
+/// A `git daemon` of [`Outside::git_daemon`], killed on drop.
+pub struct GitDaemon(std::process::Child);
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Outside {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -163,14 +163,23 @@ impl Manager {
                 "{f} names no image: add \"image\" (or \"build\") to it, or pass --image"
             )));
         }
-        check_host_requirements(&config, limits)?;
+        let cores = match limits.cpus_milli {
+            0 => self
+                .node
+                .capacity()
+                .await
+                .map_err(|e| node_err("capacity", name, e))?
+                .cpus
+                .into(),
+            _ => 0,
+        };
+        check_host_requirements(&loaded.doc, &config, limits, cores)?;
         let dc = Devcontainer {
             config,
             commit: found.commit,
             workspace_folder: loaded.container_workspace_folder,
             feature_lifecycle: Vec::new(),
         };
-        super::features::check_features(&dc)?;
         Ok(Some(dc))
     }
 
@@ -679,40 +688,62 @@ pub(super) fn clean(bytes: &[u8]) -> String {
 }
 
 /// `hostRequirements` against what the workspace gets: memory and disk are its limits,
-/// CPUs the host's cores (`--cpus` only bounds long-run use; a burst gets the host's).
-fn check_host_requirements(config: &Config, limits: &Limits) -> Result<(), ApiError> {
+/// CPUs its `--cpus` (`limits.cpus_milli`) or, without one, the node's `cores` (a
+/// workspace without a limit may use them all). Errors point at the requirement.
+fn check_host_requirements(
+    doc: &hearth_devcontainer::Document,
+    config: &Config,
+    limits: &Limits,
+    cores: u64,
+) -> Result<(), ApiError> {
     let h = &config.host_requirements;
-    let f = &config.file;
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let refuse = |ptr: &str, msg: String| ApiError::invalid(doc.invalid(ptr, msg).to_string());
     if let Some(m) = h.memory_bytes {
         if m > limits.memory_bytes {
-            return Err(ApiError::invalid(format!(
-                "{f} needs {} of memory (hostRequirements.memory) but the workspace would get {}: pass --memory {}M",
-                gib(m),
-                gib(limits.memory_bytes),
-                m.div_ceil(1 << 20)
-            )));
+            return Err(refuse(
+                "/hostRequirements/memory",
+                format!(
+                    "needs {} of memory (hostRequirements.memory) but the workspace would get {}: pass --memory {}M",
+                    gib(m),
+                    gib(limits.memory_bytes),
+                    m.div_ceil(1 << 20)
+                ),
+            ));
         }
     }
     if let Some(s) = h.storage_bytes {
         if s > limits.disk_bytes {
-            return Err(ApiError::invalid(format!(
-                "{f} needs {} of storage (hostRequirements.storage) but the workspace disk would be {}: pass --disk {}M",
-                gib(s),
-                gib(limits.disk_bytes),
-                s.div_ceil(1 << 20)
-            )));
+            return Err(refuse(
+                "/hostRequirements/storage",
+                format!(
+                    "needs {} of storage (hostRequirements.storage) but the workspace disk would be {}: pass --disk {}M",
+                    gib(s),
+                    gib(limits.disk_bytes),
+                    s.div_ceil(1 << 20)
+                ),
+            ));
         }
     }
     if let Some(c) = h.cpus {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        if c > cores {
-            return Err(ApiError::invalid(format!(
-                "{f} needs {c} CPUs (hostRequirements.cpus) but this host has {cores}"
-            )));
+        let (have, what) = match limits.cpus_milli {
+            0 => (cores * 1000, format!("the node has {cores} CPUs")),
+            m => (m, format!("the workspace would get {} (--cpus)", cpus(m))),
+        };
+        if c * 1000 > have {
+            return Err(refuse(
+                "/hostRequirements/cpus",
+                format!("needs {c} CPUs (hostRequirements.cpus) but {what}: pass --cpus {c}"),
+            ));
         }
     }
     Ok(())
+}
+
+/// Thousandths of a core as `--cpus` takes them (`1.5`).
+fn cpus(milli: u64) -> String {
+    let s = format!("{}.{:03}", milli / 1000, milli % 1000);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 #[cfg(test)]

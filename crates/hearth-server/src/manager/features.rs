@@ -14,16 +14,6 @@ use super::{node_err, say, Manager};
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// What can be refused before a create's stream starts: every feature is named by a
-/// reference Hearth can fetch (not a local path or a tarball URL).
-pub(super) fn check_features(dc: &Devcontainer) -> Result<(), ApiError> {
-    for id in dc.config.features.keys() {
-        hearth_devcontainer::features::OciRef::parse(id)
-            .map_err(|e| ApiError::invalid(format!("{}: {e}", dc.config.file)))?;
-    }
-    Ok(())
-}
-
 impl Manager {
     /// Installs `dc`'s features on `base` and returns the image with them; their
     /// lifecycle commands are kept in `dc` to run before the configuration's own.

@@ -23,9 +23,11 @@ pub(super) async fn add_user(h: &Harness, name: &str, admin: bool) -> String {
     u.token
 }
 
-/// Asks for workspace `name` (busybox, source `/src/x`) as the holder of `token`.
+/// Asks for workspace `name` (busybox, a git URL: a path is admins' only) as the holder
+/// of `token`.
 pub(super) async fn post_workspace(h: &Harness, token: &str, name: &str) -> (StatusCode, Vec<u8>) {
-    let body = serde_json::json!({"source": "/src/x", "image": "busybox", "name": name});
+    let body =
+        serde_json::json!({"source": "https://git.example/x", "image": "busybox", "name": name});
     h.call(
         Method::POST,
         "/v1/workspaces",

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod gitserver;
 pub mod images;
 pub mod oidc;
 pub mod registry;
