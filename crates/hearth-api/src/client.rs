@@ -431,6 +431,34 @@ impl Client {
         Ok(bytes.to_vec())
     }
 
+    /// The console output and then what follows it as it is written, each chunk to `out`,
+    /// until the workspace stops (the server ends the response) or `out` fails.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/workspaces/{}/logs", enc(name))))
+                    .query(&[("follow", "true")]),
+            )
+            .await?;
+        let mut chunks = resp.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Connection {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+            if out(&chunk).is_err() {
+                // stdout closed (`| head`): stop quietly, like tail -f.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     pub async fn ssh_keys(&self) -> Result<Vec<crate::SshKey>> {
         self.get("/v1/ssh-keys").await
     }

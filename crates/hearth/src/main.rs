@@ -141,7 +141,13 @@ enum Cmd {
         purge: bool,
     },
     /// Show a workspace's console output.
-    Logs { name: String },
+    Logs {
+        name: String,
+        /// Keep printing what the workspace writes (background lifecycle steps too) until
+        /// it stops, or Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List the ports listening in a workspace, with their URLs and visibility.
     Ports {
         name: String,
@@ -840,7 +846,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Start { name } => client()?.start(name).await.map(|()| 0),
         Cmd::Stop { name } => client()?.stop(name).await.map(|()| 0),
         Cmd::Rm { name, purge } => client()?.remove(name, *purge).await.map(|()| 0),
-        Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
+        Cmd::Logs { name, follow } => client()?.logs(name, *follow).await.map(|()| 0),
         Cmd::Ports { name, json } => client()?.ports(name, *json).await.map(|()| 0),
         Cmd::Port {
             name, port, public, ..

@@ -908,6 +908,80 @@ fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
     assert!(!srv.workspace_names().contains(&"sys".to_string()));
 }
 
+/// `hearth logs -f` follows the console: a background lifecycle step's output and a line
+/// written to PID 1's output later arrive while it runs, and it ends when the workspace
+/// stops; on a stopped workspace it prints the log and ends at once.
+#[test]
+fn logs_follow_streams_until_the_workspace_stops() {
+    use std::io::{BufRead, BufReader};
+    let (srv, _src, repo) = busybox_repo(
+        "follow",
+        r#"{
+              "image": "busybox",
+              "waitFor": "onCreateCommand",
+              "onCreateCommand": "echo created",
+              "postCreateCommand": "sleep 2; echo background-done"
+            }"#,
+    );
+    let out = srv.hearth(&["up", repo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = srv
+        .command(&["logs", "-f", "follow"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return,
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("{needle:?} never followed ({e}); got {seen:?}"),
+            }
+        }
+    };
+    // The log so far, then the background step's output as it is written.
+    wait_for("onCreateCommand: created");
+    wait_for("postCreateCommand: background-done");
+    // Something written to the console now (PID 1's stdout) arrives too.
+    srv.exec("follow", &["sh", "-c", "echo written-later > /proc/1/fd/1"]);
+    wait_for("written-later");
+    // A stop ends the follower, successfully.
+    srv.ok(&["stop", "follow"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("logs -f did not end after the stop");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Stopped: the log, and the command ends by itself.
+    let out = srv.hearth(&["logs", "-f", "follow"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("written-later"));
+}
+
 /// Gitea (HMAC-SHA256 of the body, bare hex) and GitLab (the secret as a token) through
 /// the real server: refused without the secret, else the prebuild is made again.
 #[test]
