@@ -442,6 +442,29 @@ pub struct WorkspaceInspect {
     /// snapshot; absent once all are there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hydration: Option<HydrationInfo>,
+    /// What the workspace's devcontainer.json says for tools; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devcontainer: Option<DevcontainerInfo>,
+}
+
+/// A workspace's devcontainer.json as an editor integration needs it: hearth installs no
+/// editor extensions itself, so it hands over what `customizations.vscode` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DevcontainerInfo {
+    /// Repository-relative path of the file.
+    pub file: String,
+    /// Where sessions and lifecycle commands start (the repository is there).
+    pub workspace_folder: String,
+    /// Default user of sessions (`remoteUser`, else `containerUser`); absent: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `customizations.vscode.extensions`.
+    #[serde(default)]
+    pub vscode_extensions: Vec<String>,
+    /// `customizations.vscode.settings`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub vscode_settings: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A restored workspace runs while its large files are fetched: opening one not fetched

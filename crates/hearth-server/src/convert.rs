@@ -136,6 +136,7 @@ pub fn inspect(
             failures: h.failures,
             last_error: h.last_error,
         }),
+        devcontainer: None,
     }
 }
 

@@ -653,8 +653,11 @@ impl Manager {
             .inspect_err(|e| tracing::warn!(workspace = name, error = %e, "store use unknown"))
             .ok();
         let images = self.images_or_empty().await;
+        let devcontainer = self.devcontainer(&rec.spec).await?.map(|(dc, _)| dc.info());
         let ws = self.view_now(rec, &images).await;
-        Ok(convert::inspect(ws, details, store))
+        let mut view = convert::inspect(ws, details, store);
+        view.devcontainer = devcontainer;
+        Ok(view)
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<(), ApiError> {

@@ -602,6 +602,26 @@ fn render_inspect(i: &WorkspaceInspect) -> String {
     if let Some(p) = &i.paused {
         rows.push(("paused", p.clone()));
     }
+    if let Some(d) = &i.devcontainer {
+        rows.push((
+            "devcontainer",
+            format!(
+                "{} (folder {}, user {})",
+                d.file,
+                d.workspace_folder,
+                d.user.as_deref().unwrap_or("the image's")
+            ),
+        ));
+        if !d.vscode_extensions.is_empty() {
+            rows.push(("vscode extensions", d.vscode_extensions.join(", ")));
+        }
+        if !d.vscode_settings.is_empty() {
+            rows.push((
+                "vscode settings",
+                serde_json::Value::Object(d.vscode_settings.clone()).to_string(),
+            ));
+        }
+    }
     if let Some(h) = &i.hydration {
         let mut v = format!(
             "{}/{} files, {}/{} from snapshot {}{}",

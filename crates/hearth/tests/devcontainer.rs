@@ -837,7 +837,8 @@ fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
   "containerEnv": {"LOCAL": "${localWorkspaceFolder}", "CONTAINER": "${containerWorkspaceFolder}"},
   "onCreateCommand": "pwd > /tmp/where && id -un >> /tmp/where && echo made > made-on-create",
   "postCreateCommand": "git status --porcelain && echo post-create-ok",
-  "postStartCommand": "pwd >> /tmp/starts"
+  "postStartCommand": "pwd >> /tmp/starts",
+  "customizations": {"vscode": {"extensions": ["rust-lang.rust-analyzer"], "settings": {"editor.tabSize": 2}}, "jetbrains": {}}
 }"#,
         )],
     );
@@ -845,6 +846,25 @@ fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}\n{}", srv.server_log());
     line_of(&err, "linking /src/app to /workspace/proj");
+    line_of(
+        &err,
+        "customizations.jetbrains is not used by hearth and is ignored",
+    );
+    // What an editor integration needs, in inspect (and the API's workspace view).
+    let i: serde_json::Value =
+        serde_json::from_str(&srv.ok(&["inspect", "proj", "--json"])).unwrap();
+    assert_eq!(
+        i["devcontainer"],
+        serde_json::json!({
+            "file": ".devcontainer.json",
+            "workspace_folder": "/src/app",
+            "user": "nobody",
+            "vscode_extensions": ["rust-lang.rust-analyzer"],
+            "vscode_settings": {"editor.tabSize": 2}
+        })
+    );
+    let text = srv.ok(&["inspect", "proj"]);
+    assert!(text.contains("rust-lang.rust-analyzer"), "{text}");
     line_of(&err, "postCreateCommand: ?? made-on-create");
     line_of(&err, "postCreateCommand: post-create-ok");
     assert_eq!(

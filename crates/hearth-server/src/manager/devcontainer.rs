@@ -63,6 +63,17 @@ impl Devcontainer {
         })
     }
 
+    /// What `inspect` and the API show of it, for editor integrations.
+    pub(super) fn info(&self) -> hearth_api::DevcontainerInfo {
+        hearth_api::DevcontainerInfo {
+            file: self.config.file.clone(),
+            workspace_folder: self.workspace_folder.clone(),
+            user: self.config.exec_user().map(str::to_string),
+            vscode_extensions: self.config.vscode_extensions(),
+            vscode_settings: self.config.vscode_settings().cloned().unwrap_or_default(),
+        }
+    }
+
     /// `containerEnv` then `remoteEnv` (an unset `remoteEnv` entry drops the variable), as
     /// every session and lifecycle command gets them under what the request sets.
     pub(super) fn env(&self) -> Vec<(String, String)> {
