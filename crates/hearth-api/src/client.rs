@@ -21,9 +21,9 @@ use crate::{
     BuildImage, ClientFrame, CreateJoinToken, CreatePrebuild, CreateUser, CreateWorkspace,
     DeletedWorkspace, DrainReport, EgressEdit, ErrorBody, ErrorInfo, ExecRequest, ForkWorkspace,
     FrameError, Image, JoinNode, JoinToken, LimitsRequest, LoadImage, MoveWorkspace, NewUser, Node,
-    NodeCredential, NodeLabels, Prebuild, PullImage, RestoreWorkspace, ServerFrame, ServerInfo,
-    Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine, UpdateUser, User,
-    Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
+    NodeCredential, NodeLabels, Prebuild, PrebuildRun, PrebuildRunLog, PullImage, RestoreWorkspace,
+    ServerFrame, ServerInfo, Snapshot, StoreCheck, StoreGc, StoreGcReport, StoreUse, StreamLine,
+    UpdateUser, User, Workspace, WorkspaceInspect, WorkspaceUpdate, SERVER_FILE, TOKEN_FILE,
 };
 
 /// What went wrong talking to the server. The messages are the ones users see.
@@ -328,6 +328,16 @@ impl Client {
         self.get("/v1/prebuilds").await
     }
 
+    /// Prebuild runs, newest first (with their outcome).
+    pub async fn prebuild_runs(&self) -> Result<Vec<PrebuildRun>> {
+        self.get("/v1/prebuild-runs").await
+    }
+
+    /// One prebuild run with its log (`hearth prebuild logs`).
+    pub async fn prebuild_run(&self, id: &str) -> Result<PrebuildRunLog> {
+        self.get(&format!("/v1/prebuild-runs/{}", enc(id))).await
+    }
+
     /// Removes a prebuild by its snapshot id (`hearth prebuild rm`).
     pub async fn remove_prebuild(&self, snapshot: &str) -> Result<()> {
         self.delete(&format!("/v1/prebuilds/{}", enc(snapshot)))
@@ -419,6 +429,34 @@ impl Client {
             reason: e.to_string(),
         })?;
         Ok(bytes.to_vec())
+    }
+
+    /// The console output and then what follows it as it is written, each chunk to `out`,
+    /// until the workspace stops (the server ends the response) or `out` fails.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/workspaces/{}/logs", enc(name))))
+                    .query(&[("follow", "true")]),
+            )
+            .await?;
+        let mut chunks = resp.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Connection {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+            if out(&chunk).is_err() {
+                // stdout closed (`| head`): stop quietly, like tail -f.
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     pub async fn ssh_keys(&self) -> Result<Vec<crate::SshKey>> {

@@ -54,3 +54,58 @@ pub struct WebhookResult {
     /// list: the push matched no prebuild, or was no branch push).
     pub started: Vec<String>,
 }
+
+/// What started a prebuild run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrebuildTrigger {
+    /// `hearth prebuild` (`POST /v1/prebuilds`).
+    Cli,
+    /// A forge's push webhook.
+    Webhook,
+}
+
+/// Where a prebuild run is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrebuildRunState {
+    Running,
+    /// It made a prebuild (`snapshot`).
+    Ready,
+    /// It made none: `error` says why.
+    Failed,
+}
+
+/// One prebuild run: `hearth prebuild` or a push webhook's, under way or finished.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PrebuildRun {
+    /// Its id, for `hearth prebuild logs ID`.
+    pub id: String,
+    pub source: String,
+    /// `None`: the default branch.
+    pub branch: Option<String>,
+    /// Its devcontainer.json, repository-relative, once read.
+    pub config_file: Option<String>,
+    /// The commit it builds, once known.
+    pub commit: Option<String>,
+    pub trigger: PrebuildTrigger,
+    pub state: PrebuildRunState,
+    /// Why it failed: the failing step with its exit code and the tail of its output.
+    pub error: Option<String>,
+    /// The prebuild it made (its snapshot id), when ready.
+    pub snapshot: Option<String>,
+    pub owner: String,
+    /// RFC 3339.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// A prebuild run with its log (`GET /v1/prebuild-runs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PrebuildRunLog {
+    #[serde(flatten)]
+    pub run: PrebuildRun,
+    /// The last lines of its progress and its commands' output (as `hearth prebuild`
+    /// prints them), oldest first; written when the run ends.
+    pub log: Vec<String>,
+}

@@ -105,6 +105,17 @@ pub struct RestoreWorkspace {
     pub name: Option<String>,
 }
 
+/// `GET /v1/workspaces/{name}/logs` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsOptions {
+    /// After the log so far, keep the response open and send what the workspace writes
+    /// (lifecycle steps running in the background included) as it comes, until the
+    /// workspace is stopped, failed or removed; a stopped workspace's log ends at once.
+    #[serde(default)]
+    pub follow: bool,
+}
+
 /// `DELETE /v1/workspaces/{name}` options.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

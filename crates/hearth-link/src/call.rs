@@ -114,6 +114,11 @@ pub(crate) enum Call {
     Logs {
         spec: WorkspaceSpec,
     },
+    /// Answered with the new cursor, then the bytes as data.
+    LogsSince {
+        spec: WorkspaceSpec,
+        cursor: Option<hearth_node::LogCursor>,
+    },
     ConsoleNote {
         spec: WorkspaceSpec,
         line: String,
@@ -192,6 +197,7 @@ impl Call {
             Call::Metrics { .. } => "metrics",
             Call::Exec { .. } => "exec",
             Call::Logs { .. } => "logs",
+            Call::LogsSince { .. } => "logs_since",
             Call::ConsoleNote { .. } => "console_note",
             Call::Connect { .. } => "connect",
             Call::ListeningPorts { .. } => "listening_ports",

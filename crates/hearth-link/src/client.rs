@@ -727,6 +727,23 @@ impl NodeApi for RemoteNode {
         Ok(log)
     }
 
+    async fn logs_since(
+        &self,
+        spec: &WorkspaceSpec,
+        cursor: Option<hearth_node::LogCursor>,
+    ) -> Result<(Vec<u8>, hearth_node::LogCursor), NodeError> {
+        let (cursor, log) = self
+            .bytes(
+                Call::LogsSince {
+                    spec: spec.clone(),
+                    cursor,
+                },
+                crate::MAX_LOGS,
+            )
+            .await?;
+        Ok((log, cursor))
+    }
+
     async fn console_note(&self, spec: &WorkspaceSpec, line: &str) -> Result<(), NodeError> {
         self.call(Call::ConsoleNote {
             spec: spec.clone(),

@@ -239,6 +239,10 @@ async fn run(
             let log = node.logs(&spec).await?;
             send_bytes(tx, (), log).await
         }
+        Call::LogsSince { spec, cursor } => {
+            let (log, cursor) = node.logs_since(&spec, cursor).await?;
+            send_bytes(tx, cursor, log).await
+        }
         Call::ConsoleNote { spec, line } => ok(tx, &node.console_note(&spec, &line).await?).await,
         Call::Connect { spec, addr } => {
             let sock = node.connect(&spec, addr).await?;

@@ -189,6 +189,23 @@ async fn a_workspace_lives_its_life_through_a_remote_node() {
     let log = remote.logs(&spec).await.unwrap();
     assert_eq!(log, e.node.logs(&spec).await.unwrap());
     assert!(String::from_utf8_lossy(&log).contains("note over the wire"));
+    // Following: the tail and a cursor, then only what was written after it.
+    let (tail, cursor) = remote.logs_since(&spec, None).await.unwrap();
+    assert_eq!(tail, log);
+    remote.console_note(&spec, "followed").await.unwrap();
+    let (more, after) = remote.logs_since(&spec, Some(cursor)).await.unwrap();
+    let more = String::from_utf8_lossy(&more).into_owned();
+    assert!(
+        more.starts_with("[hearth ") && more.ends_with("] followed\n"),
+        "{more:?}"
+    );
+    assert!(after.offset > cursor.offset);
+    assert!(remote
+        .logs_since(&spec, Some(after))
+        .await
+        .unwrap()
+        .0
+        .is_empty());
     let mut exported = remote.export_image(&img.id, "bb:export").await.unwrap();
     let mut direct = e.node.export_image(&img.id, "bb:export").await.unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());

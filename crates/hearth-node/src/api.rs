@@ -174,6 +174,14 @@ pub struct BuildInputs {
     pub context_tree: String,
 }
 
+/// Where a follower of a workspace's console log is: a console file (by inode, so
+/// rotation does not lose it) and an offset in it. Opaque to the control plane.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogCursor {
+    pub inode: u64,
+    pub offset: u64,
+}
+
 /// A TCP socket listening inside a workspace.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ListeningPort {
@@ -868,6 +876,19 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn exec(&self, spec: &WorkspaceSpec, req: ExecRequest) -> Result<ExecSession, NodeError>;
     /// The agent's console output (stdout/stderr of PID 1), newest last.
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError>;
+    /// Console output after `cursor` (`None`: the tail [`NodeApi::logs`] gives), at most
+    /// 1 MiB, and the cursor after it: what `hearth logs -f` polls.
+    async fn logs_since(
+        &self,
+        spec: &WorkspaceSpec,
+        cursor: Option<LogCursor>,
+    ) -> Result<(Vec<u8>, LogCursor), NodeError> {
+        let _ = cursor;
+        Err(NodeError::Unavailable(format!(
+            "this node cannot follow the console of workspace {}",
+            spec.name
+        )))
+    }
     /// Adds a line from the control plane (`[hearth TIME] LINE`) to the console log, so
     /// `logs` shows why the server acted on the workspace (an idle stop) among its output.
     /// A workspace without a console log yet gets none.

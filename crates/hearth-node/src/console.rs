@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::LogCursor;
+
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 
@@ -413,6 +415,69 @@ pub(crate) fn tail(dir: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(parts.concat()))
 }
 
+/// Console output after `cursor` (a [`LogCursor`] an earlier call returned; `None`: the
+/// last `max` bytes, as [`tail`]), at most `max` bytes, oldest first, and the cursor just
+/// after it. A cursor names a file by inode, so it survives rotation (the file it named is
+/// read on under its new name, then the newer ones); when that file was rotated away, the
+/// oldest kept file is read from its start (output in between is lost, as with `tail -F`).
+pub(crate) fn since(
+    dir: &Path,
+    cursor: Option<LogCursor>,
+    max: usize,
+) -> std::io::Result<(Vec<u8>, LogCursor)> {
+    use std::os::unix::fs::MetadataExt;
+    // Newest first, each once: a rotation between two opens may show a file twice.
+    let mut files: Vec<(File, u64, u64)> = Vec::new();
+    for i in 0..1000 {
+        let f = match File::open(rotated(dir, i)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        let m = f.metadata()?;
+        if files.iter().all(|(_, ino, _)| *ino != m.ino()) {
+            files.push((f, m.ino(), m.len()));
+        }
+    }
+    let Some(cursor) = cursor else {
+        let end = files
+            .first()
+            .map_or(LogCursor::default(), |(_, inode, len)| LogCursor {
+                inode: *inode,
+                offset: *len,
+            });
+        return Ok((tail(dir, max)?.unwrap_or_default(), end));
+    };
+    // Where to go on: the cursor's file at its offset (from 0 if it shrank: a lone file
+    // is truncated in place at rotation), else the oldest file from its start.
+    let (start, offset) = match files.iter().position(|(_, ino, _)| *ino == cursor.inode) {
+        Some(i) if cursor.offset <= files[i].2 => (i, cursor.offset),
+        Some(i) => (i, 0),
+        None if files.is_empty() => return Ok((Vec::new(), cursor)),
+        None => (files.len() - 1, 0),
+    };
+    let mut out = Vec::new();
+    let mut at = LogCursor {
+        inode: files[start].1,
+        offset,
+    };
+    for i in (0..=start).rev() {
+        let (f, inode, len) = &mut files[i];
+        let from = if i == start { offset } else { 0 };
+        let take = (*len - from).min((max - out.len()) as u64);
+        f.seek(SeekFrom::Start(from))?;
+        let got = f.take(take).read_to_end(&mut out)?;
+        at = LogCursor {
+            inode: *inode,
+            offset: from + got as u64,
+        };
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok((out, at))
+}
+
 /// [`tail`] as text for error messages; empty when there is none.
 pub(crate) fn tail_text(dir: &Path, max: usize) -> String {
     match tail(dir, max) {
@@ -464,6 +529,32 @@ mod tests {
         r.write("t", b"new");
         assert_eq!(tail(t.path(), 1000).unwrap().unwrap(), b"new");
         assert!(!rotated(t.path(), 1).exists());
+    }
+
+    #[test]
+    fn since_follows_across_rotation() {
+        let t = tempfile::tempdir().unwrap();
+        let mut r = Rotator::new(t.path(), limits(10, 3));
+        r.write("t", b"abcd");
+        let (b, c) = since(t.path(), None, 1 << 20).unwrap();
+        assert_eq!(b, b"abcd");
+        let (b, c) = since(t.path(), Some(c), 1 << 20).unwrap();
+        assert!(b.is_empty());
+        // 0123456789 fills console.log (rotated at 10 bytes), the rest goes on in a new one.
+        r.write("t", b"0123456789xyz");
+        let (b, c) = since(t.path(), Some(c), 4).unwrap();
+        assert_eq!(b, b"0123");
+        let (b, c) = since(t.path(), Some(c), 1 << 20).unwrap();
+        assert_eq!(b, b"456789xyz");
+        r.write("t", b"!");
+        assert_eq!(since(t.path(), Some(c), 1 << 20).unwrap().0, b"!");
+        // A cursor whose file was rotated away reads the oldest kept from its start.
+        let gone = LogCursor {
+            inode: u64::MAX,
+            offset: 3,
+        };
+        let (b, _) = since(t.path(), Some(gone), 1 << 20).unwrap();
+        assert_eq!(b, b"abcd0123456789xyz!");
     }
 
     #[test]

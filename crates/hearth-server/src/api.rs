@@ -68,7 +68,8 @@ impl Modify for BearerAuth {
         crate::secrets::list_secrets, crate::secrets::set_secret, crate::secrets::remove_secret,
         crate::secrets::get_dotfiles, crate::secrets::set_dotfiles,
         crate::prebuilds::create_prebuild, crate::prebuilds::list_prebuilds,
-        crate::prebuilds::remove_prebuild,
+        crate::prebuilds::remove_prebuild, crate::prebuilds::list_prebuild_runs,
+        crate::prebuilds::get_prebuild_run,
         crate::prebuilds::webhook, crate::links::create_join_token, crate::links::join,
         crate::audit::list_audit
     ),
@@ -562,16 +563,32 @@ async fn set_limits(
     Ok(Json(st.manager.set_limits(&caller, &name, req).await?))
 }
 
-#[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path)),
+/// The console output of the workspace's PID 1 (the newest 1 MiB); with `follow`, then
+/// what comes after it, streamed (chunked) until the workspace stops.
+#[utoipa::path(get, path = "/v1/workspaces/{name}/logs", params(("name" = String, Path), LogsOptions),
     responses((status = 200, description = "console output of the workspace's PID 1",
         content_type = "application/octet-stream"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn workspace_logs(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     WsName(name): WsName,
+    query: Result<Query<LogsOptions>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = st.manager.logs(&caller, &name).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let Query(opts) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    if !opts.follow {
+        let bytes = st.manager.logs(&caller, &name).await?;
+        return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
+    }
+    let mut rx = st.manager.clone().follow_logs(&caller, &name).await?;
+    let body = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// Runs a command in a workspace over a WebSocket.

@@ -51,7 +51,7 @@ mod users;
 
 pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
-pub use prebuilds::PrebuildRecord;
+pub use prebuilds::{PrebuildRecord, PrebuildRunRecord};
 pub use quotas::{QuotaExceeded, QuotaLimits, QuotaUsage};
 pub use servers::ServerRow;
 pub use sessions::{OidcLogin, SessionRecord};

@@ -237,6 +237,17 @@ impl Server {
                 "unfinished operations from before the restart"
             );
         }
+        // Its prebuild runs of before ended with it.
+        let runs = store
+            .fail_prebuild_runs_of(
+                std::slice::from_ref(&id),
+                "the server restarted while it ran",
+            )
+            .await
+            .context("cannot read this server's unfinished prebuild runs")?;
+        if runs > 0 {
+            tracing::info!(runs, "prebuild runs cut short by the restart marked failed");
+        }
         let manager = match node {
             Some(node) => Manager::shared(store.clone(), node),
             None => Manager::shared_fleet(

@@ -107,6 +107,20 @@ enum PlannedImage {
 /// (`hearth server --default-image` changes it).
 pub const DEFAULT_IMAGE: &str = "debian";
 
+/// How often `hearth logs -f` reads the console for more.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// The most a node answers a console read with: an answer this long means more is
+/// waiting, read again at once.
+const FOLLOW_BATCH: usize = 1 << 20;
+
+/// States after which a console follower ends (once it has read what was written).
+fn follow_done(state: WorkspaceState) -> bool {
+    matches!(
+        state,
+        WorkspaceState::Stopped | WorkspaceState::Failed | WorkspaceState::Removing
+    )
+}
+
 pub struct Manager {
     store: Store,
     /// The fleet as one node ([`crate::fleet::Router`]): a workspace's calls go to the node
@@ -1339,6 +1353,68 @@ impl Manager {
             .logs(&rec.spec)
             .await
             .map_err(|e| node_err("logs", name, e))
+    }
+
+    /// `hearth logs -f`: the console's tail, then what is written after it, polled every
+    /// [`FOLLOW_POLL`] from whichever node runs the workspace, until the workspace is
+    /// stopped, failed or removed (a last read after that), or the receiver is dropped
+    /// (the client went away). Not activity: a follower does not keep a workspace up.
+    pub async fn follow_logs(
+        self: Arc<Self>,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, ApiError> {
+        let rec = self.owned(caller, name).await?;
+        let (first, mut cursor) = self
+            .node
+            .logs_since(&rec.spec, None)
+            .await
+            .map_err(|e| node_err("logs", name, e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let id = rec.spec.id.clone();
+            let mut chunk = first;
+            let mut done = follow_done(rec.state);
+            loop {
+                let full = chunk.len() >= FOLLOW_BATCH;
+                if !chunk.is_empty() && tx.send(bytes::Bytes::from(chunk)).await.is_err() {
+                    return;
+                }
+                if done && !full {
+                    return;
+                }
+                if !full {
+                    tokio::select! {
+                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+                // The state before the read: output up to a stop is read after it.
+                let spec = match self.store.get(&name).await {
+                    Ok(Some(r)) if r.spec.id == id => {
+                        done |= follow_done(r.state);
+                        r.spec
+                    }
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(workspace = name, error = %e, "logs follow: lookup failed");
+                        return;
+                    }
+                };
+                chunk = match self.node.logs_since(&spec, Some(cursor)).await {
+                    Ok((b, c)) => {
+                        cursor = c;
+                        b
+                    }
+                    Err(e) => {
+                        tracing::debug!(workspace = name, error = %e, "logs follow: read failed");
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(rx)
     }
 
     /// Checks the workspace can take an exec before a WebSocket is upgraded.

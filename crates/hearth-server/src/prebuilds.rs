@@ -6,7 +6,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hearth_api::{CreatePrebuild, ErrorBody, Prebuild, WebhookResult};
+use hearth_api::{
+    CreatePrebuild, ErrorBody, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildTrigger,
+    WebhookResult,
+};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -23,6 +26,17 @@ pub(crate) fn routes() -> Router<AppState> {
             "/v1/prebuilds/{snapshot}",
             axum::routing::delete(remove_prebuild),
         )
+        .route("/v1/prebuild-runs", get(list_prebuild_runs))
+        .route("/v1/prebuild-runs/{id}", get(get_prebuild_run))
+}
+
+/// A prebuild run's id in the path.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PrebuildRunPath {
+    /// The run's id, as `hearth prebuilds` lists it.
+    #[param(pattern = "^[0-9a-f]{12}$", min_length = 12, max_length = 12)]
+    pub id: String,
 }
 
 /// A prebuild's snapshot id in the path.
@@ -59,7 +73,33 @@ pub(crate) async fn create_prebuild(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    ndjson::stream(move |p| async move { st.manager.run_prebuild(plan, p).await })
+    ndjson::stream(
+        move |p| async move { st.manager.run_prebuild(plan, p, PrebuildTrigger::Cli).await },
+    )
+}
+
+/// The caller's prebuild runs (an admin's: everyone's), newest first: those under way,
+/// and the recent ones of each repository and branch with their outcome (a failed one
+/// says why). The newest runs of each series are kept.
+#[utoipa::path(get, path = "/v1/prebuild-runs",
+    responses((status = 200, body = Vec<PrebuildRun>), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_prebuild_runs(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<PrebuildRun>>, ApiError> {
+    Ok(Json(st.manager.prebuild_runs(&caller).await?))
+}
+
+/// One prebuild run with the last lines of its output (`hearth prebuild logs ID`).
+#[utoipa::path(get, path = "/v1/prebuild-runs/{id}", params(PrebuildRunPath),
+    responses((status = 200, body = PrebuildRunLog), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_prebuild_run(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<PrebuildRunLog>, ApiError> {
+    Ok(Json(st.manager.prebuild_run(&caller, &id).await?))
 }
 
 /// The prebuilds the caller's `up` may start from (their own and admins'), newest first.

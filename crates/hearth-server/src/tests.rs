@@ -722,6 +722,8 @@ async fn openapi_lists_every_route() {
         ("get", "/v1/prebuilds"),
         ("post", "/v1/prebuilds"),
         ("delete", "/v1/prebuilds/{snapshot}"),
+        ("get", "/v1/prebuild-runs"),
+        ("get", "/v1/prebuild-runs/{id}"),
         ("post", "/v1/hooks/{forge}"),
         ("post", "/v1/images/build"),
         ("get", "/v1/nodes"),

@@ -374,7 +374,17 @@ impl Commands {
         Ok(())
     }
 
-    pub async fn logs(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn logs(&self, name: &str, follow: bool) -> anyhow::Result<()> {
+        if follow {
+            let mut out = std::io::stdout();
+            return self
+                .api
+                .follow_logs(name, |chunk| {
+                    out.write_all(chunk).and_then(|()| out.flush())
+                })
+                .await
+                .with_context(|| format!("cannot follow the logs of {name}"));
+        }
         let bytes = self
             .api
             .logs(name)

@@ -141,7 +141,13 @@ enum Cmd {
         purge: bool,
     },
     /// Show a workspace's console output.
-    Logs { name: String },
+    Logs {
+        name: String,
+        /// Keep printing what the workspace writes (background lifecycle steps too) until
+        /// it stops, or Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List the ports listening in a workspace, with their URLs and visibility.
     Ports {
         name: String,
@@ -218,7 +224,8 @@ enum Cmd {
         #[arg(long = "config", value_name = "NAME")]
         devcontainer_config: Option<String>,
     },
-    /// List the prebuilds your `hearth up` may start from, newest first.
+    /// List the prebuilds your `hearth up` may start from, newest first, then the latest
+    /// run of each repository and branch (running, ready, or failed and why).
     Prebuilds {
         #[arg(long)]
         json: bool,
@@ -327,6 +334,20 @@ enum PrebuildCmd {
     Rm {
         /// Its snapshot id, as `hearth prebuilds` lists it.
         snapshot: String,
+    },
+    /// List prebuild runs (`hearth prebuild` and webhooks'), newest first, with their
+    /// outcome: running, ready, or failed and why.
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a prebuild run and the last lines of its output (a webhook's prebuild that
+    /// failed says why here).
+    Logs {
+        /// The run's id, as `hearth prebuilds` and `hearth prebuild runs` list it.
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -825,7 +846,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Start { name } => client()?.start(name).await.map(|()| 0),
         Cmd::Stop { name } => client()?.stop(name).await.map(|()| 0),
         Cmd::Rm { name, purge } => client()?.remove(name, *purge).await.map(|()| 0),
-        Cmd::Logs { name } => client()?.logs(name).await.map(|()| 0),
+        Cmd::Logs { name, follow } => client()?.logs(name, *follow).await.map(|()| 0),
         Cmd::Ports { name, json } => client()?.ports(name, *json).await.map(|()| 0),
         Cmd::Port {
             name, port, public, ..
@@ -835,6 +856,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd: Some(PrebuildCmd::Rm { snapshot }),
             ..
         } => client()?.prebuild_remove(snapshot).await.map(|()| 0),
+        Cmd::Prebuild {
+            cmd: Some(PrebuildCmd::Runs { json }),
+            ..
+        } => client()?.prebuild_runs(*json).await.map(|()| 0),
+        Cmd::Prebuild {
+            cmd: Some(PrebuildCmd::Logs { id, json }),
+            ..
+        } => client()?.prebuild_logs(id, *json).await.map(|()| 0),
         Cmd::Prebuild {
             source,
             branch,

@@ -645,90 +645,449 @@ fn post(srv: &TestServer, path: &str, headers: &[String], body: &str) -> (u16, S
     (code.parse().unwrap(), body.to_string())
 }
 
-#[test]
-fn a_signed_push_webhook_refreshes_the_prebuild() {
+/// A forge whose push webhook the tests deliver, as it sends one.
+#[derive(Clone, Copy, Debug)]
+enum Forge {
+    GitHub,
+    Gitea,
+    GitLab,
+}
+
+impl Forge {
+    fn path(self) -> &'static str {
+        match self {
+            Forge::GitHub => "/v1/hooks/github",
+            Forge::Gitea => "/v1/hooks/gitea",
+            Forge::GitLab => "/v1/hooks/gitlab",
+        }
+    }
+
+    /// The push event's body: `branch` of repository `url` now at `after`.
+    fn push_body(self, url: &str, branch: &str, after: &str) -> String {
+        let repo = serde_json::json!({"clone_url": url, "default_branch": branch});
+        let gitlab = serde_json::json!({"git_http_url": url, "default_branch": branch});
+        let (key, repo) = match self {
+            Forge::GitLab => ("project", gitlab),
+            _ => ("repository", repo),
+        };
+        serde_json::json!({"ref": format!("refs/heads/{branch}"), "after": after, key: repo})
+            .to_string()
+    }
+
+    /// The event header and the proof of the secret (`secret` signs `body`, or is the
+    /// token) as the forge sends them.
+    fn headers(self, secret: &str, body: &str) -> Vec<String> {
+        match self {
+            Forge::GitHub => vec![
+                "X-GitHub-Event: push".into(),
+                format!("X-Hub-Signature-256: sha256={}", hmac_hex(secret, body)),
+            ],
+            Forge::Gitea => vec![
+                "X-Gitea-Event: push".into(),
+                format!("X-Gitea-Signature: {}", hmac_hex(secret, body)),
+            ],
+            Forge::GitLab => vec![
+                "X-Gitlab-Event: Push Hook".into(),
+                format!("X-Gitlab-Token: {secret}"),
+            ],
+        }
+    }
+}
+
+const HOOK_SECRET: &str = "a-webhook-secret-for-tests";
+
+/// A server taking webhooks with [`HOOK_SECRET`], busybox loaded, and a repository `name`
+/// with `config` prebuilt once (`hearth prebuild`).
+fn hooked_repo(
+    name: &str,
+    config: &str,
+) -> (TestServer, [tempfile::TempDir; 2], std::path::PathBuf) {
     let secrets = tempfile::tempdir().unwrap();
-    let secret = "a-webhook-secret-for-tests";
     let secret_file = secrets.path().join("secret");
-    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::write(&secret_file, format!("{HOOK_SECRET}\n")).unwrap();
     let srv = TestServer::start_with(&["--webhook-secret-file", secret_file.to_str().unwrap()]);
     srv.load_busybox();
     let src = tempfile::tempdir().unwrap();
-    let repo = repo_with(src.path(), "hooked", &[(".devcontainer.json", PREBUILT)]);
-    let r = repo.to_str().unwrap();
-    srv.ok(&["prebuild", r]);
-    let head = news_commit(&repo);
-    let branch = git_in(&repo, &["symbolic-ref", "--short", "HEAD"]);
-    let body = serde_json::json!({
-        "ref": format!("refs/heads/{branch}"),
-        "after": head,
-        "repository": {"clone_url": r, "default_branch": branch},
-    })
-    .to_string();
-    let sig = hmac_hex(secret, &body);
-    let event = "X-GitHub-Event: push".to_string();
+    let repo = repo_with(src.path(), name, &[(".devcontainer.json", config)]);
+    srv.ok(&["prebuild", repo.to_str().unwrap()]);
+    (srv, [secrets, src], repo)
+}
 
-    // A wrong signature, or none: refused, nothing starts.
-    let (code, text) = post(
-        &srv,
-        "/v1/hooks/github",
-        &[
-            event.clone(),
-            format!("X-Hub-Signature-256: sha256={}", "0".repeat(64)),
-        ],
-        &body,
+/// Delivers a push of `repo`'s current branch at its HEAD through `forge`'s webhook,
+/// with the right secret; returns (status, body) and the commit pushed.
+fn deliver_head(srv: &TestServer, forge: Forge, repo: &Path) -> ((u16, String), String) {
+    let head = git_in(repo, &["rev-parse", "HEAD"]);
+    let branch = git_in(repo, &["symbolic-ref", "--short", "HEAD"]);
+    let body = forge.push_body(repo.to_str().unwrap(), &branch, &head);
+    let got = post(srv, forge.path(), &forge.headers(HOOK_SECRET, &body), &body);
+    (got, head)
+}
+
+fn prebuild_list(srv: &TestServer) -> Vec<serde_json::Value> {
+    serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap()
+}
+
+fn run_list(srv: &TestServer) -> Vec<serde_json::Value> {
+    serde_json::from_str(&srv.ok(&["prebuild", "runs", "--json"])).unwrap()
+}
+
+/// Waits (up to 2 minutes) for the newest prebuild run at `commit` to end; returns it.
+fn wait_for_run(srv: &TestServer, commit: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let runs = run_list(srv);
+        if let Some(r) = runs.iter().find(|r| r["commit"] == commit) {
+            if r["state"] != "running" {
+                return r.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished run at {commit}: {runs:?}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// A webhook signed (or carrying the token) wrongly, or not at all, is refused, and
+/// nothing is built for it.
+fn refused_unless_signed(srv: &TestServer, forge: Forge, repo: &Path) {
+    let head = git_in(repo, &["rev-parse", "HEAD"]);
+    let branch = git_in(repo, &["symbolic-ref", "--short", "HEAD"]);
+    let body = forge.push_body(repo.to_str().unwrap(), &branch, &head);
+    let (runs, prebuilds) = (run_list(srv), prebuild_list(srv));
+    let wrong = forge.headers("not-the-webhook-secret", &body);
+    let (code, text) = post(srv, forge.path(), &wrong, &body);
+    assert_eq!(code, 401, "{forge:?}: {text}");
+    assert!(text.contains("webhook refused"), "{forge:?}: {text}");
+    let (code, text) = post(srv, forge.path(), &wrong[..1], &body);
+    assert_eq!(code, 401, "{forge:?} unsigned: {text}");
+    // Signed right, but for another body: the signature covers the body.
+    if !matches!(forge, Forge::GitLab) {
+        let other = forge.headers(HOOK_SECRET, &body.replace(&head, &"1".repeat(40)));
+        let (code, text) = post(srv, forge.path(), &other, &body);
+        assert_eq!(code, 401, "{forge:?}: {text}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        run_list(srv),
+        runs,
+        "{forge:?}: a refused webhook started a run"
     );
-    assert_eq!(code, 401, "{text}");
-    let (code, _) = post(
-        &srv,
-        "/v1/hooks/github",
-        std::slice::from_ref(&event),
-        &body,
-    );
-    assert_eq!(code, 401);
+    assert_eq!(prebuild_list(srv), prebuilds);
+    assert!(srv.workspace_names().is_empty());
+}
+
+#[test]
+fn a_signed_push_webhook_refreshes_the_prebuild() {
+    let (srv, _dirs, repo) = hooked_repo("hooked", PREBUILT);
+    let r = repo.to_str().unwrap();
+    news_commit(&repo);
+    refused_unless_signed(&srv, Forge::GitHub, &repo);
     // A push to a repository nobody prebuilt starts nothing.
-    let other = body.replace(r, "/nowhere/else");
-    // Signed correctly, so only the URL differs.
-    let other_sig = hmac_hex(secret, &other);
+    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+    let branch = git_in(&repo, &["symbolic-ref", "--short", "HEAD"]);
+    let other = Forge::GitHub.push_body("/nowhere/else", &branch, &head);
     let (code, text) = post(
         &srv,
-        "/v1/hooks/github",
-        &[
-            event.clone(),
-            format!("X-Hub-Signature-256: sha256={other_sig}"),
-        ],
+        Forge::GitHub.path(),
+        &Forge::GitHub.headers(HOOK_SECRET, &other),
         &other,
     );
     assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
 
     // Signed: the prebuild of that branch is made again, at the pushed commit.
-    let (code, text) = post(
-        &srv,
-        "/v1/hooks/github",
-        &[event.clone(), format!("X-Hub-Signature-256: sha256={sig}")],
-        &body,
-    );
+    let ((code, text), head) = deliver_head(&srv, Forge::GitHub, &repo);
     assert_eq!(code, 202, "{text}");
     let started: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(started["started"], serde_json::json!([r]));
-    let signed = [event, format!("X-Hub-Signature-256: sha256={sig}")];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let list: Vec<serde_json::Value> =
-            serde_json::from_str(&srv.ok(&["prebuilds", "--json"])).unwrap();
-        if list.first().is_some_and(|p| p["commit"] == head.as_str()) {
-            assert_eq!(list.len(), 2, "{list:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no prebuild at {head}: {list:?}\n{}",
-            srv.server_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let run = wait_for_run(&srv, &head);
+    assert_eq!(run["state"], "ready", "{run}\n{}", srv.server_log());
+    assert_eq!(run["trigger"], "webhook");
+    let list = prebuild_list(&srv);
+    assert_eq!(list[0]["commit"], head.as_str(), "{list:?}");
+    assert_eq!(list[0]["snapshot"], run["snapshot"]);
+    assert_eq!(list.len(), 2, "{list:?}");
     // The same delivery again (a forge's redelivery, or a replay by someone who saw it):
     // that commit is prebuilt, nothing starts.
-    let (code, text) = post(&srv, "/v1/hooks/github", &signed, &body);
+    let ((code, text), _) = deliver_head(&srv, Forge::GitHub, &repo);
     assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
+}
+
+/// `hearth logs -f` follows the console: a background lifecycle step's output and a line
+/// written to PID 1's output later arrive while it runs, and it ends when the workspace
+/// stops; on a stopped workspace it prints the log and ends at once.
+#[test]
+fn logs_follow_streams_until_the_workspace_stops() {
+    use std::io::{BufRead, BufReader};
+    let (srv, _src, repo) = busybox_repo(
+        "follow",
+        r#"{
+              "image": "busybox",
+              "waitFor": "onCreateCommand",
+              "onCreateCommand": "echo created",
+              "postCreateCommand": "sleep 2; echo background-done"
+            }"#,
+    );
+    let out = srv.hearth(&["up", repo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = srv
+        .command(&["logs", "-f", "follow"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return,
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("{needle:?} never followed ({e}); got {seen:?}"),
+            }
+        }
+    };
+    // The log so far, then the background step's output as it is written.
+    wait_for("onCreateCommand: created");
+    wait_for("postCreateCommand: background-done");
+    // Something written to the console now (PID 1's stdout) arrives too.
+    srv.exec("follow", &["sh", "-c", "echo written-later > /proc/1/fd/1"]);
+    wait_for("written-later");
+    // A stop ends the follower, successfully.
+    srv.ok(&["stop", "follow"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("logs -f did not end after the stop");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Stopped: the log, and the command ends by itself.
+    let out = srv.hearth(&["logs", "-f", "follow"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("written-later"));
+}
+
+/// Gitea (HMAC-SHA256 of the body, bare hex) and GitLab (the secret as a token) through
+/// the real server: refused without the secret, else the prebuild is made again.
+#[test]
+fn gitea_and_gitlab_push_webhooks_refresh_the_prebuild() {
+    let (srv, _dirs, repo) = hooked_repo("forges", PREBUILT);
+    let r = repo.to_str().unwrap();
+    for (i, forge) in [Forge::Gitea, Forge::GitLab].into_iter().enumerate() {
+        std::fs::write(repo.join("NEWS"), format!("news {i}\n")).unwrap();
+        git_in(&repo, &["add", "NEWS"]);
+        git_in(&repo, &["commit", "-qm", "news"]);
+        refused_unless_signed(&srv, forge, &repo);
+        let ((code, text), head) = deliver_head(&srv, forge, &repo);
+        assert_eq!(code, 202, "{forge:?}: {text}");
+        let started: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(started["started"], serde_json::json!([r]), "{forge:?}");
+        let run = wait_for_run(&srv, &head);
+        assert_eq!(
+            run["state"],
+            "ready",
+            "{forge:?}: {run}\n{}",
+            srv.server_log()
+        );
+        assert_eq!(run["trigger"], "webhook");
+        let list = prebuild_list(&srv);
+        assert_eq!(list[0]["commit"], head.as_str(), "{forge:?}: {list:?}");
+        assert_eq!(list.len(), i + 2, "{list:?}");
+    }
+}
+
+/// A webhook's prebuild whose `onCreateCommand` fails is seen by its owner: `hearth
+/// prebuilds` shows the run failed with the exit code and output, `hearth prebuild logs`
+/// its output; a later good push makes a prebuild again.
+#[test]
+fn a_failing_webhook_prebuild_shows_in_prebuilds() {
+    let (srv, _dirs, repo) = hooked_repo("flaky", PREBUILT);
+    let runs = run_list(&srv);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (&runs[0]["state"], &runs[0]["trigger"]),
+        (&"ready".into(), &"cli".into()),
+        "{runs:?}"
+    );
+
+    std::fs::write(
+        repo.join(".devcontainer.json"),
+        PREBUILT.replace(
+            "echo oncreate-ran;",
+            "echo oncreate-ran; echo about-to-break >&2; exit 3;",
+        ),
+    )
+    .unwrap();
+    git_in(&repo, &["commit", "-qam", "break onCreateCommand"]);
+    let ((code, text), bad) = deliver_head(&srv, Forge::GitHub, &repo);
+    assert_eq!(code, 202, "{text}");
+    let run = wait_for_run(&srv, &bad);
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["trigger"], "webhook");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("onCreateCommand failed with exit code 3")
+            && error.contains("about-to-break"),
+        "{error}"
+    );
+    assert!(run["finished_at"].is_string(), "{run}");
+    // `hearth prebuilds`: the prebuild of before is still the one `up` uses, and the
+    // latest run of the repository says it failed, and why.
+    let shown = srv.ok(&["prebuilds"]);
+    let id = run["id"].as_str().unwrap();
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("no run {id} in:\n{shown}"));
+    for want in [
+        "webhook",
+        "failed",
+        "exit code 3",
+        "about-to-break",
+        &bad[..12],
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    assert_eq!(prebuild_list(&srv).len(), 1);
+    // Its output, as `hearth prebuild` would have printed it.
+    let logs = srv.ok(&["prebuild", "logs", id]);
+    line_of(&logs, "webhook), failed");
+    line_of(&logs, &format!("commit {bad}"));
+    line_of(&logs, "onCreateCommand: oncreate-ran");
+    line_of(&logs, "onCreateCommand: about-to-break");
+    line_of(&logs, "error: onCreateCommand failed with exit code 3");
+    assert!(srv.workspace_names().is_empty());
+    // Nobody else's: another user sees neither the run nor its log.
+    let bob = srv.ok(&["user", "add", "bob"]).trim().to_string();
+    let e = srv.fails(&["--token", &bob, "prebuild", "logs", id]);
+    assert!(e.contains("no prebuild run"), "{e}");
+    let theirs: Vec<serde_json::Value> =
+        serde_json::from_str(&srv.ok(&["--token", &bob, "prebuild", "runs", "--json"])).unwrap();
+    assert!(theirs.is_empty(), "{theirs:?}");
+
+    // Fixed: the next push makes a prebuild again.
+    std::fs::write(repo.join(".devcontainer.json"), PREBUILT).unwrap();
+    git_in(&repo, &["commit", "-qam", "fix onCreateCommand"]);
+    let ((code, text), good) = deliver_head(&srv, Forge::GitHub, &repo);
+    assert_eq!(code, 202, "{text}");
+    let run = wait_for_run(&srv, &good);
+    assert_eq!(run["state"], "ready", "{run}\n{}", srv.server_log());
+    let list = prebuild_list(&srv);
+    assert_eq!(list[0]["commit"], good.as_str(), "{list:?}");
+    assert_eq!(list[0]["snapshot"], run["snapshot"]);
+    let shown = srv.ok(&["prebuilds"]);
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with(run["id"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("no run in:\n{shown}"));
+    assert!(line.contains("ready"), "{line}");
+    // The failure stays in the runs' history.
+    let all = run_list(&srv);
+    assert_eq!(
+        all.iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["ready", "failed", "ready"],
+        "{all:?}"
+    );
+}
+
+/// Prebuilds follow the snapshot retention: with `--snapshot-keep-last 2` only the two
+/// newest of a repository's prebuilds stay listed (the rows of the ones the store dropped
+/// go), the newest is the one `up` starts from, and a workspace started from one that
+/// was dropped since keeps its files.
+#[test]
+fn old_prebuilds_follow_the_snapshot_retention() {
+    let srv = TestServer::start_with(&["--snapshot-keep-last", "2", "--snapshot-keep-daily", "0"]);
+    srv.load_busybox();
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(src.path(), "kept", &[(".devcontainer.json", PREBUILT)]);
+    let r = repo.to_str().unwrap();
+    // A file past the lazy-restore size, so the workspace below fills it from the prebuild.
+    let config = PREBUILT.replace(
+        "echo oncreate >> order",
+        "echo oncreate >> order; head -c 1048576 /dev/urandom > /opt/big; md5sum /opt/big > /opt/big.md5",
+    );
+    std::fs::write(repo.join(".devcontainer.json"), &config).unwrap();
+    git_in(&repo, &["commit", "-qam", "big file"]);
+
+    srv.ok(&["prebuild", r]);
+    let first = prebuild_list(&srv)[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // In use: a workspace started from the first prebuild.
+    let out = srv.hearth(&["up", r, "--name", "user1"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, &format!("starting from prebuild {first}"));
+
+    let mut made = vec![first.clone()];
+    for i in 0..3 {
+        std::fs::write(repo.join("NEWS"), format!("news {i}\n")).unwrap();
+        git_in(&repo, &["add", "NEWS"]);
+        git_in(&repo, &["commit", "-qm", "news"]);
+        srv.ok(&["prebuild", r]);
+        made.push(
+            prebuild_list(&srv)[0]["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The two newest are kept, newest first; the older rows are gone.
+    let list = prebuild_list(&srv);
+    let kept: Vec<&str> = list
+        .iter()
+        .map(|p| p["snapshot"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [made[3].as_str(), made[2].as_str()], "{list:?}");
+    let shown = srv.ok(&["prebuilds"]);
+    for old in &made[..2] {
+        assert!(
+            !shown.contains(&format!(" {old} ")),
+            "{old} still listed:\n{shown}"
+        );
+    }
+    // `up` of the head starts from the newest.
+    let out = srv.hearth(&["up", r, "--name", "user2"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, &format!("starting from prebuild {}", made[3]));
+    // The workspace started from the dropped first prebuild still has its files, the
+    // large one whole, after a store gc that deletes the dropped snapshots' chunks.
+    srv.ok(&["store", "gc"]);
+    assert_eq!(
+        srv.exec(
+            "user1",
+            &[
+                "sh",
+                "-c",
+                "md5sum -c /opt/big.md5 && cat /workspace/kept/order"
+            ]
+        ),
+        "/opt/big: OK\noncreate\nupdate\npostcreate\npoststart\n"
+    );
 }

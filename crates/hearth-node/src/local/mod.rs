@@ -43,8 +43,8 @@ mod tests;
 use paths::Paths;
 
 use crate::{
-    ExecRequest, ExecSession, ImageSummary, NodeApi, NodeConfig, NodeError, Progress, WorkspaceId,
-    WorkspaceSpec, WorkspaceStatus,
+    ExecRequest, ExecSession, ImageSummary, LogCursor, NodeApi, NodeConfig, NodeError, Progress,
+    WorkspaceId, WorkspaceSpec, WorkspaceStatus,
 };
 
 const LOG_MAX: usize = 1 << 20;
@@ -773,6 +773,21 @@ impl NodeApi for LocalNode {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
                 Err(e) => Err(NodeError::io("read", &p.legacy_console)(e)),
             }
+        })
+        .await
+    }
+
+    async fn logs_since(
+        &self,
+        spec: &WorkspaceSpec,
+        cursor: Option<LogCursor>,
+    ) -> Result<(Vec<u8>, LogCursor), NodeError> {
+        let id = spec.id.clone();
+        self.blocking(move |i| {
+            let p = i.paths(&id);
+            i.consoles.flush(&id, Duration::from_millis(100));
+            crate::console::since(&p.console, cursor, LOG_MAX)
+                .map_err(NodeError::io("read", &p.console))
         })
         .await
     }

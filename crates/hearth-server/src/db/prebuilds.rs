@@ -104,3 +104,199 @@ impl Store {
         Ok(())
     }
 }
+
+/// One prebuild run (`prebuild_runs`): what `hearth prebuilds` shows of a prebuild under
+/// way or one that failed, with its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrebuildRunRecord {
+    pub id: String,
+    pub series: String,
+    pub owner: String,
+    pub source: String,
+    pub branch: Option<String>,
+    pub config_file: Option<String>,
+    pub commit: Option<String>,
+    /// `cli` or `webhook`.
+    pub trigger: String,
+    /// `running`, `ready` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+    /// The last lines of its output, newline-separated.
+    pub log: Option<String>,
+    pub snapshot: Option<String>,
+    /// The server running it.
+    pub server: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+const RUN_COLUMNS: &str = "id, series, owner, source, branch, config_file, commit_id, \
+                           trigger_kind, state, error, log, snapshot, server, started_at, \
+                           finished_at";
+
+/// Finished runs kept per series (the newest); older ones go as new ones finish.
+pub const RUNS_KEPT: i64 = 20;
+
+fn run_record(r: &impl DbRow) -> Result<PrebuildRunRecord, sqlx::Error> {
+    Ok(PrebuildRunRecord {
+        id: r.try_get("id")?,
+        series: r.try_get("series")?,
+        owner: r.try_get("owner")?,
+        source: r.try_get("source")?,
+        branch: r.try_get("branch")?,
+        config_file: r.try_get("config_file")?,
+        commit: r.try_get("commit_id")?,
+        trigger: r.try_get("trigger_kind")?,
+        state: r.try_get("state")?,
+        error: r.try_get("error")?,
+        log: r.try_get("log")?,
+        snapshot: r.try_get("snapshot")?,
+        server: r.try_get("server")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_prebuild_run(&self, r: &PrebuildRunRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO prebuild_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15)"
+        );
+        with_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(&r.id)
+                .bind(&r.series)
+                .bind(&r.owner)
+                .bind(&r.source)
+                .bind(&r.branch)
+                .bind(&r.config_file)
+                .bind(&r.commit)
+                .bind(&r.trigger)
+                .bind(&r.state)
+                .bind(&r.error)
+                .bind(&r.log)
+                .bind(&r.snapshot)
+                .bind(&r.server)
+                .bind(&r.started_at)
+                .bind(&r.finished_at)
+                .execute(pool)
+                .await
+                .map_err(query_err(&r.id))?;
+        });
+        Ok(())
+    }
+
+    /// Records run `id`'s end: `state` (`ready` or `failed`), why, its log, its prebuild;
+    /// then drops its series' finished runs beyond the newest [`RUNS_KEPT`].
+    pub async fn finish_prebuild_run(
+        &self,
+        id: &str,
+        state: &str,
+        error: Option<&str>,
+        log: &str,
+        snapshot: Option<&str>,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE prebuild_runs SET state = $2, error = $3, log = $4, snapshot = $5, \
+                 finished_at = $6 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(error)
+            .bind(log)
+            .bind(snapshot)
+            .bind(super::now_precise())
+            .execute(p)
+            .await
+            .map_err(query_err(id))?;
+            let sql = format!(
+                "DELETE FROM prebuild_runs WHERE state <> 'running' AND series IN \
+                 (SELECT series FROM prebuild_runs WHERE id = $1) AND id NOT IN \
+                 (SELECT r.id FROM prebuild_runs r WHERE r.series IN \
+                   (SELECT series FROM prebuild_runs WHERE id = $1) \
+                  ORDER BY r.started_at{0} DESC, r.id{0} DESC LIMIT {RUNS_KEPT})",
+                p.bytewise()
+            );
+            sqlx::query(&sql)
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
+        Ok(())
+    }
+
+    /// Every prebuild run, newest first.
+    pub async fn prebuild_runs(&self) -> Result<Vec<PrebuildRunRecord>, StoreError> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {RUN_COLUMNS} FROM prebuild_runs \
+                 ORDER BY started_at{0} DESC, id{0} DESC",
+                p.bytewise()
+            ))
+            .fetch_all(p)
+            .await
+            .map_err(query_err("prebuild_runs"))?;
+            rows.iter()
+                .map(|r| run_record(r).map_err(query_err("prebuild_runs")))
+                .collect()
+        })
+    }
+
+    pub async fn prebuild_run(&self, id: &str) -> Result<Option<PrebuildRunRecord>, StoreError> {
+        with_pool!(self, p => {
+            let row = sqlx::query(&format!(
+                "SELECT {RUN_COLUMNS} FROM prebuild_runs WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(p)
+            .await
+            .map_err(query_err(id))?;
+            row.map(|r| run_record(&r).map_err(query_err(id))).transpose()
+        })
+    }
+
+    /// Marks the runs still `running` on a server in `servers` failed with `why` (the
+    /// server restarted or is gone: nothing finishes them). How many there were.
+    pub async fn fail_prebuild_runs_of(
+        &self,
+        servers: &[String],
+        why: &str,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for s in servers {
+            n += with_pool!(self, p => {
+                sqlx::query(
+                    "UPDATE prebuild_runs SET state = 'failed', error = $2, finished_at = $3 \
+                     WHERE state = 'running' AND server = $1",
+                )
+                .bind(s)
+                .bind(why)
+                .bind(super::now_precise())
+                .execute(p)
+                .await
+                .map_err(query_err(s))?
+                .rows_affected()
+            });
+        }
+        Ok(n)
+    }
+
+    /// The servers of runs still `running`.
+    pub async fn prebuild_run_servers(&self) -> Result<Vec<String>, StoreError> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT DISTINCT server FROM prebuild_runs \
+                 WHERE state = 'running' AND server IS NOT NULL",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(query_err("prebuild_runs"))?;
+            rows.iter()
+                .map(|r| r.try_get("server").map_err(query_err("prebuild_runs")))
+                .collect()
+        })
+    }
+}

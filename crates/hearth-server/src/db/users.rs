@@ -188,6 +188,7 @@ impl Store {
                 ("ssh_keys", "user_name"),
                 ("secrets", "user_name"),
                 ("prebuilds", "owner"),
+                ("prebuild_runs", "owner"),
                 ("sessions", "user_name"),
                 ("oidc_identities", "user_name"),
                 ("quotas", "user_name"),

@@ -287,6 +287,13 @@ impl NodeApi for Router {
     async fn logs(&self, spec: &WorkspaceSpec) -> Result<Vec<u8>, NodeError> {
         self.of(spec).await?.logs(spec).await
     }
+    async fn logs_since(
+        &self,
+        spec: &WorkspaceSpec,
+        cursor: Option<hearth_node::LogCursor>,
+    ) -> Result<(Vec<u8>, hearth_node::LogCursor), NodeError> {
+        self.of(spec).await?.logs_since(spec, cursor).await
+    }
     async fn console_note(&self, spec: &WorkspaceSpec, line: &str) -> Result<(), NodeError> {
         self.of(spec).await?.console_note(spec, line).await
     }

@@ -25,8 +25,10 @@ use sha2::{Digest, Sha256};
 use super::devcontainer::Devcontainer;
 use super::secrets::redact_userinfo;
 use super::*;
-use crate::db::PrebuildRecord;
-use hearth_api::{CreatePrebuild, Prebuild};
+use crate::db::{PrebuildRecord, PrebuildRunRecord};
+use hearth_api::{
+    CreatePrebuild, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildRunState, PrebuildTrigger,
+};
 use hearth_devcontainer::LifecycleStep;
 
 /// The last create-time step a prebuild runs (`up` from it runs the ones after).
@@ -164,6 +166,92 @@ fn view(caller: &Caller, p: PrebuildRecord) -> Prebuild {
     }
 }
 
+/// Lines of a run's output kept for `hearth prebuild logs` (the newest), and their
+/// most bytes: the tail is what explains a failure.
+const RUN_LOG_LINES: usize = 500;
+const RUN_LOG_BYTES: usize = 64 << 10;
+/// Longest line kept whole.
+const RUN_LOG_LINE: usize = 2000;
+
+/// The tail of a run's progress, kept while the lines go on to whoever reads them.
+struct RunLog {
+    lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunLog {
+    /// A progress sender that passes lines on to `to` and keeps the last of them.
+    fn tee(to: Progress) -> (Progress, RunLog) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>> = Default::default();
+        let kept = lines.clone();
+        let task = tokio::spawn(async move {
+            let mut bytes = 0usize;
+            while let Some(line) = rx.recv().await {
+                let mut keep = line.clone();
+                let _ = to.send(line);
+                if keep.len() > RUN_LOG_LINE {
+                    let mut end = RUN_LOG_LINE;
+                    while !keep.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    keep.truncate(end);
+                    keep.push_str(" [...]");
+                }
+                let mut q = kept.lock().unwrap_or_else(|p| p.into_inner());
+                bytes += keep.len();
+                q.push_back(keep);
+                while q.len() > RUN_LOG_LINES || bytes > RUN_LOG_BYTES {
+                    match q.pop_front() {
+                        Some(old) => bytes -= old.len(),
+                        None => break,
+                    }
+                }
+            }
+        });
+        (tx, RunLog { lines, task })
+    }
+
+    /// The lines kept, once the senders are gone (or after a moment: a clone of the
+    /// sender held by a task that outlives the run does not hold up its record).
+    async fn finish(self) -> Vec<String> {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
+        let q = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().cloned().collect()
+    }
+}
+
+fn trigger_name(t: PrebuildTrigger) -> &'static str {
+    match t {
+        PrebuildTrigger::Cli => "cli",
+        PrebuildTrigger::Webhook => "webhook",
+    }
+}
+
+fn run_view(r: PrebuildRunRecord) -> PrebuildRun {
+    PrebuildRun {
+        id: r.id,
+        source: r.source,
+        branch: r.branch,
+        config_file: r.config_file,
+        commit: r.commit,
+        trigger: match r.trigger.as_str() {
+            "webhook" => PrebuildTrigger::Webhook,
+            _ => PrebuildTrigger::Cli,
+        },
+        state: match r.state.as_str() {
+            "running" => PrebuildRunState::Running,
+            "ready" => PrebuildRunState::Ready,
+            _ => PrebuildRunState::Failed,
+        },
+        error: r.error,
+        snapshot: r.snapshot,
+        owner: r.owner,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+    }
+}
+
 impl Manager {
     /// Checks a prebuild before it streams: the source, branch and devcontainer.json (it
     /// must have one), the image, the series' name free.
@@ -205,10 +293,162 @@ impl Manager {
         Ok(PrebuildPlan { create, branch })
     }
 
-    /// Runs a planned prebuild: the workspace through [`PREBUILD_UNTIL`], its final
+    /// Runs a planned prebuild, recorded as a run (`prebuild_runs`) from start to end with
+    /// the last lines of its output, so its outcome is seen by its owner however it was
+    /// started (a webhook's has nobody reading its progress).
+    pub async fn run_prebuild(
+        &self,
+        plan: PrebuildPlan,
+        progress: Progress,
+        trigger: PrebuildTrigger,
+    ) -> Result<Prebuild, ApiError> {
+        let dc = plan.create.devcontainer.as_ref();
+        let run = PrebuildRunRecord {
+            id: new_id().to_string(),
+            series: plan
+                .create
+                .id
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            owner: plan.create.owner.id.to_string(),
+            source: plan.create.source.clone(),
+            branch: plan.branch.clone(),
+            config_file: dc.map(|d| d.config.file.clone()),
+            commit: dc.map(|d| d.commit.clone()),
+            trigger: trigger_name(trigger).into(),
+            state: "running".into(),
+            error: None,
+            log: None,
+            snapshot: None,
+            server: self.server_id().map(str::to_string),
+            started_at: crate::db::now_precise(),
+            finished_at: None,
+        };
+        let recorded = match self.store.insert_prebuild_run(&run).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(source = run.source, error = %e, "cannot record a prebuild run");
+                false
+            }
+        };
+        let (tee, log) = RunLog::tee(progress);
+        let res = self.run_prebuild_steps(plan, tee).await;
+        let lines = log.finish().await;
+        if recorded {
+            let (state, error, snapshot) = match &res {
+                Ok(p) => ("ready", None, Some(p.snapshot.as_str())),
+                Err(e) => ("failed", Some(e.message.as_str()), None),
+            };
+            if let Err(e) = self
+                .store
+                .finish_prebuild_run(&run.id, state, error, &lines.join("\n"), snapshot)
+                .await
+            {
+                tracing::warn!(source = run.source, run = run.id, error = %e, "cannot record a prebuild run's end");
+            }
+        }
+        res
+    }
+
+    /// Records a prebuild that failed before it could run (a webhook's, whose plan was
+    /// refused: nobody else would see why).
+    async fn record_failed_run(
+        &self,
+        owner: &str,
+        req: &CreatePrebuild,
+        commit: Option<&str>,
+        error: &str,
+    ) {
+        let now = crate::db::now_precise();
+        let run = PrebuildRunRecord {
+            id: new_id().to_string(),
+            series: series_id(owner, req.source.trim(), req.branch.as_deref()).to_string(),
+            owner: owner.to_string(),
+            source: req.source.clone(),
+            branch: req.branch.clone(),
+            config_file: None,
+            commit: commit.map(str::to_string),
+            trigger: trigger_name(PrebuildTrigger::Webhook).into(),
+            state: "failed".into(),
+            error: Some(error.to_string()),
+            log: None,
+            snapshot: None,
+            server: self.server_id().map(str::to_string),
+            started_at: now.clone(),
+            finished_at: Some(now),
+        };
+        if let Err(e) = self.store.insert_prebuild_run(&run).await {
+            tracing::warn!(source = run.source, error = %e, "cannot record a prebuild run");
+        }
+    }
+
+    /// The prebuild runs `caller` may see (their own; an admin's: all), newest first.
+    pub async fn prebuild_runs(&self, caller: &Caller) -> Result<Vec<PrebuildRun>, ApiError> {
+        Ok(self
+            .store
+            .prebuild_runs()
+            .await?
+            .into_iter()
+            .filter(|r| caller.may_use(&r.owner))
+            .map(run_view)
+            .collect())
+    }
+
+    /// Prebuild run `id` with its log, if `caller` may see it.
+    pub async fn prebuild_run(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<PrebuildRunLog, ApiError> {
+        match self.store.prebuild_run(id).await? {
+            Some(r) if caller.may_use(&r.owner) => {
+                let log = r
+                    .log
+                    .as_deref()
+                    .map(|l| l.lines().map(str::to_string).collect())
+                    .unwrap_or_default();
+                Ok(PrebuildRunLog {
+                    run: run_view(r),
+                    log,
+                })
+            }
+            _ => Err(ApiError::not_found(format!(
+                "no prebuild run {id} (hearth prebuilds lists them)"
+            ))),
+        }
+    }
+
+    /// Marks runs whose server is gone failed (a leader job beside the operations'
+    /// takeover): nothing else would end them.
+    pub(super) async fn fail_orphan_prebuild_runs(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<(), ApiError> {
+        let gone: Vec<String> = self
+            .store
+            .prebuild_run_servers()
+            .await?
+            .into_iter()
+            .filter(|s| !live.contains(s))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let n = self
+            .store
+            .fail_prebuild_runs_of(&gone, "its server stopped while it ran")
+            .await?;
+        if n > 0 {
+            tracing::info!(runs = n, "prebuild runs of gone servers marked failed");
+        }
+        Ok(())
+    }
+
+    /// The prebuild itself: the workspace through [`PREBUILD_UNTIL`], its final
     /// snapshot, its removal (the snapshot stays), the record. A failed step fails the
     /// prebuild with its output, and the workspace goes too.
-    pub async fn run_prebuild(
+    async fn run_prebuild_steps(
         &self,
         plan: PrebuildPlan,
         progress: Progress,
@@ -704,12 +944,20 @@ impl Manager {
             };
             let me = me.clone();
             let what2 = what.clone();
+            let after = push.after.clone();
             tokio::spawn(async move {
-                // Nobody reads the progress: the outcome goes to the server log.
                 let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
-                let res = match me.plan_prebuild(&caller, req).await {
-                    Ok(plan) => me.run_prebuild(plan, progress).await,
-                    Err(e) => Err(e),
+                // Nobody reads the progress: the run's record keeps the outcome and log.
+                let res = match me.plan_prebuild(&caller, req.clone()).await {
+                    Ok(plan) => {
+                        me.run_prebuild(plan, progress, PrebuildTrigger::Webhook)
+                            .await
+                    }
+                    Err(e) => {
+                        me.record_failed_run(&caller.id, &req, after.as_deref(), &e.message)
+                            .await;
+                        Err(e)
+                    }
                 };
                 match res {
                     Ok(p) => tracing::info!(

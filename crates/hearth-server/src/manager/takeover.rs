@@ -53,6 +53,13 @@ impl Manager {
         if let Err(e) = self.take_over_once().await {
             tracing::warn!(error = %e.message, "cannot take over operations of gone servers yet");
         }
+        let failed = match self.live_servers().await {
+            Ok(live) => self.fail_orphan_prebuild_runs(&live).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = failed {
+            tracing::warn!(error = %e.message, "cannot settle prebuild runs of gone servers yet");
+        }
     }
 
     async fn take_over_once(&self) -> Result<(), ApiError> {

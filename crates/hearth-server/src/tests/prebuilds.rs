@@ -10,8 +10,9 @@ on_both_backends!(
     nobody_takes_a_prebuilds_workspace_name,
     a_replayed_push_builds_nothing_new,
     a_prebuilds_sessions_get_no_secrets,
+    prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series,
 );
-use crate::db::PrebuildRecord;
+use crate::db::{PrebuildRecord, PrebuildRunRecord};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -206,4 +207,172 @@ async fn a_prebuilds_sessions_get_no_secrets(b: Backend) {
     assert_eq!(execs.len(), 2);
     assert!(has(0), "{:?}", execs[0].env);
     assert!(!has(1), "{:?}", execs[1].env);
+}
+
+fn run(id: &str, series: &str, owner: &str, server: Option<&str>, at: u32) -> PrebuildRunRecord {
+    PrebuildRunRecord {
+        id: id.into(),
+        series: series.into(),
+        owner: owner.into(),
+        source: "https://git.example.com/team/app.git".into(),
+        branch: None,
+        config_file: Some(".devcontainer.json".into()),
+        commit: Some("c".repeat(40)),
+        trigger: "webhook".into(),
+        state: "running".into(),
+        error: None,
+        log: None,
+        snapshot: None,
+        server: server.map(str::to_string),
+        started_at: format!("2030-01-01T00:00:{at:02}.000000000Z"),
+        finished_at: None,
+    }
+}
+
+async fn runs_as(h: &Harness, token: &str) -> Vec<PrebuildRun> {
+    let (s, b) = h
+        .call(Method::GET, "/v1/prebuild-runs", Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    serde_json::from_slice(&b).unwrap()
+}
+
+async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: Backend) {
+    let h = shared_harness(b, FakeNode::default()).await;
+    let bob = add_user(&h, "bob", false).await;
+    let store = h.manager.store();
+    let (s1, s2) = ("1".repeat(32), "2".repeat(32));
+
+    // Finished runs beyond the newest 20 of a series go as another finishes; running
+    // ones and other series' stay.
+    store
+        .insert_prebuild_run(&run("00000000ffff", &s2, "admin", Some("b"), 0))
+        .await
+        .unwrap();
+    store
+        .insert_prebuild_run(&run("00000000eeee", &s1, "admin", Some("b"), 0))
+        .await
+        .unwrap();
+    for i in 1..=23u32 {
+        let id = format!("{i:012x}");
+        store
+            .insert_prebuild_run(&run(&id, &s1, "admin", Some("a"), i))
+            .await
+            .unwrap();
+        let failed = i % 2 == 0;
+        store
+            .finish_prebuild_run(
+                &id,
+                if failed { "failed" } else { "ready" },
+                failed.then_some("onCreateCommand failed with exit code 3: boom"),
+                "first line\nonCreateCommand: boom",
+                (!failed).then_some("s"),
+            )
+            .await
+            .unwrap();
+    }
+    let all = store.prebuild_runs().await.unwrap();
+    let of_s1: Vec<&str> = all
+        .iter()
+        .filter(|r| r.series == s1 && r.state != "running")
+        .map(|r| r.id.as_str())
+        .collect();
+    let want: Vec<String> = (4..=23u32).rev().map(|i| format!("{i:012x}")).collect();
+    assert_eq!(of_s1, want, "the newest 20, newest first");
+    assert!(
+        all.iter().any(|r| r.id == "00000000eeee"),
+        "a running run went"
+    );
+    assert!(all.iter().any(|r| r.id == "00000000ffff"));
+
+    // Through the API: its owner (and admins) see it with its log and reason.
+    let seen = runs_as(&h, TOKEN).await;
+    assert_eq!(seen.len(), 22);
+    let (s, body) = h
+        .call(
+            Method::GET,
+            &format!("/v1/prebuild-runs/{:012x}", 22),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let one: PrebuildRunLog = serde_json::from_slice(&body).unwrap();
+    assert_eq!(one.run.state, PrebuildRunState::Failed);
+    assert_eq!(one.run.trigger, PrebuildTrigger::Webhook);
+    assert_eq!(one.log, ["first line", "onCreateCommand: boom"]);
+    assert!(one.run.error.unwrap().contains("exit code 3"));
+    assert!(one.run.finished_at.is_some());
+    // Nobody else's.
+    assert!(runs_as(&h, &bob).await.is_empty());
+    let (s, _) = h
+        .call(
+            Method::GET,
+            &format!("/v1/prebuild-runs/{:012x}", 22),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h
+        .call(
+            Method::GET,
+            "/v1/prebuild-runs/..%2F..%2Fetc",
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A run whose server restarted or is gone ends failed; others' stay running.
+    assert_eq!(
+        store
+            .fail_prebuild_runs_of(&["b".into()], "the server restarted while it ran")
+            .await
+            .unwrap(),
+        2
+    );
+    let r = store.prebuild_run("00000000eeee").await.unwrap().unwrap();
+    assert_eq!(r.state, "failed");
+    assert_eq!(
+        r.error.as_deref(),
+        Some("the server restarted while it ran")
+    );
+    assert!(store.prebuild_run_servers().await.unwrap().is_empty());
+
+    // A webhook prebuild refused before it runs (here: the node finds no
+    // devcontainer.json) is recorded failed for its owner, with the pushed commit.
+    let source = "https://git.example.com/bob/app.git";
+    store
+        .insert_prebuild(&prebuild("s1", "bob", false, source))
+        .await
+        .unwrap();
+    let secret = b"0123456789abcdef-webhook";
+    h.manager.set_webhook_secret(Some(secret.to_vec()));
+    assert_eq!(push(&h, secret, source).await, [source]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let failed = loop {
+        if let Some(r) = runs_as(&h, &bob).await.into_iter().next() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no run recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.state, PrebuildRunState::Failed);
+    assert_eq!(failed.trigger, PrebuildTrigger::Webhook);
+    assert_eq!(failed.commit.as_deref(), Some("b".repeat(40).as_str()));
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("has no devcontainer.json"),
+        "{failed:?}"
+    );
+    // A removed user's runs go with them.
+    let (s, _) = h
+        .call(Method::DELETE, "/v1/users/bob", Some(TOKEN), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(store.prebuild_run(&failed.id).await.unwrap().is_none());
 }

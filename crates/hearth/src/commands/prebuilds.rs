@@ -1,8 +1,8 @@
-//! `hearth prebuild`, `hearth prebuild rm` and `hearth prebuilds`.
+//! `hearth prebuild`, `hearth prebuild rm|runs|logs` and `hearth prebuilds`.
 
 use std::io::IsTerminal;
 
-use hearth_api::CreatePrebuild;
+use hearth_api::{CreatePrebuild, PrebuildRun, PrebuildRunState, PrebuildTrigger};
 
 use super::{absolute_source, print_table, Commands, ProgressView};
 
@@ -55,6 +55,123 @@ impl Commands {
             ],
             &rows,
         );
+        // The latest run of each repository and branch: a failed one (a webhook's, say)
+        // shows here, not only in the server log.
+        let runs = self.api.prebuild_runs().await?;
+        let mut latest: Vec<&PrebuildRun> = Vec::new();
+        for r in &runs {
+            let same = |l: &&PrebuildRun| {
+                l.owner == r.owner
+                    && l.source == r.source
+                    && l.branch == r.branch
+                    && l.config_file == r.config_file
+            };
+            if !latest.iter().any(same) {
+                latest.push(r);
+            }
+        }
+        if !latest.is_empty() {
+            println!("\nlatest runs (hearth prebuild runs lists all, hearth prebuild logs ID shows one):");
+            print_runs(&latest);
+        }
         Ok(())
     }
+
+    pub async fn prebuild_runs(&self, json: bool) -> anyhow::Result<()> {
+        let runs = self.api.prebuild_runs().await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&runs)?);
+            return Ok(());
+        }
+        print_runs(&runs.iter().collect::<Vec<_>>());
+        Ok(())
+    }
+
+    pub async fn prebuild_logs(&self, id: &str, json: bool) -> anyhow::Result<()> {
+        let r = self.api.prebuild_run(id).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            return Ok(());
+        }
+        let run = &r.run;
+        println!(
+            "prebuild run {} of {}{} ({}), {}",
+            run.id,
+            run.source,
+            run.branch
+                .as_deref()
+                .map(|b| format!("@{b}"))
+                .unwrap_or_default(),
+            trigger(run.trigger),
+            state(run.state)
+        );
+        if let Some(c) = &run.commit {
+            println!("commit {c}");
+        }
+        println!(
+            "started {}{}",
+            run.started_at,
+            run.finished_at
+                .as_deref()
+                .map(|f| format!(", finished {f}"))
+                .unwrap_or_default()
+        );
+        if let Some(s) = &run.snapshot {
+            println!("prebuild {s}");
+        }
+        for line in &r.log {
+            println!("{line}");
+        }
+        if let Some(e) = &run.error {
+            println!("error: {e}");
+        }
+        Ok(())
+    }
+}
+
+fn trigger(t: PrebuildTrigger) -> &'static str {
+    match t {
+        PrebuildTrigger::Cli => "cli",
+        PrebuildTrigger::Webhook => "webhook",
+    }
+}
+
+fn state(s: PrebuildRunState) -> &'static str {
+    match s {
+        PrebuildRunState::Running => "running",
+        PrebuildRunState::Ready => "ready",
+        PrebuildRunState::Failed => "failed",
+    }
+}
+
+/// Runs as a table; RESULT is a ready run's prebuild or a failed one's reason.
+fn print_runs(runs: &[&PrebuildRun]) {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let result = match r.state {
+                PrebuildRunState::Ready => r.snapshot.clone().unwrap_or_default(),
+                _ => r.error.clone().unwrap_or_default(),
+            };
+            vec![
+                r.id.clone(),
+                r.source.clone(),
+                r.branch.clone().unwrap_or_else(|| "(default)".into()),
+                r.commit
+                    .as_deref()
+                    .map(|c| c.chars().take(12).collect())
+                    .unwrap_or_else(|| "-".into()),
+                trigger(r.trigger).into(),
+                state(r.state).into(),
+                r.started_at.clone(),
+                result,
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "RUN", "SOURCE", "BRANCH", "COMMIT", "TRIGGER", "STATE", "STARTED", "RESULT",
+        ],
+        &rows,
+    );
 }

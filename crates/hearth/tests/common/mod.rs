@@ -179,7 +179,8 @@ impl TestServer {
         std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The CLI as a `Command` against this server, to run as the caller likes.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(HEARTH);
         c.arg("--data-dir").arg(self.data_dir()).args(args);
         c.env_remove("HEARTH_URL").env_remove("HEARTH_TOKEN");
