@@ -122,7 +122,12 @@ impl Env {
     }
 }
 
-fn session_env(ctx: &Ctx, user: &users::ExecUser, req: &ExecRequest) -> Result<EnvVars, String> {
+fn session_env(
+    ctx: &Ctx,
+    user: &users::ExecUser,
+    req: &ExecRequest,
+    cwd: &str,
+) -> Result<EnvVars, String> {
     let mut env = Env::default();
     env.set(b"PATH", DEFAULT_PATH);
     env.set(b"HOME", user.home.as_bytes());
@@ -136,6 +141,11 @@ fn session_env(ctx: &Ctx, user: &users::ExecUser, req: &ExecRequest) -> Result<E
         if k != b"HOME" {
             env.set(k, v);
         }
+    }
+    // Shells keep the directory as named (a workspace folder may be a symlink to the
+    // clone) when PWD names the directory they start in.
+    if cwd.starts_with('/') {
+        env.set(b"PWD", cwd.as_bytes());
     }
     for (k, v) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -154,12 +164,12 @@ fn prepare(req: &ExecRequest, ctx: &Ctx) -> Result<Prepared, String> {
     let passwd = users::read_db(Path::new("/etc/passwd"))?;
     let group = users::read_db(Path::new("/etc/group"))?;
     let user = users::resolve(spec, &passwd, &group)?;
-    let env = session_env(ctx, &user, req)?;
     let cwd = match req.cwd.as_deref() {
         Some(c) if !c.is_empty() => c,
         _ if !ctx.default_cwd.is_empty() => &ctx.default_cwd,
         _ => "/",
     };
+    let env = session_env(ctx, &user, req, cwd)?;
     let class = if req.tty {
         ctx.priorities.pty
     } else {
@@ -612,7 +622,7 @@ mod tests {
             tty: true,
             ..Default::default()
         };
-        let env = session_env(&ctx, &user, &req).unwrap();
+        let env = session_env(&ctx, &user, &req, "/w").unwrap();
         let get = |k: &str| {
             env.iter()
                 .find(|(key, _)| key == k.as_bytes())
@@ -625,11 +635,15 @@ mod tests {
         assert_eq!(get("LANG").unwrap(), b"de_DE");
         assert_eq!(get("X").unwrap(), b"1");
         assert_eq!(env.iter().filter(|(k, _)| k == b"LANG").count(), 1);
+        // The session's directory as named, for shells (a symlink stays one).
+        assert_eq!(get("PWD").unwrap(), b"/w");
 
         let bad = ExecRequest {
             env: vec![("A=B".into(), "1".into())],
             ..Default::default()
         };
-        assert!(session_env(&ctx, &user, &bad).unwrap_err().contains("A=B"));
+        assert!(session_env(&ctx, &user, &bad, "/w")
+            .unwrap_err()
+            .contains("A=B"));
     }
 }

@@ -815,6 +815,99 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
 }
 
+/// A non-root `remoteUser` (Debian's `nobody`) gets the repository (it writes it and runs
+/// git in it, as with the reference CLI's bind mount), and a `workspaceFolder` outside
+/// `/workspace` holds it: lifecycle commands and sessions start there, across a restart.
+#[test]
+fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
+    let srv = TestServer::start();
+    let debian = std::env::var("HEARTH_TEST_DEBIAN")
+        .expect("HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)");
+    srv.ok(&["image", "load", &debian, "--name", "debian"]);
+    let src = tempfile::tempdir().unwrap();
+    let repo = repo_with(
+        src.path(),
+        "proj",
+        &[(
+            ".devcontainer.json",
+            r#"{
+  "image": "debian",
+  "remoteUser": "nobody",
+  "workspaceFolder": "/src/app/",
+  "containerEnv": {"LOCAL": "${localWorkspaceFolder}", "CONTAINER": "${containerWorkspaceFolder}"},
+  "onCreateCommand": "pwd > /tmp/where && id -un >> /tmp/where && echo made > made-on-create",
+  "postCreateCommand": "git status --porcelain && echo post-create-ok",
+  "postStartCommand": "pwd >> /tmp/starts"
+}"#,
+        )],
+    );
+    let out = srv.hearth(&["up", repo.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, "linking /src/app to /workspace/proj");
+    line_of(&err, "postCreateCommand: ?? made-on-create");
+    line_of(&err, "postCreateCommand: post-create-ok");
+    assert_eq!(
+        srv.exec("proj", &["cat", "/tmp/where"]),
+        "/src/app\nnobody\n"
+    );
+    // Sessions start there, as the remote user, who owns and can use the repository.
+    assert_eq!(
+        srv.exec(
+            "proj",
+            &[
+                "sh",
+                "-c",
+                "pwd; id -un; cat README.md; echo more >> README.md; \
+                 stat -c %U /workspace/proj /workspace/proj/.git/index made-on-create; \
+                 git status --porcelain; echo $LOCAL $CONTAINER"
+            ]
+        ),
+        // (${containerWorkspaceFolder} is the value as written, as the reference CLI has it.)
+        "/src/app\nnobody\nhello from the repo\nnobody\nnobody\nnobody\n M README.md\n?? made-on-create\n/workspace/proj /src/app/\n"
+    );
+    srv.ok(&["stop", "proj"]);
+    srv.ok(&["start", "proj"]);
+    assert_eq!(
+        srv.exec("proj", &["cat", "/tmp/starts"]),
+        "/src/app\n/src/app\n"
+    );
+    assert_eq!(
+        srv.exec("proj", &["sh", "-c", "pwd; ls"]),
+        "/src/app\nREADME.md\nmade-on-create\n"
+    );
+
+    // A folder the image already fills is refused at the first step, saying why.
+    let full = repo_with(
+        src.path(),
+        "full",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "debian", "workspaceFolder": "/var/lib/dpkg"}"#,
+        )],
+    );
+    let e = srv.fails(&["up", full.to_str().unwrap()]);
+    assert!(
+        e.contains("workspaceFolder /var/lib/dpkg is a directory of the image that is not empty"),
+        "{e}"
+    );
+    // And a system directory before anything is made, pointing into the file.
+    let sys = repo_with(
+        src.path(),
+        "sys",
+        &[(
+            ".devcontainer.json",
+            "{\"image\": \"debian\",\n \"workspaceFolder\": \"/etc\"}",
+        )],
+    );
+    let e = srv.fails(&["up", sys.to_str().unwrap()]);
+    assert!(
+        e.contains(".devcontainer.json:2:21: workspaceFolder \"/etc\" is a system directory"),
+        "{e}"
+    );
+    assert!(!srv.workspace_names().contains(&"sys".to_string()));
+}
+
 /// `hearth logs -f` follows the console: a background lifecycle step's output and a line
 /// written to PID 1's output later arrive while it runs, and it ends when the workspace
 /// stops; on a stopped workspace it prints the log and ends at once.

@@ -401,6 +401,11 @@ impl Manager {
         progress: Option<&Progress>,
     ) -> Result<(), ApiError> {
         for &step in steps {
+            if step == LifecycleStep::OnCreate {
+                // Before the first command: the repository where the file says, and the
+                // remote user's.
+                self.prepare_folder(spec, dc, progress).await?;
+            }
             if step == LifecycleStep::PostStart {
                 // The owner's dotfiles, once: after the create-time steps, as the
                 // reference CLI does.
@@ -421,6 +426,106 @@ impl Manager {
                     .set_devcontainer_done(&spec.id, step.property())
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Once, before `onCreateCommand` (a prebuild's snapshot keeps the result): hands the
+    /// clone to the user sessions run as (`remoteUser`, else `containerUser`, else the
+    /// image's; resolved by the agent from the image's /etc/passwd, as sessions are), so
+    /// it can write its repository as with the reference CLI's bind mount; and makes the
+    /// repository appear at `workspaceFolder` when that is elsewhere: a symlink in the
+    /// workspace's own filesystem, which stop/start, snapshots, moves and prebuilds keep.
+    async fn prepare_folder(
+        &self,
+        spec: &WorkspaceSpec,
+        dc: &Devcontainer,
+        progress: Option<&Progress>,
+    ) -> Result<(), ApiError> {
+        let repo = clone_folder(&spec.source);
+        if spec.source.is_empty() {
+            return Ok(());
+        }
+        let probe = ExecRequest {
+            argv: vec!["cat".into(), "/proc/self/status".into()],
+            env: Vec::new(),
+            cwd: Some("/".into()),
+            user: dc.config.exec_user().map(str::to_string),
+            tty: false,
+            rows: 0,
+            cols: 0,
+        };
+        let (code, status) = self.run_capture(spec, probe, None, "").await?;
+        let id = |key: &str| {
+            status
+                .iter()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u32>().ok())
+        };
+        let owner = match (code, id("Uid:"), id("Gid:")) {
+            (0, Some(0), _) => String::new(),
+            (0, Some(uid), Some(gid)) => format!("{uid}:{gid}"),
+            _ => {
+                return Err(ApiError::conflict(format!(
+                    "cannot tell the uid of the workspace's user {} (cat /proc/self/status exited with {code})",
+                    dc.config.exec_user().unwrap_or("(the image's)")
+                )))
+            }
+        };
+        let folder = dc.workspace_folder.trim_end_matches('/');
+        let inside = folder == repo || folder.starts_with(&format!("{repo}/"));
+        if owner.is_empty() && inside {
+            return Ok(());
+        }
+        // `-h`: a symlink in the repository is changed itself, never what it points at.
+        let script = r#"set -e
+repo=$1 folder=$2 owner=$3
+if [ -n "$owner" ]; then chown -R -h "$owner" "$repo"; fi
+case "$folder" in "$repo"|"$repo"/*) exit 0 ;; esac
+if [ -L "$folder" ]; then
+  rm -f "$folder"
+elif [ -d "$folder" ]; then
+  rmdir "$folder" 2>/dev/null || { echo "workspaceFolder $folder is a directory of the image that is not empty: hearth puts the repository there; choose another folder" >&2; exit 1; }
+elif [ -e "$folder" ]; then
+  echo "workspaceFolder $folder is a file of the image: choose another folder" >&2; exit 1
+fi
+mkdir -p "$(dirname "$folder")"
+ln -s "$repo" "$folder"
+"#;
+        let req = ExecRequest {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                script.into(),
+                "sh".into(),
+                repo.clone(),
+                folder.to_string(),
+                owner.clone(),
+            ],
+            env: Vec::new(),
+            cwd: Some("/".into()),
+            user: Some("0".into()),
+            tty: false,
+            rows: 0,
+            cols: 0,
+        };
+        let mut what = Vec::new();
+        if !owner.is_empty() {
+            what.push(format!("handing {repo} to uid {owner}"));
+        }
+        if !inside {
+            what.push(format!("linking {folder} to {repo}"));
+        }
+        self.note(spec, progress, &what.join("; ")).await;
+        let (code, tail) = self
+            .run_capture(spec, req, progress, "workspaceFolder")
+            .await?;
+        if code != 0 {
+            return Err(ApiError::conflict(format!(
+                "preparing the workspace folder failed with exit code {code}: {}",
+                tail.join(" / ")
+            )));
         }
         Ok(())
     }

@@ -825,6 +825,12 @@ impl Manager {
         if let Some(bundle) = &p.update {
             say(progress, "fetching the commits since the prebuild");
             let folder = super::devcontainer::clone_folder(&rec.spec.source);
+            // As the repository's owner (the remote user it was handed to): git refuses
+            // a repository another user owns, and new files must be the owner's too.
+            let user = self
+                .devcontainer(&rec.spec)
+                .await?
+                .and_then(|(dc, _)| dc.config.exec_user().map(str::to_string));
             let script = "set -e; b=$(mktemp); trap 'rm -f \"$b\"' EXIT; cat > \"$b\"; \
                           git -C \"$1\" fetch -q \"$b\" \"$2\"; git -C \"$1\" merge -q --ff-only FETCH_HEAD";
             let req = ExecRequest {
@@ -838,7 +844,7 @@ impl Manager {
                 ],
                 env: Vec::new(),
                 cwd: None,
-                user: None,
+                user,
                 tty: false,
                 rows: 0,
                 cols: 0,
