@@ -137,11 +137,21 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi_json))
-        .merge(crate::prebuilds::public_routes())
-        .merge(crate::links::public_routes())
-        .merge(crate::sessions::public_routes())
+        .merge(
+            Router::new()
+                .merge(crate::prebuilds::public_routes())
+                .merge(crate::links::public_routes())
+                .merge(crate::sessions::public_routes())
+                .merge(crate::oidc::routes())
+                .route_layer(middleware::from_fn_with_state(
+                    (
+                        ratelimit::PeerLimiter::new(state.public_rate),
+                        state.manager.clone(),
+                    ),
+                    ratelimit::limit_peer,
+                )),
+        )
         .merge(crate::web::routes())
-        .merge(crate::oidc::routes())
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

@@ -79,27 +79,36 @@ impl AuditSettings {
     /// right-most address of `X-Forwarded-For` that is not one (what the proxies
     /// nearest us saw; anything left of it the client could have written).
     pub fn client_address(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<String> {
+        self.client_ip(peer, headers).map(|ip| ip.to_string())
+    }
+
+    /// [`AuditSettings::client_address`] as an address.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?;
         let trusted = self.trusted.read().unwrap_or_else(|e| e.into_inner());
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
         if !is_trusted(&peer) {
-            return Some(peer.to_string());
+            return Some(peer);
         }
         let mut hops: Vec<IpAddr> = Vec::new();
         for v in headers.get_all("x-forwarded-for") {
             let Ok(v) = v.to_str() else {
-                return Some(peer.to_string());
+                return Some(peer);
             };
             for part in v.split(',') {
                 match part.trim().parse::<IpAddr>() {
                     Ok(ip) => hops.push(ip),
                     // A malformed list says nothing reliable.
-                    Err(_) => return Some(peer.to_string()),
+                    Err(_) => return Some(peer),
                 }
             }
         }
-        let client = hops.into_iter().rev().find(|ip| !is_trusted(ip));
-        Some(client.unwrap_or(peer).to_string())
+        Some(
+            hops.into_iter()
+                .rev()
+                .find(|ip| !is_trusted(ip))
+                .unwrap_or(peer),
+        )
     }
 }
 

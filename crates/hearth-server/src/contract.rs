@@ -1,6 +1,6 @@
 //! What the OpenAPI document states beyond the handlers' own annotations, applied to every
-//! operation at once so none can miss it: 401 and the rate limit's 429 wherever the token
-//! is needed, 400/413 for
+//! operation at once so none can miss it: 401 wherever the token is needed, the rate
+//! limits' 429 there and on the open routes but health and this document, 400/413 for
 //! every JSON body, the workspace-name rule on every `{name}` path parameter and the
 //! user-name rule on every `{user}`.
 
@@ -35,7 +35,7 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
 /// The rate limit's refusal, with the `Retry-After` header it carries.
 fn rate_limited_response() -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
-        error_builder("too many requests from this user; retry after the given seconds")
+        error_builder("too many requests from this user or address; retry after the given seconds")
             .header(
                 "Retry-After",
                 HeaderBuilder::new()
@@ -57,7 +57,9 @@ fn add(op: &mut Operation, status: &str, description: &str) {
 impl Modify for Contract {
     fn modify(&self, doc: &mut OpenApi) {
         let global_security = doc.security.as_ref().is_some_and(|s| !s.is_empty());
-        for item in doc.paths.paths.values_mut() {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // The open routes but these two are limited per client address.
+            let unlimited = path == "/v1/health" || path == "/v1/openapi.json";
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -75,6 +77,8 @@ impl Modify for Contract {
                     .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
                 if global_security && !open {
                     add(op, "401", "missing or invalid token");
+                }
+                if (global_security && !open) || (open && !unlimited) {
                     op.responses
                         .responses
                         .entry("429".to_string())

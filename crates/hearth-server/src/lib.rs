@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Requests per caller; see [`ratelimit`].
     pub rate: ratelimit::RateLimit,
+    /// Requests per peer address on the routes anyone may call; see [`ratelimit`].
+    pub public_rate: ratelimit::RateLimit,
     /// Largest image upload, bytes.
     pub upload_max: u64,
     /// Where the SSH gateway listens; `None` runs without one.
@@ -324,6 +326,7 @@ impl Server {
         let auth = Arc::new(auth::AuthState::default());
         let app = api::router(state::AppState {
             manager: manager.clone(),
+            public_rate: cfg.public_rate,
             rate: cfg.rate,
             uploads: uploads::Uploads {
                 dir: cfg.data_dir.join("uploads"),

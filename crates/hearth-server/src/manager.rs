@@ -1199,8 +1199,9 @@ impl Manager {
             self.claim(rec, st).await?;
             match self.node.stop(&rec.spec).await {
                 Ok(()) => {
-                    self.set(rec, WorkspaceState::Stopped, None).await?;
+                    // The reason first: whoever sees the state stopped sees why.
                     self.stopped(rec, reason).await;
+                    self.set(rec, WorkspaceState::Stopped, None).await?;
                     self.final_snapshot(rec).await;
                 }
                 Err(e) => {

@@ -21,6 +21,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub manager: Arc<Manager>,
     pub rate: RateLimit,
+    /// Per peer address, on the routes anyone may call.
+    pub public_rate: RateLimit,
     pub uploads: crate::uploads::Uploads,
     /// What `GET /v1/ssh` answers.
     pub ssh: Arc<hearth_api::SshInfo>,

@@ -364,6 +364,7 @@ async fn servers_sharing_a_database_elect_one_leader(b: Backend) {
         let cfg = crate::ServerConfig {
             data_dir: data_dir.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_rate: Default::default(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
@@ -495,6 +496,7 @@ async fn harness_of(
     manager.ensure_first_admin(TOKEN).await.unwrap();
     let auth = Arc::new(crate::auth::AuthState::default());
     let app = router(AppState {
+        public_rate: crate::ratelimit::RateLimit::PUBLIC,
         manager: manager.clone(),
         rate,
         uploads: crate::uploads::Uploads {
@@ -1465,6 +1467,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_rate: Default::default(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
@@ -1484,6 +1487,7 @@ async fn server_binds_writes_server_json_and_stops(b: Backend) {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_rate: Default::default(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
@@ -1544,6 +1548,7 @@ async fn exec_over_websocket() {
         crate::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_rate: Default::default(),
             rate: Default::default(),
             upload_max: crate::uploads::DEFAULT_UPLOAD_MAX,
             ssh_listen: None,
@@ -1832,6 +1837,78 @@ async fn request_rate_is_limited_per_token() {
     let r429 = &doc["paths"]["/v1/workspaces"]["get"]["responses"]["429"];
     assert!(r429["headers"]["Retry-After"].is_object(), "{r429}");
     assert!(doc["paths"]["/v1/health"]["get"]["responses"]["429"].is_null());
+}
+
+/// Open routes are limited per client address: the peer's, or behind a trusted proxy
+/// the one it forwarded for; the API's own routes and health are not counted there.
+#[tokio::test]
+async fn open_routes_are_limited_per_client_address() {
+    let h = harness(FakeNode::default()).await;
+    let burst = crate::ratelimit::RateLimit::PUBLIC.burst;
+    let get = |uri: &str, peer: &str, fwd: Option<&str>, token: Option<&str>| {
+        let mut b = Request::builder().uri(uri);
+        if let Some(f) = fwd {
+            b = b.header("x-forwarded-for", f);
+        }
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let mut req = b.body(Body::empty()).unwrap();
+        let peer: std::net::SocketAddr = format!("{peer}:40000").parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let app = h.app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let retry = resp.headers().get(header::RETRY_AFTER).cloned();
+            (resp.status(), retry)
+        }
+    };
+    // Up to the burst, then refused (the refill during the loop is 10 a second).
+    let mut ok = 0;
+    loop {
+        let (s, retry) = get("/v1/auth", "192.0.2.1", None, None).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(retry.is_some());
+            break;
+        }
+        assert_eq!(s, StatusCode::OK);
+        ok += 1;
+        assert!(ok <= burst + 20, "no limit after {ok} requests");
+    }
+    assert!(ok >= burst, "limited after {ok}");
+    assert_eq!(
+        get("/v1/auth", "192.0.2.2", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("/v1/workspaces", "192.0.2.1", None, Some(TOKEN))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("/v1/health", "192.0.2.1", None, None).await.0,
+        StatusCode::OK
+    );
+    // A forwarded-for header from an untrusted peer changes nothing.
+    let (s, _) = get("/v1/auth", "192.0.2.1", Some("198.51.100.9"), None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    // From a trusted proxy, each forwarded-for client has its own bucket.
+    h.manager
+        .audit_settings()
+        .set_trusted_proxies(vec!["10.0.0.0/8".parse().unwrap()]);
+    let mut limited = false;
+    for _ in 0..burst + 20 {
+        let (s, _) = get("/v1/auth", "10.0.0.5", Some("198.51.100.7"), None).await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited);
+    let (s, _) = get("/v1/auth", "10.0.0.5", Some("198.51.100.8"), None).await;
+    assert_eq!(s, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -2163,6 +2240,7 @@ async fn concurrent_creates_cannot_both_take_the_last_slot(b: Backend) {
     let other = Arc::new(Manager::new(h._db.store().await, Arc::new(h.node.clone())));
     let app2 = router(AppState {
         manager: other,
+        public_rate: Default::default(),
         rate: Default::default(),
         uploads: crate::uploads::Uploads {
             dir: h._db.dir.path().join("uploads"),

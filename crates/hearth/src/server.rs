@@ -59,6 +59,14 @@ pub struct ServerArgs {
     /// API requests per client token allowed at once above --api-rate.
     #[arg(long, default_value_t = RateLimit::default().burst)]
     api_burst: u32,
+    /// Requests per second per client address, sustained, to the routes that need no
+    /// token (sign-in, node join, webhooks; 0 turns the limit off). Clients behind a
+    /// proxy share its address unless it is a --trusted-proxy.
+    #[arg(long, default_value_t = RateLimit::PUBLIC.per_second)]
+    public_rate: u32,
+    /// Requests per client address allowed at once above --public-rate.
+    #[arg(long, default_value_t = RateLimit::PUBLIC.burst)]
+    public_burst: u32,
     /// Largest image archive `hearth image load` may upload (e.g. 16G).
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_size,
         default_value_t = hearth_server::uploads::DEFAULT_UPLOAD_MAX)]
@@ -513,6 +521,10 @@ pub async fn serve(data_dir: &Path, args: &ServerArgs) -> anyhow::Result<()> {
         rate: RateLimit {
             per_second: args.api_rate,
             burst: args.api_burst,
+        },
+        public_rate: RateLimit {
+            per_second: args.public_rate,
+            burst: args.public_burst,
         },
         upload_max: args.upload_max,
         ssh_listen: args.ssh_listen.0,

@@ -106,7 +106,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "409"]
 #[test]
 fn schemathesis_finds_no_contract_violation() {
     // Rate limit off: a fuzzer is a burst by design, and 429 is not what is under test.
-    let s = TestServer::start_with(&["--api-rate", "0"]);
+    let s = TestServer::start_with(&["--api-rate", "0", "--public-rate", "0"]);
     let url = std::fs::read_to_string(s.data_dir().join("server.json")).unwrap();
     let url: serde_json::Value = serde_json::from_str(&url).unwrap();
     let base = url["url"].as_str().unwrap().to_string();

@@ -806,13 +806,14 @@ fn state_of(srv: &TestServer, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no workspace {name}"))
 }
 
-/// Waits (bounded, never timed) until `name` is stopped and its stop reason recorded (the
-/// reason is written just after the state, so a poll in between sees a stop without one).
+/// Waits (bounded, never timed) until `name` is stopped; its stop reason is there by
+/// then (it is recorded before the state).
 fn wait_stopped(srv: &TestServer, name: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let w = state_of(srv, name);
-        if w["state"] == "stopped" && !w["stop_reason"].is_null() {
+        if w["state"] == "stopped" {
+            assert!(!w["stop_reason"].is_null(), "stopped without a reason: {w}");
             return w;
         }
         assert!(

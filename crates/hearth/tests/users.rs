@@ -475,6 +475,25 @@ fn rate_limit_is_per_user() {
     assert_eq!(st, 200, "{b}");
 }
 
+/// The routes that need no token (here: signing in with one) are limited per client
+/// address, so guessing tokens or flooding sign-ins is slow; callers' own API use is not
+/// counted there, and health stays open.
+#[test]
+fn open_routes_are_limited_per_address() {
+    let s = TestServer::start_with(&["--public-rate", "1", "--public-burst", "5"]);
+    let url = base_url(&s);
+    let alice = s.ok(&["user", "add", "alice"]).trim().to_string();
+    let guess = r#"{"token":"not-a-token"}"#;
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| http(&url, "POST", "/v1/session", None, Some(guess), false).0)
+        .collect();
+    assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let (st, b) = http(&url, "GET", "/v1/me", Some(&alice), None, false);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(http(&url, "GET", "/v1/health", None, None, false).0, 200);
+}
+
 #[test]
 fn data_dir_from_before_users_keeps_its_token_and_workspaces() {
     let mut s = TestServer::start();

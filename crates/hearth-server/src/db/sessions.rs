@@ -98,13 +98,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records a sign-in in progress unless `max_pending` unexpired ones exist (`false`):
+    /// anyone may start one, so the table must not grow with a flood. Expired ones go
+    /// first.
     pub async fn insert_oidc_login(
         &self,
         state_hash: &str,
         login: &OidcLogin,
+        now_secs: i64,
         expires_at: i64,
-    ) -> Result<(), StoreError> {
+        max_pending: i64,
+    ) -> Result<bool, StoreError> {
         with_pool!(self, p => {
+            sqlx::query("DELETE FROM oidc_logins WHERE expires_at <= $1")
+                .bind(now_secs)
+                .execute(p)
+                .await
+                .map_err(StoreError::Users)?;
+            let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oidc_logins")
+                .fetch_one(p)
+                .await
+                .map_err(StoreError::Users)?;
+            if pending >= max_pending {
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO oidc_logins (state_hash, nonce, pkce_verifier, return_to, expires_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -118,7 +135,7 @@ impl Store {
             .await
             .map_err(StoreError::Users)?;
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Takes (deletes and returns) the unexpired sign-in of `state_hash`: a state works once.

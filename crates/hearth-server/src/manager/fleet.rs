@@ -312,8 +312,8 @@ impl Manager {
                     .await?;
                 return Err(e);
             }
-            self.set(rec, WorkspaceState::Stopped, None).await?;
             self.stopped(rec, &format!("moving to node {target}")).await;
+            self.set(rec, WorkspaceState::Stopped, None).await?;
         }
         let snap = src.snapshot(&rec.spec).await;
         snapshots::note(&self.store, &rec.spec, &snap).await;

@@ -97,7 +97,8 @@ impl Manager {
         Ok(())
     }
 
-    /// Bookkeeping of a stop: its reason and the last activity go to the database.
+    /// Bookkeeping of a stop: its reason and the last activity go to the database. Called
+    /// before the state is set to stopped, so no reader sees a stop without its reason.
     pub(super) async fn stopped(&self, rec: &WorkspaceRecord, reason: &str) {
         if let Err(e) = self.store.set_stop_reason(&rec.spec.id, Some(reason)).await {
             tracing::warn!(workspace = rec.spec.name, error = %e, "cannot record the stop reason");

@@ -7,6 +7,11 @@ use crate::auth::{self, FIRST_ADMIN};
 use crate::db::{OidcLogin, SessionRecord};
 use hearth_api::{NewToken, SessionInfo, User};
 
+/// Sign-ins in progress (started, not yet back from the provider) a server keeps at once:
+/// far above a real crowd within their ten minutes, and it bounds the table anyone can
+/// write to by calling `/auth/login` (from many addresses, past the per-address limit).
+pub const MAX_PENDING_SIGN_INS: i64 = 10_000;
+
 /// A session as the auth check found it, put in request extensions beside the [`Caller`].
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -134,10 +139,27 @@ impl Manager {
         login: &OidcLogin,
         ttl: std::time::Duration,
     ) -> Result<(), ApiError> {
-        let expires = unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(0));
-        self.store
-            .insert_oidc_login(&auth::token_hash(state), login, expires)
+        let now = unix_now();
+        let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(0));
+        let recorded = self
+            .store
+            .insert_oidc_login(
+                &auth::token_hash(state),
+                login,
+                now,
+                expires,
+                MAX_PENDING_SIGN_INS,
+            )
             .await?;
+        if !recorded {
+            tracing::warn!(
+                max = MAX_PENDING_SIGN_INS,
+                "sign-in refused: too many sign-ins in progress"
+            );
+            return Err(ApiError::unavailable(
+                "too many sign-ins are in progress on this server; try again in a few minutes",
+            ));
+        }
         Ok(())
     }
 

@@ -108,10 +108,10 @@ impl Manager {
             // The node may still be stopping it: stopping again waits for the end.
             WorkspaceState::Stopping => match self.node.stop(&rec.spec).await {
                 Ok(()) => {
-                    self.set(rec, WorkspaceState::Stopped, None).await?;
-                    tracing::info!(workspace = name, "stop finished after its server went away");
                     self.stopped(rec, "stopped (finished by another server)")
                         .await;
+                    self.set(rec, WorkspaceState::Stopped, None).await?;
+                    tracing::info!(workspace = name, "stop finished after its server went away");
                     self.final_snapshot(rec).await;
                 }
                 Err(e) => {

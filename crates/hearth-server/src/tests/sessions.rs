@@ -10,6 +10,7 @@ on_both_backends!(
     logout_ends_the_session_and_clears_the_cookie,
     expired_and_removed_users_sessions_are_refused,
     tokens_for_the_cli_are_made_from_a_session,
+    pending_sign_ins_are_capped_and_expired_ones_make_room,
 );
 
 struct Answer {
@@ -398,4 +399,46 @@ async fn tokens_for_the_cli_are_made_from_a_session(b: Backend) {
     assert_eq!(s, StatusCode::CONFLICT);
     let (s, _) = h.call(Method::GET, "/v1/me", Some(TOKEN), None).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// Anyone may start a sign-in, so the table of those in progress has a ceiling; expired
+/// ones are dropped before counting, and a refused one leaves nothing behind.
+async fn pending_sign_ins_are_capped_and_expired_ones_make_room(b: Backend) {
+    let h = harness_on(b, FakeNode::default()).await;
+    let store = h.manager.store();
+    let login = |n: u32| crate::db::OidcLogin {
+        nonce: format!("n{n}"),
+        pkce_verifier: "v".into(),
+        return_to: "/".into(),
+    };
+    let now = 1_000_000;
+    let insert = |n: u32, at: i64, expires: i64| {
+        let l = login(n);
+        async move {
+            store
+                .insert_oidc_login(&format!("s{n}"), &l, at, expires, 3)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(insert(0, now, now + 1).await);
+    assert!(insert(1, now, now + 1).await);
+    assert!(insert(2, now, now + 600).await);
+    assert!(!insert(3, now, now + 600).await, "a fourth is over the cap");
+    // Two have expired a second later: room for two more, not three.
+    assert!(insert(4, now + 1, now + 600).await);
+    assert!(insert(5, now + 1, now + 600).await);
+    assert!(!insert(6, now + 1, now + 600).await);
+    assert!(store
+        .take_oidc_login("s3", now + 1)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .take_oidc_login("s6", now + 1)
+        .await
+        .unwrap()
+        .is_none());
+    let kept = store.take_oidc_login("s2", now + 1).await.unwrap().unwrap();
+    assert_eq!(kept.nonce, "n2");
 }

@@ -281,6 +281,7 @@ pub async fn run(args: AccessArgs) -> Result<()> {
         ServerConfig {
             data_dir: cfg.data_dir.clone(),
             listen: "127.0.0.1:0".parse()?,
+            public_rate: hearth_server::ratelimit::RateLimit::default(),
             rate: hearth_server::ratelimit::RateLimit {
                 per_second: 0,
                 burst: 0,

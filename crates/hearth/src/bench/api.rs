@@ -303,6 +303,7 @@ async fn measure(
         ServerConfig {
             data_dir: data_dir.clone(),
             listen: "127.0.0.1:0".parse()?,
+            public_rate: hearth_server::ratelimit::RateLimit::default(),
             rate: hearth_server::ratelimit::RateLimit {
                 per_second: 0,
                 burst: 0,

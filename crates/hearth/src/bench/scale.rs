@@ -49,6 +49,7 @@ pub(super) async fn open(cfg: &NodeConfig, upload_max: u64) -> Result<(LocalNode
             data_dir: cfg.data_dir.clone(),
             listen: "127.0.0.1:0".parse()?,
             // The bench is the server's only caller; it measures, not polices.
+            public_rate: hearth_server::ratelimit::RateLimit::default(),
             rate: hearth_server::ratelimit::RateLimit {
                 per_second: 0,
                 burst: 0,
