@@ -153,15 +153,19 @@ impl Network {
 
     /// Removes the veth and netns if they exist (no firewall work).
     fn remove_links(&self, id: &WorkspaceId) -> Result<(), NetError> {
-        let hv = host_veth(id);
-        if link_exists(&hv) {
-            if let Err(e) = run("ip", &["link", "del", "dev", &hv]) {
-                if link_exists(&hv) {
+        self.remove_pair(&host_veth(id), id)
+    }
+
+    /// Removes host veth `hv` and netns `<bridge>-<name>` if they exist.
+    fn remove_pair(&self, hv: &str, name: &str) -> Result<(), NetError> {
+        if link_exists(hv) {
+            if let Err(e) = run("ip", &["link", "del", "dev", hv]) {
+                if link_exists(hv) {
                     return Err(e);
                 }
             }
         }
-        let ns = self.netns_name(id);
+        let ns = self.netns_name(name);
         if Path::new(NETNS_DIR).join(&ns).exists() {
             run("ip", &["netns", "del", &ns])?;
         }
@@ -209,19 +213,7 @@ impl Network {
     }
 
     fn remove_probe_links(&self) -> Result<(), NetError> {
-        let hv = self.probe_veth();
-        if link_exists(&hv) {
-            if let Err(e) = run("ip", &["link", "del", "dev", &hv]) {
-                if link_exists(&hv) {
-                    return Err(e);
-                }
-            }
-        }
-        let ns = self.netns_name(PROBE);
-        if Path::new(NETNS_DIR).join(&ns).exists() {
-            run("ip", &["netns", "del", &ns])?;
-        }
-        Ok(())
+        self.remove_pair(&self.probe_veth(), PROBE)
     }
 
     /// The probe's host veth: `hp` and the bridge's name (cut to the kernel's 15), so
