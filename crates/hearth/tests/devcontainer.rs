@@ -572,9 +572,7 @@ fn up_starts_from_a_matching_prebuild() {
 #[test]
 fn up_brings_an_older_prebuild_up_to_date() {
     let srv = TestServer::start();
-    let debian = std::env::var("HEARTH_TEST_DEBIAN")
-        .expect("HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)");
-    srv.ok(&["image", "load", &debian, "--name", "debian"]);
+    srv.load_debian();
     let src = tempfile::tempdir().unwrap();
     let repo = repo_with(
         src.path(),
@@ -821,9 +819,7 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
 #[test]
 fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
     let srv = TestServer::start();
-    let debian = std::env::var("HEARTH_TEST_DEBIAN")
-        .expect("HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)");
-    srv.ok(&["image", "load", &debian, "--name", "debian"]);
+    srv.load_debian();
     let src = tempfile::tempdir().unwrap();
     let repo = repo_with(
         src.path(),

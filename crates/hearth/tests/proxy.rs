@@ -12,13 +12,6 @@ use common::{git_repo, repo_with, TestServer};
 
 const UPSTREAM: &[u8] = include_bytes!("data/upstream.pl");
 
-/// The Debian test image (it has perl): `HEARTH_TEST_DEBIAN`, which scripts/test.sh sets.
-fn load_debian(s: &TestServer) {
-    let path = std::env::var("HEARTH_TEST_DEBIAN")
-        .expect("HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)");
-    s.ok(&["image", "load", &path, "--name", "debian"]);
-}
-
 /// Where the server's port proxy listens, from `server.json`.
 fn proxy_port(s: &TestServer) -> u16 {
     let info: serde_json::Value =
@@ -158,7 +151,7 @@ fn websocket_echo(port: u16, host: &str, token: Option<&str>) -> Result<(), Stri
 #[test]
 fn port_urls_reach_workspace_ports_for_their_owner_or_anyone_when_public() {
     let s = TestServer::start();
-    load_debian(&s);
+    s.load_debian();
     let repo = git_repo(s.data_dir(), "repo");
     s.ok(&[
         "up",
@@ -470,7 +463,7 @@ fn port_urls_over_tls_with_a_wildcard_certificate() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    load_debian(&s);
+    s.load_debian();
     let repo = git_repo(s.data_dir(), "repo");
     s.ok(&[
         "up",
@@ -569,7 +562,7 @@ const PORTS_CONFIG: &str = r#"{
 #[test]
 fn devcontainer_ports_are_listed_labelled_ignored_and_spoken_to_over_tls() {
     let s = TestServer::start();
-    load_debian(&s);
+    s.load_debian();
     let src = tempfile::tempdir().unwrap();
     let repo = repo_with(src.path(), "app", &[(".devcontainer.json", PORTS_CONFIG)]);
     let out = s.hearth(&["up", repo.to_str().unwrap(), "--name", "web"]);

@@ -269,6 +269,15 @@ impl TestServer {
         self.ok(&["image", "load", img.to_str().unwrap(), "--name", "busybox"]);
     }
 
+    /// Loads the Debian test image (`HEARTH_TEST_DEBIAN`, which scripts/test.sh sets) as
+    /// `debian`.
+    pub fn load_debian(&self) {
+        let path = std::env::var("HEARTH_TEST_DEBIAN").expect(
+            "HEARTH_TEST_DEBIAN must name the Debian test image (scripts/test.sh builds it)",
+        );
+        self.ok(&["image", "load", &path, "--name", "debian"]);
+    }
+
     /// Loads the builder image (`HEARTH_TEST_BUILDER`, else scripts/test.sh's cache) as
     /// `hearth-builder`, the server's default; a missing one fails, saying how to make it.
     pub fn load_builder(&self) {
