@@ -174,8 +174,9 @@ impl Manager {
                 "{f} names no image: add \"image\" (or \"build\") to it, or pass --image"
             )));
         }
-        let cores = match limits.cpus_milli {
-            0 => self
+        // The node is asked only when its cores decide (a round trip to a remote one).
+        let cores = match (limits.cpus_milli, config.host_requirements.cpus) {
+            (0, Some(_)) => self
                 .node
                 .capacity()
                 .await
@@ -459,12 +460,9 @@ impl Manager {
         }
         let probe = ExecRequest {
             argv: vec!["cat".into(), "/proc/self/status".into()],
-            env: Vec::new(),
             cwd: Some("/".into()),
             user: dc.config.exec_user().map(str::to_string),
-            tty: false,
-            rows: 0,
-            cols: 0,
+            ..Default::default()
         };
         let (code, status) = self.run_capture(spec, probe, None, "").await?;
         let id = |key: &str| {
@@ -514,12 +512,9 @@ ln -s "$repo" "$folder"
                 folder.to_string(),
                 owner.clone(),
             ],
-            env: Vec::new(),
             cwd: Some("/".into()),
             user: Some("0".into()),
-            tty: false,
-            rows: 0,
-            cols: 0,
+            ..Default::default()
         };
         let mut what = Vec::new();
         if !owner.is_empty() {

@@ -63,6 +63,8 @@ pub fn parse_port(s: &str) -> Result<u16, ApiError> {
 #[derive(Debug, Default)]
 pub struct PortPolicy {
     config: Option<Config>,
+    /// `forwardPorts` of the workspace itself, read once (every listed port asks).
+    forwarded: Vec<u16>,
 }
 
 impl PortPolicy {
@@ -74,11 +76,8 @@ impl PortPolicy {
     }
 
     /// `forwardPorts` of the workspace itself.
-    pub fn forwarded(&self) -> Vec<u16> {
-        self.config
-            .as_ref()
-            .map(Config::forwarded_ports)
-            .unwrap_or_default()
+    pub fn forwarded(&self) -> &[u16] {
+        &self.forwarded
     }
 
     /// `onAutoForward: ignore` and not in `forwardPorts`: left out of listings, and the
@@ -108,9 +107,12 @@ impl PortPolicy {
 impl Manager {
     /// The port settings of the devcontainer.json workspace `spec` was made from.
     pub async fn port_policy(&self, spec: &WorkspaceSpec) -> Result<PortPolicy, ApiError> {
-        Ok(PortPolicy {
-            config: self.devcontainer(spec).await?.map(|(dc, _)| dc.config),
-        })
+        let config = self.devcontainer(spec).await?.map(|(dc, _)| dc.config);
+        let forwarded = config
+            .as_ref()
+            .map(Config::forwarded_ports)
+            .unwrap_or_default();
+        Ok(PortPolicy { config, forwarded })
     }
 
     /// Called once the port proxy listens, so listings carry URLs and browsers can be
@@ -166,7 +168,7 @@ impl Manager {
         let policy = self.port_policy(&rec.spec).await?;
         let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
         let entry = |port: u16| self.port_entry(name, port);
-        for port in policy.forwarded() {
+        for &port in policy.forwarded() {
             let mut p = entry(port);
             p.forwarded = true;
             ports.insert(port, p);
