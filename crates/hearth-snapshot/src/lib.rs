@@ -34,7 +34,8 @@ pub use backend::{Backend, BackendError, LocalBackend, ObjectInfo, S3Backend, S3
 pub use fence::{drop_fence, fence, raise_fence};
 pub use format::{ChunkId, Key};
 pub use maint::{
-    forget, fsck, gc, list, retention, usage, FsckProblem, FsckReport, GcReport, Retention, Usage,
+    chronological, forget, fsck, gc, list, retention, usage, FsckProblem, FsckReport, GcReport,
+    Retention, Usage,
 };
 pub use restore::{pending, restore, restore_lazy, Lazy, Placeholder, LAZY_MIN, PENDING_XATTR};
 pub use snap::snapshot;
@@ -104,6 +105,10 @@ pub struct SnapshotInfo {
     pub workspace: String,
     /// Unix seconds.
     pub time: i64,
+    /// The sub-second part of `time`: two snapshots of a workspace can be a second apart or
+    /// less, and retention must know which is the newest. 0 in records written before it.
+    #[serde(default)]
+    pub nanos: u32,
     pub parent: Option<String>,
     /// Sum of regular file sizes.
     pub size: u64,

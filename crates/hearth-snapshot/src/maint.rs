@@ -121,8 +121,26 @@ fn all_records(store: &Store) -> Result<Records, SnapshotError> {
             Err(e) => bad.push((id.to_string(), e)),
         }
     }
-    good.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-    Ok((good, bad))
+    Ok((chronological(good), bad))
+}
+
+/// Oldest first. Records from before sub-second times can share a time; among those a
+/// parent goes before its child, so a workspace's newest snapshot is never taken for an
+/// older one (by [`retention`], or by a restore of the latest).
+pub fn chronological(mut v: Vec<SnapshotInfo>) -> Vec<SnapshotInfo> {
+    v.sort_by(|a, b| (a.time, a.nanos, &a.id).cmp(&(b.time, b.nanos, &b.id)));
+    let mut out: Vec<SnapshotInfo> = Vec::with_capacity(v.len());
+    while !v.is_empty() {
+        let t = (v[0].time, v[0].nanos);
+        let tied = v.iter().take_while(|s| (s.time, s.nanos) == t);
+        // Among the oldest ties, take one whose parent is not still waiting.
+        let pick = tied
+            .clone()
+            .position(|s| !tied.clone().any(|o| Some(&o.id) == s.parent.as_ref()))
+            .unwrap_or(0);
+        out.push(v.remove(pick));
+    }
+    out
 }
 
 /// Snapshots, oldest first; all workspaces when `workspace` is `None`.
@@ -166,10 +184,10 @@ pub fn retention(snapshots: &[SnapshotInfo], policy: Retention) -> Vec<String> {
         by_ws.entry(&s.workspace).or_default().push(s);
     }
     let mut forget = Vec::new();
-    for (_, mut snaps) in by_ws {
-        snaps.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+    for (_, snaps) in by_ws {
+        let snaps = chronological(snaps.into_iter().cloned().collect());
         let mut days = HashSet::new();
-        for (i, s) in snaps.iter().enumerate() {
+        for (i, s) in snaps.iter().rev().enumerate() {
             let day = s.time.div_euclid(86_400);
             let keep_daily = days.len() < policy.keep_daily && !days.contains(&day);
             if keep_daily {

@@ -153,13 +153,14 @@ pub fn snapshot(
     let (new_bytes, _, _) = packer.finish()?;
     let mut rnd = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut rnd);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let info = SnapshotInfo {
         id: hex::encode(rnd),
         workspace: workspace.to_string(),
-        time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
+        time: now.as_secs() as i64,
+        nanos: now.subsec_nanos(),
         parent: parent.map(str::to_string),
         size,
         files,

@@ -1005,6 +1005,7 @@ fn info(id: &str, ws: &str, time: i64) -> SnapshotInfo {
         id: id.into(),
         workspace: ws.into(),
         time,
+        nanos: 0,
         parent: None,
         size: 0,
         files: 0,
@@ -1045,6 +1046,47 @@ fn retention_keeps_last_and_daily() {
     );
     f.sort();
     assert_eq!(f, vec!["a1", "a2", "a3", "a4", "a5"]);
+}
+
+/// Snapshots of a workspace taken within one second: retention keeps the newest by the
+/// sub-second time, and among records without one (older Hearth) by the parent chain, never
+/// by the random id.
+#[test]
+fn same_second_snapshots_keep_their_order() {
+    let at = |id: &str, nanos: u32, parent: Option<&str>| SnapshotInfo {
+        nanos,
+        parent: parent.map(str::to_string),
+        ..info(id, "w", 5)
+    };
+    // Ids sort opposite to the order taken.
+    let v = vec![at("b", 900, None), at("a", 100, None), at("z", 0, None)];
+    let ids: Vec<String> = chronological(v.clone()).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["z", "a", "b"]);
+    let keep_one = Retention {
+        keep_last: 1,
+        keep_daily: 0,
+    };
+    let mut f = retention(&v, keep_one);
+    f.sort();
+    assert_eq!(f, ["a", "z"]);
+
+    let legacy = vec![
+        at("c", 0, Some("b")),
+        at("a", 0, None),
+        at("b", 0, Some("a")),
+        SnapshotInfo {
+            time: 1,
+            ..at("y", 0, None)
+        },
+    ];
+    let ids: Vec<String> = chronological(legacy.clone())
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["y", "a", "b", "c"]);
+    let mut f = retention(&legacy, keep_one);
+    f.sort();
+    assert_eq!(f, ["a", "b", "y"]);
 }
 
 // ---- hostile snapshots ----
@@ -1091,6 +1133,7 @@ fn craft_record(store: &Store, tree: Vec<ChunkRef>, tree_len: u64) -> String {
         id: id.clone(),
         workspace: "evil".into(),
         time: 0,
+        nanos: 0,
         parent: None,
         size: 0,
         files: 0,

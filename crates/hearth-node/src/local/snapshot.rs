@@ -61,27 +61,6 @@ fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
-/// Oldest first; same-second snapshots ordered by their parent chain.
-fn ordered(mut v: Vec<SnapshotInfo>) -> Vec<SnapshotInfo> {
-    v.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-    let mut out: Vec<SnapshotInfo> = Vec::with_capacity(v.len());
-    while !v.is_empty() {
-        let t = v[0].time;
-        // Among the oldest second, take one whose parent is not still waiting.
-        let pick = v
-            .iter()
-            .take_while(|s| s.time == t)
-            .position(|s| {
-                !v.iter()
-                    .take_while(|o| o.time == t)
-                    .any(|o| Some(&o.id) == s.parent.as_ref())
-            })
-            .unwrap_or(0);
-        out.push(v.remove(pick));
-    }
-    out
-}
-
 impl Inner {
     pub(super) fn snap_store(&self) -> Result<Arc<Store>, NodeError> {
         let mut g = self.snap.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,7 +128,7 @@ impl Inner {
             "workspace {}: cannot list snapshots",
             spec.name
         )))?;
-        Ok(ordered(v))
+        Ok(v)
     }
 
     pub(super) fn snapshots(
@@ -562,26 +541,6 @@ fn check_fence(store: &Store, spec: &WorkspaceSpec) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(id: &str, time: i64, parent: Option<&str>) -> SnapshotInfo {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "workspace": "w", "time": time, "parent": parent, "size": 0,
-            "files": 0, "new_bytes": 0, "tree": [], "tree_len": 0
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn same_second_snapshots_follow_the_parent_chain() {
-        let v = vec![
-            info("c", 5, Some("b")),
-            info("a", 5, None),
-            info("b", 5, Some("a")),
-            info("z", 1, None),
-        ];
-        let ids: Vec<String> = ordered(v).into_iter().map(|s| s.id).collect();
-        assert_eq!(ids, ["z", "a", "b", "c"]);
-    }
 
     #[test]
     fn marker_sees_changes() {
