@@ -200,6 +200,9 @@ pub struct ImageSummary {
     pub layers: usize,
     /// RFC 3339 time of the load.
     pub loaded_at: String,
+    /// The config's `User` (`None`: unset, root): who sessions run as by default.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Registry credentials for a pull; the password never shows in debug output.

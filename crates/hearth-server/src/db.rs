@@ -893,6 +893,7 @@ impl Store {
                 .map_err(query_err(id))?;
         });
         self.forget_workspace_dotfiles(id).await?;
+        self.forget_handover(id).await?;
         self.forget_devcontainer(id).await
     }
 
@@ -944,6 +945,41 @@ impl Store {
             sqlx::query("UPDATE workspace_devcontainers SET done = $2 WHERE id = $1")
                 .bind(id)
                 .bind(step)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
+        Ok(())
+    }
+
+    /// Records that workspace `id`'s clone is still to be handed to its session user.
+    pub async fn set_handover(&self, id: &str) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            sqlx::query("INSERT INTO workspace_handovers (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err(id))?;
+        });
+        Ok(())
+    }
+
+    /// Whether workspace `id`'s clone is still to be handed over.
+    pub async fn handover(&self, id: &str) -> Result<bool, StoreError> {
+        with_pool!(self, p => {
+            sqlx::query_scalar::<_, String>("SELECT id FROM workspace_handovers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map(|r| r.is_some())
+                .map_err(query_err(id))
+        })
+    }
+
+    pub async fn forget_handover(&self, id: &str) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            sqlx::query("DELETE FROM workspace_handovers WHERE id = $1")
+                .bind(id)
                 .execute(p)
                 .await
                 .map_err(query_err(id))?;
@@ -1061,6 +1097,7 @@ impl Store {
                 .await
                 .map_err(query_err(id))?;
         });
+        self.forget_handover(id).await?;
         self.forget_devcontainer(id).await
     }
 

@@ -1042,8 +1042,15 @@ impl Manager {
                 ),
             }
         }
-        if let Some(dc) = &devcontainer {
-            self.record_devcontainer(&rec.spec, dc).await?;
+        match &devcontainer {
+            Some(dc) => self.record_devcontainer(&rec.spec, dc).await?,
+            // Sessions run as the image's user: the clone is to be theirs.
+            None if !rec.spec.source.is_empty()
+                && !devcontainer::is_root_user(image.user.as_deref()) =>
+            {
+                self.store.set_handover(rec.spec.id.as_str()).await?
+            }
+            None => {}
         }
         tracing::info!(
             workspace = name,

@@ -52,6 +52,7 @@ impl FakeNode {
             size: 1,
             layers: 1,
             loaded_at: now(),
+            user: None,
         });
         n
     }
@@ -77,6 +78,7 @@ impl NodeApi for FakeNode {
             size: 2,
             layers: 1,
             loaded_at: now(),
+            user: None,
         };
         self.st().images.push(s.clone());
         Ok(s)
@@ -111,6 +113,7 @@ impl NodeApi for FakeNode {
             size: 3,
             layers: 1,
             loaded_at: now(),
+            user: None,
         };
         st.images.push(s.clone());
         Ok(s)

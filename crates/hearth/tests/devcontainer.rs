@@ -813,6 +813,68 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
 }
 
+/// Without a devcontainer.json, sessions run as the image's `USER` (here `dev`, uid 1000),
+/// and the clone is that user's too, so they can write their own checkout. Handed over
+/// once (a file root made later stays root's across a restart and in a fork), symlinks in
+/// it changed themselves, never what they point at.
+#[test]
+fn the_image_user_owns_the_repository_without_a_devcontainer_json() {
+    let srv = TestServer::start();
+    srv.load_busybox_dev();
+    let src = tempfile::tempdir().unwrap();
+    let repo = common::git_repo(src.path(), "proj");
+    std::os::unix::fs::symlink("/etc", repo.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", repo.join("passwd-link")).unwrap();
+    common::commit_files(&repo, &[("sub/file", "x\n")]);
+    let out = srv.hearth(&["up", repo.to_str().unwrap(), "--image", "busybox-dev"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}\n{}", srv.server_log());
+    line_of(&err, "handing /workspace/proj to uid 1000:1000");
+    assert_eq!(
+        srv.exec(
+            "proj",
+            &[
+                "sh",
+                "-c",
+                "id -un; pwd; echo more >> README.md && touch new sub/new && echo wrote; \
+                 stat -c %U . .git .git/index README.md sub sub/file etc-link passwd-link; \
+                 stat -c %U /etc /etc/passwd /workspace"
+            ]
+        ),
+        "dev\n/workspace/proj\nwrote\n\
+         dev\ndev\ndev\ndev\ndev\ndev\ndev\ndev\n\
+         root\nroot\nroot\n"
+    );
+    // Once: what root makes in the repository later stays root's, across a restart.
+    srv.ok(&[
+        "exec",
+        "proj",
+        "-u",
+        "0",
+        "--",
+        "touch",
+        "/workspace/proj/by-root",
+    ]);
+    srv.ok(&["stop", "proj"]);
+    srv.ok(&["start", "proj"]);
+    let owners = "stat -c %U README.md new by-root";
+    assert_eq!(srv.exec("proj", &["sh", "-c", owners]), "dev\ndev\nroot\n");
+    // A fork keeps its snapshot's owners.
+    srv.ok(&["stop", "proj"]);
+    let snap = srv.workspace("proj")["last_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    srv.ok(&["fork", "proj", "--snapshot", &snap, "--name", "proj2"]);
+    assert_eq!(
+        srv.exec(
+            "proj2",
+            &["sh", "-c", &format!("cd /workspace/proj && {owners}")]
+        ),
+        "dev\ndev\nroot\n"
+    );
+}
+
 /// A non-root `remoteUser` (Debian's `nobody`) gets the repository (it writes it and runs
 /// git in it, as with the reference CLI's bind mount), and a `workspaceFolder` outside
 /// `/workspace` holds it: lifecycle commands and sessions start there, across a restart.

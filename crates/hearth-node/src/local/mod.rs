@@ -168,6 +168,7 @@ fn summary(i: &Image) -> ImageSummary {
         size: i.size,
         layers: i.diff_ids.len(),
         loaded_at: i.loaded_at.clone(),
+        user: i.config.user.clone().filter(|u| !u.is_empty()),
     }
 }
 

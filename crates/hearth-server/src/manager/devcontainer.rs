@@ -104,6 +104,13 @@ pub fn clone_folder(source: &str) -> String {
     format!("/workspace/{}", hearth_node::repo_name(source))
 }
 
+/// Whether an image's `User` is root: unset, or uid 0 or `root`, whatever the group.
+pub(super) fn is_root_user(user: Option<&str>) -> bool {
+    let name = user.unwrap_or_default();
+    let name = name.split_once(':').map_or(name, |(u, _)| u);
+    name.is_empty() || name == "root" || name.parse::<u32>() == Ok(0)
+}
+
 impl Manager {
     /// The image `up` uses when neither `--image` nor a devcontainer.json names one.
     pub fn set_default_image(&self, image: String) {
@@ -281,7 +288,7 @@ impl Manager {
         attach: bool,
     ) -> Result<(), ApiError> {
         let Some((dc, steps)) = self.due_steps(spec, attach).await? else {
-            return self.install_dotfiles(spec, None, progress).await;
+            return self.plain_start(spec, progress).await;
         };
         self.run_steps(spec, &dc, &steps, progress).await
     }
@@ -316,7 +323,7 @@ impl Manager {
         let spec = &rec.spec;
         let res = async {
             let Some((dc, steps)) = self.due_steps(spec, true).await? else {
-                self.install_dotfiles(spec, None, Some(progress)).await?;
+                self.plain_start(spec, Some(progress)).await?;
                 return Ok(None);
             };
             let now = match dc.config.lifecycle.wait_for {
@@ -416,7 +423,9 @@ impl Manager {
             if step == LifecycleStep::OnCreate {
                 // Before the first command: the repository where the file says, and the
                 // remote user's.
-                self.prepare_folder(spec, dc, progress).await?;
+                let user = dc.config.exec_user();
+                self.prepare_folder(spec, user, &dc.workspace_folder, progress)
+                    .await?;
             }
             if step == LifecycleStep::PostStart {
                 // The owner's dotfiles, once: after the create-time steps, as the
@@ -442,16 +451,47 @@ impl Manager {
         Ok(())
     }
 
+    /// Without a devcontainer.json, at the first start (before the dotfiles): hands the
+    /// clone to the image's non-root `USER` when the create recorded that it runs as one
+    /// (`workspace_handovers`), as [`Manager::prepare_folder`] does for `remoteUser`.
+    /// Kept until it succeeds, so a start after a failure tries again.
+    async fn hand_over_clone(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: Option<&Progress>,
+    ) -> Result<(), ApiError> {
+        if !self.store.handover(spec.id.as_str()).await? {
+            return Ok(());
+        }
+        let repo = clone_folder(&spec.source);
+        self.prepare_folder(spec, None, &repo, progress).await?;
+        self.store.forget_handover(spec.id.as_str()).await?;
+        Ok(())
+    }
+
+    /// A start without a devcontainer.json: the new workspace's clone handed over, then
+    /// the owner's dotfiles (each once).
+    async fn plain_start(
+        &self,
+        spec: &WorkspaceSpec,
+        progress: Option<&Progress>,
+    ) -> Result<(), ApiError> {
+        self.hand_over_clone(spec, progress).await?;
+        self.install_dotfiles(spec, None, progress).await
+    }
+
     /// Once, before `onCreateCommand` (a prebuild's snapshot keeps the result): hands the
-    /// clone to the user sessions run as (`remoteUser`, else `containerUser`, else the
-    /// image's; resolved by the agent from the image's /etc/passwd, as sessions are), so
-    /// it can write its repository as with the reference CLI's bind mount; and makes the
-    /// repository appear at `workspaceFolder` when that is elsewhere: a symlink in the
-    /// workspace's own filesystem, which stop/start, snapshots, moves and prebuilds keep.
+    /// clone to the user sessions run as (`user`: `remoteUser`, else `containerUser`;
+    /// `None`: the image's; resolved by the agent from the image's /etc/passwd, as
+    /// sessions are), so it can write its repository as with the reference CLI's bind
+    /// mount; and makes the repository appear at `folder` (`workspaceFolder`) when that
+    /// is elsewhere: a symlink in the workspace's own filesystem, which stop/start,
+    /// snapshots, moves and prebuilds keep.
     async fn prepare_folder(
         &self,
         spec: &WorkspaceSpec,
-        dc: &Devcontainer,
+        user: Option<&str>,
+        folder: &str,
         progress: Option<&Progress>,
     ) -> Result<(), ApiError> {
         let repo = clone_folder(&spec.source);
@@ -461,7 +501,7 @@ impl Manager {
         let probe = ExecRequest {
             argv: vec!["cat".into(), "/proc/self/status".into()],
             cwd: Some("/".into()),
-            user: dc.config.exec_user().map(str::to_string),
+            user: user.map(str::to_string),
             ..Default::default()
         };
         let (code, status) = self.run_capture(spec, probe, None, "").await?;
@@ -478,11 +518,11 @@ impl Manager {
             _ => {
                 return Err(ApiError::conflict(format!(
                     "cannot tell the uid of the workspace's user {} (cat /proc/self/status exited with {code})",
-                    dc.config.exec_user().unwrap_or("(the image's)")
+                    user.unwrap_or("(the image's)")
                 )))
             }
         };
-        let folder = dc.workspace_folder.trim_end_matches('/');
+        let folder = folder.trim_end_matches('/');
         let inside = folder == repo || folder.starts_with(&format!("{repo}/"));
         if owner.is_empty() && inside {
             return Ok(());
@@ -859,7 +899,25 @@ fn cpus(milli: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::OutputLines;
+    use super::{is_root_user, OutputLines};
+
+    #[test]
+    fn root_users_of_an_image_config() {
+        for root in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("root"),
+            Some("00"),
+            Some("0:1000"),
+            Some("root:wheel"),
+        ] {
+            assert!(is_root_user(root), "{root:?}");
+        }
+        for other in [Some("dev"), Some("1000"), Some("1000:0"), Some("rooty")] {
+            assert!(!is_root_user(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn output_lines_split_each_stream_on_its_own() {

@@ -60,6 +60,7 @@ impl SimNode {
                 size: 1 << 20,
                 layers: 1,
                 loaded_at: hearth_server::db::now(),
+                user: None,
             },
             held: Mutex::new(HashMap::new()),
         }

@@ -269,6 +269,18 @@ impl TestServer {
         self.ok(&["image", "load", img.to_str().unwrap(), "--name", "busybox"]);
     }
 
+    /// Loads busybox with `USER dev` (uid 1000) as `busybox-dev`.
+    pub fn load_busybox_dev(&self) {
+        let img = images::busybox_dev_image(self.data_dir());
+        self.ok(&[
+            "image",
+            "load",
+            img.to_str().unwrap(),
+            "--name",
+            "busybox-dev",
+        ]);
+    }
+
     /// Loads the Debian test image (`HEARTH_TEST_DEBIAN`, which scripts/test.sh sets) as
     /// `debian`.
     pub fn load_debian(&self) {
