@@ -1,5 +1,6 @@
-//! Hidden load and probe tools for `hearth bench cpu`: the agent binary is in every
-//! workspace (`/.hearth/agent`), so the benchmark needs nothing from the image.
+//! Hidden load and probe tools for `hearth bench cpu` (and `http` for `hearth bench
+//! --proxy`): the agent binary is in every workspace (`/.hearth/agent`), so the benchmark
+//! needs nothing from the image.
 //!
 //! - `probe`: an interactive task (sleep, then a little CPU work, repeated); prints each
 //!   iteration's latency from the intended wake-up to the end of its work, in µs.
@@ -7,6 +8,8 @@
 //!   the threads' own CPU clocks) and, for fairness runs, the process's CPU over time.
 //! - `membomb`: allocates and touches memory until it holds the asked amount (or is
 //!   killed), then keeps touching it.
+//! - `http`: answers HTTP/1.1 requests with a 6-byte body on kept-alive connections, so
+//!   the proxy's own cost per request shows without a connection's.
 //!
 //! Results are printed at the end (or in small lines), never while measuring.
 
@@ -256,6 +259,41 @@ pub fn membomb(args: impl Iterator<Item = std::ffi::OsString>) -> Result<(), Str
 
 fn ms_of(ns: u64) -> f64 {
     ns as f64 / 1e6
+}
+
+/// `http --port P`: listens on all addresses at P and answers every request (its head;
+/// a body is not expected) with `200` and `hello\n`, keeping each connection open until
+/// the client closes it; a thread per connection. Runs until killed.
+pub fn http(args: impl Iterator<Item = std::ffi::OsString>) -> Result<(), String> {
+    let o = Opts::parse(args, &["port"])?;
+    let port = u16::try_from(o.num("port", 8081)?).map_err(|_| "--port: 1 to 65535")?;
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| format!("listen on port {port}: {e}"))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let _ = conn.set_nodelay(true);
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    Some(end) => {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n";
+                        if conn.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                    None => match std::io::Read::read(&mut conn, &mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if buf.len() + n > 64 * 1024 => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    },
+                }
+            }
+        });
+    }
+    Ok(())
 }
 
 fn write_out(s: &str) -> Result<(), String> {

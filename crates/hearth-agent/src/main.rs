@@ -49,10 +49,11 @@ fn run() -> Result<(), String> {
             Some("sftp-server") => return sftp::serve(),
             // Run by the SSH gateway for agent forwarding (see agent_relay.rs).
             Some("ssh-agent-relay") => return agent_relay::serve(),
-            // Hidden load and probe tools for `hearth bench cpu` (see bench_tools.rs).
+            // Hidden load and probe tools for `hearth bench` (see bench_tools.rs).
             Some("probe") => return bench_tools::probe(args),
             Some("spin") => return bench_tools::spin(args),
             Some("membomb") => return bench_tools::membomb(args),
+            Some("http") => return bench_tools::http(args),
             Some("--version") => {
                 println!("hearth-agent {}", hearth_proto::VERSION);
                 return Ok(());

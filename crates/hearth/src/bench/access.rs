@@ -11,6 +11,10 @@
 //! `--proxy`: busybox httpd in the workspace serves a 200 MiB and a 6-byte file; the same
 //! HTTP/1.0 client fetches them through the proxy (`PORT-NAME.localhost`, bearer token) and
 //! straight from the workspace's address on the bridge, one new connection per request.
+//! Then the agent's `http` tool (a kept-alive HTTP/1.1 answer of 6 bytes) takes serial
+//! requests over one open connection each way: the proxy's own cost per request, without
+//! a connection's. The repository has a devcontainer.json of the usual size with port
+//! settings ([`DEVCONTAINER`]), which the proxy consults for every request.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -51,6 +55,46 @@ const HTTP_BULK: u64 = 200 << 20;
 /// Small requests per side (after a few untimed ones).
 const HTTP_SMALL: usize = 200;
 const HTTP_PORT: u16 = 8080;
+/// Where the agent's kept-alive `http` tool listens (a port the devcontainer.json names).
+const KEEP_ALIVE_PORT: u16 = 5173;
+/// Serial requests per side over one kept-alive connection (after a few untimed ones).
+const KEEP_ALIVE_REQUESTS: usize = 2000;
+
+/// The bench repository's devcontainer.json: a web app's usual one (ports with labels and
+/// auto-forward rules, editor customizations), nothing busybox cannot run.
+const DEVCONTAINER: &str = r#"{
+  "name": "shop-web",
+  "containerEnv": {"NODE_ENV": "development", "DATABASE_URL": "postgres://app:app@localhost:5432/app"},
+  "remoteEnv": {"PATH": "${containerEnv:PATH}:/workspace/bench-repo/node_modules/.bin"},
+  "forwardPorts": [8080, 5173, 5432, 6379],
+  "portsAttributes": {
+    "8080": {"label": "API", "onAutoForward": "notify", "protocol": "http"},
+    "5173": {"label": "Vite dev server", "onAutoForward": "openBrowser"},
+    "5432": {"label": "PostgreSQL", "onAutoForward": "ignore"},
+    "6379": {"label": "Redis", "onAutoForward": "silent"},
+    "9229-9230": {"label": "Node inspector", "onAutoForward": "silent"}
+  },
+  "otherPortsAttributes": {"onAutoForward": "notify"},
+  "customizations": {
+    "vscode": {
+      "extensions": [
+        "dbaeumer.vscode-eslint", "esbenp.prettier-vscode", "bradlc.vscode-tailwindcss",
+        "ms-azuretools.vscode-docker", "mtxr.sqltools", "mtxr.sqltools-driver-pg",
+        "eamodio.gitlens", "streetsidesoftware.code-spell-checker", "vitest.explorer"
+      ],
+      "settings": {
+        "editor.formatOnSave": true,
+        "editor.defaultFormatter": "esbenp.prettier-vscode",
+        "editor.codeActionsOnSave": {"source.fixAll.eslint": "explicit"},
+        "typescript.tsdk": "node_modules/typescript/lib",
+        "files.exclude": {"**/node_modules": true, "**/dist": true},
+        "sqltools.connections": [{"name": "local", "driver": "PostgreSQL", "server": "localhost", "port": 5432, "database": "app"}]
+      }
+    }
+  },
+  "postCreateCommand": "true"
+}
+"#;
 
 /// A child process killed and reaped when dropped, so no path leaves one behind.
 struct Reaped(Child);
@@ -341,6 +385,9 @@ async fn bench(
 ) -> Result<()> {
     let image = super::load_image(node, &args.image).await?.id;
     let repo = super::git_repo(tmp)?;
+    std::fs::write(repo.join(".devcontainer.json"), DEVCONTAINER)?;
+    super::git(&repo, &["add", "."])?;
+    super::git(&repo, &["commit", "-qm", "devcontainer"])?;
     let api = Client::new(&cfg.data_dir, Some(url), None)?;
     eprintln!("creating a workspace...");
     api.create(
@@ -519,6 +566,57 @@ fn http_get(
     Ok((t.elapsed(), n))
 }
 
+/// `n` serial `GET /` over one kept-alive HTTP/1.1 connection to `addr`: each one's time
+/// to the end of its body, which must be `hello\n` with a `content-length`.
+fn keep_alive_gets(
+    addr: SocketAddr,
+    host: &str,
+    token: Option<&str>,
+    n: usize,
+) -> Result<Vec<Duration>> {
+    let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\n{auth}\r\n");
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        w.write_all(request.as_bytes())?;
+        let mut status = String::new();
+        r.read_line(&mut status)?;
+        if status.split_whitespace().nth(1) != Some("200") {
+            bail!("GET http://{host}/ via {addr}: {:?}", status.trim());
+        }
+        let mut len = None;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                bail!("GET http://{host}/ via {addr}: the connection ended in the head");
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0u8; len.context("an answer without content-length")?];
+        r.read_exact(&mut body)?;
+        if body != b"hello\n" {
+            bail!("GET http://{host}/ via {addr}: unexpected body {body:?}");
+        }
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
 fn bench_proxy(gateway: &Target, proxy: SocketAddr, direct: SocketAddr, token: &str) -> Result<()> {
     gateway.check(&format!(
         "mkdir -p /tmp/www && head -c {HTTP_BULK} /dev/zero > /tmp/www/big && \
@@ -567,6 +665,32 @@ fn bench_proxy(gateway: &Target, proxy: SocketAddr, direct: SocketAddr, token: &
             small[1].samples.push(d.0);
         }
     }
+    // Kept alive: the agent's `http` tool, serial requests over one connection each way.
+    let (_http, _http_stdin, _http_stdout) =
+        gateway.session(&format!("/.hearth/agent http --port {KEEP_ALIVE_PORT}"))?;
+    let direct_ka = SocketAddr::new(direct.ip(), KEEP_ALIVE_PORT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(direct_ka).is_err() {
+        if Instant::now() > deadline {
+            bail!("the agent's http tool did not listen on {direct_ka} in the workspace");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{KEEP_ALIVE_REQUESTS} kept-alive requests each way...");
+    let ka_host = format!("{KEEP_ALIVE_PORT}-{WORKSPACE}.localhost:{}", proxy.port());
+    let mut kept = [Series::new("proxy", None), Series::new("direct", None)];
+    // Halves alternate, so load on the shared host hits both alike; the first 10 untimed.
+    for _ in 0..2 {
+        let p = keep_alive_gets(proxy, &ka_host, Some(token), KEEP_ALIVE_REQUESTS / 2 + 10)?;
+        let d = keep_alive_gets(
+            direct_ka,
+            &direct_ka.to_string(),
+            None,
+            KEEP_ALIVE_REQUESTS / 2 + 10,
+        )?;
+        kept[0].samples.extend_from_slice(&p[10..]);
+        kept[1].samples.extend_from_slice(&d[10..]);
+    }
     let (tp, td) = (median(&bulk[0]), median(&bulk[1]));
     let ratio = tp / td;
     println!();
@@ -589,6 +713,32 @@ fn bench_proxy(gateway: &Target, proxy: SocketAddr, direct: SocketAddr, token: &
         ">= 80% of direct",
         if ratio >= 0.8 { "ok" } else { "over" }
     );
+    // One request after the other: what a client waiting for each answer gets.
+    let rate =
+        |s: &Series| s.samples.len() as f64 / s.samples.iter().sum::<Duration>().as_secs_f64();
+    println!(
+        "{:<28} {:>15.0} {:>10.0} {:>11.0}%",
+        "small requests/s, serial",
+        rate(&small[0]),
+        rate(&small[1]),
+        rate(&small[0]) / rate(&small[1]) * 100.0
+    );
+    println!(
+        "{:<28} {:>15.0} {:>10.0} {:>11.0}%",
+        "kept alive: requests/s",
+        rate(&kept[0]),
+        rate(&kept[1]),
+        rate(&kept[0]) / rate(&kept[1]) * 100.0
+    );
+    for p in [50.0, 99.0] {
+        println!(
+            "{:<28} {:>15.3} {:>10.3} {:>+9.3} ms",
+            format!("kept alive: p{p:.0}, ms"),
+            kept[0].pct(p),
+            kept[1].pct(p),
+            kept[0].pct(p) - kept[1].pct(p)
+        );
+    }
     for p in [50.0, 99.0] {
         let added = small[0].pct(p) - small[1].pct(p);
         println!(
