@@ -686,4 +686,20 @@ fn devcontainer_ports_are_listed_labelled_ignored_and_spoken_to_over_tls() {
     // Making an ignored port private is refused too (it is not listed to toggle).
     let e = s.fails(&["port", "web", "7070", "--private"]);
     assert!(e.contains("ignored"), "{e}");
+
+    // The proxy keeps a workspace's settings parsed: one made again under the name, here
+    // without a devcontainer.json, is proxied by its own (7070 is no longer ignored).
+    s.ok(&["rm", "web"]);
+    let plain = git_repo(src.path(), "plain");
+    s.ok(&[
+        "up",
+        plain.to_str().unwrap(),
+        "--name",
+        "web",
+        "--image",
+        "debian",
+    ]);
+    run_upstream(&s, "web", 7070);
+    let (st, _, body) = curl(p, "7070-web.localhost", "/headers", &["-H", &bearer]);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
 }

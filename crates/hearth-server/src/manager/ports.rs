@@ -62,6 +62,7 @@ pub fn parse_port(s: &str) -> Result<u16, ApiError> {
 /// `portsAttributes`, `otherPortsAttributes`); nothing for a workspace made without one.
 #[derive(Debug, Default)]
 pub struct PortPolicy {
+    /// Only the port settings of the file (the port proxy keeps a policy per workspace).
     config: Option<Config>,
     /// `forwardPorts` of the workspace itself, read once (every listed port asks).
     forwarded: Vec<u16>,
@@ -107,12 +108,19 @@ impl PortPolicy {
 impl Manager {
     /// The port settings of the devcontainer.json workspace `spec` was made from.
     pub async fn port_policy(&self, spec: &WorkspaceSpec) -> Result<PortPolicy, ApiError> {
-        let config = self.devcontainer(spec).await?.map(|(dc, _)| dc.config);
-        let forwarded = config
-            .as_ref()
-            .map(Config::forwarded_ports)
-            .unwrap_or_default();
-        Ok(PortPolicy { config, forwarded })
+        let Some((dc, _)) = self.devcontainer(spec).await? else {
+            return Ok(PortPolicy::default());
+        };
+        let forwarded = dc.config.forwarded_ports();
+        let config = Config {
+            ports_attributes: dc.config.ports_attributes,
+            other_ports_attributes: dc.config.other_ports_attributes,
+            ..Config::default()
+        };
+        Ok(PortPolicy {
+            config: Some(config),
+            forwarded,
+        })
     }
 
     /// Called once the port proxy listens, so listings carry URLs and browsers can be

@@ -40,7 +40,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::activity::Session;
 use crate::auth::Caller;
-use crate::manager::ports::PortUrls;
+use crate::db::WorkspaceRecord;
+use crate::error::ApiError;
+use crate::manager::ports::{PortPolicy, PortUrls};
 use crate::manager::Manager;
 use crate::names;
 use login::CookieKey;
@@ -58,6 +60,8 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const LOGIN_MAX: usize = 8 * 1024;
 /// Longest wait for starting a stopped workspace on request.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Workspaces whose port settings the proxy keeps parsed; past it they start over.
+const POLICIES_MAX: usize = 4096;
 
 /// What `hearth server` asks of the proxy.
 #[derive(Debug, Clone)]
@@ -84,6 +88,9 @@ struct ProxyState {
     client: Client<Connector, Body>,
     /// Workspaces the pool's connector may be asked to connect to, by id.
     targets: Arc<Mutex<std::collections::HashMap<String, WorkspaceSpec>>>,
+    /// Port settings by workspace id, with the `created_at` of the row they were read
+    /// for (see [`ProxyState::policy`]).
+    policies: Mutex<std::collections::HashMap<String, (String, Arc<PortPolicy>)>>,
 }
 
 impl Proxy {
@@ -135,6 +142,7 @@ impl Proxy {
             urls,
             client,
             targets,
+            policies: Mutex::default(),
         });
         Ok(Proxy {
             listener,
@@ -572,6 +580,39 @@ impl hyper::body::Body for Tracked {
 }
 
 impl ProxyState {
+    /// `rec`'s port settings, read and parsed once per workspace row instead of at every
+    /// request. A create records them before the first start, so a running workspace's
+    /// are there (a creating one's are read each time, uncached); what the proxy decides
+    /// by (`forwardPorts` numbers, `portsAttributes` keys, their `protocol` and
+    /// `onAutoForward`, which parsing restricts to fixed words) stays as it is: the one
+    /// later rewrite, the `${containerEnv:X}` pass at the first start, changes only free
+    /// text such as labels (which the API's port listings read afresh). A workspace made
+    /// again, even under its id (a prebuild series), is a new row with its own
+    /// `created_at`, which an entry must match.
+    async fn policy(&self, rec: &WorkspaceRecord) -> Result<Arc<PortPolicy>, ApiError> {
+        let id = rec.spec.id.as_str();
+        let cached = self
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(created, _)| *created == rec.created_at)
+            .map(|(_, p)| p.clone());
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let p = Arc::new(self.manager.port_policy(&rec.spec).await?);
+        if rec.state != WorkspaceState::Running {
+            return Ok(p);
+        }
+        let mut policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if policies.len() >= POLICIES_MAX {
+            policies.clear();
+        }
+        policies.insert(id.to_string(), (rec.created_at.clone(), p.clone()));
+        Ok(p)
+    }
+
     async fn handle(
         &self,
         req: Request<Incoming>,
@@ -634,7 +675,7 @@ impl ProxyState {
         let Some(mut rec) = rec else {
             return not_found();
         };
-        let policy = match self.manager.port_policy(&rec.spec).await {
+        let policy = match self.policy(&rec).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(workspace = name, error = %e.message, "port proxy: devcontainer settings");
