@@ -106,6 +106,17 @@ pub struct PrebuildRunLog {
     #[serde(flatten)]
     pub run: PrebuildRun,
     /// The last lines of its progress and its commands' output (as `hearth prebuild`
-    /// prints them), oldest first; written when the run ends.
+    /// prints them), oldest first; written as the run goes (within a second of a line).
     pub log: Vec<String>,
+}
+
+/// `GET /v1/prebuild-runs/{id}` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PrebuildRunOptions {
+    /// Instead of the run with its log, stream its output (ndjson progress lines: the
+    /// last lines so far, then each as it is written) and, once the run ended, the run
+    /// (`PrebuildRun`) as the result line; an ended run's stream ends at once.
+    #[serde(default)]
+    pub follow: bool,
 }

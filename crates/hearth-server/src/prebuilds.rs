@@ -1,14 +1,15 @@
 //! Prebuild routes: build one (`hearth prebuild`), list them (`hearth prebuilds`), and
 //! the forges' push webhooks that refresh them.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hearth_api::{
-    CreatePrebuild, ErrorBody, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildTrigger,
-    WebhookResult,
+    CreatePrebuild, ErrorBody, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildRunOptions,
+    PrebuildTrigger, WebhookResult, NDJSON,
 };
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -90,16 +91,27 @@ pub(crate) async fn list_prebuild_runs(
     Ok(Json(st.manager.prebuild_runs(&caller).await?))
 }
 
-/// One prebuild run with the last lines of its output (`hearth prebuild logs ID`).
-#[utoipa::path(get, path = "/v1/prebuild-runs/{id}", params(PrebuildRunPath),
-    responses((status = 200, body = PrebuildRunLog), (status = 401, body = ErrorBody),
+/// One prebuild run with the last lines of its output (`hearth prebuild logs ID`), also
+/// while it runs; with `follow`, its output streamed until it ends, then the run
+/// (`hearth prebuild logs -f ID`).
+#[utoipa::path(get, path = "/v1/prebuild-runs/{id}", params(PrebuildRunPath, PrebuildRunOptions),
+    responses((status = 200, description = "the run with its log; with follow, ndjson progress \
+        lines (its output) and then the PrebuildRun once it ended, or an error",
+        content((PrebuildRunLog = "application/json"), (StreamLineDoc = "application/x-ndjson"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_prebuild_run(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<PrebuildRunLog>, ApiError> {
-    Ok(Json(st.manager.prebuild_run(&caller, &id).await?))
+    Path(PrebuildRunPath { id }): Path<PrebuildRunPath>,
+    query: Result<Query<PrebuildRunOptions>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(opts) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    if !opts.follow {
+        return Ok(Json(st.manager.prebuild_run(&caller, &id).await?).into_response());
+    }
+    let rx = st.manager.follow_prebuild_run(&caller, &id).await?;
+    Ok(crate::api::followed(rx, NDJSON))
 }
 
 /// The prebuilds the caller's `up` may start from (their own and admins'), newest first.
@@ -124,7 +136,7 @@ pub(crate) async fn list_prebuilds(
 pub(crate) async fn remove_prebuild(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(snapshot): Path<String>,
+    Path(PrebuildPath { snapshot }): Path<PrebuildPath>,
 ) -> Result<StatusCode, ApiError> {
     st.manager.remove_prebuild(&caller, &snapshot).await?;
     Ok(StatusCode::NO_CONTENT)

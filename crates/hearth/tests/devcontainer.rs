@@ -813,6 +813,154 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
 }
 
+/// Kills a background CLI when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stdout, read in a thread, awaited one needle at a time.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(child: &mut std::process::Child) -> Lines {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line containing `needle` (up to 2 minutes; lines before it are skipped).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!("{needle:?} never came ({e}); got {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Whether the output ended (the child closed it).
+    fn ended(&self) -> bool {
+        matches!(
+            self.rx.recv_timeout(std::time::Duration::from_secs(120)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
+/// A running prebuild's output is seen while it runs (`hearth prebuild logs RUN`, its
+/// lines and state `running`), and `hearth prebuild logs -f RUN` follows it: what is
+/// written after, until the run ends, then how it ended. Its onCreateCommand prints a
+/// line and waits for a file the test makes in the prebuild's workspace.
+#[test]
+fn prebuild_logs_show_a_running_prebuild_and_follow_it_to_its_end() {
+    let (srv, _src, repo) = busybox_repo(
+        "watched",
+        r#"{
+  "image": "busybox",
+  "onCreateCommand": "echo waiting-for-go; i=0; while [ ! -e /tmp/go ] && [ $i -lt 1500 ]; do sleep 0.1; i=$((i+1)); done; echo went",
+  "updateContentCommand": "echo update-ran"
+}"#,
+    );
+    let r = repo.to_str().unwrap();
+    let mut build = Killed(srv.spawn_cli(&["prebuild", r]));
+    // Its run, under way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let id = loop {
+        let runs = run_list(&srv);
+        if let Some(run) = runs.first() {
+            assert_eq!(run["state"], "running", "{run}\n{}", srv.server_log());
+            break run["id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no run");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // Its log while it waits: the line it printed, the run still running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let logs = srv.ok(&["prebuild", "logs", &id]);
+        if logs.contains("onCreateCommand: waiting-for-go") {
+            line_of(&logs, "(cli), running");
+            assert!(!logs.contains("went"), "{logs}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running prebuild's log never showed its line:\n{logs}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Followed: the log so far, then the rest as it comes, then the outcome.
+    let mut follow = Killed(
+        srv.command(&["prebuild", "logs", "-f", &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = Lines::of(&mut follow.0);
+    lines.wait_for("(cli), running");
+    lines.wait_for("onCreateCommand: waiting-for-go");
+    let ws = srv
+        .workspace_names()
+        .into_iter()
+        .find(|n| n.starts_with("prebuild-"))
+        .expect("the prebuild's workspace");
+    srv.exec(&ws, &["touch", "/tmp/go"]);
+    lines.wait_for("onCreateCommand: went");
+    lines.wait_for("updateContentCommand: update-ran");
+    lines.wait_for(&format!("prebuild run {id} ready, finished "));
+    let made = lines.wait_for("prebuild ");
+    assert!(lines.ended(), "the follow went on after the end");
+    let status = follow.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let status = build.0.wait().unwrap();
+    assert!(status.success(), "hearth prebuild: {status:?}");
+    let list = prebuild_list(&srv);
+    assert_eq!(
+        made,
+        format!("prebuild {}", list[0]["snapshot"].as_str().unwrap())
+    );
+
+    // Followed once ended: all of it, and it ends by itself.
+    let out = srv.ok(&["prebuild", "logs", "--follow", &id]);
+    let at = line_of(&out, "onCreateCommand: waiting-for-go");
+    assert!(line_of(&out, "onCreateCommand: went") > at, "{out}");
+    line_of(&out, &format!("prebuild run {id} ready"));
+    // --json is the run as it is; with --follow it is refused.
+    let out = srv.hearth(&["prebuild", "logs", "-f", "--json", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
 /// A non-root `remoteUser` (Debian's `nobody`) gets the repository (it writes it and runs
 /// git in it, as with the reference CLI's bind mount), and a `workspaceFolder` outside
 /// `/workspace` holds it: lifecycle commands and sessions start there, across a restart.

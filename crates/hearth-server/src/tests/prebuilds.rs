@@ -11,6 +11,7 @@ on_both_backends!(
     a_replayed_push_builds_nothing_new,
     a_prebuilds_sessions_get_no_secrets,
     prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series,
+    a_running_prebuilds_log_is_read_and_followed_to_its_end,
 );
 use crate::db::{PrebuildRecord, PrebuildRunRecord};
 use hmac::{Hmac, Mac};
@@ -222,6 +223,7 @@ fn run(id: &str, series: &str, owner: &str, server: Option<&str>, at: u32) -> Pr
         state: "running".into(),
         error: None,
         log: None,
+        log_lines: 0,
         snapshot: None,
         server: server.map(str::to_string),
         started_at: format!("2030-01-01T00:00:{at:02}.000000000Z"),
@@ -265,7 +267,7 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
                 &id,
                 if failed { "failed" } else { "ready" },
                 failed.then_some("onCreateCommand failed with exit code 3: boom"),
-                "first line\nonCreateCommand: boom",
+                ("first line\nonCreateCommand: boom", 2),
                 (!failed).then_some("s"),
             )
             .await
@@ -375,4 +377,152 @@ async fn prebuild_runs_are_recorded_shown_to_their_owner_and_kept_per_series(b: 
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(store.prebuild_run(&failed.id).await.unwrap().is_none());
+}
+
+/// The next ndjson line of a streamed body (`buf` keeps what came past it).
+async fn next_line(body: &mut Body, buf: &mut Vec<u8>) -> Option<StreamLine<PrebuildRun>> {
+    loop {
+        if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            return Some(serde_json::from_slice(&line).unwrap());
+        }
+        // (The bound only keeps a broken follow from hanging the test.)
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("no line within 30 s");
+        match frame {
+            Some(f) => {
+                if let Ok(data) = f.unwrap().into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            None => {
+                assert!(buf.is_empty(), "a partial line at the end: {buf:?}");
+                return None;
+            }
+        }
+    }
+}
+
+fn progress(line: Option<StreamLine<PrebuildRun>>) -> String {
+    match line {
+        Some(StreamLine::Progress(p)) => p,
+        other => panic!("not a progress line: {other:?}"),
+    }
+}
+
+/// A running prebuild's log as its server writes it (a tail and a count of lines): read
+/// mid-run, and followed from another request to the run's end, the lines that came
+/// between two reads sent once (those the tail no longer had said so), then the run.
+async fn a_running_prebuilds_log_is_read_and_followed_to_its_end(b: Backend) {
+    let h = harness_on(b, FakeNode::default()).await;
+    let bob = add_user(&h, "bob", false).await;
+    let store = h.manager.store();
+    let id = "00000000abcd";
+    store
+        .insert_prebuild_run(&run(id, &"3".repeat(32), "admin", Some("a"), 0))
+        .await
+        .unwrap();
+    store.set_prebuild_run_log(id, "one\ntwo", 2).await.unwrap();
+    let uri = format!("/v1/prebuild-runs/{id}");
+    let (s, body) = h.call(Method::GET, &uri, Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let mid: PrebuildRunLog = serde_json::from_slice(&body).unwrap();
+    assert_eq!(mid.run.state, PrebuildRunState::Running);
+    assert_eq!(mid.log, ["one", "two"]);
+
+    // Follow it: the log so far, then what is written after.
+    let follow = format!("{uri}?follow=true");
+    let req = Request::builder()
+        .uri(&follow)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], hearth_api::NDJSON);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "one");
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "two");
+    // The tail moved on by one: only the new line comes.
+    store
+        .set_prebuild_run_log(id, "two\nthree", 3)
+        .await
+        .unwrap();
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "three");
+    // More came than the tail keeps: the follower is told, and gets what is kept.
+    store
+        .set_prebuild_run_log(id, "six\nseven", 7)
+        .await
+        .unwrap();
+    assert_eq!(
+        progress(next_line(&mut body, &mut buf).await),
+        "[2 lines not kept]"
+    );
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "six");
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "seven");
+    // The end: its last lines, then the run, then nothing.
+    store
+        .finish_prebuild_run(
+            id,
+            "failed",
+            Some("onCreateCommand failed with exit code 3"),
+            ("seven\n\neight", 9),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "");
+    assert_eq!(progress(next_line(&mut body, &mut buf).await), "eight");
+    match next_line(&mut body, &mut buf).await {
+        Some(StreamLine::Result(r)) => {
+            assert_eq!(r.state, PrebuildRunState::Failed);
+            assert_eq!(
+                r.error.as_deref(),
+                Some("onCreateCommand failed with exit code 3")
+            );
+            assert!(r.finished_at.is_some());
+        }
+        other => panic!("no result line: {other:?}"),
+    }
+    assert!(next_line(&mut body, &mut buf).await.is_none());
+
+    // An ended run's log is its end's: a late write of the running log changes nothing.
+    store.set_prebuild_run_log(id, "late", 10).await.unwrap();
+    let (s, body) = h.call(Method::GET, &uri, Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let end: PrebuildRunLog = serde_json::from_slice(&body).unwrap();
+    assert_eq!(end.log, ["seven", "", "eight"]);
+    // Followed once ended: the log and the run at once.
+    let (s, body) = h.call(Method::GET, &follow, Some(TOKEN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut all = Body::from(body);
+    let mut buf = Vec::new();
+    for want in ["seven", "", "eight"] {
+        assert_eq!(progress(next_line(&mut all, &mut buf).await), want);
+    }
+    assert!(matches!(
+        next_line(&mut all, &mut buf).await,
+        Some(StreamLine::Result(_))
+    ));
+    assert!(next_line(&mut all, &mut buf).await.is_none());
+
+    // Nobody else's; a query that is not a yes or no is refused.
+    let (s, _) = h.call(Method::GET, &follow, Some(&bob), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = h
+        .call(
+            Method::GET,
+            &format!("{uri}?follow=maybe"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }
