@@ -53,6 +53,10 @@ pub struct WebhookResult {
     /// `SOURCE` or `SOURCE@BRANCH` of each prebuild started in the background (an empty
     /// list: the push matched no prebuild, or was no branch push).
     pub started: Vec<String>,
+    /// The ids of their runs (`hearth prebuild logs -f ID`), in the same order; one
+    /// that could not be recorded is missing.
+    #[serde(default)]
+    pub runs: Vec<String>,
 }
 
 /// What started a prebuild run.

@@ -29,7 +29,7 @@ use super::*;
 use crate::db::{PrebuildRecord, PrebuildRunRecord};
 use hearth_api::{
     CreatePrebuild, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildRunState, PrebuildTrigger,
-    StreamLine,
+    StreamLine, WebhookResult,
 };
 use hearth_devcontainer::LifecycleStep;
 
@@ -517,39 +517,6 @@ impl Manager {
             }
         }
         res
-    }
-
-    /// Records a prebuild that failed before it could run (a webhook's, whose plan was
-    /// refused: nobody else would see why).
-    async fn record_failed_run(
-        &self,
-        owner: &str,
-        req: &CreatePrebuild,
-        commit: Option<&str>,
-        error: &str,
-    ) {
-        let now = crate::db::now_precise();
-        let run = PrebuildRunRecord {
-            id: new_id().to_string(),
-            series: series_id(owner, req.source.trim(), req.branch.as_deref()).to_string(),
-            owner: owner.to_string(),
-            source: req.source.clone(),
-            branch: req.branch.clone(),
-            config_file: None,
-            commit: commit.map(str::to_string),
-            trigger: trigger_name(PrebuildTrigger::Webhook).into(),
-            state: "failed".into(),
-            error: Some(error.to_string()),
-            log: None,
-            log_lines: 0,
-            snapshot: None,
-            server: self.server_id().map(str::to_string),
-            started_at: now.clone(),
-            finished_at: Some(now),
-        };
-        if let Err(e) = self.store.insert_prebuild_run(&run).await {
-            tracing::warn!(source = run.source, error = %e, "cannot record a prebuild run");
-        }
     }
 
     /// The prebuild runs `caller` may see (their own; an admin's: all), newest first.
@@ -1072,11 +1039,12 @@ impl Manager {
 
     /// Starts, in the background, a new prebuild of every series of the pushed
     /// repository and branch (the default branch's series when the push is to it), as
-    /// the series' owner. Returns what was started.
+    /// the series' owner. Returns what was started, with the runs' ids: each is recorded
+    /// before this returns, so the forge's delivery log names it.
     pub async fn prebuild_push(
         &self,
         push: &crate::prebuilds::Push,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<WebhookResult, ApiError> {
         let all = self.store.prebuilds(None).await?;
         // Series prebuilt at the pushed commit already: a delivery sent again (or replayed
         // by someone who saw it) starts nothing.
@@ -1106,7 +1074,10 @@ impl Manager {
                 "prebuilds from webhooks need a shared manager",
             ));
         };
-        let mut started = Vec::new();
+        let mut result = WebhookResult {
+            started: Vec::new(),
+            runs: Vec::new(),
+        };
         for p in series {
             // As the owner is now: a removed user's series stop, a demoted admin's are
             // rebuilt as the user they are.
@@ -1138,20 +1109,39 @@ impl Manager {
                 branch: p.branch.clone(),
                 devcontainer_config: config,
             };
+            // Recorded now with the pushed commit; its plan (which may wait for a run of
+            // the series under way) and steps follow in the background.
+            let run = self.new_run(
+                RunOf {
+                    series: p.series.clone(),
+                    owner: p.owner.clone(),
+                    source: p.source.clone(),
+                    branch: p.branch.clone(),
+                    config_file: Some(p.config_file.clone()),
+                    commit: push.after.clone(),
+                },
+                PrebuildTrigger::Webhook,
+            );
+            let run = self.record_run(&run).await;
             let me = me.clone();
             let what2 = what.clone();
-            let after = push.after.clone();
+            let id = run.clone();
             tokio::spawn(async move {
                 let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
                 // Nobody reads the progress: the run's record keeps the outcome and log.
-                let res = match me.plan_prebuild(&caller, req.clone()).await {
-                    Ok(plan) => {
-                        me.run_prebuild(plan, progress, PrebuildTrigger::Webhook)
-                            .await
-                    }
+                let res = match me.plan_prebuild(&caller, req).await {
+                    Ok(plan) => me.run_recorded(plan, progress, id).await,
                     Err(e) => {
-                        me.record_failed_run(&caller.id, &req, after.as_deref(), &e.message)
-                            .await;
+                        // Refused before it ran: nobody else would see why.
+                        if let Some(id) = &id {
+                            if let Err(re) = me
+                                .store
+                                .finish_prebuild_run(id, "failed", Some(&e.message), ("", 0), None)
+                                .await
+                            {
+                                tracing::warn!(run = id, error = %re, "cannot record a prebuild run's end");
+                            }
+                        }
                         Err(e)
                     }
                 };
@@ -1166,9 +1156,10 @@ impl Manager {
                     }
                 }
             });
-            started.push(what);
+            result.started.push(what);
+            result.runs.extend(run);
         }
-        Ok(started)
+        Ok(result)
     }
 }
 
