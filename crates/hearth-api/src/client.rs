@@ -338,6 +338,23 @@ impl Client {
         self.get(&format!("/v1/prebuild-runs/{}", enc(id))).await
     }
 
+    /// Follows a prebuild run (`hearth prebuild logs -f`): its output so far, then as it is
+    /// written, to `progress`; the run once it ended (ready or failed).
+    pub async fn follow_prebuild_run(
+        &self,
+        id: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<PrebuildRun> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/prebuild-runs/{}", enc(id))))
+                    .query(&[("follow", "true")]),
+            )
+            .await?;
+        self.lines(resp, &mut progress).await
+    }
+
     /// Removes a prebuild by its snapshot id (`hearth prebuild rm`).
     pub async fn remove_prebuild(&self, snapshot: &str) -> Result<()> {
         self.delete(&format!("/v1/prebuilds/{}", enc(snapshot)))

@@ -53,6 +53,10 @@ pub struct WebhookResult {
     /// `SOURCE` or `SOURCE@BRANCH` of each prebuild started in the background (an empty
     /// list: the push matched no prebuild, or was no branch push).
     pub started: Vec<String>,
+    /// The ids of their runs (`hearth prebuild logs -f ID`), in the same order; one
+    /// that could not be recorded is missing.
+    #[serde(default)]
+    pub runs: Vec<String>,
 }
 
 /// What started a prebuild run.
@@ -106,6 +110,17 @@ pub struct PrebuildRunLog {
     #[serde(flatten)]
     pub run: PrebuildRun,
     /// The last lines of its progress and its commands' output (as `hearth prebuild`
-    /// prints them), oldest first; written when the run ends.
+    /// prints them), oldest first; written as the run goes (within a second of a line).
     pub log: Vec<String>,
+}
+
+/// `GET /v1/prebuild-runs/{id}` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PrebuildRunOptions {
+    /// Instead of the run with its log, stream its output (ndjson progress lines: the
+    /// last lines so far, then each as it is written) and, once the run ended, the run
+    /// (`PrebuildRun`) as the result line; an ended run's stream ends at once.
+    #[serde(default)]
+    pub follow: bool,
 }

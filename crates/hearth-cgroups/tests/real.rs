@@ -359,8 +359,15 @@ fn cpu_knobs_and_counters_on_the_real_hierarchy() {
         pressure: true,
     };
     let first = g.sample(what).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let second = g.sample(what).unwrap();
+    // Polled, not one fixed sleep: on a loaded machine the loop may wait for a CPU.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let second = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let s = g.sample(what).unwrap();
+        if s.usage_ns > first.usage_ns || std::time::Instant::now() > deadline {
+            break s;
+        }
+    };
     assert!(second.usage_ns > first.usage_ns, "{first:?} {second:?}");
     assert_eq!(g.pids_refused().unwrap(), Some(0), "no fork refused yet");
     if guard.cg.version() == Version::V1 && Path::new("/sys/fs/cgroup/unified").is_dir() {

@@ -294,10 +294,12 @@ fn deny_rules_apply_live_and_node_denials_cannot_be_lifted() {
     net.apply_egress(a_id, 0, &rules(&["10.214.103.3/32"]))
         .unwrap();
     assert!(reaches(ap, to(2, port)), "allowed address still reachable");
+    // Refused at once: the reject's ICMP answer, not a dropped connect's timeout (a time
+    // bound here would fail on a loaded machine without saying anything more).
     let (err, took) = connect_from(ap, to(3, port)).unwrap_err();
     assert!(
-        took < Duration::from_millis(500),
-        "reject took {took:?}: {err}"
+        err.contains("No route to host"),
+        "not rejected (after {took:?}): {err}"
     );
     assert!(
         reaches(bp, to(3, port)),

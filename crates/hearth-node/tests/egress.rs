@@ -79,7 +79,9 @@ async fn egress_policy_on_running_and_restarted_workspaces() {
     // (a) Deny .3 on the running workspace: refused at once, .2 still fine, b unaffected.
     a.egress = policy(&[format!("{three}/32")]);
     node.set_egress(&a).await.unwrap();
-    let t0 = Instant::now();
+    // Refused at once: nc reports the reject's ICMP answer (a dropped connect would be
+    // killed by `timeout` without it). No time bound: the exec round trip alone can take
+    // seconds on a loaded machine.
     let (code, _, err) = run(
         &node,
         &a,
@@ -88,10 +90,6 @@ async fn egress_policy_on_running_and_restarted_workspaces() {
     .await;
     assert_ne!(code, 0, "denied address reached");
     assert!(err.contains(REJECTED), "denied, not rejected: {err}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "not refused at once: {err}"
-    );
     assert_eq!(nc(&node, &a, &two, port).await, CONNECTED);
     assert_eq!(
         nc(&node, &b, &three, port).await,

@@ -579,16 +579,25 @@ async fn workspace_logs(
         let bytes = st.manager.logs(&caller, &name).await?;
         return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
     }
-    let mut rx = st.manager.clone().follow_logs(&caller, &name).await?;
+    let rx = st.manager.clone().follow_logs(&caller, &name).await?;
+    Ok(followed(rx, "application/octet-stream"))
+}
+
+/// A response whose (chunked) body is what a follower sends (see `manager::follow`),
+/// ending when it ends.
+pub(crate) fn followed(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    content_type: &'static str,
+) -> Response {
     let body = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx)
             .map(|o| o.map(Ok::<_, std::convert::Infallible>))
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
+    (
+        [(header::CONTENT_TYPE, content_type)],
         axum::body::Body::from_stream(body),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Runs a command in a workspace over a WebSocket.

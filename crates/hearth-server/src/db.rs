@@ -39,6 +39,7 @@ use sqlx::{Postgres, Sqlite, SqlitePool};
 use hearth_api::WorkspaceState;
 
 pub mod audit;
+mod deliveries;
 mod links;
 mod nodes;
 mod ports;
@@ -49,6 +50,7 @@ mod servers;
 mod sessions;
 mod users;
 
+pub use deliveries::DeliveryClaim;
 pub use links::JoinRefusal;
 pub use nodes::NodeRecord;
 pub use prebuilds::{PrebuildRecord, PrebuildRunRecord};

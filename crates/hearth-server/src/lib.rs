@@ -556,7 +556,7 @@ pub async fn teardown(
                 match node.remove(&rec.spec).await {
                     Ok(()) if forget.is_ok() => store.delete(&rec.spec.id).await?,
                     // Its snapshots are still there: a record that a rerun purges.
-                    Ok(()) => store.retire(&rec, &db::now(), &db::now()).await?,
+                    Ok(()) => store.retire(&rec, &db::now_precise(), &db::now()).await?,
                     Err(e) => failures.push(format!("remove {name}: {e}")),
                 }
             } else {

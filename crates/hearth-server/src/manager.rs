@@ -26,6 +26,7 @@ pub mod build;
 pub mod devcontainer;
 mod features;
 mod fleet;
+pub(crate) mod follow;
 pub mod idle;
 mod locks;
 pub mod ports;
@@ -107,8 +108,6 @@ enum PlannedImage {
 /// (`hearth server --default-image` changes it).
 pub const DEFAULT_IMAGE: &str = "debian";
 
-/// How often `hearth logs -f` reads the console for more.
-const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most a node answers a console read with: an answer this long means more is
 /// waiting, read again at once.
 const FOLLOW_BATCH: usize = 1 << 20;
@@ -119,6 +118,47 @@ fn follow_done(state: WorkspaceState) -> bool {
         state,
         WorkspaceState::Stopped | WorkspaceState::Failed | WorkspaceState::Removing
     )
+}
+
+/// A workspace's console, followed (`hearth logs -f`).
+struct Console {
+    manager: Arc<Manager>,
+    name: String,
+    id: WorkspaceId,
+    cursor: hearth_node::LogCursor,
+    /// Stopped (or failed, or removing) at a read before: the next read is the last.
+    done: bool,
+}
+
+impl follow::Source for Console {
+    async fn read(&mut self) -> Option<follow::Read> {
+        // The state before the read: output up to a stop is read after it.
+        let spec = match self.manager.store.get(&self.name).await {
+            Ok(Some(r)) if r.spec.id == self.id => {
+                self.done |= follow_done(r.state);
+                r.spec
+            }
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(workspace = self.name, error = %e, "logs follow: lookup failed");
+                return None;
+            }
+        };
+        match self.manager.node.logs_since(&spec, Some(self.cursor)).await {
+            Ok((chunk, c)) => {
+                self.cursor = c;
+                Some(follow::Read {
+                    more: chunk.len() >= FOLLOW_BATCH,
+                    chunk,
+                    done: self.done,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(workspace = self.name, error = %e, "logs follow: read failed");
+                None
+            }
+        }
+    }
 }
 
 pub struct Manager {
@@ -1366,66 +1406,35 @@ impl Manager {
             .map_err(|e| node_err("logs", name, e))
     }
 
-    /// `hearth logs -f`: the console's tail, then what is written after it, polled every
-    /// [`FOLLOW_POLL`] from whichever node runs the workspace, until the workspace is
-    /// stopped, failed or removed (a last read after that), or the receiver is dropped
-    /// (the client went away). Not activity: a follower does not keep a workspace up.
+    /// `hearth logs -f`: the console's tail, then what is written after it, polled (see
+    /// [`follow`]) from whichever node runs the workspace, until the workspace is stopped,
+    /// failed or removed (a last read after that), or the client goes away. Not activity:
+    /// a follower does not keep a workspace up.
     pub async fn follow_logs(
         self: Arc<Self>,
         caller: &Caller,
         name: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, ApiError> {
         let rec = self.owned(caller, name).await?;
-        let (first, mut cursor) = self
+        let (first, cursor) = self
             .node
             .logs_since(&rec.spec, None)
             .await
             .map_err(|e| node_err("logs", name, e))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let id = rec.spec.id.clone();
-            let mut chunk = first;
-            let mut done = follow_done(rec.state);
-            loop {
-                let full = chunk.len() >= FOLLOW_BATCH;
-                if !chunk.is_empty() && tx.send(bytes::Bytes::from(chunk)).await.is_err() {
-                    return;
-                }
-                if done && !full {
-                    return;
-                }
-                if !full {
-                    tokio::select! {
-                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                        _ = tx.closed() => return,
-                    }
-                }
-                // The state before the read: output up to a stop is read after it.
-                let spec = match self.store.get(&name).await {
-                    Ok(Some(r)) if r.spec.id == id => {
-                        done |= follow_done(r.state);
-                        r.spec
-                    }
-                    Ok(_) => return,
-                    Err(e) => {
-                        tracing::warn!(workspace = name, error = %e, "logs follow: lookup failed");
-                        return;
-                    }
-                };
-                chunk = match self.node.logs_since(&spec, Some(cursor)).await {
-                    Ok((b, c)) => {
-                        cursor = c;
-                        b
-                    }
-                    Err(e) => {
-                        tracing::debug!(workspace = name, error = %e, "logs follow: read failed");
-                        return;
-                    }
-                };
-            }
-        });
-        Ok(rx)
+        let done = follow_done(rec.state);
+        let first = follow::Read {
+            more: first.len() >= FOLLOW_BATCH,
+            chunk: first,
+            done,
+        };
+        let console = Console {
+            manager: self,
+            name: name.to_string(),
+            id: rec.spec.id,
+            cursor,
+            done,
+        };
+        Ok(follow::follow(first, console))
     }
 
     /// Checks the workspace can take an exec before a WebSocket is upgraded.

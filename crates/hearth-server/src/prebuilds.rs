@@ -1,20 +1,22 @@
 //! Prebuild routes: build one (`hearth prebuild`), list them (`hearth prebuilds`), and
 //! the forges' push webhooks that refresh them.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hearth_api::{
-    CreatePrebuild, ErrorBody, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildTrigger,
-    WebhookResult,
+    CreatePrebuild, ErrorBody, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildRunOptions,
+    PrebuildTrigger, WebhookResult, NDJSON,
 };
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::api::StreamLineDoc;
 use crate::auth::Caller;
+use crate::db::DeliveryClaim;
 use crate::error::ApiError;
 use crate::ndjson;
 use crate::state::{ApiJson, AppState};
@@ -90,16 +92,27 @@ pub(crate) async fn list_prebuild_runs(
     Ok(Json(st.manager.prebuild_runs(&caller).await?))
 }
 
-/// One prebuild run with the last lines of its output (`hearth prebuild logs ID`).
-#[utoipa::path(get, path = "/v1/prebuild-runs/{id}", params(PrebuildRunPath),
-    responses((status = 200, body = PrebuildRunLog), (status = 401, body = ErrorBody),
+/// One prebuild run with the last lines of its output (`hearth prebuild logs ID`), also
+/// while it runs; with `follow`, its output streamed until it ends, then the run
+/// (`hearth prebuild logs -f ID`).
+#[utoipa::path(get, path = "/v1/prebuild-runs/{id}", params(PrebuildRunPath, PrebuildRunOptions),
+    responses((status = 200, description = "the run with its log; with follow, ndjson progress \
+        lines (its output) and then the PrebuildRun once it ended, or an error",
+        content((PrebuildRunLog = "application/json"), (StreamLineDoc = "application/x-ndjson"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_prebuild_run(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<Json<PrebuildRunLog>, ApiError> {
-    Ok(Json(st.manager.prebuild_run(&caller, &id).await?))
+    Path(PrebuildRunPath { id }): Path<PrebuildRunPath>,
+    query: Result<Query<PrebuildRunOptions>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(opts) = query.map_err(|rej| ApiError::invalid(rej.body_text()))?;
+    if !opts.follow {
+        return Ok(Json(st.manager.prebuild_run(&caller, &id).await?).into_response());
+    }
+    let rx = st.manager.follow_prebuild_run(&caller, &id).await?;
+    Ok(crate::api::followed(rx, NDJSON))
 }
 
 /// The prebuilds the caller's `up` may start from (their own and admins'), newest first.
@@ -124,7 +137,7 @@ pub(crate) async fn list_prebuilds(
 pub(crate) async fn remove_prebuild(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(snapshot): Path<String>,
+    Path(PrebuildPath { snapshot }): Path<PrebuildPath>,
 ) -> Result<StatusCode, ApiError> {
     st.manager.remove_prebuild(&caller, &snapshot).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -136,6 +149,26 @@ pub enum Forge {
     GitHub,
     GitLab,
     Gitea,
+}
+
+impl Forge {
+    fn name(self) -> &'static str {
+        match self {
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+            Forge::Gitea => "gitea",
+        }
+    }
+
+    /// The headers naming a delivery, the same when it is sent again, by preference:
+    /// GitLab's `Idempotency-Key` is the one kept across its retries (GitLab 17.4 on).
+    fn delivery_headers(self) -> &'static [&'static str] {
+        match self {
+            Forge::GitHub => &["x-github-delivery"],
+            Forge::Gitea => &["x-gitea-delivery"],
+            Forge::GitLab => &["idempotency-key", "x-gitlab-event-uuid"],
+        }
+    }
 }
 
 impl std::str::FromStr for Forge {
@@ -166,6 +199,42 @@ pub struct Push {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Longest delivery id taken (the forges send UUIDs, 36 characters).
+pub const MAX_DELIVERY_ID: usize = 100;
+
+/// The forge's id of a delivery (see [`Forge::delivery_headers`]) as the key its answer is
+/// kept under (`forge:id`); `None` when the request names none. An id is 1 to
+/// [`MAX_DELIVERY_ID`] ASCII letters, digits, `-`, `_` or `.`, given once.
+pub fn delivery_key(forge: Forge, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    for name in forge.delivery_headers() {
+        let mut values = headers.get_all(*name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(ApiError::invalid(format!(
+                "webhook refused: more than one {name} header"
+            )));
+        }
+        let id = value.as_bytes();
+        if id.is_empty()
+            || id.len() > MAX_DELIVERY_ID
+            || !id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b))
+        {
+            return Err(ApiError::invalid(format!(
+                "webhook refused: {name} must be 1 to {MAX_DELIVERY_ID} ASCII letters, digits, \
+                 '-', '_' or '.' (got {} bytes)",
+                id.len()
+            )));
+        }
+        let id = String::from_utf8_lossy(id);
+        return Ok(Some(format!("{}:{id}", forge.name())));
+    }
+    Ok(None)
 }
 
 /// Checks that `body` comes from someone who knows `secret`: GitHub and Gitea sign it
@@ -269,11 +338,24 @@ pub fn parse_push(
 /// owner), in the background. Needs no token; the request must carry the server's
 /// webhook secret (`hearth server --webhook-secret-file`): GitHub and Gitea sign the body
 /// with it, GitLab sends it. Nothing else is built: a webhook never names a new source.
+/// A delivery the forge names (`X-GitHub-Delivery`, `X-Gitea-Delivery`, GitLab's
+/// `Idempotency-Key` or else `X-Gitlab-Event-UUID`) that was answered in the last days is
+/// answered the same again and starts nothing (a retry, a redelivery).
 #[utoipa::path(post, path = "/v1/hooks/{forge}", security(()),
-    params(("forge" = String, Path, description = "github, gitlab or gitea")),
+    params(("forge" = String, Path, description = "github, gitlab or gitea"),
+        ("X-GitHub-Delivery" = Option<String>, Header, max_length = 100, pattern = "^[A-Za-z0-9._-]+$",
+            description = "GitHub's delivery id: a redelivery is answered as the first and starts nothing"),
+        ("X-Gitea-Delivery" = Option<String>, Header, max_length = 100, pattern = "^[A-Za-z0-9._-]+$",
+            description = "Gitea's delivery id, likewise"),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 100, pattern = "^[A-Za-z0-9._-]+$",
+            description = "GitLab's (17.4 on) id of an event, the same on its retries"),
+        ("X-Gitlab-Event-UUID" = Option<String>, Header, max_length = 100, pattern = "^[A-Za-z0-9._-]+$",
+            description = "GitLab's event id, used without an Idempotency-Key")),
     request_body(content = serde_json::Value, description = "the forge's push event"),
     responses((status = 202, body = WebhookResult), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the delivery id came before with another body, or \
+            its first copy is still being handled", body = ErrorBody),
         (status = 413, body = ErrorBody)))]
 pub(crate) async fn webhook(
     State(st): State<AppState>,
@@ -288,11 +370,108 @@ pub(crate) async fn webhook(
         ));
     };
     verify(forge, &secret, &headers, &body)?;
-    let started = match parse_push(forge, &headers, &body)? {
-        Some(push) => st.manager.prebuild_push(&push).await?,
-        None => Vec::new(),
+    let handle = || async {
+        match parse_push(forge, &headers, &body)? {
+            Some(push) => st.manager.prebuild_push(&push).await,
+            None => Ok(WebhookResult {
+                started: Vec::new(),
+                runs: Vec::new(),
+            }),
+        }
     };
-    Ok((StatusCode::ACCEPTED, Json(WebhookResult { started })))
+    let result = match delivery_key(forge, &headers)? {
+        Some(key) => once(st.manager.store(), &key, &body, handle).await?,
+        None => handle().await?,
+    };
+    Ok((StatusCode::ACCEPTED, Json(result)))
+}
+
+/// How long a delivery's answer is kept for redeliveries (GitHub redelivers up to three
+/// days back; GitLab's and Gitea's are kept for days too).
+const DELIVERY_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// The most deliveries kept (the newest): forgotten early past them.
+const DELIVERIES_KEPT: i64 = 10_000;
+/// An unanswered claim this old is of a server that died handling it: taken over.
+const DELIVERY_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a copy waits for the first copy of its delivery, being handled, to answer.
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Handles delivery `key` once across the servers of the database: a copy of a delivery
+/// handled in the last [`DELIVERY_KEPT`] gets its answer (a failed one is handled anew),
+/// one with another body is refused.
+async fn once<F, Fut>(
+    store: &crate::db::Store,
+    key: &str,
+    body: &[u8],
+    handle: F,
+) -> Result<WebhookResult, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<WebhookResult, ApiError>>,
+{
+    let sha = hex::encode(Sha256::digest(body));
+    let ago = |d: std::time::Duration| {
+        crate::db::fixed_time(
+            time::OffsetDateTime::now_utc()
+                - time::Duration::try_from(d).unwrap_or(time::Duration::ZERO),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    loop {
+        match store
+            .claim_delivery(key, &sha, &ago(DELIVERY_STALE))
+            .await?
+        {
+            DeliveryClaim::New => break,
+            DeliveryClaim::Answered(answer) => {
+                tracing::info!(
+                    delivery = key,
+                    "webhook delivery seen before: answered as then"
+                );
+                return serde_json::from_str(&answer).map_err(|e| {
+                    ApiError::internal(format!("delivery {key}'s recorded answer: {e}"))
+                });
+            }
+            DeliveryClaim::OtherBody => {
+                return Err(ApiError::conflict(format!(
+                    "webhook refused: delivery {key} came before with another body"
+                )))
+            }
+            DeliveryClaim::Pending if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::conflict(format!(
+                    "delivery {key} is still being handled: redeliver it later"
+                )))
+            }
+            DeliveryClaim::Pending => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+        }
+    }
+    match store
+        .prune_deliveries(&ago(DELIVERY_KEPT), DELIVERIES_KEPT)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(forgotten = n, "old webhook deliveries forgotten"),
+        Err(e) => tracing::warn!(error = %e, "cannot prune webhook deliveries"),
+    }
+    match handle().await {
+        Ok(result) => {
+            let answer = serde_json::to_string(&result)
+                .map_err(|e| ApiError::internal(format!("webhook answer: {e}")))?;
+            if let Err(e) = store.answer_delivery(key, &answer).await {
+                // Its claim goes stale: a redelivery after that is handled again.
+                tracing::warn!(delivery = key, error = %e, "cannot record a webhook delivery's answer");
+            }
+            Ok(result)
+        }
+        Err(e) => {
+            if let Err(re) = store.release_delivery(key).await {
+                tracing::warn!(delivery = key, error = %re, "cannot release a failed webhook delivery");
+            }
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -350,6 +529,61 @@ mod tests {
             body
         )
         .is_err());
+    }
+
+    #[test]
+    fn delivery_ids_are_read_per_forge_and_checked() {
+        let id = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+        let key = |forge, h: &[(&'static str, &str)]| delivery_key(forge, &headers(h));
+        assert_eq!(
+            key(Forge::GitHub, &[("x-github-delivery", id)]).unwrap(),
+            Some(format!("github:{id}"))
+        );
+        assert_eq!(
+            key(Forge::Gitea, &[("x-gitea-delivery", id)]).unwrap(),
+            Some(format!("gitea:{id}"))
+        );
+        // Gitea also sends GitHub's header; each forge's own is the one read.
+        assert_eq!(
+            key(Forge::Gitea, &[("x-github-delivery", id)]).unwrap(),
+            None
+        );
+        // GitLab: the idempotency key (kept across its retries) before the event's id.
+        assert_eq!(
+            key(
+                Forge::GitLab,
+                &[("x-gitlab-event-uuid", "e1"), ("idempotency-key", "k1")]
+            )
+            .unwrap(),
+            Some("gitlab:k1".into())
+        );
+        assert_eq!(
+            key(Forge::GitLab, &[("x-gitlab-event-uuid", "e1")]).unwrap(),
+            Some("gitlab:e1".into())
+        );
+        assert_eq!(key(Forge::GitHub, &[]).unwrap(), None);
+        // Hostile ids are refused, never echoed.
+        let long = "a".repeat(MAX_DELIVERY_ID + 1);
+        assert!(key(
+            Forge::GitHub,
+            &[("x-github-delivery", &"a".repeat(MAX_DELIVERY_ID))]
+        )
+        .is_ok());
+        for bad in ["", "a b", "a/b", "a:b", "%41", long.as_str()] {
+            let e = key(Forge::GitHub, &[("x-github-delivery", bad)]).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(e.message.contains("x-github-delivery must be"), "{e}");
+            assert!(!e.message.contains(&long), "{e}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-github-delivery",
+            axum::http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(delivery_key(Forge::GitHub, &h).is_err());
+        h.append("x-github-delivery", "b".parse().unwrap());
+        let e = delivery_key(Forge::GitHub, &h).unwrap_err();
+        assert!(e.message.contains("more than one"), "{e}");
     }
 
     #[test]

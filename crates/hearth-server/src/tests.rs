@@ -498,19 +498,7 @@ async fn harness_of(
     let manager = make(store, Arc::new(node.clone()));
     manager.ensure_first_admin(TOKEN).await.unwrap();
     let auth = Arc::new(crate::auth::AuthState::default());
-    let app = router(AppState {
-        public_rate: crate::ratelimit::RateLimit::PUBLIC,
-        manager: manager.clone(),
-        rate,
-        uploads: crate::uploads::Uploads {
-            dir: db.dir.path().join("uploads"),
-            max: 1 << 20,
-        },
-        ssh: Default::default(),
-        metrics: Default::default(),
-        links: Arc::new(crate::links::Links::new(db.dir.path().join("uploads"))),
-        auth: auth.clone(),
-    });
+    let app = app_of(manager.clone(), db.dir.path(), rate, auth.clone());
     Harness {
         _db: db,
         node,
@@ -518,6 +506,28 @@ async fn harness_of(
         app,
         auth,
     }
+}
+
+/// The API of a server of `manager`, its uploads under `dir`.
+fn app_of(
+    manager: Arc<Manager>,
+    dir: &std::path::Path,
+    rate: crate::ratelimit::RateLimit,
+    auth: Arc<crate::auth::AuthState>,
+) -> axum::Router {
+    router(AppState {
+        public_rate: crate::ratelimit::RateLimit::PUBLIC,
+        manager,
+        rate,
+        uploads: crate::uploads::Uploads {
+            dir: dir.join("uploads"),
+            max: 1 << 20,
+        },
+        ssh: Default::default(),
+        metrics: Default::default(),
+        links: Arc::new(crate::links::Links::new(dir.join("uploads"))),
+        auth,
+    })
 }
 
 impl Harness {

@@ -341,13 +341,17 @@ enum PrebuildCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show a prebuild run and the last lines of its output (a webhook's prebuild that
-    /// failed says why here).
+    /// Show a prebuild run and the last lines of its output, also while it runs (a
+    /// webhook's prebuild that failed says why here).
     Logs {
         /// The run's id, as `hearth prebuilds` and `hearth prebuild runs` list it.
         id: String,
         #[arg(long)]
         json: bool,
+        /// Keep printing its output as it is written until the run ends, then its outcome
+        /// (or Ctrl-C).
+        #[arg(short, long, conflicts_with = "json")]
+        follow: bool,
     },
 }
 
@@ -861,9 +865,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ..
         } => client()?.prebuild_runs(*json).await.map(|()| 0),
         Cmd::Prebuild {
-            cmd: Some(PrebuildCmd::Logs { id, json }),
+            cmd: Some(PrebuildCmd::Logs { id, json, follow }),
             ..
-        } => client()?.prebuild_logs(id, *json).await.map(|()| 0),
+        } => client()?
+            .prebuild_logs(id, *json, *follow)
+            .await
+            .map(|()| 0),
         Cmd::Prebuild {
             source,
             branch,

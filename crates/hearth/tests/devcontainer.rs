@@ -793,7 +793,7 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
         &Forge::GitHub.headers(HOOK_SECRET, &other),
         &other,
     );
-    assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
+    assert_eq!((code, text.as_str()), (202, r#"{"started":[],"runs":[]}"#));
 
     // Signed: the prebuild of that branch is made again, at the pushed commit.
     let ((code, text), head) = deliver_head(&srv, Forge::GitHub, &repo);
@@ -810,7 +810,274 @@ fn a_signed_push_webhook_refreshes_the_prebuild() {
     // The same delivery again (a forge's redelivery, or a replay by someone who saw it):
     // that commit is prebuilt, nothing starts.
     let ((code, text), _) = deliver_head(&srv, Forge::GitHub, &repo);
-    assert_eq!((code, text.as_str()), (202, r#"{"started":[]}"#));
+    assert_eq!((code, text.as_str()), (202, r#"{"started":[],"runs":[]}"#));
+}
+
+/// Waits (up to 2 minutes) for prebuild run `id` to end; returns it.
+fn wait_for_run_id(srv: &TestServer, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let runs = run_list(srv);
+        if let Some(r) = runs.iter().find(|r| r["id"] == id) {
+            if r["state"] != "running" {
+                return r.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {id} did not end: {runs:?}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The webhook runs at `commit`, their ids sorted.
+fn webhook_runs_at(srv: &TestServer, commit: &str) -> Vec<String> {
+    let mut ids: Vec<String> = run_list(srv)
+        .iter()
+        .filter(|r| r["trigger"] == "webhook" && r["commit"] == commit)
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A forge's redelivery of a push (the same signed body, the same delivery id) is
+/// answered as the first delivery was, naming the same run, and starts none: while that
+/// run goes, after it, and after a server restart. Another delivery of the same push (a
+/// new id) is handled: a run. The pushed commit's onCreateCommand fails, so no prebuild
+/// of it stops a run: only the delivery id does.
+#[test]
+fn a_redelivered_push_webhook_starts_no_second_run() {
+    let (mut srv, _dirs, repo) = hooked_repo("redelivered", PREBUILT);
+    let r = repo.to_str().unwrap();
+    std::fs::write(
+        repo.join(".devcontainer.json"),
+        PREBUILT.replace("echo oncreate-ran;", "echo oncreate-ran; exit 3;"),
+    )
+    .unwrap();
+    git_in(&repo, &["commit", "-qam", "break onCreateCommand"]);
+    let head = git_in(&repo, &["rev-parse", "HEAD"]);
+    let branch = git_in(&repo, &["symbolic-ref", "--short", "HEAD"]);
+    let body = Forge::GitHub.push_body(r, &branch, &head);
+    let signed = Forge::GitHub.headers(HOOK_SECRET, &body);
+    let delivery = |id: &str| {
+        let mut h = signed.clone();
+        h.push(format!("X-GitHub-Delivery: {id}"));
+        h
+    };
+    let d1 = delivery("72d3162e-cc78-11e3-81ab-4c9367dc0958");
+
+    let (code, first) = post(&srv, Forge::GitHub.path(), &d1, &body);
+    assert_eq!(code, 202, "{first}");
+    let answer: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(answer["started"], serde_json::json!([r]));
+    let id1 = answer["runs"][0].as_str().unwrap().to_string();
+    // Sent again at once (a retry) while its run goes.
+    assert_eq!(
+        post(&srv, Forge::GitHub.path(), &d1, &body),
+        (202, first.clone())
+    );
+    let run = wait_for_run_id(&srv, &id1);
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["error"].as_str().unwrap().contains("exit code 3"),
+        "{run}"
+    );
+    // Sent again after the run, and after a restart of the server.
+    assert_eq!(
+        post(&srv, Forge::GitHub.path(), &d1, &body),
+        (202, first.clone())
+    );
+    srv.stop();
+    srv.spawn();
+    assert_eq!(
+        post(&srv, Forge::GitHub.path(), &d1, &body),
+        (202, first.clone())
+    );
+    assert_eq!(webhook_runs_at(&srv, &head), std::slice::from_ref(&id1));
+    assert!(srv.workspace_names().is_empty());
+
+    // Another delivery of the same push is handled.
+    let (code, text) = post(
+        &srv,
+        Forge::GitHub.path(),
+        &delivery("0f3c2b1a-cc78-11e3-81ab-4c9367dc0958"),
+        &body,
+    );
+    assert_eq!(code, 202, "{text}");
+    let second: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(second["started"], serde_json::json!([r]));
+    let id2 = second["runs"][0].as_str().unwrap().to_string();
+    assert_ne!(id2, id1);
+    assert_eq!(wait_for_run_id(&srv, &id2)["state"], "failed");
+    let mut both = vec![id1, id2];
+    both.sort();
+    assert_eq!(webhook_runs_at(&srv, &head), both);
+    // A seen id with another body is no redelivery; an id that is not one is refused.
+    let other = body.replace(&head, &"1".repeat(40));
+    let mut h = Forge::GitHub.headers(HOOK_SECRET, &other);
+    h.push(d1.last().unwrap().clone());
+    let (code, text) = post(&srv, Forge::GitHub.path(), &h, &other);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("another body"), "{text}");
+    let (code, text) = post(&srv, Forge::GitHub.path(), &delivery("../../x"), &body);
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("x-github-delivery must be 1 to 100"),
+        "{text}"
+    );
+    assert_eq!(webhook_runs_at(&srv, &head), both);
+    assert!(srv.workspace_names().is_empty());
+}
+
+/// Kills a background CLI when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stdout, read in a thread, awaited one needle at a time.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(child: &mut std::process::Child) -> Lines {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line containing `needle` (up to 2 minutes; lines before it are skipped).
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!("{needle:?} never came ({e}); got {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Whether the output ended (the child closed it).
+    fn ended(&self) -> bool {
+        matches!(
+            self.rx.recv_timeout(std::time::Duration::from_secs(120)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
+/// A running prebuild's output is seen while it runs (`hearth prebuild logs RUN`, its
+/// lines and state `running`), and `hearth prebuild logs -f RUN` follows it: what is
+/// written after, until the run ends, then how it ended. Its onCreateCommand prints a
+/// line and waits for a file the test makes in the prebuild's workspace.
+#[test]
+fn prebuild_logs_show_a_running_prebuild_and_follow_it_to_its_end() {
+    let (srv, _src, repo) = busybox_repo(
+        "watched",
+        r#"{
+  "image": "busybox",
+  "onCreateCommand": "echo waiting-for-go; i=0; while [ ! -e /tmp/go ] && [ $i -lt 1500 ]; do sleep 0.1; i=$((i+1)); done; echo went",
+  "updateContentCommand": "echo update-ran"
+}"#,
+    );
+    let r = repo.to_str().unwrap();
+    let mut build = Killed(srv.spawn_cli(&["prebuild", r]));
+    // Its run, under way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let id = loop {
+        let runs = run_list(&srv);
+        if let Some(run) = runs.first() {
+            assert_eq!(run["state"], "running", "{run}\n{}", srv.server_log());
+            break run["id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no run");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // Its log while it waits: the line it printed, the run still running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let logs = srv.ok(&["prebuild", "logs", &id]);
+        if logs.contains("onCreateCommand: waiting-for-go") {
+            line_of(&logs, "(cli), running");
+            assert!(!logs.contains("went"), "{logs}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running prebuild's log never showed its line:\n{logs}\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Followed: the log so far, then the rest as it comes, then the outcome.
+    let mut follow = Killed(
+        srv.command(&["prebuild", "logs", "-f", &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = Lines::of(&mut follow.0);
+    lines.wait_for("(cli), running");
+    lines.wait_for("onCreateCommand: waiting-for-go");
+    let ws = srv
+        .workspace_names()
+        .into_iter()
+        .find(|n| n.starts_with("prebuild-"))
+        .expect("the prebuild's workspace");
+    srv.exec(&ws, &["touch", "/tmp/go"]);
+    lines.wait_for("onCreateCommand: went");
+    lines.wait_for("updateContentCommand: update-ran");
+    lines.wait_for(&format!("prebuild run {id} ready, finished "));
+    let made = lines.wait_for("prebuild ");
+    assert!(lines.ended(), "the follow went on after the end");
+    let status = follow.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let status = build.0.wait().unwrap();
+    assert!(status.success(), "hearth prebuild: {status:?}");
+    let list = prebuild_list(&srv);
+    assert_eq!(
+        made,
+        format!("prebuild {}", list[0]["snapshot"].as_str().unwrap())
+    );
+
+    // Followed once ended: all of it, and it ends by itself.
+    let out = srv.ok(&["prebuild", "logs", "--follow", &id]);
+    let at = line_of(&out, "onCreateCommand: waiting-for-go");
+    assert!(line_of(&out, "onCreateCommand: went") > at, "{out}");
+    line_of(&out, &format!("prebuild run {id} ready"));
+    // --json is the run as it is; with --follow it is refused.
+    let out = srv.hearth(&["prebuild", "logs", "-f", "--json", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
 
 /// Without a devcontainer.json, sessions run as the image's `USER` (here `dev`, uid 1000),

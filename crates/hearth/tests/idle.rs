@@ -166,7 +166,22 @@ fn last_activity_survives_a_restart() {
         "ws",
     ]);
     s.exec("ws", &["true"]);
-    let before = workspace(&s, "ws");
+    // The end of the exec session is recorded once the client has gone, so the value can
+    // still move just after `exec` returns: read it once it holds still.
+    let mut before = workspace(&s, "ws");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let again = workspace(&s, "ws");
+        if again["last_active"] == before["last_active"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_active keeps moving: {again}"
+        );
+        before = again;
+    }
     let last = before["last_active"].as_str().unwrap().to_string();
     assert_eq!(before["idle_timeout"], 0, "{before}");
 

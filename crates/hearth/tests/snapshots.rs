@@ -191,9 +191,34 @@ fn failed_final_snapshot_survives_a_restart_and_is_retried() {
     assert_eq!(w["last_snapshot"], list[0]["id"], "{w}");
 }
 
+/// Lines of the server log with `what` about workspace `name`.
+fn logged(srv: &TestServer, what: &str, name: &str) -> usize {
+    let ws = format!("workspace=\"{name}\"");
+    srv.server_log()
+        .lines()
+        .filter(|l| l.contains(what) && l.contains(&ws))
+        .count()
+}
+
+/// Waits (up to 2 minutes) until the server logged `what` about `name` `n` times.
+fn wait_logged(srv: &TestServer, what: &str, name: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while logged(srv, what, name) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what:?} not logged {n} times for {name}:\n{}",
+            srv.server_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn periodic_snapshots_follow_changes_only() {
-    let srv = TestServer::start_with(&["--snapshot-interval", "1"]);
+    let mut srv = TestServer::prepare(&["--snapshot-interval", "1"]);
+    // The periodic round's "unchanged" line is a debug one.
+    srv.log_filter = "info,hearth_server::manager::snapshots=debug".into();
+    srv.spawn();
     srv.load_busybox();
     let src = tempfile::tempdir().unwrap();
     let repo = git_repo(src.path(), "tick");
@@ -209,23 +234,36 @@ fn periodic_snapshots_follow_changes_only() {
         }
     };
     let first = wait_for(1);
-    // (A second may follow at once: changes younger than the timestamp tick never count
-    // as unchanged.)
     assert!(!first.is_empty(), "no periodic snapshot of a new workspace");
-    // Unchanged: later rounds skip it. Changes can share a timestamp tick with the
-    // previous snapshot, which never counts as unchanged; wait out that window (2 s).
-    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Changes can share a timestamp tick with a snapshot, which never counts as unchanged,
+    // so a few more may follow (as long as the machine takes). Once a round found it
+    // unchanged, every later round does: from then on the count holds. (Rounds, not
+    // seconds: a loaded machine makes them slower, not fewer.)
+    const UNCHANGED: &str = "unchanged, no snapshot";
+    wait_logged(&srv, UNCHANGED, "tick", 1);
     let settled = snapshots(&srv, "tick").len();
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    let skipped = logged(&srv, UNCHANGED, "tick");
+    wait_logged(&srv, UNCHANGED, "tick", skipped + 3);
     assert_eq!(
         snapshots(&srv, "tick").len(),
         settled,
         "snapshots of an unchanged workspace"
     );
     srv.exec("tick", &["sh", "-c", "echo new > /root/new && sync"]);
-    let list = wait_for(settled + 1);
-    assert_eq!(list.len(), settled + 1, "a change was not snapshotted");
-    assert!(list.last().unwrap()["new_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        wait_for(settled + 1).len() > settled,
+        "a change was not snapshotted"
+    );
+    // Settled again (the change is as young as the snapshot: more of the same tick may
+    // follow): the first snapshot since holds the change, any after it nothing new.
+    let skipped = logged(&srv, UNCHANGED, "tick");
+    wait_logged(&srv, UNCHANGED, "tick", skipped + 1);
+    let list = snapshots(&srv, "tick");
+    assert!(list[settled]["new_bytes"].as_u64().unwrap() > 0, "{list:?}");
+    assert!(
+        list[settled + 1..].iter().all(|s| s["new_bytes"] == 0),
+        "{list:?}"
+    );
     assert_eq!(
         srv.workspace("tick")["last_snapshot"],
         list.last().unwrap()["id"]
@@ -240,7 +278,10 @@ fn periodic_snapshots_follow_changes_only() {
     std::fs::write(&store, "in the way").unwrap();
     let out = srv.hearth(&["stop", "tick"]);
     assert!(out.status.success());
-    std::thread::sleep(std::time::Duration::from_secs(38));
+    // The last quick retry failed, then a round after it.
+    wait_logged(&srv, "final snapshot retry failed", "tick", 5);
+    let rounds = logged(&srv, "final snapshot still failing", "tick");
+    wait_logged(&srv, "final snapshot still failing", "tick", rounds + 1);
     assert!(srv.workspace("tick")["snapshot_error"].is_string());
     std::fs::remove_file(&store).unwrap();
     std::fs::rename(&away, &store).unwrap();
@@ -257,6 +298,12 @@ fn periodic_snapshots_follow_changes_only() {
     assert_eq!(
         srv.workspace("tick")["last_snapshot"],
         list.last().unwrap()["id"]
+    );
+    let log = srv.server_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("final snapshot taken") && !l.contains("on retry")),
+        "the round took it:\n{log}"
     );
 }
 

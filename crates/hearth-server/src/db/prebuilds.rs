@@ -121,8 +121,10 @@ pub struct PrebuildRunRecord {
     /// `running`, `ready` or `failed`.
     pub state: String,
     pub error: Option<String>,
-    /// The last lines of its output, newline-separated.
+    /// The last lines of its output, newline-separated (written as the run goes).
     pub log: Option<String>,
+    /// How many lines the run has written in all: `log` ends with line number `log_lines`.
+    pub log_lines: i64,
     pub snapshot: Option<String>,
     /// The server running it.
     pub server: Option<String>,
@@ -131,8 +133,8 @@ pub struct PrebuildRunRecord {
 }
 
 const RUN_COLUMNS: &str = "id, series, owner, source, branch, config_file, commit_id, \
-                           trigger_kind, state, error, log, snapshot, server, started_at, \
-                           finished_at";
+                           trigger_kind, state, error, log, log_lines, snapshot, server, \
+                           started_at, finished_at";
 
 /// Finished runs kept per series (the newest); older ones go as new ones finish.
 pub const RUNS_KEPT: i64 = 20;
@@ -150,6 +152,7 @@ fn run_record(r: &impl DbRow) -> Result<PrebuildRunRecord, sqlx::Error> {
         state: r.try_get("state")?,
         error: r.try_get("error")?,
         log: r.try_get("log")?,
+        log_lines: r.try_get("log_lines")?,
         snapshot: r.try_get("snapshot")?,
         server: r.try_get("server")?,
         started_at: r.try_get("started_at")?,
@@ -161,7 +164,7 @@ impl Store {
     pub async fn insert_prebuild_run(&self, r: &PrebuildRunRecord) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO prebuild_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15)"
+             $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         with_pool!(self, pool => {
             sqlx::query(&sql)
@@ -176,6 +179,7 @@ impl Store {
                 .bind(&r.state)
                 .bind(&r.error)
                 .bind(&r.log)
+                .bind(r.log_lines)
                 .bind(&r.snapshot)
                 .bind(&r.server)
                 .bind(&r.started_at)
@@ -187,25 +191,50 @@ impl Store {
         Ok(())
     }
 
-    /// Records run `id`'s end: `state` (`ready` or `failed`), why, its log, its prebuild;
-    /// then drops its series' finished runs beyond the newest [`RUNS_KEPT`].
+    /// Writes running run `id`'s log so far: its newest lines and how many it wrote in
+    /// all. An ended run's is left as its end wrote it.
+    pub async fn set_prebuild_run_log(
+        &self,
+        id: &str,
+        log: &str,
+        log_lines: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "UPDATE prebuild_runs SET log = $2, log_lines = $3 \
+                 WHERE id = $1 AND state = 'running'",
+            )
+            .bind(id)
+            .bind(log)
+            .bind(log_lines)
+            .execute(p)
+            .await
+            .map_err(query_err(id))?;
+        });
+        Ok(())
+    }
+
+    /// Records run `id`'s end: `state` (`ready` or `failed`), why, its log (the newest
+    /// lines of `log_lines` in all), its prebuild; then drops its series' finished runs
+    /// beyond the newest [`RUNS_KEPT`].
     pub async fn finish_prebuild_run(
         &self,
         id: &str,
         state: &str,
         error: Option<&str>,
-        log: &str,
+        (log, log_lines): (&str, i64),
         snapshot: Option<&str>,
     ) -> Result<(), StoreError> {
         with_pool!(self, p => {
             sqlx::query(
-                "UPDATE prebuild_runs SET state = $2, error = $3, log = $4, snapshot = $5, \
-                 finished_at = $6 WHERE id = $1",
+                "UPDATE prebuild_runs SET state = $2, error = $3, log = $4, log_lines = $5, \
+                 snapshot = $6, finished_at = $7 WHERE id = $1",
             )
             .bind(id)
             .bind(state)
             .bind(error)
             .bind(log)
+            .bind(log_lines)
             .bind(snapshot)
             .bind(super::now_precise())
             .execute(p)

@@ -8,7 +8,8 @@ use tokio::sync::OwnedMutexGuard;
 
 type Map = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
 
-#[derive(Default)]
+/// Clones share the locks (a background task takes them as requests do).
+#[derive(Default, Clone)]
 pub(crate) struct NameLocks(Arc<Mutex<Map>>);
 
 impl NameLocks {

@@ -23,11 +23,13 @@
 use sha2::{Digest, Sha256};
 
 use super::devcontainer::Devcontainer;
+use super::follow;
 use super::secrets::redact_userinfo;
 use super::*;
 use crate::db::{PrebuildRecord, PrebuildRunRecord};
 use hearth_api::{
     CreatePrebuild, Prebuild, PrebuildRun, PrebuildRunLog, PrebuildRunState, PrebuildTrigger,
+    StreamLine, WebhookResult,
 };
 use hearth_devcontainer::LifecycleStep;
 
@@ -172,52 +174,174 @@ const RUN_LOG_LINES: usize = 500;
 const RUN_LOG_BYTES: usize = 64 << 10;
 /// Longest line kept whole.
 const RUN_LOG_LINE: usize = 2000;
+/// How soon a line of a running prebuild is in its record (`hearth prebuild logs`): the
+/// log is written at most this often while lines come.
+const RUN_LOG_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The tail of a run's progress, kept while the lines go on to whoever reads them.
+/// The newest lines of a run's output, bounded as above, and how many it wrote in all.
+#[derive(Debug, Default)]
+struct Tail {
+    lines: std::collections::VecDeque<String>,
+    bytes: usize,
+    total: i64,
+}
+
+impl Tail {
+    /// Keeps `line` (each line of it: the record is newline-separated), shortened.
+    fn push(&mut self, line: &str) {
+        for part in line.split('\n') {
+            let mut keep = part.to_string();
+            if keep.len() > RUN_LOG_LINE {
+                let mut end = RUN_LOG_LINE;
+                while !keep.is_char_boundary(end) {
+                    end -= 1;
+                }
+                keep.truncate(end);
+                keep.push_str(" [...]");
+            }
+            self.bytes += keep.len();
+            self.total += 1;
+            self.lines.push_back(keep);
+            while self.lines.len() > RUN_LOG_LINES || self.bytes > RUN_LOG_BYTES {
+                match self.lines.pop_front() {
+                    Some(old) => self.bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// The record's `log` and `log_lines`.
+    fn record(&self) -> (String, i64) {
+        let lines: Vec<&str> = self.lines.iter().map(String::as_str).collect();
+        (lines.join("\n"), self.total)
+    }
+}
+
+/// The lines of a run record's log, numbered: the first one's number (from 1) with them.
+fn record_lines(r: &PrebuildRunRecord) -> (i64, Vec<&str>) {
+    let lines: Vec<&str> = match r.log.as_deref() {
+        None => Vec::new(),
+        // An empty log is no line, unless the run counted one (an empty line).
+        Some("") if r.log_lines == 0 => Vec::new(),
+        Some(l) => l.split('\n').collect(),
+    };
+    // Rows from before `log_lines` count 0: their log is all there is.
+    let n = i64::try_from(lines.len()).unwrap_or(i64::MAX);
+    (r.log_lines.max(n) - n + 1, lines)
+}
+
+/// The tail of a run's progress, kept while the lines go on to whoever reads them, and
+/// written to its record as they come (at most every [`RUN_LOG_FLUSH`]).
 struct RunLog {
-    lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    tail: Arc<std::sync::Mutex<Tail>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunLog {
-    /// A progress sender that passes lines on to `to` and keeps the last of them.
-    fn tee(to: Progress) -> (Progress, RunLog) {
+    /// A progress sender that passes lines on to `to` and keeps the last of them, written
+    /// to run `record`'s row (when it has one) as the run goes.
+    fn tee(to: Progress, record: Option<(Store, String)>) -> (Progress, RunLog) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let lines: Arc<std::sync::Mutex<std::collections::VecDeque<String>>> = Default::default();
-        let kept = lines.clone();
+        let tail: Arc<std::sync::Mutex<Tail>> = Default::default();
+        let kept = tail.clone();
         let task = tokio::spawn(async move {
-            let mut bytes = 0usize;
-            while let Some(line) = rx.recv().await {
-                let mut keep = line.clone();
+            let mut due: Option<tokio::time::Instant> = None;
+            let mut warned = false;
+            loop {
+                let line = match due {
+                    None => rx.recv().await,
+                    Some(at) => tokio::select! {
+                        line = rx.recv() => line,
+                        _ = tokio::time::sleep_until(at) => {
+                            due = None;
+                            let Some((store, id)) = &record else { continue };
+                            let (log, n) = kept.lock().unwrap_or_else(|p| p.into_inner()).record();
+                            if let Err(e) = store.set_prebuild_run_log(id, &log, n).await {
+                                if !std::mem::replace(&mut warned, true) {
+                                    tracing::warn!(run = id, error = %e, "cannot write a running prebuild's log");
+                                }
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let Some(line) = line else { break };
+                kept.lock().unwrap_or_else(|p| p.into_inner()).push(&line);
                 let _ = to.send(line);
-                if keep.len() > RUN_LOG_LINE {
-                    let mut end = RUN_LOG_LINE;
-                    while !keep.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    keep.truncate(end);
-                    keep.push_str(" [...]");
-                }
-                let mut q = kept.lock().unwrap_or_else(|p| p.into_inner());
-                bytes += keep.len();
-                q.push_back(keep);
-                while q.len() > RUN_LOG_LINES || bytes > RUN_LOG_BYTES {
-                    match q.pop_front() {
-                        Some(old) => bytes -= old.len(),
-                        None => break,
-                    }
+                if due.is_none() && record.is_some() {
+                    due = Some(tokio::time::Instant::now() + RUN_LOG_FLUSH);
                 }
             }
         });
-        (tx, RunLog { lines, task })
+        (tx, RunLog { tail, task })
     }
 
-    /// The lines kept, once the senders are gone (or after a moment: a clone of the
-    /// sender held by a task that outlives the run does not hold up its record).
-    async fn finish(self) -> Vec<String> {
+    /// The log to record (see [`Tail::record`]), once the senders are gone (or after a
+    /// moment: a clone of the sender held by a task that outlives the run does not hold
+    /// up its record).
+    async fn finish(self) -> (String, i64) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await;
-        let q = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        q.iter().cloned().collect()
+        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        t.record()
+    }
+}
+
+/// A prebuild run's output, followed (`hearth prebuild logs -f`): its record read again
+/// at each poll, the lines numbered past the last sent as ndjson progress lines, and the
+/// run as the result line once it ended.
+struct RunOutput {
+    store: Store,
+    id: String,
+    /// The number of the last line sent.
+    sent: i64,
+}
+
+impl RunOutput {
+    fn next(&mut self, r: PrebuildRunRecord) -> follow::Read {
+        let (first, lines) = record_lines(&r);
+        let mut chunk = Vec::new();
+        let mut progress = |line: String| chunk.extend(StreamLine::<()>::Progress(line).encode());
+        // More lines came between two reads than the record keeps.
+        if self.sent > 0 && first > self.sent + 1 {
+            progress(format!("[{} lines not kept]", first - self.sent - 1));
+        }
+        let last = first + i64::try_from(lines.len()).unwrap_or(i64::MAX) - 1;
+        let skip = usize::try_from((self.sent + 1 - first).max(0)).unwrap_or(usize::MAX);
+        for line in lines.into_iter().skip(skip) {
+            progress(line.to_string());
+        }
+        self.sent = self.sent.max(last);
+        let done = r.state != "running";
+        if done {
+            chunk.extend(StreamLine::Result(run_view(r)).encode());
+        }
+        follow::Read {
+            chunk,
+            done,
+            more: false,
+        }
+    }
+}
+
+impl follow::Source for RunOutput {
+    async fn read(&mut self) -> Option<follow::Read> {
+        let gone = |e: ApiError| follow::Read {
+            chunk: StreamLine::<()>::Error(e.info()).encode(),
+            done: true,
+            more: false,
+        };
+        Some(match self.store.prebuild_run(&self.id).await {
+            Ok(Some(r)) => self.next(r),
+            Ok(None) => gone(ApiError::not_found(format!(
+                "prebuild run {} is gone (its owner was removed?)",
+                self.id
+            ))),
+            Err(e) => {
+                tracing::warn!(run = self.id, error = %e, "prebuild logs follow: read failed");
+                gone(e.into())
+            }
+        })
     }
 }
 
@@ -250,6 +374,16 @@ fn run_view(r: PrebuildRunRecord) -> PrebuildRun {
         started_at: r.started_at,
         finished_at: r.finished_at,
     }
+}
+
+/// What a run is of: its series and what it builds, as far as known when it starts.
+struct RunOf {
+    series: String,
+    owner: String,
+    source: String,
+    branch: Option<String>,
+    config_file: Option<String>,
+    commit: Option<String>,
 }
 
 impl Manager {
@@ -303,84 +437,86 @@ impl Manager {
         trigger: PrebuildTrigger,
     ) -> Result<Prebuild, ApiError> {
         let dc = plan.create.devcontainer.as_ref();
-        let run = PrebuildRunRecord {
+        let run = self.new_run(
+            RunOf {
+                series: plan
+                    .create
+                    .id
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
+                owner: plan.create.owner.id.to_string(),
+                source: plan.create.source.clone(),
+                branch: plan.branch.clone(),
+                config_file: dc.map(|d| d.config.file.clone()),
+                commit: dc.map(|d| d.commit.clone()),
+            },
+            trigger,
+        );
+        let recorded = self.record_run(&run).await;
+        self.run_recorded(plan, progress, recorded).await
+    }
+
+    /// A run record, `running` from now on this server.
+    fn new_run(&self, of: RunOf, trigger: PrebuildTrigger) -> PrebuildRunRecord {
+        PrebuildRunRecord {
             id: new_id().to_string(),
-            series: plan
-                .create
-                .id
-                .as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            owner: plan.create.owner.id.to_string(),
-            source: plan.create.source.clone(),
-            branch: plan.branch.clone(),
-            config_file: dc.map(|d| d.config.file.clone()),
-            commit: dc.map(|d| d.commit.clone()),
+            series: of.series,
+            owner: of.owner,
+            source: of.source,
+            branch: of.branch,
+            config_file: of.config_file,
+            commit: of.commit,
             trigger: trigger_name(trigger).into(),
             state: "running".into(),
             error: None,
             log: None,
+            log_lines: 0,
             snapshot: None,
             server: self.server_id().map(str::to_string),
             started_at: crate::db::now_precise(),
             finished_at: None,
-        };
-        let recorded = match self.store.insert_prebuild_run(&run).await {
-            Ok(()) => true,
+        }
+    }
+
+    /// Inserts `run`; its id, or `None` when it could not be (the run goes on unrecorded).
+    async fn record_run(&self, run: &PrebuildRunRecord) -> Option<String> {
+        match self.store.insert_prebuild_run(run).await {
+            Ok(()) => Some(run.id.clone()),
             Err(e) => {
                 tracing::warn!(source = run.source, error = %e, "cannot record a prebuild run");
-                false
+                None
             }
-        };
-        let (tee, log) = RunLog::tee(progress);
+        }
+    }
+
+    /// Runs `plan` as recorded run `run` (if recorded): its log written as it goes, its
+    /// end with the prebuild made or why none was.
+    async fn run_recorded(
+        &self,
+        plan: PrebuildPlan,
+        progress: Progress,
+        run: Option<String>,
+    ) -> Result<Prebuild, ApiError> {
+        let source = plan.create.source.clone();
+        let writes = run.clone().map(|id| (self.store.clone(), id));
+        let (tee, log) = RunLog::tee(progress, writes);
         let res = self.run_prebuild_steps(plan, tee).await;
-        let lines = log.finish().await;
-        if recorded {
+        let (log, lines) = log.finish().await;
+        if let Some(id) = run {
             let (state, error, snapshot) = match &res {
                 Ok(p) => ("ready", None, Some(p.snapshot.as_str())),
                 Err(e) => ("failed", Some(e.message.as_str()), None),
             };
             if let Err(e) = self
                 .store
-                .finish_prebuild_run(&run.id, state, error, &lines.join("\n"), snapshot)
+                .finish_prebuild_run(&id, state, error, (&log, lines), snapshot)
                 .await
             {
-                tracing::warn!(source = run.source, run = run.id, error = %e, "cannot record a prebuild run's end");
+                tracing::warn!(source, run = id, error = %e, "cannot record a prebuild run's end");
             }
         }
         res
-    }
-
-    /// Records a prebuild that failed before it could run (a webhook's, whose plan was
-    /// refused: nobody else would see why).
-    async fn record_failed_run(
-        &self,
-        owner: &str,
-        req: &CreatePrebuild,
-        commit: Option<&str>,
-        error: &str,
-    ) {
-        let now = crate::db::now_precise();
-        let run = PrebuildRunRecord {
-            id: new_id().to_string(),
-            series: series_id(owner, req.source.trim(), req.branch.as_deref()).to_string(),
-            owner: owner.to_string(),
-            source: req.source.clone(),
-            branch: req.branch.clone(),
-            config_file: None,
-            commit: commit.map(str::to_string),
-            trigger: trigger_name(PrebuildTrigger::Webhook).into(),
-            state: "failed".into(),
-            error: Some(error.to_string()),
-            log: None,
-            snapshot: None,
-            server: self.server_id().map(str::to_string),
-            started_at: now.clone(),
-            finished_at: Some(now),
-        };
-        if let Err(e) = self.store.insert_prebuild_run(&run).await {
-            tracing::warn!(source = run.source, error = %e, "cannot record a prebuild run");
-        }
     }
 
     /// The prebuild runs `caller` may see (their own; an admin's: all), newest first.
@@ -403,11 +539,7 @@ impl Manager {
     ) -> Result<PrebuildRunLog, ApiError> {
         match self.store.prebuild_run(id).await? {
             Some(r) if caller.may_use(&r.owner) => {
-                let log = r
-                    .log
-                    .as_deref()
-                    .map(|l| l.lines().map(str::to_string).collect())
-                    .unwrap_or_default();
+                let log = record_lines(&r).1.into_iter().map(str::to_string).collect();
                 Ok(PrebuildRunLog {
                     run: run_view(r),
                     log,
@@ -417,6 +549,31 @@ impl Manager {
                 "no prebuild run {id} (hearth prebuilds lists them)"
             ))),
         }
+    }
+
+    /// `hearth prebuild logs -f`: prebuild run `id`'s output so far, then as its record
+    /// gets more (whichever server runs it), as ndjson progress lines, and the run once it
+    /// ended as the result line; if `caller` may see it.
+    pub async fn follow_prebuild_run(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<bytes::Bytes>, ApiError> {
+        let r = match self.store.prebuild_run(id).await? {
+            Some(r) if caller.may_use(&r.owner) => r,
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "no prebuild run {id} (hearth prebuilds lists them)"
+                )))
+            }
+        };
+        let mut out = RunOutput {
+            store: self.store.clone(),
+            id: id.to_string(),
+            sent: 0,
+        };
+        let first = out.next(r);
+        Ok(follow::follow(first, out))
     }
 
     /// Marks runs whose server is gone failed (a leader job beside the operations'
@@ -882,11 +1039,12 @@ impl Manager {
 
     /// Starts, in the background, a new prebuild of every series of the pushed
     /// repository and branch (the default branch's series when the push is to it), as
-    /// the series' owner. Returns what was started.
+    /// the series' owner. Returns what was started, with the runs' ids: each is recorded
+    /// before this returns, so the forge's delivery log names it.
     pub async fn prebuild_push(
         &self,
         push: &crate::prebuilds::Push,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<WebhookResult, ApiError> {
         let all = self.store.prebuilds(None).await?;
         // Series prebuilt at the pushed commit already: a delivery sent again (or replayed
         // by someone who saw it) starts nothing.
@@ -916,7 +1074,10 @@ impl Manager {
                 "prebuilds from webhooks need a shared manager",
             ));
         };
-        let mut started = Vec::new();
+        let mut result = WebhookResult {
+            started: Vec::new(),
+            runs: Vec::new(),
+        };
         for p in series {
             // As the owner is now: a removed user's series stop, a demoted admin's are
             // rebuilt as the user they are.
@@ -948,20 +1109,39 @@ impl Manager {
                 branch: p.branch.clone(),
                 devcontainer_config: config,
             };
+            // Recorded now with the pushed commit; its plan (which may wait for a run of
+            // the series under way) and steps follow in the background.
+            let run = self.new_run(
+                RunOf {
+                    series: p.series.clone(),
+                    owner: p.owner.clone(),
+                    source: p.source.clone(),
+                    branch: p.branch.clone(),
+                    config_file: Some(p.config_file.clone()),
+                    commit: push.after.clone(),
+                },
+                PrebuildTrigger::Webhook,
+            );
+            let run = self.record_run(&run).await;
             let me = me.clone();
             let what2 = what.clone();
-            let after = push.after.clone();
+            let id = run.clone();
             tokio::spawn(async move {
                 let (progress, _unread) = tokio::sync::mpsc::unbounded_channel();
                 // Nobody reads the progress: the run's record keeps the outcome and log.
-                let res = match me.plan_prebuild(&caller, req.clone()).await {
-                    Ok(plan) => {
-                        me.run_prebuild(plan, progress, PrebuildTrigger::Webhook)
-                            .await
-                    }
+                let res = match me.plan_prebuild(&caller, req).await {
+                    Ok(plan) => me.run_recorded(plan, progress, id).await,
                     Err(e) => {
-                        me.record_failed_run(&caller.id, &req, after.as_deref(), &e.message)
-                            .await;
+                        // Refused before it ran: nobody else would see why.
+                        if let Some(id) = &id {
+                            if let Err(re) = me
+                                .store
+                                .finish_prebuild_run(id, "failed", Some(&e.message), ("", 0), None)
+                                .await
+                            {
+                                tracing::warn!(run = id, error = %re, "cannot record a prebuild run's end");
+                            }
+                        }
                         Err(e)
                     }
                 };
@@ -976,15 +1156,134 @@ impl Manager {
                     }
                 }
             });
-            started.push(what);
+            result.started.push(what);
+            result.runs.extend(run);
         }
-        Ok(started)
+        Ok(result)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_tail_is_bounded_and_numbered() {
+        let mut t = Tail::default();
+        for i in 0..RUN_LOG_LINES + 100 {
+            t.push(&format!("line {i}"));
+        }
+        let (log, n) = t.record();
+        assert_eq!(n, i64::try_from(RUN_LOG_LINES + 100).unwrap());
+        assert_eq!(log.split('\n').count(), RUN_LOG_LINES);
+        assert!(log.starts_with("line 100\n") && log.ends_with("\nline 599"));
+        // Long lines are cut (at a character boundary), and the bytes bounded.
+        let mut t = Tail::default();
+        for _ in 0..100 {
+            t.push(&"\u{e9}".repeat(RUN_LOG_LINE));
+        }
+        let (log, n) = t.record();
+        assert_eq!(n, 100);
+        assert!(log.len() <= RUN_LOG_BYTES, "{}", log.len());
+        assert!(log
+            .split('\n')
+            .all(|l| l.ends_with(" [...]") && l.len() <= RUN_LOG_LINE + 6));
+        // A line holding newlines is that many lines, as the record will read.
+        let mut t = Tail::default();
+        t.push("a\nb");
+        t.push("");
+        let (log, n) = t.record();
+        assert_eq!((log.as_str(), n), ("a\nb\n", 3));
+        let r = PrebuildRunRecord {
+            log: Some(log),
+            log_lines: n,
+            ..sample_run()
+        };
+        assert_eq!(record_lines(&r), (1, vec!["a", "b", ""]));
+    }
+
+    fn sample_run() -> PrebuildRunRecord {
+        PrebuildRunRecord {
+            id: "000000000001".into(),
+            series: "1".repeat(32),
+            owner: "admin".into(),
+            source: "/r".into(),
+            branch: None,
+            config_file: None,
+            commit: None,
+            trigger: "cli".into(),
+            state: "running".into(),
+            error: None,
+            log: None,
+            log_lines: 0,
+            snapshot: None,
+            server: None,
+            started_at: crate::db::now_precise(),
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn record_lines_number_the_kept_tail() {
+        let with = |log: Option<&str>, n| PrebuildRunRecord {
+            log: log.map(str::to_string),
+            log_lines: n,
+            ..sample_run()
+        };
+        assert_eq!(record_lines(&with(None, 0)), (1, vec![]));
+        assert_eq!(record_lines(&with(Some(""), 0)), (1, vec![]));
+        // One empty line is a line.
+        assert_eq!(record_lines(&with(Some(""), 1)), (1, vec![""]));
+        assert_eq!(record_lines(&with(Some("y\nz"), 26)), (25, vec!["y", "z"]));
+        // A row from before the count: its log is all its lines.
+        assert_eq!(record_lines(&with(Some("a\nb"), 0)), (1, vec!["a", "b"]));
+    }
+
+    /// The tee passes every line on at once and writes the run's record as lines come,
+    /// not only at the end; an ended run's record is not written over.
+    #[tokio::test]
+    async fn a_running_prebuilds_log_reaches_its_record_while_it_runs() {
+        let db = crate::db::testdb::TestDb::new(crate::db::testdb::Backend::Sqlite);
+        let store = db.store().await;
+        let run = sample_run();
+        store.insert_prebuild_run(&run).await.unwrap();
+        let (to, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let (tee, log) = RunLog::tee(to, Some((store.clone(), run.id.clone())));
+        tee.send("onCreateCommand: started".into()).unwrap();
+        assert_eq!(
+            seen.recv().await.as_deref(),
+            Some("onCreateCommand: started")
+        );
+        // (The bound only keeps a broken tee from hanging the test.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let r = store.prebuild_run(&run.id).await.unwrap().unwrap();
+            if r.log.is_some() {
+                assert_eq!(r.log.as_deref(), Some("onCreateCommand: started"));
+                assert_eq!((r.log_lines, r.state.as_str()), (1, "running"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tee.send("done".into()).unwrap();
+        drop(tee);
+        let (text, n) = log.finish().await;
+        assert_eq!((text.as_str(), n), ("onCreateCommand: started\ndone", 2));
+        store
+            .finish_prebuild_run(&run.id, "ready", None, (&text, n), Some("s"))
+            .await
+            .unwrap();
+        store
+            .set_prebuild_run_log(&run.id, "late", 3)
+            .await
+            .unwrap();
+        let r = store.prebuild_run(&run.id).await.unwrap().unwrap();
+        assert_eq!((r.log.as_deref(), r.log_lines), (Some(text.as_str()), 2));
+    }
 
     #[test]
     fn series_ids_are_per_owner_source_and_branch_and_never_a_workspace_id() {

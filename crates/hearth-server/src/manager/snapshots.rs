@@ -108,16 +108,25 @@ impl Manager {
 
     /// Retries a stopped workspace's failed final snapshot in the background: 1 s, 2 s,
     /// 4 s, ... Also resumed at server start for failures recorded before a restart.
+    /// Each attempt holds the workspace's lock, as the periodic round's does: without it
+    /// the two could snapshot at once and record their results in either order, leaving
+    /// `last_snapshot` on the older one.
     pub(super) fn retry_final_snapshot(&self, rec: &WorkspaceRecord) {
         let node = self.node.clone();
         let store = self.store.clone();
+        let locks = self.locks.clone();
         let spec = rec.spec.clone();
         tokio::spawn(async move {
             for attempt in 0..RETRIES {
                 tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                // Started (a new final snapshot comes with its stop) or removed meanwhile.
+                let _guard = locks.lock(&spec.name).await;
+                // Started (a new final snapshot comes with its stop), removed, or
+                // snapshotted by someone else (the periodic round) meanwhile.
                 match store.get(&spec.name).await {
-                    Ok(Some(r)) if r.spec.id == spec.id && r.state == WorkspaceState::Stopped => {}
+                    Ok(Some(r))
+                        if r.spec.id == spec.id
+                            && r.state == WorkspaceState::Stopped
+                            && r.snapshot_error.is_some() => {}
                     _ => return,
                 }
                 let res = node.snapshot(&spec).await;

@@ -87,7 +87,9 @@ impl Commands {
         Ok(())
     }
 
-    pub async fn prebuild_logs(&self, id: &str, json: bool) -> anyhow::Result<()> {
+    /// A run and its log; with `follow`, the log as it is written, until the run ends,
+    /// then how it ended.
+    pub async fn prebuild_logs(&self, id: &str, json: bool, follow: bool) -> anyhow::Result<()> {
         let r = self.api.prebuild_run(id).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -108,6 +110,24 @@ impl Commands {
         if let Some(c) = &run.commit {
             println!("commit {c}");
         }
+        if follow {
+            println!("started {}", run.started_at);
+            let end = self
+                .api
+                .follow_prebuild_run(id, |line| println!("{line}"))
+                .await?;
+            println!(
+                "prebuild run {} {}{}",
+                end.id,
+                state(end.state),
+                end.finished_at
+                    .as_deref()
+                    .map(|f| format!(", finished {f}"))
+                    .unwrap_or_default()
+            );
+            print_outcome(&end);
+            return Ok(());
+        }
         println!(
             "started {}{}",
             run.started_at,
@@ -126,6 +146,16 @@ impl Commands {
             println!("error: {e}");
         }
         Ok(())
+    }
+}
+
+/// A finished run's prebuild or why it failed.
+fn print_outcome(run: &PrebuildRun) {
+    if let Some(s) = &run.snapshot {
+        println!("prebuild {s}");
+    }
+    if let Some(e) = &run.error {
+        println!("error: {e}");
     }
 }
 

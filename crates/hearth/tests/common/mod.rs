@@ -39,6 +39,8 @@ pub struct TestServer {
     pub cgroup_parent: String,
     /// More `hearth server` flags, used on every spawn.
     pub server_args: Vec<String>,
+    /// The server's RUST_LOG (`info`); a test that waits for a debug line sets more.
+    pub log_filter: String,
     child: Option<Child>,
 }
 
@@ -74,6 +76,7 @@ impl TestServer {
             ),
             cgroup_parent: format!("hearth-test-{tag}"),
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
+            log_filter: "info".into(),
             child: None,
         }
     }
@@ -121,7 +124,7 @@ impl TestServer {
             // Never the host's default proxy port: tests run side by side.
             .args(["--proxy-listen", "127.0.0.1:0"])
             .args(&self.server_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
