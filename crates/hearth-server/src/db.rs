@@ -915,6 +915,23 @@ impl Store {
         Ok(())
     }
 
+    /// Gives workspace `to` the settings of `from` and how far its lifecycle got: a fork
+    /// starts from `from`'s files, so it is the same devcontainer, past the same steps.
+    pub async fn copy_devcontainer(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO workspace_devcontainers (id, config, done) \
+                 SELECT $2, config, done FROM workspace_devcontainers WHERE id = $1",
+            )
+            .bind(from)
+            .bind(to)
+            .execute(p)
+            .await
+            .map_err(query_err(to))?;
+        });
+        Ok(())
+    }
+
     /// A workspace's devcontainer settings (JSON) and its last finished create-time step.
     pub async fn devcontainer(
         &self,

@@ -1221,6 +1221,24 @@ fn the_remote_user_owns_the_repository_at_its_workspace_folder() {
         srv.exec("proj", &["sh", "-c", "pwd; ls"]),
         "/src/app\nREADME.md\nmade-on-create\n"
     );
+    // A fork is the same devcontainer: its sessions run as the remote user, in the
+    // folder, with the environment; its create-time steps are not run again.
+    srv.ok(&["stop", "proj"]);
+    let snap = srv.workspace("proj")["last_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    srv.ok(&["fork", "proj", "--snapshot", &snap, "--name", "proj2"]);
+    assert_eq!(
+        srv.exec(
+            "proj2",
+            &["sh", "-c", "pwd; id -un; echo $CONTAINER; cat /tmp/where"]
+        ),
+        "/src/app\nnobody\n/src/app/\n/src/app\nnobody\n"
+    );
+    let i: serde_json::Value =
+        serde_json::from_str(&srv.ok(&["inspect", "proj2", "--json"])).unwrap();
+    assert_eq!(i["devcontainer"]["user"], "nobody", "{i}");
 
     // A folder the image already fills is refused at the first step, saying why.
     let full = repo_with(

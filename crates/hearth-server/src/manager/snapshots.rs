@@ -255,7 +255,16 @@ impl Manager {
             snapshot = req.snapshot,
             "forking"
         );
-        let result = self.restore_then_start(&rec, &req.snapshot, &new).await;
+        // Without its source's devcontainer settings a fork would lose `remoteUser`, its
+        // environment and `workspaceFolder`: sessions would run as the image's user.
+        let result = match self
+            .store
+            .copy_devcontainer(src.spec.id.as_str(), rec.spec.id.as_str())
+            .await
+        {
+            Ok(()) => self.restore_then_start(&rec, &req.snapshot, &new).await,
+            Err(e) => Err(e.into()),
+        };
         match result {
             Ok(_) => {
                 self.set(&rec, WorkspaceState::Running, None).await?;
