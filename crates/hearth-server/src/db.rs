@@ -1154,6 +1154,33 @@ pub fn lowest_free_slot(used: &[u32]) -> u32 {
 pub(crate) mod testdb {
     use super::{scratch::ScratchDb, Database, Store};
 
+    /// A workspace row of user admin in state creating, for tests that put rows in a store.
+    pub(crate) fn rec(id: &str, name: &str, slot: u32) -> super::WorkspaceRecord {
+        super::WorkspaceRecord {
+            spec: super::WorkspaceSpec {
+                id: hearth_node::WorkspaceId::new(id).unwrap(),
+                name: name.into(),
+                image: "sha256:abc".into(),
+                source: "/src/x".into(),
+                slot,
+                limits: hearth_node::Limits::default(),
+                egress: hearth_node::EgressPolicy::default(),
+                generation: 0,
+            },
+            state: super::WorkspaceState::Creating,
+            error: None,
+            created_at: super::now(),
+            updated_at: super::now(),
+            last_snapshot: None,
+            snapshot_error: None,
+            owner: "admin".into(),
+            node: "local".into(),
+            node_selector: Default::default(),
+            last_snapshot_at: None,
+            idle: super::IdleRecord::default(),
+        }
+    }
+
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Backend {
         Sqlite,
@@ -1209,7 +1236,7 @@ pub(crate) mod testdb {
 
 #[cfg(test)]
 mod tests {
-    use super::testdb::{on_both_backends, Backend, TestDb};
+    use super::testdb::{on_both_backends, rec, Backend, TestDb};
     use super::*;
 
     on_both_backends!(
@@ -1282,32 +1309,6 @@ mod tests {
             .unwrap();
         assert_eq!(alice.len(), 1);
         assert_eq!(alice[0].spec.name, "d");
-    }
-
-    pub(super) fn rec(id: &str, name: &str, slot: u32) -> WorkspaceRecord {
-        WorkspaceRecord {
-            spec: WorkspaceSpec {
-                id: WorkspaceId::new(id).unwrap(),
-                name: name.into(),
-                image: "sha256:abc".into(),
-                source: "/src/x".into(),
-                slot,
-                limits: Limits::default(),
-                egress: EgressPolicy::default(),
-                generation: 0,
-            },
-            state: WorkspaceState::Creating,
-            error: None,
-            created_at: now(),
-            updated_at: now(),
-            last_snapshot: None,
-            snapshot_error: None,
-            owner: "admin".into(),
-            node: "local".into(),
-            node_selector: Default::default(),
-            last_snapshot_at: None,
-            idle: IdleRecord::default(),
-        }
     }
 
     async fn removed_rows_keep_their_id_and_come_back_under_it(b: Backend) {

@@ -231,7 +231,7 @@ mod tests {
         let (sa, sb) = (db.store().await, db.store().await);
         sa.set_operator("a");
         sb.set_operator("b");
-        let mut w = crate::db::tests::rec("aaaaaaaaaaaa", "w", 0);
+        let mut w = crate::db::testdb::rec("aaaaaaaaaaaa", "w", 0);
         w.state = Stopped;
         sa.insert(&w).await.unwrap();
         assert!(sa.operations().await.unwrap().is_empty());
@@ -275,7 +275,7 @@ mod tests {
         sb.set_state(id, Running, None).await.unwrap();
 
         // A create's row names its server from the insert on.
-        sb.insert(&crate::db::tests::rec("bbbbbbbbbbbb", "c", 1))
+        sb.insert(&crate::db::testdb::rec("bbbbbbbbbbbb", "c", 1))
             .await
             .unwrap();
         assert_eq!(

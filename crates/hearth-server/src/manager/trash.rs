@@ -19,13 +19,6 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// When a removal happened, as `deleted_at` holds it: the removals of one name are told
-/// apart by it (a `restore` without `--snapshot` takes the newest), and two of them can
-/// fall in one second, so it keeps the nanoseconds (fixed width: text order is time order).
-fn removal_time(t: time::OffsetDateTime) -> String {
-    crate::db::fixed_time(t)
-}
-
 /// Whether the record's grace period is over at `now`; an unreadable time counts as over
 /// (it was written by us, so only a hand-edited database gets here).
 fn expired(d: &DeletedRecord, now: time::OffsetDateTime) -> bool {
@@ -63,8 +56,10 @@ impl Manager {
                 time::Date::MAX,
                 time::Time::MIDNIGHT,
             ));
+        // Nanoseconds, fixed width: two removals of a name can fall in one second, and a
+        // `restore` without `--snapshot` takes the newest.
         self.store
-            .retire(rec, &removal_time(now), &rfc3339(until))
+            .retire(rec, &crate::db::fixed_time(now), &rfc3339(until))
             .await?;
         Ok(())
     }
@@ -309,34 +304,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::testdb::{Backend, TestDb};
-    use hearth_node::{EgressPolicy, Limits, WorkspaceId};
-
-    fn removed(id: &str) -> WorkspaceRecord {
-        WorkspaceRecord {
-            spec: WorkspaceSpec {
-                id: WorkspaceId::new(id).unwrap(),
-                name: "proj".into(),
-                image: "sha256:abc".into(),
-                source: "/src/proj".into(),
-                slot: 0,
-                limits: Limits::default(),
-                egress: EgressPolicy::default(),
-                generation: 0,
-            },
-            state: WorkspaceState::Stopped,
-            error: None,
-            created_at: crate::db::now(),
-            updated_at: crate::db::now(),
-            last_snapshot: None,
-            snapshot_error: None,
-            owner: "admin".into(),
-            node: "local".into(),
-            node_selector: Default::default(),
-            last_snapshot_at: None,
-            idle: Default::default(),
-        }
-    }
+    use crate::db::testdb::{rec, Backend, TestDb};
 
     /// A name removed twice within one second: the later removal is the newest (what a
     /// `restore` without `--snapshot` takes), whatever the random ids' order.
@@ -347,10 +315,13 @@ mod tests {
         let second = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let until = rfc3339(second + time::Duration::days(7));
         // The older removal's id sorts first, as a tie would be broken.
-        let (older, newer) = (removed("aaaaaaaaaaaa"), removed("bbbbbbbbbbbb"));
+        let (older, newer) = (
+            rec("aaaaaaaaaaaa", "proj", 0),
+            rec("bbbbbbbbbbbb", "proj", 0),
+        );
         for (rec, ms) in [(&older, 100), (&newer, 900)] {
             store.insert(rec).await.unwrap();
-            let at = removal_time(second + time::Duration::milliseconds(ms));
+            let at = crate::db::fixed_time(second + time::Duration::milliseconds(ms));
             store.retire(rec, &at, &until).await.unwrap();
         }
         let ids: Vec<String> = store
